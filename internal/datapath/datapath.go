@@ -1,0 +1,133 @@
+package datapath
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+)
+
+// Proto is an L4 protocol number as carried in the IP header.
+type Proto uint8
+
+// The L4 protocols a service frontend can carry.
+const (
+	TCP Proto = 6
+	UDP Proto = 17
+)
+
+func (p Proto) String() string {
+	switch p {
+	case TCP:
+		return "TCP"
+	case UDP:
+		return "UDP"
+	default:
+		return fmt.Sprintf("proto(%d)", uint8(p))
+	}
+}
+
+// ParseProto parses "TCP" or "UDP" (as in Kubernetes and the kvstore wire format).
+func ParseProto(s string) (Proto, error) {
+	switch s {
+	case "TCP", "tcp":
+		return TCP, nil
+	case "UDP", "udp":
+		return UDP, nil
+	default:
+		return 0, fmt.Errorf("unsupported protocol %q", s)
+	}
+}
+
+// TunnelEntry routes a remote node's pod CIDR to that node's underlay address.
+type TunnelEntry struct {
+	CIDR      netip.Prefix
+	NodeIP    netip.Addr
+	ClusterID uint32
+}
+
+// IPCacheEntry maps a pod IP (or prefix) to its security identity and to the
+// node that hosts it. A zero TunnelEndpoint means the IP is on this node.
+type IPCacheEntry struct {
+	Prefix         netip.Prefix
+	Identity       uint32
+	TunnelEndpoint netip.Addr
+	ClusterID      uint32
+}
+
+// Frontend is a service address: a ClusterIP and port for one protocol.
+type Frontend struct {
+	Addr  netip.AddrPort
+	Proto Proto
+}
+
+func (f Frontend) String() string { return f.Addr.String() + "/" + f.Proto.String() }
+
+// Backend is one destination of a service. Weight 0 means "known but not
+// selected for new connections" (kept so established flows can finish).
+type Backend struct {
+	Addr      netip.AddrPort
+	ClusterID uint32
+	Weight    uint16
+}
+
+// Service is a frontend with its backends. Backends are in a stable order.
+type Service struct {
+	Frontend Frontend
+	Backends []Backend
+}
+
+// Endpoint is a pod on this node: traffic for IP is delivered to IfIndex (the
+// host side of the pod's veth).
+type Endpoint struct {
+	IP      netip.Addr
+	IfIndex int
+}
+
+// Batch is a set of changes applied together. Upserts replace whole entries;
+// deletes of absent entries are no-ops. Applying the same batch twice leaves the
+// same state (idempotent).
+type Batch struct {
+	UpsertTunnels   []TunnelEntry
+	DeleteTunnels   []netip.Prefix
+	UpsertIPCache   []IPCacheEntry
+	DeleteIPCache   []netip.Prefix
+	UpsertServices  []Service
+	DeleteServices  []Frontend
+	UpsertEndpoints []Endpoint
+	DeleteEndpoints []netip.Addr
+}
+
+// Empty reports whether the batch changes nothing.
+func (b *Batch) Empty() bool {
+	return len(b.UpsertTunnels)+len(b.DeleteTunnels)+len(b.UpsertIPCache)+len(b.DeleteIPCache)+
+		len(b.UpsertServices)+len(b.DeleteServices)+len(b.UpsertEndpoints)+len(b.DeleteEndpoints) == 0
+}
+
+// State is the whole programmed state, as read back from a datapath.
+type State struct {
+	Tunnels   map[netip.Prefix]TunnelEntry
+	IPCache   map[netip.Prefix]IPCacheEntry
+	Services  map[Frontend]Service
+	Endpoints map[netip.Addr]Endpoint
+}
+
+// NewState returns an empty State with its maps allocated.
+func NewState() State {
+	return State{
+		Tunnels:   map[netip.Prefix]TunnelEntry{},
+		IPCache:   map[netip.Prefix]IPCacheEntry{},
+		Services:  map[Frontend]Service{},
+		Endpoints: map[netip.Addr]Endpoint{},
+	}
+}
+
+// Writer programs desired state. Implementations must be safe for use by one
+// goroutine at a time; the agent serialises calls.
+type Writer interface {
+	// Apply applies a batch. On error, the part of the batch that was applied
+	// stays applied; callers retry the whole batch (it is idempotent).
+	Apply(ctx context.Context, b Batch) error
+	// Dump reads back what is programmed, so that a restarted agent can
+	// restore its view and delete only what is no longer wanted.
+	Dump() (State, error)
+}
