@@ -12,7 +12,9 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 build: ## build every binary into bin/
-	$(GO) build -o $(BIN)/ ./clustermesh-apiserver ./agent/cmd/clustermesh-agent ./cmd/clustermesh 2>/dev/null || $(GO) build ./...
+	$(GO) build -o $(BIN)/clustermesh-apiserver ./clustermesh-apiserver
+	$(GO) build -o $(BIN)/clustermesh-agent ./agent
+	$(GO) build -o $(BIN)/clustermesh ./cmd/clustermesh
 
 kube-bins: ## build kube-apiserver and kube-controller-manager (cached)
 	@hack/kube-bins.sh
