@@ -1,0 +1,445 @@
+package dpsync
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/spf13/pflag"
+	"k8s.io/utils/clock"
+
+	"github.com/clustermesh/clustermesh/internal/datapath"
+)
+
+// Config configures a Reconciler.
+type Config struct {
+	// ClusterID is the agent's own cluster: its claims win over remote ones.
+	ClusterID uint32
+	// BatchWindow is how long a flush waits for more changes after the first
+	// one; 0 applies as soon as the previous batch is done.
+	BatchWindow time.Duration
+	// RetryMin and RetryMax bound the backoff of failed Apply calls.
+	RetryMin, RetryMax time.Duration
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{RetryMin: 10 * time.Millisecond, RetryMax: 10 * time.Second}
+}
+
+// RegisterFlags registers the reconciler options on fs.
+func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
+	fs.DurationVar(&c.BatchWindow, "datapath-batch-window", c.BatchWindow,
+		"how long to wait for more changes before applying a datapath batch (0: apply as soon as the previous batch is done)")
+}
+
+// Reconciler owns the desired datapath state and applies it. Its methods are
+// safe for concurrent use; Run applies.
+type Reconciler struct {
+	cfg   Config
+	w     datapath.Writer
+	log   *slog.Logger
+	clock clock.Clock
+
+	mu        sync.Mutex
+	tunnels   table[netip.Prefix, datapath.TunnelEntry]  // guarded by mu
+	ipcache   table[netip.Prefix, datapath.IPCacheEntry] // guarded by mu
+	services  map[datapath.Frontend]datapath.Service     // guarded by mu
+	endpoints map[netip.Addr]datapath.Endpoint           // guarded by mu
+	dirtySvc  map[datapath.Frontend]struct{}             // guarded by mu
+	dirtyEp   map[netip.Addr]struct{}                    // guarded by mu
+	restored  datapath.State                             // guarded by mu: programmed, not yet re-claimed
+	holding   map[uint32]bool                            // guarded by mu: cluster IDs whose restored entries are held
+	stats     Stats                                      // guarded by mu
+
+	kick chan struct{} // buffered(1): something is dirty
+}
+
+// Stats counts the reconciler's work.
+type Stats struct {
+	Batches, Failures uint64
+	LastError         string
+}
+
+// New returns a Reconciler applying to w.
+func New(cfg Config, w datapath.Writer, log *slog.Logger, clk clock.Clock) *Reconciler {
+	d := DefaultConfig()
+	if cfg.RetryMin <= 0 {
+		cfg.RetryMin = d.RetryMin
+	}
+	if cfg.RetryMax < cfg.RetryMin {
+		cfg.RetryMax = max(d.RetryMax, cfg.RetryMin)
+	}
+	own := cfg.ClusterID
+	return &Reconciler{
+		cfg: cfg, w: w, log: log, clock: clk,
+		tunnels:   newTable[netip.Prefix](func(e datapath.TunnelEntry) uint32 { return e.ClusterID }, own),
+		ipcache:   newTable[netip.Prefix](func(e datapath.IPCacheEntry) uint32 { return e.ClusterID }, own),
+		services:  map[datapath.Frontend]datapath.Service{},
+		endpoints: map[netip.Addr]datapath.Endpoint{},
+		dirtySvc:  map[datapath.Frontend]struct{}{},
+		dirtyEp:   map[netip.Addr]struct{}{},
+		restored:  datapath.NewState(),
+		holding:   map[uint32]bool{},
+		kick:      make(chan struct{}, 1),
+	}
+}
+
+func (r *Reconciler) kickLocked() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Restore reads back the programmed state. Call it once, before any source
+// hands in entries. Every cluster ID found is held until Release.
+func (r *Reconciler) Restore() (datapath.State, error) {
+	st, err := r.w.Dump()
+	if err != nil {
+		return datapath.State{}, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.restored = st
+	for _, e := range st.Tunnels {
+		r.holding[e.ClusterID] = true
+	}
+	for _, e := range st.IPCache {
+		r.holding[e.ClusterID] = true
+	}
+	for _, s := range st.Services {
+		for _, b := range s.Backends {
+			r.holding[b.ClusterID] = true
+		}
+	}
+	if len(st.Services)+len(st.Endpoints) > 0 {
+		r.holding[r.cfg.ClusterID] = true
+	}
+	return st, nil
+}
+
+// Holding returns the cluster IDs whose restored entries are still held.
+func (r *Reconciler) Holding() []uint32 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]uint32, 0, len(r.holding))
+	for id := range r.holding {
+		out = append(out, id)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Release ends the hold on the restored entries of cluster id: those that no
+// source claims are deleted at the next flush.
+func (r *Reconciler) Release(id uint32) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.holding[id] {
+		return
+	}
+	delete(r.holding, id)
+	for p, e := range r.restored.Tunnels {
+		if e.ClusterID == id {
+			r.tunnels.dirty[p] = struct{}{}
+		}
+	}
+	for p, e := range r.restored.IPCache {
+		if e.ClusterID == id {
+			r.ipcache.dirty[p] = struct{}{}
+		}
+	}
+	for f, s := range r.restored.Services {
+		if id == r.cfg.ClusterID || slices.ContainsFunc(s.Backends, func(b datapath.Backend) bool { return b.ClusterID == id }) {
+			r.dirtySvc[f] = struct{}{}
+		}
+	}
+	if id == r.cfg.ClusterID {
+		for ip := range r.restored.Endpoints {
+			r.dirtyEp[ip] = struct{}{}
+		}
+	}
+	r.kickLocked()
+}
+
+// UpsertTunnel claims a tunnel entry for e.ClusterID.
+func (r *Reconciler) UpsertTunnel(e datapath.TunnelEntry) {
+	r.mu.Lock()
+	r.tunnels.upsert(e.CIDR, e)
+	r.kickLocked()
+	r.mu.Unlock()
+}
+
+// DeleteTunnel withdraws cluster id's claim on cidr.
+func (r *Reconciler) DeleteTunnel(cidr netip.Prefix, id uint32) {
+	r.mu.Lock()
+	r.tunnels.delete(cidr, id)
+	r.kickLocked()
+	r.mu.Unlock()
+}
+
+// UpsertIPCache claims an ipcache entry for e.ClusterID.
+func (r *Reconciler) UpsertIPCache(e datapath.IPCacheEntry) {
+	r.mu.Lock()
+	r.ipcache.upsert(e.Prefix, e)
+	r.kickLocked()
+	r.mu.Unlock()
+}
+
+// DeleteIPCache withdraws cluster id's claim on p.
+func (r *Reconciler) DeleteIPCache(p netip.Prefix, id uint32) {
+	r.mu.Lock()
+	r.ipcache.delete(p, id)
+	r.kickLocked()
+	r.mu.Unlock()
+}
+
+// UpsertService sets a service (servicemerge.Sink).
+func (r *Reconciler) UpsertService(s datapath.Service) {
+	r.mu.Lock()
+	r.services[s.Frontend] = s
+	r.dirtySvc[s.Frontend] = struct{}{}
+	r.kickLocked()
+	r.mu.Unlock()
+}
+
+// DeleteService removes a service (servicemerge.Sink).
+func (r *Reconciler) DeleteService(f datapath.Frontend) {
+	r.mu.Lock()
+	delete(r.services, f)
+	r.dirtySvc[f] = struct{}{}
+	r.kickLocked()
+	r.mu.Unlock()
+}
+
+// UpsertEndpoint sets a local endpoint.
+func (r *Reconciler) UpsertEndpoint(e datapath.Endpoint) {
+	r.mu.Lock()
+	r.endpoints[e.IP] = e
+	r.dirtyEp[e.IP] = struct{}{}
+	r.kickLocked()
+	r.mu.Unlock()
+}
+
+// DeleteEndpoint removes a local endpoint.
+func (r *Reconciler) DeleteEndpoint(ip netip.Addr) {
+	r.mu.Lock()
+	delete(r.endpoints, ip)
+	r.dirtyEp[ip] = struct{}{}
+	r.kickLocked()
+	r.mu.Unlock()
+}
+
+// Run applies dirty entries until ctx is done.
+func (r *Reconciler) Run(ctx context.Context) error {
+	backoff := time.Duration(0)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.kick:
+		}
+		if r.cfg.BatchWindow > 0 {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-r.clock.After(r.cfg.BatchWindow):
+			}
+		}
+		if err := r.Flush(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			backoff = min(max(2*backoff, r.cfg.RetryMin), r.cfg.RetryMax)
+			wait := backoff/2 + rand.N(backoff/2+1)
+			r.log.Warn("datapath apply failed, retrying", "error", err, "retry_in", wait)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-r.clock.After(wait):
+			}
+			r.mu.Lock()
+			r.kickLocked()
+			r.mu.Unlock()
+			continue
+		}
+		backoff = 0
+	}
+}
+
+// Flush applies everything dirty now, as one batch. On error the batch's keys
+// stay dirty.
+func (r *Reconciler) Flush(ctx context.Context) error {
+	r.mu.Lock()
+	b := r.buildLocked()
+	r.mu.Unlock()
+	if b.Empty() {
+		return nil
+	}
+	err := r.w.Apply(ctx, b)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stats.Batches++
+	if err != nil {
+		r.stats.Failures++
+		r.stats.LastError = err.Error()
+		r.redirtyLocked(&b)
+		return err
+	}
+	return nil
+}
+
+// Stats returns the reconciler's counters.
+func (r *Reconciler) Stats() Stats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stats
+}
+
+func (r *Reconciler) buildLocked() datapath.Batch {
+	var b datapath.Batch
+	for p := range r.tunnels.dirty {
+		delete(r.tunnels.dirty, p)
+		e, ok := r.tunnels.get(p)
+		old, restored := r.restored.Tunnels[p]
+		switch {
+		case ok && restored && old == e:
+			delete(r.restored.Tunnels, p)
+		case ok:
+			delete(r.restored.Tunnels, p)
+			b.UpsertTunnels = append(b.UpsertTunnels, e)
+		case restored && r.holding[old.ClusterID]:
+		default:
+			delete(r.restored.Tunnels, p)
+			b.DeleteTunnels = append(b.DeleteTunnels, p)
+		}
+	}
+	for p := range r.ipcache.dirty {
+		delete(r.ipcache.dirty, p)
+		e, ok := r.ipcache.get(p)
+		old, restored := r.restored.IPCache[p]
+		switch {
+		case ok && restored && old == e:
+			delete(r.restored.IPCache, p)
+		case ok:
+			delete(r.restored.IPCache, p)
+			b.UpsertIPCache = append(b.UpsertIPCache, e)
+		case restored && r.holding[old.ClusterID]:
+		default:
+			delete(r.restored.IPCache, p)
+			b.DeleteIPCache = append(b.DeleteIPCache, p)
+		}
+	}
+	own := r.cfg.ClusterID
+	for f := range r.dirtySvc {
+		delete(r.dirtySvc, f)
+		s, ok := r.services[f]
+		old, restored := r.restored.Services[f]
+		if restored {
+			// Keep restored backends of held clusters; forget the others.
+			old.Backends = slices.DeleteFunc(old.Backends, func(b datapath.Backend) bool { return !r.holding[b.ClusterID] })
+			if len(old.Backends) == 0 && !r.holding[own] {
+				delete(r.restored.Services, f)
+				restored = false
+			} else {
+				r.restored.Services[f] = old
+			}
+		}
+		switch {
+		case ok && restored:
+			s = mergeRestored(s, old.Backends)
+			b.UpsertServices = append(b.UpsertServices, s)
+		case ok:
+			b.UpsertServices = append(b.UpsertServices, s)
+		case restored && r.holding[own]:
+		case restored:
+			// Desired gone, own cluster released: only held remote backends
+			// remain, but a frontend exists only for a local Service.
+			delete(r.restored.Services, f)
+			b.DeleteServices = append(b.DeleteServices, f)
+		default:
+			b.DeleteServices = append(b.DeleteServices, f)
+		}
+	}
+	for ip := range r.dirtyEp {
+		delete(r.dirtyEp, ip)
+		e, ok := r.endpoints[ip]
+		old, restored := r.restored.Endpoints[ip]
+		switch {
+		case ok && restored && old == e:
+			delete(r.restored.Endpoints, ip)
+		case ok:
+			delete(r.restored.Endpoints, ip)
+			b.UpsertEndpoints = append(b.UpsertEndpoints, e)
+		case restored && r.holding[own]:
+		default:
+			delete(r.restored.Endpoints, ip)
+			b.DeleteEndpoints = append(b.DeleteEndpoints, ip)
+		}
+	}
+	return b
+}
+
+// mergeRestored appends the held restored backends that s lacks.
+func mergeRestored(s datapath.Service, held []datapath.Backend) datapath.Service {
+	if len(held) == 0 {
+		return s
+	}
+	have := make(map[netip.AddrPort]bool, len(s.Backends))
+	for _, b := range s.Backends {
+		have[b.Addr] = true
+	}
+	out := slices.Clone(s.Backends)
+	for _, b := range held {
+		if !have[b.Addr] {
+			out = append(out, b)
+		}
+	}
+	return datapath.Service{Frontend: s.Frontend, Backends: out}
+}
+
+func (r *Reconciler) redirtyLocked(b *datapath.Batch) {
+	for _, e := range b.UpsertTunnels {
+		r.tunnels.dirty[e.CIDR] = struct{}{}
+	}
+	for _, p := range b.DeleteTunnels {
+		r.tunnels.dirty[p] = struct{}{}
+	}
+	for _, e := range b.UpsertIPCache {
+		r.ipcache.dirty[e.Prefix] = struct{}{}
+	}
+	for _, p := range b.DeleteIPCache {
+		r.ipcache.dirty[p] = struct{}{}
+	}
+	for _, s := range b.UpsertServices {
+		r.dirtySvc[s.Frontend] = struct{}{}
+	}
+	for _, f := range b.DeleteServices {
+		r.dirtySvc[f] = struct{}{}
+	}
+	for _, e := range b.UpsertEndpoints {
+		r.dirtyEp[e.IP] = struct{}{}
+	}
+	for _, ip := range b.DeleteEndpoints {
+		r.dirtyEp[ip] = struct{}{}
+	}
+}
+
+// Tunnels returns the desired tunnel entries.
+func (r *Reconciler) Tunnels() []datapath.TunnelEntry {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.tunnels.values()
+}
+
+// IPCache returns the desired ipcache entries.
+func (r *Reconciler) IPCache() []datapath.IPCacheEntry {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ipcache.values()
+}
