@@ -1,0 +1,99 @@
+package bpf
+
+import (
+	"encoding/binary"
+	"net/netip"
+)
+
+// Maps hold addresses and ports in network byte order inside fields that the
+// generated Go types declare as host integers: convert through the bytes.
+
+func be32(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.NativeEndian.Uint32(b[:])
+}
+
+func addrFrom(v uint32) netip.Addr {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b)
+}
+
+func be16(p uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], p)
+	return binary.NativeEndian.Uint16(b[:])
+}
+
+func portFrom(v uint16) uint16 {
+	var b [2]byte
+	binary.NativeEndian.PutUint16(b[:], v)
+	return binary.BigEndian.Uint16(b[:])
+}
+
+func lpmKey(p netip.Prefix) cmLpm4Key {
+	p = p.Masked()
+	return cmLpm4Key{Prefixlen: uint32(p.Bits()), Addr: be32(p.Addr())}
+}
+
+func prefixFrom(k cmLpm4Key) netip.Prefix {
+	return netip.PrefixFrom(addrFrom(k.Addr), int(k.Prefixlen))
+}
+
+// is4 reports whether p is an IPv4 prefix this datapath can program.
+func is4(p netip.Prefix) bool { return p.IsValid() && p.Addr().Is4() }
+
+// maxSlots bounds a service's selection table.
+const maxSlots = 1 << 16
+
+// slotTable returns, for each slot of a service's selection table, the index
+// of the backend it selects: every backend of non-zero weight gets slots in
+// proportion to its weight (weights reduced by their gcd, scaled down if the
+// table would exceed maxSlots). Backends are interleaved so that a table
+// prefix is itself balanced.
+func slotTable(weights []uint16) []int {
+	g := 0
+	sum := 0
+	for _, w := range weights {
+		if w == 0 {
+			continue
+		}
+		g = gcd(g, int(w))
+	}
+	if g == 0 {
+		return nil
+	}
+	counts := make([]int, len(weights))
+	for i, w := range weights {
+		counts[i] = int(w) / g
+		sum += counts[i]
+	}
+	if sum > maxSlots {
+		total := sum
+		sum = 0
+		for i, w := range weights {
+			if w == 0 {
+				continue
+			}
+			counts[i] = max(1, counts[i]*maxSlots/total)
+			sum += counts[i]
+		}
+	}
+	out := make([]int, 0, sum)
+	for len(out) < sum {
+		for i := range counts {
+			if counts[i] > 0 {
+				out = append(out, i)
+				counts[i]--
+			}
+		}
+	}
+	return out
+}
+
+func gcd(a, b int) int {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
+}

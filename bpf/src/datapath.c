@@ -1,0 +1,293 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* The Clustermesh datapath: tc programs attached with tcx on the host side of
+ * every pod veth (cm_from_pod) and on the node's vxlan external device
+ * (cm_from_tunnel). See README.md for the packet walk. IPv4 only. */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <linux/ip.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "datapath.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+/* tcx verdicts: CM_NEXT lets the next program (or the stack) decide. */
+#define CM_NEXT TC_ACT_UNSPEC
+#define CM_DROP TC_ACT_SHOT
+
+#define IP_OFF ETH_HLEN
+#define IP_CSUM_OFF (ETH_HLEN + offsetof(struct iphdr, check))
+#define IP_SRC_OFF (ETH_HLEN + offsetof(struct iphdr, saddr))
+#define IP_DST_OFF (ETH_HLEN + offsetof(struct iphdr, daddr))
+#define TCP_CSUM 16
+#define UDP_CSUM 6
+#define TCP_FLAGS 13
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+#define WORLD_IDENTITY 2
+
+/* The parsed part of an IPv4 packet that the programs look at. */
+struct pkt {
+	struct flow_key flow; /* ports are 0 when !has_ports */
+	__u32 l4_off;
+	__u8 has_ports;
+	__u8 tcp_flags;
+};
+
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip;
+
+	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return -1;
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end || ip->ihl < 5)
+		return -1;
+	__builtin_memset(p, 0, sizeof(*p));
+	p->flow.saddr = ip->saddr;
+	p->flow.daddr = ip->daddr;
+	p->flow.proto = ip->protocol;
+	p->l4_off = ETH_HLEN + ip->ihl * 4;
+	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+		return 0; /* fragments carry no (or partial) L4 header */
+	if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) {
+		__be16 ports[2];
+
+		if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)))
+			return -1;
+		p->flow.sport = ports[0];
+		p->flow.dport = ports[1];
+		p->has_ports = 1;
+		if (ip->protocol == IPPROTO_TCP &&
+		    bpf_skb_load_bytes(skb, p->l4_off + TCP_FLAGS, &p->tcp_flags, 1))
+			return -1;
+	}
+	return 0;
+}
+
+/* Rewrites the source (is_src) or destination address and port of the packet
+ * and fixes the IPv4 and L4 checksums (incrementally, pseudo header included). */
+static __always_inline int rewrite(struct __sk_buff *skb, struct pkt *p, int is_src,
+				   __be32 new_ip, __be16 new_port)
+{
+	__be32 old_ip = is_src ? p->flow.saddr : p->flow.daddr;
+	__be16 old_port = is_src ? p->flow.sport : p->flow.dport;
+	__u32 ip_off = is_src ? IP_SRC_OFF : IP_DST_OFF;
+	__u32 port_off = p->l4_off + (is_src ? 0 : 2);
+	__u32 csum_off = p->l4_off + (p->flow.proto == IPPROTO_TCP ? TCP_CSUM : UDP_CSUM);
+	__u64 mangled = p->flow.proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+
+	if (old_ip != new_ip) {
+		if (bpf_l4_csum_replace(skb, csum_off, old_ip, new_ip,
+					mangled | BPF_F_PSEUDO_HDR | sizeof(new_ip)))
+			return -1;
+		if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_ip, new_ip, sizeof(new_ip)))
+			return -1;
+		if (bpf_skb_store_bytes(skb, ip_off, &new_ip, sizeof(new_ip), 0))
+			return -1;
+	}
+	if (old_port != new_port) {
+		if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port,
+					mangled | sizeof(new_port)))
+			return -1;
+		if (bpf_skb_store_bytes(skb, port_off, &new_port, sizeof(new_port), 0))
+			return -1;
+	}
+	if (is_src) {
+		p->flow.saddr = new_ip;
+		p->flow.sport = new_port;
+	} else {
+		p->flow.daddr = new_ip;
+		p->flow.dport = new_port;
+	}
+	return 0;
+}
+
+static __always_inline __u32 mix32(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+/* A deterministic hash of the flow: the same 5-tuple picks the same slot even
+ * without a CT entry (e.g. after LRU eviction). */
+static __always_inline __u32 flow_hash(const struct flow_key *f)
+{
+	__u32 h = mix32(f->proto + 0x9e3779b9);
+
+	h = mix32(h ^ f->saddr);
+	h = mix32(h ^ f->daddr);
+	h = mix32(h ^ (((__u32)f->sport << 16) | f->dport));
+	return h;
+}
+
+/* Service load balancing: if the packet targets a frontend, pick a backend
+ * (CT entry of the flow first; a new TCP SYN or a vanished backend selects
+ * again from the weighted slot table), record the reverse NAT and DNAT. */
+static __always_inline int lb4(struct __sk_buff *skb, struct pkt *p)
+{
+	struct svc_key sk = {
+		.vip = p->flow.daddr,
+		.port = p->flow.dport,
+		.proto = p->flow.proto,
+	};
+	struct backend_value *be = NULL;
+	struct lb_ct_value *ct, nct = {};
+	struct svc_value *svc;
+	struct flow_key fwd = p->flow;
+	int fresh = 0;
+
+	svc = bpf_map_lookup_elem(&cm_services, &sk);
+	if (!svc)
+		return 0;
+	ct = bpf_map_lookup_elem(&cm_lb_ct, &fwd);
+	if (ct && ct->svc_id == svc->svc_id &&
+	    !(p->flow.proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)) {
+		be = bpf_map_lookup_elem(&cm_backends, &ct->backend_id);
+		if (be && be->svc_id != svc->svc_id)
+			be = NULL;
+		nct.backend_id = ct->backend_id;
+	}
+	if (!be) {
+		struct slot_key slot;
+		__u32 *id;
+
+		if (svc->nslots == 0)
+			return -1;
+		slot.svc_id = svc->svc_id;
+		slot.slot = flow_hash(&p->flow) % svc->nslots;
+		id = bpf_map_lookup_elem(&cm_lb_slots, &slot);
+		if (!id)
+			return -1;
+		nct.backend_id = *id;
+		be = bpf_map_lookup_elem(&cm_backends, &nct.backend_id);
+		if (!be)
+			return -1;
+		nct.svc_id = svc->svc_id;
+		if (bpf_map_update_elem(&cm_lb_ct, &fwd, &nct, BPF_ANY))
+			return -1;
+		fresh = 1;
+	}
+
+	struct flow_key rev = {
+		.saddr = be->ip,
+		.daddr = p->flow.saddr,
+		.sport = be->port,
+		.dport = p->flow.sport,
+		.proto = p->flow.proto,
+	};
+	if (fresh || !bpf_map_lookup_elem(&cm_revnat, &rev)) {
+		struct revnat_value rn = { .vip = sk.vip, .vport = sk.port };
+
+		if (bpf_map_update_elem(&cm_revnat, &rev, &rn, BPF_ANY))
+			return -1;
+	}
+	return rewrite(skb, p, 0, be->ip, be->port);
+}
+
+/* Reverse NAT of a reply from a backend to a client of a frontend. */
+static __always_inline int revnat4(struct __sk_buff *skb, struct pkt *p)
+{
+	struct revnat_value *rn;
+
+	if (!p->has_ports)
+		return 0;
+	rn = bpf_map_lookup_elem(&cm_revnat, &p->flow);
+	if (!rn)
+		return 0;
+	return rewrite(skb, p, 1, rn->vip, rn->vport);
+}
+
+/* Delivers to a local endpoint (reverse-NATing replies on the way) by moving
+ * the packet straight into the pod's namespace; returns -1 if the destination
+ * is not local. */
+static __always_inline int deliver_local(struct __sk_buff *skb, struct pkt *p)
+{
+	struct endpoint_value *ep;
+	__u32 ifindex;
+
+	ep = bpf_map_lookup_elem(&cm_endpoints, &p->flow.daddr);
+	if (!ep)
+		return -1;
+	ifindex = ep->ifindex;
+	if (revnat4(skb, p))
+		return CM_DROP;
+	/* The inner MAC may not be ours (decapsulated traffic): the pod's stack
+	 * only looks at pkt_type once the packet is inside its namespace. */
+	if (skb->pkt_type != PACKET_HOST)
+		bpf_skb_change_type(skb, PACKET_HOST);
+	return bpf_redirect_peer(ifindex, 0);
+}
+
+SEC("tcx/ingress")
+int cm_from_pod(struct __sk_buff *skb)
+{
+	struct ipcache_value *ipc;
+	struct config_value *cfg;
+	struct bpf_tunnel_key key = {};
+	struct pkt p;
+	__be32 remote = 0;
+	__u32 zero = 0;
+	int ret;
+
+	if (parse(skb, &p))
+		return CM_NEXT;
+	if (p.has_ports && lb4(skb, &p))
+		return CM_DROP;
+
+	ret = deliver_local(skb, &p);
+	if (ret >= 0)
+		return ret;
+
+	ipc = bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, p.flow.daddr });
+	if (ipc && ipc->tunnel_ep) {
+		remote = ipc->tunnel_ep;
+	} else {
+		struct tunnel_value *t;
+
+		t = bpf_map_lookup_elem(&cm_tunnel, &(struct lpm4_key){ 32, p.flow.daddr });
+		if (t)
+			remote = t->node_ip;
+	}
+	if (!remote)
+		return CM_NEXT;
+	cfg = bpf_map_lookup_elem(&cm_config, &zero);
+	if (!cfg || !cfg->tunnel_ifindex)
+		return CM_DROP;
+
+	/* The VNI carries the source's security identity (as Cilium does). */
+	ipc = bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, p.flow.saddr });
+	key.tunnel_id = (ipc ? ipc->identity : WORLD_IDENTITY) & 0xffffff;
+	key.remote_ipv4 = bpf_ntohl(remote);
+	key.tunnel_ttl = 64;
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX))
+		return CM_DROP;
+	return bpf_redirect(cfg->tunnel_ifindex, 0);
+}
+
+SEC("tcx/ingress")
+int cm_from_tunnel(struct __sk_buff *skb)
+{
+	struct pkt p;
+	int ret;
+
+	if (parse(skb, &p))
+		return CM_NEXT;
+	ret = deliver_local(skb, &p);
+	if (ret >= 0)
+		return ret;
+	return CM_NEXT;
+}
