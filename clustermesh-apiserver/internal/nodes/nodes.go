@@ -1,0 +1,154 @@
+package nodes
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/controller"
+	"github.com/clustermesh/clustermesh/kvstore/wire"
+)
+
+// Source is the wire.Node Source of nodes read from Kubernetes Node objects.
+const Source = "kubernetes"
+
+// Value maps a Kubernetes Node to its wire.Node.
+func Value(n *corev1.Node, cluster string, clusterID uint32) wire.Node {
+	out := wire.Node{Name: n.Name, Cluster: cluster, ClusterID: clusterID, Source: Source}
+	for _, a := range n.Status.Addresses {
+		if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
+			continue
+		}
+		ip, err := netip.ParseAddr(a.Address)
+		if err != nil || ip.Zone() != "" {
+			continue
+		}
+		out.IPAddresses = append(out.IPAddresses, wire.NodeAddress{Type: wire.NodeAddressType(a.Type), IP: ip.Unmap()})
+	}
+	cidrs := n.Spec.PodCIDRs
+	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+		cidrs = []string{n.Spec.PodCIDR}
+	}
+	for _, s := range cidrs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			continue
+		}
+		p = p.Masked()
+		c := wire.CIDR{Prefix: p}
+		switch {
+		case p.Addr().Is4() && !out.IPv4AllocCIDR.IsValid():
+			out.IPv4AllocCIDR = c
+		case p.Addr().Is4():
+			out.IPv4SecondaryAllocCIDRs = append(out.IPv4SecondaryAllocCIDRs, c)
+		case !out.IPv6AllocCIDR.IsValid():
+			out.IPv6AllocCIDR = c
+		default:
+			out.IPv6SecondaryAllocCIDRs = append(out.IPv6SecondaryAllocCIDRs, c)
+		}
+	}
+	if len(n.Labels) > 0 {
+		out.Labels = n.Labels
+	}
+	return out
+}
+
+// Store is the write side of the nodes prefix.
+type Store interface {
+	Upsert(key string, value []byte)
+	Delete(key string)
+}
+
+// Config configures the node publisher.
+type Config struct {
+	Cluster   string
+	ClusterID uint32
+	Workers   int
+}
+
+// Publisher writes the cluster's nodes.
+type Publisher struct {
+	cfg    Config
+	lister corelisters.NodeLister
+	store  Store
+	log    *slog.Logger
+	ctrl   *controller.Controller
+	gauge  prometheus.Gauge
+
+	mu        sync.Mutex
+	published map[string]bool // node names with an entry in the store
+}
+
+// New returns a publisher fed by a node informer; onSynced runs once the
+// initial listing has been handed to store.
+func New(cfg Config, inf cache.SharedIndexInformer, store Store, onSynced func(),
+	log *slog.Logger, cm *controller.Metrics, reg prometheus.Registerer) (*Publisher, error) {
+	p := &Publisher{
+		cfg: cfg, lister: corelisters.NewNodeLister(inf.GetIndexer()), store: store,
+		log:       log.With("publisher", "nodes"),
+		published: map[string]bool{},
+		gauge: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "clustermesh_apiserver", Name: "entries", ConstLabels: prometheus.Labels{"kind": string(wire.KindNodes)},
+			Help: "Entries published in the kvstore, per kind.",
+		}),
+	}
+	if reg != nil {
+		if err := reg.Register(p.gauge); err != nil {
+			return nil, fmt.Errorf("register node metrics: %w", err)
+		}
+	}
+	p.ctrl = controller.New(controller.Config{Name: "nodes", Workers: cfg.Workers}, p,
+		[]cache.InformerSynced{inf.HasSynced}, inf.GetIndexer().ListKeys, onSynced, log, cm)
+	if _, err := inf.AddEventHandler(p.ctrl.Handler()); err != nil {
+		return nil, fmt.Errorf("node handler: %w", err)
+	}
+	return p, nil
+}
+
+// Run reconciles nodes until ctx is done.
+func (p *Publisher) Run(ctx context.Context) error { return p.ctrl.Run(ctx) }
+
+// Synced is closed once the initial listing has been reconciled.
+func (p *Publisher) Synced() <-chan struct{} { return p.ctrl.Synced() }
+
+// Reconcile writes or deletes the entry of one node.
+func (p *Publisher) Reconcile(_ context.Context, name string) error {
+	n, err := p.lister.Get(name)
+	key := wire.NodeKey(p.cfg.Cluster, name)
+	switch {
+	case apierrors.IsNotFound(err):
+		p.withdraw(name, key)
+		return nil
+	case err != nil:
+		return err
+	}
+	v, err := wire.MarshalNode(Value(n, p.cfg.Cluster, p.cfg.ClusterID))
+	if err != nil {
+		p.withdraw(name, key)
+		return fmt.Errorf("node %s: %w: %w", name, controller.ErrTerminal, err)
+	}
+	p.store.Upsert(key, v)
+	p.mu.Lock()
+	p.published[name] = true
+	p.gauge.Set(float64(len(p.published)))
+	p.mu.Unlock()
+	return nil
+}
+
+func (p *Publisher) withdraw(name, key string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.published[name] {
+		delete(p.published, name)
+		p.store.Delete(key)
+		p.gauge.Set(float64(len(p.published)))
+	}
+}
