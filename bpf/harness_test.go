@@ -24,7 +24,12 @@ import (
 	"github.com/clustermesh/clustermesh/internal/testenv"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(agentEnv) != "" {
+		os.Exit(agentMain())
+	}
+	goleak.VerifyTestMain(m)
+}
 
 const testPinRoot = "/run/clustermesh-test"
 
@@ -290,6 +295,11 @@ func tcpRoundTrip(p *netnstest.Pod, addr netip.AddrPort) (hello, error) {
 // udpRoundTrip sends one datagram from a connected UDP socket (so the kernel
 // accepts only replies whose source is addr) and returns the reply's hello.
 func udpRoundTrip(p *netnstest.Pod, addr netip.AddrPort) (hello, error) {
+	return udpTry(p, addr, 3, 700*time.Millisecond)
+}
+
+// udpTry sends up to attempts datagrams, waiting wait for a reply to each.
+func udpTry(p *netnstest.Pod, addr netip.AddrPort, attempts int, wait time.Duration) (hello, error) {
 	var c *net.UDPConn
 	err := p.NS.Do(func() error {
 		var err error
@@ -301,11 +311,11 @@ func udpRoundTrip(p *netnstest.Pod, addr netip.AddrPort) (hello, error) {
 	}
 	defer c.Close()
 	buf := make([]byte, 2048)
-	for range 3 { // UDP may lose the first datagram while neighbors resolve
+	for range attempts { // UDP may lose a first datagram while neighbors resolve
 		if _, err := c.Write([]byte("payload")); err != nil {
 			return hello{}, err
 		}
-		_ = c.SetReadDeadline(time.Now().Add(700 * time.Millisecond))
+		_ = c.SetReadDeadline(time.Now().Add(wait))
 		n, err := c.Read(buf)
 		if err != nil {
 			continue

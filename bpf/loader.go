@@ -222,6 +222,13 @@ func (d *Datapath) Uninstall() error {
 		}
 	}
 	errs = append(errs, d.objs.Close())
+	// Pins this binary does not know (e.g. left by another version).
+	for _, dir := range []string{d.linkDir(), d.mapDir()} {
+		left, _ := os.ReadDir(dir)
+		for _, e := range left {
+			errs = append(errs, os.Remove(filepath.Join(dir, e.Name())))
+		}
+	}
 	errs = append(errs, os.Remove(d.linkDir()), os.Remove(d.mapDir()))
 	if isMountPoint(d.cfg.PinDir) {
 		errs = append(errs, unix.Unmount(d.cfg.PinDir, 0))

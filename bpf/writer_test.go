@@ -1,0 +1,183 @@
+package bpf
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"reflect"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/datapath/memory"
+	"github.com/clustermesh/clustermesh/internal/netnstest"
+	"github.com/clustermesh/clustermesh/internal/testenv"
+)
+
+func TestSlotTable(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		weights []uint16
+		want    []int
+	}{
+		{"none", nil, nil},
+		{"all zero", []uint16{0, 0}, nil},
+		{"equal", []uint16{5, 5, 5}, []int{0, 1, 2}},
+		{"weighted", []uint16{1, 2, 0}, []int{0, 1, 1}},
+		{"gcd", []uint16{100, 300}, []int{0, 1, 1, 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := slotTable(tc.weights); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("slotTable(%v) = %v, want %v", tc.weights, got, tc.want)
+			}
+		})
+	}
+	big := make([]uint16, 3000)
+	for i := range big {
+		big[i] = uint16(1000 + i)
+	}
+	if n := len(slotTable(big)); n > maxSlots+len(big) || n < maxSlots/2 {
+		t.Errorf("large table has %d slots", n)
+	}
+}
+
+func TestByteOrder(t *testing.T) {
+	a := netip.MustParseAddr("10.1.2.3")
+	if got := addrFrom(be32(a)); got != a {
+		t.Errorf("addr round trip: %v", got)
+	}
+	if got := portFrom(be16(8080)); got != 8080 {
+		t.Errorf("port round trip: %v", got)
+	}
+	k := lpmKey(netip.MustParsePrefix("10.1.2.3/24"))
+	if prefixFrom(k) != netip.MustParsePrefix("10.1.2.0/24") {
+		t.Errorf("prefix round trip: %v", prefixFrom(k))
+	}
+}
+
+func openTest(t *testing.T) (*Datapath, *Writer) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	dp, err := Open(Config{PinDir: "/run/clustermesh-test/" + netnstest.RandomID() + "-w"}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := dp.Uninstall(); err != nil {
+			t.Error(err)
+		}
+	})
+	w, err := NewWriter(dp, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dp, w
+}
+
+func count(t *testing.T, m *ebpf.Map) int {
+	t.Helper()
+	var n int
+	it := m.Iterate()
+	var k, v []byte
+	for it.Next(&k, &v) {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestWriterMatchesMemory applies a sequence of batches to the eBPF writer
+// and to the in-memory reference; the dumps must match after every step,
+// including after a new Writer re-reads the maps.
+func TestWriterMatchesMemory(t *testing.T) {
+	dp, w := openTest(t)
+	ctx := context.Background()
+	pfx := netip.MustParsePrefix
+	ap := netip.MustParseAddrPort
+	fe := datapath.Frontend{Addr: ap("10.96.0.1:443"), Proto: datapath.TCP}
+	fe2 := datapath.Frontend{Addr: ap("10.96.0.1:443"), Proto: datapath.UDP}
+	be := func(s string, w uint16) datapath.Backend {
+		return datapath.Backend{Addr: ap(s), ClusterID: 2, Weight: w}
+	}
+	steps := []struct {
+		name string
+		b    datapath.Batch
+	}{
+		{"fill", datapath.Batch{
+			UpsertTunnels: []datapath.TunnelEntry{{CIDR: pfx("10.2.0.0/24"), NodeIP: netip.MustParseAddr("172.30.0.2"), ClusterID: 2}},
+			UpsertIPCache: []datapath.IPCacheEntry{
+				{Prefix: pfx("10.2.0.10/32"), Identity: 2<<16 | 300, TunnelEndpoint: netip.MustParseAddr("172.30.0.2"), ClusterID: 2},
+				{Prefix: pfx("10.1.0.10/32"), Identity: 1<<16 | 300, ClusterID: 1},
+				{Prefix: pfx("fd00::1/128"), Identity: 9}, // IPv6: skipped
+			},
+			UpsertEndpoints: []datapath.Endpoint{{IP: netip.MustParseAddr("10.1.0.10"), IfIndex: 7}},
+			UpsertServices: []datapath.Service{
+				{Frontend: fe, Backends: []datapath.Backend{be("10.1.0.10:8443", 1), be("10.2.0.10:8443", 2), be("10.2.0.11:8443", 0)}},
+				{Frontend: fe2, Backends: []datapath.Backend{be("10.1.0.10:53", 1)}},
+			},
+		}},
+		{"idempotent", datapath.Batch{}}, // replaced below by "fill" again
+		{"shrink and delete absent", datapath.Batch{
+			UpsertServices:  []datapath.Service{{Frontend: fe, Backends: []datapath.Backend{be("10.2.0.10:8443", 1)}}},
+			DeleteIPCache:   []netip.Prefix{pfx("10.9.9.9/32"), pfx("10.1.0.10/32")},
+			DeleteTunnels:   []netip.Prefix{pfx("10.7.0.0/24")},
+			DeleteEndpoints: []netip.Addr{netip.MustParseAddr("10.9.9.9")},
+			DeleteServices:  []datapath.Frontend{{Addr: ap("10.96.9.9:1"), Proto: datapath.TCP}},
+		}},
+		{"upsert wins over delete", datapath.Batch{
+			DeleteServices: []datapath.Frontend{fe2},
+			UpsertServices: []datapath.Service{{Frontend: fe2, Backends: []datapath.Backend{be("10.1.0.11:53", 3)}}},
+			DeleteTunnels:  []netip.Prefix{pfx("10.2.0.0/24")},
+			UpsertTunnels:  []datapath.TunnelEntry{{CIDR: pfx("10.2.0.0/24"), NodeIP: netip.MustParseAddr("172.30.0.3")}},
+		}},
+		{"delete all", datapath.Batch{
+			DeleteServices:  []datapath.Frontend{fe, fe2},
+			DeleteTunnels:   []netip.Prefix{pfx("10.2.0.0/24")},
+			DeleteIPCache:   []netip.Prefix{pfx("10.2.0.10/32")},
+			DeleteEndpoints: []netip.Addr{netip.MustParseAddr("10.1.0.10")},
+		}},
+	}
+	steps[1].b = steps[0].b
+	ref := memory.New()
+	for _, s := range steps {
+		if err := w.Apply(ctx, s.b); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		_ = ref.Apply(ctx, s.b)
+		want, _ := ref.Dump()
+		delete(want.IPCache, pfx("fd00::1/128"))
+		got, err := w.Dump()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g, w := fmt.Sprint(got), fmt.Sprint(want); g != w {
+			t.Errorf("%s: dump\n got %s\nwant %s", s.name, g, w)
+		}
+		w2, err := NewWriter(dp, w.log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(w2.services, w.services) {
+			t.Errorf("%s: restored index differs", s.name)
+		}
+		if s.name == "shrink and delete absent" {
+			if n := count(t, dp.objs.CmLbSlots); n != 1+1 { // fe: 1 slot, fe2: 1 slot
+				t.Errorf("%s: %d slots left", s.name, n)
+			}
+			if n := count(t, dp.objs.CmBackends); n != 2 {
+				t.Errorf("%s: %d backends left", s.name, n)
+			}
+		}
+	}
+	for _, m := range []*ebpf.Map{dp.objs.CmLbSlots, dp.objs.CmBackends, dp.objs.CmServices} {
+		if n := count(t, m); n != 0 {
+			t.Errorf("%v: %d entries left after deleting everything", m, n)
+		}
+	}
+}
