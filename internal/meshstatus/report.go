@@ -1,0 +1,98 @@
+package meshstatus
+
+import "time"
+
+// SchemaVersion is written into every report; readers ignore reports with a
+// higher major version than they know.
+const SchemaVersion = 1
+
+// Kinds of synced prefixes and counted entries, as used in Synced and
+// Entries maps.
+const (
+	KindNodes      = "nodes"
+	KindServices   = "services"
+	KindIdentities = "identities"
+	KindIPCache    = "ip"
+)
+
+// Remote is an agent's view of one remote cluster.
+type Remote struct {
+	// Name is the remote cluster's name (its config file name).
+	Name string `json:"name"`
+	// ClusterID is the ID read from the remote's cluster config, 0 until known.
+	ClusterID uint32 `json:"clusterID"`
+	// Connected is true while the etcd connection is up.
+	Connected bool `json:"connected"`
+	// Ready is true once every watched prefix has synced and the cluster
+	// config was accepted.
+	Ready bool `json:"ready"`
+	// Synced says, per kind, whether the initial listing has completed.
+	Synced map[string]bool `json:"synced,omitempty"`
+	// Entries counts, per kind, the valid entries held from this remote.
+	Entries map[string]int `json:"entries,omitempty"`
+	// Invalid counts entries dropped because they failed validation.
+	Invalid int `json:"invalid"`
+	// Reconnects counts connection attempts after the first.
+	Reconnects int `json:"reconnects"`
+	// LastError is the last error seen, empty when none.
+	LastError string `json:"lastError,omitempty"`
+	// LastChange is when Connected or Ready last changed.
+	LastChange time.Time `json:"lastChange,omitzero"`
+}
+
+// AgentReport is what the agent on one node publishes.
+type AgentReport struct {
+	Version int    `json:"version"`
+	Cluster string `json:"cluster"`
+	Node    string `json:"node"`
+	// Remotes is sorted by name by Publish.
+	Remotes []Remote `json:"remotes"`
+}
+
+// APIServerReport is what a cluster's clustermesh-apiserver publishes.
+type APIServerReport struct {
+	Version   int    `json:"version"`
+	Cluster   string `json:"cluster"`
+	ClusterID uint32 `json:"clusterID"`
+	// Ready is true once every kind has been written and synced to etcd.
+	Ready bool `json:"ready"`
+	// Synced says, per kind, whether the sync canary has been written.
+	Synced map[string]bool `json:"synced,omitempty"`
+	// Entries counts, per kind, the keys the apiserver maintains in etcd.
+	Entries map[string]int `json:"entries,omitempty"`
+	// Identities is the number of allocated security identities.
+	Identities int `json:"identities"`
+	// LastError is the last error seen, empty when none.
+	LastError string `json:"lastError,omitempty"`
+}
+
+// Report is an AgentReport or an APIServerReport.
+type Report interface {
+	objectName() string
+	component() string
+	prepare()
+}
+
+func (r *AgentReport) objectName() string { return objectName(ComponentAgent, r.Node) }
+func (r *AgentReport) component() string  { return ComponentAgent }
+func (r *AgentReport) prepare() {
+	r.Version = SchemaVersion
+	if r.Remotes == nil {
+		r.Remotes = []Remote{}
+	}
+	sortRemotes(r.Remotes)
+}
+
+func (r *APIServerReport) objectName() string { return objectName(ComponentAPIServer, "") }
+func (r *APIServerReport) component() string  { return ComponentAPIServer }
+func (r *APIServerReport) prepare()           { r.Version = SchemaVersion }
+
+// RemoteReady reports whether every remote of the agent is ready.
+func (r *AgentReport) RemoteReady() bool {
+	for _, rm := range r.Remotes {
+		if !rm.Ready {
+			return false
+		}
+	}
+	return true
+}
