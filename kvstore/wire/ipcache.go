@@ -142,6 +142,9 @@ func DecodeIPIdentityPair(r Remote, key string, value []byte) (IPIdentityPair, e
 	if err := p.Validate(); err != nil {
 		return IPIdentityPair{}, fmt.Errorf("ipcache %q: %w", key, err)
 	}
+	if len(p.NamedPorts) == 0 {
+		p.NamedPorts = nil // omitempty: [] and absent read alike
+	}
 	if got := p.KeySuffix(); got != suffix {
 		return IPIdentityPair{}, fmt.Errorf("ipcache %q: %w: value is for %s", key, ErrKeyMismatch, got)
 	}
