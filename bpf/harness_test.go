@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -340,4 +341,50 @@ func pingOnce(p *netnstest.Pod, ip netip.Addr) error {
 func ping(p *netnstest.Pod, ip netip.Addr) error {
 	_, err := p.NS.Exec("ping", "-c", "2", "-i", "0.2", "-W", "1", "-q", ip.String())
 	return err
+}
+
+// roundTripFromPort does one TCP echo or UDP exchange from a fixed local
+// port (SO_REUSEADDR, so a port in TIME_WAIT can connect elsewhere).
+func roundTripFromPort(p *netnstest.Pod, network string, port int, addr netip.AddrPort) (hello, error) {
+	d := net.Dialer{
+		Timeout: 2 * time.Second,
+		Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			err := rc.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+			})
+			return errors.Join(err, serr)
+		},
+	}
+	var c net.Conn
+	err := p.NS.Do(func() error {
+		var err error
+		if network == "udp4" {
+			d.LocalAddr = &net.UDPAddr{Port: port}
+		} else {
+			d.LocalAddr = &net.TCPAddr{Port: port}
+		}
+		c, err = d.Dial(network, addr.String())
+		return err
+	})
+	if err != nil {
+		return hello{}, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	r := bufio.NewReader(c)
+	if network == "udp4" {
+		if _, err := c.Write([]byte("payload")); err != nil {
+			return hello{}, err
+		}
+	}
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return hello{}, err
+	}
+	f := strings.Fields(line)
+	if len(f) != 2 {
+		return hello{}, fmt.Errorf("bad hello %q", line)
+	}
+	return hello{server: f[0], peer: f[1]}, nil
 }

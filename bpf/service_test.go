@@ -123,6 +123,23 @@ func TestServiceLoadBalancing(t *testing.T) {
 	}
 	c.Close()
 
+	// A direct connection that reuses the tuple of an earlier service flow
+	// (same client port, same backend) is not reverse-NATed.
+	for _, proto := range []string{"tcp4", "udp4"} {
+		fe := tcpVIP
+		if proto == "udp4" {
+			fe = udpVIP
+		}
+		h, err := roundTripFromPort(client, proto, 40000, fe.Addr)
+		if err != nil {
+			t.Fatalf("%s to %s from port 40000: %v", proto, fe, err)
+		}
+		be := podByName(topo, h.server)
+		if _, err := roundTripFromPort(client, proto, 40000, netip.AddrPortFrom(be.IP, backendPort)); err != nil {
+			t.Errorf("%s direct to %s from the port of an earlier service flow: %v", proto, be.Name, err)
+		}
+	}
+
 	// Removing a backend removes it from new connections.
 	removed := backends[2]
 	apply(t, nodes[0], datapath.Batch{UpsertServices: []datapath.Service{service(tcpVIP, backends[:2])}})
@@ -177,4 +194,13 @@ func equalService(a, b datapath.Service) bool {
 		}
 	}
 	return true
+}
+
+func podByName(topo *netnstest.Topology, name string) *netnstest.Pod {
+	for _, p := range topo.Pods() {
+		if p.Name == name {
+			return p
+		}
+	}
+	return nil
 }

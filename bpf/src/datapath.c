@@ -134,6 +134,24 @@ static __always_inline __u32 flow_hash(const struct flow_key *f)
 	return h;
 }
 
+/* A flow that does not go through a frontend and uses the tuple of an earlier
+ * service flow (same client port, same backend) must not be reverse-NATed:
+ * forget the stale entry when such a flow starts (TCP SYN; every UDP packet). */
+static __always_inline void forget_revnat(struct pkt *p)
+{
+	struct flow_key rev = {
+		.saddr = p->flow.daddr,
+		.daddr = p->flow.saddr,
+		.sport = p->flow.dport,
+		.dport = p->flow.sport,
+		.proto = p->flow.proto,
+	};
+
+	if (p->flow.proto == IPPROTO_UDP ||
+	    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+		bpf_map_delete_elem(&cm_revnat, &rev);
+}
+
 /* Service load balancing: if the packet targets a frontend, pick a backend
  * (CT entry of the flow first; a new TCP SYN or a vanished backend selects
  * again from the weighted slot table), record the reverse NAT and DNAT. */
@@ -151,8 +169,10 @@ static __always_inline int lb4(struct __sk_buff *skb, struct pkt *p)
 	int fresh = 0;
 
 	svc = bpf_map_lookup_elem(&cm_services, &sk);
-	if (!svc)
+	if (!svc) {
+		forget_revnat(p);
 		return 0;
+	}
 	ct = bpf_map_lookup_elem(&cm_lb_ct, &fwd);
 	if (ct && ct->svc_id == svc->svc_id &&
 	    !(p->flow.proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)) {
