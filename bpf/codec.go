@@ -97,3 +97,36 @@ func gcd(a, b int) int {
 	}
 	return a
 }
+
+// stableSlots assigns backend ids to the slots of table (backend indexes into
+// ids, as from slotTable) keeping every slot of old whose backend still wants
+// that many slots, so that one backend change rewrites O(its slots) entries
+// and the other backends keep their slots (and their flows' hash buckets
+// where the table size is unchanged).
+func stableSlots(old []uint32, ids []uint32, table []int) []uint32 {
+	want := make(map[uint32]int, len(ids))
+	for _, bi := range table {
+		want[ids[bi]]++
+	}
+	out := make([]uint32, len(table))
+	for pos := range min(len(out), len(old)) {
+		if id := old[pos]; want[id] > 0 {
+			out[pos] = id
+			want[id]--
+		}
+	}
+	// Fill the holes in table order, which interleaves backends.
+	next := 0
+	for _, bi := range table {
+		id := ids[bi]
+		if want[id] == 0 {
+			continue
+		}
+		for out[next] != 0 {
+			next++
+		}
+		out[next] = id
+		want[id]--
+	}
+	return out
+}

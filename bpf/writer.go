@@ -34,7 +34,10 @@ var _ datapath.Writer = (*Writer)(nil)
 type svcState struct {
 	id       uint32
 	nslots   uint32
+	nbe      uint32
 	backends map[netip.AddrPort]uint32 // backend ids
+	values   map[uint32]cmBackendValue // as written to cm_backends
+	slots    []uint32                  // backend id per slot; nil: unknown (restored)
 }
 
 // NewWriter returns a Writer for d's maps, indexing what they already hold.
@@ -57,7 +60,8 @@ func (w *Writer) restore() error {
 	var sv cmSvcValue
 	it := o.CmServices.Iterate()
 	for it.Next(&sk, &sv) {
-		st := &svcState{id: sv.SvcId, nslots: sv.Nslots, backends: map[netip.AddrPort]uint32{}}
+		st := &svcState{id: sv.SvcId, nslots: sv.Nslots, nbe: sv.Nbackends,
+			backends: map[netip.AddrPort]uint32{}, values: map[uint32]cmBackendValue{}}
 		w.services[frontendFrom(sk)] = st
 		byID[sv.SvcId] = st
 		w.svcIDs.mark(sv.SvcId)
@@ -76,6 +80,7 @@ func (w *Writer) restore() error {
 			continue
 		}
 		st.backends[netip.AddrPortFrom(addrFrom(bv.Ip), portFrom(bv.Port))] = id
+		st.values[id] = bv
 		w.beIDs.mark(id)
 	}
 	if err := it.Err(); err != nil {
@@ -266,7 +271,7 @@ func (w *Writer) planServices(p *plan, b datapath.Batch) {
 			continue
 		}
 		old := w.services[fe]
-		st := &svcState{backends: map[netip.AddrPort]uint32{}}
+		st := &svcState{backends: map[netip.AddrPort]uint32{}, values: map[uint32]cmBackendValue{}}
 		if old != nil {
 			st.id = old.id
 		} else {
@@ -289,23 +294,35 @@ func (w *Writer) planServices(p *plan, b datapath.Batch) {
 			if !ok {
 				id = w.beIDs.get()
 			}
-			st.backends[be.Addr] = id
-			p.beK = append(p.beK, id)
-			p.beV = append(p.beV, cmBackendValue{
+			v := cmBackendValue{
 				Ip: be32(be.Addr.Addr()), Port: be16(be.Addr.Port()), Weight: be.Weight,
 				ClusterId: be.ClusterID, SvcId: st.id, Index: uint32(i),
-			})
+			}
+			st.backends[be.Addr] = id
+			st.values[id] = v
+			if old == nil || old.values[id] != v {
+				p.beK = append(p.beK, id)
+				p.beV = append(p.beV, v)
+			}
 			weights = append(weights, be.Weight)
 			ids = append(ids, id)
 		}
-		slots := slotTable(weights)
-		for i, bi := range slots {
-			p.slotK = append(p.slotK, cmSlotKey{SvcId: st.id, Slot: uint32(i)})
-			p.slotV = append(p.slotV, ids[bi])
+		var oldSlots []uint32
+		if old != nil {
+			oldSlots = old.slots
 		}
-		st.nslots = uint32(len(slots))
-		p.svcK = append(p.svcK, svcKey(fe))
-		p.svcV = append(p.svcV, cmSvcValue{SvcId: st.id, Nslots: st.nslots, Nbackends: uint32(len(ids))})
+		st.slots = stableSlots(oldSlots, ids, slotTable(weights))
+		for i, id := range st.slots {
+			if i >= len(oldSlots) || oldSlots[i] != id {
+				p.slotK = append(p.slotK, cmSlotKey{SvcId: st.id, Slot: uint32(i)})
+				p.slotV = append(p.slotV, id)
+			}
+		}
+		st.nslots, st.nbe = uint32(len(st.slots)), uint32(len(ids))
+		if old == nil || old.nslots != st.nslots || old.nbe != st.nbe {
+			p.svcK = append(p.svcK, svcKey(fe))
+			p.svcV = append(p.svcV, cmSvcValue{SvcId: st.id, Nslots: st.nslots, Nbackends: st.nbe})
+		}
 		if old != nil {
 			for i := st.nslots; i < old.nslots; i++ {
 				p.slotDel = append(p.slotDel, cmSlotKey{SvcId: st.id, Slot: i})

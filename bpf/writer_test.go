@@ -163,7 +163,7 @@ func TestWriterMatchesMemory(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !reflect.DeepEqual(w2.services, w.services) {
+		if !reflect.DeepEqual(withoutSlots(w2.services), withoutSlots(w.services)) {
 			t.Errorf("%s: restored index differs", s.name)
 		}
 		if s.name == "shrink and delete absent" {
@@ -179,5 +179,42 @@ func TestWriterMatchesMemory(t *testing.T) {
 		if n := count(t, m); n != 0 {
 			t.Errorf("%v: %d entries left after deleting everything", m, n)
 		}
+	}
+}
+
+func withoutSlots(m map[datapath.Frontend]*svcState) map[datapath.Frontend]svcState {
+	out := map[datapath.Frontend]svcState{}
+	for k, v := range m {
+		c := *v
+		c.slots = nil
+		out[k] = c
+	}
+	return out
+}
+
+func TestStableSlots(t *testing.T) {
+	ids := []uint32{11, 12, 13, 14}
+	first := stableSlots(nil, ids, slotTable([]uint16{1, 1, 1, 1}))
+	if !reflect.DeepEqual(first, []uint32{11, 12, 13, 14}) {
+		t.Fatalf("fresh table %v", first)
+	}
+	// Removing 12: only its slot changes (taken by the last backend).
+	second := stableSlots(first, []uint32{11, 13, 14}, slotTable([]uint16{1, 1, 1}))
+	if !reflect.DeepEqual(second, []uint32{11, 14, 13}) {
+		t.Errorf("after removing 12: %v", second)
+	}
+	// Adding 15 appends a slot.
+	third := stableSlots(second, []uint32{11, 13, 14, 15}, slotTable([]uint16{1, 1, 1, 1}))
+	if !reflect.DeepEqual(third, []uint32{11, 14, 13, 15}) {
+		t.Errorf("after adding 15: %v", third)
+	}
+	// Weights are honoured.
+	w := stableSlots(third, []uint32{11, 13}, slotTable([]uint16{1, 3}))
+	n := map[uint32]int{}
+	for _, id := range w {
+		n[id]++
+	}
+	if n[11] != 1 || n[13] != 3 {
+		t.Errorf("weighted: %v", w)
 	}
 }
