@@ -1,9 +1,6 @@
 package wire
 
-import (
-	"fmt"
-	"regexp"
-)
+import "fmt"
 
 // Identity and cluster-ID arithmetic (DESIGN §3). Numeric identities are 24
 // bits. The cluster ID takes the top 8 bits with 255 connected clusters
@@ -26,9 +23,6 @@ const (
 	// may not be used with a non-zero cluster ID.
 	DefaultClusterName = "default"
 )
-
-// clusterNameRE is immutable after initialisation.
-var clusterNameRE = regexp.MustCompile(`^([a-z0-9][-a-z0-9]*)?[a-z0-9]$`)
 
 // ClusterIDShift returns how far the cluster ID is shifted in a numeric
 // identity: 15 for 511 connected clusters, else 16 (255, or 0 meaning 255).
@@ -107,7 +101,7 @@ func ValidateClusterName(name string) error {
 		return fmt.Errorf("%w: empty", ErrInvalidClusterName)
 	case len(name) > MaxClusterNameLength:
 		return fmt.Errorf("%w: %q is longer than %d characters", ErrInvalidClusterName, name, MaxClusterNameLength)
-	case !clusterNameRE.MatchString(name):
+	case !isClusterName(name):
 		return fmt.Errorf("%w: %q must consist of lower case alphanumerics and '-', and start and end with an alphanumeric", ErrInvalidClusterName, name)
 	}
 	return nil
@@ -144,6 +138,21 @@ func ValidateCluster(name string, id uint32, maxConnected int) error {
 		return fmt.Errorf("%w: %q cannot be used with a non-zero cluster ID", ErrInvalidClusterName, name)
 	}
 	return nil
+}
+
+// isClusterName matches ^([a-z0-9][-a-z0-9]*)?[a-z0-9]$ without a regexp:
+// decoders check a name for every value they read.
+func isClusterName(s string) bool {
+	alnum := func(c byte) bool { return 'a' <= c && c <= 'z' || '0' <= c && c <= '9' }
+	if s == "" || !alnum(s[0]) || !alnum(s[len(s)-1]) {
+		return false
+	}
+	for i := 1; i < len(s)-1; i++ {
+		if !alnum(s[i]) && s[i] != '-' {
+			return false
+		}
+	}
+	return true
 }
 
 // validate checks the Remote a decoder was given.

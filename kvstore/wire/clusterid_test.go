@@ -3,6 +3,7 @@ package wire
 import (
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -139,4 +140,25 @@ func TestValidateClusterID(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestIsClusterNameMatchesRegexp checks the hand-written matcher against the
+// regexp of DESIGN §3 on every string of up to 3 characters over an alphabet
+// that covers each character class.
+func TestIsClusterNameMatchesRegexp(t *testing.T) {
+	re := regexp.MustCompile(`^([a-z0-9][-a-z0-9]*)?[a-z0-9]$`)
+	alphabet := []string{"a", "z", "0", "9", "-", "A", ".", "_", "\xff"}
+	var walk func(prefix string, depth int)
+	walk = func(prefix string, depth int) {
+		if got, want := isClusterName(prefix), re.MatchString(prefix); got != want {
+			t.Errorf("isClusterName(%q) = %v, regexp says %v", prefix, got, want)
+		}
+		if depth == 0 {
+			return
+		}
+		for _, c := range alphabet {
+			walk(prefix+c, depth-1)
+		}
+	}
+	walk("", 3)
 }
