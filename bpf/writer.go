@@ -271,14 +271,17 @@ func (w *Writer) planServices(p *plan, b datapath.Batch) {
 			continue
 		}
 		old := w.services[fe]
-		st := &svcState{backends: map[netip.AddrPort]uint32{}, values: map[uint32]cmBackendValue{}}
+		st := &svcState{
+			backends: make(map[netip.AddrPort]uint32, len(s.Backends)),
+			values:   make(map[uint32]cmBackendValue, len(s.Backends)),
+		}
 		if old != nil {
 			st.id = old.id
 		} else {
 			st.id = w.svcIDs.get()
 		}
-		var weights []uint16
-		var ids []uint32
+		weights := make([]uint16, 0, len(s.Backends))
+		ids := make([]uint32, 0, len(s.Backends))
 		for i, be := range s.Backends {
 			if !be.Addr.Addr().Is4() {
 				p.skipped++
