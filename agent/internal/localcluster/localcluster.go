@@ -1,0 +1,532 @@
+package localcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
+	"github.com/clustermesh/clustermesh/internal/datapath"
+)
+
+// ServiceSink is what the watcher needs of the merger.
+type ServiceSink interface {
+	SetLocalService(servicemerge.Name, servicemerge.LocalService)
+	DeleteLocalService(servicemerge.Name)
+	SetEndpointSlice(servicemerge.Name, string, servicemerge.EndpointSlice)
+	DeleteEndpointSlice(servicemerge.Name, string)
+	Flush()
+}
+
+// DatapathSink is what the watcher needs of the datapath reconciler.
+type DatapathSink interface {
+	UpsertTunnel(datapath.TunnelEntry)
+	DeleteTunnel(netip.Prefix, uint32)
+	UpsertEndpoint(datapath.Endpoint)
+	DeleteEndpoint(netip.Addr)
+}
+
+// ErrNoRoute is returned by an IfIndexFunc when no host route to the IP exists.
+var ErrNoRoute = errors.New("no host route")
+
+// IfIndexFunc returns the interface index of the host route to a pod IP.
+type IfIndexFunc func(netip.Addr) (int, error)
+
+// Config configures a Watcher.
+type Config struct {
+	NodeName  string
+	ClusterID uint32
+	Workers   int
+	// IfIndex looks up the host route of a pod IP; default RouteIfIndex.
+	IfIndex IfIndexFunc
+	// OnSynced is called once the initial state has been handed in.
+	OnSynced func()
+	// RetryMin and RetryMax bound the backoff of failed keys.
+	RetryMin, RetryMax time.Duration
+}
+
+type kind uint8
+
+const (
+	kindService kind = iota
+	kindSlice
+	kindNode
+	kindPod
+)
+
+type key struct {
+	kind            kind
+	namespace, name string
+}
+
+// Watcher watches the own cluster. Run it once.
+type Watcher struct {
+	cfg    Config
+	client kubernetes.Interface
+	svcs   ServiceSink
+	dp     DatapathSink
+	log    *slog.Logger
+	warns  prometheus.Counter
+
+	queue workqueue.TypedRateLimitingInterface[key]
+
+	svcLister   corelisters.ServiceLister
+	sliceLister discoverylisters.EndpointSliceLister
+	nodeLister  corelisters.NodeLister
+	podLister   corelisters.PodLister
+
+	mu        sync.Mutex
+	slices    map[key]servicemerge.Name // guarded by mu: slice → its service, for deletes
+	nodeCIDRs map[string][]netip.Prefix // guarded by mu: node → programmed CIDRs
+	podIPs    map[key][]netip.Addr      // guarded by mu: pod → programmed endpoints
+}
+
+// New returns a Watcher. reg may be nil.
+func New(cfg Config, client kubernetes.Interface, svcs ServiceSink, dp DatapathSink, log *slog.Logger, reg prometheus.Registerer) *Watcher {
+	if cfg.Workers <= 0 {
+		cfg.Workers = 2
+	}
+	if cfg.IfIndex == nil {
+		cfg.IfIndex = RouteIfIndex
+	}
+	if cfg.RetryMin <= 0 {
+		cfg.RetryMin = 50 * time.Millisecond
+	}
+	if cfg.RetryMax <= 0 {
+		cfg.RetryMax = 30 * time.Second
+	}
+	w := &Watcher{
+		cfg: cfg, client: client, svcs: svcs, dp: dp, log: log,
+		warns: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "clustermesh_agent_service_annotation_warnings_total",
+			Help: "Service annotations with invalid values, replaced by their defaults.",
+		}),
+		slices:    map[key]servicemerge.Name{},
+		nodeCIDRs: map[string][]netip.Prefix{},
+		podIPs:    map[key][]netip.Addr{},
+	}
+	if reg != nil {
+		reg.MustRegister(w.warns)
+	}
+	return w
+}
+
+// Run watches until ctx is done; it returns after its goroutines exit.
+func (w *Watcher) Run(ctx context.Context) error {
+	w.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[key](w.cfg.RetryMin, w.cfg.RetryMax),
+		workqueue.TypedRateLimitingQueueConfig[key]{})
+	factory := informers.NewSharedInformerFactory(w.client, 0)
+	podFactory := informers.NewSharedInformerFactoryWithOptions(w.client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", w.cfg.NodeName).String()
+		}))
+	svcInf := factory.Core().V1().Services()
+	sliceInf := factory.Discovery().V1().EndpointSlices()
+	nodeInf := factory.Core().V1().Nodes()
+	podInf := podFactory.Core().V1().Pods()
+	w.svcLister, w.sliceLister = svcInf.Lister(), sliceInf.Lister()
+	w.nodeLister, w.podLister = nodeInf.Lister(), podInf.Lister()
+	for k, inf := range map[kind]cache.SharedIndexInformer{
+		kindService: svcInf.Informer(), kindSlice: sliceInf.Informer(),
+		kindNode: nodeInf.Informer(), kindPod: podInf.Informer(),
+	} {
+		if _, err := inf.AddEventHandler(w.handler(k)); err != nil {
+			return fmt.Errorf("add handler: %w", err)
+		}
+	}
+	factory.Start(ctx.Done())
+	podFactory.Start(ctx.Done())
+	defer func() {
+		w.queue.ShutDown()
+		factory.Shutdown()
+		podFactory.Shutdown()
+	}()
+
+	for _, ok := range factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return nil // ctx done
+		}
+	}
+	for _, ok := range podFactory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return nil
+		}
+	}
+	w.initial()
+	w.svcs.Flush()
+	if w.cfg.OnSynced != nil {
+		w.cfg.OnSynced()
+	}
+	w.log.Info("own cluster synced")
+
+	var wg sync.WaitGroup
+	for range w.cfg.Workers {
+		wg.Go(func() {
+			for w.processNext() {
+			}
+		})
+	}
+	<-ctx.Done()
+	w.queue.ShutDown()
+	wg.Wait()
+	return nil
+}
+
+func (w *Watcher) handler(k kind) cache.ResourceEventHandler {
+	enqueue := func(obj any) {
+		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = d.Obj
+		}
+		m, err := metaOf(obj)
+		if err != nil {
+			return
+		}
+		w.queue.Add(key{k, m.GetNamespace(), m.GetName()})
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    enqueue,
+		UpdateFunc: func(_, obj any) { enqueue(obj) },
+		DeleteFunc: enqueue,
+	}
+}
+
+func metaOf(obj any) (metav1.Object, error) {
+	m, ok := obj.(metav1.Object)
+	if !ok {
+		return nil, fmt.Errorf("unexpected object %T", obj)
+	}
+	return m, nil
+}
+
+// initial reconciles everything the listers hold; failures go to the queue.
+func (w *Watcher) initial() {
+	var keys []key
+	if l, err := w.svcLister.List(labels.Everything()); err == nil {
+		for _, o := range l {
+			keys = append(keys, key{kindService, o.Namespace, o.Name})
+		}
+	}
+	if l, err := w.sliceLister.List(labels.Everything()); err == nil {
+		for _, o := range l {
+			keys = append(keys, key{kindSlice, o.Namespace, o.Name})
+		}
+	}
+	if l, err := w.nodeLister.List(labels.Everything()); err == nil {
+		for _, o := range l {
+			keys = append(keys, key{kindNode, "", o.Name})
+		}
+	}
+	if l, err := w.podLister.List(labels.Everything()); err == nil {
+		for _, o := range l {
+			keys = append(keys, key{kindPod, o.Namespace, o.Name})
+		}
+	}
+	for _, k := range keys {
+		if err := w.reconcile(k); err != nil {
+			w.queue.AddRateLimited(k)
+		}
+	}
+}
+
+func (w *Watcher) processNext() bool {
+	k, quit := w.queue.Get()
+	if quit {
+		return false
+	}
+	defer w.queue.Done(k)
+	if err := w.reconcile(k); err != nil {
+		w.log.Debug("reconcile failed, retrying", "kind", k.kind, "namespace", k.namespace, "name", k.name, "error", err)
+		w.queue.AddRateLimited(k)
+		return true
+	}
+	w.queue.Forget(k)
+	return true
+}
+
+func (w *Watcher) reconcile(k key) error {
+	switch k.kind {
+	case kindService:
+		return w.reconcileService(k)
+	case kindSlice:
+		return w.reconcileSlice(k)
+	case kindNode:
+		return w.reconcileNode(k)
+	case kindPod:
+		return w.reconcilePod(k)
+	}
+	return nil
+}
+
+func (w *Watcher) reconcileService(k key) error {
+	n := servicemerge.Name{Namespace: k.namespace, Name: k.name}
+	svc, err := w.svcLister.Services(k.namespace).Get(k.name)
+	if apierrors.IsNotFound(err) {
+		w.svcs.DeleteLocalService(n)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	ls, ok := w.localService(svc)
+	if !ok {
+		w.svcs.DeleteLocalService(n)
+		return nil
+	}
+	w.svcs.SetLocalService(n, ls)
+	return nil
+}
+
+// localService converts a Service; false for Services without a ClusterIP.
+func (w *Watcher) localService(svc *corev1.Service) (servicemerge.LocalService, bool) {
+	ann, warns := servicemerge.ParseAnnotations(svc.Annotations)
+	for _, msg := range warns {
+		w.warns.Inc()
+		w.log.Warn("invalid service annotation", "service", svc.Namespace+"/"+svc.Name, "problem", msg)
+	}
+	ls := servicemerge.LocalService{Annotations: ann}
+	ips := svc.Spec.ClusterIPs
+	if len(ips) == 0 && svc.Spec.ClusterIP != "" {
+		ips = []string{svc.Spec.ClusterIP}
+	}
+	for _, s := range ips {
+		if ip, err := netip.ParseAddr(s); err == nil {
+			ls.ClusterIPs = append(ls.ClusterIPs, ip)
+		}
+	}
+	if len(ls.ClusterIPs) == 0 {
+		return ls, false
+	}
+	for _, p := range svc.Spec.Ports {
+		proto, err := datapath.ParseProto(string(p.Protocol))
+		if err != nil || p.Port <= 0 || p.Port > 65535 {
+			continue
+		}
+		ls.Ports = append(ls.Ports, servicemerge.ServicePort{Name: p.Name, Proto: proto, Port: uint16(p.Port)})
+	}
+	return ls, true
+}
+
+func (w *Watcher) reconcileSlice(k key) error {
+	es, err := w.sliceLister.EndpointSlices(k.namespace).Get(k.name)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return err
+	}
+	w.mu.Lock()
+	prev, had := w.slices[k]
+	w.mu.Unlock()
+	var n servicemerge.Name
+	if err == nil {
+		n = servicemerge.Name{Namespace: k.namespace, Name: es.Labels[discoveryv1.LabelServiceName]}
+	}
+	if had && (err != nil || prev != n) {
+		w.svcs.DeleteEndpointSlice(prev, k.name)
+		w.mu.Lock()
+		delete(w.slices, k)
+		w.mu.Unlock()
+	}
+	if err != nil || n.Name == "" {
+		return nil
+	}
+	w.svcs.SetEndpointSlice(n, k.name, convertSlice(es))
+	w.mu.Lock()
+	w.slices[k] = n
+	w.mu.Unlock()
+	return nil
+}
+
+func convertSlice(es *discoveryv1.EndpointSlice) servicemerge.EndpointSlice {
+	var out servicemerge.EndpointSlice
+	for _, p := range es.Ports {
+		if p.Port == nil || *p.Port <= 0 || *p.Port > 65535 {
+			continue
+		}
+		proto := datapath.TCP
+		if p.Protocol != nil {
+			var err error
+			if proto, err = datapath.ParseProto(string(*p.Protocol)); err != nil {
+				continue
+			}
+		}
+		name := ""
+		if p.Name != nil {
+			name = *p.Name
+		}
+		out.Ports = append(out.Ports, servicemerge.ServicePort{Name: name, Proto: proto, Port: uint16(*p.Port)})
+	}
+	for _, e := range es.Endpoints {
+		c := e.Conditions
+		// Ready (nil means ready), or serving while terminating.
+		usable := (c.Ready == nil || *c.Ready) ||
+			(c.Serving != nil && *c.Serving && c.Terminating != nil && *c.Terminating)
+		for _, a := range e.Addresses {
+			if ip, err := netip.ParseAddr(a); err == nil {
+				out.Endpoints = append(out.Endpoints, servicemerge.Endpoint{Addr: ip, Usable: usable})
+			}
+		}
+	}
+	return out
+}
+
+func (w *Watcher) reconcileNode(k key) error {
+	var want []datapath.TunnelEntry
+	node, err := w.nodeLister.Get(k.name)
+	switch {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return err
+	case node.Name != w.cfg.NodeName:
+		want = tunnels(node, w.cfg.ClusterID)
+	}
+	w.mu.Lock()
+	prev := w.nodeCIDRs[k.name]
+	cidrs := make([]netip.Prefix, 0, len(want))
+	for _, t := range want {
+		cidrs = append(cidrs, t.CIDR)
+	}
+	if len(cidrs) == 0 {
+		delete(w.nodeCIDRs, k.name)
+	} else {
+		w.nodeCIDRs[k.name] = cidrs
+	}
+	w.mu.Unlock()
+	for _, p := range prev {
+		if !containsPrefix(cidrs, p) {
+			w.dp.DeleteTunnel(p, w.cfg.ClusterID)
+		}
+	}
+	for _, t := range want {
+		w.dp.UpsertTunnel(t)
+	}
+	return nil
+}
+
+func containsPrefix(l []netip.Prefix, p netip.Prefix) bool {
+	for _, q := range l {
+		if q == p {
+			return true
+		}
+	}
+	return false
+}
+
+// tunnels returns the tunnel entries of a node: its pod CIDRs via the
+// InternalIP of the same family.
+func tunnels(node *corev1.Node, clusterID uint32) []datapath.TunnelEntry {
+	var v4, v6 netip.Addr
+	for _, a := range node.Status.Addresses {
+		if a.Type != corev1.NodeInternalIP {
+			continue
+		}
+		ip, err := netip.ParseAddr(a.Address)
+		if err != nil {
+			continue
+		}
+		if ip.Is4() && !v4.IsValid() {
+			v4 = ip
+		} else if ip.Is6() && !v6.IsValid() {
+			v6 = ip
+		}
+	}
+	cidrs := node.Spec.PodCIDRs
+	if len(cidrs) == 0 && node.Spec.PodCIDR != "" {
+		cidrs = []string{node.Spec.PodCIDR}
+	}
+	var out []datapath.TunnelEntry
+	for _, c := range cidrs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			continue
+		}
+		nodeIP := v4
+		if p.Addr().Is6() {
+			nodeIP = v6
+		}
+		if !nodeIP.IsValid() {
+			nodeIP = v4 // no InternalIP of that family: use the other one
+			if !nodeIP.IsValid() {
+				nodeIP = v6
+			}
+		}
+		if nodeIP.IsValid() {
+			out = append(out, datapath.TunnelEntry{CIDR: p.Masked(), NodeIP: nodeIP, ClusterID: clusterID})
+		}
+	}
+	return out
+}
+
+func (w *Watcher) reconcilePod(k key) error {
+	var want []netip.Addr
+	pod, err := w.podLister.Pods(k.namespace).Get(k.name)
+	switch {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return err
+	case pod.Spec.NodeName == w.cfg.NodeName && !pod.Spec.HostNetwork &&
+		pod.Status.Phase != corev1.PodSucceeded && pod.Status.Phase != corev1.PodFailed:
+		for _, s := range pod.Status.PodIPs {
+			if ip, err := netip.ParseAddr(s.IP); err == nil {
+				want = append(want, ip)
+			}
+		}
+		if len(want) == 0 && pod.Status.PodIP != "" {
+			if ip, err := netip.ParseAddr(pod.Status.PodIP); err == nil {
+				want = append(want, ip)
+			}
+		}
+	}
+	var eps []datapath.Endpoint
+	var missing error
+	for _, ip := range want {
+		idx, err := w.cfg.IfIndex(ip)
+		if err != nil {
+			missing = fmt.Errorf("pod %s/%s ip %s: %w", k.namespace, k.name, ip, err)
+			continue
+		}
+		eps = append(eps, datapath.Endpoint{IP: ip, IfIndex: idx})
+	}
+	w.mu.Lock()
+	prev := w.podIPs[k]
+	if len(want) == 0 {
+		delete(w.podIPs, k)
+	} else {
+		w.podIPs[k] = want
+	}
+	w.mu.Unlock()
+	for _, ip := range prev {
+		found := false
+		for _, n := range want {
+			found = found || n == ip
+		}
+		if !found {
+			w.dp.DeleteEndpoint(ip)
+		}
+	}
+	for _, e := range eps {
+		w.dp.UpsertEndpoint(e)
+	}
+	return missing
+}
+
+// RouteIfIndex returns the output interface of the host route to ip.
+func RouteIfIndex(ip netip.Addr) (int, error) {
+	return routeIfIndex(ip)
+}
