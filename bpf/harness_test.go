@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"go.uber.org/goleak"
 
 	"github.com/clustermesh/clustermesh/bpf"
@@ -64,6 +66,7 @@ func cluster(t *testing.T, nodes, pods int) (*netnstest.Topology, []*node) {
 			if err := nd.dp.Uninstall(); err != nil {
 				t.Errorf("uninstall %s: %v", n.Name, err)
 			}
+			checkDetached(t, n)
 		})
 		err := n.NS.Do(func() error {
 			if err := nd.dp.Attach(bpf.HookTunnel, n.TunnelIfIndex); err != nil {
@@ -128,6 +131,37 @@ func apply(t *testing.T, nd *node, b datapath.Batch) {
 	t.Helper()
 	if err := nd.w.Apply(context.Background(), b); err != nil {
 		t.Fatalf("apply on %s: %v", nd.Name, err)
+	}
+}
+
+// attached counts the tcx ingress programs on ifindex in ns.
+func attached(t *testing.T, ns *netnstest.NS, ifindex int) int {
+	t.Helper()
+	var n int
+	err := ns.Do(func() error {
+		res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			return err
+		}
+		n = len(res.Programs)
+		return nil
+	})
+	if err != nil {
+		t.Errorf("query programs of ifindex %d in %s: %v", ifindex, ns.Name, err)
+	}
+	return n
+}
+
+// checkDetached fails t if a program is still attached to one of n's devices.
+func checkDetached(t *testing.T, n *netnstest.Node) {
+	t.Helper()
+	if c := attached(t, n.NS, n.TunnelIfIndex); c != 0 {
+		t.Errorf("%d programs left on %s of %s", c, netnstest.TunnelDev, n.Name)
+	}
+	for _, p := range n.Pods {
+		if c := attached(t, n.NS, p.HostIfIndex); c != 0 {
+			t.Errorf("%d programs left on %s of %s", c, p.HostIf, n.Name)
+		}
 	}
 }
 
@@ -246,13 +280,13 @@ func dialTCP(p *netnstest.Pod, addr netip.AddrPort) (net.Conn, *bufio.Reader, he
 	var c net.Conn
 	err := p.NS.Do(func() error {
 		var err error
-		c, err = net.DialTimeout("tcp4", addr.String(), 2*time.Second)
+		c, err = net.DialTimeout("tcp4", addr.String(), 5*time.Second)
 		return err
 	})
 	if err != nil {
 		return nil, nil, hello{}, err
 	}
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	r := bufio.NewReader(c)
 	line, err := r.ReadString('\n')
 	if err != nil {
@@ -269,7 +303,7 @@ func dialTCP(p *netnstest.Pod, addr netip.AddrPort) (net.Conn, *bufio.Reader, he
 
 // echo sends msg on c and expects it back.
 func echo(c net.Conn, r *bufio.Reader, msg string) error {
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.WriteString(c, msg+"\n"); err != nil {
 		return err
 	}
@@ -296,7 +330,7 @@ func tcpRoundTrip(p *netnstest.Pod, addr netip.AddrPort) (hello, error) {
 // udpRoundTrip sends one datagram from a connected UDP socket (so the kernel
 // accepts only replies whose source is addr) and returns the reply's hello.
 func udpRoundTrip(p *netnstest.Pod, addr netip.AddrPort) (hello, error) {
-	return udpTry(p, addr, 3, 700*time.Millisecond)
+	return udpTry(p, addr, 4, time.Second)
 }
 
 // udpTry sends up to attempts datagrams, waiting wait for a reply to each.
@@ -347,7 +381,7 @@ func ping(p *netnstest.Pod, ip netip.Addr) error {
 // port (SO_REUSEADDR, so a port in TIME_WAIT can connect elsewhere).
 func roundTripFromPort(p *netnstest.Pod, network string, port int, addr netip.AddrPort) (hello, error) {
 	d := net.Dialer{
-		Timeout: 2 * time.Second,
+		Timeout: 5 * time.Second,
 		Control: func(_, _ string, rc syscall.RawConn) error {
 			var serr error
 			err := rc.Control(func(fd uintptr) {

@@ -1,10 +1,12 @@
 package bpf_test
 
 import (
+	"errors"
 	"net/netip"
 	"testing"
 	"time"
 
+	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 )
@@ -66,5 +68,34 @@ func TestPodToPod(t *testing.T) {
 	apply(t, nodes[0], datapath.Batch{UpsertTunnels: []datapath.TunnelEntry{{CIDR: topo.Nodes[1].PodCIDR, NodeIP: topo.Nodes[1].UnderlayIP}}})
 	if _, err := tcpRoundTrip(src, netip.AddrPortFrom(dst.IP, port)); err != nil {
 		t.Errorf("tcp via tunnel route: %v", err)
+	}
+
+	// Attaching again replaces the program (one program on the device);
+	// detaching stops forwarding from the pod; attaching restores it.
+	far := netip.AddrPortFrom(topo.Nodes[1].Pods[1].IP, port)
+	n1 := nodes[0]
+	if err := n1.NS.Do(func() error { return n1.dp.Attach(bpf.HookEndpoint, src.HostIfIndex) }); err != nil {
+		t.Fatal(err)
+	}
+	if c := attached(t, n1.NS, src.HostIfIndex); c != 1 {
+		t.Errorf("%d programs after attaching twice, want 1", c)
+	}
+	if err := n1.dp.Detach(bpf.HookEndpoint, src.HostIfIndex); err != nil {
+		t.Fatal(err)
+	}
+	if c := attached(t, n1.NS, src.HostIfIndex); c != 0 {
+		t.Errorf("%d programs after detach, want 0", c)
+	}
+	if _, err := udpTry(src, far, 1, 300*time.Millisecond); err == nil {
+		t.Errorf("udp still forwarded after detach")
+	}
+	if err := n1.dp.Detach(bpf.HookEndpoint, src.HostIfIndex); !errors.Is(err, bpf.ErrNotAttached) {
+		t.Errorf("second detach: %v, want ErrNotAttached", err)
+	}
+	if err := n1.NS.Do(func() error { return n1.dp.Attach(bpf.HookEndpoint, src.HostIfIndex) }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := udpRoundTrip(src, far); err != nil {
+		t.Errorf("udp after re-attach: %v", err)
 	}
 }

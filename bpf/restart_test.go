@@ -148,6 +148,7 @@ func TestRestart(t *testing.T) {
 			if err != nil {
 				t.Errorf("uninstall %s: %v", n.Name, err)
 			}
+			checkDetached(t, n)
 		})
 		req := agentRequest{PinDir: cfg.PinDir, NetNS: n.NS.Name, Batch: connectivity(topo, n)}
 		req.Attach = append(req.Attach, attachment{bpf.HookTunnel, n.TunnelIfIndex})
