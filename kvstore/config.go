@@ -1,0 +1,148 @@
+package kvstore
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Defaults of the optional Config fields.
+const (
+	DefaultListPageSize      = 10000
+	DefaultLeaseTTL          = 15 * time.Minute
+	DefaultMaxKeysPerLease   = 1000
+	DefaultKeepaliveInterval = 15 * time.Second
+	DefaultKeepaliveTimeout  = 5 * time.Second
+	DefaultDialTimeout       = 5 * time.Second
+)
+
+// ErrConfig is returned for a configuration that cannot be used.
+var ErrConfig = errors.New("invalid kvstore config")
+
+// Config is an etcd client configuration in the file format of Cilium's
+// remote-cluster configs (one file per cluster in --clustermesh-config), plus
+// optional tuning. Zero values of the options take the defaults above.
+type Config struct {
+	Endpoints     []string `json:"endpoints"`
+	TrustedCAFile string   `json:"trusted-ca-file,omitempty"`
+	CertFile      string   `json:"cert-file,omitempty"`
+	KeyFile       string   `json:"key-file,omitempty"`
+
+	// QPS limits the unary requests per second of the client (lists, puts,
+	// deletes, status probes); 0 means unlimited. Watch and lease keepalive
+	// streams are not limited.
+	QPS float64 `json:"qps,omitempty"`
+	// ListPageSize is the number of keys per page of a list.
+	ListPageSize int64 `json:"list-page-size,omitempty"`
+	// LeaseTTL is the TTL of the leases that hold written keys.
+	LeaseTTL Duration `json:"lease-ttl,omitempty"`
+	// MaxKeysPerLease bounds how many keys share one lease.
+	MaxKeysPerLease int `json:"max-keys-per-lease,omitempty"`
+	// KeepaliveInterval is the gRPC keepalive period of the connection; it
+	// is also how often a watch checks the etcd cluster ID and revision.
+	KeepaliveInterval Duration `json:"keepalive-interval,omitempty"`
+	// KeepaliveTimeout is how long a keepalive may stay unanswered before
+	// the connection is considered dead.
+	KeepaliveTimeout Duration `json:"keepalive-timeout,omitempty"`
+	// DialTimeout bounds connecting and every request of the status probe.
+	DialTimeout Duration `json:"dial-timeout,omitempty"`
+}
+
+// WithDefaults returns cfg with every unset option set to its default.
+func (cfg Config) WithDefaults() Config {
+	if cfg.ListPageSize <= 0 {
+		cfg.ListPageSize = DefaultListPageSize
+	}
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = Duration(DefaultLeaseTTL)
+	}
+	if cfg.MaxKeysPerLease <= 0 {
+		cfg.MaxKeysPerLease = DefaultMaxKeysPerLease
+	}
+	if cfg.KeepaliveInterval <= 0 {
+		cfg.KeepaliveInterval = Duration(DefaultKeepaliveInterval)
+	}
+	if cfg.KeepaliveTimeout <= 0 {
+		cfg.KeepaliveTimeout = Duration(DefaultKeepaliveTimeout)
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = Duration(DefaultDialTimeout)
+	}
+	return cfg
+}
+
+// Validate reports a config that cannot work.
+func (cfg Config) Validate() error {
+	if len(cfg.Endpoints) == 0 {
+		return fmt.Errorf("%w: no endpoints", ErrConfig)
+	}
+	if cfg.QPS < 0 {
+		return fmt.Errorf("%w: negative qps", ErrConfig)
+	}
+	return nil
+}
+
+// ParseConfig parses a YAML (or JSON) etcd client config.
+func ParseConfig(data []byte) (Config, error) {
+	var cfg Config
+	if err := yaml.Unmarshal(data, &cfg); err != nil {
+		return Config{}, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// LoadConfig reads and parses the etcd client config file at path.
+func LoadConfig(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read kvstore config: %w", err)
+	}
+	cfg, err := ParseConfig(data)
+	if err != nil {
+		return Config{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Duration is a time.Duration that reads from "1m30s" strings or from a
+// number of seconds, and writes as a string.
+type Duration time.Duration
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// MarshalJSON writes d as a duration string.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Duration(d).String())
+}
+
+// UnmarshalJSON reads "90s"-style strings or plain numbers of seconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		if v, err := time.ParseDuration(s); err == nil {
+			*d = Duration(v)
+			return nil
+		}
+		secs, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return fmt.Errorf("duration %q: %w", s, err)
+		}
+		*d = Duration(secs * float64(time.Second))
+		return nil
+	}
+	var secs float64
+	if err := json.Unmarshal(b, &secs); err != nil {
+		return fmt.Errorf("duration %s: %w", b, err)
+	}
+	*d = Duration(secs * float64(time.Second))
+	return nil
+}

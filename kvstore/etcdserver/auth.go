@@ -1,0 +1,158 @@
+package etcdserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/clustermesh/clustermesh/kvstore"
+)
+
+// Key prefixes a remote cluster may read (DESIGN §2 and §6).
+const (
+	StatePrefix         = "cilium/state/"
+	SyncedPrefix        = "cilium/synced/"
+	ClusterConfigPrefix = "cilium/cluster-config/"
+	HeartbeatKey        = "cilium/.heartbeat"
+)
+
+// admin opens a client acting as the root user.
+func (s *Server) admin(ctx context.Context) (*kvstore.Client, error) {
+	c, err := kvstore.New(ctx, s.AdminConfig(), s.log)
+	if err != nil {
+		return nil, fmt.Errorf("admin client: %w", err)
+	}
+	return c, nil
+}
+
+// setupAuth creates the root user with the root role and enables auth; it
+// does nothing when auth is already on (a restarted member).
+func (s *Server) setupAuth(ctx context.Context) error {
+	c, err := s.admin(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	e := c.Etcd()
+	st, err := e.AuthStatus(ctx)
+	if err != nil {
+		return fmt.Errorf("auth status: %w", err)
+	}
+	if st.Enabled {
+		return nil
+	}
+	if _, err := e.UserAddWithOptions(ctx, AdminUser, "", &clientv3.UserAddOptions{NoPassword: true}); err != nil && !errors.Is(err, rpctypes.ErrUserAlreadyExist) {
+		return fmt.Errorf("add user %s: %w", AdminUser, err)
+	}
+	if _, err := e.RoleAdd(ctx, "root"); err != nil && !errors.Is(err, rpctypes.ErrRoleAlreadyExist) {
+		return fmt.Errorf("add role root: %w", err)
+	}
+	if _, err := e.UserGrantRole(ctx, AdminUser, "root"); err != nil {
+		return fmt.Errorf("grant root role: %w", err)
+	}
+	if _, err := e.AuthEnable(ctx); err != nil {
+		return fmt.Errorf("enable auth: %w", err)
+	}
+	return nil
+}
+
+// RemotePermissions returns the key ranges (key, range end; an empty range
+// end is the single key) that a remote cluster may read from the etcd of
+// cluster own: all of cilium/state/, own's canaries, own's cluster config
+// and the heartbeat.
+func RemotePermissions(own string) [][2]string {
+	return [][2]string{
+		{StatePrefix, clientv3.GetPrefixRangeEnd(StatePrefix)},
+		{SyncedPrefix + own + "/", clientv3.GetPrefixRangeEnd(SyncedPrefix + own + "/")},
+		{ClusterConfigPrefix + own, ""},
+		{HeartbeatKey, ""},
+	}
+}
+
+// EnsureRemoteUser creates (or completes) the read-only user and role
+// remote-<cluster>, issues its client certificate into the cert dir if
+// missing, and returns the client config the remote cluster connects with.
+func (s *Server) EnsureRemoteUser(ctx context.Context, cluster string) (kvstore.Config, error) {
+	if err := ValidClusterName(cluster); err != nil {
+		return kvstore.Config{}, err
+	}
+	if s.cfg.DisableAuth {
+		return kvstore.Config{}, fmt.Errorf("%w: auth is disabled", ErrConfig)
+	}
+	user := RemoteUser(cluster)
+	c, err := s.admin(ctx)
+	if err != nil {
+		return kvstore.Config{}, err
+	}
+	defer c.Close()
+	e := c.Etcd()
+	if _, err := e.RoleAdd(ctx, user); err != nil && !errors.Is(err, rpctypes.ErrRoleAlreadyExist) {
+		return kvstore.Config{}, fmt.Errorf("add role %s: %w", user, err)
+	}
+	for _, p := range RemotePermissions(s.cfg.ClusterName) {
+		if _, err := e.RoleGrantPermission(ctx, user, p[0], p[1], clientv3.PermissionType(clientv3.PermRead)); err != nil {
+			return kvstore.Config{}, fmt.Errorf("grant %s read on %q: %w", user, p[0], err)
+		}
+	}
+	if _, err := e.UserAddWithOptions(ctx, user, "", &clientv3.UserAddOptions{NoPassword: true}); err != nil && !errors.Is(err, rpctypes.ErrUserAlreadyExist) {
+		return kvstore.Config{}, fmt.Errorf("add user %s: %w", user, err)
+	}
+	if _, err := e.UserGrantRole(ctx, user, user); err != nil {
+		return kvstore.Config{}, fmt.Errorf("grant role %s: %w", user, err)
+	}
+	return s.ClientConfig(user)
+}
+
+// RemoveRemoteUser deletes the user and role of cluster and its
+// certificate files; a missing user is not an error. New requests with the
+// certificate fail at once; etcd does not end watches opened before.
+func (s *Server) RemoveRemoteUser(ctx context.Context, cluster string) error {
+	if err := ValidClusterName(cluster); err != nil {
+		return err
+	}
+	user := RemoteUser(cluster)
+	c, err := s.admin(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	e := c.Etcd()
+	if _, err := e.UserDelete(ctx, user); err != nil && !errors.Is(err, rpctypes.ErrUserNotFound) {
+		return fmt.Errorf("delete user %s: %w", user, err)
+	}
+	if _, err := e.RoleDelete(ctx, user); err != nil && !errors.Is(err, rpctypes.ErrRoleNotFound) {
+		return fmt.Errorf("delete role %s: %w", user, err)
+	}
+	for _, ext := range []string{".crt", ".key"} {
+		if err := os.Remove(filepath.Join(s.cfg.CertDir, user+ext)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove certificate of %s: %w", user, err)
+		}
+	}
+	return nil
+}
+
+// RemoteUsers lists the clusters that have a remote user.
+func (s *Server) RemoteUsers(ctx context.Context) ([]string, error) {
+	c, err := s.admin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	resp, err := c.Etcd().UserList(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list users: %w", err)
+	}
+	var clusters []string
+	for _, u := range resp.Users {
+		if name, ok := strings.CutPrefix(u, "remote-"); ok {
+			clusters = append(clusters, name)
+		}
+	}
+	return clusters, nil
+}

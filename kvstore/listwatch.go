@@ -1,0 +1,252 @@
+package kvstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// EventKind says what an Event reports.
+type EventKind int
+
+const (
+	// EventUpsert: the key was created or changed (or is listed).
+	EventUpsert EventKind = iota
+	// EventDelete: the key was deleted, or vanished while the watch was
+	// interrupted (a synthetic delete after a relist).
+	EventDelete
+	// EventListDone: a (re)list is complete; every key not reported since
+	// the previous list has been deleted.
+	EventListDone
+)
+
+func (k EventKind) String() string {
+	switch k {
+	case EventUpsert:
+		return "upsert"
+	case EventDelete:
+		return "delete"
+	case EventListDone:
+		return "list-done"
+	}
+	return fmt.Sprintf("EventKind(%d)", int(k))
+}
+
+// Event is a change of one key under a watched prefix.
+type Event struct {
+	Kind EventKind
+	Key  string
+	// Value is the new value of an upsert; the handler may keep it.
+	Value []byte
+	// Revision is the modification revision of an upsert, the revision of
+	// a delete (the list revision for synthetic deletes) or the list
+	// revision of EventListDone.
+	Revision int64
+}
+
+// Reasons for a relist, reported in logs and errors.
+var (
+	ErrClusterIDChanged = errors.New("etcd cluster ID changed")
+	ErrRevisionRewound  = errors.New("etcd revision went backwards")
+	ErrWatchClosed      = errors.New("watch channel closed")
+)
+
+type keyState struct {
+	modRev int64
+	gen    uint64 // number of the list that last saw the key
+}
+
+type listWatch struct {
+	c      *Client
+	prefix string
+	handle func(Event)
+
+	known     map[string]keyState // keys the handler holds as present
+	gen       uint64
+	clusterID uint64 // of the etcd cluster the last list came from
+	lastRev   int64  // highest revision seen
+}
+
+// ListWatch lists prefix in pages of ListPageSize keys, then watches it from
+// the list revision + 1, calling handle for every change, in order, from the
+// calling goroutine. After every (re)list it emits EventDelete for the keys
+// that were reported before but are no longer there, and then EventListDone.
+// It relists when the watch revision was compacted, the watch failed, the
+// etcd cluster ID changed or the revision went backwards (a restored etcd);
+// keys unchanged since the previous list (same modification revision in the
+// same etcd cluster) are not reported again. Failures are retried with a
+// capped exponential backoff with jitter and recorded for Status.
+// ListWatch blocks until ctx is done and then returns nil.
+func (c *Client) ListWatch(ctx context.Context, prefix string, handle func(Event)) error {
+	lw := &listWatch{c: c, prefix: prefix, handle: handle, known: make(map[string]keyState)}
+	var failures int
+	for {
+		err := lw.list(ctx)
+		if err == nil {
+			failures = 0
+			err = lw.watch(ctx)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		c.recordErr(fmt.Errorf("list-watch %s: %w", prefix, err))
+		c.log.Info("relisting", "prefix", prefix, "reason", err)
+		if err := sleepCtx(ctx, backoff(failures)); err != nil {
+			return nil
+		}
+		failures++
+	}
+}
+
+// backoff returns the delay before retry n: 50ms doubling up to 5s, with
+// ±25% jitter. The first retry (n=0) happens almost at once.
+func backoff(n int) time.Duration {
+	if n == 0 {
+		return time.Duration(rand.Int64N(int64(10 * time.Millisecond)))
+	}
+	d := 50 * time.Millisecond << min(n-1, 7)
+	d = min(d, 5*time.Second)
+	return d*3/4 + time.Duration(rand.Int64N(int64(d/2)))
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+func (lw *listWatch) list(ctx context.Context) error {
+	c := lw.c
+	end := clientv3.GetPrefixRangeEnd(lw.prefix)
+	key := lw.prefix
+	var rev int64
+	var clusterID uint64
+	gen := lw.gen + 1
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(c.cfg.ListPageSize)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := c.etcd.Get(ctx, key, opts...)
+		if err != nil {
+			return fmt.Errorf("list: %w", err)
+		}
+		if rev == 0 {
+			rev, clusterID = resp.Header.Revision, resp.Header.ClusterId
+			if prev := c.pinClusterID(clusterID); prev != 0 && prev != clusterID {
+				c.log.Warn("etcd cluster ID changed", "prefix", lw.prefix, "was", prev, "now", clusterID)
+			}
+		} else if resp.Header.ClusterId != clusterID {
+			return fmt.Errorf("list: %w during paging", ErrClusterIDChanged)
+		}
+		sameCluster := lw.clusterID == clusterID
+		for _, kv := range resp.Kvs {
+			k := string(kv.Key)
+			st, ok := lw.known[k]
+			lw.known[k] = keyState{modRev: kv.ModRevision, gen: gen}
+			if ok && sameCluster && st.modRev == kv.ModRevision {
+				continue
+			}
+			lw.handle(Event{Kind: EventUpsert, Key: k, Value: kv.Value, Revision: kv.ModRevision})
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+	// The list is complete: whatever was known and not seen is gone.
+	for k, st := range lw.known {
+		if st.gen != gen {
+			delete(lw.known, k)
+			lw.handle(Event{Kind: EventDelete, Key: k, Revision: rev})
+		}
+	}
+	lw.gen, lw.clusterID, lw.lastRev = gen, clusterID, rev
+	lw.handle(Event{Kind: EventListDone, Revision: rev})
+	return nil
+}
+
+// watch follows the prefix from the list revision + 1 and returns why a
+// relist is needed.
+func (lw *listWatch) watch(ctx context.Context) error {
+	c := lw.c
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	wch := c.etcd.Watch(wctx, lw.prefix, clientv3.WithPrefix(), clientv3.WithRev(lw.lastRev+1))
+	check := time.NewTicker(c.cfg.KeepaliveInterval.D())
+	defer check.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-check.C:
+			if err := lw.checkCluster(ctx); err != nil {
+				return err
+			}
+		case wr, ok := <-wch:
+			if !ok {
+				return ErrWatchClosed
+			}
+			if wr.CompactRevision != 0 {
+				return fmt.Errorf("watch: %w (compacted to %d)", rpctypes.ErrCompacted, wr.CompactRevision)
+			}
+			if err := wr.Err(); err != nil {
+				return fmt.Errorf("watch: %w", err)
+			}
+			if id := wr.Header.ClusterId; id != 0 && id != lw.clusterID {
+				return fmt.Errorf("watch: %w: %x -> %x", ErrClusterIDChanged, lw.clusterID, id)
+			}
+			for _, ev := range wr.Events {
+				lw.apply(ev)
+			}
+		}
+	}
+}
+
+func (lw *listWatch) apply(ev *clientv3.Event) {
+	k := string(ev.Kv.Key)
+	rev := ev.Kv.ModRevision
+	lw.lastRev = max(lw.lastRev, rev)
+	switch ev.Type {
+	case clientv3.EventTypePut:
+		lw.known[k] = keyState{modRev: rev, gen: lw.gen}
+		lw.handle(Event{Kind: EventUpsert, Key: k, Value: ev.Kv.Value, Revision: rev})
+	case clientv3.EventTypeDelete:
+		if _, ok := lw.known[k]; ok {
+			delete(lw.known, k)
+			lw.handle(Event{Kind: EventDelete, Key: k, Revision: rev})
+		}
+	}
+}
+
+// checkCluster asks etcd for one (absent or present) key to compare its
+// cluster ID and revision with what the watch saw: a replaced or restored
+// etcd may keep the watch stream open without sending anything.
+func (lw *listWatch) checkCluster(ctx context.Context) error {
+	c := lw.c
+	cctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout.D())
+	defer cancel()
+	resp, err := c.etcd.Get(cctx, lw.prefix, clientv3.WithCountOnly())
+	if err != nil {
+		// Unreachable: the watch resumes by itself once etcd is back.
+		c.recordErr(fmt.Errorf("check %s: %w", lw.prefix, err))
+		return nil
+	}
+	if resp.Header.ClusterId != lw.clusterID {
+		return fmt.Errorf("%w: %x -> %x", ErrClusterIDChanged, lw.clusterID, resp.Header.ClusterId)
+	}
+	if resp.Header.Revision < lw.lastRev {
+		return fmt.Errorf("%w: %d < %d", ErrRevisionRewound, resp.Header.Revision, lw.lastRev)
+	}
+	return nil
+}

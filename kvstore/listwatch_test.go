@@ -1,0 +1,219 @@
+package kvstore_test
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
+)
+
+const prefix = "cilium/state/ip/v1/default/"
+
+func putKeys(t *testing.T, c *clientv3.Client, n int, tag string) {
+	t.Helper()
+	ctx := testCtx(t)
+	for i := range n {
+		if _, err := c.Put(ctx, fmt.Sprintf("%s10.0.0.%d", prefix, i), tag); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestListWatchPagedListThenWatch(t *testing.T) {
+	srv := etcdserver.StartTest(t, etcdserver.Config{})
+	admin := connect(t, srv.AdminConfig()).Etcd()
+	putKeys(t, admin, 25, "v1")
+	if _, err := admin.Put(testCtx(t), "cilium/state/ip/v1/defaultx", "outside"); err != nil {
+		t.Fatal(err)
+	}
+	cfg := srv.AdminConfig()
+	cfg.ListPageSize = 4
+	cs := startConsumer(t, connect(t, cfg), prefix)
+	cs.waitFor(t, "first list", func(_ map[string]string, n int) bool { return n == 1 })
+	evs := cs.snapshotEvents()
+	if len(evs) != 26 || evs[25].Kind != kvstore.EventListDone {
+		t.Fatalf("got %d events, want 25 upserts then list-done", len(evs))
+	}
+	for i, ev := range evs[:25] {
+		if ev.Kind != kvstore.EventUpsert || ev.Revision == 0 {
+			t.Fatalf("event %d = %+v", i, ev)
+		}
+		if i > 0 && ev.Key <= evs[i-1].Key {
+			t.Fatalf("keys out of order: %q after %q", ev.Key, evs[i-1].Key)
+		}
+	}
+	ctx := testCtx(t)
+	if _, err := admin.Delete(ctx, prefix+"10.0.0.3"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Put(ctx, prefix+"10.0.1.1", "new"); err != nil {
+		t.Fatal(err)
+	}
+	cs.waitEqual(t, etcdContents(t, admin, prefix))
+}
+
+// TestListWatchResync checks that after an interruption the consumer ends
+// with exactly the keys etcd holds: keys deleted meanwhile are deleted
+// downstream (after the relist is complete), changed and new keys appear.
+func TestListWatchResync(t *testing.T) {
+	tests := []struct {
+		name       string
+		restart    bool // stop and restart etcd during the outage
+		compact    bool // compact past the consumer's watch revision during the outage
+		wantRelist bool
+	}{
+		{name: "partition, watch resumes from revision"},
+		{name: "partition, compaction past watch revision", compact: true, wantRelist: true},
+		{name: "etcd restart, watch resumes from revision", restart: true},
+		{name: "etcd restart, compaction past watch revision", restart: true, compact: true, wantRelist: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			srv := etcdserver.StartTest(t, etcdserver.Config{})
+			admin := connect(t, srv.AdminConfig()).Etcd()
+			putKeys(t, admin, 10, "v1")
+
+			// The consumer reaches etcd through a proxy so that it misses
+			// the changes made during the outage.
+			px := newProxy(t, hostOf(srv.Endpoints()[0]))
+			cfg := srv.AdminConfig()
+			cfg.Endpoints = []string{"https://" + px.addr()}
+			cfg.ListPageSize = 3
+			cs := startConsumer(t, connect(t, cfg), prefix)
+			cs.waitEqual(t, etcdContents(t, admin, prefix))
+			cs.waitFor(t, "first list", func(_ map[string]string, n int) bool { return n == 1 })
+
+			px.block()
+			if tc.restart {
+				srv.Stop()
+				if err := srv.Restart(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, k := range []string{"10.0.0.1", "10.0.0.5", "10.0.0.9"} {
+				if _, err := admin.Delete(ctx, prefix+k); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := admin.Put(ctx, prefix+"10.0.0.2", "v2"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := admin.Put(ctx, prefix+"10.0.2.1", "new"); err != nil {
+				t.Fatal(err)
+			}
+			if tc.compact {
+				resp, err := admin.Get(ctx, "x")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := admin.Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want := etcdContents(t, admin, prefix)
+			px.unblock()
+
+			cs.waitEqual(t, want)
+			if tc.wantRelist {
+				cs.waitFor(t, "relist", func(_ map[string]string, n int) bool { return n >= 2 })
+			}
+			checkDeletes(t, cs.snapshotEvents(), want)
+		})
+	}
+}
+
+// checkDeletes fails if a key that etcd still holds was ever deleted
+// downstream, or if a synthetic delete came before its relist's upserts.
+func checkDeletes(t *testing.T, evs []kvstore.Event, final map[string]string) {
+	t.Helper()
+	for i, ev := range evs {
+		if ev.Kind != kvstore.EventDelete {
+			continue
+		}
+		if _, ok := final[ev.Key]; ok {
+			t.Fatalf("event %d deletes %q, which etcd still holds", i, ev.Key)
+		}
+	}
+}
+
+func hostOf(endpoint string) string {
+	_, h, _ := strings.Cut(endpoint, "://")
+	return h
+}
+
+// TestListWatchReplacedEtcd replaces etcd by another one with other
+// contents on the same address: the consumer must notice (cluster ID
+// changed, or revision went backwards) and converge by relisting.
+func TestListWatchReplacedEtcd(t *testing.T) {
+	tests := []struct {
+		name  string
+		token string // initial cluster token of the replacement
+	}{
+		{name: "different cluster ID", token: "another-cluster"},
+		{name: "same cluster ID, revision rewound", token: ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			srv := etcdserver.StartTest(t, etcdserver.Config{})
+			admin := connect(t, srv.AdminConfig()).Etcd()
+			for range 5 {
+				putKeys(t, admin, 10, "old")
+			}
+			c := connect(t, srv.AdminConfig())
+			cs := startConsumer(t, c, prefix)
+			cs.waitEqual(t, etcdContents(t, admin, prefix))
+			oldID := srv.ClusterID()
+			srv.Stop()
+
+			cfg := srv.Config()
+			cfg.DataDir = filepath.Join(t.TempDir(), "replacement")
+			cfg.InitialClusterToken = tc.token
+			cfg.InitialCluster = ""
+			repl := etcdserver.StartTest(t, cfg)
+			if (repl.ClusterID() != oldID) != (tc.token != "") {
+				t.Fatalf("cluster ID %x -> %x", oldID, repl.ClusterID())
+			}
+			admin2 := connect(t, repl.AdminConfig()).Etcd()
+			for _, k := range []string{"10.0.0.2", "10.9.9.9"} {
+				if _, err := admin2.Put(ctx, prefix+k, "replacement"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want := etcdContents(t, admin2, prefix)
+			cs.waitEqual(t, want)
+			checkDeletes(t, cs.snapshotEvents(), want)
+			st := c.Status(ctx)
+			if st.ClusterID != repl.ClusterID() {
+				t.Fatalf("pinned cluster ID %x, want %x", st.ClusterID, repl.ClusterID())
+			}
+		})
+	}
+}
+
+func TestListWatchStopsWithContext(t *testing.T) {
+	srv := etcdserver.StartTest(t, etcdserver.Config{})
+	c := connect(t, srv.AdminConfig())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	listed := make(chan struct{}, 1)
+	go func() {
+		done <- c.ListWatch(ctx, prefix, func(ev kvstore.Event) {
+			if ev.Kind == kvstore.EventListDone {
+				listed <- struct{}{}
+			}
+		})
+	}()
+	<-listed
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("ListWatch = %v, want nil after cancel", err)
+	}
+}
