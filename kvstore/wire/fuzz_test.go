@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"encoding/json"
 	"errors"
 	"net/netip"
 	"reflect"
@@ -115,5 +116,31 @@ func FuzzDecodeClusterConfig(f *testing.F) {
 		}
 		decode := func(_ Remote, _ string, b []byte) (ClusterConfig, error) { return DecodeClusterConfig(b) }
 		checkRoundTrip(t, Remote{}, "", c, MarshalClusterConfig, decode)
+	})
+}
+
+// FuzzIPIdentityPairFastPath checks the reflection-free ipcache parser
+// against encoding/json: whatever it accepts, encoding/json decodes to the
+// same value.
+func FuzzIPIdentityPairFastPath(f *testing.F) {
+	for _, v := range []string{
+		goldenIPPod, goldenIPCIDR, `{}`, ` { "IP" : "fd00::1" , "Mask" : null , "NamedPorts" : [ ] } `,
+		`{"IP":"10.1.0.7","Mask":"","ID":0,"Key":255,"NamedPorts":[{},{"Port":1}]}`,
+		`{"IP":"10.1.0.7","ID":01}`, `{"IP":"10.1.0.7","ID":1.0}`, `{"ip":"10.1.0.7"}`, `{"IP":"10.1.0.7","IP":"10.1.0.8"}`,
+	} {
+		f.Add([]byte(v))
+	}
+	f.Fuzz(func(t *testing.T, value []byte) {
+		fast, ok := decodeIPIdentityPairFast(value)
+		if !ok {
+			return
+		}
+		var slow IPIdentityPair
+		if err := json.Unmarshal(value, &slow); err != nil {
+			t.Fatalf("fast path accepts what encoding/json refuses (%v): %q", err, value)
+		}
+		if !reflect.DeepEqual(fast, slow) {
+			t.Fatalf("fast path differs from encoding/json on %q\nfast: %#v\nslow: %#v", value, fast, slow)
+		}
 	})
 }

@@ -135,9 +135,12 @@ func DecodeIPIdentityPair(r Remote, key string, value []byte) (IPIdentityPair, e
 	if cluster != "" && cluster != r.Name {
 		return IPIdentityPair{}, fmt.Errorf("ipcache %q: %w: key is for cluster %q, connection for %q", key, ErrWrongCluster, cluster, r.Name)
 	}
-	var p IPIdentityPair
-	if err := json.Unmarshal(value, &p); err != nil {
-		return IPIdentityPair{}, fmt.Errorf("ipcache %q: %w: %v", key, ErrMalformed, err)
+	p, ok := decodeIPIdentityPairFast(value)
+	if !ok {
+		p = IPIdentityPair{}
+		if err := json.Unmarshal(value, &p); err != nil {
+			return IPIdentityPair{}, fmt.Errorf("ipcache %q: %w: %v", key, ErrMalformed, err)
+		}
 	}
 	if err := p.Validate(); err != nil {
 		return IPIdentityPair{}, fmt.Errorf("ipcache %q: %w", key, err)

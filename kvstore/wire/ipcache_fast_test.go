@@ -1,0 +1,61 @@
+package wire
+
+import (
+	"encoding/json"
+	"net"
+	"net/netip"
+	"reflect"
+	"testing"
+)
+
+func TestIPIdentityPairFastPath(t *testing.T) {
+	marshalled, err := MarshalIPIdentityPair(IPIdentityPair{IP: netip.MustParseAddr("fd00::700"), Mask: net.CIDRMask(120, 128), ID: 70000,
+		HostIP: netip.MustParseAddr("fd00::1"), Key: 3, Metadata: "meta", K8sPodName: "p\u00e9", NamedPorts: []NamedPort{{"a", 1, UDP}, {"b", 65535, SCTP}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		value string
+		fast  bool // whether the fast path handles it
+	}{
+		{"golden pod", goldenIPPod, true},
+		{"golden cidr", goldenIPCIDR, true},
+		{"written by MarshalIPIdentityPair", string(marshalled), true},
+		{"white space", " {\n\t\"IP\" : \"10.1.0.7\" , \"ID\" : 7 }\r\n", true},
+		{"empty named ports", `{"IP":"10.1.0.7","ID":7,"NamedPorts":[]}`, true},
+		{"escaped string", `{"IP":"10.1.0.7","ID":7,"Metadata":"a\"b"}`, false},
+		{"HTML-escaped by encoding/json", `{"IP":"10.1.0.7","ID":7,"Metadata":"\u003c"}`, false},
+		{"lower-case key", `{"ip":"10.1.0.7","ID":7}`, false},
+		{"unknown key", `{"IP":"10.1.0.7","ID":7,"CiliumIP":""}`, false},
+		{"duplicate key", `{"IP":"10.1.0.7","ID":7,"ID":8}`, false},
+		{"leading zero", `{"IP":"10.1.0.7","ID":07}`, false},
+		{"fraction", `{"IP":"10.1.0.7","ID":7.0}`, false},
+		{"exponent", `{"IP":"10.1.0.7","ID":7e0}`, false},
+		{"negative", `{"IP":"10.1.0.7","ID":-7}`, false},
+		{"overflow", `{"IP":"10.1.0.7","ID":4294967296}`, false},
+		{"null IP", `{"IP":null,"ID":7}`, false},
+		{"bad IP", `{"IP":"10.1.0.x","ID":7}`, false},
+		{"invalid UTF-8", "{\"IP\":\"10.1.0.7\",\"ID\":7,\"Metadata\":\"\xff\"}", false},
+		{"trailing data", `{"IP":"10.1.0.7","ID":7}x`, false},
+		{"array", `[]`, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fast, ok := decodeIPIdentityPairFast([]byte(tt.value))
+			if ok != tt.fast {
+				t.Fatalf("fast path ok = %v, want %v", ok, tt.fast)
+			}
+			if !ok {
+				return
+			}
+			var slow IPIdentityPair
+			if err := json.Unmarshal([]byte(tt.value), &slow); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(fast, slow) {
+				t.Errorf("fast %#v\nslow %#v", fast, slow)
+			}
+		})
+	}
+}
