@@ -1,0 +1,304 @@
+package deploy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"testing"
+
+	"helm.sh/helm/v3/pkg/action"
+	"helm.sh/helm/v3/pkg/chartutil"
+	"helm.sh/helm/v3/pkg/lint"
+	"helm.sh/helm/v3/pkg/lint/support"
+	"helm.sh/helm/v3/pkg/releaseutil"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/yaml"
+)
+
+const testNamespace = "clustermesh-system"
+
+// chartCase is one set of values the chart must render and the cluster must
+// accept.
+type chartCase struct {
+	name   string
+	values map[string]any
+	check  func(t *testing.T, objs objects)
+}
+
+func baseValues() map[string]any {
+	return map[string]any{"cluster": map[string]any{"name": "c1", "id": 1}}
+}
+
+// with returns base values with the dotted keys set.
+func with(kv ...any) map[string]any {
+	v := baseValues()
+	for i := 0; i < len(kv); i += 2 {
+		setPath(v, kv[i].(string), kv[i+1])
+	}
+	return v
+}
+
+func setPath(m map[string]any, key string, val any) {
+	parts := strings.Split(key, ".")
+	for _, p := range parts[:len(parts)-1] {
+		next, ok := m[p].(map[string]any)
+		if !ok {
+			next = map[string]any{}
+			m[p] = next
+		}
+		m = next
+	}
+	m[parts[len(parts)-1]] = val
+}
+
+// objects are rendered manifests keyed by "Kind/name".
+type objects map[string]*unstructured.Unstructured
+
+func (o objects) get(t *testing.T, key string) *unstructured.Unstructured {
+	t.Helper()
+	u, ok := o[key]
+	if !ok {
+		t.Fatalf("%s not rendered; have %v", key, o.keys())
+	}
+	return u
+}
+
+func (o objects) keys() []string {
+	var ks []string
+	for k := range o {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return ks
+}
+
+func str(t *testing.T, u *unstructured.Unstructured, path ...string) string {
+	t.Helper()
+	s, _, err := unstructured.NestedString(u.Object, path...)
+	if err != nil {
+		t.Fatalf("%s %v: %v", u.GetName(), path, err)
+	}
+	return s
+}
+
+func firstContainer(t *testing.T, u *unstructured.Unstructured) map[string]any {
+	t.Helper()
+	cs, _, _ := unstructured.NestedSlice(u.Object, "spec", "template", "spec", "containers")
+	if len(cs) == 0 {
+		t.Fatalf("%s has no containers", u.GetName())
+	}
+	return cs[0].(map[string]any)
+}
+
+func args(t *testing.T, u *unstructured.Unstructured) []string {
+	t.Helper()
+	var out []string
+	for _, a := range firstContainer(t, u)["args"].([]any) {
+		out = append(out, a.(string))
+	}
+	return out
+}
+
+// render runs `helm template` through the SDK.
+func render(values map[string]any) (objects, error) {
+	c, err := LoadChart()
+	if err != nil {
+		return nil, err
+	}
+	inst := action.NewInstall(&action.Configuration{})
+	inst.ClientOnly, inst.DryRun, inst.Replace = true, true, true
+	inst.ReleaseName, inst.Namespace = "clustermesh", testNamespace
+	inst.KubeVersion = &chartutil.KubeVersion{Version: "v1.37.2", Major: "1", Minor: "37"}
+	rel, err := inst.Run(c, values)
+	if err != nil {
+		return nil, err
+	}
+	objs := objects{}
+	for name, doc := range releaseutil.SplitManifests(rel.Manifest) {
+		var m map[string]any
+		if err := yaml.Unmarshal([]byte(doc), &m); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		if len(m) == 0 {
+			continue
+		}
+		u := &unstructured.Unstructured{Object: m}
+		objs[u.GetKind()+"/"+u.GetName()] = u
+	}
+	return objs, nil
+}
+
+func chartCases(t *testing.T) []chartCase {
+	// Supplied TLS: take certificates that the chart generated.
+	gen, err := render(baseValues())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pem := func(secret, key string) string {
+		u := gen.get(t, "Secret/"+secret)
+		b64 := str(t, u, "data", key)
+		return decodeB64(t, b64)
+	}
+	return []chartCase{
+		{name: "default", values: baseValues(), check: func(t *testing.T, o objects) {
+			svc := o.get(t, "Service/clustermesh-apiserver")
+			if got := str(t, svc, "spec", "type"); got != "NodePort" {
+				t.Errorf("service type %q", got)
+			}
+			ds := o.get(t, "DaemonSet/clustermesh-agent")
+			if hn, _, _ := unstructured.NestedBool(ds.Object, "spec", "template", "spec", "hostNetwork"); !hn {
+				t.Error("agent is not on the host network")
+			}
+			if p, _, _ := unstructured.NestedBool(firstContainer(t, ds), "securityContext", "privileged"); !p {
+				t.Error("agent is not privileged")
+			}
+			for _, want := range []string{"--cluster-name=c1", "--cluster-id=1", "--max-connected-clusters=255", "--clustermesh-config=/var/lib/clustermesh/remote-clusters", "--datapath=bpf"} {
+				if !slices.Contains(args(t, ds), want) {
+					t.Errorf("agent args %v lack %s", args(t, ds), want)
+				}
+			}
+			dep := o.get(t, "Deployment/clustermesh-apiserver")
+			for _, want := range []string{"--cluster-name=c1", "--etcd-data-dir=/var/run/etcd", "--remote-users-file=/etc/clustermesh/remote-users/users.yaml"} {
+				if !slices.Contains(args(t, dep), want) {
+					t.Errorf("apiserver args %v lack %s", args(t, dep), want)
+				}
+			}
+			if a := str(t, dep, "spec", "template", "metadata", "annotations", "prometheus.io/port"); a != "9962" {
+				t.Errorf("prometheus.io/port %q", a)
+			}
+			if p, _, _ := unstructured.NestedString(firstContainer(t, dep), "readinessProbe", "httpGet", "path"); p != "/readyz" {
+				t.Errorf("readiness path %q", p)
+			}
+			cm := o.get(t, "ConfigMap/clustermesh-config")
+			if str(t, cm, "data", "cluster-id") != "1" || str(t, cm, "data", "max-connected-clusters") != "255" {
+				t.Errorf("config %v", cm.Object["data"])
+			}
+			o.get(t, "ConfigMap/clustermesh-remote-users")
+			for _, s := range []string{"clustermesh-ca", "clustermesh-apiserver-server-cert", "clustermesh-apiserver-admin-cert"} {
+				o.get(t, "Secret/"+s)
+			}
+			role := o.get(t, "Role/clustermesh-agent")
+			if role.GetNamespace() != testNamespace {
+				t.Errorf("agent role in %q", role.GetNamespace())
+			}
+		}},
+		{name: "loadbalancer", values: with("apiserver.service.type", "LoadBalancer", "apiserver.service.annotations", map[string]any{"example.com/internal": "true"}), check: func(t *testing.T, o objects) {
+			svc := o.get(t, "Service/clustermesh-apiserver")
+			if str(t, svc, "spec", "type") != "LoadBalancer" || svc.GetAnnotations()["example.com/internal"] != "true" {
+				t.Errorf("service %v", svc.Object)
+			}
+		}},
+		{name: "clusterip", values: with("apiserver.service.type", "ClusterIP"), check: func(t *testing.T, o objects) {
+			svc := o.get(t, "Service/clustermesh-apiserver")
+			ports, _, _ := unstructured.NestedSlice(svc.Object, "spec", "ports")
+			if _, ok := ports[0].(map[string]any)["nodePort"]; ok || str(t, svc, "spec", "type") != "ClusterIP" {
+				t.Errorf("service %v", svc.Object["spec"])
+			}
+		}},
+		{name: "nodeport-auto", values: with("apiserver.service.nodePort", 0, "maxConnectedClusters", 511, "cluster.id", 300)},
+		{name: "external-etcd", values: with("etcd.mode", "external", "etcd.external.endpoints", []any{"https://etcd-0.example:2379", "https://etcd-1.example:2379"}, "etcd.external.tlsSecret", "my-etcd-client"), check: func(t *testing.T, o objects) {
+			if _, ok := o["Service/clustermesh-apiserver"]; ok {
+				t.Error("etcd service rendered with external etcd")
+			}
+			dep := o.get(t, "Deployment/clustermesh-apiserver")
+			if !slices.Contains(args(t, dep), "--kvstore-config=/etc/clustermesh/kvstore/config.yaml") {
+				t.Errorf("apiserver args %v", args(t, dep))
+			}
+			kv := str(t, o.get(t, "ConfigMap/clustermesh-apiserver-kvstore"), "data", "config.yaml")
+			if !strings.Contains(kv, "https://etcd-1.example:2379") || !strings.Contains(kv, "trusted-ca-file:") {
+				t.Errorf("kvstore config %q", kv)
+			}
+			if ep := str(t, o.get(t, "ConfigMap/clustermesh-config"), "data", "endpoints"); ep != "https://etcd-0.example:2379,https://etcd-1.example:2379" {
+				t.Errorf("endpoints %q", ep)
+			}
+		}},
+		{name: "tls-values", values: with(
+			"tls.source", "values",
+			"tls.ca.cert", pem("clustermesh-ca", "ca.crt"), "tls.ca.key", pem("clustermesh-ca", "ca.key"),
+			"tls.server.cert", pem("clustermesh-apiserver-server-cert", "tls.crt"), "tls.server.key", pem("clustermesh-apiserver-server-cert", "tls.key"),
+			"tls.admin.cert", pem("clustermesh-apiserver-admin-cert", "tls.crt"), "tls.admin.key", pem("clustermesh-apiserver-admin-cert", "tls.key"),
+		), check: func(t *testing.T, o objects) {
+			got := decodeB64(t, str(t, o.get(t, "Secret/clustermesh-ca"), "data", "ca.crt"))
+			if got != pem("clustermesh-ca", "ca.crt") {
+				t.Error("supplied CA not used")
+			}
+		}},
+		{name: "tls-existing", values: with("tls.source", "existing"), check: func(t *testing.T, o objects) {
+			if _, ok := o["Secret/clustermesh-ca"]; ok {
+				t.Error("secrets rendered with tls.source=existing")
+			}
+		}},
+		{name: "memory-datapath-no-metrics", values: with("agent.datapath", "memory", "apiserver.metricsPort", 0, "tls.serverSANs", []any{"192.0.2.10", "mesh.example.com"}), check: func(t *testing.T, o objects) {
+			if _, ok := o["Service/clustermesh-apiserver-metrics"]; ok {
+				t.Error("metrics service rendered with metricsPort 0")
+			}
+		}},
+	}
+}
+
+func TestTemplate(t *testing.T) {
+	for _, tc := range chartCases(t) {
+		t.Run(tc.name, func(t *testing.T) {
+			objs, err := render(tc.values)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, u := range objs {
+				if u.GetLabels()["app.kubernetes.io/part-of"] != "clustermesh" {
+					t.Errorf("%s lacks the part-of label", k)
+				}
+				if ns := u.GetNamespace(); ns != "" && ns != testNamespace {
+					t.Errorf("%s in namespace %q", k, ns)
+				}
+			}
+			if tc.check != nil {
+				tc.check(t, objs)
+			}
+		})
+	}
+}
+
+func TestTemplateRefusesInvalidValues(t *testing.T) {
+	cases := []struct {
+		name   string
+		values map[string]any
+		want   string
+	}{
+		{"no-name", map[string]any{"cluster": map[string]any{"id": 1}}, "cluster.name must be set"},
+		{"id-zero", with("cluster.id", 0), "cluster.id must be between 1 and 255"},
+		{"id-too-big", with("cluster.id", 256), "cluster.id must be between 1 and 255"},
+		{"default-name", with("cluster.name", "default"), "reserved"},
+		{"long-name", with("cluster.name", strings.Repeat("a", 33)), "at most 32"},
+		{"max-connected", with("maxConnectedClusters", 300), "255 or 511"},
+		{"service-type", with("apiserver.service.type", "ExternalName"), "apiserver.service.type"},
+		{"external-no-endpoints", with("etcd.mode", "external"), "etcd.external.endpoints"},
+		{"tls-values-missing", with("tls.source", "values"), "tls.source values needs"},
+		{"datapath", with("agent.datapath", "xdp"), "agent.datapath"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := render(tc.values)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestLint(t *testing.T) {
+	for _, tc := range chartCases(t) {
+		t.Run(tc.name, func(t *testing.T) {
+			res := lint.All("charts/"+ChartName, tc.values, testNamespace, false)
+			for _, m := range res.Messages {
+				if m.Severity >= support.WarningSev {
+					t.Errorf("lint: %s", m)
+				}
+			}
+		})
+	}
+}
+
+var _ = io.Discard
+var _ = context.Background
