@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -25,6 +26,15 @@ type Config struct {
 	// PinDir is a directory on (or to be mounted as) bpffs holding maps/ and
 	// links/. If neither it nor a parent is on bpffs, a bpffs is mounted on it.
 	PinDir string
+}
+
+// RegisterFlags registers the datapath's flags on fs, defaulting to c's values.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	if c.PinDir == "" {
+		c.PinDir = DefaultPinDir
+	}
+	fs.StringVar(&c.PinDir, "bpf-pin-dir", c.PinDir,
+		"bpffs directory for the datapath's pinned maps and links (a bpffs is mounted there if needed)")
 }
 
 // Hook says which program a device runs.

@@ -109,6 +109,14 @@ func TestServiceLoadBalancing(t *testing.T) {
 	if len(seen) < 2 {
 		t.Errorf("30 UDP flows reached only %v", seen)
 	}
+	// One UDP flow (one connected socket) stays on one backend.
+	for range 5 {
+		h1, err1 := roundTripFromPort(client, "udp4", 61100, udpVIP.Addr)
+		h2, err2 := roundTripFromPort(client, "udp4", 61100, udpVIP.Addr)
+		if err1 != nil || err2 != nil || h1.server != h2.server {
+			t.Errorf("same UDP flow answered by %q (%v) then %q (%v)", h1.server, err1, h2.server, err2)
+		}
+	}
 
 	// An established connection's peer is the VIP (replies are reverse-NATed).
 	c, r, _, err := dialTCP(client, tcpVIP.Addr)
@@ -124,20 +132,50 @@ func TestServiceLoadBalancing(t *testing.T) {
 	c.Close()
 
 	// A direct connection that reuses the tuple of an earlier service flow
-	// (same client port, same backend) is not reverse-NATed.
+	// (same client port, same backend) is not reverse-NATed. Fixed ports are
+	// above the ephemeral range (32768-60999), so no other flow holds them.
 	for _, proto := range []string{"tcp4", "udp4"} {
 		fe := tcpVIP
 		if proto == "udp4" {
 			fe = udpVIP
 		}
-		h, err := roundTripFromPort(client, proto, 40000, fe.Addr)
+		h, err := roundTripFromPort(client, proto, 61000, fe.Addr)
 		if err != nil {
-			t.Fatalf("%s to %s from port 40000: %v", proto, fe, err)
+			t.Fatalf("%s to %s from port 61000: %v", proto, fe, err)
 		}
 		be := podByName(topo, h.server)
-		if _, err := roundTripFromPort(client, proto, 40000, netip.AddrPortFrom(be.IP, backendPort)); err != nil {
+		if _, err := roundTripFromPort(client, proto, 61000, netip.AddrPortFrom(be.IP, backendPort)); err != nil {
 			t.Errorf("%s direct to %s from the port of an earlier service flow: %v", proto, be.Name, err)
 		}
+	}
+
+	// Hairpin: a client that is one of the backends reaches itself through
+	// the frontend; it sees the connection come from 169.254.42.1.
+	hairVIP := datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.11:80"), Proto: datapath.TCP}
+	hairUDP := datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.11:53"), Proto: datapath.UDP}
+	serve(t, client, backendPort)
+	hairBackends := []*netnstest.Pod{client, backends[1]}
+	apply(t, nodes[0], datapath.Batch{UpsertServices: []datapath.Service{
+		service(hairVIP, hairBackends), service(hairUDP, hairBackends),
+	}})
+	self := 0
+	for range 40 {
+		h, err := tcpRoundTrip(client, hairVIP.Addr)
+		if err != nil {
+			t.Fatalf("hairpin tcp: %v", err)
+		}
+		if h.server == client.Name {
+			self++
+			if peer, _ := netip.ParseAddrPort(h.peer); peer.Addr() != netip.MustParseAddr("169.254.42.1") {
+				t.Errorf("hairpinned connection seen from %s", h.peer)
+			}
+		}
+		if _, err := udpRoundTrip(client, hairUDP.Addr); err != nil {
+			t.Fatalf("hairpin udp: %v", err)
+		}
+	}
+	if self == 0 || self == 40 {
+		t.Errorf("%d of 40 connections hairpinned, want some", self)
 	}
 
 	// Removing a backend removes it from new connections.
@@ -166,7 +204,7 @@ func TestServiceLoadBalancing(t *testing.T) {
 	}
 
 	// Deleting the service stops the translation.
-	apply(t, nodes[0], datapath.Batch{DeleteServices: []datapath.Frontend{tcpVIP, udpVIP}})
+	apply(t, nodes[0], datapath.Batch{DeleteServices: []datapath.Frontend{tcpVIP, udpVIP, hairVIP, hairUDP}})
 	if _, err := udpTry(client, udpVIP.Addr, 1, 300*time.Millisecond); err == nil {
 		t.Errorf("udp to a deleted service still answered")
 	}

@@ -31,6 +31,9 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 #define WORLD_IDENTITY 2
+/* Source of hairpinned service traffic (a pod reaching itself through a
+ * frontend): 169.254.42.1, as Cilium's IPv4 loopback address. */
+#define HAIRPIN_IP bpf_htonl(0xa9fe2a01)
 
 /* The parsed part of an IPv4 packet that the programs look at. */
 struct pkt {
@@ -202,9 +205,12 @@ static __always_inline int lb4(struct __sk_buff *skb, struct pkt *p)
 		fresh = 1;
 	}
 
+	/* A client that is its own backend would receive a packet from its own
+	 * address, which its stack drops: the source becomes HAIRPIN_IP. */
+	int hairpin = be->ip == p->flow.saddr;
 	struct flow_key rev = {
 		.saddr = be->ip,
-		.daddr = p->flow.saddr,
+		.daddr = hairpin ? HAIRPIN_IP : p->flow.saddr,
 		.sport = be->port,
 		.dport = p->flow.sport,
 		.proto = p->flow.proto,
@@ -215,7 +221,30 @@ static __always_inline int lb4(struct __sk_buff *skb, struct pkt *p)
 		if (bpf_map_update_elem(&cm_revnat, &rev, &rn, BPF_ANY))
 			return -1;
 	}
-	return rewrite(skb, p, 0, be->ip, be->port);
+	if (rewrite(skb, p, 0, be->ip, be->port))
+		return -1;
+	if (hairpin)
+		return rewrite(skb, p, 1, HAIRPIN_IP, p->flow.sport);
+	return 0;
+}
+
+/* A reply of a hairpinned flow (pod -> HAIRPIN_IP) goes back into the pod as
+ * coming from the frontend. */
+static __always_inline int hairpin_reply(struct __sk_buff *skb, struct pkt *p)
+{
+	struct revnat_value *rn;
+	__be32 pod = p->flow.saddr;
+	__be32 vip;
+	__be16 vport;
+
+	rn = bpf_map_lookup_elem(&cm_revnat, &p->flow);
+	if (!rn)
+		return -1;
+	vip = rn->vip;
+	vport = rn->vport;
+	if (rewrite(skb, p, 1, vip, vport))
+		return -1;
+	return rewrite(skb, p, 0, pod, p->flow.dport);
 }
 
 /* Reverse NAT of a reply from a backend to a client of a frontend. */
@@ -265,8 +294,12 @@ int cm_from_pod(struct __sk_buff *skb)
 
 	if (parse(skb, &p))
 		return CM_NEXT;
-	if (p.has_ports && lb4(skb, &p))
+	if (p.has_ports && p.flow.daddr == HAIRPIN_IP) {
+		if (hairpin_reply(skb, &p))
+			return CM_DROP;
+	} else if (p.has_ports && lb4(skb, &p)) {
 		return CM_DROP;
+	}
 
 	ret = deliver_local(skb, &p);
 	if (ret >= 0)
