@@ -10,10 +10,14 @@
 // run different versions: change it only in backwards-compatible ways.
 //
 // Writers use the Marshal* functions, which refuse values a reader would
-// drop. Readers use the Decode* functions, which take the Remote the
-// connection is for and return one of the exported sentinel errors (wrapped
-// with context) for any value that must be dropped. A decoder never panics on
-// any input; fuzz targets in wire_fuzz_test.go check that.
+// drop, so what is written is what is read. Readers use the Decode*
+// functions, which take the Remote the connection is for and the full etcd
+// key (under cilium/state/ or, for kvstoremesh copies, cilium/cache/), and
+// return one of the exported sentinel errors (wrapped with context) for any
+// value that must be dropped: ErrTooLarge, ErrMalformed, ErrKeyMismatch,
+// ErrWrongCluster, ErrClusterIDMismatch, ErrIdentityOutOfRange, ErrInvalid.
+// A decoder never panics on any input, and what it accepts re-encodes to an
+// equal value; the fuzz targets in fuzz_test.go check both.
 //
 // The package imports the standard library only.
 package wire
