@@ -38,7 +38,8 @@ func (c CIDR) MarshalJSON() ([]byte, error) {
 }
 
 // UnmarshalJSON reads null, the net.IPNet object form or the string form.
-// It checks syntax only; Validate checks the prefix.
+// Host bits are cleared ("10.1.0.1/24" reads as 10.1.0.0/24), as Cilium's
+// own reader does; Validate checks the rest.
 func (c *CIDR) UnmarshalJSON(b []byte) error {
 	b = bytes.TrimSpace(b)
 	switch {
@@ -54,7 +55,7 @@ func (c *CIDR) UnmarshalJSON(b []byte) error {
 		if err != nil {
 			return err
 		}
-		*c = CIDR{p}
+		*c = CIDR{p.Masked()}
 		return nil
 	}
 	var v ipNetJSON
@@ -69,7 +70,7 @@ func (c *CIDR) UnmarshalJSON(b []byte) error {
 	if err != nil {
 		return err
 	}
-	*c = CIDR{netip.PrefixFrom(addr, bits)}
+	*c = CIDR{netip.PrefixFrom(addr, bits).Masked()}
 	return nil
 }
 

@@ -89,7 +89,6 @@ func TestDecodeRejects(t *testing.T) {
 		// other invalid values
 		{"node empty name", "node", testRemote, "cilium/state/nodes/v1/c1/x", `{"Name":"","Cluster":"c1","ClusterID":3}`, ErrKeyMismatch},
 		{"node v6 in IPv4AllocCIDR", "node", testRemote, nodeKey, replace(goldenNodeFull, `{"IP":"10.1.0.0","Mask":"////AA=="}`, `"fd00::/64"`), ErrInvalid},
-		{"node host bits in CIDR", "node", testRemote, nodeKey, replace(goldenNodeFull, `{"IP":"10.1.0.0","Mask":"////AA=="}`, `"10.1.0.1/24"`), ErrInvalid},
 		{"node null secondary CIDR", "node", testRemote, nodeKey, replace(goldenNodeFull, `[{"IP":"10.2.0.0","Mask":"//8AAA=="}]`, `[null]`), ErrInvalid},
 		{"node v6 health IP in v4 field", "node", testRemote, nodeKey, replace(goldenNodeFull, `"IPv4HealthIP":"10.1.0.5"`, `"IPv4HealthIP":"fd00::5"`), ErrInvalid},
 		{"node IP with zone", "node", testRemote, nodeKey, replace(goldenNodeFull, `"fd00::10"`, `"fe80::1%eth0"`), ErrInvalid},

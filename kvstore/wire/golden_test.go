@@ -161,6 +161,11 @@ func TestGoldenRead(t *testing.T) {
 				`"IPv4AllocCIDR":"10.1.0.0/24","IPv6SecondaryAllocCIDRs":["fd00:2::/64"],"FutureField":{"x":1}}`))
 		}, Node{Name: "node1", Cluster: "c1", ClusterID: 3, IPv4AllocCIDR: MustParseCIDR("10.1.0.0/24"),
 			IPv6SecondaryAllocCIDRs: []CIDR{MustParseCIDR("fd00:2::/64")}}},
+		{"node CIDRs with host bits are masked, as Cilium does", func() (any, error) {
+			return DecodeNode(testRemote, NodeKey("c1", "node1"), []byte(`{"Name":"node1","Cluster":"c1","ClusterID":3,`+
+				`"IPv4AllocCIDR":{"IP":"10.1.0.1","Mask":"////AA=="},"IPv6AllocCIDR":"fd00:1::1/64"}`))
+		}, Node{Name: "node1", Cluster: "c1", ClusterID: 3, IPv4AllocCIDR: MustParseCIDR("10.1.0.0/24"),
+			IPv6AllocCIDR: MustParseCIDR("fd00:1::/64")}},
 		{"node from kvstoremesh cache", func() (any, error) {
 			return DecodeNode(testRemote, CachedNodeKey("c1", "node2"), []byte(goldenNodeMinimal))
 		}, minimal},
