@@ -166,6 +166,11 @@ func TestGoldenRead(t *testing.T) {
 				`"IPv4AllocCIDR":{"IP":"10.1.0.1","Mask":"////AA=="},"IPv6AllocCIDR":"fd00:1::1/64"}`))
 		}, Node{Name: "node1", Cluster: "c1", ClusterID: 3, IPv4AllocCIDR: MustParseCIDR("10.1.0.0/24"),
 			IPv6AllocCIDR: MustParseCIDR("fd00:1::/64")}},
+		{"node IPv4-mapped address is unmapped, as Cilium does", func() (any, error) {
+			return DecodeNode(testRemote, NodeKey("c1", "node1"), []byte(`{"Name":"node1","Cluster":"c1","ClusterID":3,`+
+				`"IPAddresses":[{"Type":"InternalIP","IP":"::ffff:192.168.1.10"}]}`))
+		}, Node{Name: "node1", Cluster: "c1", ClusterID: 3,
+			IPAddresses: []NodeAddress{{Type: NodeInternalIP, IP: netip.MustParseAddr("192.168.1.10")}}}},
 		{"node from kvstoremesh cache", func() (any, error) {
 			return DecodeNode(testRemote, CachedNodeKey("c1", "node2"), []byte(goldenNodeMinimal))
 		}, minimal},

@@ -184,6 +184,13 @@ func DecodeNode(r Remote, key string, value []byte) (Node, error) {
 	case n.ClusterID != r.ID:
 		return Node{}, fmt.Errorf("node %q: %w: value says %d, cluster %q has %d", key, ErrClusterIDMismatch, n.ClusterID, r.Name, r.ID)
 	}
+	for i, a := range n.IPAddresses {
+		// Cilium's reader unmaps IPv4-mapped IPv6 node addresses; do the same
+		// rather than drop the node.
+		if a.IP.Is4In6() && a.IP.Zone() == "" {
+			n.IPAddresses[i].IP = a.IP.Unmap()
+		}
+	}
 	if err := n.Validate(); err != nil {
 		return Node{}, err
 	}
