@@ -38,6 +38,9 @@ type svcState struct {
 	backends map[netip.AddrPort]uint32 // backend ids
 	values   map[uint32]cmBackendValue // as written to cm_backends
 	slots    []uint32                  // backend id per slot; nil: unknown (restored)
+	// list is the backend list last applied when it was "simple" (IPv4, no
+	// duplicates), enabling the fast path of planServiceFast; nil otherwise.
+	list []datapath.Backend
 }
 
 // NewWriter returns a Writer for d's maps, indexing what they already hold.
@@ -271,6 +274,11 @@ func (w *Writer) planServices(p *plan, b datapath.Batch) {
 			continue
 		}
 		old := w.services[fe]
+		if old != nil && w.planServiceFast(p, fe, old, s.Backends) {
+			p.states[fe] = old
+			continue
+		}
+		simple := true
 		st := &svcState{
 			backends: make(map[netip.AddrPort]uint32, len(s.Backends)),
 			values:   make(map[uint32]cmBackendValue, len(s.Backends)),
@@ -285,9 +293,11 @@ func (w *Writer) planServices(p *plan, b datapath.Batch) {
 		for i, be := range s.Backends {
 			if !be.Addr.Addr().Is4() {
 				p.skipped++
+				simple = false
 				continue
 			}
 			if _, dup := st.backends[be.Addr]; dup {
+				simple = false
 				continue
 			}
 			id, ok := uint32(0), false
@@ -322,6 +332,9 @@ func (w *Writer) planServices(p *plan, b datapath.Batch) {
 			}
 		}
 		st.nslots, st.nbe = uint32(len(st.slots)), uint32(len(ids))
+		if simple {
+			st.list = slices.Clone(s.Backends)
+		}
 		if old == nil || old.nslots != st.nslots || old.nbe != st.nbe {
 			p.svcK = append(p.svcK, svcKey(fe))
 			p.svcV = append(p.svcV, cmSvcValue{SvcId: st.id, Nslots: st.nslots, Nbackends: st.nbe})
@@ -339,6 +352,73 @@ func (w *Writer) planServices(p *plan, b datapath.Batch) {
 		}
 		p.states[fe] = st
 	}
+}
+
+// maxFastChanges bounds the backends a change may touch to take the fast path.
+const maxFastChanges = 16
+
+// planServiceFast plans a change of an existing service that replaces or
+// edits a few backends in place (same list length, same weights): it
+// compares the lists, then touches only the changed backends and their
+// slots, instead of rebuilding the service's index. It mutates st (which a
+// failed Apply discards through restore) and reports false, planning
+// nothing, when the change does not fit.
+func (w *Writer) planServiceFast(p *plan, fe datapath.Frontend, st *svcState, list []datapath.Backend) bool {
+	if st.list == nil || st.slots == nil || len(st.list) != len(list) {
+		return false
+	}
+	var diff []int
+	for i := range list {
+		if list[i] != st.list[i] {
+			if len(diff) == maxFastChanges {
+				return false
+			}
+			diff = append(diff, i)
+		}
+	}
+	// Every changed entry keeps its weight, is IPv4 and brings either its
+	// own address back or one the service does not have yet; no address
+	// leaves one changed position for another.
+	seen := map[netip.AddrPort]bool{}
+	for _, i := range diff {
+		nb, ob := list[i], st.list[i]
+		if nb.Weight != ob.Weight || !nb.Addr.Addr().Is4() || seen[nb.Addr] || seen[ob.Addr] {
+			return false
+		}
+		if _, taken := st.backends[nb.Addr]; taken && nb.Addr != ob.Addr {
+			return false
+		}
+		seen[nb.Addr], seen[ob.Addr] = true, true
+	}
+	for _, i := range diff {
+		nb, ob := list[i], st.list[i]
+		oldID := st.backends[ob.Addr]
+		id := oldID
+		if nb.Addr != ob.Addr {
+			id = w.beIDs.get()
+			delete(st.backends, ob.Addr)
+			delete(st.values, oldID)
+			p.beDel = append(p.beDel, oldID)
+			p.freeBe = append(p.freeBe, oldID)
+			for pos, sid := range st.slots {
+				if sid == oldID {
+					st.slots[pos] = id
+					p.slotK = append(p.slotK, cmSlotKey{SvcId: st.id, Slot: uint32(pos)})
+					p.slotV = append(p.slotV, id)
+				}
+			}
+		}
+		v := cmBackendValue{
+			Ip: be32(nb.Addr.Addr()), Port: be16(nb.Addr.Port()), Weight: nb.Weight,
+			ClusterId: nb.ClusterID, SvcId: st.id, Index: uint32(i),
+		}
+		st.backends[nb.Addr] = id
+		st.values[id] = v
+		st.list[i] = nb
+		p.beK = append(p.beK, id)
+		p.beV = append(p.beV, v)
+	}
+	return true
 }
 
 func hasKey[K comparable, V any](m map[K]V, k K) bool {

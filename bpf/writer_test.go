@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -136,6 +137,21 @@ func TestWriterMatchesMemory(t *testing.T) {
 			DeleteTunnels:  []netip.Prefix{pfx("10.2.0.0/24")},
 			UpsertTunnels:  []datapath.TunnelEntry{{CIDR: pfx("10.2.0.0/24"), NodeIP: netip.MustParseAddr("172.30.0.3")}},
 		}},
+		{"fast path: replace one backend", datapath.Batch{
+			UpsertServices: []datapath.Service{{Frontend: fe, Backends: []datapath.Backend{be("10.2.0.12:8443", 1)}}},
+		}},
+		{"grow", datapath.Batch{
+			UpsertServices: []datapath.Service{{Frontend: fe, Backends: []datapath.Backend{
+				be("10.2.0.12:8443", 1), be("10.2.0.13:8443", 1), be("10.2.0.14:8443", 2), be("10.2.0.15:8443", 0)}}},
+		}},
+		{"fast path: replace two, edit one", datapath.Batch{
+			UpsertServices: []datapath.Service{{Frontend: fe, Backends: []datapath.Backend{
+				be("10.2.0.12:8443", 1), be("10.2.0.23:8443", 1), {Addr: ap("10.2.0.14:8443"), ClusterID: 7, Weight: 2}, be("10.2.0.25:8443", 0)}}},
+		}},
+		{"swap (general path)", datapath.Batch{
+			UpsertServices: []datapath.Service{{Frontend: fe, Backends: []datapath.Backend{
+				be("10.2.0.23:8443", 1), be("10.2.0.12:8443", 1), {Addr: ap("10.2.0.14:8443"), ClusterID: 7, Weight: 2}, be("10.2.0.25:8443", 0)}}},
+		}},
 		{"delete all", datapath.Batch{
 			DeleteServices:  []datapath.Frontend{fe, fe2},
 			DeleteTunnels:   []netip.Prefix{pfx("10.2.0.0/24")},
@@ -146,6 +162,7 @@ func TestWriterMatchesMemory(t *testing.T) {
 	steps[1].b = steps[0].b
 	ref := memory.New()
 	for _, s := range steps {
+		before := w.services[fe]
 		if err := w.Apply(ctx, s.b); err != nil {
 			t.Fatalf("%s: %v", s.name, err)
 		}
@@ -165,6 +182,11 @@ func TestWriterMatchesMemory(t *testing.T) {
 		}
 		if !reflect.DeepEqual(withoutSlots(w2.services), withoutSlots(w.services)) {
 			t.Errorf("%s: restored index differs", s.name)
+		}
+		checkSlots(t, dp, w)
+		fast := before != nil && before == w.services[fe]
+		if strings.HasPrefix(s.name, "fast path") && !fast || strings.HasPrefix(s.name, "swap") && fast {
+			t.Errorf("%s: fast path taken = %v", s.name, fast)
 		}
 		if s.name == "shrink and delete absent" {
 			if n := count(t, dp.objs.CmLbSlots); n != 1+1 { // fe: 1 slot, fe2: 1 slot
@@ -186,7 +208,7 @@ func withoutSlots(m map[datapath.Frontend]*svcState) map[datapath.Frontend]svcSt
 	out := map[datapath.Frontend]svcState{}
 	for k, v := range m {
 		c := *v
-		c.slots = nil
+		c.slots, c.list = nil, nil
 		out[k] = c
 	}
 	return out
@@ -216,5 +238,43 @@ func TestStableSlots(t *testing.T) {
 	}
 	if n[11] != 1 || n[13] != 3 {
 		t.Errorf("weighted: %v", w)
+	}
+}
+
+// checkSlots verifies every service's slot table in the map: nslots entries,
+// each naming a backend of the service, in proportion to the weights.
+func checkSlots(t *testing.T, dp *Datapath, w *Writer) {
+	t.Helper()
+	total := 0
+	for fe, st := range w.services {
+		perID := map[uint32]int{}
+		for i := uint32(0); i < st.nslots; i++ {
+			var id uint32
+			if err := dp.objs.CmLbSlots.Lookup(cmSlotKey{SvcId: st.id, Slot: i}, &id); err != nil {
+				t.Fatalf("%v slot %d: %v", fe, i, err)
+			}
+			perID[id]++
+		}
+		total += int(st.nslots)
+		var weights []uint16
+		var ids []uint32
+		for _, id := range st.backends {
+			var v cmBackendValue
+			if err := dp.objs.CmBackends.Lookup(id, &v); err != nil || v.SvcId != st.id {
+				t.Fatalf("%v backend %d: %v %+v", fe, id, err, v)
+			}
+			weights = append(weights, v.Weight)
+			ids = append(ids, id)
+		}
+		want := map[uint32]int{}
+		for _, bi := range slotTable(weights) {
+			want[ids[bi]]++
+		}
+		if !reflect.DeepEqual(perID, want) {
+			t.Errorf("%v: slots per backend %v, want %v", fe, perID, want)
+		}
+	}
+	if n := count(t, dp.objs.CmLbSlots); n != total {
+		t.Errorf("%d slots in the map, services own %d", n, total)
 	}
 }
