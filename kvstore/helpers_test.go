@@ -2,9 +2,7 @@ package kvstore_test
 
 import (
 	"context"
-	"io"
 	"maps"
-	"net"
 	"sync"
 	"testing"
 	"time"
@@ -132,100 +130,4 @@ func (cs *consumer) snapshotEvents() []kvstore.Event {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	return append([]kvstore.Event(nil), cs.events...)
-}
-
-// proxy is a TCP proxy whose path can be cut, to partition a client from
-// etcd while etcd keeps running.
-type proxy struct {
-	ln     net.Listener
-	target string
-
-	mu      sync.Mutex
-	blocked bool
-	conns   map[net.Conn]struct{}
-	wg      sync.WaitGroup
-}
-
-func newProxy(t *testing.T, target string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
-	p.wg.Go(p.accept)
-	t.Cleanup(p.close)
-	return p
-}
-
-func (p *proxy) addr() string { return p.ln.Addr().String() }
-
-func (p *proxy) accept() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		if p.blocked {
-			p.mu.Unlock()
-			c.Close()
-			continue
-		}
-		p.conns[c] = struct{}{}
-		p.mu.Unlock()
-		p.wg.Go(func() { p.serve(c) })
-	}
-}
-
-func (p *proxy) serve(c net.Conn) {
-	defer p.forget(c)
-	up, err := net.Dial("tcp", p.target)
-	if err != nil {
-		return
-	}
-	p.mu.Lock()
-	if p.blocked {
-		p.mu.Unlock()
-		up.Close()
-		return
-	}
-	p.conns[up] = struct{}{}
-	p.mu.Unlock()
-	defer p.forget(up)
-	var wg sync.WaitGroup
-	wg.Go(func() { io.Copy(up, c); up.Close(); c.Close() })
-	io.Copy(c, up)
-	c.Close()
-	up.Close()
-	wg.Wait()
-}
-
-func (p *proxy) forget(c net.Conn) {
-	c.Close()
-	p.mu.Lock()
-	delete(p.conns, c)
-	p.mu.Unlock()
-}
-
-// block cuts every connection and refuses new ones.
-func (p *proxy) block() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.blocked = true
-	for c := range p.conns {
-		c.Close()
-	}
-}
-
-func (p *proxy) unblock() {
-	p.mu.Lock()
-	p.blocked = false
-	p.mu.Unlock()
-}
-
-func (p *proxy) close() {
-	p.ln.Close()
-	p.block()
-	p.wg.Wait()
 }

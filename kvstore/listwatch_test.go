@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -82,15 +81,15 @@ func TestListWatchResync(t *testing.T) {
 
 			// The consumer reaches etcd through a proxy so that it misses
 			// the changes made during the outage.
-			px := newProxy(t, hostOf(srv.Endpoints()[0]))
+			px := etcdserver.NewProxy(t, srv.Endpoints()[0])
 			cfg := srv.AdminConfig()
-			cfg.Endpoints = []string{"https://" + px.addr()}
+			cfg.Endpoints = []string{px.Endpoint()}
 			cfg.ListPageSize = 3
 			cs := startConsumer(t, connect(t, cfg), prefix)
 			cs.waitEqual(t, etcdContents(t, admin, prefix))
 			cs.waitFor(t, "first list", func(_ map[string]string, n int) bool { return n == 1 })
 
-			px.block()
+			px.Block()
 			if tc.restart {
 				srv.Stop()
 				if err := srv.Restart(ctx); err != nil {
@@ -118,7 +117,7 @@ func TestListWatchResync(t *testing.T) {
 				}
 			}
 			want := etcdContents(t, admin, prefix)
-			px.unblock()
+			px.Unblock()
 
 			cs.waitEqual(t, want)
 			if tc.wantRelist {
@@ -141,11 +140,6 @@ func checkDeletes(t *testing.T, evs []kvstore.Event, final map[string]string) {
 			t.Fatalf("event %d deletes %q, which etcd still holds", i, ev.Key)
 		}
 	}
-}
-
-func hostOf(endpoint string) string {
-	_, h, _ := strings.Cut(endpoint, "://")
-	return h
 }
 
 // TestListWatchReplacedEtcd replaces etcd by another one with other

@@ -2,9 +2,13 @@ package etcdserver
 
 import (
 	"context"
+	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -39,4 +43,112 @@ func StartTest(tb testing.TB, cfg Config) *Server {
 	}
 	tb.Cleanup(s.Stop)
 	return s
+}
+
+// Proxy is a TCP proxy in front of an etcd endpoint whose path can be cut,
+// so that a test can partition a client from etcd while etcd keeps
+// running (and keeps changing).
+type Proxy struct {
+	ln     net.Listener
+	target string
+
+	mu      sync.Mutex
+	blocked bool
+	conns   map[net.Conn]struct{}
+	wg      sync.WaitGroup // accept loop and connection copiers
+}
+
+// NewProxy proxies to the host:port of endpoint (a URL or host:port) and
+// closes when the test ends.
+func NewProxy(tb testing.TB, endpoint string) *Proxy {
+	tb.Helper()
+	target := endpoint
+	if _, h, ok := strings.Cut(endpoint, "://"); ok {
+		target = h
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	p.wg.Go(p.accept)
+	tb.Cleanup(p.Close)
+	return p
+}
+
+// Endpoint returns the proxy's address as an https URL.
+func (p *Proxy) Endpoint() string { return "https://" + p.ln.Addr().String() }
+
+func (p *Proxy) accept() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		if !p.track(c) {
+			c.Close()
+			continue
+		}
+		p.wg.Go(func() { p.serve(c) })
+	}
+}
+
+func (p *Proxy) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.blocked {
+		return false
+	}
+	p.conns[c] = struct{}{}
+	return true
+}
+
+func (p *Proxy) serve(c net.Conn) {
+	defer p.forget(c)
+	up, err := net.Dial("tcp", p.target)
+	if err != nil {
+		return
+	}
+	if !p.track(up) {
+		up.Close()
+		return
+	}
+	defer p.forget(up)
+	var wg sync.WaitGroup
+	wg.Go(func() { _, _ = io.Copy(up, c); up.Close(); c.Close() })
+	_, _ = io.Copy(c, up)
+	c.Close()
+	up.Close()
+	wg.Wait()
+}
+
+func (p *Proxy) forget(c net.Conn) {
+	c.Close()
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+}
+
+// Block cuts every connection and refuses new ones.
+func (p *Proxy) Block() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.blocked = true
+	for c := range p.conns {
+		c.Close()
+	}
+}
+
+// Unblock lets connections through again.
+func (p *Proxy) Unblock() {
+	p.mu.Lock()
+	p.blocked = false
+	p.mu.Unlock()
+}
+
+// Close stops the proxy and waits for its goroutines.
+func (p *Proxy) Close() {
+	p.ln.Close()
+	p.Block()
+	p.wg.Wait()
 }

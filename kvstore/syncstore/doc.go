@@ -1,0 +1,10 @@
+// Package syncstore is the write side of the kvstore: it holds the desired
+// set of keys of one prefix that a component (the clustermesh-apiserver)
+// publishes, coalesces repeated updates of a key, writes them with leases
+// (at most a bounded number of keys per lease), re-writes keys whose lease
+// was lost and keys that someone else modified or deleted (it watches its
+// own prefix), deletes stale keys it does not own once its initial set is
+// written, and then writes the sync canary that tells readers the initial
+// listing is complete. Writes are rate limited and retried with backoff,
+// and Prometheus metrics report queue depth, writes, errors and latency.
+package syncstore

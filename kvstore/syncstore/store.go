@@ -1,0 +1,444 @@
+package syncstore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/time/rate"
+
+	"github.com/clustermesh/clustermesh/kvstore"
+)
+
+// ErrConfig is returned by Run for an unusable Config.
+var ErrConfig = errors.New("invalid syncstore config")
+
+// Config configures a Store.
+type Config struct {
+	// Prefix is the key prefix the store owns: it watches it to repair
+	// keys and deletes keys under it that it was not given (once synced).
+	// Required; it should end with "/".
+	Prefix string
+	// SyncedKey is the canary written (RFC3339 timestamp, leased) once
+	// every key handed in before MarkSynced is written; "" for none. It
+	// must not lie under Prefix.
+	SyncedKey string
+	// Name labels the metrics (default Prefix).
+	Name string
+	// QPS limits writes per second of this store (0: unlimited; the
+	// client's own QPS limit applies as well).
+	QPS float64
+	// Workers is the number of concurrent writers (default 4).
+	Workers int
+	// RetryMin and RetryMax bound the per-key exponential retry backoff
+	// (defaults 50ms and 10s). Failed writes are retried until they work.
+	RetryMin, RetryMax time.Duration
+	// RequestTimeout bounds each etcd request (default 10s).
+	RequestTimeout time.Duration
+}
+
+func (cfg Config) withDefaults() Config {
+	if cfg.Name == "" {
+		cfg.Name = cfg.Prefix
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 4
+	}
+	if cfg.RetryMin <= 0 {
+		cfg.RetryMin = 50 * time.Millisecond
+	}
+	if cfg.RetryMax <= 0 {
+		cfg.RetryMax = 10 * time.Second
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = 10 * time.Second
+	}
+	return cfg
+}
+
+func (cfg Config) validate() error {
+	if cfg.Prefix == "" {
+		return fmt.Errorf("%w: empty prefix", ErrConfig)
+	}
+	if cfg.SyncedKey != "" && strings.HasPrefix(cfg.SyncedKey, cfg.Prefix) {
+		return fmt.Errorf("%w: synced key %q under prefix %q", ErrConfig, cfg.SyncedKey, cfg.Prefix)
+	}
+	return nil
+}
+
+// keyState is what the store knows about one key.
+type keyState struct {
+	want     bool   // the owner wants the key to exist with value desired
+	explicit bool   // the owner deleted it (as opposed to a key we only saw in etcd)
+	desired  []byte // value to write when want
+	unsynced bool   // the latest Upsert/Delete is not yet in etcd
+
+	written    bool   // written by this store on a live lease
+	writtenRev int64  // revision of our last write
+	writtenVal []byte // value of our last write
+
+	obsKnown   bool  // the watch has reported on this key
+	obsPresent bool  // per the watch, the key exists
+	obsRev     int64 // revision of the last watch report
+}
+
+// Store publishes the desired keys of one prefix into etcd.
+type Store struct {
+	c       *kvstore.Client
+	cfg     Config
+	log     *slog.Logger
+	m       *metrics
+	leases  *kvstore.Leases
+	limiter *rate.Limiter // nil: unlimited
+	q       *queue
+
+	mu         sync.Mutex
+	keys       map[string]*keyState
+	failures   map[string]int
+	markSynced bool                // MarkSynced was called
+	waitFor    map[string]struct{} // keys to write before the canary
+	synced     bool                // canary handed to the queue
+	syncedCh   chan struct{}       // closed once the canary is written
+	lastErr    error
+}
+
+// New returns a store writing through c. Metrics are registered on reg
+// (nil: not registered) with the label store=<cfg.Name>.
+func New(c *kvstore.Client, cfg Config, log *slog.Logger, reg prometheus.Registerer) *Store {
+	cfg = cfg.withDefaults()
+	m, err := newMetrics(reg, cfg.Name)
+	if err != nil {
+		log.Error("register syncstore metrics", "store", cfg.Name, "err", err)
+	}
+	s := &Store{
+		c:        c,
+		cfg:      cfg,
+		log:      log.With("store", cfg.Name),
+		m:        m,
+		keys:     make(map[string]*keyState),
+		failures: make(map[string]int),
+		syncedCh: make(chan struct{}),
+	}
+	s.q = newQueue(func(n int) { m.queueDepth.Set(float64(n)) })
+	s.leases = c.NewLeases(s.leaseLost)
+	if cfg.QPS > 0 {
+		s.limiter = rate.NewLimiter(rate.Limit(cfg.QPS), max(int(cfg.QPS), 1))
+	}
+	return s
+}
+
+// Upsert sets the desired value of key; repeated updates of a key not yet
+// written are coalesced into one write of the latest value.
+func (s *Store) Upsert(key string, value []byte) {
+	s.mu.Lock()
+	st := s.state(key)
+	st.want, st.explicit, st.desired, st.unsynced = true, false, value, true
+	s.mu.Unlock()
+	s.q.add(key)
+}
+
+// Delete removes key from the desired set and from etcd.
+func (s *Store) Delete(key string) {
+	s.mu.Lock()
+	st := s.state(key)
+	st.want, st.explicit, st.desired, st.unsynced = false, true, nil, true
+	s.mu.Unlock()
+	s.q.add(key)
+}
+
+// MarkSynced says that the initial set has been handed in: the canary is
+// written once every key handed in so far is in etcd.
+func (s *Store) MarkSynced() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.markSynced {
+		return
+	}
+	s.markSynced = true
+	s.waitFor = make(map[string]struct{})
+	for k, st := range s.keys {
+		if st.unsynced {
+			s.waitFor[k] = struct{}{}
+		}
+	}
+	s.maybeSyncedLocked()
+}
+
+// Synced returns a channel closed once the canary has been written (or,
+// without a SyncedKey, once the initial set is written).
+func (s *Store) Synced() <-chan struct{} { return s.syncedCh }
+
+// LastError returns the last failed write, if any (failed writes are
+// retried until they succeed).
+func (s *Store) LastError() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastErr
+}
+
+// Run writes until ctx is done: workers, lease keepalives and the watch of
+// the own prefix. It returns after all of them stopped.
+func (s *Store) Run(ctx context.Context) error {
+	if err := s.cfg.validate(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	wg.Go(func() { errs <- s.leases.Run(ctx) })
+	wg.Go(func() { errs <- s.c.ListWatch(ctx, s.cfg.Prefix, s.observe) })
+	for range s.cfg.Workers {
+		wg.Go(func() { s.work(ctx) })
+	}
+	<-ctx.Done()
+	wg.Wait()
+	close(errs)
+	var all []error
+	for err := range errs {
+		all = append(all, err)
+	}
+	return errors.Join(all...)
+}
+
+func (s *Store) state(key string) *keyState {
+	st := s.keys[key]
+	if st == nil {
+		st = &keyState{}
+		s.keys[key] = st
+	}
+	return st
+}
+
+// observe records what the watch of the own prefix reports and queues keys
+// that etcd may have different from the desired state.
+func (s *Store) observe(ev kvstore.Event) {
+	if ev.Kind == kvstore.EventListDone {
+		return
+	}
+	s.mu.Lock()
+	st := s.keys[ev.Key]
+	if st == nil {
+		if ev.Kind == kvstore.EventDelete {
+			s.mu.Unlock()
+			return
+		}
+		st = s.state(ev.Key) // a key we do not own: stale or foreign
+	}
+	if ev.Revision >= st.obsRev {
+		st.obsKnown, st.obsPresent, st.obsRev = true, ev.Kind == kvstore.EventUpsert, ev.Revision
+	}
+	ours := st.written && ev.Kind == kvstore.EventUpsert && ev.Revision == st.writtenRev
+	s.mu.Unlock()
+	if !ours {
+		s.q.add(ev.Key)
+	}
+}
+
+// leaseLost re-queues the keys of a lost lease.
+func (s *Store) leaseLost(keys []string) {
+	s.mu.Lock()
+	for _, k := range keys {
+		if st := s.keys[k]; st != nil {
+			st.written = false
+		}
+	}
+	s.mu.Unlock()
+	s.m.repairs.WithLabelValues("lease-lost").Add(float64(len(keys)))
+	for _, k := range keys {
+		s.q.add(k)
+	}
+}
+
+func (s *Store) work(ctx context.Context) {
+	for {
+		key, ok := s.q.get(ctx)
+		if !ok {
+			return
+		}
+		err := s.reconcile(ctx, key)
+		s.mu.Lock()
+		if err != nil && ctx.Err() == nil {
+			n := s.failures[key]
+			s.failures[key] = n + 1
+			s.lastErr = err
+			s.mu.Unlock()
+			s.m.errors.Inc()
+			s.log.Warn("etcd write failed; retrying", "key", key, "attempt", n+1, "err", err)
+			s.q.addAfter(key, min(s.cfg.RetryMin<<min(n, 20), s.cfg.RetryMax))
+		} else {
+			delete(s.failures, key)
+			s.mu.Unlock()
+		}
+		s.q.done(key)
+	}
+}
+
+// reconcile makes etcd hold the desired state of key.
+func (s *Store) reconcile(ctx context.Context, key string) error {
+	s.mu.Lock()
+	st := s.keys[key]
+	if st == nil {
+		s.mu.Unlock()
+		return nil
+	}
+	if !st.want {
+		stale := !st.explicit
+		if stale && !s.synced {
+			// Not handed in (yet): only remove it once the initial set
+			// is complete.
+			s.mu.Unlock()
+			return nil
+		}
+		if !st.written && !(st.obsKnown && st.obsPresent) {
+			s.doneLocked(key, st, nil)
+			s.mu.Unlock()
+			return nil
+		}
+		s.mu.Unlock()
+		if err := s.wait(ctx); err != nil {
+			return err
+		}
+		start := time.Now()
+		rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+		_, err := s.c.Etcd().Delete(rctx, key)
+		cancel()
+		s.m.latency.Observe(time.Since(start).Seconds())
+		if err != nil {
+			return fmt.Errorf("delete %s: %w", key, err)
+		}
+		s.leases.Detach(key)
+		s.m.writes.WithLabelValues("delete").Inc()
+		if stale {
+			s.m.repairs.WithLabelValues("stale").Inc()
+		}
+		s.mu.Lock()
+		if !st.want {
+			st.written, st.obsPresent = false, false
+		}
+		s.doneLocked(key, st, nil)
+		s.mu.Unlock()
+		return nil
+	}
+
+	value := st.desired
+	changedByOther := st.written && st.obsKnown && st.obsRev > st.writtenRev
+	need := !st.written || !bytes.Equal(st.writtenVal, value) || changedByOther
+	if !need {
+		s.doneLocked(key, st, value)
+		s.mu.Unlock()
+		return nil
+	}
+	if changedByOther {
+		reason := "modified"
+		if !st.obsPresent {
+			reason = "deleted"
+		}
+		s.m.repairs.WithLabelValues(reason).Inc()
+	}
+	s.mu.Unlock()
+
+	lease, err := s.leases.Attach(ctx, key)
+	if err != nil {
+		return err
+	}
+	if err := s.wait(ctx); err != nil {
+		return err
+	}
+	start := time.Now()
+	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	resp, err := s.c.Etcd().Put(rctx, key, string(value), clientv3.WithLease(lease))
+	cancel()
+	s.m.latency.Observe(time.Since(start).Seconds())
+	if err != nil {
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			s.leases.Expired(lease)
+		}
+		return fmt.Errorf("put %s: %w", key, err)
+	}
+	op := "upsert"
+	if key == s.cfg.SyncedKey {
+		op = "canary"
+	}
+	s.m.writes.WithLabelValues(op).Inc()
+	s.mu.Lock()
+	st.written, st.writtenRev, st.writtenVal = true, resp.Header.Revision, value
+	if st.obsRev < st.writtenRev {
+		st.obsKnown, st.obsPresent, st.obsRev = true, true, st.writtenRev
+	}
+	s.doneLocked(key, st, value)
+	s.mu.Unlock()
+	if op == "canary" {
+		s.closeSynced()
+	}
+	return nil
+}
+
+// doneLocked records that key is reconciled with value (nil for a delete)
+// if that is still the latest desired state.
+func (s *Store) doneLocked(key string, st *keyState, value []byte) {
+	if st.want != (value != nil) || (st.want && !bytes.Equal(st.desired, value)) {
+		return // changed meanwhile: it is queued again
+	}
+	st.unsynced = false
+	if !st.want && !st.written && !st.obsPresent {
+		delete(s.keys, key)
+	}
+	if s.waitFor != nil {
+		if _, ok := s.waitFor[key]; ok {
+			delete(s.waitFor, key)
+			s.maybeSyncedLocked()
+		}
+	}
+}
+
+// maybeSyncedLocked hands the canary to the queue once the initial set is
+// written, and queues the keys under the prefix that nobody handed in.
+func (s *Store) maybeSyncedLocked() {
+	if !s.markSynced || s.synced || len(s.waitFor) > 0 {
+		return
+	}
+	s.synced = true
+	s.waitFor = nil
+	for k, st := range s.keys {
+		if !st.want && !st.explicit {
+			s.q.add(k)
+		}
+	}
+	if s.cfg.SyncedKey == "" {
+		s.closeSyncedLocked()
+		return
+	}
+	st := s.state(s.cfg.SyncedKey)
+	st.want, st.desired = true, []byte(time.Now().UTC().Format(time.RFC3339))
+	s.q.add(s.cfg.SyncedKey)
+}
+
+func (s *Store) closeSynced() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closeSyncedLocked()
+}
+
+func (s *Store) closeSyncedLocked() {
+	select {
+	case <-s.syncedCh:
+	default:
+		close(s.syncedCh)
+	}
+}
+
+func (s *Store) wait(ctx context.Context) error {
+	if s.limiter == nil {
+		return nil
+	}
+	return s.limiter.Wait(ctx)
+}

@@ -1,0 +1,392 @@
+package syncstore_test
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/goleak"
+
+	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
+	"github.com/clustermesh/clustermesh/kvstore/syncstore"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+const (
+	prefix    = "cilium/state/nodes/v1/c1/"
+	syncedKey = "cilium/synced/c1/cilium/state/nodes/v1"
+)
+
+type env struct {
+	t      *testing.T
+	srv    *etcdserver.Server
+	admin  *clientv3.Client
+	client *kvstore.Client
+	reg    *prometheus.Registry
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	srv := etcdserver.StartTest(t, etcdserver.Config{})
+	e := &env{t: t, srv: srv, reg: prometheus.NewRegistry()}
+	e.admin = e.connect(srv.AdminConfig()).Etcd()
+	cfg := srv.AdminConfig()
+	cfg.LeaseTTL = kvstore.Duration(2 * time.Second)
+	cfg.MaxKeysPerLease = 10
+	e.client = e.connect(cfg)
+	return e
+}
+
+func (e *env) connect(cfg kvstore.Config) *kvstore.Client {
+	cfg.DialTimeout = kvstore.Duration(2 * time.Second)
+	cfg.KeepaliveInterval = kvstore.Duration(200 * time.Millisecond)
+	c, err := kvstore.New(context.Background(), cfg, etcdserver.TestLogger())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// run starts s and stops it at the end of the test.
+func (e *env) run(s *syncstore.Store) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := s.Run(ctx); err != nil {
+			e.t.Errorf("Run: %v", err)
+		}
+	})
+	e.t.Cleanup(func() { cancel(); wg.Wait() })
+}
+
+func (e *env) store(mod func(*syncstore.Config)) *syncstore.Store {
+	cfg := syncstore.Config{Prefix: prefix, SyncedKey: syncedKey, Name: "nodes", RetryMin: 10 * time.Millisecond, RetryMax: 200 * time.Millisecond}
+	if mod != nil {
+		mod(&cfg)
+	}
+	return syncstore.New(e.client, cfg, etcdserver.TestLogger(), e.reg)
+}
+
+// get returns key → value under p.
+func (e *env) get(p string) (map[string]string, map[string]int64) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := e.admin.Get(ctx, p, clientv3.WithPrefix())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	vals, leases := map[string]string{}, map[string]int64{}
+	for _, kv := range resp.Kvs {
+		vals[string(kv.Key)] = string(kv.Value)
+		leases[string(kv.Key)] = kv.Lease
+	}
+	return vals, leases
+}
+
+// eventually polls cond until it holds.
+func (e *env) eventually(what string, cond func() bool) {
+	e.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (e *env) waitSynced(s *syncstore.Store) {
+	e.t.Helper()
+	select {
+	case <-s.Synced():
+	case <-time.After(30 * time.Second):
+		e.t.Fatal("store not synced")
+	}
+}
+
+func want(n int, tag string) map[string]string {
+	m := map[string]string{}
+	for i := range n {
+		m[fmt.Sprintf("%snode-%d", prefix, i)] = fmt.Sprintf(`{"Name":"node-%d","v":%q}`, i, tag)
+	}
+	return m
+}
+
+func upsertAll(s *syncstore.Store, m map[string]string) {
+	for k, v := range m {
+		s.Upsert(k, []byte(v))
+	}
+}
+
+func TestCanaryAfterInitialSet(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	// Record every write in revision order.
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wch := e.admin.Watch(wctx, "cilium/", clientv3.WithPrefix())
+
+	s := e.store(nil)
+	initial := want(50, "v1")
+	for range 5 { // coalesced: one write per key
+		upsertAll(s, want(50, "v0"))
+	}
+	upsertAll(s, initial)
+	s.MarkSynced()
+	e.run(s)
+	e.waitSynced(s)
+
+	var maxKeyRev, canaryRev int64
+	seen := map[string]string{}
+	for canaryRev == 0 {
+		wr := <-wch
+		for _, ev := range wr.Events {
+			if string(ev.Kv.Key) == syncedKey {
+				canaryRev = ev.Kv.ModRevision
+				if _, err := time.Parse(time.RFC3339, string(ev.Kv.Value)); err != nil {
+					t.Fatalf("canary value %q: %v", ev.Kv.Value, err)
+				}
+				continue
+			}
+			seen[string(ev.Kv.Key)] = string(ev.Kv.Value)
+			maxKeyRev = max(maxKeyRev, ev.Kv.ModRevision)
+		}
+	}
+	if !maps.Equal(seen, initial) {
+		t.Fatalf("written before canary: %d keys, want the %d of the initial set", len(seen), len(initial))
+	}
+	if canaryRev <= maxKeyRev {
+		t.Fatalf("canary at revision %d, before the last key at %d", canaryRev, maxKeyRev)
+	}
+	if got := metricValue(t, e.reg, "clustermesh_kvstore_sync_writes_total", "upsert"); got != 50 {
+		t.Fatalf("writes_total{op=upsert} = %v, want 50 (coalesced)", got)
+	}
+	_, leases := e.get(prefix)
+	for k, l := range leases {
+		if l == 0 {
+			t.Fatalf("%s written without lease", k)
+		}
+	}
+}
+
+// metricValue returns the value of the counter or gauge name whose labels
+// include the value label.
+func metricValue(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetValue() == label {
+					if m.Counter != nil {
+						return m.Counter.GetValue()
+					}
+					return m.Gauge.GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("metric %s{%s} not found", name, label)
+	return 0
+}
+
+func TestNoCanaryBeforeMarkSynced(t *testing.T) {
+	e := newEnv(t)
+	s := e.store(nil)
+	initial := want(5, "v1")
+	upsertAll(s, initial)
+	e.run(s)
+	e.eventually("keys written", func() bool { v, _ := e.get(prefix); return maps.Equal(v, initial) })
+	if v, _ := e.get(syncedKey); len(v) != 0 {
+		t.Fatal("canary written before MarkSynced")
+	}
+	s.MarkSynced()
+	e.waitSynced(s)
+	if v, _ := e.get(syncedKey); len(v) != 1 {
+		t.Fatal("no canary after MarkSynced")
+	}
+}
+
+func TestRepair(t *testing.T) {
+	tests := []struct {
+		name   string
+		tamper func(ctx context.Context, c *clientv3.Client, key string) error
+	}{
+		{"deleted by someone else", func(ctx context.Context, c *clientv3.Client, key string) error {
+			_, err := c.Delete(ctx, key)
+			return err
+		}},
+		{"modified by someone else", func(ctx context.Context, c *clientv3.Client, key string) error {
+			_, err := c.Put(ctx, key, "garbage")
+			return err
+		}},
+		{"prefix wiped", func(ctx context.Context, c *clientv3.Client, key string) error {
+			_, err := c.Delete(ctx, prefix, clientv3.WithPrefix())
+			return err
+		}},
+		{"stale key added", func(ctx context.Context, c *clientv3.Client, key string) error {
+			_, err := c.Put(ctx, prefix+"stranger", "x")
+			return err
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			s := e.store(nil)
+			initial := want(10, "v1")
+			upsertAll(s, initial)
+			s.MarkSynced()
+			e.run(s)
+			e.waitSynced(s)
+			e.eventually("initial keys", func() bool { v, _ := e.get(prefix); return maps.Equal(v, initial) })
+			if err := tc.tamper(context.Background(), e.admin, prefix+"node-3"); err != nil {
+				t.Fatal(err)
+			}
+			e.eventually("repair", func() bool {
+				v, l := e.get(prefix)
+				return maps.Equal(v, initial) && l[prefix+"node-3"] != 0
+			})
+		})
+	}
+}
+
+func TestLeaseLossRewritesKeys(t *testing.T) {
+	tests := []struct {
+		name string
+		lose func(e *env, lease int64)
+	}{
+		{"lease revoked", func(e *env, lease int64) {
+			if _, err := e.admin.Revoke(context.Background(), clientv3.LeaseID(lease)); err != nil {
+				e.t.Fatal(err)
+			}
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			s := e.store(nil)
+			initial := want(25, "v1") // 3 leases of at most 10 keys
+			upsertAll(s, initial)
+			s.MarkSynced()
+			e.run(s)
+			e.waitSynced(s)
+			_, before := e.get(prefix)
+			distinct := map[int64]bool{}
+			for _, l := range before {
+				distinct[l] = true
+			}
+			if len(distinct) != 3 {
+				t.Fatalf("%d leases for 25 keys at 10 per lease", len(distinct))
+			}
+			lost := before[prefix+"node-0"]
+			tc.lose(e, lost)
+			e.eventually("keys rewritten on a new lease", func() bool {
+				v, l := e.get(prefix)
+				if !maps.Equal(v, initial) {
+					return false
+				}
+				for _, id := range l {
+					if id == lost || id == 0 {
+						return false
+					}
+				}
+				return true
+			})
+		})
+	}
+}
+
+func TestDeleteAndUpdate(t *testing.T) {
+	e := newEnv(t)
+	s := e.store(nil)
+	upsertAll(s, want(3, "v1"))
+	s.Upsert(prefix+"gone-before-run", []byte("x"))
+	s.Delete(prefix + "gone-before-run")
+	s.MarkSynced()
+	e.run(s)
+	e.waitSynced(s)
+	s.Delete(prefix + "node-1")
+	s.Upsert(prefix+"node-2", []byte("v2"))
+	expect := want(3, "v1")
+	delete(expect, prefix+"node-1")
+	expect[prefix+"node-2"] = "v2"
+	e.eventually("delete and update", func() bool { v, _ := e.get(prefix); return maps.Equal(v, expect) })
+}
+
+func TestWritesRetriedWhileEtcdDown(t *testing.T) {
+	e := newEnv(t)
+	s := e.store(func(c *syncstore.Config) { c.RequestTimeout = 500 * time.Millisecond })
+	s.MarkSynced()
+	e.run(s)
+	e.waitSynced(s)
+	e.srv.Stop()
+	s.Upsert(prefix+"during-outage", []byte("x"))
+	e.eventually("a failed write", func() bool { return s.LastError() != nil })
+	if err := e.srv.Restart(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	e.eventually("write after restart", func() bool { v, _ := e.get(prefix); return v[prefix+"during-outage"] == "x" })
+}
+
+func TestConfigErrors(t *testing.T) {
+	e := newEnv(t)
+	tests := []struct {
+		name string
+		cfg  syncstore.Config
+	}{
+		{"empty prefix", syncstore.Config{}},
+		{"canary under prefix", syncstore.Config{Prefix: prefix, SyncedKey: prefix + "synced"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := syncstore.New(e.client, tc.cfg, etcdserver.TestLogger(), nil)
+			if err := s.Run(context.Background()); err == nil {
+				t.Fatal("Run accepted a bad config")
+			}
+		})
+	}
+}
+
+func TestStaleKeysOfPreviousRunDeletedAfterSync(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	for _, k := range []string{"node-0", "node-old"} {
+		if _, err := e.admin.Put(ctx, prefix+k, "previous run"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := e.store(nil)
+	initial := want(2, "v1")
+	upsertAll(s, initial)
+	e.run(s)
+	// Not synced yet: the unknown key stays.
+	e.eventually("initial keys", func() bool {
+		v, _ := e.get(prefix)
+		return v[prefix+"node-1"] == initial[prefix+"node-1"] && v[prefix+"node-0"] == initial[prefix+"node-0"]
+	})
+	if v, _ := e.get(prefix); v[prefix+"node-old"] == "" {
+		t.Fatal("unknown key deleted before the initial set was complete")
+	}
+	s.MarkSynced()
+	e.waitSynced(s)
+	e.eventually("stale key deleted", func() bool { v, _ := e.get(prefix); return maps.Equal(v, initial) })
+	if got := metricValue(t, e.reg, "clustermesh_kvstore_sync_repairs_total", "stale"); got != 1 {
+		t.Fatalf("repairs_total{reason=stale} = %v", got)
+	}
+}

@@ -1,0 +1,225 @@
+package watchstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/clustermesh/clustermesh/kvstore"
+)
+
+// ErrConfig is returned by Run for an unusable Config.
+var ErrConfig = errors.New("invalid watchstore config")
+
+// Observer is told about changes of the entries, from one goroutine at a
+// time. It must not call back into the store.
+type Observer[T any] interface {
+	OnUpsert(key string, v T)
+	OnDelete(key string, v T)
+	// OnSync is called once, when the initial listing is complete (after
+	// the sync canary, if one is configured).
+	OnSync()
+}
+
+// Config configures a Store.
+type Config struct {
+	// Prefix is the watched key prefix. Required.
+	Prefix string
+	// SyncedKey is the canary that the writer sets once its initial set is
+	// written; the store lists only after it exists. "" for none.
+	SyncedKey string
+	// Name and Cluster label metrics and logs (Name defaults to Prefix).
+	Name    string
+	Cluster string
+}
+
+// Stats are counters of a store.
+type Stats struct {
+	Entries          int
+	Invalid          uint64 // values skipped as invalid
+	Events           uint64
+	LastEvent        time.Time
+	WaitingForCanary bool
+	Synced           bool
+}
+
+// Store holds the valid entries of one prefix.
+type Store[T any] struct {
+	c      *kvstore.Client
+	cfg    Config
+	decode func(key string, value []byte) (T, error)
+	obs    Observer[T]
+	log    *slog.Logger
+
+	m *Metrics
+
+	mu      sync.Mutex // guards entries and serialises observer calls
+	entries map[string]T
+	synced  atomic.Bool
+
+	nEntries  atomic.Int64
+	invalid   atomic.Uint64
+	events    atomic.Uint64
+	lastEvent atomic.Int64 // unix nanoseconds
+	waiting   atomic.Bool
+}
+
+// New returns a store that follows cfg.Prefix through c. decode turns a
+// key and its raw value into T and validates it; an error marks the value
+// invalid. m may be nil.
+func New[T any](c *kvstore.Client, cfg Config, decode func(key string, value []byte) (T, error), obs Observer[T], log *slog.Logger, m *Metrics) *Store[T] {
+	if cfg.Name == "" {
+		cfg.Name = cfg.Prefix
+	}
+	return &Store[T]{
+		c:       c,
+		cfg:     cfg,
+		decode:  decode,
+		obs:     obs,
+		log:     log.With("store", cfg.Name, "cluster", cfg.Cluster),
+		m:       m,
+		entries: make(map[string]T),
+	}
+}
+
+// Run waits for the sync canary, then lists and watches the prefix until
+// ctx is done. It returns nil after ctx is done, or an error for a bad
+// config. Invalid values never stop it; connection failures are retried
+// (see kvstore.Client.ListWatch) and show in the client's Status.
+func (s *Store[T]) Run(ctx context.Context) error {
+	if s.cfg.Prefix == "" {
+		return fmt.Errorf("%w: empty prefix", ErrConfig)
+	}
+	if s.cfg.SyncedKey != "" {
+		if !s.waitForCanary(ctx) {
+			return nil
+		}
+	}
+	return s.c.ListWatch(ctx, s.cfg.Prefix, s.handle)
+}
+
+// waitForCanary blocks until the canary exists; false when ctx is done.
+func (s *Store[T]) waitForCanary(ctx context.Context) bool {
+	s.waiting.Store(true)
+	defer s.waiting.Store(false)
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var found atomic.Bool
+	err := s.c.ListWatch(cctx, s.cfg.SyncedKey, func(ev kvstore.Event) {
+		if ev.Kind == kvstore.EventUpsert && ev.Key == s.cfg.SyncedKey {
+			found.Store(true)
+			cancel()
+		}
+		if ev.Kind == kvstore.EventListDone && !found.Load() {
+			s.log.Info("waiting for sync canary", "key", s.cfg.SyncedKey)
+		}
+	})
+	return err == nil && found.Load()
+}
+
+func (s *Store[T]) handle(ev kvstore.Event) {
+	s.events.Add(1)
+	now := time.Now()
+	s.lastEvent.Store(now.UnixNano())
+	if s.m != nil {
+		s.m.Events.WithLabelValues(s.cfg.Name, s.cfg.Cluster, ev.Kind.String()).Inc()
+		s.m.LastEvent.WithLabelValues(s.cfg.Name, s.cfg.Cluster).Set(float64(now.Unix()))
+	}
+	switch ev.Kind {
+	case kvstore.EventUpsert:
+		v, err := s.decode(ev.Key, ev.Value)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if err != nil {
+			s.invalid.Add(1)
+			if s.m != nil {
+				s.m.Invalid.WithLabelValues(s.cfg.Name, s.cfg.Cluster).Inc()
+			}
+			s.log.Warn("skipping invalid entry", "key", ev.Key, "revision", ev.Revision, "err", err)
+			// The writer no longer asserts a valid value for the key:
+			// the previous one is withdrawn rather than kept stale.
+			s.removeLocked(ev.Key)
+			return
+		}
+		if _, ok := s.entries[ev.Key]; !ok {
+			s.setCount(1)
+		}
+		s.entries[ev.Key] = v
+		s.obs.OnUpsert(ev.Key, v)
+	case kvstore.EventDelete:
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.removeLocked(ev.Key)
+	case kvstore.EventListDone:
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if !s.synced.Load() {
+			s.synced.Store(true)
+			if s.m != nil {
+				s.m.Synced.WithLabelValues(s.cfg.Name, s.cfg.Cluster).Set(1)
+			}
+			s.obs.OnSync()
+		}
+	}
+}
+
+func (s *Store[T]) removeLocked(key string) {
+	old, ok := s.entries[key]
+	if !ok {
+		return
+	}
+	delete(s.entries, key)
+	s.setCount(-1)
+	s.obs.OnDelete(key, old)
+}
+
+func (s *Store[T]) setCount(delta int64) {
+	n := s.nEntries.Add(delta)
+	if s.m != nil {
+		s.m.Entries.WithLabelValues(s.cfg.Name, s.cfg.Cluster).Set(float64(n))
+	}
+}
+
+// Drain calls OnDelete for every entry and forgets them all; call it after
+// Run has returned (a cluster left the mesh). A later Run starts afresh.
+func (s *Store[T]) Drain() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k := range s.entries {
+		s.removeLocked(k)
+	}
+	s.synced.Store(false)
+	if s.m != nil {
+		s.m.Synced.WithLabelValues(s.cfg.Name, s.cfg.Cluster).Set(0)
+	}
+}
+
+// Len returns the number of entries.
+func (s *Store[T]) Len() int { return int(s.nEntries.Load()) }
+
+// Get returns the entry of key.
+func (s *Store[T]) Get(key string) (T, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, ok := s.entries[key]
+	return v, ok
+}
+
+// Stats returns the counters of the store; observers may call it.
+func (s *Store[T]) Stats() Stats {
+	st := Stats{
+		Entries:          s.Len(),
+		Invalid:          s.invalid.Load(),
+		Events:           s.events.Load(),
+		WaitingForCanary: s.waiting.Load(),
+	}
+	if ns := s.lastEvent.Load(); ns != 0 {
+		st.LastEvent = time.Unix(0, ns)
+	}
+	st.Synced = s.synced.Load()
+	return st
+}
