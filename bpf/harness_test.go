@@ -36,6 +36,9 @@ func TestMain(m *testing.M) {
 
 const testPinRoot = "/run/clustermesh-test"
 
+// testCTEntries keeps the preallocated LRU maps small in tests.
+const testCTEntries = 16384
+
 // node is a topology node with its datapath.
 type node struct {
 	*netnstest.Node
@@ -60,7 +63,9 @@ func cluster(t *testing.T, nodes, pods int) (*netnstest.Topology, []*node) {
 	}
 	var out []*node
 	for _, n := range topo.Nodes {
-		nd := &node{Node: n, cfg: bpf.Config{PinDir: fmt.Sprintf("%s/%s-%s", testPinRoot, topo.ID, n.Name)}}
+		nd := &node{Node: n, cfg: bpf.Config{
+			PinDir: fmt.Sprintf("%s/%s-%s", testPinRoot, topo.ID, n.Name), CTEntries: testCTEntries,
+		}}
 		nd.open(t, log)
 		t.Cleanup(func() {
 			if err := nd.dp.Uninstall(); err != nil {

@@ -26,7 +26,15 @@ type Config struct {
 	// PinDir is a directory on (or to be mounted as) bpffs holding maps/ and
 	// links/. If neither it nor a parent is on bpffs, a bpffs is mounted on it.
 	PinDir string
+	// CTEntries sizes each of the two LRU maps of load balancing
+	// (cm_lb_ct, cm_revnat); default DefaultCTEntries. The maps are
+	// preallocated (≈ 70 bytes per entry each). Changing it for existing
+	// pins makes Open fail until Uninstall.
+	CTEntries uint32
 }
+
+// DefaultCTEntries is the default size of the load-balancing LRU maps.
+const DefaultCTEntries = 262144
 
 // RegisterFlags registers the datapath's flags on fs, defaulting to c's values.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
@@ -35,6 +43,18 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	}
 	fs.StringVar(&c.PinDir, "bpf-pin-dir", c.PinDir,
 		"bpffs directory for the datapath's pinned maps and links (a bpffs is mounted there if needed)")
+	if c.CTEntries == 0 {
+		c.CTEntries = DefaultCTEntries
+	}
+	fs.Func("bpf-ct-entries", fmt.Sprintf("entries of each load-balancing connection-tracking map (default %d)", c.CTEntries),
+		func(v string) error {
+			n, err := strconv.ParseUint(v, 10, 32)
+			if err != nil || n == 0 {
+				return fmt.Errorf("invalid entry count %q", v)
+			}
+			c.CTEntries = uint32(n)
+			return nil
+		})
 }
 
 // Hook says which program a device runs.
@@ -64,6 +84,9 @@ func Open(cfg Config, log *slog.Logger) (*Datapath, error) {
 	if cfg.PinDir == "" {
 		cfg.PinDir = DefaultPinDir
 	}
+	if cfg.CTEntries == 0 {
+		cfg.CTEntries = DefaultCTEntries
+	}
 	if err := ensureBPFFS(cfg.PinDir, log); err != nil {
 		return nil, err
 	}
@@ -73,8 +96,15 @@ func Open(cfg Config, log *slog.Logger) (*Datapath, error) {
 			return nil, fmt.Errorf("create pin dir: %w", err)
 		}
 	}
+	spec, err := loadCm()
+	if err != nil {
+		return nil, fmt.Errorf("read datapath objects: %w", err)
+	}
+	for _, name := range []string{cmMapCmLbCt, cmMapCmRevnat} {
+		spec.Maps[name].MaxEntries = cfg.CTEntries
+	}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.mapDir()}}
-	if err := loadCmObjects(&d.objs, opts); err != nil {
+	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
 		return nil, fmt.Errorf("load datapath objects: %w", err)
 	}
 	if err := d.adoptLinks(); err != nil {

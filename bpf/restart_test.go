@@ -57,7 +57,7 @@ func agentMain() int {
 
 func runAgent(req agentRequest, rep *agentReply) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	dp, err := bpf.Open(bpf.Config{PinDir: req.PinDir}, log)
+	dp, err := bpf.Open(bpf.Config{PinDir: req.PinDir, CTEntries: testCTEntries}, log)
 	if err != nil {
 		return err
 	}
@@ -139,7 +139,7 @@ func TestRestart(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	var reqs []agentRequest
 	for _, n := range topo.Nodes {
-		cfg := bpf.Config{PinDir: fmt.Sprintf("%s/%s-%s", testPinRoot, topo.ID, n.Name)}
+		cfg := bpf.Config{PinDir: fmt.Sprintf("%s/%s-%s", testPinRoot, topo.ID, n.Name), CTEntries: testCTEntries}
 		t.Cleanup(func() { // as the uninstall step of a real agent would
 			dp, err := bpf.Open(cfg, log)
 			if err == nil {

@@ -63,7 +63,7 @@ func openTest(t *testing.T) (*Datapath, *Writer) {
 	t.Helper()
 	testenv.RequireRoot(t)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	dp, err := Open(Config{PinDir: "/run/clustermesh-test/" + netnstest.RandomID() + "-w"}, log)
+	dp, err := Open(Config{PinDir: "/run/clustermesh-test/" + netnstest.RandomID() + "-w", CTEntries: 1024}, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,7 +28,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 func openDatapath(b *testing.B, name string) (*bpf.Datapath, *bpf.Writer) {
 	b.Helper()
 	testenv.RequireRoot(b)
-	dp, err := bpf.Open(bpf.Config{PinDir: "/run/clustermesh-test/bench-" + netnstest.RandomID() + "-" + name}, quiet)
+	dp, err := bpf.Open(bpf.Config{PinDir: "/run/clustermesh-test/bench-" + netnstest.RandomID() + "-" + name, CTEntries: 65536}, quiet)
 	if err != nil {
 		b.Fatal(err)
 	}
