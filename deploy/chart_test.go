@@ -1,9 +1,7 @@
 package deploy
 
 import (
-	"context"
 	"fmt"
-	"io"
 	"slices"
 	"strings"
 	"testing"
@@ -300,5 +298,3 @@ func TestLint(t *testing.T) {
 	}
 }
 
-var _ = io.Discard
-var _ = context.Background

@@ -1,0 +1,107 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strconv"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+)
+
+func TestPairs(t *testing.T) {
+	cl := func(n string) *Cluster { return &Cluster{Target: Target{Context: n}} }
+	a, b, c := cl("a"), cl("b"), cl("c")
+	cases := []struct {
+		name  string
+		mode  string
+		dests []*Cluster
+		want  [][2]int
+		err   error
+	}{
+		{"bidirectional", ModeBidirectional, []*Cluster{b, c}, [][2]int{{0, 1}, {0, 2}}, nil},
+		{"default-mode", "", []*Cluster{b}, [][2]int{{0, 1}}, nil},
+		{"mesh", ModeMesh, []*Cluster{b, c}, [][2]int{{0, 1}, {0, 2}, {1, 2}}, nil},
+		{"no-destination", ModeMesh, nil, nil, ErrUsage},
+		{"unknown-mode", "star", []*Cluster{b}, nil, ErrUsage},
+		{"duplicate", ModeMesh, []*Cluster{b, cl("a")}, nil, ErrUsage},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := pairs(tc.mode, a, tc.dests)
+			if !errors.Is(err, tc.err) {
+				t.Fatalf("err = %v, want %v", err, tc.err)
+			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("pairs = %v, want %v", got, tc.want)
+			}
+			for i := range got {
+				if got[i] != tc.want[i] {
+					t.Fatalf("pairs = %v, want %v", got, tc.want)
+				}
+			}
+		})
+	}
+}
+
+// fakeCluster is a cluster on client-go's fake clientset, enabled as name/id
+// with a NodePort service and one node.
+func fakeCluster(t *testing.T, name string, id int) *Cluster {
+	t.Helper()
+	cs := fake.NewClientset(
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: configMapConfig, Namespace: DefaultNamespace},
+			Data: map[string]string{"cluster-name": name, "cluster-id": itoa(id), "max-connected-clusters": "255"}},
+		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: serviceAPIServer, Namespace: DefaultNamespace},
+			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, Ports: []corev1.ServicePort{{Port: 2379, NodePort: 32379}}}},
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n-" + name}, Status: corev1.NodeStatus{
+			Addresses:  []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.0.2." + itoa(id)}},
+			Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}}},
+	)
+	c := &Cluster{Target: Target{Context: name, Namespace: DefaultNamespace}, Client: cs}
+	if _, _, err := c.ensureCA(context.Background(), name); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func TestConnectOnFakeClusters(t *testing.T) {
+	ctx := context.Background()
+	log := slog.New(slog.DiscardHandler)
+	a, b := fakeCluster(t, "a", 1), fakeCluster(t, "b", 2)
+	res, err := Connect(ctx, a, []*Cluster{b}, ConnectConfig{SkipEndpointCheck: true}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Changed) == 0 {
+		t.Fatal("first connect changed nothing")
+	}
+	s, err := a.Client.CoreV1().Secrets(DefaultNamespace).Get(ctx, secretRemoteClusters, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(s.Data["b"]), "https://192.0.2.2:32379") || s.Annotations[idAnnotationPrefix+"b"] != "2" {
+		t.Fatalf("config %q annotations %v", s.Data["b"], s.Annotations)
+	}
+	res, err = Connect(ctx, a, []*Cluster{b}, ConnectConfig{SkipEndpointCheck: true}, log)
+	if err != nil || len(res.Changed) != 0 {
+		t.Fatalf("second connect: %v %v", res.Changed, err)
+	}
+	c := fakeCluster(t, "c", 2)
+	if _, err := Connect(ctx, c, []*Cluster{a}, ConnectConfig{SkipEndpointCheck: true}, log); !errors.Is(err, ErrClusterIDConflict) {
+		t.Fatalf("ID already used by a remote: err = %v", err)
+	}
+	res, err = Disconnect(ctx, a, []*Cluster{b}, ModeBidirectional, log)
+	if err != nil || len(res.Changed) == 0 {
+		t.Fatalf("disconnect: %v %v", res, err)
+	}
+	res, err = Disconnect(ctx, a, []*Cluster{b}, ModeBidirectional, log)
+	if err != nil || len(res.Changed) != 0 {
+		t.Fatalf("second disconnect: %v %v", res.Changed, err)
+	}
+}

@@ -1,0 +1,111 @@
+package mesh
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/clustermesh/clustermesh/internal/meshstatus"
+)
+
+// RenderStatus writes st as tables and a final one-line verdict.
+func RenderStatus(w io.Writer, st MeshStatus) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CLUSTER\tID\tCONTEXT\tAPISERVER\tIDENTITIES\tREMOTES\tAGENTS READY")
+	for _, c := range st.Clusters {
+		api, ids := "not reported", "-"
+		if !c.Enabled {
+			api = "not enabled"
+		} else if c.APIServer != nil {
+			api = map[bool]string{true: "ready", false: "not ready"}[c.APIServer.Ready]
+			ids = strconv.Itoa(c.APIServer.Identities)
+		}
+		ready := 0
+		for _, a := range c.Agents {
+			if agentReady(a, c.Remotes) {
+				ready++
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d/%d\n", dash(c.Cluster), idString(c.ClusterID), c.Context, api, ids,
+			dash(strings.Join(c.Remotes, ",")), ready, len(c.Agents))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, c := range st.Clusters {
+		if len(c.Agents) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "\nAgents of %s:\n", clusterLabel(c))
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NODE\tREMOTE\tID\tSTATE\tNODES\tSERVICES\tIDENTITIES\tIPS\tINVALID\tRECONNECTS\tLAST ERROR")
+		for _, a := range c.Agents {
+			if len(a.Remotes) == 0 {
+				fmt.Fprintf(tw, "%s\t-\t-\tno remotes\t\t\t\t\t\t\t\n", a.Node)
+			}
+			for _, r := range a.Remotes {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", a.Node, r.Name, idString(r.ClusterID), remoteState(r),
+					entries(r, meshstatus.KindNodes), entries(r, meshstatus.KindServices), entries(r, meshstatus.KindIdentities),
+					entries(r, meshstatus.KindIPCache), r.Invalid, r.Reconnects, dash(r.LastError))
+			}
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	var problems []string
+	for _, c := range st.Clusters {
+		for _, p := range c.Problems {
+			problems = append(problems, "  "+clusterLabel(c)+": "+p)
+		}
+	}
+	if len(problems) > 0 {
+		fmt.Fprintf(w, "\nProblems:\n%s\n", strings.Join(problems, "\n"))
+	}
+	_, err := fmt.Fprintf(w, "\n%s\n", st.Verdict)
+	return err
+}
+
+func agentReady(a meshstatus.AgentReport, want []string) bool {
+	have := map[string]bool{}
+	for _, r := range a.Remotes {
+		if !r.Ready {
+			return false
+		}
+		have[r.Name] = true
+	}
+	for _, w := range want {
+		if !have[w] {
+			return false
+		}
+	}
+	return true
+}
+
+func entries(r meshstatus.Remote, kind string) string {
+	n, ok := r.Entries[kind]
+	if !ok {
+		return "-"
+	}
+	s := strconv.Itoa(n)
+	if !r.Synced[kind] {
+		s += "*"
+	}
+	return s
+}
+
+func idString(id uint32) string {
+	if id == 0 {
+		return "-"
+	}
+	return strconv.FormatUint(uint64(id), 10)
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
