@@ -13,6 +13,16 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type cmBackend6Value struct {
+	_         structs.HostLayout
+	Ip        cmIn6
+	Port      uint16
+	Weight    uint16
+	ClusterId uint32
+	SvcId     uint32
+	Index     uint32
+}
+
 type cmBackendValue struct {
 	_         structs.HostLayout
 	Ip        uint32
@@ -35,6 +45,16 @@ type cmEndpointValue struct {
 	Flags   uint32
 }
 
+type cmFlow6Key struct {
+	_     structs.HostLayout
+	Saddr cmIn6
+	Daddr cmIn6
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Pad   [3]uint8
+}
+
 type cmFlowKey struct {
 	_     structs.HostLayout
 	Saddr uint32
@@ -43,6 +63,11 @@ type cmFlowKey struct {
 	Dport uint16
 	Proto uint8
 	Pad   [3]uint8
+}
+
+type cmIn6 struct {
+	_ structs.HostLayout
+	W [4]uint32
 }
 
 type cmIpcacheValue struct {
@@ -65,6 +90,19 @@ type cmLpm4Key struct {
 	Addr      uint32
 }
 
+type cmLpm6Key struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      cmIn6
+}
+
+type cmRevnat6Value struct {
+	_     structs.HostLayout
+	Vip   cmIn6
+	Vport uint16
+	Pad   uint16
+}
+
 type cmRevnatValue struct {
 	_     structs.HostLayout
 	Vip   uint32
@@ -76,6 +114,14 @@ type cmSlotKey struct {
 	_     structs.HostLayout
 	SvcId uint32
 	Slot  uint32
+}
+
+type cmSvc6Key struct {
+	_     structs.HostLayout
+	Vip   cmIn6
+	Port  uint16
+	Proto uint8
+	Pad   uint8
 }
 
 type cmSvcKey struct {
@@ -105,14 +151,21 @@ type cmTunnelValue struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	cmMapCmBackends    = "cm_backends"
+	cmMapCmBackends6   = "cm_backends6"
 	cmMapCmConfig      = "cm_config"
 	cmMapCmEndpoints   = "cm_endpoints"
+	cmMapCmEndpoints6  = "cm_endpoints6"
 	cmMapCmIpcache     = "cm_ipcache"
+	cmMapCmIpcache6    = "cm_ipcache6"
 	cmMapCmLbCt        = "cm_lb_ct"
+	cmMapCmLbCt6       = "cm_lb_ct6"
 	cmMapCmLbSlots     = "cm_lb_slots"
 	cmMapCmRevnat      = "cm_revnat"
+	cmMapCmRevnat6     = "cm_revnat6"
 	cmMapCmServices    = "cm_services"
+	cmMapCmServices6   = "cm_services6"
 	cmMapCmTunnel      = "cm_tunnel"
+	cmMapCmTunnel6     = "cm_tunnel6"
 	cmProgCmFromPod    = "cm_from_pod"
 	cmProgCmFromTunnel = "cm_from_tunnel"
 )
@@ -167,15 +220,22 @@ type cmProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type cmMapSpecs struct {
-	CmBackends  *ebpf.MapSpec `ebpf:"cm_backends"`
-	CmConfig    *ebpf.MapSpec `ebpf:"cm_config"`
-	CmEndpoints *ebpf.MapSpec `ebpf:"cm_endpoints"`
-	CmIpcache   *ebpf.MapSpec `ebpf:"cm_ipcache"`
-	CmLbCt      *ebpf.MapSpec `ebpf:"cm_lb_ct"`
-	CmLbSlots   *ebpf.MapSpec `ebpf:"cm_lb_slots"`
-	CmRevnat    *ebpf.MapSpec `ebpf:"cm_revnat"`
-	CmServices  *ebpf.MapSpec `ebpf:"cm_services"`
-	CmTunnel    *ebpf.MapSpec `ebpf:"cm_tunnel"`
+	CmBackends   *ebpf.MapSpec `ebpf:"cm_backends"`
+	CmBackends6  *ebpf.MapSpec `ebpf:"cm_backends6"`
+	CmConfig     *ebpf.MapSpec `ebpf:"cm_config"`
+	CmEndpoints  *ebpf.MapSpec `ebpf:"cm_endpoints"`
+	CmEndpoints6 *ebpf.MapSpec `ebpf:"cm_endpoints6"`
+	CmIpcache    *ebpf.MapSpec `ebpf:"cm_ipcache"`
+	CmIpcache6   *ebpf.MapSpec `ebpf:"cm_ipcache6"`
+	CmLbCt       *ebpf.MapSpec `ebpf:"cm_lb_ct"`
+	CmLbCt6      *ebpf.MapSpec `ebpf:"cm_lb_ct6"`
+	CmLbSlots    *ebpf.MapSpec `ebpf:"cm_lb_slots"`
+	CmRevnat     *ebpf.MapSpec `ebpf:"cm_revnat"`
+	CmRevnat6    *ebpf.MapSpec `ebpf:"cm_revnat6"`
+	CmServices   *ebpf.MapSpec `ebpf:"cm_services"`
+	CmServices6  *ebpf.MapSpec `ebpf:"cm_services6"`
+	CmTunnel     *ebpf.MapSpec `ebpf:"cm_tunnel"`
+	CmTunnel6    *ebpf.MapSpec `ebpf:"cm_tunnel6"`
 }
 
 // cmVariableSpecs contains global variables before they are loaded into the kernel.
@@ -204,28 +264,42 @@ func (o *cmObjects) Close() error {
 //
 // It can be passed to loadCmObjects or ebpf.CollectionSpec.LoadAndAssign.
 type cmMaps struct {
-	CmBackends  *ebpf.Map `ebpf:"cm_backends"`
-	CmConfig    *ebpf.Map `ebpf:"cm_config"`
-	CmEndpoints *ebpf.Map `ebpf:"cm_endpoints"`
-	CmIpcache   *ebpf.Map `ebpf:"cm_ipcache"`
-	CmLbCt      *ebpf.Map `ebpf:"cm_lb_ct"`
-	CmLbSlots   *ebpf.Map `ebpf:"cm_lb_slots"`
-	CmRevnat    *ebpf.Map `ebpf:"cm_revnat"`
-	CmServices  *ebpf.Map `ebpf:"cm_services"`
-	CmTunnel    *ebpf.Map `ebpf:"cm_tunnel"`
+	CmBackends   *ebpf.Map `ebpf:"cm_backends"`
+	CmBackends6  *ebpf.Map `ebpf:"cm_backends6"`
+	CmConfig     *ebpf.Map `ebpf:"cm_config"`
+	CmEndpoints  *ebpf.Map `ebpf:"cm_endpoints"`
+	CmEndpoints6 *ebpf.Map `ebpf:"cm_endpoints6"`
+	CmIpcache    *ebpf.Map `ebpf:"cm_ipcache"`
+	CmIpcache6   *ebpf.Map `ebpf:"cm_ipcache6"`
+	CmLbCt       *ebpf.Map `ebpf:"cm_lb_ct"`
+	CmLbCt6      *ebpf.Map `ebpf:"cm_lb_ct6"`
+	CmLbSlots    *ebpf.Map `ebpf:"cm_lb_slots"`
+	CmRevnat     *ebpf.Map `ebpf:"cm_revnat"`
+	CmRevnat6    *ebpf.Map `ebpf:"cm_revnat6"`
+	CmServices   *ebpf.Map `ebpf:"cm_services"`
+	CmServices6  *ebpf.Map `ebpf:"cm_services6"`
+	CmTunnel     *ebpf.Map `ebpf:"cm_tunnel"`
+	CmTunnel6    *ebpf.Map `ebpf:"cm_tunnel6"`
 }
 
 func (m *cmMaps) Close() error {
 	return _CmClose(
 		m.CmBackends,
+		m.CmBackends6,
 		m.CmConfig,
 		m.CmEndpoints,
+		m.CmEndpoints6,
 		m.CmIpcache,
+		m.CmIpcache6,
 		m.CmLbCt,
+		m.CmLbCt6,
 		m.CmLbSlots,
 		m.CmRevnat,
+		m.CmRevnat6,
 		m.CmServices,
+		m.CmServices6,
 		m.CmTunnel,
+		m.CmTunnel6,
 	)
 }
 

@@ -3,6 +3,8 @@ package bpf
 import (
 	"encoding/binary"
 	"net/netip"
+
+	"github.com/clustermesh/clustermesh/internal/datapath"
 )
 
 // Maps hold addresses and ports in network byte order inside fields that the
@@ -39,9 +41,6 @@ func lpmKey(p netip.Prefix) cmLpm4Key {
 func prefixFrom(k cmLpm4Key) netip.Prefix {
 	return netip.PrefixFrom(addrFrom(k.Addr), int(k.Prefixlen))
 }
-
-// is4 reports whether p is an IPv4 prefix this datapath can program.
-func is4(p netip.Prefix) bool { return p.IsValid() && p.Addr().Is4() }
 
 // maxSlots bounds a service's selection table.
 const maxSlots = 1 << 16
@@ -129,4 +128,60 @@ func stableSlots(old []uint32, ids []uint32, table []int) []uint32 {
 		want[id]--
 	}
 	return out
+}
+
+func in6(a netip.Addr) cmIn6 {
+	b := a.As16()
+	var r cmIn6
+	for i := range r.W {
+		r.W[i] = binary.NativeEndian.Uint32(b[4*i:])
+	}
+	return r
+}
+
+func addr6From(v cmIn6) netip.Addr {
+	var b [16]byte
+	for i, w := range v.W {
+		binary.NativeEndian.PutUint32(b[4*i:], w)
+	}
+	return netip.AddrFrom16(b)
+}
+
+func lpm6Key(p netip.Prefix) cmLpm6Key {
+	p = p.Masked()
+	return cmLpm6Key{Prefixlen: uint32(p.Bits()), Addr: in6(p.Addr())}
+}
+
+func prefix6From(k cmLpm6Key) netip.Prefix {
+	return netip.PrefixFrom(addr6From(k.Addr), int(k.Prefixlen))
+}
+
+func frontendFrom(k cmSvcKey) datapath.Frontend {
+	return datapath.Frontend{
+		Addr:  netip.AddrPortFrom(addrFrom(k.Vip), portFrom(k.Port)),
+		Proto: datapath.Proto(k.Proto),
+	}
+}
+
+func frontend6From(k cmSvc6Key) datapath.Frontend {
+	return datapath.Frontend{
+		Addr:  netip.AddrPortFrom(addr6From(k.Vip), portFrom(k.Port)),
+		Proto: datapath.Proto(k.Proto),
+	}
+}
+
+func svcKey(f datapath.Frontend) cmSvcKey {
+	return cmSvcKey{Vip: be32(f.Addr.Addr()), Port: be16(f.Addr.Port()), Proto: uint8(f.Proto)}
+}
+
+func svc6Key(f datapath.Frontend) cmSvc6Key {
+	return cmSvc6Key{Vip: in6(f.Addr.Addr()), Port: be16(f.Addr.Port()), Proto: uint8(f.Proto)}
+}
+
+func backendFrom(v cmBackendValue) beVal {
+	return beVal{addr: netip.AddrPortFrom(addrFrom(v.Ip), portFrom(v.Port)), weight: v.Weight, cluster: v.ClusterId, index: v.Index}
+}
+
+func backend6From(v cmBackend6Value) beVal {
+	return beVal{addr: netip.AddrPortFrom(addr6From(v.Ip), portFrom(v.Port)), weight: v.Weight, cluster: v.ClusterId, index: v.Index}
 }

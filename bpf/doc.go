@@ -3,5 +3,6 @@
 // pins maps and tcx links under a bpffs directory so that traffic keeps
 // flowing across agent restarts, and Writer, the datapath.Writer that programs
 // the tunnel, ipcache, service, backend and endpoint maps. README.md describes
-// the maps, the programs and the packet walk.
+// the maps, the programs and the packet walk. IPv4 and IPv6 pods, IPv4
+// underlay.
 package bpf

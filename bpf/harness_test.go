@@ -52,11 +52,16 @@ type node struct {
 // and a last cleanup checks that nothing is left.
 func cluster(t *testing.T, nodes, pods int) (*netnstest.Topology, []*node) {
 	t.Helper()
+	return clusterWith(t, netnstest.Config{Nodes: nodes, PodsPerNode: pods})
+}
+
+func clusterWith(t *testing.T, cfg netnstest.Config) (*netnstest.Topology, []*node) {
+	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ip")
 	var topo *netnstest.Topology
 	t.Cleanup(func() { checkNothingLeft(t, topo) })
-	topo = netnstest.New(t, netnstest.Config{Nodes: nodes, PodsPerNode: pods})
+	topo = netnstest.New(t, cfg)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -118,15 +123,23 @@ func connectivity(topo *netnstest.Topology, self *netnstest.Node) datapath.Batch
 	for i, n := range topo.Nodes {
 		if n != self {
 			b.UpsertTunnels = append(b.UpsertTunnels, datapath.TunnelEntry{CIDR: n.PodCIDR, NodeIP: n.UnderlayIP, ClusterID: 1})
+			if n.PodCIDR6.IsValid() {
+				b.UpsertTunnels = append(b.UpsertTunnels, datapath.TunnelEntry{CIDR: n.PodCIDR6, NodeIP: n.UnderlayIP, ClusterID: 1})
+			}
 		}
 		for j, p := range n.Pods {
-			e := datapath.IPCacheEntry{Prefix: netip.PrefixFrom(p.IP, 32), Identity: uint32(1<<16 | 256 + i*16 + j), ClusterID: 1}
-			if n != self {
-				e.TunnelEndpoint = n.UnderlayIP
-			} else {
-				b.UpsertEndpoints = append(b.UpsertEndpoints, datapath.Endpoint{IP: p.IP, IfIndex: p.HostIfIndex})
+			for _, ip := range []netip.Addr{p.IP, p.IP6} {
+				if !ip.IsValid() {
+					continue
+				}
+				e := datapath.IPCacheEntry{Prefix: netip.PrefixFrom(ip, ip.BitLen()), Identity: uint32(1<<16 | 256 + i*16 + j), ClusterID: 1}
+				if n != self {
+					e.TunnelEndpoint = n.UnderlayIP
+				} else {
+					b.UpsertEndpoints = append(b.UpsertEndpoints, datapath.Endpoint{IP: ip, IfIndex: p.HostIfIndex})
+				}
+				b.UpsertIPCache = append(b.UpsertIPCache, e)
 			}
-			b.UpsertIPCache = append(b.UpsertIPCache, e)
 		}
 	}
 	return b
@@ -207,10 +220,10 @@ func serve(t *testing.T, p *netnstest.Pod, port int) *server {
 	s := &server{name: p.Name, conns: map[net.Conn]bool{}}
 	err := p.NS.Do(func() error {
 		var err error
-		if s.ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", port)); err != nil {
+		if s.ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port)); err != nil {
 			return err
 		}
-		s.pc, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", port))
+		s.pc, err = net.ListenPacket("udp", fmt.Sprintf(":%d", port))
 		return err
 	})
 	if err != nil {
@@ -285,7 +298,7 @@ func dialTCP(p *netnstest.Pod, addr netip.AddrPort) (net.Conn, *bufio.Reader, he
 	var c net.Conn
 	err := p.NS.Do(func() error {
 		var err error
-		c, err = net.DialTimeout("tcp4", addr.String(), 5*time.Second)
+		c, err = net.DialTimeout("tcp", addr.String(), 5*time.Second)
 		return err
 	})
 	if err != nil {
@@ -343,7 +356,7 @@ func udpTry(p *netnstest.Pod, addr netip.AddrPort, attempts int, wait time.Durat
 	var c *net.UDPConn
 	err := p.NS.Do(func() error {
 		var err error
-		c, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(addr))
+		c, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
 		return err
 	})
 	if err != nil {
@@ -372,7 +385,7 @@ func udpTry(p *netnstest.Pod, addr netip.AddrPort, attempts int, wait time.Durat
 
 // pingOnce sends one echo request and waits a second for the reply.
 func pingOnce(p *netnstest.Pod, ip netip.Addr) error {
-	_, err := p.NS.Exec("ping", "-c", "1", "-W", "1", "-q", ip.String())
+	_, err := p.NS.Exec("ping", "-c", "1", "-W", "1", "-q", ip.String()) // ping picks -4/-6 from the address
 	return err
 }
 

@@ -27,7 +27,7 @@ type Config struct {
 	// links/. If neither it nor a parent is on bpffs, a bpffs is mounted on it.
 	PinDir string
 	// CTEntries sizes each of the two LRU maps of load balancing
-	// (cm_lb_ct, cm_revnat); default DefaultCTEntries. The maps are
+	// (cm_lb_ct, cm_revnat and their IPv6 twins); default DefaultCTEntries. The maps are
 	// preallocated (≈ 70 bytes per entry each). Changing it for existing
 	// pins makes Open fail until Uninstall.
 	CTEntries uint32
@@ -100,7 +100,7 @@ func Open(cfg Config, log *slog.Logger) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read datapath objects: %w", err)
 	}
-	for _, name := range []string{cmMapCmLbCt, cmMapCmRevnat} {
+	for _, name := range []string{cmMapCmLbCt, cmMapCmRevnat, cmMapCmLbCt6, cmMapCmRevnat6} {
 		spec.Maps[name].MaxEntries = cfg.CTEntries
 	}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.mapDir()}}
@@ -256,7 +256,9 @@ func (d *Datapath) Uninstall() error {
 		}
 	}
 	for _, m := range []*ebpf.Map{d.objs.CmBackends, d.objs.CmConfig, d.objs.CmEndpoints, d.objs.CmIpcache,
-		d.objs.CmLbCt, d.objs.CmLbSlots, d.objs.CmRevnat, d.objs.CmServices, d.objs.CmTunnel} {
+		d.objs.CmLbCt, d.objs.CmLbSlots, d.objs.CmRevnat, d.objs.CmServices, d.objs.CmTunnel,
+		d.objs.CmBackends6, d.objs.CmEndpoints6, d.objs.CmIpcache6, d.objs.CmLbCt6, d.objs.CmRevnat6,
+		d.objs.CmServices6, d.objs.CmTunnel6} {
 		if m != nil {
 			errs = append(errs, m.Unpin())
 		}

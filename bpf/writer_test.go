@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -103,6 +104,7 @@ func TestWriterMatchesMemory(t *testing.T) {
 	ap := netip.MustParseAddrPort
 	fe := datapath.Frontend{Addr: ap("10.96.0.1:443"), Proto: datapath.TCP}
 	fe2 := datapath.Frontend{Addr: ap("10.96.0.1:443"), Proto: datapath.UDP}
+	fe6 := datapath.Frontend{Addr: ap("[fd00:96::1]:443"), Proto: datapath.TCP}
 	be := func(s string, w uint16) datapath.Backend {
 		return datapath.Backend{Addr: ap(s), ClusterID: 2, Weight: w}
 	}
@@ -111,14 +113,19 @@ func TestWriterMatchesMemory(t *testing.T) {
 		b    datapath.Batch
 	}{
 		{"fill", datapath.Batch{
-			UpsertTunnels: []datapath.TunnelEntry{{CIDR: pfx("10.2.0.0/24"), NodeIP: netip.MustParseAddr("172.30.0.2"), ClusterID: 2}},
+			UpsertTunnels: []datapath.TunnelEntry{
+				{CIDR: pfx("10.2.0.0/24"), NodeIP: netip.MustParseAddr("172.30.0.2"), ClusterID: 2},
+				{CIDR: pfx("fd00:2::/64"), NodeIP: netip.MustParseAddr("172.30.0.2"), ClusterID: 2},
+			},
 			UpsertIPCache: []datapath.IPCacheEntry{
 				{Prefix: pfx("10.2.0.10/32"), Identity: 2<<16 | 300, TunnelEndpoint: netip.MustParseAddr("172.30.0.2"), ClusterID: 2},
 				{Prefix: pfx("10.1.0.10/32"), Identity: 1<<16 | 300, ClusterID: 1},
-				{Prefix: pfx("fd00::1/128"), Identity: 9}, // IPv6: skipped
+				{Prefix: pfx("fd00::1/128"), Identity: 9},
+				{Prefix: pfx("fd00:2::10/128"), Identity: 10, TunnelEndpoint: netip.MustParseAddr("172.30.0.2"), ClusterID: 2},
 			},
-			UpsertEndpoints: []datapath.Endpoint{{IP: netip.MustParseAddr("10.1.0.10"), IfIndex: 7}},
+			UpsertEndpoints: []datapath.Endpoint{{IP: netip.MustParseAddr("10.1.0.10"), IfIndex: 7}, {IP: netip.MustParseAddr("fd00:1::10"), IfIndex: 7}},
 			UpsertServices: []datapath.Service{
+				{Frontend: fe6, Backends: []datapath.Backend{be("[fd00:1::10]:8443", 1), be("[fd00:2::10]:8443", 1), be("10.1.0.10:1", 1)}},
 				{Frontend: fe, Backends: []datapath.Backend{be("10.1.0.10:8443", 1), be("10.2.0.10:8443", 2), be("10.2.0.11:8443", 0)}},
 				{Frontend: fe2, Backends: []datapath.Backend{be("10.1.0.10:53", 1)}},
 			},
@@ -152,23 +159,36 @@ func TestWriterMatchesMemory(t *testing.T) {
 			UpsertServices: []datapath.Service{{Frontend: fe, Backends: []datapath.Backend{
 				be("10.2.0.23:8443", 1), be("10.2.0.12:8443", 1), {Addr: ap("10.2.0.14:8443"), ClusterID: 7, Weight: 2}, be("10.2.0.25:8443", 0)}}},
 		}},
+		{"IPv6 without the IPv4 backend", datapath.Batch{
+			UpsertServices: []datapath.Service{{Frontend: fe6, Backends: []datapath.Backend{be("[fd00:1::10]:8443", 1), be("[fd00:2::10]:8443", 1)}}},
+		}},
+		{"fast path: replace an IPv6 backend", datapath.Batch{
+			UpsertServices: []datapath.Service{{Frontend: fe6, Backends: []datapath.Backend{be("[fd00:1::10]:8443", 1), be("[fd00:2::11]:8443", 1)}}},
+		}},
 		{"delete all", datapath.Batch{
-			DeleteServices:  []datapath.Frontend{fe, fe2},
-			DeleteTunnels:   []netip.Prefix{pfx("10.2.0.0/24")},
-			DeleteIPCache:   []netip.Prefix{pfx("10.2.0.10/32")},
-			DeleteEndpoints: []netip.Addr{netip.MustParseAddr("10.1.0.10")},
+			DeleteServices:  []datapath.Frontend{fe, fe2, fe6},
+			DeleteTunnels:   []netip.Prefix{pfx("10.2.0.0/24"), pfx("fd00:2::/64")},
+			DeleteIPCache:   []netip.Prefix{pfx("10.2.0.10/32"), pfx("fd00::1/128"), pfx("fd00:2::10/128")},
+			DeleteEndpoints: []netip.Addr{netip.MustParseAddr("10.1.0.10"), netip.MustParseAddr("fd00:1::10")},
 		}},
 	}
 	steps[1].b = steps[0].b
 	ref := memory.New()
 	for _, s := range steps {
-		before := w.services[fe]
+		key := fe
+		if strings.Contains(s.name, "IPv6") {
+			key = fe6
+		}
+		before := w.services[key]
 		if err := w.Apply(ctx, s.b); err != nil {
 			t.Fatalf("%s: %v", s.name, err)
 		}
 		_ = ref.Apply(ctx, s.b)
 		want, _ := ref.Dump()
-		delete(want.IPCache, pfx("fd00::1/128"))
+		if svc, ok := want.Services[fe6]; ok { // the IPv4 backend of an IPv6 frontend is skipped
+			svc.Backends = slices.DeleteFunc(slices.Clone(svc.Backends), func(b datapath.Backend) bool { return b.Addr.Addr().Is4() })
+			want.Services[fe6] = svc
+		}
 		got, err := w.Dump()
 		if err != nil {
 			t.Fatal(err)
@@ -184,12 +204,12 @@ func TestWriterMatchesMemory(t *testing.T) {
 			t.Errorf("%s: restored index differs", s.name)
 		}
 		checkSlots(t, dp, w)
-		fast := before != nil && before == w.services[fe]
+		fast := before != nil && before == w.services[key]
 		if strings.HasPrefix(s.name, "fast path") && !fast || strings.HasPrefix(s.name, "swap") && fast {
 			t.Errorf("%s: fast path taken = %v", s.name, fast)
 		}
 		if s.name == "shrink and delete absent" {
-			if n := count(t, dp.objs.CmLbSlots); n != 1+1 { // fe: 1 slot, fe2: 1 slot
+			if n := count(t, dp.objs.CmLbSlots); n != 1+1+2 { // fe: 1 slot, fe2: 1, fe6: 2
 				t.Errorf("%s: %d slots left", s.name, n)
 			}
 			if n := count(t, dp.objs.CmBackends); n != 2 {
@@ -197,7 +217,8 @@ func TestWriterMatchesMemory(t *testing.T) {
 			}
 		}
 	}
-	for _, m := range []*ebpf.Map{dp.objs.CmLbSlots, dp.objs.CmBackends, dp.objs.CmServices} {
+	for _, m := range []*ebpf.Map{dp.objs.CmLbSlots, dp.objs.CmBackends, dp.objs.CmServices,
+		dp.objs.CmBackends6, dp.objs.CmServices6, dp.objs.CmIpcache6, dp.objs.CmTunnel6, dp.objs.CmEndpoints6} {
 		if n := count(t, m); n != 0 {
 			t.Errorf("%v: %d entries left after deleting everything", m, n)
 		}
@@ -260,7 +281,15 @@ func checkSlots(t *testing.T, dp *Datapath, w *Writer) {
 		var ids []uint32
 		for _, id := range st.backends {
 			var v cmBackendValue
-			if err := dp.objs.CmBackends.Lookup(id, &v); err != nil || v.SvcId != st.id {
+			var v6 cmBackend6Value
+			var err error
+			if st.v6 {
+				err = dp.objs.CmBackends6.Lookup(id, &v6)
+				v.SvcId, v.Weight = v6.SvcId, v6.Weight
+			} else {
+				err = dp.objs.CmBackends.Lookup(id, &v)
+			}
+			if err != nil || v.SvcId != st.id {
 				t.Fatalf("%v backend %d: %v %+v", fe, id, err, v)
 			}
 			weights = append(weights, v.Weight)

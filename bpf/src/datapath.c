@@ -281,15 +281,31 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct pkt *p)
 	return bpf_redirect_peer(ifindex, 0);
 }
 
-SEC("tcx/ingress")
-int cm_from_pod(struct __sk_buff *skb)
+/* Encapsulates towards remote (an IPv4 underlay address) through the vxlan
+ * external device; the VNI carries the source's security identity (as Cilium
+ * does). */
+static __always_inline int encap(struct __sk_buff *skb, __be32 remote, __u32 identity)
+{
+	struct bpf_tunnel_key key = {};
+	struct config_value *cfg;
+	__u32 zero = 0;
+
+	cfg = bpf_map_lookup_elem(&cm_config, &zero);
+	if (!cfg || !cfg->tunnel_ifindex)
+		return CM_DROP;
+	key.tunnel_id = identity & 0xffffff;
+	key.remote_ipv4 = bpf_ntohl(remote);
+	key.tunnel_ttl = 64;
+	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX))
+		return CM_DROP;
+	return bpf_redirect(cfg->tunnel_ifindex, 0);
+}
+
+static __always_inline int from_pod4(struct __sk_buff *skb)
 {
 	struct ipcache_value *ipc;
-	struct config_value *cfg;
-	struct bpf_tunnel_key key = {};
 	struct pkt p;
 	__be32 remote = 0;
-	__u32 zero = 0;
 	int ret;
 
 	if (parse(skb, &p))
@@ -317,22 +333,11 @@ int cm_from_pod(struct __sk_buff *skb)
 	}
 	if (!remote)
 		return CM_NEXT;
-	cfg = bpf_map_lookup_elem(&cm_config, &zero);
-	if (!cfg || !cfg->tunnel_ifindex)
-		return CM_DROP;
-
-	/* The VNI carries the source's security identity (as Cilium does). */
 	ipc = bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, p.flow.saddr });
-	key.tunnel_id = (ipc ? ipc->identity : WORLD_IDENTITY) & 0xffffff;
-	key.remote_ipv4 = bpf_ntohl(remote);
-	key.tunnel_ttl = 64;
-	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX))
-		return CM_DROP;
-	return bpf_redirect(cfg->tunnel_ifindex, 0);
+	return encap(skb, remote, ipc ? ipc->identity : WORLD_IDENTITY);
 }
 
-SEC("tcx/ingress")
-int cm_from_tunnel(struct __sk_buff *skb)
+static __always_inline int from_tunnel4(struct __sk_buff *skb)
 {
 	struct pkt p;
 	int ret;
@@ -340,7 +345,42 @@ int cm_from_tunnel(struct __sk_buff *skb)
 	if (parse(skb, &p))
 		return CM_NEXT;
 	ret = deliver_local(skb, &p);
-	if (ret >= 0)
-		return ret;
+	return ret >= 0 ? ret : CM_NEXT;
+}
+
+#include "datapath6.h"
+
+static __always_inline __u16 eth_proto(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return 0;
+	return eth->h_proto;
+}
+
+SEC("tcx/ingress")
+int cm_from_pod(struct __sk_buff *skb)
+{
+	switch (eth_proto(skb)) {
+	case bpf_htons(ETH_P_IP):
+		return from_pod4(skb);
+	case bpf_htons(ETH_P_IPV6):
+		return from_pod6(skb);
+	}
+	return CM_NEXT;
+}
+
+SEC("tcx/ingress")
+int cm_from_tunnel(struct __sk_buff *skb)
+{
+	switch (eth_proto(skb)) {
+	case bpf_htons(ETH_P_IP):
+		return from_tunnel4(skb);
+	case bpf_htons(ETH_P_IPV6):
+		return from_tunnel6(skb);
+	}
 	return CM_NEXT;
 }

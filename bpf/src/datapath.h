@@ -96,6 +96,49 @@ struct config_value {
 	__u32 flags;
 };
 
+/* IPv6 variants. Addresses are 16 bytes in network order, held as four
+ * words; the underlay (tunnel endpoints) stays IPv4. Service and backend ids
+ * share one id space with IPv4, so cm_lb_slots serves both families. */
+struct in6 {
+	__u32 w[4];
+};
+
+struct lpm6_key {
+	__u32 prefixlen;
+	struct in6 addr;
+};
+
+struct svc6_key {
+	struct in6 vip;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct backend6_value {
+	struct in6 ip;
+	__be16 port;
+	__u16 weight;
+	__u32 cluster_id;
+	__u32 svc_id;
+	__u32 index;
+};
+
+struct flow6_key {
+	struct in6 saddr;
+	struct in6 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct revnat6_value {
+	struct in6 vip;
+	__be16 vport;
+	__u16 pad;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__type(key, struct lpm4_key);
@@ -173,3 +216,64 @@ struct {
 	__uint(max_entries, 1);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cm_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct lpm6_key);
+	__type(value, struct tunnel_value);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_tunnel6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct lpm6_key);
+	__type(value, struct ipcache_value);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_ipcache6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct svc6_key);
+	__type(value, struct svc_value);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_services6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32); /* backend id */
+	__type(value, struct backend6_value);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_backends6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct in6); /* pod IPv6 */
+	__type(value, struct endpoint_value);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_endpoints6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct flow6_key);
+	__type(value, struct lb_ct_value);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_lb_ct6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct flow6_key);
+	__type(value, struct revnat6_value);
+	__uint(max_entries, 262144);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cm_revnat6 SEC(".maps");

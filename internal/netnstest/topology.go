@@ -21,6 +21,9 @@ const (
 // neighbor entry pointing at the host side of the pod's veth.
 const gateway = "169.254.1.1"
 
+// gateway6 is the pods' IPv6 next hop, answered the same way.
+const gateway6 = "fe80::1"
+
 // Config shapes a topology.
 type Config struct {
 	Nodes       int
@@ -29,6 +32,9 @@ type Config struct {
 	PodCIDRs []netip.Prefix
 	// Underlay is the nodes' subnet; default 172.30.0.0/24 (node i is .i+1).
 	Underlay netip.Prefix
+	// IPv6 gives every pod an IPv6 address too: node i's pods are in
+	// fd00:<i+1>::/64 (Node.PodCIDR6), with a default route via fe80::1.
+	IPv6 bool
 }
 
 // Topology is a set of nodes on one underlay bridge.
@@ -45,6 +51,7 @@ type Node struct {
 	NS            *NS
 	UnderlayIP    netip.Addr
 	PodCIDR       netip.Prefix
+	PodCIDR6      netip.Prefix // only with Config.IPv6
 	TunnelIfIndex int
 	Pods          []*Pod
 	topo          *Topology
@@ -56,7 +63,8 @@ type Pod struct {
 	NS          *NS
 	Node        *Node
 	IP          netip.Addr
-	HostIf      string // host side of the veth, in the node's namespace
+	IP6         netip.Addr // only with Config.IPv6
+	HostIf      string     // host side of the veth, in the node's namespace
 	HostIfIndex int
 }
 
@@ -77,6 +85,9 @@ func New(t testing.TB, cfg Config) *Topology {
 			cidr = cfg.PodCIDRs[i]
 		}
 		n := &Node{Name: fmt.Sprintf("n%d", i+1), UnderlayIP: ulIP, PodCIDR: cidr, topo: topo}
+		if cfg.IPv6 {
+			n.PodCIDR6 = netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0, 0, byte(i + 1)}), 64)
+		}
 		n.NS = NewNS(t, topo.ID+"-"+n.Name)
 		port := "cmt-" + n.Name
 		batch(t, topo.Underlay,
@@ -112,13 +123,25 @@ func (n *Node) AddPod(t testing.TB) *Pod {
 		fmt.Sprintf("link set %s up", p.HostIf))
 	var mac string
 	p.HostIfIndex, mac = linkInfo(t, n.NS, p.HostIf)
-	batch(t, p.NS,
+	cmds := []string{
 		"link set lo up",
 		"link set eth0 mtu 1450 up",
 		fmt.Sprintf("addr add %s/32 dev eth0", ip),
 		fmt.Sprintf("route add %s dev eth0 scope link", gateway),
 		fmt.Sprintf("route add default via %s dev eth0", gateway),
-		fmt.Sprintf("neigh add %s lladdr %s dev eth0 nud permanent", gateway, mac))
+		fmt.Sprintf("neigh add %s lladdr %s dev eth0 nud permanent", gateway, mac),
+	}
+	if n.PodCIDR6.IsValid() {
+		p.IP6 = n.PodCIDR6.Addr()
+		for range j + 9 {
+			p.IP6 = p.IP6.Next()
+		}
+		cmds = append(cmds,
+			fmt.Sprintf("addr add %s/128 dev eth0 nodad", p.IP6),
+			fmt.Sprintf("neigh add %s lladdr %s dev eth0 nud permanent", gateway6, mac),
+			fmt.Sprintf("route add ::/0 via %s dev eth0", gateway6))
+	}
+	batch(t, p.NS, cmds...)
 	n.Pods = append(n.Pods, p)
 	return p
 }

@@ -1,0 +1,91 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"syscall"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// batchUnsupported reports whether err says the map type has no batch ops.
+func batchUnsupported(err error) bool {
+	return errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, unix.EINVAL) ||
+		errors.Is(err, syscall.Errno(524)) /* ENOTSUPP */ || errors.Is(err, unix.EOPNOTSUPP)
+}
+
+// batchUpdate writes keys[i] = vals[i] in one syscall, or one by one where
+// the kernel has no batch update for the map's type.
+func batchUpdate[K, V any](w *Writer, m *ebpf.Map, keys []K, vals []V) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	if !w.noBatch[m] {
+		_, err := m.BatchUpdate(keys, vals, nil)
+		if err == nil {
+			return nil
+		}
+		if !batchUnsupported(err) {
+			return fmt.Errorf("update %s: %w", m, err)
+		}
+		w.noBatch[m] = true
+	}
+	for i := range keys {
+		if err := m.Update(&keys[i], &vals[i], ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("update %s: %w", m, err)
+		}
+	}
+	return nil
+}
+
+// batchDelete deletes keys; absent keys are not an error.
+func batchDelete[K any](w *Writer, m *ebpf.Map, keys []K) error {
+	for len(keys) > 0 && !w.noBatch[m] {
+		n, err := m.BatchDelete(keys, nil)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, ebpf.ErrKeyNotExist) && n < len(keys):
+			keys = keys[n+1:]
+		case batchUnsupported(err):
+			w.noBatch[m] = true
+		default:
+			return fmt.Errorf("delete from %s: %w", m, err)
+		}
+	}
+	for i := range keys {
+		if err := m.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete from %s: %w", m, err)
+		}
+	}
+	return nil
+}
+
+// idAlloc hands out non-zero ids, moving forward so that an id freed by a
+// deleted service or backend is not reused soon (CT entries may still name it).
+type idAlloc struct {
+	used map[uint32]bool
+	next uint32
+}
+
+func (a *idAlloc) reset() {
+	a.used = map[uint32]bool{}
+}
+
+func (a *idAlloc) mark(id uint32) {
+	a.used[id] = true
+	a.next = max(a.next, id)
+}
+
+func (a *idAlloc) get() uint32 {
+	for {
+		a.next++
+		if a.next != 0 && !a.used[a.next] {
+			a.used[a.next] = true
+			return a.next
+		}
+	}
+}
+
+func (a *idAlloc) free(id uint32) { delete(a.used, id) }

@@ -1,0 +1,253 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* IPv6 half of the programs in datapath.c (included from there): the same
+ * steps as IPv4 on the *6 maps. No extension headers (such packets are
+ * forwarded but not load-balanced), no hairpin. */
+#pragma once
+
+#include <linux/ipv6.h>
+
+struct pkt6 {
+	struct flow6_key flow; /* ports are 0 when !has_ports */
+	__u32 l4_off;
+	__u8 has_ports;
+	__u8 tcp_flags;
+};
+
+static __always_inline int parse6(struct __sk_buff *skb, struct pkt6 *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct ipv6hdr *ip6;
+
+	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IPV6))
+		return -1;
+	ip6 = (void *)(eth + 1);
+	if ((void *)(ip6 + 1) > data_end)
+		return -1;
+	__builtin_memset(p, 0, sizeof(*p));
+	__builtin_memcpy(&p->flow.saddr, &ip6->saddr, sizeof(p->flow.saddr));
+	__builtin_memcpy(&p->flow.daddr, &ip6->daddr, sizeof(p->flow.daddr));
+	p->flow.proto = ip6->nexthdr;
+	p->l4_off = ETH_HLEN + sizeof(struct ipv6hdr);
+	if (ip6->nexthdr == IPPROTO_TCP || ip6->nexthdr == IPPROTO_UDP) {
+		__be16 ports[2];
+
+		if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)))
+			return -1;
+		p->flow.sport = ports[0];
+		p->flow.dport = ports[1];
+		p->has_ports = 1;
+		if (ip6->nexthdr == IPPROTO_TCP &&
+		    bpf_skb_load_bytes(skb, p->l4_off + TCP_FLAGS, &p->tcp_flags, 1))
+			return -1;
+	}
+	return 0;
+}
+
+static __always_inline int in6_eq(const struct in6 *a, const struct in6 *b)
+{
+	return a->w[0] == b->w[0] && a->w[1] == b->w[1] && a->w[2] == b->w[2] && a->w[3] == b->w[3];
+}
+
+/* IPv6 has no header checksum: only the L4 checksum (pseudo header) moves. */
+static __always_inline int rewrite6(struct __sk_buff *skb, struct pkt6 *p, int is_src,
+				    const struct in6 *to, __be16 new_port)
+{
+	struct in6 new_ip = *to;
+	struct in6 old_ip = is_src ? p->flow.saddr : p->flow.daddr;
+	__be16 old_port = is_src ? p->flow.sport : p->flow.dport;
+	__u32 ip_off = ETH_HLEN + (is_src ? offsetof(struct ipv6hdr, saddr) : offsetof(struct ipv6hdr, daddr));
+	__u32 port_off = p->l4_off + (is_src ? 0 : 2);
+	__u32 csum_off = p->l4_off + (p->flow.proto == IPPROTO_TCP ? TCP_CSUM : UDP_CSUM);
+	__u64 mangled = p->flow.proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+
+	if (!in6_eq(&old_ip, &new_ip)) {
+		__s64 diff = bpf_csum_diff(old_ip.w, sizeof(old_ip), new_ip.w, sizeof(new_ip), 0);
+
+		if (diff < 0)
+			return -1;
+		if (bpf_l4_csum_replace(skb, csum_off, 0, diff, mangled | BPF_F_PSEUDO_HDR))
+			return -1;
+		if (bpf_skb_store_bytes(skb, ip_off, &new_ip, sizeof(new_ip), 0))
+			return -1;
+	}
+	if (old_port != new_port) {
+		if (bpf_l4_csum_replace(skb, csum_off, old_port, new_port,
+					mangled | sizeof(new_port)))
+			return -1;
+		if (bpf_skb_store_bytes(skb, port_off, &new_port, sizeof(new_port), 0))
+			return -1;
+	}
+	if (is_src) {
+		p->flow.saddr = new_ip;
+		p->flow.sport = new_port;
+	} else {
+		p->flow.daddr = new_ip;
+		p->flow.dport = new_port;
+	}
+	return 0;
+}
+
+static __always_inline __u32 flow_hash6(const struct flow6_key *f)
+{
+	__u32 h = mix32(f->proto + 0x9e3779b9);
+
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		h = mix32(h ^ f->saddr.w[i]);
+		h = mix32(h ^ f->daddr.w[i]);
+	}
+	h = mix32(h ^ (((__u32)f->sport << 16) | f->dport));
+	return h;
+}
+
+static __always_inline void forget_revnat6(struct pkt6 *p)
+{
+	struct flow6_key rev = {
+		.saddr = p->flow.daddr,
+		.daddr = p->flow.saddr,
+		.sport = p->flow.dport,
+		.dport = p->flow.sport,
+		.proto = p->flow.proto,
+	};
+
+	if (p->flow.proto == IPPROTO_UDP ||
+	    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+		bpf_map_delete_elem(&cm_revnat6, &rev);
+}
+
+static __always_inline int lb6(struct __sk_buff *skb, struct pkt6 *p)
+{
+	struct svc6_key sk = {
+		.vip = p->flow.daddr,
+		.port = p->flow.dport,
+		.proto = p->flow.proto,
+	};
+	struct backend6_value *be = NULL;
+	struct lb_ct_value *ct, nct = {};
+	struct svc_value *svc;
+	struct flow6_key fwd = p->flow;
+	int fresh = 0;
+
+	svc = bpf_map_lookup_elem(&cm_services6, &sk);
+	if (!svc) {
+		forget_revnat6(p);
+		return 0;
+	}
+	ct = bpf_map_lookup_elem(&cm_lb_ct6, &fwd);
+	if (ct && ct->svc_id == svc->svc_id &&
+	    !(p->flow.proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)) {
+		be = bpf_map_lookup_elem(&cm_backends6, &ct->backend_id);
+		if (be && be->svc_id != svc->svc_id)
+			be = NULL;
+		nct.backend_id = ct->backend_id;
+	}
+	if (!be) {
+		struct slot_key slot;
+		__u32 *id;
+
+		if (svc->nslots == 0)
+			return -1;
+		slot.svc_id = svc->svc_id;
+		slot.slot = flow_hash6(&p->flow) % svc->nslots;
+		id = bpf_map_lookup_elem(&cm_lb_slots, &slot);
+		if (!id)
+			return -1;
+		nct.backend_id = *id;
+		be = bpf_map_lookup_elem(&cm_backends6, &nct.backend_id);
+		if (!be)
+			return -1;
+		nct.svc_id = svc->svc_id;
+		if (bpf_map_update_elem(&cm_lb_ct6, &fwd, &nct, BPF_ANY))
+			return -1;
+		fresh = 1;
+	}
+
+	struct flow6_key rev = {
+		.saddr = be->ip,
+		.daddr = p->flow.saddr,
+		.sport = be->port,
+		.dport = p->flow.sport,
+		.proto = p->flow.proto,
+	};
+	if (fresh || !bpf_map_lookup_elem(&cm_revnat6, &rev)) {
+		struct revnat6_value rn = { .vip = sk.vip, .vport = sk.port };
+
+		if (bpf_map_update_elem(&cm_revnat6, &rev, &rn, BPF_ANY))
+			return -1;
+	}
+	struct in6 ip = be->ip;
+	return rewrite6(skb, p, 0, &ip, be->port);
+}
+
+static __always_inline int deliver_local6(struct __sk_buff *skb, struct pkt6 *p)
+{
+	struct endpoint_value *ep;
+	struct revnat6_value *rn;
+	__u32 ifindex;
+
+	ep = bpf_map_lookup_elem(&cm_endpoints6, &p->flow.daddr);
+	if (!ep)
+		return -1;
+	ifindex = ep->ifindex;
+	if (p->has_ports) {
+		rn = bpf_map_lookup_elem(&cm_revnat6, &p->flow);
+		if (rn) {
+			struct in6 vip = rn->vip;
+
+			if (rewrite6(skb, p, 1, &vip, rn->vport))
+				return CM_DROP;
+		}
+	}
+	if (skb->pkt_type != PACKET_HOST)
+		bpf_skb_change_type(skb, PACKET_HOST);
+	return bpf_redirect_peer(ifindex, 0);
+}
+
+static __always_inline int from_pod6(struct __sk_buff *skb)
+{
+	struct ipcache_value *ipc;
+	struct lpm6_key key = { .prefixlen = 128 };
+	struct pkt6 p;
+	__be32 remote = 0;
+	__u32 identity = WORLD_IDENTITY;
+	int ret;
+
+	if (parse6(skb, &p))
+		return CM_NEXT;
+	if (p.has_ports && lb6(skb, &p))
+		return CM_DROP;
+	ret = deliver_local6(skb, &p);
+	if (ret >= 0)
+		return ret;
+
+	key.addr = p.flow.daddr;
+	ipc = bpf_map_lookup_elem(&cm_ipcache6, &key);
+	if (ipc && ipc->tunnel_ep) {
+		remote = ipc->tunnel_ep;
+	} else {
+		struct tunnel_value *t = bpf_map_lookup_elem(&cm_tunnel6, &key);
+
+		if (t)
+			remote = t->node_ip;
+	}
+	if (!remote)
+		return CM_NEXT;
+	key.addr = p.flow.saddr;
+	ipc = bpf_map_lookup_elem(&cm_ipcache6, &key);
+	if (ipc)
+		identity = ipc->identity;
+	return encap(skb, remote, identity);
+}
+
+static __always_inline int from_tunnel6(struct __sk_buff *skb)
+{
+	struct pkt6 p;
+	int ret;
+
+	if (parse6(skb, &p))
+		return CM_NEXT;
+	ret = deliver_local6(skb, &p);
+	return ret >= 0 ? ret : CM_NEXT;
+}
