@@ -125,22 +125,47 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	}
 }
 
+type page struct {
+	resp *clientv3.GetResponse
+	err  error
+}
+
+// fetch gets one page in its own goroutine, so that the next page is on
+// its way while the handler processes the current one.
+func (lw *listWatch) fetch(ctx context.Context, key string, rev int64) <-chan page {
+	ch := make(chan page, 1)
+	opts := []clientv3.OpOption{
+		clientv3.WithRange(clientv3.GetPrefixRangeEnd(lw.prefix)),
+		clientv3.WithLimit(lw.c.cfg.ListPageSize),
+	}
+	if rev != 0 {
+		opts = append(opts, clientv3.WithRev(rev))
+	}
+	go func() {
+		resp, err := lw.c.etcd.Get(ctx, key, opts...)
+		ch <- page{resp, err}
+	}()
+	return ch
+}
+
 func (lw *listWatch) list(ctx context.Context) error {
 	c := lw.c
-	end := clientv3.GetPrefixRangeEnd(lw.prefix)
-	key := lw.prefix
 	var rev int64
 	var clusterID uint64
 	gen := lw.gen + 1
+	next := lw.fetch(ctx, lw.prefix, 0)
+	defer func() {
+		if next != nil { // an error left a fetch in flight: wait for it
+			<-next
+		}
+	}()
 	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(c.cfg.ListPageSize)}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
+		pg := <-next
+		next = nil
+		if pg.err != nil {
+			return fmt.Errorf("list: %w", pg.err)
 		}
-		resp, err := c.etcd.Get(ctx, key, opts...)
-		if err != nil {
-			return fmt.Errorf("list: %w", err)
-		}
+		resp := pg.resp
 		if rev == 0 {
 			rev, clusterID = resp.Header.Revision, resp.Header.ClusterId
 			if prev := c.pinClusterID(clusterID); prev != 0 && prev != clusterID {
@@ -148,6 +173,10 @@ func (lw *listWatch) list(ctx context.Context) error {
 			}
 		} else if resp.Header.ClusterId != clusterID {
 			return fmt.Errorf("list: %w during paging", ErrClusterIDChanged)
+		}
+		more := resp.More && len(resp.Kvs) > 0
+		if more {
+			next = lw.fetch(ctx, string(resp.Kvs[len(resp.Kvs)-1].Key)+"\x00", rev)
 		}
 		sameCluster := lw.clusterID == clusterID
 		for _, kv := range resp.Kvs {
@@ -159,10 +188,9 @@ func (lw *listWatch) list(ctx context.Context) error {
 			}
 			lw.handle(Event{Kind: EventUpsert, Key: k, Value: kv.Value, Revision: kv.ModRevision})
 		}
-		if !resp.More || len(resp.Kvs) == 0 {
+		if !more {
 			break
 		}
-		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
 	// The list is complete: whatever was known and not seen is gone.
 	for k, st := range lw.known {

@@ -181,9 +181,10 @@ func TestListWatchReplacedEtcd(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			want := etcdContents(t, admin2, prefix)
-			cs.waitEqual(t, want)
-			checkDeletes(t, cs.snapshotEvents(), want)
+			// The consumer may relist before the puts above (and then see
+			// 10.0.0.2 deleted and re-created): only the end state is
+			// deterministic here.
+			cs.waitEqual(t, etcdContents(t, admin2, prefix))
 			st := c.Status(ctx)
 			if st.ClusterID != repl.ClusterID() {
 				t.Fatalf("pinned cluster ID %x, want %x", st.ClusterID, repl.ClusterID())

@@ -40,7 +40,7 @@ func newEnv(t *testing.T) *env {
 	e := &env{t: t, srv: srv, reg: prometheus.NewRegistry()}
 	e.admin = e.connect(srv.AdminConfig()).Etcd()
 	cfg := srv.AdminConfig()
-	cfg.LeaseTTL = kvstore.Duration(2 * time.Second)
+	cfg.LeaseTTL = kvstore.Duration(5 * time.Second)
 	cfg.MaxKeysPerLease = 10
 	e.client = e.connect(cfg)
 	return e

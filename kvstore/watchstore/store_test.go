@@ -237,8 +237,10 @@ func TestInvalidValuesSkippedAndCounted(t *testing.T) {
 			}
 		})
 	}
+	final := etcdNodes(t, e.admin)
+	rec.waitFor(t, "marker deleted", func(st map[string]node, _ int) bool { return maps.Equal(st, final) })
 	st := s.Stats()
-	if st.Invalid != 4 || !st.Synced || st.LastEvent.IsZero() || st.Entries != len(etcdNodes(t, e.admin)) {
+	if st.Invalid != 4 || !st.Synced || st.LastEvent.IsZero() || st.Entries != len(final) {
 		t.Fatalf("stats %+v", st)
 	}
 	mfs, err := reg.Gather()
