@@ -108,7 +108,7 @@ func BenchmarkIPCacheColdSync(b *testing.B) {
 		}
 	}
 	b.ReportMetric(b.Elapsed().Seconds()/float64(b.N), "s/sync")
-	b.ReportMetric((cpuTime() - cpu).Seconds()/float64(b.N), "cpu-s/sync")
+	b.ReportMetric((cpuTime()-cpu).Seconds()/float64(b.N), "cpu-s/sync")
 }
 
 // BenchmarkMapUpdate measures the raw syscalls, Map.Update per entry versus
