@@ -391,7 +391,7 @@ func pingOnce(p *netnstest.Pod, ip netip.Addr) error {
 
 // ping sends ICMP echo requests from p to ip.
 func ping(p *netnstest.Pod, ip netip.Addr) error {
-	_, err := p.NS.Exec("ping", "-c", "2", "-i", "0.2", "-W", "1", "-q", ip.String())
+	_, err := p.NS.Exec("ping", "-c", "2", "-i", "0.2", "-W", "2", "-q", ip.String())
 	return err
 }
 

@@ -87,7 +87,7 @@ func Open(cfg Config, log *slog.Logger) (*Datapath, error) {
 	if cfg.CTEntries == 0 {
 		cfg.CTEntries = DefaultCTEntries
 	}
-	if err := ensureBPFFS(cfg.PinDir, log); err != nil {
+	if err := ensureBPFFS(cfg.PinDir, sysBPF, log); err != nil {
 		return nil, err
 	}
 	d := &Datapath{cfg: cfg, log: log}
@@ -272,10 +272,12 @@ func (d *Datapath) Uninstall() error {
 		}
 	}
 	errs = append(errs, os.Remove(d.linkDir()), os.Remove(d.mapDir()))
-	if isMountPoint(d.cfg.PinDir) {
-		errs = append(errs, unix.Unmount(d.cfg.PinDir, 0))
+	if filepath.Clean(d.cfg.PinDir) != sysBPF { // the shared mount stays
+		if isMountPoint(d.cfg.PinDir) {
+			errs = append(errs, unix.Unmount(d.cfg.PinDir, 0))
+		}
+		errs = append(errs, os.Remove(d.cfg.PinDir))
 	}
-	errs = append(errs, os.Remove(d.cfg.PinDir))
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("uninstall: %w", err)
 	}
@@ -291,25 +293,38 @@ func isMountPoint(path string) bool {
 	return isBPFFS(path) && !isBPFFS(filepath.Dir(path))
 }
 
-// ensureBPFFS makes sure dir is on a bpffs, mounting one on dir if needed.
-func ensureBPFFS(dir string, log *slog.Logger) error {
-	for p := dir; ; p = filepath.Dir(p) {
+// sysBPF is the conventional bpffs mount point. It is a directory of sysfs,
+// in which no directory can be created, so a PinDir below it needs the bpffs
+// mounted on it rather than on PinDir.
+const sysBPF = "/sys/fs/bpf"
+
+// ensureBPFFS makes sure dir is on a bpffs: if its nearest existing ancestor
+// is not on one, a bpffs is mounted on standard when that is that ancestor
+// (the conventional place, left mounted by Uninstall) and on dir otherwise.
+func ensureBPFFS(dir, standard string, log *slog.Logger) error {
+	p := dir
+	for {
 		if _, err := os.Stat(p); err == nil {
-			if isBPFFS(p) {
-				return nil
-			}
 			break
 		}
 		if p == filepath.Dir(p) {
 			break
 		}
+		p = filepath.Dir(p)
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create %s: %w", dir, err)
+	if isBPFFS(p) {
+		return os.MkdirAll(dir, 0o700)
 	}
-	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
-		return fmt.Errorf("mount bpffs on %s: %w", dir, err)
+	target := dir
+	if p == standard && p != dir {
+		target = standard
 	}
-	log.Info("mounted bpffs", "dir", dir)
-	return nil
+	if err := os.MkdirAll(target, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", target, err)
+	}
+	if err := unix.Mount("bpf", target, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount bpffs on %s: %w", target, err)
+	}
+	log.Info("mounted bpffs", "dir", target)
+	return os.MkdirAll(dir, 0o700)
 }

@@ -6,12 +6,14 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
@@ -305,5 +307,41 @@ func checkSlots(t *testing.T, dp *Datapath, w *Writer) {
 	}
 	if n := count(t, dp.objs.CmLbSlots); n != total {
 		t.Errorf("%d slots in the map, services own %d", n, total)
+	}
+}
+
+func TestEnsureBPFFS(t *testing.T) {
+	testenv.RequireRoot(t)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	root := "/run/clustermesh-test/" + netnstest.RandomID() + "-fs"
+	standard := root + "/std" // stands for /sys/fs/bpf
+	if err := os.MkdirAll(standard, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, d := range []string{standard + "/a", standard, root + "/own"} {
+			_ = unix.Unmount(d, 0)
+		}
+		if err := os.RemoveAll(root); err != nil {
+			t.Error(err)
+		}
+	})
+	// Below the standard place: the bpffs goes on the standard place.
+	if err := ensureBPFFS(standard+"/a/b", standard, log); err != nil {
+		t.Fatal(err)
+	}
+	if !isBPFFS(standard) || isMountPoint(standard+"/a/b") {
+		t.Errorf("bpffs not mounted on the standard place")
+	}
+	// Already on bpffs: nothing mounted again.
+	if err := ensureBPFFS(standard+"/c", standard, log); err != nil || !isBPFFS(standard+"/c") {
+		t.Errorf("second dir: %v", err)
+	}
+	// Elsewhere: the bpffs goes on the directory itself.
+	if err := ensureBPFFS(root+"/own", standard, log); err != nil {
+		t.Fatal(err)
+	}
+	if !isMountPoint(root + "/own") {
+		t.Errorf("bpffs not mounted on %s/own", root)
 	}
 }
