@@ -1,0 +1,123 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/clusterinfo"
+	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/identity"
+	"github.com/clustermesh/clustermesh/kvstore/wire"
+)
+
+// ErrFlag is wrapped by every configuration error; the message names the flag.
+var ErrFlag = errors.New("invalid flag")
+
+// Config is the whole configuration of the clustermesh-apiserver.
+type Config struct {
+	ClusterName          string
+	ClusterID            uint32
+	MaxConnectedClusters int
+	Kubeconfig           string // empty: in-cluster
+
+	KVStoreConfig     string // external etcd client config; empty: embedded etcd
+	EtcdDataDir       string
+	EtcdListenAddress string // host:port of the embedded etcd's client URL
+	EtcdAdvertise     string // host:port remote clusters reach the embedded etcd at (default: the listen address)
+	EtcdTLSDir        string // CA and certificates of the embedded etcd; generated if missing
+	RemoteClusters    []string
+	RemoteConfigDir   string // where remote users' client configs and certificates go
+
+	HealthAddress  string
+	MetricsAddress string
+
+	HeartbeatInterval   time.Duration
+	IdentityGracePeriod time.Duration
+	PodWorkers          int
+	ServiceWorkers      int
+	NodeWorkers         int
+}
+
+// DefaultConfig returns the defaults of every setting.
+func DefaultConfig() Config {
+	return Config{
+		MaxConnectedClusters: wire.DefaultMaxConnectedClusters,
+		EtcdDataDir:          "/var/lib/clustermesh-apiserver/etcd",
+		EtcdListenAddress:    "0.0.0.0:2379",
+		RemoteConfigDir:      "/var/lib/clustermesh-apiserver/remotes",
+		HealthAddress:        ":9880",
+		MetricsAddress:       ":9962",
+		HeartbeatInterval:    clusterinfo.DefaultHeartbeatInterval,
+		IdentityGracePeriod:  identity.DefaultGracePeriod,
+		PodWorkers:           4,
+		ServiceWorkers:       2,
+		NodeWorkers:          2,
+	}
+}
+
+// RegisterFlags binds c's fields to flags of fs, with c's values as defaults.
+func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.ClusterName, "cluster-name", c.ClusterName, "name of this cluster in the mesh (required)")
+	fs.Uint32Var(&c.ClusterID, "cluster-id", c.ClusterID, "ID of this cluster in the mesh, 1..max-connected-clusters (required)")
+	fs.IntVar(&c.MaxConnectedClusters, "max-connected-clusters", c.MaxConnectedClusters, "255 or 511; must be the same in every cluster of the mesh")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig file (default: in-cluster configuration)")
+	fs.StringVar(&c.KVStoreConfig, "kvstore-config", c.KVStoreConfig, "etcd client config file of an external etcd (default: run an embedded etcd)")
+	fs.StringVar(&c.EtcdDataDir, "etcd-data-dir", c.EtcdDataDir, "data directory of the embedded etcd")
+	fs.StringVar(&c.EtcdListenAddress, "etcd-listen-address", c.EtcdListenAddress, "host:port the embedded etcd serves clients on (TLS)")
+	fs.StringVar(&c.EtcdAdvertise, "etcd-advertise-address", c.EtcdAdvertise, "host:port remote clusters reach the embedded etcd at, written in their client configs and the server certificate (default: --etcd-listen-address)")
+	fs.StringVar(&c.EtcdTLSDir, "etcd-tls-dir", c.EtcdTLSDir, "CA and certificates of the embedded etcd, generated if missing (default: <etcd-data-dir>-pki)")
+	fs.StringSliceVar(&c.RemoteClusters, "remote-clusters", c.RemoteClusters, "clusters to create read-only etcd users remote-<name> for (embedded etcd only)")
+	fs.StringVar(&c.RemoteConfigDir, "remote-config-dir", c.RemoteConfigDir, "where the client config and certificates of each remote user are written")
+	fs.StringVar(&c.HealthAddress, "health-address", c.HealthAddress, "address of /healthz and /readyz")
+	fs.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, "address of Prometheus /metrics (empty: disabled)")
+	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", c.HeartbeatInterval, "how often cilium/.heartbeat is rewritten")
+	fs.DurationVar(&c.IdentityGracePeriod, "identity-grace-period", c.IdentityGracePeriod, "how long an identity no pod uses stays allocated")
+	fs.IntVar(&c.PodWorkers, "pod-workers", c.PodWorkers, "concurrent pod reconcilers")
+	fs.IntVar(&c.ServiceWorkers, "service-workers", c.ServiceWorkers, "concurrent service reconcilers")
+	fs.IntVar(&c.NodeWorkers, "node-workers", c.NodeWorkers, "concurrent node reconcilers")
+}
+
+// Validate checks c; every error wraps ErrFlag and names the flag at fault.
+func (c *Config) Validate() error {
+	bad := func(flag string, err error) error { return fmt.Errorf("%w --%s: %w", ErrFlag, flag, err) }
+	if err := wire.ValidateMaxConnectedClusters(c.MaxConnectedClusters); err != nil {
+		return bad("max-connected-clusters", err)
+	}
+	if err := wire.ValidateClusterName(c.ClusterName); err != nil {
+		return bad("cluster-name", err)
+	}
+	if err := wire.ValidateClusterID(c.ClusterID, c.MaxConnectedClusters); err != nil {
+		return bad("cluster-id", err)
+	}
+	if err := wire.ValidateCluster(c.ClusterName, c.ClusterID, c.MaxConnectedClusters); err != nil {
+		return bad("cluster-name", err)
+	}
+	for _, r := range c.RemoteClusters {
+		if err := wire.ValidateClusterName(r); err != nil {
+			return bad("remote-clusters", err)
+		}
+		if r == c.ClusterName {
+			return bad("remote-clusters", fmt.Errorf("%q is this cluster", r))
+		}
+	}
+	if len(c.RemoteClusters) > 0 && c.KVStoreConfig != "" {
+		return bad("remote-clusters", errors.New("remote users are created on the embedded etcd only, not with --kvstore-config"))
+	}
+	if c.KVStoreConfig == "" && c.EtcdDataDir == "" {
+		return bad("etcd-data-dir", errors.New("required for the embedded etcd"))
+	}
+	if c.HeartbeatInterval <= 0 {
+		return bad("heartbeat-interval", errors.New("must be positive"))
+	}
+	if c.IdentityGracePeriod <= 0 {
+		return bad("identity-grace-period", errors.New("must be positive"))
+	}
+	for flag, n := range map[string]int{"pod-workers": c.PodWorkers, "service-workers": c.ServiceWorkers, "node-workers": c.NodeWorkers} {
+		if n <= 0 {
+			return bad(flag, errors.New("must be positive"))
+		}
+	}
+	return nil
+}

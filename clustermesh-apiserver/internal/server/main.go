@@ -1,0 +1,180 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/clock"
+	"sigs.k8s.io/yaml"
+
+	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/health"
+	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
+)
+
+// Main runs the clustermesh-apiserver described by cfg until ctx is done.
+func Main(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	kvcfg, stop, err := kvstoreConfig(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	kv, err := kvstore.New(ctx, kvcfg, log.With("component", "kvstore"))
+	if err != nil {
+		return fmt.Errorf("connect kvstore: %w", err)
+	}
+	defer kv.Close()
+	kube, err := kubeClient(cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s, err := New(ctx, cfg, Deps{
+		KV: kv, Kube: kube, NewStore: SyncStoreFactory(kv, log, reg), Clock: clock.RealClock{}, Registry: reg, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	runners := []func(context.Context) error{s.Run}
+	hs, err := health.Listen(cfg.HealthAddress, health.Handler(s.Live, s.Ready), log.With("server", "health"))
+	if err != nil {
+		return fmt.Errorf("--health-address: %w", err)
+	}
+	runners = append(runners, hs.Run)
+	if cfg.MetricsAddress != "" {
+		ms, err := health.Listen(cfg.MetricsAddress, health.MetricsHandler(reg), log.With("server", "metrics"))
+		if err != nil {
+			return fmt.Errorf("--metrics-address: %w", err)
+		}
+		runners = append(runners, ms.Run)
+	}
+	return runAll(ctx, runners...)
+}
+
+// runAll runs fs until ctx is done or one fails, and waits for all of them.
+func runAll(ctx context.Context, fs ...func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, len(fs))
+	for _, f := range fs {
+		go func() {
+			err := f(ctx)
+			if err != nil {
+				cancel()
+			}
+			errc <- err
+		}()
+	}
+	var errs []error
+	for range fs {
+		errs = append(errs, <-errc)
+	}
+	return errors.Join(errs...)
+}
+
+func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+	var rc *rest.Config
+	var err error
+	if kubeconfig == "" {
+		rc, err = rest.InClusterConfig()
+	} else {
+		rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--kubeconfig: %w", err)
+	}
+	rc.QPS, rc.Burst = 100, 200
+	return kubernetes.NewForConfig(rc)
+}
+
+// kvstoreConfig returns the client config of the external etcd, or starts
+// the embedded one (with its remote users) and returns its admin config and
+// how to stop it.
+func kvstoreConfig(ctx context.Context, cfg Config, log *slog.Logger) (kvstore.Config, func(), error) {
+	if cfg.KVStoreConfig != "" {
+		c, err := kvstore.LoadConfig(cfg.KVStoreConfig)
+		if err != nil {
+			return kvstore.Config{}, nil, fmt.Errorf("--kvstore-config: %w", err)
+		}
+		return c, func() {}, nil
+	}
+	advertise := cfg.EtcdAdvertise
+	if advertise == "" {
+		advertise = cfg.EtcdListenAddress
+	}
+	host, _, err := net.SplitHostPort(advertise)
+	if err != nil {
+		return kvstore.Config{}, nil, fmt.Errorf("--etcd-advertise-address: %w", err)
+	}
+	srv, err := etcdserver.Start(ctx, etcdserver.Config{
+		ClusterName: cfg.ClusterName, DataDir: cfg.EtcdDataDir, CertDir: cfg.EtcdTLSDir,
+		ClientURL: "https://" + cfg.EtcdListenAddress, Hosts: []string{host, "localhost", "127.0.0.1"},
+	}, log.With("component", "etcd"))
+	if err != nil {
+		return kvstore.Config{}, nil, fmt.Errorf("embedded etcd: %w", err)
+	}
+	for _, r := range cfg.RemoteClusters {
+		rc, err := srv.EnsureRemoteUser(ctx, r)
+		if err == nil {
+			err = WriteRemoteConfig(filepath.Join(cfg.RemoteConfigDir, r), cfg.ClusterName, "https://"+advertise, rc)
+		}
+		if err != nil {
+			srv.Stop()
+			return kvstore.Config{}, nil, fmt.Errorf("remote user for %s: %w", r, err)
+		}
+	}
+	admin := srv.AdminConfig()
+	// The admin connects locally whatever the listen address is.
+	if _, port, err := net.SplitHostPort(cfg.EtcdListenAddress); err == nil {
+		admin.Endpoints = []string{"https://" + net.JoinHostPort("127.0.0.1", port)}
+	}
+	return admin, srv.Stop, nil
+}
+
+// WriteRemoteConfig writes, into dir, what the remote cluster needs to read
+// cluster own: a client config file named own (the --clustermesh-config
+// format) and the CA, certificate and key it names, as
+// own.etcd-client-ca.crt, own.etcd-client.crt and own.etcd-client.key.
+func WriteRemoteConfig(dir, own, endpoint string, rc kvstore.Config) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	out := kvstore.Config{Endpoints: []string{endpoint}}
+	for _, f := range []struct {
+		src string
+		dst *string
+		ext string
+	}{
+		{rc.TrustedCAFile, &out.TrustedCAFile, ".etcd-client-ca.crt"},
+		{rc.CertFile, &out.CertFile, ".etcd-client.crt"},
+		{rc.KeyFile, &out.KeyFile, ".etcd-client.key"},
+	} {
+		data, err := os.ReadFile(f.src)
+		if err != nil {
+			return err
+		}
+		*f.dst = filepath.Join(dir, own+f.ext)
+		if err := os.WriteFile(*f.dst, data, 0o600); err != nil {
+			return err
+		}
+	}
+	data, err := yaml.Marshal(out)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, own), data, 0o600)
+}
