@@ -168,6 +168,11 @@ func (lw *listWatch) list(ctx context.Context) error {
 		resp := pg.resp
 		if rev == 0 {
 			rev, clusterID = resp.Header.Revision, resp.Header.ClusterId
+			if len(lw.known) == 0 && resp.Count > 0 {
+				// The first page counts the whole range: size the index
+				// once instead of growing it through every page.
+				lw.known = make(map[string]keyState, resp.Count)
+			}
 			if prev := c.pinClusterID(clusterID); prev != 0 && prev != clusterID {
 				c.log.Warn("etcd cluster ID changed", "prefix", lw.prefix, "was", prev, "now", clusterID)
 			}

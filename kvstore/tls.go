@@ -100,11 +100,15 @@ func probeTLS(ctx context.Context, endpoint string, tc *tls.Config, timeout time
 		return classifyTLSError(endpoint, err, len(c.Certificates) > 0)
 	}
 	// With TLS 1.3 the server checks the client certificate after the
-	// client's handshake has completed: its verdict arrives on the first read.
-	if _, err := conn.Write([]byte("GET /version HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\n\r\n")); err != nil {
+	// client's handshake has completed: its verdict arrives on the first
+	// read. Any answer other than a certificate alert (an HTTP response,
+	// EOF from a gRPC-only port, silence until the deadline) means the
+	// certificate was accepted.
+	_ = conn.SetDeadline(time.Now().Add(min(timeout, 2*time.Second)))
+	if _, err := conn.Write([]byte("GET /version HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\n\r\n")); err != nil && isCertAlert(err) {
 		return classifyTLSError(endpoint, err, len(c.Certificates) > 0)
 	}
-	if _, err := bufio.NewReader(conn).ReadByte(); err != nil {
+	if _, err := bufio.NewReader(conn).ReadByte(); err != nil && isCertAlert(err) {
 		return classifyTLSError(endpoint, err, len(c.Certificates) > 0)
 	}
 	return nil
