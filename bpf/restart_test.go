@@ -21,9 +21,9 @@ import (
 	"github.com/clustermesh/clustermesh/internal/testenv"
 )
 
-// agentEnv makes the test binary act as a short-lived agent (agentMain): it
-// loads the datapath from the pins, attaches, reports what it restored,
-// applies a batch and exits, so the maps outlive their owner process.
+// agentEnv makes the test binary act as an agent (agentMain): it loads the
+// datapath from the pins, reports what it restored, attaches, applies a
+// batch and runs until its stdin is closed; the maps outlive the process.
 const agentEnv = "CM_BPF_TEST_AGENT"
 
 type agentRequest struct {
@@ -46,12 +46,15 @@ type agentReply struct {
 func agentMain() int {
 	var req agentRequest
 	var rep agentReply
-	if err := json.NewDecoder(os.Stdin).Decode(&req); err != nil {
+	in := json.NewDecoder(os.Stdin)
+	if err := in.Decode(&req); err != nil {
 		rep.Err = err.Error()
 	} else if err := runAgent(req, &rep); err != nil {
 		rep.Err = err.Error()
 	}
 	_ = json.NewEncoder(os.Stdout).Encode(rep)
+	// Run until told to stop (stdin closed), holding the datapath open.
+	_, _ = io.Copy(io.Discard, io.MultiReader(in.Buffered(), os.Stdin))
 	return 0
 }
 
@@ -61,7 +64,8 @@ func runAgent(req agentRequest, rep *agentReply) error {
 	if err != nil {
 		return err
 	}
-	defer dp.Close() // keeps the pins: the datapath outlives us
+	// dp stays open until the process exits; Close would keep the pins as
+	// well: the datapath outlives its owner either way.
 	w, err := bpf.NewWriter(dp, log)
 	if err != nil {
 		return err
@@ -85,27 +89,55 @@ func runAgent(req agentRequest, rep *agentReply) error {
 	return w.Apply(context.Background(), req.Batch)
 }
 
-// runAgentProcess runs one agent process to completion.
-func runAgentProcess(t *testing.T, req agentRequest) agentReply {
+// agentProcess is a running agent (see agentMain).
+type agentProcess struct {
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	stderr bytes.Buffer
+}
+
+// startAgent starts an agent process and waits until it has programmed req.
+func startAgent(t *testing.T, req agentRequest) (*agentProcess, agentReply) {
 	t.Helper()
-	in, _ := json.Marshal(req)
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), agentEnv+"=1")
-	cmd.Stdin = bytes.NewReader(in)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	a := &agentProcess{cmd: exec.Command(os.Args[0], "-test.run=^$")}
+	a.cmd.Env = append(os.Environ(), agentEnv+"=1")
+	a.cmd.Stderr = &a.stderr
+	var err error
+	if a.stdin, err = a.cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	out, err := a.cmd.StdoutPipe()
 	if err != nil {
-		t.Fatalf("agent process: %v\n%s", err, stderr.String())
+		t.Fatal(err)
+	}
+	if err := a.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.stop(t) })
+	if err := json.NewEncoder(a.stdin).Encode(req); err != nil {
+		t.Fatal(err)
 	}
 	var rep agentReply
-	if err := json.Unmarshal(out, &rep); err != nil {
-		t.Fatalf("agent reply %q: %v", out, err)
+	if err := json.NewDecoder(out).Decode(&rep); err != nil {
+		a.stop(t)
+		t.Fatalf("agent reply: %v\n%s", err, a.stderr.String())
 	}
 	if rep.Err != "" {
-		t.Fatalf("agent: %s\n%s", rep.Err, stderr.String())
+		a.stop(t)
+		t.Fatalf("agent: %s\n%s", rep.Err, a.stderr.String())
 	}
-	return rep
+	return a, rep
+}
+
+// stop ends the agent process (closing its stdin) and waits for it.
+func (a *agentProcess) stop(t *testing.T) {
+	if a.cmd.ProcessState != nil {
+		return
+	}
+	a.stdin.Close()
+	if err := a.cmd.Wait(); err != nil {
+		t.Errorf("agent process: %v\n%s", err, a.stderr.String())
+	}
 }
 
 // formatState renders a State canonically (sorted lines) for comparison.
@@ -127,10 +159,13 @@ func formatState(st datapath.State) string {
 	return strings.Join(lines, "\n")
 }
 
-// TestRestart: the process that owns the maps exits and a new one starts;
-// established connections (direct and through a service) keep working in
-// between and after, the new process restores exactly the programmed state
-// from the pins, and new connections and changes work.
+// TestRestart: agents (this test binary re-executed, see agentMain) load the
+// datapath, program it and keep running; connections are established
+// (direct and through a service). The agents exit: the connections and new
+// ones keep working from the pins alone. New agents start: they restore
+// exactly the programmed state (compared with the in-memory reference),
+// switch the links to their programs and apply a change; the established
+// connections survive, new connections work and use the change.
 func TestRestart(t *testing.T) {
 	testenv.RequireRoot(t)
 	var topo *netnstest.Topology
@@ -169,12 +204,15 @@ func TestRestart(t *testing.T) {
 	if err := want.Apply(context.Background(), reqs[0].Batch); err != nil {
 		t.Fatal(err)
 	}
+	var agents []*agentProcess
 	for _, req := range reqs {
-		if rep := runAgentProcess(t, req); rep.Restored != "" {
+		a, rep := startAgent(t, req)
+		if rep.Restored != "" {
 			t.Fatalf("fresh pins restored %q", rep.Restored)
 		}
+		agents = append(agents, a)
 	}
-	// No process holds the datapath now: traffic flows from the pins.
+	// Connections established while the first agents run.
 	direct, directR, _, err := dialTCP(client, netip.AddrPortFrom(remote[0].IP, backendPort))
 	if err != nil {
 		t.Fatalf("direct connection: %v", err)
@@ -186,17 +224,32 @@ func TestRestart(t *testing.T) {
 	}
 	defer viaVIP.Close()
 
-	// Restart node 1's agent: it restores the state and adds a backend.
+	// The agents exit: no process holds the datapath, traffic flows from
+	// the pins.
+	for _, a := range agents {
+		a.stop(t)
+	}
+	if err := echo(direct, directR, "while no agent runs"); err != nil {
+		t.Errorf("established direct connection with no agent: %v", err)
+	}
+	if err := echo(viaVIP, viaVIPR, "while no agent runs"); err != nil {
+		t.Errorf("established service connection with no agent: %v", err)
+	}
+	if _, err := tcpRoundTrip(client, tcpVIP.Addr); err != nil {
+		t.Errorf("new connection with no agent: %v", err)
+	}
+
+	// Node 1's agent starts again: it restores the state and adds a backend.
 	wantState, _ := want.Dump()
 	req := reqs[0]
 	req.Batch = datapath.Batch{UpsertServices: []datapath.Service{service(tcpVIP, append([]*netnstest.Pod{topo.Nodes[0].Pods[1]}, remote...))}}
-	rep := runAgentProcess(t, req)
+	_, rep := startAgent(t, req)
 	if rep.Restored != formatState(wantState) {
 		t.Errorf("restored state differs:\n got: %s\nwant: %s", rep.Restored, formatState(wantState))
 	}
-	// And node 2's agent restarts too, changing nothing.
+	// And node 2's agent too, changing nothing.
 	reqs[1].Batch = datapath.Batch{}
-	runAgentProcess(t, reqs[1])
+	startAgent(t, reqs[1])
 
 	for i := range 3 {
 		if err := echo(direct, directR, fmt.Sprint("direct ", i)); err != nil {
