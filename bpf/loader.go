@@ -26,15 +26,17 @@ type Config struct {
 	// PinDir is a directory on (or to be mounted as) bpffs holding maps/ and
 	// links/. If neither it nor a parent is on bpffs, a bpffs is mounted on it.
 	PinDir string
-	// CTEntries sizes each of the two LRU maps of load balancing
-	// (cm_lb_ct, cm_revnat and their IPv6 twins); default DefaultCTEntries. The maps are
-	// preallocated (≈ 70 bytes per entry each). Changing it for existing
-	// pins makes Open fail until Uninstall.
+	// CTEntries sizes each LRU map of load balancing (cm_lb_ct, cm_revnat
+	// and their IPv6 twins); default DefaultCTEntries. The four maps are
+	// preallocated: ≈ 350 bytes of kernel memory per entry in all.
+	// Changing it for existing pins makes Open fail until Uninstall.
 	CTEntries uint32
 }
 
-// DefaultCTEntries is the default size of the load-balancing LRU maps.
-const DefaultCTEntries = 262144
+// DefaultCTEntries is the default size of the load-balancing LRU maps
+// (≈ 23 MB of kernel memory for the four of them): 65,536 concurrent
+// service flows per node and family.
+const DefaultCTEntries = 65536
 
 // RegisterFlags registers the datapath's flags on fs, defaulting to c's values.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {

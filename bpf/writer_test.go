@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -343,5 +344,32 @@ func TestEnsureBPFFS(t *testing.T) {
 	}
 	if !isMountPoint(root + "/own") {
 		t.Errorf("bpffs not mounted on %s/own", root)
+	}
+}
+
+func TestConfigFlags(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want Config
+		err  bool
+	}{
+		{"defaults", nil, Config{PinDir: DefaultPinDir, CTEntries: DefaultCTEntries}, false},
+		{"set", []string{"--bpf-pin-dir=/x", "--bpf-ct-entries=1024"}, Config{PinDir: "/x", CTEntries: 1024}, false},
+		{"zero entries", []string{"--bpf-ct-entries=0"}, Config{}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var c Config
+			fs := flag.NewFlagSet("test", flag.ContinueOnError)
+			fs.SetOutput(io.Discard)
+			c.RegisterFlags(fs)
+			err := fs.Parse(tc.args)
+			if (err != nil) != tc.err {
+				t.Fatalf("parse: %v", err)
+			}
+			if !tc.err && c != tc.want {
+				t.Errorf("config = %+v, want %+v", c, tc.want)
+			}
+		})
 	}
 }

@@ -197,7 +197,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct flow_key);
 	__type(value, struct lb_ct_value);
-	__uint(max_entries, 262144);
+	__uint(max_entries, 65536); /* Config.CTEntries */
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cm_lb_ct SEC(".maps");
 
@@ -205,7 +205,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct flow_key);
 	__type(value, struct revnat_value);
-	__uint(max_entries, 262144);
+	__uint(max_entries, 65536); /* Config.CTEntries */
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cm_revnat SEC(".maps");
 
@@ -266,7 +266,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct flow6_key);
 	__type(value, struct lb_ct_value);
-	__uint(max_entries, 262144);
+	__uint(max_entries, 65536); /* Config.CTEntries */
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cm_lb_ct6 SEC(".maps");
 
@@ -274,6 +274,6 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct flow6_key);
 	__type(value, struct revnat6_value);
-	__uint(max_entries, 262144);
+	__uint(max_entries, 65536); /* Config.CTEntries */
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } cm_revnat6 SEC(".maps");
