@@ -266,6 +266,42 @@ func TestRepair(t *testing.T) {
 	}
 }
 
+// TestLeaseExpiryRewritesKeys cuts the store off from etcd for longer than
+// the lease TTL: etcd expires the lease and deletes the keys; once the
+// store is back, it learns that the lease is gone and rewrites every key.
+func TestLeaseExpiryRewritesKeys(t *testing.T) {
+	e := newEnv(t)
+	px := etcdserver.NewProxy(t, e.srv.Endpoints()[0])
+	cfg := e.srv.AdminConfig()
+	cfg.Endpoints = []string{px.Endpoint()}
+	cfg.LeaseTTL = kvstore.Duration(2 * time.Second)
+	cfg.MaxKeysPerLease = 10
+	e.client = e.connect(cfg)
+	s := e.store(nil)
+	initial := want(15, "v1")
+	upsertAll(s, initial)
+	s.MarkSynced()
+	e.run(s)
+	e.waitSynced(s)
+	e.eventually("initial keys", func() bool { v, _ := e.get(prefix); return maps.Equal(v, initial) })
+
+	px.Block()
+	e.eventually("keys expired with their leases", func() bool {
+		v, _ := e.get(prefix)
+		c, _ := e.get(syncedKey)
+		return len(v) == 0 && len(c) == 0
+	})
+	px.Unblock()
+	e.eventually("keys and canary rewritten", func() bool {
+		v, _ := e.get(prefix)
+		c, _ := e.get(syncedKey)
+		return maps.Equal(v, initial) && len(c) == 1
+	})
+	if got := metricValue(t, e.reg, "clustermesh_kvstore_sync_repairs_total", "lease-lost"); got < 15 {
+		t.Fatalf("repairs_total{reason=lease-lost} = %v, want >= 15", got)
+	}
+}
+
 func TestLeaseLossRewritesKeys(t *testing.T) {
 	tests := []struct {
 		name string
