@@ -1,0 +1,52 @@
+// Package remotecluster connects the agent to every remote cluster of the mesh
+// (DESIGN §5) and turns their kvstore contents into datapath state.
+//
+// The Manager watches the --clustermesh-config directory with fsnotify: one
+// file per remote cluster, named after it, holding an etcd client config
+// (kvstore.ParseConfig). Added, changed and removed files take effect without
+// a restart. Kubernetes Secret volumes update by swapping the "..data" symlink;
+// any event in the directory triggers a rescan that follows symlinks and
+// ignores dot-files, so the swap is seen as a change of the files' contents.
+// A file named after the agent's own cluster is ignored with a log line.
+//
+// Per remote, a connection loop (capped exponential backoff with jitter
+// between attempts):
+//
+//  1. connects (kvstore.New: TLS checked, endpoints probed);
+//  2. reads and validates cilium/cluster-config/<name> (wire.DecodeClusterConfig,
+//     Compatible: same maxConnectedClusters, not the own ID) and reserves the
+//     cluster ID: 0, the own ID and an ID held by another remote are refused
+//     (ErrClusterIDConflict), with the reason in Status;
+//  3. per kind (nodes, identities, ipcache, services) waits for the sync
+//     canary when the remote advertises syncedCanaries, then list-watches the
+//     prefix (kvstore.ListWatch: paged list, watch with revision resume,
+//     relist and synthetic deletes on compaction, reconnect and etcd
+//     cluster-ID change);
+//  4. decodes every value with the validating wire decoders against the
+//     remote's name and ID; an invalid value is dropped and counted (and
+//     withdraws what the key held before), the rest flows;
+//  5. once every kind has listed, the remote is ready and the datapath
+//     reconciler may delete restored entries of that cluster ID that were
+//     not seen again.
+//
+// What flows where: nodes → tunnel entries (each pod CIDR of the node →
+// its InternalIP of the same family); ipcache → ipcache entries (IP →
+// identity, HostIP as tunnel endpoint, cluster ID); services →
+// servicemerge; identities are validated and counted (the datapath has no
+// policy yet).
+//
+// A new session (after a failed connect) lists everything again and sweeps
+// the keys the previous session had delivered but the new listing lacks, so
+// entries deleted while the remote was away are removed on return.
+//
+// A removed config file drains that cluster's state from the datapath and
+// frees its cluster ID. Agent shutdown and loss of connectivity keep the
+// state (the datapath keeps forwarding on last-known state); with StaleTTL >
+// 0, a remote unreachable for that long is withdrawn, and relisted when it
+// returns.
+//
+// The names and IDs of reserved remotes are persisted in StateDir, so that a
+// restarted agent knows which restored datapath entries belong to a
+// configured remote (held until it syncs) and which belong to a remote whose
+// config vanished while the agent was down (released at once).
+package remotecluster

@@ -1,0 +1,432 @@
+package remotecluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/spf13/pflag"
+	"k8s.io/utils/clock"
+
+	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
+	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/kvstore/wire"
+)
+
+// Reasons a remote is refused, visible in Status.RefusedReason.
+var (
+	// ErrClusterIDConflict: the remote's cluster ID is the agent's own or is
+	// held by another connected remote.
+	ErrClusterIDConflict = errors.New("cluster ID conflict")
+	// ErrClusterConfig: the remote's cluster config is missing, invalid or
+	// incompatible (ID 0, maxConnectedClusters mismatch).
+	ErrClusterConfig = errors.New("unusable cluster config")
+	// ErrConfigFile: the config file cannot be parsed.
+	ErrConfigFile = errors.New("unusable config file")
+)
+
+// DatapathSink is what the manager needs of the datapath reconciler.
+type DatapathSink interface {
+	UpsertTunnel(datapath.TunnelEntry)
+	DeleteTunnel(netip.Prefix, uint32)
+	UpsertIPCache(datapath.IPCacheEntry)
+	DeleteIPCache(netip.Prefix, uint32)
+	// Holding lists the cluster IDs whose restored entries are held.
+	Holding() []uint32
+	// Release ends the hold on restored entries of a cluster ID.
+	Release(uint32)
+}
+
+// ServiceSink is what the manager needs of the service merger.
+type ServiceSink interface {
+	SetRemote(servicemerge.Name, string, servicemerge.RemoteService)
+	DeleteRemote(servicemerge.Name, string)
+}
+
+// Config configures a Manager.
+type Config struct {
+	// Dir is the directory of remote-cluster config files.
+	Dir string
+	// ClusterName, ClusterID and MaxConnectedClusters describe the own cluster.
+	ClusterName          string
+	ClusterID            uint32
+	MaxConnectedClusters int
+	// StateDir persists the reserved remote cluster IDs ("" disables).
+	StateDir string
+	// StaleTTL withdraws the state of a remote unreachable for that long;
+	// 0 keeps it until the remote returns or its config is removed.
+	StaleTTL time.Duration
+	// BackoffMin and BackoffMax bound the delay between connection attempts.
+	BackoffMin, BackoffMax time.Duration
+	// ProbeInterval is how often a connected remote's etcd is probed, and
+	// ProbeTimeout how long a probe may take.
+	ProbeInterval, ProbeTimeout time.Duration
+	// RescanInterval rescans the directory even without fsnotify events.
+	RescanInterval time.Duration
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		MaxConnectedClusters: wire.DefaultMaxConnectedClusters,
+		BackoffMin:           500 * time.Millisecond,
+		BackoffMax:           time.Minute,
+		ProbeInterval:        10 * time.Second,
+		ProbeTimeout:         5 * time.Second,
+		RescanInterval:       time.Minute,
+	}
+}
+
+// RegisterFlags registers the manager's own flags on fs.
+func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.Dir, "clustermesh-config", c.Dir, "directory of remote-cluster etcd configs, one file per cluster, named after it")
+	fs.DurationVar(&c.StaleTTL, "remote-stale-ttl", c.StaleTTL, "withdraw a remote cluster's state after it has been unreachable this long (0: keep it)")
+}
+
+func (c *Config) withDefaults() {
+	d := DefaultConfig()
+	if c.MaxConnectedClusters == 0 {
+		c.MaxConnectedClusters = d.MaxConnectedClusters
+	}
+	if c.BackoffMin <= 0 {
+		c.BackoffMin = d.BackoffMin
+	}
+	if c.BackoffMax < c.BackoffMin {
+		c.BackoffMax = max(d.BackoffMax, c.BackoffMin)
+	}
+	if c.ProbeInterval <= 0 {
+		c.ProbeInterval = d.ProbeInterval
+	}
+	if c.ProbeTimeout <= 0 {
+		c.ProbeTimeout = d.ProbeTimeout
+	}
+	if c.RescanInterval <= 0 {
+		c.RescanInterval = d.RescanInterval
+	}
+}
+
+// Manager runs one connection per remote cluster config file.
+type Manager struct {
+	cfg   Config
+	dp    DatapathSink
+	svcs  ServiceSink
+	log   *slog.Logger
+	clock clock.WithTicker
+
+	wg sync.WaitGroup // remote goroutines
+
+	mu        sync.Mutex
+	remotes   map[string]*remote // guarded by mu: by cluster name
+	ids       map[uint32]string  // guarded by mu: reserved cluster IDs
+	persisted map[string]uint32  // guarded by mu: name → ID as last persisted
+	ownWarned bool               // guarded by mu
+}
+
+// New returns a Manager.
+func New(cfg Config, dp DatapathSink, svcs ServiceSink, log *slog.Logger, clk clock.WithTicker) *Manager {
+	cfg.withDefaults()
+	return &Manager{
+		cfg: cfg, dp: dp, svcs: svcs, log: log, clock: clk,
+		remotes:   map[string]*remote{},
+		ids:       map[uint32]string{},
+		persisted: map[string]uint32{},
+	}
+}
+
+// Run watches the config directory and runs the remotes until ctx is done.
+// On return every remote goroutine has exited; their datapath state stays.
+func (m *Manager) Run(ctx context.Context) error {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", m.cfg.Dir, err)
+	}
+	defer func() {
+		w.Close()
+		m.mu.Lock()
+		rs := maps.Clone(m.remotes)
+		m.mu.Unlock()
+		for _, r := range rs {
+			r.stop()
+		}
+		m.wg.Wait()
+	}()
+	watching := m.addWatch(w)
+	m.loadState()
+	m.scan(ctx)
+	m.releaseUnclaimed()
+
+	tick := m.clock.NewTicker(m.cfg.RescanInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-w.Events:
+			if !ok {
+				return nil
+			}
+			m.log.Debug("config directory changed", "event", ev.String())
+			m.scan(ctx)
+		case err, ok := <-w.Errors:
+			if !ok {
+				return nil
+			}
+			m.log.Warn("watching config directory", "error", err)
+			m.scan(ctx)
+		case <-tick.C():
+			if !watching {
+				watching = m.addWatch(w)
+			}
+			m.scan(ctx)
+		}
+	}
+}
+
+func (m *Manager) addWatch(w *fsnotify.Watcher) bool {
+	if err := w.Add(m.cfg.Dir); err != nil {
+		m.log.Warn("cannot watch config directory, rescanning periodically", "dir", m.cfg.Dir, "error", err)
+		return false
+	}
+	return true
+}
+
+// readDir returns the config files of dir by cluster name: regular files
+// (symlinks followed) whose names do not start with a dot.
+func readDir(dir string) (map[string][]byte, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]byte{}
+	for _, e := range entries {
+		name := e.Name()
+		if strings.HasPrefix(name, ".") {
+			continue
+		}
+		path := filepath.Join(dir, name)
+		st, err := os.Stat(path)
+		if err != nil || !st.Mode().IsRegular() {
+			continue
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		out[name] = data
+	}
+	return out, nil
+}
+
+// scan reconciles the running remotes with the directory's files. Only the
+// Run goroutine calls it; remotes are stopped outside m.mu, since a stopping
+// remote may wait for m.mu.
+func (m *Manager) scan(ctx context.Context) {
+	files, err := readDir(m.cfg.Dir)
+	if err != nil {
+		m.log.Warn("reading config directory", "dir", m.cfg.Dir, "error", err)
+		return // keep what runs: a transient error must not drain the mesh
+	}
+	m.mu.Lock()
+	if _, ok := files[m.cfg.ClusterName]; ok {
+		if !m.ownWarned {
+			m.log.Info("ignoring the config file of the agent's own cluster", "cluster", m.cfg.ClusterName)
+			m.ownWarned = true
+		}
+		delete(files, m.cfg.ClusterName)
+	}
+	existing := maps.Clone(m.remotes)
+	m.mu.Unlock()
+
+	for name, data := range files {
+		if err := wire.ValidateClusterName(name); err != nil {
+			m.log.Warn("ignoring config file not named after a valid cluster", "file", name, "error", err)
+			delete(files, name)
+			continue
+		}
+		r := existing[name]
+		switch {
+		case r == nil:
+			r = newRemote(m, name)
+			m.mu.Lock()
+			m.remotes[name] = r
+			m.mu.Unlock()
+			m.log.Info("remote cluster added", "cluster", name)
+		case !bytes.Equal(r.data, data):
+			m.log.Info("remote cluster config changed, reconnecting", "cluster", name)
+			r.stop()
+			r.countReconnect()
+		default:
+			continue
+		}
+		r.start(ctx, data)
+	}
+	for name, r := range existing {
+		if _, ok := files[name]; ok {
+			continue
+		}
+		m.log.Info("remote cluster removed, draining its state", "cluster", name)
+		r.stop()
+		r.drain()
+		m.mu.Lock()
+		release := []uint32{}
+		if r.id != 0 {
+			delete(m.ids, r.id)
+			release = append(release, r.id)
+		}
+		if id, ok := m.persisted[name]; ok {
+			release = append(release, id)
+			delete(m.persisted, name)
+		}
+		delete(m.remotes, name)
+		m.saveStateLocked()
+		m.mu.Unlock()
+		for _, id := range release {
+			m.dp.Release(id)
+		}
+	}
+}
+
+// releaseUnclaimed releases restored entries of cluster IDs that no
+// configured remote will claim.
+func (m *Manager) releaseUnclaimed() {
+	m.mu.Lock()
+	keep := map[uint32]bool{m.cfg.ClusterID: true}
+	for name, id := range m.persisted {
+		if _, ok := m.remotes[name]; ok {
+			keep[id] = true
+		}
+	}
+	m.mu.Unlock()
+	for _, id := range m.dp.Holding() {
+		if !keep[id] {
+			m.log.Info("releasing restored datapath entries of an unconfigured cluster", "cluster_id", id)
+			m.dp.Release(id)
+		}
+	}
+}
+
+// reserve reserves id for r (freeing r's previous ID if it differs) and
+// returns the ID persisted for r before, 0 if none.
+func (m *Manager) reserve(r *remote, id uint32) (uint32, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if id == 0 {
+		return 0, fmt.Errorf("%w: cluster ID 0 is reserved", ErrClusterConfig)
+	}
+	if id == m.cfg.ClusterID {
+		return 0, fmt.Errorf("%w: %d is the agent's own cluster ID", ErrClusterIDConflict, id)
+	}
+	if other, ok := m.ids[id]; ok && other != r.name {
+		return 0, fmt.Errorf("%w: %d is used by connected cluster %q", ErrClusterIDConflict, id, other)
+	}
+	if r.id != 0 && r.id != id {
+		delete(m.ids, r.id)
+	}
+	m.ids[id] = r.name
+	r.id = id
+	old := m.persisted[r.name]
+	if old != id {
+		m.persisted[r.name] = id
+		m.saveStateLocked()
+	}
+	return old, nil
+}
+
+func (m *Manager) stateFile() string { return filepath.Join(m.cfg.StateDir, "remote-clusters.json") }
+
+func (m *Manager) loadState() {
+	if m.cfg.StateDir == "" {
+		return
+	}
+	data, err := os.ReadFile(m.stateFile())
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			m.log.Warn("reading remote cluster state", "error", err)
+		}
+		return
+	}
+	var st map[string]uint32
+	if err := json.Unmarshal(data, &st); err != nil {
+		m.log.Warn("ignoring unreadable remote cluster state", "error", err)
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for name, id := range st {
+		m.persisted[name] = id
+	}
+}
+
+func (m *Manager) saveStateLocked() {
+	if m.cfg.StateDir == "" {
+		return
+	}
+	data, _ := json.Marshal(m.persisted)
+	tmp := m.stateFile() + ".tmp"
+	if err := os.MkdirAll(m.cfg.StateDir, 0o700); err == nil {
+		if err = os.WriteFile(tmp, data, 0o600); err == nil {
+			err = os.Rename(tmp, m.stateFile())
+		}
+		if err == nil {
+			return
+		}
+		m.log.Warn("persisting remote cluster state", "error", err)
+	}
+}
+
+// Status returns the status of every configured remote, sorted by name.
+func (m *Manager) Status() []Status {
+	m.mu.Lock()
+	rs := make([]*remote, 0, len(m.remotes))
+	for _, r := range m.remotes {
+		rs = append(rs, r)
+	}
+	m.mu.Unlock()
+	out := make([]Status, 0, len(rs))
+	for _, r := range rs {
+		out = append(out, r.status())
+	}
+	slices.SortFunc(out, func(a, b Status) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// ClusterNames maps the reserved cluster IDs to names.
+func (m *Manager) ClusterNames() map[uint32]string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[uint32]string, len(m.ids)+1)
+	for id, n := range m.ids {
+		out[id] = n
+	}
+	out[m.cfg.ClusterID] = m.cfg.ClusterName
+	return out
+}
+
+// ParseConfigFile parses one config file as the manager does: the name must
+// be a valid cluster name other than own, the content an etcd client config.
+func ParseConfigFile(name, own string, data []byte) (kvstore.Config, error) {
+	if name == own {
+		return kvstore.Config{}, fmt.Errorf("%w: %q is the agent's own cluster", ErrConfigFile, name)
+	}
+	if err := wire.ValidateClusterName(name); err != nil {
+		return kvstore.Config{}, fmt.Errorf("%w: %w", ErrConfigFile, err)
+	}
+	cfg, err := kvstore.ParseConfig(data)
+	if err != nil {
+		return kvstore.Config{}, fmt.Errorf("%w: %w", ErrConfigFile, err)
+	}
+	return cfg, nil
+}

@@ -1,0 +1,417 @@
+package remotecluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/kvstore/wire"
+)
+
+// Causes that end a session.
+var (
+	errStale         = errors.New("unreachable for longer than the stale TTL: state withdrawn")
+	errConfigChanged = errors.New("remote cluster config changed")
+)
+
+// remote is one configured remote cluster. Its kind stores survive sessions
+// (so a new session can sweep what vanished) and are touched only by the
+// session's watch goroutines, or by the manager when no session runs.
+type remote struct {
+	m    *Manager
+	name string
+	log  *slog.Logger
+	data []byte // config file content; Run goroutine only
+
+	cancel context.CancelFunc // of the running goroutine; Run goroutine only
+	done   chan struct{}      // closed when the running goroutine exits
+
+	id uint32 // reserved cluster ID; guarded by m.mu
+
+	gen    uint32 // session number; session goroutine only
+	stores [numKinds]store
+
+	mu sync.Mutex
+	st Status // guarded by mu; Kinds are filled from stores by status()
+}
+
+func newRemote(m *Manager, name string) *remote {
+	r := &remote{m: m, name: name, log: m.log.With("cluster", name)}
+	r.st.Name = name
+	for k := range numKinds {
+		r.stores[k].kind = kind(k)
+	}
+	r.stores[kindNodes].nodes = map[string]nodeEntry{}
+	r.stores[kindIPCache].ipcache = map[ipKey]uint32{}
+	r.stores[kindIdentities].identities = map[uint32]uint32{}
+	r.stores[kindServices].services = map[svcKey]uint32{}
+	return r
+}
+
+// start runs the connection loop for data. Call stop first if one runs.
+func (r *remote) start(ctx context.Context, data []byte) {
+	r.data = data
+	ctx, r.cancel = context.WithCancel(ctx)
+	r.done = make(chan struct{})
+	r.m.wg.Add(1)
+	go func() {
+		defer r.m.wg.Done()
+		defer close(r.done)
+		r.loop(ctx, data)
+	}()
+}
+
+// stop ends the connection loop and waits for it; the state stays.
+func (r *remote) stop() {
+	if r.cancel != nil {
+		r.cancel()
+		<-r.done
+		r.cancel = nil
+	}
+	r.setConnected(false)
+}
+
+func (r *remote) loop(ctx context.Context, data []byte) {
+	attempt := 0
+	for {
+		start := r.m.clock.Now()
+		err := r.session(ctx, data)
+		if ctx.Err() != nil {
+			return
+		}
+		r.recordFailure(err)
+		if errors.Is(err, ErrConfigFile) {
+			r.log.Warn("remote cluster config file unusable; waiting for it to change", "error", err)
+			<-ctx.Done()
+			return
+		}
+		if r.m.clock.Since(start) > r.m.cfg.BackoffMax {
+			attempt = 0
+		}
+		wait := r.backoff(attempt)
+		attempt++
+		r.log.Info("remote cluster connection failed, retrying", "error", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.m.clock.After(wait):
+		}
+		r.countReconnect()
+	}
+}
+
+// backoff is capped exponential with full jitter in [d/2, d].
+func (r *remote) backoff(attempt int) time.Duration {
+	d := r.m.cfg.BackoffMin << min(attempt, 20)
+	if d <= 0 || d > r.m.cfg.BackoffMax {
+		d = r.m.cfg.BackoffMax
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// session connects once and watches until ctx is done or the connection
+// must be rebuilt.
+func (r *remote) session(ctx context.Context, data []byte) error {
+	cfg, err := ParseConfigFile(r.name, r.m.cfg.ClusterName, data)
+	if err != nil {
+		return err
+	}
+	client, err := kvstore.New(ctx, cfg, r.log)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer client.Close()
+
+	cc, err := readClusterConfig(ctx, client, r.name)
+	if err != nil {
+		r.refuse(err)
+		return err
+	}
+	if err := cc.Compatible(r.m.cfg.ClusterID, r.m.cfg.MaxConnectedClusters); err != nil {
+		err = fmt.Errorf("%w: %w", ErrClusterConfig, err)
+		if errors.Is(err, wire.ErrInvalidClusterID) {
+			err = fmt.Errorf("%w: %w", ErrClusterIDConflict, err)
+		}
+		r.refuse(err)
+		return err
+	}
+	r.m.mu.Lock()
+	prevID := r.id
+	r.m.mu.Unlock()
+	if prevID != 0 && prevID != cc.ID {
+		r.log.Warn("remote cluster ID changed, draining state of the old ID", "old", prevID, "new", cc.ID)
+		r.drain()
+	}
+	oldPersisted, err := r.m.reserve(r, cc.ID)
+	if err != nil {
+		r.refuse(err)
+		return err
+	}
+	if oldPersisted != 0 && oldPersisted != cc.ID {
+		r.m.dp.Release(oldPersisted)
+	}
+	rem := wire.Remote{Name: r.name, ID: cc.ID, MaxConnectedClusters: cc.MaxConnected()}
+	r.mu.Lock()
+	r.st.ID, r.st.RefusedReason, r.st.Connected, r.st.LastChange = cc.ID, "", true, r.m.clock.Now()
+	r.mu.Unlock()
+	r.log.Info("connected to remote cluster", "id", cc.ID, "cached", cc.Capabilities.Cached)
+
+	r.gen++
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	var listed sync.WaitGroup
+	listed.Add(int(numKinds))
+	for k := range numKinds {
+		s := &r.stores[k]
+		s.synced.Store(false)
+		wg.Go(func() { r.watchKind(sctx, client, s, rem, cc, &listed) })
+	}
+	wg.Go(func() {
+		listed.Wait() // every watcher calls Done once: when listed, or on exit
+		if sctx.Err() == nil {
+			r.mu.Lock()
+			r.st.Ready, r.st.LastChange = true, r.m.clock.Now()
+			r.mu.Unlock()
+			r.log.Info("remote cluster synced")
+			r.m.dp.Release(cc.ID)
+		}
+	})
+	wg.Go(func() { r.watchHeartbeat(sctx, client) })
+	wg.Go(func() { r.watchClusterConfig(sctx, client, cc, cancel) })
+	wg.Go(func() { r.probe(sctx, client, cancel) })
+	<-sctx.Done()
+	wg.Wait()
+	r.mu.Lock()
+	r.st.Ready, r.st.Connected = false, false
+	r.mu.Unlock()
+	cause := context.Cause(sctx)
+	if errors.Is(cause, errStale) {
+		r.log.Warn("withdrawing the state of an unreachable remote cluster", "ttl", r.m.cfg.StaleTTL)
+		r.drain()
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return cause
+}
+
+func readClusterConfig(ctx context.Context, c *kvstore.Client, name string) (wire.ClusterConfig, error) {
+	gctx, cancel := context.WithTimeout(ctx, c.Config().DialTimeout.D())
+	defer cancel()
+	resp, err := c.Etcd().Get(gctx, wire.ClusterConfigKey(name))
+	if err != nil {
+		return wire.ClusterConfig{}, fmt.Errorf("read cluster config: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return wire.ClusterConfig{}, fmt.Errorf("%w: %s is missing", ErrClusterConfig, wire.ClusterConfigKey(name))
+	}
+	cc, err := wire.DecodeClusterConfig(resp.Kvs[0].Value)
+	if err != nil {
+		return wire.ClusterConfig{}, fmt.Errorf("%w: %w", ErrClusterConfig, err)
+	}
+	return cc, nil
+}
+
+// watchKey calls fn with the value of the single key (ok false when
+// absent) now and after every change, until ctx is done. It reads the key
+// alone, never a range: a remote user may read just that key.
+func watchKey(ctx context.Context, c *kvstore.Client, key string, fn func(value []byte, ok bool)) {
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		wctx, cancel := context.WithCancel(ctx)
+		resp, err := c.Etcd().Get(wctx, key)
+		if err == nil {
+			if len(resp.Kvs) > 0 {
+				fn(resp.Kvs[0].Value, true)
+			} else {
+				fn(nil, false)
+			}
+			for wr := range c.Etcd().Watch(clientv3.WithRequireLeader(wctx), key, clientv3.WithRev(resp.Header.Revision+1)) {
+				if wr.Err() != nil {
+					break
+				}
+				for _, ev := range wr.Events {
+					fn(ev.Kv.Value, ev.Type == clientv3.EventTypePut)
+				}
+				attempt = 0
+			}
+		}
+		cancel()
+		d := min(50*time.Millisecond<<min(attempt, 7), 5*time.Second)
+		select {
+		case <-ctx.Done():
+		case <-time.After(d/2 + rand.N(d/2+1)):
+		}
+	}
+}
+
+// waitKey blocks until key exists; false if ctx ended first.
+func waitKey(ctx context.Context, c *kvstore.Client, key string) bool {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	found := false
+	watchKey(wctx, c, key, func(_ []byte, ok bool) {
+		if ok {
+			found = true
+			cancel()
+		}
+	})
+	return found
+}
+
+func (r *remote) watchKind(ctx context.Context, c *kvstore.Client, s *store, rem wire.Remote, cc wire.ClusterConfig, listed *sync.WaitGroup) {
+	cached := cc.Capabilities.Cached
+	wk := s.kind.wire()
+	if cc.Capabilities.SyncedCanaries && !waitKey(ctx, c, wire.WatchSyncedKey(wk, r.name, cached)) {
+		return
+	}
+	h := handler{r: r, s: s, rem: rem, gen: r.gen}
+	first := true
+	_ = c.ListWatch(ctx, wire.WatchPrefix(wk, r.name, cached), func(ev kvstore.Event) {
+		switch ev.Kind {
+		case kvstore.EventUpsert:
+			h.upsert(ev.Key, ev.Value)
+		case kvstore.EventDelete:
+			h.delete(ev.Key)
+		case kvstore.EventListDone:
+			if first {
+				first = false
+				h.sweep()
+				s.synced.Store(true)
+				listed.Done()
+			}
+		}
+	})
+	if first {
+		listed.Done() // never listed: let the ready waiter go (ctx is done)
+	}
+}
+
+func (r *remote) watchHeartbeat(ctx context.Context, c *kvstore.Client) {
+	watchKey(ctx, c, wire.HeartbeatKey, func(value []byte, ok bool) {
+		if !ok {
+			return
+		}
+		t, err := wire.ParseTimestamp(value)
+		if err != nil {
+			return
+		}
+		r.mu.Lock()
+		r.st.LastHeartbeat = t
+		r.mu.Unlock()
+	})
+}
+
+func (r *remote) watchClusterConfig(ctx context.Context, c *kvstore.Client, cc wire.ClusterConfig, cancel context.CancelCauseFunc) {
+	key := wire.ClusterConfigKey(r.name)
+	watchKey(ctx, c, key, func(value []byte, ok bool) {
+		if !ok {
+			return // deleted: its apiserver re-asserts it
+		}
+		n, err := wire.DecodeClusterConfig(value)
+		if err != nil || n.ID != cc.ID || n.MaxConnected() != cc.MaxConnected() || n.Capabilities.Cached != cc.Capabilities.Cached {
+			cancel(errConfigChanged)
+		}
+	})
+}
+
+// probe tracks connectivity and withdraws the state after StaleTTL.
+func (r *remote) probe(ctx context.Context, c *kvstore.Client, cancel context.CancelCauseFunc) {
+	t := r.m.clock.NewTicker(r.m.cfg.ProbeInterval)
+	defer t.Stop()
+	lastUp := r.m.clock.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C():
+		}
+		pctx, pcancel := context.WithTimeout(ctx, r.m.cfg.ProbeTimeout)
+		st := c.Status(pctx)
+		pcancel()
+		up := st.Healthy()
+		now := r.m.clock.Now()
+		r.mu.Lock()
+		if up != r.st.Connected {
+			r.st.LastChange = now
+			if up {
+				r.st.Reconnects++
+			} else {
+				r.st.Failures++
+			}
+		}
+		r.st.Connected = up
+		if st.LastError != nil {
+			r.st.LastError = st.LastError.Error()
+		}
+		r.mu.Unlock()
+		if up {
+			lastUp = now
+		} else if r.m.cfg.StaleTTL > 0 && now.Sub(lastUp) >= r.m.cfg.StaleTTL {
+			cancel(errStale)
+			return
+		}
+	}
+}
+
+func (r *remote) refuse(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.st.RefusedReason = err.Error()
+	r.st.LastChange = r.m.clock.Now()
+}
+
+func (r *remote) recordFailure(err error) {
+	if err == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.st.Failures++
+	r.st.LastError = err.Error()
+}
+
+func (r *remote) countReconnect() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.st.Reconnects++
+}
+
+func (r *remote) setConnected(up bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.st.Connected != up {
+		r.st.LastChange = r.m.clock.Now()
+	}
+	r.st.Connected, r.st.Ready = up, up && r.st.Ready
+}
+
+// drain withdraws everything the remote contributed. No session may run.
+func (r *remote) drain() {
+	r.m.mu.Lock()
+	id := r.id
+	r.m.mu.Unlock()
+	for k := range numKinds {
+		h := handler{r: r, s: &r.stores[k], rem: wire.Remote{Name: r.name, ID: id}}
+		h.drain()
+		r.stores[k].synced.Store(false)
+	}
+}
+
+func (r *remote) status() Status {
+	r.mu.Lock()
+	st := r.st
+	r.mu.Unlock()
+	st.Kinds = make([]KindStatus, numKinds)
+	for k := range numKinds {
+		st.Kinds[k] = r.stores[k].status()
+	}
+	return st
+}

@@ -1,0 +1,44 @@
+package remotecluster
+
+import "time"
+
+// Status is the state of one remote cluster.
+type Status struct {
+	Name string
+	ID   uint32
+	// Connected: a session runs and the last probe reached the etcd.
+	Connected bool
+	// Ready: every kind has been listed in the current session.
+	Ready bool
+	Kinds []KindStatus
+	// Failures counts failed connection attempts and lost connectivity;
+	// Reconnects counts new sessions and regained connectivity.
+	Failures, Reconnects uint64
+	LastError            string
+	LastChange           time.Time
+	// RefusedReason says why the remote is refused (cluster ID conflict,
+	// unusable cluster config), empty when it is not.
+	RefusedReason string
+	// LastHeartbeat is the remote's cilium/.heartbeat timestamp.
+	LastHeartbeat time.Time
+}
+
+// KindStatus is the state of one kind (nodes, identities, ipcache,
+// services) of a remote.
+type KindStatus struct {
+	Kind                     string
+	Synced                   bool
+	Entries, Invalid, Events uint64
+	LastEvent                time.Time
+}
+
+// LastEvent returns the time of the latest event of any kind.
+func (s Status) LastEvent() time.Time {
+	var t time.Time
+	for _, k := range s.Kinds {
+		if k.LastEvent.After(t) {
+			t = k.LastEvent
+		}
+	}
+	return t
+}
