@@ -82,17 +82,32 @@ type listWatch struct {
 // same etcd cluster) are not reported again. Failures are retried with a
 // capped exponential backoff with jitter and recorded for Status.
 // ListWatch blocks until ctx is done and then returns nil.
-func (c *Client) ListWatch(ctx context.Context, prefix string, handle func(Event)) error {
+func (c *Client) ListWatch(ctx context.Context, prefix string, handle func(Event), opts ...ListWatchOption) error {
+	var o listWatchOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	lw := &listWatch{c: c, prefix: prefix, handle: handle, known: make(map[string]keyState)}
 	var failures int
+	var reason error // why the next list is a relist; nil before the first
 	for {
-		err := lw.list(ctx)
+		var err error
+		if reason != nil && o.beforeRelist != nil {
+			if err = o.beforeRelist(ctx, reason); err != nil {
+				err = fmt.Errorf("before relist: %w", err)
+			}
+		}
 		if err == nil {
-			failures = 0
-			err = lw.watch(ctx)
+			if err = lw.list(ctx); err == nil {
+				failures = 0
+				err = lw.watch(ctx)
+			}
 		}
 		if ctx.Err() != nil {
 			return nil
+		}
+		if lw.gen > 0 {
+			reason = err
 		}
 		c.recordErr(fmt.Errorf("list-watch %s: %w", prefix, err))
 		c.log.Info("relisting", "prefix", prefix, "reason", err)
@@ -101,6 +116,22 @@ func (c *Client) ListWatch(ctx context.Context, prefix string, handle func(Event
 		}
 		failures++
 	}
+}
+
+// ListWatchOption tunes ListWatch.
+type ListWatchOption func(*listWatchOptions)
+
+type listWatchOptions struct {
+	beforeRelist func(ctx context.Context, reason error) error
+}
+
+// BeforeRelist makes ListWatch call f before every relist (not before the
+// first list) with the reason of the relist, and relist only once f
+// returns nil; an error from f counts as a failed list and is retried.
+// The read side uses it to wait for the sync canary of a replaced etcd
+// before its relist turns every missing key into a synthetic delete.
+func BeforeRelist(f func(ctx context.Context, reason error) error) ListWatchOption {
+	return func(o *listWatchOptions) { o.beforeRelist = f }
 }
 
 // backoff returns the delay before retry n: 50ms doubling up to 5s, with

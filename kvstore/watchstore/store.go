@@ -87,19 +87,30 @@ func New[T any](c *kvstore.Client, cfg Config, decode func(key string, value []b
 }
 
 // Run waits for the sync canary, then lists and watches the prefix until
-// ctx is done. It returns nil after ctx is done, or an error for a bad
+// ctx is done; before every relist it waits for the canary again, so that
+// entries are never withdrawn on the word of an incomplete listing. It returns nil after ctx is done, or an error for a bad
 // config. Invalid values never stop it; connection failures are retried
 // (see kvstore.Client.ListWatch) and show in the client's Status.
 func (s *Store[T]) Run(ctx context.Context) error {
 	if s.cfg.Prefix == "" {
 		return fmt.Errorf("%w: empty prefix", ErrConfig)
 	}
-	if s.cfg.SyncedKey != "" {
-		if !s.waitForCanary(ctx) {
-			return nil
-		}
+	if s.cfg.SyncedKey == "" {
+		return s.c.ListWatch(ctx, s.cfg.Prefix, s.handle)
 	}
-	return s.c.ListWatch(ctx, s.cfg.Prefix, s.handle)
+	if !s.waitForCanary(ctx) {
+		return nil
+	}
+	// A relist deletes every entry it does not see again: against a
+	// replaced (empty) etcd that must wait until the writer has filled it
+	// and set the canary again. Against the same etcd the canary is there
+	// and the wait is one request.
+	return s.c.ListWatch(ctx, s.cfg.Prefix, s.handle, kvstore.BeforeRelist(func(ctx context.Context, reason error) error {
+		if !s.waitForCanary(ctx) {
+			return ctx.Err()
+		}
+		return nil
+	}))
 }
 
 // waitForCanary blocks until the canary exists; false when ctx is done.

@@ -370,3 +370,55 @@ func TestRunRejectsEmptyPrefix(t *testing.T) {
 		t.Fatalf("Run = %v", err)
 	}
 }
+
+// TestReplacedEtcdWaitsForCanary replaces the remote etcd by an empty one
+// (a restarted apiserver with an ephemeral etcd): the entries must stay
+// until the new etcd has its canary again, then converge to its contents.
+func TestReplacedEtcdWaitsForCanary(t *testing.T) {
+	e := newEnv(t)
+	for _, n := range []string{"a", "b", "c"} {
+		e.put(t, prefix+n, nodeJSON(n))
+	}
+	e.put(t, syncedKey, "then")
+	rec := newRecorder()
+	c := e.remote(t)
+	s := watchstore.New(c, watchstore.Config{Prefix: prefix, SyncedKey: syncedKey}, decodeNode, rec, etcdserver.TestLogger(), nil)
+	run(t, s)
+	rec.waitFor(t, "sync", func(st map[string]node, synced int) bool { return synced == 1 && len(st) == 3 })
+	before := etcdNodes(t, e.admin)
+
+	e.srv.Stop()
+	cfg := e.srv.Config()
+	cfg.DataDir = t.TempDir() + "/replacement"
+	cfg.InitialCluster = ""
+	cfg.InitialClusterToken = "replacement"
+	repl := etcdserver.StartTest(t, cfg)
+	admin := connect(t, repl.AdminConfig()).Etcd()
+	if _, err := repl.EnsureRemoteUser(context.Background(), "c2"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !s.Stats().WaitingForCanary {
+		if time.Now().After(deadline) {
+			t.Fatal("store did not wait for the canary of the replaced etcd")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The writer refills the new etcd; nothing is withdrawn meanwhile.
+	ctx := context.Background()
+	for _, n := range []string{"b", "d"} {
+		if _, err := admin.Put(ctx, prefix+n, nodeJSON(n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec.mu.Lock()
+	if !maps.Equal(rec.state, before) {
+		t.Fatalf("entries changed before the canary: %v", rec.state)
+	}
+	rec.mu.Unlock()
+	if _, err := admin.Put(ctx, syncedKey, "now"); err != nil {
+		t.Fatal(err)
+	}
+	want := etcdNodes(t, admin)
+	rec.waitFor(t, "entries of the new etcd", func(st map[string]node, _ int) bool { return maps.Equal(st, want) })
+}
