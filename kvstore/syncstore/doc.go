@@ -1,6 +1,7 @@
 // Package syncstore is the write side of the kvstore: it holds the desired
 // set of keys of one prefix that a component (the clustermesh-apiserver)
 // publishes, coalesces repeated updates of a key, writes them with leases
+// in transactions of up to BatchSize keys
 // (at most a bounded number of keys per lease), re-writes keys whose lease
 // was lost and keys that someone else modified or deleted (it watches its
 // own prefix), deletes stale keys it does not own once its initial set is

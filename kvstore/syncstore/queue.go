@@ -66,9 +66,9 @@ func (q *queue) addAfter(key string, d time.Duration) {
 	q.wake()
 }
 
-// get returns the next key to process, waiting for one; ok is false when
-// ctx is done.
-func (q *queue) get(ctx context.Context) (key string, ok bool) {
+// getBatch returns up to max keys to process, waiting for at least one;
+// ok is false when ctx is done.
+func (q *queue) getBatch(ctx context.Context, max int) (keys []string, ok bool) {
 	for {
 		q.mu.Lock()
 		now := time.Now()
@@ -76,18 +76,22 @@ func (q *queue) get(ctx context.Context) (key string, ok bool) {
 			q.addLocked(heap.Pop(&q.delayed).(delayed).key)
 		}
 		if len(q.items) > 0 {
-			key = q.items[0]
-			q.items[0] = ""
-			q.items = q.items[1:]
-			delete(q.dirty, key)
-			q.processing[key] = struct{}{}
+			n := min(len(q.items), max)
+			keys = make([]string, n)
+			copy(keys, q.items[:n])
+			clear(q.items[:n])
+			q.items = q.items[n:]
+			for _, k := range keys {
+				delete(q.dirty, k)
+				q.processing[k] = struct{}{}
+			}
 			more := len(q.items) > 0
 			q.onDepth(len(q.dirty) + len(q.delayed))
 			q.mu.Unlock()
 			if more {
 				q.wake()
 			}
-			return key, true
+			return keys, true
 		}
 		var t *time.Timer
 		var timer <-chan time.Time
@@ -105,7 +109,7 @@ func (q *queue) get(ctx context.Context) (key string, ok bool) {
 			t.Stop()
 		}
 		if ctx.Err() != nil {
-			return "", false
+			return nil, false
 		}
 	}
 }

@@ -33,11 +33,15 @@ type Config struct {
 	SyncedKey string
 	// Name labels the metrics (default Prefix).
 	Name string
-	// QPS limits writes per second of this store (0: unlimited; the
-	// client's own QPS limit applies as well).
+	// QPS limits the etcd transactions per second of this store, each
+	// carrying up to BatchSize writes (0: unlimited; the client's own QPS
+	// limit applies as well).
 	QPS float64
 	// Workers is the number of concurrent writers (default 4).
 	Workers int
+	// BatchSize is the most keys written in one etcd transaction (default
+	// 100; etcd's default limit is 128 operations per transaction).
+	BatchSize int
 	// RetryMin and RetryMax bound the per-key exponential retry backoff
 	// (defaults 50ms and 10s). Failed writes are retried until they work.
 	RetryMin, RetryMax time.Duration
@@ -51,6 +55,9 @@ func (cfg Config) withDefaults() Config {
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = 4
+	}
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = 100
 	}
 	if cfg.RetryMin <= 0 {
 		cfg.RetryMin = 50 * time.Millisecond
@@ -260,81 +267,105 @@ func (s *Store) leaseLost(keys []string) {
 
 func (s *Store) work(ctx context.Context) {
 	for {
-		key, ok := s.q.get(ctx)
+		keys, ok := s.q.getBatch(ctx, s.cfg.BatchSize)
 		if !ok {
 			return
 		}
-		err := s.reconcile(ctx, key)
-		s.mu.Lock()
-		if err != nil && ctx.Err() == nil {
-			n := s.failures[key]
-			s.failures[key] = n + 1
-			s.lastErr = err
-			s.mu.Unlock()
-			s.m.errors.Inc()
-			s.log.Warn("etcd write failed; retrying", "key", key, "attempt", n+1, "err", err)
-			s.q.addAfter(key, min(s.cfg.RetryMin<<min(n, 20), s.cfg.RetryMax))
-		} else {
-			delete(s.failures, key)
-			s.mu.Unlock()
+		errs := s.reconcile(ctx, keys)
+		for _, key := range keys {
+			err := errs[key]
+			s.mu.Lock()
+			if err != nil && ctx.Err() == nil {
+				n := s.failures[key]
+				s.failures[key] = n + 1
+				s.lastErr = err
+				s.mu.Unlock()
+				s.m.errors.Inc()
+				s.log.Warn("etcd write failed; retrying", "key", key, "attempt", n+1, "err", err)
+				s.q.addAfter(key, min(s.cfg.RetryMin<<min(n, 20), s.cfg.RetryMax))
+			} else {
+				delete(s.failures, key)
+				s.mu.Unlock()
+			}
+			s.q.done(key)
 		}
-		s.q.done(key)
 	}
 }
 
-// reconcile makes etcd hold the desired state of key.
-func (s *Store) reconcile(ctx context.Context, key string) error {
+// maxTxnBytes bounds the values and keys of one transaction, well below
+// etcd's default request limit (1.5 MiB).
+const maxTxnBytes = 512 << 10
+
+// op is one etcd write planned for a key.
+type op struct {
+	key   string
+	st    *keyState
+	del   bool
+	stale bool   // deleting a key nobody handed in
+	value []byte // value of a put
+	lease clientv3.LeaseID
+}
+
+// reconcile makes etcd hold the desired state of keys, writing what is
+// needed in transactions of at most BatchSize operations, and returns the
+// errors by key.
+func (s *Store) reconcile(ctx context.Context, keys []string) map[string]error {
+	errs := make(map[string]error)
+	var ops []*op
 	s.mu.Lock()
+	for _, k := range keys {
+		if o := s.planLocked(k); o != nil {
+			ops = append(ops, o)
+		}
+	}
+	s.mu.Unlock()
+	live := ops[:0]
+	for _, o := range ops {
+		if !o.del {
+			id, err := s.leases.Attach(ctx, o.key)
+			if err != nil {
+				errs[o.key] = err
+				continue
+			}
+			o.lease = id
+		}
+		live = append(live, o)
+	}
+	for len(live) > 0 {
+		n, size := 0, 0
+		for n < len(live) && n < s.cfg.BatchSize && (n == 0 || size+len(live[n].key)+len(live[n].value) <= maxTxnBytes) {
+			size += len(live[n].key) + len(live[n].value)
+			n++
+		}
+		s.commit(ctx, live[:n], errs)
+		live = live[n:]
+	}
+	return errs
+}
+
+// planLocked decides what key needs; nil when nothing is to be written.
+func (s *Store) planLocked(key string) *op {
 	st := s.keys[key]
 	if st == nil {
-		s.mu.Unlock()
 		return nil
 	}
 	if !st.want {
 		stale := !st.explicit
 		if stale && !s.synced {
 			// Not handed in (yet): only remove it once the initial set
-			// is complete.
-			s.mu.Unlock()
+			// is complete; it is queued again then.
 			return nil
 		}
 		if !st.written && !(st.obsKnown && st.obsPresent) {
 			s.doneLocked(key, st, nil)
-			s.mu.Unlock()
 			return nil
 		}
-		s.mu.Unlock()
-		if err := s.wait(ctx); err != nil {
-			return err
-		}
-		start := time.Now()
-		rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
-		_, err := s.c.Etcd().Delete(rctx, key)
-		cancel()
-		s.m.latency.Observe(time.Since(start).Seconds())
-		if err != nil {
-			return fmt.Errorf("delete %s: %w", key, err)
-		}
-		s.leases.Detach(key)
-		s.m.writes.WithLabelValues("delete").Inc()
-		if stale {
-			s.m.repairs.WithLabelValues("stale").Inc()
-		}
-		s.mu.Lock()
-		if !st.want {
-			st.written, st.obsPresent = false, false
-		}
-		s.doneLocked(key, st, nil)
-		s.mu.Unlock()
-		return nil
+		return &op{key: key, st: st, del: true, stale: stale}
 	}
-
 	value := st.desired
 	changedByOther := st.written && st.obsKnown && st.obsRev > st.writtenRev
-	need := !st.written || !bytes.Equal(st.writtenVal, value) || changedByOther
-	if !need {
+	if st.written && bytes.Equal(st.writtenVal, value) && !changedByOther {
 		s.doneLocked(key, st, value)
-		s.mu.Unlock()
 		return nil
 	}
 	if changedByOther {
@@ -344,42 +375,88 @@ func (s *Store) reconcile(ctx context.Context, key string) error {
 		}
 		s.m.repairs.WithLabelValues(reason).Inc()
 	}
-	s.mu.Unlock()
+	return &op{key: key, st: st, value: value}
+}
 
-	lease, err := s.leases.Attach(ctx, key)
-	if err != nil {
-		return err
+// commit writes ops in one transaction and records the outcome.
+func (s *Store) commit(ctx context.Context, ops []*op, errs map[string]error) {
+	fail := func(err error) {
+		for _, o := range ops {
+			verb := "put"
+			if o.del {
+				verb = "delete"
+			}
+			errs[o.key] = fmt.Errorf("%s %s: %w", verb, o.key, err)
+		}
 	}
 	if err := s.wait(ctx); err != nil {
-		return err
+		fail(err)
+		return
+	}
+	etcdOps := make([]clientv3.Op, len(ops))
+	for i, o := range ops {
+		if o.del {
+			etcdOps[i] = clientv3.OpDelete(o.key)
+		} else {
+			etcdOps[i] = clientv3.OpPut(o.key, string(o.value), clientv3.WithLease(o.lease))
+		}
 	}
 	start := time.Now()
 	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
-	resp, err := s.c.Etcd().Put(rctx, key, string(value), clientv3.WithLease(lease))
+	resp, err := s.c.Etcd().Txn(rctx).Then(etcdOps...).Commit()
 	cancel()
 	s.m.latency.Observe(time.Since(start).Seconds())
 	if err != nil {
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
-			s.leases.Expired(lease)
+			if len(ops) > 1 {
+				// Find the lost lease: write one by one.
+				for _, o := range ops {
+					s.commit(ctx, []*op{o}, errs)
+				}
+				return
+			}
+			s.leases.Expired(ops[0].lease)
 		}
-		return fmt.Errorf("put %s: %w", key, err)
+		fail(err)
+		return
 	}
-	op := "upsert"
-	if key == s.cfg.SyncedKey {
-		op = "canary"
+	canary := false
+	for _, o := range ops {
+		switch {
+		case o.del:
+			s.leases.Detach(o.key)
+			s.m.writes.WithLabelValues("delete").Inc()
+			if o.stale {
+				s.m.repairs.WithLabelValues("stale").Inc()
+			}
+		case o.key == s.cfg.SyncedKey:
+			canary = true
+			s.m.writes.WithLabelValues("canary").Inc()
+		default:
+			s.m.writes.WithLabelValues("upsert").Inc()
+		}
 	}
-	s.m.writes.WithLabelValues(op).Inc()
+	rev := resp.Header.Revision
 	s.mu.Lock()
-	st.written, st.writtenRev, st.writtenVal = true, resp.Header.Revision, value
-	if st.obsRev < st.writtenRev {
-		st.obsKnown, st.obsPresent, st.obsRev = true, true, st.writtenRev
+	for _, o := range ops {
+		st := o.st
+		if o.del {
+			if !st.want {
+				st.written, st.obsPresent = false, false
+			}
+			s.doneLocked(o.key, st, nil)
+			continue
+		}
+		st.written, st.writtenRev, st.writtenVal = true, rev, o.value
+		if st.obsRev < rev {
+			st.obsKnown, st.obsPresent, st.obsRev = true, true, rev
+		}
+		s.doneLocked(o.key, st, o.value)
 	}
-	s.doneLocked(key, st, value)
 	s.mu.Unlock()
-	if op == "canary" {
+	if canary {
 		s.closeSynced()
 	}
-	return nil
 }
 
 // doneLocked records that key is reconciled with value (nil for a delete)

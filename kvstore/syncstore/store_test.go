@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -424,5 +425,24 @@ func TestStaleKeysOfPreviousRunDeletedAfterSync(t *testing.T) {
 	e.eventually("stale key deleted", func() bool { v, _ := e.get(prefix); return maps.Equal(v, initial) })
 	if got := metricValue(t, e.reg, "clustermesh_kvstore_sync_repairs_total", "stale"); got != 1 {
 		t.Fatalf("repairs_total{reason=stale} = %v", got)
+	}
+}
+
+func TestLargeValuesSplitAcrossTransactions(t *testing.T) {
+	e := newEnv(t)
+	s := e.store(nil)
+	big := strings.Repeat("x", 300<<10) // two of these exceed one transaction's budget
+	expect := map[string]string{}
+	for i := range 6 {
+		k := fmt.Sprintf("%sbig-%d", prefix, i)
+		expect[k] = big
+		s.Upsert(k, []byte(big))
+	}
+	s.MarkSynced()
+	e.run(s)
+	e.waitSynced(s)
+	e.eventually("large values written", func() bool { v, _ := e.get(prefix); return maps.Equal(v, expect) })
+	if s.LastError() != nil {
+		t.Fatalf("write error: %v", s.LastError())
 	}
 }
