@@ -10,13 +10,15 @@
 //   - Pods scheduled on this node (spec.nodeName) → datapath.Endpoint for each
 //     pod IP, delivered to the interface of the host route to that IP
 //     (RTM_GETROUTE; the CNI, or the e2e harness, installs
-//     `ip route add <podIP>/32 dev <host-veth>`). A pod whose route is not
+//     `ip route add <podIP>/32 dev <host-veth>`), plus an ipcache entry with
+//     a zero tunnel endpoint (local delivery). A pod whose route is not
 //     there yet is retried with backoff.
 //
-// The own cluster's pods are not put in the ipcache from here: their
-// identities are allocated by the clustermesh-apiserver, and the tunnel
-// entries already route to the right node. Remote clusters' ipcache entries
-// come from their kvstores (package remotecluster).
+// Identities of the own cluster's pods are allocated by the
+// clustermesh-apiserver and are not read here: local ipcache entries carry
+// identity 0 (the datapath does not enforce policy yet). Other nodes' pods are
+// reached through the tunnel entries of their pod CIDRs. Remote clusters'
+// ipcache entries come from their kvstores (package remotecluster).
 //
 // Informer handlers only enqueue keys; workers reconcile from the listers. Run
 // first reconciles everything listed after the caches sync, flushes the

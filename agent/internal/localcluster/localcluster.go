@@ -42,6 +42,8 @@ type DatapathSink interface {
 	DeleteTunnel(netip.Prefix, uint32)
 	UpsertEndpoint(datapath.Endpoint)
 	DeleteEndpoint(netip.Addr)
+	UpsertIPCache(datapath.IPCacheEntry)
+	DeleteIPCache(netip.Prefix, uint32)
 }
 
 // ErrNoRoute is returned by an IfIndexFunc when no host route to the IP exists.
@@ -518,10 +520,14 @@ func (w *Watcher) reconcilePod(k key) error {
 		}
 		if !found {
 			w.dp.DeleteEndpoint(ip)
+			w.dp.DeleteIPCache(netip.PrefixFrom(ip, ip.BitLen()), w.cfg.ClusterID)
 		}
 	}
 	for _, e := range eps {
 		w.dp.UpsertEndpoint(e)
+		// A local pod: zero tunnel endpoint. Its identity is allocated by
+		// the clustermesh-apiserver and not known here (0).
+		w.dp.UpsertIPCache(datapath.IPCacheEntry{Prefix: netip.PrefixFrom(e.IP, e.IP.BitLen()), ClusterID: w.cfg.ClusterID})
 	}
 	return missing
 }

@@ -117,8 +117,8 @@ func TestWatcher(t *testing.T) {
 	if ep := st.Endpoints[netip.MustParseAddr("10.1.1.5")]; ep.IfIndex != 7 {
 		t.Fatalf("endpoint %+v", ep)
 	}
-	if got := testutilCount(w); got != 1 {
-		t.Fatalf("annotation warnings %v, want 1", got)
+	if got := testutilCount(w); got < 1 { // once per reconcile of the Service
+		t.Fatalf("annotation warnings %v, want at least 1", got)
 	}
 
 	// A pod whose route appears later is retried until it is there.

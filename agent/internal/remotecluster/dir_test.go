@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/utils/clock"
 
 	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
@@ -74,5 +75,37 @@ func TestSecretMountSwap(t *testing.T) {
 	waitFor("c2 removed", func(s []Status) bool { return len(s) == 1 && s[0].Name == "c3" })
 	if err := os.Remove(filepath.Join(dir, "c2")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestCollector(t *testing.T) {
+	m := New(testConfig(t.TempDir(), ""), nil, nil, log, clock.RealClock{})
+	r := newRemote(m, "c2")
+	r.stores[kindIPCache].entries.Store(7)
+	r.st.Ready = true
+	r.st.LastHeartbeat = time.Now().Add(-time.Minute)
+	m.remotes["c2"] = r
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(m.Collector())
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, mt := range mf.GetMetric() {
+			v := mt.GetGauge().GetValue() + mt.GetCounter().GetValue()
+			key := mf.GetName()
+			for _, l := range mt.GetLabel() {
+				if l.GetName() == "kind" {
+					key += "/" + l.GetValue()
+				}
+			}
+			got[key] = v
+		}
+	}
+	if got["clustermesh_agent_remote_cluster_ready"] != 1 || got["clustermesh_agent_remote_entries/ipcache"] != 7 ||
+		got["clustermesh_agent_remote_heartbeat_lag_seconds"] < 59 {
+		t.Fatalf("metrics %v", got)
 	}
 }

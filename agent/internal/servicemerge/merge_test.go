@@ -203,7 +203,7 @@ func TestFrontendsAndPorts(t *testing.T) {
 		Endpoints: []Endpoint{{netip.MustParseAddr("fd01::5"), true}},
 	})
 	m.SetRemote(Name{"kube-system", "dns"}, "c2", RemoteService{ClusterID: 2, Shared: true, Backends: map[PortKey][]netip.AddrPort{
-		{"dns", datapath.UDP}: {netip.MustParseAddrPort("10.2.0.9:53"), netip.MustParseAddrPort("10.2.0.8:53")},
+		{"dns", datapath.UDP}:   {netip.MustParseAddrPort("10.2.0.9:53"), netip.MustParseAddrPort("10.2.0.8:53")},
 		{"other", datapath.UDP}: {netip.MustParseAddrPort("10.2.0.7:53")},
 	}})
 	m.Flush()

@@ -1,0 +1,252 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/pflag"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/clock"
+
+	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
+	"github.com/clustermesh/clustermesh/agent/internal/localcluster"
+	"github.com/clustermesh/clustermesh/agent/internal/remotecluster"
+	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
+	"github.com/clustermesh/clustermesh/agent/internal/statusapi"
+	"github.com/clustermesh/clustermesh/bpf"
+	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/datapath/memory"
+	"github.com/clustermesh/clustermesh/kvstore/wire"
+)
+
+// ErrConfig is returned for unusable flags.
+var ErrConfig = errors.New("invalid agent config")
+
+// Config is the whole agent configuration.
+type Config struct {
+	NodeName             string
+	ClusterName          string
+	ClusterID            uint32
+	MaxConnectedClusters int
+	Kubeconfig           string
+	Datapath             string // bpf or memory
+	TunnelDevice         string // bpf: the vxlan device to attach the tunnel program to
+	StateDir             string
+	StatusSocket         string
+	MetricsAddress       string
+
+	Remote remotecluster.Config
+	Merge  servicemerge.Config
+	Sync   dpsync.Config
+	BPF    bpf.Config
+}
+
+// DefaultStatusSocket is where the agent serves its status API.
+const DefaultStatusSocket = "/var/run/clustermesh/agent.sock"
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		MaxConnectedClusters: wire.DefaultMaxConnectedClusters,
+		Datapath:             "bpf",
+		StateDir:             "/var/lib/clustermesh",
+		StatusSocket:         DefaultStatusSocket,
+		MetricsAddress:       ":9962",
+		Remote:               remotecluster.DefaultConfig(),
+		Merge:                servicemerge.DefaultConfig(),
+		Sync:                 dpsync.DefaultConfig(),
+	}
+}
+
+// RegisterFlags registers every agent flag on fs.
+func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&c.NodeName, "node-name", c.NodeName, "name of this node (its Kubernetes Node)")
+	fs.StringVar(&c.ClusterName, "cluster-name", c.ClusterName, "name of the agent's own cluster")
+	fs.Uint32Var(&c.ClusterID, "cluster-id", c.ClusterID, "ID of the agent's own cluster (1..max-connected-clusters)")
+	fs.IntVar(&c.MaxConnectedClusters, "max-connected-clusters", c.MaxConnectedClusters, "255 or 511; must match every remote cluster")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig of the own cluster (empty: in-cluster config)")
+	fs.StringVar(&c.Datapath, "datapath", c.Datapath, "datapath implementation: bpf or memory")
+	fs.StringVar(&c.TunnelDevice, "tunnel-device", c.TunnelDevice, "bpf: the node's vxlan device to attach the tunnel program to (empty: do not attach)")
+	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory for the agent's persistent state")
+	fs.StringVar(&c.StatusSocket, "status-socket", c.StatusSocket, "unix socket of the status API")
+	fs.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, "listen address of the Prometheus metrics endpoint (empty: disabled)")
+	c.Remote.RegisterFlags(fs)
+	c.Merge.RegisterFlags(fs)
+	c.Sync.RegisterFlags(fs)
+	gfs := flag.NewFlagSet("bpf", flag.ContinueOnError)
+	c.BPF.RegisterFlags(gfs)
+	fs.AddGoFlagSet(gfs)
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	if c.NodeName == "" {
+		return fmt.Errorf("%w: --node-name is required", ErrConfig)
+	}
+	if c.ClusterID == 0 {
+		return fmt.Errorf("%w: --cluster-id must be set (1..%d) in a mesh", ErrConfig, c.MaxConnectedClusters)
+	}
+	if err := wire.ValidateCluster(c.ClusterName, c.ClusterID, c.MaxConnectedClusters); err != nil {
+		return fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	if c.Datapath != "bpf" && c.Datapath != "memory" {
+		return fmt.Errorf("%w: --datapath %q (want bpf or memory)", ErrConfig, c.Datapath)
+	}
+	if c.Remote.Dir == "" {
+		return fmt.Errorf("%w: --clustermesh-config is required", ErrConfig)
+	}
+	return nil
+}
+
+// Run runs the agent until ctx is done or a component fails.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	w, closeWriter, err := openWriter(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer closeWriter()
+
+	clk := clock.RealClock{}
+	cfg.Sync.ClusterID, cfg.Merge.ClusterID = cfg.ClusterID, cfg.ClusterID
+	rec := dpsync.New(cfg.Sync, w, log.With("component", "dpsync"), clk)
+	if st, err := rec.Restore(); err != nil {
+		log.Warn("cannot read back the datapath; starting empty", "error", err)
+	} else {
+		log.Info("restored datapath state", "tunnels", len(st.Tunnels), "ipcache", len(st.IPCache), "services", len(st.Services), "endpoints", len(st.Endpoints))
+	}
+	merger := servicemerge.New(cfg.Merge, rec)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	kcfg, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+	if err != nil {
+		return fmt.Errorf("kubeconfig: %w", err)
+	}
+	kube, err := kubernetes.NewForConfig(kcfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	local := localcluster.New(localcluster.Config{
+		NodeName: cfg.NodeName, ClusterID: cfg.ClusterID,
+		OnSynced: func() { rec.Release(cfg.ClusterID) },
+	}, kube, merger, rec, log.With("component", "localcluster"), reg)
+
+	rcfg := cfg.Remote
+	rcfg.ClusterName, rcfg.ClusterID, rcfg.MaxConnectedClusters, rcfg.StateDir = cfg.ClusterName, cfg.ClusterID, cfg.MaxConnectedClusters, cfg.StateDir
+	mgr := remotecluster.New(rcfg, rec, merger, log.With("component", "remotecluster"), clk)
+	reg.MustRegister(mgr.Collector())
+
+	status := statusapi.New(statusapi.Config{Socket: cfg.StatusSocket, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID, NodeName: cfg.NodeName},
+		mgr, merger, rec, log.With("component", "status"))
+
+	runs := []func(context.Context) error{rec.Run, merger.Run, local.Run, mgr.Run, status.Run}
+	if cfg.MetricsAddress != "" {
+		runs = append(runs, func(ctx context.Context) error { return serveMetrics(ctx, cfg.MetricsAddress, reg) })
+	}
+	log.Info("clustermesh-agent running", "cluster", cfg.ClusterName, "cluster_id", cfg.ClusterID, "node", cfg.NodeName, "datapath", cfg.Datapath)
+	return runAll(ctx, runs...)
+}
+
+// runAll runs every fn until ctx is done or one fails; it cancels the
+// others then and returns after all have returned, with the first error.
+func runAll(ctx context.Context, fns ...func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg    sync.WaitGroup
+		once  sync.Once
+		first error
+	)
+	for _, fn := range fns {
+		wg.Go(func() {
+			if err := fn(ctx); err != nil {
+				once.Do(func() { first = err })
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	return first
+}
+
+func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		<-done
+		return nil
+	case err := <-done:
+		return fmt.Errorf("metrics: %w", err)
+	}
+}
+
+// openWriter returns the datapath writer and a function that releases it
+// (keeping what is programmed).
+func openWriter(cfg Config, log *slog.Logger) (datapath.Writer, func(), error) {
+	if cfg.Datapath == "memory" {
+		return memory.New(), func() {}, nil
+	}
+	dp, err := bpf.Open(cfg.BPF, log.With("component", "bpf"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("open bpf datapath: %w", err)
+	}
+	if cfg.TunnelDevice != "" {
+		ifc, err := net.InterfaceByName(cfg.TunnelDevice)
+		if err == nil {
+			err = dp.Attach(bpf.HookTunnel, ifc.Index)
+		}
+		if err != nil {
+			dp.Close()
+			return nil, nil, fmt.Errorf("attach tunnel device %s: %w", cfg.TunnelDevice, err)
+		}
+	}
+	w, err := bpf.NewWriter(dp, log.With("component", "bpf"))
+	if err != nil {
+		dp.Close()
+		return nil, nil, fmt.Errorf("bpf writer: %w", err)
+	}
+	return attachingWriter{Writer: w, dp: dp}, func() { dp.Close() }, nil
+}
+
+// attachingWriter attaches the endpoint program to the host veth of every
+// local endpoint it programs (Attach is idempotent; a failure fails the
+// batch, which is retried).
+type attachingWriter struct {
+	*bpf.Writer
+	dp *bpf.Datapath
+}
+
+func (w attachingWriter) Apply(ctx context.Context, b datapath.Batch) error {
+	for _, e := range b.UpsertEndpoints {
+		if err := w.dp.Attach(bpf.HookEndpoint, e.IfIndex); err != nil {
+			return err
+		}
+	}
+	return w.Writer.Apply(ctx, b)
+}

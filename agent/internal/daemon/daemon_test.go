@@ -1,0 +1,53 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/spf13/pflag"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestFlagsAndValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		ok   bool
+	}{
+		{"complete", []string{"--node-name=n1", "--cluster-name=c1", "--cluster-id=1", "--clustermesh-config=/x", "--datapath=memory"}, true},
+		{"no node", []string{"--cluster-name=c1", "--cluster-id=1", "--clustermesh-config=/x"}, false},
+		{"cluster id 0", []string{"--node-name=n1", "--cluster-name=c1", "--cluster-id=0", "--clustermesh-config=/x"}, false},
+		{"id above max", []string{"--node-name=n1", "--cluster-name=c1", "--cluster-id=300", "--clustermesh-config=/x"}, false},
+		{"511 clusters", []string{"--node-name=n1", "--cluster-name=c1", "--cluster-id=300", "--max-connected-clusters=511", "--clustermesh-config=/x"}, true},
+		{"bad datapath", []string{"--node-name=n1", "--cluster-name=c1", "--cluster-id=1", "--clustermesh-config=/x", "--datapath=xdp"}, false},
+		{"no config dir", []string{"--node-name=n1", "--cluster-name=c1", "--cluster-id=1"}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+			cfg.RegisterFlags(fs)
+			if err := fs.Parse(tt.args); err != nil {
+				t.Fatal(err)
+			}
+			err := cfg.Validate()
+			if (err == nil) != tt.ok || (err != nil && !errors.Is(err, ErrConfig)) {
+				t.Fatalf("Validate: %v, want ok=%v", err, tt.ok)
+			}
+		})
+	}
+}
+
+func TestRunAllStopsOnFirstError(t *testing.T) {
+	boom := errors.New("boom")
+	err := runAll(context.Background(),
+		func(ctx context.Context) error { <-ctx.Done(); return nil },
+		func(context.Context) error { return boom },
+	)
+	if !errors.Is(err, boom) {
+		t.Fatalf("got %v", err)
+	}
+}

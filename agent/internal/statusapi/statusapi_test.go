@@ -1,0 +1,90 @@
+package statusapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
+	"github.com/clustermesh/clustermesh/agent/internal/remotecluster"
+	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
+	"github.com/clustermesh/clustermesh/internal/datapath"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type fakes struct{}
+
+func (fakes) Status() []remotecluster.Status {
+	return []remotecluster.Status{{Name: "c2", ID: 2, Connected: true, Ready: true, LastChange: time.Now(),
+		Kinds: []remotecluster.KindStatus{{Kind: "ipcache", Synced: true, Entries: 5, Invalid: 1}}},
+		{Name: "c3", ID: 0, RefusedReason: "cluster ID conflict: 2 is used by connected cluster \"c2\""}}
+}
+func (fakes) ClusterNames() map[uint32]string { return map[uint32]string{1: "c1", 2: "c2"} }
+func (fakes) Snapshot() []servicemerge.Snapshot {
+	return []servicemerge.Snapshot{{Name: servicemerge.Name{Namespace: "shop", Name: "web"}, Services: []datapath.Service{{
+		Frontend: datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: datapath.TCP},
+		Backends: []datapath.Backend{{Addr: netip.MustParseAddrPort("10.2.0.1:8080"), ClusterID: 2, Weight: 1}},
+	}}}}
+}
+func (fakes) Tunnels() []datapath.TunnelEntry {
+	return []datapath.TunnelEntry{{CIDR: netip.MustParsePrefix("10.2.1.0/24"), NodeIP: netip.MustParseAddr("192.168.2.1"), ClusterID: 2}}
+}
+func (fakes) IPCache() []datapath.IPCacheEntry {
+	return []datapath.IPCacheEntry{{Prefix: netip.MustParsePrefix("10.2.1.5/32"), Identity: 2<<16 | 300, TunnelEndpoint: netip.MustParseAddr("192.168.2.1"), ClusterID: 2}}
+}
+func (fakes) Holding() []uint32   { return []uint32{3} }
+func (fakes) Stats() dpsync.Stats { return dpsync.Stats{Batches: 4} }
+
+func TestServeAndPrint(t *testing.T) {
+	dir, err := os.MkdirTemp("", "cmst")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "s.sock")
+	s := New(Config{Socket: sock, ClusterName: "c1", ClusterID: 1, NodeName: "n1"}, fakes{}, fakes{}, fakes{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = s.Run(ctx) })
+	defer func() { cancel(); wg.Wait() }()
+
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r, err := Fetch(ctx, sock, true)
+		if err == nil {
+			var tbl, js bytes.Buffer
+			if err := PrintTable(&tbl, r); err != nil {
+				t.Fatal(err)
+			}
+			for _, want := range []string{"c2", "cluster ID conflict", "10.96.0.10:80/TCP", "10.2.0.1:8080(c2:1)", "10.2.1.0/24", "131372"} {
+				if !strings.Contains(tbl.String(), want) {
+					t.Fatalf("table lacks %q:\n%s", want, tbl.String())
+				}
+			}
+			if err := PrintJSON(&js, r); err != nil {
+				t.Fatal(err)
+			}
+			var v map[string]any
+			if err := json.Unmarshal(js.Bytes(), &v); err != nil || v["clusterName"] != "c1" {
+				t.Fatalf("json %v: %s", err, js.String())
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
