@@ -19,6 +19,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
+	"github.com/clustermesh/clustermesh/kvstore/syncstore"
 	"github.com/clustermesh/clustermesh/kvstore/watchstore"
 )
 
@@ -146,6 +147,37 @@ func BenchmarkKVStore(b *testing.B) {
 	f := newFixture(b)
 	b.Run("List250k", func(b *testing.B) { benchList(b, f) })
 	b.Run("PutToObserver", func(b *testing.B) { benchLatency(b, f) })
+	b.Run("SyncStore250k", func(b *testing.B) { benchSyncStore(b, f) })
+}
+
+// benchSyncStore hands 250k keys to a syncstore, marks it synced and
+// measures the time until its canary is written.
+func benchSyncStore(b *testing.B, f *fixture) {
+	for it := range b.N {
+		prefix := fmt.Sprintf("cilium/state/ip/v1/sync%d/", it)
+		c := f.connect(b)
+		s := syncstore.New(c, syncstore.Config{Prefix: prefix, SyncedKey: "cilium/synced/c1/" + prefix}, etcdserver.TestLogger(), nil)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		start := time.Now()
+		for i := range listKeys {
+			s.Upsert(prefix+ipOf(i).String(), []byte(entryJSON(i)))
+		}
+		s.MarkSynced()
+		go func() { done <- s.Run(ctx) }()
+		select {
+		case <-s.Synced():
+		case <-time.After(10 * time.Minute):
+			b.Fatal("syncstore did not sync")
+		}
+		elapsed := time.Since(start)
+		cancel()
+		if err := <-done; err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(listKeys)/elapsed.Seconds(), "syncstore-keys/s")
+		b.ReportMetric(elapsed.Seconds(), "syncstore-sync-s")
+	}
 }
 
 // benchList lists the 250k keys three ways, each on a fresh connection.
