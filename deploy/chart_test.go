@@ -228,6 +228,13 @@ func chartCases(t *testing.T) []chartCase {
 				t.Error("secrets rendered with tls.source=existing")
 			}
 		}},
+		{name: "unprivileged-agent", values: with("agent.securityContext", map[string]any{"privileged": false, "capabilities": map[string]any{"add": []any{"BPF", "NET_ADMIN", "SYS_ADMIN", "PERFMON"}}}), check: func(t *testing.T, o objects) {
+			ds := o.get(t, "DaemonSet/clustermesh-agent")
+			mounts, _, _ := unstructured.NestedSlice(firstContainer(t, ds), "volumeMounts")
+			if p := mounts[0].(map[string]any)["mountPropagation"]; p != "HostToContainer" {
+				t.Errorf("bpffs propagation %v", p)
+			}
+		}},
 		{name: "memory-datapath-no-metrics", values: with("agent.datapath", "memory", "apiserver.metricsPort", 0, "tls.serverSANs", []any{"192.0.2.10", "mesh.example.com"}), check: func(t *testing.T, o objects) {
 			if _, ok := o["Service/clustermesh-apiserver-metrics"]; ok {
 				t.Error("metrics service rendered with metricsPort 0")
