@@ -1,0 +1,62 @@
+package agenttest
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"k8s.io/utils/clock"
+
+	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
+	"github.com/clustermesh/clustermesh/agent/internal/remotecluster"
+	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
+	"github.com/clustermesh/clustermesh/internal/datapath/memory"
+)
+
+// Config describes the agent under test.
+type Config struct {
+	// Dir is the remote-cluster config directory.
+	Dir         string
+	ClusterName string
+	ClusterID   uint32
+}
+
+// ControlPlane is a running control plane on an in-memory datapath.
+type ControlPlane struct {
+	// Datapath is where the control plane applies its state.
+	Datapath *memory.Datapath
+	mgr      *remotecluster.Manager
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+}
+
+// Start starts a control plane; Stop ends it.
+func Start(cfg Config, log *slog.Logger) *ControlPlane {
+	c := &ControlPlane{Datapath: memory.New()}
+	rec := dpsync.New(dpsync.Config{ClusterID: cfg.ClusterID}, c.Datapath, log, clock.RealClock{})
+	merger := servicemerge.New(servicemerge.Config{ClusterID: cfg.ClusterID}, rec)
+	c.mgr = remotecluster.New(remotecluster.Config{Dir: cfg.Dir, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID,
+		MaxConnectedClusters: 255, BackoffMin: 50 * time.Millisecond, BackoffMax: time.Second}, rec, merger, log, clock.RealClock{})
+	ctx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	c.wg.Go(func() { _ = rec.Run(ctx) })
+	c.wg.Go(func() { _ = merger.Run(ctx) })
+	c.wg.Go(func() { _ = c.mgr.Run(ctx) })
+	return c
+}
+
+// Stop stops the control plane and waits for its goroutines.
+func (c *ControlPlane) Stop() { c.cancel(); c.wg.Wait() }
+
+// Ready reports whether every configured remote cluster is ready (and at
+// least one is configured).
+func (c *ControlPlane) Ready() bool {
+	s := c.mgr.Status()
+	for _, r := range s {
+		if !r.Ready {
+			return false
+		}
+	}
+	return len(s) > 0
+}

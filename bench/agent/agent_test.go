@@ -1,0 +1,308 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/clustermesh/clustermesh/agent/agenttest"
+	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
+	"github.com/clustermesh/clustermesh/kvstore/wire"
+)
+
+const (
+	remoteName = "c2"
+	remoteID   = 2
+)
+
+var log = etcdserver.TestLogger()
+
+type env struct {
+	srv   *etcdserver.Server
+	admin *kvstore.Client
+	dir   string
+}
+
+func setup(b *testing.B) *env {
+	b.Helper()
+	srv := etcdserver.StartTest(b, etcdserver.Config{ClusterName: remoteName})
+	admin, err := kvstore.New(context.Background(), srv.AdminConfig(), log)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { admin.Close() })
+	e := &env{srv: srv, admin: admin, dir: b.TempDir()}
+	cc, _ := json.Marshal(wire.ClusterConfig{ID: remoteID, Capabilities: wire.Capabilities{SyncedCanaries: true, MaxConnectedClusters: 255}})
+	e.put(b, []clientv3.Op{clientv3.OpPut(wire.ClusterConfigKey(remoteName), string(cc))})
+	return e
+}
+
+func (e *env) put(b *testing.B, ops []clientv3.Op) {
+	for len(ops) > 0 {
+		n := min(len(ops), 128) // etcd's default --max-txn-ops
+		if _, err := e.admin.Etcd().Txn(context.Background()).Then(ops[:n]...).Commit(); err != nil {
+			b.Fatal(err)
+		}
+		ops = ops[n:]
+	}
+}
+
+func (e *env) canaries(b *testing.B) {
+	var ops []clientv3.Op
+	for _, k := range wire.Kinds() {
+		ops = append(ops, clientv3.OpPut(wire.SyncedKey(remoteName, k), string(wire.FormatTimestamp(time.Now()))))
+	}
+	e.put(b, ops)
+}
+
+func (e *env) writeConfig(b *testing.B) {
+	cfg, err := e.srv.EnsureRemoteUser(context.Background(), "c1")
+	if err != nil {
+		b.Fatal(err)
+	}
+	data, _ := json.Marshal(cfg)
+	if err := os.WriteFile(filepath.Join(e.dir, remoteName), data, 0o600); err != nil {
+		b.Fatal(err)
+	}
+}
+
+func startAgent(dir string) *agenttest.ControlPlane {
+	return agenttest.Start(agenttest.Config{Dir: dir, ClusterName: "c1", ClusterID: 1}, log)
+}
+
+func ipOf(i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{10, byte(remoteID), byte(i >> 8), byte(i)})
+}
+
+func ipcacheValue(i int, ip netip.Addr) string {
+	v, err := wire.MarshalIPIdentityPair(wire.IPIdentityPair{IP: ip, HostIP: netip.AddrFrom4([4]byte{192, 168, byte(i >> 8), byte(i)}), ID: remoteID<<16 | 256 + uint32(i%1000)})
+	if err != nil {
+		panic(err)
+	}
+	return string(v)
+}
+
+func percentile(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(p*float64(len(s))))]
+}
+
+// BenchmarkPutToDatapath: remote ipcache puts at 1,000/s; latency from the
+// put call to the entry being applied to the memory datapath, and, on the
+// same etcd in the same run, to the event of a raw clientv3 watch.
+func BenchmarkPutToDatapath(b *testing.B) {
+	const puts, rate = 3000, 1000
+	e := setup(b)
+	e.canaries(b)
+	e.writeConfig(b)
+	a := startAgent(e.dir)
+	defer a.Stop()
+	for !a.Ready() {
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	watchCtx, cancelWatch := context.WithCancel(context.Background())
+	defer cancelWatch()
+	sent := make([]time.Time, puts)
+	rawLat := make([]time.Duration, 0, puts)
+	dpLat := make([]time.Duration, 0, puts)
+	var mu sync.Mutex // guards sent
+	var wg sync.WaitGroup
+	wch := e.admin.Etcd().Watch(watchCtx, wire.IPPrefix, clientv3.WithPrefix())
+	wg.Go(func() {
+		for wr := range wch {
+			now := time.Now()
+			for _, ev := range wr.Events {
+				ip, err := netip.ParseAddr(strings.TrimPrefix(string(ev.Kv.Key), wire.IPPrefix))
+				if err != nil {
+					continue
+				}
+				idx := int(ip.As4()[2])<<8 | int(ip.As4()[3])
+				mu.Lock()
+				rawLat = append(rawLat, now.Sub(sent[idx]))
+				mu.Unlock()
+			}
+			if len(rawLat) >= puts {
+				return
+			}
+		}
+	})
+	wg.Go(func() {
+		next := 0
+		for next < puts {
+			ch := a.Datapath.Changed()
+			now := time.Now()
+			for next < puts {
+				ip := ipOf(next)
+				if _, ok := a.Datapath.IPCache(netip.PrefixFrom(ip, 32)); !ok {
+					break
+				}
+				mu.Lock()
+				dpLat = append(dpLat, now.Sub(sent[next]))
+				mu.Unlock()
+				next++
+			}
+			if next < puts {
+				select {
+				case <-ch:
+				case <-time.After(30 * time.Second):
+					return
+				}
+			}
+		}
+	})
+	b.ResetTimer()
+	tick := time.NewTicker(time.Second / rate)
+	for i := range puts {
+		<-tick.C
+		ip := ipOf(i)
+		mu.Lock()
+		sent[i] = time.Now()
+		mu.Unlock()
+		if _, err := e.admin.Etcd().Put(context.Background(), wire.IPKey(ip), ipcacheValue(i, ip)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	tick.Stop()
+	wg.Wait()
+	b.StopTimer()
+	cancelWatch()
+	if len(dpLat) != puts || len(rawLat) < puts {
+		b.Fatalf("observed %d datapath and %d watch events of %d puts", len(dpLat), len(rawLat), puts)
+	}
+	b.ReportMetric(float64(percentile(dpLat, 0.5).Microseconds()), "dp-p50-µs")
+	b.ReportMetric(float64(percentile(dpLat, 0.99).Microseconds()), "dp-p99-µs")
+	b.ReportMetric(float64(percentile(rawLat, 0.5).Microseconds()), "watch-p50-µs")
+	b.ReportMetric(float64(percentile(rawLat, 0.99).Microseconds()), "watch-p99-µs")
+	b.Logf("%d puts at %d/s: datapath p50 %v p99 %v | raw watch p50 %v p99 %v", puts, rate,
+		percentile(dpLat, 0.5), percentile(dpLat, 0.99), percentile(rawLat, 0.5), percentile(rawLat, 0.99))
+}
+
+func rss() uint64 {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseUint(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+func heap() uint64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse
+}
+
+// BenchmarkColdSync: one remote with 25,000 nodes, 250,000 ipcache entries,
+// 25,000 identities and 5,000 services; time from the config file appearing
+// to every tunnel and ipcache entry applied and the remote ready, and the
+// memory it costs.
+func BenchmarkColdSync(b *testing.B) {
+	const nodes, ips, ids, svcs = 25000, 250000, 25000, 5000
+	e := setup(b)
+	var ops []clientv3.Op
+	flush := func() { e.put(b, ops); ops = ops[:0] }
+	for i := range nodes {
+		v, err := wire.MarshalNode(wire.Node{Name: fmt.Sprintf("node-%d", i), Cluster: remoteName, ClusterID: remoteID,
+			IPAddresses:   []wire.NodeAddress{{Type: wire.NodeInternalIP, IP: netip.AddrFrom4([4]byte{192, 168, byte(i >> 8), byte(i)})}},
+			IPv4AllocCIDR: wire.CIDR{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(100 + i>>16), byte(i >> 8), byte(i)}), 32)}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ops = append(ops, clientv3.OpPut(wire.NodeKey(remoteName, fmt.Sprintf("node-%d", i)), string(v)))
+		if len(ops) == 1024 {
+			flush()
+		}
+	}
+	for i := range ips {
+		ip := netip.AddrFrom4([4]byte{10, byte(remoteID + i>>16), byte(i >> 8), byte(i)})
+		ops = append(ops, clientv3.OpPut(wire.IPKey(ip), ipcacheValue(i, ip)))
+		if len(ops) == 1024 {
+			flush()
+		}
+	}
+	for i := range ids {
+		ls, _ := wire.NewLabels(wire.Label{Source: "k8s", Key: "app", Value: fmt.Sprintf("app-%d", i)},
+			wire.Label{Source: "k8s", Key: wire.ClusterLabelKey, Value: remoteName})
+		id := uint32(remoteID<<16 | 256 + i)
+		v, _ := wire.MarshalIdentity(wire.Identity{ID: id, Labels: ls})
+		ops = append(ops, clientv3.OpPut(wire.IdentityKey(id), string(v)))
+		if len(ops) == 1024 {
+			flush()
+		}
+	}
+	for i := range svcs {
+		v, err := wire.MarshalService(wire.ClusterService{Cluster: remoteName, Namespace: "ns", Name: fmt.Sprintf("svc-%d", i), ClusterID: remoteID, Shared: true,
+			Frontends: map[string]wire.Ports{fmt.Sprintf("10.96.%d.%d", i>>8, i&255): {"http": {Protocol: wire.TCP, Port: 80}}},
+			Backends: map[string]wire.Ports{
+				ipOf(2 * i).String():   {"http": {Protocol: wire.TCP, Port: 8080}},
+				ipOf(2*i + 1).String(): {"http": {Protocol: wire.TCP, Port: 8080}},
+			}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ops = append(ops, clientv3.OpPut(wire.ServiceKey(remoteName, "ns", fmt.Sprintf("svc-%d", i)), string(v)))
+		if len(ops) == 1024 {
+			flush()
+		}
+	}
+	flush()
+	e.canaries(b)
+	entries := nodes + ips + ids + svcs
+
+	heap0, rss0 := heap(), rss()
+	b.ResetTimer()
+	start := time.Now()
+	e.writeConfig(b)
+	a := startAgent(e.dir)
+	defer a.Stop()
+	for {
+		ch := a.Datapath.Changed()
+		if a.Ready() {
+			st, _ := a.Datapath.Dump()
+			if len(st.Tunnels) == nodes && len(st.IPCache) == ips {
+				break
+			}
+		}
+		select {
+		case <-ch:
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Since(start) > 5*time.Minute {
+			b.Fatal("cold sync did not finish in 5 minutes")
+		}
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	heap1, rss1 := heap(), rss()
+	dheap, drss := int64(heap1)-int64(heap0), int64(rss1)-int64(rss0)
+	b.ReportMetric(elapsed.Seconds(), "s-to-ready")
+	b.ReportMetric(float64(drss)/(1<<20), "rss-growth-MB")
+	b.ReportMetric(float64(drss)/float64(entries), "rss-B/entry")
+	b.ReportMetric(float64(dheap)/float64(entries), "heap-B/entry")
+	b.Logf("cold sync of %d entries: %v to ready; RSS +%d MB (%d B/entry), live heap +%d MB (%d B/entry)",
+		entries, elapsed, drss>>20, drss/int64(entries), dheap>>20, dheap/int64(entries))
+}
