@@ -2,7 +2,9 @@
 // of an etcd (typically a remote cluster's, read as a read-only user),
 // waits for the prefix's sync canary, lists and watches it, decodes and
 // validates every value as untrusted input (an invalid value is counted,
-// logged and skipped, never stopping the stream), keeps the typed entries,
+// logged and skipped, never stopping the stream; an invalid update of a key
+// that held a valid entry withdraws that entry with OnDelete, because the
+// writer no longer asserts it), keeps the typed entries,
 // and tells an observer about upserts, deletes (including the synthetic
 // deletes of entries that vanished while the watch was interrupted) and
 // the completion of the initial listing. Drain removes every entry, for a
