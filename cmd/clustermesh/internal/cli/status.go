@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -53,17 +52,17 @@ namespace, enabled, cluster, clusterID, remotes, apiserver, agents, problems, re
 			ctx := cmd.Context()
 			st := mesh.CollectStatus(ctx, cs)
 			if wait && !st.Ready {
-				wctx, cancel := context.WithTimeout(ctx, timeout)
-				defer cancel()
 				cfg.Log.Info("waiting for the mesh to become ready", "timeout", timeout)
-				for !st.Ready && wctx.Err() == nil {
+				deadline := time.Now().Add(timeout)
+				for !st.Ready && time.Now().Before(deadline) {
 					select {
-					case <-wctx.Done():
-					case <-time.After(interval):
-						st = mesh.CollectStatus(wctx, cs)
-						if !st.Ready {
-							cfg.Log.Info("not ready yet", "verdict", st.Verdict)
-						}
+					case <-ctx.Done():
+						return ctx.Err()
+					case <-time.After(min(interval, time.Until(deadline))):
+					}
+					st = mesh.CollectStatus(ctx, cs)
+					if !st.Ready {
+						cfg.Log.Info("not ready yet", "verdict", st.Verdict)
 					}
 				}
 			}

@@ -55,6 +55,9 @@ func RenderStatus(w io.Writer, st MeshStatus) error {
 			return err
 		}
 	}
+	if unsynced(st) {
+		fmt.Fprintln(w, "(* initial sync of that kind not complete)")
+	}
 	var problems []string
 	for _, c := range st.Clusters {
 		for _, p := range c.Problems {
@@ -108,4 +111,19 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+func unsynced(st MeshStatus) bool {
+	for _, c := range st.Clusters {
+		for _, a := range c.Agents {
+			for _, r := range a.Remotes {
+				for k := range r.Entries {
+					if !r.Synced[k] {
+						return true
+					}
+				}
+			}
+		}
+	}
+	return false
 }
