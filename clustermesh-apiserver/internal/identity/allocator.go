@@ -37,6 +37,10 @@ type Config struct {
 	GCInterval time.Duration
 }
 
+// requestTimeout bounds each etcd request: the allocator's lock is held
+// across it, so an unreachable etcd must not hold every pod worker forever.
+const requestTimeout = 10 * time.Second
+
 // Defaults for Config.
 const (
 	DefaultGracePeriod = 10 * time.Minute
@@ -172,11 +176,13 @@ func (a *Allocator) Acquire(ctx context.Context, labels string) (uint32, error) 
 			continue
 		}
 		key := wire.IdentityKey(id)
-		resp, err := a.kv.Txn(ctx).
+		tctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		resp, err := a.kv.Txn(tctx).
 			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 			Then(clientv3.OpPut(key, labels)).
 			Else(clientv3.OpGet(key)).
 			Commit()
+		cancel()
 		if err != nil {
 			a.next = id // retry the same id next time
 			return 0, fmt.Errorf("store identity %d: %w", id, err)
@@ -263,10 +269,12 @@ func (a *Allocator) GC(ctx context.Context) error {
 			continue
 		}
 		key := wire.IdentityKey(id)
-		_, err := a.kv.Txn(ctx).
+		tctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		_, err := a.kv.Txn(tctx).
 			If(clientv3.Compare(clientv3.Value(key), "=", e.labels)).
 			Then(clientv3.OpDelete(key)).
 			Commit()
+		cancel()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("release identity %d: %w", id, err))
 			continue
