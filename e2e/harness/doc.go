@@ -1,0 +1,22 @@
+// Package harness brings up several meshed Clustermesh clusters on one
+// machine for the e2e tests and `make demo`: per cluster a real
+// kube-apiserver and kube-controller-manager (internal/kubetest) and a
+// clustermesh-apiserver process with its embedded etcd; per node a network
+// namespace on a shared underlay bridge (the "datacenter network") with a
+// `vxlan external` device and a clustermesh-agent process running inside it
+// on the eBPF datapath; per pod a network namespace with a veth into its
+// node, a Pod object marked Running and Ready with its IP, and an echo
+// server (package e2e/echo) answering HTTP and UDP with its cluster and pod
+// name.
+//
+// The processes on loopback (kube-apiservers, the apiservers' etcds) are
+// reached from the node namespaces through TCP forwarders that listen on
+// the gateway address of the datacenter namespace: nothing listens on or
+// targets an address outside loopback and the namespaces the harness made.
+//
+// Every namespace is named <prefix>-<run>-…, with prefix cmt (tests) or cmd
+// (demo), so hack/cleanup.sh removes what an interrupted run left; Close
+// kills the processes, unmounts the bpffs pin directories under
+// /run/clustermesh-test/<run> and deletes the namespaces. It needs root, the
+// ip command and the Kubernetes binaries of hack/kube-bins.sh.
+package harness

@@ -1,0 +1,75 @@
+package harness
+
+import (
+	"context"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+// forwarder accepts TCP connections on a listener that lives in a namespace
+// (the datacenter namespace's gateway address) and joins each to a new
+// connection to target on the host's loopback, so that agents inside node
+// namespaces reach the kube-apiservers and etcds that listen on 127.0.0.1.
+type forwarder struct {
+	ln     net.Listener
+	target string
+}
+
+// listenIn opens a listener on addr inside ns.
+func listenIn(ns *NS, addr, target string) (*forwarder, error) {
+	var ln net.Listener
+	err := ns.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &forwarder{ln: ln, target: target}, nil
+}
+
+// Run forwards until ctx is done and returns after every connection it
+// forwarded has been closed.
+func (f *forwarder) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	stop := context.AfterFunc(ctx, func() { f.ln.Close() })
+	defer stop()
+	for {
+		c, err := f.ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		wg.Go(func() { f.serve(ctx, c) })
+	}
+}
+
+func (f *forwarder) serve(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	d := net.Dialer{Timeout: 5 * time.Second}
+	up, err := d.DialContext(ctx, "tcp", f.target)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close(); up.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		_, _ = io.Copy(up, c)
+		if tc, ok := up.(*net.TCPConn); ok {
+			_ = tc.CloseWrite()
+		}
+	})
+	_, _ = io.Copy(c, up)
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.CloseWrite()
+	}
+	wg.Wait()
+}

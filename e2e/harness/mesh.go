@@ -1,0 +1,423 @@
+package harness
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/clustermesh/clustermesh/internal/kubetest"
+)
+
+// Addresses of the datacenter network: a bridge in the datacenter
+// namespace, the gateway address on it (where the forwarders listen) and
+// the nodes' underlay addresses, all inside namespaces the harness made.
+var (
+	underlay = netip.MustParsePrefix("172.30.0.0/24")
+	gateway  = netip.MustParseAddr("172.30.0.1")
+)
+
+// Ports the echo servers listen on inside every pod.
+const (
+	HTTPPort = 8080
+	UDPPort  = 8081
+)
+
+// PinRoot holds one directory per run with every node's bpffs pin dir.
+const PinRoot = "/run/clustermesh-test"
+
+// PodNamespace is the Kubernetes namespace of the harness's pods.
+const PodNamespace = "e2e"
+
+// ClusterSpec names one cluster and its ID.
+type ClusterSpec struct {
+	Name string
+	ID   uint32
+}
+
+// Config shapes a mesh.
+type Config struct {
+	// Prefix starts every namespace name: "cmt" for tests, "cmd" for the demo.
+	Prefix string
+	// Clusters default to c1, c2 and c3 with IDs 1, 2 and 255.
+	Clusters []ClusterSpec
+	// NodesPerCluster defaults to 2; every node gets one echo pod.
+	NodesPerCluster int
+	// KubeBinDir holds kube-apiserver and kube-controller-manager.
+	KubeBinDir string
+	// Bins are the built binaries (Build).
+	Bins Binaries
+	// Dir receives data, certificates and logs.
+	Dir string
+	// CTEntries sizes each agent's CT maps (default 4096).
+	CTEntries int
+	Log       *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.Prefix == "" {
+		c.Prefix = "cmt"
+	}
+	if len(c.Clusters) == 0 {
+		c.Clusters = []ClusterSpec{{"c1", 1}, {"c2", 2}, {"c3", 255}}
+	}
+	if c.NodesPerCluster == 0 {
+		c.NodesPerCluster = 2
+	}
+	if c.CTEntries == 0 {
+		c.CTEntries = 4096
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Mesh is a running set of clusters. Close tears all of it down.
+type Mesh struct {
+	cfg      Config
+	Run      string // random id of this run, part of every name
+	DC       *NS    // the datacenter namespace with the underlay bridge
+	Clusters []*Cluster
+
+	mu       sync.Mutex
+	cleanups []func() // undo steps, run last-first by Close; guarded by mu
+	nextIP   netip.Addr
+
+	fwdCtx    context.Context
+	fwdCancel context.CancelFunc
+	fwdWG     sync.WaitGroup // the forwarders' Run goroutines
+}
+
+// Cluster is one cluster of the mesh.
+type Cluster struct {
+	Name      string
+	ID        uint32
+	CP        *kubetest.ControlPlane
+	APIServer *Process
+	Nodes     []*Node
+	// ConfigDir is the agents' --clustermesh-config (the mounted Secret).
+	ConfigDir string
+
+	mesh            *Mesh
+	dir             string
+	etcdPort        int
+	remoteDir       string // the apiserver's --remote-config-dir
+	agentKubeconfig string // kube-apiserver through the gateway
+}
+
+// Start builds the mesh: control planes, apiservers, nodes with agents, one
+// echo pod per node, and joins every pair of clusters. On error everything
+// started so far is torn down.
+func Start(ctx context.Context, cfg Config) (_ *Mesh, err error) {
+	cfg.setDefaults()
+	m := &Mesh{cfg: cfg, Run: randomID(), nextIP: gateway}
+	m.fwdCtx, m.fwdCancel = context.WithCancel(context.Background())
+	m.onClose(func() { m.fwdCancel(); m.fwdWG.Wait() })
+	defer func() {
+		if err != nil {
+			m.Close()
+		}
+	}()
+	log := cfg.Log
+	if m.DC, err = m.newNS("dc"); err != nil {
+		return nil, err
+	}
+	br := cfg.Prefix + "-br"
+	if err := m.DC.batch("link set lo up", "link add "+br+" type bridge", "link set "+br+" up",
+		fmt.Sprintf("addr add %s/%d dev %s", gateway, underlay.Bits(), br)); err != nil {
+		return nil, err
+	}
+	pinDir := filepath.Join(PinRoot, m.Run)
+	m.onClose(func() { _ = os.RemoveAll(pinDir) })
+
+	log.Info("starting Kubernetes control planes", "clusters", len(cfg.Clusters))
+	cps := make([]*kubetest.ControlPlane, len(cfg.Clusters))
+	errs := make([]error, len(cfg.Clusters))
+	var wg sync.WaitGroup
+	for i, cs := range cfg.Clusters {
+		wg.Go(func() {
+			cps[i], errs[i] = kubetest.Start(ctx, kubetest.Config{
+				BinDir: cfg.KubeBinDir, Dir: filepath.Join(cfg.Dir, cs.Name, "kube"), Name: cs.Name,
+				ServiceCIDR: fmt.Sprintf("10.96.%d.0/24", cs.ID),
+			}, log)
+		})
+	}
+	wg.Wait()
+	for i, cp := range cps {
+		if cp != nil {
+			m.onClose(cp.Stop)
+		}
+		if errs[i] != nil {
+			return nil, fmt.Errorf("cluster %s: %w", cfg.Clusters[i].Name, errs[i])
+		}
+	}
+	for i, cs := range cfg.Clusters {
+		c := &Cluster{Name: cs.Name, ID: cs.ID, CP: cps[i], mesh: m, dir: filepath.Join(cfg.Dir, cs.Name)}
+		m.Clusters = append(m.Clusters, c)
+		if err := m.startCluster(ctx, c); err != nil {
+			return nil, fmt.Errorf("cluster %s: %w", c.Name, err)
+		}
+	}
+	log.Info("starting nodes and agents")
+	for _, c := range m.Clusters {
+		if err := kubetest.EnsureNamespace(ctx, c.CP.Client, PodNamespace); err != nil {
+			return nil, err
+		}
+		for j := range cfg.NodesPerCluster {
+			n, err := m.addNode(ctx, c, fmt.Sprintf("n%d", j+1), j+1)
+			if err != nil {
+				return nil, fmt.Errorf("cluster %s: %w", c.Name, err)
+			}
+			if _, err := n.AddPod(ctx, "echo-"+n.Name, map[string]string{"app": "echo"}); err != nil {
+				return nil, fmt.Errorf("cluster %s: %w", c.Name, err)
+			}
+		}
+	}
+	log.Info("joining every pair of clusters")
+	for _, r := range m.Clusters {
+		for _, e := range m.Clusters {
+			if r != e {
+				if err := m.Connect(ctx, r, e); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	return m, nil
+}
+
+// onClose registers an undo step.
+func (m *Mesh) onClose(f func()) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.cleanups = append(m.cleanups, f)
+}
+
+// Close tears down everything Start and later calls made, last first. It is
+// safe to call twice.
+func (m *Mesh) Close() {
+	m.mu.Lock()
+	cs := m.cleanups
+	m.cleanups = nil
+	m.mu.Unlock()
+	for _, f := range slices.Backward(cs) {
+		f()
+	}
+}
+
+func (m *Mesh) newNS(suffix string) (*NS, error) {
+	n, err := newNS(m.cfg.Prefix + "-" + m.Run + "-" + suffix)
+	if err != nil {
+		return nil, err
+	}
+	m.onClose(n.remove)
+	return n, nil
+}
+
+// forward makes target (on loopback) reachable at the gateway address with
+// the same port.
+func (m *Mesh) forward(target string) (string, error) {
+	_, port, err := net.SplitHostPort(target)
+	if err != nil {
+		return "", err
+	}
+	addr := net.JoinHostPort(gateway.String(), port)
+	f, err := listenIn(m.DC, addr, target)
+	if err != nil {
+		return "", fmt.Errorf("forward %s: %w", target, err)
+	}
+	m.fwdWG.Go(func() {
+		if err := f.Run(m.fwdCtx); err != nil {
+			m.cfg.Log.Warn("forwarder stopped", "addr", addr, "error", err)
+		}
+	})
+	return addr, nil
+}
+
+// startCluster starts the cluster's clustermesh-apiserver with a read-only
+// etcd user for every other cluster.
+func (m *Mesh) startCluster(ctx context.Context, c *Cluster) error {
+	u, err := url.Parse(c.CP.REST.Host)
+	if err != nil {
+		return err
+	}
+	kubeAddr, err := m.forward(u.Host)
+	if err != nil {
+		return err
+	}
+	kc, err := clientcmd.LoadFromFile(c.CP.Kubeconfig())
+	if err != nil {
+		return err
+	}
+	for _, cl := range kc.Clusters {
+		cl.Server = "https://" + kubeAddr
+	}
+	c.agentKubeconfig = filepath.Join(c.dir, "agent-kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, c.agentKubeconfig); err != nil {
+		return err
+	}
+	ports, err := freePorts(2)
+	if err != nil {
+		return err
+	}
+	c.etcdPort = ports[0]
+	etcdAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+	advertise, err := m.forward(etcdAddr)
+	if err != nil {
+		return err
+	}
+	var others []string
+	for _, o := range m.Clusters {
+		if o != c {
+			others = append(others, o.Name)
+		}
+	}
+	for _, o := range m.cfg.Clusters {
+		if o.Name != c.Name && !slices.Contains(others, o.Name) {
+			others = append(others, o.Name)
+		}
+	}
+	c.remoteDir = filepath.Join(c.dir, "remotes")
+	c.ConfigDir = filepath.Join(c.dir, "clustermesh-config")
+	if err := os.MkdirAll(c.ConfigDir, 0o700); err != nil {
+		return err
+	}
+	p, err := startProcess("clustermesh-apiserver "+c.Name, filepath.Join(c.dir, "clustermesh-apiserver.log"), nil, m.cfg.Bins.APIServer,
+		"--cluster-name="+c.Name, "--cluster-id="+strconv.Itoa(int(c.ID)),
+		"--kubeconfig="+c.CP.Kubeconfig(),
+		"--etcd-data-dir="+filepath.Join(c.dir, "etcd"),
+		"--etcd-listen-address="+etcdAddr, "--etcd-advertise-address="+advertise,
+		"--remote-clusters="+strings.Join(others, ","), "--remote-config-dir="+c.remoteDir,
+		"--health-address=127.0.0.1:"+strconv.Itoa(ports[1]), "--metrics-address=",
+	)
+	if err != nil {
+		return err
+	}
+	c.APIServer = p
+	m.onClose(func() { p.Stop(5 * time.Second) })
+	return waitHTTP(ctx, p, "http://127.0.0.1:"+strconv.Itoa(ports[1])+"/readyz", 60*time.Second)
+}
+
+// Connect lets the agents of reader r read cluster e: the client config e's
+// apiserver wrote for user remote-<r> goes into r's --clustermesh-config
+// directory, as the kubelet would mount the remote-clusters Secret.
+func (m *Mesh) Connect(ctx context.Context, r, e *Cluster) error {
+	src := filepath.Join(e.remoteDir, r.Name, e.Name)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		data, err := os.ReadFile(src)
+		if err == nil {
+			tmp := filepath.Join(r.ConfigDir, "."+e.Name+".tmp")
+			if err := os.WriteFile(tmp, data, 0o600); err != nil {
+				return err
+			}
+			return os.Rename(tmp, filepath.Join(r.ConfigDir, e.Name))
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("connect %s to %s: no client config from %s's apiserver: %w", r.Name, e.Name, e.Name, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// Disconnect removes e from r's --clustermesh-config directory.
+func (m *Mesh) Disconnect(r, e *Cluster) error {
+	return os.Remove(filepath.Join(r.ConfigDir, e.Name))
+}
+
+// Cluster returns the cluster named name, or nil.
+func (m *Mesh) Cluster(name string) *Cluster {
+	for _, c := range m.Clusters {
+		if c.Name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// Pods returns every pod of the cluster, node by node.
+func (c *Cluster) Pods() []*Pod {
+	var out []*Pod
+	for _, n := range c.Nodes {
+		out = append(out, n.Pods...)
+	}
+	return out
+}
+
+// Pod returns the pod named name, or nil.
+func (c *Cluster) Pod(name string) *Pod {
+	for _, p := range c.Pods() {
+		if p.Name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+// waitHTTP polls url until it answers 200, p exits or timeout passes.
+func waitHTTP(ctx context.Context, p *Process, url string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := (&http.Client{Timeout: 2 * time.Second}).Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = errors.New(resp.Status)
+		}
+		if p.Exited() {
+			return fmt.Errorf("%s exited: %s", p.Name, p.LogTail(2000))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s not ready at %s: %v: %s", p.Name, url, err, p.LogTail(2000))
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
+
+func randomID() string {
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// freePorts reserves n distinct loopback ports by binding and releasing them.
+func freePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var out []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		out = append(out, l.Addr().(*net.TCPAddr).Port)
+	}
+	return out, nil
+}
+
+var errNoAddress = errors.New("underlay is full")

@@ -1,0 +1,124 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/clustermesh/clustermesh/e2e/harness"
+	"github.com/clustermesh/clustermesh/internal/testenv"
+)
+
+var (
+	meshOnce sync.Once
+	shared   *harness.Mesh
+	meshErr  error
+	workDir  string
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "clustermesh-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	workDir = dir
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		select {
+		case <-sig:
+			teardown()
+			os.Exit(2)
+		case <-done:
+		}
+	})
+	code := m.Run()
+	close(done)
+	wg.Wait()
+	teardown()
+	os.Exit(code)
+}
+
+var teardownOnce sync.Once
+
+func teardown() {
+	teardownOnce.Do(func() {
+		if shared != nil {
+			shared.Close()
+		}
+		if os.Getenv("E2E_KEEP_DIR") == "" {
+			_ = os.RemoveAll(workDir)
+		}
+	})
+}
+
+// mesh returns the shared mesh, started by the first test that needs it; it
+// skips (or fails under CI) without root or the Kubernetes binaries.
+func mesh(t *testing.T) *harness.Mesh {
+	t.Helper()
+	testenv.RequireRoot(t)
+	kubeBin := testenv.KubeBinDir(t)
+	for _, c := range []string{"ip", "nsenter", "ping", "mount"} {
+		testenv.RequireCommand(t, c)
+	}
+	meshOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		modDir, err := moduleRoot()
+		if err != nil {
+			meshErr = err
+			return
+		}
+		bins, err := harness.Build(ctx, modDir, workDir)
+		if err != nil {
+			meshErr = err
+			return
+		}
+		log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		shared, meshErr = harness.Start(ctx, harness.Config{
+			KubeBinDir: kubeBin, Bins: bins, Dir: workDir, Log: log,
+		})
+		if meshErr == nil {
+			meshErr = shared.WaitReady(ctx, 2*time.Minute)
+		}
+	})
+	if meshErr != nil {
+		t.Fatalf("start mesh (logs in %s): %v", workDir, meshErr)
+	}
+	return shared
+}
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	return filepath.Dir(strings.TrimSpace(string(out))), nil
+}
+
+// eventually retries f until it succeeds or timeout passes, and returns its
+// last error.
+func eventually(timeout time.Duration, f func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
