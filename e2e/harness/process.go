@@ -14,7 +14,7 @@ import (
 // optionally inside a network namespace, logging to a file.
 type Process struct {
 	Name string
-	Log  string      // path of its stdout+stderr
+	Log  string // path of its stdout+stderr
 	cmd  *exec.Cmd
 	done chan struct{} // closed by the goroutine that reaps cmd
 }
