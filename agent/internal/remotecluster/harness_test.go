@@ -256,7 +256,7 @@ func testConfig(dir, stateDir string) Config {
 	return Config{
 		Dir: dir, StateDir: stateDir, ClusterName: ownName, ClusterID: ownID, MaxConnectedClusters: 255,
 		BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond,
-		ProbeInterval: 50 * time.Millisecond, ProbeTimeout: 200 * time.Millisecond, RescanInterval: time.Second,
+		ProbeInterval: 50 * time.Millisecond, ProbeTimeout: 2 * time.Second, RescanInterval: time.Second,
 	}
 }
 
