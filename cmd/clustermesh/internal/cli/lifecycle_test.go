@@ -11,7 +11,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/clustermesh/clustermesh/cmd/clustermesh/internal/mesh"
 	"github.com/clustermesh/clustermesh/internal/meshstatus"
@@ -58,6 +61,53 @@ func TestMeshLifecycle(t *testing.T) {
 		}
 		if _, _, err := e.run(t, "enable", unprivileged, "--context", "c1", "--cluster-name", "c1", "--cluster-id", "0"); !errors.Is(err, mesh.ErrInvalidClusterID) {
 			t.Errorf("ID 0: err = %v", err)
+		}
+	})
+
+	t.Run("rbac-lets-components-publish-status", func(t *testing.T) {
+		as := func(sa string) kubernetes.Interface {
+			cfg := rest.CopyConfig(e.cps["c1"].REST)
+			cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + sa}
+			cs, err := kubernetes.NewForConfig(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return cs
+		}
+		agent, api := as("clustermesh-agent"), as("clustermesh-apiserver")
+		agentReport := &meshstatus.AgentReport{Cluster: "c1", Node: "node-c1"}
+		apiReport := &meshstatus.APIServerReport{Cluster: "c1", ClusterID: 1}
+		for _, step := range []struct {
+			name string
+			c    kubernetes.Interface
+			ns   string
+			r    meshstatus.Report
+		}{
+			{"agent creates", agent, ns, agentReport},
+			{"apiserver creates", api, ns, apiReport},
+			{"agent updates", agent, ns, &meshstatus.AgentReport{Cluster: "c1", Node: "node-c1", Remotes: []meshstatus.Remote{{Name: "c2"}}}},
+			{"apiserver updates", api, ns, &meshstatus.APIServerReport{Cluster: "c1", ClusterID: 1, Ready: true}},
+		} {
+			if err := meshstatus.Publish(ctx, step.c.CoreV1(), step.ns, step.r); err != nil {
+				t.Errorf("%s: %v", step.name, err)
+			}
+		}
+		if err := meshstatus.Publish(ctx, agent.CoreV1(), "default", agentReport); !apierrors.IsForbidden(err) {
+			t.Errorf("agent publishing outside the release namespace: err = %v", err)
+		}
+		if _, err := api.CoreV1().ConfigMaps(ns).Get(ctx, "clustermesh-remote-users", metav1.GetOptions{}); err != nil {
+			t.Errorf("apiserver reading the remote users: %v", err)
+		}
+		if _, err := api.CoreV1().ConfigMaps(ns).Get(ctx, "clustermesh-config", metav1.GetOptions{}); !apierrors.IsForbidden(err) {
+			t.Errorf("apiserver reading another ConfigMap: err = %v", err)
+		}
+		if _, err := agent.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+			t.Errorf("agent listing Secrets: err = %v", err)
+		}
+		for _, r := range []meshstatus.Report{agentReport, apiReport} {
+			if err := meshstatus.Delete(ctx, e.client("c1").CoreV1(), ns, r); err != nil {
+				t.Error(err)
+			}
 		}
 	})
 
