@@ -17,7 +17,8 @@ import (
 
 // Fetch reads the status from the agent listening on socket.
 func Fetch(ctx context.Context, socket string, includeEntries bool) (*agentv1.GetStatusResponse, error) {
-	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(512<<20))) // --entries with 250k ipcache entries is tens of MB
 	if err != nil {
 		return nil, fmt.Errorf("status socket %s: %w", socket, err)
 	}
