@@ -215,6 +215,7 @@ func (cp *ControlPlane) apiServerArgs() []string {
 		"--service-account-signing-key-file=" + cp.path("sa.key"),
 		"--service-account-issuer=https://kubernetes.default.svc",
 		"--enable-priority-and-fairness=false",
+		"--allow-privileged=true",
 		"--profiling=false",
 		"--v=0",
 	}

@@ -105,4 +105,3 @@ func (t *table[K, T]) values() []T {
 	return out
 }
 
-func (t *table[K, T]) len() int { return len(t.m) }
