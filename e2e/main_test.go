@@ -91,6 +91,10 @@ func mesh(t *testing.T) *harness.Mesh {
 		log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 		shared, meshErr = harness.Start(ctx, harness.Config{
 			KubeBinDir: kubeBin, Bins: bins, Dir: workDir, Log: log,
+			// Two local backends per cluster: with the default share (0.5)
+			// one returning pod would end a failover at once; with 1 the
+			// failback test sees the mixed state before the full return.
+			AgentArgs: []string{"--failback-share=1"},
 		})
 		if meshErr == nil {
 			meshErr = shared.WaitReady(ctx, 2*time.Minute)

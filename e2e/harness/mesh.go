@@ -66,6 +66,8 @@ type Config struct {
 	Dir string
 	// CTEntries sizes each agent's CT maps (default 4096).
 	CTEntries int
+	// AgentArgs are extra flags for every agent.
+	AgentArgs []string
 	Log       *slog.Logger
 }
 

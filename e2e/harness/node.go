@@ -115,13 +115,14 @@ func (m *Mesh) addNode(ctx context.Context, c *Cluster, name string, j int) (*No
 func (n *Node) StartAgent() error {
 	c := n.Cluster
 	m := c.mesh
-	p, err := startProcess("agent "+c.Name+"/"+n.Name, filepath.Join(n.dir, "agent.log"), n.NS, m.cfg.Bins.Agent,
+	args := append([]string{
 		"--node-name="+n.Name, "--cluster-name="+c.Name, "--cluster-id="+strconv.Itoa(int(c.ID)),
 		"--kubeconfig="+c.agentKubeconfig, "--datapath=bpf", "--tunnel-device="+TunnelDev,
 		"--state-dir="+filepath.Join(n.dir, "state"), "--status-socket="+n.StatusSocket,
 		"--metrics-address=", "--clustermesh-config="+c.ConfigDir,
 		"--bpf-pin-dir="+n.pinDir, "--bpf-ct-entries="+strconv.Itoa(m.cfg.CTEntries),
-	)
+	}, m.cfg.AgentArgs...)
+	p, err := startProcess("agent "+c.Name+"/"+n.Name, filepath.Join(n.dir, "agent.log"), n.NS, m.cfg.Bins.Agent, args...)
 	if err != nil {
 		return err
 	}

@@ -222,3 +222,53 @@ func (m *Mesh) WaitReady(ctx context.Context, timeout time.Duration) error {
 		}
 	}
 }
+
+// Backends returns the backends n's agent programs for the TCP frontend of
+// Service ns/name, by cluster: address → weight.
+func (n *Node) Backends(ctx context.Context, ns, name string) (map[string]map[string]uint32, error) {
+	st, err := n.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]map[string]uint32{}
+	for _, s := range st.Services {
+		if s.Namespace != ns || s.Name != name || s.Protocol != "TCP" {
+			continue
+		}
+		for _, b := range s.Backends {
+			if out[b.Cluster] == nil {
+				out[b.Cluster] = map[string]uint32{}
+			}
+			out[b.Cluster][b.Address] = b.Weight
+		}
+	}
+	return out, nil
+}
+
+// WaitBackends waits until n's agent programs all backends for the TCP
+// frontend of Service ns/name, weighted of them with a non-zero weight.
+func (n *Node) WaitBackends(ctx context.Context, ns, name string, all, weighted int, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		bs, err := n.Backends(ctx, ns, name)
+		a, w := 0, 0
+		for _, byAddr := range bs {
+			for _, wt := range byAddr {
+				a++
+				if wt > 0 {
+					w++
+				}
+			}
+		}
+		if err == nil && a == all && w == weighted {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("service %s/%s on %s/%s: %d backends, %d weighted, want %d and %d (%v; %v)",
+				ns, name, n.Cluster.Name, n.Name, a, w, all, weighted, bs, err)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
