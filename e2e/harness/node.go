@@ -116,11 +116,11 @@ func (n *Node) StartAgent() error {
 	c := n.Cluster
 	m := c.mesh
 	args := append([]string{
-		"--node-name="+n.Name, "--cluster-name="+c.Name, "--cluster-id="+strconv.Itoa(int(c.ID)),
-		"--kubeconfig="+c.agentKubeconfig, "--datapath=bpf", "--tunnel-device="+TunnelDev,
-		"--state-dir="+filepath.Join(n.dir, "state"), "--status-socket="+n.StatusSocket,
-		"--metrics-address=", "--clustermesh-config="+c.ConfigDir,
-		"--bpf-pin-dir="+n.pinDir, "--bpf-ct-entries="+strconv.Itoa(m.cfg.CTEntries),
+		"--node-name=" + n.Name, "--cluster-name=" + c.Name, "--cluster-id=" + strconv.Itoa(int(c.ID)),
+		"--kubeconfig=" + c.agentKubeconfig, "--datapath=bpf", "--tunnel-device=" + TunnelDev,
+		"--state-dir=" + filepath.Join(n.dir, "state"), "--status-socket=" + n.StatusSocket,
+		"--metrics-address=", "--clustermesh-config=" + c.ConfigDir,
+		"--bpf-pin-dir=" + n.pinDir, "--bpf-ct-entries=" + strconv.Itoa(m.cfg.CTEntries),
 	}, m.cfg.AgentArgs...)
 	p, err := startProcess("agent "+c.Name+"/"+n.Name, filepath.Join(n.dir, "agent.log"), n.NS, m.cfg.Bins.Agent, args...)
 	if err != nil {
