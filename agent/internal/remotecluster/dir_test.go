@@ -2,8 +2,10 @@ package remotecluster
 
 import (
 	"context"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -67,14 +69,40 @@ func TestSecretMountSwap(t *testing.T) {
 	waitFor("c2 added", func(s []Status) bool { return len(s) == 1 && s[0].Name == "c2" && s[0].Failures > 0 })
 	before := m.Status()[0].Reconnects
 
-	writeGen("b", map[string]string{"c2": "endpoints: [https://127.0.0.1:2]\n", "c3": "endpoints: [https://127.0.0.1:3]\n"})
-	waitFor("c2 changed, c3 added", func(s []Status) bool { return len(s) == 2 && s[0].Reconnects > before })
+	// As `clustermesh connect` writes it: each config with its certificates.
+	writeGen("b", map[string]string{"c2": "endpoints: [https://127.0.0.1:2]\n", "c3": "endpoints: [https://127.0.0.1:3]\n",
+		"c3.etcd-client-ca.crt": "ca", "c3.etcd-client.crt": "cert", "c3.etcd-client.key": "key"})
+	waitFor("c2 changed, c3 added", func(s []Status) bool {
+		return len(s) == 2 && s[0].Name == "c2" && s[1].Name == "c3" && s[0].Reconnects > before
+	})
 
 	// The Secret loses c2: the symlink dangles, then is removed.
 	writeGen("c", map[string]string{"c3": "endpoints: [https://127.0.0.1:3]\n"})
 	waitFor("c2 removed", func(s []Status) bool { return len(s) == 1 && s[0].Name == "c3" })
 	if err := os.Remove(filepath.Join(dir, "c2")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestReadDirSkipsNamesWithDots(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []string{"c2", "c2.etcd-client-ca.crt", "c2.etcd-client.crt", "c2.etcd-client.key", ".c3", "c3.tmp", "c4~"} {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte("endpoints: [https://127.0.0.1:2]\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, "..data"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	files, err := readDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := slices.Sorted(maps.Keys(files))
+	// c4~ is not a valid cluster name: it is a config file the manager
+	// refuses with a reason, not one it ignores.
+	if want := []string{"c2", "c4~"}; !slices.Equal(got, want) {
+		t.Fatalf("config files %v, want %v", got, want)
 	}
 }
 

@@ -6,8 +6,12 @@
 // (kvstore.ParseConfig). Added, changed and removed files take effect without
 // a restart. Kubernetes Secret volumes update by swapping the "..data" symlink;
 // any event in the directory triggers a rescan that follows symlinks and
-// ignores dot-files, so the swap is seen as a change of the files' contents.
-// A file named after the agent's own cluster is ignored with a log line.
+// ignores every name holding a dot (no cluster name does): "..data", editor
+// files, and the certificates stored beside each config by `clustermesh
+// connect` (<cluster>.etcd-client-ca.crt, .etcd-client.crt, .etcd-client.key),
+// so the swap is seen as a change of the files' contents. A file named after
+// the agent's own cluster, or otherwise unusable, is refused with the reason
+// in Status and a log line.
 //
 // Per remote, a connection loop (capped exponential backoff with jitter
 // between attempts):

@@ -204,7 +204,11 @@ func (m *Manager) addWatch(w *fsnotify.Watcher) bool {
 }
 
 // readDir returns the config files of dir by cluster name: regular files
-// (symlinks followed) whose names do not start with a dot.
+// (symlinks followed) whose names contain no dot. A cluster name never
+// holds a dot, so this skips the Secret volume's "..data" entries, editor
+// and temporary files, and the certificate files that `clustermesh
+// connect` stores next to each config (<cluster>.etcd-client-ca.crt,
+// <cluster>.etcd-client.crt, <cluster>.etcd-client.key).
 func readDir(dir string) (map[string][]byte, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -213,7 +217,7 @@ func readDir(dir string) (map[string][]byte, error) {
 	out := map[string][]byte{}
 	for _, e := range entries {
 		name := e.Name()
-		if strings.HasPrefix(name, ".") {
+		if strings.Contains(name, ".") {
 			continue
 		}
 		path := filepath.Join(dir, name)
