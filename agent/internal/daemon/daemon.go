@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,6 +25,7 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/remotecluster"
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/agent/internal/statusapi"
+	"github.com/clustermesh/clustermesh/agent/internal/statusreport"
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
@@ -45,6 +47,8 @@ type Config struct {
 	StateDir             string
 	StatusSocket         string
 	MetricsAddress       string
+	// StatusNamespace holds the agent's status ConfigMap ("" disables it).
+	StatusNamespace string
 
 	Remote remotecluster.Config
 	Merge  servicemerge.Config
@@ -80,7 +84,8 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.TunnelDevice, "tunnel-device", c.TunnelDevice, "bpf: the node's vxlan device to attach the tunnel program to (empty: do not attach)")
 	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory for the agent's persistent state")
 	fs.StringVar(&c.StatusSocket, "status-socket", c.StatusSocket, "unix socket of the status API")
-	fs.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, "listen address of the Prometheus metrics endpoint (empty: disabled)")
+	fs.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, "listen address of the Prometheus metrics endpoint and of /healthz and /readyz (empty: disabled)")
+	fs.StringVar(&c.StatusNamespace, "status-namespace", c.StatusNamespace, "namespace of the own cluster where the agent publishes its status ConfigMap (empty: not published)")
 	c.Remote.RegisterFlags(fs)
 	c.Merge.RegisterFlags(fs)
 	c.Sync.RegisterFlags(fs)
@@ -141,9 +146,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
+	var ownSynced atomic.Bool
 	local := localcluster.New(localcluster.Config{
 		NodeName: cfg.NodeName, ClusterID: cfg.ClusterID,
-		OnSynced: func() { rec.Release(cfg.ClusterID) },
+		OnSynced: func() { rec.Release(cfg.ClusterID); ownSynced.Store(true) },
 	}, kube, merger, rec, log.With("component", "localcluster"), reg)
 
 	rcfg := cfg.Remote
@@ -155,8 +161,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		mgr, merger, rec, log.With("component", "status"))
 
 	runs := []func(context.Context) error{rec.Run, merger.Run, local.Run, mgr.Run, status.Run}
+	if cfg.StatusNamespace != "" {
+		pub := statusreport.New(statusreport.Config{Namespace: cfg.StatusNamespace, Cluster: cfg.ClusterName, Node: cfg.NodeName},
+			mgr, kube.CoreV1(), log.With("component", "statusreport"), clk)
+		runs = append(runs, pub.Run)
+	}
 	if cfg.MetricsAddress != "" {
-		runs = append(runs, func(ctx context.Context) error { return serveMetrics(ctx, cfg.MetricsAddress, reg) })
+		h := health{ownSynced: ownSynced.Load, remotes: mgr}
+		runs = append(runs, func(ctx context.Context) error { return serveMetrics(ctx, cfg.MetricsAddress, reg, h) })
 	}
 	log.Info("clustermesh-agent running", "cluster", cfg.ClusterName, "cluster_id", cfg.ClusterID, "node", cfg.NodeName, "datapath", cfg.Datapath)
 	return runAll(ctx, runs...)
@@ -184,13 +196,15 @@ func runAll(ctx context.Context, fns ...func(context.Context) error) error {
 	return first
 }
 
-func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry) error {
+func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, h health) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", h.healthz)
+	mux.HandleFunc("/readyz", h.readyz)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()

@@ -88,6 +88,7 @@ func (r *remote) loop(ctx context.Context, data []byte) {
 		}
 		r.recordFailure(err)
 		if errors.Is(err, ErrConfigFile) {
+			r.refuse(err)
 			r.log.Warn("remote cluster config file unusable; waiting for it to change", "error", err)
 			<-ctx.Done()
 			return
@@ -178,7 +179,7 @@ func (r *remote) session(ctx context.Context, data []byte) error {
 		listed.Wait() // every watcher calls Done once: when listed, or on exit
 		if sctx.Err() == nil {
 			r.mu.Lock()
-			r.st.Ready, r.st.LastChange = true, r.m.clock.Now()
+			r.st.Ready, r.st.Served, r.st.LastChange = true, true, r.m.clock.Now()
 			r.mu.Unlock()
 			r.log.Info("remote cluster synced")
 			r.m.dp.Release(cc.ID)
@@ -403,6 +404,9 @@ func (r *remote) drain() {
 		h.drain()
 		r.stores[k].synced.Store(false)
 	}
+	r.mu.Lock()
+	r.st.Served = false
+	r.mu.Unlock()
 }
 
 func (r *remote) status() Status {

@@ -10,7 +10,11 @@ type Status struct {
 	Connected bool
 	// Ready: every kind has been listed in the current session.
 	Ready bool
-	Kinds []KindStatus
+	// Served: the remote was ready at least once since the agent started
+	// and its state has not been withdrawn since, so the datapath holds
+	// its last-known state even while it is unreachable.
+	Served bool
+	Kinds  []KindStatus
 	// Failures counts failed connection attempts and lost connectivity;
 	// Reconnects counts new sessions and regained connectivity.
 	Failures, Reconnects uint64

@@ -1,0 +1,137 @@
+package statusreport
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"time"
+
+	"k8s.io/utils/clock"
+
+	"github.com/clustermesh/clustermesh/agent/internal/remotecluster"
+	"github.com/clustermesh/clustermesh/internal/meshstatus"
+)
+
+// Source is where the publisher reads the remote clusters' state.
+type Source interface {
+	Status() []remotecluster.Status
+}
+
+// Config configures a Publisher.
+type Config struct {
+	// Namespace holds the status ConfigMap. Required.
+	Namespace string
+	// Cluster and Node name the report.
+	Cluster, Node string
+	// PollInterval is how often the state is compared with the last
+	// published report (default 1s).
+	PollInterval time.Duration
+	// Resync is the longest time between two writes (default 30s); Publish
+	// skips a write that would not change the stored report.
+	Resync time.Duration
+	// Timeout bounds one write (default 10s).
+	Timeout time.Duration
+}
+
+func (c *Config) withDefaults() {
+	if c.PollInterval <= 0 {
+		c.PollInterval = time.Second
+	}
+	if c.Resync <= 0 {
+		c.Resync = 30 * time.Second
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 10 * time.Second
+	}
+}
+
+// Publisher writes the agent's report.
+type Publisher struct {
+	cfg Config
+	src Source
+	cms meshstatus.ConfigMaps
+	log *slog.Logger
+	clk clock.WithTicker
+}
+
+// New returns a publisher of src's state into cms.
+func New(cfg Config, src Source, cms meshstatus.ConfigMaps, log *slog.Logger, clk clock.WithTicker) *Publisher {
+	cfg.withDefaults()
+	return &Publisher{cfg: cfg, src: src, cms: cms, log: log, clk: clk}
+}
+
+// Run publishes until ctx is done. Write failures are logged (once per
+// distinct error) and retried at the next poll; they never stop the agent.
+func (p *Publisher) Run(ctx context.Context) error {
+	if p.cfg.Namespace == "" {
+		return fmt.Errorf("status report: empty namespace")
+	}
+	t := p.clk.NewTicker(p.cfg.PollInterval)
+	defer t.Stop()
+	var (
+		last     *meshstatus.AgentReport // last published
+		lastTime time.Time
+		lastErr  string
+	)
+	for {
+		r := Build(p.cfg.Cluster, p.cfg.Node, p.src.Status())
+		if last == nil || !reflect.DeepEqual(*last, r) || p.clk.Since(lastTime) >= p.cfg.Resync {
+			pctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
+			err := meshstatus.Publish(pctx, p.cms, p.cfg.Namespace, &r)
+			cancel()
+			switch {
+			case ctx.Err() != nil:
+				return nil
+			case err != nil:
+				if err.Error() != lastErr {
+					p.log.Warn("cannot publish the status report; retrying", "error", err)
+					lastErr = err.Error()
+				}
+			default:
+				if lastErr != "" {
+					p.log.Info("status report published again")
+					lastErr = ""
+				}
+				last, lastTime = &r, p.clk.Now()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C():
+		}
+	}
+}
+
+// Build returns the report of the agent on node of cluster for the remotes
+// in rs. A refused remote's reason shows as its last error.
+func Build(cluster, node string, rs []remotecluster.Status) meshstatus.AgentReport {
+	r := meshstatus.AgentReport{Version: meshstatus.SchemaVersion, Cluster: cluster, Node: node, Remotes: make([]meshstatus.Remote, 0, len(rs))}
+	for _, s := range rs {
+		m := meshstatus.Remote{
+			Name: s.Name, ClusterID: s.ID, Connected: s.Connected, Ready: s.Ready,
+			Synced: map[string]bool{}, Entries: map[string]int{},
+			Reconnects: int(s.Reconnects), LastError: s.LastError, LastChange: s.LastChange.UTC().Truncate(time.Second),
+		}
+		if s.RefusedReason != "" {
+			m.LastError = "refused: " + s.RefusedReason
+		}
+		for _, k := range s.Kinds {
+			name := kindName(k.Kind)
+			m.Synced[name] = k.Synced
+			m.Entries[name] = int(k.Entries)
+			m.Invalid += int(k.Invalid)
+		}
+		r.Remotes = append(r.Remotes, m)
+	}
+	return r
+}
+
+// kindName maps the manager's kind names to the report's.
+func kindName(k string) string {
+	if k == "ipcache" {
+		return meshstatus.KindIPCache
+	}
+	return k
+}
