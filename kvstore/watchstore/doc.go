@@ -7,6 +7,8 @@
 // writer no longer asserts it), keeps the typed entries,
 // and tells an observer about upserts, deletes (including the synthetic
 // deletes of entries that vanished while the watch was interrupted) and
-// the completion of the initial listing. Drain removes every entry, for a
+// the completion of the initial listing. RunOn runs the same store through
+// a new client (a reconnect): its entries survive, and the new run's first
+// listing withdraws those it no longer sees. Drain removes every entry, for a
 // cluster that leaves the mesh.
 package watchstore

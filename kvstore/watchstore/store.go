@@ -20,8 +20,8 @@ var ErrConfig = errors.New("invalid watchstore config")
 type Observer[T any] interface {
 	OnUpsert(key string, v T)
 	OnDelete(key string, v T)
-	// OnSync is called once, when the initial listing is complete (after
-	// the sync canary, if one is configured).
+	// OnSync is called once per run (Run or RunOn), when its initial
+	// listing is complete (after the sync canary, if one is configured).
 	OnSync()
 }
 
@@ -57,8 +57,9 @@ type Store[T any] struct {
 
 	m *Metrics
 
-	mu      sync.Mutex // guards entries and serialises observer calls
-	entries map[string]T
+	mu      sync.Mutex // guards entries and gen and serialises observer calls
+	entries map[string]entry[T]
+	gen     uint64 // number of the current run
 	synced  atomic.Bool
 
 	nEntries  atomic.Int64
@@ -68,9 +69,16 @@ type Store[T any] struct {
 	waiting   atomic.Bool
 }
 
+// entry is a valid value and the run that last delivered it.
+type entry[T any] struct {
+	v   T
+	gen uint64
+}
+
 // New returns a store that follows cfg.Prefix through c. decode turns a
 // key and its raw value into T and validates it; an error marks the value
-// invalid. m may be nil.
+// invalid. m may be nil. c may be nil for a store that only runs with
+// RunOn.
 func New[T any](c *kvstore.Client, cfg Config, decode func(key string, value []byte) (T, error), obs Observer[T], log *slog.Logger, m *Metrics) *Store[T] {
 	if cfg.Name == "" {
 		cfg.Name = cfg.Prefix
@@ -82,7 +90,7 @@ func New[T any](c *kvstore.Client, cfg Config, decode func(key string, value []b
 		obs:     obs,
 		log:     log.With("store", cfg.Name, "cluster", cfg.Cluster),
 		m:       m,
-		entries: make(map[string]T),
+		entries: make(map[string]entry[T]),
 	}
 }
 
@@ -91,22 +99,40 @@ func New[T any](c *kvstore.Client, cfg Config, decode func(key string, value []b
 // entries are never withdrawn on the word of an incomplete listing. It returns nil after ctx is done, or an error for a bad
 // config. Invalid values never stop it; connection failures are retried
 // (see kvstore.Client.ListWatch) and show in the client's Status.
-func (s *Store[T]) Run(ctx context.Context) error {
+func (s *Store[T]) Run(ctx context.Context) error { return s.RunOn(ctx, s.c) }
+
+// RunOn is Run through c instead of the client given to New, for a reader
+// that reconnects with a new client (new credentials, a replaced etcd).
+// The entries survive between runs: a run is not synced until its own
+// first listing is complete, and that listing withdraws (OnDelete) the
+// entries that earlier runs delivered and it did not see again. Runs of one
+// store must not overlap.
+func (s *Store[T]) RunOn(ctx context.Context, c *kvstore.Client) error {
 	if s.cfg.Prefix == "" {
 		return fmt.Errorf("%w: empty prefix", ErrConfig)
 	}
-	if s.cfg.SyncedKey == "" {
-		return s.c.ListWatch(ctx, s.cfg.Prefix, s.handle)
+	if c == nil {
+		return fmt.Errorf("%w: no client", ErrConfig)
 	}
-	if !s.waitForCanary(ctx) {
+	s.mu.Lock()
+	s.gen++
+	gen := s.gen
+	s.mu.Unlock()
+	s.setSynced(false)
+	first := true
+	handle := func(ev kvstore.Event) { s.handle(ev, gen, &first) }
+	if s.cfg.SyncedKey == "" {
+		return c.ListWatch(ctx, s.cfg.Prefix, handle)
+	}
+	if !s.waitForCanary(ctx, c) {
 		return nil
 	}
 	// A relist deletes every entry it does not see again: against a
 	// replaced (empty) etcd that must wait until the writer has filled it
 	// and set the canary again. Against the same etcd the canary is there
 	// and the wait is one request.
-	return s.c.ListWatch(ctx, s.cfg.Prefix, s.handle, kvstore.BeforeRelist(func(ctx context.Context, reason error) error {
-		if !s.waitForCanary(ctx) {
+	return c.ListWatch(ctx, s.cfg.Prefix, handle, kvstore.BeforeRelist(func(ctx context.Context, reason error) error {
+		if !s.waitForCanary(ctx, c) {
 			return ctx.Err()
 		}
 		return nil
@@ -114,13 +140,13 @@ func (s *Store[T]) Run(ctx context.Context) error {
 }
 
 // waitForCanary blocks until the canary exists; false when ctx is done.
-func (s *Store[T]) waitForCanary(ctx context.Context) bool {
+func (s *Store[T]) waitForCanary(ctx context.Context, c *kvstore.Client) bool {
 	s.waiting.Store(true)
 	defer s.waiting.Store(false)
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var found atomic.Bool
-	err := s.c.ListWatch(cctx, s.cfg.SyncedKey, func(ev kvstore.Event) {
+	err := c.ListWatch(cctx, s.cfg.SyncedKey, func(ev kvstore.Event) {
 		if ev.Kind == kvstore.EventUpsert && ev.Key == s.cfg.SyncedKey {
 			found.Store(true)
 			cancel()
@@ -132,7 +158,9 @@ func (s *Store[T]) waitForCanary(ctx context.Context) bool {
 	return err == nil && found.Load()
 }
 
-func (s *Store[T]) handle(ev kvstore.Event) {
+// handle applies ev of run gen; first is true until the run's first
+// listing is complete.
+func (s *Store[T]) handle(ev kvstore.Event, gen uint64, first *bool) {
 	s.events.Add(1)
 	now := time.Now()
 	s.lastEvent.Store(now.UnixNano())
@@ -146,11 +174,15 @@ func (s *Store[T]) handle(ev kvstore.Event) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if err != nil {
-			s.invalid.Add(1)
+			n := s.invalid.Add(1)
 			if s.m != nil {
 				s.m.Invalid.WithLabelValues(s.cfg.Name, s.cfg.Cluster).Inc()
 			}
-			s.log.Warn("skipping invalid entry", "key", ev.Key, "revision", ev.Revision, "err", err)
+			// The first ones, then every 1000th: a hostile writer must
+			// not flood the log.
+			if n <= 10 || n%1000 == 0 {
+				s.log.Warn("skipping invalid entry", "key", ev.Key, "revision", ev.Revision, "err", err, "invalid_total", n)
+			}
 			// The writer no longer asserts a valid value for the key:
 			// the previous one is withdrawn rather than kept stale.
 			s.removeLocked(ev.Key)
@@ -159,7 +191,7 @@ func (s *Store[T]) handle(ev kvstore.Event) {
 		if _, ok := s.entries[ev.Key]; !ok {
 			s.setCount(1)
 		}
-		s.entries[ev.Key] = v
+		s.entries[ev.Key] = entry[T]{v: v, gen: gen}
 		s.obs.OnUpsert(ev.Key, v)
 	case kvstore.EventDelete:
 		s.mu.Lock()
@@ -168,11 +200,14 @@ func (s *Store[T]) handle(ev kvstore.Event) {
 	case kvstore.EventListDone:
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		if !s.synced.Load() {
-			s.synced.Store(true)
-			if s.m != nil {
-				s.m.Synced.WithLabelValues(s.cfg.Name, s.cfg.Cluster).Set(1)
+		if *first {
+			*first = false
+			for k, e := range s.entries {
+				if e.gen < gen { // delivered by an earlier run, gone now
+					s.removeLocked(k)
+				}
 			}
+			s.setSynced(true)
 			s.obs.OnSync()
 		}
 	}
@@ -185,7 +220,18 @@ func (s *Store[T]) removeLocked(key string) {
 	}
 	delete(s.entries, key)
 	s.setCount(-1)
-	s.obs.OnDelete(key, old)
+	s.obs.OnDelete(key, old.v)
+}
+
+func (s *Store[T]) setSynced(v bool) {
+	s.synced.Store(v)
+	if s.m != nil {
+		g := 0.0
+		if v {
+			g = 1
+		}
+		s.m.Synced.WithLabelValues(s.cfg.Name, s.cfg.Cluster).Set(g)
+	}
 }
 
 func (s *Store[T]) setCount(delta int64) {
@@ -203,10 +249,7 @@ func (s *Store[T]) Drain() {
 	for k := range s.entries {
 		s.removeLocked(k)
 	}
-	s.synced.Store(false)
-	if s.m != nil {
-		s.m.Synced.WithLabelValues(s.cfg.Name, s.cfg.Cluster).Set(0)
-	}
+	s.setSynced(false)
 }
 
 // Len returns the number of entries.
@@ -216,8 +259,8 @@ func (s *Store[T]) Len() int { return int(s.nEntries.Load()) }
 func (s *Store[T]) Get(key string) (T, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	v, ok := s.entries[key]
-	return v, ok
+	e, ok := s.entries[key]
+	return e.v, ok
 }
 
 // Stats returns the counters of the store; observers may call it.

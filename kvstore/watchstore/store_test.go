@@ -422,3 +422,49 @@ func TestReplacedEtcdWaitsForCanary(t *testing.T) {
 	want := etcdNodes(t, admin)
 	rec.waitFor(t, "entries of the new etcd", func(st map[string]node, _ int) bool { return maps.Equal(st, want) })
 }
+
+// TestRunOnNewClientSweeps runs a store again through a new client after
+// changes it missed: the entries stay until the new run has listed, which
+// then withdraws exactly what vanished.
+func TestRunOnNewClientSweeps(t *testing.T) {
+	e := newEnv(t)
+	for _, n := range []string{"a", "b", "c"} {
+		e.put(t, prefix+n, nodeJSON(n))
+	}
+	e.put(t, syncedKey, "then")
+	rec := newRecorder()
+	s := watchstore.New(nil, watchstore.Config{Prefix: prefix, SyncedKey: syncedKey}, decodeNode, rec, etcdserver.TestLogger(), nil)
+	runOn := func(c *kvstore.Client) (stop func()) {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := s.RunOn(ctx, c); err != nil {
+				t.Errorf("RunOn: %v", err)
+			}
+		}()
+		return func() { cancel(); <-done }
+	}
+	stop := runOn(e.remote(t))
+	rec.waitFor(t, "first sync", func(st map[string]node, synced int) bool { return synced == 1 && len(st) == 3 })
+	stop()
+
+	if _, err := e.admin.Delete(context.Background(), prefix+"b"); err != nil {
+		t.Fatal(err)
+	}
+	e.put(t, prefix+"c", "{bad")
+	e.put(t, prefix+"d", nodeJSON("d"))
+	if !s.Stats().Synced || s.Len() != 3 {
+		t.Fatalf("between runs: %+v", s.Stats())
+	}
+	stop = runOn(e.remote(t))
+	defer stop()
+	want := etcdNodes(t, e.admin)
+	rec.waitFor(t, "second sync", func(st map[string]node, synced int) bool { return synced == 2 && maps.Equal(st, want) })
+	if st := s.Stats(); !st.Synced || st.Entries != 2 || st.Invalid != 1 {
+		t.Fatalf("after the second run: %+v", st)
+	}
+	if s.Run(context.Background()) == nil {
+		t.Fatal("Run without a client succeeded")
+	}
+}

@@ -16,6 +16,8 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
+	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/kvstore/watchstore"
 )
 
 // TestSecretMountSwap lays the directory out as a Kubernetes Secret volume
@@ -106,10 +108,17 @@ func TestReadDirSkipsNamesWithDots(t *testing.T) {
 	}
 }
 
+// fakeStore is a kind store with fixed stats.
+type fakeStore struct{ st watchstore.Stats }
+
+func (f fakeStore) RunOn(context.Context, *kvstore.Client) error { return nil }
+func (f fakeStore) Drain()                                       {}
+func (f fakeStore) Stats() watchstore.Stats                      { return f.st }
+
 func TestCollector(t *testing.T) {
 	m := New(testConfig(t.TempDir(), ""), nil, nil, log, clock.RealClock{})
 	r := newRemote(m, "c2")
-	r.stores[kindIPCache].entries.Store(7)
+	r.stores[kindIPCache] = fakeStore{watchstore.Stats{Entries: 7, Synced: true}}
 	r.st.Ready = true
 	r.st.LastHeartbeat = time.Now().Add(-time.Minute)
 	m.remotes["c2"] = r

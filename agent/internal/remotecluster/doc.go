@@ -21,14 +21,19 @@
 //     Compatible: same maxConnectedClusters, not the own ID) and reserves the
 //     cluster ID: 0, the own ID and an ID held by another remote are refused
 //     (ErrClusterIDConflict), with the reason in Status;
-//  3. per kind (nodes, identities, ipcache, services) waits for the sync
-//     canary when the remote advertises syncedCanaries, then list-watches the
-//     prefix (kvstore.ListWatch: paged list, watch with revision resume,
-//     relist and synthetic deletes on compaction, reconnect and etcd
-//     cluster-ID change);
-//  4. decodes every value with the validating wire decoders against the
-//     remote's name and ID; an invalid value is dropped and counted (and
-//     withdraws what the key held before), the rest flows;
+//  3. per kind (nodes, identities, ipcache, services) runs a
+//     kvstore/watchstore.Store, the one read path of the kvstore: it waits
+//     for the kind's sync canary when the remote advertises syncedCanaries,
+//     then list-watches the prefix (kvstore.ListWatch: paged list, watch
+//     with revision resume, relist and synthetic deletes on compaction,
+//     reconnect and etcd cluster-ID change), and waits for the canary again
+//     before every relist, so that a remote etcd emptied or replaced (an
+//     apiserver restarted with an ephemeral etcd) withdraws nothing until
+//     its apiserver has refilled it;
+//  4. the store decodes every value with the validating wire decoders
+//     against the remote's name and ID; an invalid value is dropped and
+//     counted (and withdraws what the key held before), the rest flows to
+//     the kind's observer, which programs the datapath;
 //  5. once every kind has listed, the remote is ready and the datapath
 //     reconciler may delete restored entries of that cluster ID that were
 //     not seen again.
@@ -39,9 +44,11 @@
 // servicemerge; identities are validated and counted (the datapath has no
 // policy yet).
 //
-// A new session (after a failed connect) lists everything again and sweeps
-// the keys the previous session had delivered but the new listing lacks, so
-// entries deleted while the remote was away are removed on return.
+// The stores outlive sessions: a new session (after a failed connect) runs
+// them through its new client (watchstore.Store.RunOn), and their first
+// listing withdraws the keys earlier sessions had delivered but the new
+// listing lacks, so entries deleted while the remote was away are removed
+// on return.
 //
 // A removed config file drains that cluster's state from the datapath and
 // frees its cluster ID. Agent shutdown and loss of connectivity keep the

@@ -1,13 +1,14 @@
 package remotecluster
 
 import (
+	"context"
 	"net/netip"
-	"strings"
-	"sync/atomic"
-	"time"
+	"slices"
 
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/kvstore/watchstore"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
@@ -48,243 +49,119 @@ func (k kind) wire() wire.Kind {
 	}
 }
 
-type (
-	ipKey  = netip.Prefix
-	svcKey = servicemerge.Name
-)
-
-type nodeEntry struct {
-	tunnels []netip.Prefix
-	gen     uint32
+// kindStore is what a remote needs of the watchstore.Store of one kind.
+type kindStore interface {
+	RunOn(ctx context.Context, c *kvstore.Client) error
+	Drain()
+	Stats() watchstore.Stats
 }
 
-// store is what one kind of one remote has delivered: per key, the session
-// (gen) that last saw it, and for nodes the tunnel CIDRs claimed. Only one of
-// the maps is used, by the kind's watch goroutine; counters are atomics for
-// Status.
-type store struct {
-	kind       kind
-	nodes      map[string]nodeEntry
-	ipcache    map[ipKey]uint32
-	identities map[uint32]uint32
-	services   map[svcKey]uint32
-
-	synced                   atomic.Bool
-	entries, invalid, events atomic.Uint64
-	lastEvent                atomic.Int64 // unix nanoseconds
+// newKindStore returns the store of kind k of r, reading cfg's prefix, and
+// its observer's base. Its decoder validates against r.rem and its observer
+// programs r.dpID; the session sets both before it runs the store.
+func newKindStore(r *remote, k kind, cfg watchstore.Config) (kindStore, *observerBase) {
+	log := r.log.With("kind", k.String())
+	switch k {
+	case kindNodes:
+		o := &nodeObserver{observerBase: observerBase{r: r}, tunnels: map[string][]netip.Prefix{}}
+		return watchstore.New(nil, cfg, func(key string, v []byte) (wire.Node, error) { return wire.DecodeNode(r.rem, key, v) }, o, log, nil), &o.observerBase
+	case kindIdentities:
+		o := &identityObserver{observerBase{r: r}}
+		return watchstore.New(nil, cfg, func(key string, v []byte) (wire.Identity, error) { return wire.DecodeIdentity(r.rem, key, v) }, o, log, nil), &o.observerBase
+	case kindIPCache:
+		o := &ipObserver{observerBase{r: r}}
+		return watchstore.New(nil, cfg, func(key string, v []byte) (wire.IPIdentityPair, error) {
+			return wire.DecodeIPIdentityPair(r.rem, key, v)
+		}, o, log, nil), &o.observerBase
+	default:
+		o := &serviceObserver{observerBase{r: r}}
+		return watchstore.New(nil, cfg, func(key string, v []byte) (wire.ClusterService, error) { return wire.DecodeService(r.rem, key, v) }, o, log, nil), &o.observerBase
+	}
 }
 
-func (s *store) status() KindStatus {
-	ks := KindStatus{
-		Kind: s.kind.String(), Synced: s.synced.Load(),
-		Entries: s.entries.Load(), Invalid: s.invalid.Load(), Events: s.events.Load(),
+// observerBase reports the end of a run's initial listing to the session.
+type observerBase struct {
+	r *remote
+	// synced is called when the current session's listing is complete;
+	// set by the session before it runs the store.
+	synced func()
+}
+
+func (o *observerBase) OnSync() {
+	if o.synced != nil {
+		o.synced()
 	}
-	if t := s.lastEvent.Load(); t != 0 {
-		ks.LastEvent = time.Unix(0, t)
+}
+
+// nodeObserver routes each node's pod CIDRs to it.
+type nodeObserver struct {
+	observerBase
+	tunnels map[string][]netip.Prefix // node key -> CIDRs programmed
+}
+
+func (o *nodeObserver) OnUpsert(key string, n wire.Node) {
+	dp, id := o.r.m.dp, o.r.dpID
+	want := nodeTunnels(n, id)
+	cidrs := make([]netip.Prefix, len(want))
+	for i, t := range want {
+		cidrs[i] = t.CIDR
 	}
+	for _, p := range o.tunnels[key] {
+		if !slices.Contains(cidrs, p) {
+			dp.DeleteTunnel(p, id)
+		}
+	}
+	for _, t := range want {
+		dp.UpsertTunnel(t)
+	}
+	o.tunnels[key] = cidrs
+}
+
+func (o *nodeObserver) OnDelete(key string, _ wire.Node) {
+	for _, p := range o.tunnels[key] {
+		o.r.m.dp.DeleteTunnel(p, o.r.dpID)
+	}
+	delete(o.tunnels, key)
+}
+
+// identityObserver only counts: remote identities carry their cluster ID
+// in their numeric value and need no datapath state of their own.
+type identityObserver struct{ observerBase }
+
+func (o *identityObserver) OnUpsert(string, wire.Identity) {}
+func (o *identityObserver) OnDelete(string, wire.Identity) {}
+
+// ipObserver programs the ipcache.
+type ipObserver struct{ observerBase }
+
+func (o *ipObserver) OnUpsert(_ string, p wire.IPIdentityPair) {
+	o.r.m.dp.UpsertIPCache(datapath.IPCacheEntry{Prefix: p.Prefix(), Identity: p.ID, TunnelEndpoint: p.HostIP, ClusterID: o.r.dpID})
+}
+
+func (o *ipObserver) OnDelete(_ string, p wire.IPIdentityPair) {
+	o.r.m.dp.DeleteIPCache(p.Prefix(), o.r.dpID)
+}
+
+// serviceObserver hands global services to the merger.
+type serviceObserver struct{ observerBase }
+
+func (o *serviceObserver) OnUpsert(_ string, cs wire.ClusterService) {
+	o.r.m.svcs.SetRemote(servicemerge.Name{Namespace: cs.Namespace, Name: cs.Name}, o.r.name, remoteService(cs, o.r.dpID))
+}
+
+func (o *serviceObserver) OnDelete(_ string, cs wire.ClusterService) {
+	o.r.m.svcs.DeleteRemote(servicemerge.Name{Namespace: cs.Namespace, Name: cs.Name}, o.r.name)
+}
+
+func kindStatus(k kind, s kindStore) KindStatus {
+	ks := KindStatus{Kind: k.String()}
+	if s == nil {
+		return ks
+	}
+	st := s.Stats()
+	ks.Synced, ks.WaitingForCanary = st.Synced, st.WaitingForCanary
+	ks.Entries, ks.Invalid, ks.Events, ks.LastEvent = uint64(st.Entries), st.Invalid, st.Events, st.LastEvent
 	return ks
-}
-
-// handler applies the events of one kind of one session.
-type handler struct {
-	r   *remote
-	s   *store
-	rem wire.Remote
-	gen uint32
-}
-
-func (h *handler) event() {
-	h.s.events.Add(1)
-	h.s.lastEvent.Store(h.r.m.clock.Now().UnixNano())
-}
-
-func (h *handler) upsert(key string, value []byte) {
-	h.event()
-	dp := h.r.m.dp
-	switch h.s.kind {
-	case kindNodes:
-		n, err := wire.DecodeNode(h.rem, key, value)
-		if err != nil {
-			h.invalid(key, err)
-			h.removeNode(key)
-			return
-		}
-		want := nodeTunnels(n, h.rem.ID)
-		cidrs := make([]netip.Prefix, len(want))
-		for i, t := range want {
-			cidrs[i] = t.CIDR
-		}
-		prev, had := h.s.nodes[key]
-		for _, p := range prev.tunnels {
-			if !containsPrefix(cidrs, p) {
-				dp.DeleteTunnel(p, h.rem.ID)
-			}
-		}
-		for _, t := range want {
-			dp.UpsertTunnel(t)
-		}
-		if !had {
-			h.s.entries.Add(1)
-		}
-		h.s.nodes[key] = nodeEntry{tunnels: cidrs, gen: h.gen}
-	case kindIPCache:
-		p, err := wire.DecodeIPIdentityPair(h.rem, key, value)
-		if err != nil {
-			h.invalid(key, err)
-			if pfx, ok := ipKeyPrefix(key); ok {
-				h.removeIP(pfx)
-			}
-			return
-		}
-		pfx := p.Prefix()
-		dp.UpsertIPCache(datapath.IPCacheEntry{Prefix: pfx, Identity: p.ID, TunnelEndpoint: p.HostIP, ClusterID: h.rem.ID})
-		if _, had := h.s.ipcache[pfx]; !had {
-			h.s.entries.Add(1)
-		}
-		h.s.ipcache[pfx] = h.gen
-	case kindIdentities:
-		id, err := wire.DecodeIdentity(h.rem, key, value)
-		if err != nil {
-			h.invalid(key, err)
-			if _, n, err := wire.ParseIdentityKey(key); err == nil {
-				h.removeIdentity(n)
-			}
-			return
-		}
-		if _, had := h.s.identities[id.ID]; !had {
-			h.s.entries.Add(1)
-		}
-		h.s.identities[id.ID] = h.gen
-	case kindServices:
-		cs, err := wire.DecodeService(h.rem, key, value)
-		if err != nil {
-			h.invalid(key, err)
-			if _, ns, name, err := wire.ParseServiceKey(key); err == nil {
-				h.removeService(svcKey{Namespace: ns, Name: name})
-			}
-			return
-		}
-		n := svcKey{Namespace: cs.Namespace, Name: cs.Name}
-		h.r.m.svcs.SetRemote(n, h.r.name, remoteService(cs, h.rem.ID))
-		if _, had := h.s.services[n]; !had {
-			h.s.entries.Add(1)
-		}
-		h.s.services[n] = h.gen
-	}
-}
-
-func (h *handler) delete(key string) {
-	h.event()
-	switch h.s.kind {
-	case kindNodes:
-		h.removeNode(key)
-	case kindIPCache:
-		if pfx, ok := ipKeyPrefix(key); ok {
-			h.removeIP(pfx)
-		}
-	case kindIdentities:
-		if _, n, err := wire.ParseIdentityKey(key); err == nil {
-			h.removeIdentity(n)
-		}
-	case kindServices:
-		if _, ns, name, err := wire.ParseServiceKey(key); err == nil {
-			h.removeService(svcKey{Namespace: ns, Name: name})
-		}
-	}
-}
-
-// sweep removes what earlier sessions delivered and this one's first
-// listing did not.
-func (h *handler) sweep() { h.removeIf(func(gen uint32) bool { return gen < h.gen }) }
-
-// drain removes everything.
-func (h *handler) drain() { h.removeIf(func(uint32) bool { return true }) }
-
-func (h *handler) removeIf(stale func(gen uint32) bool) {
-	for k, e := range h.s.nodes {
-		if stale(e.gen) {
-			h.removeNode(k)
-		}
-	}
-	for k, gen := range h.s.ipcache {
-		if stale(gen) {
-			h.removeIP(k)
-		}
-	}
-	for k, gen := range h.s.identities {
-		if stale(gen) {
-			h.removeIdentity(k)
-		}
-	}
-	for k, gen := range h.s.services {
-		if stale(gen) {
-			h.removeService(k)
-		}
-	}
-}
-
-func (h *handler) removeNode(key string) {
-	prev, ok := h.s.nodes[key]
-	if !ok {
-		return
-	}
-	for _, p := range prev.tunnels {
-		h.r.m.dp.DeleteTunnel(p, h.rem.ID)
-	}
-	delete(h.s.nodes, key)
-	h.s.entries.Add(^uint64(0))
-}
-
-func (h *handler) removeIP(p netip.Prefix) {
-	if _, ok := h.s.ipcache[p]; !ok {
-		return
-	}
-	h.r.m.dp.DeleteIPCache(p, h.rem.ID)
-	delete(h.s.ipcache, p)
-	h.s.entries.Add(^uint64(0))
-}
-
-func (h *handler) removeIdentity(id uint32) {
-	if _, ok := h.s.identities[id]; !ok {
-		return
-	}
-	delete(h.s.identities, id)
-	h.s.entries.Add(^uint64(0))
-}
-
-func (h *handler) removeService(n svcKey) {
-	if _, ok := h.s.services[n]; !ok {
-		return
-	}
-	h.r.m.svcs.DeleteRemote(n, h.r.name)
-	delete(h.s.services, n)
-	h.s.entries.Add(^uint64(0))
-}
-
-// invalid counts a dropped value and logs the first ones of each kind, then
-// every 1000th, so a hostile remote cannot flood the log.
-func (h *handler) invalid(key string, err error) {
-	n := h.s.invalid.Add(1)
-	if n <= 10 || n%1000 == 0 {
-		h.r.log.Warn("dropping invalid entry from remote cluster", "kind", h.s.kind.String(), "key", key, "error", err, "invalid_total", n)
-	}
-}
-
-// ipKeyPrefix returns the prefix an ipcache key names.
-func ipKeyPrefix(key string) (netip.Prefix, bool) {
-	_, s, err := wire.ParseIPKey(key)
-	if err != nil {
-		return netip.Prefix{}, false
-	}
-	if strings.Contains(s, "/") {
-		p, err := netip.ParsePrefix(s)
-		return p, err == nil
-	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.Prefix{}, false
-	}
-	return netip.PrefixFrom(a, a.BitLen()), true
 }
 
 // nodeTunnels routes each pod CIDR of n to its InternalIP of the same
@@ -329,15 +206,6 @@ func nodeTunnels(n wire.Node, id uint32) []datapath.TunnelEntry {
 		add(c.Prefix)
 	}
 	return out
-}
-
-func containsPrefix(l []netip.Prefix, p netip.Prefix) bool {
-	for _, q := range l {
-		if q == p {
-			return true
-		}
-	}
-	return false
 }
 
 // remoteService converts a remote's export for the merger; ports of

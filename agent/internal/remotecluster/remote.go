@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/kvstore/watchstore"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
@@ -22,8 +23,8 @@ var (
 )
 
 // remote is one configured remote cluster. Its kind stores survive sessions
-// (so a new session can sweep what vanished) and are touched only by the
-// session's watch goroutines, or by the manager when no session runs.
+// (so a new session's listing withdraws what vanished meanwhile) and run
+// only within a session; the manager drains them when no session runs.
 type remote struct {
 	m    *Manager
 	name string
@@ -35,23 +36,23 @@ type remote struct {
 
 	id uint32 // reserved cluster ID; guarded by m.mu
 
-	gen    uint32 // session number; session goroutine only
-	stores [numKinds]store
+	// rem is the remote as the current session validates its entries
+	// against, and dpID the cluster ID the stores' entries are programmed
+	// under; written by the session goroutine before it runs the stores.
+	rem  wire.Remote
+	dpID uint32
 
-	mu sync.Mutex
-	st Status // guarded by mu; Kinds are filled from stores by status()
+	storeCfg [numKinds]watchstore.Config // session goroutine only
+	obs      [numKinds]*observerBase     // session goroutine only
+
+	mu     sync.Mutex
+	st     Status              // guarded by mu; Kinds are filled from stores by status()
+	stores [numKinds]kindStore // guarded by mu (the slots; the stores are safe)
 }
 
 func newRemote(m *Manager, name string) *remote {
 	r := &remote{m: m, name: name, log: m.log.With("cluster", name)}
 	r.st.Name = name
-	for k := range numKinds {
-		r.stores[k].kind = kind(k)
-	}
-	r.stores[kindNodes].nodes = map[string]nodeEntry{}
-	r.stores[kindIPCache].ipcache = map[ipKey]uint32{}
-	r.stores[kindIdentities].identities = map[uint32]uint32{}
-	r.stores[kindServices].services = map[svcKey]uint32{}
 	return r
 }
 
@@ -158,22 +159,28 @@ func (r *remote) session(ctx context.Context, data []byte) error {
 	if oldPersisted != 0 && oldPersisted != cc.ID {
 		r.m.dp.Release(oldPersisted)
 	}
-	rem := wire.Remote{Name: r.name, ID: cc.ID, MaxConnectedClusters: cc.MaxConnected()}
+	r.rem, r.dpID = wire.Remote{Name: r.name, ID: cc.ID, MaxConnectedClusters: cc.MaxConnected()}, cc.ID
 	r.mu.Lock()
 	r.st.ID, r.st.RefusedReason, r.st.Connected, r.st.LastChange = cc.ID, "", true, r.m.clock.Now()
 	r.mu.Unlock()
 	r.log.Info("connected to remote cluster", "id", cc.ID, "cached", cc.Capabilities.Cached)
 
-	r.gen++
 	sctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var wg sync.WaitGroup
 	var listed sync.WaitGroup
 	listed.Add(int(numKinds))
 	for k := range numKinds {
-		s := &r.stores[k]
-		s.synced.Store(false)
-		wg.Go(func() { r.watchKind(sctx, client, s, rem, cc, &listed) })
+		s := r.kindStore(k, cc)
+		var once sync.Once
+		done := func() { once.Do(listed.Done) } // when listed, or on exit
+		r.obs[k].synced = done
+		wg.Go(func() {
+			if err := s.RunOn(sctx, client); err != nil {
+				cancel(fmt.Errorf("watch %s: %w", k, err))
+			}
+			done()
+		})
 	}
 	wg.Go(func() {
 		listed.Wait() // every watcher calls Done once: when listed, or on exit
@@ -253,46 +260,31 @@ func watchKey(ctx context.Context, c *kvstore.Client, key string, fn func(value 
 	}
 }
 
-// waitKey blocks until key exists; false if ctx ended first.
-func waitKey(ctx context.Context, c *kvstore.Client, key string) bool {
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	found := false
-	watchKey(wctx, c, key, func(_ []byte, ok bool) {
-		if ok {
-			found = true
-			cancel()
-		}
-	})
-	return found
-}
-
-func (r *remote) watchKind(ctx context.Context, c *kvstore.Client, s *store, rem wire.Remote, cc wire.ClusterConfig, listed *sync.WaitGroup) {
+// kindStore returns the store of kind k for a session with cluster config
+// cc: the previous session's, or a new one if the prefix or canary changed
+// (the cached capability was toggled), after draining the old one, whose
+// entries the new prefix's listing could not withdraw.
+func (r *remote) kindStore(k kind, cc wire.ClusterConfig) kindStore {
 	cached := cc.Capabilities.Cached
-	wk := s.kind.wire()
-	if cc.Capabilities.SyncedCanaries && !waitKey(ctx, c, wire.WatchSyncedKey(wk, r.name, cached)) {
-		return
+	cfg := watchstore.Config{Prefix: wire.WatchPrefix(k.wire(), r.name, cached), Name: k.String(), Cluster: r.name}
+	if cc.Capabilities.SyncedCanaries {
+		cfg.SyncedKey = wire.WatchSyncedKey(k.wire(), r.name, cached)
 	}
-	h := handler{r: r, s: s, rem: rem, gen: r.gen}
-	first := true
-	_ = c.ListWatch(ctx, wire.WatchPrefix(wk, r.name, cached), func(ev kvstore.Event) {
-		switch ev.Kind {
-		case kvstore.EventUpsert:
-			h.upsert(ev.Key, ev.Value)
-		case kvstore.EventDelete:
-			h.delete(ev.Key)
-		case kvstore.EventListDone:
-			if first {
-				first = false
-				h.sweep()
-				s.synced.Store(true)
-				listed.Done()
-			}
-		}
-	})
-	if first {
-		listed.Done() // never listed: let the ready waiter go (ctx is done)
+	r.mu.Lock()
+	s := r.stores[k]
+	r.mu.Unlock()
+	if s != nil && r.storeCfg[k] == cfg {
+		return s
 	}
+	if s != nil {
+		s.Drain()
+	}
+	s, r.obs[k] = newKindStore(r, k, cfg)
+	r.storeCfg[k] = cfg
+	r.mu.Lock()
+	r.stores[k] = s
+	r.mu.Unlock()
+	return s
 }
 
 func (r *remote) watchHeartbeat(ctx context.Context, c *kvstore.Client) {
@@ -396,26 +388,24 @@ func (r *remote) setConnected(up bool) {
 
 // drain withdraws everything the remote contributed. No session may run.
 func (r *remote) drain() {
-	r.m.mu.Lock()
-	id := r.id
-	r.m.mu.Unlock()
-	for k := range numKinds {
-		h := handler{r: r, s: &r.stores[k], rem: wire.Remote{Name: r.name, ID: id}}
-		h.drain()
-		r.stores[k].synced.Store(false)
-	}
 	r.mu.Lock()
+	stores := r.stores
 	r.st.Served = false
 	r.mu.Unlock()
+	for _, s := range stores {
+		if s != nil {
+			s.Drain()
+		}
+	}
 }
 
 func (r *remote) status() Status {
 	r.mu.Lock()
-	st := r.st
+	st, stores := r.st, r.stores
 	r.mu.Unlock()
 	st.Kinds = make([]KindStatus, numKinds)
 	for k := range numKinds {
-		st.Kinds[k] = r.stores[k].status()
+		st.Kinds[k] = kindStatus(k, stores[k])
 	}
 	return st
 }

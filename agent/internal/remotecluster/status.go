@@ -30,8 +30,11 @@ type Status struct {
 // KindStatus is the state of one kind (nodes, identities, ipcache,
 // services) of a remote.
 type KindStatus struct {
-	Kind                     string
-	Synced                   bool
+	Kind   string
+	Synced bool
+	// WaitingForCanary: the kind waits for the remote's sync canary before
+	// it (re)lists; its entries stay meanwhile.
+	WaitingForCanary         bool
 	Entries, Invalid, Events uint64
 	LastEvent                time.Time
 }
