@@ -2,6 +2,7 @@ package etcdserver
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -58,6 +59,16 @@ type Config struct {
 	// and ca.key are used, and created if missing.
 	CAFile    string
 	CAKeyFile string
+	// ServerCertFile and ServerKeyFile name the certificate served to
+	// clients, signed by the CA above; it must cover 127.0.0.1 (the admin
+	// client dials it) besides the addresses remote clusters dial. etcd
+	// reads both files again on every TLS handshake, so replacing them (a
+	// Kubernetes Secret mount swaps them atomically) rotates the served
+	// certificate without restart. When empty, a certificate is issued into
+	// CertDir. Peers always use the issued certificate. The admin
+	// certificate is CertDir/root.crt and root.key, issued when missing.
+	ServerCertFile string
+	ServerKeyFile  string
 	// InitialCluster is etcd's "name=peerURL,..." list for multi-member
 	// clusters (default: this member alone). InitialClusterToken defaults to
 	// "clustermesh-" + ClusterName; ClusterState is "new" (default) or
@@ -220,6 +231,14 @@ func (s *Server) ensureCerts() error {
 		}
 	}
 	s.ca, s.caFile = ca, caFile
+	if (cfg.ServerCertFile == "") != (cfg.ServerKeyFile == "") {
+		return fmt.Errorf("%w: server certificate and key must be given together", ErrConfig)
+	}
+	if cfg.ServerCertFile != "" {
+		if _, err := tls.LoadX509KeyPair(cfg.ServerCertFile, cfg.ServerKeyFile); err != nil {
+			return fmt.Errorf("%w: server certificate: %w", ErrConfig, err)
+		}
+	}
 	hosts := append([]string(nil), cfg.Hosts...)
 	for _, u := range []string{cfg.ClientURL, cfg.PeerURL} {
 		if pu, err := url.Parse(u); err == nil {
@@ -270,6 +289,9 @@ func (s *Server) start(ctx context.Context) error {
 		return ti
 	}
 	ec.ClientTLSInfo = tlsInfo()
+	if cfg.ServerCertFile != "" {
+		ec.ClientTLSInfo.CertFile, ec.ClientTLSInfo.KeyFile = cfg.ServerCertFile, cfg.ServerKeyFile
+	}
 	ec.PeerTLSInfo = tlsInfo()
 	ec.UnsafeNoFsync = cfg.UnsafeNoFsync
 	ec.TickMs = uint(cfg.HeartbeatInterval / time.Millisecond)

@@ -24,11 +24,17 @@ type Config struct {
 
 	KVStoreConfig     string // external etcd client config; empty: embedded etcd
 	EtcdDataDir       string
-	EtcdListenAddress string // host:port of the embedded etcd's client URL
-	EtcdAdvertise     string // host:port remote clusters reach the embedded etcd at (default: the listen address)
-	EtcdTLSDir        string // CA and certificates of the embedded etcd; generated if missing
-	RemoteClusters    []string
+	EtcdListenAddress string   // host:port of the embedded etcd's client URL
+	EtcdAdvertise     string   // host:port remote clusters reach the embedded etcd at (default: the listen address)
+	EtcdTLSDir        string   // CA (ca.crt, ca.key), admin (root.crt, root.key) and generated certificates of the embedded etcd
+	EtcdServerTLSDir  string   // served certificate (tls.crt, tls.key), reloaded on change; empty: generated
+	RemoteClusters    []string // deprecated: use RemoteUsersFile; the users are the union of both
+	RemoteUsersFile   string   // users.yaml ("clusters: [c2, c3]"), watched for changes
+	RemoteUsersResync time.Duration
 	RemoteConfigDir   string // where remote users' client configs and certificates go
+
+	StatusNamespace string // where the status ConfigMap is published; empty: not published
+	StatusInterval  time.Duration
 
 	HealthAddress  string
 	MetricsAddress string
@@ -47,6 +53,8 @@ func DefaultConfig() Config {
 		EtcdDataDir:          "/var/lib/clustermesh-apiserver/etcd",
 		EtcdListenAddress:    "0.0.0.0:2379",
 		RemoteConfigDir:      "/var/lib/clustermesh-apiserver/remotes",
+		RemoteUsersResync:    30 * time.Second,
+		StatusInterval:       30 * time.Second,
 		HealthAddress:        ":9880",
 		MetricsAddress:       ":9962",
 		HeartbeatInterval:    clusterinfo.DefaultHeartbeatInterval,
@@ -68,7 +76,12 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.EtcdListenAddress, "etcd-listen-address", c.EtcdListenAddress, "host:port the embedded etcd serves clients on (TLS)")
 	fs.StringVar(&c.EtcdAdvertise, "etcd-advertise-address", c.EtcdAdvertise, "host:port remote clusters reach the embedded etcd at, written in their client configs and the server certificate (default: --etcd-listen-address)")
 	fs.StringVar(&c.EtcdTLSDir, "etcd-tls-dir", c.EtcdTLSDir, "CA and certificates of the embedded etcd, generated if missing (default: <etcd-data-dir>-pki)")
-	fs.StringSliceVar(&c.RemoteClusters, "remote-clusters", c.RemoteClusters, "clusters to create read-only etcd users remote-<name> for (embedded etcd only)")
+	fs.StringVar(&c.EtcdServerTLSDir, "etcd-server-tls-dir", c.EtcdServerTLSDir, "directory with the server certificate the embedded etcd serves to clients (tls.crt, tls.key, signed by the CA of --etcd-tls-dir, covering 127.0.0.1 and every address remote clusters dial); re-read on every handshake, so a rotated certificate is served without restart (default: a certificate generated into --etcd-tls-dir)")
+	fs.StringSliceVar(&c.RemoteClusters, "remote-clusters", c.RemoteClusters, "deprecated, use --remote-users-file: clusters to create read-only etcd users remote-<name> for (embedded etcd only); added to those of the file")
+	fs.StringVar(&c.RemoteUsersFile, "remote-users-file", c.RemoteUsersFile, `YAML file "clusters: [c2, c3]" naming the clusters that get a read-only etcd user remote-<name> (embedded etcd only); changes apply without restart`)
+	fs.DurationVar(&c.RemoteUsersResync, "remote-users-resync", c.RemoteUsersResync, "how often the remote users are reconciled with --remote-users-file even without a file change")
+	fs.StringVar(&c.StatusNamespace, "status-namespace", c.StatusNamespace, "namespace of the status ConfigMap read by `clustermesh status` (empty: not published)")
+	fs.DurationVar(&c.StatusInterval, "status-interval", c.StatusInterval, "how often the status ConfigMap is refreshed even without a change")
 	fs.StringVar(&c.RemoteConfigDir, "remote-config-dir", c.RemoteConfigDir, "where the client config and certificates of each remote user are written")
 	fs.StringVar(&c.HealthAddress, "health-address", c.HealthAddress, "address of /healthz and /readyz")
 	fs.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, "address of Prometheus /metrics (empty: disabled)")
@@ -104,6 +117,15 @@ func (c *Config) Validate() error {
 	}
 	if len(c.RemoteClusters) > 0 && c.KVStoreConfig != "" {
 		return bad("remote-clusters", errors.New("remote users are created on the embedded etcd only, not with --kvstore-config"))
+	}
+	if c.KVStoreConfig != "" && c.EtcdServerTLSDir != "" {
+		return bad("etcd-server-tls-dir", errors.New("applies to the embedded etcd only, not with --kvstore-config"))
+	}
+	if c.RemoteUsersResync <= 0 {
+		return bad("remote-users-resync", errors.New("must be positive"))
+	}
+	if c.StatusInterval <= 0 {
+		return bad("status-interval", errors.New("must be positive"))
 	}
 	if c.KVStoreConfig == "" && c.EtcdDataDir == "" {
 		return bad("etcd-data-dir", errors.New("required for the embedded etcd"))

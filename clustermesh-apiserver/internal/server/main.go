@@ -120,10 +120,15 @@ func kvstoreConfig(ctx context.Context, cfg Config, log *slog.Logger) (kvstore.C
 	if err != nil {
 		return kvstore.Config{}, nil, fmt.Errorf("--etcd-advertise-address: %w", err)
 	}
-	srv, err := etcdserver.Start(ctx, etcdserver.Config{
+	ecfg := etcdserver.Config{
 		ClusterName: cfg.ClusterName, DataDir: cfg.EtcdDataDir, CertDir: cfg.EtcdTLSDir,
 		ClientURL: "https://" + cfg.EtcdListenAddress, Hosts: []string{host, "localhost", "127.0.0.1"},
-	}, log.With("component", "etcd"))
+	}
+	if cfg.EtcdServerTLSDir != "" {
+		ecfg.ServerCertFile = filepath.Join(cfg.EtcdServerTLSDir, "tls.crt")
+		ecfg.ServerKeyFile = filepath.Join(cfg.EtcdServerTLSDir, "tls.key")
+	}
+	srv, err := etcdserver.Start(ctx, ecfg, log.With("component", "etcd"))
 	if err != nil {
 		return kvstore.Config{}, nil, fmt.Errorf("embedded etcd: %w", err)
 	}
