@@ -3,6 +3,9 @@
 // status` reads it without exec or port-forward: one report per node, with
 // per remote cluster its ID, connectivity, readiness, synced kinds, entry
 // counts, invalid entries, reconnects and last error. The publisher polls
-// the remote-cluster manager, writes on every change and at least every
-// resync interval, and retries a failed write on the next poll.
+// the remote-cluster manager every second and writes at the next poll when
+// a remote's connectivity, readiness, sync, error or the set of remotes
+// changed, when only counters changed no more often than every 10 s (so
+// that churn in a large mesh does not make every node a writer), and at
+// least every 30 s; a failed write is retried with backoff.
 package statusreport

@@ -27,9 +27,17 @@ type Config struct {
 	// PollInterval is how often the state is compared with the last
 	// published report (default 1s).
 	PollInterval time.Duration
+	// CountInterval is the shortest time between two writes caused only by
+	// changed entry, invalid or reconnect counts (default 10s), so that
+	// churn in a large mesh does not turn every node into a writer; other
+	// changes (connected, ready, synced, errors, remotes added or removed)
+	// are written at the next poll.
+	CountInterval time.Duration
 	// Resync is the longest time between two writes (default 30s); Publish
 	// skips a write that would not change the stored report.
 	Resync time.Duration
+	// RetryMax caps the backoff between failed writes (default Resync).
+	RetryMax time.Duration
 	// Timeout bounds one write (default 10s).
 	Timeout time.Duration
 }
@@ -38,8 +46,14 @@ func (c *Config) withDefaults() {
 	if c.PollInterval <= 0 {
 		c.PollInterval = time.Second
 	}
+	if c.CountInterval <= 0 {
+		c.CountInterval = 10 * time.Second
+	}
 	if c.Resync <= 0 {
 		c.Resync = 30 * time.Second
+	}
+	if c.RetryMax <= 0 {
+		c.RetryMax = c.Resync
 	}
 	if c.Timeout <= 0 {
 		c.Timeout = 10 * time.Second
@@ -62,7 +76,8 @@ func New(cfg Config, src Source, cms meshstatus.ConfigMaps, log *slog.Logger, cl
 }
 
 // Run publishes until ctx is done. Write failures are logged (once per
-// distinct error) and retried at the next poll; they never stop the agent.
+// distinct error) and retried with exponential backoff up to RetryMax; they
+// never stop the agent.
 func (p *Publisher) Run(ctx context.Context) error {
 	if p.cfg.Namespace == "" {
 		return fmt.Errorf("status report: empty namespace")
@@ -73,10 +88,13 @@ func (p *Publisher) Run(ctx context.Context) error {
 		last     *meshstatus.AgentReport // last published
 		lastTime time.Time
 		lastErr  string
+		failures int
+		retryAt  time.Time // no write before, after a failure
 	)
 	for {
 		r := Build(p.cfg.Cluster, p.cfg.Node, p.src.Status())
-		if last == nil || !reflect.DeepEqual(*last, r) || p.clk.Since(lastTime) >= p.cfg.Resync {
+		now := p.clk.Now()
+		if p.due(last, r, now.Sub(lastTime)) && !now.Before(retryAt) {
 			pctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
 			err := meshstatus.Publish(pctx, p.cms, p.cfg.Namespace, &r)
 			cancel()
@@ -84,8 +102,11 @@ func (p *Publisher) Run(ctx context.Context) error {
 			case ctx.Err() != nil:
 				return nil
 			case err != nil:
+				wait := min(p.cfg.PollInterval<<min(failures, 16), p.cfg.RetryMax)
+				failures++
+				retryAt = p.clk.Now().Add(wait)
 				if err.Error() != lastErr {
-					p.log.Warn("cannot publish the status report; retrying", "error", err)
+					p.log.Warn("cannot publish the status report; retrying", "error", err, "retry_in", wait)
 					lastErr = err.Error()
 				}
 			default:
@@ -93,6 +114,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 					p.log.Info("status report published again")
 					lastErr = ""
 				}
+				failures, retryAt = 0, time.Time{}
 				last, lastTime = &r, p.clk.Now()
 			}
 		}
@@ -102,6 +124,32 @@ func (p *Publisher) Run(ctx context.Context) error {
 		case <-t.C():
 		}
 	}
+}
+
+// due reports whether r must be written, given the last written report and
+// the time since it was written.
+func (p *Publisher) due(last *meshstatus.AgentReport, r meshstatus.AgentReport, since time.Duration) bool {
+	switch {
+	case last == nil || since >= p.cfg.Resync:
+		return true
+	case reflect.DeepEqual(*last, r):
+		return false
+	case reflect.DeepEqual(withoutCounts(*last), withoutCounts(r)):
+		return since >= p.cfg.CountInterval
+	default:
+		return true
+	}
+}
+
+// withoutCounts returns r with its counters zeroed.
+func withoutCounts(r meshstatus.AgentReport) meshstatus.AgentReport {
+	rs := make([]meshstatus.Remote, len(r.Remotes))
+	for i, m := range r.Remotes {
+		m.Entries, m.Invalid, m.Reconnects = nil, 0, 0
+		rs[i] = m
+	}
+	r.Remotes = rs
+	return r
 }
 
 // Build returns the report of the agent on node of cluster for the remotes

@@ -1,8 +1,15 @@
 package statusreport
 
 import (
+	"context"
+	"log/slog"
+	"slices"
+	"sync"
 	"testing"
 	"time"
+
+	"k8s.io/client-go/kubernetes/fake"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/clustermesh/clustermesh/agent/internal/remotecluster"
 	"github.com/clustermesh/clustermesh/internal/meshstatus"
@@ -31,5 +38,117 @@ func TestBuild(t *testing.T) {
 	}
 	if c3 := r.Remotes[1]; c3.Ready || c3.LastError != "refused: cluster ID conflict" || !c3.LastChange.IsZero() {
 		t.Fatalf("c3 %+v", c3)
+	}
+}
+
+// source is a Source whose state the test sets; it counts the polls.
+type source struct {
+	mu    sync.Mutex
+	st    []remotecluster.Status
+	polls int
+}
+
+func (s *source) Status() []remotecluster.Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.polls++
+	out := slices.Clone(s.st)
+	for i := range out {
+		out[i].Kinds = slices.Clone(out[i].Kinds)
+	}
+	return out
+}
+
+func (s *source) set(f func(*remotecluster.Status)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f(&s.st[0])
+}
+
+func (s *source) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.polls
+}
+
+func TestPublisherWritesOnChangeAndLimitsCountChurn(t *testing.T) {
+	src := &source{st: []remotecluster.Status{{Name: "c2", ID: 2, Connected: true,
+		Kinds: []remotecluster.KindStatus{{Kind: "nodes", Synced: true, Entries: 1}}}}}
+	cs := fake.NewClientset()
+	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
+	p := New(Config{Namespace: "kube-system", Cluster: "c1", Node: "n1", PollInterval: time.Second, CountInterval: 10 * time.Second, Resync: 30 * time.Second},
+		src, cs.CoreV1(), slog.New(slog.DiscardHandler), clk)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+
+	waitPolls := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for src.count() < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("poll %d did not happen", n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	// step advances the clock by d and returns once the poll after the
+	// next one has started, so that the next one has finished.
+	polls := 1
+	step := func(d time.Duration) {
+		t.Helper()
+		clk.Step(d)
+		polls++
+		waitPolls(polls)
+	}
+	writes := func() int {
+		n := 0
+		for _, a := range cs.Actions() {
+			if a.GetResource().Resource == "configmaps" && (a.GetVerb() == "create" || a.GetVerb() == "update") {
+				n++
+			}
+		}
+		return n
+	}
+	report := func() meshstatus.Remote {
+		t.Helper()
+		reps, err := meshstatus.List(context.Background(), cs.CoreV1(), "kube-system")
+		if err != nil || len(reps.Agents) != 1 || len(reps.Agents[0].Remotes) != 1 {
+			t.Fatalf("reports %+v, %v", reps, err)
+		}
+		return reps.Agents[0].Remotes[0]
+	}
+
+	waitPolls(1)
+	step(time.Second)
+	if w, r := writes(), report(); w != 1 || r.Ready || r.Entries["nodes"] != 1 {
+		t.Fatalf("after start: %d writes, %+v", w, r)
+	}
+
+	src.set(func(s *remotecluster.Status) { s.Kinds[0].Entries = 2 }) // a count only: waits
+	step(time.Second)
+	step(time.Second)
+	if w := writes(); w != 1 {
+		t.Fatalf("a count change was written after 2s: %d writes", w)
+	}
+
+	src.set(func(s *remotecluster.Status) { s.Ready = true }) // significant: at once
+	step(time.Second)
+	step(time.Second)
+	if w, r := writes(), report(); w != 2 || !r.Ready || r.Entries["nodes"] != 2 {
+		t.Fatalf("after ready: %d writes, %+v", w, r)
+	}
+
+	src.set(func(s *remotecluster.Status) { s.Kinds[0].Entries = 3 })
+	step(10 * time.Second)
+	step(time.Second)
+	if w, r := writes(), report(); w != 3 || r.Entries["nodes"] != 3 {
+		t.Fatalf("after the count interval: %d writes, %+v", w, r)
 	}
 }
