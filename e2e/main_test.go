@@ -95,6 +95,8 @@ func mesh(t *testing.T) *harness.Mesh {
 			// one returning pod would end a failover at once; with 1 the
 			// failback test sees the mixed state before the full return.
 			AgentArgs: []string{"--failback-share=1"},
+			// E2E_JOIN=direct joins without the CLI (see harness.JoinDirect).
+			Join: os.Getenv("E2E_JOIN"),
 		})
 		if meshErr == nil {
 			meshErr = shared.WaitReady(ctx, 2*time.Minute)
@@ -106,7 +108,13 @@ func mesh(t *testing.T) *harness.Mesh {
 	return shared
 }
 
+// moduleRoot is where the binaries are built from: E2E_SRC_DIR if set (a
+// clean export of a commit, when the working tree is being edited), else
+// the module of the tests.
 func moduleRoot() (string, error) {
+	if d := os.Getenv("E2E_SRC_DIR"); d != "" {
+		return d, nil
+	}
 	out, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil {
 		return "", fmt.Errorf("go env GOMOD: %w", err)

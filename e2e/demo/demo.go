@@ -38,6 +38,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := m.WaitReady(ctx, 2*time.Minute); err != nil {
 		return err
 	}
+	say("    joined with clustermesh enable (per cluster) and clustermesh connect --connection-mode mesh")
 	say("    mesh ready after %v: every agent connected to the 2 other clusters", time.Since(start).Round(time.Second))
 	c1 := m.Clusters[0]
 	client, err := c1.Nodes[0].AddPod(ctx, "client", map[string]string{"app": "client"})
@@ -97,6 +98,16 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	say("%s", st)
+	args := []string{"status"}
+	for _, c := range m.Clusters {
+		args = append(args, "--context="+c.Name)
+	}
+	say("==> clustermesh %s", strings.Join(args, " "))
+	out, err := m.CLI(ctx, args...)
+	if err != nil {
+		return err
+	}
+	say("%s", out)
 	if cfg.Hold {
 		say("==> the mesh stays up (namespaces %s-%s-*); press Ctrl-C to tear it down", cfg.Mesh.Prefix, m.Run)
 		<-ctx.Done()

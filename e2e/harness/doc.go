@@ -9,6 +9,18 @@
 // server (package e2e/echo) answering HTTP and UDP with its cluster and pod
 // name.
 //
+// Clusters are joined with the real CLI (JoinCLI, the default):
+// `clustermesh enable` in each cluster and `clustermesh connect
+// --connection-mode mesh`. There is no kubelet and no load balancer, so the
+// harness plays both: it gives the chart's clustermesh-apiserver Service a
+// load balancer address on the datacenter bridge (forwarded to the
+// apiserver process's etcd), seeds the apiserver's etcd TLS directory with
+// the CA that enable created, starts it with --remote-clusters from the
+// users ConfigMap that connect wrote, and writes the remote-clusters Secret
+// into each cluster's agent config directory as a mounted Secret.
+// JoinDirect skips the CLI: each apiserver creates the users itself and
+// the harness copies the client configs it writes.
+//
 // The processes on loopback (kube-apiservers, the apiservers' etcds) are
 // reached from the node namespaces through TCP forwarders that listen on
 // the gateway address of the datacenter namespace: nothing listens on or

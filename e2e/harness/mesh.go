@@ -68,6 +68,8 @@ type Config struct {
 	CTEntries int
 	// AgentArgs are extra flags for every agent.
 	AgentArgs []string
+	// Join is JoinCLI (default) or JoinDirect.
+	Join string
 	Log       *slog.Logger
 }
 
@@ -84,6 +86,9 @@ func (c *Config) setDefaults() {
 	if c.CTEntries == 0 {
 		c.CTEntries = 4096
 	}
+	if c.Join == "" {
+		c.Join = JoinCLI
+	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
@@ -93,6 +98,8 @@ func (c *Config) setDefaults() {
 type Mesh struct {
 	cfg      Config
 	Run      string // random id of this run, part of every name
+	// Kubeconfig has a context per cluster, named after it.
+	Kubeconfig string
 	DC       *NS    // the datacenter namespace with the underlay bridge
 	Clusters []*Cluster
 
@@ -119,6 +126,7 @@ type Cluster struct {
 	dir             string
 	etcdPort        int
 	remoteDir       string // the apiserver's --remote-config-dir
+	advertise       string // JoinCLI: the load balancer address of the etcd
 	agentKubeconfig string // kube-apiserver through the gateway
 }
 
@@ -170,7 +178,31 @@ func Start(ctx context.Context, cfg Config) (_ *Mesh, err error) {
 	}
 	for i, cs := range cfg.Clusters {
 		c := &Cluster{Name: cs.Name, ID: cs.ID, CP: cps[i], mesh: m, dir: filepath.Join(cfg.Dir, cs.Name)}
+		c.ConfigDir = filepath.Join(c.dir, "clustermesh-config")
+		if err := os.MkdirAll(c.ConfigDir, 0o700); err != nil {
+			return nil, err
+		}
 		m.Clusters = append(m.Clusters, c)
+	}
+	if err := m.writeKubeconfig(); err != nil {
+		return nil, err
+	}
+	if cfg.Join == JoinCLI {
+		log.Info("clustermesh enable in every cluster, then connect --connection-mode mesh")
+		for i, c := range m.Clusters {
+			if err := m.enableCLI(ctx, c, netip.AddrFrom4([4]byte{172, 30, 0, byte(200 + i)})); err != nil {
+				return nil, fmt.Errorf("cluster %s: %w", c.Name, err)
+			}
+		}
+		args := []string{"connect", "--context=" + m.Clusters[0].Name, "--connection-mode=mesh", "--skip-endpoint-check"}
+		for _, c := range m.Clusters[1:] {
+			args = append(args, "--destination-context="+c.Name)
+		}
+		if _, err := m.CLI(ctx, args...); err != nil {
+			return nil, err
+		}
+	}
+	for _, c := range m.Clusters {
 		if err := m.startCluster(ctx, c); err != nil {
 			return nil, fmt.Errorf("cluster %s: %w", c.Name, err)
 		}
@@ -192,9 +224,15 @@ func Start(ctx context.Context, cfg Config) (_ *Mesh, err error) {
 	}
 	log.Info("joining every pair of clusters")
 	for _, r := range m.Clusters {
+		if cfg.Join == JoinCLI {
+			if err := r.MountRemoteClusters(ctx); err != nil {
+				return nil, fmt.Errorf("cluster %s: %w", r.Name, err)
+			}
+			continue
+		}
 		for _, e := range m.Clusters {
 			if r != e {
-				if err := m.Connect(ctx, r, e); err != nil {
+				if err := m.copyRemoteConfig(ctx, r, e); err != nil {
 					return nil, err
 				}
 			}
@@ -279,34 +317,37 @@ func (m *Mesh) startCluster(ctx context.Context, c *Cluster) error {
 	}
 	c.etcdPort = ports[0]
 	etcdAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
-	advertise, err := m.forward(etcdAddr)
-	if err != nil {
-		return err
-	}
-	var others []string
-	for _, o := range m.Clusters {
-		if o != c {
-			others = append(others, o.Name)
+	var users []string
+	args := []string{"--etcd-tls-dir=" + c.tlsDir()}
+	if m.cfg.Join == JoinCLI {
+		if users, err = c.remoteUsers(ctx); err != nil {
+			return err
 		}
-	}
-	for _, o := range m.cfg.Clusters {
-		if o.Name != c.Name && !slices.Contains(others, o.Name) {
-			others = append(others, o.Name)
+		f, err := listenIn(m.DC, c.advertise, etcdAddr)
+		if err != nil {
+			return fmt.Errorf("load balancer %s: %w", c.advertise, err)
+		}
+		m.fwdWG.Go(func() { _ = f.Run(m.fwdCtx) })
+	} else {
+		if c.advertise, err = m.forward(etcdAddr); err != nil {
+			return err
+		}
+		for _, o := range m.Clusters {
+			if o != c {
+				users = append(users, o.Name)
+			}
 		}
 	}
 	c.remoteDir = filepath.Join(c.dir, "remotes")
-	c.ConfigDir = filepath.Join(c.dir, "clustermesh-config")
-	if err := os.MkdirAll(c.ConfigDir, 0o700); err != nil {
-		return err
-	}
 	p, err := startProcess("clustermesh-apiserver "+c.Name, filepath.Join(c.dir, "clustermesh-apiserver.log"), nil, m.cfg.Bins.APIServer,
-		"--cluster-name="+c.Name, "--cluster-id="+strconv.Itoa(int(c.ID)),
-		"--kubeconfig="+c.CP.Kubeconfig(),
-		"--etcd-data-dir="+filepath.Join(c.dir, "etcd"),
-		"--etcd-listen-address="+etcdAddr, "--etcd-advertise-address="+advertise,
-		"--remote-clusters="+strings.Join(others, ","), "--remote-config-dir="+c.remoteDir,
-		"--health-address=127.0.0.1:"+strconv.Itoa(ports[1]), "--metrics-address=",
-	)
+		append(args,
+			"--cluster-name="+c.Name, "--cluster-id="+strconv.Itoa(int(c.ID)),
+			"--kubeconfig="+c.CP.Kubeconfig(),
+			"--etcd-data-dir="+filepath.Join(c.dir, "etcd"),
+			"--etcd-listen-address="+etcdAddr, "--etcd-advertise-address="+c.advertise,
+			"--remote-clusters="+strings.Join(users, ","), "--remote-config-dir="+c.remoteDir,
+			"--health-address=127.0.0.1:"+strconv.Itoa(ports[1]), "--metrics-address=",
+		)...)
 	if err != nil {
 		return err
 	}
@@ -315,10 +356,35 @@ func (m *Mesh) startCluster(ctx context.Context, c *Cluster) error {
 	return waitHTTP(ctx, p, "http://127.0.0.1:"+strconv.Itoa(ports[1])+"/readyz", 60*time.Second)
 }
 
-// Connect lets the agents of reader r read cluster e: the client config e's
-// apiserver wrote for user remote-<r> goes into r's --clustermesh-config
-// directory, as the kubelet would mount the remote-clusters Secret.
+// Connect connects r and e both ways: with JoinCLI by `clustermesh
+// connect` and mounting both remote-clusters Secrets again, else by
+// copying the client configs their apiservers wrote.
 func (m *Mesh) Connect(ctx context.Context, r, e *Cluster) error {
+	if m.cfg.Join == JoinCLI {
+		if _, err := m.CLI(ctx, "connect", "--context="+r.Name, "--destination-context="+e.Name, "--skip-endpoint-check"); err != nil {
+			return err
+		}
+		return errors.Join(r.MountRemoteClusters(ctx), e.MountRemoteClusters(ctx))
+	}
+	return errors.Join(m.copyRemoteConfig(ctx, r, e), m.copyRemoteConfig(ctx, e, r))
+}
+
+// Disconnect disconnects r and e both ways (`clustermesh disconnect` with
+// JoinCLI). The read-only etcd users stay until the apiservers restart.
+func (m *Mesh) Disconnect(ctx context.Context, r, e *Cluster) error {
+	if m.cfg.Join == JoinCLI {
+		if _, err := m.CLI(ctx, "disconnect", "--context="+r.Name, "--destination-context="+e.Name); err != nil {
+			return err
+		}
+		return errors.Join(r.MountRemoteClusters(ctx), e.MountRemoteClusters(ctx))
+	}
+	return errors.Join(os.Remove(filepath.Join(r.ConfigDir, e.Name)), os.Remove(filepath.Join(e.ConfigDir, r.Name)))
+}
+
+// copyRemoteConfig lets the agents of reader r read cluster e: the client
+// config e's apiserver wrote for user remote-<r> goes into r's
+// --clustermesh-config directory.
+func (m *Mesh) copyRemoteConfig(ctx context.Context, r, e *Cluster) error {
 	src := filepath.Join(e.remoteDir, r.Name, e.Name)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -335,11 +401,6 @@ func (m *Mesh) Connect(ctx context.Context, r, e *Cluster) error {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-}
-
-// Disconnect removes e from r's --clustermesh-config directory.
-func (m *Mesh) Disconnect(r, e *Cluster) error {
-	return os.Remove(filepath.Join(r.ConfigDir, e.Name))
 }
 
 // Cluster returns the cluster named name, or nil.

@@ -122,6 +122,9 @@ func (n *Node) StartAgent() error {
 		"--metrics-address=", "--clustermesh-config=" + c.ConfigDir,
 		"--bpf-pin-dir=" + n.pinDir, "--bpf-ct-entries=" + strconv.Itoa(m.cfg.CTEntries),
 	}, m.cfg.AgentArgs...)
+	if m.cfg.Join == JoinCLI {
+		args = append(args, "--status-namespace="+meshNamespace)
+	}
 	p, err := startProcess("agent "+c.Name+"/"+n.Name, filepath.Join(n.dir, "agent.log"), n.NS, m.cfg.Bins.Agent, args...)
 	if err != nil {
 		return err

@@ -1,0 +1,182 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"sigs.k8s.io/yaml"
+)
+
+// Join modes of Config.Join.
+const (
+	// JoinDirect: each apiserver creates the remote users itself
+	// (--remote-clusters) and the harness copies the client configs it
+	// writes into the readers' agent config directories.
+	JoinDirect = "direct"
+	// JoinCLI: `clustermesh enable` and `clustermesh connect
+	// --connection-mode mesh`, with the harness acting as the kubelet and the
+	// load balancer controller (see joinCLI).
+	JoinCLI = "cli"
+)
+
+// Names the CLI and chart use (cmd/clustermesh/README.md).
+const (
+	meshNamespace        = "clustermesh-system"
+	secretCA             = "clustermesh-ca"
+	secretRemoteClusters = "clustermesh-remote-clusters"
+	configMapUsers       = "clustermesh-remote-users"
+	serviceAPIServer     = "clustermesh-apiserver"
+	etcdServicePort      = 2379
+	// secretMountDir is where the chart mounts the remote-clusters Secret;
+	// the configs in it name their certificate files below it.
+	secretMountDir = "/var/lib/clustermesh/remote-clusters"
+)
+
+// writeKubeconfig merges every cluster's admin kubeconfig into one file
+// with a context per cluster, for the CLI.
+func (m *Mesh) writeKubeconfig() error {
+	all := clientcmdapi.NewConfig()
+	for _, c := range m.Clusters {
+		kc, err := clientcmd.LoadFromFile(c.CP.Kubeconfig())
+		if err != nil {
+			return err
+		}
+		for k, v := range kc.Clusters {
+			all.Clusters[k] = v
+		}
+		for k, v := range kc.AuthInfos {
+			all.AuthInfos[k] = v
+		}
+		for k, v := range kc.Contexts {
+			all.Contexts[k] = v
+		}
+	}
+	all.CurrentContext = m.Clusters[0].Name
+	m.Kubeconfig = filepath.Join(m.cfg.Dir, "kubeconfig")
+	return clientcmd.WriteToFile(*all, m.Kubeconfig)
+}
+
+// CLI runs the clustermesh CLI with the mesh's kubeconfig.
+func (m *Mesh) CLI(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, m.cfg.Bins.CLI, append([]string{"--kubeconfig=" + m.Kubeconfig}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("clustermesh %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// enableCLI runs `clustermesh enable` for c, acts as the load balancer
+// controller for the chart's Service (an address on the datacenter bridge,
+// forwarded to the etcd the apiserver process will run on loopback) and
+// seeds the apiserver's etcd TLS directory with the CA enable created.
+func (m *Mesh) enableCLI(ctx context.Context, c *Cluster, lb netip.Addr) error {
+	if _, err := m.CLI(ctx, "enable", "--context="+c.Name, "--cluster-name="+c.Name,
+		fmt.Sprintf("--cluster-id=%d", c.ID), "--service-type=LoadBalancer"); err != nil {
+		return err
+	}
+	if err := m.DC.batch(fmt.Sprintf("addr add %s/32 dev %s-br", lb, m.cfg.Prefix)); err != nil {
+		return err
+	}
+	cs := c.CP.Client.CoreV1()
+	svc, err := cs.Services(meshNamespace).Get(ctx, serviceAPIServer, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: lb.String()}}
+	if _, err := cs.Services(meshNamespace).UpdateStatus(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("set load balancer ingress: %w", err)
+	}
+	ca, err := cs.Secrets(meshNamespace).Get(ctx, secretCA, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(c.tlsDir(), 0o700); err != nil {
+		return err
+	}
+	for _, k := range []string{"ca.crt", "ca.key"} {
+		if err := os.WriteFile(filepath.Join(c.tlsDir(), k), ca.Data[k], 0o600); err != nil {
+			return err
+		}
+	}
+	c.advertise = net.JoinHostPort(lb.String(), fmt.Sprint(etcdServicePort))
+	return nil
+}
+
+func (c *Cluster) tlsDir() string { return filepath.Join(c.dir, "etcd-pki") }
+
+// remoteUsers reads the users ConfigMap `clustermesh connect` maintains:
+// the clusters that get a read-only etcd user remote-<cluster>.
+func (c *Cluster) remoteUsers(ctx context.Context) ([]string, error) {
+	cm, err := c.CP.Client.CoreV1().ConfigMaps(meshNamespace).Get(ctx, configMapUsers, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	var u struct {
+		Clusters []string `json:"clusters"`
+	}
+	if err := yaml.Unmarshal([]byte(cm.Data["users.yaml"]), &u); err != nil {
+		return nil, fmt.Errorf("configmap %s: %w", configMapUsers, err)
+	}
+	return u.Clusters, nil
+}
+
+// MountRemoteClusters does what the kubelet does with the remote-clusters
+// Secret `clustermesh connect` wrote: its keys become the files of the
+// agents' config directory (files no longer in it are removed). The
+// configs name their files under the chart's mount path, which becomes
+// the directory's path here.
+func (c *Cluster) MountRemoteClusters(ctx context.Context) error {
+	s, err := c.CP.Client.CoreV1().Secrets(meshNamespace).Get(ctx, secretRemoteClusters, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	// Certificates first, configs last, so an agent never reads a config
+	// whose files are missing.
+	var configs []string
+	for k, v := range s.Data {
+		if !strings.Contains(k, ".") {
+			configs = append(configs, k)
+			continue
+		}
+		if err := writeAtomic(filepath.Join(c.ConfigDir, k), v); err != nil {
+			return err
+		}
+	}
+	for _, k := range configs {
+		v := strings.ReplaceAll(string(s.Data[k]), secretMountDir+"/", c.ConfigDir+"/")
+		if err := writeAtomic(filepath.Join(c.ConfigDir, k), []byte(v)); err != nil {
+			return err
+		}
+	}
+	entries, err := os.ReadDir(c.ConfigDir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if _, ok := s.Data[e.Name()]; !ok && !strings.HasPrefix(e.Name(), ".") && !strings.Contains(e.Name(), ".") {
+			if err := os.Remove(filepath.Join(c.ConfigDir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func writeAtomic(path string, data []byte) error {
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
