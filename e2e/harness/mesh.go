@@ -70,7 +70,7 @@ type Config struct {
 	AgentArgs []string
 	// Join is JoinCLI (default) or JoinDirect.
 	Join string
-	Log       *slog.Logger
+	Log  *slog.Logger
 }
 
 func (c *Config) setDefaults() {
@@ -96,12 +96,12 @@ func (c *Config) setDefaults() {
 
 // Mesh is a running set of clusters. Close tears all of it down.
 type Mesh struct {
-	cfg      Config
-	Run      string // random id of this run, part of every name
+	cfg Config
+	Run string // random id of this run, part of every name
 	// Kubeconfig has a context per cluster, named after it.
 	Kubeconfig string
-	DC       *NS    // the datacenter namespace with the underlay bridge
-	Clusters []*Cluster
+	DC         *NS // the datacenter namespace with the underlay bridge
+	Clusters   []*Cluster
 
 	mu       sync.Mutex
 	cleanups []func() // undo steps, run last-first by Close; guarded by mu
