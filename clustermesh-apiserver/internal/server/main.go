@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/health"
+	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/remoteusers"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
 )
@@ -27,7 +28,7 @@ func Main(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	kvcfg, stop, err := kvstoreConfig(ctx, cfg, log)
+	kvcfg, etcd, stop, err := kvstoreConfig(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
@@ -50,6 +51,13 @@ func Main(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	runners := []func(context.Context) error{s.Run}
+	users, err := remoteUsers(ctx, cfg, etcd, reg, log.With("component", "remote-users"))
+	if err != nil {
+		return err
+	}
+	if users != nil {
+		runners = append(runners, users.Run)
+	}
 	hs, err := health.Listen(cfg.HealthAddress, health.Handler(s.Live, s.Ready), log.With("server", "health"))
 	if err != nil {
 		return fmt.Errorf("--health-address: %w", err)
@@ -101,16 +109,52 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 	return kubernetes.NewForConfig(rc)
 }
 
-// kvstoreConfig returns the client config of the external etcd, or starts
-// the embedded one (with its remote users) and returns its admin config and
-// how to stop it.
-func kvstoreConfig(ctx context.Context, cfg Config, log *slog.Logger) (kvstore.Config, func(), error) {
+// remoteUsers returns the reconciler of the embedded etcd's remote users
+// (nil when there are none to manage), after a first pass. With an external
+// etcd, users are not managed: the operator of that etcd creates them.
+func remoteUsers(ctx context.Context, cfg Config, etcd *etcdserver.Server, reg prometheus.Registerer, log *slog.Logger) (*remoteusers.Reconciler, error) {
+	if etcd == nil {
+		if cfg.RemoteUsersFile != "" {
+			log.Warn("with an external etcd (--kvstore-config) the remote users of --remote-users-file are not created; create the read-only users remote-<cluster> in that etcd yourself",
+				"file", cfg.RemoteUsersFile)
+		}
+		return nil, nil
+	}
+	if cfg.RemoteUsersFile == "" && len(cfg.RemoteClusters) == 0 {
+		return nil, nil
+	}
+	advertise := cfg.EtcdAdvertise
+	if advertise == "" {
+		advertise = cfg.EtcdListenAddress
+	}
+	r, err := remoteusers.New(remoteusers.Config{
+		Cluster: cfg.ClusterName, File: cfg.RemoteUsersFile, Static: cfg.RemoteClusters, Resync: cfg.RemoteUsersResync,
+		OnEnsure: func(c string, rc kvstore.Config) error {
+			return WriteRemoteConfig(filepath.Join(cfg.RemoteConfigDir, c), cfg.ClusterName, "https://"+advertise, rc)
+		},
+		OnRemove: func(c string) error { return os.RemoveAll(filepath.Join(cfg.RemoteConfigDir, c)) },
+	}, etcd, clock.RealClock{}, log, reg)
+	if err != nil {
+		return nil, err
+	}
+	// A bad users file must not keep the apiserver from publishing: the
+	// error is logged, counted and reported in the status; Run retries.
+	if err := r.Reconcile(ctx); err != nil {
+		log.Error("cannot reconcile the remote users", "error", err)
+	}
+	return r, nil
+}
+
+// kvstoreConfig returns the client config of the external etcd (and a nil
+// server), or starts the embedded one and returns its admin config, the
+// server and how to stop it.
+func kvstoreConfig(ctx context.Context, cfg Config, log *slog.Logger) (kvstore.Config, *etcdserver.Server, func(), error) {
 	if cfg.KVStoreConfig != "" {
 		c, err := kvstore.LoadConfig(cfg.KVStoreConfig)
 		if err != nil {
-			return kvstore.Config{}, nil, fmt.Errorf("--kvstore-config: %w", err)
+			return kvstore.Config{}, nil, nil, fmt.Errorf("--kvstore-config: %w", err)
 		}
-		return c, func() {}, nil
+		return c, nil, func() {}, nil
 	}
 	advertise := cfg.EtcdAdvertise
 	if advertise == "" {
@@ -118,7 +162,7 @@ func kvstoreConfig(ctx context.Context, cfg Config, log *slog.Logger) (kvstore.C
 	}
 	host, _, err := net.SplitHostPort(advertise)
 	if err != nil {
-		return kvstore.Config{}, nil, fmt.Errorf("--etcd-advertise-address: %w", err)
+		return kvstore.Config{}, nil, nil, fmt.Errorf("--etcd-advertise-address: %w", err)
 	}
 	ecfg := etcdserver.Config{
 		ClusterName: cfg.ClusterName, DataDir: cfg.EtcdDataDir, CertDir: cfg.EtcdTLSDir,
@@ -130,24 +174,14 @@ func kvstoreConfig(ctx context.Context, cfg Config, log *slog.Logger) (kvstore.C
 	}
 	srv, err := etcdserver.Start(ctx, ecfg, log.With("component", "etcd"))
 	if err != nil {
-		return kvstore.Config{}, nil, fmt.Errorf("embedded etcd: %w", err)
-	}
-	for _, r := range cfg.RemoteClusters {
-		rc, err := srv.EnsureRemoteUser(ctx, r)
-		if err == nil {
-			err = WriteRemoteConfig(filepath.Join(cfg.RemoteConfigDir, r), cfg.ClusterName, "https://"+advertise, rc)
-		}
-		if err != nil {
-			srv.Stop()
-			return kvstore.Config{}, nil, fmt.Errorf("remote user for %s: %w", r, err)
-		}
+		return kvstore.Config{}, nil, nil, fmt.Errorf("embedded etcd: %w", err)
 	}
 	admin := srv.AdminConfig()
 	// The admin connects locally whatever the listen address is.
 	if _, port, err := net.SplitHostPort(cfg.EtcdListenAddress); err == nil {
 		admin.Endpoints = []string{"https://" + net.JoinHostPort("127.0.0.1", port)}
 	}
-	return admin, srv.Stop, nil
+	return admin, srv, srv.Stop, nil
 }
 
 // WriteRemoteConfig writes, into dir, what the remote cluster needs to read

@@ -40,6 +40,13 @@ func TestMainEmbeddedEtcd(t *testing.T) {
 	cfg.EtcdDataDir = filepath.Join(dir, "etcd")
 	cfg.EtcdListenAddress = freeAddr(t)
 	cfg.RemoteClusters = []string{"main-c2"}
+	cfg.RemoteUsersFile = filepath.Join(dir, "remote-users", "users.yaml")
+	if err := os.MkdirAll(filepath.Dir(cfg.RemoteUsersFile), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg.RemoteUsersFile, []byte("clusters: [main-c3]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	cfg.RemoteConfigDir = filepath.Join(dir, "remotes")
 	cfg.HealthAddress, cfg.MetricsAddress = freeAddr(t), freeAddr(t)
 
@@ -105,6 +112,31 @@ func TestMainEmbeddedEtcd(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(cfg.RemoteConfigDir, "main-c2", "main-c1.etcd-client.key")); err != nil {
 		t.Error(err)
+	}
+
+	// The user of the file's cluster exists until the file drops it; the
+	// user of --remote-clusters stays.
+	rc3, err := kvstore.LoadConfig(filepath.Join(cfg.RemoteConfigDir, "main-c3", "main-c1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	remote3, err := kvstore.New(ctx, rc3, etcdserver.TestLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer remote3.Close()
+	if _, err := remote3.Etcd().Get(rctx, "cilium/cluster-config/main-c1"); err != nil {
+		t.Fatalf("read as the file's user: %v", err)
+	}
+	if err := os.WriteFile(cfg.RemoteUsersFile, []byte("clusters: []\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the file's user removed", func() bool {
+		_, err := remote3.Etcd().Get(rctx, "cilium/cluster-config/main-c1")
+		return err != nil
+	})
+	if _, err := remote.Etcd().Get(rctx, "cilium/cluster-config/main-c1"); err != nil {
+		t.Errorf("the --remote-clusters user lost access: %v", err)
 	}
 }
 

@@ -1,0 +1,241 @@
+package remoteusers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"k8s.io/utils/clock"
+
+	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
+)
+
+func TestParse(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		data string
+		want []string // nil with bad: error
+		bad  bool
+	}{
+		{"list", "clusters: [c3, c2, c3]\n", []string{"c2", "c3"}, false},
+		{"block list", "clusters:\n- c2\n", []string{"c2"}, false},
+		{"empty list", "clusters: []\n", []string{}, false},
+		{"empty file", "", []string{}, false},
+		{"bad name", "clusters: [C_2]\n", nil, true},
+		{"own cluster", "clusters: [c1]\n", nil, true},
+		{"unknown field", "cluster: [c2]\n", nil, true},
+		{"not a list", "clusters: c2\n", nil, true},
+		{"not yaml", "clusters: [c2\n", nil, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := Parse([]byte(tc.data), "c1")
+			if tc.bad {
+				if !errors.Is(err, ErrMalformed) {
+					t.Fatalf("Parse: %v, %v; want ErrMalformed", got, err)
+				}
+				return
+			}
+			if err != nil || !slices.Equal(got, tc.want) && len(got)+len(tc.want) > 0 {
+				t.Fatalf("Parse = %v, %v; want %v", got, err, tc.want)
+			}
+		})
+	}
+}
+
+// configMapDir imitates a Kubernetes ConfigMap volume: the file is a
+// symlink through ..data, which each update swaps atomically.
+type configMapDir struct {
+	t   *testing.T
+	dir string
+	gen int
+}
+
+func newConfigMapDir(t *testing.T, content string) *configMapDir {
+	d := &configMapDir{t: t, dir: t.TempDir()}
+	d.write(content)
+	if err := os.Symlink(filepath.Join("..data", "users.yaml"), filepath.Join(d.dir, "users.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func (d *configMapDir) file() string { return filepath.Join(d.dir, "users.yaml") }
+
+func (d *configMapDir) write(content string) {
+	d.gen++
+	ts := fmt.Sprintf("..gen_%d", d.gen)
+	if err := os.Mkdir(filepath.Join(d.dir, ts), 0o755); err != nil {
+		d.t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(d.dir, ts, "users.yaml"), []byte(content), 0o644); err != nil {
+		d.t.Fatal(err)
+	}
+	tmp := filepath.Join(d.dir, "..data_tmp")
+	if err := os.Symlink(ts, tmp); err != nil {
+		d.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(d.dir, "..data")); err != nil {
+		d.t.Fatal(err)
+	}
+	if d.gen > 1 {
+		os.RemoveAll(filepath.Join(d.dir, fmt.Sprintf("..gen_%d", d.gen-1)))
+	}
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestFileChanges edits a ConfigMap-like users file under a running
+// reconciler on a real embedded etcd: a cluster added to the file gets a
+// user that can read cilium/state/ and cannot write; a malformed file is
+// reported and changes nothing; a cluster removed from the file loses its
+// user and new requests with its certificate are denied.
+func TestFileChanges(t *testing.T) {
+	srv := etcdserver.StartTest(t, etcdserver.Config{ClusterName: "c1"})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	admin, err := kvstore.New(ctx, srv.AdminConfig(), etcdserver.TestLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if _, err := admin.Etcd().Put(ctx, "cilium/state/nodes/v1/c1/n1", "{}"); err != nil {
+		t.Fatal(err)
+	}
+
+	cm := newConfigMapDir(t, "clusters: []\n")
+	var (
+		mu      sync.Mutex
+		configs = map[string]kvstore.Config{}
+	)
+	reg := prometheus.NewRegistry()
+	r, err := New(Config{
+		Cluster: "c1", File: cm.file(), Static: []string{"c9"}, Resync: time.Hour,
+		OnEnsure: func(c string, rc kvstore.Config) error {
+			mu.Lock()
+			defer mu.Unlock()
+			configs[c] = rc
+			return nil
+		},
+	}, srv, clock.RealClock{}, etcdserver.TestLogger(), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(runCtx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	users := func(want ...string) func() bool {
+		return func() bool {
+			got, err := srv.RemoteUsers(ctx)
+			slices.Sort(got)
+			return err == nil && slices.Equal(got, want)
+		}
+	}
+	eventually(t, "the static user c9 alone", users("c9"))
+
+	cm.write("clusters: [c2, c9]\n")
+	eventually(t, "users c2 and c9", users("c2", "c9"))
+	mu.Lock()
+	rc, ok := configs["c2"]
+	mu.Unlock()
+	if !ok {
+		t.Fatal("no client config for c2")
+	}
+	remote, err := kvstore.New(ctx, rc, etcdserver.TestLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer remote.Close()
+	if resp, err := remote.Etcd().Get(ctx, "cilium/state/", clientv3WithPrefix()...); err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("remote read of cilium/state/: %v, %v", resp, err)
+	}
+	if _, err := remote.Etcd().Put(ctx, "cilium/state/nodes/v1/c1/n2", "{}"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+		t.Fatalf("remote write: %v, want permission denied", err)
+	}
+
+	cm.write("clusters: [c2, Not_A_Cluster]\n")
+	eventually(t, "the malformed file reported", func() bool { return errors.Is(r.LastError(), ErrMalformed) })
+	if got := value(t, r.errors.WithLabelValues("file")); got < 1 {
+		t.Errorf("file errors metric %v", got)
+	}
+	if ok := users("c2", "c9")(); !ok {
+		t.Fatal("a malformed file changed the users")
+	}
+
+	cm.write("clusters: []\n")
+	eventually(t, "c2 removed, static c9 kept", users("c9"))
+	if r.LastError() != nil {
+		t.Errorf("last error after a good file: %v", r.LastError())
+	}
+	if _, err := remote.Etcd().Get(ctx, "cilium/state/nodes/v1/c1/n1"); err == nil {
+		t.Fatal("the removed user can still read")
+	}
+	if got := value(t, r.usersGauge); got != 1 {
+		t.Errorf("users gauge %v, want 1", got)
+	}
+}
+
+// TestRescan applies a file written where no watch sees it (its directory
+// did not exist when Run started) on the periodic rescan.
+func TestRescan(t *testing.T) {
+	srv := etcdserver.StartTest(t, etcdserver.Config{ClusterName: "c1"})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	file := filepath.Join(t.TempDir(), "later", "users.yaml")
+	r, err := New(Config{Cluster: "c1", File: file, Resync: 200 * time.Millisecond}, srv, clock.RealClock{}, etcdserver.TestLogger(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(runCtx) }()
+	defer func() { stop(); <-done }()
+	eventually(t, "the missing file reported", func() bool { return r.LastError() != nil })
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, []byte("clusters: [c3]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "user c3", func() bool {
+		got, err := srv.RemoteUsers(ctx)
+		return err == nil && strings.Join(got, ",") == "c3"
+	})
+}
+
+func value(t *testing.T, m prometheus.Metric) float64 {
+	t.Helper()
+	var d dto.Metric
+	if err := m.Write(&d); err != nil {
+		t.Fatal(err)
+	}
+	if d.Counter != nil {
+		return d.Counter.GetValue()
+	}
+	return d.Gauge.GetValue()
+}
