@@ -27,7 +27,8 @@ test: ## run every test: unit, real etcd, real kube-apiserver, eBPF (as root) an
 test-unit: ## run the tests that need neither root nor Kubernetes binaries
 	$(GO) test -count=1 -short $(PKGS)
 
-lint: ## go vet and staticcheck
+lint: ## gofmt, go vet and staticcheck
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 	if [ -d e2e ]; then $(GO) vet -tags e2e ./e2e/...; fi
 	$(GO) tool staticcheck $(PKGS)

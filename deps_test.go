@@ -26,7 +26,7 @@ var forbidden = map[string][]string{
 		module + "/agent", module + "/clustermesh-apiserver", module + "/kvstore",
 		"k8s.io/client-go", "go.etcd.io/etcd",
 	},
-	module + "/agent": {module + "/clustermesh-apiserver", module + "/cmd"},
+	module + "/agent":                 {module + "/clustermesh-apiserver", module + "/cmd"},
 	module + "/clustermesh-apiserver": {module + "/agent", module + "/bpf", module + "/cmd"},
 }
 

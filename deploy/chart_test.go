@@ -304,4 +304,3 @@ func TestLint(t *testing.T) {
 		})
 	}
 }
-

@@ -119,4 +119,3 @@ func TestObjectNameBounded(t *testing.T) {
 		t.Fatal(ObjectName(&APIServerReport{}))
 	}
 }
-

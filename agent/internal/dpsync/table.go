@@ -104,4 +104,3 @@ func (t *table[K, T]) values() []T {
 	}
 	return out
 }
-

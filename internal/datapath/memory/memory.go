@@ -14,7 +14,7 @@ import (
 type Datapath struct {
 	mu      sync.Mutex
 	state   datapath.State
-	applied int // batches applied; guarded by mu
+	applied int           // batches applied; guarded by mu
 	notify  chan struct{} // closed and replaced on every Apply; guarded by mu
 }
 

@@ -215,4 +215,3 @@ func golden(t *testing.T, name, got string) {
 }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
-
