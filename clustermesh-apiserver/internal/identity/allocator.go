@@ -289,3 +289,10 @@ func (a *Allocator) GC(ctx context.Context) error {
 	a.allocated.Set(float64(len(a.byID)))
 	return errors.Join(errs...)
 }
+
+// Len returns the number of allocated identities (stored in etcd).
+func (a *Allocator) Len() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.byID)
+}

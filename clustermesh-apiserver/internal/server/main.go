@@ -19,6 +19,8 @@ import (
 
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/health"
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/remoteusers"
+	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/statusreport"
+	"github.com/clustermesh/clustermesh/internal/meshstatus"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
 )
@@ -57,6 +59,23 @@ func Main(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	if users != nil {
 		runners = append(runners, users.Run)
+	}
+	if cfg.StatusNamespace != "" {
+		report := func(ctx context.Context) meshstatus.APIServerReport {
+			r := s.Report(ctx)
+			if users != nil {
+				if err := users.LastError(); err != nil {
+					r.LastError = err.Error()
+				}
+			}
+			return r
+		}
+		pub, err := statusreport.New(statusreport.Config{Namespace: cfg.StatusNamespace, Interval: cfg.StatusInterval},
+			kube.CoreV1(), report, clock.RealClock{}, log.With("component", "status"))
+		if err != nil {
+			return fmt.Errorf("--status-namespace: %w", err)
+		}
+		runners = append(runners, pub.Run)
 	}
 	hs, err := health.Listen(cfg.HealthAddress, health.Handler(s.Live, s.Ready), log.With("server", "health"))
 	if err != nil {

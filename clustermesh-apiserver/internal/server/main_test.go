@@ -15,6 +15,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
+	"github.com/clustermesh/clustermesh/internal/kubetest"
+	"github.com/clustermesh/clustermesh/internal/meshstatus"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
 )
@@ -49,6 +51,10 @@ func TestMainEmbeddedEtcd(t *testing.T) {
 	}
 	cfg.RemoteConfigDir = filepath.Join(dir, "remotes")
 	cfg.HealthAddress, cfg.MetricsAddress = freeAddr(t), freeAddr(t)
+	cfg.StatusNamespace = "main-status"
+	if err := kubetest.EnsureNamespace(context.Background(), cp.Client, cfg.StatusNamespace); err != nil {
+		t.Fatal(err)
+	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -72,6 +78,10 @@ func TestMainEmbeddedEtcd(t *testing.T) {
 	waitFor(t, "readyz", func() bool {
 		code, _ := get("http://" + cfg.HealthAddress + "/readyz")
 		return code == http.StatusOK
+	})
+	waitFor(t, "a ready status report", func() bool {
+		rs, err := meshstatus.List(ctx, cp.Client.CoreV1(), cfg.StatusNamespace)
+		return err == nil && len(rs.APIServers) == 1 && rs.APIServers[0].Ready && rs.APIServers[0].Cluster == "main-c1"
 	})
 	if code, body := get("http://" + cfg.HealthAddress + "/healthz"); code != http.StatusOK {
 		t.Errorf("healthz: %d %s", code, body)

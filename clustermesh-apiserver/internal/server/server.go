@@ -22,6 +22,7 @@ import (
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/nodes"
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/pods"
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/services"
+	"github.com/clustermesh/clustermesh/internal/meshstatus"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
@@ -62,6 +63,7 @@ type Server struct {
 	factory informers.SharedInformerFactory
 	alloc   *identity.Allocator
 	stores  []Store
+	kinds   map[string]*countingStore // status report kind → store
 	runners []func(context.Context) error
 	synced  []<-chan struct{}
 	idsDone chan struct{} // closed once the identities canary is written
@@ -75,7 +77,7 @@ func New(ctx context.Context, cfg Config, d Deps) (*Server, error) {
 	if d.Clock == nil {
 		d.Clock = clock.RealClock{}
 	}
-	s := &Server{cfg: cfg, d: d, log: d.Log, idsDone: make(chan struct{})}
+	s := &Server{cfg: cfg, d: d, log: d.Log, idsDone: make(chan struct{}), kinds: map[string]*countingStore{}}
 	alloc, err := identity.New(ctx, d.KV.Etcd(), identity.Config{
 		ClusterID: cfg.ClusterID, MaxConnectedClusters: cfg.MaxConnectedClusters, GracePeriod: cfg.IdentityGracePeriod,
 	}, d.Log.With("component", "identity"), d.Clock, d.Registry)
@@ -95,21 +97,26 @@ func New(ctx context.Context, cfg Config, d Deps) (*Server, error) {
 		return st
 	}
 
-	nodeStore := newStore("nodes", wire.NodesPrefix(c), wire.SyncedKey(c, wire.KindNodes))
+	counted := func(kind string, st Store) Store {
+		cs := newCountingStore(st)
+		s.kinds[kind] = cs
+		return cs
+	}
+	nodeStore := counted(meshstatus.KindNodes, newStore("nodes", wire.NodesPrefix(c), wire.SyncedKey(c, wire.KindNodes)))
 	np, err := nodes.New(nodes.Config{Cluster: c, ClusterID: cfg.ClusterID, Workers: cfg.NodeWorkers},
 		s.factory.Core().V1().Nodes().Informer(), nodeStore, nodeStore.MarkSynced, d.Log, cm, d.Registry)
 	if err != nil {
 		return nil, err
 	}
 
-	ipStore := newStore("ip", wire.IPPrefix, wire.SyncedKey(c, wire.KindIP))
+	ipStore := counted(meshstatus.KindIPCache, newStore("ip", wire.IPPrefix, wire.SyncedKey(c, wire.KindIP)))
 	pp, err := pods.New(pods.Config{Cluster: c, Workers: cfg.PodWorkers},
 		s.factory.Core().V1().Pods().Informer(), ipStore, alloc, ipStore.MarkSynced, d.Log, cm, d.Registry)
 	if err != nil {
 		return nil, err
 	}
 
-	svcStore := newStore("services", wire.ServicesPrefix(c), wire.SyncedKey(c, wire.KindServices))
+	svcStore := counted(meshstatus.KindServices, newStore("services", wire.ServicesPrefix(c), wire.SyncedKey(c, wire.KindServices)))
 	sp, err := services.New(services.Config{Cluster: c, ClusterID: cfg.ClusterID, Workers: cfg.ServiceWorkers},
 		s.factory.Core().V1().Services().Informer(), s.factory.Discovery().V1().EndpointSlices().Informer(),
 		svcStore, svcStore.MarkSynced, d.Log, cm, d.Registry)
