@@ -14,7 +14,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
-	"sigs.k8s.io/yaml"
 )
 
 // Join modes of Config.Join.
@@ -115,20 +114,30 @@ func (m *Mesh) enableCLI(ctx context.Context, c *Cluster, lb netip.Addr) error {
 
 func (c *Cluster) tlsDir() string { return filepath.Join(c.dir, "etcd-pki") }
 
-// remoteUsers reads the users ConfigMap `clustermesh connect` maintains:
-// the clusters that get a read-only etcd user remote-<cluster>.
-func (c *Cluster) remoteUsers(ctx context.Context) ([]string, error) {
+func (c *Cluster) usersFile() string { return filepath.Join(c.dir, "remote-users", "users.yaml") }
+
+// mountRemoteUsers writes the users ConfigMap `clustermesh connect`
+// maintains (the clusters that get a read-only etcd user remote-<cluster>)
+// to the apiserver's --remote-users-file, as the kubelet mounts it.
+func (c *Cluster) mountRemoteUsers(ctx context.Context) error {
 	cm, err := c.CP.Client.CoreV1().ConfigMaps(meshNamespace).Get(ctx, configMapUsers, metav1.GetOptions{})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	var u struct {
-		Clusters []string `json:"clusters"`
+	if err := os.MkdirAll(filepath.Dir(c.usersFile()), 0o700); err != nil {
+		return err
 	}
-	if err := yaml.Unmarshal([]byte(cm.Data["users.yaml"]), &u); err != nil {
-		return nil, fmt.Errorf("configmap %s: %w", configMapUsers, err)
+	return writeAtomic(c.usersFile(), []byte(cm.Data["users.yaml"]))
+}
+
+// Mount writes both objects `clustermesh connect` maintains in c as the
+// kubelet would mount them: the users file of the apiserver and the
+// remote-clusters directory of the agents.
+func (c *Cluster) Mount(ctx context.Context) error {
+	if err := c.mountRemoteUsers(ctx); err != nil {
+		return err
 	}
-	return u.Clusters, nil
+	return c.MountRemoteClusters(ctx)
 }
 
 // MountRemoteClusters does what the kubelet does with the remote-clusters

@@ -15,8 +15,8 @@
 // harness plays both: it gives the chart's clustermesh-apiserver Service a
 // load balancer address on the datacenter bridge (forwarded to the
 // apiserver process's etcd), seeds the apiserver's etcd TLS directory with
-// the CA that enable created, starts it with --remote-clusters from the
-// users ConfigMap that connect wrote, and writes the remote-clusters Secret
+// the CA that enable created, starts it with the users ConfigMap that
+// connect wrote as its --remote-users-file, and writes the remote-clusters Secret
 // into each cluster's agent config directory as a mounted Secret.
 // JoinDirect skips the CLI: each apiserver creates the users itself and
 // the harness copies the client configs it writes.

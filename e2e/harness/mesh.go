@@ -320,9 +320,10 @@ func (m *Mesh) startCluster(ctx context.Context, c *Cluster) error {
 	var users []string
 	args := []string{"--etcd-tls-dir=" + c.tlsDir()}
 	if m.cfg.Join == JoinCLI {
-		if users, err = c.remoteUsers(ctx); err != nil {
+		if err := c.mountRemoteUsers(ctx); err != nil {
 			return err
 		}
+		args = append(args, "--remote-users-file="+c.usersFile(), "--status-namespace="+meshNamespace)
 		f, err := listenIn(m.DC, c.advertise, etcdAddr)
 		if err != nil {
 			return fmt.Errorf("load balancer %s: %w", c.advertise, err)
@@ -337,6 +338,7 @@ func (m *Mesh) startCluster(ctx context.Context, c *Cluster) error {
 				users = append(users, o.Name)
 			}
 		}
+		args = append(args, "--remote-clusters="+strings.Join(users, ","))
 	}
 	c.remoteDir = filepath.Join(c.dir, "remotes")
 	p, err := startProcess("clustermesh-apiserver "+c.Name, filepath.Join(c.dir, "clustermesh-apiserver.log"), nil, m.cfg.Bins.APIServer,
@@ -345,7 +347,7 @@ func (m *Mesh) startCluster(ctx context.Context, c *Cluster) error {
 			"--kubeconfig="+c.CP.Kubeconfig(),
 			"--etcd-data-dir="+filepath.Join(c.dir, "etcd"),
 			"--etcd-listen-address="+etcdAddr, "--etcd-advertise-address="+c.advertise,
-			"--remote-clusters="+strings.Join(users, ","), "--remote-config-dir="+c.remoteDir,
+			"--remote-config-dir="+c.remoteDir,
 			"--health-address=127.0.0.1:"+strconv.Itoa(ports[1]), "--metrics-address=",
 		)...)
 	if err != nil {
@@ -364,19 +366,19 @@ func (m *Mesh) Connect(ctx context.Context, r, e *Cluster) error {
 		if _, err := m.CLI(ctx, "connect", "--context="+r.Name, "--destination-context="+e.Name, "--skip-endpoint-check"); err != nil {
 			return err
 		}
-		return errors.Join(r.MountRemoteClusters(ctx), e.MountRemoteClusters(ctx))
+		return errors.Join(r.Mount(ctx), e.Mount(ctx))
 	}
 	return errors.Join(m.copyRemoteConfig(ctx, r, e), m.copyRemoteConfig(ctx, e, r))
 }
 
 // Disconnect disconnects r and e both ways (`clustermesh disconnect` with
-// JoinCLI). The read-only etcd users stay until the apiservers restart.
+// JoinCLI: the apiservers then also drop the read-only etcd users).
 func (m *Mesh) Disconnect(ctx context.Context, r, e *Cluster) error {
 	if m.cfg.Join == JoinCLI {
 		if _, err := m.CLI(ctx, "disconnect", "--context="+r.Name, "--destination-context="+e.Name); err != nil {
 			return err
 		}
-		return errors.Join(r.MountRemoteClusters(ctx), e.MountRemoteClusters(ctx))
+		return errors.Join(r.Mount(ctx), e.Mount(ctx))
 	}
 	return errors.Join(os.Remove(filepath.Join(r.ConfigDir, e.Name)), os.Remove(filepath.Join(e.ConfigDir, r.Name)))
 }
