@@ -3,6 +3,7 @@ package etcdserver
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -235,8 +236,8 @@ func (s *Server) ensureCerts() error {
 		return fmt.Errorf("%w: server certificate and key must be given together", ErrConfig)
 	}
 	if cfg.ServerCertFile != "" {
-		if _, err := tls.LoadX509KeyPair(cfg.ServerCertFile, cfg.ServerKeyFile); err != nil {
-			return fmt.Errorf("%w: server certificate: %w", ErrConfig, err)
+		if err := checkServedCert(cfg.ServerCertFile, cfg.ServerKeyFile, ca, s.dialURL()); err != nil {
+			return err
 		}
 	}
 	hosts := append([]string(nil), cfg.Hosts...)
@@ -372,10 +373,52 @@ func (s *Server) CAFile() string { return s.caFile }
 // Endpoints returns the client URL of this member.
 func (s *Server) Endpoints() []string { return []string{s.cfg.ClientURL} }
 
-// AdminConfig returns a client config that acts as the root user.
+// dialURL is the client URL local clients dial: ClientURL, with a loopback
+// address instead of an unspecified one (0.0.0.0 or ::), which a
+// certificate does not cover.
+func (s *Server) dialURL() string {
+	u, err := url.Parse(s.cfg.ClientURL)
+	if err != nil {
+		return s.cfg.ClientURL
+	}
+	if ip := net.ParseIP(u.Hostname()); ip != nil && ip.IsUnspecified() {
+		lo := "127.0.0.1"
+		if ip.To4() == nil {
+			lo = "::1"
+		}
+		u.Host = net.JoinHostPort(lo, u.Port())
+	}
+	return u.String()
+}
+
+// checkServedCert checks that the certificate to serve loads, is signed by
+// ca and covers the host local clients dial.
+func checkServedCert(certFile, keyFile string, ca *pki.CA, dial string) error {
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return fmt.Errorf("%w: server certificate: %w", ErrConfig, err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		return fmt.Errorf("%w: server certificate %s: %w", ErrConfig, certFile, err)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: ca.Pool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+		return fmt.Errorf("%w: server certificate %s is not for this etcd's CA: %w", ErrConfig, certFile, err)
+	}
+	if u, err := url.Parse(dial); err == nil {
+		if err := leaf.VerifyHostname(u.Hostname()); err != nil {
+			return fmt.Errorf("%w: server certificate %s must cover %s, which local clients dial: %w", ErrConfig, certFile, u.Hostname(), err)
+		}
+	}
+	return nil
+}
+
+// AdminConfig returns a client config that acts as the root user. Its
+// endpoint is the client URL, on loopback when etcd listens on all
+// addresses.
 func (s *Server) AdminConfig() kvstore.Config {
 	return kvstore.Config{
-		Endpoints:     s.Endpoints(),
+		Endpoints:     []string{s.dialURL()},
 		TrustedCAFile: s.caFile,
 		CertFile:      s.adminCert,
 		KeyFile:       s.adminKey,
@@ -390,7 +433,7 @@ func (s *Server) ClientConfig(user string) (kvstore.Config, error) {
 		return kvstore.Config{}, err
 	}
 	return kvstore.Config{
-		Endpoints:     s.Endpoints(),
+		Endpoints:     []string{s.dialURL()},
 		TrustedCAFile: s.caFile,
 		CertFile:      certFile,
 		KeyFile:       keyFile,

@@ -3,6 +3,7 @@ package etcdserver_test
 import (
 	"crypto/tls"
 	"errors"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -45,6 +46,7 @@ func TestServedCertificateFromFiles(t *testing.T) {
 	}
 	writeServer("first.mesh.example")
 	srv := etcdserver.StartTest(t, etcdserver.Config{
+		ClientURL:      "https://0.0.0.0:0", // as in the chart: the admin dials loopback
 		CertDir:        certDir,
 		ServerCertFile: filepath.Join(serverDir, "tls.crt"),
 		ServerKeyFile:  filepath.Join(serverDir, "tls.key"),
@@ -77,7 +79,7 @@ func TestServedCertificateFromFiles(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c, err := tls.Dial("tcp", u.Host, &tls.Config{
+		c, err := tls.Dial("tcp", net.JoinHostPort("127.0.0.1", u.Port()), &tls.Config{
 			RootCAs: ca.Pool(), ServerName: serverName, Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2"},
 		})
 		if err != nil {
@@ -102,11 +104,38 @@ func TestServedCertificateFromFiles(t *testing.T) {
 
 func TestServedCertificateMustLoad(t *testing.T) {
 	dir := t.TempDir()
-	_, err := etcdserver.Start(testCtx(t), etcdserver.Config{
-		ClusterName: "c1", DataDir: filepath.Join(dir, "etcd"),
-		ServerCertFile: filepath.Join(dir, "missing.crt"), ServerKeyFile: filepath.Join(dir, "missing.key"),
-	}, etcdserver.TestLogger())
-	if !errors.Is(err, etcdserver.ErrConfig) {
-		t.Fatalf("start with a missing server certificate: %v, want ErrConfig", err)
+	ca, err := pki.NewCA("ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := ca.WriteCA(filepath.Join(dir, "tls"), "ca"); err != nil {
+		t.Fatal(err)
+	}
+	other, err := pki.NewCA("other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp, err := other.IssueServer("etcd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherCert, otherKey, err := kp.Write(filepath.Join(dir, "other"), "tls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, cert, key string }{
+		{"missing", filepath.Join(dir, "missing.crt"), filepath.Join(dir, "missing.key")},
+		{"other CA", otherCert, otherKey},
+		{"no key", otherCert, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := etcdserver.Start(testCtx(t), etcdserver.Config{
+				ClusterName: "c1", DataDir: filepath.Join(t.TempDir(), "etcd"), CertDir: filepath.Join(dir, "tls"),
+				ServerCertFile: tc.cert, ServerKeyFile: tc.key,
+			}, etcdserver.TestLogger())
+			if !errors.Is(err, etcdserver.ErrConfig) {
+				t.Fatalf("start: %v, want ErrConfig", err)
+			}
+		})
 	}
 }
