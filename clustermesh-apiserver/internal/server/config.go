@@ -78,6 +78,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.EtcdTLSDir, "etcd-tls-dir", c.EtcdTLSDir, "CA and certificates of the embedded etcd, generated if missing (default: <etcd-data-dir>-pki)")
 	fs.StringVar(&c.EtcdServerTLSDir, "etcd-server-tls-dir", c.EtcdServerTLSDir, "directory with the server certificate the embedded etcd serves to clients (tls.crt, tls.key, signed by the CA of --etcd-tls-dir, covering 127.0.0.1 and every address remote clusters dial); re-read on every handshake, so a rotated certificate is served without restart (default: a certificate generated into --etcd-tls-dir)")
 	fs.StringSliceVar(&c.RemoteClusters, "remote-clusters", c.RemoteClusters, "deprecated, use --remote-users-file: clusters to create read-only etcd users remote-<name> for (embedded etcd only); added to those of the file")
+	_ = fs.MarkDeprecated("remote-clusters", "use --remote-users-file (both are applied: the users are their union)")
 	fs.StringVar(&c.RemoteUsersFile, "remote-users-file", c.RemoteUsersFile, `YAML file "clusters: [c2, c3]" naming the clusters that get a read-only etcd user remote-<name> (embedded etcd only); changes apply without restart`)
 	fs.DurationVar(&c.RemoteUsersResync, "remote-users-resync", c.RemoteUsersResync, "how often the remote users are reconciled with --remote-users-file even without a file change")
 	fs.StringVar(&c.StatusNamespace, "status-namespace", c.StatusNamespace, "namespace of the status ConfigMap read by `clustermesh status` (empty: not published)")
