@@ -160,12 +160,14 @@ func TestFileChanges(t *testing.T) {
 
 	cm.write("clusters: [c2, c9]\n")
 	eventually(t, "users c2 and c9", users("c2", "c9"))
-	mu.Lock()
-	rc, ok := configs["c2"]
-	mu.Unlock()
-	if !ok {
-		t.Fatal("no client config for c2")
-	}
+	var rc kvstore.Config
+	eventually(t, "the client config of c2", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		var ok bool
+		rc, ok = configs["c2"]
+		return ok
+	})
 	remote, err := kvstore.New(ctx, rc, etcdserver.TestLogger())
 	if err != nil {
 		t.Fatal(err)
@@ -189,14 +191,12 @@ func TestFileChanges(t *testing.T) {
 
 	cm.write("clusters: []\n")
 	eventually(t, "c2 removed, static c9 kept", users("c9"))
-	if r.LastError() != nil {
-		t.Errorf("last error after a good file: %v", r.LastError())
-	}
+	// The pass that removed c2 ends after the removal: wait for its report.
+	eventually(t, "a clean pass", func() bool {
+		return r.LastError() == nil && slices.Equal(r.Current(), []string{"c9"}) && value(t, r.usersGauge) == 1
+	})
 	if _, err := remote.Etcd().Get(ctx, "cilium/state/nodes/v1/c1/n1"); err == nil {
 		t.Fatal("the removed user can still read")
-	}
-	if got := value(t, r.usersGauge); got != 1 {
-		t.Errorf("users gauge %v, want 1", got)
 	}
 }
 
