@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/clustermesh/clustermesh/e2e/harness"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 )
@@ -50,6 +52,18 @@ func TestMain(m *testing.M) {
 	close(done)
 	wg.Wait()
 	teardown()
+	if code == 0 {
+		// client-go's HTTP/2 transports keep idle-connection readers and
+		// klog its flush daemon for the life of the process.
+		if err := goleak.Find(
+			goleak.IgnoreTopFunction("k8s.io/klog/v2.(*flushDaemon).run.func1"),
+			goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+			goleak.IgnoreAnyFunction("golang.org/x/net/http2.(*ClientConn).readLoop"),
+		); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutines left after teardown:", err)
+			code = 1
+		}
+	}
 	os.Exit(code)
 }
 
