@@ -361,8 +361,8 @@ func (h *harness) service(name, clusterIP string, annotations map[string]string)
 		ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: name, Annotations: annotations},
 		Spec: corev1.ServiceSpec{
 			ClusterIP: clusterIP,
-			Selector: map[string]string{"app": "web"},
-			Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http"), Protocol: corev1.ProtocolTCP}},
+			Selector:  map[string]string{"app": "web"},
+			Ports:     []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http"), Protocol: corev1.ProtocolTCP}},
 		},
 	}
 	if _, err := h.cs.CoreV1().Services(h.ns).Create(h.ctx, svc, metav1.CreateOptions{}); err != nil {
