@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -148,7 +149,9 @@ func (cp *ControlPlane) startEtcd() error {
 	ec := embed.NewConfig()
 	ec.Name = "kube-etcd"
 	ec.Dir = filepath.Join(cp.cfg.Dir, "etcd")
-	ec.LogLevel = "error"
+	// Kubernetes' own etcd: its shutdown noise ("server closed") is not ours
+	// to show; a failure surfaces as kube-apiserver errors instead.
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	client, _ := url.Parse("http://127.0.0.1:" + strconv.Itoa(ports[0]))
 	peer, _ := url.Parse("http://127.0.0.1:" + strconv.Itoa(ports[1]))
 	ec.ListenClientUrls, ec.AdvertiseClientUrls = []url.URL{*client}, []url.URL{*client}
