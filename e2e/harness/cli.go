@@ -84,7 +84,7 @@ func (m *Mesh) enableCLI(ctx context.Context, c *Cluster, lb netip.Addr) error {
 		fmt.Sprintf("--cluster-id=%d", c.ID), "--service-type=LoadBalancer"); err != nil {
 		return err
 	}
-	if err := m.DC.batch(fmt.Sprintf("addr add %s/32 dev %s-br", lb, m.cfg.Prefix)); err != nil {
+	if err := m.DC.Batch(fmt.Sprintf("addr add %s/32 dev %s-br", lb, m.cfg.Prefix)); err != nil {
 		return err
 	}
 	cs := c.CP.Client.CoreV1()

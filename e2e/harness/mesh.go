@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/clustermesh/clustermesh/internal/kubetest"
+	"github.com/clustermesh/clustermesh/internal/netns"
 )
 
 // Addresses of the datacenter network: a bridge in the datacenter
@@ -148,7 +149,7 @@ func Start(ctx context.Context, cfg Config) (_ *Mesh, err error) {
 		return nil, err
 	}
 	br := cfg.Prefix + "-br"
-	if err := m.DC.batch("link set lo up", "link add "+br+" type bridge", "link set "+br+" up",
+	if err := m.DC.Batch("link set lo up", "link add "+br+" type bridge", "link set "+br+" up",
 		fmt.Sprintf("addr add %s/%d dev %s", gateway, underlay.Bits(), br)); err != nil {
 		return nil, err
 	}
@@ -261,11 +262,11 @@ func (m *Mesh) Close() {
 }
 
 func (m *Mesh) newNS(suffix string) (*NS, error) {
-	n, err := newNS(m.cfg.Prefix + "-" + m.Run + "-" + suffix)
+	n, err := netns.Add(m.cfg.Prefix + "-" + m.Run + "-" + suffix)
 	if err != nil {
 		return nil, err
 	}
-	m.onClose(n.remove)
+	m.onClose(n.Remove)
 	return n, nil
 }
 

@@ -73,12 +73,12 @@ func (m *Mesh) addNode(ctx context.Context, c *Cluster, name string, j int) (*No
 		return nil, err
 	}
 	port := fmt.Sprintf("%s-%s%s", m.cfg.Prefix, c.Name, name)
-	if err := m.DC.batch(
+	if err := m.DC.Batch(
 		fmt.Sprintf("link add %s mtu 9000 type veth peer name ul0 netns %s", port, n.NS.Name),
 		fmt.Sprintf("link set %s master %s-br up", port, m.cfg.Prefix)); err != nil {
 		return nil, err
 	}
-	if err := n.NS.batch(
+	if err := n.NS.Batch(
 		"link set lo up",
 		"link set ul0 mtu 9000 up",
 		fmt.Sprintf("addr add %s/%d dev ul0", ip, underlay.Bits()),
@@ -153,17 +153,17 @@ func (n *Node) AddPod(ctx context.Context, name string, labels map[string]string
 	if p.NS, err = m.newNS(n.Cluster.Name + "-" + name); err != nil {
 		return nil, err
 	}
-	if err := n.NS.batch(
+	if err := n.NS.Batch(
 		fmt.Sprintf("link add %s type veth peer name eth0 netns %s", p.HostIf, p.NS.Name),
 		fmt.Sprintf("link set %s up", p.HostIf),
 		fmt.Sprintf("route add %s/32 dev %s", ip, p.HostIf)); err != nil {
 		return nil, err
 	}
-	mac, err := n.NS.linkMAC(p.HostIf)
+	mac, err := n.NS.LinkMAC(p.HostIf)
 	if err != nil {
 		return nil, err
 	}
-	if err := p.NS.batch(
+	if err := p.NS.Batch(
 		"link set lo up",
 		"link set eth0 mtu 1450 up",
 		fmt.Sprintf("addr add %s/32 dev eth0", ip),
