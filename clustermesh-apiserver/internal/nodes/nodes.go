@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
@@ -62,10 +61,7 @@ func Value(n *corev1.Node, cluster string, clusterID uint32) wire.Node {
 }
 
 // Store is the write side of the nodes prefix.
-type Store interface {
-	Upsert(key string, value []byte)
-	Delete(key string)
-}
+type Store = controller.Writer
 
 // Config configures the node publisher.
 type Config struct {
@@ -76,15 +72,11 @@ type Config struct {
 
 // Publisher writes the cluster's nodes.
 type Publisher struct {
-	cfg    Config
-	lister corelisters.NodeLister
-	store  Store
-	log    *slog.Logger
-	ctrl   *controller.Controller
-	gauge  prometheus.Gauge
-
-	mu        sync.Mutex
-	published map[string]bool // node names with an entry in the store
+	cfg     Config
+	lister  corelisters.NodeLister
+	log     *slog.Logger
+	ctrl    *controller.Controller
+	entries *controller.Entries
 }
 
 // New returns a publisher fed by a node informer; onSynced runs once the
@@ -92,18 +84,12 @@ type Publisher struct {
 func New(cfg Config, inf cache.SharedIndexInformer, store Store, onSynced func(),
 	log *slog.Logger, cm *controller.Metrics, reg prometheus.Registerer) (*Publisher, error) {
 	p := &Publisher{
-		cfg: cfg, lister: corelisters.NewNodeLister(inf.GetIndexer()), store: store,
-		log:       log.With("publisher", "nodes"),
-		published: map[string]bool{},
-		gauge: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: "clustermesh_apiserver", Name: "entries", ConstLabels: prometheus.Labels{"kind": string(wire.KindNodes)},
-			Help: "Entries published in the kvstore, per kind.",
-		}),
+		cfg: cfg, lister: corelisters.NewNodeLister(inf.GetIndexer()),
+		log: log.With("publisher", "nodes"),
 	}
-	if reg != nil {
-		if err := reg.Register(p.gauge); err != nil {
-			return nil, fmt.Errorf("register node metrics: %w", err)
-		}
+	var err error
+	if p.entries, err = controller.NewEntries(string(wire.KindNodes), store, reg); err != nil {
+		return nil, err
 	}
 	p.ctrl = controller.New(controller.Config{Name: "nodes", Workers: cfg.Workers}, p,
 		[]cache.InformerSynced{inf.HasSynced}, inf.GetIndexer().ListKeys, onSynced, log, cm)
@@ -135,20 +121,8 @@ func (p *Publisher) Reconcile(_ context.Context, name string) error {
 		p.withdraw(name, key)
 		return fmt.Errorf("node %s: %w: %w", name, controller.ErrTerminal, err)
 	}
-	p.store.Upsert(key, v)
-	p.mu.Lock()
-	p.published[name] = true
-	p.gauge.Set(float64(len(p.published)))
-	p.mu.Unlock()
+	p.entries.Upsert(name, key, v)
 	return nil
 }
 
-func (p *Publisher) withdraw(name, key string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.published[name] {
-		delete(p.published, name)
-		p.store.Delete(key)
-		p.gauge.Set(float64(len(p.published)))
-	}
-}
+func (p *Publisher) withdraw(name, key string) { p.entries.Withdraw(name, key) }

@@ -69,15 +69,10 @@ func New(cfg Config, inf cache.SharedIndexInformer, store Store, ids Identities,
 		pods:   map[string]*published{},
 		owners: map[netip.Addr]string{},
 		claims: map[netip.Addr]map[string]bool{},
-		gauge: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: "clustermesh_apiserver", Name: "entries", ConstLabels: prometheus.Labels{"kind": string(wire.KindIP)},
-			Help: "Entries published in the kvstore, per kind.",
-		}),
 	}
-	if reg != nil {
-		if err := reg.Register(p.gauge); err != nil {
-			return nil, fmt.Errorf("register pod metrics: %w", err)
-		}
+	var err error
+	if p.gauge, err = controller.NewEntriesGauge(string(wire.KindIP), reg); err != nil {
+		return nil, err
 	}
 	p.ctrl = controller.New(controller.Config{Name: "pods", Workers: cfg.Workers}, p,
 		[]cache.InformerSynced{inf.HasSynced}, inf.GetIndexer().ListKeys, onSynced, log, cm)

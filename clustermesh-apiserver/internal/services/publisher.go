@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -32,10 +31,7 @@ func serviceIndex(obj any) ([]string, error) {
 }
 
 // Store is the write side of the services prefix.
-type Store interface {
-	Upsert(key string, value []byte)
-	Delete(key string)
-}
+type Store = controller.Writer
 
 // Config configures the service publisher.
 type Config struct {
@@ -46,16 +42,12 @@ type Config struct {
 
 // Publisher writes the cluster's global, shared services.
 type Publisher struct {
-	cfg    Config
-	svcs   corelisters.ServiceLister
-	slices cache.Indexer
-	store  Store
-	log    *slog.Logger
-	ctrl   *controller.Controller
-	gauge  prometheus.Gauge
-
-	mu        sync.Mutex
-	published map[string]bool // service keys with an entry in the store
+	cfg     Config
+	svcs    corelisters.ServiceLister
+	slices  cache.Indexer
+	log     *slog.Logger
+	ctrl    *controller.Controller
+	entries *controller.Entries
 }
 
 // New returns a publisher fed by Service and EndpointSlice informers (not yet
@@ -67,18 +59,12 @@ func New(cfg Config, svcInf, sliceInf cache.SharedIndexInformer, store Store, on
 		return nil, fmt.Errorf("endpointslice index: %w", err)
 	}
 	p := &Publisher{
-		cfg: cfg, svcs: corelisters.NewServiceLister(svcInf.GetIndexer()), slices: sliceInf.GetIndexer(), store: store,
-		log:       log.With("publisher", "services"),
-		published: map[string]bool{},
-		gauge: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: "clustermesh_apiserver", Name: "entries", ConstLabels: prometheus.Labels{"kind": string(wire.KindServices)},
-			Help: "Entries published in the kvstore, per kind.",
-		}),
+		cfg: cfg, svcs: corelisters.NewServiceLister(svcInf.GetIndexer()), slices: sliceInf.GetIndexer(),
+		log: log.With("publisher", "services"),
 	}
-	if reg != nil {
-		if err := reg.Register(p.gauge); err != nil {
-			return nil, fmt.Errorf("register service metrics: %w", err)
-		}
+	var err error
+	if p.entries, err = controller.NewEntries(string(wire.KindServices), store, reg); err != nil {
+		return nil, err
 	}
 	p.ctrl = controller.New(controller.Config{Name: "services", Workers: cfg.Workers}, p,
 		[]cache.InformerSynced{svcInf.HasSynced, sliceInf.HasSynced}, svcInf.GetIndexer().ListKeys, onSynced, log, cm)
@@ -94,7 +80,7 @@ func New(cfg Config, svcInf, sliceInf cache.SharedIndexInformer, store Store, on
 			p.ctrl.Enqueue(k)
 		}
 	}
-	_, err := sliceInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	_, err = sliceInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: enqueueSlice,
 		UpdateFunc: func(old, cur any) {
 			enqueueSlice(old) // the service-name label may have changed
@@ -148,20 +134,8 @@ func (p *Publisher) Reconcile(_ context.Context, key string) error {
 		p.withdraw(key, etcdKey)
 		return fmt.Errorf("service %s: %w: %w", key, controller.ErrTerminal, err)
 	}
-	p.store.Upsert(etcdKey, v)
-	p.mu.Lock()
-	p.published[key] = true
-	p.gauge.Set(float64(len(p.published)))
-	p.mu.Unlock()
+	p.entries.Upsert(key, etcdKey, v)
 	return nil
 }
 
-func (p *Publisher) withdraw(key, etcdKey string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.published[key] {
-		delete(p.published, key)
-		p.store.Delete(etcdKey)
-		p.gauge.Set(float64(len(p.published)))
-	}
-}
+func (p *Publisher) withdraw(key, etcdKey string) { p.entries.Withdraw(key, etcdKey) }
