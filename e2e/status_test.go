@@ -9,7 +9,9 @@ import (
 )
 
 // TestMeshStatus: `clustermesh status --wait` reports every cluster ready
-// (the apiservers' and agents' status ConfigMaps).
+// (the apiservers' and agents' status ConfigMaps), and within a few
+// seconds every agent's report in the Kubernetes API says what its status
+// socket says: the same remotes, readiness and entry counts.
 func TestMeshStatus(t *testing.T) {
 	m := mesh(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -23,4 +25,10 @@ func TestMeshStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("clustermesh %v:\n%s", args, out)
+
+	// Nothing changes in the mesh meanwhile, so both views must meet; the
+	// agents (2 nodes per cluster) write counts-only changes within a second.
+	if err := m.WaitReports(ctx, 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
 }

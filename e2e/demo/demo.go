@@ -102,7 +102,12 @@ func Run(ctx context.Context, cfg Config) error {
 	for _, c := range m.Clusters {
 		args = append(args, "--context="+c.Name)
 	}
-	say("==> clustermesh %s", strings.Join(args, " "))
+	// The agents write their reports into the Kubernetes API about once a
+	// second; the story above may have taken less.
+	if err := m.WaitReports(ctx, 30*time.Second); err != nil {
+		return err
+	}
+	say("==> clustermesh %s (the agents' reports, read from each cluster's Kubernetes API)", strings.Join(args, " "))
 	out, err := m.CLI(ctx, args...)
 	if err != nil {
 		return err

@@ -2,18 +2,24 @@ package harness
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/clustermesh/clustermesh/internal/meshstatus"
 )
 
 // Join modes of Config.Join.
@@ -73,6 +79,19 @@ func (m *Mesh) CLI(ctx context.Context, args ...string) (string, error) {
 		return string(out), fmt.Errorf("clustermesh %s: %w: %s", strings.Join(args, " "), err, out)
 	}
 	return string(out), nil
+}
+
+// CLIStdout runs the clustermesh CLI like CLI but returns its standard
+// output alone (for -o json); the error holds the standard error.
+func (m *Mesh) CLIStdout(ctx context.Context, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, m.cfg.Bins.CLI, append([]string{"--kubeconfig=" + m.Kubeconfig}, args...)...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return out, fmt.Errorf("clustermesh %s: %w: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	return out, nil
 }
 
 // enableCLI runs `clustermesh enable` for c, acts as the load balancer
@@ -188,4 +207,81 @@ func writeAtomic(path string, data []byte) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// WaitReports waits until every agent's status report in the Kubernetes
+// API (read with `clustermesh status -o json`) says what the agent's status
+// socket says: the same remotes, readiness and entry counts per kind. The
+// reports lag the sockets by the agents' publish interval.
+func (m *Mesh) WaitReports(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		err := m.reportsMatch(ctx)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("agent status reports: %w", err)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+func (m *Mesh) reportsMatch(ctx context.Context) error {
+	line := func(ready bool, nodes, services, identities, ips uint64) string {
+		return fmt.Sprintf("ready=%v nodes=%d services=%d identities=%d ips=%d", ready, nodes, services, identities, ips)
+	}
+	want := map[string]string{} // cluster/node/remote → line
+	for _, c := range m.Clusters {
+		for _, n := range c.Nodes {
+			st, err := n.Status(ctx)
+			if err != nil {
+				return err
+			}
+			for _, r := range st.RemoteClusters {
+				e := map[string]uint64{}
+				for _, k := range r.Kinds {
+					e[k.Kind] = k.Entries
+				}
+				want[c.Name+"/"+n.Name+"/"+r.Name] = line(r.Ready, e["nodes"], e["services"], e["identities"], e["ipcache"])
+			}
+		}
+	}
+	args := []string{"status", "-o", "json"}
+	for _, c := range m.Clusters {
+		args = append(args, "--context="+c.Name)
+	}
+	js, err := m.CLIStdout(ctx, args...)
+	if err != nil {
+		return err
+	}
+	var st struct {
+		Clusters []struct {
+			Agents []meshstatus.AgentReport `json:"agents"`
+		} `json:"clusters"`
+	}
+	if err := json.Unmarshal(js, &st); err != nil {
+		return fmt.Errorf("status -o json: %w", err)
+	}
+	got := map[string]string{}
+	for _, c := range st.Clusters {
+		for _, a := range c.Agents {
+			for _, r := range a.Remotes {
+				e := func(k string) uint64 { return uint64(r.Entries[k]) }
+				got[a.Cluster+"/"+a.Node+"/"+r.Name] = line(r.Ready, e(meshstatus.KindNodes), e(meshstatus.KindServices),
+					e(meshstatus.KindIdentities), e(meshstatus.KindIPCache))
+			}
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(want)) {
+		if got[k] != want[k] {
+			return fmt.Errorf("%s: the status ConfigMap says %q, the agent's socket %q", k, got[k], want[k])
+		}
+	}
+	if len(got) != len(want) {
+		return fmt.Errorf("the status ConfigMaps hold %d agent×remote pairs, the sockets %d", len(got), len(want))
+	}
+	return nil
 }

@@ -144,6 +144,10 @@ type AgentStatus struct {
 		Ready         bool   `json:"ready"`
 		LastError     string `json:"lastError"`
 		RefusedReason string `json:"refusedReason"`
+		Kinds         []struct {
+			Kind    string `json:"kind"`
+			Entries uint64 `json:"entries,string"`
+		} `json:"kinds"`
 	} `json:"remoteClusters"`
 	Services []struct {
 		Namespace string `json:"namespace"`

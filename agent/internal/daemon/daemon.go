@@ -162,7 +162,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	runs := []func(context.Context) error{rec.Run, merger.Run, local.Run, mgr.Run, status.Run}
 	if cfg.StatusNamespace != "" {
-		pub := statusreport.New(statusreport.Config{Namespace: cfg.StatusNamespace, Cluster: cfg.ClusterName, Node: cfg.NodeName},
+		pub := statusreport.New(statusreport.Config{Namespace: cfg.StatusNamespace, Cluster: cfg.ClusterName, Node: cfg.NodeName, Nodes: local.NodeCount},
 			mgr, kube.CoreV1(), log.With("component", "statusreport"), clk)
 		runs = append(runs, pub.Run)
 	}

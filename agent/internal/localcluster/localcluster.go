@@ -98,6 +98,7 @@ type Watcher struct {
 	mu        sync.Mutex
 	slices    map[key]servicemerge.Name // guarded by mu: slice → its service, for deletes
 	nodeCIDRs map[string][]netip.Prefix // guarded by mu: node → programmed CIDRs
+	nodes     map[string]struct{}       // guarded by mu: the cluster's nodes, reconciled
 	podIPs    map[key][]netip.Addr      // guarded by mu: pod → programmed endpoints
 }
 
@@ -123,6 +124,7 @@ func New(cfg Config, client kubernetes.Interface, svcs ServiceSink, dp DatapathS
 		}),
 		slices:    map[key]servicemerge.Name{},
 		nodeCIDRs: map[string][]netip.Prefix{},
+		nodes:     map[string]struct{}{},
 		podIPs:    map[key][]netip.Addr{},
 	}
 	if reg != nil {
@@ -399,6 +401,11 @@ func (w *Watcher) reconcileNode(k key) error {
 		want = tunnels(node, w.cfg.ClusterID)
 	}
 	w.mu.Lock()
+	if node == nil {
+		delete(w.nodes, k.name)
+	} else {
+		w.nodes[k.name] = struct{}{}
+	}
 	prev := w.nodeCIDRs[k.name]
 	cidrs := make([]netip.Prefix, 0, len(want))
 	for _, t := range want {
@@ -419,6 +426,14 @@ func (w *Watcher) reconcileNode(k key) error {
 		w.dp.UpsertTunnel(t)
 	}
 	return nil
+}
+
+// NodeCount returns the number of the cluster's nodes seen so far (0
+// before the first sync).
+func (w *Watcher) NodeCount() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.nodes)
 }
 
 func containsPrefix(l []netip.Prefix, p netip.Prefix) bool {

@@ -110,6 +110,9 @@ func TestWatcher(t *testing.T) {
 		return len(st.Services[fe].Backends) == 2 && len(st.Tunnels) == 1 && len(st.Endpoints) == 1
 	})
 	<-synced
+	if n := w.NodeCount(); n != 2 {
+		t.Fatalf("node count %d after sync, want 2", n)
+	}
 	st, _ := dp.Dump()
 	if tun := st.Tunnels[netip.MustParsePrefix("10.1.2.0/24")]; tun.NodeIP != netip.MustParseAddr("192.168.0.2") || tun.ClusterID != 1 {
 		t.Fatalf("tunnel of n2: %+v (own node must have none: %v)", tun, st.Tunnels)
@@ -149,6 +152,9 @@ func TestWatcher(t *testing.T) {
 		_, svc := st.Services[fe]
 		return len(st.Tunnels) == 0 && len(st.Endpoints) == 1 && svc && len(st.Services[fe].Backends) == 0
 	})
+	if n := w.NodeCount(); n != 1 {
+		t.Fatalf("node count %d after deleting n2, want 1", n)
+	}
 	if err := client.CoreV1().Services("shop").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}

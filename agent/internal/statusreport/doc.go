@@ -5,7 +5,9 @@
 // counts, invalid entries, reconnects and last error. The publisher polls
 // the remote-cluster manager every second and writes at the next poll when
 // a remote's connectivity, readiness, sync, error or the set of remotes
-// changed, when only counters changed no more often than every 10 s (so
-// that churn in a large mesh does not make every node a writer), and at
-// least every 30 s; a failed write is retried with backoff.
+// changed; when only counters changed, no sooner than nodes/10 seconds
+// after its last write (1 s in a small cluster, 10 s at 100 nodes, capped
+// at 30 s), so that churn in a large mesh adds at most about 10 writes per
+// second per cluster; and at least every 30 s. A failed write is retried
+// with backoff.
 package statusreport

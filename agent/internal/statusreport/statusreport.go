@@ -27,12 +27,18 @@ type Config struct {
 	// PollInterval is how often the state is compared with the last
 	// published report (default 1s).
 	PollInterval time.Duration
-	// CountInterval is the shortest time between two writes caused only by
-	// changed entry, invalid or reconnect counts (default 10s), so that
-	// churn in a large mesh does not turn every node into a writer; other
+	// CountBudget is how many writes per second caused only by changed
+	// entry, invalid or reconnect counts the agents of one cluster may make
+	// together (default 10). Each agent waits Nodes()/CountBudget seconds
+	// (at least PollInterval, at most Resync) after its last write before
+	// writing a counts-only change, so that churn in a large mesh does not
+	// turn every node into a writer while a small one stays current; other
 	// changes (connected, ready, synced, errors, remotes added or removed)
 	// are written at the next poll.
-	CountInterval time.Duration
+	CountBudget float64
+	// Nodes returns the number of nodes in the agent's cluster; nil or a
+	// value below 1 counts as 1.
+	Nodes func() int
 	// Resync is the longest time between two writes (default 30s); Publish
 	// skips a write that would not change the stored report.
 	Resync time.Duration
@@ -46,8 +52,8 @@ func (c *Config) withDefaults() {
 	if c.PollInterval <= 0 {
 		c.PollInterval = time.Second
 	}
-	if c.CountInterval <= 0 {
-		c.CountInterval = 10 * time.Second
+	if c.CountBudget <= 0 {
+		c.CountBudget = 10
 	}
 	if c.Resync <= 0 {
 		c.Resync = 30 * time.Second
@@ -135,10 +141,20 @@ func (p *Publisher) due(last *meshstatus.AgentReport, r meshstatus.AgentReport, 
 	case reflect.DeepEqual(*last, r):
 		return false
 	case reflect.DeepEqual(withoutCounts(*last), withoutCounts(r)):
-		return since >= p.cfg.CountInterval
+		return since >= p.countInterval()
 	default:
 		return true
 	}
+}
+
+// countInterval is the shortest time between a write and a counts-only one.
+func (p *Publisher) countInterval() time.Duration {
+	nodes := 1
+	if p.cfg.Nodes != nil {
+		nodes = max(p.cfg.Nodes(), 1)
+	}
+	d := time.Duration(float64(nodes) / p.cfg.CountBudget * float64(time.Second))
+	return min(max(d, p.cfg.PollInterval), p.cfg.Resync)
 }
 
 // withoutCounts returns r with its counters zeroed.

@@ -76,7 +76,7 @@ func TestPublisherWritesOnChangeAndLimitsCountChurn(t *testing.T) {
 		Kinds: []remotecluster.KindStatus{{Kind: "nodes", Synced: true, Entries: 1}}}}}
 	cs := fake.NewClientset()
 	clk := clocktesting.NewFakeClock(time.Unix(1_000_000, 0))
-	p := New(Config{Namespace: "kube-system", Cluster: "c1", Node: "n1", PollInterval: time.Second, CountInterval: 10 * time.Second, Resync: 30 * time.Second},
+	p := New(Config{Namespace: "kube-system", Cluster: "c1", Node: "n1", PollInterval: time.Second, CountBudget: 10, Nodes: func() int { return 100 }, Resync: 30 * time.Second},
 		src, cs.CoreV1(), slog.New(slog.DiscardHandler), clk)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -150,5 +150,29 @@ func TestPublisherWritesOnChangeAndLimitsCountChurn(t *testing.T) {
 	step(time.Second)
 	if w, r := writes(), report(); w != 3 || r.Entries["nodes"] != 3 {
 		t.Fatalf("after the count interval: %d writes, %+v", w, r)
+	}
+}
+
+func TestCountIntervalScalesWithTheCluster(t *testing.T) {
+	for _, tc := range []struct {
+		nodes int
+		nilFn bool
+		want  time.Duration
+	}{
+		{nilFn: true, want: time.Second}, // unknown size: one node
+		{nodes: 0, want: time.Second},    // not listed yet
+		{nodes: 6, want: time.Second},    // 0.6s, raised to the poll interval
+		{nodes: 25, want: 2500 * time.Millisecond},
+		{nodes: 100, want: 10 * time.Second},
+		{nodes: 5000, want: 30 * time.Second}, // 500s, capped at the resync
+	} {
+		cfg := Config{Namespace: "x", CountBudget: 10, Resync: 30 * time.Second}
+		if !tc.nilFn {
+			cfg.Nodes = func() int { return tc.nodes }
+		}
+		p := New(cfg, &source{}, fake.NewClientset().CoreV1(), slog.New(slog.DiscardHandler), clocktesting.NewFakeClock(time.Unix(0, 0)))
+		if got := p.countInterval(); got != tc.want {
+			t.Errorf("%d nodes (nil %v): interval %v, want %v", tc.nodes, tc.nilFn, got, tc.want)
+		}
 	}
 }
