@@ -126,6 +126,8 @@ type Cluster struct {
 	mesh            *Mesh
 	dir             string
 	etcdPort        int
+	apiArgs         []string // the clustermesh-apiserver's flags
+	apiHealth       string   // its /readyz URL
 	remoteDir       string // the apiserver's --remote-config-dir
 	advertise       string // JoinCLI: the load balancer address of the etcd
 	agentKubeconfig string // kube-apiserver through the gateway
@@ -342,22 +344,35 @@ func (m *Mesh) startCluster(ctx context.Context, c *Cluster) error {
 		args = append(args, "--remote-clusters="+strings.Join(users, ","))
 	}
 	c.remoteDir = filepath.Join(c.dir, "remotes")
-	p, err := startProcess("clustermesh-apiserver "+c.Name, filepath.Join(c.dir, "clustermesh-apiserver.log"), nil, m.cfg.Bins.APIServer,
-		append(args,
-			"--cluster-name="+c.Name, "--cluster-id="+strconv.Itoa(int(c.ID)),
-			"--kubeconfig="+c.CP.Kubeconfig(),
-			"--etcd-data-dir="+filepath.Join(c.dir, "etcd"),
-			"--etcd-listen-address="+etcdAddr, "--etcd-advertise-address="+c.advertise,
-			"--remote-config-dir="+c.remoteDir,
-			"--health-address=127.0.0.1:"+strconv.Itoa(ports[1]), "--metrics-address=",
-		)...)
+	c.apiArgs = append(args,
+		"--cluster-name="+c.Name, "--cluster-id="+strconv.Itoa(int(c.ID)),
+		"--kubeconfig="+c.CP.Kubeconfig(),
+		"--etcd-data-dir="+filepath.Join(c.dir, "etcd"),
+		"--etcd-listen-address="+etcdAddr, "--etcd-advertise-address="+c.advertise,
+		"--remote-config-dir="+c.remoteDir,
+		"--health-address=127.0.0.1:"+strconv.Itoa(ports[1]), "--metrics-address=",
+	)
+	c.apiHealth = "http://127.0.0.1:" + strconv.Itoa(ports[1]) + "/readyz"
+	return c.StartAPIServer(ctx)
+}
+
+// StartAPIServer starts the cluster's clustermesh-apiserver (with its
+// embedded etcd, on the same data directory and ports as before) and waits
+// until it is ready. extra flags come after the usual ones, so they win.
+func (c *Cluster) StartAPIServer(ctx context.Context, extra ...string) error {
+	p, err := startProcess("clustermesh-apiserver "+c.Name, filepath.Join(c.dir, "clustermesh-apiserver.log"), nil, c.mesh.cfg.Bins.APIServer,
+		append(slices.Clone(c.apiArgs), extra...)...)
 	if err != nil {
 		return err
 	}
 	c.APIServer = p
-	m.onClose(func() { p.Stop(5 * time.Second) })
-	return waitHTTP(ctx, p, "http://127.0.0.1:"+strconv.Itoa(ports[1])+"/readyz", 60*time.Second)
+	c.mesh.onClose(func() { p.Stop(5 * time.Second) })
+	return waitHTTP(ctx, p, c.apiHealth, 60*time.Second)
 }
+
+// KillAPIServer kills the cluster's clustermesh-apiserver and with it the
+// etcd it embeds (SIGKILL: no lease revoked, no goodbye).
+func (c *Cluster) KillAPIServer() { c.APIServer.Kill() }
 
 // Connect connects r and e both ways: with JoinCLI by `clustermesh
 // connect` and mounting both remote-clusters Secrets again, else by
