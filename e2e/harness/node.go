@@ -7,10 +7,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/clustermesh/clustermesh/internal/kubetest"
 )
@@ -192,6 +196,20 @@ func (n *Node) AddPod(ctx context.Context, name string, labels map[string]string
 	}
 	n.Pods = append(n.Pods, p)
 	return p, nil
+}
+
+// Delete deletes the Pod object (the kubelet's part of a pod deletion),
+// then the pod's echo server and namespace, and drops it from its node.
+func (p *Pod) Delete(ctx context.Context) error {
+	n := p.Node
+	err := n.Cluster.CP.Client.CoreV1().Pods(PodNamespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete pod %s/%s: %w", n.Cluster.Name, p.Name, err)
+	}
+	p.Server.Kill()
+	p.NS.Remove()
+	n.Pods = slices.DeleteFunc(n.Pods, func(q *Pod) bool { return q == p })
+	return nil
 }
 
 // SetReady flips the pod's Ready condition (the kubelet's readiness probe).

@@ -116,10 +116,15 @@ const (
 // CreateService creates a Service in PodNamespace selecting the echo pods
 // (app=echo) with the given annotations and returns its ClusterIP.
 func (c *Cluster) CreateService(ctx context.Context, name string, annotations map[string]string) (string, error) {
+	return c.CreateServiceFor(ctx, name, map[string]string{"app": "echo"}, annotations)
+}
+
+// CreateServiceFor is CreateService for the pods matching selector.
+func (c *Cluster) CreateServiceFor(ctx context.Context, name string, selector, annotations map[string]string) (string, error) {
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: PodNamespace, Name: name, Annotations: annotations},
 		Spec: corev1.ServiceSpec{
-			Selector: map[string]string{"app": "echo"},
+			Selector: selector,
 			Ports: []corev1.ServicePort{
 				{Name: "http", Port: ServiceHTTPPort, TargetPort: intstr.FromInt32(HTTPPort), Protocol: corev1.ProtocolTCP},
 				{Name: "udp", Port: ServiceUDPPort, TargetPort: intstr.FromInt32(UDPPort), Protocol: corev1.ProtocolUDP},
@@ -183,6 +188,29 @@ func (n *Node) StatusText(ctx context.Context, format string) (string, error) {
 		return "", fmt.Errorf("agent %s/%s status: %w: %s", n.Cluster.Name, n.Name, err, out)
 	}
 	return string(out), nil
+}
+
+// IPCache returns the ipcache entries n's agent programs: prefix → cluster ID.
+func (n *Node) IPCache(ctx context.Context) (map[string]uint32, error) {
+	cmd := exec.CommandContext(ctx, n.Cluster.mesh.cfg.Bins.Agent, "status", "--status-socket="+n.StatusSocket, "-o", "json", "--entries")
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("agent %s/%s status --entries: %w", n.Cluster.Name, n.Name, err)
+	}
+	var st struct {
+		IPCache []struct {
+			Prefix    string `json:"prefix"`
+			ClusterID uint32 `json:"clusterId"`
+		} `json:"ipcache"`
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		return nil, fmt.Errorf("agent %s/%s status --entries: %w", n.Cluster.Name, n.Name, err)
+	}
+	m := make(map[string]uint32, len(st.IPCache))
+	for _, e := range st.IPCache {
+		m[e.Prefix] = e.ClusterID
+	}
+	return m, nil
 }
 
 // WaitReady waits until every agent reports every other cluster connected

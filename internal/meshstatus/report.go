@@ -15,6 +15,10 @@ const (
 	KindIPCache    = "ip"
 )
 
+// RefusedPrefix starts a Remote's LastError when the agent refuses the
+// remote (cluster ID conflict, unusable config).
+const RefusedPrefix = "refused: "
+
 // Remote is an agent's view of one remote cluster.
 type Remote struct {
 	// Name is the remote cluster's name (its config file name).
@@ -34,7 +38,8 @@ type Remote struct {
 	Invalid int `json:"invalid"`
 	// Reconnects counts connection attempts after the first.
 	Reconnects int `json:"reconnects"`
-	// LastError is the last error seen, empty when none.
+	// LastError is the last error seen, empty when none; RefusedPrefix
+	// followed by the reason when the agent refuses the remote.
 	LastError string `json:"lastError,omitempty"`
 	// LastChange is when Connected or Ready last changed.
 	LastChange time.Time `json:"lastChange,omitzero"`
@@ -62,7 +67,8 @@ type APIServerReport struct {
 	Entries map[string]int `json:"entries,omitempty"`
 	// Identities is the number of allocated security identities.
 	Identities int `json:"identities"`
-	// LastError is the last error seen, empty when none.
+	// LastError is the last error seen, empty when none; RefusedPrefix
+	// followed by the reason when the agent refuses the remote.
 	LastError string `json:"lastError,omitempty"`
 }
 

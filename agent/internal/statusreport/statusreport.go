@@ -179,7 +179,7 @@ func Build(cluster, node string, rs []remotecluster.Status) meshstatus.AgentRepo
 			Reconnects: int(s.Reconnects), LastError: s.LastError, LastChange: s.LastChange.UTC().Truncate(time.Second),
 		}
 		if s.RefusedReason != "" {
-			m.LastError = "refused: " + s.RefusedReason
+			m.LastError = meshstatus.RefusedPrefix + s.RefusedReason
 		}
 		for _, k := range s.Kinds {
 			name := kindName(k.Kind)

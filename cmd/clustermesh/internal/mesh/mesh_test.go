@@ -11,7 +11,26 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/clustermesh/clustermesh/internal/meshstatus"
 )
+
+func TestRemoteState(t *testing.T) {
+	for _, tc := range []struct {
+		r    meshstatus.Remote
+		want string
+	}{
+		{meshstatus.Remote{Connected: true, Ready: true}, "ready"},
+		{meshstatus.Remote{Connected: true}, "syncing"},
+		{meshstatus.Remote{LastError: "dial tcp: refused"}, "disconnected"},
+		{meshstatus.Remote{Connected: true, LastError: meshstatus.RefusedPrefix + "cluster ID conflict"}, "refused"},
+		{meshstatus.Remote{LastError: meshstatus.RefusedPrefix + "unusable config file"}, "refused"},
+	} {
+		if got := remoteState(tc.r); got != tc.want {
+			t.Errorf("remoteState(%+v) = %q, want %q", tc.r, got, tc.want)
+		}
+	}
+}
 
 func TestPairs(t *testing.T) {
 	cl := func(n string) *Cluster { return &Cluster{Target: Target{Context: n}} }

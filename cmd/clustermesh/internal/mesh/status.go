@@ -128,6 +128,8 @@ func remoteState(r meshstatus.Remote) string {
 	switch {
 	case r.Ready:
 		return "ready"
+	case strings.HasPrefix(r.LastError, meshstatus.RefusedPrefix):
+		return "refused"
 	case r.Connected:
 		return "syncing"
 	default:
