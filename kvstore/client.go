@@ -167,27 +167,35 @@ type EndpointStatus struct {
 
 // Status probes every endpoint with a status request (bounded by the dial
 // timeout) and reports the results with the pinned cluster ID and the last
-// error seen by this client.
+// error seen by this client. The endpoints are probed concurrently: a dead
+// member waits out its whole timeout, which must not leave the members
+// after it without time (callers' deadlines are about one dial timeout).
 func (c *Client) Status(ctx context.Context) Status {
-	var st Status
-	for _, ep := range c.cfg.Endpoints {
-		pctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout.D())
-		start := time.Now()
-		resp, err := c.etcd.Status(pctx, ep)
-		cancel()
-		es := EndpointStatus{Endpoint: ep, Latency: time.Since(start), Err: err}
-		if err == nil {
-			es.Reachable = true
-			es.ClusterID = resp.Header.GetClusterId()
-			es.MemberID = resp.Header.GetMemberId()
-			es.Leader = resp.Leader
-			es.Revision = resp.Header.GetRevision()
-			es.DBSize = resp.DbSize
-		}
-		st.Endpoints = append(st.Endpoints, es)
+	st := Status{Endpoints: make([]EndpointStatus, len(c.cfg.Endpoints))}
+	var wg sync.WaitGroup
+	for i, ep := range c.cfg.Endpoints {
+		wg.Go(func() { st.Endpoints[i] = c.endpointStatus(ctx, ep) })
 	}
+	wg.Wait()
 	c.mu.Lock()
 	st.ClusterID, st.LastError, st.LastErrorAt = c.clusterID, c.lastErr, c.lastErrAt
 	c.mu.Unlock()
 	return st
+}
+
+func (c *Client) endpointStatus(ctx context.Context, ep string) EndpointStatus {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout.D())
+	defer cancel()
+	start := time.Now()
+	resp, err := c.etcd.Status(ctx, ep)
+	es := EndpointStatus{Endpoint: ep, Latency: time.Since(start), Err: err}
+	if err == nil {
+		es.Reachable = true
+		es.ClusterID = resp.Header.GetClusterId()
+		es.MemberID = resp.Header.GetMemberId()
+		es.Leader = resp.Leader
+		es.Revision = resp.Header.GetRevision()
+		es.DBSize = resp.DbSize
+	}
+	return es
 }
