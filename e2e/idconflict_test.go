@@ -72,7 +72,11 @@ func TestConflictingClusterIDRefused(t *testing.T) {
 		}
 	}
 
-	// `clustermesh status` says so, in the table and in JSON.
+	// `clustermesh status` says so, in the table and in JSON, once every
+	// agent's report has caught up with its socket.
+	if err := m.WaitReports(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
 	args := []string{"status", "--context=" + c1.Name, "--context=" + c2.Name, "--context=" + c3.Name}
 	var table string
 	err := eventually(30*time.Second, func() error {

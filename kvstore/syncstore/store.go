@@ -183,8 +183,8 @@ func (s *Store) MarkSynced() {
 // without a SyncedKey, once the initial set is written).
 func (s *Store) Synced() <-chan struct{} { return s.syncedCh }
 
-// LastError returns the last failed write, if any (failed writes are
-// retried until they succeed).
+// LastError returns the last failed write while some write is still
+// failing (failed writes are retried until they succeed); nil once none is.
 func (s *Store) LastError() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -285,6 +285,9 @@ func (s *Store) work(ctx context.Context) {
 				s.q.addAfter(key, min(s.cfg.RetryMin<<min(n, 20), s.cfg.RetryMax))
 			} else {
 				delete(s.failures, key)
+				if len(s.failures) == 0 {
+					s.lastErr = nil
+				}
 				s.mu.Unlock()
 			}
 			s.q.done(key)

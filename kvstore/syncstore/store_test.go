@@ -379,6 +379,7 @@ func TestWritesRetriedWhileEtcdDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.eventually("write after restart", func() bool { v, _ := e.get(prefix); return v[prefix+"during-outage"] == "x" })
+	e.eventually("error cleared once every write succeeded", func() bool { return s.LastError() == nil })
 }
 
 func TestConfigErrors(t *testing.T) {

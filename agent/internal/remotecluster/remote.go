@@ -187,6 +187,7 @@ func (r *remote) session(ctx context.Context, data []byte) error {
 		if sctx.Err() == nil {
 			r.mu.Lock()
 			r.st.Ready, r.st.Served, r.st.LastChange = true, true, r.m.clock.Now()
+			r.st.LastError = "" // recovered; Failures keeps the count
 			r.mu.Unlock()
 			r.log.Info("remote cluster synced")
 			r.m.dp.Release(cc.ID)
@@ -336,13 +337,16 @@ func (r *remote) probe(ctx context.Context, c *kvstore.Client, cancel context.Ca
 			r.st.LastChange = now
 			if up {
 				r.st.Reconnects++
+				r.st.LastError = ""
 			} else {
 				r.st.Failures++
 			}
 		}
 		r.st.Connected = up
-		if st.LastError != nil {
-			r.st.LastError = st.LastError.Error()
+		if !up {
+			if err := probeError(st); err != nil {
+				r.st.LastError = err.Error()
+			}
 		}
 		r.mu.Unlock()
 		if up {
@@ -352,6 +356,20 @@ func (r *remote) probe(ctx context.Context, c *kvstore.Client, cancel context.Ca
 			return
 		}
 	}
+}
+
+// probeError is why a probe found the remote down: the client's last
+// error, else the first endpoint's.
+func probeError(st kvstore.Status) error {
+	if st.LastError != nil {
+		return st.LastError
+	}
+	for _, e := range st.Endpoints {
+		if e.Err != nil {
+			return fmt.Errorf("%s: %w", e.Endpoint, e.Err)
+		}
+	}
+	return nil
 }
 
 func (r *remote) refuse(err error) {

@@ -127,7 +127,9 @@ func TestRemoteLifecycle(t *testing.T) {
 
 	t.Run("remote down, entries deleted meanwhile, back", func(t *testing.T) {
 		c2.proxy.setUp(false)
-		await(t, a.dp, "c2 disconnected", func(datapath.State) bool { return !a.status("c2").Connected })
+		await(t, a.dp, "c2 disconnected, with the error", func(datapath.State) bool {
+			return !a.status("c2").Connected && a.status("c2").LastError != ""
+		})
 		st, _ := a.dp.Dump()
 		if tun, ipc := countCluster(st, 2); tun != 3 || ipc != 6 {
 			t.Fatalf("state not kept while disconnected: %d tunnels %d ipcache", tun, ipc)
@@ -147,6 +149,10 @@ func TestRemoteLifecycle(t *testing.T) {
 		st = await(t, a.dp, "exactly the remaining entries", func(st datapath.State) bool {
 			tun, ipc := countCluster(st, 2)
 			return tun == 2 && ipc == 4
+		})
+		await(t, a.dp, "error cleared once back and synced", func(datapath.State) bool {
+			s := a.status("c2")
+			return s.Ready && s.Connected && s.LastError == "" && s.Failures > 0
 		})
 		for _, i := range []int{0, 2} {
 			if _, ok := st.Tunnels[netip.MustParsePrefix(nodeCIDR(2, i))]; !ok {

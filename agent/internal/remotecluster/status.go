@@ -18,8 +18,10 @@ type Status struct {
 	// Failures counts failed connection attempts and lost connectivity;
 	// Reconnects counts new sessions and regained connectivity.
 	Failures, Reconnects uint64
-	LastError            string
-	LastChange           time.Time
+	// LastError is the error of the current outage or failed attempt; it
+	// is cleared when the remote is reachable and synced again.
+	LastError  string
+	LastChange time.Time
 	// RefusedReason says why the remote is refused (cluster ID conflict,
 	// unusable cluster config), empty when it is not.
 	RefusedReason string
