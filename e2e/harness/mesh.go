@@ -71,7 +71,11 @@ type Config struct {
 	AgentArgs []string
 	// Join is JoinCLI (default) or JoinDirect.
 	Join string
-	Log  *slog.Logger
+	// ExternalEtcd gives a cluster (by name) an etcd the test runs: its
+	// clustermesh-apiserver uses it through --kvstore-config (see
+	// external.go). JoinDirect only.
+	ExternalEtcd map[string]EtcdMembers
+	Log          *slog.Logger
 }
 
 func (c *Config) setDefaults() {
@@ -314,6 +318,9 @@ func (m *Mesh) startCluster(ctx context.Context, c *Cluster) error {
 	if err := clientcmd.WriteToFile(*kc, c.agentKubeconfig); err != nil {
 		return err
 	}
+	if ms := m.cfg.ExternalEtcd[c.Name]; ms != nil {
+		return m.startExternal(ctx, c, ms)
+	}
 	ports, err := freePorts(2)
 	if err != nil {
 		return err
@@ -403,6 +410,9 @@ func (m *Mesh) Disconnect(ctx context.Context, r, e *Cluster) error {
 // config e's apiserver wrote for user remote-<r> goes into r's
 // --clustermesh-config directory.
 func (m *Mesh) copyRemoteConfig(ctx context.Context, r, e *Cluster) error {
+	if ms := m.cfg.ExternalEtcd[e.Name]; ms != nil {
+		return m.connectExternal(ctx, r, e, ms)
+	}
 	src := filepath.Join(e.remoteDir, r.Name, e.Name)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
