@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Removes what tests, the demo or an interrupted run may have left: network
-# namespaces named cmt-* (tests) and cmd-* (demo), links named cmt*/cmd*, bpffs
+# namespaces named cmt-* and cme-* (tests) and cmd-* (demo), links named cmt*/cme*/cmd*, bpffs
 # mounts under /run/clustermesh-test, and processes started from bin/ or the
 # kube binary cache.
 set -u
-for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^(cmt|cmd)-'); do
+for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^(cmt|cme|cmd)-'); do
   ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null
   ip netns delete "$ns" 2>/dev/null
 done
-for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^(cmt|cmd)'); do
+for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^(cmt|cme|cmd)'); do
   ip link delete "$l" 2>/dev/null
 done
 pkill -f '/clustermesh/kube-v[^ ]*/kube-(apiserver|controller-manager)' 2>/dev/null

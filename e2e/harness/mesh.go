@@ -132,9 +132,9 @@ type Cluster struct {
 	etcdPort        int
 	apiArgs         []string // the clustermesh-apiserver's flags
 	apiHealth       string   // its /readyz URL
-	remoteDir       string // the apiserver's --remote-config-dir
-	advertise       string // JoinCLI: the load balancer address of the etcd
-	agentKubeconfig string // kube-apiserver through the gateway
+	remoteDir       string   // the apiserver's --remote-config-dir
+	advertise       string   // JoinCLI: the load balancer address of the etcd
+	agentKubeconfig string   // kube-apiserver through the gateway
 }
 
 // Start builds the mesh: control planes, apiservers, nodes with agents, one
