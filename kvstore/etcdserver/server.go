@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -152,7 +153,7 @@ func resolveURL(s string) (string, error) {
 		return "", fmt.Errorf("%w: url %q", ErrConfig, s)
 	}
 	if u.Port() == "" || u.Port() == "0" {
-		port, err := FreePort(u.Hostname())
+		port, err := freePort(u.Hostname())
 		if err != nil {
 			return "", err
 		}
@@ -160,6 +161,26 @@ func resolveURL(s string) (string, error) {
 	}
 	return u.String(), nil
 }
+
+// choosesPorts reports whether withDefaults picks a port of cfg's URLs.
+func choosesPorts(cfg Config) bool {
+	for _, s := range []string{cfg.ClientURL, cfg.PeerURL} {
+		if s == "" {
+			return true
+		}
+		if u, err := url.Parse(s); err == nil && (u.Port() == "" || u.Port() == "0") {
+			return true
+		}
+	}
+	return false
+}
+
+func isAddrInUse(err error) bool {
+	return errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")
+}
+
+// freePort is FreePort; tests replace it.
+var freePort = FreePort
 
 // FreePort returns a TCP port on host that was free a moment ago.
 func FreePort(host string) (int, error) {
@@ -190,6 +211,7 @@ type Server struct {
 // a multi-member cluster: start the members concurrently, see StartCluster)
 // and, unless auth is disabled, sets up the root user and enables auth.
 func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
+	given := cfg
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
@@ -198,8 +220,21 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if err := s.ensureCerts(); err != nil {
 		return nil, err
 	}
-	if err := s.start(ctx); err != nil {
-		return nil, err
+	// A port chosen here was free a moment ago; another process may have
+	// taken it since. Such a port is chosen again (etcd listens before it
+	// writes anything into the data directory).
+	for attempt := 1; ; attempt++ {
+		err := s.start(ctx)
+		if err == nil {
+			break
+		}
+		if attempt == 5 || !isAddrInUse(err) || !choosesPorts(given) {
+			return nil, err
+		}
+		s.log.Debug("chosen port taken meanwhile; choosing again", "error", err)
+		if s.cfg, err = given.withDefaults(); err != nil {
+			return nil, err
+		}
 	}
 	if !cfg.DisableAuth {
 		if err := s.setupAuth(ctx); err != nil {
