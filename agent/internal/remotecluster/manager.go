@@ -71,6 +71,11 @@ type Config struct {
 	StaleTTL time.Duration
 	// BackoffMin and BackoffMax bound the delay between connection attempts.
 	BackoffMin, BackoffMax time.Duration
+	// DeniedBackoffMax bounds the delay after an attempt the remote's etcd
+	// refused for want of a user or permission: that is how a remote looks
+	// between `clustermesh connect` and its apiserver creating our user, so
+	// the agent connects within this long of the user's creation.
+	DeniedBackoffMax time.Duration
 	// ProbeInterval is how often a connected remote's etcd is probed, and
 	// ProbeTimeout how long a probe may take.
 	ProbeInterval, ProbeTimeout time.Duration
@@ -84,6 +89,7 @@ func DefaultConfig() Config {
 		MaxConnectedClusters: wire.DefaultMaxConnectedClusters,
 		BackoffMin:           500 * time.Millisecond,
 		BackoffMax:           time.Minute,
+		DeniedBackoffMax:     5 * time.Second,
 		ProbeInterval:        10 * time.Second,
 		ProbeTimeout:         5 * time.Second,
 		RescanInterval:       time.Minute,
@@ -106,6 +112,9 @@ func (c *Config) withDefaults() {
 	}
 	if c.BackoffMax < c.BackoffMin {
 		c.BackoffMax = max(d.BackoffMax, c.BackoffMin)
+	}
+	if c.DeniedBackoffMax <= 0 {
+		c.DeniedBackoffMax = min(d.DeniedBackoffMax, c.BackoffMax)
 	}
 	if c.ProbeInterval <= 0 {
 		c.ProbeInterval = d.ProbeInterval

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/clustermesh/clustermesh/kvstore"
@@ -97,7 +98,7 @@ func (r *remote) loop(ctx context.Context, data []byte) {
 		if r.m.clock.Since(start) > r.m.cfg.BackoffMax {
 			attempt = 0
 		}
-		wait := r.backoff(attempt)
+		wait := r.retryWait(err, attempt)
 		attempt++
 		r.log.Info("remote cluster connection failed, retrying", "error", err, "retry_in", wait)
 		select {
@@ -107,6 +108,28 @@ func (r *remote) loop(ctx context.Context, data []byte) {
 		}
 		r.countReconnect()
 	}
+}
+
+// accessDenied reports whether err is the remote etcd refusing our user:
+// missing, without the role yet, or failing authentication.
+func accessDenied(err error) bool {
+	for _, e := range []error{rpctypes.ErrPermissionDenied, rpctypes.ErrUserNotFound, rpctypes.ErrAuthFailed,
+		rpctypes.ErrGRPCPermissionDenied, rpctypes.ErrGRPCUserNotFound, rpctypes.ErrGRPCAuthFailed} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// retryWait is the delay before the attempt after the failed attempt-th:
+// the backoff, at most DeniedBackoffMax when the remote denied access.
+func (r *remote) retryWait(err error, attempt int) time.Duration {
+	wait := r.backoff(attempt)
+	if accessDenied(err) {
+		wait = min(wait, r.m.cfg.DeniedBackoffMax)
+	}
+	return wait
 }
 
 // backoff is capped exponential with full jitter in [d/2, d].
