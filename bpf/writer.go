@@ -62,7 +62,7 @@ func NewWriter(d *Datapath, log *slog.Logger) (*Writer, error) {
 
 // restore rebuilds the service index from the maps.
 func (w *Writer) restore() error {
-	ix, err := readIndex(&w.d.objs)
+	ix, err := readIndex(&w.d.objs.cmMaps)
 	if err != nil {
 		return err
 	}
@@ -86,7 +86,7 @@ type index struct {
 	orphans, orphans6 []uint32 // backends of no service
 }
 
-func readIndex(o *cmObjects) (*index, error) {
+func readIndex(o *cmMaps) (*index, error) {
 	ix := &index{services: map[datapath.Frontend]*svcState{}}
 	byID := map[uint32]*svcState{}
 	add := func(fe datapath.Frontend, sv cmSvcValue, v6 bool) {
@@ -211,8 +211,10 @@ func (w *Writer) Apply(ctx context.Context, b datapath.Batch) error {
 }
 
 // Dump implements datapath.Writer by reading every map back.
-func (w *Writer) Dump() (datapath.State, error) {
-	o := &w.d.objs
+func (w *Writer) Dump() (datapath.State, error) { return dumpMaps(&w.d.objs.cmMaps) }
+
+// dumpMaps reads the state held in the maps of o.
+func dumpMaps(o *cmMaps) (datapath.State, error) {
 	s := datapath.NewState()
 	var lk cmLpm4Key
 	var lk6 cmLpm6Key

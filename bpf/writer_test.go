@@ -199,6 +199,13 @@ func TestWriterMatchesMemory(t *testing.T) {
 		if g, w := fmt.Sprint(got), fmt.Sprint(want); g != w {
 			t.Errorf("%s: dump\n got %s\nwant %s", s.name, g, w)
 		}
+		pinned, err := DumpPinned(dp.cfg.PinDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p, g := fmt.Sprint(pinned), fmt.Sprint(got); p != g {
+			t.Errorf("%s: read-only dump of the pinned maps\n got %s\nwant %s", s.name, p, g)
+		}
 		w2, err := NewWriter(dp, w.log)
 		if err != nil {
 			t.Fatal(err)
@@ -225,6 +232,14 @@ func TestWriterMatchesMemory(t *testing.T) {
 		if n := count(t, m); n != 0 {
 			t.Errorf("%v: %d entries left after deleting everything", m, n)
 		}
+	}
+}
+
+func TestDumpPinnedWithoutPins(t *testing.T) {
+	testenv.RequireRoot(t)
+	_, err := DumpPinned(t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "open pinned map cm_") {
+		t.Fatalf("dump of a directory without pins: %v", err)
 	}
 }
 
