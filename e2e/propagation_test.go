@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"strconv"
@@ -14,14 +15,13 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 
-	agentv1 "github.com/clustermesh/clustermesh/api/agent/v1"
+	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/e2e/harness"
+	"github.com/clustermesh/clustermesh/internal/datapath"
 )
 
 // TestPropagationTimes measures, E2E_PROPAGATION_RUNS times (skipped when
@@ -29,14 +29,10 @@ import (
 // reach the service of a node in cluster 1: the pod is made unready, then
 // ready again, and each time the test records when the API write returned,
 // when a watch on cluster 2's EndpointSlices saw the slice change, and when
-// the agent of c1/n1 (polled every millisecond on its status socket) showed
-// the backend gone or back. It logs p50/p99 from the write and from the
-// slice event. A figure for bench/, not an assertion.
-//
-// The status socket reports the services as the agent's merger last handed
-// them to the datapath reconciler, which applies them to the BPF maps with
-// no batch window (one bpf.Writer.Apply later); package bpf has no
-// read-only API over a node's pinned maps to read the maps themselves.
+// the service map of c1/n1 (its pinned BPF maps, read every millisecond
+// with bpf.DumpPinned) showed the backend gone or back. It logs p50/p99
+// from the write and from the slice event. A figure for bench/, not an
+// assertion.
 func TestPropagationTimes(t *testing.T) {
 	runs, _ := strconv.Atoi(os.Getenv("E2E_PROPAGATION_RUNS"))
 	if runs <= 0 {
@@ -44,36 +40,26 @@ func TestPropagationTimes(t *testing.T) {
 	}
 	m := mesh(t)
 	const svc = "echo-propagation"
-	globalService(t, m, svc, map[string]string{"service.cilium.io/global": "true"}, 6)
+	vip := globalService(t, m, svc, map[string]string{"service.cilium.io/global": "true"}, 6)
 	c2 := m.Clusters[1]
 	pod := c2.Pods()[0]
-	backend := net.JoinHostPort(pod.IP.String(), strconv.Itoa(harness.HTTPPort))
 	n1 := m.Clusters[0].Nodes[0]
 
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	t.Cleanup(func() { _ = pod.SetReady(context.Background(), true) })
-	conn, err := grpc.NewClient("unix://"+n1.StatusSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	status := agentv1.NewStatusClient(conn)
-	// programmed says whether c1/n1's agent has the backend with a
-	// non-zero weight in the TCP frontend of the service.
+	fe := datapath.Frontend{Addr: netip.AddrPortFrom(netip.MustParseAddr(vip), harness.ServiceHTTPPort), Proto: datapath.TCP}
+	be := netip.AddrPortFrom(pod.IP, harness.HTTPPort)
+	// programmed says whether c1/n1's pinned BPF maps hold the backend
+	// with a non-zero weight (slots) in the TCP frontend of the service.
 	programmed := func() (bool, error) {
-		st, err := status.GetStatus(ctx, &agentv1.GetStatusRequest{})
+		st, err := bpf.DumpPinned(n1.PinDir())
 		if err != nil {
 			return false, err
 		}
-		for _, s := range st.GetServices() {
-			if s.GetNamespace() != harness.PodNamespace || s.GetName() != svc || s.GetProtocol() != "TCP" {
-				continue
-			}
-			for _, b := range s.GetBackends() {
-				if b.GetAddress() == backend && b.GetWeight() > 0 {
-					return true, nil
-				}
+		for _, b := range st.Services[fe].Backends {
+			if b.Addr == be && b.Weight > 0 {
+				return true, nil
 			}
 		}
 		return false, nil

@@ -138,6 +138,9 @@ func (n *Node) StartAgent() error {
 	return nil
 }
 
+// PinDir is the node's bpffs directory (the agent's --bpf-pin-dir).
+func (n *Node) PinDir() string { return n.pinDir }
+
 // StopAgent stops the node's agent; the datapath stays programmed.
 func (n *Node) StopAgent() { n.Agent.Stop(5 * time.Second) }
 
