@@ -37,7 +37,8 @@ func TestAgentRestartUnderTraffic(t *testing.T) {
 	)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	for _, addr := range []string{target.HTTPAddr(), svcAddr} {
+	// every runs f every d until stop is closed.
+	every := func(d time.Duration, f func()) {
 		wg.Go(func() {
 			for {
 				select {
@@ -45,32 +46,29 @@ func TestAgentRestartUnderTraffic(t *testing.T) {
 					return
 				default:
 				}
-				sent.Add(1)
-				if _, err := cl.HTTP(addr, 2*time.Second); err != nil {
-					failed.Add(1)
-					mu.Lock()
-					if len(failures) < 10 {
-						failures = append(failures, time.Now().Format("15:04:05.000")+" "+addr+": "+err.Error())
-					}
-					mu.Unlock()
+				f()
+				time.Sleep(d)
+			}
+		})
+	}
+	for _, addr := range []string{target.HTTPAddr(), svcAddr} {
+		every(10*time.Millisecond, func() {
+			sent.Add(1)
+			if _, err := cl.HTTP(addr, 2*time.Second); err != nil {
+				failed.Add(1)
+				mu.Lock()
+				if len(failures) < 10 {
+					failures = append(failures, time.Now().Format("15:04:05.000")+" "+addr+": "+err.Error())
 				}
-				time.Sleep(10 * time.Millisecond)
+				mu.Unlock()
 			}
 		})
 	}
 	udpSent, udpFailed := 0, 0
-	wg.Go(func() {
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			udpSent++
-			if _, err := cl.UDP(target.UDPAddr(), time.Second); err != nil {
-				udpFailed++
-			}
-			time.Sleep(50 * time.Millisecond)
+	every(50*time.Millisecond, func() {
+		udpSent++
+		if _, err := cl.UDP(target.UDPAddr(), time.Second); err != nil {
+			udpFailed++
 		}
 	})
 

@@ -33,19 +33,8 @@ func TestDisconnectWithdrawsRoutesAndBackends(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		defer cancel()
 		start := time.Now()
-		for _, c := range m.Clusters {
-			if c != gone {
-				if err := m.Connect(ctx, c, gone); err != nil {
-					t.Errorf("reconnect: %v", err)
-				}
-			}
-		}
-		if err := m.WaitReady(ctx, 2*time.Minute); err != nil {
-			t.Errorf("reconnect: %v", err)
-		}
+		reconnect(t, m, gone)
 		t.Logf("reconnected %s: every agent ready after %v", gone.Name, time.Since(start).Round(time.Millisecond))
 	})
 	for _, c := range m.Clusters {
@@ -108,4 +97,22 @@ func TestDisconnectWithdrawsRoutesAndBackends(t *testing.T) {
 		t.Errorf("after disconnect the service still reaches %s: %v", gone.Name, by)
 	}
 	t.Logf("after disconnecting %s (all checks passed %v after the disconnect): 30 connections by cluster %v", gone.Name, since.Round(time.Millisecond), by)
+}
+
+// reconnect connects gone with every other cluster again and waits until
+// the mesh is ready; failures are test errors.
+func reconnect(t *testing.T, m *harness.Mesh, gone *harness.Cluster) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	for _, c := range m.Clusters {
+		if c != gone {
+			if err := m.Connect(ctx, c, gone); err != nil {
+				t.Errorf("reconnect: %v", err)
+			}
+		}
+	}
+	if err := m.WaitReady(ctx, 2*time.Minute); err != nil {
+		t.Errorf("reconnect: %v", err)
+	}
 }

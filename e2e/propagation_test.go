@@ -184,20 +184,7 @@ func TestConnectTimes(t *testing.T) {
 	cl := clientPod(t, m)
 	first, gone := m.Clusters[0], m.Clusters[len(m.Clusters)-1]
 	target := gone.Pods()[0]
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		defer cancel()
-		for _, c := range m.Clusters {
-			if c != gone {
-				if err := m.Connect(ctx, c, gone); err != nil {
-					t.Errorf("reconnect: %v", err)
-				}
-			}
-		}
-		if err := m.WaitReady(ctx, 2*time.Minute); err != nil {
-			t.Errorf("reconnect: %v", err)
-		}
-	})
+	t.Cleanup(func() { reconnect(t, m, gone) })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	var total, command, after []time.Duration
