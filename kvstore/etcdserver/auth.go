@@ -75,6 +75,10 @@ func RemotePermissions(own string) [][2]string {
 	}
 }
 
+// ErrAuthDisabled is returned when remote users are to be created in an
+// etcd whose authentication is off: they would not restrict anything.
+var ErrAuthDisabled = errors.New("etcd authentication is disabled")
+
 // EnsureRemoteUser creates (or completes) the read-only user and role
 // remote-<cluster>, issues its client certificate into the cert dir if
 // missing, and returns the client config the remote cluster connects with.
@@ -85,28 +89,15 @@ func (s *Server) EnsureRemoteUser(ctx context.Context, cluster string) (kvstore.
 	if s.cfg.DisableAuth {
 		return kvstore.Config{}, fmt.Errorf("%w: auth is disabled", ErrConfig)
 	}
-	user := RemoteUser(cluster)
 	c, err := s.admin(ctx)
 	if err != nil {
 		return kvstore.Config{}, err
 	}
 	defer c.Close()
-	e := c.Etcd()
-	if _, err := e.RoleAdd(ctx, user); err != nil && !errors.Is(err, rpctypes.ErrRoleAlreadyExist) {
-		return kvstore.Config{}, fmt.Errorf("add role %s: %w", user, err)
+	if err := EnsureRemoteUserOn(ctx, c.Etcd(), s.cfg.ClusterName, cluster); err != nil {
+		return kvstore.Config{}, err
 	}
-	for _, p := range RemotePermissions(s.cfg.ClusterName) {
-		if _, err := e.RoleGrantPermission(ctx, user, p[0], p[1], clientv3.PermissionType(clientv3.PermRead)); err != nil {
-			return kvstore.Config{}, fmt.Errorf("grant %s read on %q: %w", user, p[0], err)
-		}
-	}
-	if _, err := e.UserAddWithOptions(ctx, user, "", &clientv3.UserAddOptions{NoPassword: true}); err != nil && !errors.Is(err, rpctypes.ErrUserAlreadyExist) {
-		return kvstore.Config{}, fmt.Errorf("add user %s: %w", user, err)
-	}
-	if _, err := e.UserGrantRole(ctx, user, user); err != nil {
-		return kvstore.Config{}, fmt.Errorf("grant role %s: %w", user, err)
-	}
-	return s.ClientConfig(user)
+	return s.ClientConfig(RemoteUser(cluster))
 }
 
 // RemoveRemoteUser deletes the user and role of cluster and its
@@ -116,19 +107,15 @@ func (s *Server) RemoveRemoteUser(ctx context.Context, cluster string) error {
 	if err := ValidClusterName(cluster); err != nil {
 		return err
 	}
-	user := RemoteUser(cluster)
 	c, err := s.admin(ctx)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	e := c.Etcd()
-	if _, err := e.UserDelete(ctx, user); err != nil && !errors.Is(err, rpctypes.ErrUserNotFound) {
-		return fmt.Errorf("delete user %s: %w", user, err)
+	if err := RemoveRemoteUserOn(ctx, c.Etcd(), cluster); err != nil {
+		return err
 	}
-	if _, err := e.RoleDelete(ctx, user); err != nil && !errors.Is(err, rpctypes.ErrRoleNotFound) {
-		return fmt.Errorf("delete role %s: %w", user, err)
-	}
+	user := RemoteUser(cluster)
 	for _, ext := range []string{".crt", ".key"} {
 		if err := os.Remove(filepath.Join(s.cfg.CertDir, user+ext)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("remove certificate of %s: %w", user, err)
@@ -144,13 +131,71 @@ func (s *Server) RemoteUsers(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	defer c.Close()
-	resp, err := c.Etcd().UserList(ctx)
+	return RemoteUsersOn(ctx, c.Etcd())
+}
+
+// EnsureRemoteUserOn creates (or completes), through e acting as the root
+// user, the user and role remote-<cluster> with read access to exactly
+// RemotePermissions(own). It works on any etcd, embedded or not, and
+// issues no certificate: the remote cluster authenticates with a client
+// certificate whose common name is the user, signed by a CA the etcd
+// trusts. It fails with ErrAuthDisabled when the etcd's authentication is
+// off.
+func EnsureRemoteUserOn(ctx context.Context, e *clientv3.Client, own, cluster string) error {
+	if err := ValidClusterName(cluster); err != nil {
+		return err
+	}
+	st, err := e.AuthStatus(ctx)
+	if err != nil {
+		return fmt.Errorf("auth status: %w", err)
+	}
+	if !st.Enabled {
+		return fmt.Errorf("add user %s: %w; enable it (etcdctl auth enable) so that the user restricts what the remote cluster reads", RemoteUser(cluster), ErrAuthDisabled)
+	}
+	user := RemoteUser(cluster)
+	if _, err := e.RoleAdd(ctx, user); err != nil && !errors.Is(err, rpctypes.ErrRoleAlreadyExist) {
+		return fmt.Errorf("add role %s: %w", user, err)
+	}
+	for _, p := range RemotePermissions(own) {
+		if _, err := e.RoleGrantPermission(ctx, user, p[0], p[1], clientv3.PermissionType(clientv3.PermRead)); err != nil {
+			return fmt.Errorf("grant %s read on %q: %w", user, p[0], err)
+		}
+	}
+	if _, err := e.UserAddWithOptions(ctx, user, "", &clientv3.UserAddOptions{NoPassword: true}); err != nil && !errors.Is(err, rpctypes.ErrUserAlreadyExist) {
+		return fmt.Errorf("add user %s: %w", user, err)
+	}
+	if _, err := e.UserGrantRole(ctx, user, user); err != nil {
+		return fmt.Errorf("grant role %s: %w", user, err)
+	}
+	return nil
+}
+
+// RemoveRemoteUserOn deletes, through e acting as the root user, the user
+// and role remote-<cluster>; a missing user or role is not an error.
+func RemoveRemoteUserOn(ctx context.Context, e *clientv3.Client, cluster string) error {
+	if err := ValidClusterName(cluster); err != nil {
+		return err
+	}
+	user := RemoteUser(cluster)
+	if _, err := e.UserDelete(ctx, user); err != nil && !errors.Is(err, rpctypes.ErrUserNotFound) {
+		return fmt.Errorf("delete user %s: %w", user, err)
+	}
+	if _, err := e.RoleDelete(ctx, user); err != nil && !errors.Is(err, rpctypes.ErrRoleNotFound) {
+		return fmt.Errorf("delete role %s: %w", user, err)
+	}
+	return nil
+}
+
+// RemoteUsersOn lists, through e acting as the root user, the clusters
+// that have a remote user.
+func RemoteUsersOn(ctx context.Context, e *clientv3.Client) ([]string, error) {
+	resp, err := e.UserList(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list users: %w", err)
 	}
 	var clusters []string
 	for _, u := range resp.Users {
-		if name, ok := strings.CutPrefix(u, "remote-"); ok {
+		if name, ok := strings.CutPrefix(u, RemoteUser("")); ok {
 			clusters = append(clusters, name)
 		}
 	}
