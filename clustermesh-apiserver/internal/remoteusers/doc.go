@@ -8,8 +8,10 @@
 // clustermesh_apiserver_remote_users_errors_total metric, the status
 // report's lastError) and changes nothing.
 //
-// Only the embedded etcd is managed. With an external etcd
-// (--kvstore-config) the apiserver logs a warning and leaves the file
-// alone: whoever runs that etcd creates the users remote-<cluster> with
-// the read-only role of DESIGN §6 (see kvstore/etcdserver.RemotePermissions).
+// The users live in the embedded etcd (kvstore/etcdserver.Server, which
+// also issues their certificates) or, with --kvstore-config, in the
+// external etcd through the apiserver's root client (External, users and
+// roles only: `clustermesh connect` issues the certificates, signed by the
+// cluster's CA, which that etcd must trust). Either way a user's role is
+// read-only on kvstore/etcdserver.RemotePermissions (DESIGN §6).
 package remoteusers

@@ -24,8 +24,8 @@ const DefaultResync = 30 * time.Second
 // debounce groups the several events of one ConfigMap update.
 const debounce = 100 * time.Millisecond
 
-// Users is the part of the embedded etcd (kvstore/etcdserver.Server) that
-// manages remote users.
+// Users manages the remote users of an etcd: kvstore/etcdserver.Server for
+// the embedded etcd, External for an external one.
 type Users interface {
 	EnsureRemoteUser(ctx context.Context, cluster string) (kvstore.Config, error)
 	RemoveRemoteUser(ctx context.Context, cluster string) error

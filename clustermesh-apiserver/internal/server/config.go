@@ -77,13 +77,13 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.EtcdAdvertise, "etcd-advertise-address", c.EtcdAdvertise, "host:port remote clusters reach the embedded etcd at, written in their client configs and the server certificate (default: --etcd-listen-address)")
 	fs.StringVar(&c.EtcdTLSDir, "etcd-tls-dir", c.EtcdTLSDir, "CA and certificates of the embedded etcd, generated if missing (default: <etcd-data-dir>-pki)")
 	fs.StringVar(&c.EtcdServerTLSDir, "etcd-server-tls-dir", c.EtcdServerTLSDir, "directory with the server certificate the embedded etcd serves to clients (tls.crt, tls.key, signed by the CA of --etcd-tls-dir, covering 127.0.0.1 and every address remote clusters dial); re-read on every handshake, so a rotated certificate is served without restart (default: a certificate generated into --etcd-tls-dir)")
-	fs.StringSliceVar(&c.RemoteClusters, "remote-clusters", c.RemoteClusters, "deprecated, use --remote-users-file: clusters to create read-only etcd users remote-<name> for (embedded etcd only); added to those of the file")
+	fs.StringSliceVar(&c.RemoteClusters, "remote-clusters", c.RemoteClusters, "deprecated, use --remote-users-file: clusters to create read-only etcd users remote-<name> for, with their client configs in --remote-config-dir (embedded etcd only); added to those of the file")
 	_ = fs.MarkDeprecated("remote-clusters", "use --remote-users-file (both are applied: the users are their union)")
-	fs.StringVar(&c.RemoteUsersFile, "remote-users-file", c.RemoteUsersFile, `YAML file "clusters: [c2, c3]" naming the clusters that get a read-only etcd user remote-<name> (embedded etcd only); changes apply without restart`)
+	fs.StringVar(&c.RemoteUsersFile, "remote-users-file", c.RemoteUsersFile, `YAML file "clusters: [c2, c3]" naming the clusters that get a read-only etcd user remote-<name>, in the embedded etcd or, with --kvstore-config, in the external one (whose auth must be on); changes apply without restart`)
 	fs.DurationVar(&c.RemoteUsersResync, "remote-users-resync", c.RemoteUsersResync, "how often the remote users are reconciled with --remote-users-file even without a file change")
 	fs.StringVar(&c.StatusNamespace, "status-namespace", c.StatusNamespace, "namespace of the status ConfigMap read by `clustermesh status` (empty: not published)")
 	fs.DurationVar(&c.StatusInterval, "status-interval", c.StatusInterval, "how often the status ConfigMap is refreshed even without a change")
-	fs.StringVar(&c.RemoteConfigDir, "remote-config-dir", c.RemoteConfigDir, "where the client config and certificates of each remote user are written")
+	fs.StringVar(&c.RemoteConfigDir, "remote-config-dir", c.RemoteConfigDir, "where the client config and certificates of each remote user of the embedded etcd are written (unused with --kvstore-config)")
 	fs.StringVar(&c.HealthAddress, "health-address", c.HealthAddress, "address of /healthz and /readyz")
 	fs.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, "address of Prometheus /metrics (empty: disabled)")
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", c.HeartbeatInterval, "how often cilium/.heartbeat is rewritten")
@@ -117,7 +117,10 @@ func (c *Config) Validate() error {
 		}
 	}
 	if len(c.RemoteClusters) > 0 && c.KVStoreConfig != "" {
-		return bad("remote-clusters", errors.New("remote users are created on the embedded etcd only, not with --kvstore-config"))
+		// The flag's contract includes the client configs it writes into
+		// --remote-config-dir, whose certificates only the embedded etcd's
+		// CA can issue; an external etcd's users come from the users file.
+		return bad("remote-clusters", errors.New("writes client certificates of the embedded etcd only; with --kvstore-config use --remote-users-file"))
 	}
 	if c.KVStoreConfig != "" && c.EtcdServerTLSDir != "" {
 		return bad("etcd-server-tls-dir", errors.New("applies to the embedded etcd only, not with --kvstore-config"))

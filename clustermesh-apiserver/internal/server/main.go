@@ -53,7 +53,7 @@ func Main(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	runners := []func(context.Context) error{s.Run}
-	users, err := remoteUsers(ctx, cfg, etcd, reg, log.With("component", "remote-users"))
+	users, err := remoteUsers(ctx, cfg, etcd, kv, reg, log.With("component", "remote-users"))
 	if err != nil {
 		return err
 	}
@@ -128,36 +128,38 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 	return kubernetes.NewForConfig(rc)
 }
 
-// remoteUsers returns the reconciler of the embedded etcd's remote users
-// (nil when there are none to manage), after a first pass. With an external
-// etcd, users are not managed: the operator of that etcd creates them.
-func remoteUsers(ctx context.Context, cfg Config, etcd *etcdserver.Server, reg prometheus.Registerer, log *slog.Logger) (*remoteusers.Reconciler, error) {
-	if etcd == nil {
-		if cfg.RemoteUsersFile != "" {
-			log.Warn("with an external etcd (--kvstore-config) the remote users of --remote-users-file are not created; create the read-only users remote-<cluster> in that etcd yourself",
-				"file", cfg.RemoteUsersFile)
-		}
-		return nil, nil
-	}
+// remoteUsers returns the reconciler of the remote users (nil when there
+// are none to manage), after a first pass. In the embedded etcd it also
+// issues their certificates and writes their client configs into
+// --remote-config-dir; in an external etcd (etcd nil) it manages users and
+// roles through the root client kv, and `clustermesh connect` issues the
+// certificates.
+func remoteUsers(ctx context.Context, cfg Config, etcd *etcdserver.Server, kv *kvstore.Client, reg prometheus.Registerer, log *slog.Logger) (*remoteusers.Reconciler, error) {
 	if cfg.RemoteUsersFile == "" && len(cfg.RemoteClusters) == 0 {
 		return nil, nil
 	}
-	advertise := cfg.EtcdAdvertise
-	if advertise == "" {
-		advertise = cfg.EtcdListenAddress
-	}
-	r, err := remoteusers.New(remoteusers.Config{
+	rcfg := remoteusers.Config{
 		Cluster: cfg.ClusterName, File: cfg.RemoteUsersFile, Static: cfg.RemoteClusters, Resync: cfg.RemoteUsersResync,
-		OnEnsure: func(c string, rc kvstore.Config) error {
+	}
+	var users remoteusers.Users = remoteusers.External{Client: kv.Etcd(), Cluster: cfg.ClusterName}
+	if etcd != nil {
+		users = etcd
+		advertise := cfg.EtcdAdvertise
+		if advertise == "" {
+			advertise = cfg.EtcdListenAddress
+		}
+		rcfg.OnEnsure = func(c string, rc kvstore.Config) error {
 			return WriteRemoteConfig(filepath.Join(cfg.RemoteConfigDir, c), cfg.ClusterName, "https://"+advertise, rc)
-		},
-		OnRemove: func(c string) error { return os.RemoveAll(filepath.Join(cfg.RemoteConfigDir, c)) },
-	}, etcd, clock.RealClock{}, log, reg)
+		}
+		rcfg.OnRemove = func(c string) error { return os.RemoveAll(filepath.Join(cfg.RemoteConfigDir, c)) }
+	}
+	r, err := remoteusers.New(rcfg, users, clock.RealClock{}, log, reg)
 	if err != nil {
 		return nil, err
 	}
-	// A bad users file must not keep the apiserver from publishing: the
-	// error is logged, counted and reported in the status; Run retries.
+	// A bad users file or an etcd that refuses users must not keep the
+	// apiserver from publishing: the error is logged, counted and reported
+	// in the status; Run retries.
 	if err := r.Reconcile(ctx); err != nil {
 		log.Error("cannot reconcile the remote users", "error", err)
 	}

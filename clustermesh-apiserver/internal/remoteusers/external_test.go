@@ -1,0 +1,65 @@
+package remoteusers
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"k8s.io/utils/clock"
+
+	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
+)
+
+// TestExternal reconciles the users of a real etcd through its root client
+// alone, as with an external etcd: with auth on the user is created and
+// removed; with auth off the pass fails with ErrAuthDisabled, counted as
+// an etcd error, and creates nothing.
+func TestExternal(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		disableAuth bool
+	}{
+		{"auth on", false},
+		{"auth off", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := etcdserver.StartTest(t, etcdserver.Config{ClusterName: "c1", DisableAuth: tc.disableAuth})
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			admin, err := kvstore.New(ctx, srv.AdminConfig(), etcdserver.TestLogger())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer admin.Close()
+			ext := External{Client: admin.Etcd(), Cluster: "c1"}
+			cm := newConfigMapDir(t, "clusters: [c2]\n")
+			r, err := New(Config{Cluster: "c1", File: cm.file()}, ext, clock.RealClock{}, etcdserver.TestLogger(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = r.Reconcile(ctx)
+			if tc.disableAuth {
+				if !errors.Is(err, etcdserver.ErrAuthDisabled) || !errors.Is(r.LastError(), etcdserver.ErrAuthDisabled) {
+					t.Fatalf("Reconcile with auth off: %v (last %v), want ErrAuthDisabled", err, r.LastError())
+				}
+				if got := value(t, r.errors.WithLabelValues("etcd")); got != 1 {
+					t.Errorf("etcd errors metric %v, want 1", got)
+				}
+				if len(r.Current()) != 0 {
+					t.Errorf("users with auth off: %v", r.Current())
+				}
+				return
+			}
+			if err != nil || !slices.Equal(r.Current(), []string{"c2"}) {
+				t.Fatalf("Reconcile: %v, users %v", err, r.Current())
+			}
+			cm.write("clusters: []\n")
+			if err := r.Reconcile(ctx); err != nil || len(r.Current()) != 0 {
+				t.Fatalf("Reconcile after emptying the file: %v, users %v", err, r.Current())
+			}
+		})
+	}
+}
