@@ -47,6 +47,7 @@ func remoteUserCases(ctx context.Context, remote *clientv3.Client) []struct {
 		{"write own canary", put("cilium/synced/c1/x"), false},
 		{"write own cluster config", put("cilium/cluster-config/c1"), false},
 		{"write heartbeat", put("cilium/.heartbeat"), false},
+		{"grant lease", func() error { _, err := remote.Grant(ctx, 10); return err }, true},
 		{"add user", func() error { _, err := remote.UserAdd(ctx, "x", "y"); return err }, false},
 	}
 }
@@ -59,6 +60,7 @@ func putRemoteUserKeys(ctx context.Context, t *testing.T, admin *clientv3.Client
 		"cilium/synced/c3/cilium/cache/nodes/v1",
 		"cilium/cluster-config/c1",
 		"cilium/cluster-config/c3",
+		"cilium/cluster-config/c10", // under the prefix cilium/cluster-config/c1
 		"cilium/.heartbeat",
 		"cilium/cache/nodes/v1/c3/n1",
 	} {
@@ -68,7 +70,8 @@ func putRemoteUserKeys(ctx context.Context, t *testing.T, admin *clientv3.Client
 	}
 }
 
-// TestRemoteUserPaths runs the same permission cases against a user made
+// TestRemoteUserPaths runs the same permission cases (and a watch of the
+// state prefix) against a user made
 // by the embedded Server's methods and one made by the client functions an
 // external etcd is managed with (certificate issued separately, as
 // `clustermesh connect` does), then removes each the matching way.
@@ -129,6 +132,15 @@ func TestRemoteUserPaths(t *testing.T) {
 					t.Errorf("%s: want permission denied, got %v", c.name, err)
 				}
 			}
+			wctx, cancel := context.WithCancel(ctx)
+			wch := remote.Watch(wctx, "cilium/state/", clientv3.WithPrefix())
+			if _, err := admin.Put(ctx, "cilium/state/nodes/v1/c1/n3", "v"); err != nil {
+				t.Fatal(err)
+			}
+			if wr := <-wch; wr.Err() != nil || len(wr.Events) != 1 {
+				t.Errorf("watch of the state prefix: %v, %d events", wr.Err(), len(wr.Events))
+			}
+			cancel()
 			users, err := tc.list(ctx, srv, admin)
 			if err != nil || !slices.Equal(users, []string{"c2"}) {
 				t.Fatalf("remote users = %v, %v; want [c2]", users, err)
