@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -97,6 +98,52 @@ func ParseConfig(data []byte) (Config, error) {
 		return Config{}, err
 	}
 	return cfg, nil
+}
+
+// WriteConfigFiles writes, into dir, what a remote cluster needs to read
+// an etcd: a config file named name with endpoints, in the format
+// ParseConfig reads (and an agent's --clustermesh-config holds), and the
+// CA, certificate and key files rc names, copied next to it as
+// name.etcd-client-ca.crt, name.etcd-client.crt and name.etcd-client.key.
+// Each file is written to a temporary name and renamed, the config last, so
+// a reader watching dir never sees a partial file or a config without its
+// files.
+func WriteConfigFiles(dir, name string, endpoints []string, rc Config) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	out := Config{Endpoints: endpoints}
+	for _, f := range []struct {
+		src string
+		dst *string
+		ext string
+	}{
+		{rc.TrustedCAFile, &out.TrustedCAFile, ".etcd-client-ca.crt"},
+		{rc.CertFile, &out.CertFile, ".etcd-client.crt"},
+		{rc.KeyFile, &out.KeyFile, ".etcd-client.key"},
+	} {
+		data, err := os.ReadFile(f.src)
+		if err != nil {
+			return fmt.Errorf("client config %s: %w", name, err)
+		}
+		*f.dst = filepath.Join(dir, name+f.ext)
+		if err := writeFileAtomic(*f.dst, data); err != nil {
+			return err
+		}
+	}
+	data, err := yaml.Marshal(out)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(dir, name), data)
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 // LoadConfig reads and parses the etcd client config file at path.

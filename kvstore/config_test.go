@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -104,5 +106,46 @@ func TestLoadConfig(t *testing.T) {
 	}
 	if _, err := kvstore.LoadConfig(filepath.Join(dir, "missing")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("missing file: %v", err)
+	}
+}
+
+func TestWriteConfigFiles(t *testing.T) {
+	src, dir := t.TempDir(), filepath.Join(t.TempDir(), "remotes", "c2")
+	rc := kvstore.Config{}
+	for _, f := range []struct {
+		path *string
+		name string
+	}{{&rc.TrustedCAFile, "ca.crt"}, {&rc.CertFile, "tls.crt"}, {&rc.KeyFile, "tls.key"}} {
+		*f.path = filepath.Join(src, f.name)
+		if err := os.WriteFile(*f.path, []byte("pem of "+f.name), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eps := []string{"https://10.0.0.1:2379", "https://10.0.0.2:2379"}
+	if err := kvstore.WriteConfigFiles(dir, "c1", eps, rc); err != nil {
+		t.Fatal(err)
+	}
+	got, err := kvstore.LoadConfig(filepath.Join(dir, "c1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got.Endpoints, eps) {
+		t.Errorf("endpoints %v, want %v", got.Endpoints, eps)
+	}
+	for file, want := range map[string]string{got.TrustedCAFile: "pem of ca.crt", got.CertFile: "pem of tls.crt", got.KeyFile: "pem of tls.key"} {
+		if filepath.Dir(file) != dir || !strings.HasPrefix(filepath.Base(file), "c1.etcd-client") {
+			t.Errorf("file %s is not c1.etcd-client* next to the config", file)
+		}
+		if data, err := os.ReadFile(file); err != nil || string(data) != want {
+			t.Errorf("%s: %q, %v; want %q", file, data, err, want)
+		}
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 4 {
+		t.Errorf("%d files in %s, want the config and 3 PEM files (no temporary left)", len(entries), dir)
+	}
+	rc.KeyFile = filepath.Join(src, "missing.key")
+	if err := kvstore.WriteConfigFiles(dir, "c3", eps, rc); err == nil || !strings.Contains(err.Error(), "client config c3") {
+		t.Errorf("missing key file: %v", err)
 	}
 }

@@ -35,8 +35,9 @@ func Gateway() netip.Addr { return gateway }
 
 // startExternal starts the clustermesh-apiserver of c with --kvstore-config
 // naming every member of ms as the root user, and forwards each member's
-// client port to the gateway. The apiserver creates no remote users in an
-// external etcd: connectExternal does, as the etcd's operator would.
+// client port to the gateway. It runs without --remote-users-file (that
+// file is `clustermesh connect`'s, and this mesh joins directly), so
+// connectExternal creates the remote users, as an operator could.
 func (m *Mesh) startExternal(ctx context.Context, c *Cluster, ms EtcdMembers) error {
 	if m.cfg.Join != JoinDirect {
 		return fmt.Errorf("cluster %s: an external etcd needs Join %q", c.Name, JoinDirect)
@@ -99,39 +100,17 @@ func (m *Mesh) connectExternal(ctx context.Context, r, e *Cluster, ms EtcdMember
 	if err != nil {
 		return fmt.Errorf("connect %s to %s: remote user in the external etcd: %w", r.Name, e.Name, err)
 	}
-	out := kvstore.Config{}
+	var endpoints []string
 	for _, s := range ms {
 		u, err := url.Parse(s.Config().ClientURL)
 		if err != nil {
 			return err
 		}
-		out.Endpoints = append(out.Endpoints, "https://"+net.JoinHostPort(gateway.String(), u.Port()))
+		endpoints = append(endpoints, "https://"+net.JoinHostPort(gateway.String(), u.Port()))
 	}
 	// The operator hands over the files as a Secret; they live next to the
 	// config, as `clustermesh connect` stores them.
-	for _, f := range []struct {
-		src string
-		dst *string
-		ext string
-	}{
-		{rc.TrustedCAFile, &out.TrustedCAFile, ".etcd-client-ca.crt"},
-		{rc.CertFile, &out.CertFile, ".etcd-client.crt"},
-		{rc.KeyFile, &out.KeyFile, ".etcd-client.key"},
-	} {
-		data, err := os.ReadFile(f.src)
-		if err != nil {
-			return err
-		}
-		*f.dst = filepath.Join(r.ConfigDir, e.Name+f.ext)
-		if err := writeAtomic(*f.dst, data); err != nil {
-			return err
-		}
-	}
-	data, err := yaml.Marshal(out)
-	if err != nil {
-		return err
-	}
-	return writeAtomic(filepath.Join(r.ConfigDir, e.Name), data)
+	return kvstore.WriteConfigFiles(r.ConfigDir, e.Name, endpoints, rc)
 }
 
 // APIServerReady asks the cluster's clustermesh-apiserver's /readyz once.

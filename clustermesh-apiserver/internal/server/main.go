@@ -15,7 +15,6 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/clock"
-	"sigs.k8s.io/yaml"
 
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/health"
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/remoteusers"
@@ -149,7 +148,7 @@ func remoteUsers(ctx context.Context, cfg Config, etcd *etcdserver.Server, kv *k
 			advertise = cfg.EtcdListenAddress
 		}
 		rcfg.OnEnsure = func(c string, rc kvstore.Config) error {
-			return WriteRemoteConfig(filepath.Join(cfg.RemoteConfigDir, c), cfg.ClusterName, "https://"+advertise, rc)
+			return kvstore.WriteConfigFiles(filepath.Join(cfg.RemoteConfigDir, c), cfg.ClusterName, []string{"https://" + advertise}, rc)
 		}
 		rcfg.OnRemove = func(c string) error { return os.RemoveAll(filepath.Join(cfg.RemoteConfigDir, c)) }
 	}
@@ -203,38 +202,4 @@ func kvstoreConfig(ctx context.Context, cfg Config, log *slog.Logger) (kvstore.C
 		admin.Endpoints = []string{"https://" + net.JoinHostPort("127.0.0.1", port)}
 	}
 	return admin, srv, srv.Stop, nil
-}
-
-// WriteRemoteConfig writes, into dir, what the remote cluster needs to read
-// cluster own: a client config file named own (the --clustermesh-config
-// format) and the CA, certificate and key it names, as
-// own.etcd-client-ca.crt, own.etcd-client.crt and own.etcd-client.key.
-func WriteRemoteConfig(dir, own, endpoint string, rc kvstore.Config) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	out := kvstore.Config{Endpoints: []string{endpoint}}
-	for _, f := range []struct {
-		src string
-		dst *string
-		ext string
-	}{
-		{rc.TrustedCAFile, &out.TrustedCAFile, ".etcd-client-ca.crt"},
-		{rc.CertFile, &out.CertFile, ".etcd-client.crt"},
-		{rc.KeyFile, &out.KeyFile, ".etcd-client.key"},
-	} {
-		data, err := os.ReadFile(f.src)
-		if err != nil {
-			return err
-		}
-		*f.dst = filepath.Join(dir, own+f.ext)
-		if err := os.WriteFile(*f.dst, data, 0o600); err != nil {
-			return err
-		}
-	}
-	data, err := yaml.Marshal(out)
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(filepath.Join(dir, own), data, 0o600)
 }
