@@ -5,7 +5,6 @@ package e2e
 import (
 	"context"
 	"net"
-	"os"
 	"slices"
 	"strconv"
 	"testing"
@@ -20,10 +19,7 @@ import (
 // (local backends ready again → first new connection served locally), and
 // logs p50/p99. A figure for bench/, not an assertion.
 func TestFailoverTimes(t *testing.T) {
-	runs, _ := strconv.Atoi(os.Getenv("E2E_FAILOVER_RUNS"))
-	if runs <= 0 {
-		t.Skip("set E2E_FAILOVER_RUNS to measure")
-	}
+	runs := measureRuns(t, "E2E_FAILOVER_RUNS")
 	m := mesh(t)
 	cl := clientPod(t, m)
 	c1 := m.Clusters[0]

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -147,4 +148,15 @@ func eventually(timeout time.Duration, f func() error) error {
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
+}
+
+// measureRuns returns how many runs the measurement test t makes, from the
+// environment variable env; t is skipped when it is unset or not positive.
+func measureRuns(t *testing.T, env string) int {
+	t.Helper()
+	runs, _ := strconv.Atoi(os.Getenv(env))
+	if runs <= 0 {
+		t.Skipf("set %s to measure", env)
+	}
+	return runs
 }

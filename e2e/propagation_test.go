@@ -34,10 +34,7 @@ import (
 // from the write and from the slice event. A figure for bench/, not an
 // assertion.
 func TestPropagationTimes(t *testing.T) {
-	runs, _ := strconv.Atoi(os.Getenv("E2E_PROPAGATION_RUNS"))
-	if runs <= 0 {
-		t.Skip("set E2E_PROPAGATION_RUNS to measure")
-	}
+	runs := measureRuns(t, "E2E_PROPAGATION_RUNS")
 	m := mesh(t)
 	const svc = "echo-propagation"
 	vip := globalService(t, m, svc, map[string]string{"service.cilium.io/global": "true"}, 6)
@@ -176,10 +173,7 @@ func endpointReady(es *discoveryv1.EndpointSlice, ip string) bool {
 // connected again after each run, and at the end even on failure. A figure
 // for bench/, not an assertion.
 func TestConnectTimes(t *testing.T) {
-	runs, _ := strconv.Atoi(os.Getenv("E2E_CONNECT_RUNS"))
-	if runs <= 0 {
-		t.Skip("set E2E_CONNECT_RUNS to measure")
-	}
+	runs := measureRuns(t, "E2E_CONNECT_RUNS")
 	m := mesh(t)
 	cl := clientPod(t, m)
 	first, gone := m.Clusters[0], m.Clusters[len(m.Clusters)-1]
