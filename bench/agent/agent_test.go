@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -209,6 +210,18 @@ func rss() uint64 {
 	return 0
 }
 
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
 func heap() uint64 {
 	runtime.GC()
 	var m runtime.MemStats
@@ -299,6 +312,11 @@ func BenchmarkColdSync(b *testing.B) {
 	b.StopTimer()
 	heap1, rss1 := heap(), rss()
 	dheap, drss := int64(heap1)-int64(heap0), int64(rss1)-int64(rss0)
+	if path := os.Getenv("BENCH_HEAPPROFILE"); path != "" { // what the synced agent holds
+		if err := writeHeapProfile(path); err != nil {
+			b.Fatal(err)
+		}
+	}
 	// The in-memory datapath's maps stand in for kernel maps: measure a copy
 	// of them to tell the agent's own share.
 	st, _ := a.Datapath.Dump()
