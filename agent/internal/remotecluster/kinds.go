@@ -70,8 +70,9 @@ func newKindStore(r *remote, k kind, cfg watchstore.Config) (kindStore, *observe
 		return watchstore.New(nil, cfg, func(key string, v []byte) (wire.Identity, error) { return wire.DecodeIdentity(r.rem, key, v) }, o, log, nil), &o.observerBase
 	case kindIPCache:
 		o := &ipObserver{observerBase{r: r}}
-		return watchstore.New(nil, cfg, func(key string, v []byte) (wire.IPIdentityPair, error) {
-			return wire.DecodeIPIdentityPair(r.rem, key, v)
+		return watchstore.New(nil, cfg, func(key string, v []byte) (ipEntry, error) {
+			p, err := wire.DecodeIPIdentityPair(r.rem, key, v)
+			return ipEntry{prefix: p.Prefix(), id: p.ID, hostIP: p.HostIP}, err
 		}, o, log, nil), &o.observerBase
 	default:
 		o := &serviceObserver{observerBase{r: r}}
@@ -131,15 +132,24 @@ type identityObserver struct{ observerBase }
 func (o *identityObserver) OnUpsert(string, wire.Identity) {}
 func (o *identityObserver) OnDelete(string, wire.Identity) {}
 
+// ipEntry is what the agent keeps of a remote ipcache entry: the store
+// holds one per remote pod IP, so only the fields the datapath needs (the
+// decoded IPIdentityPair is about three times larger).
+type ipEntry struct {
+	prefix netip.Prefix
+	hostIP netip.Addr
+	id     uint32
+}
+
 // ipObserver programs the ipcache.
 type ipObserver struct{ observerBase }
 
-func (o *ipObserver) OnUpsert(_ string, p wire.IPIdentityPair) {
-	o.r.m.dp.UpsertIPCache(datapath.IPCacheEntry{Prefix: p.Prefix(), Identity: p.ID, TunnelEndpoint: p.HostIP, ClusterID: o.r.dpID})
+func (o *ipObserver) OnUpsert(_ string, e ipEntry) {
+	o.r.m.dp.UpsertIPCache(datapath.IPCacheEntry{Prefix: e.prefix, Identity: e.id, TunnelEndpoint: e.hostIP, ClusterID: o.r.dpID})
 }
 
-func (o *ipObserver) OnDelete(_ string, p wire.IPIdentityPair) {
-	o.r.m.dp.DeleteIPCache(p.Prefix(), o.r.dpID)
+func (o *ipObserver) OnDelete(_ string, e ipEntry) {
+	o.r.m.dp.DeleteIPCache(e.prefix, o.r.dpID)
 }
 
 // serviceObserver hands global services to the merger.
