@@ -6,8 +6,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -16,13 +19,17 @@ import (
 
 	"github.com/clustermesh/clustermesh/e2e/harness"
 	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
 )
 
 // TestKVStoreMemberLoss: cluster c9's kvstore is a 3-member etcd cluster
-// run by the test (its clustermesh-apiserver uses it with --kvstore-config;
-// the test creates the read-only user of c1 as the etcd's operator would).
-// c1's agents list all three members. Stopping the member that leads raft
+// run by the test, joined the production way: its CA becomes c9's
+// clustermesh-ca, `clustermesh enable` installs the chart in external etcd
+// mode with the members' endpoints, `clustermesh connect` joins c1 and c9,
+// and c9's clustermesh-apiserver (--kvstore-config, --remote-users-file)
+// creates the read-only user of c1 in that etcd. c1's agents list all
+// three members, as connect wrote them. Stopping the member that leads raft
 // and is first in the agents' list must break nothing: c1's agents stay
 // or come back ready, the old pods of c9 stay reachable throughout, and a
 // pod added to c9 afterwards becomes reachable from c1 (the apiserver
@@ -78,7 +85,7 @@ func TestKVStoreMemberLoss(t *testing.T) {
 	m, err := harness.Start(ctx, harness.Config{
 		Prefix: "cme", Clusters: []harness.ClusterSpec{{Name: "c1", ID: 1}, {Name: "c9", ID: 9}},
 		KubeBinDir: kubeBin, Bins: bins, Dir: dir, Log: log,
-		Join: harness.JoinDirect, ExternalEtcd: map[string]harness.EtcdMembers{"c9": ms},
+		Join: harness.JoinCLI, ExternalEtcd: map[string]harness.EtcdMembers{"c9": ms},
 	})
 	if err != nil {
 		t.Fatalf("start mesh (logs in %s): %v", dir, err)
@@ -89,6 +96,9 @@ func TestKVStoreMemberLoss(t *testing.T) {
 	}
 	c1, c9 := m.Cluster("c1"), m.Cluster("c9")
 	t.Logf("mesh ready %v after start", time.Since(start).Round(time.Millisecond))
+	if err := checkEndpoints(c1, "c9", ms); err != nil {
+		t.Fatal(err)
+	}
 
 	// Both ways, through both etcds: c1 reads c9's external etcd, c9 reads
 	// c1's embedded one.
@@ -260,4 +270,30 @@ func statusLine(ctx context.Context, n *harness.Node) string {
 		return err.Error()
 	}
 	return out
+}
+
+// checkEndpoints checks that r's agents' config of cluster e (from the
+// remote-clusters Secret `clustermesh connect` wrote) lists every member of
+// ms, in order, at the gateway, where the node namespaces reach them.
+func checkEndpoints(r *harness.Cluster, e string, ms harness.EtcdMembers) error {
+	data, err := os.ReadFile(filepath.Join(r.ConfigDir, e))
+	if err != nil {
+		return err
+	}
+	cfg, err := kvstore.ParseConfig(data)
+	if err != nil {
+		return fmt.Errorf("%s's config of %s: %w", r.Name, e, err)
+	}
+	var want []string
+	for _, s := range ms {
+		u, err := url.Parse(s.Config().ClientURL)
+		if err != nil {
+			return err
+		}
+		want = append(want, "https://"+net.JoinHostPort(harness.Gateway().String(), u.Port()))
+	}
+	if !slices.Equal(cfg.Endpoints, want) {
+		return fmt.Errorf("%s's config of %s lists %v, want %v", r.Name, e, cfg.Endpoints, want)
+	}
+	return nil
 }

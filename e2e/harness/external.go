@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,9 +13,13 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/clustermesh/clustermesh/internal/kubetest"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
 )
@@ -26,8 +31,13 @@ import (
 //
 // The members' ClusterName must be the mesh cluster's name (the remote
 // users' permissions name it) and their server certificates must cover
-// Gateway(), where the agents of the other clusters reach them.
+// Gateway(), where the agents of the other clusters reach them. With
+// JoinCLI their CA becomes the cluster's CA (enableExternal).
 type EtcdMembers []*etcdserver.Server
+
+// secretExternalClient is the Secret enableExternal gives the chart as
+// etcd.external.tlsSecret: the external etcd's root client credentials.
+const secretExternalClient = "clustermesh-external-etcd-client"
 
 // Gateway is the address on the datacenter bridge where the harness
 // forwards the loopback listeners; the node namespaces reach them there.
@@ -35,22 +45,17 @@ func Gateway() netip.Addr { return gateway }
 
 // startExternal starts the clustermesh-apiserver of c with --kvstore-config
 // naming every member of ms as the root user, and forwards each member's
-// client port to the gateway. It runs without --remote-users-file (that
-// file is `clustermesh connect`'s, and this mesh joins directly), so
-// connectExternal creates the remote users, as an operator could.
+// client port to the gateway. With JoinCLI it also gets the users file
+// `clustermesh connect` maintains (mountRemoteUsers), so it creates the
+// users remote-<cluster> in that etcd itself; with JoinDirect it runs
+// without one and connectExternal creates them, as an operator could.
 func (m *Mesh) startExternal(ctx context.Context, c *Cluster, ms EtcdMembers) error {
-	if m.cfg.Join != JoinDirect {
-		return fmt.Errorf("cluster %s: an external etcd needs Join %q", c.Name, JoinDirect)
-	}
-	if len(ms) == 0 {
-		return fmt.Errorf("cluster %s: external etcd without members", c.Name)
+	if err := checkMembers(c, ms); err != nil {
+		return err
 	}
 	admin := ms[0].AdminConfig()
 	admin.Endpoints = nil
 	for _, s := range ms {
-		if name := s.Config().ClusterName; name != c.Name {
-			return fmt.Errorf("cluster %s: external etcd member %s serves cluster %q", c.Name, s.Config().Name, name)
-		}
 		u, err := url.Parse(s.Config().ClientURL)
 		if err != nil {
 			return err
@@ -78,8 +83,97 @@ func (m *Mesh) startExternal(ctx context.Context, c *Cluster, ms EtcdMembers) er
 		"--kubeconfig=" + c.CP.Kubeconfig(),
 		"--health-address=127.0.0.1:" + strconv.Itoa(ports[0]), "--metrics-address=",
 	}
+	if m.cfg.Join == JoinCLI {
+		if err := c.mountRemoteUsers(ctx); err != nil {
+			return err
+		}
+		c.apiArgs = append(c.apiArgs, "--remote-users-file="+c.usersFile(), "--status-namespace="+meshNamespace)
+	}
 	c.apiHealth = "http://127.0.0.1:" + strconv.Itoa(ports[0]) + "/readyz"
 	return c.StartAPIServer(ctx)
+}
+
+func checkMembers(c *Cluster, ms EtcdMembers) error {
+	if len(ms) == 0 {
+		return fmt.Errorf("cluster %s: external etcd without members", c.Name)
+	}
+	for _, s := range ms {
+		if name := s.Config().ClusterName; name != c.Name {
+			return fmt.Errorf("cluster %s: external etcd member %s serves cluster %q", c.Name, s.Config().Name, name)
+		}
+	}
+	return nil
+}
+
+// gatewayEndpoints returns the client URL of every member as the node
+// namespaces dial it: the gateway address with the member's port (the
+// forwarders of startExternal), which the members' certificates cover.
+func (ms EtcdMembers) gatewayEndpoints() ([]string, error) {
+	var endpoints []string
+	for _, s := range ms {
+		u, err := url.Parse(s.Config().ClientURL)
+		if err != nil {
+			return nil, err
+		}
+		endpoints = append(endpoints, "https://"+net.JoinHostPort(gateway.String(), u.Port()))
+	}
+	return endpoints, nil
+}
+
+// enableExternal does for c, whose kvstore is the external etcd ms, what
+// its operator does: it hands the etcd's CA to clustermesh as the Secret
+// clustermesh-ca (enable adopts an existing one, and `connect` signs the
+// remote users' client certificates with it, so the etcd trusts them) and
+// the etcd's root client credentials as the chart's etcd.external.tlsSecret,
+// then runs `clustermesh enable` in external mode with the members'
+// endpoints as the node namespaces reach them, which `connect` hands to
+// the other clusters' agents.
+func (m *Mesh) enableExternal(ctx context.Context, c *Cluster, ms EtcdMembers) error {
+	if err := checkMembers(c, ms); err != nil {
+		return err
+	}
+	endpoints, err := ms.gatewayEndpoints()
+	if err != nil {
+		return err
+	}
+	ca := ms[0].CA()
+	caKey, err := ca.KeyPEM()
+	if err != nil {
+		return err
+	}
+	admin := ms[0].AdminConfig()
+	root := map[string][]byte{"ca.crt": ca.CertPEM()}
+	for k, f := range map[string]string{"tls.crt": admin.CertFile, "tls.key": admin.KeyFile} {
+		if root[k], err = os.ReadFile(f); err != nil {
+			return err
+		}
+	}
+	if err := kubetest.EnsureNamespace(ctx, c.CP.Client, meshNamespace); err != nil {
+		return err
+	}
+	secrets := c.CP.Client.CoreV1().Secrets(meshNamespace)
+	for name, data := range map[string]map[string][]byte{
+		secretCA:             {"ca.crt": ca.CertPEM(), "ca.key": caKey},
+		secretExternalClient: root,
+	} {
+		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: meshNamespace}, Data: data}
+		if _, err := secrets.Create(ctx, s, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("secret %s: %w", name, err)
+		}
+	}
+	if _, err := m.CLI(ctx, "enable", "--context="+c.Name, "--cluster-name="+c.Name, fmt.Sprintf("--cluster-id=%d", c.ID),
+		"--set=etcd.mode=external", "--set=etcd.external.endpoints={"+strings.Join(endpoints, ",")+"}",
+		"--set=etcd.external.tlsSecret="+secretExternalClient); err != nil {
+		return err
+	}
+	s, err := secrets.Get(ctx, secretCA, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(s.Data["ca.crt"], ca.CertPEM()) {
+		return fmt.Errorf("clustermesh enable replaced secret %s: the external etcd does not trust the new CA", secretCA)
+	}
+	return nil
 }
 
 // connectExternal lets the agents of r read cluster e, whose kvstore is the
@@ -100,13 +194,9 @@ func (m *Mesh) connectExternal(ctx context.Context, r, e *Cluster, ms EtcdMember
 	if err != nil {
 		return fmt.Errorf("connect %s to %s: remote user in the external etcd: %w", r.Name, e.Name, err)
 	}
-	var endpoints []string
-	for _, s := range ms {
-		u, err := url.Parse(s.Config().ClientURL)
-		if err != nil {
-			return err
-		}
-		endpoints = append(endpoints, "https://"+net.JoinHostPort(gateway.String(), u.Port()))
+	endpoints, err := ms.gatewayEndpoints()
+	if err != nil {
+		return err
 	}
 	// The operator hands over the files as a Secret; they live next to the
 	// config, as `clustermesh connect` stores them.

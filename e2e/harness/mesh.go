@@ -73,7 +73,8 @@ type Config struct {
 	Join string
 	// ExternalEtcd gives a cluster (by name) an etcd the test runs: its
 	// clustermesh-apiserver uses it through --kvstore-config (see
-	// external.go). JoinDirect only.
+	// external.go); with JoinCLI the cluster is enabled in the chart's
+	// external etcd mode.
 	ExternalEtcd map[string]EtcdMembers
 	Log          *slog.Logger
 }
@@ -197,7 +198,12 @@ func Start(ctx context.Context, cfg Config) (_ *Mesh, err error) {
 	if cfg.Join == JoinCLI {
 		log.Info("clustermesh enable in every cluster, then connect --connection-mode mesh")
 		for i, c := range m.Clusters {
-			if err := m.enableCLI(ctx, c, netip.AddrFrom4([4]byte{172, 30, 0, byte(200 + i)})); err != nil {
+			if ms := cfg.ExternalEtcd[c.Name]; ms != nil {
+				err = m.enableExternal(ctx, c, ms)
+			} else {
+				err = m.enableCLI(ctx, c, netip.AddrFrom4([4]byte{172, 30, 0, byte(200 + i)}))
+			}
+			if err != nil {
 				return nil, fmt.Errorf("cluster %s: %w", c.Name, err)
 			}
 		}
