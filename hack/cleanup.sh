@@ -13,4 +13,5 @@ for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 |
 done
 pkill -f '/clustermesh/kube-v[^ ]*/kube-(apiserver|controller-manager)' 2>/dev/null
 grep ' /run/clustermesh-test' /proc/mounts 2>/dev/null | awk '{print $2}' | sort -r | xargs -r -n1 umount 2>/dev/null
+find /run/clustermesh-test -mindepth 1 -depth -type d -empty -delete 2>/dev/null
 exit 0
