@@ -9,9 +9,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// batchUnsupported reports whether err says the map type has no batch ops.
+// batchUnsupported reports whether err says the kernel has no batch ops for
+// the map's type: cilium/ebpf's ErrNotSupported (no batch API at all) or
+// ENOTSUPP/EOPNOTSUPP (the map type lacks them). Only these turn batching off
+// for a map. EINVAL is not among them: it is the kernel refusing this call's
+// keys or values, which says nothing about the next batch, and is returned
+// as the error of the call.
 func batchUnsupported(err error) bool {
-	return errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, unix.EINVAL) ||
+	return errors.Is(err, ebpf.ErrNotSupported) ||
 		errors.Is(err, syscall.Errno(524)) /* ENOTSUPP */ || errors.Is(err, unix.EOPNOTSUPP)
 }
 
