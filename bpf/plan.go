@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 
@@ -47,6 +48,7 @@ type plan struct {
 	freeSvc []uint32
 	freeBe  []uint32
 	skipped int
+	fast    int // services planned by planServiceFast
 }
 
 func (p *plan) putBackend(st *svcState, id uint32, v beVal) {
@@ -210,9 +212,11 @@ func (w *Writer) planServices(p *plan, b datapath.Batch) {
 			continue
 		}
 		old := w.services[fe]
-		if old != nil && w.planServiceFast(p, old, s.Backends) {
-			p.states[fe] = old
-			continue
+		if old != nil {
+			if st := w.planServiceFast(p, old, s.Backends); st != nil {
+				p.states[fe] = st
+				continue
+			}
 		}
 		v6 := fe.Addr.Addr().Is6()
 		simple := true
@@ -292,18 +296,21 @@ const maxFastChanges = 16
 // planServiceFast plans a change of an existing service that replaces or
 // edits a few backends in place (same list length, same weights): it
 // compares the lists, then touches only the changed backends and their
-// slots, instead of rebuilding the service's index. It mutates st (which a
-// failed Apply discards through restore) and reports false, planning
-// nothing, when the change does not fit.
-func (w *Writer) planServiceFast(p *plan, st *svcState, list []datapath.Backend) bool {
+// slots, instead of rebuilding the service's index. It never edits old, the
+// state last applied: it returns a changed copy that Apply installs only once
+// the kernel took the whole batch, so a failed Apply leaves the index as it
+// was and the next Apply of the same list plans the change again. It
+// returns nil, planning nothing, when the change does not fit.
+func (w *Writer) planServiceFast(p *plan, old *svcState, list []datapath.Backend) *svcState {
+	st := old
 	if st.list == nil || st.slots == nil || len(st.list) != len(list) {
-		return false
+		return nil
 	}
 	var diff []int
 	for i := range list {
 		if list[i] != st.list[i] {
 			if len(diff) == maxFastChanges {
-				return false
+				return nil
 			}
 			diff = append(diff, i)
 		}
@@ -316,13 +323,14 @@ func (w *Writer) planServiceFast(p *plan, st *svcState, list []datapath.Backend)
 		nb, ob := list[i], st.list[i]
 		if nb.Weight != ob.Weight || nb.Addr.Addr().Is6() != st.v6 || nb.Addr.Addr().Is4In6() ||
 			seen[nb.Addr] || seen[ob.Addr] {
-			return false
+			return nil
 		}
 		if _, taken := st.backends[nb.Addr]; taken && nb.Addr != ob.Addr {
-			return false
+			return nil
 		}
 		seen[nb.Addr], seen[ob.Addr] = true, true
 	}
+	st = old.clone()
 	for _, i := range diff {
 		nb, ob := list[i], st.list[i]
 		oldID := st.backends[ob.Addr]
@@ -346,7 +354,18 @@ func (w *Writer) planServiceFast(p *plan, st *svcState, list []datapath.Backend)
 		st.list[i] = nb
 		p.putBackend(st, id, v)
 	}
-	return true
+	p.fast++
+	return st
+}
+
+// clone returns a copy of st that shares nothing mutable with it.
+func (st *svcState) clone() *svcState {
+	c := *st
+	c.backends = maps.Clone(st.backends)
+	c.values = maps.Clone(st.values)
+	c.slots = slices.Clone(st.slots)
+	c.list = slices.Clone(st.list)
+	return &c
 }
 
 func hasKey[K comparable, V any](m map[K]V, k K) bool {

@@ -25,6 +25,12 @@ type Writer struct {
 	svcIDs   idAlloc // shared by both address families (cm_lb_slots is shared)
 	beIDs    idAlloc
 	noBatch  map[*ebpf.Map]bool // maps whose kernel rejected batch operations
+	// stale: an Apply failed and the index could not be re-read from the
+	// maps; the next Apply re-reads it before planning.
+	stale bool
+	fast  int // services changed by the fast path (for tests)
+	// fault, set by tests only, may fail step "step N" of Apply or "restore".
+	fault func(step string) error
 }
 
 var _ datapath.Writer = (*Writer)(nil)
@@ -62,6 +68,11 @@ func NewWriter(d *Datapath, log *slog.Logger) (*Writer, error) {
 
 // restore rebuilds the service index from the maps.
 func (w *Writer) restore() error {
+	if w.fault != nil {
+		if err := w.fault("restore"); err != nil {
+			return err
+		}
+	}
 	ix, err := readIndex(&w.d.objs.cmMaps)
 	if err != nil {
 		return err
@@ -150,9 +161,20 @@ func readIndex(o *cmMaps) (*index, error) {
 // a packet never finds a slot without its backend. Entries the datapath
 // cannot hold (an IPv6 tunnel endpoint, a backend of the other family than
 // its frontend) are skipped and logged.
+//
+// The plan is computed from b and the index of what was last applied, which
+// Apply never edits before the kernel took the whole batch. When a step
+// fails, the index is re-read from the maps (now, or at the start of the
+// next Apply if that fails too), so retrying the same change applies it.
 func (w *Writer) Apply(ctx context.Context, b datapath.Batch) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if w.stale {
+		if err := w.restore(); err != nil {
+			return fmt.Errorf("apply: %w", err)
+		}
+		w.stale = false
 	}
 	p := &plan{states: map[datapath.Frontend]*svcState{}}
 	w.planEndpoints(p, b)
@@ -186,14 +208,20 @@ func (w *Writer) Apply(ctx context.Context, b datapath.Batch) error {
 		func() error { return batchDelete(w, o.CmEndpoints, p.epDel) },
 		func() error { return batchDelete(w, o.CmEndpoints6, p.ep6Del) },
 	}
-	for _, step := range steps {
-		if err := step(); err != nil {
+	for i, step := range steps {
+		err := step()
+		if err == nil && w.fault != nil {
+			err = w.fault(fmt.Sprintf("step %d", i))
+		}
+		if err != nil {
 			if rerr := w.restore(); rerr != nil {
+				w.stale = true
 				err = errors.Join(err, rerr)
 			}
 			return fmt.Errorf("apply: %w", err)
 		}
 	}
+	w.fast += p.fast
 	for fe, st := range p.states {
 		if st == nil {
 			delete(w.services, fe)
