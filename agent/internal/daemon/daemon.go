@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -29,6 +28,7 @@ import (
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
+	"github.com/clustermesh/clustermesh/internal/runner"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
@@ -160,40 +160,19 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	status := statusapi.New(statusapi.Config{Socket: cfg.StatusSocket, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID, NodeName: cfg.NodeName},
 		mgr, merger, rec, log.With("component", "status"))
 
-	runs := []func(context.Context) error{rec.Run, merger.Run, local.Run, mgr.Run, status.Run}
+	runs := []runner.Part{{Name: "dpsync", Run: rec.Run}, {Name: "servicemerge", Run: merger.Run},
+		{Name: "localcluster", Run: local.Run}, {Name: "remotecluster", Run: mgr.Run}, {Name: "status", Run: status.Run}}
 	if cfg.StatusNamespace != "" {
 		pub := statusreport.New(statusreport.Config{Namespace: cfg.StatusNamespace, Cluster: cfg.ClusterName, Node: cfg.NodeName, Nodes: local.NodeCount},
 			mgr, kube.CoreV1(), log.With("component", "statusreport"), clk)
-		runs = append(runs, pub.Run)
+		runs = append(runs, runner.Part{Name: "statusreport", Run: pub.Run})
 	}
 	if cfg.MetricsAddress != "" {
 		h := health{ownSynced: ownSynced.Load, remotes: mgr}
-		runs = append(runs, func(ctx context.Context) error { return serveMetrics(ctx, cfg.MetricsAddress, reg, h) })
+		runs = append(runs, runner.Part{Name: "metrics", Run: func(ctx context.Context) error { return serveMetrics(ctx, cfg.MetricsAddress, reg, h) }})
 	}
 	log.Info("clustermesh-agent running", "cluster", cfg.ClusterName, "cluster_id", cfg.ClusterID, "node", cfg.NodeName, "datapath", cfg.Datapath)
-	return runAll(ctx, runs...)
-}
-
-// runAll runs every fn until ctx is done or one fails; it cancels the
-// others then and returns after all have returned, with the first error.
-func runAll(ctx context.Context, fns ...func(context.Context) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		wg    sync.WaitGroup
-		once  sync.Once
-		first error
-	)
-	for _, fn := range fns {
-		wg.Go(func() {
-			if err := fn(ctx); err != nil {
-				once.Do(func() { first = err })
-				cancel()
-			}
-		})
-	}
-	wg.Wait()
-	return first
+	return runner.All(ctx, runs...)
 }
 
 func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, h health) error {

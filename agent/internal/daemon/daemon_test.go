@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"context"
 	"errors"
 	"testing"
 
@@ -38,16 +37,5 @@ func TestFlagsAndValidate(t *testing.T) {
 				t.Fatalf("Validate: %v, want ok=%v", err, tt.ok)
 			}
 		})
-	}
-}
-
-func TestRunAllStopsOnFirstError(t *testing.T) {
-	boom := errors.New("boom")
-	err := runAll(context.Background(),
-		func(ctx context.Context) error { <-ctx.Done(); return nil },
-		func(context.Context) error { return boom },
-	)
-	if !errors.Is(err, boom) {
-		t.Fatalf("got %v", err)
 	}
 }

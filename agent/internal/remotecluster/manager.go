@@ -38,6 +38,11 @@ var (
 	ErrConfigFile = errors.New("unusable config file")
 )
 
+// ErrConfigWatchClosed: the watcher of the config directory stopped and a
+// new one could not be made; Run returns it (wrapped) so that the agent
+// stops instead of running on without noticing config changes.
+var ErrConfigWatchClosed = errors.New("config directory watcher closed")
+
 // DatapathSink is what the manager needs of the datapath reconciler.
 type DatapathSink interface {
 	UpsertTunnel(datapath.TunnelEntry)
@@ -136,6 +141,9 @@ type Manager struct {
 	clock clock.WithTicker
 
 	wg sync.WaitGroup // remote goroutines
+	// newWatcher makes the config directory watcher (fsnotify.NewWatcher;
+	// tests wrap it to close watchers under the manager).
+	newWatcher func() (*fsnotify.Watcher, error)
 
 	mu        sync.Mutex
 	remotes   map[string]*remote // guarded by mu: by cluster name
@@ -149,16 +157,17 @@ func New(cfg Config, dp DatapathSink, svcs ServiceSink, log *slog.Logger, clk cl
 	cfg.withDefaults()
 	return &Manager{
 		cfg: cfg, dp: dp, svcs: svcs, log: log, clock: clk,
-		remotes:   map[string]*remote{},
-		ids:       map[uint32]string{},
-		persisted: map[string]uint32{},
+		newWatcher: fsnotify.NewWatcher,
+		remotes:    map[string]*remote{},
+		ids:        map[uint32]string{},
+		persisted:  map[string]uint32{},
 	}
 }
 
 // Run watches the config directory and runs the remotes until ctx is done.
 // On return every remote goroutine has exited; their datapath state stays.
 func (m *Manager) Run(ctx context.Context) error {
-	w, err := fsnotify.NewWatcher()
+	w, err := m.newWatcher()
 	if err != nil {
 		return fmt.Errorf("watch %s: %w", m.cfg.Dir, err)
 	}
@@ -180,27 +189,36 @@ func (m *Manager) Run(ctx context.Context) error {
 	tick := m.clock.NewTicker(m.cfg.RescanInterval)
 	defer tick.Stop()
 	for {
+		closed := false
 		select {
 		case <-ctx.Done():
 			return nil
 		case ev, ok := <-w.Events:
-			if !ok {
-				return nil
+			if closed = !ok; ok {
+				m.log.Debug("config directory changed", "event", ev.String())
 			}
-			m.log.Debug("config directory changed", "event", ev.String())
-			m.scan(ctx)
 		case err, ok := <-w.Errors:
-			if !ok {
-				return nil
+			if closed = !ok; ok {
+				m.log.Warn("watching config directory", "error", err)
 			}
-			m.log.Warn("watching config directory", "error", err)
-			m.scan(ctx)
 		case <-tick.C():
 			if !watching {
 				watching = m.addWatch(w)
 			}
-			m.scan(ctx)
 		}
+		if closed {
+			// The watcher stopped by itself: make a new one, or stop the
+			// agent rather than run on blind to config changes.
+			m.log.Warn("config directory watcher closed; watching again", "dir", m.cfg.Dir)
+			w.Close()
+			nw, err := m.newWatcher()
+			if err != nil {
+				return fmt.Errorf("watch %s: %w: %w", m.cfg.Dir, ErrConfigWatchClosed, err)
+			}
+			w = nw
+			watching = m.addWatch(w)
+		}
+		m.scan(ctx)
 	}
 }
 

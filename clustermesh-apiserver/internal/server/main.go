@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -20,6 +19,7 @@ import (
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/remoteusers"
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/statusreport"
 	"github.com/clustermesh/clustermesh/internal/meshstatus"
+	"github.com/clustermesh/clustermesh/internal/runner"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
 )
@@ -51,13 +51,13 @@ func Main(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	runners := []func(context.Context) error{s.Run}
+	runners := []runner.Part{{Name: "server", Run: s.Run}}
 	users, err := remoteUsers(ctx, cfg, etcd, kv, reg, log.With("component", "remote-users"))
 	if err != nil {
 		return err
 	}
 	if users != nil {
-		runners = append(runners, users.Run)
+		runners = append(runners, runner.Part{Name: "remote-users", Run: users.Run})
 	}
 	if cfg.StatusNamespace != "" {
 		report := func(ctx context.Context) meshstatus.APIServerReport {
@@ -74,42 +74,21 @@ func Main(ctx context.Context, cfg Config, log *slog.Logger) error {
 		if err != nil {
 			return fmt.Errorf("--status-namespace: %w", err)
 		}
-		runners = append(runners, pub.Run)
+		runners = append(runners, runner.Part{Name: "status", Run: pub.Run})
 	}
 	hs, err := health.Listen(cfg.HealthAddress, health.Handler(s.Live, s.Ready), log.With("server", "health"))
 	if err != nil {
 		return fmt.Errorf("--health-address: %w", err)
 	}
-	runners = append(runners, hs.Run)
+	runners = append(runners, runner.Part{Name: "health", Run: hs.Run})
 	if cfg.MetricsAddress != "" {
 		ms, err := health.Listen(cfg.MetricsAddress, health.MetricsHandler(reg), log.With("server", "metrics"))
 		if err != nil {
 			return fmt.Errorf("--metrics-address: %w", err)
 		}
-		runners = append(runners, ms.Run)
+		runners = append(runners, runner.Part{Name: "metrics", Run: ms.Run})
 	}
-	return runAll(ctx, runners...)
-}
-
-// runAll runs fs until ctx is done or one fails, and waits for all of them.
-func runAll(ctx context.Context, fs ...func(context.Context) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	errc := make(chan error, len(fs))
-	for _, f := range fs {
-		go func() {
-			err := f(ctx)
-			if err != nil {
-				cancel()
-			}
-			errc <- err
-		}()
-	}
-	var errs []error
-	for range fs {
-		errs = append(errs, <-errc)
-	}
-	return errors.Join(errs...)
+	return runner.All(ctx, runners...)
 }
 
 func kubeClient(kubeconfig string) (kubernetes.Interface, error) {

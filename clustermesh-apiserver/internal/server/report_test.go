@@ -14,6 +14,7 @@ import (
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/statusreport"
 	"github.com/clustermesh/clustermesh/internal/kubetest"
 	"github.com/clustermesh/clustermesh/internal/meshstatus"
+	"github.com/clustermesh/clustermesh/internal/runner"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
 )
@@ -80,7 +81,9 @@ func TestStatusReport(t *testing.T) {
 	}
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- runAll(runCtx, s.Run, pub.Run) }()
+	go func() {
+		done <- runner.All(runCtx, runner.Part{Name: "server", Run: s.Run}, runner.Part{Name: "status", Run: pub.Run})
+	}()
 	defer func() {
 		stop()
 		if err := <-done; err != nil {
