@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"k8s.io/utils/clock"
+
+	"github.com/clustermesh/clustermesh/internal/backoff"
 )
 
 // EventKind says what an Event reports.
@@ -80,7 +82,8 @@ type listWatch struct {
 // etcd cluster ID changed or the revision went backwards (a restored etcd);
 // keys unchanged since the previous list (same modification revision in the
 // same etcd cluster) are not reported again. Failures are retried with a
-// capped exponential backoff with jitter and recorded for Status.
+// capped exponential backoff with jitter, restarted only after the watch
+// worked for a while, and recorded for Status.
 // ListWatch blocks until ctx is done and then returns nil.
 func (c *Client) ListWatch(ctx context.Context, prefix string, handle func(Event), opts ...ListWatchOption) error {
 	var o listWatchOptions
@@ -88,7 +91,9 @@ func (c *Client) ListWatch(ctx context.Context, prefix string, handle func(Event
 		opt(&o)
 	}
 	lw := &listWatch{c: c, prefix: prefix, handle: handle, known: make(map[string]keyState)}
-	var failures int
+	// A successful list alone does not restart the count: a watch that
+	// fails right after every list still backs off.
+	retry := backoff.New(listWatchBackoff, clock.RealClock{})
 	var reason error // why the next list is a relist; nil before the first
 	for {
 		var err error
@@ -99,7 +104,7 @@ func (c *Client) ListWatch(ctx context.Context, prefix string, handle func(Event
 		}
 		if err == nil {
 			if err = lw.list(ctx); err == nil {
-				failures = 0
+				retry.Success()
 				err = lw.watch(ctx)
 			}
 		}
@@ -110,11 +115,11 @@ func (c *Client) ListWatch(ctx context.Context, prefix string, handle func(Event
 			reason = err
 		}
 		c.recordErr(fmt.Errorf("list-watch %s: %w", prefix, err))
-		c.log.Info("relisting", "prefix", prefix, "reason", err)
-		if err := sleepCtx(ctx, backoff(failures)); err != nil {
+		wait := retry.Failure()
+		c.log.Info("relisting", "prefix", prefix, "reason", err, "failures", retry.Failures(), "retry_in", wait)
+		if err := sleepCtx(ctx, wait); err != nil {
 			return nil
 		}
-		failures++
 	}
 }
 
@@ -134,16 +139,9 @@ func BeforeRelist(f func(ctx context.Context, reason error) error) ListWatchOpti
 	return func(o *listWatchOptions) { o.beforeRelist = f }
 }
 
-// backoff returns the delay before retry n: 50ms doubling up to 5s, with
-// ±25% jitter. The first retry (n=0) happens almost at once.
-func backoff(n int) time.Duration {
-	if n == 0 {
-		return time.Duration(rand.Int64N(int64(10 * time.Millisecond)))
-	}
-	d := 50 * time.Millisecond << min(n-1, 7)
-	d = min(d, 5*time.Second)
-	return d*3/4 + time.Duration(rand.Int64N(int64(d/2)))
-}
+// listWatchBackoff spaces relists: 50ms doubling up to 5s, restarted
+// after 10s of a working watch.
+var listWatchBackoff = backoff.Policy{Min: 50 * time.Millisecond, Max: 5 * time.Second, Healthy: 10 * time.Second}
 
 func sleepCtx(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)

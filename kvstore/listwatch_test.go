@@ -2,10 +2,13 @@ package kvstore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"testing"
+	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/clustermesh/clustermesh/kvstore"
@@ -210,5 +213,58 @@ func TestListWatchStopsWithContext(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("ListWatch = %v, want nil after cancel", err)
+	}
+}
+
+// TestListWatchBacksOffWhenWatchFailsAfterList compacts etcd past the list
+// revision right after every list, so that every watch fails at once. A
+// successful list must not restart the backoff: the relists are spaced by
+// at least the policy's growing lower bounds (25ms·2^n for the n-th).
+func TestListWatchBacksOffWhenWatchFailsAfterList(t *testing.T) {
+	srv := etcdserver.StartTest(t, etcdserver.Config{})
+	c := connect(t, srv.AdminConfig())
+	admin := c.Etcd()
+	putKeys(t, admin, 3, "v1")
+	ctx, cancel := context.WithCancel(testCtx(t))
+	defer cancel()
+	const relists = 6
+	var at []time.Time // BeforeRelist runs in ListWatch's goroutine
+	done := make(chan error, 1)
+	handle := func(ev kvstore.Event) {
+		if ev.Kind != kvstore.EventListDone {
+			return
+		}
+		var rev int64
+		for range 2 {
+			resp, err := admin.Put(ctx, "other/key", "x")
+			if err != nil {
+				return
+			}
+			rev = resp.Header.Revision
+		}
+		_, _ = admin.Compact(ctx, rev)
+	}
+	before := kvstore.BeforeRelist(func(_ context.Context, reason error) error {
+		if !errors.Is(reason, rpctypes.ErrCompacted) {
+			t.Errorf("relist %d: reason %v, want compaction", len(at), reason)
+		}
+		if at = append(at, time.Now()); len(at) == relists {
+			cancel()
+		}
+		return nil
+	})
+	go func() { done <- c.ListWatch(ctx, prefix, handle, before) }()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if len(at) != relists {
+		t.Fatalf("%d relists, want %d", len(at), relists)
+	}
+	for i := 1; i < relists; i++ {
+		// Between relist i and i+1 ListWatch waited after failure i+1
+		// (Delay(i) of the policy, at least 25ms·2^i).
+		if gap, low := at[i].Sub(at[i-1]), 25*time.Millisecond<<i; gap < low {
+			t.Errorf("relist %d came %v after the previous, want at least %v", i+1, gap, low)
+		}
 	}
 }

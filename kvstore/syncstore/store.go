@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/time/rate"
 
+	"github.com/clustermesh/clustermesh/internal/backoff"
 	"github.com/clustermesh/clustermesh/kvstore"
 )
 
@@ -282,7 +283,7 @@ func (s *Store) work(ctx context.Context) {
 				s.mu.Unlock()
 				s.m.errors.Inc()
 				s.log.Warn("etcd write failed; retrying", "key", key, "attempt", n+1, "err", err)
-				s.q.addAfter(key, min(s.cfg.RetryMin<<min(n, 20), s.cfg.RetryMax))
+				s.q.addAfter(key, backoff.Policy{Min: s.cfg.RetryMin, Max: s.cfg.RetryMax}.Delay(n))
 			} else {
 				delete(s.failures, key)
 				if len(s.failures) == 0 {

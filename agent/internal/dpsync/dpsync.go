@@ -3,7 +3,6 @@ package dpsync
 import (
 	"context"
 	"log/slog"
-	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"sync"
@@ -12,6 +11,7 @@ import (
 	"github.com/spf13/pflag"
 	"k8s.io/utils/clock"
 
+	"github.com/clustermesh/clustermesh/internal/backoff"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 )
 
@@ -237,7 +237,7 @@ func (r *Reconciler) DeleteEndpoint(ip netip.Addr) {
 
 // Run applies dirty entries until ctx is done.
 func (r *Reconciler) Run(ctx context.Context) error {
-	backoff := time.Duration(0)
+	retry := backoff.New(backoff.Policy{Min: r.cfg.RetryMin, Max: r.cfg.RetryMax}, r.clock)
 	for {
 		select {
 		case <-ctx.Done():
@@ -255,8 +255,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			backoff = min(max(2*backoff, r.cfg.RetryMin), r.cfg.RetryMax)
-			wait := backoff/2 + rand.N(backoff/2+1)
+			wait := retry.Failure()
 			r.log.Warn("datapath apply failed, retrying", "error", err, "retry_in", wait)
 			select {
 			case <-ctx.Done():
@@ -268,7 +267,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			r.mu.Unlock()
 			continue
 		}
-		backoff = 0
+		retry.Success()
 	}
 }
 

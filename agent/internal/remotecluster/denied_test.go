@@ -12,6 +12,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
+	"github.com/clustermesh/clustermesh/internal/backoff"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
 	"github.com/clustermesh/clustermesh/kvstore"
@@ -67,13 +68,14 @@ func TestRetryWaitAfterDenial(t *testing.T) {
 	cfg := Config{BackoffMin: 500 * time.Millisecond, BackoffMax: time.Minute}
 	cfg.withDefaults()
 	r := &remote{m: &Manager{cfg: cfg}}
+	p := backoff.Policy{Min: cfg.BackoffMin, Max: cfg.BackoffMax}
 	denied := fmt.Errorf("read cluster config: %w", rpctypes.ErrPermissionDenied)
 	for attempt := range 12 {
-		if w := r.retryWait(denied, attempt); w > 5*time.Second {
+		if w := r.retryWait(denied, p.Delay(attempt)); w > 5*time.Second {
 			t.Errorf("attempt %d denied: wait %v, want at most 5s", attempt, w)
 		}
 	}
-	if w := r.retryWait(errors.New("dial tcp: connection refused"), 11); w < 30*time.Second {
+	if w := r.retryWait(errors.New("dial tcp: connection refused"), p.Delay(11)); w < 30*time.Second {
 		t.Errorf("attempt 11 unreachable: wait %v, want the full backoff (30s..1m)", w)
 	}
 }

@@ -5,13 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"k8s.io/utils/clock"
 
+	"github.com/clustermesh/clustermesh/internal/backoff"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/watchstore"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
@@ -45,6 +46,7 @@ type remote struct {
 
 	storeCfg [numKinds]watchstore.Config // session goroutine only
 	obs      [numKinds]*observerBase     // session goroutine only
+	retry    *backoff.Backoff            // of the connection loop; its goroutine only
 
 	mu     sync.Mutex
 	st     Status              // guarded by mu; Kinds are filled from stores by status()
@@ -81,9 +83,8 @@ func (r *remote) stop() {
 }
 
 func (r *remote) loop(ctx context.Context, data []byte) {
-	attempt := 0
+	r.retry = backoff.New(backoff.Policy{Min: r.m.cfg.BackoffMin, Max: r.m.cfg.BackoffMax}, r.m.clock)
 	for {
-		start := r.m.clock.Now()
 		err := r.session(ctx, data)
 		if ctx.Err() != nil {
 			return
@@ -95,11 +96,7 @@ func (r *remote) loop(ctx context.Context, data []byte) {
 			<-ctx.Done()
 			return
 		}
-		if r.m.clock.Since(start) > r.m.cfg.BackoffMax {
-			attempt = 0
-		}
-		wait := r.retryWait(err, attempt)
-		attempt++
+		wait := r.retryWait(err, r.retry.Failure())
 		r.log.Info("remote cluster connection failed, retrying", "error", err, "retry_in", wait)
 		select {
 		case <-ctx.Done():
@@ -122,23 +119,13 @@ func accessDenied(err error) bool {
 	return false
 }
 
-// retryWait is the delay before the attempt after the failed attempt-th:
-// the backoff, at most DeniedBackoffMax when the remote denied access.
-func (r *remote) retryWait(err error, attempt int) time.Duration {
-	wait := r.backoff(attempt)
+// retryWait is the delay after a failed attempt whose backoff is wait: at
+// most DeniedBackoffMax when the remote denied access.
+func (r *remote) retryWait(err error, wait time.Duration) time.Duration {
 	if accessDenied(err) {
 		wait = min(wait, r.m.cfg.DeniedBackoffMax)
 	}
 	return wait
-}
-
-// backoff is capped exponential with full jitter in [d/2, d].
-func (r *remote) backoff(attempt int) time.Duration {
-	d := r.m.cfg.BackoffMin << min(attempt, 20)
-	if d <= 0 || d > r.m.cfg.BackoffMax {
-		d = r.m.cfg.BackoffMax
-	}
-	return d/2 + rand.N(d/2+1)
 }
 
 // session connects once and watches until ctx is done or the connection
@@ -186,6 +173,7 @@ func (r *remote) session(ctx context.Context, data []byte) error {
 	r.mu.Lock()
 	r.st.ID, r.st.RefusedReason, r.st.Connected, r.st.LastChange = cc.ID, "", true, r.m.clock.Now()
 	r.mu.Unlock()
+	r.retry.Success()
 	r.log.Info("connected to remote cluster", "id", cc.ID, "cached", cc.Capabilities.Cached)
 
 	sctx, cancel := context.WithCancelCause(ctx)
@@ -256,7 +244,8 @@ func readClusterConfig(ctx context.Context, c *kvstore.Client, name string) (wir
 // absent) now and after every change, until ctx is done. It reads the key
 // alone, never a range: a remote user may read just that key.
 func watchKey(ctx context.Context, c *kvstore.Client, key string, fn func(value []byte, ok bool)) {
-	for attempt := 0; ctx.Err() == nil; attempt++ {
+	retry := backoff.New(watchKeyBackoff, clock.RealClock{})
+	for ctx.Err() == nil {
 		wctx, cancel := context.WithCancel(ctx)
 		resp, err := c.Etcd().Get(wctx, key)
 		if err == nil {
@@ -265,6 +254,7 @@ func watchKey(ctx context.Context, c *kvstore.Client, key string, fn func(value 
 			} else {
 				fn(nil, false)
 			}
+			retry.Success()
 			for wr := range c.Etcd().Watch(clientv3.WithRequireLeader(wctx), key, clientv3.WithRev(resp.Header.Revision+1)) {
 				if wr.Err() != nil {
 					break
@@ -272,17 +262,18 @@ func watchKey(ctx context.Context, c *kvstore.Client, key string, fn func(value 
 				for _, ev := range wr.Events {
 					fn(ev.Kv.Value, ev.Type == clientv3.EventTypePut)
 				}
-				attempt = 0
 			}
 		}
 		cancel()
-		d := min(50*time.Millisecond<<min(attempt, 7), 5*time.Second)
 		select {
 		case <-ctx.Done():
-		case <-time.After(d/2 + rand.N(d/2+1)):
+		case <-time.After(retry.Failure()):
 		}
 	}
 }
+
+// watchKeyBackoff spaces the retries of watchKey.
+var watchKeyBackoff = backoff.Policy{Min: 50 * time.Millisecond, Max: 5 * time.Second}
 
 // kindStore returns the store of kind k for a session with cluster config
 // cc: the previous session's, or a new one if the prefix or canary changed

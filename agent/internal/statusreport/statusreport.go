@@ -10,6 +10,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/clustermesh/clustermesh/agent/internal/remotecluster"
+	"github.com/clustermesh/clustermesh/internal/backoff"
 	"github.com/clustermesh/clustermesh/internal/meshstatus"
 )
 
@@ -94,7 +95,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		last     *meshstatus.AgentReport // last published
 		lastTime time.Time
 		lastErr  string
-		failures int
+		retry    = backoff.New(backoff.Policy{Min: p.cfg.PollInterval, Max: p.cfg.RetryMax}, p.clk)
 		retryAt  time.Time // no write before, after a failure
 	)
 	for {
@@ -108,8 +109,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 			case ctx.Err() != nil:
 				return nil
 			case err != nil:
-				wait := min(p.cfg.PollInterval<<min(failures, 16), p.cfg.RetryMax)
-				failures++
+				wait := retry.Failure()
 				retryAt = p.clk.Now().Add(wait)
 				if err.Error() != lastErr {
 					p.log.Warn("cannot publish the status report; retrying", "error", err, "retry_in", wait)
@@ -120,7 +120,8 @@ func (p *Publisher) Run(ctx context.Context) error {
 					p.log.Info("status report published again")
 					lastErr = ""
 				}
-				failures, retryAt = 0, time.Time{}
+				retry.Success()
+				retryAt = time.Time{}
 				last, lastTime = &r, p.clk.Now()
 			}
 		}
