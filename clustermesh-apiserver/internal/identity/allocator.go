@@ -37,8 +37,8 @@ type Config struct {
 	GCInterval time.Duration
 }
 
-// requestTimeout bounds each etcd request: the allocator's lock is held
-// across it, so an unreachable etcd must not hold every pod worker forever.
+// requestTimeout bounds each etcd request, so that an unreachable etcd
+// does not hold the pod workers that wait for a new identity forever.
 const requestTimeout = 10 * time.Second
 
 // Defaults for Config.
@@ -62,6 +62,10 @@ type entry struct {
 	labels    string
 	refs      int
 	idleSince time.Time // when refs dropped to 0
+	// busy is non-nil while an etcd transaction for the entry is in flight
+	// (storing a new id, or deleting an expired one) and is closed when it
+	// ends; Acquire of the labels waits for it, then looks again.
+	busy chan struct{}
 }
 
 // Allocator hands out ids for label sets and keeps them in etcd.
@@ -73,10 +77,13 @@ type Allocator struct {
 	min   uint32 // first id of the cluster's range
 	max   uint32 // last id of the cluster's range
 
+	// mu guards the maps and next; it is never held across an etcd call,
+	// so a slow etcd delays only the label sets that wait for it.
 	mu       sync.Mutex
-	byLabels map[string]*entry
-	byID     map[uint32]*entry
-	next     uint32 // next id to try
+	byLabels map[string]*entry   // stored ids, and label sets being stored (busy, id 0)
+	byID     map[uint32]*entry   // ids stored in etcd
+	trying   map[uint32]struct{} // ids a store transaction is in flight for
+	next     uint32              // next id to try
 
 	allocated prometheus.Gauge
 	created   prometheus.Counter
@@ -97,6 +104,7 @@ func New(ctx context.Context, kv KV, cfg Config, log *slog.Logger, clk clock.Wit
 		kv: kv, cfg: cfg, log: log, clock: clk, min: lo, max: hi, next: lo,
 		byLabels: map[string]*entry{},
 		byID:     map[uint32]*entry{},
+		trying:   map[uint32]struct{}{},
 		allocated: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: "clustermesh_apiserver", Name: "identities",
 			Help: "Identities currently allocated (stored in etcd).",
@@ -157,14 +165,43 @@ func (a *Allocator) restore(ctx context.Context) error {
 }
 
 // Acquire returns the id of labels, allocating and storing one if needed, and
-// takes a reference on it.
+// takes a reference on it. A label set that has an id gets it without
+// waiting for etcd, whatever other label sets wait for.
 func (a *Allocator) Acquire(ctx context.Context, labels string) (uint32, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if e, ok := a.byLabels[labels]; ok {
-		e.refs++
-		return e.id, nil
+	for {
+		a.mu.Lock()
+		e, ok := a.byLabels[labels]
+		if ok && e.busy == nil {
+			e.refs++
+			a.mu.Unlock()
+			return e.id, nil
+		}
+		if ok { // being stored or deleted: wait, then look again
+			busy := e.busy
+			a.mu.Unlock()
+			select {
+			case <-busy:
+				continue
+			case <-ctx.Done():
+				return 0, fmt.Errorf("acquire %q: %w", labels, ctx.Err())
+			}
+		}
+		e = &entry{labels: labels, busy: make(chan struct{})}
+		a.byLabels[labels] = e
+		a.mu.Unlock()
+		return a.allocate(ctx, e)
 	}
+}
+
+// allocate stores a new id for e, which Acquire placed busy in byLabels,
+// and takes the first reference on it.
+func (a *Allocator) allocate(ctx context.Context, e *entry) (uint32, error) {
+	a.mu.Lock()
+	defer func() {
+		close(e.busy)
+		e.busy = nil
+		a.mu.Unlock()
+	}()
 	size := a.max - a.min + 1
 	for range size {
 		id := a.next
@@ -175,39 +212,57 @@ func (a *Allocator) Acquire(ctx context.Context, labels string) (uint32, error) 
 		if _, used := a.byID[id]; used {
 			continue
 		}
+		if _, used := a.trying[id]; used {
+			continue
+		}
+		a.trying[id] = struct{}{}
+		a.mu.Unlock()
 		key := wire.IdentityKey(id)
 		tctx, cancel := context.WithTimeout(ctx, requestTimeout)
 		resp, err := a.kv.Txn(tctx).
 			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-			Then(clientv3.OpPut(key, labels)).
+			Then(clientv3.OpPut(key, e.labels)).
 			Else(clientv3.OpGet(key)).
 			Commit()
 		cancel()
+		a.mu.Lock()
+		delete(a.trying, id)
 		if err != nil {
 			a.next = id // retry the same id next time
+			delete(a.byLabels, e.labels)
 			return 0, fmt.Errorf("store identity %d: %w", id, err)
 		}
 		if !resp.Succeeded {
 			// Taken in etcd by someone else; adopt it if it is ours.
 			got := resp.Responses[0].GetResponseRange().GetKvs()
-			if len(got) == 1 && string(got[0].Value) == labels {
-				a.add(id, labels, 1)
+			if len(got) == 1 && string(got[0].Value) == e.labels {
+				a.store(e, id)
 				return id, nil
 			}
 			if len(got) == 1 {
-				a.add(id, string(got[0].Value), 0)
+				a.add(id, string(got[0].Value))
 			}
 			continue
 		}
-		a.add(id, labels, 1)
+		a.store(e, id)
 		a.created.Inc()
 		return id, nil
 	}
-	return 0, fmt.Errorf("allocate %q: %w", labels, ErrExhausted)
+	delete(a.byLabels, e.labels)
+	return 0, fmt.Errorf("allocate %q: %w", e.labels, ErrExhausted)
 }
 
-func (a *Allocator) add(id uint32, labels string, refs int) {
-	e := &entry{id: id, labels: labels, refs: refs, idleSince: a.clock.Now()}
+// store records e as stored under id with one reference. Call with mu held.
+func (a *Allocator) store(e *entry, id uint32) {
+	e.id, e.refs, e.idleSince = id, 1, a.clock.Now()
+	a.byID[id] = e
+	a.allocated.Set(float64(len(a.byID)))
+}
+
+// add records an id found in etcd under other labels, unreferenced. Call
+// with mu held.
+func (a *Allocator) add(id uint32, labels string) {
+	e := &entry{id: id, labels: labels, idleSince: a.clock.Now()}
 	a.byID[id] = e
 	if _, ok := a.byLabels[labels]; !ok {
 		a.byLabels[labels] = e
@@ -221,7 +276,7 @@ func (a *Allocator) Release(labels string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	e, ok := a.byLabels[labels]
-	if !ok || e.refs == 0 {
+	if !ok || e.refs == 0 { // a busy entry has no reference
 		return fmt.Errorf("release %q: %w", labels, ErrNotReferenced)
 	}
 	e.refs--
@@ -236,7 +291,7 @@ func (a *Allocator) Lookup(labels string) (uint32, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	e, ok := a.byLabels[labels]
-	if !ok {
+	if !ok || e.id == 0 {
 		return 0, false
 	}
 	return e.id, true
@@ -258,35 +313,47 @@ func (a *Allocator) Run(ctx context.Context) error {
 	}
 }
 
-// GC deletes from etcd the ids unreferenced for longer than the grace period.
+// GC deletes from etcd the ids unreferenced for longer than the grace
+// period. Each one is marked busy while its delete is in flight, so that an
+// Acquire of its labels waits for the outcome instead of taking an id that
+// is going away; Acquire of other label sets does not wait.
 func (a *Allocator) GC(ctx context.Context) error {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	now := a.clock.Now()
-	var errs []error
-	for id, e := range a.byID {
-		if e.refs > 0 || now.Sub(e.idleSince) < a.cfg.GracePeriod {
+	var expired []*entry
+	for _, e := range a.byID {
+		if e.refs > 0 || e.busy != nil || now.Sub(e.idleSince) < a.cfg.GracePeriod {
 			continue
 		}
-		key := wire.IdentityKey(id)
+		e.busy = make(chan struct{})
+		expired = append(expired, e)
+	}
+	a.mu.Unlock()
+	var errs []error
+	for _, e := range expired {
+		key := wire.IdentityKey(e.id)
 		tctx, cancel := context.WithTimeout(ctx, requestTimeout)
 		_, err := a.kv.Txn(tctx).
 			If(clientv3.Compare(clientv3.Value(key), "=", e.labels)).
 			Then(clientv3.OpDelete(key)).
 			Commit()
 		cancel()
+		a.mu.Lock()
 		if err != nil {
-			errs = append(errs, fmt.Errorf("release identity %d: %w", id, err))
-			continue
+			errs = append(errs, fmt.Errorf("release identity %d: %w", e.id, err))
+		} else {
+			delete(a.byID, e.id)
+			if a.byLabels[e.labels] == e {
+				delete(a.byLabels, e.labels)
+			}
+			a.released.Inc()
+			a.log.Debug("released identity", "id", e.id, "labels", e.labels)
 		}
-		delete(a.byID, id)
-		if a.byLabels[e.labels] == e {
-			delete(a.byLabels, e.labels)
-		}
-		a.released.Inc()
-		a.log.Debug("released identity", "id", id, "labels", e.labels)
+		close(e.busy)
+		e.busy = nil
+		a.allocated.Set(float64(len(a.byID)))
+		a.mu.Unlock()
 	}
-	a.allocated.Set(float64(len(a.byID)))
 	return errors.Join(errs...)
 }
 
