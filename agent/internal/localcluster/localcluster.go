@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
+	"github.com/clustermesh/clustermesh/internal/annotation"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 )
 
@@ -301,10 +302,10 @@ func (w *Watcher) reconcileService(k key) error {
 
 // localService converts a Service; false for Services without a ClusterIP.
 func (w *Watcher) localService(svc *corev1.Service) (servicemerge.LocalService, bool) {
-	ann, warns := servicemerge.ParseAnnotations(svc.Annotations)
-	for _, msg := range warns {
+	ann, errs := annotation.Parse(svc.Annotations)
+	for _, err := range errs {
 		w.warns.Inc()
-		w.log.Warn("invalid service annotation", "service", svc.Namespace+"/"+svc.Name, "problem", msg)
+		w.log.Warn("invalid service annotation", "service", svc.Namespace+"/"+svc.Name, "error", err)
 	}
 	ls := servicemerge.LocalService{Annotations: ann}
 	ips := svc.Spec.ClusterIPs

@@ -20,6 +20,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
+	"github.com/clustermesh/clustermesh/internal/annotation"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
 )
@@ -56,7 +57,7 @@ func (f *fakeRoutes) lookup(ip netip.Addr) (int, error) {
 func TestWatcher(t *testing.T) {
 	client := fake.NewClientset(
 		&corev1.Service{
-			ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web", Annotations: map[string]string{servicemerge.AnnotationGlobal: "maybe"}},
+			ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web", Annotations: map[string]string{annotation.Global: "maybe"}},
 			Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.10", ClusterIPs: []string{"10.96.0.10"},
 				Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}},
 		},

@@ -7,7 +7,8 @@
 // # Inputs
 //
 //   - the local Service (ClusterIPs, ports, annotations parsed by
-//     ParseAnnotations: global, shared, affinity);
+//     annotation.Parse, shared with the clustermesh-apiserver: global,
+//     shared, affinity);
 //   - the local EndpointSlices of that Service; an endpoint is a backend when it
 //     is ready, or serving while terminating;
 //   - the remote ClusterServices, one per remote cluster.

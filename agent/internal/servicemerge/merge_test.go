@@ -77,33 +77,6 @@ func summary(s sink, f datapath.Frontend) string {
 	return out
 }
 
-func TestParseAnnotations(t *testing.T) {
-	tests := []struct {
-		name  string
-		in    map[string]string
-		want  Annotations
-		warns int
-	}{
-		{"none", nil, Annotations{Shared: true}, 0},
-		{"global", map[string]string{AnnotationGlobal: "true"}, Annotations{Global: true, Shared: true}, 0},
-		{"alias", map[string]string{AnnotationGlobalAlias: "True", AnnotationSharedAlias: "false", AnnotationAffinityAlias: "local"},
-			Annotations{Global: true, Affinity: AffinityLocal}, 0},
-		{"name wins over alias", map[string]string{AnnotationGlobal: "false", AnnotationGlobalAlias: "true"}, Annotations{Shared: true}, 0},
-		{"bad global", map[string]string{AnnotationGlobal: "yes"}, Annotations{Shared: true}, 1},
-		{"bad shared", map[string]string{AnnotationGlobal: "true", AnnotationShared: "0"}, Annotations{Global: true, Shared: true}, 1},
-		{"bad affinity", map[string]string{AnnotationAffinity: "nearest"}, Annotations{Shared: true}, 1},
-		{"remote affinity", map[string]string{AnnotationAffinity: "Remote"}, Annotations{Shared: true, Affinity: AffinityRemote}, 0},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, warns := ParseAnnotations(tt.in)
-			if got != tt.want || len(warns) != tt.warns {
-				t.Fatalf("got %+v %q, want %+v with %d warnings", got, warns, tt.want, tt.warns)
-			}
-		})
-	}
-}
-
 // TestAffinitySharedMatrix: 2 local ready backends (cluster 1), remote cluster
 // 2 with 3 backends; which backends are selected for each combination.
 func TestAffinitySharedMatrix(t *testing.T) {

@@ -7,20 +7,21 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
+	"github.com/clustermesh/clustermesh/internal/annotation"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
-// Value maps an exported Service and its EndpointSlices to the ClusterService
-// published for it.
-func Value(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, cluster string, clusterID uint32) wire.ClusterService {
+// Value maps an exported Service, with its parsed annotations, and its
+// EndpointSlices to the ClusterService published for it.
+func Value(svc *corev1.Service, ann annotation.Service, slices []*discoveryv1.EndpointSlice, cluster string, clusterID uint32) wire.ClusterService {
 	out := wire.ClusterService{
 		Cluster: cluster, Namespace: svc.Namespace, Name: svc.Name, ClusterID: clusterID,
 		Frontends:       map[string]wire.Ports{},
 		Backends:        map[string]wire.Ports{},
 		Labels:          copyMap(svc.Labels),
 		Selector:        copyMap(svc.Spec.Selector),
-		IncludeExternal: IsGlobal(svc),
-		Shared:          IsShared(svc),
+		IncludeExternal: ann.Global,
+		Shared:          ann.Exported(),
 	}
 	frontPorts := wire.Ports{}
 	for _, p := range svc.Spec.Ports {

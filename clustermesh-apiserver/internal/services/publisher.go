@@ -12,6 +12,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/controller"
+	"github.com/clustermesh/clustermesh/internal/annotation"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
@@ -48,6 +49,7 @@ type Publisher struct {
 	log     *slog.Logger
 	ctrl    *controller.Controller
 	entries *controller.Entries
+	invalid prometheus.Counter // malformed annotation values seen
 }
 
 // New returns a publisher fed by Service and EndpointSlice informers (not yet
@@ -61,6 +63,15 @@ func New(cfg Config, svcInf, sliceInf cache.SharedIndexInformer, store Store, on
 	p := &Publisher{
 		cfg: cfg, svcs: corelisters.NewServiceLister(svcInf.GetIndexer()), slices: sliceInf.GetIndexer(),
 		log: log.With("publisher", "services"),
+		invalid: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "clustermesh_apiserver", Name: "invalid_service_annotations_total",
+			Help: "Malformed mesh annotation values seen on Services (each read with its safe-side meaning).",
+		}),
+	}
+	if reg != nil {
+		if err := reg.Register(p.invalid); err != nil {
+			return nil, fmt.Errorf("register service metrics: %w", err)
+		}
 	}
 	var err error
 	if p.entries, err = controller.NewEntries(string(wire.KindServices), store, reg); err != nil {
@@ -115,7 +126,12 @@ func (p *Publisher) Reconcile(_ context.Context, key string) error {
 	case err != nil:
 		return err
 	}
-	if !Exported(svc) {
+	ann, errs := annotation.Parse(svc.Annotations)
+	for _, err := range errs {
+		p.invalid.Inc()
+		p.log.Warn("invalid service annotation", "service", key, "error", err)
+	}
+	if !Exported(svc, ann) {
 		p.withdraw(key, etcdKey)
 		return nil
 	}
@@ -129,7 +145,7 @@ func (p *Publisher) Reconcile(_ context.Context, key string) error {
 			slices = append(slices, es)
 		}
 	}
-	v, err := wire.MarshalService(Value(svc, slices, p.cfg.Cluster, p.cfg.ClusterID))
+	v, err := wire.MarshalService(Value(svc, ann, slices, p.cfg.Cluster, p.cfg.ClusterID))
 	if err != nil {
 		p.withdraw(key, etcdKey)
 		return fmt.Errorf("service %s: %w: %w", key, controller.ErrTerminal, err)

@@ -7,6 +7,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/clustermesh/clustermesh/internal/annotation"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
@@ -19,28 +20,29 @@ func TestExportedAnnotationMatrix(t *testing.T) {
 		exported    bool
 	}{
 		{"none", nil, "", false, false},
-		{"global", map[string]string{GlobalAnnotation: "true"}, "", true, true},
-		{"global upper case", map[string]string{GlobalAnnotation: "TRUE"}, "", true, true},
-		{"global alias", map[string]string{GlobalAnnotationAlias: "true"}, "", true, true},
-		{"global false", map[string]string{GlobalAnnotation: "false"}, "", false, false},
-		{"global bad value", map[string]string{GlobalAnnotation: "yes"}, "", false, false},
-		{"global empty", map[string]string{GlobalAnnotation: ""}, "", false, false},
-		{"current name wins over alias", map[string]string{GlobalAnnotation: "false", GlobalAnnotationAlias: "true"}, "", false, false},
-		{"shared true", map[string]string{GlobalAnnotation: "true", SharedAnnotation: "true"}, "", true, true},
-		{"shared false", map[string]string{GlobalAnnotation: "true", SharedAnnotation: "false"}, "", true, false},
-		{"shared alias false", map[string]string{GlobalAnnotation: "true", SharedAnnotationAlias: "false"}, "", true, false},
-		{"shared bad value", map[string]string{GlobalAnnotation: "true", SharedAnnotation: "nope"}, "", true, false},
-		{"shared without global", map[string]string{SharedAnnotation: "true"}, "", false, false},
-		{"affinity local", map[string]string{GlobalAnnotation: "true", AffinityAnnotation: "local"}, "", true, true},
-		{"affinity bad value", map[string]string{GlobalAnnotation: "true", AffinityAnnotationAlias: "sideways"}, "", true, true},
-		{"external name", map[string]string{GlobalAnnotation: "true"}, corev1.ServiceTypeExternalName, true, false},
+		{"global", map[string]string{annotation.Global: "true"}, "", true, true},
+		{"global upper case", map[string]string{annotation.Global: "TRUE"}, "", true, true},
+		{"global alias", map[string]string{annotation.GlobalAlias: "true"}, "", true, true},
+		{"global false", map[string]string{annotation.Global: "false"}, "", false, false},
+		{"global bad value", map[string]string{annotation.Global: "yes"}, "", false, false},
+		{"global empty", map[string]string{annotation.Global: ""}, "", false, false},
+		{"current name wins over alias", map[string]string{annotation.Global: "false", annotation.GlobalAlias: "true"}, "", false, false},
+		{"shared true", map[string]string{annotation.Global: "true", annotation.Shared: "true"}, "", true, true},
+		{"shared false", map[string]string{annotation.Global: "true", annotation.Shared: "false"}, "", true, false},
+		{"shared alias false", map[string]string{annotation.Global: "true", annotation.SharedAlias: "false"}, "", true, false},
+		{"shared bad value", map[string]string{annotation.Global: "true", annotation.Shared: "nope"}, "", true, false},
+		{"shared without global", map[string]string{annotation.Shared: "true"}, "", false, false},
+		{"affinity local", map[string]string{annotation.Global: "true", annotation.Affinity: "local"}, "", true, true},
+		{"affinity bad value", map[string]string{annotation.Global: "true", annotation.AffinityAlias: "sideways"}, "", true, true},
+		{"external name", map[string]string{annotation.Global: "true"}, corev1.ServiceTypeExternalName, true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Annotations: tc.annotations}, Spec: corev1.ServiceSpec{Type: tc.typ}}
-			if got := IsGlobal(svc); got != tc.global {
-				t.Errorf("IsGlobal = %v, want %v", got, tc.global)
+			ann, _ := annotation.Parse(svc.Annotations)
+			if got := ann.Global; got != tc.global {
+				t.Errorf("Global = %v, want %v", got, tc.global)
 			}
-			if got := Exported(svc); got != tc.exported {
+			if got := Exported(svc, ann); got != tc.exported {
 				t.Errorf("Exported = %v, want %v", got, tc.exported)
 			}
 		})
@@ -49,10 +51,18 @@ func TestExportedAnnotationMatrix(t *testing.T) {
 
 func ptr[T any](v T) *T { return &v }
 
+// must returns the annotations of a test Service known to be well formed.
+func must(a annotation.Service, errs []error) annotation.Service {
+	if len(errs) > 0 {
+		panic(errs)
+	}
+	return a
+}
+
 func TestValue(t *testing.T) {
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web", Labels: map[string]string{"app": "web"},
-			Annotations: map[string]string{GlobalAnnotation: "true"}},
+			Annotations: map[string]string{annotation.Global: "true"}},
 		Spec: corev1.ServiceSpec{
 			ClusterIP: "10.96.0.10", ClusterIPs: []string{"10.96.0.10", "fd00:96::10"},
 			Selector: map[string]string{"app": "web"},
@@ -74,7 +84,7 @@ func TestValue(t *testing.T) {
 		{AddressType: discoveryv1.AddressTypeIPv6, Ports: ports, Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"fd00::1"}}}},
 		{AddressType: discoveryv1.AddressTypeFQDN, Ports: ports, Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"example.com"}}}},
 	}
-	b, err := wire.MarshalService(Value(svc, slices, "c1", 7))
+	b, err := wire.MarshalService(Value(svc, must(annotation.Parse(svc.Annotations)), slices, "c1", 7))
 	if err != nil {
 		t.Fatal(err)
 	}
