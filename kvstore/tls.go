@@ -129,7 +129,7 @@ func classifyTLSError(endpoint string, err error, haveCert bool) error {
 		}
 		return fmt.Errorf("%w: %s: cert-file not accepted (issued by a CA the server does not trust?): %w", ErrClientCertRejected, endpoint, err)
 	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded):
-		return fmt.Errorf("%w: %s: %w", ErrUnreachable, endpoint, err)
+		return fmt.Errorf("%w: %s: connection accepted, but no answer to the TLS handshake: %w", ErrUnreachable, endpoint, err)
 	default:
 		return fmt.Errorf("%w: %s: %w", ErrTLSHandshake, endpoint, err)
 	}
@@ -161,4 +161,40 @@ func endpointHost(endpoint string) (string, error) {
 		return "", fmt.Errorf("%w: endpoint %q: %w", ErrConfig, endpoint, err)
 	}
 	return u.Host, nil
+}
+
+// Diagnose connects afresh to every endpoint, as New does before it
+// connects (TCP, then the TLS handshake and the server's verdict on the
+// client certificate), and returns the most telling failure, or nil when
+// an endpoint accepts. A request that timed out says only "context
+// deadline exceeded"; this names the cause: connection refused, an
+// untrusted certificate, a rejected client certificate.
+func (c *Client) Diagnose(ctx context.Context) error {
+	tc, err := c.cfg.TLSConfig()
+	if err != nil {
+		return err
+	}
+	if tc != nil {
+		return probeEndpoints(ctx, c.cfg, tc)
+	}
+	var first error
+	for _, ep := range c.cfg.Endpoints {
+		host, err := endpointHost(ep)
+		if err == nil {
+			dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout.D())
+			var d net.Dialer
+			var conn net.Conn
+			if conn, err = d.DialContext(dctx, "tcp", host); err == nil {
+				conn.Close()
+			}
+			cancel()
+		}
+		if err == nil {
+			return nil
+		}
+		if first == nil {
+			first = fmt.Errorf("%w: %s: %w", ErrUnreachable, ep, err)
+		}
+	}
+	return first
 }

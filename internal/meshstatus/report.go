@@ -41,6 +41,9 @@ type Remote struct {
 	// LastError is the last error seen, empty when none; RefusedPrefix
 	// followed by the reason when the agent refuses the remote.
 	LastError string `json:"lastError,omitempty"`
+	// WaitingForCanary: the agent waits for the sync canary of the remote's
+	// emptied or replaced etcd and serves the previous state meanwhile.
+	WaitingForCanary bool `json:"waitingForCanary,omitempty"`
 	// LastChange is when Connected or Ready last changed.
 	LastChange time.Time `json:"lastChange,omitzero"`
 }

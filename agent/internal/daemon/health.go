@@ -52,7 +52,7 @@ func (h health) notReady() []string {
 		out = append(out, "own cluster: not synced")
 	}
 	for _, r := range h.remotes.Status() {
-		if r.Ready || r.Served || r.RefusedReason != "" {
+		if r.Settled() {
 			continue
 		}
 		reason := fmt.Sprintf("remote cluster %s: not synced", r.Name)

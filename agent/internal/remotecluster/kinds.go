@@ -169,7 +169,9 @@ func kindStatus(k kind, s kindStore) KindStatus {
 		return ks
 	}
 	st := s.Stats()
-	ks.Synced, ks.WaitingForCanary = st.Synced, st.WaitingForCanary
+	// A kind that waits for the canary of an emptied or replaced etcd
+	// serves its previous state: it is not synced with the etcd it reads.
+	ks.Synced, ks.WaitingForCanary = st.Synced && !st.WaitingForCanary, st.WaitingForCanary
 	ks.Entries, ks.Invalid, ks.Events, ks.LastEvent = uint64(st.Entries), st.Invalid, st.Events, st.LastEvent
 	return ks
 }

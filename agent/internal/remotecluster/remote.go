@@ -62,6 +62,7 @@ func newRemote(m *Manager, name string) *remote {
 // start runs the connection loop for data. Call stop first if one runs.
 func (r *remote) start(ctx context.Context, data []byte) {
 	r.data = data
+	r.refuse(nil) // the config file changed: so may have the reason
 	ctx, r.cancel = context.WithCancel(ctx)
 	r.done = make(chan struct{})
 	r.m.wg.Add(1)
@@ -90,8 +91,8 @@ func (r *remote) loop(ctx context.Context, data []byte) {
 			return
 		}
 		r.recordFailure(err)
+		r.refuse(refusal(err))
 		if errors.Is(err, ErrConfigFile) {
-			r.refuse(err)
 			r.log.Warn("remote cluster config file unusable; waiting for it to change", "error", err)
 			<-ctx.Done()
 			return
@@ -143,15 +144,13 @@ func (r *remote) session(ctx context.Context, data []byte) error {
 
 	cc, err := readClusterConfig(ctx, client, r.name)
 	if err != nil {
-		r.refuse(err)
-		return err
+		return explain(ctx, client, err)
 	}
 	if err := cc.Compatible(r.m.cfg.ClusterID, r.m.cfg.MaxConnectedClusters); err != nil {
 		err = fmt.Errorf("%w: %w", ErrClusterConfig, err)
 		if errors.Is(err, wire.ErrInvalidClusterID) {
 			err = fmt.Errorf("%w: %w", ErrClusterIDConflict, err)
 		}
-		r.refuse(err)
 		return err
 	}
 	r.m.mu.Lock()
@@ -163,7 +162,6 @@ func (r *remote) session(ctx context.Context, data []byte) error {
 	}
 	oldPersisted, err := r.m.reserve(r, cc.ID)
 	if err != nil {
-		r.refuse(err)
 		return err
 	}
 	if oldPersisted != 0 && oldPersisted != cc.ID {
@@ -345,6 +343,12 @@ func (r *remote) probe(ctx context.Context, c *kvstore.Client, cancel context.Ca
 		st := c.Status(pctx)
 		pcancel()
 		up := st.Healthy()
+		var downErr error
+		if !up {
+			if downErr = probeError(st); downErr != nil {
+				downErr = explain(ctx, c, downErr)
+			}
+		}
 		now := r.m.clock.Now()
 		r.mu.Lock()
 		if up != r.st.Connected {
@@ -357,10 +361,8 @@ func (r *remote) probe(ctx context.Context, c *kvstore.Client, cancel context.Ca
 			}
 		}
 		r.st.Connected = up
-		if !up {
-			if err := probeError(st); err != nil {
-				r.st.LastError = err.Error()
-			}
+		if downErr != nil {
+			r.st.LastError = downErr.Error()
 		}
 		r.mu.Unlock()
 		if up {
@@ -386,11 +388,47 @@ func probeError(st kvstore.Status) error {
 	return nil
 }
 
+// refusal returns err if it refuses the remote for good (until its config
+// file or its cluster config changes): a cluster ID conflict, an unusable
+// cluster config or config file. Anything else (unreachable, TLS, access
+// denied, a timeout) is a failure that a retry may mend: nil.
+func refusal(err error) error {
+	for _, e := range []error{ErrClusterIDConflict, ErrClusterConfig, ErrConfigFile} {
+		if errors.Is(err, e) {
+			return err
+		}
+	}
+	return nil
+}
+
+// refuse sets the refusal reason to err's, or clears it when err is nil:
+// each attempt's outcome replaces the previous attempt's reason, so a
+// reason never outlives its cause.
 func (r *remote) refuse(err error) {
+	reason := ""
+	if err != nil {
+		reason = err.Error()
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.st.RefusedReason = err.Error()
-	r.st.LastChange = r.m.clock.Now()
+	if r.st.RefusedReason != reason {
+		r.st.RefusedReason = reason
+		r.st.LastChange = r.m.clock.Now()
+	}
+}
+
+// explain replaces a bare timeout of a request to the remote's etcd by
+// what a fresh connection to its endpoints finds (connection refused, a
+// TLS failure), or says that they accept connections and etcd did not
+// answer.
+func explain(ctx context.Context, c *kvstore.Client, err error) error {
+	if !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+		return err
+	}
+	if cause := c.Diagnose(ctx); cause != nil {
+		return fmt.Errorf("%w (%w)", cause, err)
+	}
+	return fmt.Errorf("%w (the endpoints accept connections, but etcd did not answer within %v)", err, c.Config().DialTimeout.D())
 }
 
 func (r *remote) recordFailure(err error) {
@@ -438,6 +476,9 @@ func (r *remote) status() Status {
 	st.Kinds = make([]KindStatus, numKinds)
 	for k := range numKinds {
 		st.Kinds[k] = kindStatus(k, stores[k])
+		if st.Kinds[k].WaitingForCanary {
+			st.WaitingForCanary, st.Ready = true, false
+		}
 	}
 	return st
 }

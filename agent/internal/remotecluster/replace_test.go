@@ -66,6 +66,10 @@ func TestReplacedEtcdKeepsStateUntilCanary(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	if st := a.status("c2"); st.Ready || !st.WaitingForCanary || st.kind("nodes").Synced || !st.Settled() {
+		t.Errorf("while waiting for the canaries the status says ready %v, waiting %v, nodes synced %v, settled %v",
+			st.Ready, st.WaitingForCanary, st.kind("nodes").Synced, st.Settled())
+	}
 	c2.node(1)
 	c2.node(5)
 	c2.ipcache(1)

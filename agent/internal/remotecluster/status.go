@@ -8,8 +8,12 @@ type Status struct {
 	ID   uint32
 	// Connected: a session runs and the last probe reached the etcd.
 	Connected bool
-	// Ready: every kind has been listed in the current session.
+	// Ready: every kind has been listed in the current session, and none
+	// waits for the sync canary of an emptied or replaced etcd.
 	Ready bool
+	// WaitingForCanary: a kind waits for the remote's sync canary (its etcd
+	// was emptied or replaced); the previous state is served meanwhile.
+	WaitingForCanary bool
 	// Served: the remote was ready at least once since the agent started
 	// and its state has not been withdrawn since, so the datapath holds
 	// its last-known state even while it is unreachable.
@@ -28,6 +32,13 @@ type Status struct {
 	// LastHeartbeat is the remote's cilium/.heartbeat timestamp.
 	LastHeartbeat time.Time
 }
+
+// Settled reports whether the remote no longer holds the agent's
+// readiness back: ready, or served (its last-known state is programmed),
+// or refused for a reason no retry can mend. A remote that has never been
+// reached since the agent started, whatever the failure (unreachable, TLS,
+// access denied, a timeout), is not settled.
+func (s Status) Settled() bool { return s.Ready || s.Served || s.RefusedReason != "" }
 
 // KindStatus is the state of one kind (nodes, identities, ipcache,
 // services) of a remote.

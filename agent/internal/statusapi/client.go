@@ -40,6 +40,10 @@ func PrintJSON(w io.Writer, resp *agentv1.GetStatusResponse) error {
 	return err
 }
 
+// waitingForCanary is the problem shown for a remote whose kinds wait for
+// the sync canary of its emptied or replaced etcd.
+const waitingForCanary = "waiting for the sync canary of its emptied or replaced etcd; serving the previous state"
+
 // PrintTable writes the status as human-readable tables.
 func PrintTable(w io.Writer, resp *agentv1.GetStatusResponse) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -64,6 +68,9 @@ func PrintTable(w io.Writer, resp *agentv1.GetStatusResponse) error {
 		problem := r.GetRefusedReason()
 		if problem == "" {
 			problem = r.GetLastError()
+		}
+		if problem == "" && r.GetWaitingForCanary() {
+			problem = waitingForCanary
 		}
 		last := "-"
 		if r.GetLastChange() != nil {

@@ -130,6 +130,8 @@ func remoteState(r meshstatus.Remote) string {
 		return "ready"
 	case strings.HasPrefix(r.LastError, meshstatus.RefusedPrefix):
 		return "refused"
+	case r.WaitingForCanary:
+		return "waiting for the sync canary of its emptied or replaced etcd"
 	case r.Connected:
 		return "syncing"
 	default:
