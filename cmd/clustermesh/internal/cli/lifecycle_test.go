@@ -104,6 +104,29 @@ func TestMeshLifecycle(t *testing.T) {
 		if _, err := agent.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
 			t.Errorf("agent listing Secrets: err = %v", err)
 		}
+		// The agent may write its status, nothing else: not the remote
+		// users (who may read this cluster's etcd), not the config.
+		admin := e.client("c1").CoreV1().ConfigMaps(ns)
+		for _, name := range []string{"clustermesh-remote-users", "clustermesh-config"} {
+			cm, err := admin.Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cm.Data = map[string]string{"users.yaml": "users: [{cluster: intruder}]\n"}
+			if _, err := agent.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{}); !apierrors.IsForbidden(err) {
+				t.Errorf("agent updating %s: err = %v", name, err)
+			}
+			if err := agent.CoreV1().ConfigMaps(ns).Delete(ctx, name, metav1.DeleteOptions{}); !apierrors.IsForbidden(err) {
+				t.Errorf("agent deleting %s: err = %v", name, err)
+			}
+		}
+		other := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "clustermesh-remote-users-2", Namespace: ns}}
+		if _, err := agent.CoreV1().ConfigMaps(ns).Create(ctx, other, metav1.CreateOptions{}); !apierrors.IsForbidden(err) {
+			t.Errorf("agent creating a ConfigMap that is not its status: err = %v", err)
+		}
+		if err := meshstatus.Publish(ctx, agent.CoreV1(), ns, &meshstatus.AgentReport{Cluster: "c1", Node: "node-c1", Remotes: []meshstatus.Remote{{Name: "c3"}}}); err != nil {
+			t.Errorf("agent publishing its status after the refused writes: %v", err)
+		}
 		for _, r := range []meshstatus.Report{agentReport, apiReport} {
 			if err := meshstatus.Delete(ctx, e.client("c1").CoreV1(), ns, r); err != nil {
 				t.Error(err)
