@@ -94,15 +94,21 @@ func (p *proxy) accept() {
 			p.conns[u] = true
 			p.mu.Unlock()
 			defer func() { p.mu.Lock(); delete(p.conns, u); p.mu.Unlock(); u.Close() }()
-			done := make(chan struct{}, 2)
-			go func() { _, _ = io.Copy(u, c); done <- struct{}{} }()
-			go func() { _, _ = io.Copy(c, u); done <- struct{}{} }()
-			<-done
-			c.Close()
-			u.Close()
-			<-done
+			splice(c, u)
 		})
 	}
+}
+
+// splice copies between a and b both ways until one side ends, then
+// closes both.
+func splice(a, b net.Conn) {
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(b, a); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(a, b); done <- struct{}{} }()
+	<-done
+	a.Close()
+	b.Close()
+	<-done
 }
 
 // setUp lets connections through (true) or cuts every one (false).

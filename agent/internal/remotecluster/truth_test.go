@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"path/filepath"
 	"strings"
@@ -57,13 +56,7 @@ func startStallProxy(t *testing.T, target string, pass int) *stallProxy {
 				p.mu.Lock()
 				p.conns = append(p.conns, u)
 				p.mu.Unlock()
-				done := make(chan struct{}, 2)
-				go func() { _, _ = io.Copy(u, c); done <- struct{}{} }()
-				go func() { _, _ = io.Copy(c, u); done <- struct{}{} }()
-				<-done
-				c.Close()
-				u.Close()
-				<-done
+				splice(c, u)
 			})
 		}
 	})
