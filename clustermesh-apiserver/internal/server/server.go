@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,7 +22,9 @@ import (
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/nodes"
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/pods"
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/services"
+	"github.com/clustermesh/clustermesh/internal/backoff"
 	"github.com/clustermesh/clustermesh/internal/meshstatus"
+	"github.com/clustermesh/clustermesh/internal/runner"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
@@ -64,7 +66,7 @@ type Server struct {
 	alloc   *identity.Allocator
 	stores  []Store
 	kinds   map[string]*countingStore // status report kind → store
-	runners []func(context.Context) error
+	runners []runner.Part             // stores, allocator, publishers
 	synced  []<-chan struct{}
 	idsDone chan struct{} // closed once the identities canary is written
 }
@@ -85,7 +87,7 @@ func New(ctx context.Context, cfg Config, d Deps) (*Server, error) {
 		return nil, err
 	}
 	s.alloc = alloc
-	s.runners = append(s.runners, alloc.Run)
+	s.runners = append(s.runners, runner.Part{Name: "identity allocator", Run: alloc.Run})
 
 	// Informers keep only what the publishers read.
 	s.factory = informers.NewSharedInformerFactoryWithOptions(d.Kube, 0, informers.WithTransform(trim))
@@ -94,6 +96,7 @@ func New(ctx context.Context, cfg Config, d Deps) (*Server, error) {
 	newStore := func(name, prefix, synced string) Store {
 		st := d.NewStore(name, prefix, synced)
 		s.stores = append(s.stores, st)
+		s.runners = append(s.runners, runner.Part{Name: name + " store", Run: st.Run})
 		return st
 	}
 
@@ -131,7 +134,9 @@ func New(ctx context.Context, cfg Config, d Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.runners = append(s.runners, np.Run, pp.Run, sp.Run, ci.Run, s.markIdentitiesSynced(pp.Synced()))
+	s.runners = append(s.runners, runner.Part{Name: "nodes", Run: np.Run}, runner.Part{Name: "pods", Run: pp.Run},
+		runner.Part{Name: "services", Run: sp.Run}, runner.Part{Name: "cluster info", Run: ci.Run},
+		runner.Part{Name: "identities canary", Run: s.markIdentitiesSynced(pp.Synced())})
 	// Ready once every canary is written and the cluster config is in etcd.
 	s.synced = []<-chan struct{}{nodeStore.Synced(), ipStore.Synced(), svcStore.Synced(), s.idsDone, cfgStore.Synced()}
 	return s, nil
@@ -149,20 +154,23 @@ func (s *Server) markIdentitiesSynced(podsSynced <-chan struct{}) func(context.C
 		case <-podsSynced:
 		}
 		key := wire.SyncedKey(s.cfg.ClusterName, wire.KindIdentities)
-		for attempt := 0; ; attempt++ {
+		retry := backoff.New(backoff.Policy{Min: 200 * time.Millisecond, Max: 5 * time.Second}, s.d.Clock)
+		for {
 			_, err := s.d.KV.Etcd().Put(ctx, key, string(wire.FormatTimestamp(s.d.Clock.Now())))
 			if err == nil {
 				close(s.idsDone)
+				<-ctx.Done() // done; a part returns only when asked to stop
 				return nil
 			}
 			if ctx.Err() != nil {
 				return nil
 			}
-			s.log.Warn("cannot write identities sync canary; retrying", "error", err)
+			wait := retry.Failure()
+			s.log.Warn("cannot write identities sync canary; retrying", "error", err, "retry_in", wait)
 			select {
 			case <-ctx.Done():
 				return nil
-			case <-time.After(min(time.Duration(attempt+1)*200*time.Millisecond, 5*time.Second)):
+			case <-time.After(wait):
 			}
 		}
 	}
@@ -203,33 +211,14 @@ func (s *Server) Live(ctx context.Context) error {
 }
 
 // Run starts the informers, stores and publishers and returns when ctx is
-// done and all of them have stopped, or when one of them fails.
+// done and all of them have stopped, or when one of them fails or stops
+// before it was asked to (runner.ErrStopped).
 func (s *Server) Run(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-	)
-	run := func(f func(context.Context) error) {
-		wg.Go(func() {
-			if err := f(ctx); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-				cancel()
-			}
-		})
-	}
-	for _, st := range s.stores {
-		run(st.Run)
-	}
-	for _, r := range s.runners {
-		run(r)
-	}
-	s.factory.Start(ctx.Done())
-	wg.Wait()
-	s.factory.Shutdown()
-	return errors.Join(errs...)
+	parts := append(slices.Clip(s.runners), runner.Part{Name: "informers", Run: func(ctx context.Context) error {
+		s.factory.Start(ctx.Done())
+		<-ctx.Done()
+		return nil
+	}})
+	defer s.factory.Shutdown()
+	return runner.All(ctx, parts...)
 }
