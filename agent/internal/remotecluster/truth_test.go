@@ -14,6 +14,7 @@ import (
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
 	"github.com/clustermesh/clustermesh/internal/testwait"
 	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
 )
 
 // stallProxy forwards the first pass connections to target and accepts
@@ -129,6 +130,22 @@ func TestStatusTellsTheTruth(t *testing.T) {
 			})
 			if s := a.status("c2"); s.Settled() {
 				t.Errorf("unreachable remote settled: %+v", s)
+			}
+		}},
+		{"the cause is named: untrusted server certificate", func(t *testing.T, dir string, c2 *remoteEtcd, a *agent) {
+			other := etcdserver.StartTest(t, etcdserver.Config{ClusterName: "c9"})
+			cfg, err := c2.srv.EnsureRemoteUser(context.Background(), ownName)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.Endpoints, cfg.TrustedCAFile = []string{c2.proxy.endpoint()}, other.CAFile()
+			writeFile(t, filepath.Join(dir, "c2"), must(json.Marshal(cfg)))
+			testwait.Until(t, 30*time.Second, "untrusted certificate reported", func() (bool, string) {
+				s := a.status("c2")
+				return strings.Contains(s.LastError, kvstore.ErrServerCertUntrusted.Error()), fmt.Sprintf("%+v", s)
+			})
+			if s := a.status("c2"); s.Settled() || s.RefusedReason != "" {
+				t.Errorf("a TLS failure settles the remote: %+v", s)
 			}
 		}},
 		{"a refusal is cleared when its cause goes", func(t *testing.T, dir string, c2 *remoteEtcd, a *agent) {
