@@ -29,7 +29,8 @@ type fakes struct{}
 func (fakes) Status() []remotecluster.Status {
 	return []remotecluster.Status{{Name: "c2", ID: 2, Connected: true, Ready: true, LastChange: time.Now(),
 		Kinds: []remotecluster.KindStatus{{Kind: "ipcache", Synced: true, Entries: 5, Invalid: 1}}},
-		{Name: "c3", ID: 0, RefusedReason: "cluster ID conflict: 2 is used by connected cluster \"c2\""}}
+		{Name: "c3", ID: 0, RefusedReason: "cluster ID conflict: 2 is used by connected cluster \"c2\""},
+		{Name: "c4", ID: 4, Connected: true, WaitingForCanary: true}}
 }
 func (fakes) ClusterNames() map[uint32]string { return map[uint32]string{1: "c1", 2: "c2"} }
 func (fakes) Snapshot() []servicemerge.Snapshot {
@@ -68,7 +69,7 @@ func TestServeAndPrint(t *testing.T) {
 			if err := PrintTable(&tbl, r); err != nil {
 				t.Fatal(err)
 			}
-			for _, want := range []string{"c2", "cluster ID conflict", "10.96.0.10:80/TCP", "10.2.0.1:8080(c2:1)", "10.2.1.0/24", "131372"} {
+			for _, want := range []string{"c2", "cluster ID conflict", "10.96.0.10:80/TCP", "10.2.0.1:8080(c2:1)", "10.2.1.0/24", "131372", waitingForCanary} {
 				if !strings.Contains(tbl.String(), want) {
 					t.Fatalf("table lacks %q:\n%s", want, tbl.String())
 				}

@@ -26,8 +26,9 @@ func TestBuild(t *testing.T) {
 				{Kind: "services", Synced: false},
 			}},
 		{Name: "c3", RefusedReason: "cluster ID conflict"},
+		{Name: "c4", Connected: true, WaitingForCanary: true},
 	})
-	if r.Cluster != "c1" || r.Node != "n1" || len(r.Remotes) != 2 {
+	if r.Cluster != "c1" || r.Node != "n1" || len(r.Remotes) != 3 {
 		t.Fatalf("report %+v", r)
 	}
 	c2 := r.Remotes[0]
@@ -38,6 +39,9 @@ func TestBuild(t *testing.T) {
 	}
 	if c3 := r.Remotes[1]; c3.Ready || c3.LastError != "refused: cluster ID conflict" || !c3.LastChange.IsZero() {
 		t.Fatalf("c3 %+v", c3)
+	}
+	if c4 := r.Remotes[2]; c4.Ready || !c4.WaitingForCanary {
+		t.Fatalf("c4 %+v", c4)
 	}
 }
 

@@ -22,6 +22,7 @@ func TestRemoteState(t *testing.T) {
 	}{
 		{meshstatus.Remote{Connected: true, Ready: true}, "ready"},
 		{meshstatus.Remote{Connected: true}, "syncing"},
+		{meshstatus.Remote{Connected: true, WaitingForCanary: true}, "waiting for the sync canary of its emptied or replaced etcd"},
 		{meshstatus.Remote{LastError: "dial tcp: refused"}, "disconnected"},
 		{meshstatus.Remote{Connected: true, LastError: meshstatus.RefusedPrefix + "cluster ID conflict"}, "refused"},
 		{meshstatus.Remote{LastError: meshstatus.RefusedPrefix + "unusable config file"}, "refused"},
