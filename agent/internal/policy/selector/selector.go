@@ -178,3 +178,8 @@ func (r Requirement) matches(l Labels) bool {
 	}
 	return false
 }
+
+// Without returns s without the terms about key (from any source).
+func (s Selector) Without(key string) Selector {
+	return build(slices.DeleteFunc(slices.Clone(s.reqs), func(r Requirement) bool { return r.Key == key }))
+}
