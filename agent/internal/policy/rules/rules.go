@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/spf13/pflag"
+
 	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
 )
 
@@ -185,4 +187,14 @@ type Options struct {
 	// DefaultLocalCluster restricts peer selectors without a cluster term to
 	// the local cluster (Cilium's --policy-default-local-cluster).
 	DefaultLocalCluster bool
+}
+
+// DefaultOptions returns the defaults: DefaultLocalCluster on, as in Cilium
+// 1.19. ClusterName comes from the agent's cluster configuration.
+func DefaultOptions() Options { return Options{DefaultLocalCluster: true} }
+
+// RegisterFlags registers --policy-default-local-cluster on fs.
+func (o *Options) RegisterFlags(fs *pflag.FlagSet) {
+	fs.BoolVar(&o.DefaultLocalCluster, "policy-default-local-cluster", o.DefaultLocalCluster,
+		"peer selectors without an io.cilium.k8s.policy.cluster term select endpoints of the local cluster only (false: of every connected cluster)")
 }

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/pflag"
+
 	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
 )
 
@@ -243,5 +245,29 @@ func TestCNPDefaultDenyAndL4Only(t *testing.T) {
 	}
 	if eg.Peers.All || len(eg.Peers.Selectors) != 0 || eg.Direction != Egress {
 		t.Errorf("empty egress rule must select nothing: %+v", eg)
+	}
+}
+
+func TestOptionsFlag(t *testing.T) {
+	cases := []struct {
+		name string
+		args []string
+		want bool
+	}{
+		{"default on", nil, true},
+		{"switched off", []string{"--policy-default-local-cluster=false"}, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			o := DefaultOptions()
+			fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+			o.RegisterFlags(fs)
+			if err := fs.Parse(tc.args); err != nil {
+				t.Fatal(err)
+			}
+			if o.DefaultLocalCluster != tc.want {
+				t.Fatalf("DefaultLocalCluster = %v, want %v", o.DefaultLocalCluster, tc.want)
+			}
+		})
 	}
 }
