@@ -29,12 +29,14 @@
 // # Incremental updates
 //
 // A selector cache holds, per distinct selector, the identities it selects.
-// Adding or removing an identity evaluates every cached selector once against
-// it; adding or removing a policy evaluates only that policy's selectors
-// against every identity. Only the endpoints whose inputs changed are
-// recomputed, and every change is returned as a Diff: per endpoint and
-// direction, the keys to upsert and delete and the new enforcement mode.
-// Published endpoint state is immutable: a recomputation replaces it.
+// Adding, changing or removing an identity evaluates every cached selector
+// once against it; an endpoint that has it as a peer then only gets the keys
+// of that one peer recomputed (the identity's own endpoint, and endpoints
+// whose egress named ports may depend on it, are recomputed whole). Adding or
+// removing a policy evaluates only that policy's selectors against every
+// identity and recomputes the endpoints it selects. Every change is returned
+// as a Diff: per endpoint and direction, the keys to upsert and delete and
+// the enforcement mode. Readers get copies (Endpoint, Snapshot).
 //
 // Trace answers "would src reach dst on port/proto" from the same resolved
 // state and names the rule that decided.

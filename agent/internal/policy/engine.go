@@ -101,36 +101,84 @@ func (e *Engine) DeleteIdentity(id ID) Diff {
 	return e.identityChanged(old, nil, id)
 }
 
+// identityChanged updates the selector cache for one identity and the
+// resolved state. The identity's own endpoint, and the endpoints whose
+// egress named ports may depend on it, are recomputed whole; every other
+// endpoint that has it as a peer only gets the keys of that peer replaced.
 func (e *Engine) identityChanged(old, cur *Identity, id ID) Diff {
-	affected := map[ID]struct{}{}
+	full := map[ID]struct{}{}
 	if e.isLocal(old) || e.isLocal(cur) {
-		affected[id] = struct{}{}
+		full[id] = struct{}{}
 	}
-	for _, s := range e.sels {
-		_, was := s.ids[id]
-		now := cur != nil && s.sel.Matches(cur.Labels)
-		if was == now {
-			continue
-		}
-		if now {
-			s.ids[id] = struct{}{}
-		} else {
-			delete(s.ids, id)
-		}
-		for spec := range s.specs {
-			e.addSubjects(affected, spec)
-		}
-	}
-	if old == nil || cur == nil || !maps.EqualFunc(old.NamedPorts, cur.NamedPorts, slices.Equal) {
+	if !sameNamedPorts(old, cur) {
 		for _, p := range e.policies {
 			for _, spec := range p.specs {
 				if spec.egressNamed {
-					e.addSubjects(affected, spec)
+					e.addSubjects(full, spec)
 				}
 			}
 		}
 	}
-	return e.recompute(affected)
+	type flip struct {
+		s   *selEntry
+		now bool
+	}
+	var flips []flip
+	delta := map[ID]struct{}{}
+	for _, s := range e.sels {
+		_, was := s.ids[id]
+		now := cur != nil && s.sel.Matches(cur.Labels)
+		if was != now {
+			flips = append(flips, flip{s, now})
+			for spec := range s.specs {
+				e.addSubjects(delta, spec)
+			}
+		}
+	}
+	for s := range full {
+		delete(delta, s)
+	}
+	before := make(map[ID][2]map[Key]Entry, len(delta))
+	for s := range delta {
+		before[s] = e.peerEntries(s, id, old)
+	}
+	for _, f := range flips {
+		if f.now {
+			f.s.ids[id] = struct{}{}
+		} else {
+			delete(f.s.ids, id)
+		}
+	}
+	d := e.recompute(full)
+	for _, s := range slices.Sorted(maps.Keys(delta)) {
+		after := e.peerEntries(s, id, cur)
+		ep := e.resolved[s]
+		for dir := range ep {
+			c, changed := diffDir(s, rules.Direction(dir),
+				DirPolicy{Enforced: ep[dir].Enforced, Entries: before[s][dir]},
+				DirPolicy{Enforced: ep[dir].Enforced, Entries: after[dir]}, false)
+			if !changed {
+				continue
+			}
+			for _, k := range c.Deletes {
+				delete(ep[dir].Entries, k)
+			}
+			maps.Copy(ep[dir].Entries, c.Upserts)
+			d = append(d, c)
+		}
+	}
+	return d
+}
+
+func sameNamedPorts(a, b *Identity) bool {
+	var na, nb map[string][]PortProto
+	if a != nil {
+		na = a.NamedPorts
+	}
+	if b != nil {
+		nb = b.NamedPorts
+	}
+	return maps.EqualFunc(na, nb, slices.Equal)
 }
 
 func (e *Engine) addSubjects(affected map[ID]struct{}, spec *compiledSpec) {
@@ -247,20 +295,30 @@ func (e *Engine) recompute(affected map[ID]struct{}) Diff {
 	return d
 }
 
-// Endpoint returns the resolved policy of a local endpoint. The maps are
-// never modified after they are returned.
+// Endpoint returns a copy of the resolved policy of a local endpoint.
 func (e *Engine) Endpoint(id ID) (EndpointPolicy, bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	ep, ok := e.resolved[id]
-	return ep, ok
+	return ep.clone(), ok
 }
 
-// Snapshot returns the resolved policy of every local endpoint.
+// Snapshot returns a copy of the resolved policy of every local endpoint.
 func (e *Engine) Snapshot() map[ID]EndpointPolicy {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return maps.Clone(e.resolved)
+	out := make(map[ID]EndpointPolicy, len(e.resolved))
+	for id, ep := range e.resolved {
+		out[id] = ep.clone()
+	}
+	return out
+}
+
+func (ep EndpointPolicy) clone() EndpointPolicy {
+	for d := range ep {
+		ep[d].Entries = maps.Clone(ep[d].Entries)
+	}
+	return ep
 }
 
 // Selected returns the identities a selector selects (from the cache when a

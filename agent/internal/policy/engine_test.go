@@ -109,6 +109,12 @@ func TestResolveAndTrace(t *testing.T) {
 			{name: "c3 client", src: client3, dst: web1, port: 80, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/clients ingress[0]"},
 			{name: "other namespace", src: dev1, dst: web1, port: 80, proto: rules.ProtoTCP},
 		}},
+		{name: "default-local-cluster on: an Exists cluster term selects every cluster", defaultLocal: true, policies: []string{
+			cnp("every", `{"endpointSelector":{"matchLabels":{"app":"web"}},"ingress":[{"fromEndpoints":[{"matchLabels":{"app":"client"},"matchExpressions":[{"key":"io.cilium.k8s.policy.cluster","operator":"Exists"}]}]}]}`)}, flows: []flow{
+			{name: "c1 client", src: client1, dst: web1, port: 80, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/every ingress[0]"},
+			{name: "c3 client", src: client3, dst: web1, port: 80, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/every ingress[0]"},
+			{name: "c2 other", src: other2, dst: web1, port: 80, proto: rules.ProtoTCP},
+		}},
 		{name: "deny wins over allow", defaultLocal: false, policies: []string{fromClients,
 			cnp("no-c3", `{"endpointSelector":{},"ingressDeny":[{"fromEndpoints":[{"matchLabels":{"io.cilium.k8s.policy.cluster":"c3"}}]}]}`)}, flows: []flow{
 			{name: "c2 allowed", src: client2, dst: web1, port: 80, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/clients ingress[0]"},

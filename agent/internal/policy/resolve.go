@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"slices"
+
 	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
 )
 
@@ -30,6 +32,36 @@ func (e *Engine) resolve(id ID) EndpointPolicy {
 	return ep
 }
 
+// peerEntries computes the keys of peer id alone in the policy of local
+// endpoint s (the keys whose Peer.ID is id), with ident as that peer's
+// identity for egress named ports.
+func (e *Engine) peerEntries(s, id ID, ident *Identity) [2]map[Key]Entry {
+	out := [2]map[Key]Entry{{}, {}}
+	for _, p := range e.policies {
+		for _, cs := range p.specs {
+			if _, ok := cs.subject.ids[s]; !ok {
+				continue
+			}
+			for _, r := range cs.rules {
+				if !slices.ContainsFunc(r.peers, func(se *selEntry) bool { _, ok := se.ids[id]; return ok }) {
+					continue
+				}
+				ref := rules.Ref{Policy: cs.policy, Spec: cs.index, Direction: r.Direction, Deny: r.Deny, Index: r.Index}
+				ent := Entry{Deny: r.Deny, Rule: ref}
+				peer := Peer{ID: id}
+				if len(r.Ports) == 0 {
+					put(out[r.Direction], Key{Peer: peer}, ent)
+					continue
+				}
+				for _, port := range r.Ports {
+					e.addPortFor(out[r.Direction], s, r.Direction, peer, ident, port, ent)
+				}
+			}
+		}
+	}
+	return out
+}
+
 func (e *Engine) addRule(entries map[Key]Entry, subject ID, r compiledRule, ent Entry) {
 	peers := make([]Peer, 0, len(r.Peers.CIDRs)+1)
 	if r.Peers.All {
@@ -57,6 +89,12 @@ func (e *Engine) addRule(entries map[Key]Entry, subject ID, r compiledRule, ent 
 var anyProtos = []rules.Protocol{rules.ProtoTCP, rules.ProtoUDP, rules.ProtoSCTP}
 
 func (e *Engine) addPort(entries map[Key]Entry, subject ID, dir rules.Direction, peer Peer, port rules.Port, ent Entry) {
+	e.addPortFor(entries, subject, dir, peer, e.ids[peer.ID], port, ent)
+}
+
+// addPortFor adds the keys of one port entry; peerIdent is the peer's
+// identity when the peer is one (for egress named ports).
+func (e *Engine) addPortFor(entries map[Key]Entry, subject ID, dir rules.Direction, peer Peer, peerIdent *Identity, port rules.Port, ent Entry) {
 	if port.Name == "" {
 		if port.Port == 0 {
 			put(entries, Key{Peer: peer, Proto: port.Proto}, ent)
@@ -71,7 +109,7 @@ func (e *Engine) addPort(entries map[Key]Entry, subject ID, dir rules.Direction,
 		}
 		return
 	}
-	for _, pp := range e.namedPorts(subject, dir, peer, port.Name) {
+	for _, pp := range e.namedPorts(subject, dir, peer, peerIdent, port.Name) {
 		if port.Proto == rules.ProtoAny || port.Proto == pp.Proto {
 			put(entries, Key{Peer: peer, Proto: pp.Proto, Port: pp.Port, EndPort: pp.Port}, ent)
 		}
@@ -79,7 +117,7 @@ func (e *Engine) addPort(entries map[Key]Entry, subject ID, dir rules.Direction,
 }
 
 // namedPorts resolves a port name against the destination of the traffic.
-func (e *Engine) namedPorts(subject ID, dir rules.Direction, peer Peer, name string) []PortProto {
+func (e *Engine) namedPorts(subject ID, dir rules.Direction, peer Peer, peerIdent *Identity, name string) []PortProto {
 	if dir == rules.Ingress {
 		return e.ids[subject].NamedPorts[name]
 	}
@@ -87,8 +125,8 @@ func (e *Engine) namedPorts(subject ID, dir rules.Direction, peer Peer, name str
 		return nil
 	}
 	if peer.ID != 0 {
-		if i := e.ids[peer.ID]; i != nil {
-			return i.NamedPorts[name]
+		if peerIdent != nil {
+			return peerIdent.NamedPorts[name]
 		}
 		return nil
 	}
