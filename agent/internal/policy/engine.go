@@ -152,7 +152,10 @@ func (e *Engine) identityChanged(old, cur *Identity, id ID) Diff {
 	d := e.recompute(full)
 	for _, s := range slices.Sorted(maps.Keys(delta)) {
 		after := e.peerEntries(s, id, cur)
-		ep := e.resolved[s]
+		ep, ok := e.resolved[s]
+		if !ok {
+			continue // every local identity is resolved on upsert; defensive
+		}
 		for dir := range ep {
 			c, changed := diffDir(s, rules.Direction(dir),
 				DirPolicy{Enforced: ep[dir].Enforced, Entries: before[s][dir]},

@@ -235,3 +235,22 @@ func TestDiffIsNarrow(t *testing.T) {
 		t.Fatal("removed endpoint still resolved")
 	}
 }
+
+// TestReadersGetCopies checks that callers cannot change the engine's state
+// through what Endpoint and Snapshot return.
+func TestReadersGetCopies(t *testing.T) {
+	e := newEngine(t, true, cnp("web", `{"endpointSelector":{"matchLabels":{"app":"web"}},"ingress":[{"fromEndpoints":[{"matchLabels":{"app":"client"}}]}]}`))
+	ep, ok := e.Endpoint(web1)
+	if !ok || len(ep[rules.Ingress].Entries) != 1 {
+		t.Fatalf("endpoint %+v", ep)
+	}
+	clear(ep[rules.Ingress].Entries)
+	e.Snapshot()[web1][rules.Ingress].Entries[Key{Peer: Peer{ID: 4242}}] = Entry{}
+	again, _ := e.Endpoint(web1)
+	if len(again[rules.Ingress].Entries) != 1 {
+		t.Fatalf("engine state changed through a copy: %+v", again)
+	}
+	if !e.Trace(Flow{Src: client1, Dst: web1, Port: 80, Proto: rules.ProtoTCP}).Allowed {
+		t.Fatal("trace no longer allows the client")
+	}
+}
