@@ -161,6 +161,17 @@ func TestResolveAndTrace(t *testing.T) {
 			{name: "outside", src: web1, dst: selector.IDWorld, addr: "11.0.0.1", port: 443, proto: rules.ProtoTCP},
 			{name: "a pod is not a CIDR peer", src: web1, dst: client1, addr: "10.2.3.4", port: 443, proto: rules.ProtoTCP},
 		}},
+		{name: "wider deny prefix beats narrower allow prefix", defaultLocal: true, policies: []string{
+			cnp("cidr", `{"endpointSelector":{"matchLabels":{"app":"web"}},"egress":[{"toCIDR":["10.1.0.0/16"]}],"egressDeny":[{"toCIDR":["10.0.0.0/8"],"toPorts":[{"ports":[{"port":"22"}]}]}]}`)}, flows: []flow{
+			{name: "narrow allow on 443", src: web1, dst: selector.IDWorld, addr: "10.1.2.3", port: 443, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/cidr egress[0]"},
+			{name: "wide deny on 22", src: web1, dst: selector.IDWorld, addr: "10.1.2.3", port: 22, proto: rules.ProtoTCP, rule: "cnp/shop/cidr egressDeny[0]"},
+		}},
+		{name: "egress named port to the wildcard peer uses every identity's named ports", defaultLocal: true, policies: []string{
+			cnp("named-any", `{"endpointSelector":{"matchLabels":{"app":"client"}},"egress":[{"toPorts":[{"ports":[{"port":"http","protocol":"TCP"}]}]}]}`)}, flows: []flow{
+			{name: "8080 of c1 web", src: client1, dst: web1, port: 8080, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/named-any egress[0]"},
+			{name: "9090 of c3 web", src: client1, dst: web3, port: 9090, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/named-any egress[0]"},
+			{name: "80 is no named port", src: client1, dst: web1, port: 80, proto: rules.ProtoTCP},
+		}},
 		{name: "NetworkPolicy namespaceSelector and Egress-only types", defaultLocal: true, policies: []string{
 			knp("ns", `{"podSelector":{"matchLabels":{"app":"web"}},"ingress":[{"from":[{"namespaceSelector":{"matchLabels":{"team":"dev"}}}],"ports":[{"port":80}]}]}`),
 			knp("eg", `{"podSelector":{"matchLabels":{"app":"client"}},"policyTypes":["Egress"]}`)}, flows: []flow{
