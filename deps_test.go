@@ -26,6 +26,11 @@ var forbidden = map[string][]string{
 		module + "/agent", module + "/clustermesh-apiserver", module + "/kvstore",
 		"k8s.io/client-go", "go.etcd.io/etcd",
 	},
+	// The policy resolver is a pure library: no clients, no datapath.
+	module + "/agent/internal/policy": {
+		module + "/kvstore", module + "/bpf", module + "/internal/datapath",
+		"k8s.io/client-go", "go.etcd.io/etcd",
+	},
 	module + "/agent":                 {module + "/clustermesh-apiserver", module + "/cmd"},
 	module + "/clustermesh-apiserver": {module + "/agent", module + "/bpf", module + "/cmd"},
 }

@@ -1,0 +1,150 @@
+package policy
+
+import (
+	"slices"
+
+	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
+)
+
+// resolve computes the policy of local endpoint id from the cached
+// selections.
+func (e *Engine) resolve(id ID) EndpointPolicy {
+	var ep EndpointPolicy
+	for d := range ep {
+		ep[d].Entries = map[Key]Entry{}
+	}
+	for _, p := range e.policies {
+		for _, cs := range p.specs {
+			if _, ok := cs.subject.ids[id]; !ok {
+				continue
+			}
+			for d, on := range cs.defaultDeny {
+				if on {
+					ep[d].Enforced = true
+				}
+			}
+			for _, r := range cs.rules {
+				ref := rules.Ref{Policy: cs.policy, Spec: cs.index, Direction: r.Direction, Deny: r.Deny, Index: r.Index}
+				e.addRule(ep[r.Direction].Entries, id, r, Entry{Deny: r.Deny, Rule: ref})
+			}
+		}
+	}
+	return ep
+}
+
+// peerEntries computes the keys of peer id alone in the policy of local
+// endpoint s (the keys whose Peer.ID is id), with ident as that peer's
+// identity for egress named ports.
+func (e *Engine) peerEntries(s, id ID, ident *Identity) [2]map[Key]Entry {
+	out := [2]map[Key]Entry{{}, {}}
+	for _, p := range e.policies {
+		for _, cs := range p.specs {
+			if _, ok := cs.subject.ids[s]; !ok {
+				continue
+			}
+			for _, r := range cs.rules {
+				if !slices.ContainsFunc(r.peers, func(se *selEntry) bool { _, ok := se.ids[id]; return ok }) {
+					continue
+				}
+				ref := rules.Ref{Policy: cs.policy, Spec: cs.index, Direction: r.Direction, Deny: r.Deny, Index: r.Index}
+				ent := Entry{Deny: r.Deny, Rule: ref}
+				peer := Peer{ID: id}
+				if len(r.Ports) == 0 {
+					put(out[r.Direction], Key{Peer: peer}, ent)
+					continue
+				}
+				for _, port := range r.Ports {
+					e.addPortFor(out[r.Direction], s, r.Direction, peer, ident, port, ent)
+				}
+			}
+		}
+	}
+	return out
+}
+
+func (e *Engine) addRule(entries map[Key]Entry, subject ID, r compiledRule, ent Entry) {
+	peers := make([]Peer, 0, len(r.Peers.CIDRs)+1)
+	if r.Peers.All {
+		peers = append(peers, Peer{})
+	}
+	for _, p := range r.Peers.CIDRs {
+		peers = append(peers, Peer{Prefix: p})
+	}
+	for _, se := range r.peers {
+		for id := range se.ids {
+			peers = append(peers, Peer{ID: id})
+		}
+	}
+	for _, peer := range peers {
+		if len(r.Ports) == 0 {
+			put(entries, Key{Peer: peer}, ent)
+			continue
+		}
+		for _, port := range r.Ports {
+			e.addPort(entries, subject, r.Direction, peer, port, ent)
+		}
+	}
+}
+
+var anyProtos = []rules.Protocol{rules.ProtoTCP, rules.ProtoUDP, rules.ProtoSCTP}
+
+func (e *Engine) addPort(entries map[Key]Entry, subject ID, dir rules.Direction, peer Peer, port rules.Port, ent Entry) {
+	e.addPortFor(entries, subject, dir, peer, e.ids[peer.ID], port, ent)
+}
+
+// addPortFor adds the keys of one port entry; peerIdent is the peer's
+// identity when the peer is one (for egress named ports).
+func (e *Engine) addPortFor(entries map[Key]Entry, subject ID, dir rules.Direction, peer Peer, peerIdent *Identity, port rules.Port, ent Entry) {
+	if port.Name == "" {
+		if port.Port == 0 {
+			put(entries, Key{Peer: peer, Proto: port.Proto}, ent)
+			return
+		}
+		protos := []rules.Protocol{port.Proto}
+		if port.Proto == rules.ProtoAny {
+			protos = anyProtos
+		}
+		for _, pr := range protos {
+			put(entries, Key{Peer: peer, Proto: pr, Port: port.Port, EndPort: port.EndPort}, ent)
+		}
+		return
+	}
+	for _, pp := range e.namedPorts(subject, dir, peer, peerIdent, port.Name) {
+		if port.Proto == rules.ProtoAny || port.Proto == pp.Proto {
+			put(entries, Key{Peer: peer, Proto: pp.Proto, Port: pp.Port, EndPort: pp.Port}, ent)
+		}
+	}
+}
+
+// namedPorts resolves a port name against the destination of the traffic.
+func (e *Engine) namedPorts(subject ID, dir rules.Direction, peer Peer, peerIdent *Identity, name string) []PortProto {
+	if dir == rules.Ingress {
+		return e.ids[subject].NamedPorts[name]
+	}
+	if peer.Prefix.IsValid() {
+		return nil
+	}
+	if peer.ID != 0 {
+		if peerIdent != nil {
+			return peerIdent.NamedPorts[name]
+		}
+		return nil
+	}
+	var out []PortProto
+	for _, i := range e.ids {
+		out = append(out, i.NamedPorts[name]...)
+	}
+	return out
+}
+
+// put records ent for k: deny wins over allow; between equal verdicts the
+// lowest rule reference is kept so the result does not depend on order.
+func put(entries map[Key]Entry, k Key, ent Entry) {
+	old, ok := entries[k]
+	switch {
+	case !ok, ent.Deny && !old.Deny:
+		entries[k] = ent
+	case ent.Deny == old.Deny && ent.Rule.Compare(old.Rule) < 0:
+		entries[k] = ent
+	}
+}

@@ -1,0 +1,273 @@
+package rules
+
+import (
+	"errors"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+
+	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
+)
+
+var opts = Options{ClusterName: "c1", DefaultLocalCluster: true}
+
+func cnp(spec string) string {
+	return `{"apiVersion":"cilium.io/v2","kind":"CiliumNetworkPolicy","metadata":{"name":"p","namespace":"shop","uid":"x","labels":{"a":"b"}},"spec":` + spec + `}`
+}
+
+func knp(spec string) string {
+	return `{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"p","namespace":"shop"},"spec":` + spec + `}`
+}
+
+func TestRefused(t *testing.T) {
+	cases := []struct {
+		name  string
+		obj   string
+		want  error
+		field string
+	}{
+		{"L7 http rules", cnp(`{"endpointSelector":{},"ingress":[{"toPorts":[{"ports":[{"port":"80","protocol":"TCP"}],"rules":{"http":[{"method":"GET"}]}}]}]}`), ErrUnsupported, "spec.ingress[0].toPorts[0].rules"},
+		{"toFQDNs", cnp(`{"endpointSelector":{},"egress":[{"toFQDNs":[{"matchName":"example.com"}]}]}`), ErrUnsupported, "spec.egress[0].toFQDNs"},
+		{"toServices", cnp(`{"endpointSelector":{},"egress":[{"toServices":[{"k8sService":{"serviceName":"a"}}]}]}`), ErrUnsupported, "spec.egress[0].toServices"},
+		{"icmps", cnp(`{"endpointSelector":{},"ingress":[{"icmps":[{"fields":[{"type":8}]}]}]}`), ErrUnsupported, "spec.ingress[0].icmps"},
+		{"fromRequires", cnp(`{"endpointSelector":{},"ingress":[{"fromRequires":[{}]}]}`), ErrUnsupported, "spec.ingress[0].fromRequires"},
+		{"cidr group", cnp(`{"endpointSelector":{},"ingress":[{"fromCIDRSet":[{"cidrGroupRef":"g"}]}]}`), ErrUnsupported, "spec.ingress[0].fromCIDRSet[0].cidrGroupRef"},
+		{"L7 in second of specs", `{"apiVersion":"cilium.io/v2","kind":"CiliumClusterwideNetworkPolicy","metadata":{"name":"p"},"specs":[{"endpointSelector":{}},{"endpointSelector":{},"egress":[{"toPorts":[{"rules":{"dns":[{}]}}]}]}]}`, ErrUnsupported, "specs[1].egress[0].toPorts[0].rules"},
+		{"unknown field in rule", cnp(`{"endpointSelector":{},"ingress":[{"fromEndpoint":[{}]}]}`), ErrInvalid, "spec"},
+		{"unknown field in spec", cnp(`{"endpointSelector":{},"ingres":[{}]}`), ErrInvalid, "spec"},
+		{"unknown field at top", `{"apiVersion":"cilium.io/v2","kind":"CiliumNetworkPolicy","metadata":{"name":"p","namespace":"a"},"spec":{"endpointSelector":{}},"extra":1}`, ErrInvalid, ""},
+		{"unknown field in knp", knp(`{"podSelector":{},"ingress":[{"form":[]}]}`), ErrInvalid, "spec"},
+		{"unknown protocol", cnp(`{"endpointSelector":{},"ingress":[{"toPorts":[{"ports":[{"port":"80","protocol":"ICMP"}]}]}]}`), ErrUnsupported, "spec.ingress[0].toPorts[0].ports[0].protocol"},
+		{"bad operator", cnp(`{"endpointSelector":{"matchExpressions":[{"key":"a","operator":"Gt","values":["1"]}]}}`), ErrInvalid, "spec.endpointSelector"},
+		{"unknown entity", cnp(`{"endpointSelector":{},"ingress":[{"fromEntities":["galaxy"]}]}`), ErrInvalid, "spec.ingress[0].fromEntities[0]"},
+		{"except outside cidr", cnp(`{"endpointSelector":{},"egress":[{"toCIDRSet":[{"cidr":"10.0.0.0/8","except":["11.0.0.0/16"]}]}]}`), ErrInvalid, "spec.egress[0].toCIDRSet[0]"},
+		{"endPort below port", cnp(`{"endpointSelector":{},"ingress":[{"toPorts":[{"ports":[{"port":"90","endPort":80}]}]}]}`), ErrInvalid, "spec.ingress[0].toPorts[0].ports[0]"},
+		{"endPort with named port", knp(`{"podSelector":{},"ingress":[{"ports":[{"port":"http","endPort":90}]}]}`), ErrInvalid, "spec.ingress[0].ports[0]"},
+		{"missing endpointSelector", cnp(`{"ingress":[{}]}`), ErrInvalid, "spec.endpointSelector"},
+		{"node selector", cnp(`{"nodeSelector":{},"ingress":[{}]}`), ErrUnsupported, "spec.nodeSelector"},
+		{"unknown kind", `{"apiVersion":"cilium.io/v2","kind":"CiliumEgressGatewayPolicy","metadata":{"name":"p"}}`, ErrUnsupported, "kind"},
+		{"not json", `{"apiVersion":`, ErrInvalid, ""},
+		{"clusterwide with namespace", `{"apiVersion":"cilium.io/v2","kind":"CiliumClusterwideNetworkPolicy","metadata":{"name":"p","namespace":"a"},"spec":{"endpointSelector":{}}}`, ErrInvalid, "metadata.namespace"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Decode([]byte(tc.obj), opts)
+			var re *RefusedError
+			if !errors.As(err, &re) || !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want a *RefusedError wrapping %v", err, tc.want)
+			}
+			if re.Field != tc.field {
+				t.Errorf("field = %q, want %q (%v)", re.Field, tc.field, err)
+			}
+		})
+	}
+}
+
+func mustDecode(t *testing.T, obj string, o Options) Policy {
+	t.Helper()
+	p, err := Decode([]byte(obj), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestCIDRExcept(t *testing.T) {
+	cases := []struct {
+		name   string
+		cidr   string
+		except []string
+		want   []string
+	}{
+		{"no except", "10.0.0.0/8", nil, []string{"10.0.0.0/8"}},
+		{"bare address", "192.0.2.1", nil, []string{"192.0.2.1/32"}},
+		{"one except", "10.0.0.0/30", []string{"10.0.0.1/32"}, []string{"10.0.0.0/32", "10.0.0.2/31"}},
+		{"except the whole", "10.0.0.0/24", []string{"10.0.0.0/24"}, nil},
+		{"two excepts", "10.0.0.0/8", []string{"10.0.0.0/9", "10.192.0.0/10"}, []string{"10.128.0.0/10"}},
+		{"ipv6", "2001:db8::/32", []string{"2001:db8::/33"}, []string{"2001:db8:8000::/33"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ps, err := cidrSet(tc.cidr, tc.except)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, p := range ps {
+				got = append(got, p.String())
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+			// Every address of the cidr is covered iff it is not excepted.
+			base, _ := parsePrefix(tc.cidr)
+			for a, n := base.Addr(), 0; base.Contains(a) && n < 4096; a, n = a.Next(), n+1 {
+				excepted := slices.ContainsFunc(tc.except, func(s string) bool { e, _ := parsePrefix(s); return e.Contains(a) })
+				covered := slices.ContainsFunc(ps, func(p netip.Prefix) bool { return p.Contains(a) })
+				if covered == excepted {
+					t.Fatalf("%s: covered=%v excepted=%v", a, covered, excepted)
+				}
+			}
+		})
+	}
+}
+
+func TestKNPTranslation(t *testing.T) {
+	ids := map[string]selector.Labels{
+		"web-c1":    selector.MustParseLabels("k8s:app=web", "k8s:io.kubernetes.pod.namespace=shop", "k8s:io.cilium.k8s.policy.cluster=c1"),
+		"client-c1": selector.MustParseLabels("k8s:app=client", "k8s:io.kubernetes.pod.namespace=shop", "k8s:io.cilium.k8s.policy.cluster=c1"),
+		"client-c2": selector.MustParseLabels("k8s:app=client", "k8s:io.kubernetes.pod.namespace=shop", "k8s:io.cilium.k8s.policy.cluster=c2"),
+		"mon-c1":    selector.MustParseLabels("k8s:app=prom", "k8s:io.kubernetes.pod.namespace=mon", "k8s:io.cilium.k8s.policy.cluster=c1", "k8s:io.cilium.k8s.namespace.labels.team=ops"),
+		"other-ns":  selector.MustParseLabels("k8s:app=client", "k8s:io.kubernetes.pod.namespace=dev", "k8s:io.cilium.k8s.policy.cluster=c1"),
+	}
+	names := func(sels []selector.Selector) []string {
+		var out []string
+		for n, l := range ids {
+			if slices.ContainsFunc(sels, func(s selector.Selector) bool { return s.Matches(l) }) {
+				out = append(out, n)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	cases := []struct {
+		name     string
+		spec     string
+		subjects []string
+		deny     [2]bool
+		rules    int
+		all      bool
+		peers    []string
+		cidrs    []string
+		ports    []Port
+	}{
+		{name: "empty podSelector selects the namespace, no rules denies ingress", spec: `{"podSelector":{}}`,
+			subjects: []string{"client-c1", "client-c2", "web-c1"}, deny: [2]bool{true, false}},
+		{name: "podSelector peer is same namespace and local cluster", spec: `{"podSelector":{"matchLabels":{"app":"web"}},"ingress":[{"from":[{"podSelector":{"matchLabels":{"app":"client"}}}],"ports":[{"port":80}]}]}`,
+			subjects: []string{"web-c1"}, deny: [2]bool{true, false}, rules: 1, peers: []string{"client-c1"}, ports: []Port{{Port: 80, EndPort: 80, Proto: ProtoTCP}}},
+		{name: "namespaceSelector", spec: `{"podSelector":{},"ingress":[{"from":[{"namespaceSelector":{"matchLabels":{"team":"ops"}}}]}]}`,
+			subjects: []string{"client-c1", "client-c2", "web-c1"}, deny: [2]bool{true, false}, rules: 1, peers: []string{"mon-c1"}},
+		{name: "empty namespaceSelector is every namespace", spec: `{"podSelector":{},"ingress":[{"from":[{"namespaceSelector":{},"podSelector":{"matchLabels":{"app":"client"}}}]}]}`,
+			subjects: []string{"client-c1", "client-c2", "web-c1"}, deny: [2]bool{true, false}, rules: 1, peers: []string{"client-c1", "other-ns"}},
+		{name: "policyTypes Egress only ignores ingress rules", spec: `{"podSelector":{},"policyTypes":["Egress"],"ingress":[{}],"egress":[{"to":[{"ipBlock":{"cidr":"10.0.0.0/30","except":["10.0.0.0/31"]}}],"ports":[{"protocol":"UDP","port":53,"endPort":54}]}]}`,
+			subjects: []string{"client-c1", "client-c2", "web-c1"}, deny: [2]bool{false, true}, rules: 1, cidrs: []string{"10.0.0.2/31"}, ports: []Port{{Port: 53, EndPort: 54, Proto: ProtoUDP}}},
+		{name: "empty from admits everyone, named port", spec: `{"podSelector":{},"ingress":[{"ports":[{"port":"http"}]}]}`,
+			subjects: []string{"client-c1", "client-c2", "web-c1"}, deny: [2]bool{true, false}, rules: 1, all: true, ports: []Port{{Name: "http", Proto: ProtoTCP}}},
+		{name: "egress rules imply Egress type", spec: `{"podSelector":{},"egress":[{}]}`,
+			subjects: []string{"client-c1", "client-c2", "web-c1"}, deny: [2]bool{true, true}, rules: 1, all: true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := mustDecode(t, knp(tc.spec), opts)
+			if p.Key != "knp/shop/p" || len(p.Specs) != 1 {
+				t.Fatalf("policy %+v", p)
+			}
+			s := p.Specs[0]
+			if got := names([]selector.Selector{s.Subject}); !slices.Equal(got, tc.subjects) {
+				t.Errorf("subjects %v, want %v", got, tc.subjects)
+			}
+			if s.DefaultDeny != tc.deny {
+				t.Errorf("default deny %v, want %v", s.DefaultDeny, tc.deny)
+			}
+			if len(s.Rules) != tc.rules {
+				t.Fatalf("%d rules, want %d", len(s.Rules), tc.rules)
+			}
+			if tc.rules == 0 {
+				return
+			}
+			r := s.Rules[0]
+			if r.Peers.All != tc.all {
+				t.Errorf("all = %v", r.Peers.All)
+			}
+			if got := names(r.Peers.Selectors); len(r.Peers.Selectors) > 0 && !slices.Equal(got, tc.peers) {
+				t.Errorf("peers %v, want %v", got, tc.peers)
+			}
+			var cidrs []string
+			for _, c := range r.Peers.CIDRs {
+				cidrs = append(cidrs, c.String())
+			}
+			if !slices.Equal(cidrs, tc.cidrs) {
+				t.Errorf("cidrs %v, want %v", cidrs, tc.cidrs)
+			}
+			if !slices.Equal(r.Ports, tc.ports) {
+				t.Errorf("ports %+v, want %+v", r.Ports, tc.ports)
+			}
+		})
+	}
+}
+
+func TestCNPScoping(t *testing.T) {
+	cases := []struct {
+		name string
+		obj  string
+		o    Options
+		want string // canonical peer selector of rule 0
+	}{
+		{"namespaced peer gets namespace and cluster", cnp(`{"endpointSelector":{},"ingress":[{"fromEndpoints":[{"matchLabels":{"app":"a"}}]}]}`), opts,
+			"{any:app=a,k8s:io.cilium.k8s.policy.cluster=c1,k8s:io.kubernetes.pod.namespace=shop}"},
+		{"default-local-cluster off", cnp(`{"endpointSelector":{},"ingress":[{"fromEndpoints":[{"matchLabels":{"app":"a"}}]}]}`), Options{ClusterName: "c1"},
+			"{any:app=a,k8s:io.kubernetes.pod.namespace=shop}"},
+		{"explicit cluster kept", cnp(`{"endpointSelector":{},"ingress":[{"fromEndpoints":[{"matchLabels":{"io.cilium.k8s.policy.cluster":"c2"}}]}]}`), opts,
+			"{any:io.cilium.k8s.policy.cluster=c2,k8s:io.kubernetes.pod.namespace=shop}"},
+		{"explicit namespace kept", cnp(`{"endpointSelector":{},"ingress":[{"fromEndpoints":[{"matchLabels":{"k8s:io.kubernetes.pod.namespace":"dev"}}]}]}`), opts,
+			"{k8s:io.cilium.k8s.policy.cluster=c1,k8s:io.kubernetes.pod.namespace=dev}"},
+		{"reserved selector untouched", cnp(`{"endpointSelector":{},"ingress":[{"fromEndpoints":[{"matchLabels":{"reserved:host":""}}]}]}`), opts,
+			"{reserved:host=}"},
+		{"clusterwide peer needs a namespace", `{"apiVersion":"cilium.io/v2","kind":"CiliumClusterwideNetworkPolicy","metadata":{"name":"p"},"spec":{"endpointSelector":{},"ingress":[{"fromEndpoints":[{}]}]}}`, opts,
+			"{k8s:io.cilium.k8s.policy.cluster=c1,k8s:io.kubernetes.pod.namespace}"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := mustDecode(t, tc.obj, tc.o)
+			if got := p.Specs[0].Rules[0].Peers.Selectors[0].String(); got != tc.want {
+				t.Fatalf("peer %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestCNPDefaultDenyAndL4Only(t *testing.T) {
+	p := mustDecode(t, cnp(`{"endpointSelector":{"matchLabels":{"io.kubernetes.pod.namespace":"other","app":"web"}},
+		"ingressDeny":[{"toPorts":[{"ports":[{"port":"22"}]}]}],"egress":[{}],"enableDefaultDeny":{"egress":false}}`), opts)
+	s := p.Specs[0]
+	if s.DefaultDeny != [2]bool{true, false} {
+		t.Errorf("default deny %v", s.DefaultDeny)
+	}
+	if !strings.Contains(s.Subject.String(), "k8s:io.kubernetes.pod.namespace=shop") || strings.Contains(s.Subject.String(), "other") {
+		t.Errorf("subject %s must be forced into the policy namespace", s.Subject)
+	}
+	deny, eg := s.Rules[0], s.Rules[1]
+	if !deny.Deny || !deny.Peers.All || !slices.Equal(deny.Ports, []Port{{Port: 22, EndPort: 22, Proto: ProtoAny}}) {
+		t.Errorf("L4-only deny rule %+v", deny)
+	}
+	if eg.Peers.All || len(eg.Peers.Selectors) != 0 || eg.Direction != Egress {
+		t.Errorf("empty egress rule must select nothing: %+v", eg)
+	}
+}
+
+func TestOptionsFlag(t *testing.T) {
+	cases := []struct {
+		name string
+		args []string
+		want bool
+	}{
+		{"default on", nil, true},
+		{"switched off", []string{"--policy-default-local-cluster=false"}, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			o := DefaultOptions()
+			fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+			o.RegisterFlags(fs)
+			if err := fs.Parse(tc.args); err != nil {
+				t.Fatal(err)
+			}
+			if o.DefaultLocalCluster != tc.want {
+				t.Fatalf("DefaultLocalCluster = %v, want %v", o.DefaultLocalCluster, tc.want)
+			}
+		})
+	}
+}

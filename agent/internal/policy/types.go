@@ -1,0 +1,129 @@
+package policy
+
+import (
+	"maps"
+	"net/netip"
+
+	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
+	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
+)
+
+// ID is a numeric security identity.
+type ID = selector.ID
+
+// PortProto is one resolved named port.
+type PortProto struct {
+	Port  uint16
+	Proto rules.Protocol
+}
+
+// Identity is a security identity with the named ports of its endpoints.
+type Identity struct {
+	ID         ID
+	Labels     selector.Labels
+	NamedPorts map[string][]PortProto
+}
+
+func (i *Identity) equal(o *Identity) bool {
+	if !i.Labels.Equal(o.Labels) || len(i.NamedPorts) != len(o.NamedPorts) {
+		return false
+	}
+	for k, v := range i.NamedPorts {
+		w, ok := o.NamedPorts[k]
+		if !ok || len(v) != len(w) {
+			return false
+		}
+		for j := range v {
+			if v[j] != w[j] {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// Peer is the remote side of a key: an identity, a world prefix, or (zero
+// value) every peer.
+type Peer struct {
+	ID     ID
+	Prefix netip.Prefix
+}
+
+// Key is one resolved policy key. Port 0 means every port; Proto 0 every
+// protocol.
+type Key struct {
+	Peer    Peer
+	Proto   rules.Protocol
+	Port    uint16
+	EndPort uint16
+}
+
+// Entry is the verdict of a key and the rule that produced it.
+type Entry struct {
+	Deny bool
+	Rule rules.Ref
+}
+
+// DirPolicy is the resolved policy of one endpoint in one direction.
+type DirPolicy struct {
+	Enforced bool // default deny
+	Entries  map[Key]Entry
+}
+
+// EndpointPolicy is indexed by rules.Direction.
+type EndpointPolicy [2]DirPolicy
+
+// Change is what a datapath writer applies for one endpoint and direction.
+type Change struct {
+	Endpoint  ID
+	Direction rules.Direction
+	// Removed: the endpoint is gone; drop all its state (Deletes lists it).
+	Removed  bool
+	Enforced bool
+	Upserts  map[Key]Entry
+	Deletes  []Key
+}
+
+// Diff is the ordered list of changes of one update.
+type Diff []Change
+
+func diffDir(id ID, d rules.Direction, old, cur DirPolicy, removed bool) (Change, bool) {
+	c := Change{Endpoint: id, Direction: d, Removed: removed, Enforced: cur.Enforced}
+	for k, e := range cur.Entries {
+		if o, ok := old.Entries[k]; !ok || o != e {
+			if c.Upserts == nil {
+				c.Upserts = map[Key]Entry{}
+			}
+			c.Upserts[k] = e
+		}
+	}
+	for k := range old.Entries {
+		if _, ok := cur.Entries[k]; !ok {
+			c.Deletes = append(c.Deletes, k)
+		}
+	}
+	changed := len(c.Upserts) > 0 || len(c.Deletes) > 0 || old.Enforced != cur.Enforced || removed
+	return c, changed
+}
+
+// Apply folds a diff into a state map as a datapath writer would; tests use
+// it to check that diffs reproduce the resolved state.
+func Apply(state map[ID]EndpointPolicy, d Diff) {
+	for _, c := range d {
+		ep := state[c.Endpoint]
+		dp := DirPolicy{Enforced: c.Enforced, Entries: maps.Clone(ep[c.Direction].Entries)}
+		if dp.Entries == nil {
+			dp.Entries = map[Key]Entry{}
+		}
+		for _, k := range c.Deletes {
+			delete(dp.Entries, k)
+		}
+		maps.Copy(dp.Entries, c.Upserts)
+		ep[c.Direction] = dp
+		if c.Removed {
+			delete(state, c.Endpoint)
+			continue
+		}
+		state[c.Endpoint] = ep
+	}
+}
