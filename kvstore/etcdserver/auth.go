@@ -65,13 +65,16 @@ func (s *Server) setupAuth(ctx context.Context) error {
 // RemotePermissions returns the key ranges (key, range end; an empty range
 // end is the single key) that a remote cluster may read from the etcd of
 // cluster own: all of cilium/state/, own's canaries, own's cluster config
-// and the heartbeat.
+// and the heartbeat. The heartbeat is the range [cilium/.heartbeat,
+// cilium/.heartbeau), as Cilium grants it: Cilium's clustermesh client
+// lists it as a prefix to confirm its connection, and a single-key grant
+// refuses that list.
 func RemotePermissions(own string) [][2]string {
 	return [][2]string{
 		{StatePrefix, clientv3.GetPrefixRangeEnd(StatePrefix)},
 		{SyncedPrefix + own + "/", clientv3.GetPrefixRangeEnd(SyncedPrefix + own + "/")},
 		{ClusterConfigPrefix + own, ""},
-		{HeartbeatKey, ""},
+		{HeartbeatKey, clientv3.GetPrefixRangeEnd(HeartbeatKey)},
 	}
 }
 

@@ -37,6 +37,8 @@ func remoteUserCases(ctx context.Context, remote *clientv3.Client) []struct {
 		{"list own canaries", get("cilium/synced/c1/", clientv3.WithPrefix()), true},
 		{"read own cluster config", get("cilium/cluster-config/c1"), true},
 		{"read heartbeat", get("cilium/.heartbeat"), true},
+		{"list heartbeat as a prefix (Cilium's connection check)", get("cilium/.heartbeat", clientv3.WithPrefix()), true},
+		{"read past the heartbeat range", get("cilium/.heartbeau"), false},
 		{"read other cluster canary", get("cilium/synced/c3/cilium/cache/nodes/v1"), false},
 		{"list all canaries", get("cilium/synced/", clientv3.WithPrefix()), false},
 		{"read other cluster config", get("cilium/cluster-config/c3"), false},
@@ -62,6 +64,7 @@ func putRemoteUserKeys(ctx context.Context, t *testing.T, admin *clientv3.Client
 		"cilium/cluster-config/c3",
 		"cilium/cluster-config/c10", // under the prefix cilium/cluster-config/c1
 		"cilium/.heartbeat",
+		"cilium/.heartbeau",
 		"cilium/cache/nodes/v1/c3/n1",
 	} {
 		if _, err := admin.Put(ctx, k, "v"); err != nil {
