@@ -131,9 +131,14 @@ func New(ctx context.Context, cfg Config, d Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The cluster config says serviceExportsEnabled: false; Cilium's
+	// KVStoreMesh and MCS-API operator still wait for this prefix's canary
+	// whenever the field is present, so the empty prefix gets one.
+	expStore := newStore("serviceexports", wire.ServiceExportsPrefix(c), wire.ServiceExportsSyncedKey(c))
+	expStore.MarkSynced()
 	s.runners = append(s.runners, np.Run, pp.Run, sp.Run, ci.Run, s.markIdentitiesSynced(pp.Synced()))
 	// Ready once every canary is written and the cluster config is in etcd.
-	s.synced = []<-chan struct{}{nodeStore.Synced(), ipStore.Synced(), svcStore.Synced(), s.idsDone, cfgStore.Synced()}
+	s.synced = []<-chan struct{}{nodeStore.Synced(), ipStore.Synced(), svcStore.Synced(), s.idsDone, cfgStore.Synced(), expStore.Synced()}
 	return s, nil
 }
 
