@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -127,6 +128,51 @@ func (s *Server) RemoveRemoteUser(ctx context.Context, cluster string) error {
 	return nil
 }
 
+// EnsureLegacyRemoteUser creates (or completes) LegacyRemoteUser, issues
+// its certificate (CN=remote) if missing and returns its client config.
+func (s *Server) EnsureLegacyRemoteUser(ctx context.Context) (kvstore.Config, error) {
+	if s.cfg.DisableAuth {
+		return kvstore.Config{}, fmt.Errorf("%w: auth is disabled", ErrConfig)
+	}
+	c, err := s.admin(ctx)
+	if err != nil {
+		return kvstore.Config{}, err
+	}
+	defer c.Close()
+	if err := EnsureLegacyRemoteUserOn(ctx, c.Etcd(), s.cfg.ClusterName); err != nil {
+		return kvstore.Config{}, err
+	}
+	return s.ClientConfig(LegacyRemoteUser)
+}
+
+// RemoveLegacyRemoteUser deletes LegacyRemoteUser and its certificate.
+func (s *Server) RemoveLegacyRemoteUser(ctx context.Context) error {
+	c, err := s.admin(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := RemoveLegacyRemoteUserOn(ctx, c.Etcd()); err != nil {
+		return err
+	}
+	for _, ext := range []string{".crt", ".key"} {
+		if err := os.Remove(filepath.Join(s.cfg.CertDir, LegacyRemoteUser+ext)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove certificate of %s: %w", LegacyRemoteUser, err)
+		}
+	}
+	return nil
+}
+
+// HasLegacyRemoteUser reports whether LegacyRemoteUser exists.
+func (s *Server) HasLegacyRemoteUser(ctx context.Context) (bool, error) {
+	c, err := s.admin(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer c.Close()
+	return HasLegacyRemoteUserOn(ctx, c.Etcd())
+}
+
 // RemoteUsers lists the clusters that have a remote user.
 func (s *Server) RemoteUsers(ctx context.Context) ([]string, error) {
 	c, err := s.admin(ctx)
@@ -148,14 +194,24 @@ func EnsureRemoteUserOn(ctx context.Context, e *clientv3.Client, own, cluster st
 	if err := ValidClusterName(cluster); err != nil {
 		return err
 	}
+	return ensureReadOnlyUser(ctx, e, own, RemoteUser(cluster))
+}
+
+// EnsureLegacyRemoteUserOn is EnsureRemoteUserOn for LegacyRemoteUser, the
+// user (and role) "remote" that all remote clusters share in Cilium's
+// legacy auth mode.
+func EnsureLegacyRemoteUserOn(ctx context.Context, e *clientv3.Client, own string) error {
+	return ensureReadOnlyUser(ctx, e, own, LegacyRemoteUser)
+}
+
+func ensureReadOnlyUser(ctx context.Context, e *clientv3.Client, own, user string) error {
 	st, err := e.AuthStatus(ctx)
 	if err != nil {
 		return fmt.Errorf("auth status: %w", err)
 	}
 	if !st.Enabled {
-		return fmt.Errorf("add user %s: %w; enable it (etcdctl auth enable) so that the user restricts what the remote cluster reads", RemoteUser(cluster), ErrAuthDisabled)
+		return fmt.Errorf("add user %s: %w; enable it (etcdctl auth enable) so that the user restricts what the remote cluster reads", user, ErrAuthDisabled)
 	}
-	user := RemoteUser(cluster)
 	if _, err := e.RoleAdd(ctx, user); err != nil && !errors.Is(err, rpctypes.ErrRoleAlreadyExist) {
 		return fmt.Errorf("add role %s: %w", user, err)
 	}
@@ -179,7 +235,25 @@ func RemoveRemoteUserOn(ctx context.Context, e *clientv3.Client, cluster string)
 	if err := ValidClusterName(cluster); err != nil {
 		return err
 	}
-	user := RemoteUser(cluster)
+	return removeUser(ctx, e, RemoteUser(cluster))
+}
+
+// RemoveLegacyRemoteUserOn deletes LegacyRemoteUser and its role; a
+// missing user or role is not an error.
+func RemoveLegacyRemoteUserOn(ctx context.Context, e *clientv3.Client) error {
+	return removeUser(ctx, e, LegacyRemoteUser)
+}
+
+// HasLegacyRemoteUserOn reports whether LegacyRemoteUser exists.
+func HasLegacyRemoteUserOn(ctx context.Context, e *clientv3.Client) (bool, error) {
+	resp, err := e.UserList(ctx)
+	if err != nil {
+		return false, fmt.Errorf("list users: %w", err)
+	}
+	return slices.Contains(resp.Users, LegacyRemoteUser), nil
+}
+
+func removeUser(ctx context.Context, e *clientv3.Client, user string) error {
 	if _, err := e.UserDelete(ctx, user); err != nil && !errors.Is(err, rpctypes.ErrUserNotFound) {
 		return fmt.Errorf("delete user %s: %w", user, err)
 	}
