@@ -87,10 +87,13 @@ func checkCiliumReport(t *testing.T, h *harness, rep ciliuminterop.Report) {
 	for id, ls := range c.Identities {
 		webID, webLabels = id, ls
 	}
-	for _, l := range []string{"k8s:app=web;", "k8s:io.cilium.k8s.policy.cluster=" + h.cluster + ";", "k8s:io.kubernetes.pod.namespace=" + h.ns + ";"} {
-		if !strings.Contains(webLabels, l) {
-			t.Errorf("identity %s labels %q lack %q", webID, webLabels, l)
-		}
+	// Cilium's label set for this pod (SanitizePodLabels and its default
+	// filter), as Cilium's allocator cache reads it back.
+	wantLabels := "k8s:app=web;k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=" + h.ns + ";" +
+		"k8s:io.cilium.k8s.policy.cluster=" + h.cluster + ";k8s:io.cilium.k8s.policy.serviceaccount=default;" +
+		"k8s:io.kubernetes.pod.namespace=" + h.ns + ";"
+	if webLabels != wantLabels {
+		t.Errorf("identity %s labels\n%s\nwant\n%s", webID, webLabels, wantLabels)
 	}
 
 	for _, ip := range []string{"10.7.1.10", "fd07:1::10"} {

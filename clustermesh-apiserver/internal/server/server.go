@@ -111,7 +111,7 @@ func New(ctx context.Context, cfg Config, d Deps) (*Server, error) {
 
 	ipStore := counted(meshstatus.KindIPCache, newStore("ip", wire.IPPrefix, wire.SyncedKey(c, wire.KindIP)))
 	pp, err := pods.New(pods.Config{Cluster: c, Workers: cfg.PodWorkers},
-		s.factory.Core().V1().Pods().Informer(), ipStore, alloc, ipStore.MarkSynced, d.Log, cm, d.Registry)
+		s.factory.Core().V1().Pods().Informer(), s.factory.Core().V1().Namespaces().Informer(), ipStore, alloc, ipStore.MarkSynced, d.Log, cm, d.Registry)
 	if err != nil {
 		return nil, err
 	}
