@@ -197,7 +197,9 @@ func TestLegacyRemoteUser(t *testing.T) {
 			ensure: func(ctx context.Context, srv *etcdserver.Server, _ *clientv3.Client) (kvstore.Config, error) {
 				return srv.EnsureLegacyRemoteUser(ctx)
 			},
-			remove: func(ctx context.Context, srv *etcdserver.Server, _ *clientv3.Client) error { return srv.RemoveLegacyRemoteUser(ctx) },
+			remove: func(ctx context.Context, srv *etcdserver.Server, _ *clientv3.Client) error {
+				return srv.RemoveLegacyRemoteUser(ctx)
+			},
 			has: func(ctx context.Context, srv *etcdserver.Server, _ *clientv3.Client) (bool, error) {
 				return srv.HasLegacyRemoteUser(ctx)
 			},

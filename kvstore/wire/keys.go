@@ -20,6 +20,16 @@ package wire
 //	                                                       MCS-API operator wait for it whenever the
 //	                                                       cluster config has serviceExportsEnabled
 //
+// Values, as checked against Cilium 1.18 (docs/cilium-interop.md):
+//   - ipcache ID: a remote's identity range, or below 256: 0 is "no identity
+//     yet" (kept), 1 (host) is programmed as 6 (remote-node) by a reader
+//     (RemoteIPCacheIdentity), other reserved IDs are kept.
+//   - identity labels: Cilium's set for a pod (k8s: pod labels through its
+//     default filter, io.cilium.k8s.namespace.labels.<key>,
+//     io.kubernetes.pod.namespace, io.cilium.k8s.policy.serviceaccount,
+//     io.cilium.k8s.policy.cluster), sorted by key.
+//   - Node Source: one of Cilium's source names (NodeSource*).
+//
 // Remote readers' etcd users may read (kvstore/etcdserver.RemotePermissions,
 // the same ranges as Cilium's "remote" role): cilium/state/ (prefix),
 // cilium/synced/<own cluster>/ (prefix), cilium/cluster-config/<own cluster>
