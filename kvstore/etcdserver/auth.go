@@ -90,18 +90,7 @@ func (s *Server) EnsureRemoteUser(ctx context.Context, cluster string) (kvstore.
 	if err := ValidClusterName(cluster); err != nil {
 		return kvstore.Config{}, err
 	}
-	if s.cfg.DisableAuth {
-		return kvstore.Config{}, fmt.Errorf("%w: auth is disabled", ErrConfig)
-	}
-	c, err := s.admin(ctx)
-	if err != nil {
-		return kvstore.Config{}, err
-	}
-	defer c.Close()
-	if err := EnsureRemoteUserOn(ctx, c.Etcd(), s.cfg.ClusterName, cluster); err != nil {
-		return kvstore.Config{}, err
-	}
-	return s.ClientConfig(RemoteUser(cluster))
+	return s.ensureUser(ctx, RemoteUser(cluster))
 }
 
 // RemoveRemoteUser deletes the user and role of cluster and its
@@ -111,56 +100,18 @@ func (s *Server) RemoveRemoteUser(ctx context.Context, cluster string) error {
 	if err := ValidClusterName(cluster); err != nil {
 		return err
 	}
-	c, err := s.admin(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if err := RemoveRemoteUserOn(ctx, c.Etcd(), cluster); err != nil {
-		return err
-	}
-	user := RemoteUser(cluster)
-	for _, ext := range []string{".crt", ".key"} {
-		if err := os.Remove(filepath.Join(s.cfg.CertDir, user+ext)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("remove certificate of %s: %w", user, err)
-		}
-	}
-	return nil
+	return s.removeUser(ctx, RemoteUser(cluster))
 }
 
 // EnsureLegacyRemoteUser creates (or completes) LegacyRemoteUser, issues
 // its certificate (CN=remote) if missing and returns its client config.
 func (s *Server) EnsureLegacyRemoteUser(ctx context.Context) (kvstore.Config, error) {
-	if s.cfg.DisableAuth {
-		return kvstore.Config{}, fmt.Errorf("%w: auth is disabled", ErrConfig)
-	}
-	c, err := s.admin(ctx)
-	if err != nil {
-		return kvstore.Config{}, err
-	}
-	defer c.Close()
-	if err := EnsureLegacyRemoteUserOn(ctx, c.Etcd(), s.cfg.ClusterName); err != nil {
-		return kvstore.Config{}, err
-	}
-	return s.ClientConfig(LegacyRemoteUser)
+	return s.ensureUser(ctx, LegacyRemoteUser)
 }
 
 // RemoveLegacyRemoteUser deletes LegacyRemoteUser and its certificate.
 func (s *Server) RemoveLegacyRemoteUser(ctx context.Context) error {
-	c, err := s.admin(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if err := RemoveLegacyRemoteUserOn(ctx, c.Etcd()); err != nil {
-		return err
-	}
-	for _, ext := range []string{".crt", ".key"} {
-		if err := os.Remove(filepath.Join(s.cfg.CertDir, LegacyRemoteUser+ext)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("remove certificate of %s: %w", LegacyRemoteUser, err)
-		}
-	}
-	return nil
+	return s.removeUser(ctx, LegacyRemoteUser)
 }
 
 // HasLegacyRemoteUser reports whether LegacyRemoteUser exists.
@@ -171,6 +122,41 @@ func (s *Server) HasLegacyRemoteUser(ctx context.Context) (bool, error) {
 	}
 	defer c.Close()
 	return HasLegacyRemoteUserOn(ctx, c.Etcd())
+}
+
+// ensureUser creates or completes the read-only user (a valid remote user
+// name) and returns its client config, issuing its certificate if missing.
+func (s *Server) ensureUser(ctx context.Context, user string) (kvstore.Config, error) {
+	if s.cfg.DisableAuth {
+		return kvstore.Config{}, fmt.Errorf("%w: auth is disabled", ErrConfig)
+	}
+	c, err := s.admin(ctx)
+	if err != nil {
+		return kvstore.Config{}, err
+	}
+	defer c.Close()
+	if err := ensureReadOnlyUser(ctx, c.Etcd(), s.cfg.ClusterName, user); err != nil {
+		return kvstore.Config{}, err
+	}
+	return s.ClientConfig(user)
+}
+
+// removeUser deletes the user, its role and its certificate files.
+func (s *Server) removeUser(ctx context.Context, user string) error {
+	c, err := s.admin(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := removeUser(ctx, c.Etcd(), user); err != nil {
+		return err
+	}
+	for _, ext := range []string{".crt", ".key"} {
+		if err := os.Remove(filepath.Join(s.cfg.CertDir, user+ext)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove certificate of %s: %w", user, err)
+		}
+	}
+	return nil
 }
 
 // RemoteUsers lists the clusters that have a remote user.

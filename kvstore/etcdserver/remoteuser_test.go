@@ -54,6 +54,20 @@ func remoteUserCases(ctx context.Context, remote *clientv3.Client) []struct {
 	}
 }
 
+// checkRemoteUserCases runs remoteUserCases as remote.
+func checkRemoteUserCases(ctx context.Context, t *testing.T, remote *clientv3.Client) {
+	t.Helper()
+	for _, c := range remoteUserCases(ctx, remote) {
+		err := c.op()
+		if c.allowed && err != nil {
+			t.Errorf("%s: want allowed, got %v", c.name, err)
+		}
+		if !c.allowed && !errors.Is(err, rpctypes.ErrPermissionDenied) {
+			t.Errorf("%s: want permission denied, got %v", c.name, err)
+		}
+	}
+}
+
 func putRemoteUserKeys(ctx context.Context, t *testing.T, admin *clientv3.Client) {
 	t.Helper()
 	for _, k := range []string{
@@ -126,15 +140,7 @@ func TestRemoteUserPaths(t *testing.T) {
 				t.Fatalf("ensuring again: %v", err)
 			}
 			remote := connect(t, rcfg).Etcd()
-			for _, c := range remoteUserCases(ctx, remote) {
-				err := c.op()
-				if c.allowed && err != nil {
-					t.Errorf("%s: want allowed, got %v", c.name, err)
-				}
-				if !c.allowed && !errors.Is(err, rpctypes.ErrPermissionDenied) {
-					t.Errorf("%s: want permission denied, got %v", c.name, err)
-				}
-			}
+			checkRemoteUserCases(ctx, t, remote)
 			wctx, cancel := context.WithCancel(ctx)
 			wch := remote.Watch(wctx, "cilium/state/", clientv3.WithPrefix())
 			if _, err := admin.Put(ctx, "cilium/state/nodes/v1/c1/n3", "v"); err != nil {
@@ -233,15 +239,7 @@ func TestLegacyRemoteUser(t *testing.T) {
 				t.Fatalf("ensuring again: %v", err)
 			}
 			remote := connect(t, rcfg).Etcd()
-			for _, c := range remoteUserCases(ctx, remote) {
-				err := c.op()
-				if c.allowed && err != nil {
-					t.Errorf("%s: want allowed, got %v", c.name, err)
-				}
-				if !c.allowed && !errors.Is(err, rpctypes.ErrPermissionDenied) {
-					t.Errorf("%s: want permission denied, got %v", c.name, err)
-				}
-			}
+			checkRemoteUserCases(ctx, t, remote)
 			if has, err := tc.has(ctx, srv, admin); err != nil || !has {
 				t.Fatalf("has legacy user = %v, %v", has, err)
 			}
