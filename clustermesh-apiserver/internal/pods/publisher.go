@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"sync"
 
@@ -85,8 +86,14 @@ func New(cfg Config, inf, nsInf cache.SharedIndexInformer, store Store, ids Iden
 		return nil, fmt.Errorf("pod handler: %w", err)
 	}
 	if _, err := nsInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    p.namespaceChanged,
-		UpdateFunc: func(_, obj any) { p.namespaceChanged(obj) },
+		AddFunc: p.namespaceChanged,
+		UpdateFunc: func(old, obj any) {
+			o, ok1 := old.(*corev1.Namespace)
+			n, ok2 := obj.(*corev1.Namespace)
+			if !ok1 || !ok2 || !maps.Equal(o.Labels, n.Labels) {
+				p.namespaceChanged(obj)
+			}
+		},
 	}); err != nil {
 		return nil, fmt.Errorf("namespace handler: %w", err)
 	}
