@@ -100,7 +100,9 @@ func Binary(t testing.TB) string {
 }
 
 // build compiles tools/ciliuminterop into the user cache directory (the
-// Go build cache makes later builds cheap).
+// Go build cache makes later builds cheap). Each process builds to a name
+// of its own and renames it over the shared one, so concurrent test
+// binaries never run a half-written file and leave one copy behind.
 func build() (string, error) {
 	_, file, _, ok := runtime.Caller(0)
 	if !ok {
@@ -111,11 +113,15 @@ func build() (string, error) {
 	if err != nil {
 		cache = os.TempDir()
 	}
-	out := filepath.Join(cache, "clustermesh", "ciliuminterop-"+strconv.Itoa(os.Getpid()))
-	cmd := exec.Command("go", "build", "-o", out, ".")
+	out := filepath.Join(cache, "clustermesh", "ciliuminterop")
+	tmp := out + "." + strconv.Itoa(os.Getpid())
+	cmd := exec.Command("go", "build", "-o", tmp, ".")
 	cmd.Dir = src
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build the Cilium interop tool in %s: %v\n%s", src, err, b)
+	}
+	if err := os.Rename(tmp, out); err != nil {
+		return "", fmt.Errorf("install the Cilium interop tool: %w", err)
 	}
 	return out, nil
 }
