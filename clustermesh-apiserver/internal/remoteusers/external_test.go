@@ -58,9 +58,20 @@ func TestExternal(t *testing.T) {
 				t.Fatalf("Reconcile: %v, users %v", err, r.Current())
 			}
 			checkHeartbeatList(ctx, t, srv, etcdserver.RemoteUser("c2"))
+			cm.write("clusters: [c2]\nlegacyClusters: [c3]\n")
+			if err := r.Reconcile(ctx); err != nil {
+				t.Fatalf("Reconcile with a legacy cluster: %v", err)
+			}
+			if has, err := ext.HasLegacyRemoteUser(ctx); err != nil || !has {
+				t.Fatalf("legacy user in the external etcd: %v, %v", has, err)
+			}
+			checkHeartbeatList(ctx, t, srv, etcdserver.LegacyRemoteUser)
 			cm.write("clusters: []\n")
 			if err := r.Reconcile(ctx); err != nil || len(r.Current()) != 0 {
 				t.Fatalf("Reconcile after emptying the file: %v, users %v", err, r.Current())
+			}
+			if has, err := ext.HasLegacyRemoteUser(ctx); err != nil || has {
+				t.Fatalf("legacy user left in the external etcd: %v, %v", has, err)
 			}
 		})
 	}
