@@ -6,7 +6,9 @@ PKGS := ./...
 FUZZTIME ?= 60s
 TEST_TIMEOUT ?= 30m
 
-.PHONY: help build test test-unit test-e2e lint verify-gen generate fuzz bench demo kube-bins clean
+CILIUM_INTEROP := $(abspath $(BIN))/ciliuminterop
+
+.PHONY: help build test test-unit test-e2e lint verify-gen generate fuzz bench demo kube-bins ciliuminterop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -19,8 +21,11 @@ build: ## build every binary into bin/
 kube-bins: ## build kube-apiserver and kube-controller-manager (cached)
 	@hack/kube-bins.sh
 
-test: ## run every test: unit, real etcd, real kube-apiserver, eBPF (as root) and e2e
-	KUBE_BIN_DIR=$$(hack/kube-bins.sh) && export KUBE_BIN_DIR && \
+ciliuminterop: ## build the Cilium 1.18 interop tool (separate module tools/ciliuminterop; cold: a few minutes)
+	cd tools/ciliuminterop && $(GO) build -o $(CILIUM_INTEROP) .
+
+test: ciliuminterop ## run every test: unit, real etcd, real kube-apiserver, eBPF (as root), Cilium interop and e2e
+	KUBE_BIN_DIR=$$(hack/kube-bins.sh) && export KUBE_BIN_DIR && export CILIUM_INTEROP_BIN=$(CILIUM_INTEROP) && \
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS) && \
 	if [ -d e2e ]; then $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -tags e2e ./e2e/...; fi
 
@@ -31,6 +36,7 @@ lint: ## gofmt, go vet and staticcheck
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 	if [ -d e2e ]; then $(GO) vet -tags e2e ./e2e/...; fi
+	cd tools/ciliuminterop && $(GO) vet ./...
 	$(GO) tool staticcheck $(PKGS)
 
 generate: ## regenerate bpf2go bindings and protobuf code

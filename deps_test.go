@@ -31,6 +31,8 @@ var forbidden = map[string][]string{
 		module + "/kvstore", module + "/bpf", module + "/internal/datapath",
 		"k8s.io/client-go", "go.etcd.io/etcd",
 	},
+	// Cilium's code is reached only through the tools/ciliuminterop binary.
+	module:                            {"github.com/cilium/cilium"},
 	module + "/agent":                 {module + "/clustermesh-apiserver", module + "/cmd"},
 	module + "/clustermesh-apiserver": {module + "/agent", module + "/bpf", module + "/cmd"},
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -65,13 +66,16 @@ func (s *Server) setupAuth(ctx context.Context) error {
 // RemotePermissions returns the key ranges (key, range end; an empty range
 // end is the single key) that a remote cluster may read from the etcd of
 // cluster own: all of cilium/state/, own's canaries, own's cluster config
-// and the heartbeat.
+// and the heartbeat. The heartbeat is the range [cilium/.heartbeat,
+// cilium/.heartbeau), as Cilium grants it: Cilium's clustermesh client
+// lists it as a prefix to confirm its connection, and a single-key grant
+// refuses that list.
 func RemotePermissions(own string) [][2]string {
 	return [][2]string{
 		{StatePrefix, clientv3.GetPrefixRangeEnd(StatePrefix)},
 		{SyncedPrefix + own + "/", clientv3.GetPrefixRangeEnd(SyncedPrefix + own + "/")},
 		{ClusterConfigPrefix + own, ""},
-		{HeartbeatKey, ""},
+		{HeartbeatKey, clientv3.GetPrefixRangeEnd(HeartbeatKey)},
 	}
 }
 
@@ -86,18 +90,7 @@ func (s *Server) EnsureRemoteUser(ctx context.Context, cluster string) (kvstore.
 	if err := ValidClusterName(cluster); err != nil {
 		return kvstore.Config{}, err
 	}
-	if s.cfg.DisableAuth {
-		return kvstore.Config{}, fmt.Errorf("%w: auth is disabled", ErrConfig)
-	}
-	c, err := s.admin(ctx)
-	if err != nil {
-		return kvstore.Config{}, err
-	}
-	defer c.Close()
-	if err := EnsureRemoteUserOn(ctx, c.Etcd(), s.cfg.ClusterName, cluster); err != nil {
-		return kvstore.Config{}, err
-	}
-	return s.ClientConfig(RemoteUser(cluster))
+	return s.ensureUser(ctx, RemoteUser(cluster))
 }
 
 // RemoveRemoteUser deletes the user and role of cluster and its
@@ -107,15 +100,57 @@ func (s *Server) RemoveRemoteUser(ctx context.Context, cluster string) error {
 	if err := ValidClusterName(cluster); err != nil {
 		return err
 	}
+	return s.removeUser(ctx, RemoteUser(cluster))
+}
+
+// EnsureLegacyRemoteUser creates (or completes) LegacyRemoteUser, issues
+// its certificate (CN=remote) if missing and returns its client config.
+func (s *Server) EnsureLegacyRemoteUser(ctx context.Context) (kvstore.Config, error) {
+	return s.ensureUser(ctx, LegacyRemoteUser)
+}
+
+// RemoveLegacyRemoteUser deletes LegacyRemoteUser and its certificate.
+func (s *Server) RemoveLegacyRemoteUser(ctx context.Context) error {
+	return s.removeUser(ctx, LegacyRemoteUser)
+}
+
+// HasLegacyRemoteUser reports whether LegacyRemoteUser exists.
+func (s *Server) HasLegacyRemoteUser(ctx context.Context) (bool, error) {
+	c, err := s.admin(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer c.Close()
+	return HasLegacyRemoteUserOn(ctx, c.Etcd())
+}
+
+// ensureUser creates or completes the read-only user (a valid remote user
+// name) and returns its client config, issuing its certificate if missing.
+func (s *Server) ensureUser(ctx context.Context, user string) (kvstore.Config, error) {
+	if s.cfg.DisableAuth {
+		return kvstore.Config{}, fmt.Errorf("%w: auth is disabled", ErrConfig)
+	}
+	c, err := s.admin(ctx)
+	if err != nil {
+		return kvstore.Config{}, err
+	}
+	defer c.Close()
+	if err := ensureReadOnlyUser(ctx, c.Etcd(), s.cfg.ClusterName, user); err != nil {
+		return kvstore.Config{}, err
+	}
+	return s.ClientConfig(user)
+}
+
+// removeUser deletes the user, its role and its certificate files.
+func (s *Server) removeUser(ctx context.Context, user string) error {
 	c, err := s.admin(ctx)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	if err := RemoveRemoteUserOn(ctx, c.Etcd(), cluster); err != nil {
+	if err := removeUser(ctx, c.Etcd(), user); err != nil {
 		return err
 	}
-	user := RemoteUser(cluster)
 	for _, ext := range []string{".crt", ".key"} {
 		if err := os.Remove(filepath.Join(s.cfg.CertDir, user+ext)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("remove certificate of %s: %w", user, err)
@@ -145,14 +180,24 @@ func EnsureRemoteUserOn(ctx context.Context, e *clientv3.Client, own, cluster st
 	if err := ValidClusterName(cluster); err != nil {
 		return err
 	}
+	return ensureReadOnlyUser(ctx, e, own, RemoteUser(cluster))
+}
+
+// EnsureLegacyRemoteUserOn is EnsureRemoteUserOn for LegacyRemoteUser, the
+// user (and role) "remote" that all remote clusters share in Cilium's
+// legacy auth mode.
+func EnsureLegacyRemoteUserOn(ctx context.Context, e *clientv3.Client, own string) error {
+	return ensureReadOnlyUser(ctx, e, own, LegacyRemoteUser)
+}
+
+func ensureReadOnlyUser(ctx context.Context, e *clientv3.Client, own, user string) error {
 	st, err := e.AuthStatus(ctx)
 	if err != nil {
 		return fmt.Errorf("auth status: %w", err)
 	}
 	if !st.Enabled {
-		return fmt.Errorf("add user %s: %w; enable it (etcdctl auth enable) so that the user restricts what the remote cluster reads", RemoteUser(cluster), ErrAuthDisabled)
+		return fmt.Errorf("add user %s: %w; enable it (etcdctl auth enable) so that the user restricts what the remote cluster reads", user, ErrAuthDisabled)
 	}
-	user := RemoteUser(cluster)
 	if _, err := e.RoleAdd(ctx, user); err != nil && !errors.Is(err, rpctypes.ErrRoleAlreadyExist) {
 		return fmt.Errorf("add role %s: %w", user, err)
 	}
@@ -176,7 +221,25 @@ func RemoveRemoteUserOn(ctx context.Context, e *clientv3.Client, cluster string)
 	if err := ValidClusterName(cluster); err != nil {
 		return err
 	}
-	user := RemoteUser(cluster)
+	return removeUser(ctx, e, RemoteUser(cluster))
+}
+
+// RemoveLegacyRemoteUserOn deletes LegacyRemoteUser and its role; a
+// missing user or role is not an error.
+func RemoveLegacyRemoteUserOn(ctx context.Context, e *clientv3.Client) error {
+	return removeUser(ctx, e, LegacyRemoteUser)
+}
+
+// HasLegacyRemoteUserOn reports whether LegacyRemoteUser exists.
+func HasLegacyRemoteUserOn(ctx context.Context, e *clientv3.Client) (bool, error) {
+	resp, err := e.UserList(ctx)
+	if err != nil {
+		return false, fmt.Errorf("list users: %w", err)
+	}
+	return slices.Contains(resp.Users, LegacyRemoteUser), nil
+}
+
+func removeUser(ctx context.Context, e *clientv3.Client, user string) error {
 	if _, err := e.UserDelete(ctx, user); err != nil && !errors.Is(err, rpctypes.ErrUserNotFound) {
 		return fmt.Errorf("delete user %s: %w", user, err)
 	}

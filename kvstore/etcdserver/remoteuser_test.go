@@ -37,6 +37,8 @@ func remoteUserCases(ctx context.Context, remote *clientv3.Client) []struct {
 		{"list own canaries", get("cilium/synced/c1/", clientv3.WithPrefix()), true},
 		{"read own cluster config", get("cilium/cluster-config/c1"), true},
 		{"read heartbeat", get("cilium/.heartbeat"), true},
+		{"list heartbeat as a prefix (Cilium's connection check)", get("cilium/.heartbeat", clientv3.WithPrefix()), true},
+		{"read past the heartbeat range", get("cilium/.heartbeau"), false},
 		{"read other cluster canary", get("cilium/synced/c3/cilium/cache/nodes/v1"), false},
 		{"list all canaries", get("cilium/synced/", clientv3.WithPrefix()), false},
 		{"read other cluster config", get("cilium/cluster-config/c3"), false},
@@ -52,6 +54,20 @@ func remoteUserCases(ctx context.Context, remote *clientv3.Client) []struct {
 	}
 }
 
+// checkRemoteUserCases runs remoteUserCases as remote.
+func checkRemoteUserCases(ctx context.Context, t *testing.T, remote *clientv3.Client) {
+	t.Helper()
+	for _, c := range remoteUserCases(ctx, remote) {
+		err := c.op()
+		if c.allowed && err != nil {
+			t.Errorf("%s: want allowed, got %v", c.name, err)
+		}
+		if !c.allowed && !errors.Is(err, rpctypes.ErrPermissionDenied) {
+			t.Errorf("%s: want permission denied, got %v", c.name, err)
+		}
+	}
+}
+
 func putRemoteUserKeys(ctx context.Context, t *testing.T, admin *clientv3.Client) {
 	t.Helper()
 	for _, k := range []string{
@@ -62,6 +78,7 @@ func putRemoteUserKeys(ctx context.Context, t *testing.T, admin *clientv3.Client
 		"cilium/cluster-config/c3",
 		"cilium/cluster-config/c10", // under the prefix cilium/cluster-config/c1
 		"cilium/.heartbeat",
+		"cilium/.heartbeau",
 		"cilium/cache/nodes/v1/c3/n1",
 	} {
 		if _, err := admin.Put(ctx, k, "v"); err != nil {
@@ -123,15 +140,7 @@ func TestRemoteUserPaths(t *testing.T) {
 				t.Fatalf("ensuring again: %v", err)
 			}
 			remote := connect(t, rcfg).Etcd()
-			for _, c := range remoteUserCases(ctx, remote) {
-				err := c.op()
-				if c.allowed && err != nil {
-					t.Errorf("%s: want allowed, got %v", c.name, err)
-				}
-				if !c.allowed && !errors.Is(err, rpctypes.ErrPermissionDenied) {
-					t.Errorf("%s: want permission denied, got %v", c.name, err)
-				}
-			}
+			checkRemoteUserCases(ctx, t, remote)
 			wctx, cancel := context.WithCancel(ctx)
 			wch := remote.Watch(wctx, "cilium/state/", clientv3.WithPrefix())
 			if _, err := admin.Put(ctx, "cilium/state/nodes/v1/c1/n3", "v"); err != nil {
@@ -175,5 +184,80 @@ func TestEnsureRemoteUserOnAuthDisabled(t *testing.T) {
 	}
 	if users, err := etcdserver.RemoteUsersOn(ctx, admin); err != nil || len(users) != 0 {
 		t.Fatalf("remote users = %v, %v; want none", users, err)
+	}
+}
+
+// TestLegacyRemoteUser runs the permission cases against the shared user
+// "remote" of Cilium's legacy auth mode, made by the Server's methods and
+// by the client functions: same reads as a per-cluster user, not listed as
+// a cluster's user, removed as a whole.
+func TestLegacyRemoteUser(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		ensure func(ctx context.Context, srv *etcdserver.Server, admin *clientv3.Client) (kvstore.Config, error)
+		remove func(ctx context.Context, srv *etcdserver.Server, admin *clientv3.Client) error
+		has    func(ctx context.Context, srv *etcdserver.Server, admin *clientv3.Client) (bool, error)
+	}{
+		{
+			name: "server methods",
+			ensure: func(ctx context.Context, srv *etcdserver.Server, _ *clientv3.Client) (kvstore.Config, error) {
+				return srv.EnsureLegacyRemoteUser(ctx)
+			},
+			remove: func(ctx context.Context, srv *etcdserver.Server, _ *clientv3.Client) error {
+				return srv.RemoveLegacyRemoteUser(ctx)
+			},
+			has: func(ctx context.Context, srv *etcdserver.Server, _ *clientv3.Client) (bool, error) {
+				return srv.HasLegacyRemoteUser(ctx)
+			},
+		},
+		{
+			name: "client functions",
+			ensure: func(ctx context.Context, srv *etcdserver.Server, admin *clientv3.Client) (kvstore.Config, error) {
+				if err := etcdserver.EnsureLegacyRemoteUserOn(ctx, admin, "c1"); err != nil {
+					return kvstore.Config{}, err
+				}
+				return srv.ClientConfig(etcdserver.LegacyRemoteUser)
+			},
+			remove: func(ctx context.Context, _ *etcdserver.Server, admin *clientv3.Client) error {
+				return etcdserver.RemoveLegacyRemoteUserOn(ctx, admin)
+			},
+			has: func(ctx context.Context, _ *etcdserver.Server, admin *clientv3.Client) (bool, error) {
+				return etcdserver.HasLegacyRemoteUserOn(ctx, admin)
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testCtx(t)
+			srv := etcdserver.StartTest(t, etcdserver.Config{ClusterName: "c1"})
+			admin := connect(t, srv.AdminConfig()).Etcd()
+			putRemoteUserKeys(ctx, t, admin)
+			rcfg, err := tc.ensure(ctx, srv, admin)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tc.ensure(ctx, srv, admin); err != nil {
+				t.Fatalf("ensuring again: %v", err)
+			}
+			remote := connect(t, rcfg).Etcd()
+			checkRemoteUserCases(ctx, t, remote)
+			if has, err := tc.has(ctx, srv, admin); err != nil || !has {
+				t.Fatalf("has legacy user = %v, %v", has, err)
+			}
+			if users, err := etcdserver.RemoteUsersOn(ctx, admin); err != nil || len(users) != 0 {
+				t.Fatalf("the legacy user is listed as a cluster's: %v, %v", users, err)
+			}
+			if err := tc.remove(ctx, srv, admin); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := remote.Get(ctx, "cilium/state/nodes/v1/c1/n1"); err == nil {
+				t.Fatal("the removed legacy user can still read")
+			}
+			if has, err := tc.has(ctx, srv, admin); err != nil || has {
+				t.Fatalf("has legacy user after removal = %v, %v", has, err)
+			}
+			if err := tc.remove(ctx, srv, admin); err != nil {
+				t.Fatalf("removing a missing legacy user: %v", err)
+			}
+		})
 	}
 }

@@ -38,6 +38,12 @@ const AdminUser = "root"
 // RemoteUser returns the etcd user name of the remote cluster cluster.
 func RemoteUser(cluster string) string { return "remote-" + cluster }
 
+// LegacyRemoteUser is the one user every remote cluster reads as in
+// Cilium's "legacy" auth mode (its default in 1.18): client certificates
+// with CN=remote. Per-cluster users (RemoteUser, Cilium's "cluster" mode)
+// can be revoked one by one; the legacy user only as a whole.
+const LegacyRemoteUser = "remote"
+
 // Config configures one embedded etcd member.
 type Config struct {
 	// ClusterName is the mesh cluster whose state this etcd serves; the

@@ -102,7 +102,10 @@ func TestDecodeRejects(t *testing.T) {
 		{"service zoned frontend", "service", testRemote, svcKey, replace(goldenService, `"10.96.0.10":`, `"fe80::1%eth0":`), ErrInvalid},
 		{"service bad hostname key", "service", testRemote, svcKey, replace(goldenService, `"hostnames":{"10.1.0.7"`, `"hostnames":{"web-0"`), ErrInvalid},
 		{"service with default max connected", "service", Remote{Name: "c1", ID: 3}, svcKey, goldenService, nil},
-		{"ip identity 0", "ip", testRemote, ipKey, replace(goldenIPPod, `"ID":196915`, `"ID":0`), ErrInvalid},
+		{"ip identity 0 (not resolved yet)", "ip", testRemote, ipKey, replace(goldenIPPod, `"ID":196915`, `"ID":0`), nil},
+		{"ip reserved host", "ip", testRemote, ipKey, replace(goldenIPPod, `"ID":196915`, `"ID":1`), nil},
+		{"ip last reserved", "ip", testRemote, ipKey, replace(goldenIPPod, `"ID":196915`, `"ID":255`), nil},
+		{"ip identity of another cluster", "ip", testRemote, ipKey, replace(goldenIPPod, `"ID":196915`, `"ID":256`), ErrIdentityOutOfRange},
 		{"ip identity above 24 bits", "ip", testRemote, ipKey, replace(goldenIPPod, `"ID":196915`, `"ID":16777216`), ErrInvalid},
 		{"ip empty IP", "ip", testRemote, ipKey, replace(goldenIPPod, `"IP":"10.1.0.7"`, `"IP":""`), ErrInvalid},
 		{"ip mask wrong family", "ip", testRemote, IPPrefixKey(netip.MustParsePrefix("10.3.0.0/16")), replace(goldenIPCIDR, `"//8AAA=="`, `"//////////////////8AAA=="`), ErrInvalid},
@@ -208,8 +211,11 @@ func TestMarshalRefuses(t *testing.T) {
 		{"service with port 0", func() ([]byte, error) {
 			return MarshalService(ClusterService{Cluster: "c1", Namespace: "a", Name: "b", Backends: map[string]Ports{"10.0.0.1": {"": {Protocol: TCP}}}})
 		}, ErrInvalid},
-		{"ipcache without identity", func() ([]byte, error) {
-			return MarshalIPIdentityPair(IPIdentityPair{IP: netip.MustParseAddr("10.0.0.1")})
+		{"ipcache without IP", func() ([]byte, error) {
+			return MarshalIPIdentityPair(IPIdentityPair{ID: 256})
+		}, ErrInvalid},
+		{"ipcache identity above 24 bits", func() ([]byte, error) {
+			return MarshalIPIdentityPair(IPIdentityPair{IP: netip.MustParseAddr("10.0.0.1"), ID: MaxIdentity + 1})
 		}, ErrInvalid},
 		{"identity without cluster label", func() ([]byte, error) {
 			return MarshalIdentity(Identity{ID: 70000, Labels: Labels{{Source: "k8s", Key: "app", Value: "x"}}})
@@ -247,6 +253,26 @@ func TestClusterConfigCompatible(t *testing.T) {
 			err := tt.cfg.Compatible(tt.localID, tt.localMax)
 			if tt.want == nil && err != nil || tt.want != nil && !errors.Is(err, tt.want) {
 				t.Errorf("err = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestRemoteIPCacheIdentity(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		in     uint32
+		wanted uint32
+	}{
+		{"unknown", IdentityUnknown, IdentityUnknown},
+		{"host is a remote node", IdentityHost, IdentityRemoteNode},
+		{"world", 2, 2},
+		{"remote-node", IdentityRemoteNode, IdentityRemoteNode},
+		{"cluster identity", 3<<16 | 307, 3<<16 | 307},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := RemoteIPCacheIdentity(tt.in); got != tt.wanted {
+				t.Errorf("RemoteIPCacheIdentity(%d) = %d, want %d", tt.in, got, tt.wanted)
 			}
 		})
 	}

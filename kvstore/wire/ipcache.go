@@ -59,7 +59,9 @@ func (p *IPIdentityPair) KeySuffix() string {
 }
 
 // Validate checks the fields of p on their own (not against a remote): IP,
-// mask, host IP, identity not 0, named ports. Errors wrap ErrInvalid.
+// mask, host IP, identity within 24 bits, named ports. Identity 0
+// (IdentityUnknown) is valid: Cilium writes it for an endpoint whose
+// identity is not resolved yet. Errors wrap ErrInvalid.
 func (p *IPIdentityPair) Validate() error {
 	if err := p.validate(); err != nil {
 		return fmt.Errorf("ipcache entry %s: %w: %w", p.IP, ErrInvalid, err)
@@ -85,7 +87,7 @@ func (p *IPIdentityPair) validate() error {
 			return fmt.Errorf("HostIP: %w", err)
 		}
 	}
-	if p.ID == 0 || p.ID > MaxIdentity {
+	if p.ID > MaxIdentity {
 		return fmt.Errorf("identity %d is not a valid numeric identity", p.ID)
 	}
 	for i, np := range p.NamedPorts {
@@ -119,8 +121,10 @@ func MarshalIPIdentityPair(p IPIdentityPair) ([]byte, error) {
 
 // DecodeIPIdentityPair decodes and validates the value of an ipcache key
 // (state or kvstoremesh cache) read from remote r. The identity must belong
-// to r's range (ClusterIdentityRange) or be one of Cilium's reserved
-// identities 1..255, which are not scoped by cluster.
+// to r's range (ClusterIdentityRange) or lie below FirstLocalID: Cilium's
+// reserved identities 1..255 are not scoped by cluster, and 0 means "not
+// known yet" (Cilium's validator accepts every ID below 256 too). What a
+// reader programs for a decoded ID is RemoteIPCacheIdentity's business.
 func DecodeIPIdentityPair(r Remote, key string, value []byte) (IPIdentityPair, error) {
 	if len(value) > MaxValueSize {
 		return IPIdentityPair{}, fmt.Errorf("ipcache %q: %w: %d bytes", key, ErrTooLarge, len(value))
@@ -156,4 +160,27 @@ func DecodeIPIdentityPair(r Remote, key string, value []byte) (IPIdentityPair, e
 		return IPIdentityPair{}, fmt.Errorf("ipcache %q: %w: identity %d not in %d..%d of cluster %q", key, ErrIdentityOutOfRange, p.ID, lo, hi, r.Name)
 	}
 	return p, nil
+}
+
+// Identities with a meaning of their own in remote ipcache entries
+// (Cilium's pkg/identity numbering).
+const (
+	// IdentityUnknown is written for an endpoint whose identity is not
+	// resolved yet; it selects nothing but the IP still routes to HostIP.
+	IdentityUnknown uint32 = 0
+	// IdentityHost is reserved:host: the node itself, as seen by the node.
+	IdentityHost uint32 = 1
+	// IdentityRemoteNode is reserved:remote-node: another node.
+	IdentityRemoteNode uint32 = 6
+)
+
+// RemoteIPCacheIdentity returns the identity a reader programs for an
+// ipcache entry of a remote cluster that carries id, as Cilium's
+// IPIdentityWatcher does: a remote's host (1) is a remote node (6) here,
+// never this node; every other ID, 0 included, is kept.
+func RemoteIPCacheIdentity(id uint32) uint32 {
+	if id == IdentityHost {
+		return IdentityRemoteNode
+	}
+	return id
 }

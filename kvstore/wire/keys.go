@@ -14,6 +14,27 @@ package wire
 //	cilium/state/identities/v1/id/<numeric-id>             identity label string
 //	cilium/state/ip/v1/default/<ip>                        IPIdentityPair
 //	cilium/synced/<cluster>/cilium/state/<kind>/v1         RFC 3339 timestamp (sync canary)
+//	cilium/state/serviceexports/v1/<cluster>/<ns>/<name>   MCS-API service exports (Cilium; we write none)
+//	cilium/synced/<cluster>/cilium/state/serviceexports/v1 its canary: written even though the prefix
+//	                                                       is empty, because Cilium's KVStoreMesh and
+//	                                                       MCS-API operator wait for it whenever the
+//	                                                       cluster config has serviceExportsEnabled
+//
+// Values, as checked against Cilium 1.18 (docs/cilium-interop.md):
+//   - ipcache ID: a remote's identity range, or below 256: 0 is "no identity
+//     yet" (kept), 1 (host) is programmed as 6 (remote-node) by a reader
+//     (RemoteIPCacheIdentity), other reserved IDs are kept.
+//   - identity labels: Cilium's set for a pod (k8s: pod labels through its
+//     default filter, io.cilium.k8s.namespace.labels.<key>,
+//     io.kubernetes.pod.namespace, io.cilium.k8s.policy.serviceaccount,
+//     io.cilium.k8s.policy.cluster), sorted by key.
+//   - Node Source: one of Cilium's source names (NodeSource*).
+//
+// Remote readers' etcd users may read (kvstore/etcdserver.RemotePermissions,
+// the same ranges as Cilium's "remote" role): cilium/state/ (prefix),
+// cilium/synced/<own cluster>/ (prefix), cilium/cluster-config/<own cluster>
+// (one key) and the range [cilium/.heartbeat, cilium/.heartbeau), which
+// Cilium's client lists as a prefix to confirm a connection.
 //
 // kvstoremesh copies of a remote cluster, in the local etcd:
 //
@@ -75,6 +96,19 @@ const (
 	// IPPrefix holds <ip> → IPIdentityPair, in the "default" address space.
 	IPPrefix = "cilium/state/ip/v1/default/"
 )
+
+// ServiceExportsPrefix returns "cilium/state/serviceexports/v1/<cluster>/",
+// where Cilium publishes MCS-API service exports. clustermesh publishes
+// none, but writes the prefix's canary (ServiceExportsSyncedKey).
+func ServiceExportsPrefix(cluster string) string {
+	return StatePrefix + "serviceexports/v1/" + cluster + "/"
+}
+
+// ServiceExportsSyncedKey returns
+// "cilium/synced/<cluster>/cilium/state/serviceexports/v1".
+func ServiceExportsSyncedKey(cluster string) string {
+	return SyncedPrefix + cluster + "/" + StatePrefix + "serviceexports/v1"
+}
 
 // KindStatePrefix returns "cilium/state/<kind>/v1/".
 func KindStatePrefix(k Kind) string { return StatePrefix + string(k) + "/v1/" }

@@ -28,7 +28,9 @@ type Node struct {
 	IPv4IngressIP netip.Addr
 	IPv6IngressIP netip.Addr
 
-	ClusterID     uint32
+	ClusterID uint32
+	// Source says where the node's data came from: one of Cilium's
+	// source values (NodeSource*); readers do not check it.
 	Source        string
 	EncryptionKey uint8
 	Labels        map[string]string
@@ -38,6 +40,22 @@ type Node struct {
 	WireguardPubKey string
 	BootID          string
 }
+
+// Node Source values, as Cilium's pkg/source names them.
+const (
+	// NodeSourceKubernetes: derived from Kubernetes objects (our apiserver
+	// publishes Node objects with it).
+	NodeSourceKubernetes = "k8s"
+	// NodeSourceCustomResource: derived from a CiliumNode (what Cilium's
+	// clustermesh-apiserver publishes).
+	NodeSourceCustomResource = "custom-resource"
+	// NodeSourceLocal: a node written by its own agent.
+	NodeSourceLocal = "local"
+	// NodeSourceKVStore: read from a kvstore.
+	NodeSourceKVStore = "kvstore"
+	// NodeSourceClusterMesh: what a Cilium reader sets on remote nodes.
+	NodeSourceClusterMesh = "clustermesh"
+)
 
 // NodeAddress is one address of a node.
 type NodeAddress struct {

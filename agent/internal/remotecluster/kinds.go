@@ -72,7 +72,9 @@ func newKindStore(r *remote, k kind, cfg watchstore.Config) (kindStore, *observe
 		o := &ipObserver{observerBase{r: r}}
 		return watchstore.New(nil, cfg, func(key string, v []byte) (ipEntry, error) {
 			p, err := wire.DecodeIPIdentityPair(r.rem, key, v)
-			return ipEntry{prefix: p.Prefix(), id: p.ID, hostIP: p.HostIP}, err
+			// The one place a remote ipcache identity becomes the one
+			// programmed: host (1) is remote-node (6), 0 stays 0.
+			return ipEntry{prefix: p.Prefix(), id: wire.RemoteIPCacheIdentity(p.ID), hostIP: p.HostIP}, err
 		}, o, log, nil), &o.observerBase
 	default:
 		o := &serviceObserver{observerBase{r: r}}

@@ -16,8 +16,16 @@ import (
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
-// Source is the wire.Node Source of nodes read from Kubernetes Node objects.
-const Source = "kubernetes"
+// Source is the wire.Node Source of nodes read from Kubernetes Node
+// objects: Cilium's source.Kubernetes ("k8s"), one of the values Cilium
+// knows. (Cilium's own apiserver publishes nodes made from CiliumNode
+// objects as "custom-resource"; a Cilium reader replaces the Source of
+// every remote node with "clustermesh" either way.) No health or
+// CiliumInternalIP addresses are published: the agent runs no health
+// endpoint and has no router address (cilium_host); a Cilium reader then
+// adds no ipcache entries for them, which is what it does for nodes
+// without them.
+const Source = wire.NodeSourceKubernetes
 
 // Value maps a Kubernetes Node to its wire.Node.
 func Value(n *corev1.Node, cluster string, clusterID uint32) wire.Node {

@@ -29,7 +29,7 @@ func TestValue(t *testing.T) {
 			},
 			want: `{"Name":"n1","Cluster":"c1","IPAddresses":[{"Type":"InternalIP","IP":"192.168.0.1"},{"Type":"ExternalIP","IP":"203.0.113.1"}],` +
 				`"IPv4AllocCIDR":{"IP":"10.1.0.0","Mask":"////AA=="},"IPv4SecondaryAllocCIDRs":null,"IPv6AllocCIDR":{"IP":"fd00:1::","Mask":"//////////8AAAAAAAAAAA=="},"IPv6SecondaryAllocCIDRs":null,` +
-				`"IPv4HealthIP":"","IPv6HealthIP":"","IPv4IngressIP":"","IPv6IngressIP":"","ClusterID":7,"Source":"kubernetes","EncryptionKey":0,"Labels":{"zone":"a"},"Annotations":null,"NodeIdentity":0,"WireguardPubKey":"","BootID":""}`,
+				`"IPv4HealthIP":"","IPv6HealthIP":"","IPv4IngressIP":"","IPv6IngressIP":"","ClusterID":7,"Source":"k8s","EncryptionKey":0,"Labels":{"zone":"a"},"Annotations":null,"NodeIdentity":0,"WireguardPubKey":"","BootID":""}`,
 		},
 		{
 			name: "legacy podCIDR, no addresses, bad CIDR and IP skipped",
@@ -39,7 +39,7 @@ func TestValue(t *testing.T) {
 				Status:     corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "not-an-ip"}}},
 			},
 			want: `{"Name":"n2","Cluster":"c1","IPAddresses":null,"IPv4AllocCIDR":{"IP":"10.2.0.0","Mask":"////AA=="},"IPv4SecondaryAllocCIDRs":null,"IPv6AllocCIDR":null,"IPv6SecondaryAllocCIDRs":null,` +
-				`"IPv4HealthIP":"","IPv6HealthIP":"","IPv4IngressIP":"","IPv6IngressIP":"","ClusterID":7,"Source":"kubernetes","EncryptionKey":0,"Labels":null,"Annotations":null,"NodeIdentity":0,"WireguardPubKey":"","BootID":""}`,
+				`"IPv4HealthIP":"","IPv6HealthIP":"","IPv4IngressIP":"","IPv6IngressIP":"","ClusterID":7,"Source":"k8s","EncryptionKey":0,"Labels":null,"Annotations":null,"NodeIdentity":0,"WireguardPubKey":"","BootID":""}`,
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -11,28 +11,38 @@ import (
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
+// TestIsSecurityLabel checks the filter against Cilium 1.18's default
+// label filter, key by key.
 func TestIsSecurityLabel(t *testing.T) {
 	for key, want := range map[string]bool{
-		"app":                                true,
-		"tier":                               true,
-		"example.com/team":                   true,
-		"app.kubernetes.io/name":             true,
-		"pod-template-hash":                  false,
-		"controller-revision-hash":           false,
-		"pod-template-generation":            false,
-		"controller-uid":                     false,
-		"job-name":                           false,
-		"etcd_node":                          false,
-		"statefulset.kubernetes.io/pod-name": false,
-		"apps.kubernetes.io/pod-index":       false,
-		"batch.kubernetes.io/job-name":       false,
-		"kubernetes.io/hostname":             false,
-		"k8s.io/x":                           false,
-		"node.k8s.io/x":                      false,
-		"io.kubernetes.pod.namespace":        false,
-		"io.cilium.k8s.policy.cluster":       false,
-		"annotation.foo":                     false,
-		"notkubernetes.io/x":                 true,
+		"app":                                      true,
+		"tier":                                     true,
+		"example.com/team":                         true,
+		"app.kubernetes.io/name":                   true,
+		"job-name":                                 true, // Cilium ignores only Jobs' controller-uid
+		"batch.kubernetes.io/job-name":             true,
+		"topology.kubernetes.io/zone":              true, // kubernetes.io is ignored only as the key's start
+		"node.k8s.io/x":                            true,
+		"notkubernetes.io/x":                       true,
+		"io.kubernetes.pod.namespace":              true,
+		"io.cilium.k8s.policy.cluster":             true,
+		"io.cilium.k8s.policy.serviceaccount":      true,
+		"io.cilium.k8s.namespace.labels.team":      true,
+		"pod-template-hash":                        false,
+		"controller-revision-hash":                 false,
+		"pod-template-generation":                  false,
+		"controller-uid":                           false,
+		"etcd_node":                                false,
+		"statefulset.kubernetes.io/pod-name":       false,
+		"apps.kubernetes.io/pod-index":             false,
+		"batch.kubernetes.io/controller-uid":       false,
+		"batch.kubernetes.io/job-completion-index": false,
+		"beta.kubernetes.io/arch":                  false,
+		"failure-domain.beta.kubernetes.io/zone":   false,
+		"kubernetes.io/hostname":                   false,
+		"k8s.io/x":                                 false,
+		"io.kubernetes.container.name":             false,
+		"annotation.foo":                           false,
 	} {
 		if got := IsSecurityLabel(key); got != want {
 			t.Errorf("IsSecurityLabel(%q) = %v, want %v", key, got, want)
@@ -41,18 +51,52 @@ func TestIsSecurityLabel(t *testing.T) {
 }
 
 func TestSecurityLabels(t *testing.T) {
-	ls, err := SecurityLabels(map[string]string{
-		"app": "web", "pod-template-hash": "abc", "io.cilium.k8s.policy.cluster": "spoofed", "a.b": "1", "a": "2",
-	}, "shop", "c1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := "k8s:a=2;k8s:a.b=1;k8s:app=web;k8s:io.cilium.k8s.policy.cluster=c1;k8s:io.kubernetes.pod.namespace=shop;"
-	if got := ls.Format(); got != want {
-		t.Fatalf("got  %s\nwant %s", got, want)
-	}
-	if _, err := wire.ParseLabels(want); err != nil {
-		t.Fatalf("not a valid wire label string: %v", err)
+	for _, tc := range []struct {
+		name string
+		id   Identity
+		want string
+	}{
+		{
+			name: "pod, namespace labels, service account",
+			id: Identity{
+				PodLabels: map[string]string{"app": "web", "pod-template-hash": "abc", "io.cilium.k8s.policy.cluster": "spoofed",
+					"io.cilium.k8s.policy.serviceaccount": "spoofed", "a.b": "1", "a": "2"},
+				Namespace: "shop", NamespaceLabels: map[string]string{"team": "blue", "kubernetes.io/metadata.name": "shop"},
+				ServiceAccount: "web", Cluster: "c1",
+			},
+			want: "k8s:a=2;k8s:a.b=1;k8s:app=web;k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=shop;" +
+				"k8s:io.cilium.k8s.namespace.labels.team=blue;k8s:io.cilium.k8s.policy.cluster=c1;" +
+				"k8s:io.cilium.k8s.policy.serviceaccount=web;k8s:io.kubernetes.pod.namespace=shop;",
+		},
+		{
+			name: "no service account, no namespace labels",
+			id:   Identity{PodLabels: map[string]string{"app": "web"}, Namespace: "shop", Cluster: "c1"},
+			want: "k8s:app=web;k8s:io.cilium.k8s.policy.cluster=c1;k8s:io.kubernetes.pod.namespace=shop;",
+		},
+		{
+			name: "a pod cannot set a namespace label",
+			id: Identity{PodLabels: map[string]string{"io.cilium.k8s.namespace.labels.team": "red"}, Namespace: "shop",
+				NamespaceLabels: map[string]string{"team": "blue"}, Cluster: "c1"},
+			want: "k8s:io.cilium.k8s.namespace.labels.team=blue;k8s:io.cilium.k8s.policy.cluster=c1;k8s:io.kubernetes.pod.namespace=shop;",
+		},
+		{
+			name: "labels a value cannot carry are dropped",
+			id:   Identity{PodLabels: map[string]string{"x": "a;b"}, Namespace: "shop", NamespaceLabels: map[string]string{"y": "c;d"}, Cluster: "c1"},
+			want: "k8s:io.cilium.k8s.policy.cluster=c1;k8s:io.kubernetes.pod.namespace=shop;",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ls, err := SecurityLabels(tc.id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := ls.Format(); got != tc.want {
+				t.Fatalf("got  %s\nwant %s", got, tc.want)
+			}
+			if _, err := wire.ParseLabels(tc.want); err != nil {
+				t.Fatalf("not a valid wire label string: %v", err)
+			}
+		})
 	}
 }
 

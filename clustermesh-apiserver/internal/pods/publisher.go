@@ -5,11 +5,14 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/labels"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
@@ -46,6 +49,7 @@ type published struct {
 type Publisher struct {
 	cfg    Config
 	lister corelisters.PodLister
+	nsList corelisters.NamespaceLister
 	store  Store
 	ids    Identities
 	log    *slog.Logger
@@ -58,13 +62,15 @@ type Publisher struct {
 	claims map[netip.Addr]map[string]bool // IP → pod keys that have it (more than one while an IP moves)
 }
 
-// New returns a publisher fed by a pod informer. onSynced runs once every pod
-// of the initial listing has its identity stored and its entries handed to
-// store.
-func New(cfg Config, inf cache.SharedIndexInformer, store Store, ids Identities, onSynced func(),
+// New returns a publisher fed by a pod informer and a namespace informer
+// (namespace labels are part of a pod's identity). onSynced runs once every
+// pod of the initial listing has its identity stored and its entries
+// handed to store.
+func New(cfg Config, inf, nsInf cache.SharedIndexInformer, store Store, ids Identities, onSynced func(),
 	log *slog.Logger, cm *controller.Metrics, reg prometheus.Registerer) (*Publisher, error) {
 	p := &Publisher{
-		cfg: cfg, lister: corelisters.NewPodLister(inf.GetIndexer()), store: store, ids: ids,
+		cfg: cfg, lister: corelisters.NewPodLister(inf.GetIndexer()), nsList: corelisters.NewNamespaceLister(nsInf.GetIndexer()),
+		store: store, ids: ids,
 		log:    log.With("publisher", "pods"),
 		pods:   map[string]*published{},
 		owners: map[netip.Addr]string{},
@@ -75,11 +81,39 @@ func New(cfg Config, inf cache.SharedIndexInformer, store Store, ids Identities,
 		return nil, err
 	}
 	p.ctrl = controller.New(controller.Config{Name: "pods", Workers: cfg.Workers}, p,
-		[]cache.InformerSynced{inf.HasSynced}, inf.GetIndexer().ListKeys, onSynced, log, cm)
+		[]cache.InformerSynced{inf.HasSynced, nsInf.HasSynced}, inf.GetIndexer().ListKeys, onSynced, log, cm)
 	if _, err := inf.AddEventHandler(p.ctrl.Handler()); err != nil {
 		return nil, fmt.Errorf("pod handler: %w", err)
 	}
+	if _, err := nsInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: p.namespaceChanged,
+		UpdateFunc: func(old, obj any) {
+			o, ok1 := old.(*corev1.Namespace)
+			n, ok2 := obj.(*corev1.Namespace)
+			if !ok1 || !ok2 || !maps.Equal(o.Labels, n.Labels) {
+				p.namespaceChanged(obj)
+			}
+		},
+	}); err != nil {
+		return nil, fmt.Errorf("namespace handler: %w", err)
+	}
 	return p, nil
+}
+
+// namespaceChanged enqueues the pods of a namespace whose labels may have
+// changed: they are part of the pods' identities.
+func (p *Publisher) namespaceChanged(obj any) {
+	ns, ok := obj.(*corev1.Namespace)
+	if !ok {
+		return
+	}
+	pods, err := p.lister.Pods(ns.Name).List(labels.Everything())
+	if err != nil {
+		return
+	}
+	for _, pod := range pods {
+		p.ctrl.Enqueue(ns.Name + "/" + pod.Name)
+	}
 }
 
 // Run reconciles pods until ctx is done.
@@ -109,7 +143,12 @@ func (p *Publisher) Reconcile(ctx context.Context, key string) error {
 		p.withdraw(key, cur)
 		return nil
 	}
-	ls, err := SecurityLabels(pod.Labels, pod.Namespace, p.cfg.Cluster)
+	var nsLabels map[string]string
+	if ns, err := p.nsList.Get(pod.Namespace); err == nil {
+		nsLabels = ns.Labels
+	}
+	ls, err := SecurityLabels(Identity{PodLabels: pod.Labels, Namespace: pod.Namespace, NamespaceLabels: nsLabels,
+		ServiceAccount: pod.Spec.ServiceAccountName, Cluster: p.cfg.Cluster})
 	if err != nil {
 		p.withdraw(key, cur)
 		return fmt.Errorf("pod %s: %w: %w", key, controller.ErrTerminal, err)

@@ -40,3 +40,19 @@ func (e External) RemoveRemoteUser(ctx context.Context, cluster string) error {
 func (e External) RemoteUsers(ctx context.Context) ([]string, error) {
 	return etcdserver.RemoteUsersOn(ctx, e.Client)
 }
+
+// EnsureLegacyRemoteUser creates or completes the shared user "remote" of
+// Cilium's legacy auth mode and its read-only role.
+func (e External) EnsureLegacyRemoteUser(ctx context.Context) (kvstore.Config, error) {
+	return kvstore.Config{}, etcdserver.EnsureLegacyRemoteUserOn(ctx, e.Client, e.Cluster)
+}
+
+// RemoveLegacyRemoteUser deletes the user and role "remote".
+func (e External) RemoveLegacyRemoteUser(ctx context.Context) error {
+	return etcdserver.RemoveLegacyRemoteUserOn(ctx, e.Client)
+}
+
+// HasLegacyRemoteUser reports whether the user "remote" exists.
+func (e External) HasLegacyRemoteUser(ctx context.Context) (bool, error) {
+	return etcdserver.HasLegacyRemoteUserOn(ctx, e.Client)
+}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"k8s.io/utils/clock"
 
 	"github.com/clustermesh/clustermesh/kvstore"
@@ -56,10 +57,41 @@ func TestExternal(t *testing.T) {
 			if err != nil || !slices.Equal(r.Current(), []string{"c2"}) {
 				t.Fatalf("Reconcile: %v, users %v", err, r.Current())
 			}
+			checkHeartbeatList(ctx, t, srv, etcdserver.RemoteUser("c2"))
+			cm.write("clusters: [c2]\nlegacyClusters: [c3]\n")
+			if err := r.Reconcile(ctx); err != nil {
+				t.Fatalf("Reconcile with a legacy cluster: %v", err)
+			}
+			if has, err := ext.HasLegacyRemoteUser(ctx); err != nil || !has {
+				t.Fatalf("legacy user in the external etcd: %v, %v", has, err)
+			}
+			checkHeartbeatList(ctx, t, srv, etcdserver.LegacyRemoteUser)
 			cm.write("clusters: []\n")
 			if err := r.Reconcile(ctx); err != nil || len(r.Current()) != 0 {
 				t.Fatalf("Reconcile after emptying the file: %v, users %v", err, r.Current())
 			}
+			if has, err := ext.HasLegacyRemoteUser(ctx); err != nil || has {
+				t.Fatalf("legacy user left in the external etcd: %v, %v", has, err)
+			}
 		})
+	}
+}
+
+// checkHeartbeatList lists the heartbeat as a prefix, as Cilium's
+// clustermesh client does to confirm a connection, with a certificate for
+// user (issued by srv's CA, as `clustermesh connect` would).
+func checkHeartbeatList(ctx context.Context, t *testing.T, srv *etcdserver.Server, user string) {
+	t.Helper()
+	rc, err := srv.ClientConfig(user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := kvstore.New(ctx, rc, etcdserver.TestLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Etcd().Get(ctx, "cilium/.heartbeat", clientv3.WithPrefix()); err != nil {
+		t.Fatalf("%s lists the heartbeat as a prefix: %v", user, err)
 	}
 }

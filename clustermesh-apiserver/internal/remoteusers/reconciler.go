@@ -30,6 +30,10 @@ type Users interface {
 	EnsureRemoteUser(ctx context.Context, cluster string) (kvstore.Config, error)
 	RemoveRemoteUser(ctx context.Context, cluster string) error
 	RemoteUsers(ctx context.Context) ([]string, error)
+	// The shared user "remote" of Cilium's legacy auth mode.
+	EnsureLegacyRemoteUser(ctx context.Context) (kvstore.Config, error)
+	RemoveLegacyRemoteUser(ctx context.Context) error
+	HasLegacyRemoteUser(ctx context.Context) (bool, error)
 }
 
 // Config configures a Reconciler.
@@ -45,8 +49,9 @@ type Config struct {
 	// (default DefaultResync).
 	Resync time.Duration
 	// OnEnsure, if set, is called with the client config of every user
-	// created (and of every user the first pass finds); OnRemove after a
-	// user is removed.
+	// created (and of every user the first pass finds), per cluster: a
+	// legacy cluster gets the shared user's config; OnRemove after a
+	// cluster lost its user (or left the legacy list).
 	OnEnsure func(cluster string, c kvstore.Config) error
 	OnRemove func(cluster string) error
 }
@@ -61,6 +66,7 @@ type Reconciler struct {
 	mu      sync.Mutex
 	lastErr error
 	current []string // users after the last pass
+	legacy  []string // legacy clusters handed to OnEnsure and not removed since
 	ensured bool     // the first full pass succeeded
 
 	usersGauge prometheus.Gauge
@@ -177,12 +183,13 @@ func (r *Reconciler) Reconcile(ctx context.Context) error {
 
 func (r *Reconciler) reconcile(ctx context.Context) error {
 	want := slices.Clone(r.cfg.Static)
+	var legacy []string
 	if r.cfg.File != "" {
 		data, err := os.ReadFile(r.cfg.File)
 		if err == nil {
-			var fromFile []string
+			var fromFile Wanted
 			fromFile, err = Parse(data, r.cfg.Cluster)
-			want = append(want, fromFile...)
+			want, legacy = append(want, fromFile.Clusters...), fromFile.Legacy
 		}
 		if err != nil {
 			r.errors.WithLabelValues("file").Inc()
@@ -233,6 +240,7 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 		}
 		r.log.Info("removed remote user", "cluster", c)
 	}
+	errs = append(errs, r.reconcileLegacy(ctx, legacy, want, first)...)
 	now, lerr := r.users.RemoteUsers(ctx)
 	if lerr == nil {
 		r.mu.Lock()
@@ -248,4 +256,69 @@ func (r *Reconciler) reconcile(ctx context.Context) error {
 	r.ensured = true
 	r.mu.Unlock()
 	return nil
+}
+
+// reconcileLegacy keeps the shared user "remote" while some cluster reads
+// in Cilium's legacy mode, and tells OnEnsure and OnRemove about each
+// legacy cluster.
+func (r *Reconciler) reconcileLegacy(ctx context.Context, want, perCluster []string, first bool) []error {
+	have, err := r.users.HasLegacyRemoteUser(ctx)
+	if err != nil {
+		return []error{err}
+	}
+	r.mu.Lock()
+	done := slices.Clone(r.legacy)
+	r.mu.Unlock()
+	var errs []error
+	keep := done[:0]
+	for _, c := range done {
+		if slices.Contains(want, c) {
+			keep = append(keep, c)
+			continue
+		}
+		// A cluster that moved to its own user keeps the config written
+		// for that user.
+		if r.cfg.OnRemove != nil && !slices.Contains(perCluster, c) {
+			if err := r.cfg.OnRemove(c); err != nil {
+				errs = append(errs, fmt.Errorf("remove legacy remote config of %s: %w", c, err))
+				keep = append(keep, c)
+				continue
+			}
+		}
+		r.log.Info("cluster no longer reads as the legacy user", "cluster", c)
+	}
+	done = keep
+	if len(want) == 0 {
+		if have {
+			if err := r.users.RemoveLegacyRemoteUser(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("remove the legacy remote user: %w", err))
+			} else {
+				r.log.Info("removed the legacy remote user")
+			}
+		}
+	} else if first || !have || len(done) < len(want) {
+		rc, err := r.users.EnsureLegacyRemoteUser(ctx)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("add the legacy remote user: %w", err))
+		}
+		for _, c := range want {
+			if err != nil || (slices.Contains(done, c) && !first) {
+				continue
+			}
+			if r.cfg.OnEnsure != nil {
+				if oerr := r.cfg.OnEnsure(c, rc); oerr != nil {
+					errs = append(errs, fmt.Errorf("add legacy remote config of %s: %w", c, oerr))
+					continue
+				}
+			}
+			if !slices.Contains(done, c) {
+				done = append(done, c)
+				r.log.Info("cluster reads as the legacy user", "cluster", c)
+			}
+		}
+	}
+	r.mu.Lock()
+	r.legacy = done
+	r.mu.Unlock()
+	return errs
 }

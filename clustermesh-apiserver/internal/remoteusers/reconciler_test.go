@@ -23,20 +23,26 @@ import (
 
 func TestParse(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		data string
-		want []string // nil with bad: error
-		bad  bool
+		name   string
+		data   string
+		want   []string // nil with bad: error
+		legacy []string
+		bad    bool
 	}{
-		{"list", "clusters: [c3, c2, c3]\n", []string{"c2", "c3"}, false},
-		{"block list", "clusters:\n- c2\n", []string{"c2"}, false},
-		{"empty list", "clusters: []\n", []string{}, false},
-		{"empty file", "", []string{}, false},
-		{"bad name", "clusters: [C_2]\n", nil, true},
-		{"own cluster", "clusters: [c1]\n", nil, true},
-		{"unknown field", "cluster: [c2]\n", nil, true},
-		{"not a list", "clusters: c2\n", nil, true},
-		{"not yaml", "clusters: [c2\n", nil, true},
+		{"list", "clusters: [c3, c2, c3]\n", []string{"c2", "c3"}, nil, false},
+		{"block list", "clusters:\n- c2\n", []string{"c2"}, nil, false},
+		{"empty list", "clusters: []\n", []string{}, nil, false},
+		{"empty file", "", []string{}, nil, false},
+		{"legacy clusters", "clusters: [c2]\nlegacyClusters: [c4, c3, c4]\n", []string{"c2"}, []string{"c3", "c4"}, false},
+		{"legacy only", "legacyClusters: [c3]\n", nil, []string{"c3"}, false},
+		{"in both lists", "clusters: [c2]\nlegacyClusters: [c2]\n", nil, nil, true},
+		{"own cluster as legacy", "legacyClusters: [c1]\n", nil, nil, true},
+		{"bad legacy name", "legacyClusters: [C_3]\n", nil, nil, true},
+		{"bad name", "clusters: [C_2]\n", nil, nil, true},
+		{"own cluster", "clusters: [c1]\n", nil, nil, true},
+		{"unknown field", "cluster: [c2]\n", nil, nil, true},
+		{"not a list", "clusters: c2\n", nil, nil, true},
+		{"not yaml", "clusters: [c2\n", nil, nil, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := Parse([]byte(tc.data), "c1")
@@ -46,8 +52,9 @@ func TestParse(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || !slices.Equal(got, tc.want) && len(got)+len(tc.want) > 0 {
-				t.Fatalf("Parse = %v, %v; want %v", got, err, tc.want)
+			if err != nil || !slices.Equal(got.Clusters, tc.want) && len(got.Clusters)+len(tc.want) > 0 ||
+				!slices.Equal(got.Legacy, tc.legacy) && len(got.Legacy)+len(tc.legacy) > 0 {
+				t.Fatalf("Parse = %+v, %v; want %v and legacy %v", got, err, tc.want, tc.legacy)
 			}
 		})
 	}
@@ -238,4 +245,77 @@ func value(t *testing.T, m prometheus.Metric) float64 {
 		return d.Counter.GetValue()
 	}
 	return d.Gauge.GetValue()
+}
+
+// TestLegacyClusters moves a cluster between Cilium's two auth modes: the
+// shared user "remote" exists while some cluster is legacy, each legacy
+// cluster gets its client config (CN=remote) and loses it when it leaves,
+// and a cluster moving to its own user keeps the config of that user.
+func TestLegacyClusters(t *testing.T) {
+	srv := etcdserver.StartTest(t, etcdserver.Config{ClusterName: "c1"})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cm := newConfigMapDir(t, "legacyClusters: [c2, c3]\n")
+	var (
+		mu      sync.Mutex
+		configs = map[string]kvstore.Config{}
+	)
+	r, err := New(Config{
+		Cluster: "c1", File: cm.file(), Resync: time.Hour,
+		OnEnsure: func(c string, rc kvstore.Config) error {
+			mu.Lock()
+			defer mu.Unlock()
+			configs[c] = rc
+			return nil
+		},
+		OnRemove: func(c string) error {
+			mu.Lock()
+			defer mu.Unlock()
+			delete(configs, c)
+			return nil
+		},
+	}, srv, clock.RealClock{}, etcdserver.TestLogger(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := func() (legacy bool, users []string, cfgs map[string]string) {
+		has, err := srv.HasLegacyRemoteUser(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		users, err = srv.RemoteUsers(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(users)
+		mu.Lock()
+		defer mu.Unlock()
+		cfgs = map[string]string{}
+		for c, rc := range configs {
+			cfgs[c] = filepath.Base(rc.CertFile)
+		}
+		return has, users, cfgs
+	}
+	for _, step := range []struct {
+		name       string
+		file       string
+		wantLegacy bool
+		wantUsers  []string
+		wantCfgs   map[string]string // cluster -> certificate file
+	}{
+		{"two legacy clusters", "legacyClusters: [c2, c3]\n", true, nil, map[string]string{"c2": "remote.crt", "c3": "remote.crt"}},
+		{"c2 moves to its own user", "clusters: [c2]\nlegacyClusters: [c3]\n", true, []string{"c2"}, map[string]string{"c2": "remote-c2.crt", "c3": "remote.crt"}},
+		{"c2 back to legacy", "legacyClusters: [c2, c3]\n", true, nil, map[string]string{"c2": "remote.crt", "c3": "remote.crt"}},
+		{"c3 leaves", "legacyClusters: [c2]\n", true, nil, map[string]string{"c2": "remote.crt"}},
+		{"no legacy cluster left", "clusters: []\n", false, nil, map[string]string{}},
+	} {
+		cm.write(step.file)
+		if err := r.Reconcile(ctx); err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		legacy, users, cfgs := state()
+		if legacy != step.wantLegacy || !slices.Equal(users, step.wantUsers) && len(users)+len(step.wantUsers) > 0 || fmt.Sprint(cfgs) != fmt.Sprint(step.wantCfgs) {
+			t.Fatalf("%s: legacy user %v, users %v, configs %v; want %v, %v, %v", step.name, legacy, users, cfgs, step.wantLegacy, step.wantUsers, step.wantCfgs)
+		}
+	}
 }

@@ -114,7 +114,7 @@ func New(ctx context.Context, cfg Config, d Deps) (*Server, error) {
 
 	ipStore := counted(meshstatus.KindIPCache, newStore("ip", wire.IPPrefix, wire.SyncedKey(c, wire.KindIP)))
 	pp, err := pods.New(pods.Config{Cluster: c, Workers: cfg.PodWorkers},
-		s.factory.Core().V1().Pods().Informer(), ipStore, alloc, ipStore.MarkSynced, d.Log, cm, d.Registry)
+		s.factory.Core().V1().Pods().Informer(), s.factory.Core().V1().Namespaces().Informer(), ipStore, alloc, ipStore.MarkSynced, d.Log, cm, d.Registry)
 	if err != nil {
 		return nil, err
 	}
@@ -134,11 +134,16 @@ func New(ctx context.Context, cfg Config, d Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The cluster config says serviceExportsEnabled: false; Cilium's
+	// KVStoreMesh and MCS-API operator still wait for this prefix's canary
+	// whenever the field is present, so the empty prefix gets one.
+	expStore := newStore("serviceexports", wire.ServiceExportsPrefix(c), wire.ServiceExportsSyncedKey(c))
+	expStore.MarkSynced()
 	s.runners = append(s.runners, runner.Part{Name: "nodes", Run: np.Run}, runner.Part{Name: "pods", Run: pp.Run},
 		runner.Part{Name: "services", Run: sp.Run}, runner.Part{Name: "cluster info", Run: ci.Run},
 		runner.Part{Name: "identities canary", Run: s.markIdentitiesSynced(pp.Synced())})
 	// Ready once every canary is written and the cluster config is in etcd.
-	s.synced = []<-chan struct{}{nodeStore.Synced(), ipStore.Synced(), svcStore.Synced(), s.idsDone, cfgStore.Synced()}
+	s.synced = []<-chan struct{}{nodeStore.Synced(), ipStore.Synced(), svcStore.Synced(), s.idsDone, cfgStore.Synced(), expStore.Synced()}
 	return s, nil
 }
 

@@ -148,17 +148,26 @@ func (e *env) versions(t *testing.T) map[string]string {
 
 func (e *env) users(t *testing.T, cluster string) []string {
 	t.Helper()
+	clusters, _ := e.usersFile(t, cluster)
+	return clusters
+}
+
+// usersFile returns the clusters and the legacy clusters of cluster's
+// remote users file.
+func (e *env) usersFile(t *testing.T, cluster string) (clusters, legacy []string) {
+	t.Helper()
 	cm, err := e.client(cluster).CoreV1().ConfigMaps(ns).Get(context.Background(), "clustermesh-remote-users", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var u struct {
-		Clusters []string `json:"clusters"`
+		Clusters       []string `json:"clusters"`
+		LegacyClusters []string `json:"legacyClusters"`
 	}
 	if err := yaml.Unmarshal([]byte(cm.Data["users.yaml"]), &u); err != nil {
 		t.Fatal(err)
 	}
-	return u.Clusters
+	return u.Clusters, u.LegacyClusters
 }
 
 func (e *env) remotes(t *testing.T, cluster string) map[string][]byte {

@@ -20,8 +20,18 @@ direction (A reads B, B reads A) it:
     with the node port, or the ClusterIP) and checks it accepts TCP connections;
   - makes B's etcd server certificate cover that endpoint;
   - adds the read-only etcd user remote-<A> to B (ConfigMap clustermesh-remote-users);
-  - writes B's etcd client config, CA and a client certificate for remote-<A> signed by
-    B's CA into A's Secret clustermesh-remote-clusters, which A's agents mount.
+    with --auth-mode legacy, A reads as the shared user remote instead;
+  - writes B's etcd client config, CA and a client certificate for that user
+    (CN=remote-<A>, or CN=remote) signed by B's CA into A's Secret
+    clustermesh-remote-clusters, which A's agents mount.
+
+Auth modes (Cilium's clustermesh.apiserver.tls.authMode):
+  cluster  each reader is its own etcd user remote-<reader>; disconnect revokes it
+           alone. Default.
+  legacy   every legacy reader is the one user remote (CN=remote), what a Cilium 1.18
+           cluster in its default mode presents; the user exists while some reader
+           uses it, so disconnecting one legacy reader does not revoke the others'
+           certificates. Running connect again with the other mode switches the pair.
 
 Connection modes:
   bidirectional  --context is connected with each --destination-context (a star);
@@ -106,6 +116,7 @@ func newConnectCommand(cfg Config, g *globals, disconnect bool) *cobra.Command {
 	if !disconnect {
 		f.BoolVar(&cc.SkipEndpointCheck, "skip-endpoint-check", false, "do not check that the apiserver endpoints accept TCP connections from here")
 		f.DurationVar(&cc.DialTimeout, "dial-timeout", 3*time.Second, "timeout of each endpoint check")
+		f.StringVar(&cc.AuthMode, "auth-mode", mesh.AuthCluster, "how readers authenticate: cluster (user remote-<reader>) or legacy (shared user remote, Cilium's default)")
 	}
 	_ = cmd.MarkFlagRequired("destination-context")
 	return cmd

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -205,6 +206,30 @@ func TestMeshLifecycle(t *testing.T) {
 		e.mustRun(t, "enable", unprivileged, "--context", "c2", "--cluster-name", "c2", "--cluster-id", "2")
 		if u := e.users(t, "c2"); len(u) != 1 || u[0] != "c1" {
 			t.Errorf("users of c2 after upgrade: %v", u)
+		}
+	})
+
+	t.Run("connect-switches-auth-mode", func(t *testing.T) {
+		listen(t, e.nodeIP["c1"]+":32379")
+		listen(t, e.nodeIP["c2"]+":32379")
+		for _, step := range []struct {
+			mode, cn string
+			clusters []string
+			legacy   []string
+		}{
+			{"legacy", "remote", []string{}, []string{"c1"}},
+			{"cluster", "remote-c1", []string{"c1"}, nil},
+		} {
+			e.mustRun(t, "connect", "--context", "c1", "--destination-context", "c2", "--auth-mode", step.mode)
+			if cn := parsePEM(t, e.remotes(t, "c1")["c2.etcd-client.crt"]).Subject.CommonName; cn != step.cn {
+				t.Errorf("%s: c1's client CN for c2 is %q, want %q", step.mode, cn, step.cn)
+			}
+			if c, l := e.usersFile(t, "c2"); fmt.Sprint(c) != fmt.Sprint(step.clusters) || fmt.Sprint(l) != fmt.Sprint(step.legacy) {
+				t.Errorf("%s: users of c2: clusters %v legacy %v, want %v and %v", step.mode, c, l, step.clusters, step.legacy)
+			}
+		}
+		if _, _, err := e.run(t, "connect", "--context", "c1", "--destination-context", "c2", "--auth-mode", "none"); !errors.Is(err, mesh.ErrUsage) {
+			t.Errorf("unknown auth mode: %v", err)
 		}
 	})
 

@@ -28,13 +28,27 @@ const (
 	ModeMesh = "mesh"
 )
 
+// Authentication modes of a connection (how the reader authenticates to
+// the exposer's etcd), Cilium's clustermesh.apiserver.tls.authMode values.
+const (
+	// AuthCluster: the reader is the user remote-<reader> (certificate
+	// CN=remote-<reader>), revocable alone. Default.
+	AuthCluster = "cluster"
+	// AuthLegacy: the reader is the shared user remote (certificate
+	// CN=remote), as a Cilium 1.18 cluster in its default mode expects.
+	AuthLegacy = "legacy"
+)
+
 // idAnnotationPrefix marks, on the remote-clusters Secret, the cluster ID
 // of each configured remote, so that later connects can refuse duplicates.
 const idAnnotationPrefix = "ids.clustermesh.io/"
 
 // ConnectConfig tunes Connect.
 type ConnectConfig struct {
-	Mode              string
+	Mode string
+	// AuthMode is AuthCluster (default) or AuthLegacy, for every
+	// direction of the connection.
+	AuthMode          string
 	SkipEndpointCheck bool
 	// DialTimeout bounds the TCP check of each endpoint (default 3s).
 	DialTimeout time.Duration
@@ -147,6 +161,13 @@ func Connect(ctx context.Context, source *Cluster, dests []*Cluster, cfg Connect
 	if cfg.DialTimeout == 0 {
 		cfg.DialTimeout = 3 * time.Second
 	}
+	switch cfg.AuthMode {
+	case "":
+		cfg.AuthMode = AuthCluster
+	case AuthCluster, AuthLegacy:
+	default:
+		return Result{}, fmt.Errorf("%w: auth mode %q (want %s or %s)", ErrUsage, cfg.AuthMode, AuthCluster, AuthLegacy)
+	}
 	ps, err := pairs(cfg.Mode, source, dests)
 	if err != nil {
 		return Result{}, err
@@ -193,7 +214,7 @@ func Connect(ctx context.Context, source *Cluster, dests []*Cluster, cfg Connect
 		a, b := ms[p[0]], ms[p[1]]
 		log.Info("connecting", "a", a.info.Name, "b", b.info.Name)
 		for _, dir := range [][2]int{{p[0], p[1]}, {p[1], p[0]}} {
-			changed, err := link(ctx, ms[dir[0]], ms[dir[1]], eps[dir[1]], log)
+			changed, err := link(ctx, ms[dir[0]], ms[dir[1]], eps[dir[1]], cfg.AuthMode, log)
 			if err != nil {
 				return res, err
 			}
@@ -204,9 +225,14 @@ func Connect(ctx context.Context, source *Cluster, dests []*Cluster, cfg Connect
 }
 
 // link lets reader r read exposer e: e's server certificate covers its
-// endpoints, e's etcd has the read-only user remote-<r>, and r's agents have
-// e's config, CA and a client certificate for that user.
-func link(ctx context.Context, r, e member, endpoints []string, log *slog.Logger) ([]string, error) {
+// endpoints, e's etcd has the read-only user remote-<r> (auth mode
+// cluster) or remote (legacy), and r's agents have e's config, CA and a
+// client certificate for that user.
+func link(ctx context.Context, r, e member, endpoints []string, authMode string, log *slog.Logger) ([]string, error) {
+	user := "remote-" + r.info.Name
+	if authMode == AuthLegacy {
+		user = "remote"
+	}
 	var changed []string
 	ca, err := e.c.readCA(ctx)
 	if err != nil {
@@ -220,21 +246,25 @@ func link(ctx context.Context, r, e member, endpoints []string, log *slog.Logger
 		log.Info("server certificate reissued to cover the endpoints", "cluster", e.info.Name, "endpoints", endpoints)
 		changed = append(changed, e.c.Context+": secret/"+secretServer)
 	}
-	ok, err = e.c.editUsers(ctx, func(users []string) []string {
-		if !slices.Contains(users, r.info.Name) {
-			users = append(users, r.info.Name)
+	ok, err = e.c.editUsers(ctx, func(u remoteUsers) remoteUsers {
+		u.Clusters = slices.DeleteFunc(u.Clusters, func(c string) bool { return c == r.info.Name })
+		u.LegacyClusters = slices.DeleteFunc(u.LegacyClusters, func(c string) bool { return c == r.info.Name })
+		if authMode == AuthLegacy {
+			u.LegacyClusters = append(u.LegacyClusters, r.info.Name)
+		} else {
+			u.Clusters = append(u.Clusters, r.info.Name)
 		}
-		return users
+		return u
 	})
 	if err != nil {
 		return nil, err
 	}
 	if ok {
-		log.Info("added read-only etcd user", "cluster", e.info.Name, "user", "remote-"+r.info.Name)
+		log.Info("added read-only etcd user", "cluster", e.info.Name, "user", user, "reader", r.info.Name)
 		changed = append(changed, e.c.Context+": configmap/"+configMapUsers)
 	}
 	ok, err = r.c.editRemotes(ctx, func(s *corev1.Secret) error {
-		return setRemote(s, e, ca, endpoints, "remote-"+r.info.Name)
+		return setRemote(s, e, ca, endpoints, user)
 	})
 	if err != nil {
 		return nil, err
@@ -318,15 +348,31 @@ func (c *Cluster) editRemotes(ctx context.Context, edit func(*corev1.Secret) err
 	return true, nil
 }
 
-// remoteUsers is the users.yaml of the clustermesh-remote-users ConfigMap.
+// remoteUsers is the users.yaml of the clustermesh-remote-users ConfigMap
+// (the apiserver's remoteusers.File).
 type remoteUsers struct {
 	// Clusters have a read-only etcd user remote-<cluster>.
 	Clusters []string `json:"clusters"`
+	// LegacyClusters read as the shared user remote.
+	LegacyClusters []string `json:"legacyClusters,omitempty"`
 }
 
-// editUsers applies edit to the list of remote users and writes the
-// ConfigMap only if the list changed.
-func (c *Cluster) editUsers(ctx context.Context, edit func([]string) []string) (bool, error) {
+func (u *remoteUsers) normalize() {
+	for _, l := range []*[]string{&u.Clusters, &u.LegacyClusters} {
+		slices.Sort(*l)
+		*l = slices.Compact(*l)
+	}
+	if u.Clusters == nil {
+		u.Clusters = []string{}
+	}
+	if len(u.LegacyClusters) == 0 {
+		u.LegacyClusters = nil
+	}
+}
+
+// editUsers applies edit to the lists of remote users and writes the
+// ConfigMap only if they changed.
+func (c *Cluster) editUsers(ctx context.Context, edit func(remoteUsers) remoteUsers) (bool, error) {
 	cms := c.Client.CoreV1().ConfigMaps(c.Namespace)
 	cm, err := cms.Get(ctx, configMapUsers, metav1.GetOptions{})
 	create := apierrors.IsNotFound(err)
@@ -335,19 +381,14 @@ func (c *Cluster) editUsers(ctx context.Context, edit func([]string) []string) (
 	} else if err != nil {
 		return false, fmt.Errorf("context %q: %w", c.Context, err)
 	}
-	var u remoteUsers
-	if err := yaml.Unmarshal([]byte(cm.Data[usersKey]), &u); err != nil {
+	var before remoteUsers
+	if err := yaml.Unmarshal([]byte(cm.Data[usersKey]), &before); err != nil {
 		return false, fmt.Errorf("context %q: configmap %s: %w", c.Context, configMapUsers, err)
 	}
-	before := slices.Clone(u.Clusters)
-	slices.Sort(before)
-	u.Clusters = edit(slices.Clone(before))
-	slices.Sort(u.Clusters)
-	u.Clusters = slices.Compact(u.Clusters)
-	if u.Clusters == nil {
-		u.Clusters = []string{}
-	}
-	if slices.Equal(before, u.Clusters) {
+	before.normalize()
+	u := edit(remoteUsers{Clusters: slices.Clone(before.Clusters), LegacyClusters: slices.Clone(before.LegacyClusters)})
+	u.normalize()
+	if slices.Equal(before.Clusters, u.Clusters) && slices.Equal(before.LegacyClusters, u.LegacyClusters) {
 		return false, nil
 	}
 	data, err := yaml.Marshal(u)
@@ -402,14 +443,16 @@ func Disconnect(ctx context.Context, source *Cluster, dests []*Cluster, mode str
 			if ok {
 				res.Changed = append(res.Changed, r.c.Context+": secret/"+secretRemoteClusters)
 			}
-			ok, err = e.c.editUsers(ctx, func(users []string) []string {
-				return slices.DeleteFunc(users, func(u string) bool { return u == r.info.Name })
+			ok, err = e.c.editUsers(ctx, func(u remoteUsers) remoteUsers {
+				u.Clusters = slices.DeleteFunc(u.Clusters, func(c string) bool { return c == r.info.Name })
+				u.LegacyClusters = slices.DeleteFunc(u.LegacyClusters, func(c string) bool { return c == r.info.Name })
+				return u
 			})
 			if err != nil {
 				return res, err
 			}
 			if ok {
-				log.Info("removed read-only etcd user", "cluster", e.info.Name, "user", "remote-"+r.info.Name)
+				log.Info("removed read-only etcd user", "cluster", e.info.Name, "reader", r.info.Name)
 				res.Changed = append(res.Changed, e.c.Context+": configmap/"+configMapUsers)
 			}
 		}
