@@ -8,17 +8,17 @@ import (
 	"time"
 )
 
-// forwarder accepts TCP connections on a listener that lives in a namespace
+// Forwarder accepts TCP connections on a listener that lives in a namespace
 // (the datacenter namespace's gateway address) and joins each to a new
 // connection to target on the host's loopback, so that agents inside node
 // namespaces reach the kube-apiservers and etcds that listen on 127.0.0.1.
-type forwarder struct {
+type Forwarder struct {
 	ln     net.Listener
 	target string
 }
 
-// listenIn opens a listener on addr inside ns.
-func listenIn(ns *NS, addr, target string) (*forwarder, error) {
+// ListenIn opens a listener on addr inside ns.
+func ListenIn(ns *NS, addr, target string) (*Forwarder, error) {
 	var ln net.Listener
 	err := ns.Do(func() error {
 		var err error
@@ -28,12 +28,12 @@ func listenIn(ns *NS, addr, target string) (*forwarder, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &forwarder{ln: ln, target: target}, nil
+	return &Forwarder{ln: ln, target: target}, nil
 }
 
 // Run forwards until ctx is done and returns after every connection it
 // forwarded has been closed.
-func (f *forwarder) Run(ctx context.Context) error {
+func (f *Forwarder) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	stop := context.AfterFunc(ctx, func() { f.ln.Close() })
@@ -50,7 +50,7 @@ func (f *forwarder) Run(ctx context.Context) error {
 	}
 }
 
-func (f *forwarder) serve(ctx context.Context, c net.Conn) {
+func (f *Forwarder) serve(ctx context.Context, c net.Conn) {
 	defer c.Close()
 	d := net.Dialer{Timeout: 5 * time.Second}
 	up, err := d.DialContext(ctx, "tcp", f.target)

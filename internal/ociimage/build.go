@@ -22,17 +22,20 @@ type Spec struct {
 	Name    string // image name under Repository and binary name
 	Package string // main package, relative to the module root
 	User    string // "uid:gid", empty for root
+	InChart bool   // deployed by the chart (the others serve tests)
 }
 
 // Specs are the images `make images` builds. The agent runs as root: it
 // loads BPF programs, attaches them and creates devices (CAP_BPF,
 // CAP_NET_ADMIN, CAP_SYS_ADMIN for bpffs), which the chart grants with a
-// privileged container. The echo image is the test pods' server
-// (e2e/cmd/echo) for the install test on real kubelets.
+// privileged container. The echo image (the test pods' server, e2e/cmd/echo)
+// and the pause image (the pod sandbox, e2e/cmd/pause) serve the install
+// test on real kubelets (e2e/kubenode).
 var Specs = []Spec{
-	{Name: "clustermesh-agent", Package: "./agent"},
-	{Name: "clustermesh-apiserver", Package: "./clustermesh-apiserver", User: nonRoot},
+	{Name: "clustermesh-agent", Package: "./agent", InChart: true},
+	{Name: "clustermesh-apiserver", Package: "./clustermesh-apiserver", User: nonRoot, InChart: true},
 	{Name: "clustermesh-echo", Package: "./e2e/cmd/echo", User: nonRoot},
+	{Name: "clustermesh-pause", Package: "./e2e/cmd/pause", User: nonRoot},
 }
 
 // BuildConfig says what Build builds and where.

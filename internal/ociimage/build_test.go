@@ -54,7 +54,7 @@ func TestSelectSpecs(t *testing.T) {
 		want    []string
 		wantErr bool
 	}{
-		{name: "default is every image", want: []string{"clustermesh-agent", "clustermesh-apiserver", "clustermesh-echo"}},
+		{name: "default is every image", want: []string{"clustermesh-agent", "clustermesh-apiserver", "clustermesh-echo", "clustermesh-pause"}},
 		{name: "short names", names: []string{"agent", "apiserver"}, want: []string{"clustermesh-agent", "clustermesh-apiserver"}},
 		{name: "full name", names: []string{"clustermesh-echo"}, want: []string{"clustermesh-echo"}},
 		{name: "unknown", names: []string{"nope"}, wantErr: true},
