@@ -113,9 +113,22 @@ func TestInstallOnKubelets(t *testing.T) {
 	}
 	t.Logf("step 3: echo pods from our image Running and Ready in both clusters, pod to pod inside c1 works (%s)", time.Since(start).Round(time.Second))
 
+	for _, c := range env.Clusters {
+		ns := podNS(t, c, "echo-b")
+		api := net.JoinHostPort(c.ServiceIP().String(), "443")
+		if err := ns.Do(func() error {
+			conn, err := net.DialTimeout("tcp", api, 5*time.Second)
+			if err == nil {
+				conn.Close()
+			}
+			return err
+		}); err != nil {
+			t.Fatalf("%s: a pod cannot reach its kube-apiserver at %s through kube-proxy: %v", c.Name, api, err)
+		}
+	}
 	localIP := createService(t, ctx, c1, "local", nil)
 	expectServedBy(t, client, localIP, 20, map[string]bool{"c1": true})
-	t.Logf("step 4: non-global ClusterIP %s served by kube-proxy from c1", localIP)
+	t.Logf("step 4: pods reach their kube-apiserver (ClusterIP 443) and a non-global ClusterIP %s served by kube-proxy from c1", localIP)
 
 	kubeconfig := c1.Kubeconfig() + string(os.PathListSeparator) + c2.Kubeconfig()
 	run := func(args ...string) string {

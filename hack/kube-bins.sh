@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and
-# kube-proxy (the last three for the install test on real nodes, e2e/kubelet)
-# from the tools/ module into a
-# cache directory that survives between runs, and prints that directory.
-# About 11 minutes cold on a 2-core machine; a no-op when the binaries exist.
+# kube-proxy (the last three for the install test on real nodes, e2e/kubenode)
+# from the tools/ module into a cache directory that survives between runs, and
+# prints that directory. About 11 minutes cold on a 2-core machine for the first
+# two, 2 more for the others; a no-op when the binaries exist.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 version=$(cd "$root/tools" && go list -m -f "{{.Version}}" k8s.io/kubernetes)

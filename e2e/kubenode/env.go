@@ -99,6 +99,7 @@ func Start(ctx context.Context, cfg Config, names ...string) (_ *Env, err error)
 		return e, err
 	}
 	e.onClose(func() { _ = os.RemoveAll(e.state) })
+	e.onClose(func() { removeContainerLogLinks(cfg.Dir) })
 	if e.DC, err = e.newNS("dc"); err != nil {
 		return e, err
 	}
@@ -216,6 +217,23 @@ func (c *Cluster) apiPort() int {
 	_, p, _ := net.SplitHostPort(c.APIAddr)
 	n, _ := strconv.Atoi(p)
 	return n
+}
+
+// containerLogLinks is where every kubelet links its containers' logs (not
+// configurable); the links of a killed kubelet stay behind.
+const containerLogLinks = "/var/log/containers"
+
+// removeContainerLogLinks removes the links into dir, and the directory when
+// that leaves it empty.
+func removeContainerLogLinks(dir string) {
+	ents, _ := os.ReadDir(containerLogLinks)
+	for _, ent := range ents {
+		p := filepath.Join(containerLogLinks, ent.Name())
+		if target, err := os.Readlink(p); err == nil && strings.HasPrefix(target, dir+"/") {
+			_ = os.Remove(p)
+		}
+	}
+	_ = os.Remove(containerLogLinks) // only when empty
 }
 
 func readSysctls() (map[string]string, error) {
