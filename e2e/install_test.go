@@ -296,25 +296,13 @@ func waitAppGone(t *testing.T, ctx context.Context, c *kubenode.Cluster, app str
 // its server process (its arguments name cluster and pod).
 func podNS(t *testing.T, c *kubenode.Cluster, name string) *netns.NS {
 	t.Helper()
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
+	pids := kubenode.ProcessesMatching(func(args []string) bool {
+		return len(args) == 3 && strings.HasSuffix(args[0], "/clustermesh-echo") && args[1] == "-cluster="+c.Name && args[2] == "-pod="+name
+	})
+	if len(pids) == 1 {
+		return netns.FromPath(c.Name+"/"+name, fmt.Sprintf("/proc/%d/ns/net", pids[0]))
 	}
-	for _, ent := range ents {
-		pid, err := strconv.Atoi(ent.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		if len(args) == 3 && strings.HasSuffix(args[0], "/clustermesh-echo") && args[1] == "-cluster="+c.Name && args[2] == "-pod="+name {
-			return netns.FromPath(c.Name+"/"+name, fmt.Sprintf("/proc/%d/ns/net", pid))
-		}
-	}
-	t.Fatalf("no echo process for %s/%s", c.Name, name)
+	t.Fatalf("%d echo processes for %s/%s, want 1", len(pids), c.Name, name)
 	return nil
 }
 

@@ -2,8 +2,10 @@ package harness
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -29,6 +31,21 @@ func ListenIn(ns *NS, addr, target string) (*Forwarder, error) {
 		return nil, err
 	}
 	return &Forwarder{ln: ln, target: target}, nil
+}
+
+// ForwardSamePort opens a forwarder on gw, in ns, with the port of target
+// (a loopback address), and returns it and the address it listens on.
+func ForwardSamePort(ns *NS, gw netip.Addr, target string) (*Forwarder, string, error) {
+	_, port, err := net.SplitHostPort(target)
+	if err != nil {
+		return nil, "", err
+	}
+	addr := net.JoinHostPort(gw.String(), port)
+	f, err := ListenIn(ns, addr, target)
+	if err != nil {
+		return nil, "", fmt.Errorf("forward %s: %w", target, err)
+	}
+	return f, addr, nil
 }
 
 // Run forwards until ctx is done and returns after every connection it

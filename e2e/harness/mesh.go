@@ -285,14 +285,9 @@ func (m *Mesh) newNS(suffix string) (*NS, error) {
 // forward makes target (on loopback) reachable at the gateway address with
 // the same port.
 func (m *Mesh) forward(target string) (string, error) {
-	_, port, err := net.SplitHostPort(target)
+	f, addr, err := ForwardSamePort(m.DC, gateway, target)
 	if err != nil {
 		return "", err
-	}
-	addr := net.JoinHostPort(gateway.String(), port)
-	f, err := ListenIn(m.DC, addr, target)
-	if err != nil {
-		return "", fmt.Errorf("forward %s: %w", target, err)
 	}
 	m.fwdWG.Go(func() {
 		if err := f.Run(m.fwdCtx); err != nil {

@@ -148,14 +148,9 @@ func (e *Env) newNS(suffix string) (*netns.NS, error) {
 
 // forward makes target (on loopback) reachable at the gateway, same port.
 func (e *Env) forward(target string) (string, error) {
-	_, port, err := net.SplitHostPort(target)
+	f, addr, err := harness.ForwardSamePort(e.DC, gateway, target)
 	if err != nil {
 		return "", err
-	}
-	addr := net.JoinHostPort(gateway.String(), port)
-	f, err := harness.ListenIn(e.DC, addr, target)
-	if err != nil {
-		return "", fmt.Errorf("forward %s: %w", target, err)
 	}
 	e.fwdWG.Go(func() {
 		if err := f.Run(e.fwdCtx); err != nil {

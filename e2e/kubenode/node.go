@@ -237,6 +237,14 @@ func killShims(sock string) {
 }
 
 func shimPIDs(sock string) []int {
+	return ProcessesMatching(func(args []string) bool {
+		return strings.Contains(args[0], "containerd-shim") && contains(args, sock)
+	})
+}
+
+// ProcessesMatching returns the PIDs of the processes whose command line
+// (arguments split, at least one) satisfies match.
+func ProcessesMatching(match func(args []string) bool) []int {
 	ents, _ := os.ReadDir("/proc")
 	var pids []int
 	for _, ent := range ents {
@@ -245,11 +253,10 @@ func shimPIDs(sock string) []int {
 			continue
 		}
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err != nil {
+		if err != nil || len(b) == 0 {
 			continue
 		}
-		args := strings.Split(string(b), "\x00")
-		if strings.Contains(args[0], "containerd-shim") && contains(args, sock) {
+		if match(strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")) {
 			pids = append(pids, pid)
 		}
 	}
