@@ -18,5 +18,9 @@ for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 |
 done
 pkill -f '/clustermesh/kube-v[^ ]*/kube(-apiserver|-controller-manager|-scheduler|-proxy|let) ' 2>/dev/null
 grep ' /run/clustermesh-test' /proc/mounts 2>/dev/null | awk '{print $2}' | sort -r | xargs -r -n1 umount 2>/dev/null
+# The install test's node state (containerd roots, kubelet dirs), once unmounted.
+grep -q ' /run/clustermesh-test/kube-' /proc/mounts || rm -rf /run/clustermesh-test/kube-* 2>/dev/null
+find /var/log/containers -maxdepth 1 -lname '/tmp/clustermesh-e2e-*' -delete 2>/dev/null
+rmdir /var/log/containers 2>/dev/null
 find /run/clustermesh-test -mindepth 1 -depth -type d -empty -delete 2>/dev/null
 exit 0
