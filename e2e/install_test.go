@@ -259,7 +259,7 @@ func podReady(p *corev1.Pod, out **corev1.Pod) error {
 // waitAppReady waits for the one pod of app in the clustermesh namespace.
 func waitAppReady(t *testing.T, ctx context.Context, c *kubenode.Cluster, app string) *corev1.Pod {
 	t.Helper()
-	var pod *corev1.Pod
+	var pod, last *corev1.Pod
 	sel := labels.Set{"app.kubernetes.io/name": app}.String()
 	err := eventually(4*time.Minute, func() error {
 		l, err := c.CP.Client.CoreV1().Pods("clustermesh-system").List(ctx, metav1.ListOptions{LabelSelector: sel})
@@ -269,10 +269,15 @@ func waitAppReady(t *testing.T, ctx context.Context, c *kubenode.Cluster, app st
 		if len(l.Items) != 1 {
 			return fmt.Errorf("%d pods of %s", len(l.Items), app)
 		}
-		return podReady(&l.Items[0], &pod)
+		last = &l.Items[0]
+		return podReady(last, &pod)
 	})
 	if err != nil {
-		t.Fatalf("%s/%s: %v", c.Name, app, err)
+		logs := ""
+		if last != nil {
+			logs = c.Nodes[0].PodLogTail(last, 1500)
+		}
+		t.Fatalf("%s/%s: %v\n%s", c.Name, app, err, logs)
 	}
 	return pod
 }

@@ -304,3 +304,22 @@ func unmountUnder(dir string) {
 		_ = syscall.Unmount(p, syscall.MNT_DETACH)
 	}
 }
+
+// PodLogTail returns the last n bytes of each container log of pod p (the
+// kubelet's podLogsDir is in the node's log directory), for failure messages.
+func (n *Node) PodLogTail(p *corev1.Pod, nbytes int) string {
+	var out strings.Builder
+	dir := filepath.Join(n.logDir, "pods", fmt.Sprintf("%s_%s_%s", p.Namespace, p.Name, p.UID))
+	files, _ := filepath.Glob(filepath.Join(dir, "*", "*.log"))
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if len(b) > nbytes {
+			b = b[len(b)-nbytes:]
+		}
+		fmt.Fprintf(&out, "--- %s\n%s", strings.TrimPrefix(f, dir+"/"), b)
+	}
+	return out.String()
+}
