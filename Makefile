@@ -5,18 +5,25 @@ BIN := bin
 PKGS := ./...
 FUZZTIME ?= 60s
 TEST_TIMEOUT ?= 30m
+# The version every binary and image carries (see internal/version).
+VERSION ?= $(shell hack/version.sh)
+COMMIT ?= $(shell hack/version.sh --commit)
+LDFLAGS := -X github.com/clustermesh/clustermesh/internal/version.version=$(VERSION) -X github.com/clustermesh/clustermesh/internal/version.commit=$(COMMIT)
 
 CILIUM_INTEROP := $(abspath $(BIN))/ciliuminterop
 
-.PHONY: help build test test-unit test-e2e lint verify-gen generate fuzz bench demo kube-bins ciliuminterop clean
+.PHONY: help build images test test-unit test-e2e lint verify-gen generate fuzz bench demo kube-bins ciliuminterop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 build: ## build every binary into bin/
-	$(GO) build -o $(BIN)/clustermesh-apiserver ./clustermesh-apiserver
-	$(GO) build -o $(BIN)/clustermesh-agent ./agent
-	$(GO) build -o $(BIN)/clustermesh ./cmd/clustermesh
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/clustermesh-apiserver ./clustermesh-apiserver
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/clustermesh-agent ./agent
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/clustermesh ./cmd/clustermesh
+
+images: ## build the agent and apiserver images as OCI archives into bin/images/ (no Docker needed)
+	$(GO) run ./hack/imagebuild -o $(BIN)/images -version $(VERSION) -commit $(COMMIT)
 
 kube-bins: ## build kube-apiserver and kube-controller-manager (cached)
 	@hack/kube-bins.sh

@@ -13,6 +13,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/agent/internal/daemon"
 	"github.com/clustermesh/clustermesh/agent/internal/statusapi"
+	"github.com/clustermesh/clustermesh/internal/version"
 )
 
 func main() {
@@ -31,6 +32,7 @@ func newRootCommand() *cobra.Command {
 		Use:           "clustermesh-agent",
 		Short:         "Per-node agent: watches every cluster of the mesh and programs the datapath",
 		Args:          cobra.NoArgs,
+		Version:       version.String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {

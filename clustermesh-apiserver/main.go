@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/server"
+	"github.com/clustermesh/clustermesh/internal/version"
 )
 
 func main() {
@@ -20,6 +21,7 @@ func main() {
 		Use:           "clustermesh-apiserver",
 		Short:         "Publish this cluster's state into etcd for the other clusters of the mesh",
 		Args:          cobra.NoArgs,
+		Version:       version.String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PreRunE:       func(*cobra.Command, []string) error { return cfg.Validate() },

@@ -8,6 +8,8 @@ import (
 
 	"helm.sh/helm/v3/pkg/chart"
 	"helm.sh/helm/v3/pkg/chart/loader"
+
+	"github.com/clustermesh/clustermesh/internal/version"
 )
 
 // ChartName is the name of the embedded chart.
@@ -26,8 +28,23 @@ func ChartFS() fs.FS {
 	return sub
 }
 
-// LoadChart loads the embedded chart with Helm's loader.
+// LoadChart loads the embedded chart with Helm's loader. In a binary built by
+// `make build` or `make images` (version stamped, see internal/version) the
+// chart's appVersion, and so its default image tag, becomes that version: the
+// CLI deploys the images built from its own commit, and `make images` tags
+// them so. The chart as a directory keeps the appVersion of Chart.yaml, the
+// release tag (hack/version.sh prints exactly that at the release commit).
 func LoadChart() (*chart.Chart, error) {
+	appVersion := ""
+	if version.Stamped() {
+		appVersion = version.Version()
+	}
+	return loadChart(appVersion)
+}
+
+// loadChart loads the embedded chart; a non-empty appVersion replaces the
+// one of Chart.yaml.
+func loadChart(appVersion string) (*chart.Chart, error) {
 	fsys := ChartFS()
 	var files []*loader.BufferedFile
 	err := fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
@@ -50,6 +67,9 @@ func LoadChart() (*chart.Chart, error) {
 	c, err := loader.LoadFiles(files)
 	if err != nil {
 		return nil, fmt.Errorf("load embedded chart: %w", err)
+	}
+	if appVersion != "" {
+		c.Metadata.AppVersion = appVersion
 	}
 	return c, nil
 }

@@ -75,6 +75,9 @@ func teardown() {
 		if shared != nil {
 			shared.Close()
 		}
+		if e := installEnv.Load(); e != nil {
+			e.Close()
+		}
 		if os.Getenv("E2E_KEEP_DIR") == "" {
 			_ = os.RemoveAll(workDir)
 		}
@@ -139,16 +142,7 @@ func moduleRoot() (string, error) {
 
 // eventually retries f until it succeeds or timeout passes, and returns its
 // last error.
-func eventually(timeout time.Duration, f func() error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-}
+func eventually(timeout time.Duration, f func() error) error { return harness.Eventually(timeout, f) }
 
 // measureRuns returns how many runs the measurement test t makes, from the
 // environment variable env; t is skipped when it is unset or not positive.

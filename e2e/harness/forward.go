@@ -2,23 +2,25 @@ package harness
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 )
 
-// forwarder accepts TCP connections on a listener that lives in a namespace
+// Forwarder accepts TCP connections on a listener that lives in a namespace
 // (the datacenter namespace's gateway address) and joins each to a new
 // connection to target on the host's loopback, so that agents inside node
 // namespaces reach the kube-apiservers and etcds that listen on 127.0.0.1.
-type forwarder struct {
+type Forwarder struct {
 	ln     net.Listener
 	target string
 }
 
-// listenIn opens a listener on addr inside ns.
-func listenIn(ns *NS, addr, target string) (*forwarder, error) {
+// ListenIn opens a listener on addr inside ns.
+func ListenIn(ns *NS, addr, target string) (*Forwarder, error) {
 	var ln net.Listener
 	err := ns.Do(func() error {
 		var err error
@@ -28,12 +30,27 @@ func listenIn(ns *NS, addr, target string) (*forwarder, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &forwarder{ln: ln, target: target}, nil
+	return &Forwarder{ln: ln, target: target}, nil
+}
+
+// ForwardSamePort opens a forwarder on gw, in ns, with the port of target
+// (a loopback address), and returns it and the address it listens on.
+func ForwardSamePort(ns *NS, gw netip.Addr, target string) (*Forwarder, string, error) {
+	_, port, err := net.SplitHostPort(target)
+	if err != nil {
+		return nil, "", err
+	}
+	addr := net.JoinHostPort(gw.String(), port)
+	f, err := ListenIn(ns, addr, target)
+	if err != nil {
+		return nil, "", fmt.Errorf("forward %s: %w", target, err)
+	}
+	return f, addr, nil
 }
 
 // Run forwards until ctx is done and returns after every connection it
 // forwarded has been closed.
-func (f *forwarder) Run(ctx context.Context) error {
+func (f *Forwarder) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	stop := context.AfterFunc(ctx, func() { f.ln.Close() })
@@ -50,7 +67,7 @@ func (f *forwarder) Run(ctx context.Context) error {
 	}
 }
 
-func (f *forwarder) serve(ctx context.Context, c net.Conn) {
+func (f *Forwarder) serve(ctx context.Context, c net.Conn) {
 	defer c.Close()
 	d := net.Dialer{Timeout: 5 * time.Second}
 	up, err := d.DialContext(ctx, "tcp", f.target)

@@ -285,14 +285,9 @@ func (m *Mesh) newNS(suffix string) (*NS, error) {
 // forward makes target (on loopback) reachable at the gateway address with
 // the same port.
 func (m *Mesh) forward(target string) (string, error) {
-	_, port, err := net.SplitHostPort(target)
+	f, addr, err := ForwardSamePort(m.DC, gateway, target)
 	if err != nil {
 		return "", err
-	}
-	addr := net.JoinHostPort(gateway.String(), port)
-	f, err := listenIn(m.DC, addr, target)
-	if err != nil {
-		return "", fmt.Errorf("forward %s: %w", target, err)
 	}
 	m.fwdWG.Go(func() {
 		if err := f.Run(m.fwdCtx); err != nil {
@@ -340,7 +335,7 @@ func (m *Mesh) startCluster(ctx context.Context, c *Cluster) error {
 			return err
 		}
 		args = append(args, "--remote-users-file="+c.usersFile(), "--status-namespace="+meshNamespace)
-		f, err := listenIn(m.DC, c.advertise, etcdAddr)
+		f, err := ListenIn(m.DC, c.advertise, etcdAddr)
 		if err != nil {
 			return fmt.Errorf("load balancer %s: %w", c.advertise, err)
 		}
@@ -373,7 +368,7 @@ func (m *Mesh) startCluster(ctx context.Context, c *Cluster) error {
 // embedded etcd, on the same data directory and ports as before) and waits
 // until it is ready. extra flags come after the usual ones, so they win.
 func (c *Cluster) StartAPIServer(ctx context.Context, extra ...string) error {
-	p, err := startProcess("clustermesh-apiserver "+c.Name, filepath.Join(c.dir, "clustermesh-apiserver.log"), nil, c.mesh.cfg.Bins.APIServer,
+	p, err := StartProcess("clustermesh-apiserver "+c.Name, filepath.Join(c.dir, "clustermesh-apiserver.log"), nil, c.mesh.cfg.Bins.APIServer,
 		append(slices.Clone(c.apiArgs), extra...)...)
 	if err != nil {
 		return err

@@ -129,7 +129,7 @@ func (n *Node) StartAgent() error {
 	if m.cfg.Join == JoinCLI {
 		args = append(args, "--status-namespace="+meshNamespace)
 	}
-	p, err := startProcess("agent "+c.Name+"/"+n.Name, filepath.Join(n.dir, "agent.log"), n.NS, m.cfg.Bins.Agent, args...)
+	p, err := StartProcess("agent "+c.Name+"/"+n.Name, filepath.Join(n.dir, "agent.log"), n.NS, m.cfg.Bins.Agent, args...)
 	if err != nil {
 		return err
 	}
@@ -179,7 +179,7 @@ func (n *Node) AddPod(ctx context.Context, name string, labels map[string]string
 		fmt.Sprintf("neigh add %s lladdr %s dev eth0 nud permanent", podGateway, mac)); err != nil {
 		return nil, err
 	}
-	srv, err := startProcess("echo "+n.Cluster.Name+"/"+name, filepath.Join(n.dir, name+".log"), p.NS, m.cfg.Bins.Echo,
+	srv, err := StartProcess("echo "+n.Cluster.Name+"/"+name, filepath.Join(n.dir, name+".log"), p.NS, m.cfg.Bins.Echo,
 		"-cluster="+n.Cluster.Name, "-pod="+name,
 		"-http=:"+strconv.Itoa(HTTPPort), "-udp=:"+strconv.Itoa(UDPPort))
 	if err != nil {

@@ -19,8 +19,8 @@ type Process struct {
 	done chan struct{} // closed by the goroutine that reaps cmd
 }
 
-// startProcess starts bin with args, inside ns when ns is not nil.
-func startProcess(name, logPath string, ns *NS, bin string, args ...string) (*Process, error) {
+// StartProcess starts bin with args, inside ns when ns is not nil.
+func StartProcess(name, logPath string, ns *NS, bin string, args ...string) (*Process, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err

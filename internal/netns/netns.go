@@ -10,10 +10,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// NS is a named network namespace (as made by `ip netns add`).
+// NS is a named network namespace (as made by `ip netns add`), or one known
+// by a path (FromPath), such as a pod's under /proc/<pid>/ns/net.
 type NS struct {
 	Name string
+	path string // set by FromPath; IP and Batch need a named namespace
 }
+
+// FromPath is the namespace bound at path, called name in messages. Exec and
+// Do work on it; IP and Batch (`ip -n`) only on named namespaces.
+func FromPath(name, path string) *NS { return &NS{Name: name, path: path} }
 
 // Add creates the namespace name.
 func Add(name string) (*NS, error) {
@@ -34,7 +40,12 @@ func (n *NS) Remove() {
 }
 
 // Path is the namespace's bind mount.
-func (n *NS) Path() string { return "/run/netns/" + n.Name }
+func (n *NS) Path() string {
+	if n.path != "" {
+		return n.path
+	}
+	return "/run/netns/" + n.Name
+}
 
 // IP runs `ip -n <ns> args...`.
 func (n *NS) IP(args ...string) ([]byte, error) {

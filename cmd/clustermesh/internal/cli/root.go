@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/clustermesh/clustermesh/cmd/clustermesh/internal/mesh"
+	"github.com/clustermesh/clustermesh/internal/version"
 )
 
 // Config holds what the commands write to and log with.
@@ -58,6 +59,7 @@ KUBECONFIG list (files merged, as kubectl does), else ~/.kube/config.`,
   clustermesh enable --context c2 --cluster-name c2 --cluster-id 2
   clustermesh connect --context c1 --destination-context c2
   clustermesh status --context c1 --context c2 --wait`,
+		Version:       version.String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -66,6 +68,6 @@ KUBECONFIG list (files merged, as kubectl does), else ~/.kube/config.`,
 	root.SetErr(cfg.Stderr)
 	root.PersistentFlags().StringVar(&g.kubeconfig, "kubeconfig", "", "path of the kubeconfig file (default: KUBECONFIG list or ~/.kube/config)")
 	root.PersistentFlags().StringVarP(&g.namespace, "namespace", "n", mesh.DefaultNamespace, "namespace of the clustermesh release in every cluster")
-	root.AddCommand(newEnableCommand(cfg, g), newConnectCommand(cfg, g, false), newConnectCommand(cfg, g, true), newStatusCommand(cfg, g))
+	root.AddCommand(newEnableCommand(cfg, g), newConnectCommand(cfg, g, false), newConnectCommand(cfg, g, true), newStatusCommand(cfg, g), newVersionCommand(cfg))
 	return root
 }
