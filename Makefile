@@ -6,7 +6,7 @@ PKGS := ./...
 FUZZTIME ?= 60s
 TEST_TIMEOUT ?= 30m
 
-.PHONY: help build test test-unit test-e2e lint verify-gen generate fuzz bench demo kube-bins clean
+.PHONY: help build setup test test-unit test-e2e lint verify-gen generate fuzz bench demo kube-bins clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -16,15 +16,18 @@ build: ## build every binary into bin/
 	$(GO) build -o $(BIN)/clustermesh-agent ./agent
 	$(GO) build -o $(BIN)/clustermesh ./cmd/clustermesh
 
+setup: ## install the Debian packages tests and demo need (as root; says what it installs)
+	@hack/setup.sh
+
 kube-bins: ## build kube-apiserver and kube-controller-manager (cached)
 	@hack/kube-bins.sh
 
-test: ## run every test: unit, real etcd, real kube-apiserver, eBPF (as root) and e2e
-	KUBE_BIN_DIR=$$(hack/kube-bins.sh) && export KUBE_BIN_DIR && \
+test: setup ## run every test: unit, real etcd, real kube-apiserver, eBPF (as root) and e2e; a missing requirement fails
+	KUBE_BIN_DIR=$$(hack/kube-bins.sh) && export KUBE_BIN_DIR CLUSTERMESH_TEST_STRICT=true && \
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS) && \
 	if [ -d e2e ]; then $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -tags e2e ./e2e/...; fi
 
-test-unit: ## run the tests that need neither root nor Kubernetes binaries
+test-unit: ## run the tests that need neither root nor Kubernetes binaries (the others skip)
 	$(GO) test -count=1 -short $(PKGS)
 
 lint: ## gofmt, go vet and staticcheck
