@@ -6,6 +6,7 @@
 set -euo pipefail
 
 # package:command pairs; a package is needed when its command is missing.
+# libprotobuf-dev holds the well-known types (timestamp.proto) protoc needs.
 # nftables stands in for kube-proxy's and a primary CNI's rules in the
 # coexistence tests.
 needs=(
@@ -16,6 +17,7 @@ needs=(
   iproute2:ip
   iputils-ping:ping
   protobuf-compiler:protoc
+  libprotobuf-dev:/usr/include/google/protobuf/timestamp.proto
   nftables:nft
   util-linux:nsenter
   mount:mount

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
-/* The Clustermesh datapath: tc programs attached with tcx on the host side of
- * every pod veth (cm_from_pod) and on the node's vxlan external device
- * (cm_from_tunnel). See README.md for the packet walk. IPv4 only. */
+/* The Clustermesh datapath: tc programs attached (with tcx, or tc clsact on
+ * kernels before 6.6) on the host side of every pod veth (cm_from_pod) and on
+ * the node's vxlan external device (cm_from_tunnel). See README.md for the packet walk. IPv4 only. */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <linux/if_ether.h>
@@ -15,8 +15,10 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
-/* tcx verdicts: CM_NEXT lets the next program (or the stack) decide. */
+/* Verdicts (tcx and tc clsact): CM_NEXT lets the next program (or the
+ * stack) decide, CM_STACK hands the packet to the host stack. */
 #define CM_NEXT TC_ACT_UNSPEC
+#define CM_STACK TC_ACT_OK
 #define CM_DROP TC_ACT_SHOT
 
 #define IP_OFF ETH_HLEN
@@ -260,9 +262,19 @@ static __always_inline int revnat4(struct __sk_buff *skb, struct pkt *p)
 	return rewrite(skb, p, 1, rn->vip, rn->vport);
 }
 
+/* coexist reports whether the node runs beside a primary CNI (CM_F_COEXIST). */
+static __always_inline int coexist(void)
+{
+	struct config_value *cfg;
+	__u32 zero = 0;
+
+	cfg = bpf_map_lookup_elem(&cm_config, &zero);
+	return cfg && (cfg->flags & CM_F_COEXIST);
+}
+
 /* Delivers to a local endpoint (reverse-NATing replies on the way) by moving
- * the packet straight into the pod's namespace; returns -1 if the destination
- * is not local. */
+ * the packet straight into the pod's namespace, or in coexistence mode by
+ * handing it to the host stack; returns -1 if the destination is not local. */
 static __always_inline int deliver_local(struct __sk_buff *skb, struct pkt *p)
 {
 	struct endpoint_value *ep;
@@ -274,6 +286,8 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct pkt *p)
 	ifindex = ep->ifindex;
 	if (revnat4(skb, p))
 		return CM_DROP;
+	if (coexist())
+		return CM_STACK;
 	/* The inner MAC may not be ours (decapsulated traffic): the pod's stack
 	 * only looks at pkt_type once the packet is inside its namespace. */
 	if (skb->pkt_type != PACKET_HOST)

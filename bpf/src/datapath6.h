@@ -200,6 +200,8 @@ static __always_inline int deliver_local6(struct __sk_buff *skb, struct pkt6 *p)
 				return CM_DROP;
 		}
 	}
+	if (coexist())
+		return CM_STACK;
 	if (skb->pkt_type != PACKET_HOST)
 		bpf_skb_change_type(skb, PACKET_HOST);
 	return bpf_redirect_peer(ifindex, 0);
