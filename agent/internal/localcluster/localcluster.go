@@ -56,7 +56,10 @@ type IfIndexFunc func(netip.Addr) (int, error)
 type Config struct {
 	NodeName  string
 	ClusterID uint32
-	Workers   int
+	// NodeTunnels routes the other nodes' pod CIDRs through the tunnel
+	// (full mode); beside a primary CNI it connects the nodes instead.
+	NodeTunnels bool
+	Workers     int
 	// IfIndex looks up the host route of a pod IP; default RouteIfIndex.
 	IfIndex IfIndexFunc
 	// OnSynced is called once the initial state has been handed in.
@@ -397,7 +400,7 @@ func (w *Watcher) reconcileNode(k key) error {
 	case apierrors.IsNotFound(err):
 	case err != nil:
 		return err
-	case node.Name != w.cfg.NodeName:
+	case node.Name != w.cfg.NodeName && w.cfg.NodeTunnels:
 		want = tunnels(node, w.cfg.ClusterID)
 	}
 	w.mu.Lock()
