@@ -43,6 +43,7 @@ struct pkt {
 	__u32 l4_off;
 	__u8 has_ports;
 	__u8 tcp_flags;
+	__u8 natted; /* translated by a frontend or reverse NAT: ours to deliver */
 };
 
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
@@ -225,6 +226,7 @@ static __always_inline int lb4(struct __sk_buff *skb, struct pkt *p)
 	}
 	if (rewrite(skb, p, 0, be->ip, be->port))
 		return -1;
+	p->natted = 1;
 	if (hairpin)
 		return rewrite(skb, p, 1, HAIRPIN_IP, p->flow.sport);
 	return 0;
@@ -246,6 +248,7 @@ static __always_inline int hairpin_reply(struct __sk_buff *skb, struct pkt *p)
 	vport = rn->vport;
 	if (rewrite(skb, p, 1, vip, vport))
 		return -1;
+	p->natted = 1;
 	return rewrite(skb, p, 0, pod, p->flow.dport);
 }
 
@@ -259,6 +262,7 @@ static __always_inline int revnat4(struct __sk_buff *skb, struct pkt *p)
 	rn = bpf_map_lookup_elem(&cm_revnat, &p->flow);
 	if (!rn)
 		return 0;
+	p->natted = 1;
 	return rewrite(skb, p, 1, rn->vip, rn->vport);
 }
 
@@ -273,8 +277,10 @@ static __always_inline int coexist(void)
 }
 
 /* Delivers to a local endpoint (reverse-NATing replies on the way) by moving
- * the packet straight into the pod's namespace, or in coexistence mode by
- * handing it to the host stack; returns -1 if the destination is not local. */
+ * the packet straight into the pod's namespace; returns -1 if the destination
+ * is not local. In coexistence mode only the packets we translated (service
+ * traffic, whose NAT the host's conntrack never sees) are ours: every other
+ * one goes to the host stack, where the primary CNI and kube-proxy decide. */
 static __always_inline int deliver_local(struct __sk_buff *skb, struct pkt *p)
 {
 	struct endpoint_value *ep;
@@ -286,12 +292,13 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct pkt *p)
 	ifindex = ep->ifindex;
 	if (revnat4(skb, p))
 		return CM_DROP;
-	if (coexist())
-		return CM_STACK;
-	/* The inner MAC may not be ours (decapsulated traffic): the pod's stack
-	 * only looks at pkt_type once the packet is inside its namespace. */
+	/* The inner MAC may not be ours (decapsulated traffic): the stack
+	 * drops packets for another host, the pod's stack only looks at
+	 * pkt_type once the packet is inside its namespace. */
 	if (skb->pkt_type != PACKET_HOST)
 		bpf_skb_change_type(skb, PACKET_HOST);
+	if (!p->natted && coexist())
+		return CM_STACK;
 	return bpf_redirect_peer(ifindex, 0);
 }
 

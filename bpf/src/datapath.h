@@ -96,9 +96,9 @@ struct config_value {
 	__u32 flags;          /* CM_F_* */
 };
 
-/* Coexistence mode: traffic to a local endpoint is handed to the host stack
- * (after reverse NAT) instead of being redirected into the pod, so that the
- * primary CNI's and kube-proxy's rules see it. */
+/* Coexistence mode: traffic to a local endpoint that no program translated
+ * is handed to the host stack instead of being redirected into the pod, so
+ * that the primary CNI's and kube-proxy's rules see it. */
 #define CM_F_COEXIST 0x1
 
 /* IPv6 variants. Addresses are 16 bytes in network order, held as four
