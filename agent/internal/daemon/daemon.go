@@ -183,6 +183,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	rcfg := cfg.Remote
 	rcfg.ClusterName, rcfg.ClusterID, rcfg.MaxConnectedClusters, rcfg.StateDir = cfg.ClusterName, cfg.ClusterID, cfg.MaxConnectedClusters, cfg.StateDir
+	rcfg.LocalPodCIDRs = local.PodCIDRs
 	mgr := remotecluster.New(rcfg, rec, merger, log.With("component", "remotecluster"), clk)
 	reg.MustRegister(mgr.Collector())
 

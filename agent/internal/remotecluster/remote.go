@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -49,6 +50,9 @@ type remote struct {
 	mu     sync.Mutex
 	st     Status              // guarded by mu; Kinds are filled from stores by status()
 	stores [numKinds]kindStore // guarded by mu (the slots; the stores are safe)
+	// nodeCIDRs holds the pod CIDRs of each of the remote's nodes (by key),
+	// programmed or refused; guarded by mu.
+	nodeCIDRs map[string][]netip.Prefix
 }
 
 func newRemote(m *Manager, name string) *remote {
@@ -448,5 +452,6 @@ func (r *remote) status() Status {
 	for k := range numKinds {
 		st.Kinds[k] = kindStatus(k, stores[k])
 	}
+	st.PodCIDROverlap = r.overlap()
 	return st
 }

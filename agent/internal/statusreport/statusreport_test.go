@@ -26,8 +26,9 @@ func TestBuild(t *testing.T) {
 				{Kind: "services", Synced: false},
 			}},
 		{Name: "c3", RefusedReason: "cluster ID conflict"},
+		{Name: "c4", ID: 4, Connected: true, Ready: true, PodCIDROverlap: "pod CIDR overlaps: 10.1.4.0/24 of node n1 overlaps 10.1.0.0/16"},
 	})
-	if r.Cluster != "c1" || r.Node != "n1" || len(r.Remotes) != 2 {
+	if r.Cluster != "c1" || r.Node != "n1" || len(r.Remotes) != 3 {
 		t.Fatalf("report %+v", r)
 	}
 	c2 := r.Remotes[0]
@@ -38,6 +39,9 @@ func TestBuild(t *testing.T) {
 	}
 	if c3 := r.Remotes[1]; c3.Ready || c3.LastError != "refused: cluster ID conflict" || !c3.LastChange.IsZero() {
 		t.Fatalf("c3 %+v", c3)
+	}
+	if c4 := r.Remotes[2]; c4.Ready || c4.LastError != "refused: pod CIDR overlaps: 10.1.4.0/24 of node n1 overlaps 10.1.0.0/16" {
+		t.Fatalf("c4 with overlapping pod CIDRs %+v, want not ready with the reason", c4)
 	}
 }
 

@@ -209,8 +209,11 @@ type RemoteCluster struct {
 	// Why the remote is refused (cluster ID conflict, bad config), if it is.
 	RefusedReason string                 `protobuf:"bytes,10,opt,name=refused_reason,json=refusedReason,proto3" json:"refused_reason,omitempty"`
 	LastHeartbeat *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=last_heartbeat,json=lastHeartbeat,proto3" json:"last_heartbeat,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Which of the remote's node pod CIDRs overlap the local cluster's pod
+	// CIDRs (refused: not routed), empty when none.
+	PodCidrOverlap string `protobuf:"bytes,20,opt,name=pod_cidr_overlap,json=podCidrOverlap,proto3" json:"pod_cidr_overlap,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *RemoteCluster) Reset() {
@@ -318,6 +321,13 @@ func (x *RemoteCluster) GetLastHeartbeat() *timestamppb.Timestamp {
 		return x.LastHeartbeat
 	}
 	return nil
+}
+
+func (x *RemoteCluster) GetPodCidrOverlap() string {
+	if x != nil {
+		return x.PodCidrOverlap
+	}
+	return ""
 }
 
 type KindStatus struct {
@@ -689,7 +699,7 @@ const file_status_proto_rawDesc = "" +
 	"\x10datapath_batches\x18\t \x01(\x04R\x0fdatapathBatches\x12+\n" +
 	"\x11datapath_failures\x18\n" +
 	" \x01(\x04R\x10datapathFailures\x12.\n" +
-	"\x13datapath_last_error\x18\v \x01(\tR\x11datapathLastError\"\xa1\x03\n" +
+	"\x13datapath_last_error\x18\v \x01(\tR\x11datapathLastError\"\xcb\x03\n" +
 	"\rRemoteCluster\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\rR\x02id\x12\x1c\n" +
@@ -706,7 +716,8 @@ const file_status_proto_rawDesc = "" +
 	"lastChange\x12%\n" +
 	"\x0erefused_reason\x18\n" +
 	" \x01(\tR\rrefusedReason\x12A\n" +
-	"\x0elast_heartbeat\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\"\x84\x01\n" +
+	"\x0elast_heartbeat\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\x12(\n" +
+	"\x10pod_cidr_overlap\x18\x14 \x01(\tR\x0epodCidrOverlap\"\x84\x01\n" +
 	"\n" +
 	"KindStatus\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x16\n" +
