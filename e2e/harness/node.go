@@ -126,7 +126,10 @@ func (n *Node) StartAgent() error {
 		"--bpf-pin-dir=" + n.pinDir, "--bpf-ct-entries=" + strconv.Itoa(m.cfg.CTEntries),
 	}, m.cfg.AgentArgs...)
 	if m.cfg.Join == JoinCLI {
-		args = append(args, "--status-namespace="+meshNamespace)
+		// As the chart passes them: the DaemonSet `clustermesh enable`
+		// created stands for this agent's, so that `clustermesh disable`
+		// makes a stopping agent clean its node up.
+		args = append(args, "--status-namespace="+meshNamespace, "--owner-daemonset=clustermesh-agent")
 	}
 	p, err := startProcess("agent "+c.Name+"/"+n.Name, filepath.Join(n.dir, "agent.log"), n.NS, m.cfg.Bins.Agent, args...)
 	if err != nil {
