@@ -96,7 +96,7 @@ func TestConflictingClusterIDRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("clustermesh %s:\n%s", strings.Join(args, " "), table)
+	t.Logf("clustermesh status %s:\n%s", strings.Join(args, " "), table)
 	js, err := m.CLIStatus(ctx, append(args, "-o", "json")...)
 	if err != nil {
 		t.Fatal(err)
