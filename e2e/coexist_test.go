@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -19,7 +18,6 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/clustermesh/clustermesh/e2e/harness"
-	"github.com/clustermesh/clustermesh/internal/testenv"
 )
 
 // TestCoexistenceAndDisable runs two clusters whose agents are in
@@ -31,23 +29,9 @@ import (
 // `clustermesh disable` leaves the stopped agent's node without tunnel
 // device, pins or programs.
 func TestCoexistenceAndDisable(t *testing.T) {
-	testenv.RequireRoot(t)
-	kubeBin := testenv.KubeBinDir(t)
-	for _, c := range []string{"ip", "nsenter", "mount", "nft"} {
-		testenv.RequireCommand(t, c)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	dir := filepath.Join(workDir, "coexistence")
-	modDir, err := moduleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bins, err := harness.Build(ctx, modDir, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kubeBin, bins, dir, log := ownMesh(ctx, t, "coexistence", "ip", "nsenter", "mount", "nft")
 	m, err := harness.Start(ctx, harness.Config{
 		Prefix: "cme", Clusters: []harness.ClusterSpec{{Name: "c1", ID: 1}, {Name: "c2", ID: 2}},
 		NodesPerCluster: 1, KubeBinDir: kubeBin, Bins: bins, Dir: dir, Log: log,
