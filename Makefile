@@ -12,7 +12,7 @@ LDFLAGS := -X github.com/clustermesh/clustermesh/internal/version.version=$(VERS
 
 CILIUM_INTEROP := $(abspath $(BIN))/ciliuminterop
 
-.PHONY: help build images test test-unit test-e2e lint verify-gen generate fuzz bench demo kube-bins ciliuminterop clean
+.PHONY: help build images setup test test-unit test-e2e lint verify-gen generate fuzz bench demo kube-bins ciliuminterop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -25,18 +25,21 @@ build: ## build every binary into bin/
 images: ## build the agent and apiserver images as OCI archives into bin/images/ (no Docker needed)
 	$(GO) run ./hack/imagebuild -o $(BIN)/images -version $(VERSION) -commit $(COMMIT)
 
-kube-bins: ## build kube-apiserver and kube-controller-manager (cached)
+setup: ## install the Debian packages tests and demo need (as root; says what it installs)
+	@hack/setup.sh
+
+kube-bins: ## build the Kubernetes binaries of the tests (apiserver, controller-manager, scheduler, kubelet, kube-proxy; cached)
 	@hack/kube-bins.sh
 
 ciliuminterop: ## build the Cilium 1.18 interop tool (separate module tools/ciliuminterop; cold: a few minutes)
 	cd tools/ciliuminterop && $(GO) build -o $(CILIUM_INTEROP) .
 
-test: ciliuminterop ## run every test: unit, real etcd, real kube-apiserver, eBPF (as root), Cilium interop and e2e
-	KUBE_BIN_DIR=$$(hack/kube-bins.sh) && export KUBE_BIN_DIR && export CILIUM_INTEROP_BIN=$(CILIUM_INTEROP) && \
+test: setup ciliuminterop ## run every test: unit, real etcd, real kube-apiserver, eBPF (as root), Cilium interop and e2e; a missing requirement fails
+	KUBE_BIN_DIR=$$(hack/kube-bins.sh) && export KUBE_BIN_DIR CLUSTERMESH_TEST_STRICT=true && export CILIUM_INTEROP_BIN=$(CILIUM_INTEROP) && \
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS) && \
 	if [ -d e2e ]; then $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -tags e2e ./e2e/...; fi
 
-test-unit: ## run the tests that need neither root nor Kubernetes binaries
+test-unit: ## run the tests that need neither root nor Kubernetes binaries (the others skip)
 	$(GO) test -count=1 -short $(PKGS)
 
 lint: ## gofmt, go vet and staticcheck

@@ -13,6 +13,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/agent/internal/daemon"
 	"github.com/clustermesh/clustermesh/agent/internal/statusapi"
+	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/internal/version"
 )
 
@@ -28,6 +29,7 @@ func main() {
 
 func newRootCommand() *cobra.Command {
 	cfg := daemon.DefaultConfig()
+	logFormat := logging.Text
 	root := &cobra.Command{
 		Use:           "clustermesh-agent",
 		Short:         "Per-node agent: watches every cluster of the mesh and programs the datapath",
@@ -36,12 +38,12 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-			return daemon.Run(cmd.Context(), cfg, log)
+			return daemon.Run(cmd.Context(), cfg, logging.New(os.Stderr, logFormat, slog.LevelInfo))
 		},
 	}
 	cfg.RegisterFlags(root.Flags())
-	root.AddCommand(newStatusCommand())
+	root.PersistentFlags().Var(&logFormat, "log-format", "log format: text or json")
+	root.AddCommand(newStatusCommand(), newCleanupCommand(&logFormat), newBPFCommand())
 	return root
 }
 

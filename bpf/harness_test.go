@@ -19,6 +19,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 	"go.uber.org/goleak"
 
 	"github.com/clustermesh/clustermesh/bpf"
@@ -57,6 +58,13 @@ func cluster(t *testing.T, nodes, pods int) (*netnstest.Topology, []*node) {
 
 func clusterWith(t *testing.T, cfg netnstest.Config) (*netnstest.Topology, []*node) {
 	t.Helper()
+	return clusterOpts(t, cfg, bpf.Config{})
+}
+
+// clusterOpts is clusterWith with the datapath options of opts (Attach,
+// Coexist) on every node.
+func clusterOpts(t *testing.T, cfg netnstest.Config, opts bpf.Config) (*netnstest.Topology, []*node) {
+	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "ip")
 	var topo *netnstest.Topology
@@ -70,10 +78,12 @@ func clusterWith(t *testing.T, cfg netnstest.Config) (*netnstest.Topology, []*no
 	for _, n := range topo.Nodes {
 		nd := &node{Node: n, cfg: bpf.Config{
 			PinDir: fmt.Sprintf("%s/%s-%s", testPinRoot, topo.ID, n.Name), CTEntries: testCTEntries,
+			Attach: opts.Attach, Coexist: opts.Coexist,
 		}}
 		nd.open(t, log)
 		t.Cleanup(func() {
-			if err := nd.dp.Uninstall(); err != nil {
+			// In the node's namespace: tc filters are removed there.
+			if err := n.NS.Do(nd.dp.Uninstall); err != nil {
 				t.Errorf("uninstall %s: %v", n.Name, err)
 			}
 			checkDetached(t, n)
@@ -152,7 +162,8 @@ func apply(t *testing.T, nd *node, b datapath.Batch) {
 	}
 }
 
-// attached counts the tcx ingress programs on ifindex in ns.
+// attached counts the tcx ingress programs and the tc clsact ingress bpf
+// filters on ifindex in ns.
 func attached(t *testing.T, ns *netnstest.NS, ifindex int) int {
 	t.Helper()
 	var n int
@@ -162,6 +173,19 @@ func attached(t *testing.T, ns *netnstest.NS, ifindex int) int {
 			return err
 		}
 		n = len(res.Programs)
+		lk, err := netlink.LinkByIndex(ifindex)
+		if err != nil {
+			return err
+		}
+		filters, err := netlink.FilterList(lk, netlink.HANDLE_MIN_INGRESS)
+		if err != nil {
+			return nil // no clsact qdisc
+		}
+		for _, f := range filters {
+			if _, ok := f.(*netlink.BpfFilter); ok {
+				n++
+			}
+		}
 		return nil
 	})
 	if err != nil {

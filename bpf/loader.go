@@ -8,10 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -29,8 +27,15 @@ type Config struct {
 	// CTEntries sizes each LRU map of load balancing (cm_lb_ct, cm_revnat
 	// and their IPv6 twins); default DefaultCTEntries. The four maps are
 	// preallocated: ≈ 350 bytes of kernel memory per entry in all.
-	// Changing it for existing pins makes Open fail until Uninstall.
+	// Changing it for existing pins rebuilds those maps at Open (their
+	// connections are forgotten).
 	CTEntries uint32
+	// Attach selects how programs are attached: AttachAuto (tcx from Linux
+	// 6.6, tc clsact before), AttachTCX or AttachTC.
+	Attach AttachMode
+	// Coexist hands traffic to local endpoints to the host stack instead of
+	// redirecting it into the pod (the agent's coexistence mode).
+	Coexist bool
 }
 
 // DefaultCTEntries is the default size of the load-balancing LRU maps
@@ -57,6 +62,18 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 			c.CTEntries = uint32(n)
 			return nil
 		})
+	if c.Attach == "" {
+		c.Attach = AttachAuto
+	}
+	fs.Func("bpf-attach", "how programs are attached: auto (tcx from Linux 6.6, tc clsact before), tcx or tc (default auto)",
+		func(v string) error {
+			m := AttachMode(v)
+			if m != AttachAuto && m != AttachTCX && m != AttachTC {
+				return fmt.Errorf("invalid attach mode %q (want auto, tcx or tc)", v)
+			}
+			c.Attach = m
+			return nil
+		})
 }
 
 // Hook says which program a device runs.
@@ -77,11 +94,14 @@ type Datapath struct {
 	cfg  Config
 	log  *slog.Logger
 	objs cmObjects
+	// mode is the resolved attach mode for new attachments (tcx or tc).
+	mode AttachMode
 }
 
-// Open loads the programs, reusing the maps pinned under cfg.PinDir (creating
-// and pinning them on first use) and switching links pinned by an earlier
-// instance over to the newly loaded programs.
+// Open checks the kernel (CheckKernel), loads the programs, reusing the maps
+// pinned under cfg.PinDir (creating and pinning them on first use, and
+// rebuilding those whose layout changed) and switching attachments made by
+// an earlier instance over to the newly loaded programs.
 func Open(cfg Config, log *slog.Logger) (*Datapath, error) {
 	if cfg.PinDir == "" {
 		cfg.PinDir = DefaultPinDir
@@ -89,10 +109,21 @@ func Open(cfg Config, log *slog.Logger) (*Datapath, error) {
 	if cfg.CTEntries == 0 {
 		cfg.CTEntries = DefaultCTEntries
 	}
+	rel, err := kernelRelease()
+	if err != nil {
+		return nil, err
+	}
+	if err := CheckKernel(rel); err != nil {
+		return nil, err
+	}
+	mode, err := resolveAttachMode(cfg.Attach, rel)
+	if err != nil {
+		return nil, err
+	}
 	if err := ensureBPFFS(cfg.PinDir, sysBPF, log); err != nil {
 		return nil, err
 	}
-	d := &Datapath{cfg: cfg, log: log}
+	d := &Datapath{cfg: cfg, log: log, mode: mode}
 	for _, dir := range []string{d.mapDir(), d.linkDir()} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("create pin dir: %w", err)
@@ -105,9 +136,29 @@ func Open(cfg Config, log *slog.Logger) (*Datapath, error) {
 	for _, name := range []string{cmMapCmLbCt, cmMapCmRevnat, cmMapCmLbCt6, cmMapCmRevnat6} {
 		spec.Maps[name].MaxEntries = cfg.CTEntries
 	}
+	if mode == AttachTC {
+		// Loaded for tcx, the programs carry its expected attach type,
+		// which kernels without tcx do not know.
+		for _, p := range spec.Programs {
+			p.AttachType = ebpf.AttachNone
+		}
+	}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.mapDir()}}
-	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
+	err = spec.LoadAndAssign(&d.objs, opts)
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		// A map's layout or size changed since it was pinned (an upgrade
+		// or a new --bpf-ct-entries): rebuild it, empty; the agent
+		// reprograms it from its desired state.
+		if err = d.dropIncompatiblePins(spec); err == nil {
+			err = spec.LoadAndAssign(&d.objs, opts)
+		}
+	}
+	if err != nil {
 		return nil, fmt.Errorf("load datapath objects: %w", err)
+	}
+	if err := d.updateConfig(func(v *cmConfigValue) { v.Flags = d.flags() }); err != nil {
+		d.objs.Close()
+		return nil, err
 	}
 	if err := d.adoptLinks(); err != nil {
 		d.objs.Close()
@@ -116,174 +167,43 @@ func Open(cfg Config, log *slog.Logger) (*Datapath, error) {
 	return d, nil
 }
 
+// dropIncompatiblePins removes the pin of every map of spec whose pinned
+// map the spec cannot reuse.
+func (d *Datapath) dropIncompatiblePins(spec *ebpf.CollectionSpec) error {
+	for name, ms := range spec.Maps {
+		path := filepath.Join(d.mapDir(), name)
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err == nil {
+			err = ms.Compatible(m)
+			m.Close()
+		}
+		if err == nil {
+			continue
+		}
+		d.log.Warn("rebuilding pinned map with a different layout", "map", name, "reason", err)
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("remove incompatible map pin %q: %w", path, err)
+		}
+	}
+	return nil
+}
+
 func (d *Datapath) mapDir() string  { return filepath.Join(d.cfg.PinDir, "maps") }
 func (d *Datapath) linkDir() string { return filepath.Join(d.cfg.PinDir, "links") }
-
-func (d *Datapath) program(h Hook) (*ebpf.Program, error) {
-	switch h {
-	case HookEndpoint:
-		return d.objs.CmFromPod, nil
-	case HookTunnel:
-		return d.objs.CmFromTunnel, nil
-	}
-	return nil, fmt.Errorf("unknown hook %q", h)
-}
-
-func linkName(h Hook, ifindex int) string { return fmt.Sprintf("%s_%d", h, ifindex) }
-
-func parseLinkName(name string) (Hook, int, bool) {
-	h, idx, ok := strings.Cut(name, "_")
-	if !ok {
-		return "", 0, false
-	}
-	n, err := strconv.Atoi(idx)
-	if err != nil {
-		return "", 0, false
-	}
-	return Hook(h), n, true
-}
-
-// adoptLinks updates the links pinned by a previous instance to this
-// instance's programs and drops pins of links whose device is gone.
-func (d *Datapath) adoptLinks() error {
-	entries, err := os.ReadDir(d.linkDir())
-	if err != nil {
-		return fmt.Errorf("read link pins: %w", err)
-	}
-	for _, e := range entries {
-		path := filepath.Join(d.linkDir(), e.Name())
-		h, _, ok := parseLinkName(e.Name())
-		prog, perr := d.program(h)
-		if !ok || perr != nil {
-			d.log.Warn("ignoring unknown pin", "path", path)
-			continue
-		}
-		l, err := link.LoadPinnedLink(path, nil)
-		if err != nil {
-			d.log.Warn("dropping unreadable link pin", "path", path, "err", err)
-			_ = os.Remove(path)
-			continue
-		}
-		if err := l.Update(prog); err != nil {
-			// The device is gone (defunct link): forget it.
-			d.log.Info("dropping pin of detached link", "path", path, "err", err)
-			_ = l.Unpin()
-		}
-		l.Close()
-	}
-	return nil
-}
-
-// Attach runs the program of h on ifindex's tcx ingress and pins the link.
-// The ifindex is resolved in the calling thread's network namespace.
-// Attaching again to the same device replaces the program (idempotent).
-func (d *Datapath) Attach(h Hook, ifindex int) error {
-	prog, err := d.program(h)
-	if err != nil {
-		return err
-	}
-	path := filepath.Join(d.linkDir(), linkName(h, ifindex))
-	if l, err := link.LoadPinnedLink(path, nil); err == nil {
-		err = l.Update(prog)
-		if err == nil {
-			l.Close()
-			return d.afterAttach(h, ifindex)
-		}
-		_ = l.Unpin()
-		l.Close()
-	}
-	l, err := link.AttachTCX(link.TCXOptions{
-		Interface: ifindex,
-		Program:   prog,
-		Attach:    ebpf.AttachTCXIngress,
-		Anchor:    link.Tail(),
-	})
-	if err != nil {
-		return fmt.Errorf("attach %s to ifindex %d: %w", h, ifindex, err)
-	}
-	defer l.Close()
-	if err := l.Pin(path); err != nil {
-		return fmt.Errorf("pin link: %w", err)
-	}
-	return d.afterAttach(h, ifindex)
-}
-
-func (d *Datapath) afterAttach(h Hook, ifindex int) error {
-	if h != HookTunnel {
-		return nil
-	}
-	v := cmConfigValue{TunnelIfindex: uint32(ifindex)}
-	if err := d.objs.CmConfig.Update(uint32(0), &v, ebpf.UpdateAny); err != nil {
-		return fmt.Errorf("set tunnel device: %w", err)
-	}
-	return nil
-}
-
-// Detach removes the program of h from ifindex and its pin.
-func (d *Datapath) Detach(h Hook, ifindex int) error {
-	path := filepath.Join(d.linkDir(), linkName(h, ifindex))
-	l, err := link.LoadPinnedLink(path, nil)
-	if errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("detach %s from ifindex %d: %w", h, ifindex, ErrNotAttached)
-	}
-	if err != nil {
-		return fmt.Errorf("load link pin: %w", err)
-	}
-	defer l.Close()
-	if err := l.Unpin(); err != nil {
-		return fmt.Errorf("unpin link: %w", err)
-	}
-	if h == HookTunnel {
-		_ = d.objs.CmConfig.Update(uint32(0), &cmConfigValue{}, ebpf.UpdateAny)
-	}
-	// Closing the last reference detaches it (unless the device is gone).
-	return nil
-}
 
 // Close releases this process's handles; pinned maps and links stay, so
 // packets keep being forwarded with the last programmed state.
 func (d *Datapath) Close() error { return d.objs.Close() }
 
-// Uninstall detaches every pinned link, removes the pinned maps and the pin
-// directory (unmounting the bpffs if it is mounted there) and closes d.
+// Uninstall closes d, then detaches its programs and removes its pins and
+// pin directory (Cleanup). Call it in the network namespace of the devices
+// the programs are attached to (legacy tc attachments are per namespace).
 func (d *Datapath) Uninstall() error {
-	var errs []error
-	entries, _ := os.ReadDir(d.linkDir())
-	for _, e := range entries {
-		path := filepath.Join(d.linkDir(), e.Name())
-		if l, err := link.LoadPinnedLink(path, nil); err == nil {
-			errs = append(errs, l.Unpin(), l.Close())
-		} else {
-			errs = append(errs, os.Remove(path))
-		}
-	}
-	for _, m := range []*ebpf.Map{d.objs.CmBackends, d.objs.CmConfig, d.objs.CmEndpoints, d.objs.CmIpcache,
-		d.objs.CmLbCt, d.objs.CmLbSlots, d.objs.CmRevnat, d.objs.CmServices, d.objs.CmTunnel,
-		d.objs.CmBackends6, d.objs.CmEndpoints6, d.objs.CmIpcache6, d.objs.CmLbCt6, d.objs.CmRevnat6,
-		d.objs.CmServices6, d.objs.CmTunnel6} {
-		if m != nil {
-			errs = append(errs, m.Unpin())
-		}
-	}
-	errs = append(errs, d.objs.Close())
-	// Pins this binary does not know (e.g. left by another version).
-	for _, dir := range []string{d.linkDir(), d.mapDir()} {
-		left, _ := os.ReadDir(dir)
-		for _, e := range left {
-			errs = append(errs, os.Remove(filepath.Join(dir, e.Name())))
-		}
-	}
-	errs = append(errs, os.Remove(d.linkDir()), os.Remove(d.mapDir()))
-	if filepath.Clean(d.cfg.PinDir) != sysBPF { // the shared mount stays
-		if isMountPoint(d.cfg.PinDir) {
-			errs = append(errs, unix.Unmount(d.cfg.PinDir, 0))
-		}
-		errs = append(errs, os.Remove(d.cfg.PinDir))
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("uninstall: %w", err)
-	}
-	return nil
+	d.objs.Close()
+	return Cleanup(d.cfg.PinDir)
 }
 
 func isBPFFS(path string) bool {

@@ -8,12 +8,26 @@ import (
 
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/netnstest"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 )
 
+// TestPodToPod runs with each attach mode: this kernel has tcx, and forcing
+// tc clsact proves the legacy path older kernels take.
 func TestPodToPod(t *testing.T) {
-	topo, nodes := cluster(t, 2, 2)
+	for _, mode := range []bpf.AttachMode{bpf.AttachTCX, bpf.AttachTC} {
+		t.Run(string(mode), func(t *testing.T) { testPodToPod(t, mode) })
+	}
+}
+
+func testPodToPod(t *testing.T, mode bpf.AttachMode) {
+	topo, nodes := clusterOpts(t, netnstest.Config{Nodes: 2, PodsPerNode: 2}, bpf.Config{Attach: mode})
 	testenv.RequireCommand(t, "ping")
+	for _, nd := range nodes {
+		if got := nd.dp.AttachMode(); got != mode {
+			t.Fatalf("attach mode %s, want %s", got, mode)
+		}
+	}
 	const port = 7000
 	for _, p := range topo.Pods() {
 		serve(t, p, port)
@@ -80,7 +94,7 @@ func TestPodToPod(t *testing.T) {
 	if c := attached(t, n1.NS, src.HostIfIndex); c != 1 {
 		t.Errorf("%d programs after attaching twice, want 1", c)
 	}
-	if err := n1.dp.Detach(bpf.HookEndpoint, src.HostIfIndex); err != nil {
+	if err := n1.NS.Do(func() error { return n1.dp.Detach(bpf.HookEndpoint, src.HostIfIndex) }); err != nil {
 		t.Fatal(err)
 	}
 	if c := attached(t, n1.NS, src.HostIfIndex); c != 0 {
@@ -89,7 +103,7 @@ func TestPodToPod(t *testing.T) {
 	if _, err := udpTry(src, far, 1, 300*time.Millisecond); err == nil {
 		t.Errorf("udp still forwarded after detach")
 	}
-	if err := n1.dp.Detach(bpf.HookEndpoint, src.HostIfIndex); !errors.Is(err, bpf.ErrNotAttached) {
+	if err := n1.NS.Do(func() error { return n1.dp.Detach(bpf.HookEndpoint, src.HostIfIndex) }); !errors.Is(err, bpf.ErrNotAttached) {
 		t.Errorf("second detach: %v, want ErrNotAttached", err)
 	}
 	if err := n1.NS.Do(func() error { return n1.dp.Attach(bpf.HookEndpoint, src.HostIfIndex) }); err != nil {

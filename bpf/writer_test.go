@@ -369,9 +369,10 @@ func TestConfigFlags(t *testing.T) {
 		want Config
 		err  bool
 	}{
-		{"defaults", nil, Config{PinDir: DefaultPinDir, CTEntries: DefaultCTEntries}, false},
-		{"set", []string{"--bpf-pin-dir=/x", "--bpf-ct-entries=1024"}, Config{PinDir: "/x", CTEntries: 1024}, false},
+		{"defaults", nil, Config{PinDir: DefaultPinDir, CTEntries: DefaultCTEntries, Attach: AttachAuto}, false},
+		{"set", []string{"--bpf-pin-dir=/x", "--bpf-ct-entries=1024", "--bpf-attach=tc"}, Config{PinDir: "/x", CTEntries: 1024, Attach: AttachTC}, false},
 		{"zero entries", []string{"--bpf-ct-entries=0"}, Config{}, true},
+		{"unknown attach mode", []string{"--bpf-attach=xdp"}, Config{}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var c Config

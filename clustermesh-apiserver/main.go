@@ -11,12 +11,14 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/server"
+	"github.com/clustermesh/clustermesh/internal/logging"
 	"github.com/clustermesh/clustermesh/internal/version"
 )
 
 func main() {
 	cfg := server.DefaultConfig()
 	var debug bool
+	logFormat := logging.JSON
 	cmd := &cobra.Command{
 		Use:           "clustermesh-apiserver",
 		Short:         "Publish this cluster's state into etcd for the other clusters of the mesh",
@@ -30,7 +32,7 @@ func main() {
 			if debug {
 				level = slog.LevelDebug
 			}
-			log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			log := logging.New(os.Stderr, logFormat, level)
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return server.Main(ctx, cfg, log)
@@ -38,6 +40,7 @@ func main() {
 	}
 	cfg.RegisterFlags(cmd.Flags())
 	cmd.Flags().BoolVar(&debug, "debug", false, "log at debug level")
+	cmd.Flags().Var(&logFormat, "log-format", "log format: text or json")
 	if err := cmd.ExecuteContext(context.Background()); err != nil {
 		fmt.Fprintln(os.Stderr, "clustermesh-apiserver:", err)
 		os.Exit(1)

@@ -5,7 +5,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -18,7 +17,6 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/clustermesh/clustermesh/e2e/harness"
-	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
 )
@@ -35,23 +33,9 @@ import (
 // pod added to c9 afterwards becomes reachable from c1 (the apiserver
 // keeps publishing, the agents keep watching) with 2 of 3 members.
 func TestKVStoreMemberLoss(t *testing.T) {
-	testenv.RequireRoot(t)
-	kubeBin := testenv.KubeBinDir(t)
-	for _, c := range []string{"ip", "nsenter", "ping", "mount"} {
-		testenv.RequireCommand(t, c)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	dir := filepath.Join(workDir, "kvstore-member-loss")
-	modDir, err := moduleRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bins, err := harness.Build(ctx, modDir, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kubeBin, bins, dir, log := ownMesh(ctx, t, "kvstore-member-loss", "ip", "nsenter", "ping", "mount")
 
 	before := goleak.IgnoreCurrent()
 	start := time.Now()

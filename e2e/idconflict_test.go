@@ -77,13 +77,14 @@ func TestConflictingClusterIDRefused(t *testing.T) {
 	if err := m.WaitReports(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"status", "--context=" + c1.Name, "--context=" + c2.Name, "--context=" + c3.Name}
+	args := []string{"--context=" + c1.Name, "--context=" + c2.Name, "--context=" + c3.Name}
 	var table string
 	err := eventually(30*time.Second, func() error {
-		out, err := m.CLI(ctx, args...)
+		b, err := m.CLIStatus(ctx, args...)
 		if err != nil {
 			return err
 		}
+		out := string(b)
 		table = out
 		for _, want := range []string{"refused: cluster ID conflict", `is used by connected cluster "` + c2.Name + `"`, " refused ", "Mesh NOT ready"} {
 			if !strings.Contains(out, want) {
@@ -95,8 +96,8 @@ func TestConflictingClusterIDRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("clustermesh %s:\n%s", strings.Join(args, " "), table)
-	js, err := m.CLIStdout(ctx, append(args, "-o", "json")...)
+	t.Logf("clustermesh status %s:\n%s", strings.Join(args, " "), table)
+	js, err := m.CLIStatus(ctx, append(args, "-o", "json")...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -126,6 +126,29 @@ func mesh(t *testing.T) *harness.Mesh {
 	return shared
 }
 
+// ownMesh checks what a test that starts its own mesh needs (root, the
+// Kubernetes binaries, commands, skipping or failing as testenv says) and
+// builds the binaries into workDir/name. It returns the Kubernetes binary
+// directory, the binaries, that directory and a warn-level logger.
+func ownMesh(ctx context.Context, t *testing.T, name string, commands ...string) (string, harness.Binaries, string, *slog.Logger) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	kubeBin := testenv.KubeBinDir(t)
+	for _, c := range commands {
+		testenv.RequireCommand(t, c)
+	}
+	dir := filepath.Join(workDir, name)
+	modDir, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bins, err := harness.Build(ctx, modDir, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kubeBin, bins, dir, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
 // moduleRoot is where the binaries are built from: E2E_SRC_DIR if set (a
 // clean export of a commit, when the working tree is being edited), else
 // the module of the tests.

@@ -9,9 +9,7 @@ if [ "$(id -u)" != 0 ]; then
   echo "make demo: needs root (network namespaces, bpffs, eBPF programs)" >&2
   exit 2
 fi
-for c in ip nsenter mount; do
-  command -v "$c" >/dev/null || { echo "make demo: $c is not installed" >&2; exit 2; }
-done
+hack/setup.sh
 KUBE_BIN_DIR=$(hack/kube-bins.sh)
 export KUBE_BIN_DIR
 mkdir -p bin

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
-/* The Clustermesh datapath: tc programs attached with tcx on the host side of
- * every pod veth (cm_from_pod) and on the node's vxlan external device
- * (cm_from_tunnel). See README.md for the packet walk. IPv4 only. */
+/* The Clustermesh datapath: tc programs attached (with tcx, or tc clsact on
+ * kernels before 6.6) on the host side of every pod veth (cm_from_pod) and on
+ * the node's vxlan external device (cm_from_tunnel). See README.md for the packet walk. IPv4 only. */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <linux/if_ether.h>
@@ -15,8 +15,10 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
-/* tcx verdicts: CM_NEXT lets the next program (or the stack) decide. */
+/* Verdicts (tcx and tc clsact): CM_NEXT lets the next program (or the
+ * stack) decide, CM_STACK hands the packet to the host stack. */
 #define CM_NEXT TC_ACT_UNSPEC
+#define CM_STACK TC_ACT_OK
 #define CM_DROP TC_ACT_SHOT
 
 #define IP_OFF ETH_HLEN
@@ -41,6 +43,7 @@ struct pkt {
 	__u32 l4_off;
 	__u8 has_ports;
 	__u8 tcp_flags;
+	__u8 natted; /* translated by a frontend or reverse NAT: ours to deliver */
 };
 
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
@@ -223,6 +226,7 @@ static __always_inline int lb4(struct __sk_buff *skb, struct pkt *p)
 	}
 	if (rewrite(skb, p, 0, be->ip, be->port))
 		return -1;
+	p->natted = 1;
 	if (hairpin)
 		return rewrite(skb, p, 1, HAIRPIN_IP, p->flow.sport);
 	return 0;
@@ -244,6 +248,7 @@ static __always_inline int hairpin_reply(struct __sk_buff *skb, struct pkt *p)
 	vport = rn->vport;
 	if (rewrite(skb, p, 1, vip, vport))
 		return -1;
+	p->natted = 1;
 	return rewrite(skb, p, 0, pod, p->flow.dport);
 }
 
@@ -257,12 +262,25 @@ static __always_inline int revnat4(struct __sk_buff *skb, struct pkt *p)
 	rn = bpf_map_lookup_elem(&cm_revnat, &p->flow);
 	if (!rn)
 		return 0;
+	p->natted = 1;
 	return rewrite(skb, p, 1, rn->vip, rn->vport);
+}
+
+/* coexist reports whether the node runs beside a primary CNI (CM_F_COEXIST). */
+static __always_inline int coexist(void)
+{
+	struct config_value *cfg;
+	__u32 zero = 0;
+
+	cfg = bpf_map_lookup_elem(&cm_config, &zero);
+	return cfg && (cfg->flags & CM_F_COEXIST);
 }
 
 /* Delivers to a local endpoint (reverse-NATing replies on the way) by moving
  * the packet straight into the pod's namespace; returns -1 if the destination
- * is not local. */
+ * is not local. In coexistence mode only the packets we translated (service
+ * traffic, whose NAT the host's conntrack never sees) are ours: every other
+ * one goes to the host stack, where the primary CNI and kube-proxy decide. */
 static __always_inline int deliver_local(struct __sk_buff *skb, struct pkt *p)
 {
 	struct endpoint_value *ep;
@@ -274,10 +292,13 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct pkt *p)
 	ifindex = ep->ifindex;
 	if (revnat4(skb, p))
 		return CM_DROP;
-	/* The inner MAC may not be ours (decapsulated traffic): the pod's stack
-	 * only looks at pkt_type once the packet is inside its namespace. */
+	/* The inner MAC may not be ours (decapsulated traffic): the stack
+	 * drops packets for another host, the pod's stack only looks at
+	 * pkt_type once the packet is inside its namespace. */
 	if (skb->pkt_type != PACKET_HOST)
 		bpf_skb_change_type(skb, PACKET_HOST);
+	if (!p->natted && coexist())
+		return CM_STACK;
 	return bpf_redirect_peer(ifindex, 0);
 }
 

@@ -93,8 +93,13 @@ struct revnat_value {
 /* Node-wide settings written by the loader. */
 struct config_value {
 	__u32 tunnel_ifindex; /* the vxlan external device, 0: none */
-	__u32 flags;
+	__u32 flags;          /* CM_F_* */
 };
+
+/* Coexistence mode: traffic to a local endpoint that no program translated
+ * is handed to the host stack instead of being redirected into the pod, so
+ * that the primary CNI's and kube-proxy's rules see it. */
+#define CM_F_COEXIST 0x1
 
 /* IPv6 variants. Addresses are 16 bytes in network order, held as four
  * words; the underlay (tunnel endpoints) stays IPv4. Service and backend ids

@@ -11,6 +11,7 @@ struct pkt6 {
 	__u32 l4_off;
 	__u8 has_ports;
 	__u8 tcp_flags;
+	__u8 natted; /* as struct pkt */
 };
 
 static __always_inline int parse6(struct __sk_buff *skb, struct pkt6 *p)
@@ -178,6 +179,7 @@ static __always_inline int lb6(struct __sk_buff *skb, struct pkt6 *p)
 			return -1;
 	}
 	struct in6 ip = be->ip;
+	p->natted = 1;
 	return rewrite6(skb, p, 0, &ip, be->port);
 }
 
@@ -198,10 +200,13 @@ static __always_inline int deliver_local6(struct __sk_buff *skb, struct pkt6 *p)
 
 			if (rewrite6(skb, p, 1, &vip, rn->vport))
 				return CM_DROP;
+			p->natted = 1;
 		}
 	}
 	if (skb->pkt_type != PACKET_HOST)
 		bpf_skb_change_type(skb, PACKET_HOST);
+	if (!p->natted && coexist())
+		return CM_STACK;
 	return bpf_redirect_peer(ifindex, 0);
 }
 

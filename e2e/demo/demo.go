@@ -108,7 +108,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	say("==> clustermesh %s (the agents' reports, read from each cluster's Kubernetes API)", strings.Join(args, " "))
-	out, err := m.CLI(ctx, args...)
+	out, err := m.CLIStatus(ctx, args[1:]...)
 	if err != nil {
 		return err
 	}

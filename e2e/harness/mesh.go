@@ -69,6 +69,9 @@ type Config struct {
 	CTEntries int
 	// AgentArgs are extra flags for every agent.
 	AgentArgs []string
+	// Mode is the agents' --mode: "full" (default; the harness has no
+	// other CNI) or "coexist".
+	Mode string
 	// Join is JoinCLI (default) or JoinDirect.
 	Join string
 	// ExternalEtcd gives a cluster (by name) an etcd the test runs: its
@@ -91,6 +94,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.CTEntries == 0 {
 		c.CTEntries = 4096
+	}
+	if c.Mode == "" {
+		c.Mode = "full"
 	}
 	if c.Join == "" {
 		c.Join = JoinCLI

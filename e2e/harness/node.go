@@ -19,7 +19,8 @@ import (
 	"github.com/clustermesh/clustermesh/internal/kubetest"
 )
 
-// TunnelDev is every node's `vxlan external` device.
+// TunnelDev is every node's `vxlan external` device, created by its agent
+// (on the only device with an IPv4 address, ul0, as underlay).
 const TunnelDev = "cm-vx"
 
 // podGateway is the pods' next hop: a link-local address answered by a
@@ -85,9 +86,7 @@ func (m *Mesh) addNode(ctx context.Context, c *Cluster, name string, j int) (*No
 	if err := n.NS.Batch(
 		"link set lo up",
 		"link set ul0 mtu 9000 up",
-		fmt.Sprintf("addr add %s/%d dev ul0", ip, underlay.Bits()),
-		fmt.Sprintf("link add %s type vxlan external dstport 8472", TunnelDev),
-		fmt.Sprintf("link set %s up", TunnelDev)); err != nil {
+		fmt.Sprintf("addr add %s/%d dev ul0", ip, underlay.Bits())); err != nil {
 		return nil, err
 	}
 	if _, err := kubetest.CreateNode(ctx, c.CP.Client, kubetest.NodeSpec{
@@ -121,13 +120,16 @@ func (n *Node) StartAgent() error {
 	m := c.mesh
 	args := append([]string{
 		"--node-name=" + n.Name, "--cluster-name=" + c.Name, "--cluster-id=" + strconv.Itoa(int(c.ID)),
-		"--kubeconfig=" + c.agentKubeconfig, "--datapath=bpf", "--tunnel-device=" + TunnelDev,
+		"--kubeconfig=" + c.agentKubeconfig, "--datapath=bpf", "--tunnel-device=" + TunnelDev, "--mode=" + m.cfg.Mode,
 		"--state-dir=" + filepath.Join(n.dir, "state"), "--status-socket=" + n.StatusSocket,
 		"--metrics-address=", "--clustermesh-config=" + c.ConfigDir,
 		"--bpf-pin-dir=" + n.pinDir, "--bpf-ct-entries=" + strconv.Itoa(m.cfg.CTEntries),
 	}, m.cfg.AgentArgs...)
 	if m.cfg.Join == JoinCLI {
-		args = append(args, "--status-namespace="+meshNamespace)
+		// As the chart passes them: the DaemonSet `clustermesh enable`
+		// created stands for this agent's, so that `clustermesh disable`
+		// makes a stopping agent clean its node up.
+		args = append(args, "--status-namespace="+meshNamespace, "--owner-daemonset=clustermesh-agent")
 	}
 	p, err := StartProcess("agent "+c.Name+"/"+n.Name, filepath.Join(n.dir, "agent.log"), n.NS, m.cfg.Bins.Agent, args...)
 	if err != nil {

@@ -7,14 +7,19 @@ import (
 	"testing"
 )
 
-// InCI reports whether the tests run under CI, where nothing may skip.
-func InCI() bool { return os.Getenv("CI") == "true" }
+// StrictEnv is the variable `make test` sets so that a missing requirement
+// fails a test as it does under CI (`make test-unit` leaves it unset).
+const StrictEnv = "CLUSTERMESH_TEST_STRICT"
 
-// Unavailable skips t with reason, or fails it under CI.
+// InCI reports whether nothing may skip: under CI (CI=true) or with
+// StrictEnv=true (make test).
+func InCI() bool { return os.Getenv("CI") == "true" || os.Getenv(StrictEnv) == "true" }
+
+// Unavailable skips t with reason, or fails it under CI or make test.
 func Unavailable(t testing.TB, reason string) {
 	t.Helper()
 	if InCI() {
-		t.Fatalf("required in CI but unavailable: %s", reason)
+		t.Fatalf("required by CI and make test but unavailable: %s (hack/setup.sh installs the Debian packages)", reason)
 	}
 	t.Skip("skipped: " + reason)
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -28,6 +29,7 @@ import (
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
+	"github.com/clustermesh/clustermesh/internal/kubereach"
 	"github.com/clustermesh/clustermesh/internal/runner"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
@@ -43,10 +45,13 @@ type Config struct {
 	MaxConnectedClusters int
 	Kubeconfig           string
 	Datapath             string // bpf or memory
-	TunnelDevice         string // bpf: the vxlan device to attach the tunnel program to
-	StateDir             string
-	StatusSocket         string
-	MetricsAddress       string
+	// Mode is ModeCoexist (beside a primary CNI and kube-proxy: only the
+	// mesh's traffic) or ModeFull (the agent forwards all pod traffic and
+	// load-balances every ClusterIP Service).
+	Mode           string
+	StateDir       string
+	StatusSocket   string
+	MetricsAddress string
 	// StatusNamespace holds the agent's status ConfigMap ("" disables it).
 	StatusNamespace string
 
@@ -54,7 +59,19 @@ type Config struct {
 	Merge  servicemerge.Config
 	Sync   dpsync.Config
 	BPF    bpf.Config
+	// Tunnel is the bpf datapath's vxlan device (created by default).
+	Tunnel bpf.TunnelConfig
+	// OwnerDaemonSet names the agent's DaemonSet in StatusNamespace: when
+	// the agent stops while it is gone or being deleted (the release is
+	// uninstalled), it cleans the node up (see cleanup.go). "" never does.
+	OwnerDaemonSet string
 }
+
+// The agent's modes.
+const (
+	ModeCoexist = "coexist"
+	ModeFull    = "full"
+)
 
 // DefaultStatusSocket is where the agent serves its status API.
 const DefaultStatusSocket = "/var/run/clustermesh/agent.sock"
@@ -64,6 +81,8 @@ func DefaultConfig() Config {
 	return Config{
 		MaxConnectedClusters: wire.DefaultMaxConnectedClusters,
 		Datapath:             "bpf",
+		Mode:                 ModeCoexist,
+		Tunnel:               bpf.DefaultTunnelConfig(),
 		StateDir:             "/var/lib/clustermesh",
 		StatusSocket:         DefaultStatusSocket,
 		MetricsAddress:       ":9962",
@@ -81,7 +100,8 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.MaxConnectedClusters, "max-connected-clusters", c.MaxConnectedClusters, "255 or 511; must match every remote cluster")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig of the own cluster (empty: in-cluster config)")
 	fs.StringVar(&c.Datapath, "datapath", c.Datapath, "datapath implementation: bpf or memory")
-	fs.StringVar(&c.TunnelDevice, "tunnel-device", c.TunnelDevice, "bpf: the node's vxlan device to attach the tunnel program to (empty: do not attach)")
+	fs.StringVar(&c.Mode, "mode", c.Mode, "coexist: beside a primary CNI and kube-proxy, handle only traffic to remote pod CIDRs and global services and hand the rest to the host stack; full: forward all pod traffic and load-balance every ClusterIP Service")
+	fs.StringVar(&c.OwnerDaemonSet, "owner-daemonset", c.OwnerDaemonSet, "the agent's DaemonSet in --status-namespace: stopping while it is deleted (uninstall) cleans the node up (empty: never)")
 	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory for the agent's persistent state")
 	fs.StringVar(&c.StatusSocket, "status-socket", c.StatusSocket, "unix socket of the status API")
 	fs.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, "listen address of the Prometheus metrics endpoint and of /healthz and /readyz (empty: disabled)")
@@ -91,6 +111,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	c.Sync.RegisterFlags(fs)
 	gfs := flag.NewFlagSet("bpf", flag.ContinueOnError)
 	c.BPF.RegisterFlags(gfs)
+	c.Tunnel.RegisterFlags(gfs)
 	fs.AddGoFlagSet(gfs)
 }
 
@@ -107,6 +128,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Datapath != "bpf" && c.Datapath != "memory" {
 		return fmt.Errorf("%w: --datapath %q (want bpf or memory)", ErrConfig, c.Datapath)
+	}
+	if c.Mode != ModeCoexist && c.Mode != ModeFull {
+		return fmt.Errorf("%w: --mode %q (want %s or %s)", ErrConfig, c.Mode, ModeCoexist, ModeFull)
+	}
+	if c.OwnerDaemonSet != "" && c.StatusNamespace == "" {
+		return fmt.Errorf("%w: --owner-daemonset needs --status-namespace", ErrConfig)
 	}
 	if c.Remote.Dir == "" {
 		return fmt.Errorf("%w: --clustermesh-config is required", ErrConfig)
@@ -127,6 +154,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	clk := clock.RealClock{}
 	cfg.Sync.ClusterID, cfg.Merge.ClusterID = cfg.ClusterID, cfg.ClusterID
+	cfg.Merge.GlobalOnly = cfg.Mode == ModeCoexist
 	rec := dpsync.New(cfg.Sync, w, log.With("component", "dpsync"), clk)
 	if st, err := rec.Restore(); err != nil {
 		log.Warn("cannot read back the datapath; starting empty", "error", err)
@@ -149,19 +177,24 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	var ownSynced atomic.Bool
 	local := localcluster.New(localcluster.Config{
 		NodeName: cfg.NodeName, ClusterID: cfg.ClusterID,
-		OnSynced: func() { rec.Release(cfg.ClusterID); ownSynced.Store(true) },
+		// Beside a primary CNI, it connects the cluster's own nodes.
+		NodeTunnels: cfg.Mode == ModeFull,
+		OnSynced:    func() { rec.Release(cfg.ClusterID); ownSynced.Store(true) },
 	}, kube, merger, rec, log.With("component", "localcluster"), reg)
 
 	rcfg := cfg.Remote
 	rcfg.ClusterName, rcfg.ClusterID, rcfg.MaxConnectedClusters, rcfg.StateDir = cfg.ClusterName, cfg.ClusterID, cfg.MaxConnectedClusters, cfg.StateDir
+	rcfg.LocalPodCIDRs = local.PodCIDRs
 	mgr := remotecluster.New(rcfg, rec, merger, log.With("component", "remotecluster"), clk)
 	reg.MustRegister(mgr.Collector())
 
 	status := statusapi.New(statusapi.Config{Socket: cfg.StatusSocket, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID, NodeName: cfg.NodeName},
 		mgr, merger, rec, log.With("component", "status"))
 
+	reach := kubereach.New(kubereach.Config{}, kubereach.ProbeVersion(kube.Discovery()), log.With("component", "kube-apiserver"), clk)
 	runs := []runner.Part{{Name: "dpsync", Run: rec.Run}, {Name: "servicemerge", Run: merger.Run},
-		{Name: "localcluster", Run: local.Run}, {Name: "remotecluster", Run: mgr.Run}, {Name: "status", Run: status.Run}}
+		{Name: "localcluster", Run: local.Run}, {Name: "remotecluster", Run: mgr.Run}, {Name: "status", Run: status.Run},
+		{Name: "kube-apiserver reachability", Run: reach.Run}}
 	if cfg.StatusNamespace != "" {
 		pub := statusreport.New(statusreport.Config{Namespace: cfg.StatusNamespace, Cluster: cfg.ClusterName, Node: cfg.NodeName, Nodes: local.NodeCount},
 			mgr, kube.CoreV1(), log.With("component", "statusreport"), clk)
@@ -171,8 +204,20 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		h := health{ownSynced: ownSynced.Load, remotes: mgr}
 		runs = append(runs, runner.Part{Name: "metrics", Run: func(ctx context.Context) error { return serveMetrics(ctx, cfg.MetricsAddress, reg, h) }})
 	}
-	log.Info("clustermesh-agent running", "cluster", cfg.ClusterName, "cluster_id", cfg.ClusterID, "node", cfg.NodeName, "datapath", cfg.Datapath)
-	return runner.All(ctx, runs...)
+	log.Info("clustermesh-agent running", "cluster", cfg.ClusterName, "cluster_id", cfg.ClusterID, "node", cfg.NodeName, "datapath", cfg.Datapath, "mode", cfg.Mode)
+	var owner *ownerWatch
+	if cfg.Datapath == "bpf" && cfg.OwnerDaemonSet != "" {
+		owner = newOwnerWatch(kube, cfg.StatusNamespace, cfg.OwnerDaemonSet, log)
+		runs = append(runs, runner.Part{Name: "owner daemonset", Run: owner.Run})
+	}
+	err = runner.All(ctx, runs...)
+	if owner != nil && ctx.Err() != nil {
+		closeWriter()
+		if uerr := cleanupIfUninstalled(owner, cfg, log); uerr != nil {
+			return errors.Join(err, uerr)
+		}
+	}
+	return err
 }
 
 func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, h health) error {
@@ -205,26 +250,31 @@ func openWriter(cfg Config, log *slog.Logger) (datapath.Writer, func(), error) {
 	if cfg.Datapath == "memory" {
 		return memory.New(), func() {}, nil
 	}
-	dp, err := bpf.Open(cfg.BPF, log.With("component", "bpf"))
+	bcfg := cfg.BPF
+	bcfg.Coexist = cfg.Mode == ModeCoexist
+	blog := log.With("component", "bpf")
+	dp, err := bpf.Open(bcfg, blog)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open bpf datapath: %w", err)
 	}
-	if cfg.TunnelDevice != "" {
-		ifc, err := net.InterfaceByName(cfg.TunnelDevice)
+	if cfg.Tunnel.Device != "" {
+		idx, err := bpf.EnsureTunnel(cfg.Tunnel, blog)
 		if err == nil {
-			err = dp.Attach(bpf.HookTunnel, ifc.Index)
+			err = dp.Attach(bpf.HookTunnel, idx)
 		}
 		if err != nil {
 			dp.Close()
-			return nil, nil, fmt.Errorf("attach tunnel device %s: %w", cfg.TunnelDevice, err)
+			return nil, nil, fmt.Errorf("tunnel device %q: %w", cfg.Tunnel.Device, err)
 		}
 	}
-	w, err := bpf.NewWriter(dp, log.With("component", "bpf"))
+	w, err := bpf.NewWriter(dp, blog)
 	if err != nil {
 		dp.Close()
 		return nil, nil, fmt.Errorf("bpf writer: %w", err)
 	}
-	return attachingWriter{Writer: w, dp: dp}, func() { dp.Close() }, nil
+	blog.Info("datapath open", "attach", dp.AttachMode(), "mode", cfg.Mode, "tunnel", cfg.Tunnel.Device)
+	var once sync.Once
+	return attachingWriter{Writer: w, dp: dp}, func() { once.Do(func() { dp.Close() }) }, nil
 }
 
 // attachingWriter attaches the endpoint program to the host veth of every

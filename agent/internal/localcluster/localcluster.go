@@ -57,7 +57,10 @@ type IfIndexFunc func(netip.Addr) (int, error)
 type Config struct {
 	NodeName  string
 	ClusterID uint32
-	Workers   int
+	// NodeTunnels routes the other nodes' pod CIDRs through the tunnel
+	// (full mode); beside a primary CNI it connects the nodes instead.
+	NodeTunnels bool
+	Workers     int
 	// IfIndex looks up the host route of a pod IP; default RouteIfIndex.
 	IfIndex IfIndexFunc
 	// OnSynced is called once the initial state has been handed in.
@@ -100,6 +103,7 @@ type Watcher struct {
 	slices    map[key]servicemerge.Name // guarded by mu: slice → its service, for deletes
 	nodeCIDRs map[string][]netip.Prefix // guarded by mu: node → programmed CIDRs
 	nodes     map[string]struct{}       // guarded by mu: the cluster's nodes, reconciled
+	podCIDRs  map[string][]netip.Prefix // guarded by mu: every node's pod CIDRs (this one's too)
 	podIPs    map[key][]netip.Addr      // guarded by mu: pod → programmed endpoints
 }
 
@@ -126,6 +130,7 @@ func New(cfg Config, client kubernetes.Interface, svcs ServiceSink, dp DatapathS
 		slices:    map[key]servicemerge.Name{},
 		nodeCIDRs: map[string][]netip.Prefix{},
 		nodes:     map[string]struct{}{},
+		podCIDRs:  map[string][]netip.Prefix{},
 		podIPs:    map[key][]netip.Addr{},
 	}
 	if reg != nil {
@@ -398,14 +403,16 @@ func (w *Watcher) reconcileNode(k key) error {
 	case apierrors.IsNotFound(err):
 	case err != nil:
 		return err
-	case node.Name != w.cfg.NodeName:
+	case node.Name != w.cfg.NodeName && w.cfg.NodeTunnels:
 		want = tunnels(node, w.cfg.ClusterID)
 	}
 	w.mu.Lock()
 	if node == nil {
 		delete(w.nodes, k.name)
+		delete(w.podCIDRs, k.name)
 	} else {
 		w.nodes[k.name] = struct{}{}
+		w.podCIDRs[k.name] = nodePodCIDRs(node)
 	}
 	prev := w.nodeCIDRs[k.name]
 	cidrs := make([]netip.Prefix, 0, len(want))
@@ -437,6 +444,31 @@ func (w *Watcher) NodeCount() int {
 	return len(w.nodes)
 }
 
+// PodCIDRs returns the pod CIDRs of every node of the cluster seen so far.
+func (w *Watcher) PodCIDRs() []netip.Prefix {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []netip.Prefix
+	for _, l := range w.podCIDRs {
+		out = append(out, l...)
+	}
+	return out
+}
+
+func nodePodCIDRs(node *corev1.Node) []netip.Prefix {
+	cidrs := node.Spec.PodCIDRs
+	if len(cidrs) == 0 && node.Spec.PodCIDR != "" {
+		cidrs = []string{node.Spec.PodCIDR}
+	}
+	out := make([]netip.Prefix, 0, len(cidrs))
+	for _, c := range cidrs {
+		if p, err := netip.ParsePrefix(c); err == nil {
+			out = append(out, p.Masked())
+		}
+	}
+	return out
+}
+
 func containsPrefix(l []netip.Prefix, p netip.Prefix) bool {
 	for _, q := range l {
 		if q == p {
@@ -464,16 +496,8 @@ func tunnels(node *corev1.Node, clusterID uint32) []datapath.TunnelEntry {
 			v6 = ip
 		}
 	}
-	cidrs := node.Spec.PodCIDRs
-	if len(cidrs) == 0 && node.Spec.PodCIDR != "" {
-		cidrs = []string{node.Spec.PodCIDR}
-	}
 	var out []datapath.TunnelEntry
-	for _, c := range cidrs {
-		p, err := netip.ParsePrefix(c)
-		if err != nil {
-			continue
-		}
+	for _, p := range nodePodCIDRs(node) {
 		nodeIP := v4
 		if p.Addr().Is6() {
 			nodeIP = v6
@@ -485,7 +509,7 @@ func tunnels(node *corev1.Node, clusterID uint32) []datapath.TunnelEntry {
 			}
 		}
 		if nodeIP.IsValid() {
-			out = append(out, datapath.TunnelEntry{CIDR: p.Masked(), NodeIP: nodeIP, ClusterID: clusterID})
+			out = append(out, datapath.TunnelEntry{CIDR: p, NodeIP: nodeIP, ClusterID: clusterID})
 		}
 	}
 	return out

@@ -96,7 +96,7 @@ func TestWatcher(t *testing.T) {
 	merger := servicemerge.New(servicemerge.Config{ClusterID: 1}, rec)
 	routes := &fakeRoutes{m: map[netip.Addr]int{netip.MustParseAddr("10.1.1.5"): 7}}
 	synced := make(chan struct{})
-	w := New(Config{NodeName: "n1", ClusterID: 1, IfIndex: routes.lookup, OnSynced: func() { close(synced) },
+	w := New(Config{NodeName: "n1", ClusterID: 1, NodeTunnels: true, IfIndex: routes.lookup, OnSynced: func() { close(synced) },
 		RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond}, client, merger, rec, discard, nil)
 
 	ctx, cancel := context.WithCancel(context.Background())

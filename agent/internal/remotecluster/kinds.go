@@ -63,7 +63,7 @@ func newKindStore(r *remote, k kind, cfg watchstore.Config) (kindStore, *observe
 	log := r.log.With("kind", k.String())
 	switch k {
 	case kindNodes:
-		o := &nodeObserver{observerBase: observerBase{r: r}, tunnels: map[string][]netip.Prefix{}}
+		o := &nodeObserver{observerBase: observerBase{r: r}}
 		return watchstore.New(nil, cfg, func(key string, v []byte) (wire.Node, error) { return wire.DecodeNode(r.rem, key, v) }, o, log, nil), &o.observerBase
 	case kindIdentities:
 		o := &identityObserver{observerBase{r: r}}
@@ -96,10 +96,10 @@ func (o *observerBase) OnSync() {
 	}
 }
 
-// nodeObserver routes each node's pod CIDRs to it.
+// nodeObserver routes each node's pod CIDRs to it, except those that
+// overlap the local cluster's pod CIDRs (refused, see overlap.go).
 type nodeObserver struct {
 	observerBase
-	tunnels map[string][]netip.Prefix // node key -> CIDRs programmed
 }
 
 func (o *nodeObserver) OnUpsert(key string, n wire.Node) {
@@ -109,22 +109,26 @@ func (o *nodeObserver) OnUpsert(key string, n wire.Node) {
 	for i, t := range want {
 		cidrs[i] = t.CIDR
 	}
-	for _, p := range o.tunnels[key] {
+	prev := o.r.setNodeCIDRs(key, cidrs)
+	for _, p := range prev {
 		if !slices.Contains(cidrs, p) {
 			dp.DeleteTunnel(p, id)
 		}
 	}
+	local := o.r.m.localPodCIDRs()
 	for _, t := range want {
+		if _, bad := overlapping(t.CIDR, local); bad {
+			dp.DeleteTunnel(t.CIDR, id) // programmed before the local CIDR was known
+			continue
+		}
 		dp.UpsertTunnel(t)
 	}
-	o.tunnels[key] = cidrs
 }
 
 func (o *nodeObserver) OnDelete(key string, _ wire.Node) {
-	for _, p := range o.tunnels[key] {
+	for _, p := range o.r.setNodeCIDRs(key, nil) {
 		o.r.m.dp.DeleteTunnel(p, o.r.dpID)
 	}
-	delete(o.tunnels, key)
 }
 
 // identityObserver only counts: remote identities carry their cluster ID

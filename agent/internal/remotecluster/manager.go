@@ -86,6 +86,10 @@ type Config struct {
 	ProbeInterval, ProbeTimeout time.Duration
 	// RescanInterval rescans the directory even without fsnotify events.
 	RescanInterval time.Duration
+	// LocalPodCIDRs returns the local cluster's pod CIDRs (all its nodes');
+	// a remote node pod CIDR overlapping one is refused (overlap.go). nil:
+	// no check.
+	LocalPodCIDRs func() []netip.Prefix
 }
 
 // DefaultConfig returns the defaults.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -51,6 +52,9 @@ type remote struct {
 	mu     sync.Mutex
 	st     Status              // guarded by mu; Kinds are filled from stores by status()
 	stores [numKinds]kindStore // guarded by mu (the slots; the stores are safe)
+	// nodeCIDRs holds the pod CIDRs of each of the remote's nodes (by key),
+	// programmed or refused; guarded by mu.
+	nodeCIDRs map[string][]netip.Prefix
 }
 
 func newRemote(m *Manager, name string) *remote {
@@ -480,5 +484,6 @@ func (r *remote) status() Status {
 			st.WaitingForCanary, st.Ready = true, false
 		}
 	}
+	st.PodCIDROverlap = r.overlap()
 	return st
 }

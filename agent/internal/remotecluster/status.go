@@ -31,6 +31,9 @@ type Status struct {
 	RefusedReason string
 	// LastHeartbeat is the remote's cilium/.heartbeat timestamp.
 	LastHeartbeat time.Time
+	// PodCIDROverlap says which of the remote's node pod CIDRs overlap the
+	// local cluster's pod CIDRs (refused: not programmed), empty when none.
+	PodCIDROverlap string
 }
 
 // Settled reports whether the remote no longer holds the agent's

@@ -74,6 +74,9 @@ type Config struct {
 	// that must be ready again before an affinity=local frontend drops its
 	// remote backends (see the package doc). 0 < share ≤ 1.
 	FailbackShare float64
+	// GlobalOnly emits only global services (the agent's coexistence mode:
+	// kube-proxy keeps serving the others).
+	GlobalOnly bool
 }
 
 // DefaultConfig returns the defaults.
@@ -355,7 +358,7 @@ type remoteList struct {
 
 // compute returns the services of s sorted by frontend.
 func (m *Merger) compute(s *service) []datapath.Service {
-	if s.local == nil {
+	if s.local == nil || m.cfg.GlobalOnly && !s.local.Global {
 		return nil
 	}
 	ls := s.local

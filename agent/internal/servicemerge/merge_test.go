@@ -113,6 +113,37 @@ func TestAffinitySharedMatrix(t *testing.T) {
 	}
 }
 
+// TestGlobalOnly checks the coexistence mode: a Service that is not global
+// is left to kube-proxy (never emitted), and one that stops being global is
+// withdrawn.
+func TestGlobalOnly(t *testing.T) {
+	tests := []struct {
+		name  string
+		steps []bool // global annotation over time
+		want  string
+	}{
+		{"not global", []bool{false}, "absent"},
+		{"global", []bool{true}, "1:1x2 2:1x3"},
+		{"global then not", []bool{true, false}, "absent"},
+		{"not global then global", []bool{false, true}, "1:1x2 2:1x3"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := sink{}
+			m := New(Config{ClusterID: 1, FailbackShare: 0.5, GlobalOnly: true}, s)
+			m.SetEndpointSlice(web, "a", slice(2, 0, "10.1.0"))
+			m.SetRemote(web, "c2", remote(2, true, 3))
+			for _, g := range tt.steps {
+				m.SetLocalService(web, localSvc(Annotations{Global: g, Shared: true}))
+				m.Flush()
+			}
+			if got := summary(s, fe); got != tt.want {
+				t.Fatalf("got %s, want %s", got, tt.want)
+			}
+		})
+	}
+}
+
 // TestFailoverFailback walks an affinity=local service through scale to zero
 // and back, checking the anti-flood rule.
 func TestFailoverFailback(t *testing.T) {

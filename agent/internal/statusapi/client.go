@@ -1,6 +1,7 @@
 package statusapi
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -65,10 +66,7 @@ func PrintTable(w io.Writer, resp *agentv1.GetStatusResponse) error {
 			counts[k.GetKind()] = fmt.Sprintf("%d%s", k.GetEntries(), mark)
 			invalid += k.GetInvalid()
 		}
-		problem := r.GetRefusedReason()
-		if problem == "" {
-			problem = r.GetLastError()
-		}
+		problem := cmp.Or(r.GetRefusedReason(), r.GetPodCidrOverlap(), r.GetLastError())
 		if problem == "" && r.GetWaitingForCanary() {
 			problem = waitingForCanary
 		}

@@ -109,7 +109,7 @@ func (s *Server) Build(includeEntries bool) *agentv1.GetStatusResponse {
 		rc := &agentv1.RemoteCluster{
 			Name: r.Name, Id: r.ID, Connected: r.Connected, Ready: r.Ready,
 			Failures: r.Failures, Reconnects: r.Reconnects, LastError: r.LastError, RefusedReason: r.RefusedReason,
-			WaitingForCanary: r.WaitingForCanary,
+			WaitingForCanary: r.WaitingForCanary, PodCidrOverlap: r.PodCIDROverlap,
 		}
 		if ts(r.LastChange) {
 			rc.LastChange = timestamppb.New(r.LastChange)

@@ -181,6 +181,9 @@ func Build(cluster, node string, rs []remotecluster.Status) meshstatus.AgentRepo
 		}
 		if s.RefusedReason != "" {
 			m.LastError = meshstatus.RefusedPrefix + s.RefusedReason
+		} else if s.PodCIDROverlap != "" {
+			// Not ready: some of the remote's pods cannot be reached.
+			m.LastError, m.Ready = meshstatus.RefusedPrefix+s.PodCIDROverlap, false
 		}
 		for _, k := range s.Kinds {
 			name := kindName(k.Kind)

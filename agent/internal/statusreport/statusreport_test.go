@@ -27,8 +27,9 @@ func TestBuild(t *testing.T) {
 			}},
 		{Name: "c3", RefusedReason: "cluster ID conflict"},
 		{Name: "c4", Connected: true, WaitingForCanary: true},
+		{Name: "c5", ID: 5, Connected: true, Ready: true, PodCIDROverlap: "pod CIDR overlaps: 10.1.4.0/24 of node n1 overlaps 10.1.0.0/16"},
 	})
-	if r.Cluster != "c1" || r.Node != "n1" || len(r.Remotes) != 3 {
+	if r.Cluster != "c1" || r.Node != "n1" || len(r.Remotes) != 4 {
 		t.Fatalf("report %+v", r)
 	}
 	c2 := r.Remotes[0]
@@ -42,6 +43,9 @@ func TestBuild(t *testing.T) {
 	}
 	if c4 := r.Remotes[2]; c4.Ready || !c4.WaitingForCanary {
 		t.Fatalf("c4 %+v", c4)
+	}
+	if c5 := r.Remotes[3]; c5.Ready || c5.LastError != "refused: pod CIDR overlaps: 10.1.4.0/24 of node n1 overlaps 10.1.0.0/16" {
+		t.Fatalf("c5 with overlapping pod CIDRs %+v, want not ready with the reason", c5)
 	}
 }
 

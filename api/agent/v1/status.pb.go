@@ -212,8 +212,11 @@ type RemoteCluster struct {
 	// A kind waits for the sync canary of the remote's emptied or replaced
 	// etcd; the previous state is served meanwhile (ready is false).
 	WaitingForCanary bool `protobuf:"varint,50,opt,name=waiting_for_canary,json=waitingForCanary,proto3" json:"waiting_for_canary,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Which of the remote's node pod CIDRs overlap the local cluster's pod
+	// CIDRs (refused: not routed), empty when none.
+	PodCidrOverlap string `protobuf:"bytes,20,opt,name=pod_cidr_overlap,json=podCidrOverlap,proto3" json:"pod_cidr_overlap,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *RemoteCluster) Reset() {
@@ -328,6 +331,13 @@ func (x *RemoteCluster) GetWaitingForCanary() bool {
 		return x.WaitingForCanary
 	}
 	return false
+}
+
+func (x *RemoteCluster) GetPodCidrOverlap() string {
+	if x != nil {
+		return x.PodCidrOverlap
+	}
+	return ""
 }
 
 type KindStatus struct {
@@ -699,7 +709,7 @@ const file_status_proto_rawDesc = "" +
 	"\x10datapath_batches\x18\t \x01(\x04R\x0fdatapathBatches\x12+\n" +
 	"\x11datapath_failures\x18\n" +
 	" \x01(\x04R\x10datapathFailures\x12.\n" +
-	"\x13datapath_last_error\x18\v \x01(\tR\x11datapathLastError\"\xcf\x03\n" +
+	"\x13datapath_last_error\x18\v \x01(\tR\x11datapathLastError\"\xf9\x03\n" +
 	"\rRemoteCluster\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\rR\x02id\x12\x1c\n" +
@@ -717,7 +727,8 @@ const file_status_proto_rawDesc = "" +
 	"\x0erefused_reason\x18\n" +
 	" \x01(\tR\rrefusedReason\x12A\n" +
 	"\x0elast_heartbeat\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\x12,\n" +
-	"\x12waiting_for_canary\x182 \x01(\bR\x10waitingForCanary\"\x84\x01\n" +
+	"\x12waiting_for_canary\x182 \x01(\bR\x10waitingForCanary\x12(\n" +
+	"\x10pod_cidr_overlap\x18\x14 \x01(\tR\x0epodCidrOverlap\"\x84\x01\n" +
 	"\n" +
 	"KindStatus\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x16\n" +

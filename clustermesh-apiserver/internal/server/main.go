@@ -18,6 +18,7 @@ import (
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/health"
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/remoteusers"
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/statusreport"
+	"github.com/clustermesh/clustermesh/internal/kubereach"
 	"github.com/clustermesh/clustermesh/internal/meshstatus"
 	"github.com/clustermesh/clustermesh/internal/runner"
 	"github.com/clustermesh/clustermesh/kvstore"
@@ -51,7 +52,8 @@ func Main(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	runners := []runner.Part{{Name: "server", Run: s.Run}}
+	reach := kubereach.New(kubereach.Config{}, kubereach.ProbeVersion(kube.Discovery()), log.With("component", "kube-apiserver"), clock.RealClock{})
+	runners := []runner.Part{{Name: "server", Run: s.Run}, {Name: "kube-apiserver reachability", Run: reach.Run}}
 	users, err := remoteUsers(ctx, cfg, etcd, kv, reg, log.With("component", "remote-users"))
 	if err != nil {
 		return err

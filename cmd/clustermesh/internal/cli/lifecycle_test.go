@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/clustermesh/clustermesh/cmd/clustermesh/internal/mesh"
 	"github.com/clustermesh/clustermesh/internal/meshstatus"
@@ -300,8 +303,8 @@ func TestMeshLifecycle(t *testing.T) {
 	t.Run("status", func(t *testing.T) {
 		publishReports(t, e, false)
 		out, _, err := e.run(t, "status", "--context", "c1,c2,c3")
-		if err != nil {
-			t.Fatal(err)
+		if !errors.Is(err, mesh.ErrNotReady) {
+			t.Fatalf("status of a mesh not ready: err = %v, want ErrNotReady (non-zero exit)", err)
 		}
 		golden(t, "status-not-ready.txt", out)
 
@@ -311,8 +314,8 @@ func TestMeshLifecycle(t *testing.T) {
 		}
 
 		out, _, err = e.run(t, "status", "--context", "c1,c2,c3", "-o", "json")
-		if err != nil {
-			t.Fatal(err)
+		if !errors.Is(err, mesh.ErrNotReady) {
+			t.Fatalf("status -o json: err = %v, want ErrNotReady", err)
 		}
 		var st mesh.MeshStatus
 		dec := json.NewDecoder(strings.NewReader(out))
@@ -350,6 +353,44 @@ func TestMeshLifecycle(t *testing.T) {
 			t.Fatalf("status --wait: %v\n%s", err, out)
 		}
 		golden(t, "status-ready.txt", out)
+	})
+
+	t.Run("status-tells-unreachable-from-not-enabled", func(t *testing.T) {
+		cfg, err := clientcmd.LoadFromFile(e.kubeconfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gone := clientcmdapi.NewCluster()
+		gone.Server = "https://127.0.0.1:1" // nothing listens there
+		cfg.Clusters["gone"] = gone
+		cfg.Contexts["gone"] = &clientcmdapi.Context{Cluster: "gone", AuthInfo: cfg.Contexts["c1"].AuthInfo}
+		path := filepath.Join(t.TempDir(), "kubeconfig")
+		if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+			t.Fatal(err)
+		}
+		var out, errb strings.Builder
+		root := NewRootCommand(Config{Stdout: &out, Stderr: &errb, Log: discard()})
+		root.SetArgs([]string{"--kubeconfig", path, "status", "--context", "c1,gone", "-n", "not-installed-here", "-o", "json"})
+		if err := root.ExecuteContext(ctx); !errors.Is(err, mesh.ErrNotReady) {
+			t.Fatalf("status: err = %v, want ErrNotReady", err)
+		}
+		var st mesh.MeshStatus
+		if err := json.Unmarshal([]byte(out.String()), &st); err != nil || len(st.Clusters) != 2 {
+			t.Fatalf("status %s: %v", out.String(), err)
+		}
+		for _, tc := range []struct {
+			name            string
+			c               mesh.ClusterStatus
+			wantUnreachable bool
+			wantProblem     string
+		}{
+			{"not enabled", st.Clusters[0], false, mesh.ErrNotEnabled.Error()},
+			{"cannot reach", st.Clusters[1], true, mesh.ErrUnreachable.Error()},
+		} {
+			if tc.c.Unreachable != tc.wantUnreachable || tc.c.Enabled || len(tc.c.Problems) == 0 || !strings.Contains(tc.c.Problems[0], tc.wantProblem) {
+				t.Errorf("%s: %+v, want unreachable=%v and a problem with %q", tc.name, tc.c, tc.wantUnreachable, tc.wantProblem)
+			}
+		}
 	})
 
 	t.Run("status-with-kubeconfig-list", func(t *testing.T) {
@@ -395,6 +436,44 @@ func TestMeshLifecycle(t *testing.T) {
 		}
 		if after := e.versions(t); !equalMaps(before, after) {
 			t.Error("second disconnect wrote objects")
+		}
+	})
+
+	t.Run("disable", func(t *testing.T) {
+		out := e.mustRun(t, "disable", "--context", "c3")
+		if !strings.Contains(out, "release uninstalled") || !strings.Contains(out, "secret/clustermesh-ca") {
+			t.Errorf("output %q", out)
+		}
+		c3 := e.client("c3")
+		secrets, err := c3.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cms, err := c3.CoreV1().ConfigMaps(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var left []string
+		for _, s := range secrets.Items {
+			left = append(left, "secret/"+s.Name)
+		}
+		for _, cm := range cms.Items {
+			if cm.Name != "kube-root-ca.crt" { // the namespace's own
+				left = append(left, "configmap/"+cm.Name)
+			}
+		}
+		if len(left) != 0 {
+			t.Errorf("left in %s after disable: %v", ns, left)
+		}
+		if _, err := c3.AppsV1().DaemonSets(ns).Get(ctx, "clustermesh-agent", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			t.Errorf("agent DaemonSet after disable: err = %v, want not found", err)
+		}
+		out, _, err = e.run(t, "status", "--context", "c3")
+		if !errors.Is(err, mesh.ErrNotReady) || !strings.Contains(out, "not enabled") {
+			t.Errorf("status after disable: err = %v, output %q", err, out)
+		}
+		if _, _, err := e.run(t, "disable", "--context", "c3"); !errors.Is(err, mesh.ErrNotEnabled) {
+			t.Errorf("second disable: err = %v, want ErrNotEnabled", err)
 		}
 	})
 }

@@ -68,6 +68,6 @@ KUBECONFIG list (files merged, as kubectl does), else ~/.kube/config.`,
 	root.SetErr(cfg.Stderr)
 	root.PersistentFlags().StringVar(&g.kubeconfig, "kubeconfig", "", "path of the kubeconfig file (default: KUBECONFIG list or ~/.kube/config)")
 	root.PersistentFlags().StringVarP(&g.namespace, "namespace", "n", mesh.DefaultNamespace, "namespace of the clustermesh release in every cluster")
-	root.AddCommand(newEnableCommand(cfg, g), newConnectCommand(cfg, g, false), newConnectCommand(cfg, g, true), newStatusCommand(cfg, g), newVersionCommand(cfg))
+	root.AddCommand(newEnableCommand(cfg, g), newConnectCommand(cfg, g, false), newConnectCommand(cfg, g, true), newStatusCommand(cfg, g), newDisableCommand(cfg, g), newVersionCommand(cfg))
 	return root
 }

@@ -25,7 +25,9 @@ func newStatusCommand(cfg Config, g *globals) *cobra.Command {
 		Long: `status shows, for each cluster, whether its clustermesh-apiserver is ready and, for each
 agent, the state of every remote cluster: connected, synced, entries per kind (a '*'
 marks a kind whose initial sync has not completed), invalid entries dropped,
-reconnects and the last error. It ends with a one-line verdict.
+reconnects and the last error. It ends with a one-line verdict and exits non-zero
+when the mesh is not ready: a cluster whose kube-apiserver does not answer shows
+"cannot reach", one without the chart "not enabled".
 
 The agents and the apiserver publish their status as ConfigMaps
 (clustermesh-status-*) in the release namespace, so status needs nothing but read
@@ -75,16 +77,19 @@ namespace, enabled, cluster, clusterID, remotes, apiserver, agents, problems, re
 			} else if err := mesh.RenderStatus(cfg.Stdout, st); err != nil {
 				return err
 			}
-			if wait && !st.Ready {
-				var ps []string
-				for _, c := range st.Clusters {
-					for _, p := range c.Problems {
-						ps = append(ps, c.Context+": "+p)
-					}
+			if st.Ready {
+				return nil
+			}
+			var ps []string
+			for _, c := range st.Clusters {
+				for _, p := range c.Problems {
+					ps = append(ps, c.Context+": "+p)
 				}
+			}
+			if wait {
 				return fmt.Errorf("%w after %s: %s", mesh.ErrNotReady, timeout, strings.Join(ps, "; "))
 			}
-			return nil
+			return fmt.Errorf("%w: %s", mesh.ErrNotReady, strings.Join(ps, "; "))
 		},
 	}
 	f := cmd.Flags()

@@ -39,6 +39,7 @@ var (
 	ErrInvalidClusterID      = errors.New("invalid cluster ID")
 	ErrMaxConnectedMismatch  = errors.New("maxConnectedClusters differ")
 	ErrNotEnabled            = errors.New("clustermesh is not enabled in this cluster")
+	ErrUnreachable           = errors.New("cannot reach the cluster's kube-apiserver")
 	ErrNoEndpoint            = errors.New("no endpoint for the clustermesh-apiserver")
 	ErrEndpointUnreachable   = errors.New("clustermesh-apiserver endpoint unreachable")
 	ErrClusterIdentityChange = errors.New("cluster is already enabled with another name or ID")
@@ -107,9 +108,19 @@ func (c *Cluster) ReadInfo(ctx context.Context) (Info, error) {
 		return Info{}, fmt.Errorf("context %q (namespace %s): %w; run clustermesh enable first", c.Context, c.Namespace, ErrNotEnabled)
 	}
 	if err != nil {
-		return Info{}, fmt.Errorf("context %q: read %s: %w", c.Context, configMapConfig, err)
+		return Info{}, fmt.Errorf("context %q: read %s: %w", c.Context, configMapConfig, reachErr(err))
 	}
 	return parseInfo(c.Context, cm)
+}
+
+// reachErr wraps err with ErrUnreachable when no kube-apiserver answered
+// (no API status: connection refused, timeout, DNS, TLS).
+func reachErr(err error) error {
+	var st apierrors.APIStatus
+	if errors.As(err, &st) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrUnreachable, err)
 }
 
 func parseInfo(context string, cm *corev1.ConfigMap) (Info, error) {

@@ -16,7 +16,9 @@ func RenderStatus(w io.Writer, st MeshStatus) error {
 	fmt.Fprintln(tw, "CLUSTER\tID\tCONTEXT\tAPISERVER\tIDENTITIES\tREMOTES\tAGENTS READY")
 	for _, c := range st.Clusters {
 		api, ids := "not reported", "-"
-		if !c.Enabled {
+		if c.Unreachable {
+			api = "cannot reach"
+		} else if !c.Enabled {
 			api = "not enabled"
 		} else if c.APIServer != nil {
 			api = map[bool]string{true: "ready", false: "not ready"}[c.APIServer.Ready]

@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -30,9 +31,12 @@ type ClusterStatus struct {
 	Context   string `json:"context"`
 	Namespace string `json:"namespace"`
 	// Enabled is false when the chart is not installed (no clustermesh-config).
-	Enabled   bool   `json:"enabled"`
-	Cluster   string `json:"cluster,omitempty"`
-	ClusterID uint32 `json:"clusterID,omitempty"`
+	Enabled bool `json:"enabled"`
+	// Unreachable is true when the cluster's kube-apiserver did not answer
+	// (Enabled is then unknown, and false).
+	Unreachable bool   `json:"unreachable,omitempty"`
+	Cluster     string `json:"cluster,omitempty"`
+	ClusterID   uint32 `json:"clusterID,omitempty"`
 	// Remotes are the clusters configured for the agents (remote-clusters Secret).
 	Remotes []string `json:"remotes"`
 	// APIServer is the apiserver's report, nil when it has not published one.
@@ -58,6 +62,7 @@ func collectCluster(ctx context.Context, c *Cluster) ClusterStatus {
 	cs := ClusterStatus{Context: c.Context, Namespace: c.Namespace, Remotes: []string{}, Agents: []meshstatus.AgentReport{}, Problems: []string{}}
 	info, err := c.ReadInfo(ctx)
 	if err != nil {
+		cs.Unreachable = errors.Is(err, ErrUnreachable)
 		cs.Problems = append(cs.Problems, err.Error())
 		return cs
 	}

@@ -1,0 +1,315 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Every attachment is recorded by a pin in links/, named <hook>_<ifindex>
+// for a tcx link (the pinned link) and <hook>_<ifindex>_tc for a tc clsact
+// filter (the pinned program; the filter itself cannot be pinned). The pins
+// let a restarted agent switch attachments to its programs and let Cleanup
+// detach them.
+
+// tcFilterPriority and tcFilterHandle identify our cls_bpf filter on a
+// device's clsact ingress. The priority is low (large number) so that a
+// primary CNI's filters run first, as tcx's Tail anchor does.
+const (
+	tcFilterPriority = 0xc100
+	tcFilterHandle   = 0xc1
+)
+
+type attachment struct {
+	hook    Hook
+	ifindex int
+	mode    AttachMode
+}
+
+func (a attachment) pinName() string {
+	n := fmt.Sprintf("%s_%d", a.hook, a.ifindex)
+	if a.mode == AttachTC {
+		n += "_tc"
+	}
+	return n
+}
+
+func parsePinName(name string) (attachment, bool) {
+	parts := strings.Split(name, "_")
+	if len(parts) < 2 || len(parts) > 3 {
+		return attachment{}, false
+	}
+	n, err := strconv.Atoi(parts[1])
+	if err != nil {
+		return attachment{}, false
+	}
+	a := attachment{hook: Hook(parts[0]), ifindex: n, mode: AttachTCX}
+	if len(parts) == 3 {
+		if parts[2] != "tc" {
+			return attachment{}, false
+		}
+		a.mode = AttachTC
+	}
+	return a, true
+}
+
+func (d *Datapath) program(h Hook) (*ebpf.Program, error) {
+	switch h {
+	case HookEndpoint:
+		return d.objs.CmFromPod, nil
+	case HookTunnel:
+		return d.objs.CmFromTunnel, nil
+	}
+	return nil, fmt.Errorf("unknown hook %q", h)
+}
+
+// AttachMode is the mode new attachments use (tcx or tc).
+func (d *Datapath) AttachMode() AttachMode { return d.mode }
+
+// adoptLinks switches the attachments recorded by a previous instance to
+// this instance's programs and drops the records of those whose device is
+// gone.
+func (d *Datapath) adoptLinks() error {
+	entries, err := os.ReadDir(d.linkDir())
+	if err != nil {
+		return fmt.Errorf("read link pins: %w", err)
+	}
+	for _, e := range entries {
+		path := filepath.Join(d.linkDir(), e.Name())
+		a, ok := parsePinName(e.Name())
+		prog, perr := d.program(a.hook)
+		if !ok || perr != nil {
+			d.log.Warn("ignoring unknown pin", "path", path)
+			continue
+		}
+		if a.mode == AttachTC {
+			if err := d.attachTC(a, prog); err != nil {
+				d.log.Info("dropping record of a tc attachment whose device is gone", "path", path, "err", err)
+				_ = os.Remove(path)
+			}
+			continue
+		}
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			d.log.Warn("dropping unreadable link pin", "path", path, "err", err)
+			_ = os.Remove(path)
+			continue
+		}
+		if err := l.Update(prog); err != nil {
+			// The device is gone (defunct link): forget it.
+			d.log.Info("dropping pin of detached link", "path", path, "err", err)
+			_ = l.Unpin()
+		}
+		l.Close()
+	}
+	return nil
+}
+
+// Attach runs the program of h on ifindex's ingress (tcx or tc clsact, as
+// AttachMode says) and records it under links/. The ifindex is resolved in
+// the calling thread's network namespace. Attaching again to the same
+// device replaces the program (idempotent); an attachment of the other mode
+// left by an earlier instance is removed.
+func (d *Datapath) Attach(h Hook, ifindex int) error {
+	prog, err := d.program(h)
+	if err != nil {
+		return err
+	}
+	a := attachment{hook: h, ifindex: ifindex, mode: d.mode}
+	other := a
+	other.mode = AttachTC
+	if d.mode == AttachTC {
+		other.mode = AttachTCX
+	}
+	if err := detachPin(filepath.Join(d.linkDir(), other.pinName()), other); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("attach %s to ifindex %d: %w", h, ifindex, err)
+	}
+	if d.mode == AttachTC {
+		err = d.attachTC(a, prog)
+	} else {
+		err = d.attachTCX(a, prog)
+	}
+	if err != nil {
+		return fmt.Errorf("attach %s to ifindex %d: %w", h, ifindex, err)
+	}
+	return d.afterAttach(h, ifindex)
+}
+
+func (d *Datapath) attachTCX(a attachment, prog *ebpf.Program) error {
+	path := filepath.Join(d.linkDir(), a.pinName())
+	if l, err := link.LoadPinnedLink(path, nil); err == nil {
+		err = l.Update(prog)
+		if err == nil {
+			l.Close()
+			return nil
+		}
+		_ = l.Unpin()
+		l.Close()
+	}
+	l, err := link.AttachTCX(link.TCXOptions{
+		Interface: a.ifindex,
+		Program:   prog,
+		Attach:    ebpf.AttachTCXIngress,
+		Anchor:    link.Tail(),
+	})
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	if err := l.Pin(path); err != nil {
+		return fmt.Errorf("pin link: %w", err)
+	}
+	return nil
+}
+
+// attachTC adds (or replaces) our cls_bpf filter on the device's clsact
+// ingress and pins the program as the record of the attachment.
+func (d *Datapath) attachTC(a attachment, prog *ebpf.Program) error {
+	lk, err := netlink.LinkByIndex(a.ifindex)
+	if err != nil {
+		return fmt.Errorf("find device %d: %w", a.ifindex, err)
+	}
+	qdisc := &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: a.ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
+		QdiscType:  "clsact",
+	}
+	if err := netlink.QdiscReplace(qdisc); err != nil {
+		return fmt.Errorf("add clsact qdisc to %s: %w", lk.Attrs().Name, err)
+	}
+	info, err := prog.Info()
+	if err != nil {
+		return fmt.Errorf("program info: %w", err)
+	}
+	f := &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{
+			LinkIndex: a.ifindex, Parent: netlink.HANDLE_MIN_INGRESS,
+			Handle: tcFilterHandle, Priority: tcFilterPriority, Protocol: unix.ETH_P_ALL,
+		},
+		Fd: prog.FD(), Name: info.Name, DirectAction: true,
+	}
+	if err := netlink.FilterReplace(f); err != nil {
+		return fmt.Errorf("add tc filter to %s: %w", lk.Attrs().Name, err)
+	}
+	// Pin a duplicate: pinning the program itself again would move its
+	// one pin from the record of another device.
+	dup, err := prog.Clone()
+	if err != nil {
+		return fmt.Errorf("duplicate program: %w", err)
+	}
+	defer dup.Close()
+	path := filepath.Join(d.linkDir(), a.pinName())
+	_ = os.Remove(path)
+	if err := dup.Pin(path); err != nil {
+		return fmt.Errorf("pin program: %w", err)
+	}
+	return nil
+}
+
+func (d *Datapath) afterAttach(h Hook, ifindex int) error {
+	if h != HookTunnel {
+		return nil
+	}
+	return d.updateConfig(func(v *cmConfigValue) { v.TunnelIfindex = uint32(ifindex) })
+}
+
+// cmFlagCoexist is CM_F_COEXIST of datapath.h.
+const cmFlagCoexist = 0x1
+
+func (d *Datapath) flags() uint32 {
+	if d.cfg.Coexist {
+		return cmFlagCoexist
+	}
+	return 0
+}
+
+// updateConfig changes the node-wide settings in cm_config with f.
+func (d *Datapath) updateConfig(f func(*cmConfigValue)) error {
+	var v cmConfigValue
+	if err := d.objs.CmConfig.Lookup(uint32(0), &v); err != nil {
+		return fmt.Errorf("read datapath config: %w", err)
+	}
+	f(&v)
+	if err := d.objs.CmConfig.Update(uint32(0), &v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write datapath config: %w", err)
+	}
+	return nil
+}
+
+// Detach removes the program of h from ifindex and its record.
+func (d *Datapath) Detach(h Hook, ifindex int) error {
+	found := false
+	for _, mode := range []AttachMode{AttachTCX, AttachTC} {
+		a := attachment{hook: h, ifindex: ifindex, mode: mode}
+		err := detachPin(filepath.Join(d.linkDir(), a.pinName()), a)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("detach %s from ifindex %d: %w", h, ifindex, err)
+		}
+		found = true
+	}
+	if !found {
+		return fmt.Errorf("detach %s from ifindex %d: %w", h, ifindex, ErrNotAttached)
+	}
+	if h == HookTunnel {
+		_ = d.updateConfig(func(v *cmConfigValue) { v.TunnelIfindex = 0 })
+	}
+	return nil
+}
+
+// detachPin undoes the attachment recorded at path: a tcx link is unpinned
+// (closing the last reference detaches it); a tc filter is deleted from its
+// device in the calling thread's network namespace (if the device is still
+// there) and the program pin removed. It returns an error wrapping
+// os.ErrNotExist when there is no such record.
+func detachPin(path string, a attachment) error {
+	if _, err := os.Stat(path); err != nil {
+		return err
+	}
+	if a.mode == AttachTCX {
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			// Not a link (or unreadable): the record alone goes.
+			return os.Remove(path)
+		}
+		defer l.Close()
+		return l.Unpin()
+	}
+	if err := deleteTCFilter(a.ifindex); err != nil {
+		return err
+	}
+	return os.Remove(path)
+}
+
+// deleteTCFilter deletes our cls_bpf filter from ifindex's clsact ingress;
+// a missing device or filter is not an error. Only a filter with our
+// handle, priority and a program name of ours is deleted.
+func deleteTCFilter(ifindex int) error {
+	lk, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return nil // the device is gone, and its filters with it
+	}
+	filters, err := netlink.FilterList(lk, netlink.HANDLE_MIN_INGRESS)
+	if err != nil {
+		return nil // no clsact qdisc
+	}
+	for _, f := range filters {
+		bf, ok := f.(*netlink.BpfFilter)
+		if !ok || bf.Handle != tcFilterHandle || bf.Priority != tcFilterPriority || !strings.HasPrefix(bf.Name, "cm_") {
+			continue
+		}
+		if err := netlink.FilterDel(bf); err != nil {
+			return fmt.Errorf("delete tc filter of %s: %w", lk.Attrs().Name, err)
+		}
+	}
+	return nil
+}
