@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"math/rand/v2"
 	"time"
 
@@ -57,8 +58,8 @@ var (
 )
 
 type keyState struct {
-	modRev int64
-	gen    uint64 // number of the list that last saw the key
+	sum uint64 // hash of the value the handler was given
+	gen uint64 // number of the list that last saw the key
 }
 
 type listWatch struct {
@@ -67,6 +68,7 @@ type listWatch struct {
 	handle func(Event)
 
 	known     map[string]keyState // keys the handler holds as present
+	seed      maphash.Seed        // of the value hashes in known
 	gen       uint64
 	clusterID uint64 // of the etcd cluster the last list came from
 	lastRev   int64  // highest revision seen
@@ -78,8 +80,10 @@ type listWatch struct {
 // that were reported before but are no longer there, and then EventListDone.
 // It relists when the watch revision was compacted, the watch failed, the
 // etcd cluster ID changed or the revision went backwards (a restored etcd);
-// keys unchanged since the previous list (same modification revision in the
-// same etcd cluster) are not reported again. Failures are retried with a
+// keys whose value is unchanged since the handler last saw it are not
+// reported again. Values are compared, not modification revisions: an etcd
+// replaced by one whose revisions were refilled past the old ones may hold
+// another value at the same revision. Failures are retried with a
 // capped exponential backoff with jitter and recorded for Status.
 // ListWatch blocks until ctx is done and then returns nil.
 func (c *Client) ListWatch(ctx context.Context, prefix string, handle func(Event), opts ...ListWatchOption) error {
@@ -87,7 +91,7 @@ func (c *Client) ListWatch(ctx context.Context, prefix string, handle func(Event
 	for _, opt := range opts {
 		opt(&o)
 	}
-	lw := &listWatch{c: c, prefix: prefix, handle: handle, known: make(map[string]keyState)}
+	lw := &listWatch{c: c, prefix: prefix, handle: handle, known: make(map[string]keyState), seed: maphash.MakeSeed()}
 	var failures int
 	var reason error // why the next list is a relist; nil before the first
 	for {
@@ -214,12 +218,12 @@ func (lw *listWatch) list(ctx context.Context) error {
 		if more {
 			next = lw.fetch(ctx, string(resp.Kvs[len(resp.Kvs)-1].Key)+"\x00", rev)
 		}
-		sameCluster := lw.clusterID == clusterID
 		for _, kv := range resp.Kvs {
 			k := string(kv.Key)
 			st, ok := lw.known[k]
-			lw.known[k] = keyState{modRev: kv.ModRevision, gen: gen}
-			if ok && sameCluster && st.modRev == kv.ModRevision {
+			sum := maphash.Bytes(lw.seed, kv.Value)
+			lw.known[k] = keyState{sum: sum, gen: gen}
+			if ok && st.sum == sum {
 				continue
 			}
 			lw.handle(Event{Kind: EventUpsert, Key: k, Value: kv.Value, Revision: kv.ModRevision})
@@ -283,7 +287,7 @@ func (lw *listWatch) apply(ev *clientv3.Event) {
 	lw.lastRev = max(lw.lastRev, rev)
 	switch ev.Type {
 	case clientv3.EventTypePut:
-		lw.known[k] = keyState{modRev: rev, gen: lw.gen}
+		lw.known[k] = keyState{sum: maphash.Bytes(lw.seed, ev.Kv.Value), gen: lw.gen}
 		lw.handle(Event{Kind: EventUpsert, Key: k, Value: ev.Kv.Value, Revision: rev})
 	case clientv3.EventTypeDelete:
 		if _, ok := lw.known[k]; ok {
