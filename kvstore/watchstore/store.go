@@ -25,6 +25,16 @@ type Observer[T any] interface {
 	OnSync()
 }
 
+// Peeker is implemented by an observer that looks up other entries of the
+// store from within its callbacks: a datapath key that two store keys map to
+// (an ipcache entry written under both "10.0.0.1" and "10.0.0.1/32") must
+// stay while either holds it. New hands it peek, which is valid only
+// during the observer's callbacks, and sees the entries as they are after
+// the change being reported.
+type Peeker[T any] interface {
+	SetPeek(peek func(key string) (T, bool))
+}
+
 // Config configures a Store.
 type Config struct {
 	// Prefix is the watched key prefix. Required.
@@ -83,7 +93,7 @@ func New[T any](c *kvstore.Client, cfg Config, decode func(key string, value []b
 	if cfg.Name == "" {
 		cfg.Name = cfg.Prefix
 	}
-	return &Store[T]{
+	s := &Store[T]{
 		c:       c,
 		cfg:     cfg,
 		decode:  decode,
@@ -92,6 +102,17 @@ func New[T any](c *kvstore.Client, cfg Config, decode func(key string, value []b
 		m:       m,
 		entries: make(map[string]entry[T]),
 	}
+	if p, ok := obs.(Peeker[T]); ok {
+		p.SetPeek(s.peekLocked)
+	}
+	return s
+}
+
+// peekLocked returns the entry of key; the caller holds s.mu (observer
+// callbacks run with it held).
+func (s *Store[T]) peekLocked(key string) (T, bool) {
+	e, ok := s.entries[key]
+	return e.v, ok
 }
 
 // Run waits for the sync canary, then lists and watches the prefix until
