@@ -53,22 +53,34 @@ func TestClaimsHeldPerKey(t *testing.T) {
 		steps []step
 	}{
 		{name: "two nodes with one pod CIDR, first deleted", steps: []step{
-			{do: func(r *remoteEtcd) { r.nodeWith("a", cidr.String(), "192.168.2.1"); r.nodeWith("b", cidr.String(), "192.168.2.2") }, wantNode: "192.168.2.1"},
+			{do: func(r *remoteEtcd) {
+				r.nodeWith("a", cidr.String(), "192.168.2.1")
+				r.nodeWith("b", cidr.String(), "192.168.2.2")
+			}, wantNode: "192.168.2.1"},
 			{do: func(r *remoteEtcd) { r.del(wire.NodeKey("c2", "a")) }, wantNode: "192.168.2.2"},
 			{do: func(r *remoteEtcd) { r.del(wire.NodeKey("c2", "b")) }},
 		}},
 		{name: "two nodes with one pod CIDR, second deleted, first re-added", steps: []step{
-			{do: func(r *remoteEtcd) { r.nodeWith("b", cidr.String(), "192.168.2.2"); r.nodeWith("a", cidr.String(), "192.168.2.1") }, wantNode: "192.168.2.1"},
+			{do: func(r *remoteEtcd) {
+				r.nodeWith("b", cidr.String(), "192.168.2.2")
+				r.nodeWith("a", cidr.String(), "192.168.2.1")
+			}, wantNode: "192.168.2.1"},
 			{do: func(r *remoteEtcd) { r.del(wire.NodeKey("c2", "b")) }, wantNode: "192.168.2.1"},
 			{do: func(r *remoteEtcd) { r.nodeWith("a", "10.2.8.0/24", "192.168.2.1") }},
 		}},
 		{name: "ipcache under <ip> and <ip>/32, <ip> deleted", steps: []step{
-			{do: func(r *remoteEtcd) { r.ipWith("10.2.0.10", "192.168.2.1", 300); r.ipWith("10.2.0.10/32", "192.168.2.2", 300) }, wantHost: "192.168.2.1"},
+			{do: func(r *remoteEtcd) {
+				r.ipWith("10.2.0.10", "192.168.2.1", 300)
+				r.ipWith("10.2.0.10/32", "192.168.2.2", 300)
+			}, wantHost: "192.168.2.1"},
 			{do: func(r *remoteEtcd) { r.del(wire.IPPrefix + "10.2.0.10") }, wantHost: "192.168.2.2"},
 			{do: func(r *remoteEtcd) { r.del(wire.IPPrefix + "10.2.0.10/32") }},
 		}},
 		{name: "ipcache under <ip>/32 then <ip>, /32 deleted", steps: []step{
-			{do: func(r *remoteEtcd) { r.ipWith("10.2.0.10/32", "192.168.2.2", 300); r.ipWith("10.2.0.10", "192.168.2.1", 300) }, wantHost: "192.168.2.1"},
+			{do: func(r *remoteEtcd) {
+				r.ipWith("10.2.0.10/32", "192.168.2.2", 300)
+				r.ipWith("10.2.0.10", "192.168.2.1", 300)
+			}, wantHost: "192.168.2.1"},
 			{do: func(r *remoteEtcd) { r.del(wire.IPPrefix + "10.2.0.10/32") }, wantHost: "192.168.2.1"},
 			{do: func(r *remoteEtcd) { r.ipWith("10.2.0.10/32", "192.168.2.3", 300) }, wantHost: "192.168.2.1"},
 			{do: func(r *remoteEtcd) { r.del(wire.IPPrefix + "10.2.0.10") }, wantHost: "192.168.2.3"},

@@ -102,7 +102,7 @@ func (o *observerBase) OnSync() {
 // sorts first, whatever the order of events.
 type nodeObserver struct {
 	observerBase
-	tunnels map[string][]netip.Prefix       // node key -> CIDRs it claims
+	tunnels map[string][]netip.Prefix      // node key -> CIDRs it claims
 	claims  map[netip.Prefix][]tunnelClaim // CIDR -> claims, by node key
 }
 
