@@ -6,7 +6,7 @@ PKGS := ./...
 FUZZTIME ?= 60s
 TEST_TIMEOUT ?= 30m
 
-.PHONY: help build test test-unit test-e2e lint verify-gen generate fuzz bench demo kube-bins clean
+.PHONY: help build test test-unit test-e2e lint verify-gen generate fuzz bench soak demo kube-bins clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -44,6 +44,12 @@ fuzz: ## run every fuzz target for FUZZTIME each
 
 bench: ## run the benchmarks of bench/ (see bench/README.md)
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/...
+
+SOAK_RUNS ?= 1000
+SOAK_SEED ?= 1000
+soak: ## randomized fault runs against a real etcd (SOAK_RUNS, default 1000): stale/missing entries, RSS, goroutines
+	set -o pipefail; $(GO) test -count=1 -timeout 180m -run '^TestModelRandomized$$' -v ./agent/internal/remotecluster/ \
+		-args -model.runs=$(SOAK_RUNS) -model.seed=$(SOAK_SEED) | grep -E 'model:|seed [0-9]+ \(|^(ok|FAIL|---)'
 
 demo: ## bring up three meshed clusters and a global service (needs root)
 	hack/demo.sh
