@@ -66,6 +66,8 @@ type listWatch struct {
 	c      *Client
 	prefix string
 	handle func(Event)
+	// rejected, if set, reports whether the handler rejected a key.
+	rejected func(key string) bool
 
 	known     map[string]keyState // keys the handler holds as present
 	seed      maphash.Seed        // of the value hashes in known
@@ -91,7 +93,7 @@ func (c *Client) ListWatch(ctx context.Context, prefix string, handle func(Event
 	for _, opt := range opts {
 		opt(&o)
 	}
-	lw := &listWatch{c: c, prefix: prefix, handle: handle, known: make(map[string]keyState), seed: maphash.MakeSeed()}
+	lw := &listWatch{c: c, prefix: prefix, handle: handle, rejected: o.rejected, known: make(map[string]keyState), seed: maphash.MakeSeed()}
 	var failures int
 	var reason error // why the next list is a relist; nil before the first
 	for {
@@ -127,6 +129,16 @@ type ListWatchOption func(*listWatchOptions)
 
 type listWatchOptions struct {
 	beforeRelist func(ctx context.Context, reason error) error
+	rejected     func(key string) bool
+}
+
+// Rejected makes ListWatch ask f, after every upsert it hands the handler,
+// whether the handler rejected the key (an invalid value, or one over a
+// limit). A rejected key is not remembered: what a remote writes under
+// keys nobody holds costs no memory here. Its deletion is not reported
+// and a relist delivers it again.
+func Rejected(f func(key string) bool) ListWatchOption {
+	return func(o *listWatchOptions) { o.rejected = f }
 }
 
 // BeforeRelist makes ListWatch call f before every relist (not before the
@@ -226,7 +238,7 @@ func (lw *listWatch) list(ctx context.Context) error {
 			if ok && st.sum == sum {
 				continue
 			}
-			lw.handle(Event{Kind: EventUpsert, Key: k, Value: kv.Value, Revision: kv.ModRevision})
+			lw.upsert(Event{Kind: EventUpsert, Key: k, Value: kv.Value, Revision: kv.ModRevision})
 		}
 		if !more {
 			break
@@ -288,12 +300,21 @@ func (lw *listWatch) apply(ev *clientv3.Event) {
 	switch ev.Type {
 	case clientv3.EventTypePut:
 		lw.known[k] = keyState{sum: maphash.Bytes(lw.seed, ev.Kv.Value), gen: lw.gen}
-		lw.handle(Event{Kind: EventUpsert, Key: k, Value: ev.Kv.Value, Revision: rev})
+		lw.upsert(Event{Kind: EventUpsert, Key: k, Value: ev.Kv.Value, Revision: rev})
 	case clientv3.EventTypeDelete:
 		if _, ok := lw.known[k]; ok {
 			delete(lw.known, k)
 			lw.handle(Event{Kind: EventDelete, Key: k, Revision: rev})
 		}
+	}
+}
+
+// upsert hands ev to the handler and forgets its key if the handler
+// rejected it.
+func (lw *listWatch) upsert(ev Event) {
+	lw.handle(ev)
+	if lw.rejected != nil && lw.rejected(ev.Key) {
+		delete(lw.known, ev.Key)
 	}
 }
 

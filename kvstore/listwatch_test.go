@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -277,6 +278,55 @@ func TestEmbeddedClusterIDPerDataDir(t *testing.T) {
 	repl := etcdserver.StartTest(t, cfg)
 	if repl.ClusterID() == id {
 		t.Fatalf("an etcd bootstrapped on an empty data dir kept cluster ID %x", id)
+	}
+}
+
+// TestListWatchRejectedKeysNotRemembered: keys the handler rejects are not
+// remembered, so that what a remote writes under them costs nothing: a
+// relist delivers them again and their deletion is not reported.
+func TestListWatchRejectedKeysNotRemembered(t *testing.T) {
+	ctx := testCtx(t)
+	srv := etcdserver.StartTest(t, etcdserver.Config{})
+	admin := connect(t, srv.AdminConfig()).Etcd()
+	putKeys(t, admin, 3, "good")
+	for _, k := range []string{"bad-1", "bad-2"} {
+		if _, err := admin.Put(ctx, prefix+k, "bad"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	px := etcdserver.NewProxy(t, srv.Endpoints()[0])
+	cfg := srv.AdminConfig()
+	cfg.Endpoints = []string{px.Endpoint()}
+	cs := startConsumer(t, connect(t, cfg), prefix, kvstore.Rejected(func(k string) bool { return strings.Contains(k, "bad-") }))
+	cs.waitFor(t, "first list", func(_ map[string]string, n int) bool { return n == 1 })
+
+	px.Block()
+	if _, err := admin.Delete(ctx, prefix+"bad-1"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := admin.Put(ctx, prefix+"10.0.0.1", "changed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatal(err)
+	}
+	px.Unblock()
+	cs.waitFor(t, "relist", func(_ map[string]string, n int) bool { return n == 2 })
+	var bad2, deletes int
+	for _, ev := range cs.snapshotEvents() {
+		switch {
+		case ev.Key == prefix+"bad-2" && ev.Kind == kvstore.EventUpsert:
+			bad2++
+		case ev.Kind == kvstore.EventDelete:
+			deletes++
+		}
+	}
+	if bad2 != 2 {
+		t.Errorf("rejected key delivered %d times, want 2 (first list and relist)", bad2)
+	}
+	if deletes != 0 {
+		t.Errorf("%d deletes reported, want none (bad-1 was rejected)", deletes)
 	}
 }
 

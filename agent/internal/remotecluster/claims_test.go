@@ -3,10 +3,12 @@ package remotecluster
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
+	"github.com/clustermesh/clustermesh/kvstore/watchstore"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
@@ -130,4 +132,34 @@ func addrOr(ok bool, a netip.Addr) string {
 		return ""
 	}
 	return a.String()
+}
+
+// TestEntryLimitRefusesRemote: a remote with more valid entries of a kind
+// than --remote-max-entries is refused with the reason in status and its
+// state withdrawn; once it is back under the limit it is accepted again.
+func TestEntryLimitRefusesRemote(t *testing.T) {
+	dir := t.TempDir()
+	c2 := startRemote(t, "c2", 2)
+	for i := range 5 {
+		c2.ipcache(i)
+	}
+	c2.node(0)
+	c2.canaries()
+	cfg := testConfig(dir, t.TempDir())
+	cfg.MaxEntries = 3
+	a := startAgent(t, cfg, memory.New(), nil)
+	c2.writeConfig(dir)
+	await(t, a.dp, "c2 refused over the limit", func(st datapath.State) bool {
+		tun, ipc := countCluster(st, 2)
+		s := a.status("c2")
+		return strings.Contains(s.RefusedReason, watchstore.ErrTooManyEntries.Error()) &&
+			strings.Contains(s.RefusedReason, "--remote-max-entries") && !s.Ready && tun == 0 && ipc == 0
+	})
+	c2.del(wire.IPKey(netip.MustParseAddr(podIP(2, 0))))
+	c2.del(wire.IPKey(netip.MustParseAddr(podIP(2, 1))))
+	await(t, a.dp, "c2 accepted under the limit", func(st datapath.State) bool {
+		tun, ipc := countCluster(st, 2)
+		s := a.status("c2")
+		return s.Ready && s.RefusedReason == "" && tun == 1 && ipc == 3
+	})
 }

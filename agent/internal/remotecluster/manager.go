@@ -81,7 +81,15 @@ type Config struct {
 	ProbeInterval, ProbeTimeout time.Duration
 	// RescanInterval rescans the directory even without fsnotify events.
 	RescanInterval time.Duration
+	// MaxEntries bounds the valid entries of each kind (nodes, identities,
+	// ipcache, services) the agent holds for one remote; a remote over it
+	// is refused and its state withdrawn (0: no bound).
+	MaxEntries int
 }
+
+// DefaultMaxEntries is the default bound of Config.MaxEntries: four times
+// Cilium's scale test's 250k endpoints, all in one remote.
+const DefaultMaxEntries = 1_000_000
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
@@ -93,6 +101,7 @@ func DefaultConfig() Config {
 		ProbeInterval:        10 * time.Second,
 		ProbeTimeout:         5 * time.Second,
 		RescanInterval:       time.Minute,
+		MaxEntries:           DefaultMaxEntries,
 	}
 }
 
@@ -100,6 +109,7 @@ func DefaultConfig() Config {
 func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Dir, "clustermesh-config", c.Dir, "directory of remote-cluster etcd configs, one file per cluster, named after it")
 	fs.DurationVar(&c.StaleTTL, "remote-stale-ttl", c.StaleTTL, "withdraw a remote cluster's state after it has been unreachable this long (0: keep it)")
+	fs.IntVar(&c.MaxEntries, "remote-max-entries", c.MaxEntries, "most valid entries of one kind (nodes, identities, ipcache, services) held for one remote cluster; a remote over it is refused and its state withdrawn (0: no bound)")
 }
 
 func (c *Config) withDefaults() {
