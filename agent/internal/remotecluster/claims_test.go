@@ -2,10 +2,13 @@ package remotecluster
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
 	"github.com/clustermesh/clustermesh/kvstore/watchstore"
@@ -162,4 +165,65 @@ func TestEntryLimitRefusesRemote(t *testing.T) {
 		s := a.status("c2")
 		return s.Ready && s.RefusedReason == "" && tun == 1 && ipc == 3
 	})
+}
+
+// TestConflictingRemotes: two remotes claim the same pod CIDR and pod IP
+// (issue 13 §2: first claim won, so the outcome depended on start order).
+// Whatever the order, both claims are withdrawn, counted for each remote
+// and shown with both claimants; a remote's default route is refused.
+func TestConflictingRemotes(t *testing.T) {
+	for _, first := range []string{"c2", "c3"} {
+		t.Run(first+" first", func(t *testing.T) {
+			dir := t.TempDir()
+			rs := map[string]*remoteEtcd{"c2": startRemote(t, "c2", 2), "c3": startRemote(t, "c3", 3)}
+			for _, r := range rs {
+				r.nodeWith("n1", "10.9.0.0/24", fmt.Sprintf("192.168.%d.1", r.id))
+				r.ipWith("10.9.0.5", fmt.Sprintf("192.168.%d.1", r.id), 300)
+				r.node(2) // a pod CIDR of its own
+				r.canaries()
+			}
+			rs["c2"].nodeWith("n0", "0.0.0.0/0", "192.168.2.9")
+			a := startAgent(t, testConfig(dir, t.TempDir()), memory.New(), nil)
+			second := map[string]string{"c2": "c3", "c3": "c2"}[first]
+			rs[first].writeConfig(dir)
+			await(t, a.dp, first+" programmed", func(st datapath.State) bool {
+				_, ok := st.IPCache[netip.MustParsePrefix("10.9.0.5/32")]
+				return ok && a.status(first).Ready
+			})
+			rs[second].writeConfig(dir)
+			st := await(t, a.dp, "both withdrawn", func(st datapath.State) bool {
+				_, tok := st.Tunnels[netip.MustParsePrefix("10.9.0.0/24")]
+				_, iok := st.IPCache[netip.MustParsePrefix("10.9.0.5/32")]
+				t2, _ := countCluster(st, 2)
+				t3, _ := countCluster(st, 3)
+				return !tok && !iok && t2 == 1 && t3 == 1 && a.status("c2").Ready && a.status("c3").Ready
+			})
+			if _, ok := st.Tunnels[netip.MustParsePrefix("0.0.0.0/0")]; ok {
+				t.Fatal("a remote's default route is programmed")
+			}
+			for _, name := range []string{"c2", "c3"} {
+				s := a.status(name)
+				want := []Conflict{
+					{Kind: "ipcache", Prefix: "10.9.0.5/32", Claimants: []string{"c2", "c3"}},
+					{Kind: "tunnel", Prefix: "10.9.0.0/24", Claimants: []string{"c2", "c3"}},
+				}
+				if !slices.EqualFunc(s.Conflicts, want, func(a, b Conflict) bool {
+					return a.Kind == b.Kind && a.Prefix == b.Prefix && slices.Equal(a.Claimants, b.Claimants)
+				}) {
+					t.Errorf("%s conflicts %+v, want %+v", name, s.Conflicts, want)
+				}
+				counts := map[string]uint64{}
+				for _, c := range s.Refused {
+					counts[c.Reason] = c.Count
+				}
+				wantCounts := map[string]uint64{string(dpsync.ReasonConflict): 2}
+				if name == "c2" {
+					wantCounts[string(dpsync.ReasonOverBroad)] = 1
+				}
+				if !maps.Equal(counts, wantCounts) {
+					t.Errorf("%s refused %v, want %v", name, counts, wantCounts)
+				}
+			}
+		})
+	}
 }

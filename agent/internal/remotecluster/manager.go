@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/pflag"
 	"k8s.io/utils/clock"
 
+	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/kvstore"
@@ -48,6 +49,8 @@ type DatapathSink interface {
 	Holding() []uint32
 	// Release ends the hold on restored entries of a cluster ID.
 	Release(uint32)
+	// Refusals lists the remote claims the trust rules refuse.
+	Refusals() []dpsync.Refusal
 }
 
 // ServiceSink is what the manager needs of the service merger.
@@ -419,11 +422,56 @@ func (m *Manager) Status() []Status {
 	}
 	m.mu.Unlock()
 	out := make([]Status, 0, len(rs))
+	byID := map[uint32]int{}
 	for _, r := range rs {
-		out = append(out, r.status())
+		st := r.status()
+		if st.ID != 0 {
+			byID[st.ID] = len(out)
+		}
+		out = append(out, st)
 	}
+	m.addRefusals(out, byID)
 	slices.SortFunc(out, func(a, b Status) int { return strings.Compare(a.Name, b.Name) })
 	return out
+}
+
+// addRefusals fills Refused and Conflicts of the statuses out, indexed by
+// cluster ID in byID, from the datapath's refusals.
+func (m *Manager) addRefusals(out []Status, byID map[uint32]int) {
+	if m.dp == nil || len(byID) == 0 {
+		return
+	}
+	names := m.ClusterNames()
+	name := func(id uint32) string {
+		if n, ok := names[id]; ok {
+			return n
+		}
+		return fmt.Sprint(id)
+	}
+	for _, rf := range m.dp.Refusals() {
+		i, ok := byID[rf.ClusterID]
+		if !ok {
+			continue
+		}
+		st := &out[i]
+		j := slices.IndexFunc(st.Refused, func(c RefusedClaims) bool { return c.Reason == string(rf.Reason) })
+		if j < 0 {
+			j = len(st.Refused)
+			st.Refused = append(st.Refused, RefusedClaims{Reason: string(rf.Reason)})
+		}
+		rc := &st.Refused[j]
+		rc.Count++
+		if len(rc.Examples) < MaxConflictsShown {
+			rc.Examples = append(rc.Examples, rf.Kind+" "+rf.Prefix.String())
+		}
+		if rf.Reason == dpsync.ReasonConflict && len(st.Conflicts) < MaxConflictsShown {
+			c := Conflict{Kind: rf.Kind, Prefix: rf.Prefix.String()}
+			for _, id := range rf.Claimants {
+				c.Claimants = append(c.Claimants, name(id))
+			}
+			st.Conflicts = append(st.Conflicts, c)
+		}
+	}
 }
 
 // ClusterNames maps the reserved cluster IDs to names.
