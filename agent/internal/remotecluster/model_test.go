@@ -30,6 +30,7 @@ var (
 	modelRuns = flag.Int("model.runs", 100, "TestModelRandomized: number of randomized fault runs (make soak: 1000)")
 	modelSeed = flag.Uint64("model.seed", 1, "TestModelRandomized: seed of run 0; run i uses seed+i")
 	modelOps  = flag.Int("model.ops", 8, "TestModelRandomized: operations per run")
+	modelBPF  = flag.Bool("model.bpf", false, "TestModelRandomized: program the eBPF datapath (pinned maps; root, under the privileged lock) instead of the memory one")
 )
 
 // TestModelRandomized drives a real (embedded) etcd playing remote c2
@@ -49,11 +50,13 @@ func TestModelRandomized(t *testing.T) {
 	dir, stateDir := t.TempDir(), t.TempDir()
 	c2 := startRemote(t, "c2", 2)
 	c2.canaries()
-	dp := memory.New()
 	cfg := testConfig(dir, stateDir)
-	a := startAgent(t, cfg, dp, nil)
+	m := &model{t: t, r: c2, dir: dir, cfg: cfg}
+	if *modelBPF {
+		m.bpf = openModelBPF(t)
+	}
+	m.startAgent()
 	c2.writeConfig(dir)
-	m := &model{t: t, r: c2, dir: dir, cfg: cfg, dp: dp, a: a}
 	m.converge("initial sync", *modelSeed)
 
 	startG, startRSS := runtime.NumGoroutine(), rssBytes()
@@ -92,7 +95,8 @@ type model struct {
 	r   *remoteEtcd
 	dir string
 	cfg Config
-	dp  *memory.Datapath
+	dp  modelDatapath // what the agent programs
+	bpf *modelBPFDatapath
 	a   *agent
 	rng *rand.Rand
 	gen int // etcd replacements so far, for data dir names
@@ -289,11 +293,36 @@ func (m *model) replace(sameID bool) {
 
 type kvPair struct{ k, v string }
 
+// modelDatapath is the datapath the model checks: a Writer that says when
+// it changed.
+type modelDatapath interface {
+	datapath.Writer
+	Changed() <-chan struct{}
+}
+
+// startAgent starts the agent on the model's datapath: the memory one
+// (kept across agent restarts, as pinned maps are), or the eBPF one,
+// reopened from its pinned maps.
+func (m *model) startAgent() {
+	if m.bpf == nil {
+		if m.dp == nil {
+			m.dp = memory.New()
+		}
+		m.a = startAgent(m.t, m.cfg, m.dp.(*memory.Datapath), nil)
+		return
+	}
+	m.dp = m.bpf.open(m.t)
+	m.a = startAgent(m.t, m.cfg, memory.New(), m.dp)
+}
+
 // restartAgent stops the agent and starts a new one on the same datapath
-// (pinned maps survive a restart) and state dir.
+// and state dir.
 func (m *model) restartAgent() {
 	m.a.stop()
-	m.a = startAgent(m.t, m.cfg, m.dp, nil)
+	if m.bpf != nil {
+		m.bpf.close()
+	}
+	m.startAgent()
 }
 
 // retry runs f until it succeeds: writes right after an etcd restart may
