@@ -80,25 +80,22 @@ func RenderStatus(w io.Writer, st MeshStatus) error {
 // reason) and the conflicts between remotes, with both claimants.
 func renderClaims(w io.Writer, st MeshStatus) error {
 	var tw *tabwriter.Writer
+	row := func(format string, args ...any) {
+		if tw == nil {
+			fmt.Fprintln(w, "\nRefused remote claims:")
+			tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "CLUSTER\tNODE\tREMOTE\tREFUSED\tREASON")
+		}
+		fmt.Fprintf(tw, format, args...)
+	}
 	for _, c := range st.Clusters {
 		for _, a := range c.Agents {
 			for _, r := range a.Remotes {
-				reasons := slices.Sorted(maps.Keys(r.Refused))
-				for _, reason := range reasons {
-					if tw == nil {
-						fmt.Fprintln(w, "\nRefused remote claims:")
-						tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-						fmt.Fprintln(tw, "CLUSTER\tNODE\tREMOTE\tREFUSED\tREASON")
-					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", clusterLabel(c), a.Node, r.Name, r.Refused[reason], reason)
+				for _, reason := range slices.Sorted(maps.Keys(r.Refused)) {
+					row("%s\t%s\t%s\t%d\t%s\n", clusterLabel(c), a.Node, r.Name, r.Refused[reason], reason)
 				}
 				for _, cf := range r.Conflicts {
-					if tw == nil {
-						fmt.Fprintln(w, "\nRefused remote claims:")
-						tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-						fmt.Fprintln(tw, "CLUSTER\tNODE\tREMOTE\tREFUSED\tREASON")
-					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s %s\tconflict between %s (all withdrawn)\n", clusterLabel(c), a.Node, r.Name,
+					row("%s\t%s\t%s\t%s %s\tconflict between %s (all withdrawn)\n", clusterLabel(c), a.Node, r.Name,
 						cf.Kind, cf.Prefix, strings.Join(cf.Claimants, ", "))
 				}
 			}
