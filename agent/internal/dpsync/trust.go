@@ -224,7 +224,8 @@ func decide[T any](r *Reconciler, kind string, tab *table[netip.Prefix, T], p ne
 	delete(r.refused, refusalKey{kind, p})
 	var own, win T
 	var hasOwn bool
-	var valid []uint32
+	var buf [2]uint32
+	valid := buf[:0] // no allocation for the common single claim
 	var refused []Refusal
 	tab.each(p, func(e T) {
 		id := tab.id(e)
@@ -246,6 +247,7 @@ func decide[T any](r *Reconciler, kind string, tab *table[netip.Prefix, T], p ne
 		}
 		win = own
 	case len(valid) > 1:
+		valid = slices.Clone(valid)
 		slices.Sort(valid)
 		for _, id := range valid {
 			refused = append(refused, Refusal{Kind: kind, Prefix: p, ClusterID: id, Reason: ReasonConflict, Claimants: valid})
