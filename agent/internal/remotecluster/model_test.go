@@ -274,7 +274,12 @@ func (m *model) replace(sameID bool) {
 		m.write(c)
 	}
 	if sameID {
-		for rev := int64(0); rev <= oldRev+int64(m.rng.IntN(20)); {
+		// Past the agent's watch revision (at most oldRev+1) before the
+		// compaction, so that the agent's resumed watch is compacted and it
+		// relists. Without a relist nothing in etcd's answers tells this
+		// etcd from the old one (same cluster ID, revisions refilled): the
+		// embedded etcd avoids that case with a cluster ID per data dir.
+		for rev := int64(0); rev < oldRev+2+int64(m.rng.IntN(20)); {
 			m.retry("fill", func(ctx context.Context) error {
 				resp, err := c.Put(ctx, "filler", "x")
 				if err == nil {
