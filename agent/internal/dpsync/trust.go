@@ -220,26 +220,38 @@ func (r *Reconciler) ownedBy(p netip.Prefix, id uint32) bool {
 // that break a rule are refused; two or more remaining remote claims
 // conflict and are all withdrawn (the outcome does not depend on which came
 // first, and no remote can take over another's address).
-func decide[T any](r *Reconciler, kind string, tab *table[netip.Prefix, T], p netip.Prefix, check func(T) Reason) (T, bool) {
+func decide[T any](r *Reconciler, kind string, tab *table[netip.Prefix, T], p netip.Prefix, check func(*Reconciler, netip.Prefix, T) Reason) (T, bool) {
 	delete(r.refused, refusalKey{kind, p})
 	var own, win T
 	var hasOwn bool
 	var buf [2]uint32
 	valid := buf[:0] // no allocation for the common single claim
 	var refused []Refusal
-	tab.each(p, func(e T) {
+	c, ok := tab.m[p]
+	if !ok {
+		return own, false
+	}
+	var more []T
+	if c.more != nil {
+		more = *c.more
+	}
+	for i := -1; i < len(more); i++ {
+		e := c.first
+		if i >= 0 {
+			e = more[i]
+		}
 		id := tab.id(e)
 		if id == r.cfg.ClusterID {
 			own, hasOwn = e, true
-			return
+			continue
 		}
-		if reason := check(e); reason != "" {
+		if reason := check(r, p, e); reason != "" {
 			refused = append(refused, Refusal{Kind: kind, Prefix: p, ClusterID: id, Reason: reason})
-			return
+			continue
 		}
 		valid = append(valid, id)
 		win = e
-	})
+	}
 	switch {
 	case hasOwn:
 		for _, id := range valid {
@@ -247,10 +259,10 @@ func decide[T any](r *Reconciler, kind string, tab *table[netip.Prefix, T], p ne
 		}
 		win = own
 	case len(valid) > 1:
-		valid = slices.Clone(valid)
-		slices.Sort(valid)
-		for _, id := range valid {
-			refused = append(refused, Refusal{Kind: kind, Prefix: p, ClusterID: id, Reason: ReasonConflict, Claimants: valid})
+		claimants := slices.Clone(valid) // valid stays on the stack
+		slices.Sort(claimants)
+		for _, id := range claimants {
+			refused = append(refused, Refusal{Kind: kind, Prefix: p, ClusterID: id, Reason: ReasonConflict, Claimants: claimants})
 		}
 	}
 	if len(refused) > 0 {
@@ -271,16 +283,20 @@ type refusalKey struct {
 
 // tunnelWinner is the programmed tunnel of p.
 func (r *Reconciler) tunnelWinner(p netip.Prefix) (datapath.TunnelEntry, bool) {
-	return decide(r, "tunnel", &r.tunnels, p, func(e datapath.TunnelEntry) Reason {
-		return r.checkRemote(true, p, e.ClusterID, 0)
-	})
+	return decide(r, "tunnel", &r.tunnels, p, checkTunnel)
 }
 
 // ipcacheWinner is the programmed ipcache entry of p.
 func (r *Reconciler) ipcacheWinner(p netip.Prefix) (datapath.IPCacheEntry, bool) {
-	return decide(r, "ipcache", &r.ipcache, p, func(e datapath.IPCacheEntry) Reason {
-		return r.checkRemote(false, p, e.ClusterID, e.Identity)
-	})
+	return decide(r, "ipcache", &r.ipcache, p, checkIPCache)
+}
+
+func checkTunnel(r *Reconciler, p netip.Prefix, e datapath.TunnelEntry) Reason {
+	return r.checkRemote(true, p, e.ClusterID, 0)
+}
+
+func checkIPCache(r *Reconciler, p netip.Prefix, e datapath.IPCacheEntry) Reason {
+	return r.checkRemote(false, p, e.ClusterID, e.Identity)
 }
 
 // reevaluateLocked marks dirty what the trust rules may now decide
