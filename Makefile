@@ -12,7 +12,7 @@ LDFLAGS := -X github.com/clustermesh/clustermesh/internal/version.version=$(VERS
 
 CILIUM_INTEROP := $(abspath $(BIN))/ciliuminterop
 
-.PHONY: help build images setup test test-unit test-e2e lint verify-gen generate fuzz bench demo kube-bins ciliuminterop clean
+.PHONY: help build images setup test test-unit test-e2e lint verify-gen generate fuzz bench soak demo kube-bins ciliuminterop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -60,6 +60,13 @@ fuzz: ## run every fuzz target for FUZZTIME each
 
 bench: ## run the benchmarks of bench/ (see bench/README.md)
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/...
+
+SOAK_RUNS ?= 1000
+SOAK_SEED ?= 1000
+SOAK_ARGS ?=
+soak: ## randomized fault runs against a real etcd (SOAK_RUNS, default 1000; SOAK_ARGS=-model.bpf for the eBPF datapath, as root): stale/missing entries, RSS, goroutines
+	set -o pipefail; $(GO) test -count=1 -timeout 180m -run '^TestModelRandomized$$' -v ./agent/internal/remotecluster/ \
+		-args -model.runs=$(SOAK_RUNS) -model.seed=$(SOAK_SEED) $(SOAK_ARGS) | grep -E 'model:|seed [0-9]+ \(|^(ok|FAIL|---)'
 
 demo: ## bring up three meshed clusters and a global service (needs root)
 	hack/demo.sh

@@ -66,11 +66,11 @@ type consumer struct {
 	cancel   context.CancelFunc
 }
 
-func startConsumer(t *testing.T, c *kvstore.Client, prefix string) *consumer {
+func startConsumer(t *testing.T, c *kvstore.Client, prefix string, opts ...kvstore.ListWatchOption) *consumer {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cs := &consumer{state: map[string]string{}, changed: make(chan struct{}), done: make(chan error, 1), cancel: cancel}
-	go func() { cs.done <- c.ListWatch(ctx, prefix, cs.handle) }()
+	go func() { cs.done <- c.ListWatch(ctx, prefix, cs.handle, opts...) }()
 	t.Cleanup(cs.stop)
 	return cs
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -59,16 +60,19 @@ var (
 )
 
 type keyState struct {
-	modRev int64
-	gen    uint64 // number of the list that last saw the key
+	sum uint64 // hash of the value the handler was given
+	gen uint64 // number of the list that last saw the key
 }
 
 type listWatch struct {
 	c      *Client
 	prefix string
 	handle func(Event)
+	// rejected, if set, reports whether the handler rejected a key.
+	rejected func(key string) bool
 
 	known     map[string]keyState // keys the handler holds as present
+	seed      maphash.Seed        // of the value hashes in known
 	gen       uint64
 	clusterID uint64 // of the etcd cluster the last list came from
 	lastRev   int64  // highest revision seen
@@ -80,8 +84,10 @@ type listWatch struct {
 // that were reported before but are no longer there, and then EventListDone.
 // It relists when the watch revision was compacted, the watch failed, the
 // etcd cluster ID changed or the revision went backwards (a restored etcd);
-// keys unchanged since the previous list (same modification revision in the
-// same etcd cluster) are not reported again. Failures are retried with a
+// keys whose value is unchanged since the handler last saw it are not
+// reported again. Values are compared, not modification revisions: an etcd
+// replaced by one whose revisions were refilled past the old ones may hold
+// another value at the same revision. Failures are retried with a
 // capped exponential backoff with jitter, restarted only after the watch
 // worked for a while, and recorded for Status.
 // ListWatch blocks until ctx is done and then returns nil.
@@ -90,7 +96,7 @@ func (c *Client) ListWatch(ctx context.Context, prefix string, handle func(Event
 	for _, opt := range opts {
 		opt(&o)
 	}
-	lw := &listWatch{c: c, prefix: prefix, handle: handle, known: make(map[string]keyState)}
+	lw := &listWatch{c: c, prefix: prefix, handle: handle, rejected: o.rejected, known: make(map[string]keyState), seed: maphash.MakeSeed()}
 	// A successful list alone does not restart the count: a watch that
 	// fails right after every list still backs off.
 	retry := backoff.New(listWatchBackoff, clock.RealClock{})
@@ -128,6 +134,16 @@ type ListWatchOption func(*listWatchOptions)
 
 type listWatchOptions struct {
 	beforeRelist func(ctx context.Context, reason error) error
+	rejected     func(key string) bool
+}
+
+// Rejected makes ListWatch ask f, after every upsert it hands the handler,
+// whether the handler rejected the key (an invalid value, or one over a
+// limit). A rejected key is not remembered: what a remote writes under
+// keys nobody holds costs no memory here. Its deletion is not reported
+// and a relist delivers it again.
+func Rejected(f func(key string) bool) ListWatchOption {
+	return func(o *listWatchOptions) { o.rejected = f }
 }
 
 // BeforeRelist makes ListWatch call f before every relist (not before the
@@ -212,15 +228,15 @@ func (lw *listWatch) list(ctx context.Context) error {
 		if more {
 			next = lw.fetch(ctx, string(resp.Kvs[len(resp.Kvs)-1].Key)+"\x00", rev)
 		}
-		sameCluster := lw.clusterID == clusterID
 		for _, kv := range resp.Kvs {
 			k := string(kv.Key)
 			st, ok := lw.known[k]
-			lw.known[k] = keyState{modRev: kv.ModRevision, gen: gen}
-			if ok && sameCluster && st.modRev == kv.ModRevision {
+			sum := maphash.Bytes(lw.seed, kv.Value)
+			lw.known[k] = keyState{sum: sum, gen: gen}
+			if ok && st.sum == sum {
 				continue
 			}
-			lw.handle(Event{Kind: EventUpsert, Key: k, Value: kv.Value, Revision: kv.ModRevision})
+			lw.upsert(Event{Kind: EventUpsert, Key: k, Value: kv.Value, Revision: kv.ModRevision})
 		}
 		if !more {
 			break
@@ -281,13 +297,22 @@ func (lw *listWatch) apply(ev *clientv3.Event) {
 	lw.lastRev = max(lw.lastRev, rev)
 	switch ev.Type {
 	case clientv3.EventTypePut:
-		lw.known[k] = keyState{modRev: rev, gen: lw.gen}
-		lw.handle(Event{Kind: EventUpsert, Key: k, Value: ev.Kv.Value, Revision: rev})
+		lw.known[k] = keyState{sum: maphash.Bytes(lw.seed, ev.Kv.Value), gen: lw.gen}
+		lw.upsert(Event{Kind: EventUpsert, Key: k, Value: ev.Kv.Value, Revision: rev})
 	case clientv3.EventTypeDelete:
 		if _, ok := lw.known[k]; ok {
 			delete(lw.known, k)
 			lw.handle(Event{Kind: EventDelete, Key: k, Revision: rev})
 		}
+	}
+}
+
+// upsert hands ev to the handler and forgets its key if the handler
+// rejected it.
+func (lw *listWatch) upsert(ev Event) {
+	lw.handle(ev)
+	if lw.rejected != nil && lw.rejected(ev.Key) {
+		delete(lw.known, ev.Key)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -150,11 +151,11 @@ func checkDeletes(t *testing.T, evs []kvstore.Event, final map[string]string) {
 // changed, or revision went backwards) and converge by relisting.
 func TestListWatchReplacedEtcd(t *testing.T) {
 	tests := []struct {
-		name  string
-		token string // initial cluster token of the replacement
+		name      string
+		sameToken bool // the replacement bootstraps with the old token: same cluster ID
 	}{
-		{name: "different cluster ID", token: "another-cluster"},
-		{name: "same cluster ID, revision rewound", token: ""},
+		{name: "different cluster ID"},
+		{name: "same cluster ID, revision rewound", sameToken: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -172,10 +173,12 @@ func TestListWatchReplacedEtcd(t *testing.T) {
 
 			cfg := srv.Config()
 			cfg.DataDir = filepath.Join(t.TempDir(), "replacement")
-			cfg.InitialClusterToken = tc.token
+			if !tc.sameToken {
+				cfg.InitialClusterToken = "" // a new data dir gets a new token by default
+			}
 			cfg.InitialCluster = ""
 			repl := etcdserver.StartTest(t, cfg)
-			if (repl.ClusterID() != oldID) != (tc.token != "") {
+			if (repl.ClusterID() != oldID) == tc.sameToken {
 				t.Fatalf("cluster ID %x -> %x", oldID, repl.ClusterID())
 			}
 			admin2 := connect(t, repl.AdminConfig()).Etcd()
@@ -193,6 +196,140 @@ func TestListWatchReplacedEtcd(t *testing.T) {
 				t.Fatalf("pinned cluster ID %x, want %x", st.ClusterID, repl.ClusterID())
 			}
 		})
+	}
+}
+
+// TestListWatchRelistComparesValues replaces etcd, while the consumer is
+// cut off, by one with the same etcd cluster ID whose revisions are
+// refilled so that a key holds another value at the same modification
+// revision, then compacted so that the consumer relists: the relist must
+// deliver the new value (it compares values, not revisions).
+func TestListWatchRelistComparesValues(t *testing.T) {
+	ctx := testCtx(t)
+	srv := etcdserver.StartTest(t, etcdserver.Config{})
+	admin := connect(t, srv.AdminConfig()).Etcd()
+	putKeys(t, admin, 10, "old")
+	px := etcdserver.NewProxy(t, srv.Endpoints()[0])
+	cfg := srv.AdminConfig()
+	cfg.Endpoints = []string{px.Endpoint()}
+	cs := startConsumer(t, connect(t, cfg), prefix)
+	cs.waitEqual(t, etcdContents(t, admin, prefix))
+	last, err := admin.Get(ctx, prefix+"10.0.0.9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldRev, oldID := last.Kvs[0].ModRevision, srv.ClusterID()
+
+	px.Block()
+	srv.Stop()
+	rcfg := srv.Config()
+	rcfg.DataDir, rcfg.InitialCluster = filepath.Join(t.TempDir(), "replacement"), ""
+	repl := etcdserver.StartTest(t, rcfg) // same token and ports: same cluster ID
+	if repl.ClusterID() != oldID {
+		t.Fatalf("cluster ID %x -> %x, want the same", oldID, repl.ClusterID())
+	}
+	admin2 := connect(t, repl.AdminConfig()).Etcd()
+	putKeys(t, admin2, 9, "old") // 10.0.0.0-8 as before
+	cur, err := admin2.Get(ctx, "filler")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rev := cur.Header.Revision; rev < oldRev-1; {
+		resp, err := admin2.Put(ctx, "filler", "x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rev = resp.Header.Revision
+	}
+	resp, err := admin2.Put(ctx, prefix+"10.0.0.9", "replacement")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Header.Revision != oldRev {
+		t.Fatalf("refilled put at revision %d, want %d", resp.Header.Revision, oldRev)
+	}
+	for range 2 {
+		if _, err := admin2.Put(ctx, "filler", "y"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The consumer's watch resumes at oldRev+1, compacted now.
+	if _, err := admin2.Compact(ctx, oldRev+2, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatal(err)
+	}
+	px.Unblock()
+	cs.waitFor(t, "relist", func(_ map[string]string, n int) bool { return n >= 2 })
+	cs.waitEqual(t, etcdContents(t, admin2, prefix))
+}
+
+// TestEmbeddedClusterIDPerDataDir checks that two embedded etcds on the
+// same name, cluster name and ports but different data dirs have different
+// etcd cluster IDs, and that a restart on the same data dir keeps it.
+func TestEmbeddedClusterIDPerDataDir(t *testing.T) {
+	srv := etcdserver.StartTest(t, etcdserver.Config{})
+	id := srv.ClusterID()
+	if err := srv.Restart(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if srv.ClusterID() != id {
+		t.Fatalf("restart on the same data dir changed the cluster ID %x -> %x", id, srv.ClusterID())
+	}
+	srv.Stop()
+	cfg := srv.Config()
+	cfg.DataDir = filepath.Join(t.TempDir(), "empty")
+	cfg.InitialCluster, cfg.InitialClusterToken = "", ""
+	repl := etcdserver.StartTest(t, cfg)
+	if repl.ClusterID() == id {
+		t.Fatalf("an etcd bootstrapped on an empty data dir kept cluster ID %x", id)
+	}
+}
+
+// TestListWatchRejectedKeysNotRemembered: keys the handler rejects are not
+// remembered, so that what a remote writes under them costs nothing: a
+// relist delivers them again and their deletion is not reported.
+func TestListWatchRejectedKeysNotRemembered(t *testing.T) {
+	ctx := testCtx(t)
+	srv := etcdserver.StartTest(t, etcdserver.Config{})
+	admin := connect(t, srv.AdminConfig()).Etcd()
+	putKeys(t, admin, 3, "good")
+	for _, k := range []string{"bad-1", "bad-2"} {
+		if _, err := admin.Put(ctx, prefix+k, "bad"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	px := etcdserver.NewProxy(t, srv.Endpoints()[0])
+	cfg := srv.AdminConfig()
+	cfg.Endpoints = []string{px.Endpoint()}
+	cs := startConsumer(t, connect(t, cfg), prefix, kvstore.Rejected(func(k string) bool { return strings.Contains(k, "bad-") }))
+	cs.waitFor(t, "first list", func(_ map[string]string, n int) bool { return n == 1 })
+
+	px.Block()
+	if _, err := admin.Delete(ctx, prefix+"bad-1"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := admin.Put(ctx, prefix+"10.0.0.1", "changed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatal(err)
+	}
+	px.Unblock()
+	cs.waitFor(t, "relist", func(_ map[string]string, n int) bool { return n == 2 })
+	var bad2, deletes int
+	for _, ev := range cs.snapshotEvents() {
+		switch {
+		case ev.Key == prefix+"bad-2" && ev.Kind == kvstore.EventUpsert:
+			bad2++
+		case ev.Kind == kvstore.EventDelete:
+			deletes++
+		}
+	}
+	if bad2 != 2 {
+		t.Errorf("rejected key delivered %d times, want 2 (first list and relist)", bad2)
+	}
+	if deletes != 0 {
+		t.Errorf("%d deletes reported, want none (bad-1 was rejected)", deletes)
 	}
 }
 

@@ -46,6 +46,19 @@ type Remote struct {
 	WaitingForCanary bool `json:"waitingForCanary,omitempty"`
 	// LastChange is when Connected or Ready last changed.
 	LastChange time.Time `json:"lastChange,omitzero"`
+	// Refused counts, by reason, the remote's tunnel and ipcache claims
+	// that the agent's trust rules keep out of the datapath.
+	Refused map[string]int `json:"refused,omitempty"`
+	// Conflicts are prefixes the remote claims together with another
+	// remote, withdrawn for both (the first few).
+	Conflicts []Conflict `json:"conflicts,omitempty"`
+}
+
+// Conflict is a prefix several remotes claim.
+type Conflict struct {
+	Kind      string   `json:"kind"`
+	Prefix    string   `json:"prefix"`
+	Claimants []string `json:"claimants"`
 }
 
 // AgentReport is what the agent on one node publishes.

@@ -26,6 +26,9 @@ func StartCluster(ctx context.Context, base Config, n int, log *slog.Logger) ([]
 	if base.CertDir == "" {
 		base.CertDir = filepath.Clean(base.DataDir) + "-pki"
 	}
+	if base.InitialClusterToken == "" {
+		base.InitialClusterToken = newClusterToken(base.ClusterName) // one for every member
+	}
 	// One CA for every member: generate it once through the first config.
 	first := base
 	first.Name, first.DataDir = base.Name+"-0", filepath.Join(base.DataDir, base.Name+"-0")

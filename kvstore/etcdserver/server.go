@@ -2,6 +2,7 @@ package etcdserver
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -79,8 +80,10 @@ type Config struct {
 	ServerKeyFile  string
 	// InitialCluster is etcd's "name=peerURL,..." list for multi-member
 	// clusters (default: this member alone). InitialClusterToken defaults to
-	// "clustermesh-" + ClusterName; ClusterState is "new" (default) or
-	// "existing".
+	// "clustermesh-" + ClusterName + a random suffix, so that an etcd
+	// bootstrapped on a new data dir has a new etcd cluster ID (readers
+	// notice a replaced etcd by that ID); etcd reads it only when it
+	// bootstraps. ClusterState is "new" (default) or "existing".
 	InitialCluster      string
 	InitialClusterToken string
 	ClusterState        string
@@ -132,7 +135,7 @@ func (cfg Config) withDefaults() (Config, error) {
 		cfg.InitialCluster = cfg.Name + "=" + cfg.PeerURL
 	}
 	if cfg.InitialClusterToken == "" {
-		cfg.InitialClusterToken = "clustermesh-" + cfg.ClusterName
+		cfg.InitialClusterToken = newClusterToken(cfg.ClusterName)
 	}
 	if cfg.ClusterState == "" {
 		cfg.ClusterState = embed.ClusterStateFlagNew
@@ -147,6 +150,14 @@ func (cfg Config) withDefaults() (Config, error) {
 		cfg.StartTimeout = 60 * time.Second
 	}
 	return cfg, nil
+}
+
+// newClusterToken returns an initial cluster token unique to one
+// bootstrap: the etcd cluster ID derives from it and the peer URLs, and an
+// apiserver restarted on an empty data dir on the same ports must not look
+// like the etcd it replaces.
+func newClusterToken(cluster string) string {
+	return "clustermesh-" + cluster + "-" + rand.Text()[:16]
 }
 
 // resolveURL fills in https://127.0.0.1 and replaces port 0 by a free port.

@@ -11,4 +11,10 @@
 // a new client (a reconnect): its entries survive, and the new run's first
 // listing withdraws those it no longer sees. Drain removes every entry, for a
 // cluster that leaves the mesh.
+//
+// Memory stays bounded whatever the writer does: Config.MaxEntries stops a
+// run with ErrTooManyEntries instead of holding more, and keys whose value
+// is invalid are held neither here nor in ListWatch's key index
+// (kvstore.Rejected). An observer that implements Peeker may look up other
+// entries from its callbacks (two keys that map to one datapath entry).
 package watchstore

@@ -12,8 +12,14 @@ import (
 	"github.com/clustermesh/clustermesh/kvstore"
 )
 
-// ErrConfig is returned by Run for an unusable Config.
-var ErrConfig = errors.New("invalid watchstore config")
+var (
+	// ErrConfig is returned by Run for an unusable Config.
+	ErrConfig = errors.New("invalid watchstore config")
+	// ErrTooManyEntries is returned by Run when the prefix holds more valid
+	// entries than Config.MaxEntries: the writer is refused rather than
+	// allowed to exhaust the reader's memory.
+	ErrTooManyEntries = errors.New("too many entries")
+)
 
 // Observer is told about changes of the entries, from one goroutine at a
 // time. It must not call back into the store.
@@ -23,6 +29,16 @@ type Observer[T any] interface {
 	// OnSync is called once per run (Run or RunOn), when its initial
 	// listing is complete (after the sync canary, if one is configured).
 	OnSync()
+}
+
+// Peeker is implemented by an observer that looks up other entries of the
+// store from within its callbacks: a datapath key that two store keys map to
+// (an ipcache entry written under both "10.0.0.1" and "10.0.0.1/32") must
+// stay while either holds it. New hands it peek, which is valid only
+// during the observer's callbacks, and sees the entries as they are after
+// the change being reported.
+type Peeker[T any] interface {
+	SetPeek(peek func(key string) (T, bool))
 }
 
 // Config configures a Store.
@@ -35,6 +51,9 @@ type Config struct {
 	// Name and Cluster label metrics and logs (Name defaults to Prefix).
 	Name    string
 	Cluster string
+	// MaxEntries bounds the entries held; a run that would hold more stops
+	// with ErrTooManyEntries, keeping the entries it holds (0: no bound).
+	MaxEntries int
 }
 
 // Stats are counters of a store.
@@ -57,10 +76,11 @@ type Store[T any] struct {
 
 	m *Metrics
 
-	mu      sync.Mutex // guards entries and gen and serialises observer calls
-	entries map[string]entry[T]
-	gen     uint64 // number of the current run
-	synced  atomic.Bool
+	mu       sync.Mutex // guards entries, gen and rejected and serialises observer calls
+	entries  map[string]entry[T]
+	gen      uint64 // number of the current run
+	rejected bool   // the last upsert was not taken (invalid, or over MaxEntries)
+	synced   atomic.Bool
 
 	nEntries  atomic.Int64
 	invalid   atomic.Uint64
@@ -83,7 +103,7 @@ func New[T any](c *kvstore.Client, cfg Config, decode func(key string, value []b
 	if cfg.Name == "" {
 		cfg.Name = cfg.Prefix
 	}
-	return &Store[T]{
+	s := &Store[T]{
 		c:       c,
 		cfg:     cfg,
 		decode:  decode,
@@ -92,12 +112,23 @@ func New[T any](c *kvstore.Client, cfg Config, decode func(key string, value []b
 		m:       m,
 		entries: make(map[string]entry[T]),
 	}
+	if p, ok := obs.(Peeker[T]); ok {
+		p.SetPeek(s.peekLocked)
+	}
+	return s
+}
+
+// peekLocked returns the entry of key; the caller holds s.mu (observer
+// callbacks run with it held).
+func (s *Store[T]) peekLocked(key string) (T, bool) {
+	e, ok := s.entries[key]
+	return e.v, ok
 }
 
 // Run waits for the sync canary, then lists and watches the prefix until
 // ctx is done; before every relist it waits for the canary again, so that
-// entries are never withdrawn on the word of an incomplete listing. It returns nil after ctx is done, or an error for a bad
-// config. Invalid values never stop it; connection failures are retried
+// entries are never withdrawn on the word of an incomplete listing. It returns nil after ctx is done, an error for a bad
+// config, or ErrTooManyEntries when the prefix holds more than MaxEntries. Invalid values never stop it; connection failures are retried
 // (see kvstore.Client.ListWatch) and show in the client's Status.
 func (s *Store[T]) Run(ctx context.Context) error { return s.RunOn(ctx, s.c) }
 
@@ -120,23 +151,46 @@ func (s *Store[T]) RunOn(ctx context.Context, c *kvstore.Client) error {
 	s.mu.Unlock()
 	s.setSynced(false)
 	first := true
-	handle := func(ev kvstore.Event) { s.handle(ev, gen, &first) }
-	if s.cfg.SyncedKey == "" {
-		return c.ListWatch(ctx, s.cfg.Prefix, handle)
-	}
-	if !s.waitForCanary(ctx, c) {
-		return nil
-	}
-	// A relist deletes every entry it does not see again: against a
-	// replaced (empty) etcd that must wait until the writer has filled it
-	// and set the canary again. Against the same etcd the canary is there
-	// and the wait is one request.
-	return c.ListWatch(ctx, s.cfg.Prefix, handle, kvstore.BeforeRelist(func(ctx context.Context, reason error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	handle := func(ev kvstore.Event) { s.handle(ev, gen, &first, cancel) }
+	opts := []kvstore.ListWatchOption{kvstore.Rejected(s.lastRejected)}
+	if s.cfg.SyncedKey != "" {
 		if !s.waitForCanary(ctx, c) {
-			return ctx.Err()
+			return s.stopCause(ctx)
 		}
-		return nil
-	}))
+		// A relist deletes every entry it does not see again: against a
+		// replaced (empty) etcd that must wait until the writer has filled
+		// it and set the canary again. Against the same etcd the canary is
+		// there and the wait is one request.
+		opts = append(opts, kvstore.BeforeRelist(func(ctx context.Context, reason error) error {
+			if !s.waitForCanary(ctx, c) {
+				return ctx.Err()
+			}
+			return nil
+		}))
+	}
+	if err := c.ListWatch(ctx, s.cfg.Prefix, handle, opts...); err != nil {
+		return err
+	}
+	return s.stopCause(ctx)
+}
+
+// stopCause is nil when the run ended because its caller's context is
+// done, else why the store stopped itself (ErrTooManyEntries).
+func (s *Store[T]) stopCause(ctx context.Context) error {
+	if err := context.Cause(ctx); errors.Is(err, ErrTooManyEntries) {
+		return err
+	}
+	return nil
+}
+
+// lastRejected reports whether the store did not take the last upsert;
+// ListWatch asks right after handing it over, from the same goroutine.
+func (s *Store[T]) lastRejected(string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rejected
 }
 
 // waitForCanary blocks until the canary exists; false when ctx is done.
@@ -159,8 +213,8 @@ func (s *Store[T]) waitForCanary(ctx context.Context, c *kvstore.Client) bool {
 }
 
 // handle applies ev of run gen; first is true until the run's first
-// listing is complete.
-func (s *Store[T]) handle(ev kvstore.Event, gen uint64, first *bool) {
+// listing is complete; stop ends the run.
+func (s *Store[T]) handle(ev kvstore.Event, gen uint64, first *bool, stop context.CancelCauseFunc) {
 	s.events.Add(1)
 	now := time.Now()
 	s.lastEvent.Store(now.UnixNano())
@@ -173,6 +227,7 @@ func (s *Store[T]) handle(ev kvstore.Event, gen uint64, first *bool) {
 		v, err := s.decode(ev.Key, ev.Value)
 		s.mu.Lock()
 		defer s.mu.Unlock()
+		s.rejected = err != nil
 		if err != nil {
 			n := s.invalid.Add(1)
 			if s.m != nil {
@@ -189,6 +244,11 @@ func (s *Store[T]) handle(ev kvstore.Event, gen uint64, first *bool) {
 			return
 		}
 		if _, ok := s.entries[ev.Key]; !ok {
+			if s.cfg.MaxEntries > 0 && len(s.entries) >= s.cfg.MaxEntries {
+				s.rejected = true
+				stop(fmt.Errorf("%w: %s holds more than %d valid entries", ErrTooManyEntries, s.cfg.Prefix, s.cfg.MaxEntries))
+				return
+			}
 			s.setCount(1)
 		}
 		s.entries[ev.Key] = entry[T]{v: v, gen: gen}

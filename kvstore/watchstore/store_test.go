@@ -468,3 +468,55 @@ func TestRunOnNewClientSweeps(t *testing.T) {
 		t.Fatal("Run without a client succeeded")
 	}
 }
+
+// TestMaxEntries: a prefix with more valid entries than MaxEntries stops
+// the run with ErrTooManyEntries, holding at most MaxEntries; invalid
+// values do not count.
+func TestMaxEntries(t *testing.T) {
+	tests := []struct {
+		name    string
+		valid   int
+		invalid int
+		wantErr bool
+	}{
+		{name: "at the limit, invalid ones aside", valid: 3, invalid: 5},
+		{name: "over the limit", valid: 5, wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			for i := range tc.valid {
+				n := fmt.Sprintf("n%d", i)
+				e.put(t, prefix+n, nodeJSON(n))
+			}
+			for i := range tc.invalid {
+				e.put(t, prefix+fmt.Sprintf("bad%d", i), `{"Name":`)
+			}
+			e.put(t, syncedKey, time.Now().Format(time.RFC3339))
+			rec := newRecorder()
+			s := watchstore.New(e.remote(t), watchstore.Config{Prefix: prefix, SyncedKey: syncedKey, MaxEntries: 3}, decodeNode, rec, etcdserver.TestLogger(), nil)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			go func() { done <- s.Run(ctx) }()
+			if tc.wantErr {
+				err := <-done
+				if !errors.Is(err, watchstore.ErrTooManyEntries) {
+					t.Fatalf("Run = %v, want ErrTooManyEntries", err)
+				}
+				if s.Len() > 3 {
+					t.Fatalf("holds %d entries, limit 3", s.Len())
+				}
+				return
+			}
+			rec.waitFor(t, "sync", func(st map[string]node, synced int) bool { return synced == 1 && len(st) == 3 })
+			if st := s.Stats(); st.Invalid != uint64(tc.invalid) {
+				t.Fatalf("invalid %d, want %d", st.Invalid, tc.invalid)
+			}
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatalf("Run = %v after cancel", err)
+			}
+		})
+	}
+}

@@ -11,9 +11,17 @@
 // batch is built from the desired state at flush time, a retry never applies
 // stale values.
 //
-// Tunnel and ipcache entries are claimed per cluster ID: two clusters may claim
-// the same prefix (a hostile or misconfigured remote), the own cluster's claim
-// wins, otherwise the first claim; deleting one claim reveals the other.
+// Tunnel and ipcache entries are claimed per cluster ID, and the trust rules
+// of DESIGN §8 (trust.go) decide, from the set of claims alone and so
+// whatever their order, which one is programmed: the own cluster's claim
+// wins; a remote claim is refused when it is a default route or shorter
+// than --remote-min-prefix-length-v4/-v6, overlaps the local cluster's pod
+// CIDRs or node addresses (SetLocalNode) or own entries, carries the
+// reserved host identity, or (ipcache CIDR) lies outside that remote's pod
+// CIDRs and --remote-allowed-prefixes; two or more remaining remote claims
+// conflict and are all withdrawn, so no remote can take over another's
+// address. Refusals lists every refused claim with its reason and, for a
+// conflict, all claimants.
 //
 // # Restore
 //

@@ -24,17 +24,20 @@ type Config struct {
 	BatchWindow time.Duration
 	// RetryMin and RetryMax bound the backoff of failed Apply calls.
 	RetryMin, RetryMax time.Duration
+	// Trust limits what remote clusters may claim.
+	Trust TrustConfig
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{RetryMin: 10 * time.Millisecond, RetryMax: 10 * time.Second}
+	return Config{RetryMin: 10 * time.Millisecond, RetryMax: 10 * time.Second, Trust: DefaultTrustConfig()}
 }
 
 // RegisterFlags registers the reconciler options on fs.
 func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.BatchWindow, "datapath-batch-window", c.BatchWindow,
 		"how long to wait for more changes before applying a datapath batch (0: apply as soon as the previous batch is done)")
+	c.Trust.RegisterFlags(fs)
 }
 
 // Reconciler owns the desired datapath state and applies it. Its methods are
@@ -56,6 +59,10 @@ type Reconciler struct {
 	holding   map[uint32]bool                            // guarded by mu: cluster IDs whose restored entries are held
 	stats     Stats                                      // guarded by mu
 
+	local        localSet                  // guarded by mu: the local cluster's prefixes
+	refused      map[refusalKey][]Refusal  // guarded by mu: remote claims not programmed, as of the last flush
+	ipcacheCIDRs map[netip.Prefix]struct{} // guarded by mu: claimed ipcache keys that are not host prefixes
+
 	kick chan struct{} // buffered(1): something is dirty
 }
 
@@ -74,6 +81,9 @@ func New(cfg Config, w datapath.Writer, log *slog.Logger, clk clock.Clock) *Reco
 	if cfg.RetryMax < cfg.RetryMin {
 		cfg.RetryMax = max(d.RetryMax, cfg.RetryMin)
 	}
+	if cfg.Trust.MinPrefixLenV4 == 0 && cfg.Trust.MinPrefixLenV6 == 0 {
+		cfg.Trust.MinPrefixLenV4, cfg.Trust.MinPrefixLenV6 = d.Trust.MinPrefixLenV4, d.Trust.MinPrefixLenV6
+	}
 	own := cfg.ClusterID
 	return &Reconciler{
 		cfg: cfg, w: w, log: log, clock: clk,
@@ -86,6 +96,10 @@ func New(cfg Config, w datapath.Writer, log *slog.Logger, clk clock.Clock) *Reco
 		restored:  datapath.NewState(),
 		holding:   map[uint32]bool{},
 		kick:      make(chan struct{}, 1),
+
+		local:        localSet{byNode: map[string][]netip.Prefix{}, all: newPrefixSet(nil)},
+		refused:      map[refusalKey][]Refusal{},
+		ipcacheCIDRs: map[netip.Prefix]struct{}{},
 	}
 }
 
@@ -187,6 +201,9 @@ func (r *Reconciler) DeleteTunnel(cidr netip.Prefix, id uint32) {
 func (r *Reconciler) UpsertIPCache(e datapath.IPCacheEntry) {
 	r.mu.Lock()
 	r.ipcache.upsert(e.Prefix, e)
+	if !e.Prefix.IsSingleIP() {
+		r.ipcacheCIDRs[e.Prefix] = struct{}{}
+	}
 	r.kickLocked()
 	r.mu.Unlock()
 }
@@ -195,6 +212,9 @@ func (r *Reconciler) UpsertIPCache(e datapath.IPCacheEntry) {
 func (r *Reconciler) DeleteIPCache(p netip.Prefix, id uint32) {
 	r.mu.Lock()
 	r.ipcache.delete(p, id)
+	if _, ok := r.ipcache.m[p]; !ok {
+		delete(r.ipcacheCIDRs, p)
+	}
 	r.kickLocked()
 	r.mu.Unlock()
 }
@@ -302,9 +322,10 @@ func (r *Reconciler) Stats() Stats {
 
 func (r *Reconciler) buildLocked() datapath.Batch {
 	var b datapath.Batch
+	r.reevaluateLocked()
 	for p := range r.tunnels.dirty {
 		delete(r.tunnels.dirty, p)
-		e, ok := r.tunnels.get(p)
+		e, ok := r.tunnelWinner(p)
 		old, restored := r.restored.Tunnels[p]
 		switch {
 		case ok && restored && old == e:
@@ -320,7 +341,7 @@ func (r *Reconciler) buildLocked() datapath.Batch {
 	}
 	for p := range r.ipcache.dirty {
 		delete(r.ipcache.dirty, p)
-		e, ok := r.ipcache.get(p)
+		e, ok := r.ipcacheWinner(p)
 		old, restored := r.restored.IPCache[p]
 		switch {
 		case ok && restored && old == e:
@@ -429,16 +450,26 @@ func (r *Reconciler) redirtyLocked(b *datapath.Batch) {
 	}
 }
 
-// Tunnels returns the desired tunnel entries.
+// Tunnels returns the desired tunnel entries (the claims that win).
 func (r *Reconciler) Tunnels() []datapath.TunnelEntry {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.tunnels.values()
+	return winners(r.tunnels.m, r.tunnelWinner)
 }
 
-// IPCache returns the desired ipcache entries.
+// IPCache returns the desired ipcache entries (the claims that win).
 func (r *Reconciler) IPCache() []datapath.IPCacheEntry {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.ipcache.values()
+	return winners(r.ipcache.m, r.ipcacheWinner)
+}
+
+func winners[T any, C any](m map[netip.Prefix]C, win func(netip.Prefix) (T, bool)) []T {
+	out := make([]T, 0, len(m))
+	for p := range m {
+		if e, ok := win(p); ok {
+			out = append(out, e)
+		}
+	}
+	return out
 }

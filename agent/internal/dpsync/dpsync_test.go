@@ -39,9 +39,9 @@ func TestClaims(t *testing.T) {
 		want uint32 // cluster of the programmed entry, 0: absent
 	}{
 		{"remote 2 claims", func() { r.UpsertIPCache(ipc(p, 100, 2)) }, 2},
-		{"remote 3 claims too: oldest wins", func() { r.UpsertIPCache(ipc(p, 200, 3)) }, 2},
+		{"remote 3 claims too: conflict, both withdrawn", func() { r.UpsertIPCache(ipc(p, 200, 3)) }, 0},
 		{"own cluster claims: own wins", func() { r.UpsertIPCache(ipc(p, 300, 1)) }, 1},
-		{"own withdraws: oldest remote", func() { r.DeleteIPCache(pfx(p), 1) }, 2},
+		{"own withdraws: the remotes conflict again", func() { r.DeleteIPCache(pfx(p), 1) }, 0},
 		{"2 withdraws: 3", func() { r.DeleteIPCache(pfx(p), 2) }, 3},
 		{"withdraw of a non-claimant is a no-op", func() { r.DeleteIPCache(pfx(p), 7) }, 3},
 		{"3 withdraws: gone", func() { r.DeleteIPCache(pfx(p), 3) }, 0},

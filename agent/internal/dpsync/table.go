@@ -1,7 +1,7 @@
 package dpsync
 
 // table holds the claims on keys of one kind: every cluster ID may claim a key
-// once; the own cluster's claim wins, otherwise the oldest.
+// once. Which claim is programmed is decided by the trust rules (decide).
 type table[K comparable, T any] struct {
 	m     map[K]claims[T]
 	dirty map[K]struct{}
@@ -18,9 +18,18 @@ func newTable[K comparable, T any](id func(T) uint32, own uint32) table[K, T] {
 	return table[K, T]{m: map[K]claims[T]{}, dirty: map[K]struct{}{}, id: id, own: own}
 }
 
-func (t *table[K, T]) get(k K) (T, bool) {
+// each calls f with every claim on k.
+func (t *table[K, T]) each(k K, f func(T)) {
 	c, ok := t.m[k]
-	return c.first, ok
+	if !ok {
+		return
+	}
+	f(c.first)
+	if c.more != nil {
+		for _, v := range *c.more {
+			f(v)
+		}
+	}
 }
 
 func (t *table[K, T]) upsert(k K, v T) {
@@ -87,6 +96,7 @@ func (t *table[K, T]) delete(k K, id uint32) {
 	}
 	for i, o := range *c.more {
 		if t.id(o) == id {
+			t.dirty[k] = struct{}{} // every claim counts in the decision
 			*c.more = append((*c.more)[:i], (*c.more)[i+1:]...)
 			if len(*c.more) == 0 {
 				c.more = nil
@@ -95,12 +105,4 @@ func (t *table[K, T]) delete(k K, id uint32) {
 			return
 		}
 	}
-}
-
-func (t *table[K, T]) values() []T {
-	out := make([]T, 0, len(t.m))
-	for _, c := range t.m {
-		out = append(out, c.first)
-	}
-	return out
 }

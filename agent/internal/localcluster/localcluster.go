@@ -45,6 +45,9 @@ type DatapathSink interface {
 	DeleteEndpoint(netip.Addr)
 	UpsertIPCache(datapath.IPCacheEntry)
 	DeleteIPCache(netip.Prefix, uint32)
+	// SetLocalNode records a node's pod CIDRs and addresses (nil: gone):
+	// the local cluster wins over remotes for them.
+	SetLocalNode(name string, prefixes []netip.Prefix)
 }
 
 // ErrNoRoute is returned by an IfIndexFunc when no host route to the IP exists.
@@ -401,11 +404,13 @@ func (w *Watcher) reconcileNode(k key) error {
 	node, err := w.nodeLister.Get(k.name)
 	switch {
 	case apierrors.IsNotFound(err):
+		node = nil
 	case err != nil:
 		return err
 	case node.Name != w.cfg.NodeName && w.cfg.NodeTunnels:
 		want = tunnels(node, w.cfg.ClusterID)
 	}
+	w.dp.SetLocalNode(k.name, nodePrefixes(node))
 	w.mu.Lock()
 	if node == nil {
 		delete(w.nodes, k.name)
@@ -476,6 +481,30 @@ func containsPrefix(l []netip.Prefix, p netip.Prefix) bool {
 		}
 	}
 	return false
+}
+
+// nodePrefixes returns what a node of the own cluster holds: its pod CIDRs
+// and its addresses as host prefixes (nil for no node).
+func nodePrefixes(node *corev1.Node) []netip.Prefix {
+	if node == nil {
+		return nil
+	}
+	var out []netip.Prefix
+	cidrs := node.Spec.PodCIDRs
+	if len(cidrs) == 0 && node.Spec.PodCIDR != "" {
+		cidrs = []string{node.Spec.PodCIDR}
+	}
+	for _, c := range cidrs {
+		if p, err := netip.ParsePrefix(c); err == nil {
+			out = append(out, p.Masked())
+		}
+	}
+	for _, a := range node.Status.Addresses {
+		if ip, err := netip.ParseAddr(a.Address); err == nil && (a.Type == corev1.NodeInternalIP || a.Type == corev1.NodeExternalIP) {
+			out = append(out, netip.PrefixFrom(ip, ip.BitLen()))
+		}
+	}
+	return out
 }
 
 // tunnels returns the tunnel entries of a node: its pod CIDRs via the

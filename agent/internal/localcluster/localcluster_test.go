@@ -179,3 +179,73 @@ func await(t *testing.T, dp *memory.Datapath, what string, cond func(datapath.St
 		}
 	}
 }
+
+// TestLocalNodesWinOverRemotes: the watcher hands every node's pod CIDRs
+// and addresses, this node's included, to the trust rules: remote claims on
+// them are refused, and allowed again once the node is gone.
+func TestLocalNodesWinOverRemotes(t *testing.T) {
+	client := fake.NewClientset(&corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "n1"},
+		Spec:       corev1.NodeSpec{PodCIDRs: []string{"10.1.1.0/24"}},
+		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.0.1"},
+			{Type: corev1.NodeExternalIP, Address: "203.0.113.1"}}},
+	})
+	dp := memory.New()
+	rec := dpsync.New(dpsync.Config{ClusterID: 1}, dp, discard, clock.RealClock{})
+	merger := servicemerge.New(servicemerge.Config{ClusterID: 1}, rec)
+	synced := make(chan struct{})
+	w := New(Config{NodeName: "n1", ClusterID: 1, IfIndex: (&fakeRoutes{}).lookup, OnSynced: func() { close(synced) }}, client, merger, rec, discard, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = w.Run(ctx) })
+	defer func() { cancel(); wg.Wait() }()
+	<-synced
+
+	claims := []struct {
+		name   string
+		tunnel *datapath.TunnelEntry
+		ipc    *datapath.IPCacheEntry
+	}{
+		{name: "this node's pod CIDR", tunnel: &datapath.TunnelEntry{CIDR: netip.MustParsePrefix("10.1.1.0/24"), NodeIP: netip.MustParseAddr("192.168.2.1"), ClusterID: 2}},
+		{name: "a pod IP of this node", ipc: &datapath.IPCacheEntry{Prefix: netip.MustParsePrefix("10.1.1.9/32"), Identity: 2<<16 | 300, ClusterID: 2}},
+		{name: "this node's InternalIP", ipc: &datapath.IPCacheEntry{Prefix: netip.MustParsePrefix("192.168.0.1/32"), Identity: 6, ClusterID: 2}},
+		{name: "this node's ExternalIP", ipc: &datapath.IPCacheEntry{Prefix: netip.MustParsePrefix("203.0.113.1/32"), Identity: 6, ClusterID: 2}},
+	}
+	for _, c := range claims {
+		if c.tunnel != nil {
+			rec.UpsertTunnel(*c.tunnel)
+		} else {
+			rec.UpsertIPCache(*c.ipc)
+		}
+	}
+	if err := rec.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := dp.Dump()
+	if len(st.Tunnels)+len(st.IPCache) != 0 {
+		t.Fatalf("remote claims on the local node programmed: %+v %+v", st.Tunnels, st.IPCache)
+	}
+	refused := map[string]dpsync.Reason{}
+	for _, r := range rec.Refusals() {
+		refused[r.Prefix.String()] = r.Reason
+	}
+	for _, c := range claims {
+		p := ""
+		if c.tunnel != nil {
+			p = c.tunnel.CIDR.String()
+		} else {
+			p = c.ipc.Prefix.String()
+		}
+		if refused[p] != dpsync.ReasonLocal {
+			t.Errorf("%s (%s): refused %q, want %q", c.name, p, refused[p], dpsync.ReasonLocal)
+		}
+	}
+
+	if err := client.CoreV1().Nodes().Delete(ctx, "n1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	wg.Go(func() { _ = rec.Run(ctx) })
+	await(t, dp, "remote claims programmed once the node is gone", func(st datapath.State) bool {
+		return len(st.Tunnels) == 1 && len(st.IPCache) == 3
+	})
+}

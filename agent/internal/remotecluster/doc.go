@@ -42,7 +42,15 @@
 // its InternalIP of the same family); ipcache → ipcache entries (IP →
 // identity, HostIP as tunnel endpoint, cluster ID); services →
 // servicemerge; identities are validated and counted (the datapath has no
-// policy yet).
+// policy yet). A datapath key that several keys of one remote map to is
+// held while any of them holds it, with a value chosen by a fixed rule: a
+// pod CIDR of two nodes routes to the node whose key sorts first, an IP
+// written under "<ip>" and "<ip>/32" takes the value of "<ip>". Whether a
+// claim reaches the datapath at all is decided by dpsync's trust rules.
+//
+// A remote with more valid entries of one kind than MaxEntries
+// (--remote-max-entries) is refused with the reason in Status and its state
+// withdrawn; the connection loop tries again with backoff.
 //
 // The stores outlive sessions: a new session (after a failed connect) runs
 // them through its new client (watchstore.Store.RunOn), and their first

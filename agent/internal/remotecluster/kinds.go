@@ -4,6 +4,8 @@ import (
 	"context"
 	"net/netip"
 	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/internal/datapath"
@@ -63,13 +65,13 @@ func newKindStore(r *remote, k kind, cfg watchstore.Config) (kindStore, *observe
 	log := r.log.With("kind", k.String())
 	switch k {
 	case kindNodes:
-		o := &nodeObserver{observerBase: observerBase{r: r}}
+		o := &nodeObserver{observerBase: observerBase{r: r}, claims: map[netip.Prefix][]tunnelClaim{}}
 		return watchstore.New(nil, cfg, func(key string, v []byte) (wire.Node, error) { return wire.DecodeNode(r.rem, key, v) }, o, log, nil), &o.observerBase
 	case kindIdentities:
 		o := &identityObserver{observerBase{r: r}}
 		return watchstore.New(nil, cfg, func(key string, v []byte) (wire.Identity, error) { return wire.DecodeIdentity(r.rem, key, v) }, o, log, nil), &o.observerBase
 	case kindIPCache:
-		o := &ipObserver{observerBase{r: r}}
+		o := &ipObserver{observerBase: observerBase{r: r}}
 		return watchstore.New(nil, cfg, func(key string, v []byte) (ipEntry, error) {
 			p, err := wire.DecodeIPIdentityPair(r.rem, key, v)
 			// The one place a remote ipcache identity becomes the one
@@ -97,14 +99,24 @@ func (o *observerBase) OnSync() {
 }
 
 // nodeObserver routes each node's pod CIDRs to it, except those that
-// overlap the local cluster's pod CIDRs (refused, see overlap.go).
+// overlap the local cluster's pod CIDRs (refused, see overlap.go). Two nodes
+// of one remote may claim the same CIDR (a misconfiguration, or a node
+// renamed): the tunnel stays while any of them holds it, and goes to the
+// node whose key sorts first, whatever the order of events. The CIDRs each
+// node claims are held by the remote (setNodeCIDRs).
 type nodeObserver struct {
 	observerBase
+	claims map[netip.Prefix][]tunnelClaim // CIDR -> claims, by node key
+}
+
+// tunnelClaim is one node's claim on a CIDR.
+type tunnelClaim struct {
+	key string
+	e   datapath.TunnelEntry
 }
 
 func (o *nodeObserver) OnUpsert(key string, n wire.Node) {
-	dp, id := o.r.m.dp, o.r.dpID
-	want := nodeTunnels(n, id)
+	want := nodeTunnels(n, o.r.dpID)
 	cidrs := make([]netip.Prefix, len(want))
 	for i, t := range want {
 		cidrs[i] = t.CIDR
@@ -112,22 +124,52 @@ func (o *nodeObserver) OnUpsert(key string, n wire.Node) {
 	prev := o.r.setNodeCIDRs(key, cidrs)
 	for _, p := range prev {
 		if !slices.Contains(cidrs, p) {
-			dp.DeleteTunnel(p, id)
+			o.setClaim(p, key, nil)
 		}
 	}
 	local := o.r.m.localPodCIDRs()
 	for _, t := range want {
 		if _, bad := overlapping(t.CIDR, local); bad {
-			dp.DeleteTunnel(t.CIDR, id) // programmed before the local CIDR was known
+			o.setClaim(t.CIDR, key, nil) // claimed before the local CIDR was known
 			continue
 		}
-		dp.UpsertTunnel(t)
+		o.setClaim(t.CIDR, key, &t)
 	}
 }
 
 func (o *nodeObserver) OnDelete(key string, _ wire.Node) {
 	for _, p := range o.r.setNodeCIDRs(key, nil) {
+		o.setClaim(p, key, nil)
+	}
+}
+
+// setClaim sets (e not nil) or withdraws node key's claim on p and
+// programs the winning claim if it changed.
+func (o *nodeObserver) setClaim(p netip.Prefix, key string, e *datapath.TunnelEntry) {
+	cs := o.claims[p]
+	var before datapath.TunnelEntry
+	if len(cs) > 0 {
+		before = cs[0].e
+	}
+	i, found := slices.BinarySearchFunc(cs, key, func(c tunnelClaim, k string) int { return strings.Compare(c.key, k) })
+	switch {
+	case e != nil && found:
+		cs[i].e = *e
+	case e != nil:
+		cs = slices.Insert(cs, i, tunnelClaim{key: key, e: *e})
+	case found:
+		cs = slices.Delete(cs, i, i+1)
+	default:
+		return
+	}
+	if len(cs) == 0 {
+		delete(o.claims, p)
 		o.r.m.dp.DeleteTunnel(p, o.r.dpID)
+		return
+	}
+	o.claims[p] = cs
+	if cs[0].e != before {
+		o.r.m.dp.UpsertTunnel(cs[0].e)
 	}
 }
 
@@ -147,15 +189,50 @@ type ipEntry struct {
 	id     uint32
 }
 
-// ipObserver programs the ipcache.
-type ipObserver struct{ observerBase }
+// ipObserver programs the ipcache. A host entry may be written under two
+// keys, "<ip>" and "<ip>/32" (or "/128"), that map to one datapath entry:
+// it stays while either key holds it, and the value of "<ip>" wins.
+type ipObserver struct {
+	observerBase
+	peek func(key string) (ipEntry, bool) // the store's other entries; valid in callbacks
+}
 
-func (o *ipObserver) OnUpsert(_ string, e ipEntry) {
+// SetPeek implements watchstore.Peeker.
+func (o *ipObserver) SetPeek(peek func(key string) (ipEntry, bool)) { o.peek = peek }
+
+func (o *ipObserver) OnUpsert(key string, e ipEntry) {
+	if alt, masked := altIPKey(key, e.prefix); masked {
+		if _, ok := o.peek(alt); ok {
+			return // the entry of "<ip>" wins
+		}
+	}
 	o.r.m.dp.UpsertIPCache(datapath.IPCacheEntry{Prefix: e.prefix, Identity: e.id, TunnelEndpoint: e.hostIP, ClusterID: o.r.dpID})
 }
 
-func (o *ipObserver) OnDelete(_ string, e ipEntry) {
+func (o *ipObserver) OnDelete(key string, e ipEntry) {
+	if alt, masked := altIPKey(key, e.prefix); alt != "" {
+		if other, ok := o.peek(alt); ok {
+			if !masked {
+				o.OnUpsert(alt, other) // "<ip>" gone: "<ip>/32" holds the entry now
+			}
+			return
+		}
+	}
 	o.r.m.dp.DeleteIPCache(e.prefix, o.r.dpID)
+}
+
+// altIPKey returns the other key of a host prefix p stored under key: for
+// "<prefix>/<ip>" it is "<prefix>/<ip>/<bits>" and the reverse (masked
+// true: key is the "/<bits>" form). "" for a prefix that is not a host.
+func altIPKey(key string, p netip.Prefix) (alt string, masked bool) {
+	if !p.IsSingleIP() {
+		return "", false
+	}
+	suffix := "/" + strconv.Itoa(p.Bits())
+	if k, ok := strings.CutSuffix(key, suffix); ok {
+		return k, true
+	}
+	return key + suffix, false
 }
 
 // serviceObserver hands global services to the merger.

@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/pflag"
 	"k8s.io/utils/clock"
 
+	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/kvstore"
@@ -53,6 +54,8 @@ type DatapathSink interface {
 	Holding() []uint32
 	// Release ends the hold on restored entries of a cluster ID.
 	Release(uint32)
+	// Refusals lists the remote claims the trust rules refuse.
+	Refusals() []dpsync.Refusal
 }
 
 // ServiceSink is what the manager needs of the service merger.
@@ -90,7 +93,15 @@ type Config struct {
 	// a remote node pod CIDR overlapping one is refused (overlap.go). nil:
 	// no check.
 	LocalPodCIDRs func() []netip.Prefix
+	// MaxEntries bounds the valid entries of each kind (nodes, identities,
+	// ipcache, services) the agent holds for one remote; a remote over it
+	// is refused and its state withdrawn (0: no bound).
+	MaxEntries int
 }
+
+// DefaultMaxEntries is the default bound of Config.MaxEntries: four times
+// Cilium's scale test's 250k endpoints, all in one remote.
+const DefaultMaxEntries = 1_000_000
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
@@ -102,6 +113,7 @@ func DefaultConfig() Config {
 		ProbeInterval:        10 * time.Second,
 		ProbeTimeout:         5 * time.Second,
 		RescanInterval:       time.Minute,
+		MaxEntries:           DefaultMaxEntries,
 	}
 }
 
@@ -109,6 +121,7 @@ func DefaultConfig() Config {
 func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Dir, "clustermesh-config", c.Dir, "directory of remote-cluster etcd configs, one file per cluster, named after it")
 	fs.DurationVar(&c.StaleTTL, "remote-stale-ttl", c.StaleTTL, "withdraw a remote cluster's state after it has been unreachable this long (0: keep it)")
+	fs.IntVar(&c.MaxEntries, "remote-max-entries", c.MaxEntries, "most valid entries of one kind (nodes, identities, ipcache, services) held for one remote cluster; a remote over it is refused and its state withdrawn (0: no bound)")
 }
 
 func (c *Config) withDefaults() {
@@ -431,11 +444,56 @@ func (m *Manager) Status() []Status {
 	}
 	m.mu.Unlock()
 	out := make([]Status, 0, len(rs))
+	byID := map[uint32]int{}
 	for _, r := range rs {
-		out = append(out, r.status())
+		st := r.status()
+		if st.ID != 0 {
+			byID[st.ID] = len(out)
+		}
+		out = append(out, st)
 	}
+	m.addRefusals(out, byID)
 	slices.SortFunc(out, func(a, b Status) int { return strings.Compare(a.Name, b.Name) })
 	return out
+}
+
+// addRefusals fills Refused and Conflicts of the statuses out, indexed by
+// cluster ID in byID, from the datapath's refusals.
+func (m *Manager) addRefusals(out []Status, byID map[uint32]int) {
+	if m.dp == nil || len(byID) == 0 {
+		return
+	}
+	names := m.ClusterNames()
+	name := func(id uint32) string {
+		if n, ok := names[id]; ok {
+			return n
+		}
+		return fmt.Sprint(id)
+	}
+	for _, rf := range m.dp.Refusals() {
+		i, ok := byID[rf.ClusterID]
+		if !ok {
+			continue
+		}
+		st := &out[i]
+		j := slices.IndexFunc(st.Refused, func(c RefusedClaims) bool { return c.Reason == string(rf.Reason) })
+		if j < 0 {
+			j = len(st.Refused)
+			st.Refused = append(st.Refused, RefusedClaims{Reason: string(rf.Reason)})
+		}
+		rc := &st.Refused[j]
+		rc.Count++
+		if len(rc.Examples) < MaxConflictsShown {
+			rc.Examples = append(rc.Examples, rf.Kind+" "+rf.Prefix.String())
+		}
+		if rf.Reason == dpsync.ReasonConflict && len(st.Conflicts) < MaxConflictsShown {
+			c := Conflict{Kind: rf.Kind, Prefix: rf.Prefix.String()}
+			for _, id := range rf.Claimants {
+				c.Claimants = append(c.Claimants, name(id))
+			}
+			st.Conflicts = append(st.Conflicts, c)
+		}
+	}
 }
 
 // ClusterNames maps the reserved cluster IDs to names.

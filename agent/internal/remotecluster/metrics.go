@@ -27,6 +27,8 @@ var (
 		"Now minus the remote cluster's last heartbeat timestamp (rewritten every minute by its apiserver).", []string{"cluster"}, nil)
 	descEventLag = prometheus.NewDesc("clustermesh_agent_remote_last_event_age_seconds",
 		"Now minus the time the last event of the remote cluster was received.", []string{"cluster"}, nil)
+	descRefused = prometheus.NewDesc("clustermesh_agent_remote_refused_claims",
+		"Tunnel and ipcache claims of the remote cluster kept out of the datapath by the trust rules, per reason (conflicts with another remote included).", []string{"cluster", "reason"}, nil)
 )
 
 type collector struct{ m *Manager }
@@ -36,7 +38,7 @@ func (m *Manager) Collector() prometheus.Collector { return collector{m} }
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReady, descConnected, descEntries, descEvents, descInvalid,
-		descReconnects, descFailures, descHeartbeatLag, descEventLag} {
+		descReconnects, descFailures, descHeartbeatLag, descEventLag, descRefused} {
 		ch <- d
 	}
 }
@@ -59,6 +61,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descEntries, prometheus.GaugeValue, float64(k.Entries), s.Name, k.Kind)
 			ch <- prometheus.MustNewConstMetric(descEvents, prometheus.CounterValue, float64(k.Events), s.Name, k.Kind)
 			ch <- prometheus.MustNewConstMetric(descInvalid, prometheus.CounterValue, float64(k.Invalid), s.Name, k.Kind)
+		}
+		for _, r := range s.Refused {
+			ch <- prometheus.MustNewConstMetric(descRefused, prometheus.GaugeValue, float64(r.Count), s.Name, r.Reason)
 		}
 		if !s.LastHeartbeat.IsZero() {
 			ch <- prometheus.MustNewConstMetric(descHeartbeatLag, prometheus.GaugeValue, seconds(now.Sub(s.LastHeartbeat)), s.Name)

@@ -219,6 +219,11 @@ func (r *remote) session(ctx context.Context, data []byte) error {
 		r.log.Warn("withdrawing the state of an unreachable remote cluster", "ttl", r.m.cfg.StaleTTL)
 		r.drain()
 	}
+	if errors.Is(cause, watchstore.ErrTooManyEntries) {
+		r.log.Warn("refusing a remote cluster over the entry limit and withdrawing its state", "error", cause, "max_entries", r.m.cfg.MaxEntries)
+		r.refuse(fmt.Errorf("%w (--remote-max-entries)", cause))
+		r.drain()
+	}
 	if ctx.Err() != nil {
 		return nil
 	}
@@ -283,7 +288,7 @@ var watchKeyBackoff = backoff.Policy{Min: 50 * time.Millisecond, Max: 5 * time.S
 // entries the new prefix's listing could not withdraw.
 func (r *remote) kindStore(k kind, cc wire.ClusterConfig) kindStore {
 	cached := cc.Capabilities.Cached
-	cfg := watchstore.Config{Prefix: wire.WatchPrefix(k.wire(), r.name, cached), Name: k.String(), Cluster: r.name}
+	cfg := watchstore.Config{Prefix: wire.WatchPrefix(k.wire(), r.name, cached), Name: k.String(), Cluster: r.name, MaxEntries: r.m.cfg.MaxEntries}
 	if cc.Capabilities.SyncedCanaries {
 		cfg.SyncedKey = wire.WatchSyncedKey(k.wire(), r.name, cached)
 	}

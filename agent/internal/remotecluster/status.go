@@ -34,6 +34,31 @@ type Status struct {
 	// PodCIDROverlap says which of the remote's node pod CIDRs overlap the
 	// local cluster's pod CIDRs (refused: not programmed), empty when none.
 	PodCIDROverlap string
+	// Refused counts, by reason, the remote's tunnel and ipcache claims
+	// that the trust rules keep out of the datapath (DESIGN §8).
+	Refused []RefusedClaims
+	// Conflicts are the prefixes this remote claims together with another
+	// remote: withdrawn for both (at most MaxConflictsShown, by prefix).
+	Conflicts []Conflict
+}
+
+// MaxConflictsShown bounds Status.Conflicts and RefusedClaims.Examples;
+// the counts are complete.
+const MaxConflictsShown = 20
+
+// RefusedClaims counts a remote's refused claims of one reason.
+type RefusedClaims struct {
+	Reason string
+	Count  uint64
+	// Examples are the first refused prefixes ("tunnel 0.0.0.0/0").
+	Examples []string
+}
+
+// Conflict is a prefix that several remotes claim.
+type Conflict struct {
+	Kind      string // tunnel or ipcache
+	Prefix    string
+	Claimants []string // cluster names, sorted by cluster ID
 }
 
 // Settled reports whether the remote no longer holds the agent's

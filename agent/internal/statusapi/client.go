@@ -77,6 +77,7 @@ func PrintTable(w io.Writer, resp *agentv1.GetStatusResponse) error {
 		fmt.Fprintf(tw, "%s\t%d\t%v\t%v\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", r.GetName(), r.GetId(), r.GetConnected(), r.GetReady(),
 			counts["nodes"], counts["identities"], counts["ipcache"], counts["services"], invalid, r.GetFailures(), r.GetReconnects(), last, problem)
 	}
+	printClaims(tw, resp)
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "SERVICE\tFRONTEND\tBACKENDS (cluster:weight)")
 	for _, s := range resp.GetServices() {
@@ -105,4 +106,30 @@ func PrintTable(w io.Writer, resp *agentv1.GetStatusResponse) error {
 		}
 	}
 	return tw.Flush()
+}
+
+// printClaims writes the remotes' refused claims and conflicts, if any.
+func printClaims(w io.Writer, resp *agentv1.GetStatusResponse) {
+	header := false
+	for _, r := range resp.GetRemoteClusters() {
+		for _, c := range r.GetRefusedClaims() {
+			if !header {
+				fmt.Fprintln(w)
+				fmt.Fprintln(w, "REMOTE\tREFUSED CLAIMS\tREASON\tEXAMPLES")
+				header = true
+			}
+			fmt.Fprintf(w, "%s\t%d\t%s\t%s\n", r.GetName(), c.GetCount(), c.GetReason(), strings.Join(c.GetExamples(), ", "))
+		}
+	}
+	header = false
+	for _, r := range resp.GetRemoteClusters() {
+		for _, c := range r.GetConflicts() {
+			if !header {
+				fmt.Fprintln(w)
+				fmt.Fprintln(w, "REMOTE\tCONFLICT\tCLAIMANTS (all withdrawn)")
+				header = true
+			}
+			fmt.Fprintf(w, "%s\t%s %s\t%s\n", r.GetName(), c.GetKind(), c.GetPrefix(), strings.Join(c.GetClaimants(), ", "))
+		}
+	}
 }

@@ -120,6 +120,12 @@ func (s *Server) Build(includeEntries bool) *agentv1.GetStatusResponse {
 		for _, k := range r.Kinds {
 			rc.Kinds = append(rc.Kinds, &agentv1.KindStatus{Kind: k.Kind, Synced: k.Synced, Entries: k.Entries, Invalid: k.Invalid, Events: k.Events})
 		}
+		for _, c := range r.Refused {
+			rc.RefusedClaims = append(rc.RefusedClaims, &agentv1.RefusedClaims{Reason: c.Reason, Count: c.Count, Examples: c.Examples})
+		}
+		for _, c := range r.Conflicts {
+			rc.Conflicts = append(rc.Conflicts, &agentv1.ClaimConflict{Kind: c.Kind, Prefix: c.Prefix, Claimants: c.Claimants})
+		}
 		resp.RemoteClusters = append(resp.RemoteClusters, rc)
 	}
 	for _, snap := range s.services.Snapshot() {

@@ -28,7 +28,9 @@ type fakes struct{}
 
 func (fakes) Status() []remotecluster.Status {
 	return []remotecluster.Status{{Name: "c2", ID: 2, Connected: true, Ready: true, LastChange: time.Now(),
-		Kinds: []remotecluster.KindStatus{{Kind: "ipcache", Synced: true, Entries: 5, Invalid: 1}}},
+		Kinds:     []remotecluster.KindStatus{{Kind: "ipcache", Synced: true, Entries: 5, Invalid: 1}},
+		Refused:   []remotecluster.RefusedClaims{{Reason: string(dpsync.ReasonConflict), Count: 1, Examples: []string{"ipcache 10.9.0.5/32"}}},
+		Conflicts: []remotecluster.Conflict{{Kind: "ipcache", Prefix: "10.9.0.5/32", Claimants: []string{"c2", "c4"}}}},
 		{Name: "c3", ID: 0, RefusedReason: "cluster ID conflict: 2 is used by connected cluster \"c2\""},
 		{Name: "c4", ID: 4, Connected: true, WaitingForCanary: true}}
 }
@@ -69,7 +71,8 @@ func TestServeAndPrint(t *testing.T) {
 			if err := PrintTable(&tbl, r); err != nil {
 				t.Fatal(err)
 			}
-			for _, want := range []string{"c2", "cluster ID conflict", "10.96.0.10:80/TCP", "10.2.0.1:8080(c2:1)", "10.2.1.0/24", "131372", waitingForCanary} {
+			for _, want := range []string{"c2", "cluster ID conflict", "10.96.0.10:80/TCP", "10.2.0.1:8080(c2:1)", "10.2.1.0/24", "131372",
+				"claimed by another remote", "ipcache 10.9.0.5/32", "c2, c4", waitingForCanary} {
 				if !strings.Contains(tbl.String(), want) {
 					t.Fatalf("table lacks %q:\n%s", want, tbl.String())
 				}

@@ -162,7 +162,7 @@ func (p *Publisher) countInterval() time.Duration {
 func withoutCounts(r meshstatus.AgentReport) meshstatus.AgentReport {
 	rs := make([]meshstatus.Remote, len(r.Remotes))
 	for i, m := range r.Remotes {
-		m.Entries, m.Invalid, m.Reconnects = nil, 0, 0
+		m.Entries, m.Invalid, m.Reconnects, m.Refused = nil, 0, 0, nil
 		rs[i] = m
 	}
 	r.Remotes = rs
@@ -184,6 +184,15 @@ func Build(cluster, node string, rs []remotecluster.Status) meshstatus.AgentRepo
 		} else if s.PodCIDROverlap != "" {
 			// Not ready: some of the remote's pods cannot be reached.
 			m.LastError, m.Ready = meshstatus.RefusedPrefix+s.PodCIDROverlap, false
+		}
+		for _, c := range s.Refused {
+			if m.Refused == nil {
+				m.Refused = map[string]int{}
+			}
+			m.Refused[c.Reason] = int(c.Count)
+		}
+		for _, c := range s.Conflicts {
+			m.Conflicts = append(m.Conflicts, meshstatus.Conflict{Kind: c.Kind, Prefix: c.Prefix, Claimants: c.Claimants})
 		}
 		for _, k := range s.Kinds {
 			name := kindName(k.Kind)

@@ -24,7 +24,9 @@ func TestBuild(t *testing.T) {
 				{Kind: "identities", Synced: true, Entries: 2},
 				{Kind: "ipcache", Synced: true, Entries: 9, Invalid: 2},
 				{Kind: "services", Synced: false},
-			}},
+			},
+			Refused:   []remotecluster.RefusedClaims{{Reason: "claimed by another remote", Count: 2}, {Reason: "over-broad prefix", Count: 1}},
+			Conflicts: []remotecluster.Conflict{{Kind: "tunnel", Prefix: "10.9.0.0/24", Claimants: []string{"c2", "c4"}}}},
 		{Name: "c3", RefusedReason: "cluster ID conflict"},
 		{Name: "c4", Connected: true, WaitingForCanary: true},
 		{Name: "c5", ID: 5, Connected: true, Ready: true, PodCIDROverlap: "pod CIDR overlaps: 10.1.4.0/24 of node n1 overlaps 10.1.0.0/16"},
@@ -37,6 +39,10 @@ func TestBuild(t *testing.T) {
 		c2.Entries[meshstatus.KindIPCache] != 9 || c2.Entries[meshstatus.KindNodes] != 4 ||
 		!c2.Synced[meshstatus.KindIPCache] || c2.Synced[meshstatus.KindServices] || len(c2.Synced) != 4 {
 		t.Fatalf("c2 %+v", c2)
+	}
+	if c2.Refused["claimed by another remote"] != 2 || c2.Refused["over-broad prefix"] != 1 || len(c2.Conflicts) != 1 ||
+		!slices.Equal(c2.Conflicts[0].Claimants, []string{"c2", "c4"}) || c2.Conflicts[0].Prefix != "10.9.0.0/24" {
+		t.Fatalf("c2 claims %+v %+v", c2.Refused, c2.Conflicts)
 	}
 	if c3 := r.Remotes[1]; c3.Ready || c3.LastError != "refused: cluster ID conflict" || !c3.LastChange.IsZero() {
 		t.Fatalf("c3 %+v", c3)

@@ -215,8 +215,14 @@ type RemoteCluster struct {
 	// Which of the remote's node pod CIDRs overlap the local cluster's pod
 	// CIDRs (refused: not routed), empty when none.
 	PodCidrOverlap string `protobuf:"bytes,20,opt,name=pod_cidr_overlap,json=podCidrOverlap,proto3" json:"pod_cidr_overlap,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The remote's tunnel and ipcache claims kept out of the datapath by the
+	// trust rules, counted by reason.
+	RefusedClaims []*RefusedClaims `protobuf:"bytes,40,rep,name=refused_claims,json=refusedClaims,proto3" json:"refused_claims,omitempty"`
+	// Prefixes this remote claims together with another remote: withdrawn
+	// for both (the first 20, by prefix).
+	Conflicts     []*ClaimConflict `protobuf:"bytes,41,rep,name=conflicts,proto3" json:"conflicts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RemoteCluster) Reset() {
@@ -340,6 +346,146 @@ func (x *RemoteCluster) GetPodCidrOverlap() string {
 	return ""
 }
 
+func (x *RemoteCluster) GetRefusedClaims() []*RefusedClaims {
+	if x != nil {
+		return x.RefusedClaims
+	}
+	return nil
+}
+
+func (x *RemoteCluster) GetConflicts() []*ClaimConflict {
+	if x != nil {
+		return x.Conflicts
+	}
+	return nil
+}
+
+type RefusedClaims struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// over-broad prefix, overlaps the local cluster, reserved host identity,
+	// outside the remote's pod CIDRs and the allow-list, claimed by another
+	// remote.
+	Reason string `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	Count  uint64 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	// The first refused claims, e.g. "tunnel 0.0.0.0/0".
+	Examples      []string `protobuf:"bytes,3,rep,name=examples,proto3" json:"examples,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RefusedClaims) Reset() {
+	*x = RefusedClaims{}
+	mi := &file_status_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefusedClaims) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefusedClaims) ProtoMessage() {}
+
+func (x *RefusedClaims) ProtoReflect() protoreflect.Message {
+	mi := &file_status_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefusedClaims.ProtoReflect.Descriptor instead.
+func (*RefusedClaims) Descriptor() ([]byte, []int) {
+	return file_status_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RefusedClaims) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RefusedClaims) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *RefusedClaims) GetExamples() []string {
+	if x != nil {
+		return x.Examples
+	}
+	return nil
+}
+
+type ClaimConflict struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tunnel or ipcache.
+	Kind   string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Prefix string `protobuf:"bytes,2,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	// The clusters claiming the prefix, by cluster ID.
+	Claimants     []string `protobuf:"bytes,3,rep,name=claimants,proto3" json:"claimants,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClaimConflict) Reset() {
+	*x = ClaimConflict{}
+	mi := &file_status_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClaimConflict) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClaimConflict) ProtoMessage() {}
+
+func (x *ClaimConflict) ProtoReflect() protoreflect.Message {
+	mi := &file_status_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClaimConflict.ProtoReflect.Descriptor instead.
+func (*ClaimConflict) Descriptor() ([]byte, []int) {
+	return file_status_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ClaimConflict) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ClaimConflict) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+func (x *ClaimConflict) GetClaimants() []string {
+	if x != nil {
+		return x.Claimants
+	}
+	return nil
+}
+
 type KindStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// nodes, identities, ipcache or services.
@@ -354,7 +500,7 @@ type KindStatus struct {
 
 func (x *KindStatus) Reset() {
 	*x = KindStatus{}
-	mi := &file_status_proto_msgTypes[3]
+	mi := &file_status_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -366,7 +512,7 @@ func (x *KindStatus) String() string {
 func (*KindStatus) ProtoMessage() {}
 
 func (x *KindStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[3]
+	mi := &file_status_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -379,7 +525,7 @@ func (x *KindStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KindStatus.ProtoReflect.Descriptor instead.
 func (*KindStatus) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{3}
+	return file_status_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *KindStatus) GetKind() string {
@@ -430,7 +576,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_status_proto_msgTypes[4]
+	mi := &file_status_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -442,7 +588,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[4]
+	mi := &file_status_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -455,7 +601,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{4}
+	return file_status_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Service) GetNamespace() string {
@@ -505,7 +651,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_status_proto_msgTypes[5]
+	mi := &file_status_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -517,7 +663,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[5]
+	mi := &file_status_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -530,7 +676,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{5}
+	return file_status_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Backend) GetAddress() string {
@@ -572,7 +718,7 @@ type TunnelEntry struct {
 
 func (x *TunnelEntry) Reset() {
 	*x = TunnelEntry{}
-	mi := &file_status_proto_msgTypes[6]
+	mi := &file_status_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -584,7 +730,7 @@ func (x *TunnelEntry) String() string {
 func (*TunnelEntry) ProtoMessage() {}
 
 func (x *TunnelEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[6]
+	mi := &file_status_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -597,7 +743,7 @@ func (x *TunnelEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TunnelEntry.ProtoReflect.Descriptor instead.
 func (*TunnelEntry) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{6}
+	return file_status_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TunnelEntry) GetCidr() string {
@@ -633,7 +779,7 @@ type IPCacheEntry struct {
 
 func (x *IPCacheEntry) Reset() {
 	*x = IPCacheEntry{}
-	mi := &file_status_proto_msgTypes[7]
+	mi := &file_status_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -645,7 +791,7 @@ func (x *IPCacheEntry) String() string {
 func (*IPCacheEntry) ProtoMessage() {}
 
 func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[7]
+	mi := &file_status_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -658,7 +804,7 @@ func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPCacheEntry.ProtoReflect.Descriptor instead.
 func (*IPCacheEntry) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{7}
+	return file_status_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *IPCacheEntry) GetPrefix() string {
@@ -709,7 +855,7 @@ const file_status_proto_rawDesc = "" +
 	"\x10datapath_batches\x18\t \x01(\x04R\x0fdatapathBatches\x12+\n" +
 	"\x11datapath_failures\x18\n" +
 	" \x01(\x04R\x10datapathFailures\x12.\n" +
-	"\x13datapath_last_error\x18\v \x01(\tR\x11datapathLastError\"\xf9\x03\n" +
+	"\x13datapath_last_error\x18\v \x01(\tR\x11datapathLastError\"\x88\x05\n" +
 	"\rRemoteCluster\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\rR\x02id\x12\x1c\n" +
@@ -728,7 +874,17 @@ const file_status_proto_rawDesc = "" +
 	" \x01(\tR\rrefusedReason\x12A\n" +
 	"\x0elast_heartbeat\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\x12,\n" +
 	"\x12waiting_for_canary\x182 \x01(\bR\x10waitingForCanary\x12(\n" +
-	"\x10pod_cidr_overlap\x18\x14 \x01(\tR\x0epodCidrOverlap\"\x84\x01\n" +
+	"\x10pod_cidr_overlap\x18\x14 \x01(\tR\x0epodCidrOverlap\x12J\n" +
+	"\x0erefused_claims\x18( \x03(\v2#.clustermesh.agent.v1.RefusedClaimsR\rrefusedClaims\x12A\n" +
+	"\tconflicts\x18) \x03(\v2#.clustermesh.agent.v1.ClaimConflictR\tconflicts\"Y\n" +
+	"\rRefusedClaims\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\x04R\x05count\x12\x1a\n" +
+	"\bexamples\x18\x03 \x03(\tR\bexamples\"Y\n" +
+	"\rClaimConflict\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06prefix\x18\x02 \x01(\tR\x06prefix\x12\x1c\n" +
+	"\tclaimants\x18\x03 \x03(\tR\tclaimants\"\x84\x01\n" +
 	"\n" +
 	"KindStatus\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x16\n" +
@@ -774,34 +930,38 @@ func file_status_proto_rawDescGZIP() []byte {
 	return file_status_proto_rawDescData
 }
 
-var file_status_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_status_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_status_proto_goTypes = []any{
 	(*GetStatusRequest)(nil),      // 0: clustermesh.agent.v1.GetStatusRequest
 	(*GetStatusResponse)(nil),     // 1: clustermesh.agent.v1.GetStatusResponse
 	(*RemoteCluster)(nil),         // 2: clustermesh.agent.v1.RemoteCluster
-	(*KindStatus)(nil),            // 3: clustermesh.agent.v1.KindStatus
-	(*Service)(nil),               // 4: clustermesh.agent.v1.Service
-	(*Backend)(nil),               // 5: clustermesh.agent.v1.Backend
-	(*TunnelEntry)(nil),           // 6: clustermesh.agent.v1.TunnelEntry
-	(*IPCacheEntry)(nil),          // 7: clustermesh.agent.v1.IPCacheEntry
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(*RefusedClaims)(nil),         // 3: clustermesh.agent.v1.RefusedClaims
+	(*ClaimConflict)(nil),         // 4: clustermesh.agent.v1.ClaimConflict
+	(*KindStatus)(nil),            // 5: clustermesh.agent.v1.KindStatus
+	(*Service)(nil),               // 6: clustermesh.agent.v1.Service
+	(*Backend)(nil),               // 7: clustermesh.agent.v1.Backend
+	(*TunnelEntry)(nil),           // 8: clustermesh.agent.v1.TunnelEntry
+	(*IPCacheEntry)(nil),          // 9: clustermesh.agent.v1.IPCacheEntry
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
 }
 var file_status_proto_depIdxs = []int32{
-	2, // 0: clustermesh.agent.v1.GetStatusResponse.remote_clusters:type_name -> clustermesh.agent.v1.RemoteCluster
-	4, // 1: clustermesh.agent.v1.GetStatusResponse.services:type_name -> clustermesh.agent.v1.Service
-	6, // 2: clustermesh.agent.v1.GetStatusResponse.tunnels:type_name -> clustermesh.agent.v1.TunnelEntry
-	7, // 3: clustermesh.agent.v1.GetStatusResponse.ipcache:type_name -> clustermesh.agent.v1.IPCacheEntry
-	3, // 4: clustermesh.agent.v1.RemoteCluster.kinds:type_name -> clustermesh.agent.v1.KindStatus
-	8, // 5: clustermesh.agent.v1.RemoteCluster.last_change:type_name -> google.protobuf.Timestamp
-	8, // 6: clustermesh.agent.v1.RemoteCluster.last_heartbeat:type_name -> google.protobuf.Timestamp
-	5, // 7: clustermesh.agent.v1.Service.backends:type_name -> clustermesh.agent.v1.Backend
-	0, // 8: clustermesh.agent.v1.Status.GetStatus:input_type -> clustermesh.agent.v1.GetStatusRequest
-	1, // 9: clustermesh.agent.v1.Status.GetStatus:output_type -> clustermesh.agent.v1.GetStatusResponse
-	9, // [9:10] is the sub-list for method output_type
-	8, // [8:9] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	2,  // 0: clustermesh.agent.v1.GetStatusResponse.remote_clusters:type_name -> clustermesh.agent.v1.RemoteCluster
+	6,  // 1: clustermesh.agent.v1.GetStatusResponse.services:type_name -> clustermesh.agent.v1.Service
+	8,  // 2: clustermesh.agent.v1.GetStatusResponse.tunnels:type_name -> clustermesh.agent.v1.TunnelEntry
+	9,  // 3: clustermesh.agent.v1.GetStatusResponse.ipcache:type_name -> clustermesh.agent.v1.IPCacheEntry
+	5,  // 4: clustermesh.agent.v1.RemoteCluster.kinds:type_name -> clustermesh.agent.v1.KindStatus
+	10, // 5: clustermesh.agent.v1.RemoteCluster.last_change:type_name -> google.protobuf.Timestamp
+	10, // 6: clustermesh.agent.v1.RemoteCluster.last_heartbeat:type_name -> google.protobuf.Timestamp
+	3,  // 7: clustermesh.agent.v1.RemoteCluster.refused_claims:type_name -> clustermesh.agent.v1.RefusedClaims
+	4,  // 8: clustermesh.agent.v1.RemoteCluster.conflicts:type_name -> clustermesh.agent.v1.ClaimConflict
+	7,  // 9: clustermesh.agent.v1.Service.backends:type_name -> clustermesh.agent.v1.Backend
+	0,  // 10: clustermesh.agent.v1.Status.GetStatus:input_type -> clustermesh.agent.v1.GetStatusRequest
+	1,  // 11: clustermesh.agent.v1.Status.GetStatus:output_type -> clustermesh.agent.v1.GetStatusResponse
+	11, // [11:12] is the sub-list for method output_type
+	10, // [10:11] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_status_proto_init() }
@@ -815,7 +975,7 @@ func file_status_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_status_proto_rawDesc), len(file_status_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -3,6 +3,8 @@ package mesh
 import (
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -60,6 +62,9 @@ func RenderStatus(w io.Writer, st MeshStatus) error {
 	if unsynced(st) {
 		fmt.Fprintln(w, "(* initial sync of that kind not complete)")
 	}
+	if err := renderClaims(w, st); err != nil {
+		return err
+	}
 	var problems []string
 	for _, c := range st.Clusters {
 		for _, p := range c.Problems {
@@ -71,6 +76,37 @@ func RenderStatus(w io.Writer, st MeshStatus) error {
 	}
 	_, err := fmt.Fprintf(w, "\n%s\n", st.Verdict)
 	return err
+}
+
+// renderClaims lists the remote claims that agents refuse (counts by
+// reason) and the conflicts between remotes, with both claimants.
+func renderClaims(w io.Writer, st MeshStatus) error {
+	var tw *tabwriter.Writer
+	row := func(format string, args ...any) {
+		if tw == nil {
+			fmt.Fprintln(w, "\nRefused remote claims:")
+			tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "CLUSTER\tNODE\tREMOTE\tREFUSED\tREASON")
+		}
+		fmt.Fprintf(tw, format, args...)
+	}
+	for _, c := range st.Clusters {
+		for _, a := range c.Agents {
+			for _, r := range a.Remotes {
+				for _, reason := range slices.Sorted(maps.Keys(r.Refused)) {
+					row("%s\t%s\t%s\t%d\t%s\n", clusterLabel(c), a.Node, r.Name, r.Refused[reason], reason)
+				}
+				for _, cf := range r.Conflicts {
+					row("%s\t%s\t%s\t%s %s\tconflict between %s (all withdrawn)\n", clusterLabel(c), a.Node, r.Name,
+						cf.Kind, cf.Prefix, strings.Join(cf.Claimants, ", "))
+				}
+			}
+		}
+	}
+	if tw == nil {
+		return nil
+	}
+	return tw.Flush()
 }
 
 func agentReady(a meshstatus.AgentReport, want []string) bool {

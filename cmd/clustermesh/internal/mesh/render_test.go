@@ -1,0 +1,46 @@
+package mesh
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/clustermesh/clustermesh/internal/meshstatus"
+)
+
+// TestRenderRefusedClaims: refused claims and conflicts between remotes
+// show with their counts and both claimants; none, no section.
+func TestRenderRefusedClaims(t *testing.T) {
+	tests := []struct {
+		name   string
+		remote meshstatus.Remote
+		want   []string
+		absent []string
+	}{
+		{name: "none", remote: meshstatus.Remote{Name: "c2", Ready: true}, absent: []string{"Refused remote claims"}},
+		{name: "refused and conflicting", remote: meshstatus.Remote{Name: "c2", Ready: true,
+			Refused:   map[string]int{"over-broad prefix": 1, "claimed by another remote": 2},
+			Conflicts: []meshstatus.Conflict{{Kind: "ipcache", Prefix: "10.9.0.5/32", Claimants: []string{"c2", "c3"}}}},
+			want: []string{"Refused remote claims", "over-broad prefix", "claimed by another remote", "ipcache 10.9.0.5/32", "conflict between c2, c3"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st := MeshStatus{Clusters: []ClusterStatus{{Context: "ctx1", Enabled: true, Cluster: "c1", ClusterID: 1, Remotes: []string{"c2"},
+				Agents: []meshstatus.AgentReport{{Cluster: "c1", Node: "n1", Remotes: []meshstatus.Remote{tc.remote}}}}}}
+			var out bytes.Buffer
+			if err := RenderStatus(&out, st); err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, out.String())
+				}
+			}
+			for _, w := range tc.absent {
+				if strings.Contains(out.String(), w) {
+					t.Errorf("output has %q:\n%s", w, out.String())
+				}
+			}
+		})
+	}
+}
