@@ -262,19 +262,33 @@ func watchKey(ctx context.Context, c *kvstore.Client, key string, fn func(value 
 				fn(nil, false)
 			}
 			retry.Success()
-			for wr := range c.Etcd().Watch(clientv3.WithRequireLeader(wctx), key, clientv3.WithRev(resp.Header.Revision+1)) {
-				if wr.Err() != nil {
-					break
-				}
-				for _, ev := range wr.Events {
-					fn(ev.Kv.Value, ev.Type == clientv3.EventTypePut)
-				}
-			}
+			followKey(wctx, c.Etcd().Watch(clientv3.WithRequireLeader(wctx), key, clientv3.WithRev(resp.Header.Revision+1)), fn)
 		}
 		cancel()
 		select {
 		case <-ctx.Done():
 		case <-time.After(retry.Failure()):
+		}
+	}
+}
+
+// followKey applies the events of wch until it fails or ctx is done. It
+// does not wait for wch to close after ctx is done: while the etcd is
+// unreachable the client closes a cancelled watch only once its gRPC stream
+// gets a transport again, which would keep the session (and so the agent's
+// shutdown) waiting until the remote came back.
+func followKey(ctx context.Context, wch clientv3.WatchChan, fn func(value []byte, ok bool)) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case wr, ok := <-wch:
+			if !ok || wr.Err() != nil {
+				return
+			}
+			for _, ev := range wr.Events {
+				fn(ev.Kv.Value, ev.Type == clientv3.EventTypePut)
+			}
 		}
 	}
 }
