@@ -12,7 +12,7 @@ LDFLAGS := -X github.com/clustermesh/clustermesh/internal/version.version=$(VERS
 
 CILIUM_INTEROP := $(abspath $(BIN))/ciliuminterop
 
-.PHONY: help build images setup test test-unit test-e2e lint verify-gen generate fuzz bench soak demo kube-bins ciliuminterop clean
+.PHONY: help build images setup test test-install test-unit test-e2e lint verify-gen generate fuzz bench soak demo kube-bins ciliuminterop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,10 @@ test: setup ciliuminterop ## run every test: unit, real etcd, real kube-apiserve
 	KUBE_BIN_DIR=$$(hack/kube-bins.sh) && export KUBE_BIN_DIR CLUSTERMESH_TEST_STRICT=true && export CILIUM_INTEROP_BIN=$(CILIUM_INTEROP) && \
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(PKGS) && \
 	if [ -d e2e ]; then $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -tags e2e ./e2e/...; fi
+
+test-install: setup ## the install test on real kubelets (containerd, kubelet, kube-proxy; the chart and images), not yet in make test
+	KUBE_BIN_DIR=$$(hack/kube-bins.sh) && export KUBE_BIN_DIR CLUSTERMESH_TEST_STRICT=true CLUSTERMESH_INSTALL_TEST=1 && \
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -tags e2e -run '^TestInstallOnKubelets$$' -v ./e2e/
 
 test-unit: ## run the tests that need neither root nor Kubernetes binaries (the others skip)
 	$(GO) test -count=1 -short $(PKGS)

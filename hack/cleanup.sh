@@ -9,6 +9,14 @@ for shim in $(pgrep -f 'containerd-shim-runc-v2 .*-address /run/clustermesh-test
   pkill -9 -P "$shim" 2>/dev/null
   kill -9 "$shim" 2>/dev/null
 done
+# Pod namespaces of the install test's containerd 1.6 (it ignores
+# netns_mounts_under and names them cni-*): only those with no process left,
+# and only while no kubelet runs on this machine.
+if ! pgrep -x kubelet >/dev/null 2>&1; then
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^cni-'); do
+    [ -z "$(ip netns pids "$ns" 2>/dev/null)" ] && ip netns delete "$ns" 2>/dev/null
+  done
+fi
 for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^(cmt|cme|cmd)-'); do
   ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null
   ip netns delete "$ns" 2>/dev/null
