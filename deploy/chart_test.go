@@ -157,6 +157,11 @@ func chartCases(t *testing.T) []chartCase {
 					t.Errorf("agent args %v lack %s", args(t, ds), want)
 				}
 			}
+			for _, a := range args(t, ds) {
+				if strings.HasPrefix(a, "--remote-") {
+					t.Errorf("default values pass %s; the agent's defaults should hold", a)
+				}
+			}
 			dep := o.get(t, "Deployment/clustermesh-apiserver")
 			for _, want := range []string{"--cluster-name=c1", "--etcd-data-dir=/var/run/etcd", "--remote-users-file=/etc/clustermesh/remote-users/users.yaml"} {
 				if !slices.Contains(args(t, dep), want) {
@@ -233,6 +238,19 @@ func chartCases(t *testing.T) []chartCase {
 			mounts, _, _ := unstructured.NestedSlice(firstContainer(t, ds), "volumeMounts")
 			if p := mounts[0].(map[string]any)["mountPropagation"]; p != "HostToContainer" {
 				t.Errorf("bpffs propagation %v", p)
+			}
+		}},
+		{name: "remote-trust", values: with("agent.remoteTrust", map[string]any{"maxEntries": 0, "minPrefixLengthV4": 20, "allowedPrefixes": []any{"10.200.0.0/16", "fd00:200::/64"}}), check: func(t *testing.T, o objects) {
+			got := args(t, o.get(t, "DaemonSet/clustermesh-agent"))
+			for _, want := range []string{"--remote-max-entries=0", "--remote-min-prefix-length-v4=20", "--remote-allowed-prefixes=10.200.0.0/16,fd00:200::/64"} {
+				if !slices.Contains(got, want) {
+					t.Errorf("agent args %v lack %s", got, want)
+				}
+			}
+			for _, a := range got {
+				if strings.HasPrefix(a, "--remote-min-prefix-length-v6") {
+					t.Errorf("unset minPrefixLengthV6 passed as %s", a)
+				}
 			}
 		}},
 		{name: "memory-datapath-no-metrics", values: with("agent.datapath", "memory", "apiserver.metricsPort", 0, "tls.serverSANs", []any{"192.0.2.10", "mesh.example.com"}), check: func(t *testing.T, o objects) {
