@@ -250,17 +250,24 @@ func removeUser(ctx context.Context, e *clientv3.Client, user string) error {
 }
 
 // RemoteUsersOn lists, through e acting as the root user, the clusters
-// that have a remote user.
+// that have a remote user or its role: a role left behind by a removal cut
+// short between the two deletes still counts, so the next reconcile
+// removes it.
 func RemoteUsersOn(ctx context.Context, e *clientv3.Client) ([]string, error) {
-	resp, err := e.UserList(ctx)
+	users, err := e.UserList(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list users: %w", err)
 	}
+	roles, err := e.RoleList(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list roles: %w", err)
+	}
 	var clusters []string
-	for _, u := range resp.Users {
-		if name, ok := strings.CutPrefix(u, RemoteUser("")); ok {
+	for _, u := range append(users.Users, roles.Roles...) {
+		if name, ok := strings.CutPrefix(u, RemoteUser("")); ok && !slices.Contains(clusters, name) {
 			clusters = append(clusters, name)
 		}
 	}
+	slices.Sort(clusters)
 	return clusters, nil
 }

@@ -173,6 +173,34 @@ func TestRemoteUserPaths(t *testing.T) {
 	}
 }
 
+// TestRemoteUsersListsDanglingRole: a role remote-<cluster> left without
+// its user (a removal cut short between the two deletes) is listed, so the
+// reconciler removes it, and removing it leaves neither.
+func TestRemoteUsersListsDanglingRole(t *testing.T) {
+	ctx := testCtx(t)
+	srv := etcdserver.StartTest(t, etcdserver.Config{ClusterName: "c1"})
+	admin := connect(t, srv.AdminConfig()).Etcd()
+	if err := etcdserver.EnsureRemoteUserOn(ctx, admin, "c1", "c2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.RoleAdd(ctx, etcdserver.RemoteUser("c3")); err != nil {
+		t.Fatal(err)
+	}
+	if users, err := etcdserver.RemoteUsersOn(ctx, admin); err != nil || !slices.Equal(users, []string{"c2", "c3"}) {
+		t.Fatalf("remote users = %v, %v; want [c2 c3]", users, err)
+	}
+	if err := etcdserver.RemoveRemoteUserOn(ctx, admin, "c3"); err != nil {
+		t.Fatal(err)
+	}
+	if users, err := etcdserver.RemoteUsersOn(ctx, admin); err != nil || !slices.Equal(users, []string{"c2"}) {
+		t.Fatalf("remote users after removing c3 = %v, %v; want [c2]", users, err)
+	}
+	roles, err := admin.RoleList(ctx)
+	if err != nil || slices.Contains(roles.Roles, etcdserver.RemoteUser("c3")) {
+		t.Fatalf("roles after removal: %v, %v", roles, err)
+	}
+}
+
 // TestEnsureRemoteUserOnAuthDisabled refuses to create a user that would
 // restrict nothing, and creates none.
 func TestEnsureRemoteUserOnAuthDisabled(t *testing.T) {
