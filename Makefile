@@ -68,9 +68,10 @@ bench: ## run the benchmarks of bench/ (see bench/README.md)
 SOAK_RUNS ?= 1000
 SOAK_SEED ?= 1000
 SOAK_ARGS ?=
-soak: ## randomized fault runs against a real etcd (SOAK_RUNS, default 1000; SOAK_ARGS=-model.bpf for the eBPF datapath, as root): stale/missing entries, RSS, goroutines
+SOAK_LOG ?= /tmp/clustermesh-soak.log
+soak: ## randomized fault runs against a real etcd (SOAK_RUNS, default 1000; SOAK_ARGS=-model.bpf for the eBPF datapath, as root): stale/missing entries, RSS, goroutines; every run's line in SOAK_LOG
 	set -o pipefail; $(GO) test -count=1 -timeout 180m -run '^TestModelRandomized$$' -v ./agent/internal/remotecluster/ \
-		-args -model.runs=$(SOAK_RUNS) -model.seed=$(SOAK_SEED) $(SOAK_ARGS) | grep -E 'model:|seed [0-9]+ \(|^(ok|FAIL|---)'
+		-args -model.runs=$(SOAK_RUNS) -model.seed=$(SOAK_SEED) $(SOAK_ARGS) | tee $(SOAK_LOG) | grep -vE '^=== RUN|: run [0-9]+: .* converged in'
 
 demo: ## bring up three meshed clusters and a global service (needs root)
 	hack/demo.sh
