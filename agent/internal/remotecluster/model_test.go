@@ -51,7 +51,7 @@ func TestModelRandomized(t *testing.T) {
 	c2 := startRemote(t, "c2", 2)
 	c2.canaries()
 	cfg := testConfig(dir, stateDir)
-	m := &model{t: t, r: c2, dir: dir, cfg: cfg}
+	m := &model{t: t, r: c2, dir: dir, etcdDir: t.TempDir(), cfg: cfg}
 	if *modelBPF {
 		m.bpf = openModelBPF(t)
 	}
@@ -94,12 +94,14 @@ type model struct {
 	t   *testing.T
 	r   *remoteEtcd
 	dir string
-	cfg Config
-	dp  modelDatapath // what the agent programs
-	bpf *modelBPFDatapath
-	a   *agent
-	rng *rand.Rand
-	gen int // etcd replacements so far, for data dir names
+	// etcdDir holds the data dirs of the etcds that replace c2's.
+	etcdDir string
+	cfg     Config
+	dp      modelDatapath // what the agent programs
+	bpf     *modelBPFDatapath
+	a       *agent
+	rng     *rand.Rand
+	gen     int // etcd replacements so far, for data dir names
 }
 
 // Keys come from small pools so that runs hit shared pod CIDRs, both key
@@ -248,9 +250,15 @@ func (m *model) replace(sameID bool) {
 		m.r.proxy.setUp(false)
 	}
 	m.r.srv.Stop()
-	m.gen++
 	cfg := m.r.srv.Config()
-	cfg.DataDir, cfg.InitialCluster = filepath.Join(m.t.TempDir(), "etcd-"+strconv.Itoa(m.gen)), ""
+	// The replaced etcd's data dir goes now, not at the end of the test:
+	// each holds a preallocated 64 MB WAL, and a 1,000-run soak replaces
+	// hundreds of them.
+	if err := os.RemoveAll(cfg.DataDir); err != nil {
+		m.t.Fatalf("remove the replaced etcd's data dir: %v", err)
+	}
+	m.gen++
+	cfg.DataDir, cfg.InitialCluster = filepath.Join(m.etcdDir, "etcd-"+strconv.Itoa(m.gen)), ""
 	if !sameID {
 		cfg.InitialClusterToken = "" // a new bootstrap token, as the default is
 	}
