@@ -67,6 +67,8 @@ func (d *Datapath) program(h Hook) (*ebpf.Program, error) {
 		return d.objs.CmFromPod, nil
 	case HookTunnel:
 		return d.objs.CmFromTunnel, nil
+	case HookTunnelEgress:
+		return d.objs.CmToTunnel, nil
 	}
 	return nil, fmt.Errorf("unknown hook %q", h)
 }
@@ -154,10 +156,14 @@ func (d *Datapath) attachTCX(a attachment, prog *ebpf.Program) error {
 		_ = l.Unpin()
 		l.Close()
 	}
+	attach := ebpf.AttachTCXIngress
+	if a.hook.egress() {
+		attach = ebpf.AttachTCXEgress
+	}
 	l, err := link.AttachTCX(link.TCXOptions{
 		Interface: a.ifindex,
 		Program:   prog,
-		Attach:    ebpf.AttachTCXIngress,
+		Attach:    attach,
 		Anchor:    link.Tail(),
 	})
 	if err != nil {
@@ -170,8 +176,16 @@ func (d *Datapath) attachTCX(a attachment, prog *ebpf.Program) error {
 	return nil
 }
 
+// tcParent is the clsact hook (ingress or egress) of h's filter.
+func tcParent(h Hook) uint32 {
+	if h.egress() {
+		return netlink.HANDLE_MIN_EGRESS
+	}
+	return netlink.HANDLE_MIN_INGRESS
+}
+
 // attachTC adds (or replaces) our cls_bpf filter on the device's clsact
-// ingress and pins the program as the record of the attachment.
+// ingress (egress for HookTunnelEgress) and pins the program as the record of the attachment.
 func (d *Datapath) attachTC(a attachment, prog *ebpf.Program) error {
 	lk, err := netlink.LinkByIndex(a.ifindex)
 	if err != nil {
@@ -190,7 +204,7 @@ func (d *Datapath) attachTC(a attachment, prog *ebpf.Program) error {
 	}
 	f := &netlink.BpfFilter{
 		FilterAttrs: netlink.FilterAttrs{
-			LinkIndex: a.ifindex, Parent: netlink.HANDLE_MIN_INGRESS,
+			LinkIndex: a.ifindex, Parent: tcParent(a.hook),
 			Handle: tcFilterHandle, Priority: tcFilterPriority, Protocol: unix.ETH_P_ALL,
 		},
 		Fd: prog.FD(), Name: info.Name, DirectAction: true,
@@ -284,21 +298,21 @@ func detachPin(path string, a attachment) error {
 		defer l.Close()
 		return l.Unpin()
 	}
-	if err := deleteTCFilter(a.ifindex); err != nil {
+	if err := deleteTCFilter(a.ifindex, tcParent(a.hook)); err != nil {
 		return err
 	}
 	return os.Remove(path)
 }
 
-// deleteTCFilter deletes our cls_bpf filter from ifindex's clsact ingress;
-// a missing device or filter is not an error. Only a filter with our
+// deleteTCFilter deletes our cls_bpf filter from ifindex's clsact hook
+// parent; a missing device or filter is not an error. Only a filter with our
 // handle, priority and a program name of ours is deleted.
-func deleteTCFilter(ifindex int) error {
+func deleteTCFilter(ifindex int, parent uint32) error {
 	lk, err := netlink.LinkByIndex(ifindex)
 	if err != nil {
 		return nil // the device is gone, and its filters with it
 	}
-	filters, err := netlink.FilterList(lk, netlink.HANDLE_MIN_INGRESS)
+	filters, err := netlink.FilterList(lk, parent)
 	if err != nil {
 		return nil // no clsact qdisc
 	}

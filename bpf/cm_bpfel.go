@@ -168,6 +168,7 @@ const (
 	cmMapCmTunnel6     = "cm_tunnel6"
 	cmProgCmFromPod    = "cm_from_pod"
 	cmProgCmFromTunnel = "cm_from_tunnel"
+	cmProgCmToTunnel   = "cm_to_tunnel"
 )
 
 // loadCm returns the embedded CollectionSpec for cm.
@@ -214,6 +215,7 @@ type cmSpecs struct {
 type cmProgramSpecs struct {
 	CmFromPod    *ebpf.ProgramSpec `ebpf:"cm_from_pod"`
 	CmFromTunnel *ebpf.ProgramSpec `ebpf:"cm_from_tunnel"`
+	CmToTunnel   *ebpf.ProgramSpec `ebpf:"cm_to_tunnel"`
 }
 
 // cmMapSpecs contains maps before they are loaded into the kernel.
@@ -315,12 +317,14 @@ type cmVariables struct {
 type cmPrograms struct {
 	CmFromPod    *ebpf.Program `ebpf:"cm_from_pod"`
 	CmFromTunnel *ebpf.Program `ebpf:"cm_from_tunnel"`
+	CmToTunnel   *ebpf.Program `ebpf:"cm_to_tunnel"`
 }
 
 func (p *cmPrograms) Close() error {
 	return _CmClose(
 		p.CmFromPod,
 		p.CmFromTunnel,
+		p.CmToTunnel,
 	)
 }
 

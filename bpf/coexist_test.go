@@ -33,17 +33,21 @@ func TestCoexistence(t *testing.T) {
 		// conntrack, which never reverses the DNAT: the flow breaks (there
 		// the agent load-balances every Service itself).
 		wantKubeProxy bool
+		// wantRemoteForwarded: both directions of a flow to a remote pod
+		// cross the FORWARD chain of both nodes (the host routes it into
+		// and out of the tunnel device), so conntrack sees the whole flow.
+		wantRemoteForwarded bool
 	}{
-		{name: "coexist", coexist: true, wantLocalForwarded: true, wantKubeProxy: true},
-		{name: "full", coexist: false, wantLocalForwarded: false, wantKubeProxy: false},
+		{name: "coexist", coexist: true, wantLocalForwarded: true, wantKubeProxy: true, wantRemoteForwarded: true},
+		{name: "full", coexist: false, wantLocalForwarded: false, wantKubeProxy: false, wantRemoteForwarded: false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			testCoexistence(t, tc.coexist, tc.wantLocalForwarded, tc.wantKubeProxy)
+			testCoexistence(t, tc.coexist, tc.wantLocalForwarded, tc.wantKubeProxy, tc.wantRemoteForwarded)
 		})
 	}
 }
 
-func testCoexistence(t *testing.T, coexist, wantLocalForwarded, wantKubeProxy bool) {
+func testCoexistence(t *testing.T, coexist, wantLocalForwarded, wantKubeProxy, wantRemoteForwarded bool) {
 	topo, nodes := clusterOpts(t, netnstest.Config{Nodes: 2, PodsPerNode: 2}, bpf.Config{Coexist: coexist})
 	nft := testenv.RequireCommand(t, "nft")
 	const port = 7000
@@ -65,10 +69,13 @@ func testCoexistence(t *testing.T, coexist, wantLocalForwarded, wantKubeProxy bo
 			t.Fatalf("ip_forward on %s: %v: %s", n.Name, err, out)
 		}
 	}
-	// kube-proxy's DNAT of a Service that is not global, a DNAT of the
+	// kube-proxy's DNAT of a Service that is not global and its drop of
+	// packets conntrack finds invalid in FORWARD (kube-proxy's iptables
+	// mode adds it unless nf_conntrack_tcp_be_liberal is set: a flow whose
+	// one direction bypasses the host stack is cut by it), a DNAT of the
 	// global frontend that must never be reached (our program translates
-	// it first), and counters of local pod-to-pod forwarding and of tunnel
-	// packets received.
+	// it first), and counters of local pod-to-pod forwarding, of remote
+	// pod traffic forwarded each way and of tunnel packets received.
 	kubeProxyVIP := netip.MustParseAddr("10.96.0.99")
 	globalVIP := netip.MustParseAddr("10.96.0.50")
 	rules := [][]string{
@@ -77,8 +84,14 @@ func testCoexistence(t *testing.T, coexist, wantLocalForwarded, wantKubeProxy bo
 		{"add", "counter", "ip", "cmt", "kube_proxy"},
 		{"add", "counter", "ip", "cmt", "global_dnat"},
 		{"add", "counter", "ip", "cmt", "tunnel_rx"},
+		{"add", "counter", "ip", "cmt", "invalid_drop"},
+		{"add", "counter", "ip", "cmt", "remote_out"},
+		{"add", "counter", "ip", "cmt", "remote_back"},
 		{"add", "chain", "ip", "cmt", "cmfwd", "{ type filter hook forward priority 0 ; }"},
+		{"add", "rule", "ip", "cmt", "cmfwd", "ct", "state", "invalid", "counter", "name", "invalid_drop", "drop"},
 		{"add", "rule", "ip", "cmt", "cmfwd", "ip", "saddr", client.IP.String(), "ip", "daddr", local.IP.String(), "counter", "name", "local_fwd"},
+		{"add", "rule", "ip", "cmt", "cmfwd", "ip", "saddr", client.IP.String(), "ip", "daddr", remote.IP.String(), "counter", "name", "remote_out"},
+		{"add", "rule", "ip", "cmt", "cmfwd", "ip", "saddr", remote.IP.String(), "ip", "daddr", client.IP.String(), "counter", "name", "remote_back"},
 		{"add", "chain", "ip", "cmt", "cmpre", "{ type nat hook prerouting priority -100 ; }"},
 		{"add", "rule", "ip", "cmt", "cmpre", "ip", "daddr", kubeProxyVIP.String(), "tcp", "dport", "80", "counter", "name", "kube_proxy", "dnat", "to", local.IP.String() + ":" + strconv.Itoa(port)},
 		{"add", "rule", "ip", "cmt", "cmpre", "ip", "daddr", globalVIP.String(), "tcp", "dport", "80", "counter", "name", "global_dnat", "dnat", "to", local.IP.String() + ":" + strconv.Itoa(port)},
@@ -130,11 +143,29 @@ func testCoexistence(t *testing.T, coexist, wantLocalForwarded, wantKubeProxy bo
 	})
 	t.Run("remote pod CIDR tunnelled", func(t *testing.T) {
 		before := nftCounter(t, n2, "tunnel_rx")
+		counters := []string{"remote_out", "remote_back", "invalid_drop"}
+		fwd := map[*netnstest.Node]map[string]uint64{}
+		for _, n := range topo.Nodes {
+			fwd[n] = map[string]uint64{}
+			for _, c := range counters {
+				fwd[n][c] = nftCounter(t, n, c)
+			}
+		}
 		if h, err := tcpRoundTrip(client, netip.AddrPortFrom(remote.IP, port)); err != nil || h.server != remote.Name {
 			t.Fatalf("tcp %s -> %s: %+v %v", client.Name, remote.Name, h, err)
 		}
 		if nftCounter(t, n2, "tunnel_rx") <= before {
 			t.Errorf("%s received no vxlan packet on UDP %d", n2.Name, netnstest.TunnelPort)
+		}
+		for _, n := range topo.Nodes {
+			if d := nftCounter(t, n, "invalid_drop") - fwd[n]["invalid_drop"]; d != 0 {
+				t.Errorf("%s: conntrack found %d packets invalid in FORWARD", n.Name, d)
+			}
+			for _, c := range counters[:2] {
+				if got := nftCounter(t, n, c) > fwd[n][c]; got != wantRemoteForwarded {
+					t.Errorf("%s: FORWARD saw %s packets of the remote flow: %v, want %v", n.Name, c, got, wantRemoteForwarded)
+				}
+			}
 		}
 	})
 }

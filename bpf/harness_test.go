@@ -92,6 +92,9 @@ func clusterOpts(t *testing.T, cfg netnstest.Config, opts bpf.Config) (*netnstes
 			if err := nd.dp.Attach(bpf.HookTunnel, n.TunnelIfIndex); err != nil {
 				return err
 			}
+			if err := nd.dp.Attach(bpf.HookTunnelEgress, n.TunnelIfIndex); err != nil {
+				return err
+			}
 			for _, p := range n.Pods {
 				if err := nd.dp.Attach(bpf.HookEndpoint, p.HostIfIndex); err != nil {
 					return err
@@ -99,6 +102,9 @@ func clusterOpts(t *testing.T, cfg netnstest.Config, opts bpf.Config) (*netnstes
 			}
 			return nil
 		})
+		if err == nil && opts.Coexist {
+			err = n.NS.Do(func() error { return routeTunnels(topo, n) })
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -108,6 +114,26 @@ func clusterOpts(t *testing.T, cfg netnstest.Config, opts bpf.Config) (*netnstes
 		apply(t, nd, connectivity(topo, nd.Node))
 	}
 	return topo, out
+}
+
+// routeTunnels does the agent's part of coexistence mode on node n (in its
+// namespace): the tunnel device without ARP and the other nodes' pod CIDRs
+// routed into it.
+func routeTunnels(topo *netnstest.Topology, n *netnstest.Node) error {
+	idx, err := bpf.EnsureTunnel(bpf.TunnelConfig{Device: netnstest.TunnelDev}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return err
+	}
+	var cidrs []netip.Prefix
+	for _, o := range topo.Nodes {
+		if o != n {
+			cidrs = append(cidrs, o.PodCIDR)
+			if o.PodCIDR6.IsValid() {
+				cidrs = append(cidrs, o.PodCIDR6)
+			}
+		}
+	}
+	return bpf.SyncTunnelRoutes(idx, cidrs)
 }
 
 // open loads (or reloads from the pins) the node's datapath.
@@ -162,28 +188,32 @@ func apply(t *testing.T, nd *node, b datapath.Batch) {
 	}
 }
 
-// attached counts the tcx ingress programs and the tc clsact ingress bpf
-// filters on ifindex in ns.
+// attached counts the tcx programs and the tc clsact bpf filters (ingress
+// and egress) on ifindex in ns.
 func attached(t *testing.T, ns *netnstest.NS, ifindex int) int {
 	t.Helper()
 	var n int
 	err := ns.Do(func() error {
-		res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: ebpf.AttachTCXIngress})
-		if err != nil {
-			return err
+		for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
+			res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: at})
+			if err != nil {
+				return err
+			}
+			n += len(res.Programs)
 		}
-		n = len(res.Programs)
 		lk, err := netlink.LinkByIndex(ifindex)
 		if err != nil {
 			return err
 		}
-		filters, err := netlink.FilterList(lk, netlink.HANDLE_MIN_INGRESS)
-		if err != nil {
-			return nil // no clsact qdisc
-		}
-		for _, f := range filters {
-			if _, ok := f.(*netlink.BpfFilter); ok {
-				n++
+		for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+			filters, err := netlink.FilterList(lk, parent)
+			if err != nil {
+				return nil // no clsact qdisc
+			}
+			for _, f := range filters {
+				if _, ok := f.(*netlink.BpfFilter); ok {
+					n++
+				}
 			}
 		}
 		return nil

@@ -4,12 +4,15 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/clustermesh/clustermesh/internal/netnstest"
 	"github.com/clustermesh/clustermesh/internal/testenv"
@@ -185,6 +188,80 @@ func TestTunnelDevice(t *testing.T) {
 		// A device the agent did not create stays.
 		if removed, err := CleanupTunnel("other"); err != nil || removed {
 			t.Errorf("CleanupTunnel(other) = %v, %v; want left alone", removed, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTunnelRoutes syncs the routes into a tunnel device the agent did not
+// create: ARP goes off, only our routes (RouteProtocol) are added and
+// removed, and cleanup leaves the device and the routes of others.
+func TestTunnelRoutes(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireCommand(t, "ip")
+	ns := netnstest.NewNS(t, netnstest.RandomID()+"-rt")
+	if err := ns.Batch("link add ul0 type veth peer name ul1", "link set ul0 up", "addr add 192.0.2.10/24 dev ul0",
+		"link add uservx type vxlan external dstport 8472", "link set uservx up",
+		"route add 10.9.0.0/16 dev uservx proto static"); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	routes := func(t *testing.T, idx int) (ours, others []string) {
+		t.Helper()
+		rs, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{LinkIndex: idx}, netlink.RT_FILTER_OIF)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rs {
+			if r.Dst == nil || r.Dst.IP.IsLinkLocalUnicast() || r.Dst.IP.IsMulticast() {
+				continue
+			}
+			if r.Protocol == RouteProtocol {
+				ours = append(ours, r.Dst.String())
+			} else {
+				others = append(others, r.Dst.String())
+			}
+		}
+		slices.Sort(ours)
+		return ours, others
+	}
+	err := ns.Do(func() error {
+		idx, err := EnsureTunnel(TunnelConfig{Device: "uservx"}, log)
+		if err != nil {
+			return err
+		}
+		lk, err := netlink.LinkByIndex(idx)
+		if err != nil {
+			return err
+		}
+		if lk.Attrs().RawFlags&unix.IFF_NOARP == 0 {
+			t.Errorf("uservx still resolves neighbours (flags %#x)", lk.Attrs().RawFlags)
+		}
+		for _, step := range []struct {
+			name string
+			sync []netip.Prefix
+			want []string
+		}{
+			{"add", []netip.Prefix{netip.MustParsePrefix("10.2.1.0/24"), netip.MustParsePrefix("fd00:2::/64")}, []string{"10.2.1.0/24", "fd00:2::/64"}},
+			{"same again", []netip.Prefix{netip.MustParsePrefix("10.2.1.0/24"), netip.MustParsePrefix("fd00:2::/64")}, []string{"10.2.1.0/24", "fd00:2::/64"}},
+			{"replace", []netip.Prefix{netip.MustParsePrefix("10.3.1.0/24")}, []string{"10.3.1.0/24"}},
+		} {
+			if err := SyncTunnelRoutes(idx, step.sync); err != nil {
+				t.Fatalf("%s: %v", step.name, err)
+			}
+			ours, others := routes(t, idx)
+			if !slices.Equal(ours, step.want) || !slices.Equal(others, []string{"10.9.0.0/16"}) {
+				t.Errorf("%s: our routes %v, others %v; want %v and [10.9.0.0/16]", step.name, ours, others, step.want)
+			}
+		}
+		if removed, err := CleanupTunnel("uservx"); err != nil || removed {
+			t.Errorf("CleanupTunnel(uservx) = %v, %v; want left in place", removed, err)
+		}
+		if ours, others := routes(t, idx); len(ours) != 0 || !slices.Equal(others, []string{"10.9.0.0/16"}) {
+			t.Errorf("after cleanup: our routes %v, others %v; want none and [10.9.0.0/16]", ours, others)
 		}
 		return nil
 	})

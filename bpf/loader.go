@@ -85,7 +85,13 @@ const (
 	HookEndpoint Hook = "ep"
 	// HookTunnel is the node's vxlan external device (decapsulated traffic).
 	HookTunnel Hook = "tun"
+	// HookTunnelEgress is the egress of the same device: it sets the tunnel
+	// key of packets the host stack routes into it (coexistence mode).
+	HookTunnelEgress Hook = "tunout"
 )
+
+// egress reports whether h runs at the device's egress (else ingress).
+func (h Hook) egress() bool { return h == HookTunnelEgress }
 
 // Datapath is a loaded datapath: programs, pinned maps and the tcx links it
 // manages. Close releases the process's handles and keeps everything pinned

@@ -61,7 +61,7 @@ func DefaultTunnelConfig() TunnelConfig {
 // EnsureTunnel returns the ifindex of the tunnel device in the calling
 // thread's network namespace, creating it (vxlan external on c.Port, MTU of
 // the underlay minus the vxlan overhead, alias OwnerAlias) when c.Create and
-// it is missing. An existing device must be a vxlan external device (and,
+// it is missing, and turns ARP off on it (see noARP). An existing device must be a vxlan external device (and,
 // when we would have created it, on c.Port).
 func EnsureTunnel(c TunnelConfig, log *slog.Logger) (int, error) {
 	lk, err := netlink.LinkByName(c.Device)
@@ -72,6 +72,9 @@ func EnsureTunnel(c TunnelConfig, log *slog.Logger) (int, error) {
 		}
 		if c.Create && vx.Port != c.Port {
 			return 0, fmt.Errorf("%w: %s uses UDP port %d, want %d (--tunnel-port)", ErrTunnelDevice, c.Device, vx.Port, c.Port)
+		}
+		if err := noARP(lk); err != nil {
+			return 0, fmt.Errorf("set %s arp off: %w", c.Device, err)
 		}
 		if lk.Attrs().Flags&net.FlagUp == 0 {
 			if err := netlink.LinkSetUp(lk); err != nil {
@@ -101,6 +104,9 @@ func EnsureTunnel(c TunnelConfig, log *slog.Logger) (int, error) {
 		err = netlink.LinkSetAlias(lk, OwnerAlias)
 	}
 	if err == nil {
+		err = noARP(lk)
+	}
+	if err == nil {
 		err = netlink.LinkSetUp(lk)
 	}
 	if err != nil {
@@ -111,8 +117,20 @@ func EnsureTunnel(c TunnelConfig, log *slog.Logger) (int, error) {
 	return lk.Attrs().Index, nil
 }
 
+// noARP turns ARP (and IPv6 neighbour discovery) off on the tunnel device:
+// the destinations routed into it are resolved by its egress program (the
+// tunnel key), not by neighbours on a link; the inner destination MAC is
+// the device's own, which the receiving node's ingress program accepts.
+func noARP(lk netlink.Link) error {
+	if lk.Attrs().RawFlags&unix.IFF_NOARP != 0 {
+		return nil
+	}
+	return netlink.LinkSetARPOff(lk)
+}
+
 // CleanupTunnel removes the device named name if the agent created it (its
-// alias is OwnerAlias) and reports whether it did.
+// alias is OwnerAlias) and reports whether it did; from a device of someone
+// else it removes only the agent's routes (RouteProtocol).
 func CleanupTunnel(name string) (bool, error) {
 	if name == "" {
 		return false, nil
@@ -122,7 +140,7 @@ func CleanupTunnel(name string) (bool, error) {
 		return false, nil // gone already
 	}
 	if lk.Attrs().Alias != OwnerAlias {
-		return false, nil
+		return false, SyncTunnelRoutes(lk.Attrs().Index, nil)
 	}
 	if err := netlink.LinkDel(lk); err != nil {
 		return false, fmt.Errorf("delete tunnel device %q: %w", name, err)

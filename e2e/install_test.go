@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -45,15 +46,11 @@ var installEnv atomic.Pointer[kubenode.Env]
 // --wait`; then pod to pod across the clusters, a global service answered
 // from both, a plain ClusterIP service still served by kube-proxy, and
 // `clustermesh disable` leaving no program, pin or tunnel device. Every step
-// is logged, so a failure says how far the install got.
-//
-// It is not part of make test yet: on the merged tree it reaches "mesh
-// ready" (step 7) and then fails at pod to pod across the clusters through
-// the tunnel (issue 11 stays open for it). `make test-install` runs it.
+// is logged, so a failure says how far the install got. It runs with the
+// e2e suite (make test) and alone with `make test-install`; it skips, naming
+// what is missing, where the machine lacks a requirement (fails under CI and
+// make test).
 func TestInstallOnKubelets(t *testing.T) {
-	if os.Getenv("CLUSTERMESH_INSTALL_TEST") != "1" {
-		t.Skip("install test on real kubelets runs with `make test-install` (CLUSTERMESH_INSTALL_TEST=1): it fails at cross-cluster pod traffic, issue 11")
-	}
 	testenv.RequireRoot(t)
 	kubeBin := testenv.KubeBinDir(t)
 	for _, b := range []string{"kube-scheduler", "kubelet", "kube-proxy"} {
@@ -148,8 +145,12 @@ func TestInstallOnKubelets(t *testing.T) {
 		}
 		return string(out)
 	}
+	// A fresh bpffs holds the kernel's own maps.debug and progs.debug: what
+	// is there before enable is not ours.
+	bpffsBefore := map[string][]string{}
 	for _, c := range env.Clusters {
 		n := c.Nodes[0]
+		bpffsBefore[n.Name] = filesUnder(t, n.BPFFS)
 		run("enable", "--context="+c.Name, "--cluster-name="+c.Name, fmt.Sprintf("--cluster-id=%d", c.ID),
 			"--set=agent.bpffsPath="+n.BPFFS+",agent.stateDir="+n.AgentState)
 	}
@@ -167,6 +168,16 @@ func TestInstallOnKubelets(t *testing.T) {
 	t.Logf("step 6: clustermesh connect done")
 	out := run("status", "--context=c1", "--context=c2", "--wait", "--timeout=3m")
 	t.Logf("step 7: clustermesh status --wait: mesh ready (%s)\n%s", time.Since(start).Round(time.Second), out)
+	for _, c := range env.Clusters {
+		// The server certificate covers the node addresses from enable on:
+		// no agent dial may fail its check (connect used to add them, and
+		// the agents dialled the old certificate until the kubelet
+		// refreshed the apiserver's Secret volume).
+		p := waitAppReady(t, ctx, c, "clustermesh-agent")
+		if logs := c.Nodes[0].PodLogTail(p, 1<<20); strings.Contains(logs, "x509") {
+			t.Errorf("%s: the agent's log has TLS verification errors:\n%s", c.Name, grepLines(logs, "x509", 5))
+		}
+	}
 
 	target := podAddr(pods["c2/echo-a"])
 	if err := eventually(time.Minute, func() error {
@@ -176,6 +187,7 @@ func TestInstallOnKubelets(t *testing.T) {
 		}
 		return err
 	}); err != nil {
+		logNetState(t, env, func() { _, _ = httpGetErr(client, target) })
 		t.Fatalf("c1/echo-a → c2/echo-a (%s) through the tunnel: %v", target, err)
 	}
 	t.Logf("step 8: pod in c1 reaches pod in c2 (%s)", target)
@@ -195,11 +207,17 @@ func TestInstallOnKubelets(t *testing.T) {
 	for _, c := range env.Clusters {
 		waitAppGone(t, ctx, c, "clustermesh-agent")
 		n := c.Nodes[0]
-		if pins := filesUnder(t, n.BPFFS); len(pins) > 0 {
-			t.Errorf("%s: pins left after disable: %v", n.Name, pins)
+		if pins := filesUnder(t, n.BPFFS); !slices.Equal(pins, bpffsBefore[n.Name]) {
+			t.Errorf("%s: pins left after disable: %v (before enable: %v)", n.Name, pins, bpffsBefore[n.Name])
 		}
-		if out, err := n.NS.Exec("bpftool", "net", "show"); err != nil || strings.Contains(string(out), "clustermesh") || strings.Contains(string(out), "id ") {
-			t.Errorf("%s: BPF programs still attached after disable (%v):\n%s", n.Name, err, out)
+		// bpftool 7.1 (bookworm) does not list tcx attachments under `net
+		// show`; an attached program stays loaded, so none of ours may be
+		// left on the machine (this test holds the privileged-test lock).
+		if out, err := exec.Command("bpftool", "prog", "show").CombinedOutput(); err != nil || strings.Contains(string(out), " name cm_") {
+			t.Errorf("%s: BPF programs still loaded after disable (%v):\n%s", n.Name, err, grepLines(string(out), " name cm_", 10))
+		}
+		if out, err := n.NS.Exec("bpftool", "net", "show"); err != nil || strings.Contains(string(out), "cm_") {
+			t.Errorf("%s: tc filters still attached after disable (%v):\n%s", n.Name, err, out)
 		}
 		if out, err := n.NS.IP("-d", "-o", "link", "show", "type", "vxlan"); err != nil || strings.TrimSpace(string(out)) != "" {
 			t.Errorf("%s: tunnel device left after disable (%v): %s", n.Name, err, out)
@@ -398,6 +416,17 @@ func expectServedBy(t *testing.T, ns *netns.NS, ip string, n int, want map[strin
 	if err != nil {
 		t.Fatalf("service %s from %s: %v", ip, ns.Name, err)
 	}
+}
+
+// grepLines returns the first n lines of s that contain sub.
+func grepLines(s, sub string, n int) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) && len(out) < n {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // filesUnder lists the files (pins) below dir.

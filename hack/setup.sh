@@ -9,7 +9,8 @@ set -euo pipefail
 # libprotobuf-dev holds the well-known types (timestamp.proto) protoc needs.
 # nftables stands in for kube-proxy's and a primary CNI's rules in the
 # coexistence tests. containerd, runc, the CNI plugins and iptables run the
-# install test's real kubelet nodes.
+# install test's real kubelet nodes; tcpdump captures its traffic when a
+# traffic step fails.
 needs=(
   clang:clang
   llvm:llvm-strip
@@ -26,6 +27,7 @@ needs=(
   runc:runc
   containernetworking-plugins:/usr/lib/cni/ptp
   iptables:iptables
+  tcpdump:tcpdump
 )
 
 missing=()

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* The Clustermesh datapath: tc programs attached (with tcx, or tc clsact on
  * kernels before 6.6) on the host side of every pod veth (cm_from_pod) and on
- * the node's vxlan external device (cm_from_tunnel). See README.md for the packet walk. IPv4 only. */
+ * the node's vxlan external device (cm_from_tunnel at ingress, cm_to_tunnel
+ * at egress). See README.md for the packet walk. IPv4 only. */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <linux/if_ether.h>
@@ -302,31 +303,59 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct pkt *p)
 	return bpf_redirect_peer(ifindex, 0);
 }
 
-/* Encapsulates towards remote (an IPv4 underlay address) through the vxlan
- * external device; the VNI carries the source's security identity (as Cilium
- * does). */
-static __always_inline int encap(struct __sk_buff *skb, __be32 remote, __u32 identity)
+/* Sets the tunnel key towards remote (an IPv4 underlay address): the VNI
+ * carries the source's security identity (as Cilium does). */
+static __always_inline int set_tunnel(struct __sk_buff *skb, __be32 remote, __u32 identity)
 {
 	struct bpf_tunnel_key key = {};
+
+	key.tunnel_id = identity & 0xffffff;
+	key.remote_ipv4 = bpf_ntohl(remote);
+	key.tunnel_ttl = 64;
+	return bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX) ? -1 : 0;
+}
+
+/* Encapsulates towards remote through the vxlan external device. */
+static __always_inline int encap(struct __sk_buff *skb, __be32 remote, __u32 identity)
+{
 	struct config_value *cfg;
 	__u32 zero = 0;
 
 	cfg = bpf_map_lookup_elem(&cm_config, &zero);
 	if (!cfg || !cfg->tunnel_ifindex)
 		return CM_DROP;
-	key.tunnel_id = identity & 0xffffff;
-	key.remote_ipv4 = bpf_ntohl(remote);
-	key.tunnel_ttl = 64;
-	if (bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX))
+	if (set_tunnel(skb, remote, identity))
 		return CM_DROP;
 	return bpf_redirect(cfg->tunnel_ifindex, 0);
 }
 
-static __always_inline int from_pod4(struct __sk_buff *skb)
+/* tunnel_remote4 is the underlay address of the node holding daddr (the
+ * ipcache entry's tunnel endpoint, else the cm_tunnel route), 0 if none. */
+static __always_inline __be32 tunnel_remote4(__be32 daddr)
 {
 	struct ipcache_value *ipc;
+	struct tunnel_value *t;
+
+	ipc = bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, daddr });
+	if (ipc && ipc->tunnel_ep)
+		return ipc->tunnel_ep;
+	t = bpf_map_lookup_elem(&cm_tunnel, &(struct lpm4_key){ 32, daddr });
+	return t ? t->node_ip : 0;
+}
+
+/* identity4 is the security identity of saddr (world if unknown). */
+static __always_inline __u32 identity4(__be32 saddr)
+{
+	struct ipcache_value *ipc;
+
+	ipc = bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, saddr });
+	return ipc ? ipc->identity : WORLD_IDENTITY;
+}
+
+static __always_inline int from_pod4(struct __sk_buff *skb)
+{
 	struct pkt p;
-	__be32 remote = 0;
+	__be32 remote;
 	int ret;
 
 	if (parse(skb, &p))
@@ -341,21 +370,25 @@ static __always_inline int from_pod4(struct __sk_buff *skb)
 	ret = deliver_local(skb, &p);
 	if (ret >= 0)
 		return ret;
-
-	ipc = bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, p.flow.daddr });
-	if (ipc && ipc->tunnel_ep) {
-		remote = ipc->tunnel_ep;
-	} else {
-		struct tunnel_value *t;
-
-		t = bpf_map_lookup_elem(&cm_tunnel, &(struct lpm4_key){ 32, p.flow.daddr });
-		if (t)
-			remote = t->node_ip;
-	}
+	/* Coexistence: a packet no program translated is the host's to route
+	 * (the CNI's routes; the agent's routes of remote pod CIDRs into the
+	 * tunnel device, whose egress program sets the tunnel key), so that
+	 * the host's conntrack and FORWARD rules see both directions of every
+	 * flow they see one of. */
+	if (!p.natted && coexist())
+		return CM_STACK;
+	remote = tunnel_remote4(p.flow.daddr);
 	if (!remote)
 		return CM_NEXT;
-	ipc = bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, p.flow.saddr });
-	return encap(skb, remote, ipc ? ipc->identity : WORLD_IDENTITY);
+	return encap(skb, remote, identity4(p.flow.saddr));
+}
+
+/* Decapsulated frames carry the sending tunnel device's MAC: the stack
+ * would drop them as for another host. */
+static __always_inline void to_host(struct __sk_buff *skb)
+{
+	if (skb->pkt_type != PACKET_HOST)
+		bpf_skb_change_type(skb, PACKET_HOST);
 }
 
 static __always_inline int from_tunnel4(struct __sk_buff *skb)
@@ -365,8 +398,24 @@ static __always_inline int from_tunnel4(struct __sk_buff *skb)
 
 	if (parse(skb, &p))
 		return CM_NEXT;
+	to_host(skb);
 	ret = deliver_local(skb, &p);
 	return ret >= 0 ? ret : CM_NEXT;
+}
+
+/* Packets the host stack routed into the tunnel device (coexistence mode)
+ * get their tunnel key here; those our programs redirected carry one. */
+static __always_inline int to_tunnel4(struct __sk_buff *skb)
+{
+	struct pkt p;
+	__be32 remote;
+
+	if (parse(skb, &p))
+		return CM_NEXT;
+	remote = tunnel_remote4(p.flow.daddr);
+	if (!remote)
+		return CM_DROP; /* the device cannot send without a key */
+	return set_tunnel(skb, remote, identity4(p.flow.saddr)) ? CM_DROP : CM_NEXT;
 }
 
 #include "datapath6.h"
@@ -404,4 +453,20 @@ int cm_from_tunnel(struct __sk_buff *skb)
 		return from_tunnel6(skb);
 	}
 	return CM_NEXT;
+}
+
+SEC("tcx/egress")
+int cm_to_tunnel(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key key;
+
+	if (!bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0))
+		return CM_NEXT; /* redirected by cm_from_pod with its key */
+	switch (eth_proto(skb)) {
+	case bpf_htons(ETH_P_IP):
+		return to_tunnel4(skb);
+	case bpf_htons(ETH_P_IPV6):
+		return to_tunnel6(skb);
+	}
+	return CM_DROP;
 }

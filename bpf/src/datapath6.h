@@ -210,13 +210,34 @@ static __always_inline int deliver_local6(struct __sk_buff *skb, struct pkt6 *p)
 	return bpf_redirect_peer(ifindex, 0);
 }
 
+/* tunnel_remote6 is the underlay address of the node holding daddr, 0 if
+ * none (as tunnel_remote4). */
+static __always_inline __be32 tunnel_remote6(const struct in6 *daddr)
+{
+	struct lpm6_key key = { .prefixlen = 128, .addr = *daddr };
+	struct ipcache_value *ipc;
+	struct tunnel_value *t;
+
+	ipc = bpf_map_lookup_elem(&cm_ipcache6, &key);
+	if (ipc && ipc->tunnel_ep)
+		return ipc->tunnel_ep;
+	t = bpf_map_lookup_elem(&cm_tunnel6, &key);
+	return t ? t->node_ip : 0;
+}
+
+static __always_inline __u32 identity6(const struct in6 *saddr)
+{
+	struct lpm6_key key = { .prefixlen = 128, .addr = *saddr };
+	struct ipcache_value *ipc;
+
+	ipc = bpf_map_lookup_elem(&cm_ipcache6, &key);
+	return ipc ? ipc->identity : WORLD_IDENTITY;
+}
+
 static __always_inline int from_pod6(struct __sk_buff *skb)
 {
-	struct ipcache_value *ipc;
-	struct lpm6_key key = { .prefixlen = 128 };
 	struct pkt6 p;
-	__be32 remote = 0;
-	__u32 identity = WORLD_IDENTITY;
+	__be32 remote;
 	int ret;
 
 	if (parse6(skb, &p))
@@ -226,24 +247,12 @@ static __always_inline int from_pod6(struct __sk_buff *skb)
 	ret = deliver_local6(skb, &p);
 	if (ret >= 0)
 		return ret;
-
-	key.addr = p.flow.daddr;
-	ipc = bpf_map_lookup_elem(&cm_ipcache6, &key);
-	if (ipc && ipc->tunnel_ep) {
-		remote = ipc->tunnel_ep;
-	} else {
-		struct tunnel_value *t = bpf_map_lookup_elem(&cm_tunnel6, &key);
-
-		if (t)
-			remote = t->node_ip;
-	}
+	if (!p.natted && coexist())
+		return CM_STACK; /* as from_pod4 */
+	remote = tunnel_remote6(&p.flow.daddr);
 	if (!remote)
 		return CM_NEXT;
-	key.addr = p.flow.saddr;
-	ipc = bpf_map_lookup_elem(&cm_ipcache6, &key);
-	if (ipc)
-		identity = ipc->identity;
-	return encap(skb, remote, identity);
+	return encap(skb, remote, identity6(&p.flow.saddr));
 }
 
 static __always_inline int from_tunnel6(struct __sk_buff *skb)
@@ -253,6 +262,20 @@ static __always_inline int from_tunnel6(struct __sk_buff *skb)
 
 	if (parse6(skb, &p))
 		return CM_NEXT;
+	to_host(skb);
 	ret = deliver_local6(skb, &p);
 	return ret >= 0 ? ret : CM_NEXT;
+}
+
+static __always_inline int to_tunnel6(struct __sk_buff *skb)
+{
+	struct pkt6 p;
+	__be32 remote;
+
+	if (parse6(skb, &p))
+		return CM_NEXT;
+	remote = tunnel_remote6(&p.flow.daddr);
+	if (!remote)
+		return CM_DROP;
+	return set_tunnel(skb, remote, identity6(&p.flow.saddr)) ? CM_DROP : CM_NEXT;
 }

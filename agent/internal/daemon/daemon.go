@@ -6,8 +6,11 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
+	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -257,39 +260,110 @@ func openWriter(cfg Config, log *slog.Logger) (datapath.Writer, func(), error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("open bpf datapath: %w", err)
 	}
+	tunnelIdx := 0
 	if cfg.Tunnel.Device != "" {
 		idx, err := bpf.EnsureTunnel(cfg.Tunnel, blog)
 		if err == nil {
 			err = dp.Attach(bpf.HookTunnel, idx)
 		}
+		if err == nil {
+			err = dp.Attach(bpf.HookTunnelEgress, idx)
+		}
 		if err != nil {
 			dp.Close()
 			return nil, nil, fmt.Errorf("tunnel device %q: %w", cfg.Tunnel.Device, err)
 		}
+		tunnelIdx = idx
 	}
 	w, err := bpf.NewWriter(dp, blog)
 	if err != nil {
 		dp.Close()
 		return nil, nil, fmt.Errorf("bpf writer: %w", err)
 	}
+	aw := &attachingWriter{Writer: w, dp: dp}
+	if bcfg.Coexist && tunnelIdx != 0 {
+		if aw.routes, err = newTunnelRoutes(w, tunnelIdx, cfg.ClusterID); err != nil {
+			dp.Close()
+			return nil, nil, err
+		}
+	}
 	blog.Info("datapath open", "attach", dp.AttachMode(), "mode", cfg.Mode, "tunnel", cfg.Tunnel.Device)
 	var once sync.Once
-	return attachingWriter{Writer: w, dp: dp}, func() { once.Do(func() { dp.Close() }) }, nil
+	return aw, func() { once.Do(func() { dp.Close() }) }, nil
 }
 
 // attachingWriter attaches the endpoint program to the host veth of every
 // local endpoint it programs (Attach is idempotent; a failure fails the
-// batch, which is retried).
+// batch, which is retried) and, in coexistence mode, keeps the routes of
+// remote pod CIDRs into the tunnel device.
 type attachingWriter struct {
 	*bpf.Writer
-	dp *bpf.Datapath
+	dp     *bpf.Datapath
+	routes *tunnelRoutes // nil: no routes (full mode, no tunnel)
 }
 
-func (w attachingWriter) Apply(ctx context.Context, b datapath.Batch) error {
+func (w *attachingWriter) Apply(ctx context.Context, b datapath.Batch) error {
 	for _, e := range b.UpsertEndpoints {
 		if err := w.dp.Attach(bpf.HookEndpoint, e.IfIndex); err != nil {
 			return err
 		}
 	}
-	return w.Writer.Apply(ctx, b)
+	if err := w.Writer.Apply(ctx, b); err != nil {
+		return err
+	}
+	if w.routes != nil && len(b.UpsertTunnels)+len(b.DeleteTunnels) > 0 {
+		return w.routes.apply(b)
+	}
+	return nil
+}
+
+// tunnelRoutes are the routes into the tunnel device of the pod CIDRs of
+// remote clusters (coexistence mode: the primary CNI routes the own
+// cluster's), kept equal to the tunnel entries programmed.
+type tunnelRoutes struct {
+	ifindex    int
+	ownCluster uint32
+	mu         sync.Mutex
+	cidrs      map[netip.Prefix]bool // guarded by mu
+}
+
+// newTunnelRoutes starts from the tunnel entries the datapath holds (they
+// survive a restart, and the agent's batches carry only changes) and syncs
+// the routes to them.
+func newTunnelRoutes(w *bpf.Writer, ifindex int, ownCluster uint32) (*tunnelRoutes, error) {
+	st, err := w.Dump()
+	if err != nil {
+		return nil, fmt.Errorf("read tunnel entries: %w", err)
+	}
+	r := &tunnelRoutes{ifindex: ifindex, ownCluster: ownCluster, cidrs: map[netip.Prefix]bool{}}
+	for _, t := range st.Tunnels {
+		if t.ClusterID != ownCluster {
+			r.cidrs[t.CIDR] = true
+		}
+	}
+	return r, r.sync()
+}
+
+func (r *tunnelRoutes) apply(b datapath.Batch) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range b.DeleteTunnels {
+		delete(r.cidrs, c)
+	}
+	for _, t := range b.UpsertTunnels {
+		if t.ClusterID != r.ownCluster {
+			r.cidrs[t.CIDR] = true
+		} else {
+			delete(r.cidrs, t.CIDR)
+		}
+	}
+	return r.sync()
+}
+
+// sync is called with mu held (or before r is shared).
+func (r *tunnelRoutes) sync() error {
+	if err := bpf.SyncTunnelRoutes(r.ifindex, slices.Collect(maps.Keys(r.cidrs))); err != nil {
+		return fmt.Errorf("routes into the tunnel device: %w", err)
+	}
+	return nil
 }

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"helm.sh/helm/v3/pkg/action"
+	"helm.sh/helm/v3/pkg/chart"
+	"helm.sh/helm/v3/pkg/chartutil"
 	"helm.sh/helm/v3/pkg/release"
 	"helm.sh/helm/v3/pkg/storage/driver"
 	"helm.sh/helm/v3/pkg/strvals"
@@ -79,21 +82,22 @@ func Enable(ctx context.Context, c *Cluster, cfg EnableConfig, log *slog.Logger)
 	if err := c.ensureNamespace(ctx); err != nil {
 		return EnableResult{}, err
 	}
+	chrt, err := deploy.LoadChart()
+	if err != nil {
+		return EnableResult{}, err
+	}
 	ca, created, err := c.ensureCA(ctx, cfg.ClusterName)
 	if err != nil {
 		return EnableResult{}, err
 	}
-	if _, err := c.ensureServerCert(ctx, ca, cfg.ClusterName, cfg.ServerSANs); err != nil {
+	sans := append(slices.Clone(cfg.ServerSANs), c.expectedEndpointHosts(ctx, chrt, vals, log)...)
+	if _, err := c.ensureServerCert(ctx, ca, cfg.ClusterName, sans); err != nil {
 		return EnableResult{}, err
 	}
 	if _, err := c.ensureClientSecret(ctx, ca, secretAdmin, "root"); err != nil {
 		return EnableResult{}, err
 	}
 
-	chrt, err := deploy.LoadChart()
-	if err != nil {
-		return EnableResult{}, err
-	}
 	ac := new(action.Configuration)
 	debug := func(format string, v ...any) { log.Debug(fmt.Sprintf(format, v...)) }
 	if err := ac.Init(c.Getter, c.Namespace, "secret", debug); err != nil {
@@ -125,6 +129,35 @@ func Enable(ctx context.Context, c *Cluster, cfg EnableConfig, log *slog.Logger)
 	res.Revision = rel.Version
 	log.Info("clustermesh enabled", "context", c.Context, "release", rel.Name, "revision", rel.Version, "status", rel.Info.Status)
 	return res, nil
+}
+
+// expectedEndpointHosts returns the hosts other clusters will dial to reach
+// the clustermesh-apiserver as far as they are known before the chart is
+// installed: the node InternalIPs for a NodePort Service, and the addresses
+// of the Service when it exists already (an upgrade, a load balancer that
+// has its ingress). The server certificate is issued for them here, before
+// the apiserver pod starts: when only connect added them, the agents of the
+// other cluster dialled a certificate without them ("valid for 127.0.0.1,
+// ::1, not <node IP>") until the kubelet refreshed the Secret volume, up to
+// a minute later. Hosts that cannot be known yet are left to connect.
+func (c *Cluster) expectedEndpointHosts(ctx context.Context, chrt *chart.Chart, vals map[string]any, log *slog.Logger) []string {
+	var hosts []string
+	if eps, err := c.endpoints(ctx, Info{}); err == nil {
+		hosts = endpointHosts(eps)
+	}
+	merged, err := chartutil.CoalesceValues(chrt, vals)
+	if err != nil {
+		return hosts
+	}
+	if typ, _ := merged.PathValue("apiserver.service.type"); typ != string(corev1.ServiceTypeNodePort) {
+		return hosts
+	}
+	addrs, err := c.nodeAddresses(ctx)
+	if err != nil {
+		log.Info("no node address for the server certificate yet; connect adds them", "context", c.Context, "error", err)
+		return hosts
+	}
+	return append(hosts, addrs...)
 }
 
 // checkIdentity refuses to change the name or ID of an enabled cluster:
