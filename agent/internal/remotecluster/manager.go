@@ -23,26 +23,21 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/internal/datapath"
-	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/kvstore/remoteconn"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
-// Reasons a remote is refused, visible in Status.RefusedReason.
+// Reasons a remote is refused, visible in Status.RefusedReason (the
+// connection logic's, kvstore/remoteconn).
 var (
-	// ErrClusterIDConflict: the remote's cluster ID is the agent's own or is
-	// held by another connected remote.
-	ErrClusterIDConflict = errors.New("cluster ID conflict")
-	// ErrClusterConfig: the remote's cluster config is missing, invalid or
-	// incompatible (ID 0, maxConnectedClusters mismatch).
-	ErrClusterConfig = errors.New("unusable cluster config")
-	// ErrConfigFile: the config file cannot be parsed.
-	ErrConfigFile = errors.New("unusable config file")
+	ErrClusterIDConflict = remoteconn.ErrClusterIDConflict
+	ErrClusterConfig     = remoteconn.ErrClusterConfig
+	ErrConfigFile        = remoteconn.ErrConfigFile
 )
 
 // ErrConfigWatchClosed: the watcher of the config directory stopped and a
-// new one could not be made; Run returns it (wrapped) so that the agent
-// stops instead of running on without noticing config changes.
-var ErrConfigWatchClosed = errors.New("config directory watcher closed")
+// new one could not be made; Run returns it (wrapped).
+var ErrConfigWatchClosed = remoteconn.ErrConfigWatchClosed
 
 // DatapathSink is what the manager needs of the datapath reconciler.
 type DatapathSink interface {
@@ -184,12 +179,7 @@ func New(cfg Config, dp DatapathSink, svcs ServiceSink, log *slog.Logger, clk cl
 // Run watches the config directory and runs the remotes until ctx is done.
 // On return every remote goroutine has exited; their datapath state stays.
 func (m *Manager) Run(ctx context.Context) error {
-	w, err := m.newWatcher()
-	if err != nil {
-		return fmt.Errorf("watch %s: %w", m.cfg.Dir, err)
-	}
 	defer func() {
-		w.Close()
 		m.mu.Lock()
 		rs := maps.Clone(m.remotes)
 		m.mu.Unlock()
@@ -198,91 +188,19 @@ func (m *Manager) Run(ctx context.Context) error {
 		}
 		m.wg.Wait()
 	}()
-	watching := m.addWatch(w)
-	m.loadState()
-	m.scan(ctx)
-	m.releaseUnclaimed()
-
-	tick := m.clock.NewTicker(m.cfg.RescanInterval)
-	defer tick.Stop()
-	for {
-		closed := false
-		select {
-		case <-ctx.Done():
-			return nil
-		case ev, ok := <-w.Events:
-			if closed = !ok; ok {
-				m.log.Debug("config directory changed", "event", ev.String())
-			}
-		case err, ok := <-w.Errors:
-			if closed = !ok; ok {
-				m.log.Warn("watching config directory", "error", err)
-			}
-		case <-tick.C():
-			if !watching {
-				watching = m.addWatch(w)
-			}
-		}
-		if closed {
-			// The watcher stopped by itself: make a new one, or stop the
-			// agent rather than run on blind to config changes.
-			m.log.Warn("config directory watcher closed; watching again", "dir", m.cfg.Dir)
-			w.Close()
-			nw, err := m.newWatcher()
-			if err != nil {
-				return fmt.Errorf("watch %s: %w: %w", m.cfg.Dir, ErrConfigWatchClosed, err)
-			}
-			w = nw
-			watching = m.addWatch(w)
-		}
+	dc := remoteconn.DirConfig{Dir: m.cfg.Dir, Rescan: m.cfg.RescanInterval, Clock: m.clock, NewWatcher: m.newWatcher, Log: m.log}
+	return remoteconn.WatchDir(ctx, dc, func() {
+		m.loadState()
 		m.scan(ctx)
-	}
-}
-
-func (m *Manager) addWatch(w *fsnotify.Watcher) bool {
-	if err := w.Add(m.cfg.Dir); err != nil {
-		m.log.Warn("cannot watch config directory, rescanning periodically", "dir", m.cfg.Dir, "error", err)
-		return false
-	}
-	return true
-}
-
-// readDir returns the config files of dir by cluster name: regular files
-// (symlinks followed) whose names contain no dot. A cluster name never
-// holds a dot, so this skips the Secret volume's "..data" entries, editor
-// and temporary files, and the certificate files that `clustermesh
-// connect` stores next to each config (<cluster>.etcd-client-ca.crt,
-// <cluster>.etcd-client.crt, <cluster>.etcd-client.key).
-func readDir(dir string) (map[string][]byte, error) {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string][]byte{}
-	for _, e := range entries {
-		name := e.Name()
-		if strings.Contains(name, ".") {
-			continue
-		}
-		path := filepath.Join(dir, name)
-		st, err := os.Stat(path)
-		if err != nil || !st.Mode().IsRegular() {
-			continue
-		}
-		data, err := os.ReadFile(path)
-		if err != nil {
-			continue
-		}
-		out[name] = data
-	}
-	return out, nil
+		m.releaseUnclaimed()
+	}, func() { m.scan(ctx) })
 }
 
 // scan reconciles the running remotes with the directory's files. Only the
 // Run goroutine calls it; remotes are stopped outside m.mu, since a stopping
 // remote may wait for m.mu.
 func (m *Manager) scan(ctx context.Context) {
-	files, err := readDir(m.cfg.Dir)
+	files, err := remoteconn.ReadDir(m.cfg.Dir)
 	if err != nil {
 		m.log.Warn("reading config directory", "dir", m.cfg.Dir, "error", err)
 		return // keep what runs: a transient error must not drain the mesh
@@ -371,14 +289,8 @@ func (m *Manager) releaseUnclaimed() {
 func (m *Manager) reserve(r *remote, id uint32) (uint32, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if id == 0 {
-		return 0, fmt.Errorf("%w: cluster ID 0 is reserved", ErrClusterConfig)
-	}
-	if id == m.cfg.ClusterID {
-		return 0, fmt.Errorf("%w: %d is the agent's own cluster ID", ErrClusterIDConflict, id)
-	}
-	if other, ok := m.ids[id]; ok && other != r.name {
-		return 0, fmt.Errorf("%w: %d is used by connected cluster %q", ErrClusterIDConflict, id, other)
+	if err := remoteconn.CheckID(id, m.cfg.ClusterID, m.ids[id], r.name); err != nil {
+		return 0, err
 	}
 	if r.id != 0 && r.id != id {
 		delete(m.ids, r.id)
@@ -506,20 +418,4 @@ func (m *Manager) ClusterNames() map[uint32]string {
 	}
 	out[m.cfg.ClusterID] = m.cfg.ClusterName
 	return out
-}
-
-// ParseConfigFile parses one config file as the manager does: the name must
-// be a valid cluster name other than own, the content an etcd client config.
-func ParseConfigFile(name, own string, data []byte) (kvstore.Config, error) {
-	if name == own {
-		return kvstore.Config{}, fmt.Errorf("%w: %q is the agent's own cluster", ErrConfigFile, name)
-	}
-	if err := wire.ValidateClusterName(name); err != nil {
-		return kvstore.Config{}, fmt.Errorf("%w: %w", ErrConfigFile, err)
-	}
-	cfg, err := kvstore.ParseConfig(data)
-	if err != nil {
-		return kvstore.Config{}, fmt.Errorf("%w: %w", ErrConfigFile, err)
-	}
-	return cfg, nil
 }
