@@ -105,6 +105,12 @@ func (s *Server) EnsureLocalReaderUser(ctx context.Context) (kvstore.Config, err
 	return s.ensureUser(ctx, LocalReaderUser, LocalReaderPermissions())
 }
 
+// EnsureLocalReaderUserOn is EnsureLocalReaderUser through e acting as the
+// root user, on any etcd; it issues no certificate.
+func EnsureLocalReaderUserOn(ctx context.Context, e *clientv3.Client) error {
+	return ensureReadOnlyUser(ctx, e, LocalReaderUser, LocalReaderPermissions())
+}
+
 // ErrAuthDisabled is returned when remote users are to be created in an
 // etcd whose authentication is off: they would not restrict anything.
 var ErrAuthDisabled = errors.New("etcd authentication is disabled")

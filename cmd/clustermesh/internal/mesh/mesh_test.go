@@ -33,6 +33,24 @@ func TestRemoteState(t *testing.T) {
 	}
 }
 
+func TestCachedState(t *testing.T) {
+	for _, tc := range []struct {
+		r    meshstatus.CachedRemote
+		want string
+	}{
+		{meshstatus.CachedRemote{Connected: true, Synced: true}, "synced"},
+		{meshstatus.CachedRemote{Connected: true}, "syncing"},
+		{meshstatus.CachedRemote{Connected: true, Served: true, WaitingForCanary: true}, "waiting for the sync canary of its emptied or replaced etcd, serving the last state"},
+		{meshstatus.CachedRemote{Served: true, LastError: "dial tcp: refused"}, "disconnected, serving the last state"},
+		{meshstatus.CachedRemote{LastError: "dial tcp: refused"}, "disconnected"},
+		{meshstatus.CachedRemote{Connected: true, LastError: meshstatus.RefusedPrefix + "cluster ID conflict"}, "refused"},
+	} {
+		if got := cachedState(tc.r); got != tc.want {
+			t.Errorf("cachedState(%+v) = %q, want %q", tc.r, got, tc.want)
+		}
+	}
+}
+
 func TestPairs(t *testing.T) {
 	cl := func(n string) *Cluster { return &Cluster{Target: Target{Context: n}} }
 	a, b, c := cl("a"), cl("b"), cl("c")

@@ -59,6 +59,9 @@ func RenderStatus(w io.Writer, st MeshStatus) error {
 			return err
 		}
 	}
+	if err := renderKVStoreMesh(w, st); err != nil {
+		return err
+	}
 	if unsynced(st) {
 		fmt.Fprintln(w, "(* initial sync of that kind not complete)")
 	}
@@ -164,4 +167,26 @@ func unsynced(st MeshStatus) bool {
 		}
 	}
 	return false
+}
+
+// renderKVStoreMesh lists, per cluster whose apiserver runs a kvstoremesh,
+// its mirror of each remote cluster.
+func renderKVStoreMesh(w io.Writer, st MeshStatus) error {
+	for _, c := range st.Clusters {
+		if c.APIServer == nil || len(c.APIServer.KVStoreMesh) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "\nKVStoreMesh of %s:\n", clusterLabel(c))
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "REMOTE\tID\tSTATE\tNODES\tSERVICES\tIDENTITIES\tIPS\tINVALID\tLAST ERROR")
+		for _, r := range c.APIServer.KVStoreMesh {
+			n := func(kind string) string { return strconv.Itoa(r.Entries[kind]) }
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", r.Name, idString(r.ClusterID), cachedState(r),
+				n(meshstatus.KindNodes), n(meshstatus.KindServices), n(meshstatus.KindIdentities), n(meshstatus.KindIPCache), r.Invalid, dash(r.LastError))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -102,6 +102,18 @@ func collectCluster(ctx context.Context, c *Cluster) ClusterStatus {
 		}
 		cs.Problems = append(cs.Problems, p)
 	}
+	if cs.APIServer != nil {
+		for _, r := range cs.APIServer.KVStoreMesh {
+			if r.Synced {
+				continue
+			}
+			p := fmt.Sprintf("kvstoremesh: remote %s %s", r.Name, cachedState(r))
+			if r.LastError != "" {
+				p += " (" + r.LastError + ")"
+			}
+			cs.Problems = append(cs.Problems, p)
+		}
+	}
 	cs.Agents = reps.Agents
 	if len(cs.Agents) == 0 {
 		cs.Problems = append(cs.Problems, "agents: no agent has reported yet")
@@ -139,6 +151,24 @@ func remoteState(r meshstatus.Remote) string {
 		return "waiting for the sync canary of its emptied or replaced etcd"
 	case r.Connected:
 		return "syncing"
+	default:
+		return "disconnected"
+	}
+}
+
+// cachedState says how the kvstoremesh mirrors remote r.
+func cachedState(r meshstatus.CachedRemote) string {
+	switch {
+	case r.Synced:
+		return "synced"
+	case strings.HasPrefix(r.LastError, meshstatus.RefusedPrefix):
+		return "refused"
+	case r.WaitingForCanary:
+		return "waiting for the sync canary of its emptied or replaced etcd, serving the last state"
+	case r.Connected:
+		return "syncing"
+	case r.Served:
+		return "disconnected, serving the last state"
 	default:
 		return "disconnected"
 	}
