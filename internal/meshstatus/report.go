@@ -44,6 +44,9 @@ type Remote struct {
 	// WaitingForCanary: the agent waits for the sync canary of the remote's
 	// emptied or replaced etcd and serves the previous state meanwhile.
 	WaitingForCanary bool `json:"waitingForCanary,omitempty"`
+	// Cached: the agent reads the remote through the kvstoremesh cache of
+	// its own cluster's etcd.
+	Cached bool `json:"cached,omitempty"`
 	// LastChange is when Connected or Ready last changed.
 	LastChange time.Time `json:"lastChange,omitzero"`
 	// Refused counts, by reason, the remote's tunnel and ipcache claims

@@ -120,3 +120,19 @@ func addWatch(cfg DirConfig, w *fsnotify.Watcher) bool {
 	}
 	return true
 }
+
+// ThroughCache returns files (config files by cluster name, as ReadDir
+// returns them) with every content replaced by that of the file cache: the
+// client config of a kvstoremesh cache that holds every one of them. A
+// change of the cache file is then a change of every remote's config.
+func ThroughCache(files map[string][]byte, cache string) (map[string][]byte, error) {
+	data, err := os.ReadFile(cache)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string][]byte, len(files))
+	for name := range files {
+		out[name] = data
+	}
+	return out, nil
+}

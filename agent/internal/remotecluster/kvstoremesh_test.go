@@ -77,7 +77,7 @@ func TestAgentsThroughKVStoreMesh(t *testing.T) {
 		conns int // client connections on each remote etcd
 	}{
 		{name: "kvstoremesh", cache: true, conns: 1},
-		{name: "direct", cache: false, conns: 1 + agents},
+		{name: "direct", cache: false, conns: 1 + agents}, // and the kvstoremesh
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c2, c3 := startRemote(t, "c2", 2), startRemote(t, "c3", 3)
@@ -94,17 +94,21 @@ func TestAgentsThroughKVStoreMesh(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			cacheFile := filepath.Join(t.TempDir(), "cache")
+			writeFile(t, cacheFile, must(json.Marshal(reader)))
 			var as []*agent
 			for range agents {
+				// The same remote-clusters directory in both modes; in
+				// kvstoremesh mode it only names the remotes.
 				dir := t.TempDir()
 				for _, r := range []*remoteEtcd{c2, c3} {
-					if tc.cache {
-						writeFile(t, filepath.Join(dir, r.name), must(json.Marshal(reader)))
-					} else {
-						r.writeConfig(dir)
-					}
+					r.writeConfig(dir)
 				}
-				as = append(as, startAgent(t, testConfig(dir, t.TempDir()), memory.New(), nil))
+				cfg := testConfig(dir, t.TempDir())
+				if tc.cache {
+					cfg.CacheConfig = cacheFile
+				}
+				as = append(as, startAgent(t, cfg, memory.New(), nil))
 			}
 			for i, a := range as {
 				await(t, a.dp, fmt.Sprintf("agent %d programs both remotes", i), func(st datapath.State) bool {
@@ -113,7 +117,7 @@ func TestAgentsThroughKVStoreMesh(t *testing.T) {
 					return t2 == 2 && i2 == 1 && t3 == 2 && i3 == 1 && len(st.Services) == 0 &&
 						a.status("c2").Ready && a.status("c3").Ready
 				})
-				if s := a.status("c2"); s.ID != 2 || s.kind("services").Entries != 1 || s.kind("identities").Entries != 1 {
+				if s := a.status("c2"); s.ID != 2 || s.Cached != tc.cache || s.kind("services").Entries != 1 || s.kind("identities").Entries != 1 {
 					t.Fatalf("agent %d: c2 %+v", i, s)
 				}
 			}

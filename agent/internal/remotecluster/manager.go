@@ -88,6 +88,13 @@ type Config struct {
 	// a remote node pod CIDR overlapping one is refused (overlap.go). nil:
 	// no check.
 	LocalPodCIDRs func() []netip.Prefix
+	// CacheConfig, when set, is the etcd client config file of the own
+	// cluster's etcd, which holds a kvstoremesh cache of every remote
+	// (connection mode kvstoremesh): each remote named in Dir is read
+	// through it, from the cache prefix its copied cluster config points
+	// to, instead of through its own file. "" (direct mode): each remote's
+	// file.
+	CacheConfig string
 	// MaxEntries bounds the valid entries of each kind (nodes, identities,
 	// ipcache, services) the agent holds for one remote; a remote over it
 	// is refused and its state withdrawn (0: no bound).
@@ -115,6 +122,7 @@ func DefaultConfig() Config {
 // RegisterFlags registers the manager's own flags on fs.
 func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Dir, "clustermesh-config", c.Dir, "directory of remote-cluster etcd configs, one file per cluster, named after it")
+	fs.StringVar(&c.CacheConfig, "clustermesh-cache-config", c.CacheConfig, "etcd client config of the own cluster's kvstoremesh cache (connection mode kvstoremesh): every remote of --clustermesh-config is read through it (empty: direct mode, each remote's own etcd)")
 	fs.DurationVar(&c.StaleTTL, "remote-stale-ttl", c.StaleTTL, "withdraw a remote cluster's state after it has been unreachable this long (0: keep it)")
 	fs.IntVar(&c.MaxEntries, "remote-max-entries", c.MaxEntries, "most valid entries of one kind (nodes, identities, ipcache, services) held for one remote cluster; a remote over it is refused and its state withdrawn (0: no bound)")
 }
@@ -204,6 +212,12 @@ func (m *Manager) scan(ctx context.Context) {
 	if err != nil {
 		m.log.Warn("reading config directory", "dir", m.cfg.Dir, "error", err)
 		return // keep what runs: a transient error must not drain the mesh
+	}
+	if m.cfg.CacheConfig != "" {
+		if files, err = remoteconn.ThroughCache(files, m.cfg.CacheConfig); err != nil {
+			m.log.Warn("reading the cache config", "file", m.cfg.CacheConfig, "error", err)
+			return
+		}
 	}
 	m.mu.Lock()
 	if _, ok := files[m.cfg.ClusterName]; ok {

@@ -116,6 +116,7 @@ func (r *remote) session(ctx context.Context, data []byte) error {
 	r.rem, r.dpID = wire.Remote{Name: r.name, ID: cc.ID, MaxConnectedClusters: cc.MaxConnected()}, cc.ID
 	r.mu.Lock()
 	r.st.ID, r.st.RefusedReason, r.st.Connected, r.st.LastChange = cc.ID, "", true, r.m.clock.Now()
+	r.st.Cached = cc.Capabilities.Cached
 	r.mu.Unlock()
 	r.retry.Success()
 	r.log.Info("connected to remote cluster", "id", cc.ID, "cached", cc.Capabilities.Cached)

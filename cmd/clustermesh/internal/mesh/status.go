@@ -103,8 +103,15 @@ func collectCluster(ctx context.Context, c *Cluster) ClusterStatus {
 		cs.Problems = append(cs.Problems, p)
 	}
 	if cs.APIServer != nil {
+		// A mirror is a problem only when an agent reads it.
+		cached := map[string]bool{}
+		for _, a := range reps.Agents {
+			for _, r := range a.Remotes {
+				cached[r.Name] = cached[r.Name] || r.Cached
+			}
+		}
 		for _, r := range cs.APIServer.KVStoreMesh {
-			if r.Synced {
+			if r.Synced || !cached[r.Name] {
 				continue
 			}
 			p := fmt.Sprintf("kvstoremesh: remote %s %s", r.Name, cachedState(r))
