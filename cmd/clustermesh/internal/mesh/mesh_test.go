@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/clustermesh/clustermesh/internal/meshstatus"
+	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
 )
 
 func TestRemoteState(t *testing.T) {
@@ -141,5 +142,11 @@ func TestConnectOnFakeClusters(t *testing.T) {
 	res, err = Disconnect(ctx, a, []*Cluster{b}, ModeBidirectional, log)
 	if err != nil || len(res.Changed) != 0 {
 		t.Fatalf("second disconnect: %v %v", res.Changed, err)
+	}
+}
+
+func TestLocalReaderUserIsTheApiserverOne(t *testing.T) {
+	if localReaderUser != etcdserver.LocalReaderUser {
+		t.Fatalf("the CLI issues certificates for %q, the apiserver creates the user %q", localReaderUser, etcdserver.LocalReaderUser)
 	}
 }
