@@ -203,8 +203,10 @@ type local struct {
 func testConfig(dir string) Config {
 	return Config{
 		Dir: dir, Own: remoteconn.Own{Name: ownName, ID: ownID, MaxConnectedClusters: 255},
-		BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond,
-		ProbeInterval: 50 * time.Millisecond, ProbeTimeout: 2 * time.Second, RescanInterval: time.Second,
+		Timing: remoteconn.Timing{
+			BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond,
+			ProbeInterval: 50 * time.Millisecond, ProbeTimeout: 2 * time.Second, RescanInterval: time.Second,
+		},
 	}
 }
 

@@ -34,27 +34,17 @@ type Config struct {
 	// MaxEntries bounds the valid entries of one kind of one remote; a
 	// remote over it is refused and its cache withdrawn (0: no bound).
 	MaxEntries int
-	// BackoffMin and BackoffMax bound the delay between connection
-	// attempts, DeniedBackoffMax the delay while access is denied.
-	BackoffMin, BackoffMax, DeniedBackoffMax time.Duration
-	// ProbeInterval and ProbeTimeout: how often and how long the remote
-	// etcd is probed.
-	ProbeInterval, ProbeTimeout time.Duration
-	// RescanInterval rescans the directory even without fsnotify events.
-	RescanInterval time.Duration
+	// Timing of connection attempts, probes and rescans (zero fields:
+	// remoteconn.DefaultTiming).
+	remoteconn.Timing
 }
 
 // DefaultConfig returns the defaults (those of the agent's direct mode).
 func DefaultConfig() Config {
 	return Config{
-		Own:              remoteconn.Own{MaxConnectedClusters: wire.DefaultMaxConnectedClusters},
-		MaxEntries:       1_000_000,
-		BackoffMin:       500 * time.Millisecond,
-		BackoffMax:       time.Minute,
-		DeniedBackoffMax: 5 * time.Second,
-		ProbeInterval:    10 * time.Second,
-		ProbeTimeout:     5 * time.Second,
-		RescanInterval:   time.Minute,
+		Own:        remoteconn.Own{MaxConnectedClusters: wire.DefaultMaxConnectedClusters},
+		MaxEntries: 1_000_000,
+		Timing:     remoteconn.DefaultTiming(),
 	}
 }
 
@@ -66,28 +56,10 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 }
 
 func (c *Config) withDefaults() {
-	d := DefaultConfig()
 	if c.Own.MaxConnectedClusters == 0 {
-		c.Own.MaxConnectedClusters = d.Own.MaxConnectedClusters
+		c.Own.MaxConnectedClusters = wire.DefaultMaxConnectedClusters
 	}
-	if c.BackoffMin <= 0 {
-		c.BackoffMin = d.BackoffMin
-	}
-	if c.BackoffMax < c.BackoffMin {
-		c.BackoffMax = max(d.BackoffMax, c.BackoffMin)
-	}
-	if c.DeniedBackoffMax <= 0 {
-		c.DeniedBackoffMax = min(d.DeniedBackoffMax, c.BackoffMax)
-	}
-	if c.ProbeInterval <= 0 {
-		c.ProbeInterval = d.ProbeInterval
-	}
-	if c.ProbeTimeout <= 0 {
-		c.ProbeTimeout = d.ProbeTimeout
-	}
-	if c.RescanInterval <= 0 {
-		c.RescanInterval = d.RescanInterval
-	}
+	c.Timing = c.Timing.WithDefaults()
 }
 
 // Mesh mirrors every remote cluster of its config directory.

@@ -193,19 +193,7 @@ func (r *remote) session(ctx context.Context, data []byte) error {
 		err := remoteconn.Probe(sctx, client, pc, func(up bool, downErr error, now time.Time) {
 			r.mu.Lock()
 			defer r.mu.Unlock()
-			if up != r.st.Connected {
-				r.st.LastChange = now
-				if up {
-					r.st.Reconnects++
-					r.st.LastError = ""
-				} else {
-					r.st.Failures++
-				}
-			}
-			r.st.Connected = up
-			if downErr != nil {
-				r.st.LastError = downErr.Error()
-			}
+			r.st.Probed(up, downErr, now)
 		})
 		if err != nil {
 			cancel(err)

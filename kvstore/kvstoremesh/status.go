@@ -1,27 +1,25 @@
 package kvstoremesh
 
-import "time"
+import (
+	"time"
+
+	"github.com/clustermesh/clustermesh/kvstore/remoteconn"
+)
 
 // Status is the state of the mirror of one remote cluster.
 type Status struct {
 	Name string
 	ID   uint32
-	// Connected: a session runs and the last probe reached the etcd.
-	Connected bool
+	// Health: connected, failures, reconnects, last error and change.
+	remoteconn.Health
 	// Synced: connected, every kind of the current session is listed and
 	// its cache canary written.
 	Synced bool
 	// Served: the cache holds the remote's last-known state (it was synced
 	// at least once and has not been withdrawn since), also while the
 	// remote is unreachable.
-	Served bool
-	Kinds  []KindStatus
-	// Failures counts failed attempts and lost connectivity, Reconnects
-	// new sessions and regained connectivity.
-	Failures, Reconnects uint64
-	// LastError is the error of the current outage or failed attempt.
-	LastError     string
-	LastChange    time.Time
+	Served        bool
+	Kinds         []KindStatus
 	RefusedReason string
 	LastHeartbeat time.Time
 }

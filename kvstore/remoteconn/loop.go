@@ -61,3 +61,55 @@ func RetryWait(err error, wait, deniedMax time.Duration) time.Duration {
 	}
 	return wait
 }
+
+// Timing bounds the connection loop, the probes and the directory rescan
+// of a process that connects to remote clusters.
+type Timing struct {
+	// BackoffMin and BackoffMax bound the delay between connection
+	// attempts; DeniedBackoffMax the delay while the remote denies access.
+	BackoffMin, BackoffMax, DeniedBackoffMax time.Duration
+	// ProbeInterval is how often a connected remote's etcd is probed, and
+	// ProbeTimeout how long a probe may take.
+	ProbeInterval, ProbeTimeout time.Duration
+	// RescanInterval rescans the config directory even without fsnotify
+	// events.
+	RescanInterval time.Duration
+}
+
+// DefaultTiming returns the defaults of the agent and the kvstoremesh.
+func DefaultTiming() Timing {
+	return Timing{
+		BackoffMin:       500 * time.Millisecond,
+		BackoffMax:       time.Minute,
+		DeniedBackoffMax: 5 * time.Second,
+		ProbeInterval:    10 * time.Second,
+		ProbeTimeout:     5 * time.Second,
+		RescanInterval:   time.Minute,
+	}
+}
+
+// WithDefaults returns t with every unset (or inconsistent) field set from
+// DefaultTiming: BackoffMax at least BackoffMin, DeniedBackoffMax at most
+// BackoffMax.
+func (t Timing) WithDefaults() Timing {
+	d := DefaultTiming()
+	if t.BackoffMin <= 0 {
+		t.BackoffMin = d.BackoffMin
+	}
+	if t.BackoffMax < t.BackoffMin {
+		t.BackoffMax = max(d.BackoffMax, t.BackoffMin)
+	}
+	if t.DeniedBackoffMax <= 0 {
+		t.DeniedBackoffMax = min(d.DeniedBackoffMax, t.BackoffMax)
+	}
+	if t.ProbeInterval <= 0 {
+		t.ProbeInterval = d.ProbeInterval
+	}
+	if t.ProbeTimeout <= 0 {
+		t.ProbeTimeout = d.ProbeTimeout
+	}
+	if t.RescanInterval <= 0 {
+		t.RescanInterval = d.RescanInterval
+	}
+	return t
+}

@@ -166,3 +166,33 @@ func ProbeError(st kvstore.Status) error {
 	}
 	return nil
 }
+
+// Health is the connection state that a status keeps of one remote.
+type Health struct {
+	// Connected: a session runs and the last probe reached the etcd.
+	Connected bool
+	// Failures counts failed attempts and lost connectivity, Reconnects
+	// new sessions and regained connectivity.
+	Failures, Reconnects uint64
+	// LastError is the error of the current outage or failed attempt.
+	LastError  string
+	LastChange time.Time
+}
+
+// Probed records the outcome of a Probe: up, or down for downErr (nil:
+// unknown), at now.
+func (h *Health) Probed(up bool, downErr error, now time.Time) {
+	if up != h.Connected {
+		h.LastChange = now
+		if up {
+			h.Reconnects++
+			h.LastError = ""
+		} else {
+			h.Failures++
+		}
+	}
+	h.Connected = up
+	if downErr != nil {
+		h.LastError = downErr.Error()
+	}
+}

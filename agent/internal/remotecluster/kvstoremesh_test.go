@@ -52,7 +52,7 @@ func startMesh(t *testing.T, remotes ...*remoteEtcd) *etcdserver.Server {
 	}
 	m := kvstoremesh.New(kvstoremesh.Config{
 		Dir: dir, Own: remoteconn.Own{Name: ownName, ID: ownID, MaxConnectedClusters: 255},
-		BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond, ProbeInterval: 50 * time.Millisecond, ProbeTimeout: 2 * time.Second,
+		Timing: remoteconn.Timing{BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond, ProbeInterval: 50 * time.Millisecond, ProbeTimeout: 2 * time.Second},
 	}, admin, log, clock.RealClock{})
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup

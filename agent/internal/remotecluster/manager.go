@@ -107,14 +107,15 @@ const DefaultMaxEntries = 1_000_000
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
+	t := remoteconn.DefaultTiming()
 	return Config{
 		MaxConnectedClusters: wire.DefaultMaxConnectedClusters,
-		BackoffMin:           500 * time.Millisecond,
-		BackoffMax:           time.Minute,
-		DeniedBackoffMax:     5 * time.Second,
-		ProbeInterval:        10 * time.Second,
-		ProbeTimeout:         5 * time.Second,
-		RescanInterval:       time.Minute,
+		BackoffMin:           t.BackoffMin,
+		BackoffMax:           t.BackoffMax,
+		DeniedBackoffMax:     t.DeniedBackoffMax,
+		ProbeInterval:        t.ProbeInterval,
+		ProbeTimeout:         t.ProbeTimeout,
+		RescanInterval:       t.RescanInterval,
 		MaxEntries:           DefaultMaxEntries,
 	}
 }
@@ -128,28 +129,15 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 }
 
 func (c *Config) withDefaults() {
-	d := DefaultConfig()
 	if c.MaxConnectedClusters == 0 {
-		c.MaxConnectedClusters = d.MaxConnectedClusters
+		c.MaxConnectedClusters = wire.DefaultMaxConnectedClusters
 	}
-	if c.BackoffMin <= 0 {
-		c.BackoffMin = d.BackoffMin
-	}
-	if c.BackoffMax < c.BackoffMin {
-		c.BackoffMax = max(d.BackoffMax, c.BackoffMin)
-	}
-	if c.DeniedBackoffMax <= 0 {
-		c.DeniedBackoffMax = min(d.DeniedBackoffMax, c.BackoffMax)
-	}
-	if c.ProbeInterval <= 0 {
-		c.ProbeInterval = d.ProbeInterval
-	}
-	if c.ProbeTimeout <= 0 {
-		c.ProbeTimeout = d.ProbeTimeout
-	}
-	if c.RescanInterval <= 0 {
-		c.RescanInterval = d.RescanInterval
-	}
+	t := remoteconn.Timing{
+		BackoffMin: c.BackoffMin, BackoffMax: c.BackoffMax, DeniedBackoffMax: c.DeniedBackoffMax,
+		ProbeInterval: c.ProbeInterval, ProbeTimeout: c.ProbeTimeout, RescanInterval: c.RescanInterval,
+	}.WithDefaults()
+	c.BackoffMin, c.BackoffMax, c.DeniedBackoffMax = t.BackoffMin, t.BackoffMax, t.DeniedBackoffMax
+	c.ProbeInterval, c.ProbeTimeout, c.RescanInterval = t.ProbeInterval, t.ProbeTimeout, t.RescanInterval
 }
 
 // Manager runs one connection per remote cluster config file.
