@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -49,6 +50,31 @@ func TestCachedState(t *testing.T) {
 		if got := cachedState(tc.r); got != tc.want {
 			t.Errorf("cachedState(%+v) = %q, want %q", tc.r, got, tc.want)
 		}
+	}
+}
+
+func TestCacheProblems(t *testing.T) {
+	down := meshstatus.CachedRemote{Name: "c2", Served: true, LastError: "dial tcp: refused"}
+	synced := meshstatus.CachedRemote{Name: "c3", Connected: true, Synced: true}
+	agents := func(cached bool) []meshstatus.AgentReport {
+		return []meshstatus.AgentReport{{Node: "n1", Remotes: []meshstatus.Remote{{Name: "c2", Ready: true, Cached: cached}, {Name: "c3", Ready: true, Cached: cached}}}}
+	}
+	for _, tc := range []struct {
+		name   string
+		api    *meshstatus.APIServerReport
+		agents []meshstatus.AgentReport
+		want   []string
+	}{
+		{name: "no report", agents: agents(true)},
+		{name: "agents read the cache", api: &meshstatus.APIServerReport{KVStoreMesh: []meshstatus.CachedRemote{down, synced}}, agents: agents(true),
+			want: []string{"kvstoremesh: remote c2 disconnected, serving the last state (dial tcp: refused)"}},
+		{name: "agents in direct mode", api: &meshstatus.APIServerReport{KVStoreMesh: []meshstatus.CachedRemote{down, synced}}, agents: agents(false)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := cacheProblems(tc.api, tc.agents); !slices.Equal(got, tc.want) {
+				t.Fatalf("problems %q, want %q", got, tc.want)
+			}
+		})
 	}
 }
 

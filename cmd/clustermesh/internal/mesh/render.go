@@ -50,7 +50,11 @@ func RenderStatus(w io.Writer, st MeshStatus) error {
 				fmt.Fprintf(tw, "%s\t-\t-\tno remotes\t\t\t\t\t\t\t\n", a.Node)
 			}
 			for _, r := range a.Remotes {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", a.Node, r.Name, idString(r.ClusterID), remoteState(r),
+				state := remoteState(r)
+				if r.Cached {
+					state += " (kvstoremesh)" // read through the own cluster's cache
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", a.Node, r.Name, idString(r.ClusterID), state,
 					entries(r, meshstatus.KindNodes), entries(r, meshstatus.KindServices), entries(r, meshstatus.KindIdentities),
 					entries(r, meshstatus.KindIPCache), r.Invalid, r.Reconnects, dash(r.LastError))
 			}

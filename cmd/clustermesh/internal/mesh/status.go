@@ -102,25 +102,7 @@ func collectCluster(ctx context.Context, c *Cluster) ClusterStatus {
 		}
 		cs.Problems = append(cs.Problems, p)
 	}
-	if cs.APIServer != nil {
-		// A mirror is a problem only when an agent reads it.
-		cached := map[string]bool{}
-		for _, a := range reps.Agents {
-			for _, r := range a.Remotes {
-				cached[r.Name] = cached[r.Name] || r.Cached
-			}
-		}
-		for _, r := range cs.APIServer.KVStoreMesh {
-			if r.Synced || !cached[r.Name] {
-				continue
-			}
-			p := fmt.Sprintf("kvstoremesh: remote %s %s", r.Name, cachedState(r))
-			if r.LastError != "" {
-				p += " (" + r.LastError + ")"
-			}
-			cs.Problems = append(cs.Problems, p)
-		}
-	}
+	cs.Problems = append(cs.Problems, cacheProblems(cs.APIServer, reps.Agents)...)
 	cs.Agents = reps.Agents
 	if len(cs.Agents) == 0 {
 		cs.Problems = append(cs.Problems, "agents: no agent has reported yet")
@@ -161,6 +143,32 @@ func remoteState(r meshstatus.Remote) string {
 	default:
 		return "disconnected"
 	}
+}
+
+// cacheProblems lists the kvstoremesh mirrors of api that are not synced
+// while an agent reads them (a mirror no agent reads is no problem).
+func cacheProblems(api *meshstatus.APIServerReport, agents []meshstatus.AgentReport) []string {
+	if api == nil {
+		return nil
+	}
+	cached := map[string]bool{}
+	for _, a := range agents {
+		for _, r := range a.Remotes {
+			cached[r.Name] = cached[r.Name] || r.Cached
+		}
+	}
+	var out []string
+	for _, r := range api.KVStoreMesh {
+		if r.Synced || !cached[r.Name] {
+			continue
+		}
+		p := fmt.Sprintf("kvstoremesh: remote %s %s", r.Name, cachedState(r))
+		if r.LastError != "" {
+			p += " (" + r.LastError + ")"
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 // cachedState says how the kvstoremesh mirrors remote r.
