@@ -31,6 +31,11 @@ var forbidden = map[string][]string{
 		module + "/kvstore", module + "/bpf", module + "/internal/datapath",
 		"k8s.io/client-go", "go.etcd.io/etcd",
 	},
+	// The remote connection logic shared by the agent and the kvstoremesh
+	// knows neither the datapath nor the kvstoremesh's writer.
+	module + "/kvstore/remoteconn": {
+		module + "/internal/datapath", module + "/kvstore/syncstore", module + "/kvstore/kvstoremesh",
+	},
 	// Cilium's code is reached only through the tools/ciliuminterop binary.
 	module:                            {"github.com/cilium/cilium"},
 	module + "/agent":                 {module + "/clustermesh-apiserver", module + "/cmd"},

@@ -179,8 +179,17 @@ func chartCases(t *testing.T) []chartCase {
 				t.Errorf("config %v", cm.Object["data"])
 			}
 			o.get(t, "ConfigMap/clustermesh-remote-users")
-			for _, s := range []string{"clustermesh-ca", "clustermesh-apiserver-server-cert", "clustermesh-apiserver-admin-cert"} {
+			for _, s := range []string{"clustermesh-ca", "clustermesh-apiserver-server-cert", "clustermesh-apiserver-admin-cert", "clustermesh-apiserver-local-reader-cert"} {
 				o.get(t, "Secret/"+s)
+			}
+			// kvstoremesh on, agents in direct mode.
+			if !slices.Contains(args(t, dep), "--kvstoremesh-config=/var/lib/clustermesh/remote-clusters") {
+				t.Errorf("apiserver args %v lack the kvstoremesh", args(t, dep))
+			}
+			for _, a := range args(t, ds) {
+				if strings.HasPrefix(a, "--clustermesh-cache-config") {
+					t.Errorf("agent in direct mode has %s", a)
+				}
 			}
 			role := o.get(t, "Role/clustermesh-agent")
 			if role.GetNamespace() != testNamespace {
@@ -226,6 +235,26 @@ func chartCases(t *testing.T) []chartCase {
 			got := decodeB64(t, str(t, o.get(t, "Secret/clustermesh-ca"), "data", "ca.crt"))
 			if got != pem("clustermesh-ca", "ca.crt") {
 				t.Error("supplied CA not used")
+			}
+		}},
+		{name: "agents-through-kvstoremesh", values: with("agent.connectionMode", "kvstoremesh", "kvstoremesh.staleTTL", "10m"), check: func(t *testing.T, o objects) {
+			ds := o.get(t, "DaemonSet/clustermesh-agent")
+			if !slices.Contains(args(t, ds), "--clustermesh-cache-config=/var/lib/clustermesh/cache/config.yaml") {
+				t.Errorf("agent args %v", args(t, ds))
+			}
+			if !slices.Contains(args(t, o.get(t, "Deployment/clustermesh-apiserver")), "--kvstoremesh-stale-ttl=10m") {
+				t.Error("apiserver lacks --kvstoremesh-stale-ttl=10m")
+			}
+			cfg := str(t, o.get(t, "ConfigMap/clustermesh-cache-config"), "data", "config.yaml")
+			if !strings.Contains(cfg, "https://clustermesh-apiserver."+testNamespace+".svc:2379") || !strings.Contains(cfg, "cert-file: /var/lib/clustermesh/cache/tls.crt") {
+				t.Errorf("cache config %q", cfg)
+			}
+		}},
+		{name: "kvstoremesh-off", values: with("kvstoremesh.enabled", false), check: func(t *testing.T, o objects) {
+			for _, a := range args(t, o.get(t, "Deployment/clustermesh-apiserver")) {
+				if strings.HasPrefix(a, "--kvstoremesh") {
+					t.Errorf("apiserver has %s with kvstoremesh off", a)
+				}
 			}
 		}},
 		{name: "tls-existing", values: with("tls.source", "existing"), check: func(t *testing.T, o objects) {
@@ -299,6 +328,8 @@ func TestTemplateRefusesInvalidValues(t *testing.T) {
 		{"external-no-endpoints", with("etcd.mode", "external"), "etcd.external.endpoints"},
 		{"tls-values-missing", with("tls.source", "values"), "tls.source values needs"},
 		{"datapath", with("agent.datapath", "xdp"), "agent.datapath"},
+		{"connection-mode", with("agent.connectionMode", "mesh"), "agent.connectionMode must be"},
+		{"cache-without-kvstoremesh", with("agent.connectionMode", "kvstoremesh", "kvstoremesh.enabled", false), "needs kvstoremesh.enabled"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -44,6 +44,9 @@ type Remote struct {
 	// WaitingForCanary: the agent waits for the sync canary of the remote's
 	// emptied or replaced etcd and serves the previous state meanwhile.
 	WaitingForCanary bool `json:"waitingForCanary,omitempty"`
+	// Cached: the agent reads the remote through the kvstoremesh cache of
+	// its own cluster's etcd.
+	Cached bool `json:"cached,omitempty"`
 	// LastChange is when Connected or Ready last changed.
 	LastChange time.Time `json:"lastChange,omitzero"`
 	// Refused counts, by reason, the remote's tunnel and ipcache claims
@@ -85,6 +88,34 @@ type APIServerReport struct {
 	Identities int `json:"identities"`
 	// LastError is the last error seen, empty when none; RefusedPrefix
 	// followed by the reason when the agent refuses the remote.
+	LastError string `json:"lastError,omitempty"`
+	// KVStoreMesh is the apiserver's mirror of each remote cluster into
+	// this cluster's etcd, sorted by name; nil when kvstoremesh is off.
+	KVStoreMesh []CachedRemote `json:"kvstoremesh,omitempty"`
+}
+
+// CachedRemote is the kvstoremesh mirror of one remote cluster.
+type CachedRemote struct {
+	Name      string `json:"name"`
+	ClusterID uint32 `json:"clusterID"`
+	// Connected is true while the remote's etcd is reachable.
+	Connected bool `json:"connected"`
+	// Synced is true while connected and every kind is mirrored with its
+	// cache canary written.
+	Synced bool `json:"synced"`
+	// Served is true while the cache holds the remote's last-known state,
+	// also when the remote is unreachable.
+	Served bool `json:"served"`
+	// Entries counts, per kind, the entries mirrored.
+	Entries map[string]int `json:"entries,omitempty"`
+	// Invalid counts the remote's values not mirrored because they failed
+	// validation.
+	Invalid int `json:"invalid"`
+	// WaitingForCanary: the remote's etcd was emptied or replaced; the
+	// cache keeps the previous state until its canaries are back.
+	WaitingForCanary bool `json:"waitingForCanary,omitempty"`
+	// LastError is the last error seen, empty when none; RefusedPrefix
+	// followed by the reason when the remote is refused.
 	LastError string `json:"lastError,omitempty"`
 }
 

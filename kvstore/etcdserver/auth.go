@@ -15,9 +15,10 @@ import (
 	"github.com/clustermesh/clustermesh/kvstore"
 )
 
-// Key prefixes a remote cluster may read (DESIGN §2 and §6).
+// Key prefixes a remote cluster (or, for the cache, the own agents) may read (DESIGN §2 and §6).
 const (
 	StatePrefix         = "cilium/state/"
+	CachePrefix         = "cilium/cache/"
 	SyncedPrefix        = "cilium/synced/"
 	ClusterConfigPrefix = "cilium/cluster-config/"
 	HeartbeatKey        = "cilium/.heartbeat"
@@ -79,6 +80,37 @@ func RemotePermissions(own string) [][2]string {
 	}
 }
 
+// LocalReaderUser is the etcd user the cluster's own agents read the
+// kvstoremesh cache as (kvstoremesh connection mode).
+const LocalReaderUser = "local-reader"
+
+// LocalReaderPermissions returns the key ranges the own cluster's agents
+// may read in kvstoremesh mode: the cache of every remote
+// (cilium/cache/), every canary (cilium/synced/, which holds the cache
+// canaries), every cluster config (cilium/cluster-config/, the copies with
+// cached true) and the heartbeat. Nothing of cilium/state/: an agent reads
+// its own cluster from Kubernetes.
+func LocalReaderPermissions() [][2]string {
+	return [][2]string{
+		{CachePrefix, clientv3.GetPrefixRangeEnd(CachePrefix)},
+		{SyncedPrefix, clientv3.GetPrefixRangeEnd(SyncedPrefix)},
+		{ClusterConfigPrefix, clientv3.GetPrefixRangeEnd(ClusterConfigPrefix)},
+		{HeartbeatKey, clientv3.GetPrefixRangeEnd(HeartbeatKey)},
+	}
+}
+
+// EnsureLocalReaderUser creates (or completes) LocalReaderUser, issues its
+// certificate if missing and returns its client config.
+func (s *Server) EnsureLocalReaderUser(ctx context.Context) (kvstore.Config, error) {
+	return s.ensureUser(ctx, LocalReaderUser, LocalReaderPermissions())
+}
+
+// EnsureLocalReaderUserOn is EnsureLocalReaderUser through e acting as the
+// root user, on any etcd; it issues no certificate.
+func EnsureLocalReaderUserOn(ctx context.Context, e *clientv3.Client) error {
+	return ensureReadOnlyUser(ctx, e, LocalReaderUser, LocalReaderPermissions())
+}
+
 // ErrAuthDisabled is returned when remote users are to be created in an
 // etcd whose authentication is off: they would not restrict anything.
 var ErrAuthDisabled = errors.New("etcd authentication is disabled")
@@ -90,7 +122,7 @@ func (s *Server) EnsureRemoteUser(ctx context.Context, cluster string) (kvstore.
 	if err := ValidClusterName(cluster); err != nil {
 		return kvstore.Config{}, err
 	}
-	return s.ensureUser(ctx, RemoteUser(cluster))
+	return s.ensureUser(ctx, RemoteUser(cluster), RemotePermissions(s.cfg.ClusterName))
 }
 
 // RemoveRemoteUser deletes the user and role of cluster and its
@@ -106,7 +138,7 @@ func (s *Server) RemoveRemoteUser(ctx context.Context, cluster string) error {
 // EnsureLegacyRemoteUser creates (or completes) LegacyRemoteUser, issues
 // its certificate (CN=remote) if missing and returns its client config.
 func (s *Server) EnsureLegacyRemoteUser(ctx context.Context) (kvstore.Config, error) {
-	return s.ensureUser(ctx, LegacyRemoteUser)
+	return s.ensureUser(ctx, LegacyRemoteUser, RemotePermissions(s.cfg.ClusterName))
 }
 
 // RemoveLegacyRemoteUser deletes LegacyRemoteUser and its certificate.
@@ -126,7 +158,7 @@ func (s *Server) HasLegacyRemoteUser(ctx context.Context) (bool, error) {
 
 // ensureUser creates or completes the read-only user (a valid remote user
 // name) and returns its client config, issuing its certificate if missing.
-func (s *Server) ensureUser(ctx context.Context, user string) (kvstore.Config, error) {
+func (s *Server) ensureUser(ctx context.Context, user string, perms [][2]string) (kvstore.Config, error) {
 	if s.cfg.DisableAuth {
 		return kvstore.Config{}, fmt.Errorf("%w: auth is disabled", ErrConfig)
 	}
@@ -135,7 +167,7 @@ func (s *Server) ensureUser(ctx context.Context, user string) (kvstore.Config, e
 		return kvstore.Config{}, err
 	}
 	defer c.Close()
-	if err := ensureReadOnlyUser(ctx, c.Etcd(), s.cfg.ClusterName, user); err != nil {
+	if err := ensureReadOnlyUser(ctx, c.Etcd(), user, perms); err != nil {
 		return kvstore.Config{}, err
 	}
 	return s.ClientConfig(user)
@@ -180,17 +212,17 @@ func EnsureRemoteUserOn(ctx context.Context, e *clientv3.Client, own, cluster st
 	if err := ValidClusterName(cluster); err != nil {
 		return err
 	}
-	return ensureReadOnlyUser(ctx, e, own, RemoteUser(cluster))
+	return ensureReadOnlyUser(ctx, e, RemoteUser(cluster), RemotePermissions(own))
 }
 
 // EnsureLegacyRemoteUserOn is EnsureRemoteUserOn for LegacyRemoteUser, the
 // user (and role) "remote" that all remote clusters share in Cilium's
 // legacy auth mode.
 func EnsureLegacyRemoteUserOn(ctx context.Context, e *clientv3.Client, own string) error {
-	return ensureReadOnlyUser(ctx, e, own, LegacyRemoteUser)
+	return ensureReadOnlyUser(ctx, e, LegacyRemoteUser, RemotePermissions(own))
 }
 
-func ensureReadOnlyUser(ctx context.Context, e *clientv3.Client, own, user string) error {
+func ensureReadOnlyUser(ctx context.Context, e *clientv3.Client, user string, perms [][2]string) error {
 	st, err := e.AuthStatus(ctx)
 	if err != nil {
 		return fmt.Errorf("auth status: %w", err)
@@ -201,7 +233,7 @@ func ensureReadOnlyUser(ctx context.Context, e *clientv3.Client, own, user strin
 	if _, err := e.RoleAdd(ctx, user); err != nil && !errors.Is(err, rpctypes.ErrRoleAlreadyExist) {
 		return fmt.Errorf("add role %s: %w", user, err)
 	}
-	for _, p := range RemotePermissions(own) {
+	for _, p := range perms {
 		if _, err := e.RoleGrantPermission(ctx, user, p[0], p[1], clientv3.PermissionType(clientv3.PermRead)); err != nil {
 			return fmt.Errorf("grant %s read on %q: %w", user, p[0], err)
 		}

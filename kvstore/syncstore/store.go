@@ -26,7 +26,9 @@ var ErrConfig = errors.New("invalid syncstore config")
 type Config struct {
 	// Prefix is the key prefix the store owns: it watches it to repair
 	// keys and deletes keys under it that it was not given (once synced).
-	// Required; it should end with "/".
+	// Required; it should end with "/". A Prefix without the trailing
+	// "/" is one key: keys that only begin with it (the config of cluster
+	// "c20" beside that of "c2") are not the store's.
 	Prefix string
 	// SyncedKey is the canary written (RFC3339 timestamp, leased) once
 	// every key handed in before MarkSynced is written; "" for none. It
@@ -229,7 +231,7 @@ func (s *Store) state(key string) *keyState {
 // observe records what the watch of the own prefix reports and queues keys
 // that etcd may have different from the desired state.
 func (s *Store) observe(ev kvstore.Event) {
-	if ev.Kind == kvstore.EventListDone {
+	if ev.Kind == kvstore.EventListDone || !s.owns(ev.Key) {
 		return
 	}
 	s.mu.Lock()
@@ -249,6 +251,12 @@ func (s *Store) observe(ev kvstore.Event) {
 	if !ours {
 		s.q.add(ev.Key)
 	}
+}
+
+// owns reports whether key is the store's: under a Prefix ending in "/",
+// else the Prefix key itself.
+func (s *Store) owns(key string) bool {
+	return strings.HasSuffix(s.cfg.Prefix, "/") || key == s.cfg.Prefix
 }
 
 // leaseLost re-queues the keys of a lost lease.

@@ -447,3 +447,28 @@ func TestLargeValuesSplitAcrossTransactions(t *testing.T) {
 		t.Fatalf("write error: %v", s.LastError())
 	}
 }
+
+// A store of one key (a Prefix without "/", as the cluster config of c2)
+// neither deletes nor repairs the keys that merely begin with it (the
+// config of c20, which a kvstoremesh copies into the same etcd).
+func TestSingleKeyPrefixLeavesLongerKeys(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	const key, other = "cilium/cluster-config/c2", "cilium/cluster-config/c20"
+	if _, err := e.admin.Put(ctx, other, "c20's"); err != nil {
+		t.Fatal(err)
+	}
+	s := e.store(func(c *syncstore.Config) { c.Prefix, c.SyncedKey = key, "" })
+	s.Upsert(key, []byte("c2's"))
+	s.MarkSynced()
+	e.run(s)
+	e.waitSynced(s)
+	if _, err := e.admin.Put(ctx, other, "c20's, changed"); err != nil {
+		t.Fatal(err)
+	}
+	s.Upsert(key, []byte("c2's, changed")) // a later write: the watch has seen c20's change by then
+	e.eventually("c2's change written", func() bool { v, _ := e.get(key); return v[key] == "c2's, changed" })
+	if v, _ := e.get(other); v[other] != "c20's, changed" {
+		t.Fatalf("the key of c20 is %q, want it untouched", v[other])
+	}
+}

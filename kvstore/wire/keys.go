@@ -36,13 +36,34 @@ package wire
 // (one key) and the range [cilium/.heartbeat, cilium/.heartbeau), which
 // Cilium's client lists as a prefix to confirm a connection.
 //
-// kvstoremesh copies of a remote cluster, in the local etcd:
+// kvstoremesh copies of a remote cluster, in the local etcd (Cilium's
+// KVStoreMesh layout, pkg/clustermesh/kvstoremesh, as of Cilium 1.16-1.18):
 //
-//	cilium/cache/nodes/v1/<cluster>/<node>
-//	cilium/cache/services/v1/<cluster>/<ns>/<name>
-//	cilium/cache/identities/v1/<cluster>/id/<numeric-id>
-//	cilium/cache/ip/v1/<cluster>/<ip>
-//	cilium/synced/<cluster>/cilium/cache/<kind>/v1         (cache sync canary)
+//	cilium/cluster-config/<cluster>                        the remote's ClusterConfig, copied with
+//	                                                       capabilities.cached and syncedCanaries true,
+//	                                                       id and maxConnectedClusters as the
+//	                                                       remote's, serviceExportsEnabled omitted (no
+//	                                                       service exports are cached: a reader waits
+//	                                                       for no serviceexports canary)
+//	cilium/cache/nodes/v1/<cluster>/<node>                 from cilium/state/nodes/v1/<cluster>/<node>
+//	cilium/cache/services/v1/<cluster>/<ns>/<name>         from cilium/state/services/v1/<cluster>/<ns>/<name>
+//	cilium/cache/identities/v1/<cluster>/id/<numeric-id>   from cilium/state/identities/v1/id/<numeric-id>
+//	cilium/cache/ip/v1/<cluster>/<ip>                      from cilium/state/ip/v1/default/<ip>
+//	cilium/synced/<cluster>/cilium/cache/<kind>/v1         cache sync canary, written once the first
+//	                                                       complete listing of the remote's kind is in
+//	                                                       the cache (kind: nodes, services,
+//	                                                       identities, ip)
+//
+// The rule is Cilium's StateToCachePrefix: "cilium/state/<kind>/v1" becomes
+// "cilium/cache/<kind>/v1" and the cluster name is inserted after it (for
+// ip it replaces the "default" address space; for identities it comes
+// before "id/"). Values are copied byte for byte. A reader finds a cache
+// through the copied cluster config: cached true means "read
+// WatchPrefix(kind, cluster, true) and WatchSyncedKey(kind, cluster,
+// true)" (WatchPrefix below). Cilium's KVStoreMesh also copies
+// identities' value/ keys and, with serviceExportsEnabled, service
+// exports; clustermesh copies the id/ keys only (the ones agents read) and
+// writes no service exports.
 
 import (
 	"fmt"

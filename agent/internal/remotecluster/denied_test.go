@@ -17,6 +17,7 @@ import (
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
+	"github.com/clustermesh/clustermesh/kvstore/remoteconn"
 )
 
 // Between `clustermesh connect` and the remote apiserver creating our user,
@@ -40,11 +41,11 @@ func TestDeniedUntilUserExists(t *testing.T) {
 	}
 	_, getErr := c.Etcd().Get(context.Background(), "cilium/cluster-config/c2")
 	c.Close()
-	if !accessDenied(getErr) || !accessDenied(errors.Join(errors.New("read cluster config"), getErr)) {
+	if !remoteconn.AccessDenied(getErr) || !remoteconn.AccessDenied(errors.Join(errors.New("read cluster config"), getErr)) {
 		t.Fatalf("a missing user's read fails with %v; not recognised as access denied", getErr)
 	}
 	for _, err := range []error{nil, context.DeadlineExceeded, errors.New("dial tcp: connection refused"), ErrClusterIDConflict} {
-		if accessDenied(err) {
+		if remoteconn.AccessDenied(err) {
 			t.Errorf("%v taken for access denied", err)
 		}
 	}
@@ -67,15 +68,14 @@ func TestDeniedUntilUserExists(t *testing.T) {
 func TestRetryWaitAfterDenial(t *testing.T) {
 	cfg := Config{BackoffMin: 500 * time.Millisecond, BackoffMax: time.Minute}
 	cfg.withDefaults()
-	r := &remote{m: &Manager{cfg: cfg}}
 	p := backoff.Policy{Min: cfg.BackoffMin, Max: cfg.BackoffMax}
 	denied := fmt.Errorf("read cluster config: %w", rpctypes.ErrPermissionDenied)
 	for attempt := range 12 {
-		if w := r.retryWait(denied, p.Delay(attempt)); w > 5*time.Second {
+		if w := remoteconn.RetryWait(denied, p.Delay(attempt), cfg.DeniedBackoffMax); w > 5*time.Second {
 			t.Errorf("attempt %d denied: wait %v, want at most 5s", attempt, w)
 		}
 	}
-	if w := r.retryWait(errors.New("dial tcp: connection refused"), p.Delay(11)); w < 30*time.Second {
+	if w := remoteconn.RetryWait(errors.New("dial tcp: connection refused"), p.Delay(11), cfg.DeniedBackoffMax); w < 30*time.Second {
 		t.Errorf("attempt 11 unreachable: wait %v, want the full backoff (30s..1m)", w)
 	}
 }

@@ -23,26 +23,21 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/internal/datapath"
-	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/kvstore/remoteconn"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
-// Reasons a remote is refused, visible in Status.RefusedReason.
+// Reasons a remote is refused, visible in Status.RefusedReason (the
+// connection logic's, kvstore/remoteconn).
 var (
-	// ErrClusterIDConflict: the remote's cluster ID is the agent's own or is
-	// held by another connected remote.
-	ErrClusterIDConflict = errors.New("cluster ID conflict")
-	// ErrClusterConfig: the remote's cluster config is missing, invalid or
-	// incompatible (ID 0, maxConnectedClusters mismatch).
-	ErrClusterConfig = errors.New("unusable cluster config")
-	// ErrConfigFile: the config file cannot be parsed.
-	ErrConfigFile = errors.New("unusable config file")
+	ErrClusterIDConflict = remoteconn.ErrClusterIDConflict
+	ErrClusterConfig     = remoteconn.ErrClusterConfig
+	ErrConfigFile        = remoteconn.ErrConfigFile
 )
 
 // ErrConfigWatchClosed: the watcher of the config directory stopped and a
-// new one could not be made; Run returns it (wrapped) so that the agent
-// stops instead of running on without noticing config changes.
-var ErrConfigWatchClosed = errors.New("config directory watcher closed")
+// new one could not be made; Run returns it (wrapped).
+var ErrConfigWatchClosed = remoteconn.ErrConfigWatchClosed
 
 // DatapathSink is what the manager needs of the datapath reconciler.
 type DatapathSink interface {
@@ -93,6 +88,13 @@ type Config struct {
 	// a remote node pod CIDR overlapping one is refused (overlap.go). nil:
 	// no check.
 	LocalPodCIDRs func() []netip.Prefix
+	// CacheConfig, when set, is the etcd client config file of the own
+	// cluster's etcd, which holds a kvstoremesh cache of every remote
+	// (connection mode kvstoremesh): each remote named in Dir is read
+	// through it, from the cache prefix its copied cluster config points
+	// to, instead of through its own file. "" (direct mode): each remote's
+	// file.
+	CacheConfig string
 	// MaxEntries bounds the valid entries of each kind (nodes, identities,
 	// ipcache, services) the agent holds for one remote; a remote over it
 	// is refused and its state withdrawn (0: no bound).
@@ -105,14 +107,15 @@ const DefaultMaxEntries = 1_000_000
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
+	t := remoteconn.DefaultTiming()
 	return Config{
 		MaxConnectedClusters: wire.DefaultMaxConnectedClusters,
-		BackoffMin:           500 * time.Millisecond,
-		BackoffMax:           time.Minute,
-		DeniedBackoffMax:     5 * time.Second,
-		ProbeInterval:        10 * time.Second,
-		ProbeTimeout:         5 * time.Second,
-		RescanInterval:       time.Minute,
+		BackoffMin:           t.BackoffMin,
+		BackoffMax:           t.BackoffMax,
+		DeniedBackoffMax:     t.DeniedBackoffMax,
+		ProbeInterval:        t.ProbeInterval,
+		ProbeTimeout:         t.ProbeTimeout,
+		RescanInterval:       t.RescanInterval,
 		MaxEntries:           DefaultMaxEntries,
 	}
 }
@@ -120,33 +123,21 @@ func DefaultConfig() Config {
 // RegisterFlags registers the manager's own flags on fs.
 func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Dir, "clustermesh-config", c.Dir, "directory of remote-cluster etcd configs, one file per cluster, named after it")
+	fs.StringVar(&c.CacheConfig, "clustermesh-cache-config", c.CacheConfig, "etcd client config of the own cluster's kvstoremesh cache (connection mode kvstoremesh): every remote of --clustermesh-config is read through it (empty: direct mode, each remote's own etcd)")
 	fs.DurationVar(&c.StaleTTL, "remote-stale-ttl", c.StaleTTL, "withdraw a remote cluster's state after it has been unreachable this long (0: keep it)")
 	fs.IntVar(&c.MaxEntries, "remote-max-entries", c.MaxEntries, "most valid entries of one kind (nodes, identities, ipcache, services) held for one remote cluster; a remote over it is refused and its state withdrawn (0: no bound)")
 }
 
 func (c *Config) withDefaults() {
-	d := DefaultConfig()
 	if c.MaxConnectedClusters == 0 {
-		c.MaxConnectedClusters = d.MaxConnectedClusters
+		c.MaxConnectedClusters = wire.DefaultMaxConnectedClusters
 	}
-	if c.BackoffMin <= 0 {
-		c.BackoffMin = d.BackoffMin
-	}
-	if c.BackoffMax < c.BackoffMin {
-		c.BackoffMax = max(d.BackoffMax, c.BackoffMin)
-	}
-	if c.DeniedBackoffMax <= 0 {
-		c.DeniedBackoffMax = min(d.DeniedBackoffMax, c.BackoffMax)
-	}
-	if c.ProbeInterval <= 0 {
-		c.ProbeInterval = d.ProbeInterval
-	}
-	if c.ProbeTimeout <= 0 {
-		c.ProbeTimeout = d.ProbeTimeout
-	}
-	if c.RescanInterval <= 0 {
-		c.RescanInterval = d.RescanInterval
-	}
+	t := remoteconn.Timing{
+		BackoffMin: c.BackoffMin, BackoffMax: c.BackoffMax, DeniedBackoffMax: c.DeniedBackoffMax,
+		ProbeInterval: c.ProbeInterval, ProbeTimeout: c.ProbeTimeout, RescanInterval: c.RescanInterval,
+	}.WithDefaults()
+	c.BackoffMin, c.BackoffMax, c.DeniedBackoffMax = t.BackoffMin, t.BackoffMax, t.DeniedBackoffMax
+	c.ProbeInterval, c.ProbeTimeout, c.RescanInterval = t.ProbeInterval, t.ProbeTimeout, t.RescanInterval
 }
 
 // Manager runs one connection per remote cluster config file.
@@ -184,12 +175,7 @@ func New(cfg Config, dp DatapathSink, svcs ServiceSink, log *slog.Logger, clk cl
 // Run watches the config directory and runs the remotes until ctx is done.
 // On return every remote goroutine has exited; their datapath state stays.
 func (m *Manager) Run(ctx context.Context) error {
-	w, err := m.newWatcher()
-	if err != nil {
-		return fmt.Errorf("watch %s: %w", m.cfg.Dir, err)
-	}
 	defer func() {
-		w.Close()
 		m.mu.Lock()
 		rs := maps.Clone(m.remotes)
 		m.mu.Unlock()
@@ -198,94 +184,28 @@ func (m *Manager) Run(ctx context.Context) error {
 		}
 		m.wg.Wait()
 	}()
-	watching := m.addWatch(w)
-	m.loadState()
-	m.scan(ctx)
-	m.releaseUnclaimed()
-
-	tick := m.clock.NewTicker(m.cfg.RescanInterval)
-	defer tick.Stop()
-	for {
-		closed := false
-		select {
-		case <-ctx.Done():
-			return nil
-		case ev, ok := <-w.Events:
-			if closed = !ok; ok {
-				m.log.Debug("config directory changed", "event", ev.String())
-			}
-		case err, ok := <-w.Errors:
-			if closed = !ok; ok {
-				m.log.Warn("watching config directory", "error", err)
-			}
-		case <-tick.C():
-			if !watching {
-				watching = m.addWatch(w)
-			}
-		}
-		if closed {
-			// The watcher stopped by itself: make a new one, or stop the
-			// agent rather than run on blind to config changes.
-			m.log.Warn("config directory watcher closed; watching again", "dir", m.cfg.Dir)
-			w.Close()
-			nw, err := m.newWatcher()
-			if err != nil {
-				return fmt.Errorf("watch %s: %w: %w", m.cfg.Dir, ErrConfigWatchClosed, err)
-			}
-			w = nw
-			watching = m.addWatch(w)
-		}
+	dc := remoteconn.DirConfig{Dir: m.cfg.Dir, Rescan: m.cfg.RescanInterval, Clock: m.clock, NewWatcher: m.newWatcher, Log: m.log}
+	return remoteconn.WatchDir(ctx, dc, func() {
+		m.loadState()
 		m.scan(ctx)
-	}
-}
-
-func (m *Manager) addWatch(w *fsnotify.Watcher) bool {
-	if err := w.Add(m.cfg.Dir); err != nil {
-		m.log.Warn("cannot watch config directory, rescanning periodically", "dir", m.cfg.Dir, "error", err)
-		return false
-	}
-	return true
-}
-
-// readDir returns the config files of dir by cluster name: regular files
-// (symlinks followed) whose names contain no dot. A cluster name never
-// holds a dot, so this skips the Secret volume's "..data" entries, editor
-// and temporary files, and the certificate files that `clustermesh
-// connect` stores next to each config (<cluster>.etcd-client-ca.crt,
-// <cluster>.etcd-client.crt, <cluster>.etcd-client.key).
-func readDir(dir string) (map[string][]byte, error) {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string][]byte{}
-	for _, e := range entries {
-		name := e.Name()
-		if strings.Contains(name, ".") {
-			continue
-		}
-		path := filepath.Join(dir, name)
-		st, err := os.Stat(path)
-		if err != nil || !st.Mode().IsRegular() {
-			continue
-		}
-		data, err := os.ReadFile(path)
-		if err != nil {
-			continue
-		}
-		out[name] = data
-	}
-	return out, nil
+		m.releaseUnclaimed()
+	}, func() { m.scan(ctx) })
 }
 
 // scan reconciles the running remotes with the directory's files. Only the
 // Run goroutine calls it; remotes are stopped outside m.mu, since a stopping
 // remote may wait for m.mu.
 func (m *Manager) scan(ctx context.Context) {
-	files, err := readDir(m.cfg.Dir)
+	files, err := remoteconn.ReadDir(m.cfg.Dir)
 	if err != nil {
 		m.log.Warn("reading config directory", "dir", m.cfg.Dir, "error", err)
 		return // keep what runs: a transient error must not drain the mesh
+	}
+	if m.cfg.CacheConfig != "" {
+		if files, err = remoteconn.ThroughCache(files, m.cfg.CacheConfig); err != nil {
+			m.log.Warn("reading the cache config", "file", m.cfg.CacheConfig, "error", err)
+			return
+		}
 	}
 	m.mu.Lock()
 	if _, ok := files[m.cfg.ClusterName]; ok {
@@ -371,14 +291,8 @@ func (m *Manager) releaseUnclaimed() {
 func (m *Manager) reserve(r *remote, id uint32) (uint32, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if id == 0 {
-		return 0, fmt.Errorf("%w: cluster ID 0 is reserved", ErrClusterConfig)
-	}
-	if id == m.cfg.ClusterID {
-		return 0, fmt.Errorf("%w: %d is the agent's own cluster ID", ErrClusterIDConflict, id)
-	}
-	if other, ok := m.ids[id]; ok && other != r.name {
-		return 0, fmt.Errorf("%w: %d is used by connected cluster %q", ErrClusterIDConflict, id, other)
+	if err := remoteconn.CheckID(id, m.cfg.ClusterID, m.ids[id], r.name); err != nil {
+		return 0, err
 	}
 	if r.id != 0 && r.id != id {
 		delete(m.ids, r.id)
@@ -506,20 +420,4 @@ func (m *Manager) ClusterNames() map[uint32]string {
 	}
 	out[m.cfg.ClusterID] = m.cfg.ClusterName
 	return out
-}
-
-// ParseConfigFile parses one config file as the manager does: the name must
-// be a valid cluster name other than own, the content an etcd client config.
-func ParseConfigFile(name, own string, data []byte) (kvstore.Config, error) {
-	if name == own {
-		return kvstore.Config{}, fmt.Errorf("%w: %q is the agent's own cluster", ErrConfigFile, name)
-	}
-	if err := wire.ValidateClusterName(name); err != nil {
-		return kvstore.Config{}, fmt.Errorf("%w: %w", ErrConfigFile, err)
-	}
-	cfg, err := kvstore.ParseConfig(data)
-	if err != nil {
-		return kvstore.Config{}, fmt.Errorf("%w: %w", ErrConfigFile, err)
-	}
-	return cfg, nil
 }

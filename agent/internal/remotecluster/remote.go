@@ -9,21 +9,15 @@ import (
 	"sync"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"k8s.io/utils/clock"
-
 	"github.com/clustermesh/clustermesh/internal/backoff"
 	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/kvstore/remoteconn"
 	"github.com/clustermesh/clustermesh/kvstore/watchstore"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
-// Causes that end a session.
-var (
-	errStale         = errors.New("unreachable for longer than the stale TTL: state withdrawn")
-	errConfigChanged = errors.New("remote cluster config changed")
-)
+// errStale ends a session whose remote was unreachable for the stale TTL.
+var errStale = remoteconn.ErrStale
 
 // remote is one configured remote cluster. Its kind stores survive sessions
 // (so a new session's listing withdraws what vanished meanwhile) and run
@@ -89,74 +83,22 @@ func (r *remote) stop() {
 
 func (r *remote) loop(ctx context.Context, data []byte) {
 	r.retry = backoff.New(backoff.Policy{Min: r.m.cfg.BackoffMin, Max: r.m.cfg.BackoffMax}, r.m.clock)
-	for {
-		err := r.session(ctx, data)
-		if ctx.Err() != nil {
-			return
-		}
+	lc := remoteconn.LoopConfig{Retry: r.retry, DeniedBackoffMax: r.m.cfg.DeniedBackoffMax, Clock: r.m.clock, Log: r.log}
+	remoteconn.Loop(ctx, lc, func(ctx context.Context) error { return r.session(ctx, data) }, func(err error) {
 		r.recordFailure(err)
-		r.refuse(refusal(err))
-		if errors.Is(err, ErrConfigFile) {
-			r.log.Warn("remote cluster config file unusable; waiting for it to change", "error", err)
-			<-ctx.Done()
-			return
-		}
-		wait := r.retryWait(err, r.retry.Failure())
-		r.log.Info("remote cluster connection failed, retrying", "error", err, "retry_in", wait)
-		select {
-		case <-ctx.Done():
-			return
-		case <-r.m.clock.After(wait):
-		}
-		r.countReconnect()
-	}
-}
-
-// accessDenied reports whether err is the remote etcd refusing our user:
-// missing, without the role yet, or failing authentication.
-func accessDenied(err error) bool {
-	for _, e := range []error{rpctypes.ErrPermissionDenied, rpctypes.ErrUserNotFound, rpctypes.ErrAuthFailed,
-		rpctypes.ErrGRPCPermissionDenied, rpctypes.ErrGRPCUserNotFound, rpctypes.ErrGRPCAuthFailed} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
-}
-
-// retryWait is the delay after a failed attempt whose backoff is wait: at
-// most DeniedBackoffMax when the remote denied access.
-func (r *remote) retryWait(err error, wait time.Duration) time.Duration {
-	if accessDenied(err) {
-		wait = min(wait, r.m.cfg.DeniedBackoffMax)
-	}
-	return wait
+		r.refuse(remoteconn.Refusal(err))
+	}, r.countReconnect)
 }
 
 // session connects once and watches until ctx is done or the connection
 // must be rebuilt.
 func (r *remote) session(ctx context.Context, data []byte) error {
-	cfg, err := ParseConfigFile(r.name, r.m.cfg.ClusterName, data)
+	own := remoteconn.Own{Name: r.m.cfg.ClusterName, ID: r.m.cfg.ClusterID, MaxConnectedClusters: r.m.cfg.MaxConnectedClusters}
+	client, cc, err := remoteconn.Connect(ctx, r.name, own, data, r.log)
 	if err != nil {
 		return err
-	}
-	client, err := kvstore.New(ctx, cfg, r.log)
-	if err != nil {
-		return fmt.Errorf("connect: %w", err)
 	}
 	defer client.Close()
-
-	cc, err := readClusterConfig(ctx, client, r.name)
-	if err != nil {
-		return explain(ctx, client, err)
-	}
-	if err := cc.Compatible(r.m.cfg.ClusterID, r.m.cfg.MaxConnectedClusters); err != nil {
-		err = fmt.Errorf("%w: %w", ErrClusterConfig, err)
-		if errors.Is(err, wire.ErrInvalidClusterID) {
-			err = fmt.Errorf("%w: %w", ErrClusterIDConflict, err)
-		}
-		return err
-	}
 	r.m.mu.Lock()
 	prevID := r.id
 	r.m.mu.Unlock()
@@ -174,6 +116,7 @@ func (r *remote) session(ctx context.Context, data []byte) error {
 	r.rem, r.dpID = wire.Remote{Name: r.name, ID: cc.ID, MaxConnectedClusters: cc.MaxConnected()}, cc.ID
 	r.mu.Lock()
 	r.st.ID, r.st.RefusedReason, r.st.Connected, r.st.LastChange = cc.ID, "", true, r.m.clock.Now()
+	r.st.Cached = cc.Capabilities.Cached
 	r.mu.Unlock()
 	r.retry.Success()
 	r.log.Info("connected to remote cluster", "id", cc.ID, "cached", cc.Capabilities.Cached)
@@ -230,72 +173,6 @@ func (r *remote) session(ctx context.Context, data []byte) error {
 	return cause
 }
 
-func readClusterConfig(ctx context.Context, c *kvstore.Client, name string) (wire.ClusterConfig, error) {
-	gctx, cancel := context.WithTimeout(ctx, c.Config().DialTimeout.D())
-	defer cancel()
-	resp, err := c.Etcd().Get(gctx, wire.ClusterConfigKey(name))
-	if err != nil {
-		return wire.ClusterConfig{}, fmt.Errorf("read cluster config: %w", err)
-	}
-	if len(resp.Kvs) == 0 {
-		return wire.ClusterConfig{}, fmt.Errorf("%w: %s is missing", ErrClusterConfig, wire.ClusterConfigKey(name))
-	}
-	cc, err := wire.DecodeClusterConfig(resp.Kvs[0].Value)
-	if err != nil {
-		return wire.ClusterConfig{}, fmt.Errorf("%w: %w", ErrClusterConfig, err)
-	}
-	return cc, nil
-}
-
-// watchKey calls fn with the value of the single key (ok false when
-// absent) now and after every change, until ctx is done. It reads the key
-// alone, never a range: a remote user may read just that key.
-func watchKey(ctx context.Context, c *kvstore.Client, key string, fn func(value []byte, ok bool)) {
-	retry := backoff.New(watchKeyBackoff, clock.RealClock{})
-	for ctx.Err() == nil {
-		wctx, cancel := context.WithCancel(ctx)
-		resp, err := c.Etcd().Get(wctx, key)
-		if err == nil {
-			if len(resp.Kvs) > 0 {
-				fn(resp.Kvs[0].Value, true)
-			} else {
-				fn(nil, false)
-			}
-			retry.Success()
-			followKey(wctx, c.Etcd().Watch(clientv3.WithRequireLeader(wctx), key, clientv3.WithRev(resp.Header.Revision+1)), fn)
-		}
-		cancel()
-		select {
-		case <-ctx.Done():
-		case <-time.After(retry.Failure()):
-		}
-	}
-}
-
-// followKey applies the events of wch until it fails or ctx is done. It
-// does not wait for wch to close after ctx is done: while the etcd is
-// unreachable the client closes a cancelled watch only once its gRPC stream
-// gets a transport again, which would keep the session (and so the agent's
-// shutdown) waiting until the remote came back.
-func followKey(ctx context.Context, wch clientv3.WatchChan, fn func(value []byte, ok bool)) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case wr, ok := <-wch:
-			if !ok || wr.Err() != nil {
-				return
-			}
-			for _, ev := range wr.Events {
-				fn(ev.Kv.Value, ev.Type == clientv3.EventTypePut)
-			}
-		}
-	}
-}
-
-// watchKeyBackoff spaces the retries of watchKey.
-var watchKeyBackoff = backoff.Policy{Min: 50 * time.Millisecond, Max: 5 * time.Second}
-
 // kindStore returns the store of kind k for a session with cluster config
 // cc: the previous session's, or a new one if the prefix or canary changed
 // (the cached capability was toggled), after draining the old one, whose
@@ -324,14 +201,7 @@ func (r *remote) kindStore(k kind, cc wire.ClusterConfig) kindStore {
 }
 
 func (r *remote) watchHeartbeat(ctx context.Context, c *kvstore.Client) {
-	watchKey(ctx, c, wire.HeartbeatKey, func(value []byte, ok bool) {
-		if !ok {
-			return
-		}
-		t, err := wire.ParseTimestamp(value)
-		if err != nil {
-			return
-		}
+	remoteconn.WatchHeartbeat(ctx, c, func(t time.Time) {
 		r.mu.Lock()
 		r.st.LastHeartbeat = t
 		r.mu.Unlock()
@@ -339,41 +209,15 @@ func (r *remote) watchHeartbeat(ctx context.Context, c *kvstore.Client) {
 }
 
 func (r *remote) watchClusterConfig(ctx context.Context, c *kvstore.Client, cc wire.ClusterConfig, cancel context.CancelCauseFunc) {
-	key := wire.ClusterConfigKey(r.name)
-	watchKey(ctx, c, key, func(value []byte, ok bool) {
-		if !ok {
-			return // deleted: its apiserver re-asserts it
-		}
-		n, err := wire.DecodeClusterConfig(value)
-		if err != nil || n.ID != cc.ID || n.MaxConnected() != cc.MaxConnected() || n.Capabilities.Cached != cc.Capabilities.Cached {
-			cancel(errConfigChanged)
-		}
-	})
+	remoteconn.WatchClusterConfig(ctx, c, r.name, cc, cancel, nil)
 }
 
 // probe tracks connectivity and withdraws the state after StaleTTL.
 func (r *remote) probe(ctx context.Context, c *kvstore.Client, cancel context.CancelCauseFunc) {
-	t := r.m.clock.NewTicker(r.m.cfg.ProbeInterval)
-	defer t.Stop()
-	lastUp := r.m.clock.Now()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C():
-		}
-		pctx, pcancel := context.WithTimeout(ctx, r.m.cfg.ProbeTimeout)
-		st := c.Status(pctx)
-		pcancel()
-		up := st.Healthy()
-		var downErr error
-		if !up {
-			if downErr = probeError(st); downErr != nil {
-				downErr = explain(ctx, c, downErr)
-			}
-		}
-		now := r.m.clock.Now()
+	pc := remoteconn.ProbeConfig{Interval: r.m.cfg.ProbeInterval, Timeout: r.m.cfg.ProbeTimeout, StaleTTL: r.m.cfg.StaleTTL, Clock: r.m.clock}
+	err := remoteconn.Probe(ctx, c, pc, func(up bool, downErr error, now time.Time) {
 		r.mu.Lock()
+		defer r.mu.Unlock()
 		if up != r.st.Connected {
 			r.st.LastChange = now
 			if up {
@@ -387,41 +231,10 @@ func (r *remote) probe(ctx context.Context, c *kvstore.Client, cancel context.Ca
 		if downErr != nil {
 			r.st.LastError = downErr.Error()
 		}
-		r.mu.Unlock()
-		if up {
-			lastUp = now
-		} else if r.m.cfg.StaleTTL > 0 && now.Sub(lastUp) >= r.m.cfg.StaleTTL {
-			cancel(errStale)
-			return
-		}
+	})
+	if err != nil {
+		cancel(err)
 	}
-}
-
-// probeError is why a probe found the remote down: the client's last
-// error, else the first endpoint's.
-func probeError(st kvstore.Status) error {
-	if st.LastError != nil {
-		return st.LastError
-	}
-	for _, e := range st.Endpoints {
-		if e.Err != nil {
-			return fmt.Errorf("%s: %w", e.Endpoint, e.Err)
-		}
-	}
-	return nil
-}
-
-// refusal returns err if it refuses the remote for good (until its config
-// file or its cluster config changes): a cluster ID conflict, an unusable
-// cluster config or config file. Anything else (unreachable, TLS, access
-// denied, a timeout) is a failure that a retry may mend: nil.
-func refusal(err error) error {
-	for _, e := range []error{ErrClusterIDConflict, ErrClusterConfig, ErrConfigFile} {
-		if errors.Is(err, e) {
-			return err
-		}
-	}
-	return nil
 }
 
 // refuse sets the refusal reason to err's, or clears it when err is nil:
@@ -438,20 +251,6 @@ func (r *remote) refuse(err error) {
 		r.st.RefusedReason = reason
 		r.st.LastChange = r.m.clock.Now()
 	}
-}
-
-// explain replaces a bare timeout of a request to the remote's etcd by
-// what a fresh connection to its endpoints finds (connection refused, a
-// TLS failure), or says that they accept connections and etcd did not
-// answer.
-func explain(ctx context.Context, c *kvstore.Client, err error) error {
-	if !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
-		return err
-	}
-	if cause := c.Diagnose(ctx); cause != nil {
-		return fmt.Errorf("%w (%w)", cause, err)
-	}
-	return fmt.Errorf("%w (the endpoints accept connections, but etcd did not answer within %v)", err, c.Config().DialTimeout.D())
 }
 
 func (r *remote) recordFailure(err error) {

@@ -29,6 +29,9 @@ type Status struct {
 	// RefusedReason says why the remote is refused (cluster ID conflict,
 	// unusable cluster config), empty when it is not.
 	RefusedReason string
+	// Cached: the remote is read through a kvstoremesh cache (its cluster
+	// config says cached), not from its own etcd.
+	Cached bool
 	// LastHeartbeat is the remote's cilium/.heartbeat timestamp.
 	LastHeartbeat time.Time
 	// PodCIDROverlap says which of the remote's node pod CIDRs overlap the

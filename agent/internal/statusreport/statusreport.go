@@ -175,7 +175,7 @@ func Build(cluster, node string, rs []remotecluster.Status) meshstatus.AgentRepo
 	r := meshstatus.AgentReport{Version: meshstatus.SchemaVersion, Cluster: cluster, Node: node, Remotes: make([]meshstatus.Remote, 0, len(rs))}
 	for _, s := range rs {
 		m := meshstatus.Remote{
-			Name: s.Name, ClusterID: s.ID, Connected: s.Connected, Ready: s.Ready, WaitingForCanary: s.WaitingForCanary,
+			Name: s.Name, ClusterID: s.ID, Connected: s.Connected, Ready: s.Ready, WaitingForCanary: s.WaitingForCanary, Cached: s.Cached,
 			Synced: map[string]bool{}, Entries: map[string]int{},
 			Reconnects: int(s.Reconnects), LastError: s.LastError, LastChange: s.LastChange.UTC().Truncate(time.Second),
 		}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/clusterinfo"
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/identity"
+	"github.com/clustermesh/clustermesh/kvstore/kvstoremesh"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
@@ -39,6 +40,10 @@ type Config struct {
 	HealthAddress  string
 	MetricsAddress string
 
+	// KVStoreMesh mirrors remote clusters into this cluster's etcd when
+	// its Dir is set (Own is filled from the cluster's settings).
+	KVStoreMesh kvstoremesh.Config
+
 	HeartbeatInterval   time.Duration
 	IdentityGracePeriod time.Duration
 	PodWorkers          int
@@ -57,6 +62,7 @@ func DefaultConfig() Config {
 		StatusInterval:       30 * time.Second,
 		HealthAddress:        ":9880",
 		MetricsAddress:       ":9962",
+		KVStoreMesh:          kvstoremesh.DefaultConfig(),
 		HeartbeatInterval:    clusterinfo.DefaultHeartbeatInterval,
 		IdentityGracePeriod:  identity.DefaultGracePeriod,
 		PodWorkers:           4,
@@ -86,6 +92,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.RemoteConfigDir, "remote-config-dir", c.RemoteConfigDir, "where the client config and certificates of each remote user of the embedded etcd are written (unused with --kvstore-config)")
 	fs.StringVar(&c.HealthAddress, "health-address", c.HealthAddress, "address of /healthz and /readyz")
 	fs.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, "address of Prometheus /metrics (empty: disabled)")
+	c.KVStoreMesh.RegisterFlags(fs)
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", c.HeartbeatInterval, "how often cilium/.heartbeat is rewritten")
 	fs.DurationVar(&c.IdentityGracePeriod, "identity-grace-period", c.IdentityGracePeriod, "how long an identity no pod uses stays allocated")
 	fs.IntVar(&c.PodWorkers, "pod-workers", c.PodWorkers, "concurrent pod reconcilers")
@@ -133,6 +140,9 @@ func (c *Config) Validate() error {
 	}
 	if c.KVStoreConfig == "" && c.EtcdDataDir == "" {
 		return bad("etcd-data-dir", errors.New("required for the embedded etcd"))
+	}
+	if c.KVStoreMesh.StaleTTL < 0 {
+		return bad("kvstoremesh-stale-ttl", errors.New("must not be negative"))
 	}
 	if c.HeartbeatInterval <= 0 {
 		return bad("heartbeat-interval", errors.New("must be positive"))

@@ -23,6 +23,8 @@ import (
 	"github.com/clustermesh/clustermesh/internal/runner"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
+	"github.com/clustermesh/clustermesh/kvstore/kvstoremesh"
+	"github.com/clustermesh/clustermesh/kvstore/remoteconn"
 )
 
 // Main runs the clustermesh-apiserver described by cfg until ctx is done.
@@ -61,9 +63,19 @@ func Main(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if users != nil {
 		runners = append(runners, runner.Part{Name: "remote-users", Run: users.Run})
 	}
+	mesh, err := startKVStoreMesh(ctx, cfg, etcd, kv, log.With("component", "kvstoremesh"))
+	if err != nil {
+		return err
+	}
+	if mesh != nil {
+		runners = append(runners, runner.Part{Name: "kvstoremesh", Run: mesh.Run})
+	}
 	if cfg.StatusNamespace != "" {
 		report := func(ctx context.Context) meshstatus.APIServerReport {
 			r := s.Report(ctx)
+			if mesh != nil {
+				r.KVStoreMesh = cachedRemotes(mesh.Status())
+			}
 			if users != nil {
 				if err := users.LastError(); err != nil {
 					r.LastError = err.Error()
@@ -144,6 +156,28 @@ func remoteUsers(ctx context.Context, cfg Config, etcd *etcdserver.Server, kv *k
 		log.Error("cannot reconcile the remote users", "error", err)
 	}
 	return r, nil
+}
+
+// startKVStoreMesh returns the kvstoremesh (nil when off) after making
+// sure that the user the cluster's agents read its cache as exists.
+func startKVStoreMesh(ctx context.Context, cfg Config, etcd *etcdserver.Server, kv *kvstore.Client, log *slog.Logger) (*kvstoremesh.Mesh, error) {
+	if cfg.KVStoreMesh.Dir == "" {
+		return nil, nil
+	}
+	var err error
+	if etcd != nil {
+		_, err = etcd.EnsureLocalReaderUser(ctx)
+	} else {
+		err = etcdserver.EnsureLocalReaderUserOn(ctx, kv.Etcd())
+	}
+	if err != nil {
+		// Agents in direct mode do not need it; those in kvstoremesh mode
+		// say that they are denied access.
+		log.Error("cannot create the etcd user of the agents' kvstoremesh reads", "user", etcdserver.LocalReaderUser, "error", err)
+	}
+	mcfg := cfg.KVStoreMesh
+	mcfg.Own = remoteconn.Own{Name: cfg.ClusterName, ID: cfg.ClusterID, MaxConnectedClusters: cfg.MaxConnectedClusters}
+	return kvstoremesh.New(mcfg, kv, log, clock.RealClock{}), nil
 }
 
 // kvstoreConfig returns the client config of the external etcd (and a nil

@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	"github.com/clustermesh/clustermesh/internal/meshstatus"
+	"github.com/clustermesh/clustermesh/kvstore/kvstoremesh"
 )
 
 // countingStore counts the keys handed to a Store (the entries the
@@ -77,4 +78,25 @@ func (s *Server) Report(ctx context.Context) meshstatus.APIServerReport {
 		}
 	}
 	return r
+}
+
+// cachedRemotes turns the kvstoremesh status into the report's form.
+func cachedRemotes(sts []kvstoremesh.Status) []meshstatus.CachedRemote {
+	out := make([]meshstatus.CachedRemote, 0, len(sts))
+	for _, st := range sts {
+		c := meshstatus.CachedRemote{
+			Name: st.Name, ClusterID: st.ID, Connected: st.Connected, Synced: st.Synced, Served: st.Served,
+			Entries: map[string]int{}, LastError: st.LastError,
+		}
+		if st.RefusedReason != "" {
+			c.LastError = meshstatus.RefusedPrefix + st.RefusedReason
+		}
+		for _, k := range st.Kinds {
+			c.Entries[k.Kind] = int(k.Entries)
+			c.Invalid += int(k.Invalid)
+			c.WaitingForCanary = c.WaitingForCanary || k.WaitingForCanary
+		}
+		out = append(out, c)
+	}
+	return out
 }

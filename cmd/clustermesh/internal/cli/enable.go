@@ -62,6 +62,7 @@ allocated identities depend on them.`,
 	f.IntVar(&ec.MaxConnectedClusters, "max-connected-clusters", 255, "255 or 511; must be equal on every cluster of the mesh")
 	f.StringVar(&ec.ServiceType, "service-type", "", "how other clusters reach this one: LoadBalancer, NodePort (chart default) or ClusterIP")
 	f.StringArrayVar(&ec.ServerSANs, "server-san", nil, "extra DNS name or IP of the etcd server certificate (repeatable)")
+	f.StringVar(&ec.ConnectionMode, "connection-mode", "", "how the agents read remote clusters: direct (each agent connects to every remote etcd; chart default) or kvstoremesh (each agent reads the cache the apiserver's kvstoremesh keeps in this cluster's etcd: one connection per remote cluster)")
 	f.StringArrayVar(&ec.Set, "set", nil, "chart value in Helm's key=value syntax (repeatable)")
 	f.BoolVar(&ec.Wait, "wait", false, "wait until the apiserver and agents are ready")
 	f.DurationVar(&ec.Timeout, "timeout", 5*time.Minute, "how long --wait waits")

@@ -19,12 +19,17 @@ const DefaultNamespace = "clustermesh-system"
 
 // Names of the objects the chart and the CLI share (see deploy/charts).
 const (
-	configMapConfig      = "clustermesh-config"
-	configMapUsers       = "clustermesh-remote-users"
-	usersKey             = "users.yaml"
-	secretCA             = "clustermesh-ca"
-	secretServer         = "clustermesh-apiserver-server-cert"
-	secretAdmin          = "clustermesh-apiserver-admin-cert"
+	configMapConfig   = "clustermesh-config"
+	configMapUsers    = "clustermesh-remote-users"
+	usersKey          = "users.yaml"
+	secretCA          = "clustermesh-ca"
+	secretServer      = "clustermesh-apiserver-server-cert"
+	secretAdmin       = "clustermesh-apiserver-admin-cert"
+	secretLocalReader = "clustermesh-apiserver-local-reader-cert"
+	// localReaderUser is etcdserver.LocalReaderUser, which the apiserver
+	// creates (the CLI does not link the etcd server; a test checks they
+	// agree).
+	localReaderUser      = "local-reader"
 	secretRemoteClusters = "clustermesh-remote-clusters"
 	serviceAPIServer     = "clustermesh-apiserver"
 	releaseName          = "clustermesh"

@@ -57,7 +57,7 @@ func Disable(ctx context.Context, c *Cluster, cfg DisableConfig, log *slog.Logge
 		res.Uninstalled = true
 		log.Info("uninstalled the clustermesh release", "context", c.Context, "namespace", c.Namespace)
 	}
-	for _, name := range []string{secretCA, secretServer, secretAdmin, secretRemoteClusters} {
+	for _, name := range []string{secretCA, secretServer, secretAdmin, secretLocalReader, secretRemoteClusters} {
 		err := c.Client.CoreV1().Secrets(c.Namespace).Delete(ctx, name, metav1.DeleteOptions{})
 		if err := deleted(&res, "secret/"+name, err); err != nil {
 			return res, fmt.Errorf("disable %s: %w", c.Context, err)

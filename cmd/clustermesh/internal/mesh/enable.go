@@ -22,6 +22,15 @@ import (
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
+// Connection modes of the agents (chart value agent.connectionMode).
+const (
+	// ConnectionDirect: every agent connects to every remote cluster's etcd.
+	ConnectionDirect = "direct"
+	// ConnectionKVStoreMesh: every agent reads the kvstoremesh cache of its
+	// own cluster's etcd; the apiserver holds one connection per remote.
+	ConnectionKVStoreMesh = "kvstoremesh"
+)
+
 // EnableConfig is what enable installs.
 type EnableConfig struct {
 	ClusterName          string
@@ -32,6 +41,10 @@ type EnableConfig struct {
 	ServiceType string
 	// ServerSANs are extra hosts of the etcd server certificate.
 	ServerSANs []string
+	// ConnectionMode is how the agents read remote clusters:
+	// ConnectionDirect or ConnectionKVStoreMesh; empty keeps the chart's
+	// value (direct).
+	ConnectionMode string
 	// Set holds extra chart values in Helm's --set syntax (key=value,...).
 	Set []string
 	// Wait waits for the workloads to become ready (needs nodes that run pods).
@@ -74,6 +87,16 @@ func Enable(ctx context.Context, c *Cluster, cfg EnableConfig, log *slog.Logger)
 	if cfg.ServiceType != "" {
 		setPath(vals, "apiserver.service.type", cfg.ServiceType)
 	}
+	switch cfg.ConnectionMode {
+	case "":
+	case ConnectionDirect, ConnectionKVStoreMesh:
+		setPath(vals, "agent.connectionMode", cfg.ConnectionMode)
+		if cfg.ConnectionMode == ConnectionKVStoreMesh {
+			setPath(vals, "kvstoremesh.enabled", true)
+		}
+	default:
+		return EnableResult{}, fmt.Errorf("%w: connection mode %q (want %s or %s)", ErrUsage, cfg.ConnectionMode, ConnectionDirect, ConnectionKVStoreMesh)
+	}
 
 	if err := c.checkIdentity(ctx, cfg); err != nil {
 		return EnableResult{}, err
@@ -95,6 +118,9 @@ func Enable(ctx context.Context, c *Cluster, cfg EnableConfig, log *slog.Logger)
 		return EnableResult{}, err
 	}
 	if _, err := c.ensureClientSecret(ctx, ca, secretAdmin, "root"); err != nil {
+		return EnableResult{}, err
+	}
+	if _, err := c.ensureClientSecret(ctx, ca, secretLocalReader, localReaderUser); err != nil {
 		return EnableResult{}, err
 	}
 

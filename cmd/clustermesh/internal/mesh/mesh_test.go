@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/clustermesh/clustermesh/internal/meshstatus"
+	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
 )
 
 func TestRemoteState(t *testing.T) {
@@ -30,6 +32,49 @@ func TestRemoteState(t *testing.T) {
 		if got := remoteState(tc.r); got != tc.want {
 			t.Errorf("remoteState(%+v) = %q, want %q", tc.r, got, tc.want)
 		}
+	}
+}
+
+func TestCachedState(t *testing.T) {
+	for _, tc := range []struct {
+		r    meshstatus.CachedRemote
+		want string
+	}{
+		{meshstatus.CachedRemote{Connected: true, Synced: true}, "synced"},
+		{meshstatus.CachedRemote{Connected: true}, "syncing"},
+		{meshstatus.CachedRemote{Connected: true, Served: true, WaitingForCanary: true}, "waiting for the sync canary of its emptied or replaced etcd, serving the last state"},
+		{meshstatus.CachedRemote{Served: true, LastError: "dial tcp: refused"}, "disconnected, serving the last state"},
+		{meshstatus.CachedRemote{LastError: "dial tcp: refused"}, "disconnected"},
+		{meshstatus.CachedRemote{Connected: true, LastError: meshstatus.RefusedPrefix + "cluster ID conflict"}, "refused"},
+	} {
+		if got := cachedState(tc.r); got != tc.want {
+			t.Errorf("cachedState(%+v) = %q, want %q", tc.r, got, tc.want)
+		}
+	}
+}
+
+func TestCacheProblems(t *testing.T) {
+	down := meshstatus.CachedRemote{Name: "c2", Served: true, LastError: "dial tcp: refused"}
+	synced := meshstatus.CachedRemote{Name: "c3", Connected: true, Synced: true}
+	agents := func(cached bool) []meshstatus.AgentReport {
+		return []meshstatus.AgentReport{{Node: "n1", Remotes: []meshstatus.Remote{{Name: "c2", Ready: true, Cached: cached}, {Name: "c3", Ready: true, Cached: cached}}}}
+	}
+	for _, tc := range []struct {
+		name   string
+		api    *meshstatus.APIServerReport
+		agents []meshstatus.AgentReport
+		want   []string
+	}{
+		{name: "no report", agents: agents(true)},
+		{name: "agents read the cache", api: &meshstatus.APIServerReport{KVStoreMesh: []meshstatus.CachedRemote{down, synced}}, agents: agents(true),
+			want: []string{"kvstoremesh: remote c2 disconnected, serving the last state (dial tcp: refused)"}},
+		{name: "agents in direct mode", api: &meshstatus.APIServerReport{KVStoreMesh: []meshstatus.CachedRemote{down, synced}}, agents: agents(false)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := cacheProblems(tc.api, tc.agents); !slices.Equal(got, tc.want) {
+				t.Fatalf("problems %q, want %q", got, tc.want)
+			}
+		})
 	}
 }
 
@@ -123,5 +168,11 @@ func TestConnectOnFakeClusters(t *testing.T) {
 	res, err = Disconnect(ctx, a, []*Cluster{b}, ModeBidirectional, log)
 	if err != nil || len(res.Changed) != 0 {
 		t.Fatalf("second disconnect: %v %v", res.Changed, err)
+	}
+}
+
+func TestLocalReaderUserIsTheApiserverOne(t *testing.T) {
+	if localReaderUser != etcdserver.LocalReaderUser {
+		t.Fatalf("the CLI issues certificates for %q, the apiserver creates the user %q", localReaderUser, etcdserver.LocalReaderUser)
 	}
 }

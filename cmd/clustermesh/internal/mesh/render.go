@@ -50,7 +50,11 @@ func RenderStatus(w io.Writer, st MeshStatus) error {
 				fmt.Fprintf(tw, "%s\t-\t-\tno remotes\t\t\t\t\t\t\t\n", a.Node)
 			}
 			for _, r := range a.Remotes {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", a.Node, r.Name, idString(r.ClusterID), remoteState(r),
+				state := remoteState(r)
+				if r.Cached {
+					state += " (kvstoremesh)" // read through the own cluster's cache
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", a.Node, r.Name, idString(r.ClusterID), state,
 					entries(r, meshstatus.KindNodes), entries(r, meshstatus.KindServices), entries(r, meshstatus.KindIdentities),
 					entries(r, meshstatus.KindIPCache), r.Invalid, r.Reconnects, dash(r.LastError))
 			}
@@ -58,6 +62,9 @@ func RenderStatus(w io.Writer, st MeshStatus) error {
 		if err := tw.Flush(); err != nil {
 			return err
 		}
+	}
+	if err := renderKVStoreMesh(w, st); err != nil {
+		return err
 	}
 	if unsynced(st) {
 		fmt.Fprintln(w, "(* initial sync of that kind not complete)")
@@ -164,4 +171,26 @@ func unsynced(st MeshStatus) bool {
 		}
 	}
 	return false
+}
+
+// renderKVStoreMesh lists, per cluster whose apiserver runs a kvstoremesh,
+// its mirror of each remote cluster.
+func renderKVStoreMesh(w io.Writer, st MeshStatus) error {
+	for _, c := range st.Clusters {
+		if c.APIServer == nil || len(c.APIServer.KVStoreMesh) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "\nKVStoreMesh of %s:\n", clusterLabel(c))
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "REMOTE\tID\tSTATE\tNODES\tSERVICES\tIDENTITIES\tIPS\tINVALID\tLAST ERROR")
+		for _, r := range c.APIServer.KVStoreMesh {
+			n := func(kind string) string { return strconv.Itoa(r.Entries[kind]) }
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", r.Name, idString(r.ClusterID), cachedState(r),
+				n(meshstatus.KindNodes), n(meshstatus.KindServices), n(meshstatus.KindIdentities), n(meshstatus.KindIPCache), r.Invalid, dash(r.LastError))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	return nil
 }

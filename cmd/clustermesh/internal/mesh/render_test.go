@@ -44,3 +44,41 @@ func TestRenderRefusedClaims(t *testing.T) {
 		})
 	}
 }
+
+// TestRenderKVStoreMesh: the apiserver's mirror of each remote shows with
+// its state and entries; without a kvstoremesh, no section.
+func TestRenderKVStoreMesh(t *testing.T) {
+	tests := []struct {
+		name   string
+		cached []meshstatus.CachedRemote
+		want   []string
+		absent []string
+	}{
+		{name: "off", absent: []string{"KVStoreMesh of", "(kvstoremesh)"}},
+		{name: "synced and down", cached: []meshstatus.CachedRemote{
+			{Name: "c2", ClusterID: 2, Connected: true, Synced: true, Served: true, Entries: map[string]int{meshstatus.KindNodes: 3, meshstatus.KindIPCache: 40}},
+			{Name: "c3", ClusterID: 3, Served: true, Entries: map[string]int{meshstatus.KindNodes: 2}, LastError: "dial tcp: connection refused"},
+		}, want: []string{"KVStoreMesh of c1:", "c2      2   synced", "40", "c3      3   disconnected, serving the last state", "dial tcp: connection refused", "ready (kvstoremesh)"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st := MeshStatus{Clusters: []ClusterStatus{{Context: "ctx1", Enabled: true, Cluster: "c1", ClusterID: 1,
+				APIServer: &meshstatus.APIServerReport{Cluster: "c1", ClusterID: 1, Ready: true, KVStoreMesh: tc.cached},
+				Agents:    []meshstatus.AgentReport{{Cluster: "c1", Node: "n1", Remotes: []meshstatus.Remote{{Name: "c2", ClusterID: 2, Ready: true, Cached: tc.cached != nil}}}}}}}
+			var out bytes.Buffer
+			if err := RenderStatus(&out, st); err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, out.String())
+				}
+			}
+			for _, w := range tc.absent {
+				if strings.Contains(out.String(), w) {
+					t.Errorf("output has %q:\n%s", w, out.String())
+				}
+			}
+		})
+	}
+}

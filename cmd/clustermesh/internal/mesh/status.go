@@ -102,6 +102,7 @@ func collectCluster(ctx context.Context, c *Cluster) ClusterStatus {
 		}
 		cs.Problems = append(cs.Problems, p)
 	}
+	cs.Problems = append(cs.Problems, cacheProblems(cs.APIServer, reps.Agents)...)
 	cs.Agents = reps.Agents
 	if len(cs.Agents) == 0 {
 		cs.Problems = append(cs.Problems, "agents: no agent has reported yet")
@@ -139,6 +140,50 @@ func remoteState(r meshstatus.Remote) string {
 		return "waiting for the sync canary of its emptied or replaced etcd"
 	case r.Connected:
 		return "syncing"
+	default:
+		return "disconnected"
+	}
+}
+
+// cacheProblems lists the kvstoremesh mirrors of api that are not synced
+// while an agent reads them (a mirror no agent reads is no problem).
+func cacheProblems(api *meshstatus.APIServerReport, agents []meshstatus.AgentReport) []string {
+	if api == nil {
+		return nil
+	}
+	cached := map[string]bool{}
+	for _, a := range agents {
+		for _, r := range a.Remotes {
+			cached[r.Name] = cached[r.Name] || r.Cached
+		}
+	}
+	var out []string
+	for _, r := range api.KVStoreMesh {
+		if r.Synced || !cached[r.Name] {
+			continue
+		}
+		p := fmt.Sprintf("kvstoremesh: remote %s %s", r.Name, cachedState(r))
+		if r.LastError != "" {
+			p += " (" + r.LastError + ")"
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// cachedState says how the kvstoremesh mirrors remote r.
+func cachedState(r meshstatus.CachedRemote) string {
+	switch {
+	case r.Synced:
+		return "synced"
+	case strings.HasPrefix(r.LastError, meshstatus.RefusedPrefix):
+		return "refused"
+	case r.WaitingForCanary:
+		return "waiting for the sync canary of its emptied or replaced etcd, serving the last state"
+	case r.Connected:
+		return "syncing"
+	case r.Served:
+		return "disconnected, serving the last state"
 	default:
 		return "disconnected"
 	}

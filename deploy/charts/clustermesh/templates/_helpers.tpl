@@ -47,6 +47,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and (eq $v.etcd.mode "external") (or (not $v.etcd.external.endpoints) (not $v.etcd.external.tlsSecret)) -}}
 {{- fail "etcd.mode external needs etcd.external.endpoints and etcd.external.tlsSecret" -}}
 {{- end -}}
+{{- if not (has $v.agent.connectionMode (list "direct" "kvstoremesh")) -}}
+{{- fail "agent.connectionMode must be direct or kvstoremesh" -}}
+{{- end -}}
+{{- if and (eq $v.agent.connectionMode "kvstoremesh") (not $v.kvstoremesh.enabled) -}}
+{{- fail "agent.connectionMode kvstoremesh needs kvstoremesh.enabled" -}}
+{{- end -}}
+{{- if and (eq $v.agent.connectionMode "kvstoremesh") (eq $v.tls.source "values") (not (and $v.tls.localReader.cert $v.tls.localReader.key)) -}}
+{{- fail "agent.connectionMode kvstoremesh with tls.source values needs tls.localReader cert and key" -}}
+{{- end -}}
 {{- if not (has $v.tls.source (list "helm" "values" "existing")) -}}
 {{- fail "tls.source must be helm, values or existing" -}}
 {{- end -}}

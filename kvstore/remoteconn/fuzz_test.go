@@ -1,4 +1,4 @@
-package remotecluster
+package remoteconn
 
 import (
 	"errors"
@@ -8,9 +8,10 @@ import (
 )
 
 // FuzzParseConfigFile feeds arbitrary file names and contents through the
-// config-file path of the manager: directory read and parse. It must never
+// config-file path of the connection logic: directory read and parse. It must never
 // panic, and must either return a usable config or an ErrConfigFile.
 func FuzzParseConfigFile(f *testing.F) {
+	const ownName = "c1"
 	f.Add("c2", []byte("endpoints:\n- https://127.0.0.1:2379\ntrusted-ca-file: /ca.crt\ncert-file: /c.crt\nkey-file: /c.key\n"))
 	f.Add("c2", []byte(`{"endpoints":["https://10.0.0.1:2379"],"list-page-size":10000,"dial-timeout":"3s"}`))
 	f.Add("c1", []byte("endpoints: [https://x]"))
@@ -41,7 +42,7 @@ func FuzzParseConfigFile(f *testing.F) {
 		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
 			return
 		}
-		files, err := readDir(dir)
+		files, err := ReadDir(dir)
 		if err != nil {
 			t.Fatal(err)
 		}
