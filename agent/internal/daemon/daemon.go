@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
 	"github.com/clustermesh/clustermesh/agent/internal/localcluster"
+	"github.com/clustermesh/clustermesh/agent/internal/localidentity"
 	"github.com/clustermesh/clustermesh/agent/internal/remotecluster"
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/agent/internal/statusapi"
@@ -31,6 +33,7 @@ import (
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
 	"github.com/clustermesh/clustermesh/internal/kubereach"
 	"github.com/clustermesh/clustermesh/internal/runner"
+	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
@@ -54,6 +57,10 @@ type Config struct {
 	MetricsAddress string
 	// StatusNamespace holds the agent's status ConfigMap ("" disables it).
 	StatusNamespace string
+	// KVStoreConfig is the etcd client config of the own cluster's
+	// clustermesh-apiserver, from which the agent reads its pods'
+	// identities ("": they stay 0, unknown; docs/policy.md).
+	KVStoreConfig string
 
 	Remote remotecluster.Config
 	Merge  servicemerge.Config
@@ -105,6 +112,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory for the agent's persistent state")
 	fs.StringVar(&c.StatusSocket, "status-socket", c.StatusSocket, "unix socket of the status API")
 	fs.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, "listen address of the Prometheus metrics endpoint and of /healthz and /readyz (empty: disabled)")
+	fs.StringVar(&c.KVStoreConfig, "kvstore-config", c.KVStoreConfig, "etcd client config (endpoints, trusted-ca-file, cert-file, key-file) of the own cluster's clustermesh-apiserver: the identities of this node's pods are read from it (empty: unknown, identity 0)")
 	fs.StringVar(&c.StatusNamespace, "status-namespace", c.StatusNamespace, "namespace of the own cluster where the agent publishes its status ConfigMap (empty: not published)")
 	c.Remote.RegisterFlags(fs)
 	c.Merge.RegisterFlags(fs)
@@ -175,8 +183,27 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
 	var ownSynced atomic.Bool
-	local := localcluster.New(localcluster.Config{
-		NodeName: cfg.NodeName, ClusterID: cfg.ClusterID,
+	var runs []runner.Part
+	var ids *localidentity.Watcher
+	var local *localcluster.Watcher
+	if cfg.KVStoreConfig != "" {
+		kc, err := kvstore.LoadConfig(cfg.KVStoreConfig)
+		if err != nil {
+			return fmt.Errorf("load --kvstore-config %q: %w", cfg.KVStoreConfig, err)
+		}
+		own, err := kvstore.New(ctx, kc, log.With("component", "kvstore"))
+		if err != nil {
+			return fmt.Errorf("connect own cluster's kvstore: %w", err)
+		}
+		defer own.Close()
+		ids = localidentity.New(localidentity.Config{
+			ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID, MaxConnectedClusters: cfg.MaxConnectedClusters,
+			OnChange: func(ip netip.Addr) { local.Reidentify(ip) },
+		}, own, log.With("component", "localidentity"))
+		runs = append(runs, runner.Part{Name: "localidentity", Run: ids.Run})
+	}
+	local = localcluster.New(localcluster.Config{
+		NodeName: cfg.NodeName, ClusterID: cfg.ClusterID, Identity: identityFunc(ids),
 		// Beside a primary CNI, it connects the cluster's own nodes.
 		NodeTunnels: cfg.Mode == ModeFull,
 		OnSynced:    func() { rec.Release(cfg.ClusterID); ownSynced.Store(true) },
@@ -192,9 +219,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		mgr, merger, rec, log.With("component", "status"))
 
 	reach := kubereach.New(kubereach.Config{}, kubereach.ProbeVersion(kube.Discovery()), log.With("component", "kube-apiserver"), clk)
-	runs := []runner.Part{{Name: "dpsync", Run: rec.Run}, {Name: "servicemerge", Run: merger.Run},
+	runs = append(runs, []runner.Part{{Name: "dpsync", Run: rec.Run}, {Name: "servicemerge", Run: merger.Run},
 		{Name: "localcluster", Run: local.Run}, {Name: "remotecluster", Run: mgr.Run}, {Name: "status", Run: status.Run},
-		{Name: "kube-apiserver reachability", Run: reach.Run}}
+		{Name: "kube-apiserver reachability", Run: reach.Run}}...)
 	if cfg.StatusNamespace != "" {
 		pub := statusreport.New(statusreport.Config{Namespace: cfg.StatusNamespace, Cluster: cfg.ClusterName, Node: cfg.NodeName, Nodes: local.NodeCount},
 			mgr, kube.CoreV1(), log.With("component", "statusreport"), clk)
@@ -218,6 +245,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	}
 	return err
+}
+
+// identityFunc returns the pod identity lookup of ids (nil: none).
+func identityFunc(ids *localidentity.Watcher) func(netip.Addr) uint32 {
+	if ids == nil {
+		return nil
+	}
+	return ids.Identity
 }
 
 func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, h health) error {
