@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/clock"
@@ -24,6 +25,7 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
 	"github.com/clustermesh/clustermesh/agent/internal/localcluster"
 	"github.com/clustermesh/clustermesh/agent/internal/localidentity"
+	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
 	"github.com/clustermesh/clustermesh/agent/internal/remotecluster"
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/agent/internal/statusapi"
@@ -63,6 +65,8 @@ type Config struct {
 	KVStoreConfig string
 
 	Remote remotecluster.Config
+	// Policy holds --policy-default-local-cluster.
+	Policy rules.Options
 	Merge  servicemerge.Config
 	Sync   dpsync.Config
 	BPF    bpf.Config
@@ -96,6 +100,7 @@ func DefaultConfig() Config {
 		Remote:               remotecluster.DefaultConfig(),
 		Merge:                servicemerge.DefaultConfig(),
 		Sync:                 dpsync.DefaultConfig(),
+		Policy:               rules.DefaultOptions(),
 	}
 }
 
@@ -115,6 +120,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.KVStoreConfig, "kvstore-config", c.KVStoreConfig, "etcd client config (endpoints, trusted-ca-file, cert-file, key-file) of the own cluster's clustermesh-apiserver: the identities of this node's pods are read from it (empty: unknown, identity 0)")
 	fs.StringVar(&c.StatusNamespace, "status-namespace", c.StatusNamespace, "namespace of the own cluster where the agent publishes its status ConfigMap (empty: not published)")
 	c.Remote.RegisterFlags(fs)
+	c.Policy.RegisterFlags(fs)
 	c.Merge.RegisterFlags(fs)
 	c.Sync.RegisterFlags(fs)
 	gfs := flag.NewFlagSet("bpf", flag.ContinueOnError)
@@ -154,7 +160,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	w, closeWriter, err := openWriter(cfg, log)
+	w, dp, closeWriter, err := openWriter(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -182,6 +188,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
+	dyn, err := dynamic.NewForConfig(kcfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	pol, err := newPolicyPlane(cfg, dp, kube, dyn, reg, log.With("component", "policy"))
+	if err != nil {
+		return fmt.Errorf("policy datapath: %w", err)
+	}
 	var ownSynced atomic.Bool
 	var runs []runner.Part
 	var ids *localidentity.Watcher
@@ -198,7 +212,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		defer own.Close()
 		ids = localidentity.New(localidentity.Config{
 			ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID, MaxConnectedClusters: cfg.MaxConnectedClusters,
-			OnChange: func(ip netip.Addr) { local.Reidentify(ip) },
+			OnChange:   func(ip netip.Addr) { local.Reidentify(ip) },
+			OnIdentity: pol.identity,
 		}, own, log.With("component", "localidentity"))
 		runs = append(runs, runner.Part{Name: "localidentity", Run: ids.Run})
 	}
@@ -212,7 +227,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	rcfg := cfg.Remote
 	rcfg.ClusterName, rcfg.ClusterID, rcfg.MaxConnectedClusters, rcfg.StateDir = cfg.ClusterName, cfg.ClusterID, cfg.MaxConnectedClusters, cfg.StateDir
 	rcfg.LocalPodCIDRs = local.PodCIDRs
-	mgr := remotecluster.New(rcfg, rec, merger, log.With("component", "remotecluster"), clk)
+	rcfg.Identities = pol.watch
+	mgr := remotecluster.New(rcfg, newTrustTee(rec, pol.trust, log.With("component", "nodetrust")), merger, log.With("component", "remotecluster"), clk)
 	reg.MustRegister(mgr.Collector())
 
 	status := statusapi.New(statusapi.Config{Socket: cfg.StatusSocket, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID, NodeName: cfg.NodeName},
@@ -222,13 +238,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	runs = append(runs, []runner.Part{{Name: "dpsync", Run: rec.Run}, {Name: "servicemerge", Run: merger.Run},
 		{Name: "localcluster", Run: local.Run}, {Name: "remotecluster", Run: mgr.Run}, {Name: "status", Run: status.Run},
 		{Name: "kube-apiserver reachability", Run: reach.Run}}...)
+	h := health{ownSynced: ownSynced.Load, remotes: mgr}
+	runs = append(runs, pol.parts(func() bool { return len(h.notReady()) == 0 })...)
 	if cfg.StatusNamespace != "" {
 		pub := statusreport.New(statusreport.Config{Namespace: cfg.StatusNamespace, Cluster: cfg.ClusterName, Node: cfg.NodeName, Nodes: local.NodeCount},
 			mgr, kube.CoreV1(), log.With("component", "statusreport"), clk)
 		runs = append(runs, runner.Part{Name: "statusreport", Run: pub.Run})
 	}
 	if cfg.MetricsAddress != "" {
-		h := health{ownSynced: ownSynced.Load, remotes: mgr}
 		runs = append(runs, runner.Part{Name: "metrics", Run: func(ctx context.Context) error { return serveMetrics(ctx, cfg.MetricsAddress, reg, h) }})
 	}
 	log.Info("clustermesh-agent running", "cluster", cfg.ClusterName, "cluster_id", cfg.ClusterID, "node", cfg.NodeName, "datapath", cfg.Datapath, "mode", cfg.Mode)
@@ -281,16 +298,16 @@ func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, h 
 
 // openWriter returns the datapath writer and a function that releases it
 // (keeping what is programmed).
-func openWriter(cfg Config, log *slog.Logger) (datapath.Writer, func(), error) {
+func openWriter(cfg Config, log *slog.Logger) (datapath.Writer, *bpf.Datapath, func(), error) {
 	if cfg.Datapath == "memory" {
-		return memory.New(), func() {}, nil
+		return memory.New(), nil, func() {}, nil
 	}
 	bcfg := cfg.BPF
 	bcfg.Coexist = cfg.Mode == ModeCoexist
 	blog := log.With("component", "bpf")
 	dp, err := bpf.Open(bcfg, blog)
 	if err != nil {
-		return nil, nil, fmt.Errorf("open bpf datapath: %w", err)
+		return nil, nil, nil, fmt.Errorf("open bpf datapath: %w", err)
 	}
 	if cfg.Tunnel.Device != "" {
 		idx, err := bpf.EnsureTunnel(cfg.Tunnel, blog)
@@ -299,17 +316,17 @@ func openWriter(cfg Config, log *slog.Logger) (datapath.Writer, func(), error) {
 		}
 		if err != nil {
 			dp.Close()
-			return nil, nil, fmt.Errorf("tunnel device %q: %w", cfg.Tunnel.Device, err)
+			return nil, nil, nil, fmt.Errorf("tunnel device %q: %w", cfg.Tunnel.Device, err)
 		}
 	}
 	w, err := bpf.NewWriter(dp, blog)
 	if err != nil {
 		dp.Close()
-		return nil, nil, fmt.Errorf("bpf writer: %w", err)
+		return nil, nil, nil, fmt.Errorf("bpf writer: %w", err)
 	}
 	blog.Info("datapath open", "attach", dp.AttachMode(), "mode", cfg.Mode, "tunnel", cfg.Tunnel.Device)
 	var once sync.Once
-	return attachingWriter{Writer: w, dp: dp}, func() { once.Do(func() { dp.Close() }) }, nil
+	return attachingWriter{Writer: w, dp: dp}, dp, func() { once.Do(func() { dp.Close() }) }, nil
 }
 
 // attachingWriter attaches the endpoint program to the host veth of every

@@ -3,6 +3,7 @@ package policysync
 import (
 	"fmt"
 	"maps"
+	"net/netip"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -202,4 +203,45 @@ func TestSyncerFollowsEngine(t *testing.T) {
 			t.Errorf("metric for cnp/shop/deny = %v (%v), want 2", m.GetCounter().GetValue(), err)
 		}
 	})
+}
+
+// nodeRecorder records trusted nodes as the datapath holds them.
+type nodeRecorder struct{ nodes map[netip.Addr]datapath.TrustedNode }
+
+func (r *nodeRecorder) Apply(b datapath.PolicyBatch) error {
+	for _, n := range b.UpsertNodes {
+		r.nodes[n.IP] = n
+	}
+	for _, ip := range b.DeleteNodes {
+		delete(r.nodes, ip)
+	}
+	return nil
+}
+
+func TestNodeTrust(t *testing.T) {
+	rec := &nodeRecorder{nodes: map[netip.Addr]datapath.TrustedNode{}}
+	n := NewNodeTrust(rec, 255)
+	a := netip.MustParseAddr("192.168.2.1")
+	steps := []struct {
+		name    string
+		cluster uint32
+		delta   int
+		want    *datapath.TrustedNode
+	}{
+		{"named by a tunnel of c2", 2, 1, &datapath.TrustedNode{IP: a, ClusterID: 2, IdentityLo: 2 << 16, IdentityHi: 3 << 16}},
+		{"and an ipcache entry", 2, 1, &datapath.TrustedNode{IP: a, ClusterID: 2, IdentityLo: 2 << 16, IdentityHi: 3 << 16}},
+		{"claimed by c3 too: trusted by neither", 3, 1, nil},
+		{"c3 lets go", 3, -1, &datapath.TrustedNode{IP: a, ClusterID: 2, IdentityLo: 2 << 16, IdentityHi: 3 << 16}},
+		{"one reference left", 2, -1, &datapath.TrustedNode{IP: a, ClusterID: 2, IdentityLo: 2 << 16, IdentityHi: 3 << 16}},
+		{"none left", 2, -1, nil},
+	}
+	for _, st := range steps {
+		if err := n.Ref(a, st.cluster, st.delta); err != nil {
+			t.Fatal(err)
+		}
+		got, ok := rec.nodes[a]
+		if (st.want == nil) == ok || (ok && got != *st.want) {
+			t.Errorf("%s: programmed %+v (%v), want %+v", st.name, got, ok, st.want)
+		}
+	}
 }

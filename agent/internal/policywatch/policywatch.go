@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -87,6 +88,7 @@ type Watcher struct {
 	accepted map[string]bool    // guarded by mu: policies in the engine
 	refused  map[string]Refusal // guarded by mu
 	failures int                // guarded by mu: diffs the sink failed to apply
+	synced   atomic.Bool        // the informers' initial lists are in
 }
 
 // New returns a Watcher over engine. The reserved identities are added at
@@ -162,6 +164,10 @@ func (w *Watcher) Failures() int {
 	return w.failures
 }
 
+// Synced reports whether every policy object listed at start has been
+// handled.
+func (w *Watcher) Synced() bool { return w.synced.Load() && w.queue.Len() == 0 }
+
 // Run watches until ctx is done.
 func (w *Watcher) Run(ctx context.Context) error {
 	defer w.queue.ShutDown()
@@ -184,6 +190,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return nil
 	}
+	w.synced.Store(true)
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		for w.processNext() {
