@@ -206,7 +206,9 @@ func TestSyncerFollowsEngine(t *testing.T) {
 }
 
 // nodeRecorder records trusted nodes as the datapath holds them.
-type nodeRecorder struct{ nodes map[netip.Addr]datapath.TrustedNode }
+type nodeRecorder struct {
+	nodes map[netip.Addr]datapath.TrustedNode
+}
 
 func (r *nodeRecorder) Apply(b datapath.PolicyBatch) error {
 	for _, n := range b.UpsertNodes {
