@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/clustermesh/clustermesh/internal/datapath"
@@ -22,7 +23,7 @@ func TestPortPrefixes(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := portPrefixes(tc.lo, tc.hi)
-			if tc.want != nil && !equalPrefixes(got, tc.want) {
+			if tc.want != nil && !slices.Equal(got, tc.want) {
 				t.Errorf("portPrefixes(%d, %d) = %v, want %v", tc.lo, tc.hi, got, tc.want)
 			}
 			checkCover(t, tc.lo, tc.hi, got)
@@ -33,18 +34,6 @@ func TestPortPrefixes(t *testing.T) {
 		a, b := uint16(r.IntN(65536)), uint16(r.IntN(65536))
 		checkCover(t, min(a, b), max(a, b), portPrefixes(min(a, b), max(a, b)))
 	}
-}
-
-func equalPrefixes(a, b []portPrefix) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // checkCover fails unless the prefixes cover lo..hi exactly, without overlap,

@@ -61,9 +61,9 @@ type policyNode struct {
 	drops *drops
 }
 
-func policyCluster(t *testing.T) (*netnstest.Topology, []*policyNode) {
+func policyCluster(t *testing.T, cfg netnstest.Config) (*netnstest.Topology, []*policyNode) {
 	t.Helper()
-	topo, nodes := cluster(t, 2, 2)
+	topo, nodes := clusterWith(t, cfg)
 	testenv.RequireCommand(t, "ping")
 	var out []*policyNode
 	for _, nd := range nodes {
@@ -122,7 +122,7 @@ func probe(p *netnstest.Pod, ip netip.Addr, port uint16) reach {
 // the verdicts, the replies, deny precedence, an established connection
 // across an update, the trust of tunnel sources and the drop events.
 func TestPolicyEnforcement(t *testing.T) {
-	topo, nodes := policyCluster(t)
+	topo, nodes := policyCluster(t, netnstest.Config{Nodes: 2, PodsPerNode: 2})
 	const port = 7000
 	for _, p := range topo.Pods() {
 		serve(t, p, port)
@@ -281,4 +281,45 @@ func dialTCPTimeout(p *netnstest.Pod, addr netip.AddrPort, timeout time.Duration
 		return nil, nil, hello{}, err
 	}
 	return c, r, hello{}, nil
+}
+
+// TestPolicyEnforcementIPv6: the same verdicts for IPv6 pods (over the IPv4
+// underlay): by identity and port, ICMPv6 echo, replies through an egress
+// default deny, neighbor discovery never dropped, drop events with IPv6
+// addresses.
+func TestPolicyEnforcementIPv6(t *testing.T) {
+	topo, nodes := policyCluster(t, netnstest.Config{Nodes: 2, PodsPerNode: 2, IPv6: true})
+	const port = 7000
+	for _, p := range topo.Pods() {
+		serve(t, p, port)
+	}
+	a, b := topo.Nodes[0].Pods[0], topo.Nodes[0].Pods[1]
+	c := topo.Nodes[1].Pods[0]
+	idA, idB, idC := podIdentity(0, 0), podIdentity(0, 1), podIdentity(1, 0)
+	n1 := nodes[1]
+	n1.apply(t, datapath.PolicyBatch{
+		Upserts: []datapath.PolicyEntry{
+			{Key: datapath.PolicyKey{Subject: idC, Peer: idA, Proto: datapath.TCP, Port: port, EndPort: port}, Rule: 1},
+			{Key: datapath.PolicyKey{Subject: idC, Peer: idA, Proto: datapath.ICMPv6}, Rule: 2},
+		},
+		Modes: []datapath.PolicyMode{{Subject: idC, Ingress: true, Egress: true}},
+	})
+	for _, tc := range []struct {
+		name     string
+		from, to *netnstest.Pod
+		want     reach
+	}{
+		{"allowed identity: TCP and ICMPv6, not UDP", a, c, reach{tcp: true, icmp: true}},
+		{"other identity", b, c, reach{}},
+		{"c's egress default deny", c, a, reach{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := probe(tc.from, tc.to.IP6, port); got != tc.want {
+				t.Errorf("%s -> %s: %+v, want %+v", tc.from.Name, tc.to.Name, got, tc.want)
+			}
+		})
+	}
+	w := datapath.Drop{SrcIdentity: idB, DstIdentity: idC, SrcCluster: 1, Src: b.IP6, Dst: c.IP6,
+		DstPort: port, Proto: datapath.TCP, Reason: datapath.DropPolicyDefault}
+	testwait.Until(t, 5*time.Second, "IPv6 drop event", func() (bool, string) { return n1.drops.find(w), n1.drops.String() })
 }

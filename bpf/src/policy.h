@@ -322,6 +322,23 @@ static __always_inline int pol_ports(struct __sk_buff *skb, __u32 l4_off, __u8 p
 	return 0;
 }
 
+/* pol_denied decides a packet that no tracked flow admits: if the endpoint
+ * is in default deny in this direction and the policy does not allow it,
+ * sends a drop event and returns 1. */
+static __always_inline int pol_denied(struct pol_ctx *c, const __u32 *saddr, const __u32 *daddr, int family)
+{
+	__u32 rule;
+	int reason;
+
+	if (!pol_enforced(c->subject, c->egress))
+		return 0;
+	reason = pol_decide(c, &rule);
+	if (!reason)
+		return 0;
+	pol_event(c, reason, rule, saddr, daddr, family);
+	return 1;
+}
+
 /* pol_check4 decides an IPv4 packet at one enforcement point: replies of
  * tracked flows and packets of tracked flows pass; a new flow (or a TCP SYN)
  * passes if the endpoint is not in default deny in that direction or the
@@ -337,8 +354,6 @@ static __always_inline int pol_check4(struct __sk_buff *skb, struct pkt *p, stru
 	};
 	struct pol_ct_value nv = {};
 	__u64 now = bpf_ktime_get_ns();
-	__u32 rule;
-	int reason;
 
 	if (pol_ports(skb, p->l4_off, p->flow.proto, p->frag, p->flow.sport, p->flow.dport, p->tcp_flags, c))
 		return CM_DROP;
@@ -359,13 +374,8 @@ static __always_inline int pol_check4(struct __sk_buff *skb, struct pkt *p, stru
 		if (pol_ct_hit(bpf_map_lookup_elem(&cm_pol_ct, &fwd), fwd.proto, now))
 			return 0; /* established */
 	}
-	if (pol_enforced(c->subject, c->egress)) {
-		reason = pol_decide(c, &rule);
-		if (reason) {
-			pol_event(c, reason, rule, &p->flow.saddr, &p->flow.daddr, 4);
-			return CM_DROP;
-		}
-	}
+	if (pol_denied(c, &p->flow.saddr, &p->flow.daddr, 4))
+		return CM_DROP;
 	nv.seen_ns = now;
 	bpf_map_update_elem(&cm_pol_ct, &fwd, &nv, BPF_ANY);
 	return 0;

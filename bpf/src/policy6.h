@@ -3,6 +3,9 @@
  * cm_pol_ct6. */
 #pragma once
 
+#define ICMPV6_ND_FIRST 133
+#define ICMPV6_ND_LAST 137
+
 /* pol_check6 is pol_check4 for IPv6 (no extension headers: a packet with
  * one is looked up without ports). */
 static __always_inline int pol_check6(struct __sk_buff *skb, struct pkt6 *p, struct pol_ctx *c)
@@ -15,9 +18,17 @@ static __always_inline int pol_check6(struct __sk_buff *skb, struct pkt6 *p, str
 	};
 	struct pol_ct_value nv = {};
 	__u64 now = bpf_ktime_get_ns();
-	__u32 rule;
-	int reason;
 
+	if (p->flow.proto == PROTO_ICMPV6) {
+		__u8 type;
+
+		/* Neighbor discovery (router and neighbor solicitation and
+		 * advertisement, redirect) is never subject to policy. */
+		if (bpf_skb_load_bytes(skb, p->l4_off, &type, 1))
+			return CM_DROP;
+		if (type >= ICMPV6_ND_FIRST && type <= ICMPV6_ND_LAST)
+			return 0;
+	}
 	if (pol_ports(skb, p->l4_off, p->flow.proto, 0, p->flow.sport, p->flow.dport, p->tcp_flags, c))
 		return CM_DROP;
 	fwd.sport = c->sport;
@@ -37,13 +48,8 @@ static __always_inline int pol_check6(struct __sk_buff *skb, struct pkt6 *p, str
 		if (pol_ct_hit(bpf_map_lookup_elem(&cm_pol_ct6, &fwd), fwd.proto, now))
 			return 0;
 	}
-	if (pol_enforced(c->subject, c->egress)) {
-		reason = pol_decide(c, &rule);
-		if (reason) {
-			pol_event(c, reason, rule, p->flow.saddr.w, p->flow.daddr.w, 6);
-			return CM_DROP;
-		}
-	}
+	if (pol_denied(c, p->flow.saddr.w, p->flow.daddr.w, 6))
+		return CM_DROP;
 	nv.seen_ns = now;
 	bpf_map_update_elem(&cm_pol_ct6, &fwd, &nv, BPF_ANY);
 	return 0;
