@@ -233,6 +233,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	status := statusapi.New(statusapi.Config{Socket: cfg.StatusSocket, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID, NodeName: cfg.NodeName},
 		mgr, merger, rec, log.With("component", "status"))
+	status.SetPolicy(pol)
+	if ids != nil {
+		pol.podIPs, pol.identityOf = local.PodIPs, ids.Identity
+	}
 
 	reach := kubereach.New(kubereach.Config{}, kubereach.ProbeVersion(kube.Discovery()), log.With("component", "kube-apiserver"), clk)
 	runs = append(runs, []runner.Part{{Name: "dpsync", Run: rec.Run}, {Name: "servicemerge", Run: merger.Run},

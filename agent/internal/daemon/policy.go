@@ -2,8 +2,14 @@ package daemon
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,6 +22,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
 	"github.com/clustermesh/clustermesh/agent/internal/policy"
+	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
 	"github.com/clustermesh/clustermesh/agent/internal/policysync"
 	"github.com/clustermesh/clustermesh/agent/internal/policywatch"
 	"github.com/clustermesh/clustermesh/agent/internal/remotecluster"
@@ -35,6 +42,10 @@ type policyPlane struct {
 	pw     *bpf.PolicyWriter // nil with the memory datapath
 	dp     *bpf.Datapath     // nil with the memory datapath
 	log    *slog.Logger
+	// podIPs and identityOf name this node's pods (set once both are known;
+	// nil without --kvstore-config).
+	podIPs     func(namespace, name string) []netip.Addr
+	identityOf func(netip.Addr) uint32
 }
 
 // discardPolicy is the policy writer of the memory datapath: the resolved
@@ -211,3 +222,82 @@ func (p *policyPlane) identity(id uint32, labels wire.Labels) {
 	}
 	p.watch.UpsertIdentity(id, labels)
 }
+
+// ErrNoEndpoint is returned for an endpoint name that names nothing.
+var ErrNoEndpoint = errors.New("no such endpoint")
+
+// Resolve implements statusapi.Policy: "namespace/pod" of this node, an
+// identity number, or labels "k=v,k2=v2" (every identity they select);
+// "" is every local endpoint.
+func (p *policyPlane) Resolve(ep string) ([]policy.ID, error) {
+	if ep == "" {
+		return slices.Sorted(maps.Keys(p.engine.Snapshot())), nil
+	}
+	if n, err := strconv.ParseUint(ep, 10, 32); err == nil {
+		return []policy.ID{policy.ID(n)}, nil
+	}
+	if ns, name, ok := strings.Cut(ep, "/"); ok && !strings.Contains(ep, "=") {
+		if p.podIPs == nil || p.identityOf == nil {
+			return nil, fmt.Errorf("pod %q: %w (no pod identities: --kvstore-config)", ep, ErrNoEndpoint)
+		}
+		var ids []policy.ID
+		for _, ip := range p.podIPs(ns, name) {
+			if id := p.identityOf(ip); id != 0 && !slices.Contains(ids, policy.ID(id)) {
+				ids = append(ids, policy.ID(id))
+			}
+		}
+		if len(ids) == 0 {
+			return nil, fmt.Errorf("pod %q of this node: %w or identity unknown", ep, ErrNoEndpoint)
+		}
+		return ids, nil
+	}
+	match := map[string]string{}
+	for _, kv := range strings.Split(ep, ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("endpoint %q: want namespace/pod, an identity or labels k=v,...: %w", ep, ErrNoEndpoint)
+		}
+		match[k] = v
+	}
+	sel, err := selector.New(match, nil)
+	if err != nil {
+		return nil, fmt.Errorf("endpoint %q: %w", ep, err)
+	}
+	ids := p.engine.Selected(sel)
+	if len(ids) == 0 {
+		return nil, fmt.Errorf("labels %q select %w", ep, ErrNoEndpoint)
+	}
+	return ids, nil
+}
+
+// Endpoint implements statusapi.Policy.
+func (p *policyPlane) Endpoint(id policy.ID) (policy.EndpointPolicy, bool) {
+	return p.engine.Endpoint(id)
+}
+
+// Labels implements statusapi.Policy.
+func (p *policyPlane) Labels(id policy.ID) string {
+	i, ok := p.engine.Identity(id)
+	if !ok {
+		return ""
+	}
+	return i.Labels.String()
+}
+
+// Trace implements statusapi.Policy.
+func (p *policyPlane) Trace(f policy.Flow) policy.TraceResult { return p.engine.Trace(f) }
+
+// Refusals implements statusapi.Policy.
+func (p *policyPlane) Refusals() []policywatch.Refusal { return p.watch.Refusals() }
+
+// Policies implements statusapi.Policy.
+func (p *policyPlane) Policies() int { return p.watch.Policies() }
+
+// Failures implements statusapi.Policy.
+func (p *policyPlane) Failures() int { return p.watch.Failures() }
+
+// Drops implements statusapi.Policy.
+func (p *policyPlane) Drops() map[policysync.DropKey]uint64 { return p.sync.Drops() }
+
+// Narrowed implements statusapi.Policy.
+func (p *policyPlane) Narrowed() map[string]int { return p.sync.Narrowed() }

@@ -610,6 +610,13 @@ func (w *Watcher) reconcilePod(k key) error {
 	return missing
 }
 
+// PodIPs returns the addresses of a pod of this node (nil: none known).
+func (w *Watcher) PodIPs(namespace, name string) []netip.Addr {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.podIPs[key{kind: kindPod, namespace: namespace, name: name}])
+}
+
 // Reidentify reconciles the pod of this node that has ip, if any: its
 // identity changed. Safe to call before Run.
 func (w *Watcher) Reidentify(ip netip.Addr) {
