@@ -245,7 +245,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	h := health{ownSynced: ownSynced.Load, remotes: mgr}
 	runs = append(runs, pol.parts(func() bool { return len(h.notReady()) == 0 })...)
 	if cfg.StatusNamespace != "" {
-		pub := statusreport.New(statusreport.Config{Namespace: cfg.StatusNamespace, Cluster: cfg.ClusterName, Node: cfg.NodeName, Nodes: local.NodeCount},
+		pub := statusreport.New(statusreport.Config{Namespace: cfg.StatusNamespace, Cluster: cfg.ClusterName, Node: cfg.NodeName, Nodes: local.NodeCount,
+			RefusedPolicies: pol.refusedReport},
 			mgr, kube.CoreV1(), log.With("component", "statusreport"), clk)
 		runs = append(runs, runner.Part{Name: "statusreport", Run: pub.Run})
 	}

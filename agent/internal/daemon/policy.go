@@ -28,6 +28,7 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/remotecluster"
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/meshstatus"
 	"github.com/clustermesh/clustermesh/internal/runner"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
@@ -301,3 +302,12 @@ func (p *policyPlane) Drops() map[policysync.DropKey]uint64 { return p.sync.Drop
 
 // Narrowed implements statusapi.Policy.
 func (p *policyPlane) Narrowed() map[string]int { return p.sync.Narrowed() }
+
+// refusedReport returns the refused policies for the status report.
+func (p *policyPlane) refusedReport() []meshstatus.PolicyRefusal {
+	var out []meshstatus.PolicyRefusal
+	for _, r := range p.watch.Refusals() {
+		out = append(out, meshstatus.PolicyRefusal{Policy: r.Policy, Reason: r.Reason})
+	}
+	return out
+}
