@@ -43,7 +43,7 @@ func newRootCommand() *cobra.Command {
 	}
 	cfg.RegisterFlags(root.Flags())
 	root.PersistentFlags().Var(&logFormat, "log-format", "log format: text or json")
-	root.AddCommand(newStatusCommand(), newCleanupCommand(&logFormat), newBPFCommand())
+	root.AddCommand(newStatusCommand(), newCleanupCommand(&logFormat), newBPFCommand(), newPolicyCommand())
 	return root
 }
 

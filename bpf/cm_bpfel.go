@@ -96,6 +96,66 @@ type cmLpm6Key struct {
 	Addr      cmIn6
 }
 
+type cmNodeValue struct {
+	_         structs.HostLayout
+	ClusterId uint32
+	IdLo      uint32
+	IdHi      uint32
+	Pad       uint32
+}
+
+type cmPolCt6Key struct {
+	_      structs.HostLayout
+	Saddr  cmIn6
+	Daddr  cmIn6
+	Sport  uint16
+	Dport  uint16
+	Proto  uint8
+	Egress uint8
+	Pad    [2]uint8
+}
+
+type cmPolCtKey struct {
+	_      structs.HostLayout
+	Saddr  uint32
+	Daddr  uint32
+	Sport  uint16
+	Dport  uint16
+	Proto  uint8
+	Egress uint8
+	Pad    [2]uint8
+}
+
+type cmPolCtValue struct {
+	_      structs.HostLayout
+	SeenNs uint64
+}
+
+type cmPolModeValue struct {
+	_        structs.HostLayout
+	Enforced [2]uint8
+	Pad      uint16
+}
+
+type cmPolicyKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Egress    uint8
+	Deny      uint8
+	Pad       uint16
+	Subject   uint32
+	Peer      uint32
+	Pad2      uint8
+	Proto     uint8
+	Dport     uint16
+}
+
+type cmPolicyValue struct {
+	_    structs.HostLayout
+	Rule uint32
+	Pad  uint32
+}
+
 type cmRevnat6Value struct {
 	_     structs.HostLayout
 	Vip   cmIn6
@@ -160,6 +220,13 @@ const (
 	cmMapCmLbCt        = "cm_lb_ct"
 	cmMapCmLbCt6       = "cm_lb_ct6"
 	cmMapCmLbSlots     = "cm_lb_slots"
+	cmMapCmNodes       = "cm_nodes"
+	cmMapCmPolCt       = "cm_pol_ct"
+	cmMapCmPolCt6      = "cm_pol_ct6"
+	cmMapCmPolEvents   = "cm_pol_events"
+	cmMapCmPolLost     = "cm_pol_lost"
+	cmMapCmPolMode     = "cm_pol_mode"
+	cmMapCmPolicy      = "cm_policy"
 	cmMapCmRevnat      = "cm_revnat"
 	cmMapCmRevnat6     = "cm_revnat6"
 	cmMapCmServices    = "cm_services"
@@ -232,6 +299,13 @@ type cmMapSpecs struct {
 	CmLbCt       *ebpf.MapSpec `ebpf:"cm_lb_ct"`
 	CmLbCt6      *ebpf.MapSpec `ebpf:"cm_lb_ct6"`
 	CmLbSlots    *ebpf.MapSpec `ebpf:"cm_lb_slots"`
+	CmNodes      *ebpf.MapSpec `ebpf:"cm_nodes"`
+	CmPolCt      *ebpf.MapSpec `ebpf:"cm_pol_ct"`
+	CmPolCt6     *ebpf.MapSpec `ebpf:"cm_pol_ct6"`
+	CmPolEvents  *ebpf.MapSpec `ebpf:"cm_pol_events"`
+	CmPolLost    *ebpf.MapSpec `ebpf:"cm_pol_lost"`
+	CmPolMode    *ebpf.MapSpec `ebpf:"cm_pol_mode"`
+	CmPolicy     *ebpf.MapSpec `ebpf:"cm_policy"`
 	CmRevnat     *ebpf.MapSpec `ebpf:"cm_revnat"`
 	CmRevnat6    *ebpf.MapSpec `ebpf:"cm_revnat6"`
 	CmServices   *ebpf.MapSpec `ebpf:"cm_services"`
@@ -276,6 +350,13 @@ type cmMaps struct {
 	CmLbCt       *ebpf.Map `ebpf:"cm_lb_ct"`
 	CmLbCt6      *ebpf.Map `ebpf:"cm_lb_ct6"`
 	CmLbSlots    *ebpf.Map `ebpf:"cm_lb_slots"`
+	CmNodes      *ebpf.Map `ebpf:"cm_nodes"`
+	CmPolCt      *ebpf.Map `ebpf:"cm_pol_ct"`
+	CmPolCt6     *ebpf.Map `ebpf:"cm_pol_ct6"`
+	CmPolEvents  *ebpf.Map `ebpf:"cm_pol_events"`
+	CmPolLost    *ebpf.Map `ebpf:"cm_pol_lost"`
+	CmPolMode    *ebpf.Map `ebpf:"cm_pol_mode"`
+	CmPolicy     *ebpf.Map `ebpf:"cm_policy"`
 	CmRevnat     *ebpf.Map `ebpf:"cm_revnat"`
 	CmRevnat6    *ebpf.Map `ebpf:"cm_revnat6"`
 	CmServices   *ebpf.Map `ebpf:"cm_services"`
@@ -296,6 +377,13 @@ func (m *cmMaps) Close() error {
 		m.CmLbCt,
 		m.CmLbCt6,
 		m.CmLbSlots,
+		m.CmNodes,
+		m.CmPolCt,
+		m.CmPolCt6,
+		m.CmPolEvents,
+		m.CmPolLost,
+		m.CmPolMode,
+		m.CmPolicy,
 		m.CmRevnat,
 		m.CmRevnat6,
 		m.CmServices,

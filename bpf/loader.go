@@ -139,7 +139,7 @@ func Open(cfg Config, log *slog.Logger) (*Datapath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read datapath objects: %w", err)
 	}
-	for _, name := range []string{cmMapCmLbCt, cmMapCmRevnat, cmMapCmLbCt6, cmMapCmRevnat6} {
+	for _, name := range []string{cmMapCmLbCt, cmMapCmRevnat, cmMapCmLbCt6, cmMapCmRevnat6, cmMapCmPolCt, cmMapCmPolCt6} {
 		spec.Maps[name].MaxEntries = cfg.CTEntries
 	}
 	if mode == AttachTC {

@@ -45,6 +45,7 @@ struct pkt {
 	__u8 has_ports;
 	__u8 tcp_flags;
 	__u8 natted; /* translated by a frontend or reverse NAT: ours to deliver */
+	__u8 frag;   /* a fragment: no L4 header to look at */
 };
 
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
@@ -64,8 +65,10 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	p->flow.daddr = ip->daddr;
 	p->flow.proto = ip->protocol;
 	p->l4_off = ETH_HLEN + ip->ihl * 4;
-	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
+		p->frag = 1;
 		return 0; /* fragments carry no (or partial) L4 header */
+	}
 	if (ip->protocol == IPPROTO_TCP || ip->protocol == IPPROTO_UDP) {
 		__be16 ports[2];
 
@@ -80,6 +83,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	}
 	return 0;
 }
+
+#include "policy.h"
 
 /* Rewrites the source (is_src) or destination address and port of the packet
  * and fixes the IPv4 and L4 checksums (incrementally, pseudo header included). */
@@ -281,16 +286,28 @@ static __always_inline int coexist(void)
  * the packet straight into the pod's namespace; returns -1 if the destination
  * is not local. In coexistence mode only the packets we translated (service
  * traffic, whose NAT the host's conntrack never sees) are ours: every other
- * one goes to the host stack, where the primary CNI and kube-proxy decide. */
-static __always_inline int deliver_local(struct __sk_buff *skb, struct pkt *p)
+ * one goes to the host stack, where the primary CNI and kube-proxy decide.
+ * The endpoint's ingress policy is enforced first (src_id: the source's
+ * identity; skip_policy: hairpinned traffic of a pod to itself). */
+static __always_inline int deliver_local(struct __sk_buff *skb, struct pkt *p, __u32 src_id,
+					 __u32 src_cluster, int skip_policy)
 {
 	struct endpoint_value *ep;
+	struct ipcache_value *dst;
 	__u32 ifindex;
 
 	ep = bpf_map_lookup_elem(&cm_endpoints, &p->flow.daddr);
 	if (!ep)
 		return -1;
 	ifindex = ep->ifindex;
+	if (!skip_policy) {
+		struct pol_ctx c = { .peer = src_id, .src_cluster = src_cluster };
+
+		dst = bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, p->flow.daddr });
+		c.subject = dst ? dst->identity : UNKNOWN_IDENTITY;
+		if (pol_check4(skb, p, &c))
+			return CM_DROP;
+	}
 	if (revnat4(skb, p))
 		return CM_DROP;
 	/* The inner MAC may not be ours (decapsulated traffic): the stack
@@ -354,20 +371,42 @@ static __always_inline __u32 identity4(__be32 saddr)
 
 static __always_inline int from_pod4(struct __sk_buff *skb)
 {
+	struct ipcache_value *ipc;
 	struct pkt p;
 	__be32 remote;
-	int ret;
+	__u32 src_id = UNKNOWN_IDENTITY, src_cluster = 0;
+	int ret, hairpin = 0;
 
 	if (parse(skb, &p))
 		return CM_NEXT;
+	/* The source is a pod of this node: an identity of 0 is one the agent
+	 * does not know yet (matched only by rules for every peer). */
+	ipc = bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, p.flow.saddr });
+	if (ipc) {
+		src_id = ipc->identity;
+		src_cluster = ipc->cluster_id;
+	}
 	if (p.has_ports && p.flow.daddr == HAIRPIN_IP) {
 		if (hairpin_reply(skb, &p))
 			return CM_DROP;
+		hairpin = 1;
 	} else if (p.has_ports && lb4(skb, &p)) {
 		return CM_DROP;
 	}
+	hairpin |= p.flow.saddr == HAIRPIN_IP;
 
-	ret = deliver_local(skb, &p);
+	/* Egress policy of the source, on the translated destination. */
+	if (!hairpin) {
+		struct pol_ctx c = { .subject = src_id, .egress = 1, .src_cluster = src_cluster };
+		struct ipcache_value *dst;
+
+		dst = bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, p.flow.daddr });
+		c.peer = dst ? dst->identity : WORLD_IDENTITY;
+		if (pol_check4(skb, &p, &c))
+			return CM_DROP;
+	}
+
+	ret = deliver_local(skb, &p, src_id, src_cluster, hairpin);
 	if (ret >= 0)
 		return ret;
 	/* Coexistence: a packet no program translated is the host's to route
@@ -394,12 +433,14 @@ static __always_inline void to_host(struct __sk_buff *skb)
 static __always_inline int from_tunnel4(struct __sk_buff *skb)
 {
 	struct pkt p;
+	__u32 src_id, src_cluster;
 	int ret;
 
 	if (parse(skb, &p))
 		return CM_NEXT;
 	to_host(skb);
-	ret = deliver_local(skb, &p);
+	src_id = tunnel_identity(skb, &src_cluster);
+	ret = deliver_local(skb, &p, src_id, src_cluster, 0);
 	return ret >= 0 ? ret : CM_NEXT;
 }
 

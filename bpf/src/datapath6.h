@@ -14,6 +14,8 @@ struct pkt6 {
 	__u8 natted; /* as struct pkt */
 };
 
+#include "policy6.h"
+
 static __always_inline int parse6(struct __sk_buff *skb, struct pkt6 *p)
 {
 	void *data = (void *)(long)skb->data;
@@ -183,16 +185,24 @@ static __always_inline int lb6(struct __sk_buff *skb, struct pkt6 *p)
 	return rewrite6(skb, p, 0, &ip, be->port);
 }
 
-static __always_inline int deliver_local6(struct __sk_buff *skb, struct pkt6 *p)
+static __always_inline int deliver_local6(struct __sk_buff *skb, struct pkt6 *p, __u32 src_id,
+					  __u32 src_cluster)
 {
 	struct endpoint_value *ep;
 	struct revnat6_value *rn;
+	struct ipcache_value *dst;
+	struct pol_ctx c = { .peer = src_id, .src_cluster = src_cluster };
+	struct lpm6_key key = { .prefixlen = 128, .addr = p->flow.daddr };
 	__u32 ifindex;
 
 	ep = bpf_map_lookup_elem(&cm_endpoints6, &p->flow.daddr);
 	if (!ep)
 		return -1;
 	ifindex = ep->ifindex;
+	dst = bpf_map_lookup_elem(&cm_ipcache6, &key);
+	c.subject = dst ? dst->identity : UNKNOWN_IDENTITY;
+	if (pol_check6(skb, p, &c))
+		return CM_DROP;
 	if (p->has_ports) {
 		rn = bpf_map_lookup_elem(&cm_revnat6, &p->flow);
 		if (rn) {
@@ -236,15 +246,33 @@ static __always_inline __u32 identity6(const struct in6 *saddr)
 
 static __always_inline int from_pod6(struct __sk_buff *skb)
 {
+	struct ipcache_value *ipc;
+	struct lpm6_key key = { .prefixlen = 128 };
 	struct pkt6 p;
 	__be32 remote;
+	__u32 src_id = UNKNOWN_IDENTITY, src_cluster = 0;
 	int ret;
 
 	if (parse6(skb, &p))
 		return CM_NEXT;
+	key.addr = p.flow.saddr;
+	ipc = bpf_map_lookup_elem(&cm_ipcache6, &key);
+	if (ipc) {
+		src_id = ipc->identity;
+		src_cluster = ipc->cluster_id;
+	}
 	if (p.has_ports && lb6(skb, &p))
 		return CM_DROP;
-	ret = deliver_local6(skb, &p);
+	{
+		struct pol_ctx c = { .subject = src_id, .egress = 1, .src_cluster = src_cluster };
+
+		key.addr = p.flow.daddr;
+		ipc = bpf_map_lookup_elem(&cm_ipcache6, &key);
+		c.peer = ipc ? ipc->identity : WORLD_IDENTITY;
+		if (pol_check6(skb, &p, &c))
+			return CM_DROP;
+	}
+	ret = deliver_local6(skb, &p, src_id, src_cluster);
 	if (ret >= 0)
 		return ret;
 	if (!p.natted && coexist())
@@ -258,12 +286,14 @@ static __always_inline int from_pod6(struct __sk_buff *skb)
 static __always_inline int from_tunnel6(struct __sk_buff *skb)
 {
 	struct pkt6 p;
+	__u32 src_id, src_cluster;
 	int ret;
 
 	if (parse6(skb, &p))
 		return CM_NEXT;
 	to_host(skb);
-	ret = deliver_local6(skb, &p);
+	src_id = tunnel_identity(skb, &src_cluster);
+	ret = deliver_local6(skb, &p, src_id, src_cluster);
 	return ret >= 0 ? ret : CM_NEXT;
 }
 

@@ -21,6 +21,14 @@ func (p Proto) String() string {
 		return "TCP"
 	case UDP:
 		return "UDP"
+	case SCTP:
+		return "SCTP"
+	case ICMP:
+		return "ICMP"
+	case ICMPv6:
+		return "ICMPv6"
+	case AnyProto:
+		return "ANY"
 	default:
 		return fmt.Sprintf("proto(%d)", uint8(p))
 	}

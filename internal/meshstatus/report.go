@@ -71,6 +71,16 @@ type AgentReport struct {
 	Node    string `json:"node"`
 	// Remotes is sorted by name by Publish.
 	Remotes []Remote `json:"remotes"`
+	// RefusedPolicies are the network policies the agent refused as a
+	// whole (not enforced), with the reason.
+	RefusedPolicies []PolicyRefusal `json:"refusedPolicies,omitempty"`
+}
+
+// PolicyRefusal is a refused network policy ("cnp/<ns>/<name>",
+// "ccnp/<name>", "knp/<ns>/<name>") and why.
+type PolicyRefusal struct {
+	Policy string `json:"policy"`
+	Reason string `json:"reason"`
 }
 
 // APIServerReport is what a cluster's clustermesh-apiserver publishes.

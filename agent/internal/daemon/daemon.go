@@ -19,12 +19,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/clock"
 
 	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
 	"github.com/clustermesh/clustermesh/agent/internal/localcluster"
+	"github.com/clustermesh/clustermesh/agent/internal/localidentity"
+	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
 	"github.com/clustermesh/clustermesh/agent/internal/remotecluster"
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/agent/internal/statusapi"
@@ -34,6 +37,7 @@ import (
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
 	"github.com/clustermesh/clustermesh/internal/kubereach"
 	"github.com/clustermesh/clustermesh/internal/runner"
+	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
@@ -57,8 +61,14 @@ type Config struct {
 	MetricsAddress string
 	// StatusNamespace holds the agent's status ConfigMap ("" disables it).
 	StatusNamespace string
+	// KVStoreConfig is the etcd client config of the own cluster's
+	// clustermesh-apiserver, from which the agent reads its pods'
+	// identities ("": they stay 0, unknown; docs/policy.md).
+	KVStoreConfig string
 
 	Remote remotecluster.Config
+	// Policy holds --policy-default-local-cluster.
+	Policy rules.Options
 	Merge  servicemerge.Config
 	Sync   dpsync.Config
 	BPF    bpf.Config
@@ -92,6 +102,7 @@ func DefaultConfig() Config {
 		Remote:               remotecluster.DefaultConfig(),
 		Merge:                servicemerge.DefaultConfig(),
 		Sync:                 dpsync.DefaultConfig(),
+		Policy:               rules.DefaultOptions(),
 	}
 }
 
@@ -108,8 +119,10 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory for the agent's persistent state")
 	fs.StringVar(&c.StatusSocket, "status-socket", c.StatusSocket, "unix socket of the status API")
 	fs.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, "listen address of the Prometheus metrics endpoint and of /healthz and /readyz (empty: disabled)")
+	fs.StringVar(&c.KVStoreConfig, "kvstore-config", c.KVStoreConfig, "etcd client config (endpoints, trusted-ca-file, cert-file, key-file) of the own cluster's clustermesh-apiserver: the identities of this node's pods are read from it (empty: unknown, identity 0)")
 	fs.StringVar(&c.StatusNamespace, "status-namespace", c.StatusNamespace, "namespace of the own cluster where the agent publishes its status ConfigMap (empty: not published)")
 	c.Remote.RegisterFlags(fs)
+	c.Policy.RegisterFlags(fs)
 	c.Merge.RegisterFlags(fs)
 	c.Sync.RegisterFlags(fs)
 	gfs := flag.NewFlagSet("bpf", flag.ContinueOnError)
@@ -149,7 +162,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	w, closeWriter, err := openWriter(cfg, log)
+	w, dp, closeWriter, err := openWriter(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -177,9 +190,37 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
+	dyn, err := dynamic.NewForConfig(kcfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	pol, err := newPolicyPlane(cfg, dp, kube, dyn, reg, log.With("component", "policy"))
+	if err != nil {
+		return fmt.Errorf("policy datapath: %w", err)
+	}
 	var ownSynced atomic.Bool
-	local := localcluster.New(localcluster.Config{
-		NodeName: cfg.NodeName, ClusterID: cfg.ClusterID,
+	var runs []runner.Part
+	var ids *localidentity.Watcher
+	var local *localcluster.Watcher
+	if cfg.KVStoreConfig != "" {
+		kc, err := kvstore.LoadConfig(cfg.KVStoreConfig)
+		if err != nil {
+			return fmt.Errorf("load --kvstore-config %q: %w", cfg.KVStoreConfig, err)
+		}
+		own, err := kvstore.New(ctx, kc, log.With("component", "kvstore"))
+		if err != nil {
+			return fmt.Errorf("connect own cluster's kvstore: %w", err)
+		}
+		defer own.Close()
+		ids = localidentity.New(localidentity.Config{
+			ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID, MaxConnectedClusters: cfg.MaxConnectedClusters,
+			OnChange:   func(ip netip.Addr) { local.Reidentify(ip) },
+			OnIdentity: pol.identity,
+		}, own, log.With("component", "localidentity"))
+		runs = append(runs, runner.Part{Name: "localidentity", Run: ids.Run})
+	}
+	local = localcluster.New(localcluster.Config{
+		NodeName: cfg.NodeName, ClusterID: cfg.ClusterID, Identity: identityFunc(ids),
 		// Beside a primary CNI, it connects the cluster's own nodes.
 		NodeTunnels: cfg.Mode == ModeFull,
 		OnSynced:    func() { rec.Release(cfg.ClusterID); ownSynced.Store(true) },
@@ -188,23 +229,30 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	rcfg := cfg.Remote
 	rcfg.ClusterName, rcfg.ClusterID, rcfg.MaxConnectedClusters, rcfg.StateDir = cfg.ClusterName, cfg.ClusterID, cfg.MaxConnectedClusters, cfg.StateDir
 	rcfg.LocalPodCIDRs = local.PodCIDRs
-	mgr := remotecluster.New(rcfg, rec, merger, log.With("component", "remotecluster"), clk)
+	rcfg.Identities = pol.watch
+	mgr := remotecluster.New(rcfg, newTrustTee(rec, pol.trust, log.With("component", "nodetrust")), merger, log.With("component", "remotecluster"), clk)
 	reg.MustRegister(mgr.Collector())
 
 	status := statusapi.New(statusapi.Config{Socket: cfg.StatusSocket, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID, NodeName: cfg.NodeName},
 		mgr, merger, rec, log.With("component", "status"))
+	status.SetPolicy(pol)
+	if ids != nil {
+		pol.podIPs, pol.identityOf = local.PodIPs, ids.Identity
+	}
 
 	reach := kubereach.New(kubereach.Config{}, kubereach.ProbeVersion(kube.Discovery()), log.With("component", "kube-apiserver"), clk)
-	runs := []runner.Part{{Name: "dpsync", Run: rec.Run}, {Name: "servicemerge", Run: merger.Run},
+	runs = append(runs, []runner.Part{{Name: "dpsync", Run: rec.Run}, {Name: "servicemerge", Run: merger.Run},
 		{Name: "localcluster", Run: local.Run}, {Name: "remotecluster", Run: mgr.Run}, {Name: "status", Run: status.Run},
-		{Name: "kube-apiserver reachability", Run: reach.Run}}
+		{Name: "kube-apiserver reachability", Run: reach.Run}}...)
+	h := health{ownSynced: ownSynced.Load, remotes: mgr}
+	runs = append(runs, pol.parts(func() bool { return len(h.notReady()) == 0 })...)
 	if cfg.StatusNamespace != "" {
-		pub := statusreport.New(statusreport.Config{Namespace: cfg.StatusNamespace, Cluster: cfg.ClusterName, Node: cfg.NodeName, Nodes: local.NodeCount},
+		pub := statusreport.New(statusreport.Config{Namespace: cfg.StatusNamespace, Cluster: cfg.ClusterName, Node: cfg.NodeName, Nodes: local.NodeCount,
+			RefusedPolicies: pol.refusedReport},
 			mgr, kube.CoreV1(), log.With("component", "statusreport"), clk)
 		runs = append(runs, runner.Part{Name: "statusreport", Run: pub.Run})
 	}
 	if cfg.MetricsAddress != "" {
-		h := health{ownSynced: ownSynced.Load, remotes: mgr}
 		runs = append(runs, runner.Part{Name: "metrics", Run: func(ctx context.Context) error { return serveMetrics(ctx, cfg.MetricsAddress, reg, h) }})
 	}
 	log.Info("clustermesh-agent running", "cluster", cfg.ClusterName, "cluster_id", cfg.ClusterID, "node", cfg.NodeName, "datapath", cfg.Datapath, "mode", cfg.Mode)
@@ -221,6 +269,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	}
 	return err
+}
+
+// identityFunc returns the pod identity lookup of ids (nil: none).
+func identityFunc(ids *localidentity.Watcher) func(netip.Addr) uint32 {
+	if ids == nil {
+		return nil
+	}
+	return ids.Identity
 }
 
 func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, h health) error {
@@ -249,16 +305,16 @@ func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, h 
 
 // openWriter returns the datapath writer and a function that releases it
 // (keeping what is programmed).
-func openWriter(cfg Config, log *slog.Logger) (datapath.Writer, func(), error) {
+func openWriter(cfg Config, log *slog.Logger) (datapath.Writer, *bpf.Datapath, func(), error) {
 	if cfg.Datapath == "memory" {
-		return memory.New(), func() {}, nil
+		return memory.New(), nil, func() {}, nil
 	}
 	bcfg := cfg.BPF
 	bcfg.Coexist = cfg.Mode == ModeCoexist
 	blog := log.With("component", "bpf")
 	dp, err := bpf.Open(bcfg, blog)
 	if err != nil {
-		return nil, nil, fmt.Errorf("open bpf datapath: %w", err)
+		return nil, nil, nil, fmt.Errorf("open bpf datapath: %w", err)
 	}
 	tunnelIdx := 0
 	if cfg.Tunnel.Device != "" {
@@ -271,25 +327,25 @@ func openWriter(cfg Config, log *slog.Logger) (datapath.Writer, func(), error) {
 		}
 		if err != nil {
 			dp.Close()
-			return nil, nil, fmt.Errorf("tunnel device %q: %w", cfg.Tunnel.Device, err)
+			return nil, nil, nil, fmt.Errorf("tunnel device %q: %w", cfg.Tunnel.Device, err)
 		}
 		tunnelIdx = idx
 	}
 	w, err := bpf.NewWriter(dp, blog)
 	if err != nil {
 		dp.Close()
-		return nil, nil, fmt.Errorf("bpf writer: %w", err)
+		return nil, nil, nil, fmt.Errorf("bpf writer: %w", err)
 	}
 	aw := &attachingWriter{Writer: w, dp: dp}
 	if bcfg.Coexist && tunnelIdx != 0 {
 		if aw.routes, err = newTunnelRoutes(w, tunnelIdx, cfg.ClusterID); err != nil {
 			dp.Close()
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 	}
 	blog.Info("datapath open", "attach", dp.AttachMode(), "mode", cfg.Mode, "tunnel", cfg.Tunnel.Device)
 	var once sync.Once
-	return aw, func() { once.Do(func() { dp.Close() }) }, nil
+	return aw, dp, func() { once.Do(func() { dp.Close() }) }, nil
 }
 
 // attachingWriter attaches the endpoint program to the host veth of every

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -66,6 +67,10 @@ type Config struct {
 	Workers     int
 	// IfIndex looks up the host route of a pod IP; default RouteIfIndex.
 	IfIndex IfIndexFunc
+	// Identity returns the security identity the cluster's
+	// clustermesh-apiserver allocated for a pod IP, 0 while unknown (see
+	// docs/policy.md); nil: always 0. Call Reidentify when it changes.
+	Identity func(netip.Addr) uint32
 	// OnSynced is called once the initial state has been handed in.
 	OnSynced func()
 	// RetryMin and RetryMax bound the backoff of failed keys.
@@ -136,6 +141,9 @@ func New(cfg Config, client kubernetes.Interface, svcs ServiceSink, dp DatapathS
 		podCIDRs:  map[string][]netip.Prefix{},
 		podIPs:    map[key][]netip.Addr{},
 	}
+	w.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[key](w.cfg.RetryMin, w.cfg.RetryMax),
+		workqueue.TypedRateLimitingQueueConfig[key]{})
 	if reg != nil {
 		reg.MustRegister(w.warns)
 	}
@@ -144,9 +152,6 @@ func New(cfg Config, client kubernetes.Interface, svcs ServiceSink, dp DatapathS
 
 // Run watches until ctx is done; it returns after its goroutines exit.
 func (w *Watcher) Run(ctx context.Context) error {
-	w.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
-		workqueue.NewTypedItemExponentialFailureRateLimiter[key](w.cfg.RetryMin, w.cfg.RetryMax),
-		workqueue.TypedRateLimitingQueueConfig[key]{})
 	factory := informers.NewSharedInformerFactory(w.client, 0)
 	podFactory := informers.NewSharedInformerFactoryWithOptions(w.client, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -594,11 +599,38 @@ func (w *Watcher) reconcilePod(k key) error {
 	}
 	for _, e := range eps {
 		w.dp.UpsertEndpoint(e)
-		// A local pod: zero tunnel endpoint. Its identity is allocated by
-		// the clustermesh-apiserver and not known here (0).
-		w.dp.UpsertIPCache(datapath.IPCacheEntry{Prefix: netip.PrefixFrom(e.IP, e.IP.BitLen()), ClusterID: w.cfg.ClusterID})
+		// A local pod: zero tunnel endpoint; its identity as allocated by
+		// the clustermesh-apiserver (0 while not known).
+		var id uint32
+		if w.cfg.Identity != nil {
+			id = w.cfg.Identity(e.IP)
+		}
+		w.dp.UpsertIPCache(datapath.IPCacheEntry{Prefix: netip.PrefixFrom(e.IP, e.IP.BitLen()), Identity: id, ClusterID: w.cfg.ClusterID})
 	}
 	return missing
+}
+
+// PodIPs returns the addresses of a pod of this node (nil: none known).
+func (w *Watcher) PodIPs(namespace, name string) []netip.Addr {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.podIPs[key{kind: kindPod, namespace: namespace, name: name}])
+}
+
+// Reidentify reconciles the pod of this node that has ip, if any: its
+// identity changed. Safe to call before Run.
+func (w *Watcher) Reidentify(ip netip.Addr) {
+	w.mu.Lock()
+	var ks []key
+	for k, ips := range w.podIPs {
+		if slices.Contains(ips, ip) {
+			ks = append(ks, k)
+		}
+	}
+	w.mu.Unlock()
+	for _, k := range ks {
+		w.queue.Add(k)
+	}
 }
 
 // RouteIfIndex returns the output interface of the host route to ip.

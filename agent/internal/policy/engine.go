@@ -341,3 +341,14 @@ func (e *Engine) Selected(sel selector.Selector) []ID {
 	slices.Sort(out)
 	return out
 }
+
+// Identity returns a copy of an identity the engine knows.
+func (e *Engine) Identity(id ID) (Identity, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	i, ok := e.ids[id]
+	if !ok {
+		return Identity{}, false
+	}
+	return *i, true
+}

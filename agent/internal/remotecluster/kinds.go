@@ -173,12 +173,22 @@ func (o *nodeObserver) setClaim(p netip.Prefix, key string, e *datapath.TunnelEn
 	}
 }
 
-// identityObserver only counts: remote identities carry their cluster ID
-// in their numeric value and need no datapath state of their own.
+// identityObserver hands identities to the policy engine (Config.Identities):
+// remote identities carry their cluster ID in their numeric value and need
+// no datapath state of their own.
 type identityObserver struct{ observerBase }
 
-func (o *identityObserver) OnUpsert(string, wire.Identity) {}
-func (o *identityObserver) OnDelete(string, wire.Identity) {}
+func (o *identityObserver) OnUpsert(_ string, id wire.Identity) {
+	if s := o.r.m.cfg.Identities; s != nil {
+		s.UpsertIdentity(id.ID, id.Labels)
+	}
+}
+
+func (o *identityObserver) OnDelete(_ string, id wire.Identity) {
+	if s := o.r.m.cfg.Identities; s != nil {
+		s.DeleteIdentity(id.ID)
+	}
+}
 
 // ipEntry is what the agent keeps of a remote ipcache entry: the store
 // holds one per remote pod IP, so only the fields the datapath needs (the

@@ -99,6 +99,16 @@ type Config struct {
 	// ipcache, services) the agent holds for one remote; a remote over it
 	// is refused and its state withdrawn (0: no bound).
 	MaxEntries int
+	// Identities, if set, is told about every remote identity (for the
+	// policy engine); a drained remote deletes its identities.
+	Identities IdentitySink
+}
+
+// IdentitySink takes remote identities, already validated (in the remote's
+// range, labelled with its cluster).
+type IdentitySink interface {
+	UpsertIdentity(id uint32, labels wire.Labels)
+	DeleteIdentity(id uint32)
 }
 
 // DefaultMaxEntries is the default bound of Config.MaxEntries: four times

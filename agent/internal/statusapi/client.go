@@ -91,6 +91,10 @@ func PrintTable(w io.Writer, resp *agentv1.GetStatusResponse) error {
 		}
 		fmt.Fprintf(tw, "%s/%s\t%s/%s\t%s\n", s.GetNamespace(), s.GetName(), s.GetFrontend(), s.GetProtocol(), strings.Join(bs, " "))
 	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	printPolicyStatus(w, resp.GetPolicy())
 	if len(resp.GetTunnels()) > 0 {
 		fmt.Fprintln(tw)
 		fmt.Fprintln(tw, "TUNNEL CIDR\tNODE IP\tCLUSTER ID")

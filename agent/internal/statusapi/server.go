@@ -56,6 +56,7 @@ type Server struct {
 	services Services
 	dp       Datapath
 	log      *slog.Logger
+	policy   Policy // nil: no policy plane
 }
 
 // New returns a Server.
@@ -138,6 +139,9 @@ func (s *Server) Build(includeEntries bool) *agentv1.GetStatusResponse {
 			}
 			resp.Services = append(resp.Services, out)
 		}
+	}
+	if s.policy != nil {
+		resp.Policy = s.policyStatus(names)
 	}
 	if includeEntries {
 		tun := s.dp.Tunnels()

@@ -47,6 +47,9 @@ type Config struct {
 	RetryMax time.Duration
 	// Timeout bounds one write (default 10s).
 	Timeout time.Duration
+	// RefusedPolicies, if set, returns the network policies the agent
+	// refused, for the report.
+	RefusedPolicies func() []meshstatus.PolicyRefusal
 }
 
 func (c *Config) withDefaults() {
@@ -100,6 +103,9 @@ func (p *Publisher) Run(ctx context.Context) error {
 	)
 	for {
 		r := Build(p.cfg.Cluster, p.cfg.Node, p.src.Status())
+		if p.cfg.RefusedPolicies != nil {
+			r.RefusedPolicies = p.cfg.RefusedPolicies()
+		}
 		now := p.clk.Now()
 		if p.due(last, r, now.Sub(lastTime)) && !now.Before(retryAt) {
 			pctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)

@@ -83,8 +83,10 @@ type GetStatusResponse struct {
 	DatapathBatches     uint64   `protobuf:"varint,9,opt,name=datapath_batches,json=datapathBatches,proto3" json:"datapath_batches,omitempty"`
 	DatapathFailures    uint64   `protobuf:"varint,10,opt,name=datapath_failures,json=datapathFailures,proto3" json:"datapath_failures,omitempty"`
 	DatapathLastError   string   `protobuf:"bytes,11,opt,name=datapath_last_error,json=datapathLastError,proto3" json:"datapath_last_error,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Network policy: loaded and refused policies, drops.
+	Policy        *PolicyStatus `protobuf:"bytes,250,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetStatusResponse) Reset() {
@@ -194,6 +196,744 @@ func (x *GetStatusResponse) GetDatapathLastError() string {
 	return ""
 }
 
+func (x *GetStatusResponse) GetPolicy() *PolicyStatus {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+type PolicyStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Policies accepted and programmed.
+	Policies uint32 `protobuf:"varint,1,opt,name=policies,proto3" json:"policies,omitempty"`
+	// Policies refused as a whole, with the reason.
+	Refused []*PolicyRefusal `protobuf:"bytes,2,rep,name=refused,proto3" json:"refused,omitempty"`
+	// Drops by policy ("(default deny)" when no deny rule decided),
+	// direction and source cluster.
+	Drops []*PolicyDrops `protobuf:"bytes,3,rep,name=drops,proto3" json:"drops,omitempty"`
+	// Per policy, resolved keys with a CIDR peer that the datapath enforces
+	// narrower than written (a CIDR deny as a world deny, a CIDR allow left out).
+	Narrowed map[string]uint32 `protobuf:"bytes,4,rep,name=narrowed,proto3" json:"narrowed,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// Policy diffs the datapath failed to apply.
+	Failures      uint64 `protobuf:"varint,5,opt,name=failures,proto3" json:"failures,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyStatus) Reset() {
+	*x = PolicyStatus{}
+	mi := &file_status_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyStatus) ProtoMessage() {}
+
+func (x *PolicyStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_status_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyStatus.ProtoReflect.Descriptor instead.
+func (*PolicyStatus) Descriptor() ([]byte, []int) {
+	return file_status_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PolicyStatus) GetPolicies() uint32 {
+	if x != nil {
+		return x.Policies
+	}
+	return 0
+}
+
+func (x *PolicyStatus) GetRefused() []*PolicyRefusal {
+	if x != nil {
+		return x.Refused
+	}
+	return nil
+}
+
+func (x *PolicyStatus) GetDrops() []*PolicyDrops {
+	if x != nil {
+		return x.Drops
+	}
+	return nil
+}
+
+func (x *PolicyStatus) GetNarrowed() map[string]uint32 {
+	if x != nil {
+		return x.Narrowed
+	}
+	return nil
+}
+
+func (x *PolicyStatus) GetFailures() uint64 {
+	if x != nil {
+		return x.Failures
+	}
+	return 0
+}
+
+type PolicyRefusal struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Policy        string                 `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyRefusal) Reset() {
+	*x = PolicyRefusal{}
+	mi := &file_status_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyRefusal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyRefusal) ProtoMessage() {}
+
+func (x *PolicyRefusal) ProtoReflect() protoreflect.Message {
+	mi := &file_status_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyRefusal.ProtoReflect.Descriptor instead.
+func (*PolicyRefusal) Descriptor() ([]byte, []int) {
+	return file_status_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PolicyRefusal) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *PolicyRefusal) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type PolicyDrops struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Policy          string                 `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	Direction       string                 `protobuf:"bytes,2,opt,name=direction,proto3" json:"direction,omitempty"`
+	SourceClusterId uint32                 `protobuf:"varint,3,opt,name=source_cluster_id,json=sourceClusterId,proto3" json:"source_cluster_id,omitempty"`
+	SourceCluster   string                 `protobuf:"bytes,4,opt,name=source_cluster,json=sourceCluster,proto3" json:"source_cluster,omitempty"`
+	Count           uint64                 `protobuf:"varint,5,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *PolicyDrops) Reset() {
+	*x = PolicyDrops{}
+	mi := &file_status_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyDrops) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyDrops) ProtoMessage() {}
+
+func (x *PolicyDrops) ProtoReflect() protoreflect.Message {
+	mi := &file_status_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyDrops.ProtoReflect.Descriptor instead.
+func (*PolicyDrops) Descriptor() ([]byte, []int) {
+	return file_status_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PolicyDrops) GetPolicy() string {
+	if x != nil {
+		return x.Policy
+	}
+	return ""
+}
+
+func (x *PolicyDrops) GetDirection() string {
+	if x != nil {
+		return x.Direction
+	}
+	return ""
+}
+
+func (x *PolicyDrops) GetSourceClusterId() uint32 {
+	if x != nil {
+		return x.SourceClusterId
+	}
+	return 0
+}
+
+func (x *PolicyDrops) GetSourceCluster() string {
+	if x != nil {
+		return x.SourceCluster
+	}
+	return ""
+}
+
+func (x *PolicyDrops) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+type GetPolicyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A pod of this node ("namespace/name"), an identity number, or labels
+	// ("app=web,io.cilium.k8s.policy.cluster=c1"); empty: every local endpoint.
+	Endpoint      string `protobuf:"bytes,1,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPolicyRequest) Reset() {
+	*x = GetPolicyRequest{}
+	mi := &file_status_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPolicyRequest) ProtoMessage() {}
+
+func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_status_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
+func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_status_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *GetPolicyRequest) GetEndpoint() string {
+	if x != nil {
+		return x.Endpoint
+	}
+	return ""
+}
+
+type GetPolicyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Endpoints     []*EndpointPolicy      `protobuf:"bytes,1,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPolicyResponse) Reset() {
+	*x = GetPolicyResponse{}
+	mi := &file_status_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPolicyResponse) ProtoMessage() {}
+
+func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_status_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
+func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_status_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *GetPolicyResponse) GetEndpoints() []*EndpointPolicy {
+	if x != nil {
+		return x.Endpoints
+	}
+	return nil
+}
+
+type EndpointPolicy struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Identity      uint32                 `protobuf:"varint,1,opt,name=identity,proto3" json:"identity,omitempty"`
+	Labels        string                 `protobuf:"bytes,2,opt,name=labels,proto3" json:"labels,omitempty"`
+	Ingress       *DirectionPolicy       `protobuf:"bytes,3,opt,name=ingress,proto3" json:"ingress,omitempty"`
+	Egress        *DirectionPolicy       `protobuf:"bytes,4,opt,name=egress,proto3" json:"egress,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndpointPolicy) Reset() {
+	*x = EndpointPolicy{}
+	mi := &file_status_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndpointPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndpointPolicy) ProtoMessage() {}
+
+func (x *EndpointPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_status_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndpointPolicy.ProtoReflect.Descriptor instead.
+func (*EndpointPolicy) Descriptor() ([]byte, []int) {
+	return file_status_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *EndpointPolicy) GetIdentity() uint32 {
+	if x != nil {
+		return x.Identity
+	}
+	return 0
+}
+
+func (x *EndpointPolicy) GetLabels() string {
+	if x != nil {
+		return x.Labels
+	}
+	return ""
+}
+
+func (x *EndpointPolicy) GetIngress() *DirectionPolicy {
+	if x != nil {
+		return x.Ingress
+	}
+	return nil
+}
+
+func (x *EndpointPolicy) GetEgress() *DirectionPolicy {
+	if x != nil {
+		return x.Egress
+	}
+	return nil
+}
+
+type DirectionPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Default deny in this direction (a policy selects the endpoint).
+	Enforced      bool           `protobuf:"varint,1,opt,name=enforced,proto3" json:"enforced,omitempty"`
+	Entries       []*PolicyEntry `protobuf:"bytes,2,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DirectionPolicy) Reset() {
+	*x = DirectionPolicy{}
+	mi := &file_status_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DirectionPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DirectionPolicy) ProtoMessage() {}
+
+func (x *DirectionPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_status_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DirectionPolicy.ProtoReflect.Descriptor instead.
+func (*DirectionPolicy) Descriptor() ([]byte, []int) {
+	return file_status_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *DirectionPolicy) GetEnforced() bool {
+	if x != nil {
+		return x.Enforced
+	}
+	return false
+}
+
+func (x *DirectionPolicy) GetEntries() []*PolicyEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+type PolicyEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An identity number, a CIDR, or "*" (every peer).
+	Peer       string `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`
+	PeerLabels string `protobuf:"bytes,2,opt,name=peer_labels,json=peerLabels,proto3" json:"peer_labels,omitempty"`
+	// ANY, TCP, UDP or SCTP; port 0 is every port.
+	Protocol      string `protobuf:"bytes,3,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	Port          uint32 `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
+	EndPort       uint32 `protobuf:"varint,5,opt,name=end_port,json=endPort,proto3" json:"end_port,omitempty"`
+	Deny          bool   `protobuf:"varint,6,opt,name=deny,proto3" json:"deny,omitempty"`
+	Rule          string `protobuf:"bytes,7,opt,name=rule,proto3" json:"rule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyEntry) Reset() {
+	*x = PolicyEntry{}
+	mi := &file_status_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyEntry) ProtoMessage() {}
+
+func (x *PolicyEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_status_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyEntry.ProtoReflect.Descriptor instead.
+func (*PolicyEntry) Descriptor() ([]byte, []int) {
+	return file_status_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *PolicyEntry) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *PolicyEntry) GetPeerLabels() string {
+	if x != nil {
+		return x.PeerLabels
+	}
+	return ""
+}
+
+func (x *PolicyEntry) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+func (x *PolicyEntry) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *PolicyEntry) GetEndPort() uint32 {
+	if x != nil {
+		return x.EndPort
+	}
+	return 0
+}
+
+func (x *PolicyEntry) GetDeny() bool {
+	if x != nil {
+		return x.Deny
+	}
+	return false
+}
+
+func (x *PolicyEntry) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+type TracePolicyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Each a pod of this node ("namespace/name"), an identity number, or labels.
+	Src   string `protobuf:"bytes,1,opt,name=src,proto3" json:"src,omitempty"`
+	Dst   string `protobuf:"bytes,2,opt,name=dst,proto3" json:"dst,omitempty"`
+	Dport uint32 `protobuf:"varint,3,opt,name=dport,proto3" json:"dport,omitempty"`
+	// TCP (default), UDP, SCTP or ANY.
+	Protocol      string `protobuf:"bytes,4,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TracePolicyRequest) Reset() {
+	*x = TracePolicyRequest{}
+	mi := &file_status_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TracePolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TracePolicyRequest) ProtoMessage() {}
+
+func (x *TracePolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_status_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TracePolicyRequest.ProtoReflect.Descriptor instead.
+func (*TracePolicyRequest) Descriptor() ([]byte, []int) {
+	return file_status_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *TracePolicyRequest) GetSrc() string {
+	if x != nil {
+		return x.Src
+	}
+	return ""
+}
+
+func (x *TracePolicyRequest) GetDst() string {
+	if x != nil {
+		return x.Dst
+	}
+	return ""
+}
+
+func (x *TracePolicyRequest) GetDport() uint32 {
+	if x != nil {
+		return x.Dport
+	}
+	return 0
+}
+
+func (x *TracePolicyRequest) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
+}
+
+type TracePolicyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Allowed       bool                   `protobuf:"varint,1,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	SrcIdentity   uint32                 `protobuf:"varint,2,opt,name=src_identity,json=srcIdentity,proto3" json:"src_identity,omitempty"`
+	DstIdentity   uint32                 `protobuf:"varint,3,opt,name=dst_identity,json=dstIdentity,proto3" json:"dst_identity,omitempty"`
+	Egress        *TraceVerdict          `protobuf:"bytes,4,opt,name=egress,proto3" json:"egress,omitempty"`
+	Ingress       *TraceVerdict          `protobuf:"bytes,5,opt,name=ingress,proto3" json:"ingress,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TracePolicyResponse) Reset() {
+	*x = TracePolicyResponse{}
+	mi := &file_status_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TracePolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TracePolicyResponse) ProtoMessage() {}
+
+func (x *TracePolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_status_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TracePolicyResponse.ProtoReflect.Descriptor instead.
+func (*TracePolicyResponse) Descriptor() ([]byte, []int) {
+	return file_status_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *TracePolicyResponse) GetAllowed() bool {
+	if x != nil {
+		return x.Allowed
+	}
+	return false
+}
+
+func (x *TracePolicyResponse) GetSrcIdentity() uint32 {
+	if x != nil {
+		return x.SrcIdentity
+	}
+	return 0
+}
+
+func (x *TracePolicyResponse) GetDstIdentity() uint32 {
+	if x != nil {
+		return x.DstIdentity
+	}
+	return 0
+}
+
+func (x *TracePolicyResponse) GetEgress() *TraceVerdict {
+	if x != nil {
+		return x.Egress
+	}
+	return nil
+}
+
+func (x *TracePolicyResponse) GetIngress() *TraceVerdict {
+	if x != nil {
+		return x.Ingress
+	}
+	return nil
+}
+
+type TraceVerdict struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// False when that side is not a local endpoint (its own cluster decides).
+	Evaluated     bool   `protobuf:"varint,1,opt,name=evaluated,proto3" json:"evaluated,omitempty"`
+	Allowed       bool   `protobuf:"varint,2,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	Rule          string `protobuf:"bytes,3,opt,name=rule,proto3" json:"rule,omitempty"`
+	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TraceVerdict) Reset() {
+	*x = TraceVerdict{}
+	mi := &file_status_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TraceVerdict) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TraceVerdict) ProtoMessage() {}
+
+func (x *TraceVerdict) ProtoReflect() protoreflect.Message {
+	mi := &file_status_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TraceVerdict.ProtoReflect.Descriptor instead.
+func (*TraceVerdict) Descriptor() ([]byte, []int) {
+	return file_status_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *TraceVerdict) GetEvaluated() bool {
+	if x != nil {
+		return x.Evaluated
+	}
+	return false
+}
+
+func (x *TraceVerdict) GetAllowed() bool {
+	if x != nil {
+		return x.Allowed
+	}
+	return false
+}
+
+func (x *TraceVerdict) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+func (x *TraceVerdict) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type RemoteCluster struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Name      string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -227,7 +967,7 @@ type RemoteCluster struct {
 
 func (x *RemoteCluster) Reset() {
 	*x = RemoteCluster{}
-	mi := &file_status_proto_msgTypes[2]
+	mi := &file_status_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -239,7 +979,7 @@ func (x *RemoteCluster) String() string {
 func (*RemoteCluster) ProtoMessage() {}
 
 func (x *RemoteCluster) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[2]
+	mi := &file_status_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -252,7 +992,7 @@ func (x *RemoteCluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoteCluster.ProtoReflect.Descriptor instead.
 func (*RemoteCluster) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{2}
+	return file_status_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RemoteCluster) GetName() string {
@@ -375,7 +1115,7 @@ type RefusedClaims struct {
 
 func (x *RefusedClaims) Reset() {
 	*x = RefusedClaims{}
-	mi := &file_status_proto_msgTypes[3]
+	mi := &file_status_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -387,7 +1127,7 @@ func (x *RefusedClaims) String() string {
 func (*RefusedClaims) ProtoMessage() {}
 
 func (x *RefusedClaims) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[3]
+	mi := &file_status_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -400,7 +1140,7 @@ func (x *RefusedClaims) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefusedClaims.ProtoReflect.Descriptor instead.
 func (*RefusedClaims) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{3}
+	return file_status_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RefusedClaims) GetReason() string {
@@ -437,7 +1177,7 @@ type ClaimConflict struct {
 
 func (x *ClaimConflict) Reset() {
 	*x = ClaimConflict{}
-	mi := &file_status_proto_msgTypes[4]
+	mi := &file_status_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -449,7 +1189,7 @@ func (x *ClaimConflict) String() string {
 func (*ClaimConflict) ProtoMessage() {}
 
 func (x *ClaimConflict) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[4]
+	mi := &file_status_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -462,7 +1202,7 @@ func (x *ClaimConflict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClaimConflict.ProtoReflect.Descriptor instead.
 func (*ClaimConflict) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{4}
+	return file_status_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ClaimConflict) GetKind() string {
@@ -500,7 +1240,7 @@ type KindStatus struct {
 
 func (x *KindStatus) Reset() {
 	*x = KindStatus{}
-	mi := &file_status_proto_msgTypes[5]
+	mi := &file_status_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -512,7 +1252,7 @@ func (x *KindStatus) String() string {
 func (*KindStatus) ProtoMessage() {}
 
 func (x *KindStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[5]
+	mi := &file_status_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -525,7 +1265,7 @@ func (x *KindStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KindStatus.ProtoReflect.Descriptor instead.
 func (*KindStatus) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{5}
+	return file_status_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *KindStatus) GetKind() string {
@@ -576,7 +1316,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_status_proto_msgTypes[6]
+	mi := &file_status_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -588,7 +1328,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[6]
+	mi := &file_status_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -601,7 +1341,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{6}
+	return file_status_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Service) GetNamespace() string {
@@ -651,7 +1391,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_status_proto_msgTypes[7]
+	mi := &file_status_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -663,7 +1403,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[7]
+	mi := &file_status_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -676,7 +1416,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{7}
+	return file_status_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Backend) GetAddress() string {
@@ -718,7 +1458,7 @@ type TunnelEntry struct {
 
 func (x *TunnelEntry) Reset() {
 	*x = TunnelEntry{}
-	mi := &file_status_proto_msgTypes[8]
+	mi := &file_status_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -730,7 +1470,7 @@ func (x *TunnelEntry) String() string {
 func (*TunnelEntry) ProtoMessage() {}
 
 func (x *TunnelEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[8]
+	mi := &file_status_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -743,7 +1483,7 @@ func (x *TunnelEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TunnelEntry.ProtoReflect.Descriptor instead.
 func (*TunnelEntry) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{8}
+	return file_status_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *TunnelEntry) GetCidr() string {
@@ -779,7 +1519,7 @@ type IPCacheEntry struct {
 
 func (x *IPCacheEntry) Reset() {
 	*x = IPCacheEntry{}
-	mi := &file_status_proto_msgTypes[9]
+	mi := &file_status_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -791,7 +1531,7 @@ func (x *IPCacheEntry) String() string {
 func (*IPCacheEntry) ProtoMessage() {}
 
 func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[9]
+	mi := &file_status_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -804,7 +1544,7 @@ func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPCacheEntry.ProtoReflect.Descriptor instead.
 func (*IPCacheEntry) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{9}
+	return file_status_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *IPCacheEntry) GetPrefix() string {
@@ -841,7 +1581,7 @@ const file_status_proto_rawDesc = "" +
 	"\n" +
 	"\fstatus.proto\x12\x14clustermesh.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\";\n" +
 	"\x10GetStatusRequest\x12'\n" +
-	"\x0finclude_entries\x18\x01 \x01(\bR\x0eincludeEntries\"\xb2\x04\n" +
+	"\x0finclude_entries\x18\x01 \x01(\bR\x0eincludeEntries\"\xef\x04\n" +
 	"\x11GetStatusResponse\x12!\n" +
 	"\fcluster_name\x18\x01 \x01(\tR\vclusterName\x12\x1d\n" +
 	"\n" +
@@ -855,7 +1595,63 @@ const file_status_proto_rawDesc = "" +
 	"\x10datapath_batches\x18\t \x01(\x04R\x0fdatapathBatches\x12+\n" +
 	"\x11datapath_failures\x18\n" +
 	" \x01(\x04R\x10datapathFailures\x12.\n" +
-	"\x13datapath_last_error\x18\v \x01(\tR\x11datapathLastError\"\x88\x05\n" +
+	"\x13datapath_last_error\x18\v \x01(\tR\x11datapathLastError\x12;\n" +
+	"\x06policy\x18\xfa\x01 \x01(\v2\".clustermesh.agent.v1.PolicyStatusR\x06policy\"\xc9\x02\n" +
+	"\fPolicyStatus\x12\x1a\n" +
+	"\bpolicies\x18\x01 \x01(\rR\bpolicies\x12=\n" +
+	"\arefused\x18\x02 \x03(\v2#.clustermesh.agent.v1.PolicyRefusalR\arefused\x127\n" +
+	"\x05drops\x18\x03 \x03(\v2!.clustermesh.agent.v1.PolicyDropsR\x05drops\x12L\n" +
+	"\bnarrowed\x18\x04 \x03(\v20.clustermesh.agent.v1.PolicyStatus.NarrowedEntryR\bnarrowed\x12\x1a\n" +
+	"\bfailures\x18\x05 \x01(\x04R\bfailures\x1a;\n" +
+	"\rNarrowedEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"?\n" +
+	"\rPolicyRefusal\x12\x16\n" +
+	"\x06policy\x18\x01 \x01(\tR\x06policy\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xac\x01\n" +
+	"\vPolicyDrops\x12\x16\n" +
+	"\x06policy\x18\x01 \x01(\tR\x06policy\x12\x1c\n" +
+	"\tdirection\x18\x02 \x01(\tR\tdirection\x12*\n" +
+	"\x11source_cluster_id\x18\x03 \x01(\rR\x0fsourceClusterId\x12%\n" +
+	"\x0esource_cluster\x18\x04 \x01(\tR\rsourceCluster\x12\x14\n" +
+	"\x05count\x18\x05 \x01(\x04R\x05count\".\n" +
+	"\x10GetPolicyRequest\x12\x1a\n" +
+	"\bendpoint\x18\x01 \x01(\tR\bendpoint\"W\n" +
+	"\x11GetPolicyResponse\x12B\n" +
+	"\tendpoints\x18\x01 \x03(\v2$.clustermesh.agent.v1.EndpointPolicyR\tendpoints\"\xc4\x01\n" +
+	"\x0eEndpointPolicy\x12\x1a\n" +
+	"\bidentity\x18\x01 \x01(\rR\bidentity\x12\x16\n" +
+	"\x06labels\x18\x02 \x01(\tR\x06labels\x12?\n" +
+	"\aingress\x18\x03 \x01(\v2%.clustermesh.agent.v1.DirectionPolicyR\aingress\x12=\n" +
+	"\x06egress\x18\x04 \x01(\v2%.clustermesh.agent.v1.DirectionPolicyR\x06egress\"j\n" +
+	"\x0fDirectionPolicy\x12\x1a\n" +
+	"\benforced\x18\x01 \x01(\bR\benforced\x12;\n" +
+	"\aentries\x18\x02 \x03(\v2!.clustermesh.agent.v1.PolicyEntryR\aentries\"\xb5\x01\n" +
+	"\vPolicyEntry\x12\x12\n" +
+	"\x04peer\x18\x01 \x01(\tR\x04peer\x12\x1f\n" +
+	"\vpeer_labels\x18\x02 \x01(\tR\n" +
+	"peerLabels\x12\x1a\n" +
+	"\bprotocol\x18\x03 \x01(\tR\bprotocol\x12\x12\n" +
+	"\x04port\x18\x04 \x01(\rR\x04port\x12\x19\n" +
+	"\bend_port\x18\x05 \x01(\rR\aendPort\x12\x12\n" +
+	"\x04deny\x18\x06 \x01(\bR\x04deny\x12\x12\n" +
+	"\x04rule\x18\a \x01(\tR\x04rule\"j\n" +
+	"\x12TracePolicyRequest\x12\x10\n" +
+	"\x03src\x18\x01 \x01(\tR\x03src\x12\x10\n" +
+	"\x03dst\x18\x02 \x01(\tR\x03dst\x12\x14\n" +
+	"\x05dport\x18\x03 \x01(\rR\x05dport\x12\x1a\n" +
+	"\bprotocol\x18\x04 \x01(\tR\bprotocol\"\xef\x01\n" +
+	"\x13TracePolicyResponse\x12\x18\n" +
+	"\aallowed\x18\x01 \x01(\bR\aallowed\x12!\n" +
+	"\fsrc_identity\x18\x02 \x01(\rR\vsrcIdentity\x12!\n" +
+	"\fdst_identity\x18\x03 \x01(\rR\vdstIdentity\x12:\n" +
+	"\x06egress\x18\x04 \x01(\v2\".clustermesh.agent.v1.TraceVerdictR\x06egress\x12<\n" +
+	"\aingress\x18\x05 \x01(\v2\".clustermesh.agent.v1.TraceVerdictR\aingress\"r\n" +
+	"\fTraceVerdict\x12\x1c\n" +
+	"\tevaluated\x18\x01 \x01(\bR\tevaluated\x12\x18\n" +
+	"\aallowed\x18\x02 \x01(\bR\aallowed\x12\x12\n" +
+	"\x04rule\x18\x03 \x01(\tR\x04rule\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"\x88\x05\n" +
 	"\rRemoteCluster\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\rR\x02id\x12\x1c\n" +
@@ -914,9 +1710,11 @@ const file_status_proto_rawDesc = "" +
 	"\bidentity\x18\x02 \x01(\rR\bidentity\x12'\n" +
 	"\x0ftunnel_endpoint\x18\x03 \x01(\tR\x0etunnelEndpoint\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\x04 \x01(\rR\tclusterId2f\n" +
+	"cluster_id\x18\x04 \x01(\rR\tclusterId2\xa8\x02\n" +
 	"\x06Status\x12\\\n" +
-	"\tGetStatus\x12&.clustermesh.agent.v1.GetStatusRequest\x1a'.clustermesh.agent.v1.GetStatusResponseB9Z7github.com/clustermesh/clustermesh/api/agent/v1;agentv1b\x06proto3"
+	"\tGetStatus\x12&.clustermesh.agent.v1.GetStatusRequest\x1a'.clustermesh.agent.v1.GetStatusResponse\x12\\\n" +
+	"\tGetPolicy\x12&.clustermesh.agent.v1.GetPolicyRequest\x1a'.clustermesh.agent.v1.GetPolicyResponse\x12b\n" +
+	"\vTracePolicy\x12(.clustermesh.agent.v1.TracePolicyRequest\x1a).clustermesh.agent.v1.TracePolicyResponseB9Z7github.com/clustermesh/clustermesh/api/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_status_proto_rawDescOnce sync.Once
@@ -930,38 +1728,64 @@ func file_status_proto_rawDescGZIP() []byte {
 	return file_status_proto_rawDescData
 }
 
-var file_status_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_status_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_status_proto_goTypes = []any{
 	(*GetStatusRequest)(nil),      // 0: clustermesh.agent.v1.GetStatusRequest
 	(*GetStatusResponse)(nil),     // 1: clustermesh.agent.v1.GetStatusResponse
-	(*RemoteCluster)(nil),         // 2: clustermesh.agent.v1.RemoteCluster
-	(*RefusedClaims)(nil),         // 3: clustermesh.agent.v1.RefusedClaims
-	(*ClaimConflict)(nil),         // 4: clustermesh.agent.v1.ClaimConflict
-	(*KindStatus)(nil),            // 5: clustermesh.agent.v1.KindStatus
-	(*Service)(nil),               // 6: clustermesh.agent.v1.Service
-	(*Backend)(nil),               // 7: clustermesh.agent.v1.Backend
-	(*TunnelEntry)(nil),           // 8: clustermesh.agent.v1.TunnelEntry
-	(*IPCacheEntry)(nil),          // 9: clustermesh.agent.v1.IPCacheEntry
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(*PolicyStatus)(nil),          // 2: clustermesh.agent.v1.PolicyStatus
+	(*PolicyRefusal)(nil),         // 3: clustermesh.agent.v1.PolicyRefusal
+	(*PolicyDrops)(nil),           // 4: clustermesh.agent.v1.PolicyDrops
+	(*GetPolicyRequest)(nil),      // 5: clustermesh.agent.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),     // 6: clustermesh.agent.v1.GetPolicyResponse
+	(*EndpointPolicy)(nil),        // 7: clustermesh.agent.v1.EndpointPolicy
+	(*DirectionPolicy)(nil),       // 8: clustermesh.agent.v1.DirectionPolicy
+	(*PolicyEntry)(nil),           // 9: clustermesh.agent.v1.PolicyEntry
+	(*TracePolicyRequest)(nil),    // 10: clustermesh.agent.v1.TracePolicyRequest
+	(*TracePolicyResponse)(nil),   // 11: clustermesh.agent.v1.TracePolicyResponse
+	(*TraceVerdict)(nil),          // 12: clustermesh.agent.v1.TraceVerdict
+	(*RemoteCluster)(nil),         // 13: clustermesh.agent.v1.RemoteCluster
+	(*RefusedClaims)(nil),         // 14: clustermesh.agent.v1.RefusedClaims
+	(*ClaimConflict)(nil),         // 15: clustermesh.agent.v1.ClaimConflict
+	(*KindStatus)(nil),            // 16: clustermesh.agent.v1.KindStatus
+	(*Service)(nil),               // 17: clustermesh.agent.v1.Service
+	(*Backend)(nil),               // 18: clustermesh.agent.v1.Backend
+	(*TunnelEntry)(nil),           // 19: clustermesh.agent.v1.TunnelEntry
+	(*IPCacheEntry)(nil),          // 20: clustermesh.agent.v1.IPCacheEntry
+	nil,                           // 21: clustermesh.agent.v1.PolicyStatus.NarrowedEntry
+	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
 }
 var file_status_proto_depIdxs = []int32{
-	2,  // 0: clustermesh.agent.v1.GetStatusResponse.remote_clusters:type_name -> clustermesh.agent.v1.RemoteCluster
-	6,  // 1: clustermesh.agent.v1.GetStatusResponse.services:type_name -> clustermesh.agent.v1.Service
-	8,  // 2: clustermesh.agent.v1.GetStatusResponse.tunnels:type_name -> clustermesh.agent.v1.TunnelEntry
-	9,  // 3: clustermesh.agent.v1.GetStatusResponse.ipcache:type_name -> clustermesh.agent.v1.IPCacheEntry
-	5,  // 4: clustermesh.agent.v1.RemoteCluster.kinds:type_name -> clustermesh.agent.v1.KindStatus
-	10, // 5: clustermesh.agent.v1.RemoteCluster.last_change:type_name -> google.protobuf.Timestamp
-	10, // 6: clustermesh.agent.v1.RemoteCluster.last_heartbeat:type_name -> google.protobuf.Timestamp
-	3,  // 7: clustermesh.agent.v1.RemoteCluster.refused_claims:type_name -> clustermesh.agent.v1.RefusedClaims
-	4,  // 8: clustermesh.agent.v1.RemoteCluster.conflicts:type_name -> clustermesh.agent.v1.ClaimConflict
-	7,  // 9: clustermesh.agent.v1.Service.backends:type_name -> clustermesh.agent.v1.Backend
-	0,  // 10: clustermesh.agent.v1.Status.GetStatus:input_type -> clustermesh.agent.v1.GetStatusRequest
-	1,  // 11: clustermesh.agent.v1.Status.GetStatus:output_type -> clustermesh.agent.v1.GetStatusResponse
-	11, // [11:12] is the sub-list for method output_type
-	10, // [10:11] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	13, // 0: clustermesh.agent.v1.GetStatusResponse.remote_clusters:type_name -> clustermesh.agent.v1.RemoteCluster
+	17, // 1: clustermesh.agent.v1.GetStatusResponse.services:type_name -> clustermesh.agent.v1.Service
+	19, // 2: clustermesh.agent.v1.GetStatusResponse.tunnels:type_name -> clustermesh.agent.v1.TunnelEntry
+	20, // 3: clustermesh.agent.v1.GetStatusResponse.ipcache:type_name -> clustermesh.agent.v1.IPCacheEntry
+	2,  // 4: clustermesh.agent.v1.GetStatusResponse.policy:type_name -> clustermesh.agent.v1.PolicyStatus
+	3,  // 5: clustermesh.agent.v1.PolicyStatus.refused:type_name -> clustermesh.agent.v1.PolicyRefusal
+	4,  // 6: clustermesh.agent.v1.PolicyStatus.drops:type_name -> clustermesh.agent.v1.PolicyDrops
+	21, // 7: clustermesh.agent.v1.PolicyStatus.narrowed:type_name -> clustermesh.agent.v1.PolicyStatus.NarrowedEntry
+	7,  // 8: clustermesh.agent.v1.GetPolicyResponse.endpoints:type_name -> clustermesh.agent.v1.EndpointPolicy
+	8,  // 9: clustermesh.agent.v1.EndpointPolicy.ingress:type_name -> clustermesh.agent.v1.DirectionPolicy
+	8,  // 10: clustermesh.agent.v1.EndpointPolicy.egress:type_name -> clustermesh.agent.v1.DirectionPolicy
+	9,  // 11: clustermesh.agent.v1.DirectionPolicy.entries:type_name -> clustermesh.agent.v1.PolicyEntry
+	12, // 12: clustermesh.agent.v1.TracePolicyResponse.egress:type_name -> clustermesh.agent.v1.TraceVerdict
+	12, // 13: clustermesh.agent.v1.TracePolicyResponse.ingress:type_name -> clustermesh.agent.v1.TraceVerdict
+	16, // 14: clustermesh.agent.v1.RemoteCluster.kinds:type_name -> clustermesh.agent.v1.KindStatus
+	22, // 15: clustermesh.agent.v1.RemoteCluster.last_change:type_name -> google.protobuf.Timestamp
+	22, // 16: clustermesh.agent.v1.RemoteCluster.last_heartbeat:type_name -> google.protobuf.Timestamp
+	14, // 17: clustermesh.agent.v1.RemoteCluster.refused_claims:type_name -> clustermesh.agent.v1.RefusedClaims
+	15, // 18: clustermesh.agent.v1.RemoteCluster.conflicts:type_name -> clustermesh.agent.v1.ClaimConflict
+	18, // 19: clustermesh.agent.v1.Service.backends:type_name -> clustermesh.agent.v1.Backend
+	0,  // 20: clustermesh.agent.v1.Status.GetStatus:input_type -> clustermesh.agent.v1.GetStatusRequest
+	5,  // 21: clustermesh.agent.v1.Status.GetPolicy:input_type -> clustermesh.agent.v1.GetPolicyRequest
+	10, // 22: clustermesh.agent.v1.Status.TracePolicy:input_type -> clustermesh.agent.v1.TracePolicyRequest
+	1,  // 23: clustermesh.agent.v1.Status.GetStatus:output_type -> clustermesh.agent.v1.GetStatusResponse
+	6,  // 24: clustermesh.agent.v1.Status.GetPolicy:output_type -> clustermesh.agent.v1.GetPolicyResponse
+	11, // 25: clustermesh.agent.v1.Status.TracePolicy:output_type -> clustermesh.agent.v1.TracePolicyResponse
+	23, // [23:26] is the sub-list for method output_type
+	20, // [20:23] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_status_proto_init() }
@@ -975,7 +1799,7 @@ func file_status_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_status_proto_rawDesc), len(file_status_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

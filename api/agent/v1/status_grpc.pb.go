@@ -21,7 +21,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Status_GetStatus_FullMethodName = "/clustermesh.agent.v1.Status/GetStatus"
+	Status_GetStatus_FullMethodName   = "/clustermesh.agent.v1.Status/GetStatus"
+	Status_GetPolicy_FullMethodName   = "/clustermesh.agent.v1.Status/GetPolicy"
+	Status_TracePolicy_FullMethodName = "/clustermesh.agent.v1.Status/TracePolicy"
 )
 
 // StatusClient is the client API for Status service.
@@ -31,6 +33,11 @@ type StatusClient interface {
 	// GetStatus returns the agent's view: remote clusters, services, and
 	// optionally the tunnel and ipcache entries.
 	GetStatus(ctx context.Context, in *GetStatusRequest, opts ...grpc.CallOption) (*GetStatusResponse, error)
+	// GetPolicy returns the resolved network policy of local endpoints, as
+	// the datapath is programmed from it.
+	GetPolicy(ctx context.Context, in *GetPolicyRequest, opts ...grpc.CallOption) (*GetPolicyResponse, error)
+	// TracePolicy decides a flow against the same resolved state.
+	TracePolicy(ctx context.Context, in *TracePolicyRequest, opts ...grpc.CallOption) (*TracePolicyResponse, error)
 }
 
 type statusClient struct {
@@ -51,6 +58,26 @@ func (c *statusClient) GetStatus(ctx context.Context, in *GetStatusRequest, opts
 	return out, nil
 }
 
+func (c *statusClient) GetPolicy(ctx context.Context, in *GetPolicyRequest, opts ...grpc.CallOption) (*GetPolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetPolicyResponse)
+	err := c.cc.Invoke(ctx, Status_GetPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *statusClient) TracePolicy(ctx context.Context, in *TracePolicyRequest, opts ...grpc.CallOption) (*TracePolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TracePolicyResponse)
+	err := c.cc.Invoke(ctx, Status_TracePolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // StatusServer is the server API for Status service.
 // All implementations must embed UnimplementedStatusServer
 // for forward compatibility.
@@ -58,6 +85,11 @@ type StatusServer interface {
 	// GetStatus returns the agent's view: remote clusters, services, and
 	// optionally the tunnel and ipcache entries.
 	GetStatus(context.Context, *GetStatusRequest) (*GetStatusResponse, error)
+	// GetPolicy returns the resolved network policy of local endpoints, as
+	// the datapath is programmed from it.
+	GetPolicy(context.Context, *GetPolicyRequest) (*GetPolicyResponse, error)
+	// TracePolicy decides a flow against the same resolved state.
+	TracePolicy(context.Context, *TracePolicyRequest) (*TracePolicyResponse, error)
 	mustEmbedUnimplementedStatusServer()
 }
 
@@ -70,6 +102,12 @@ type UnimplementedStatusServer struct{}
 
 func (UnimplementedStatusServer) GetStatus(context.Context, *GetStatusRequest) (*GetStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetStatus not implemented")
+}
+func (UnimplementedStatusServer) GetPolicy(context.Context, *GetPolicyRequest) (*GetPolicyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetPolicy not implemented")
+}
+func (UnimplementedStatusServer) TracePolicy(context.Context, *TracePolicyRequest) (*TracePolicyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method TracePolicy not implemented")
 }
 func (UnimplementedStatusServer) mustEmbedUnimplementedStatusServer() {}
 func (UnimplementedStatusServer) testEmbeddedByValue()                {}
@@ -110,6 +148,42 @@ func _Status_GetStatus_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Status_GetPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StatusServer).GetPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Status_GetPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StatusServer).GetPolicy(ctx, req.(*GetPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Status_TracePolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TracePolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StatusServer).TracePolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Status_TracePolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StatusServer).TracePolicy(ctx, req.(*TracePolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Status_ServiceDesc is the grpc.ServiceDesc for Status service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -120,6 +194,14 @@ var Status_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetStatus",
 			Handler:    _Status_GetStatus_Handler,
+		},
+		{
+			MethodName: "GetPolicy",
+			Handler:    _Status_GetPolicy_Handler,
+		},
+		{
+			MethodName: "TracePolicy",
+			Handler:    _Status_TracePolicy_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -126,8 +126,34 @@ func collectCluster(ctx context.Context, c *Cluster) ClusterStatus {
 			}
 		}
 	}
+	cs.Problems = append(cs.Problems, refusedPolicies(cs.Agents)...)
 	cs.Ready = len(cs.Problems) == 0
 	return cs
+}
+
+// refusedPolicies returns one problem per network policy the agents refused
+// (every agent refuses the same policies: said once, with how many agents).
+func refusedPolicies(agents []meshstatus.AgentReport) []string {
+	type refusal struct {
+		reason string
+		agents int
+	}
+	by := map[string]*refusal{}
+	var order []string
+	for _, a := range agents {
+		for _, r := range a.RefusedPolicies {
+			if by[r.Policy] == nil {
+				by[r.Policy] = &refusal{reason: r.Reason}
+				order = append(order, r.Policy)
+			}
+			by[r.Policy].agents++
+		}
+	}
+	out := make([]string, 0, len(order))
+	for _, p := range order {
+		out = append(out, fmt.Sprintf("policy %s refused by %d agent(s), not enforced: %s", p, by[p].agents, by[p].reason))
+	}
+	return out
 }
 
 func remoteState(r meshstatus.Remote) string {

@@ -1,0 +1,313 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
+	"github.com/clustermesh/clustermesh/agent/internal/policy"
+	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
+	"github.com/clustermesh/clustermesh/agent/internal/policysync"
+	"github.com/clustermesh/clustermesh/agent/internal/policywatch"
+	"github.com/clustermesh/clustermesh/agent/internal/remotecluster"
+	"github.com/clustermesh/clustermesh/bpf"
+	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/meshstatus"
+	"github.com/clustermesh/clustermesh/internal/runner"
+	"github.com/clustermesh/clustermesh/kvstore/wire"
+)
+
+// policyPlane is the agent's network policy: the engine, the watcher of the
+// policy objects, the datapath syncer and the trusted nodes.
+type policyPlane struct {
+	engine *policy.Engine
+	sync   *policysync.Syncer
+	trust  *policysync.NodeTrust
+	watch  *policywatch.Watcher
+	pw     *bpf.PolicyWriter // nil with the memory datapath
+	dp     *bpf.Datapath     // nil with the memory datapath
+	log    *slog.Logger
+	// podIPs and identityOf name this node's pods (set once both are known;
+	// nil without --kvstore-config).
+	podIPs     func(namespace, name string) []netip.Addr
+	identityOf func(netip.Addr) uint32
+}
+
+// discardPolicy is the policy writer of the memory datapath: the resolved
+// state lives in the engine only.
+type discardPolicy struct{}
+
+func (discardPolicy) Apply(datapath.PolicyBatch) error { return nil }
+
+func newPolicyPlane(cfg Config, dp *bpf.Datapath, kube kubernetes.Interface, dyn dynamic.Interface, reg prometheus.Registerer, log *slog.Logger) (*policyPlane, error) {
+	p := &policyPlane{engine: policy.New(policy.Config{ClusterName: cfg.ClusterName}), dp: dp, log: log}
+	var w policysync.Writer = discardPolicy{}
+	if dp != nil {
+		pw, err := bpf.NewPolicyWriter(dp, log)
+		if err != nil {
+			return nil, err
+		}
+		p.pw, w = pw, pw
+	}
+	p.sync = policysync.New(w, reg)
+	p.trust = policysync.NewNodeTrust(w, cfg.MaxConnectedClusters)
+	opts := cfg.Policy
+	opts.ClusterName = cfg.ClusterName
+	var sink policywatch.Sink = p.sync
+	if cfg.KVStoreConfig == "" {
+		// Without the own cluster's identities no local pod is a policy
+		// subject: say so, and do not put every pod (identity 0) in
+		// default deny.
+		log.Warn("--kvstore-config is not set: this node's pods have no identity and no policy applies to them")
+		sink = unknownAllowed{p.sync}
+	}
+	p.watch = policywatch.New(policywatch.Config{Options: opts, Event: refusalEvent(kube, cfg.NodeName, log)}, dyn, p.engine, sink, log)
+	return p, nil
+}
+
+// unknownAllowed leaves pods of unknown identity in default allow.
+type unknownAllowed struct{ *policysync.Syncer }
+
+func (unknownAllowed) SetAnyPolicy(bool) error { return nil }
+
+// parts returns the long-running parts: the policy watcher, the drop event
+// reader, and the sweep of what an earlier agent left in the policy maps
+// once policies and remotes are synced (ready).
+func (p *policyPlane) parts(ready func() bool) []runner.Part {
+	parts := []runner.Part{{Name: "policywatch", Run: p.watch.Run}}
+	if p.dp != nil {
+		parts = append(parts,
+			runner.Part{Name: "policy drops", Run: func(ctx context.Context) error { return p.dp.ReadDrops(ctx, p.sync.HandleDrop) }},
+			runner.Part{Name: "policy sweep", Run: func(ctx context.Context) error { return p.sweep(ctx, ready) }})
+	}
+	return parts
+}
+
+// sweepDeadline bounds how long stale policy entries of an earlier agent
+// are kept while a source is not synced.
+const sweepDeadline = 5 * time.Minute
+
+func (p *policyPlane) sweep(ctx context.Context, ready func() bool) error {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	deadline := time.Now().Add(sweepDeadline)
+	for !(p.watch.Synced() && ready()) && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+	if err := p.pw.Sweep(); err != nil {
+		p.log.Error("sweeping stale policy entries", "error", err)
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// refusalEvent records a refused policy as a Warning Event on the object.
+func refusalEvent(kube kubernetes.Interface, node string, log *slog.Logger) policywatch.EventFunc {
+	return func(u *unstructured.Unstructured, reason, msg string) {
+		ns := u.GetNamespace()
+		if ns == "" {
+			ns = metav1.NamespaceDefault
+		}
+		now := metav1.Now()
+		ev := &corev1.Event{
+			ObjectMeta: metav1.ObjectMeta{GenerateName: u.GetName() + "-", Namespace: ns},
+			InvolvedObject: corev1.ObjectReference{APIVersion: u.GetAPIVersion(), Kind: u.GetKind(),
+				Namespace: u.GetNamespace(), Name: u.GetName(), UID: u.GetUID(), ResourceVersion: u.GetResourceVersion()},
+			Reason: reason, Message: msg, Type: corev1.EventTypeWarning,
+			Source:         corev1.EventSource{Component: "clustermesh-agent", Host: node},
+			FirstTimestamp: now, LastTimestamp: now, Count: 1,
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := kube.CoreV1().Events(ns).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
+			log.Warn("cannot record the refusal event", "policy", u.GetName(), "error", err)
+		}
+	}
+}
+
+// trustTee is the remote clusters' datapath sink: it passes everything to
+// the reconciler and tells the node trust which underlay addresses the
+// remotes' tunnel routes and ipcache entries name.
+type trustTee struct {
+	*dpsync.Reconciler
+	trust *policysync.NodeTrust
+	log   *slog.Logger
+
+	mu    sync.Mutex
+	nodes map[teeKey]netip.Addr // guarded by mu: what each entry named
+}
+
+type teeKey struct {
+	prefix  netip.Prefix
+	cluster uint32
+	ipcache bool
+}
+
+var _ remotecluster.DatapathSink = (*trustTee)(nil)
+
+func newTrustTee(r *dpsync.Reconciler, t *policysync.NodeTrust, log *slog.Logger) *trustTee {
+	return &trustTee{Reconciler: r, trust: t, log: log, nodes: map[teeKey]netip.Addr{}}
+}
+
+func (t *trustTee) set(k teeKey, node netip.Addr) {
+	t.mu.Lock()
+	old, had := t.nodes[k]
+	if node.IsValid() {
+		t.nodes[k] = node
+	} else {
+		delete(t.nodes, k)
+	}
+	t.mu.Unlock()
+	if had && old == node {
+		return
+	}
+	if err := t.trust.Ref(node, k.cluster, 1); err != nil {
+		t.log.Error("trusting node", "node", node, "error", err)
+	}
+	if had {
+		if err := t.trust.Ref(old, k.cluster, -1); err != nil {
+			t.log.Error("untrusting node", "node", old, "error", err)
+		}
+	}
+}
+
+// UpsertTunnel implements remotecluster.DatapathSink.
+func (t *trustTee) UpsertTunnel(e datapath.TunnelEntry) {
+	t.set(teeKey{prefix: e.CIDR, cluster: e.ClusterID}, e.NodeIP)
+	t.Reconciler.UpsertTunnel(e)
+}
+
+// DeleteTunnel implements remotecluster.DatapathSink.
+func (t *trustTee) DeleteTunnel(p netip.Prefix, id uint32) {
+	t.Reconciler.DeleteTunnel(p, id)
+	t.set(teeKey{prefix: p, cluster: id}, netip.Addr{})
+}
+
+// UpsertIPCache implements remotecluster.DatapathSink.
+func (t *trustTee) UpsertIPCache(e datapath.IPCacheEntry) {
+	t.set(teeKey{prefix: e.Prefix, cluster: e.ClusterID, ipcache: true}, e.TunnelEndpoint)
+	t.Reconciler.UpsertIPCache(e)
+}
+
+// DeleteIPCache implements remotecluster.DatapathSink.
+func (t *trustTee) DeleteIPCache(p netip.Prefix, id uint32) {
+	t.Reconciler.DeleteIPCache(p, id)
+	t.set(teeKey{prefix: p, cluster: id, ipcache: true}, netip.Addr{})
+}
+
+// identity takes an own-cluster identity (labels nil: deleted).
+func (p *policyPlane) identity(id uint32, labels wire.Labels) {
+	if labels == nil {
+		p.watch.DeleteIdentity(id)
+		return
+	}
+	p.watch.UpsertIdentity(id, labels)
+}
+
+// ErrNoEndpoint is returned for an endpoint name that names nothing.
+var ErrNoEndpoint = errors.New("no such endpoint")
+
+// Resolve implements statusapi.Policy: "namespace/pod" of this node, an
+// identity number, or labels "k=v,k2=v2" (every identity they select);
+// "" is every local endpoint.
+func (p *policyPlane) Resolve(ep string) ([]policy.ID, error) {
+	if ep == "" {
+		return slices.Sorted(maps.Keys(p.engine.Snapshot())), nil
+	}
+	if n, err := strconv.ParseUint(ep, 10, 32); err == nil {
+		return []policy.ID{policy.ID(n)}, nil
+	}
+	if ns, name, ok := strings.Cut(ep, "/"); ok && !strings.Contains(ep, "=") {
+		if p.podIPs == nil || p.identityOf == nil {
+			return nil, fmt.Errorf("pod %q: %w (no pod identities: --kvstore-config)", ep, ErrNoEndpoint)
+		}
+		var ids []policy.ID
+		for _, ip := range p.podIPs(ns, name) {
+			if id := p.identityOf(ip); id != 0 && !slices.Contains(ids, policy.ID(id)) {
+				ids = append(ids, policy.ID(id))
+			}
+		}
+		if len(ids) == 0 {
+			return nil, fmt.Errorf("pod %q of this node: %w or identity unknown", ep, ErrNoEndpoint)
+		}
+		return ids, nil
+	}
+	match := map[string]string{}
+	for _, kv := range strings.Split(ep, ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("endpoint %q: want namespace/pod, an identity or labels k=v,...: %w", ep, ErrNoEndpoint)
+		}
+		match[k] = v
+	}
+	sel, err := selector.New(match, nil)
+	if err != nil {
+		return nil, fmt.Errorf("endpoint %q: %w", ep, err)
+	}
+	ids := p.engine.Selected(sel)
+	if len(ids) == 0 {
+		return nil, fmt.Errorf("labels %q select %w", ep, ErrNoEndpoint)
+	}
+	return ids, nil
+}
+
+// Endpoint implements statusapi.Policy.
+func (p *policyPlane) Endpoint(id policy.ID) (policy.EndpointPolicy, bool) {
+	return p.engine.Endpoint(id)
+}
+
+// Labels implements statusapi.Policy.
+func (p *policyPlane) Labels(id policy.ID) string {
+	i, ok := p.engine.Identity(id)
+	if !ok {
+		return ""
+	}
+	return i.Labels.String()
+}
+
+// Trace implements statusapi.Policy.
+func (p *policyPlane) Trace(f policy.Flow) policy.TraceResult { return p.engine.Trace(f) }
+
+// Refusals implements statusapi.Policy.
+func (p *policyPlane) Refusals() []policywatch.Refusal { return p.watch.Refusals() }
+
+// Policies implements statusapi.Policy.
+func (p *policyPlane) Policies() int { return p.watch.Policies() }
+
+// Failures implements statusapi.Policy.
+func (p *policyPlane) Failures() int { return p.watch.Failures() }
+
+// Drops implements statusapi.Policy.
+func (p *policyPlane) Drops() map[policysync.DropKey]uint64 { return p.sync.Drops() }
+
+// Narrowed implements statusapi.Policy.
+func (p *policyPlane) Narrowed() map[string]int { return p.sync.Narrowed() }
+
+// refusedReport returns the refused policies for the status report.
+func (p *policyPlane) refusedReport() []meshstatus.PolicyRefusal {
+	var out []meshstatus.PolicyRefusal
+	for _, r := range p.watch.Refusals() {
+		out = append(out, meshstatus.PolicyRefusal{Policy: r.Policy, Reason: r.Reason})
+	}
+	return out
+}

@@ -1,0 +1,7 @@
+// Package localidentity reads the security identities of the agent's own
+// cluster from that cluster's etcd, where its clustermesh-apiserver (the one
+// allocator) publishes them: pod IP → numeric identity
+// (cilium/state/ip/v1/default/) and identity → labels
+// (cilium/state/identities/v1/id/). The agent programs the identity of its
+// own pods from it; it never allocates one.
+package localidentity

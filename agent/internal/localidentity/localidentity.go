@@ -1,0 +1,115 @@
+package localidentity
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"sync"
+
+	"github.com/clustermesh/clustermesh/internal/runner"
+	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/kvstore/watchstore"
+	"github.com/clustermesh/clustermesh/kvstore/wire"
+)
+
+// Config names the own cluster, whose identity range the values must lie in.
+type Config struct {
+	ClusterName          string
+	ClusterID            uint32
+	MaxConnectedClusters int
+	// OnChange is called, outside the watcher's lock, with a pod address
+	// whose identity changed (appeared, changed or went away).
+	OnChange func(netip.Addr)
+	// OnIdentity is called with an identity's labels (nil: deleted).
+	OnIdentity func(id uint32, labels wire.Labels)
+}
+
+// Watcher holds the own cluster's pod identities. Run it once.
+type Watcher struct {
+	cfg Config
+	c   *kvstore.Client
+	log *slog.Logger
+
+	mu  sync.Mutex
+	ips map[netip.Addr]uint32 // guarded by mu
+}
+
+// New returns a Watcher reading through c.
+func New(cfg Config, c *kvstore.Client, log *slog.Logger) *Watcher {
+	return &Watcher{cfg: cfg, c: c, log: log, ips: map[netip.Addr]uint32{}}
+}
+
+// Identity returns the identity of a pod address of the own cluster, 0 when
+// it is not known (yet).
+func (w *Watcher) Identity(ip netip.Addr) uint32 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.ips[ip]
+}
+
+// Run watches until ctx is done.
+func (w *Watcher) Run(ctx context.Context) error {
+	rem := wire.Remote{Name: w.cfg.ClusterName, ID: w.cfg.ClusterID, MaxConnectedClusters: w.cfg.MaxConnectedClusters}
+	ips := watchstore.New(w.c, watchstore.Config{
+		Prefix: wire.IPPrefix, SyncedKey: wire.SyncedKey(w.cfg.ClusterName, wire.KindIP),
+		Name: "local-ipcache", Cluster: w.cfg.ClusterName,
+	}, func(key string, v []byte) (wire.IPIdentityPair, error) {
+		return wire.DecodeIPIdentityPair(rem, key, v)
+	}, ipObserver{w}, w.log, nil)
+	ids := watchstore.New(w.c, watchstore.Config{
+		Prefix: wire.IdentityIDPrefix, SyncedKey: wire.SyncedKey(w.cfg.ClusterName, wire.KindIdentities),
+		Name: "local-identities", Cluster: w.cfg.ClusterName,
+	}, func(key string, v []byte) (wire.Identity, error) {
+		return wire.DecodeIdentity(rem, key, v)
+	}, idObserver{w}, w.log, nil)
+	return runner.All(ctx, runner.Part{Name: "local ipcache", Run: ips.Run}, runner.Part{Name: "local identities", Run: ids.Run})
+}
+
+type ipObserver struct{ w *Watcher }
+
+// OnUpsert records a host entry's identity (prefix entries name no pod).
+func (o ipObserver) OnUpsert(_ string, p wire.IPIdentityPair) {
+	if !p.IsHost() {
+		return
+	}
+	ip := p.Prefix().Addr()
+	o.w.mu.Lock()
+	old, had := o.w.ips[ip]
+	o.w.ips[ip] = p.ID
+	o.w.mu.Unlock()
+	if (!had || old != p.ID) && o.w.cfg.OnChange != nil {
+		o.w.cfg.OnChange(ip)
+	}
+}
+
+func (o ipObserver) OnDelete(_ string, p wire.IPIdentityPair) {
+	if !p.IsHost() {
+		return
+	}
+	ip := p.Prefix().Addr()
+	o.w.mu.Lock()
+	_, had := o.w.ips[ip]
+	delete(o.w.ips, ip)
+	o.w.mu.Unlock()
+	if had && o.w.cfg.OnChange != nil {
+		o.w.cfg.OnChange(ip)
+	}
+}
+
+func (ipObserver) OnSync() {}
+
+type idObserver struct{ w *Watcher }
+
+func (o idObserver) OnUpsert(_ string, id wire.Identity) {
+	if o.w.cfg.OnIdentity != nil {
+		o.w.cfg.OnIdentity(id.ID, id.Labels)
+	}
+}
+
+func (o idObserver) OnDelete(_ string, id wire.Identity) {
+	if o.w.cfg.OnIdentity != nil {
+		o.w.cfg.OnIdentity(id.ID, nil)
+	}
+}
+
+func (idObserver) OnSync() {}

@@ -1,0 +1,139 @@
+package localidentity_test
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/clustermesh/clustermesh/agent/internal/localidentity"
+	"github.com/clustermesh/clustermesh/internal/testwait"
+	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
+	"github.com/clustermesh/clustermesh/kvstore/wire"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var log = slog.New(slog.DiscardHandler)
+
+// TestIdentitiesFromOwnEtcd writes identities as the cluster's
+// clustermesh-apiserver does (into a real etcd, canaries included) and reads
+// them through a read-only user: pod addresses get their identity, labels
+// are reported, changes and deletes are announced, and values outside the
+// cluster's identity range are refused.
+func TestIdentitiesFromOwnEtcd(t *testing.T) {
+	srv := etcdserver.StartTest(t, etcdserver.Config{ClusterName: "c1"})
+	ctx, cancel := context.WithCancel(context.Background())
+	admin, err := kvstore.New(ctx, srv.AdminConfig(), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	put := func(k string, v []byte) {
+		t.Helper()
+		if _, err := admin.Etcd().Put(ctx, k, string(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pod := func(ip string, id uint32) {
+		t.Helper()
+		v, err := wire.MarshalIPIdentityPair(wire.IPIdentityPair{IP: netip.MustParseAddr(ip), ID: id, HostIP: netip.MustParseAddr("192.168.0.1")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		put(wire.IPKey(netip.MustParseAddr(ip)), v)
+	}
+	web := wire.Identity{ID: 1<<16 | 300, Labels: mustLabels(t, "k8s:app=web;k8s:io.cilium.k8s.policy.cluster=c1;k8s:io.kubernetes.pod.namespace=shop;")}
+	v, err := wire.MarshalIdentity(web)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(wire.IdentityKey(web.ID), v)
+	pod("10.1.1.5", web.ID)
+	pod("10.1.1.6", 2<<16|300) // another cluster's range: refused
+	for _, k := range []wire.Kind{wire.KindIP, wire.KindIdentities} {
+		put(wire.SyncedKey("c1", k), wire.FormatTimestamp(time.Now()))
+	}
+
+	ucfg, err := srv.EnsureRemoteUser(ctx, "c1-agent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := kvstore.New(ctx, ucfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var mu sync.Mutex
+	changed := map[netip.Addr]int{}
+	labels := map[uint32]wire.Labels{}
+	w := localidentity.New(localidentity.Config{ClusterName: "c1", ClusterID: 1,
+		OnChange: func(ip netip.Addr) { mu.Lock(); changed[ip]++; mu.Unlock() },
+		OnIdentity: func(id uint32, ls wire.Labels) {
+			mu.Lock()
+			defer mu.Unlock()
+			if ls == nil {
+				delete(labels, id)
+				return
+			}
+			labels[id] = ls
+		},
+	}, c, log)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+
+	a, b := netip.MustParseAddr("10.1.1.5"), netip.MustParseAddr("10.1.1.6")
+	testwait.Until(t, 10*time.Second, "identity of 10.1.1.5", func() (bool, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		return w.Identity(a) == web.ID && labels[web.ID].Format() == web.Labels.Format() && changed[a] == 1, ""
+	})
+	if id := w.Identity(b); id != 0 {
+		t.Errorf("identity of an entry outside the cluster's range: %d, want 0 (refused)", id)
+	}
+
+	for _, step := range []struct {
+		name string
+		do   func()
+		want uint32
+	}{
+		{"relabelled pod", func() { pod("10.1.1.5", 1<<16|301) }, 1<<16 | 301},
+		{"deleted pod", func() {
+			if _, err := admin.Etcd().Delete(ctx, wire.IPKey(a)); err != nil {
+				t.Fatal(err)
+			}
+		}, 0},
+	} {
+		t.Run(step.name, func(t *testing.T) {
+			mu.Lock()
+			before := changed[a]
+			mu.Unlock()
+			step.do()
+			testwait.Until(t, 10*time.Second, step.name, func() (bool, string) {
+				mu.Lock()
+				defer mu.Unlock()
+				return w.Identity(a) == step.want && changed[a] == before+1, ""
+			})
+		})
+	}
+}
+
+func mustLabels(t *testing.T, s string) wire.Labels {
+	t.Helper()
+	ls, err := wire.ParseLabels(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ls
+}

@@ -1,0 +1,273 @@
+package policysync
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/clustermesh/clustermesh/agent/internal/policy"
+	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
+	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
+	"github.com/clustermesh/clustermesh/internal/datapath"
+)
+
+// Writer is what the syncer needs of the datapath (bpf.PolicyWriter).
+type Writer interface {
+	Apply(datapath.PolicyBatch) error
+}
+
+// DefaultDeny names the drops no deny rule decided (default deny).
+const DefaultDeny = "(default deny)"
+
+// Syncer turns diffs into policy batches. Safe for concurrent use.
+type Syncer struct {
+	w Writer
+
+	mu     sync.Mutex
+	ruleID map[rules.Ref]uint32 // guarded by mu; ids are never reused
+	byID   map[uint32]rules.Ref // guarded by mu
+	// owners: per datapath key, the resolved keys that map to it (CIDR
+	// peers of a deny all map to the world identity).
+	owners map[datapath.PolicyKey]map[policy.Key]policy.Entry
+	modes  map[uint32][2]bool
+	// anyPolicy: a policy exists, so a pod whose identity is unknown is in
+	// default deny both ways.
+	anyPolicy bool
+	// narrowed: resolved keys with a CIDR peer, by endpoint and direction,
+	// and the policy of each (see key).
+	narrowed map[narrowKey]string
+	drops    map[DropKey]uint64
+	dropVec  *prometheus.CounterVec
+}
+
+type narrowKey struct {
+	ep     policy.ID
+	egress bool
+	k      policy.Key
+}
+
+// DropKey is what drops are counted by.
+type DropKey struct {
+	// Policy is the deny rule's policy, or DefaultDeny.
+	Policy     string
+	Egress     bool
+	SrcCluster uint32
+}
+
+// New returns a Syncer writing to w; reg may be nil.
+func New(w Writer, reg prometheus.Registerer) *Syncer {
+	s := &Syncer{
+		w: w, ruleID: map[rules.Ref]uint32{}, byID: map[uint32]rules.Ref{},
+		owners: map[datapath.PolicyKey]map[policy.Key]policy.Entry{}, modes: map[uint32][2]bool{},
+		narrowed: map[narrowKey]string{}, drops: map[DropKey]uint64{},
+		dropVec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clustermesh_agent_policy_drops_total",
+			Help: "Packets dropped by network policy, by deciding policy (\"(default deny)\" when no deny rule matched), direction and source cluster ID.",
+		}, []string{"policy", "direction", "source_cluster"}),
+	}
+	if reg != nil {
+		reg.MustRegister(s.dropVec)
+	}
+	return s
+}
+
+// SetAnyPolicy says whether any policy is loaded: while one is, pods whose
+// identity is not known yet (0) are in default deny in both directions and
+// reached only through rules that admit every peer.
+func (s *Syncer) SetAnyPolicy(on bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.anyPolicy == on {
+		return nil
+	}
+	if err := s.w.Apply(datapath.PolicyBatch{Modes: []datapath.PolicyMode{{Subject: 0, Ingress: on, Egress: on}}}); err != nil {
+		return fmt.Errorf("apply unknown-identity mode: %w", err)
+	}
+	s.anyPolicy = on
+	return nil
+}
+
+// Apply programs a diff. On error the diff may be half-applied; applying
+// it again is safe.
+func (s *Syncer) Apply(d policy.Diff) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var b datapath.PolicyBatch
+	changed := map[datapath.PolicyKey]struct{}{}
+	touched := map[uint32]struct{}{}
+	for _, c := range d {
+		egress := c.Direction == rules.Egress
+		for _, k := range c.Deletes {
+			pk, ok := s.key(c.Endpoint, egress, k, policy.Entry{}, false)
+			if !ok {
+				continue
+			}
+			delete(s.owners[pk], k)
+			changed[pk] = struct{}{}
+		}
+		for k, e := range c.Upserts {
+			pk, ok := s.key(c.Endpoint, egress, k, e, true)
+			if !ok {
+				continue
+			}
+			if s.owners[pk] == nil {
+				s.owners[pk] = map[policy.Key]policy.Entry{}
+			}
+			s.owners[pk][k] = e
+			changed[pk] = struct{}{}
+		}
+		m := s.modes[uint32(c.Endpoint)]
+		m[c.Direction] = c.Enforced && !c.Removed
+		s.modes[uint32(c.Endpoint)] = m
+		touched[uint32(c.Endpoint)] = struct{}{}
+	}
+	for _, pk := range slices.SortedFunc(maps.Keys(changed), comparePolicyKeys) {
+		own := s.owners[pk]
+		if len(own) == 0 {
+			delete(s.owners, pk)
+			b.Deletes = append(b.Deletes, pk)
+			continue
+		}
+		b.Upserts = append(b.Upserts, s.entry(pk, own))
+	}
+	for _, id := range slices.Sorted(maps.Keys(touched)) {
+		m := s.modes[id]
+		b.Modes = append(b.Modes, datapath.PolicyMode{Subject: id, Ingress: m[rules.Ingress], Egress: m[rules.Egress]})
+		if !m[0] && !m[1] {
+			delete(s.modes, id)
+		}
+	}
+	if err := s.w.Apply(b); err != nil {
+		return fmt.Errorf("apply policy: %w", err)
+	}
+	return nil
+}
+
+// entry is the datapath entry of a key: deny if any owner denies, with the
+// lowest deciding rule (so the result does not depend on order).
+func (s *Syncer) entry(pk datapath.PolicyKey, own map[policy.Key]policy.Entry) datapath.PolicyEntry {
+	var best *rules.Ref
+	deny := false
+	for _, e := range own {
+		if e.Deny && !deny {
+			deny, best = true, nil
+		}
+		if e.Deny != deny {
+			continue
+		}
+		if best == nil || e.Rule.Compare(*best) < 0 {
+			r := e.Rule
+			best = &r
+		}
+	}
+	return datapath.PolicyEntry{Key: pk, Deny: deny, Rule: s.id(*best)}
+}
+
+func (s *Syncer) id(r rules.Ref) uint32 {
+	if id, ok := s.ruleID[r]; ok {
+		return id
+	}
+	id := uint32(len(s.ruleID) + 1)
+	s.ruleID[r] = id
+	s.byID[id] = r
+	return id
+}
+
+// key converts a resolved key. A CIDR peer (traffic with an address outside
+// the mesh) cannot be held by the identity-keyed datapath: a deny becomes a
+// deny of every world address on those ports (narrower, never wider) and an
+// allow is left out (narrower); both are counted per policy (Narrowed).
+func (s *Syncer) key(ep policy.ID, egress bool, k policy.Key, e policy.Entry, upsert bool) (datapath.PolicyKey, bool) {
+	pk := datapath.PolicyKey{Subject: uint32(ep), Egress: egress, Peer: uint32(k.Peer.ID),
+		Proto: datapath.Proto(k.Proto), Port: k.Port, EndPort: k.EndPort}
+	if pk.Port != 0 && pk.EndPort == 0 {
+		pk.EndPort = pk.Port
+	}
+	if !k.Peer.Prefix.IsValid() {
+		return pk, true
+	}
+	nk := narrowKey{ep, egress, k}
+	if upsert {
+		s.narrowed[nk] = e.Rule.Policy
+	} else {
+		e.Deny = s.owned(nk, pk)
+		delete(s.narrowed, nk)
+	}
+	if !e.Deny {
+		return pk, false
+	}
+	pk.Peer = uint32(selector.IDWorld)
+	return pk, true
+}
+
+// owned reports whether a CIDR key being deleted was programmed (as a deny
+// of the world identity).
+func (s *Syncer) owned(nk narrowKey, pk datapath.PolicyKey) bool {
+	pk.Peer = uint32(selector.IDWorld)
+	_, ok := s.owners[pk][nk.k]
+	return ok
+}
+
+// Narrowed returns, per policy, the number of resolved keys with a CIDR
+// peer that the datapath enforces narrower than written.
+func (s *Syncer) Narrowed() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]int{}
+	for _, p := range s.narrowed {
+		out[p]++
+	}
+	return out
+}
+
+// Rule returns the rule a datapath rule id stands for.
+func (s *Syncer) Rule(id uint32) (rules.Ref, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.byID[id]
+	return r, ok
+}
+
+// HandleDrop counts one drop event.
+func (s *Syncer) HandleDrop(d datapath.Drop) {
+	s.mu.Lock()
+	k := DropKey{Policy: DefaultDeny, Egress: d.Egress, SrcCluster: d.SrcCluster}
+	if d.Reason == datapath.DropPolicyDeny {
+		if r, ok := s.byID[d.Rule]; ok {
+			k.Policy = r.Policy
+		}
+	}
+	s.drops[k]++
+	s.mu.Unlock()
+	dir := "ingress"
+	if d.Egress {
+		dir = "egress"
+	}
+	s.dropVec.WithLabelValues(k.Policy, dir, fmt.Sprint(d.SrcCluster)).Inc()
+}
+
+// Drops returns the drop counts.
+func (s *Syncer) Drops() map[DropKey]uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.drops)
+}
+
+func comparePolicyKeys(a, b datapath.PolicyKey) int {
+	return cmp.Or(cmp.Compare(a.Subject, b.Subject), cmpBool(a.Egress, b.Egress), cmp.Compare(a.Peer, b.Peer),
+		cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.Port, b.Port), cmp.Compare(a.EndPort, b.EndPort))
+}
+
+func cmpBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
+}

@@ -1,0 +1,307 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/bits"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/clustermesh/clustermesh/internal/datapath"
+)
+
+// The policy map key's fixed part (direction, verdict class, subject, peer)
+// and the full key, in bits (see src/policy.h).
+const (
+	polFixedBits = 104
+	polFullBits  = 128
+)
+
+// PolicyWriter programs the policy maps of a Datapath: cm_policy (an LPM
+// trie of (subject, direction, verdict class, peer, protocol, port prefix)),
+// cm_pol_mode (default deny per subject and direction) and cm_nodes (the
+// nodes whose VNI identities are believed). A port range is written as the
+// port prefixes that cover it; two keys may share a prefix (80-81 and 81),
+// so every map key remembers the policy keys that own it and is deleted with
+// the last. Like the Writer it is used by one goroutine at a time.
+type PolicyWriter struct {
+	d   *Datapath
+	log *slog.Logger
+	// keys: the verdict last written per policy key.
+	keys map[datapath.PolicyKey]datapath.PolicyEntry
+	// owners: per map key, the policy keys that expand to it and their rules.
+	owners map[cmPolicyKey]map[datapath.PolicyKey]uint32
+	// stale: map keys found at start and not written since (Sweep deletes them).
+	stale      map[cmPolicyKey]struct{}
+	staleModes map[uint32]struct{}
+	staleNodes map[uint32]struct{}
+}
+
+// NewPolicyWriter returns a PolicyWriter for d's maps. What the maps hold
+// from an earlier agent keeps being enforced until Sweep, which the caller
+// runs once it has applied its whole desired state.
+func NewPolicyWriter(d *Datapath, log *slog.Logger) (*PolicyWriter, error) {
+	w := &PolicyWriter{
+		d: d, log: log,
+		keys:       map[datapath.PolicyKey]datapath.PolicyEntry{},
+		owners:     map[cmPolicyKey]map[datapath.PolicyKey]uint32{},
+		stale:      map[cmPolicyKey]struct{}{},
+		staleModes: map[uint32]struct{}{},
+		staleNodes: map[uint32]struct{}{},
+	}
+	o := &d.objs
+	var k cmPolicyKey
+	var v cmPolicyValue
+	it := o.CmPolicy.Iterate()
+	for it.Next(&k, &v) {
+		w.stale[k] = struct{}{}
+	}
+	var id uint32
+	var mv cmPolModeValue
+	it2 := o.CmPolMode.Iterate()
+	for it2.Next(&id, &mv) {
+		w.staleModes[id] = struct{}{}
+	}
+	var nv cmNodeValue
+	it3 := o.CmNodes.Iterate()
+	for it3.Next(&id, &nv) {
+		w.staleNodes[id] = struct{}{}
+	}
+	if err := errors.Join(it.Err(), it2.Err(), it3.Err()); err != nil {
+		return nil, fmt.Errorf("read policy maps: %w", err)
+	}
+	return w, nil
+}
+
+// ErrBadPolicyKey is returned for a key the datapath cannot hold.
+var ErrBadPolicyKey = errors.New("invalid policy key")
+
+// Apply writes a batch: nodes and entries first, then modes (so an endpoint
+// switched to default deny finds its allow entries), then deletes. On error
+// the part applied stays applied; the batch can be retried.
+func (w *PolicyWriter) Apply(b datapath.PolicyBatch) error {
+	o := &w.d.objs
+	for _, n := range b.UpsertNodes {
+		if !n.IP.Is4() {
+			return fmt.Errorf("trusted node %s: %w: the underlay is IPv4", n.IP, ErrBadPolicyKey)
+		}
+		k := be32(n.IP)
+		v := cmNodeValue{ClusterId: n.ClusterID, IdLo: n.IdentityLo, IdHi: n.IdentityHi}
+		if err := o.CmNodes.Update(&k, &v, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("update trusted node %s: %w", n.IP, err)
+		}
+		delete(w.staleNodes, k)
+	}
+	for _, e := range b.Upserts {
+		if err := w.upsert(e); err != nil {
+			return err
+		}
+	}
+	for _, m := range b.Modes {
+		if err := w.setMode(m); err != nil {
+			return err
+		}
+	}
+	for _, k := range b.Deletes {
+		if err := w.delete(k); err != nil {
+			return err
+		}
+	}
+	for _, ip := range b.DeleteNodes {
+		if !ip.Is4() {
+			continue
+		}
+		k := be32(ip)
+		if err := o.CmNodes.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete trusted node %s: %w", ip, err)
+		}
+	}
+	return nil
+}
+
+func (w *PolicyWriter) setMode(m datapath.PolicyMode) error {
+	mp := w.d.objs.CmPolMode
+	delete(w.staleModes, m.Subject)
+	if !m.Ingress && !m.Egress {
+		if err := mp.Delete(&m.Subject); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete policy mode of %d: %w", m.Subject, err)
+		}
+		return nil
+	}
+	var v cmPolModeValue
+	if m.Ingress {
+		v.Enforced[0] = 1
+	}
+	if m.Egress {
+		v.Enforced[1] = 1
+	}
+	if err := mp.Update(&m.Subject, &v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("update policy mode of %d: %w", m.Subject, err)
+	}
+	return nil
+}
+
+func (w *PolicyWriter) upsert(e datapath.PolicyEntry) error {
+	if err := validKey(e.Key); err != nil {
+		return err
+	}
+	if old, ok := w.keys[e.Key]; ok {
+		if old == e {
+			return nil
+		}
+		if old.Deny != e.Deny {
+			if err := w.delete(e.Key); err != nil {
+				return err
+			}
+		}
+	}
+	for _, mk := range mapKeys(e.Key, e.Deny) {
+		own := w.owners[mk]
+		if own == nil {
+			own = map[datapath.PolicyKey]uint32{}
+			w.owners[mk] = own
+		}
+		own[e.Key] = e.Rule
+		if err := w.writeKey(mk, own); err != nil {
+			return err
+		}
+	}
+	w.keys[e.Key] = e
+	return nil
+}
+
+func (w *PolicyWriter) delete(k datapath.PolicyKey) error {
+	old, ok := w.keys[k]
+	if !ok {
+		return nil
+	}
+	for _, mk := range mapKeys(k, old.Deny) {
+		own := w.owners[mk]
+		delete(own, k)
+		if len(own) > 0 {
+			if err := w.writeKey(mk, own); err != nil {
+				return err
+			}
+			continue
+		}
+		delete(w.owners, mk)
+		if err := w.d.objs.CmPolicy.Delete(&mk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete policy key: %w", err)
+		}
+	}
+	delete(w.keys, k)
+	return nil
+}
+
+// writeKey writes a map key with the lowest rule id of its owners (so the
+// value does not depend on the order of updates).
+func (w *PolicyWriter) writeKey(mk cmPolicyKey, own map[datapath.PolicyKey]uint32) error {
+	rule := ^uint32(0)
+	for _, r := range own {
+		rule = min(rule, r)
+	}
+	v := cmPolicyValue{Rule: rule}
+	if err := w.d.objs.CmPolicy.Update(&mk, &v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("update policy key: %w", err)
+	}
+	delete(w.stale, mk)
+	return nil
+}
+
+// Sweep deletes what the maps held at start and no Apply wrote since.
+func (w *PolicyWriter) Sweep() error {
+	o := &w.d.objs
+	var errs []error
+	for k := range w.stale {
+		if err := o.CmPolicy.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	for k := range w.staleModes {
+		if err := o.CmPolMode.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	for k := range w.staleNodes {
+		if err := o.CmNodes.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	clear(w.stale)
+	clear(w.staleModes)
+	clear(w.staleNodes)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("sweep policy maps: %w", err)
+	}
+	return nil
+}
+
+// Entries returns the number of policy keys and of map keys written.
+func (w *PolicyWriter) Entries() (keys, mapKeys int) { return len(w.keys), len(w.owners) }
+
+func validKey(k datapath.PolicyKey) error {
+	switch {
+	case k.Port == 0 && k.EndPort != 0:
+		return fmt.Errorf("%w: end port %d without a port", ErrBadPolicyKey, k.EndPort)
+	case k.Port != 0 && k.EndPort < k.Port:
+		return fmt.Errorf("%w: port range %d-%d", ErrBadPolicyKey, k.Port, k.EndPort)
+	case k.Proto == datapath.AnyProto && k.Port != 0:
+		return fmt.Errorf("%w: a port needs a protocol", ErrBadPolicyKey)
+	}
+	return nil
+}
+
+// mapKeys expands a policy key into the LPM keys that cover it.
+func mapKeys(k datapath.PolicyKey, deny bool) []cmPolicyKey {
+	base := cmPolicyKey{Subject: hton32(k.Subject), Peer: hton32(k.Peer), Proto: uint8(k.Proto)}
+	if k.Egress {
+		base.Egress = 1
+	}
+	if deny {
+		base.Deny = 1
+	}
+	switch {
+	case k.Proto == datapath.AnyProto:
+		base.Prefixlen = polFixedBits
+		base.Proto = 0
+		return []cmPolicyKey{base}
+	case k.Port == 0:
+		base.Prefixlen = polFixedBits + 8
+		return []cmPolicyKey{base}
+	}
+	var out []cmPolicyKey
+	for _, pp := range portPrefixes(k.Port, k.EndPort) {
+		mk := base
+		mk.Prefixlen = polFixedBits + 8 + uint32(pp.bits)
+		mk.Dport = be16(pp.port)
+		out = append(out, mk)
+	}
+	return out
+}
+
+type portPrefix struct {
+	port uint16
+	bits int // significant bits, 0..16
+}
+
+// portPrefixes returns the fewest prefixes of the 16-bit port space that
+// cover lo..hi exactly.
+func portPrefixes(lo, hi uint16) []portPrefix {
+	var out []portPrefix
+	cur, end := uint32(lo), uint32(hi)
+	for cur <= end {
+		// The largest aligned block at cur that stays within end.
+		size := uint32(1) << bits.TrailingZeros32(cur|1<<16)
+		for cur+size-1 > end {
+			size >>= 1
+		}
+		out = append(out, portPrefix{port: uint16(cur), bits: 16 - bits.TrailingZeros32(size)})
+		cur += size
+	}
+	return out
+}
+
+// hton32 returns v with the byte order a network-order field needs on this
+// (little-endian) host: the LPM trie compares the key's bytes in order.
+func hton32(v uint32) uint32 { return bits.ReverseBytes32(v) }
