@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/clustermesh/clustermesh/agent/agenttest"
+	"github.com/clustermesh/clustermesh/bench/internal/remotedata"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
@@ -236,54 +236,10 @@ func heap() uint64 {
 func BenchmarkColdSync(b *testing.B) {
 	const nodes, ips, ids, svcs = 25000, 250000, 25000, 5000
 	e := setup(b)
-	var ops []clientv3.Op
-	flush := func() { e.put(b, ops); ops = ops[:0] }
-	for i := range nodes {
-		v, err := wire.MarshalNode(wire.Node{Name: fmt.Sprintf("node-%d", i), Cluster: remoteName, ClusterID: remoteID,
-			IPAddresses:   []wire.NodeAddress{{Type: wire.NodeInternalIP, IP: netip.AddrFrom4([4]byte{192, 168, byte(i >> 8), byte(i)})}},
-			IPv4AllocCIDR: wire.CIDR{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(100 + i>>16), byte(i >> 8), byte(i)}), 32)}})
-		if err != nil {
-			b.Fatal(err)
-		}
-		ops = append(ops, clientv3.OpPut(wire.NodeKey(remoteName, fmt.Sprintf("node-%d", i)), string(v)))
-		if len(ops) == 1024 {
-			flush()
-		}
+	data := remotedata.Set{Cluster: remoteName, ID: remoteID, Nodes: nodes, IPs: ips, Identities: ids, Services: svcs}
+	if err := data.Write(context.Background(), e.admin.Etcd()); err != nil {
+		b.Fatal(err)
 	}
-	for i := range ips {
-		ip := netip.AddrFrom4([4]byte{10, byte(remoteID + i>>16), byte(i >> 8), byte(i)})
-		ops = append(ops, clientv3.OpPut(wire.IPKey(ip), ipcacheValue(i, ip)))
-		if len(ops) == 1024 {
-			flush()
-		}
-	}
-	for i := range ids {
-		ls, _ := wire.NewLabels(wire.Label{Source: "k8s", Key: "app", Value: fmt.Sprintf("app-%d", i)},
-			wire.Label{Source: "k8s", Key: wire.ClusterLabelKey, Value: remoteName})
-		id := uint32(remoteID<<16 | 256 + i)
-		v, _ := wire.MarshalIdentity(wire.Identity{ID: id, Labels: ls})
-		ops = append(ops, clientv3.OpPut(wire.IdentityKey(id), string(v)))
-		if len(ops) == 1024 {
-			flush()
-		}
-	}
-	for i := range svcs {
-		v, err := wire.MarshalService(wire.ClusterService{Cluster: remoteName, Namespace: "ns", Name: fmt.Sprintf("svc-%d", i), ClusterID: remoteID, Shared: true,
-			Frontends: map[string]wire.Ports{fmt.Sprintf("10.96.%d.%d", i>>8, i&255): {"http": {Protocol: wire.TCP, Port: 80}}},
-			Backends: map[string]wire.Ports{
-				ipOf(2 * i).String():   {"http": {Protocol: wire.TCP, Port: 8080}},
-				ipOf(2*i + 1).String(): {"http": {Protocol: wire.TCP, Port: 8080}},
-			}})
-		if err != nil {
-			b.Fatal(err)
-		}
-		ops = append(ops, clientv3.OpPut(wire.ServiceKey(remoteName, "ns", fmt.Sprintf("svc-%d", i)), string(v)))
-		if len(ops) == 1024 {
-			flush()
-		}
-	}
-	flush()
-	e.canaries(b)
 	entries := nodes + ips + ids + svcs
 
 	heap0, rss0 := heap(), rss()
