@@ -50,6 +50,10 @@ type Event struct {
 	// a delete (the list revision for synthetic deletes) or the list
 	// revision of EventListDone.
 	Revision int64
+	// Total is, for the upserts of a (re)list, the number of keys the
+	// listing holds (etcd's count of the whole range, from its first page),
+	// so that a handler can size its tables once; 0 for watch events.
+	Total int64
 }
 
 // Reasons for a relist, reported in logs and errors.
@@ -59,9 +63,44 @@ var (
 	ErrWatchClosed      = errors.New("watch channel closed")
 )
 
-type keyState struct {
-	sum uint64 // hash of the value the handler was given
-	gen uint64 // number of the list that last saw the key
+// KeyState is what ListWatch remembers of a key the handler holds.
+type KeyState struct {
+	Sum uint64 // hash of the value the handler was given
+	Gen uint64 // number of the list that last saw the key
+}
+
+// KeyIndex holds the KeyState of every key the handler holds. ListWatch
+// keeps its own (a map) unless the handler, which holds a table of its keys
+// anyway, gives one (option Index): then each key is held once. ListWatch
+// calls it from the handler's goroutine only.
+type KeyIndex interface {
+	// State returns the state of a key the handler holds.
+	State(key string) (KeyState, bool)
+	// SetState records st for key once the handler took the key's upsert
+	// (it did not reject it). An index that is the handler's own table has
+	// the key by then.
+	SetState(key string, st KeyState)
+	// Delete forgets key, after the handler was given its EventDelete or
+	// rejected its upsert. An index that is the handler's own table has
+	// dropped the key by then and does nothing.
+	Delete(key string)
+	// Range calls f with every key and its state until f returns false;
+	// f does not call into the index or the handler.
+	Range(f func(key string, st KeyState) bool)
+}
+
+// mapIndex is ListWatch's own KeyIndex.
+type mapIndex map[string]KeyState
+
+func (m mapIndex) State(key string) (KeyState, bool) { st, ok := m[key]; return st, ok }
+func (m mapIndex) SetState(key string, st KeyState)  { m[key] = st }
+func (m mapIndex) Delete(key string)                 { delete(m, key) }
+func (m mapIndex) Range(f func(key string, st KeyState) bool) {
+	for k, st := range m {
+		if !f(k, st) {
+			return
+		}
+	}
 }
 
 type listWatch struct {
@@ -71,8 +110,8 @@ type listWatch struct {
 	// rejected, if set, reports whether the handler rejected a key.
 	rejected func(key string) bool
 
-	known     map[string]keyState // keys the handler holds as present
-	seed      maphash.Seed        // of the value hashes in known
+	known     KeyIndex     // keys the handler holds as present
+	seed      maphash.Seed // of the value hashes in known
 	gen       uint64
 	clusterID uint64 // of the etcd cluster the last list came from
 	lastRev   int64  // highest revision seen
@@ -96,7 +135,10 @@ func (c *Client) ListWatch(ctx context.Context, prefix string, handle func(Event
 	for _, opt := range opts {
 		opt(&o)
 	}
-	lw := &listWatch{c: c, prefix: prefix, handle: handle, rejected: o.rejected, known: make(map[string]keyState), seed: maphash.MakeSeed()}
+	lw := &listWatch{c: c, prefix: prefix, handle: handle, rejected: o.rejected, known: o.index, seed: maphash.MakeSeed()}
+	if lw.known == nil {
+		lw.known = mapIndex{}
+	}
 	// A successful list alone does not restart the count: a watch that
 	// fails right after every list still backs off.
 	retry := backoff.New(listWatchBackoff, clock.RealClock{})
@@ -135,6 +177,15 @@ type ListWatchOption func(*listWatchOptions)
 type listWatchOptions struct {
 	beforeRelist func(ctx context.Context, reason error) error
 	rejected     func(key string) bool
+	index        KeyIndex
+}
+
+// Index makes ListWatch keep the state of the handler's keys in idx, the
+// handler's own table of its keys, instead of a map of its own. idx starts
+// empty of this ListWatch's keys: State must not report a key that this
+// ListWatch did not SetState.
+func Index(idx KeyIndex) ListWatchOption {
+	return func(o *listWatchOptions) { o.index = idx }
 }
 
 // Rejected makes ListWatch ask f, after every upsert it hands the handler,
@@ -195,7 +246,7 @@ func (lw *listWatch) fetch(ctx context.Context, key string, rev int64) <-chan pa
 
 func (lw *listWatch) list(ctx context.Context) error {
 	c := lw.c
-	var rev int64
+	var rev, total int64
 	var clusterID uint64
 	gen := lw.gen + 1
 	next := lw.fetch(ctx, lw.prefix, 0)
@@ -212,11 +263,11 @@ func (lw *listWatch) list(ctx context.Context) error {
 		}
 		resp := pg.resp
 		if rev == 0 {
-			rev, clusterID = resp.Header.Revision, resp.Header.ClusterId
-			if len(lw.known) == 0 && resp.Count > 0 {
+			rev, clusterID, total = resp.Header.Revision, resp.Header.ClusterId, resp.Count
+			if m, ok := lw.known.(mapIndex); ok && len(m) == 0 && resp.Count > 0 {
 				// The first page counts the whole range: size the index
 				// once instead of growing it through every page.
-				lw.known = make(map[string]keyState, resp.Count)
+				lw.known = make(mapIndex, resp.Count)
 			}
 			if prev := c.pinClusterID(clusterID); prev != 0 && prev != clusterID {
 				c.log.Warn("etcd cluster ID changed", "prefix", lw.prefix, "was", prev, "now", clusterID)
@@ -230,24 +281,29 @@ func (lw *listWatch) list(ctx context.Context) error {
 		}
 		for _, kv := range resp.Kvs {
 			k := string(kv.Key)
-			st, ok := lw.known[k]
+			st, ok := lw.known.State(k)
 			sum := maphash.Bytes(lw.seed, kv.Value)
-			lw.known[k] = keyState{sum: sum, gen: gen}
-			if ok && st.sum == sum {
+			if ok && st.Sum == sum {
+				lw.known.SetState(k, KeyState{Sum: sum, Gen: gen})
 				continue
 			}
-			lw.upsert(Event{Kind: EventUpsert, Key: k, Value: kv.Value, Revision: kv.ModRevision})
+			lw.upsert(Event{Kind: EventUpsert, Key: k, Value: kv.Value, Revision: kv.ModRevision, Total: total}, KeyState{Sum: sum, Gen: gen})
 		}
 		if !more {
 			break
 		}
 	}
 	// The list is complete: whatever was known and not seen is gone.
-	for k, st := range lw.known {
-		if st.gen != gen {
-			delete(lw.known, k)
-			lw.handle(Event{Kind: EventDelete, Key: k, Revision: rev})
+	var gone []string
+	lw.known.Range(func(k string, st KeyState) bool {
+		if st.Gen != gen {
+			gone = append(gone, k)
 		}
+		return true
+	})
+	for _, k := range gone {
+		lw.handle(Event{Kind: EventDelete, Key: k, Revision: rev})
+		lw.known.Delete(k)
 	}
 	lw.gen, lw.clusterID, lw.lastRev = gen, clusterID, rev
 	lw.handle(Event{Kind: EventListDone, Revision: rev})
@@ -297,23 +353,24 @@ func (lw *listWatch) apply(ev *clientv3.Event) {
 	lw.lastRev = max(lw.lastRev, rev)
 	switch ev.Type {
 	case clientv3.EventTypePut:
-		lw.known[k] = keyState{sum: maphash.Bytes(lw.seed, ev.Kv.Value), gen: lw.gen}
-		lw.upsert(Event{Kind: EventUpsert, Key: k, Value: ev.Kv.Value, Revision: rev})
+		lw.upsert(Event{Kind: EventUpsert, Key: k, Value: ev.Kv.Value, Revision: rev}, KeyState{Sum: maphash.Bytes(lw.seed, ev.Kv.Value), Gen: lw.gen})
 	case clientv3.EventTypeDelete:
-		if _, ok := lw.known[k]; ok {
-			delete(lw.known, k)
+		if _, ok := lw.known.State(k); ok {
 			lw.handle(Event{Kind: EventDelete, Key: k, Revision: rev})
+			lw.known.Delete(k)
 		}
 	}
 }
 
-// upsert hands ev to the handler and forgets its key if the handler
-// rejected it.
-func (lw *listWatch) upsert(ev Event) {
+// upsert hands ev to the handler, then remembers its key with st, or
+// forgets it if the handler rejected it.
+func (lw *listWatch) upsert(ev Event, st KeyState) {
 	lw.handle(ev)
 	if lw.rejected != nil && lw.rejected(ev.Key) {
-		delete(lw.known, ev.Key)
+		lw.known.Delete(ev.Key)
+		return
 	}
+	lw.known.SetState(ev.Key, st)
 }
 
 // checkCluster asks etcd for one (absent or present) key to compare its

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -183,8 +184,22 @@ func runOurs(b *testing.B, fullURL, emptyURL string, useBPF, profile bool) ours 
 	cp := agenttest.Start(agenttest.Config{Dir: dir, ClusterName: "c1", ClusterID: 1, Writer: rec}, quiet)
 	defer cp.Stop()
 	waitFor(b, time.Minute, "empty remote ready", cp.Ready)
+	// What earlier rounds freed goes back to the OS, else this round's
+	// growth would reuse it unseen in RSS.
+	debug.FreeOSMemory()
 	heap0, rss0 := heapInuse(), rss()
 
+	if path := os.Getenv("BENCH_CPUPROFILE"); path != "" && profile { // the cold sync only
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		defer pprof.StopCPUProfile() // stopped below; a second stop is a no-op
+	}
 	start := time.Now()
 	writeConfig(b, dir, full.Cluster, fullURL)
 	waitFor(b, 5*time.Minute, "cold sync", func() bool {
@@ -192,6 +207,7 @@ func runOurs(b *testing.B, fullURL, emptyURL string, useBPF, profile bool) ours 
 		return t >= full.Nodes && ip >= full.IPs && cp.Ready()
 	})
 	o.sync = time.Since(start)
+	pprof.StopCPUProfile()
 	o.heap, o.rss = int64(heapInuse())-int64(heap0), int64(rss())-int64(rss0)
 	if profile {
 		path := os.Getenv("BENCH_HEAPPROFILE")
