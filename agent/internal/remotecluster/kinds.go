@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
@@ -226,9 +225,11 @@ func (o *ipObserver) OnUpsert(key string, e, _ ipEntry, _ bool) { o.program(key,
 
 func (o *ipObserver) program(key string, e ipEntry) {
 	p := e.prefix.Prefix()
-	if alt, masked := altIPKey(key, p); masked {
-		if _, ok := o.peek(alt); ok {
-			return // the entry of "<ip>" wins
+	if p.IsSingleIP() {
+		if alt, masked := strings.CutSuffix(key, hostSuffix(p)); masked {
+			if _, ok := o.peek(alt); ok {
+				return // the entry of "<ip>" wins
+			}
 		}
 	}
 	o.r.m.dp.UpsertIPCache(datapath.IPCacheEntry{Prefix: p, Identity: e.id, TunnelEndpoint: e.hostIP.Addr(), ClusterID: o.r.dpID})
@@ -254,11 +255,19 @@ func altIPKey(key string, p netip.Prefix) (alt string, masked bool) {
 	if !p.IsSingleIP() {
 		return "", false
 	}
-	suffix := "/" + strconv.Itoa(p.Bits())
+	suffix := hostSuffix(p)
 	if k, ok := strings.CutSuffix(key, suffix); ok {
 		return k, true
 	}
 	return key + suffix, false
+}
+
+// hostSuffix is the "/<bits>" of a host prefix.
+func hostSuffix(p netip.Prefix) string {
+	if p.Addr().Is4() {
+		return "/32"
+	}
+	return "/128"
 }
 
 // serviceObserver hands global services to the merger.
