@@ -7,9 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"runtime/pprof"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/clustermesh/clustermesh/agent/agenttest"
+	"github.com/clustermesh/clustermesh/bench/internal/procmem"
 	"github.com/clustermesh/clustermesh/bench/internal/remotedata"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
@@ -196,39 +195,6 @@ func BenchmarkPutToDatapath(b *testing.B) {
 		percentile(dpLat, 0.5), percentile(dpLat, 0.99), percentile(rawLat, 0.5), percentile(rawLat, 0.99))
 }
 
-func rss() uint64 {
-	data, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseUint(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
-}
-
-func writeHeapProfile(path string) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if err := pprof.WriteHeapProfile(f); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
-func heap() uint64 {
-	runtime.GC()
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	return m.HeapInuse
-}
-
 // BenchmarkColdSync: one remote with 25,000 nodes, 250,000 ipcache entries,
 // 25,000 identities and 5,000 services; time from the config file appearing
 // to every tunnel and ipcache entry applied and the remote ready, and the
@@ -242,7 +208,7 @@ func BenchmarkColdSync(b *testing.B) {
 	}
 	entries := nodes + ips + ids + svcs
 
-	heap0, rss0 := heap(), rss()
+	heap0, rss0 := procmem.HeapInuse(), procmem.RSS()
 	b.ResetTimer()
 	start := time.Now()
 	e.writeConfig(b)
@@ -266,17 +232,17 @@ func BenchmarkColdSync(b *testing.B) {
 	}
 	elapsed := time.Since(start)
 	b.StopTimer()
-	heap1, rss1 := heap(), rss()
+	heap1, rss1 := procmem.HeapInuse(), procmem.RSS()
 	dheap, drss := int64(heap1)-int64(heap0), int64(rss1)-int64(rss0)
 	if path := os.Getenv("BENCH_HEAPPROFILE"); path != "" { // what the synced agent holds
-		if err := writeHeapProfile(path); err != nil {
+		if err := procmem.WriteHeapProfile(path); err != nil {
 			b.Fatal(err)
 		}
 	}
 	// The in-memory datapath's maps stand in for kernel maps: measure a copy
 	// of them to tell the agent's own share.
 	st, _ := a.Datapath.Dump()
-	dpCopy := int64(heap()) - int64(heap1)
+	dpCopy := int64(procmem.HeapInuse()) - int64(heap1)
 	runtime.KeepAlive(st)
 	b.ReportMetric(float64(dheap-dpCopy)/float64(entries), "heap-B/entry-excl-memdp")
 	b.ReportMetric(elapsed.Seconds(), "s-to-ready")

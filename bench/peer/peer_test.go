@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"slices"
@@ -23,6 +22,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/clustermesh/clustermesh/agent/agenttest"
+	"github.com/clustermesh/clustermesh/bench/internal/procmem"
 	"github.com/clustermesh/clustermesh/bench/internal/remotedata"
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/internal/datapath"
@@ -187,7 +187,7 @@ func runOurs(b *testing.B, fullURL, emptyURL string, useBPF, profile bool) ours 
 	// What earlier rounds freed goes back to the OS, else this round's
 	// growth would reuse it unseen in RSS.
 	debug.FreeOSMemory()
-	heap0, rss0 := heapInuse(), rss()
+	heap0, rss0 := procmem.HeapInuse(), procmem.RSS()
 
 	if path := os.Getenv("BENCH_CPUPROFILE"); path != "" && profile { // the cold sync only
 		f, err := os.Create(path)
@@ -208,13 +208,13 @@ func runOurs(b *testing.B, fullURL, emptyURL string, useBPF, profile bool) ours 
 	})
 	o.sync = time.Since(start)
 	pprof.StopCPUProfile()
-	o.heap, o.rss = int64(heapInuse())-int64(heap0), int64(rss())-int64(rss0)
+	o.heap, o.rss = int64(procmem.HeapInuse())-int64(heap0), int64(procmem.RSS())-int64(rss0)
 	if profile {
 		path := os.Getenv("BENCH_HEAPPROFILE")
 		if path == "" {
 			path = filepath.Join(b.TempDir(), "heap.pprof")
 		}
-		if err := writeHeapProfile(path); err != nil {
+		if err := procmem.WriteHeapProfile(path); err != nil {
 			b.Fatal(err)
 		}
 		out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=14", "-sample_index=inuse_space", os.Args[0], path).CombinedOutput()
@@ -279,39 +279,6 @@ func waitFor(tb testing.TB, limit time.Duration, what string, cond func() bool) 
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-}
-
-func heapInuse() uint64 {
-	runtime.GC()
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	return m.HeapInuse
-}
-
-func rss() uint64 {
-	data, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseUint(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
-}
-
-func writeHeapProfile(path string) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // ciliumBin finds cilium-watch, or says why not.
