@@ -54,6 +54,9 @@ type Event struct {
 	// listing holds (etcd's count of the whole range, from its first page),
 	// so that a handler can size its tables once; 0 for watch events.
 	Total int64
+	// State is, for an upsert, what ListWatch remembers of the key: a
+	// handler that is its own KeyIndex (option Index) records it.
+	State KeyState
 }
 
 // Reasons for a relist, reported in logs and errors.
@@ -69,32 +72,26 @@ type KeyState struct {
 	Gen uint64 // number of the list that last saw the key
 }
 
-// KeyIndex holds the KeyState of every key the handler holds. ListWatch
-// keeps its own (a map) unless the handler, which holds a table of its keys
-// anyway, gives one (option Index): then each key is held once. ListWatch
-// calls it from the handler's goroutine only.
+// KeyIndex is the handler's own table of the keys it holds, with the
+// KeyState of each (option Index): then each key is held once, not also in
+// a map of ListWatch's. The handler records Event.State with every upsert
+// it takes, and an upsert of a listing (Total > 0) whose State.Sum equals
+// the one it holds for the key, recorded in this ListWatch, is an unchanged
+// value: the handler records the new State.Gen and reports nothing. ListWatch
+// calls the index from the handler's goroutine only.
 type KeyIndex interface {
-	// State returns the state of a key the handler holds.
+	// State returns the state of a key the handler holds from this
+	// ListWatch (not keys that an earlier ListWatch delivered).
 	State(key string) (KeyState, bool)
-	// SetState records st for key once the handler took the key's upsert
-	// (it did not reject it). An index that is the handler's own table has
-	// the key by then.
-	SetState(key string, st KeyState)
-	// Delete forgets key, after the handler was given its EventDelete or
-	// rejected its upsert. An index that is the handler's own table has
-	// dropped the key by then and does nothing.
-	Delete(key string)
-	// Range calls f with every key and its state until f returns false;
-	// f does not call into the index or the handler.
+	// Range calls f with every such key and its state until f returns
+	// false; f does not call into the index or the handler.
 	Range(f func(key string, st KeyState) bool)
 }
 
-// mapIndex is ListWatch's own KeyIndex.
+// mapIndex is ListWatch's own index when the handler gives none.
 type mapIndex map[string]KeyState
 
 func (m mapIndex) State(key string) (KeyState, bool) { st, ok := m[key]; return st, ok }
-func (m mapIndex) SetState(key string, st KeyState)  { m[key] = st }
-func (m mapIndex) Delete(key string)                 { delete(m, key) }
 func (m mapIndex) Range(f func(key string, st KeyState) bool) {
 	for k, st := range m {
 		if !f(k, st) {
@@ -111,6 +108,7 @@ type listWatch struct {
 	rejected func(key string) bool
 
 	known     KeyIndex     // keys the handler holds as present
+	own       mapIndex     // known, when it is ListWatch's own (no Index option)
 	seed      maphash.Seed // of the value hashes in known
 	gen       uint64
 	clusterID uint64 // of the etcd cluster the last list came from
@@ -137,7 +135,8 @@ func (c *Client) ListWatch(ctx context.Context, prefix string, handle func(Event
 	}
 	lw := &listWatch{c: c, prefix: prefix, handle: handle, rejected: o.rejected, known: o.index, seed: maphash.MakeSeed()}
 	if lw.known == nil {
-		lw.known = mapIndex{}
+		lw.own = mapIndex{}
+		lw.known = lw.own
 	}
 	// A successful list alone does not restart the count: a watch that
 	// fails right after every list still backs off.
@@ -180,10 +179,9 @@ type listWatchOptions struct {
 	index        KeyIndex
 }
 
-// Index makes ListWatch keep the state of the handler's keys in idx, the
-// handler's own table of its keys, instead of a map of its own. idx starts
-// empty of this ListWatch's keys: State must not report a key that this
-// ListWatch did not SetState.
+// Index makes the handler's own table of its keys, idx, ListWatch's index
+// of them (see KeyIndex) instead of a map of ListWatch's. Rejected is then
+// not needed: a key the handler does not take is not in its table.
 func Index(idx KeyIndex) ListWatchOption {
 	return func(o *listWatchOptions) { o.index = idx }
 }
@@ -264,10 +262,11 @@ func (lw *listWatch) list(ctx context.Context) error {
 		resp := pg.resp
 		if rev == 0 {
 			rev, clusterID, total = resp.Header.Revision, resp.Header.ClusterId, resp.Count
-			if m, ok := lw.known.(mapIndex); ok && len(m) == 0 && resp.Count > 0 {
+			if lw.own != nil && len(lw.own) == 0 && resp.Count > 0 {
 				// The first page counts the whole range: size the index
 				// once instead of growing it through every page.
-				lw.known = make(mapIndex, resp.Count)
+				lw.own = make(mapIndex, resp.Count)
+				lw.known = lw.own
 			}
 			if prev := c.pinClusterID(clusterID); prev != 0 && prev != clusterID {
 				c.log.Warn("etcd cluster ID changed", "prefix", lw.prefix, "was", prev, "now", clusterID)
@@ -281,13 +280,15 @@ func (lw *listWatch) list(ctx context.Context) error {
 		}
 		for _, kv := range resp.Kvs {
 			k := string(kv.Key)
-			st, ok := lw.known.State(k)
-			sum := maphash.Bytes(lw.seed, kv.Value)
-			if ok && st.Sum == sum {
-				lw.known.SetState(k, KeyState{Sum: sum, Gen: gen})
-				continue
+			st := KeyState{Sum: maphash.Bytes(lw.seed, kv.Value), Gen: gen}
+			if lw.own != nil {
+				old, ok := lw.own[k]
+				lw.own[k] = st
+				if ok && old.Sum == st.Sum {
+					continue // unchanged (a handler with an Index decides this itself)
+				}
 			}
-			lw.upsert(Event{Kind: EventUpsert, Key: k, Value: kv.Value, Revision: kv.ModRevision, Total: total}, KeyState{Sum: sum, Gen: gen})
+			lw.upsert(Event{Kind: EventUpsert, Key: k, Value: kv.Value, Revision: kv.ModRevision, Total: total, State: st})
 		}
 		if !more {
 			break
@@ -303,7 +304,7 @@ func (lw *listWatch) list(ctx context.Context) error {
 	})
 	for _, k := range gone {
 		lw.handle(Event{Kind: EventDelete, Key: k, Revision: rev})
-		lw.known.Delete(k)
+		delete(lw.own, k)
 	}
 	lw.gen, lw.clusterID, lw.lastRev = gen, clusterID, rev
 	lw.handle(Event{Kind: EventListDone, Revision: rev})
@@ -353,24 +354,26 @@ func (lw *listWatch) apply(ev *clientv3.Event) {
 	lw.lastRev = max(lw.lastRev, rev)
 	switch ev.Type {
 	case clientv3.EventTypePut:
-		lw.upsert(Event{Kind: EventUpsert, Key: k, Value: ev.Kv.Value, Revision: rev}, KeyState{Sum: maphash.Bytes(lw.seed, ev.Kv.Value), Gen: lw.gen})
+		st := KeyState{Sum: maphash.Bytes(lw.seed, ev.Kv.Value), Gen: lw.gen}
+		if lw.own != nil {
+			lw.own[k] = st
+		}
+		lw.upsert(Event{Kind: EventUpsert, Key: k, Value: ev.Kv.Value, Revision: rev, State: st})
 	case clientv3.EventTypeDelete:
 		if _, ok := lw.known.State(k); ok {
 			lw.handle(Event{Kind: EventDelete, Key: k, Revision: rev})
-			lw.known.Delete(k)
+			delete(lw.own, k)
 		}
 	}
 }
 
-// upsert hands ev to the handler, then remembers its key with st, or
-// forgets it if the handler rejected it.
-func (lw *listWatch) upsert(ev Event, st KeyState) {
+// upsert hands ev to the handler and forgets its key (in ListWatch's own
+// index) if the handler rejected it.
+func (lw *listWatch) upsert(ev Event) {
 	lw.handle(ev)
-	if lw.rejected != nil && lw.rejected(ev.Key) {
-		lw.known.Delete(ev.Key)
-		return
+	if lw.own != nil && lw.rejected != nil && lw.rejected(ev.Key) {
+		delete(lw.own, ev.Key)
 	}
-	lw.known.SetState(ev.Key, st)
 }
 
 // checkCluster asks etcd for one (absent or present) key to compare its

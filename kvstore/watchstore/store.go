@@ -126,19 +126,6 @@ func (x index[T]) State(key string) (kvstore.KeyState, bool) {
 	return e.lw, true
 }
 
-func (x index[T]) SetState(key string, st kvstore.KeyState) {
-	x.s.mu.Lock()
-	defer x.s.mu.Unlock()
-	if e, ok := x.s.entries[key]; ok && e.gen == x.gen { // else rejected, or stopped over MaxEntries
-		e.lw = st
-		x.s.entries[key] = e
-	}
-}
-
-// Delete does nothing: the store dropped the key when it handled the
-// delete, or did not take the rejected value.
-func (x index[T]) Delete(string) {}
-
 func (x index[T]) Range(f func(key string, st kvstore.KeyState) bool) {
 	x.s.mu.Lock()
 	defer x.s.mu.Unlock()
@@ -270,12 +257,24 @@ func (s *Store[T]) handle(ev kvstore.Event, gen uint64, first *bool, stop contex
 	}
 	switch ev.Kind {
 	case kvstore.EventUpsert:
-		v, err := s.decode(ev.Key, ev.Value)
 		s.mu.Lock()
-		defer s.mu.Unlock()
 		if ev.Total > 0 && s.sized != gen {
 			s.reserveLocked(gen, int(ev.Total))
 		}
+		prev, ok := s.entries[ev.Key]
+		if ok && ev.Total > 0 && prev.gen == gen && prev.lw.Sum == ev.State.Sum {
+			// A relist of this run found the value it holds: nothing changed.
+			prev.lw = ev.State
+			s.entries[ev.Key] = prev
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+		// Decoded without the lock; only this goroutine changes entries,
+		// so prev stays what the key holds.
+		v, err := s.decode(ev.Key, ev.Value)
+		s.mu.Lock()
+		defer s.mu.Unlock()
 		if err != nil {
 			n := s.invalid.Add(1)
 			if s.m != nil {
@@ -291,7 +290,6 @@ func (s *Store[T]) handle(ev kvstore.Event, gen uint64, first *bool, stop contex
 			s.removeLocked(ev.Key)
 			return
 		}
-		prev, ok := s.entries[ev.Key]
 		if !ok {
 			if s.cfg.MaxEntries > 0 && len(s.entries) >= s.cfg.MaxEntries {
 				stop(fmt.Errorf("%w: %s holds more than %d valid entries", ErrTooManyEntries, s.cfg.Prefix, s.cfg.MaxEntries))
@@ -299,7 +297,7 @@ func (s *Store[T]) handle(ev kvstore.Event, gen uint64, first *bool, stop contex
 			}
 			s.setCount(1)
 		}
-		s.entries[ev.Key] = entry[T]{v: v, gen: gen}
+		s.entries[ev.Key] = entry[T]{v: v, gen: gen, lw: ev.State}
 		s.obs.OnUpsert(ev.Key, v, prev.v, ok)
 	case kvstore.EventDelete:
 		s.mu.Lock()
