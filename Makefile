@@ -12,7 +12,7 @@ LDFLAGS := -X github.com/clustermesh/clustermesh/internal/version.version=$(VERS
 
 CILIUM_INTEROP := $(abspath $(BIN))/ciliuminterop
 
-.PHONY: help build images setup test test-install test-unit test-e2e lint verify-gen generate fuzz bench soak demo kube-bins ciliuminterop clean
+.PHONY: help build images setup test test-install test-unit test-e2e lint verify-gen generate fuzz bench bench-peer cilium-watch soak demo kube-bins ciliuminterop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -62,8 +62,17 @@ verify-gen: ## regenerate and fail if the committed generated code differs
 fuzz: ## run every fuzz target for FUZZTIME each
 	hack/fuzz.sh $(FUZZTIME)
 
-bench: ## run the benchmarks of bench/ (see bench/README.md)
+CILIUM_WATCH_SRC ?= ../shared/tools/cilium-watch
+bench: cilium-watch ## run the benchmarks of bench/ (see bench/README.md; as root for the eBPF datapath)
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/...
+
+bench-peer: cilium-watch ## only the side-by-side benchmark against Cilium's watch path (bench/peer)
+	$(GO) test -run '^$$' -bench VsCilium -benchtime 1x -timeout 30m -v ./bench/peer/
+
+cilium-watch: ## build Cilium's watch-path peer tool into bin/ when its source is present (else bench/peer skips the Cilium side)
+	@if [ -d "$(CILIUM_WATCH_SRC)" ]; then \
+		(cd "$(CILIUM_WATCH_SRC)" && $(GO) build -o "$(CURDIR)/bin/cilium-watch" .) || echo "cilium-watch not built: bench/peer skips the Cilium side"; \
+	else echo "no $(CILIUM_WATCH_SRC): bench/peer skips the Cilium side"; fi
 
 SOAK_RUNS ?= 1000
 SOAK_SEED ?= 1000

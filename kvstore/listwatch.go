@@ -50,6 +50,13 @@ type Event struct {
 	// a delete (the list revision for synthetic deletes) or the list
 	// revision of EventListDone.
 	Revision int64
+	// Total is, for the upserts of a (re)list, the number of keys the
+	// listing holds (etcd's count of the whole range, from its first page),
+	// so that a handler can size its tables once; 0 for watch events.
+	Total int64
+	// State is, for an upsert, what ListWatch remembers of the key: a
+	// handler that is its own KeyIndex (option Index) records it.
+	State KeyState
 }
 
 // Reasons for a relist, reported in logs and errors.
@@ -59,9 +66,38 @@ var (
 	ErrWatchClosed      = errors.New("watch channel closed")
 )
 
-type keyState struct {
-	sum uint64 // hash of the value the handler was given
-	gen uint64 // number of the list that last saw the key
+// KeyState is what ListWatch remembers of a key the handler holds.
+type KeyState struct {
+	Sum uint64 // hash of the value the handler was given
+	Gen uint64 // number of the list that last saw the key
+}
+
+// KeyIndex is the handler's own table of the keys it holds, with the
+// KeyState of each (option Index): then each key is held once, not also in
+// a map of ListWatch's. The handler records Event.State with every upsert
+// it takes, and an upsert of a listing (Total > 0) whose State.Sum equals
+// the one it holds for the key, recorded in this ListWatch, is an unchanged
+// value: the handler records the new State.Gen and reports nothing. ListWatch
+// calls the index from the handler's goroutine only.
+type KeyIndex interface {
+	// State returns the state of a key the handler holds from this
+	// ListWatch (not keys that an earlier ListWatch delivered).
+	State(key string) (KeyState, bool)
+	// Range calls f with every such key and its state until f returns
+	// false; f does not call into the index or the handler.
+	Range(f func(key string, st KeyState) bool)
+}
+
+// mapIndex is ListWatch's own index when the handler gives none.
+type mapIndex map[string]KeyState
+
+func (m mapIndex) State(key string) (KeyState, bool) { st, ok := m[key]; return st, ok }
+func (m mapIndex) Range(f func(key string, st KeyState) bool) {
+	for k, st := range m {
+		if !f(k, st) {
+			return
+		}
+	}
 }
 
 type listWatch struct {
@@ -71,8 +107,9 @@ type listWatch struct {
 	// rejected, if set, reports whether the handler rejected a key.
 	rejected func(key string) bool
 
-	known     map[string]keyState // keys the handler holds as present
-	seed      maphash.Seed        // of the value hashes in known
+	known     KeyIndex     // keys the handler holds as present
+	own       mapIndex     // known, when it is ListWatch's own (no Index option)
+	seed      maphash.Seed // of the value hashes in known
 	gen       uint64
 	clusterID uint64 // of the etcd cluster the last list came from
 	lastRev   int64  // highest revision seen
@@ -96,7 +133,11 @@ func (c *Client) ListWatch(ctx context.Context, prefix string, handle func(Event
 	for _, opt := range opts {
 		opt(&o)
 	}
-	lw := &listWatch{c: c, prefix: prefix, handle: handle, rejected: o.rejected, known: make(map[string]keyState), seed: maphash.MakeSeed()}
+	lw := &listWatch{c: c, prefix: prefix, handle: handle, rejected: o.rejected, known: o.index, seed: maphash.MakeSeed()}
+	if lw.known == nil {
+		lw.own = mapIndex{}
+		lw.known = lw.own
+	}
 	// A successful list alone does not restart the count: a watch that
 	// fails right after every list still backs off.
 	retry := backoff.New(listWatchBackoff, clock.RealClock{})
@@ -135,6 +176,14 @@ type ListWatchOption func(*listWatchOptions)
 type listWatchOptions struct {
 	beforeRelist func(ctx context.Context, reason error) error
 	rejected     func(key string) bool
+	index        KeyIndex
+}
+
+// Index makes the handler's own table of its keys, idx, ListWatch's index
+// of them (see KeyIndex) instead of a map of ListWatch's. Rejected is then
+// not needed: a key the handler does not take is not in its table.
+func Index(idx KeyIndex) ListWatchOption {
+	return func(o *listWatchOptions) { o.index = idx }
 }
 
 // Rejected makes ListWatch ask f, after every upsert it hands the handler,
@@ -195,7 +244,7 @@ func (lw *listWatch) fetch(ctx context.Context, key string, rev int64) <-chan pa
 
 func (lw *listWatch) list(ctx context.Context) error {
 	c := lw.c
-	var rev int64
+	var rev, total int64
 	var clusterID uint64
 	gen := lw.gen + 1
 	next := lw.fetch(ctx, lw.prefix, 0)
@@ -212,11 +261,12 @@ func (lw *listWatch) list(ctx context.Context) error {
 		}
 		resp := pg.resp
 		if rev == 0 {
-			rev, clusterID = resp.Header.Revision, resp.Header.ClusterId
-			if len(lw.known) == 0 && resp.Count > 0 {
+			rev, clusterID, total = resp.Header.Revision, resp.Header.ClusterId, resp.Count
+			if lw.own != nil && len(lw.own) == 0 && resp.Count > 0 {
 				// The first page counts the whole range: size the index
 				// once instead of growing it through every page.
-				lw.known = make(map[string]keyState, resp.Count)
+				lw.own = make(mapIndex, resp.Count)
+				lw.known = lw.own
 			}
 			if prev := c.pinClusterID(clusterID); prev != 0 && prev != clusterID {
 				c.log.Warn("etcd cluster ID changed", "prefix", lw.prefix, "was", prev, "now", clusterID)
@@ -230,24 +280,31 @@ func (lw *listWatch) list(ctx context.Context) error {
 		}
 		for _, kv := range resp.Kvs {
 			k := string(kv.Key)
-			st, ok := lw.known[k]
-			sum := maphash.Bytes(lw.seed, kv.Value)
-			lw.known[k] = keyState{sum: sum, gen: gen}
-			if ok && st.sum == sum {
-				continue
+			st := KeyState{Sum: maphash.Bytes(lw.seed, kv.Value), Gen: gen}
+			if lw.own != nil {
+				old, ok := lw.own[k]
+				lw.own[k] = st
+				if ok && old.Sum == st.Sum {
+					continue // unchanged (a handler with an Index decides this itself)
+				}
 			}
-			lw.upsert(Event{Kind: EventUpsert, Key: k, Value: kv.Value, Revision: kv.ModRevision})
+			lw.upsert(Event{Kind: EventUpsert, Key: k, Value: kv.Value, Revision: kv.ModRevision, Total: total, State: st})
 		}
 		if !more {
 			break
 		}
 	}
 	// The list is complete: whatever was known and not seen is gone.
-	for k, st := range lw.known {
-		if st.gen != gen {
-			delete(lw.known, k)
-			lw.handle(Event{Kind: EventDelete, Key: k, Revision: rev})
+	var gone []string
+	lw.known.Range(func(k string, st KeyState) bool {
+		if st.Gen != gen {
+			gone = append(gone, k)
 		}
+		return true
+	})
+	for _, k := range gone {
+		lw.handle(Event{Kind: EventDelete, Key: k, Revision: rev})
+		delete(lw.own, k)
 	}
 	lw.gen, lw.clusterID, lw.lastRev = gen, clusterID, rev
 	lw.handle(Event{Kind: EventListDone, Revision: rev})
@@ -297,22 +354,25 @@ func (lw *listWatch) apply(ev *clientv3.Event) {
 	lw.lastRev = max(lw.lastRev, rev)
 	switch ev.Type {
 	case clientv3.EventTypePut:
-		lw.known[k] = keyState{sum: maphash.Bytes(lw.seed, ev.Kv.Value), gen: lw.gen}
-		lw.upsert(Event{Kind: EventUpsert, Key: k, Value: ev.Kv.Value, Revision: rev})
+		st := KeyState{Sum: maphash.Bytes(lw.seed, ev.Kv.Value), Gen: lw.gen}
+		if lw.own != nil {
+			lw.own[k] = st
+		}
+		lw.upsert(Event{Kind: EventUpsert, Key: k, Value: ev.Kv.Value, Revision: rev, State: st})
 	case clientv3.EventTypeDelete:
-		if _, ok := lw.known[k]; ok {
-			delete(lw.known, k)
+		if _, ok := lw.known.State(k); ok {
 			lw.handle(Event{Kind: EventDelete, Key: k, Revision: rev})
+			delete(lw.own, k)
 		}
 	}
 }
 
-// upsert hands ev to the handler and forgets its key if the handler
-// rejected it.
+// upsert hands ev to the handler and forgets its key (in ListWatch's own
+// index) if the handler rejected it.
 func (lw *listWatch) upsert(ev Event) {
 	lw.handle(ev)
-	if lw.rejected != nil && lw.rejected(ev.Key) {
-		delete(lw.known, ev.Key)
+	if lw.own != nil && lw.rejected != nil && lw.rejected(ev.Key) {
+		delete(lw.own, ev.Key)
 	}
 }
 

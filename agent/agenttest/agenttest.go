@@ -11,6 +11,7 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
 	"github.com/clustermesh/clustermesh/agent/internal/remotecluster"
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
+	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
 )
 
@@ -20,11 +21,15 @@ type Config struct {
 	Dir         string
 	ClusterName string
 	ClusterID   uint32
+	// Writer, if set, is the datapath the control plane programs (the
+	// eBPF writer in bench/); nil uses a new in-memory one (Datapath).
+	Writer datapath.Writer
 }
 
 // ControlPlane is a running control plane on an in-memory datapath.
 type ControlPlane struct {
-	// Datapath is where the control plane applies its state.
+	// Datapath is where the control plane applies its state; nil when
+	// Config.Writer was given.
 	Datapath *memory.Datapath
 	mgr      *remotecluster.Manager
 	cancel   context.CancelFunc
@@ -33,8 +38,13 @@ type ControlPlane struct {
 
 // Start starts a control plane; Stop ends it.
 func Start(cfg Config, log *slog.Logger) *ControlPlane {
-	c := &ControlPlane{Datapath: memory.New()}
-	rec := dpsync.New(dpsync.Config{ClusterID: cfg.ClusterID}, c.Datapath, log, clock.RealClock{})
+	c := &ControlPlane{}
+	w := cfg.Writer
+	if w == nil {
+		c.Datapath = memory.New()
+		w = c.Datapath
+	}
+	rec := dpsync.New(dpsync.Config{ClusterID: cfg.ClusterID}, w, log, clock.RealClock{})
 	merger := servicemerge.New(servicemerge.Config{ClusterID: cfg.ClusterID}, rec)
 	c.mgr = remotecluster.New(remotecluster.Config{Dir: cfg.Dir, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID,
 		MaxConnectedClusters: 255, BackoffMin: 50 * time.Millisecond, BackoffMax: time.Second}, rec, merger, log, clock.RealClock{})

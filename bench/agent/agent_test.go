@@ -3,14 +3,11 @@ package agent
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
-	"runtime/pprof"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +16,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/clustermesh/clustermesh/agent/agenttest"
+	"github.com/clustermesh/clustermesh/bench/internal/procmem"
+	"github.com/clustermesh/clustermesh/bench/internal/remotedata"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
@@ -196,39 +195,6 @@ func BenchmarkPutToDatapath(b *testing.B) {
 		percentile(dpLat, 0.5), percentile(dpLat, 0.99), percentile(rawLat, 0.5), percentile(rawLat, 0.99))
 }
 
-func rss() uint64 {
-	data, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseUint(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
-}
-
-func writeHeapProfile(path string) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if err := pprof.WriteHeapProfile(f); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
-func heap() uint64 {
-	runtime.GC()
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	return m.HeapInuse
-}
-
 // BenchmarkColdSync: one remote with 25,000 nodes, 250,000 ipcache entries,
 // 25,000 identities and 5,000 services; time from the config file appearing
 // to every tunnel and ipcache entry applied and the remote ready, and the
@@ -236,57 +202,13 @@ func heap() uint64 {
 func BenchmarkColdSync(b *testing.B) {
 	const nodes, ips, ids, svcs = 25000, 250000, 25000, 5000
 	e := setup(b)
-	var ops []clientv3.Op
-	flush := func() { e.put(b, ops); ops = ops[:0] }
-	for i := range nodes {
-		v, err := wire.MarshalNode(wire.Node{Name: fmt.Sprintf("node-%d", i), Cluster: remoteName, ClusterID: remoteID,
-			IPAddresses:   []wire.NodeAddress{{Type: wire.NodeInternalIP, IP: netip.AddrFrom4([4]byte{192, 168, byte(i >> 8), byte(i)})}},
-			IPv4AllocCIDR: wire.CIDR{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(100 + i>>16), byte(i >> 8), byte(i)}), 32)}})
-		if err != nil {
-			b.Fatal(err)
-		}
-		ops = append(ops, clientv3.OpPut(wire.NodeKey(remoteName, fmt.Sprintf("node-%d", i)), string(v)))
-		if len(ops) == 1024 {
-			flush()
-		}
+	data := remotedata.Set{Cluster: remoteName, ID: remoteID, Nodes: nodes, IPs: ips, Identities: ids, Services: svcs}
+	if err := data.Write(context.Background(), e.admin.Etcd()); err != nil {
+		b.Fatal(err)
 	}
-	for i := range ips {
-		ip := netip.AddrFrom4([4]byte{10, byte(remoteID + i>>16), byte(i >> 8), byte(i)})
-		ops = append(ops, clientv3.OpPut(wire.IPKey(ip), ipcacheValue(i, ip)))
-		if len(ops) == 1024 {
-			flush()
-		}
-	}
-	for i := range ids {
-		ls, _ := wire.NewLabels(wire.Label{Source: "k8s", Key: "app", Value: fmt.Sprintf("app-%d", i)},
-			wire.Label{Source: "k8s", Key: wire.ClusterLabelKey, Value: remoteName})
-		id := uint32(remoteID<<16 | 256 + i)
-		v, _ := wire.MarshalIdentity(wire.Identity{ID: id, Labels: ls})
-		ops = append(ops, clientv3.OpPut(wire.IdentityKey(id), string(v)))
-		if len(ops) == 1024 {
-			flush()
-		}
-	}
-	for i := range svcs {
-		v, err := wire.MarshalService(wire.ClusterService{Cluster: remoteName, Namespace: "ns", Name: fmt.Sprintf("svc-%d", i), ClusterID: remoteID, Shared: true,
-			Frontends: map[string]wire.Ports{fmt.Sprintf("10.96.%d.%d", i>>8, i&255): {"http": {Protocol: wire.TCP, Port: 80}}},
-			Backends: map[string]wire.Ports{
-				ipOf(2 * i).String():   {"http": {Protocol: wire.TCP, Port: 8080}},
-				ipOf(2*i + 1).String(): {"http": {Protocol: wire.TCP, Port: 8080}},
-			}})
-		if err != nil {
-			b.Fatal(err)
-		}
-		ops = append(ops, clientv3.OpPut(wire.ServiceKey(remoteName, "ns", fmt.Sprintf("svc-%d", i)), string(v)))
-		if len(ops) == 1024 {
-			flush()
-		}
-	}
-	flush()
-	e.canaries(b)
 	entries := nodes + ips + ids + svcs
 
-	heap0, rss0 := heap(), rss()
+	heap0, rss0 := procmem.HeapInuse(), procmem.RSS()
 	b.ResetTimer()
 	start := time.Now()
 	e.writeConfig(b)
@@ -310,17 +232,17 @@ func BenchmarkColdSync(b *testing.B) {
 	}
 	elapsed := time.Since(start)
 	b.StopTimer()
-	heap1, rss1 := heap(), rss()
+	heap1, rss1 := procmem.HeapInuse(), procmem.RSS()
 	dheap, drss := int64(heap1)-int64(heap0), int64(rss1)-int64(rss0)
 	if path := os.Getenv("BENCH_HEAPPROFILE"); path != "" { // what the synced agent holds
-		if err := writeHeapProfile(path); err != nil {
+		if err := procmem.WriteHeapProfile(path); err != nil {
 			b.Fatal(err)
 		}
 	}
 	// The in-memory datapath's maps stand in for kernel maps: measure a copy
 	// of them to tell the agent's own share.
 	st, _ := a.Datapath.Dump()
-	dpCopy := int64(heap()) - int64(heap1)
+	dpCopy := int64(procmem.HeapInuse()) - int64(heap1)
 	runtime.KeepAlive(st)
 	b.ReportMetric(float64(dheap-dpCopy)/float64(entries), "heap-B/entry-excl-memdp")
 	b.ReportMetric(elapsed.Seconds(), "s-to-ready")

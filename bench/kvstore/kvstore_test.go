@@ -267,9 +267,9 @@ type syncObserver struct {
 	synced chan struct{}
 }
 
-func (o *syncObserver) OnUpsert(string, ipEntry) {}
-func (o *syncObserver) OnDelete(string, ipEntry) {}
-func (o *syncObserver) OnSync()                  { o.once.Do(func() { close(o.synced) }) }
+func (o *syncObserver) OnUpsert(string, ipEntry, ipEntry, bool) {}
+func (o *syncObserver) OnDelete(string, ipEntry)                {}
+func (o *syncObserver) OnSync()                                 { o.once.Do(func() { close(o.synced) }) }
 
 // warmupIndex is the entry put before the measurement to know that both
 // watches are up (outside the measured keys).
@@ -318,9 +318,9 @@ type latencyObserver struct {
 	lat   *latencies
 }
 
-func (o *latencyObserver) OnUpsert(key string, _ ipEntry) { o.lat.seen(key, o.index) }
-func (o *latencyObserver) OnDelete(string, ipEntry)       {}
-func (o *latencyObserver) OnSync()                        {}
+func (o *latencyObserver) OnUpsert(key string, _, _ ipEntry, _ bool) { o.lat.seen(key, o.index) }
+func (o *latencyObserver) OnDelete(string, ipEntry)                  {}
+func (o *latencyObserver) OnSync()                                   {}
 
 // benchLatency puts keys at putsPerSec and measures, per put, the time
 // until a raw etcd watch and a watchstore observer (both on their own

@@ -376,7 +376,9 @@ func (o *mirrorObserver) cacheKey(key string) string {
 	return wire.WatchPrefix(o.k.kind, o.k.r.name, true) + strings.TrimPrefix(key, o.from)
 }
 
-func (o *mirrorObserver) OnUpsert(key string, v []byte) { o.k.out.Upsert(o.cacheKey(key), v) }
+func (o *mirrorObserver) OnUpsert(key string, v, _ []byte, _ bool) {
+	o.k.out.Upsert(o.cacheKey(key), v)
+}
 func (o *mirrorObserver) OnDelete(key string, _ []byte) { o.k.out.Delete(o.cacheKey(key)) }
 
 // OnSync: the listing is handed to the cache writer; its canary follows

@@ -24,7 +24,10 @@ var (
 // Observer is told about changes of the entries, from one goroutine at a
 // time. It must not call back into the store.
 type Observer[T any] interface {
-	OnUpsert(key string, v T)
+	// OnUpsert reports the new value v of key and, when the key held one
+	// (hadPrev), the value it replaces: an observer derives what to
+	// withdraw from prev and keeps no copy of the entries.
+	OnUpsert(key string, v, prev T, hadPrev bool)
 	OnDelete(key string, v T)
 	// OnSync is called once per run (Run or RunOn), when its initial
 	// listing is complete (after the sync canary, if one is configured).
@@ -39,6 +42,13 @@ type Observer[T any] interface {
 // the change being reported.
 type Peeker[T any] interface {
 	SetPeek(peek func(key string) (T, bool))
+}
+
+// Reserver is implemented by an observer that sizes its own tables: before
+// the first entry of a run's initial listing it is told how many keys the
+// listing holds (an upper bound of the entries to come).
+type Reserver interface {
+	Reserve(n int)
 }
 
 // Config configures a Store.
@@ -76,11 +86,11 @@ type Store[T any] struct {
 
 	m *Metrics
 
-	mu       sync.Mutex // guards entries, gen and rejected and serialises observer calls
-	entries  map[string]entry[T]
-	gen      uint64 // number of the current run
-	rejected bool   // the last upsert was not taken (invalid, or over MaxEntries)
-	synced   atomic.Bool
+	mu      sync.Mutex // guards entries, gen and sized and serialises observer calls
+	entries map[string]entry[T]
+	gen     uint64 // number of the current run
+	sized   uint64 // the run whose listing sized the entries
+	synced  atomic.Bool
 
 	nEntries  atomic.Int64
 	invalid   atomic.Uint64
@@ -89,10 +99,41 @@ type Store[T any] struct {
 	waiting   atomic.Bool
 }
 
-// entry is a valid value and the run that last delivered it.
+// entry is a valid value, the run that last delivered it and what the
+// run's ListWatch remembers of its key: the store's map is the ListWatch's
+// key index (kvstore.Index), so a key is held once.
 type entry[T any] struct {
 	v   T
 	gen uint64
+	lw  kvstore.KeyState
+}
+
+// index is the store's entries as the kvstore.KeyIndex of run gen's
+// ListWatch: entries that earlier runs delivered are not its keys (that
+// run's listing delivers them again, or the store withdraws them).
+type index[T any] struct {
+	s   *Store[T]
+	gen uint64
+}
+
+func (x index[T]) State(key string) (kvstore.KeyState, bool) {
+	x.s.mu.Lock()
+	defer x.s.mu.Unlock()
+	e, ok := x.s.entries[key]
+	if !ok || e.gen != x.gen {
+		return kvstore.KeyState{}, false
+	}
+	return e.lw, true
+}
+
+func (x index[T]) Range(f func(key string, st kvstore.KeyState) bool) {
+	x.s.mu.Lock()
+	defer x.s.mu.Unlock()
+	for k, e := range x.s.entries {
+		if e.gen == x.gen && !f(k, e.lw) {
+			return
+		}
+	}
 }
 
 // New returns a store that follows cfg.Prefix through c. decode turns a
@@ -154,7 +195,7 @@ func (s *Store[T]) RunOn(ctx context.Context, c *kvstore.Client) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	handle := func(ev kvstore.Event) { s.handle(ev, gen, &first, cancel) }
-	opts := []kvstore.ListWatchOption{kvstore.Rejected(s.lastRejected)}
+	opts := []kvstore.ListWatchOption{kvstore.Index(index[T]{s: s, gen: gen})}
 	if s.cfg.SyncedKey != "" {
 		if !s.waitForCanary(ctx, c) {
 			return s.stopCause(ctx)
@@ -183,14 +224,6 @@ func (s *Store[T]) stopCause(ctx context.Context) error {
 		return err
 	}
 	return nil
-}
-
-// lastRejected reports whether the store did not take the last upsert;
-// ListWatch asks right after handing it over, from the same goroutine.
-func (s *Store[T]) lastRejected(string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.rejected
 }
 
 // waitForCanary blocks until the canary exists; false when ctx is done.
@@ -224,10 +257,24 @@ func (s *Store[T]) handle(ev kvstore.Event, gen uint64, first *bool, stop contex
 	}
 	switch ev.Kind {
 	case kvstore.EventUpsert:
+		s.mu.Lock()
+		if ev.Total > 0 && s.sized != gen {
+			s.reserveLocked(gen, int(ev.Total))
+		}
+		prev, ok := s.entries[ev.Key]
+		if ok && ev.Total > 0 && prev.gen == gen && prev.lw.Sum == ev.State.Sum {
+			// A relist of this run found the value it holds: nothing changed.
+			prev.lw = ev.State
+			s.entries[ev.Key] = prev
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+		// Decoded without the lock; only this goroutine changes entries,
+		// so prev stays what the key holds.
 		v, err := s.decode(ev.Key, ev.Value)
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		s.rejected = err != nil
 		if err != nil {
 			n := s.invalid.Add(1)
 			if s.m != nil {
@@ -243,16 +290,15 @@ func (s *Store[T]) handle(ev kvstore.Event, gen uint64, first *bool, stop contex
 			s.removeLocked(ev.Key)
 			return
 		}
-		if _, ok := s.entries[ev.Key]; !ok {
+		if !ok {
 			if s.cfg.MaxEntries > 0 && len(s.entries) >= s.cfg.MaxEntries {
-				s.rejected = true
 				stop(fmt.Errorf("%w: %s holds more than %d valid entries", ErrTooManyEntries, s.cfg.Prefix, s.cfg.MaxEntries))
 				return
 			}
 			s.setCount(1)
 		}
-		s.entries[ev.Key] = entry[T]{v: v, gen: gen}
-		s.obs.OnUpsert(ev.Key, v)
+		s.entries[ev.Key] = entry[T]{v: v, gen: gen, lw: ev.State}
+		s.obs.OnUpsert(ev.Key, v, prev.v, ok)
 	case kvstore.EventDelete:
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -270,6 +316,25 @@ func (s *Store[T]) handle(ev kvstore.Event, gen uint64, first *bool, stop contex
 			s.setSynced(true)
 			s.obs.OnSync()
 		}
+	}
+}
+
+// reserveLocked sizes the entries for a listing of n keys (once per run,
+// and only when they would otherwise grow through it) and tells a
+// Reserver observer.
+func (s *Store[T]) reserveLocked(gen uint64, n int) {
+	s.sized = gen
+	if s.cfg.MaxEntries > 0 {
+		n = min(n, s.cfg.MaxEntries)
+	}
+	if n <= len(s.entries) {
+		return
+	}
+	if len(s.entries) == 0 {
+		s.entries = make(map[string]entry[T], n)
+	}
+	if r, ok := s.obs.(Reserver); ok {
+		r.Reserve(n - len(s.entries))
 	}
 }
 
@@ -321,6 +386,19 @@ func (s *Store[T]) Get(key string) (T, bool) {
 	defer s.mu.Unlock()
 	e, ok := s.entries[key]
 	return e.v, ok
+}
+
+// Range calls f with every entry until f returns false. Observers must not
+// call it (their callbacks run under the store's lock); f must not call
+// into the store.
+func (s *Store[T]) Range(f func(key string, v T) bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, e := range s.entries {
+		if !f(k, e.v) {
+			return
+		}
+	}
 }
 
 // Stats returns the counters of the store; observers may call it.

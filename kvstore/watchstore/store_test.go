@@ -73,9 +73,12 @@ func (r *recorder) note(s string) {
 	r.changed = make(chan struct{})
 }
 
-func (r *recorder) OnUpsert(key string, v node) {
+func (r *recorder) OnUpsert(key string, v, prev node, hadPrev bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if held, ok := r.state[key]; ok != hadPrev || held != prev {
+		panic(fmt.Sprintf("OnUpsert(%s) with previous %v (%v), held %v (%v)", key, prev, hadPrev, held, ok))
+	}
 	r.state[key] = v
 	r.note("upsert " + key)
 }
@@ -518,5 +521,41 @@ func TestMaxEntries(t *testing.T) {
 				t.Fatalf("Run = %v after cancel", err)
 			}
 		})
+	}
+}
+
+// reservingRecorder also records the Reserve calls.
+type reservingRecorder struct {
+	*recorder
+	reserved []int
+}
+
+func (r *reservingRecorder) Reserve(n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.state) != 0 {
+		panic(fmt.Sprintf("Reserve(%d) after %d entries", n, len(r.state)))
+	}
+	r.reserved = append(r.reserved, n)
+}
+
+// The initial listing sizes the observer's tables once, with the listing's
+// key count; watch events do not.
+func TestReserveFromListing(t *testing.T) {
+	e := newEnv(t)
+	for i := range 40 {
+		e.put(t, fmt.Sprintf("%snode-%d", prefix, i), nodeJSON(fmt.Sprintf("node-%d", i)))
+	}
+	e.put(t, prefix+"bad", "not json")
+	r := &reservingRecorder{recorder: newRecorder()}
+	s := watchstore.New(e.remote(t), watchstore.Config{Prefix: prefix}, decodeNode, r, etcdserver.TestLogger(), nil)
+	run(t, s)
+	r.waitFor(t, "initial listing", func(state map[string]node, synced int) bool { return synced == 1 })
+	e.put(t, prefix+"node-40", nodeJSON("node-40"))
+	r.waitFor(t, "watched upsert", func(state map[string]node, _ int) bool { return len(state) == 41 })
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.reserved) != 1 || r.reserved[0] != 41 {
+		t.Errorf("Reserve calls %v, want one of 41 (the listed keys, the invalid one included)", r.reserved)
 	}
 }

@@ -7,13 +7,11 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net"
 	"net/http"
 	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -35,6 +33,7 @@ import (
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
+	"github.com/clustermesh/clustermesh/internal/httpserve"
 	"github.com/clustermesh/clustermesh/internal/kubereach"
 	"github.com/clustermesh/clustermesh/internal/runner"
 	"github.com/clustermesh/clustermesh/kvstore"
@@ -59,6 +58,8 @@ type Config struct {
 	StateDir       string
 	StatusSocket   string
 	MetricsAddress string
+	// PprofAddress serves net/http/pprof ("": off, the default).
+	PprofAddress string
 	// StatusNamespace holds the agent's status ConfigMap ("" disables it).
 	StatusNamespace string
 	// KVStoreConfig is the etcd client config of the own cluster's
@@ -120,6 +121,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.StatusSocket, "status-socket", c.StatusSocket, "unix socket of the status API")
 	fs.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, "listen address of the Prometheus metrics endpoint and of /healthz and /readyz (empty: disabled)")
 	fs.StringVar(&c.KVStoreConfig, "kvstore-config", c.KVStoreConfig, "etcd client config (endpoints, trusted-ca-file, cert-file, key-file) of the own cluster's clustermesh-apiserver: the identities of this node's pods are read from it (empty: unknown, identity 0)")
+	fs.StringVar(&c.PprofAddress, "pprof-address", c.PprofAddress, httpserve.PprofFlagUsage)
 	fs.StringVar(&c.StatusNamespace, "status-namespace", c.StatusNamespace, "namespace of the own cluster where the agent publishes its status ConfigMap (empty: not published)")
 	c.Remote.RegisterFlags(fs)
 	c.Policy.RegisterFlags(fs)
@@ -252,8 +254,21 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			mgr, kube.CoreV1(), log.With("component", "statusreport"), clk)
 		runs = append(runs, runner.Part{Name: "statusreport", Run: pub.Run})
 	}
-	if cfg.MetricsAddress != "" {
-		runs = append(runs, runner.Part{Name: "metrics", Run: func(ctx context.Context) error { return serveMetrics(ctx, cfg.MetricsAddress, reg, h) }})
+	for _, l := range []struct {
+		name, flag, addr string
+		h                http.Handler
+	}{
+		{"metrics", "--metrics-address", cfg.MetricsAddress, metricsHandler(reg, h)},
+		{"pprof", "--pprof-address", cfg.PprofAddress, httpserve.Pprof()},
+	} {
+		if l.addr == "" {
+			continue
+		}
+		srv, err := httpserve.Listen(l.addr, l.h, log.With("server", l.name))
+		if err != nil {
+			return fmt.Errorf("%s: %w", l.flag, err)
+		}
+		runs = append(runs, runner.Part{Name: l.name, Run: srv.Run})
 	}
 	log.Info("clustermesh-agent running", "cluster", cfg.ClusterName, "cluster_id", cfg.ClusterID, "node", cfg.NodeName, "datapath", cfg.Datapath, "mode", cfg.Mode)
 	var owner *ownerWatch
@@ -279,28 +294,13 @@ func identityFunc(ids *localidentity.Watcher) func(netip.Addr) uint32 {
 	return ids.Identity
 }
 
-func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, h health) error {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("metrics: %w", err)
-	}
+// metricsHandler serves /metrics from reg and the health probes.
+func metricsHandler(reg *prometheus.Registry, h health) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", h.healthz)
 	mux.HandleFunc("/readyz", h.readyz)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	select {
-	case <-ctx.Done():
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-		<-done
-		return nil
-	case err := <-done:
-		return fmt.Errorf("metrics: %w", err)
-	}
+	return mux
 }
 
 // openWriter returns the datapath writer and a function that releases it

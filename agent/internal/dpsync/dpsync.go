@@ -2,6 +2,7 @@ package dpsync
 
 import (
 	"context"
+	"iter"
 	"log/slog"
 	"net/netip"
 	"slices"
@@ -49,15 +50,15 @@ type Reconciler struct {
 	clock clock.Clock
 
 	mu        sync.Mutex
-	tunnels   table[netip.Prefix, datapath.TunnelEntry]  // guarded by mu
-	ipcache   table[netip.Prefix, datapath.IPCacheEntry] // guarded by mu
-	services  map[datapath.Frontend]datapath.Service     // guarded by mu
-	endpoints map[netip.Addr]datapath.Endpoint           // guarded by mu
-	dirtySvc  map[datapath.Frontend]struct{}             // guarded by mu
-	dirtyEp   map[netip.Addr]struct{}                    // guarded by mu
-	restored  datapath.State                             // guarded by mu: programmed, not yet re-claimed
-	holding   map[uint32]bool                            // guarded by mu: cluster IDs whose restored entries are held
-	stats     Stats                                      // guarded by mu
+	tunnels   table[datapath.TunnelEntry, tunnelClaim] // guarded by mu
+	ipcache   table[datapath.IPCacheEntry, ipClaim]    // guarded by mu
+	services  map[datapath.Frontend]datapath.Service   // guarded by mu
+	endpoints map[netip.Addr]datapath.Endpoint         // guarded by mu
+	dirtySvc  map[datapath.Frontend]struct{}           // guarded by mu
+	dirtyEp   map[netip.Addr]struct{}                  // guarded by mu
+	restored  datapath.State                           // guarded by mu: programmed, not yet re-claimed
+	holding   map[uint32]bool                          // guarded by mu: cluster IDs whose restored entries are held
+	stats     Stats                                    // guarded by mu
 
 	local        localSet                  // guarded by mu: the local cluster's prefixes
 	refused      map[refusalKey][]Refusal  // guarded by mu: remote claims not programmed, as of the last flush
@@ -87,8 +88,8 @@ func New(cfg Config, w datapath.Writer, log *slog.Logger, clk clock.Clock) *Reco
 	own := cfg.ClusterID
 	return &Reconciler{
 		cfg: cfg, w: w, log: log, clock: clk,
-		tunnels:   newTable[netip.Prefix](func(e datapath.TunnelEntry) uint32 { return e.ClusterID }, own),
-		ipcache:   newTable[netip.Prefix](func(e datapath.IPCacheEntry) uint32 { return e.ClusterID }, own),
+		tunnels:   newTable(encTunnel, decTunnel, func(c tunnelClaim) uint32 { return c.cluster }, own),
+		ipcache:   newTable(encIPCache, decIPCache, func(c ipClaim) uint32 { return c.cluster }, own),
 		services:  map[datapath.Frontend]datapath.Service{},
 		endpoints: map[netip.Addr]datapath.Endpoint{},
 		dirtySvc:  map[datapath.Frontend]struct{}{},
@@ -181,6 +182,16 @@ func (r *Reconciler) Release(id uint32) {
 	r.kickLocked()
 }
 
+// Reserve makes room for about tunnels and ipcache more claims at once: a
+// source that knows how many entries its initial listing holds saves the
+// tables' repeated growth (and the garbage of it) during a cold sync.
+func (r *Reconciler) Reserve(tunnels, ipcache int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.tunnels.grow(tunnels)
+	r.ipcache.grow(ipcache)
+}
+
 // UpsertTunnel claims a tunnel entry for e.ClusterID.
 func (r *Reconciler) UpsertTunnel(e datapath.TunnelEntry) {
 	r.mu.Lock()
@@ -212,7 +223,7 @@ func (r *Reconciler) UpsertIPCache(e datapath.IPCacheEntry) {
 func (r *Reconciler) DeleteIPCache(p netip.Prefix, id uint32) {
 	r.mu.Lock()
 	r.ipcache.delete(p, id)
-	if _, ok := r.ipcache.m[p]; !ok {
+	if !r.ipcache.has(p) {
 		delete(r.ipcacheCIDRs, p)
 	}
 	r.kickLocked()
@@ -323,6 +334,7 @@ func (r *Reconciler) Stats() Stats {
 func (r *Reconciler) buildLocked() datapath.Batch {
 	var b datapath.Batch
 	r.reevaluateLocked()
+	defer r.tunnels.cleared()
 	for p := range r.tunnels.dirty {
 		delete(r.tunnels.dirty, p)
 		e, ok := r.tunnelWinner(p)
@@ -339,6 +351,7 @@ func (r *Reconciler) buildLocked() datapath.Batch {
 			b.DeleteTunnels = append(b.DeleteTunnels, p)
 		}
 	}
+	defer r.ipcache.cleared()
 	for p := range r.ipcache.dirty {
 		delete(r.ipcache.dirty, p)
 		e, ok := r.ipcacheWinner(p)
@@ -454,19 +467,19 @@ func (r *Reconciler) redirtyLocked(b *datapath.Batch) {
 func (r *Reconciler) Tunnels() []datapath.TunnelEntry {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return winners(r.tunnels.m, r.tunnelWinner)
+	return winners(r.tunnels.keys(), r.tunnels.len(), r.tunnelWinner)
 }
 
 // IPCache returns the desired ipcache entries (the claims that win).
 func (r *Reconciler) IPCache() []datapath.IPCacheEntry {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return winners(r.ipcache.m, r.ipcacheWinner)
+	return winners(r.ipcache.keys(), r.ipcache.len(), r.ipcacheWinner)
 }
 
-func winners[T any, C any](m map[netip.Prefix]C, win func(netip.Prefix) (T, bool)) []T {
-	out := make([]T, 0, len(m))
-	for p := range m {
+func winners[T any](keys iter.Seq[netip.Prefix], n int, win func(netip.Prefix) (T, bool)) []T {
+	out := make([]T, 0, n)
+	for p := range keys {
 		if e, ok := win(p); ok {
 			out = append(out, e)
 		}

@@ -1,108 +1,169 @@
 package dpsync
 
-// table holds the claims on keys of one kind: every cluster ID may claim a key
-// once. Which claim is programmed is decided by the trust rules (decide).
-type table[K comparable, T any] struct {
-	m     map[K]claims[T]
-	dirty map[K]struct{}
-	id    func(T) uint32
+import (
+	"iter"
+	"net/netip"
+
+	"github.com/clustermesh/clustermesh/internal/ipkey"
+)
+
+// table holds the claims on prefixes of one kind: every cluster ID may claim
+// a prefix once. Which claim is programmed is decided by the trust rules
+// (decide).
+//
+// The reconciler keeps what the maps need, not a copy of the sources'
+// entries: the first claim of a prefix is held in m in a compact form C
+// without pointers (a remote's 250,000 ipcache entries cost ≈ 50 bytes each
+// and the garbage collector does not scan them); further claims of the
+// prefix (the own cluster's beside a remote's, or conflicting remotes: rare)
+// are in more.
+type table[T any, C any] struct {
+	m     map[ipkey.Prefix]C
+	more  map[ipkey.Prefix][]C // other claims of a key of m, oldest first
+	dirty map[netip.Prefix]struct{}
+	peak  int // most keys dirty at once since the last flush
+	enc   func(T) C
+	dec   func(netip.Prefix, C) T
+	id    func(C) uint32
 	own   uint32
 }
 
-type claims[T any] struct {
-	first T
-	more  *[]T // other claims, oldest first; nil in the common case
+func newTable[T any, C any](enc func(T) C, dec func(netip.Prefix, C) T, id func(C) uint32, own uint32) table[T, C] {
+	return table[T, C]{m: map[ipkey.Prefix]C{}, more: map[ipkey.Prefix][]C{}, dirty: map[netip.Prefix]struct{}{}, enc: enc, dec: dec, id: id, own: own}
 }
 
-func newTable[K comparable, T any](id func(T) uint32, own uint32) table[K, T] {
-	return table[K, T]{m: map[K]claims[T]{}, dirty: map[K]struct{}{}, id: id, own: own}
+// grow makes room for n more keys at once, instead of through repeated
+// growth while a large remote is listed; it only acts while the table is
+// small against n (a rebuild copies what is there).
+func (t *table[T, C]) grow(n int) {
+	if n <= len(t.m) {
+		return
+	}
+	m := make(map[ipkey.Prefix]C, len(t.m)+n)
+	for k, v := range t.m {
+		m[k] = v
+	}
+	t.m = m
 }
 
-// each calls f with every claim on k.
-func (t *table[K, T]) each(k K, f func(T)) {
-	c, ok := t.m[k]
-	if !ok {
-		return
+// cleared is called after a flush emptied dirty: a map keeps the room of
+// its largest size, so the one that held a cold sync's keys is dropped.
+func (t *table[T, C]) cleared() {
+	if t.peak > 1024 {
+		t.dirty = map[netip.Prefix]struct{}{}
 	}
-	f(c.first)
-	if c.more != nil {
-		for _, v := range *c.more {
-			f(v)
-		}
-	}
+	t.peak = 0
 }
 
-func (t *table[K, T]) upsert(k K, v T) {
-	t.dirty[k] = struct{}{}
-	c, ok := t.m[k]
-	if !ok {
-		t.m[k] = claims[T]{first: v}
-		return
-	}
-	id := t.id(v)
-	if t.id(c.first) == id {
-		c.first = v
-		t.m[k] = c
-		return
-	}
-	if c.more != nil {
-		for i, o := range *c.more {
-			if t.id(o) == id {
-				(*c.more)[i] = v
+func (t *table[T, C]) len() int { return len(t.m) }
+
+func (t *table[T, C]) has(p netip.Prefix) bool {
+	_, ok := t.m[ipkey.FromPrefix(p)]
+	return ok
+}
+
+// keys yields every claimed prefix.
+func (t *table[T, C]) keys() iter.Seq[netip.Prefix] {
+	return func(yield func(netip.Prefix) bool) {
+		for k := range t.m {
+			if !yield(k.Prefix()) {
 				return
 			}
 		}
-	} else {
-		c.more = new([]T)
 	}
-	if id == t.own {
-		*c.more = append([]T{c.first}, *c.more...)
-		c.first = v
-	} else {
-		*c.more = append(*c.more, v)
-	}
-	t.m[k] = c
 }
 
-func (t *table[K, T]) delete(k K, id uint32) {
+// claims returns the claims on p: the first (programmed when valid) and
+// the others.
+func (t *table[T, C]) claims(p netip.Prefix) (first C, more []C, ok bool) {
+	k := ipkey.FromPrefix(p)
+	first, ok = t.m[k]
+	if !ok {
+		return first, nil, false
+	}
+	return first, t.more[k], true
+}
+
+// each calls f with every claim on p, the first (programmed when valid)
+// first.
+func (t *table[T, C]) each(p netip.Prefix, f func(T)) {
+	k := ipkey.FromPrefix(p)
 	c, ok := t.m[k]
 	if !ok {
 		return
 	}
-	if t.id(c.first) == id {
-		t.dirty[k] = struct{}{}
-		if c.more == nil || len(*c.more) == 0 {
+	f(t.dec(p, c))
+	for _, o := range t.more[k] {
+		f(t.dec(p, o))
+	}
+}
+
+func (t *table[T, C]) upsert(p netip.Prefix, v T) {
+	t.dirty[p] = struct{}{}
+	t.peak = max(t.peak, len(t.dirty))
+	k, c := ipkey.FromPrefix(p), t.enc(v)
+	first, ok := t.m[k]
+	if !ok {
+		t.m[k] = c
+		return
+	}
+	id := t.id(c)
+	if t.id(first) == id {
+		t.m[k] = c
+		return
+	}
+	more := t.more[k]
+	for i, o := range more {
+		if t.id(o) == id {
+			more[i] = c
+			return
+		}
+	}
+	if id == t.own { // the own cluster's claim goes first
+		t.more[k] = append([]C{first}, more...)
+		t.m[k] = c
+		return
+	}
+	t.more[k] = append(more, c)
+}
+
+func (t *table[T, C]) delete(p netip.Prefix, id uint32) {
+	k := ipkey.FromPrefix(p)
+	first, ok := t.m[k]
+	if !ok {
+		return
+	}
+	more := t.more[k]
+	i := -1 // the claim of id: -1 first, else its index in more
+	if t.id(first) != id {
+		i = indexOf(more, func(o C) bool { return t.id(o) == id })
+		if i < 0 {
+			return
+		}
+	}
+	t.dirty[p] = struct{}{} // every claim counts in the decision
+	if i < 0 {
+		if len(more) == 0 {
 			delete(t.m, k)
 			return
 		}
 		// Promote the own cluster's claim if any, else the oldest.
-		i := 0
-		for j, o := range *c.more {
-			if t.id(o) == t.own {
-				i = j
-				break
-			}
-		}
-		c.first = (*c.more)[i]
-		*c.more = append((*c.more)[:i], (*c.more)[i+1:]...)
-		if len(*c.more) == 0 {
-			c.more = nil
-		}
-		t.m[k] = c
-		return
+		i = max(0, indexOf(more, func(o C) bool { return t.id(o) == t.own }))
+		t.m[k] = more[i]
 	}
-	if c.more == nil {
-		return
+	more = append(more[:i], more[i+1:]...)
+	if len(more) == 0 {
+		delete(t.more, k)
+	} else {
+		t.more[k] = more
 	}
-	for i, o := range *c.more {
-		if t.id(o) == id {
-			t.dirty[k] = struct{}{} // every claim counts in the decision
-			*c.more = append((*c.more)[:i], (*c.more)[i+1:]...)
-			if len(*c.more) == 0 {
-				c.more = nil
-				t.m[k] = c
-			}
-			return
+}
+
+func indexOf[C any](s []C, f func(C) bool) int {
+	for i, v := range s {
+		if f(v) {
+			return i
 		}
 	}
+	return -1
 }

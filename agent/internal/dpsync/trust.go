@@ -220,27 +220,23 @@ func (r *Reconciler) ownedBy(p netip.Prefix, id uint32) bool {
 // that break a rule are refused; two or more remaining remote claims
 // conflict and are all withdrawn (the outcome does not depend on which came
 // first, and no remote can take over another's address).
-func decide[T any](r *Reconciler, kind string, tab *table[netip.Prefix, T], p netip.Prefix, check func(*Reconciler, netip.Prefix, T) Reason) (T, bool) {
+func decide[T any, C any](r *Reconciler, kind string, tab *table[T, C], p netip.Prefix, check func(*Reconciler, netip.Prefix, T) Reason) (T, bool) {
 	delete(r.refused, refusalKey{kind, p})
 	var own, win T
 	var hasOwn bool
 	var buf [2]uint32
 	valid := buf[:0] // no allocation for the common single claim
 	var refused []Refusal
-	c, ok := tab.m[p]
+	first, more, ok := tab.claims(p)
 	if !ok {
 		return own, false
 	}
-	var more []T
-	if c.more != nil {
-		more = *c.more
-	}
 	for i := -1; i < len(more); i++ {
-		e := c.first
+		c := first
 		if i >= 0 {
-			e = more[i]
+			c = more[i]
 		}
-		id := tab.id(e)
+		id, e := tab.id(c), tab.dec(p, c)
 		if id == r.cfg.ClusterID {
 			own, hasOwn = e, true
 			continue
@@ -317,8 +313,8 @@ func (r *Reconciler) reevaluateLocked() {
 	}
 }
 
-func markOverlapping[T any](t *table[netip.Prefix, T], s *prefixSet) {
-	for p := range t.m {
+func markOverlapping[T any, C any](t *table[T, C], s *prefixSet) {
+	for p := range t.keys() {
 		if s.overlaps(p) {
 			t.dirty[p] = struct{}{}
 		}

@@ -68,7 +68,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 type ipObserver struct{ w *Watcher }
 
 // OnUpsert records a host entry's identity (prefix entries name no pod).
-func (o ipObserver) OnUpsert(_ string, p wire.IPIdentityPair) {
+func (o ipObserver) OnUpsert(_ string, p, _ wire.IPIdentityPair, _ bool) {
 	if !p.IsHost() {
 		return
 	}
@@ -100,7 +100,7 @@ func (ipObserver) OnSync() {}
 
 type idObserver struct{ w *Watcher }
 
-func (o idObserver) OnUpsert(_ string, id wire.Identity) {
+func (o idObserver) OnUpsert(_ string, id, _ wire.Identity, _ bool) {
 	if o.w.cfg.OnIdentity != nil {
 		o.w.cfg.OnIdentity(id.ID, id.Labels)
 	}

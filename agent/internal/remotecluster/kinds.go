@@ -4,11 +4,11 @@ import (
 	"context"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipkey"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/watchstore"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
@@ -76,7 +76,7 @@ func newKindStore(r *remote, k kind, cfg watchstore.Config) (kindStore, *observe
 			p, err := wire.DecodeIPIdentityPair(r.rem, key, v)
 			// The one place a remote ipcache identity becomes the one
 			// programmed: host (1) is remote-node (6), 0 stays 0.
-			return ipEntry{prefix: p.Prefix(), id: wire.RemoteIPCacheIdentity(p.ID), hostIP: p.HostIP}, err
+			return ipEntry{prefix: ipkey.FromPrefix(p.Prefix()), id: wire.RemoteIPCacheIdentity(p.ID), hostIP: ipkey.FromAddr(p.HostIP)}, err
 		}, o, log, nil), &o.observerBase
 	default:
 		o := &serviceObserver{observerBase{r: r}}
@@ -98,12 +98,18 @@ func (o *observerBase) OnSync() {
 	}
 }
 
+// reserver is implemented by a datapath sink that sizes its tables ahead of
+// a large listing (dpsync.Reconciler).
+type reserver interface {
+	Reserve(tunnels, ipcache int)
+}
+
 // nodeObserver routes each node's pod CIDRs to it, except those that
 // overlap the local cluster's pod CIDRs (refused, see overlap.go). Two nodes
 // of one remote may claim the same CIDR (a misconfiguration, or a node
 // renamed): the tunnel stays while any of them holds it, and goes to the
-// node whose key sorts first, whatever the order of events. The CIDRs each
-// node claims are held by the remote (setNodeCIDRs).
+// node whose key sorts first, whatever the order of events. What a node
+// claimed before an update comes from its previous value.
 type nodeObserver struct {
 	observerBase
 	claims map[netip.Prefix][]tunnelClaim // CIDR -> claims, by node key
@@ -115,16 +121,23 @@ type tunnelClaim struct {
 	e   datapath.TunnelEntry
 }
 
-func (o *nodeObserver) OnUpsert(key string, n wire.Node) {
-	want := nodeTunnels(n, o.r.dpID)
-	cidrs := make([]netip.Prefix, len(want))
-	for i, t := range want {
-		cidrs[i] = t.CIDR
+// Reserve implements watchstore.Reserver: about one pod CIDR per node.
+func (o *nodeObserver) Reserve(n int) {
+	if len(o.claims) == 0 {
+		o.claims = make(map[netip.Prefix][]tunnelClaim, n)
 	}
-	prev := o.r.setNodeCIDRs(key, cidrs)
-	for _, p := range prev {
-		if !slices.Contains(cidrs, p) {
-			o.setClaim(p, key, nil)
+	if rs, ok := o.r.m.dp.(reserver); ok {
+		rs.Reserve(n, 0)
+	}
+}
+
+func (o *nodeObserver) OnUpsert(key string, n, prev wire.Node, hadPrev bool) {
+	want := nodeTunnels(n, o.r.dpID)
+	if hadPrev {
+		for _, t := range nodeTunnels(prev, o.r.dpID) {
+			if !slices.ContainsFunc(want, func(w datapath.TunnelEntry) bool { return w.CIDR == t.CIDR }) {
+				o.setClaim(t.CIDR, key, nil)
+			}
 		}
 	}
 	local := o.r.m.localPodCIDRs()
@@ -137,9 +150,9 @@ func (o *nodeObserver) OnUpsert(key string, n wire.Node) {
 	}
 }
 
-func (o *nodeObserver) OnDelete(key string, _ wire.Node) {
-	for _, p := range o.r.setNodeCIDRs(key, nil) {
-		o.setClaim(p, key, nil)
+func (o *nodeObserver) OnDelete(key string, n wire.Node) {
+	for _, t := range nodeTunnels(n, o.r.dpID) {
+		o.setClaim(t.CIDR, key, nil)
 	}
 }
 
@@ -178,7 +191,7 @@ func (o *nodeObserver) setClaim(p netip.Prefix, key string, e *datapath.TunnelEn
 // no datapath state of their own.
 type identityObserver struct{ observerBase }
 
-func (o *identityObserver) OnUpsert(_ string, id wire.Identity) {
+func (o *identityObserver) OnUpsert(_ string, id wire.Identity, _ wire.Identity, _ bool) {
 	if s := o.r.m.cfg.Identities; s != nil {
 		s.UpsertIdentity(id.ID, id.Labels)
 	}
@@ -192,10 +205,11 @@ func (o *identityObserver) OnDelete(_ string, id wire.Identity) {
 
 // ipEntry is what the agent keeps of a remote ipcache entry: the store
 // holds one per remote pod IP, so only the fields the datapath needs (the
-// decoded IPIdentityPair is about three times larger).
+// decoded IPIdentityPair is about four times larger), in 40 bytes without
+// pointers.
 type ipEntry struct {
-	prefix netip.Prefix
-	hostIP netip.Addr
+	prefix ipkey.Prefix
+	hostIP ipkey.Addr
 	id     uint32
 }
 
@@ -210,25 +224,38 @@ type ipObserver struct {
 // SetPeek implements watchstore.Peeker.
 func (o *ipObserver) SetPeek(peek func(key string) (ipEntry, bool)) { o.peek = peek }
 
-func (o *ipObserver) OnUpsert(key string, e ipEntry) {
-	if alt, masked := altIPKey(key, e.prefix); masked {
-		if _, ok := o.peek(alt); ok {
-			return // the entry of "<ip>" wins
+// Reserve implements watchstore.Reserver.
+func (o *ipObserver) Reserve(n int) {
+	if rs, ok := o.r.m.dp.(reserver); ok {
+		rs.Reserve(0, n)
+	}
+}
+
+func (o *ipObserver) OnUpsert(key string, e, _ ipEntry, _ bool) { o.program(key, e) }
+
+func (o *ipObserver) program(key string, e ipEntry) {
+	p := e.prefix.Prefix()
+	if p.IsSingleIP() {
+		if alt, masked := strings.CutSuffix(key, hostSuffix(p)); masked {
+			if _, ok := o.peek(alt); ok {
+				return // the entry of "<ip>" wins
+			}
 		}
 	}
-	o.r.m.dp.UpsertIPCache(datapath.IPCacheEntry{Prefix: e.prefix, Identity: e.id, TunnelEndpoint: e.hostIP, ClusterID: o.r.dpID})
+	o.r.m.dp.UpsertIPCache(datapath.IPCacheEntry{Prefix: p, Identity: e.id, TunnelEndpoint: e.hostIP.Addr(), ClusterID: o.r.dpID})
 }
 
 func (o *ipObserver) OnDelete(key string, e ipEntry) {
-	if alt, masked := altIPKey(key, e.prefix); alt != "" {
+	p := e.prefix.Prefix()
+	if alt, masked := altIPKey(key, p); alt != "" {
 		if other, ok := o.peek(alt); ok {
 			if !masked {
-				o.OnUpsert(alt, other) // "<ip>" gone: "<ip>/32" holds the entry now
+				o.program(alt, other) // "<ip>" gone: "<ip>/32" holds the entry now
 			}
 			return
 		}
 	}
-	o.r.m.dp.DeleteIPCache(e.prefix, o.r.dpID)
+	o.r.m.dp.DeleteIPCache(p, o.r.dpID)
 }
 
 // altIPKey returns the other key of a host prefix p stored under key: for
@@ -238,17 +265,25 @@ func altIPKey(key string, p netip.Prefix) (alt string, masked bool) {
 	if !p.IsSingleIP() {
 		return "", false
 	}
-	suffix := "/" + strconv.Itoa(p.Bits())
+	suffix := hostSuffix(p)
 	if k, ok := strings.CutSuffix(key, suffix); ok {
 		return k, true
 	}
 	return key + suffix, false
 }
 
+// hostSuffix is the "/<bits>" of a host prefix.
+func hostSuffix(p netip.Prefix) string {
+	if p.Addr().Is4() {
+		return "/32"
+	}
+	return "/128"
+}
+
 // serviceObserver hands global services to the merger.
 type serviceObserver struct{ observerBase }
 
-func (o *serviceObserver) OnUpsert(_ string, cs wire.ClusterService) {
+func (o *serviceObserver) OnUpsert(_ string, cs, _ wire.ClusterService, _ bool) {
 	o.r.m.svcs.SetRemote(servicemerge.Name{Namespace: cs.Namespace, Name: cs.Name}, o.r.name, remoteService(cs, o.r.dpID))
 }
 

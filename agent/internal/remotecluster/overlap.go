@@ -3,10 +3,12 @@ package remotecluster
 import (
 	"errors"
 	"fmt"
-	"maps"
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/clustermesh/clustermesh/kvstore/watchstore"
+	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
 // ErrPodCIDROverlap says that a remote node's pod CIDR overlaps the local
@@ -32,23 +34,6 @@ func (m *Manager) localPodCIDRs() []netip.Prefix {
 	return m.cfg.LocalPodCIDRs()
 }
 
-// setNodeCIDRs records the pod CIDRs of the remote's node key (nil: the
-// node is gone) and returns the previous ones.
-func (r *remote) setNodeCIDRs(key string, cidrs []netip.Prefix) []netip.Prefix {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	prev := r.nodeCIDRs[key]
-	if cidrs == nil {
-		delete(r.nodeCIDRs, key)
-		return prev
-	}
-	if r.nodeCIDRs == nil {
-		r.nodeCIDRs = map[string][]netip.Prefix{}
-	}
-	r.nodeCIDRs[key] = cidrs
-	return prev
-}
-
 // overlap describes the remote's node pod CIDRs that overlap the local
 // cluster's, against the local CIDRs known now (so that the status is right
 // whichever cluster's nodes were seen first), or returns "".
@@ -58,16 +43,26 @@ func (r *remote) overlap() string {
 		return ""
 	}
 	r.mu.Lock()
-	keys := slices.Sorted(maps.Keys(r.nodeCIDRs))
-	var found []string
-	for _, k := range keys {
-		for _, p := range r.nodeCIDRs[k] {
-			if l, bad := overlapping(p, local); bad {
-				found = append(found, fmt.Sprintf("%s of node %s overlaps %s", p, nodeName(k), l))
+	nodes, _ := r.stores[kindNodes].(*watchstore.Store[wire.Node])
+	r.mu.Unlock()
+	if nodes == nil {
+		return ""
+	}
+	type hit struct{ key, text string }
+	var hits []hit
+	nodes.Range(func(key string, n wire.Node) bool {
+		for _, t := range nodeTunnels(n, 0) {
+			if l, bad := overlapping(t.CIDR, local); bad {
+				hits = append(hits, hit{key, fmt.Sprintf("%s of node %s overlaps %s", t.CIDR, nodeName(key), l)})
 			}
 		}
+		return true
+	})
+	slices.SortStableFunc(hits, func(a, b hit) int { return strings.Compare(a.key, b.key) })
+	found := make([]string, len(hits))
+	for i, h := range hits {
+		found[i] = h.text
 	}
-	r.mu.Unlock()
 	if len(found) == 0 {
 		return ""
 	}

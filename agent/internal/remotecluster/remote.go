@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"sync"
 	"time"
 
@@ -46,9 +45,6 @@ type remote struct {
 	mu     sync.Mutex
 	st     Status              // guarded by mu; Kinds are filled from stores by status()
 	stores [numKinds]kindStore // guarded by mu (the slots; the stores are safe)
-	// nodeCIDRs holds the pod CIDRs of each of the remote's nodes (by key),
-	// programmed or refused; guarded by mu.
-	nodeCIDRs map[string][]netip.Prefix
 }
 
 func newRemote(m *Manager, name string) *remote {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/clusterinfo"
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/identity"
+	"github.com/clustermesh/clustermesh/internal/httpserve"
 	"github.com/clustermesh/clustermesh/kvstore/kvstoremesh"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
@@ -39,6 +40,8 @@ type Config struct {
 
 	HealthAddress  string
 	MetricsAddress string
+	// PprofAddress serves net/http/pprof ("": off, the default).
+	PprofAddress string
 
 	// KVStoreMesh mirrors remote clusters into this cluster's etcd when
 	// its Dir is set (Own is filled from the cluster's settings).
@@ -92,6 +95,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.RemoteConfigDir, "remote-config-dir", c.RemoteConfigDir, "where the client config and certificates of each remote user of the embedded etcd are written (unused with --kvstore-config)")
 	fs.StringVar(&c.HealthAddress, "health-address", c.HealthAddress, "address of /healthz and /readyz")
 	fs.StringVar(&c.MetricsAddress, "metrics-address", c.MetricsAddress, "address of Prometheus /metrics (empty: disabled)")
+	fs.StringVar(&c.PprofAddress, "pprof-address", c.PprofAddress, httpserve.PprofFlagUsage)
 	c.KVStoreMesh.RegisterFlags(fs)
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", c.HeartbeatInterval, "how often cilium/.heartbeat is rewritten")
 	fs.DurationVar(&c.IdentityGracePeriod, "identity-grace-period", c.IdentityGracePeriod, "how long an identity no pod uses stays allocated")

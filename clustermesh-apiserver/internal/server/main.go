@@ -18,6 +18,7 @@ import (
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/health"
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/remoteusers"
 	"github.com/clustermesh/clustermesh/clustermesh-apiserver/internal/statusreport"
+	"github.com/clustermesh/clustermesh/internal/httpserve"
 	"github.com/clustermesh/clustermesh/internal/kubereach"
 	"github.com/clustermesh/clustermesh/internal/meshstatus"
 	"github.com/clustermesh/clustermesh/internal/runner"
@@ -90,17 +91,24 @@ func Main(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		runners = append(runners, runner.Part{Name: "status", Run: pub.Run})
 	}
-	hs, err := health.Listen(cfg.HealthAddress, health.Handler(s.Live, s.Ready), log.With("server", "health"))
+	hs, err := httpserve.Listen(cfg.HealthAddress, health.Handler(s.Live, s.Ready), log.With("server", "health"))
 	if err != nil {
 		return fmt.Errorf("--health-address: %w", err)
 	}
 	runners = append(runners, runner.Part{Name: "health", Run: hs.Run})
 	if cfg.MetricsAddress != "" {
-		ms, err := health.Listen(cfg.MetricsAddress, health.MetricsHandler(reg), log.With("server", "metrics"))
+		ms, err := httpserve.Listen(cfg.MetricsAddress, health.MetricsHandler(reg), log.With("server", "metrics"))
 		if err != nil {
 			return fmt.Errorf("--metrics-address: %w", err)
 		}
 		runners = append(runners, runner.Part{Name: "metrics", Run: ms.Run})
+	}
+	if cfg.PprofAddress != "" {
+		ps, err := httpserve.Listen(cfg.PprofAddress, httpserve.Pprof(), log.With("server", "pprof"))
+		if err != nil {
+			return fmt.Errorf("--pprof-address: %w", err)
+		}
+		runners = append(runners, runner.Part{Name: "pprof", Run: ps.Run})
 	}
 	return runner.All(ctx, runners...)
 }

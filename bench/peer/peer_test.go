@@ -1,0 +1,361 @@
+package peer
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime/debug"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/clustermesh/clustermesh/agent/agenttest"
+	"github.com/clustermesh/clustermesh/bench/internal/procmem"
+	"github.com/clustermesh/clustermesh/bench/internal/remotedata"
+	"github.com/clustermesh/clustermesh/bpf"
+	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/datapath/memory"
+	"github.com/clustermesh/clustermesh/internal/netnstest"
+	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/kvstore/wire"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// The data set of issue 14 / DESIGN §7.
+var full = remotedata.Set{Cluster: "c2", ID: 2, Nodes: 25000, IPs: 250000, Identities: 25000}
+
+// empty is the baseline remote: connected and synced, no entries.
+var empty = remotedata.Set{Cluster: "c3", ID: 3}
+
+const (
+	latencyPuts = 5000
+	latencyRate = 1000
+)
+
+// BenchmarkVsCilium: cold sync, memory per remote entry and put → datapath
+// latency of the agent's control plane, and of Cilium's watch path
+// (cilium-watch, --opts etcd.limit=10000) on the same etcd and data, rounds
+// interleaved. The agent programs the eBPF maps when run as root
+// (BENCH_PEER_DATAPATH=memory forces the in-memory datapath). The Cilium
+// side runs when its binary is found: CILIUM_WATCH_BIN, else bin/cilium-watch
+// at the repository root.
+func BenchmarkVsCilium(b *testing.B) {
+	ctx := context.Background()
+	fullURL, emptyURL := startEtcd(b, "full"), startEtcd(b, "empty")
+	admin := etcdClient(b, fullURL)
+	start := time.Now()
+	if err := full.Write(ctx, admin); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("wrote %d entries of %s in %v", full.Entries(), full.Cluster, time.Since(start).Round(time.Millisecond))
+	if err := empty.Write(ctx, etcdClient(b, emptyURL)); err != nil {
+		b.Fatal(err)
+	}
+	cilium, why := ciliumBin()
+	if cilium == "" {
+		b.Logf("Cilium side skipped: %s", why)
+	}
+	useBPF := os.Geteuid() == 0 && os.Getenv("BENCH_PEER_DATAPATH") != "memory"
+	rounds := 2
+	if s := os.Getenv("BENCH_PEER_ROUNDS"); s != "" {
+		rounds, _ = strconv.Atoi(s)
+	}
+	var ciliumBase ciliumSync
+	if cilium != "" {
+		ciliumBase = runCiliumSync(b, cilium, fullURL, "cilium/empty")
+	}
+	b.ResetTimer()
+	for r := range rounds {
+		var c ciliumSync
+		var cl ciliumLatency
+		ciliumSide := func() {
+			if cilium == "" {
+				return
+			}
+			c = runCiliumSync(b, cilium, fullURL, "cilium/state")
+			cl = runCiliumLatency(b, cilium, fullURL)
+			cleanPrefix(b, admin, "cilium/state/lat-")
+		}
+		if r%2 == 0 {
+			ciliumSide()
+		}
+		o := runOurs(b, fullURL, emptyURL, useBPF, r == 0)
+		cleanPrefix(b, admin, wire.IPPrefix+"10.250.")
+		if r%2 == 1 {
+			ciliumSide()
+		}
+		n := float64(full.Nodes + full.IPs + full.Identities)
+		b.Logf("round %d, load %s | ours (%s): sync %v, RSS %.0f B/entry, heap %.0f B/entry, put→map p50 %v p99 %v at %.0f puts/s",
+			r+1, o.load, o.datapath, o.sync.Round(time.Millisecond), float64(o.rss)/n, float64(o.heap)/n, o.p50, o.p99, o.rate)
+		if cilium != "" {
+			crss, cheap := float64(c.rss-ciliumBase.rss)/n, float64(c.heap-ciliumBase.heap)/n
+			b.Logf("round %d | cilium: sync %v (%d entries), RSS %.0f B/entry, heap %.0f B/entry, put→observer p50 %v p99 %v at ≈%.0f puts/s",
+				r+1, c.sync.Round(time.Millisecond), c.entries, crss, cheap, cl.p50, cl.p99, cl.rate)
+			b.Logf("round %d | ratios ours/cilium: sync %.2f, RSS %.2f, heap %.2f, p50 %.2f, p99 %.2f",
+				r+1, o.sync.Seconds()/c.sync.Seconds(), float64(o.rss)/n/crss, float64(o.heap)/n/cheap,
+				o.p50.Seconds()/cl.p50.Seconds(), o.p99.Seconds()/cl.p99.Seconds())
+			if r == rounds-1 {
+				b.ReportMetric(o.sync.Seconds()/c.sync.Seconds(), "sync-ratio")
+				b.ReportMetric(float64(o.rss)/n/crss, "rss-ratio")
+				b.ReportMetric(o.p50.Seconds()/cl.p50.Seconds(), "p50-ratio")
+				b.ReportMetric(o.p99.Seconds()/cl.p99.Seconds(), "p99-ratio")
+			}
+		}
+		if r == rounds-1 {
+			b.ReportMetric(o.sync.Seconds(), "s-sync")
+			b.ReportMetric(float64(o.rss)/n, "rss-B/entry")
+			b.ReportMetric(float64(o.heap)/n, "heap-B/entry")
+		}
+	}
+}
+
+func etcdClient(tb testing.TB, url string) *clientv3.Client {
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{url}, DialTimeout: 5 * time.Second, MaxCallRecvMsgSize: 256 << 20})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+func cleanPrefix(tb testing.TB, c *clientv3.Client, prefix string) {
+	if _, err := c.Delete(context.Background(), prefix, clientv3.WithPrefix()); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+func loadavg() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(data))
+	return strings.Join(f[:min(3, len(f))], " ")
+}
+
+type ours struct {
+	datapath  string
+	sync      time.Duration
+	rss, heap int64 // growth over the empty-remote baseline
+	p50, p99  time.Duration
+	rate      float64
+	load      string
+}
+
+// runOurs starts the agent's control plane with the empty remote, takes
+// the baseline, adds the full remote and times it until every tunnel and
+// ipcache entry is programmed; then times put → map.
+func runOurs(b *testing.B, fullURL, emptyURL string, useBPF, profile bool) ours {
+	o := ours{datapath: "memory", load: loadavg()}
+	var w datapath.Writer = memory.New()
+	if useBPF {
+		o.datapath = "ebpf"
+		dp, err := bpf.Open(bpf.Config{PinDir: "/run/clustermesh-test/bench-peer-" + netnstest.RandomID(), CTEntries: 65536}, quiet)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer func() {
+			if err := dp.Uninstall(); err != nil {
+				b.Error(err)
+			}
+		}()
+		bw, err := bpf.NewWriter(dp, quiet)
+		if err != nil {
+			b.Fatal(err)
+		}
+		w = bw
+	}
+	rec := newRecorder(w)
+	dir := b.TempDir()
+	writeConfig(b, dir, empty.Cluster, emptyURL)
+	cp := agenttest.Start(agenttest.Config{Dir: dir, ClusterName: "c1", ClusterID: 1, Writer: rec}, quiet)
+	defer cp.Stop()
+	waitFor(b, time.Minute, "empty remote ready", cp.Ready)
+	// What earlier rounds freed goes back to the OS, else this round's
+	// growth would reuse it unseen in RSS.
+	debug.FreeOSMemory()
+	heap0, rss0 := procmem.HeapInuse(), procmem.RSS()
+
+	if path := os.Getenv("BENCH_CPUPROFILE"); path != "" && profile { // the cold sync only
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		defer pprof.StopCPUProfile() // stopped below; a second stop is a no-op
+	}
+	start := time.Now()
+	writeConfig(b, dir, full.Cluster, fullURL)
+	waitFor(b, 5*time.Minute, "cold sync", func() bool {
+		t, ip, _ := rec.counts()
+		return t >= full.Nodes && ip >= full.IPs && cp.Ready()
+	})
+	o.sync = time.Since(start)
+	pprof.StopCPUProfile()
+	o.heap, o.rss = int64(procmem.HeapInuse())-int64(heap0), int64(procmem.RSS())-int64(rss0)
+	if profile {
+		path := os.Getenv("BENCH_HEAPPROFILE")
+		if path == "" {
+			path = filepath.Join(b.TempDir(), "heap.pprof")
+		}
+		if err := procmem.WriteHeapProfile(path); err != nil {
+			b.Fatal(err)
+		}
+		out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=14", "-sample_index=inuse_space", os.Args[0], path).CombinedOutput()
+		if err != nil {
+			b.Logf("pprof: %v", err)
+		}
+		b.Logf("heap profile of the synced agent (%s):\n%s", path, out)
+	}
+
+	// put → map: one synchronous put after the other, paced like
+	// cilium-watch's latency mode.
+	c := etcdClient(b, fullURL)
+	sent := make([]time.Time, latencyPuts)
+	tick := time.NewTicker(time.Second / latencyRate)
+	begin := time.Now()
+	for i := range latencyPuts {
+		<-tick.C
+		ip := netip.AddrFrom4([4]byte{10, 250, byte(i >> 8), byte(i)})
+		v, err := full.IPCacheValue(i, ip)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sent[i] = time.Now()
+		if _, err := c.Put(context.Background(), wire.IPKey(ip), v); err != nil {
+			b.Fatal(err)
+		}
+	}
+	tick.Stop()
+	o.rate = latencyPuts / time.Since(begin).Seconds()
+	waitFor(b, 30*time.Second, "latency puts programmed", func() bool { _, _, n := rec.counts(); return n >= latencyPuts })
+	lat := make([]time.Duration, latencyPuts)
+	for i := range latencyPuts {
+		t, _ := rec.appliedAt(netip.AddrFrom4([4]byte{10, 250, byte(i >> 8), byte(i)}))
+		lat[i] = t.Sub(sent[i])
+	}
+	slices.Sort(lat)
+	o.p50, o.p99 = lat[len(lat)/2], lat[len(lat)*99/100]
+	return o
+}
+
+func writeConfig(tb testing.TB, dir, cluster, url string) {
+	data, err := json.Marshal(kvstore.Config{Endpoints: []string{url}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tmp := filepath.Join(dir, "."+cluster+".tmp")
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, cluster)); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// waitFor polls cond every 2 ms (the cold sync takes seconds; the error is
+// below the noise of this shared machine).
+func waitFor(tb testing.TB, limit time.Duration, what string, cond func() bool) {
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s: not done after %v", what, limit)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// ciliumBin finds cilium-watch, or says why not.
+func ciliumBin() (string, string) {
+	path := os.Getenv("CILIUM_WATCH_BIN")
+	if path == "" {
+		out, err := exec.Command("go", "env", "GOMOD").Output()
+		if err != nil {
+			return "", fmt.Sprintf("go env GOMOD: %v", err)
+		}
+		path = filepath.Join(filepath.Dir(strings.TrimSpace(string(out))), "bin", "cilium-watch")
+	}
+	if _, err := os.Stat(path); err != nil {
+		return "", fmt.Sprintf("no cilium-watch binary (%v); build it as ../shared/tools/cilium-watch/README says, or set CILIUM_WATCH_BIN", err)
+	}
+	return path, ""
+}
+
+type ciliumSync struct {
+	sync      time.Duration
+	entries   int
+	rss, heap int64 // bytes
+}
+
+var (
+	syncRE    = regexp.MustCompile(`synced (\d+) entries in (\S+); RSS (\d+) kB; heap in use (\d+) MiB`)
+	latencyRE = regexp.MustCompile(`p50 (\S+) p99 (\S+) max`)
+)
+
+func runCilium(tb testing.TB, bin string, args ...string) (string, time.Duration) {
+	start := time.Now()
+	out, err := exec.Command(bin, args...).CombinedOutput()
+	if err != nil {
+		tb.Fatalf("cilium-watch %v: %v\n%s", args, err, out)
+	}
+	return string(out), time.Since(start)
+}
+
+// runCiliumSync syncs prefix: "cilium/state" holds the data set, an
+// empty prefix is the baseline (connected and synced, no entries).
+func runCiliumSync(tb testing.TB, bin, url, prefix string) ciliumSync {
+	out, _ := runCilium(tb, bin, "--etcd", url, "--prefix", prefix, "--mode", "sync", "--opts", "etcd.limit=10000")
+	return parseCiliumSync(tb, out)
+}
+
+func parseCiliumSync(tb testing.TB, out string) ciliumSync {
+	m := syncRE.FindStringSubmatch(out)
+	if m == nil {
+		tb.Fatalf("cilium-watch sync output not understood:\n%s", out)
+	}
+	var c ciliumSync
+	c.entries, _ = strconv.Atoi(m[1])
+	c.sync, _ = time.ParseDuration(m[2])
+	kb, _ := strconv.ParseInt(m[3], 10, 64)
+	mib, _ := strconv.ParseInt(m[4], 10, 64)
+	c.rss, c.heap = kb<<10, mib<<20
+	return c
+}
+
+type ciliumLatency struct {
+	p50, p99 time.Duration
+	rate     float64 // puts/s reached (wall time of the put phase)
+}
+
+func runCiliumLatency(tb testing.TB, bin, url string) ciliumLatency {
+	out, total := runCilium(tb, bin, "--etcd", url, "--prefix", "cilium/state", "--mode", "latency",
+		"--n", strconv.Itoa(latencyPuts), "--rate", strconv.Itoa(latencyRate), "--opts", "etcd.limit=10000")
+	s := parseCiliumSync(tb, out)
+	m := latencyRE.FindStringSubmatch(out)
+	if m == nil {
+		tb.Fatalf("cilium-watch latency output not understood:\n%s", out)
+	}
+	var l ciliumLatency
+	l.p50, _ = time.ParseDuration(m[1])
+	l.p99, _ = time.ParseDuration(m[2])
+	// The tool does not print its put rate: the time after its sync,
+	// less the last event's wait (at most its p99), bounds it from below.
+	l.rate = latencyPuts / (total - s.sync).Seconds()
+	return l
+}
