@@ -282,6 +282,14 @@ static __always_inline int coexist(void)
 	return cfg && (cfg->flags & CM_F_COEXIST);
 }
 
+/* Decapsulated frames carry the sending tunnel device's MAC: the stack
+ * would drop them as for another host. */
+static __always_inline void to_host(struct __sk_buff *skb)
+{
+	if (skb->pkt_type != PACKET_HOST)
+		bpf_skb_change_type(skb, PACKET_HOST);
+}
+
 /* Delivers to a local endpoint (reverse-NATing replies on the way) by moving
  * the packet straight into the pod's namespace; returns -1 if the destination
  * is not local. In coexistence mode only the packets we translated (service
@@ -313,8 +321,7 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct pkt *p, _
 	/* The inner MAC may not be ours (decapsulated traffic): the stack
 	 * drops packets for another host, the pod's stack only looks at
 	 * pkt_type once the packet is inside its namespace. */
-	if (skb->pkt_type != PACKET_HOST)
-		bpf_skb_change_type(skb, PACKET_HOST);
+	to_host(skb);
 	if (!p->natted && coexist())
 		return CM_STACK;
 	return bpf_redirect_peer(ifindex, 0);
@@ -420,14 +427,6 @@ static __always_inline int from_pod4(struct __sk_buff *skb)
 	if (!remote)
 		return CM_NEXT;
 	return encap(skb, remote, identity4(p.flow.saddr));
-}
-
-/* Decapsulated frames carry the sending tunnel device's MAC: the stack
- * would drop them as for another host. */
-static __always_inline void to_host(struct __sk_buff *skb)
-{
-	if (skb->pkt_type != PACKET_HOST)
-		bpf_skb_change_type(skb, PACKET_HOST);
 }
 
 static __always_inline int from_tunnel4(struct __sk_buff *skb)

@@ -213,8 +213,7 @@ static __always_inline int deliver_local6(struct __sk_buff *skb, struct pkt6 *p,
 			p->natted = 1;
 		}
 	}
-	if (skb->pkt_type != PACKET_HOST)
-		bpf_skb_change_type(skb, PACKET_HOST);
+	to_host(skb);
 	if (!p->natted && coexist())
 		return CM_STACK;
 	return bpf_redirect_peer(ifindex, 0);
