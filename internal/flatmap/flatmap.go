@@ -7,20 +7,20 @@ import (
 
 const (
 	empty = 0
-	// maxLoadNum/maxLoadDen is the load above which the table grows.
+	// maxLoadNum/maxLoadDen is the load of the index above which it grows.
 	maxLoadNum, maxLoadDen = 4, 5
-	// reserveNum/reserveDen is the load a Reserve'd count fills.
+	// reserveNum/reserveDen is the load of an index sized for a count.
 	reserveNum, reserveDen = 3, 4
-	minCap                 = 8
+	minBuckets             = 8
 )
 
 // Map maps K to V. The zero Map is not usable: make one with New. It is not
 // safe for concurrent use.
 type Map[K comparable, V any] struct {
 	hash  func(K) uint64
-	ctrl  []uint8 // per slot: empty, or 0x80 | 7 bits of the key's hash
+	ctrl  []uint8  // per bucket: empty, or 0x80 | 7 bits of the key's hash
+	idx   []uint32 // per used bucket: the entry's position in slots
 	slots []slot[K, V]
-	n     int
 }
 
 type slot[K comparable, V any] struct {
@@ -35,9 +35,9 @@ func New[K comparable, V any](hash func(K) uint64) *Map[K, V] {
 }
 
 // Len returns the number of entries.
-func (m *Map[K, V]) Len() int { return m.n }
+func (m *Map[K, V]) Len() int { return len(m.slots) }
 
-// home is the first slot of a key with hash h in a table of c slots.
+// home is the first bucket of a key with hash h in an index of c buckets.
 func home(h uint64, c int) int {
 	hi, _ := bits.Mul64(h, uint64(c))
 	return int(hi)
@@ -45,124 +45,159 @@ func home(h uint64, c int) int {
 
 func tag(h uint64) uint8 { return 0x80 | uint8(h&0x7f) }
 
-// find returns the slot of k, or the empty slot where it would go.
+// find returns the bucket of k, or the empty bucket where it would go.
 func (m *Map[K, V]) find(k K) (int, bool) {
 	h := m.hash(k)
 	c := len(m.ctrl)
 	t := tag(h)
-	for i := home(h, c); ; {
-		switch m.ctrl[i] {
+	for b := home(h, c); ; {
+		switch m.ctrl[b] {
 		case empty:
-			return i, false
+			return b, false
 		case t:
-			if m.slots[i].k == k {
-				return i, true
+			if m.slots[m.idx[b]].k == k {
+				return b, true
 			}
 		}
-		if i++; i == c {
-			i = 0
+		if b++; b == c {
+			b = 0
 		}
 	}
 }
 
 // Get returns the value of k.
 func (m *Map[K, V]) Get(k K) (V, bool) {
-	if m.n == 0 {
+	if len(m.slots) == 0 {
 		var zero V
 		return zero, false
 	}
-	i, ok := m.find(k)
+	b, ok := m.find(k)
 	if !ok {
 		var zero V
 		return zero, false
 	}
-	return m.slots[i].v, true
+	return m.slots[m.idx[b]].v, true
 }
 
 // Set sets the value of k.
 func (m *Map[K, V]) Set(k K, v V) {
-	if (m.n+1)*maxLoadDen > len(m.ctrl)*maxLoadNum {
-		m.resize(max(minCap, 2*len(m.ctrl), (m.n+1)*reserveDen/reserveNum+1))
+	n := len(m.slots)
+	if (n+1)*maxLoadDen > len(m.ctrl)*maxLoadNum {
+		m.rebuild(max(minBuckets, 2*len(m.ctrl), (n+1)*reserveDen/reserveNum+1))
 	}
-	i, ok := m.find(k)
-	if !ok {
-		m.ctrl[i] = tag(m.hash(k))
-		m.n++
+	b, ok := m.find(k)
+	if ok {
+		m.slots[m.idx[b]].v = v
+		return
 	}
-	m.slots[i] = slot[K, V]{k: k, v: v}
+	m.ctrl[b], m.idx[b] = tag(m.hash(k)), uint32(n)
+	m.slots = append(m.slots, slot[K, V]{k: k, v: v})
 }
 
 // Delete removes k and returns the value it had.
 func (m *Map[K, V]) Delete(k K) (V, bool) {
 	var zero V
-	if m.n == 0 {
+	if len(m.slots) == 0 {
 		return zero, false
 	}
-	i, ok := m.find(k)
+	b, ok := m.find(k)
 	if !ok {
 		return zero, false
 	}
+	i := m.idx[b]
 	old := m.slots[i].v
-	m.n--
-	// Backward shift: move later entries of the probe run into the hole
-	// unless that would put one before its home slot.
+	m.unlink(b)
+	// The last entry fills the hole in the dense array.
+	last := uint32(len(m.slots) - 1)
+	if i != last {
+		lb := m.bucketOf(last)
+		m.slots[i], m.idx[lb] = m.slots[last], i
+	}
+	m.slots[last] = slot[K, V]{}
+	m.slots = m.slots[:last]
+	return old, true
+}
+
+// unlink empties bucket b: later buckets of its probe run move back into the
+// hole unless that would put one before its home bucket.
+func (m *Map[K, V]) unlink(b int) {
 	c := len(m.ctrl)
-	for j := i; ; {
+	for j := b; ; {
 		if j++; j == c {
 			j = 0
 		}
 		if m.ctrl[j] == empty {
 			break
 		}
-		h := home(m.hash(m.slots[j].k), c)
-		if inRange(i, h, j) {
-			continue // h in (i, j]: the entry at j stays reachable
+		h := home(m.hash(m.slots[m.idx[j]].k), c)
+		if inRange(b, h, j) {
+			continue // h in (b, j]: the entry at j stays reachable
 		}
-		m.ctrl[i], m.slots[i] = m.ctrl[j], m.slots[j]
-		i = j
+		m.ctrl[b], m.idx[b] = m.ctrl[j], m.idx[j]
+		b = j
 	}
-	m.ctrl[i], m.slots[i] = empty, slot[K, V]{}
-	return old, true
+	m.ctrl[b], m.idx[b] = empty, 0
 }
 
-// inRange reports whether h lies cyclically in (i, j].
-func inRange(i, h, j int) bool {
-	if i <= j {
-		return i < h && h <= j
+// bucketOf returns the bucket that points at slot i.
+func (m *Map[K, V]) bucketOf(i uint32) int {
+	c := len(m.ctrl)
+	for b := home(m.hash(m.slots[i].k), c); ; {
+		if m.ctrl[b] != empty && m.idx[b] == i {
+			return b
+		}
+		if b++; b == c {
+			b = 0
+		}
 	}
-	return i < h || h <= j
 }
 
-// Reserve makes room for n entries in all without growth: a table that
-// would grow on the way to n is rebuilt once at the size for n.
+// inRange reports whether h lies cyclically in (b, j].
+func inRange(b, h, j int) bool {
+	if b <= j {
+		return b < h && h <= j
+	}
+	return b < h || h <= j
+}
+
+// Reserve makes room for n entries in all: the dense array gets exactly
+// that capacity and the index its size for n, so that filling it to n
+// neither grows nor leaves slack beyond the index's.
 func (m *Map[K, V]) Reserve(n int) {
-	if n*maxLoadDen <= len(m.ctrl)*maxLoadNum {
-		return
+	if n > cap(m.slots) {
+		s := make([]slot[K, V], len(m.slots), n)
+		copy(s, m.slots)
+		m.slots = s
 	}
-	m.resize(max(minCap, n*reserveDen/reserveNum+1))
+	if n*maxLoadDen > len(m.ctrl)*maxLoadNum {
+		m.rebuild(max(minBuckets, n*reserveDen/reserveNum+1))
+	}
 }
 
-func (m *Map[K, V]) resize(c int) {
-	old, oldCtrl := m.slots, m.ctrl
-	m.ctrl, m.slots = make([]uint8, c), make([]slot[K, V], c)
-	for i, t := range oldCtrl {
-		if t == empty {
-			continue
+// rebuild makes an index of c buckets for the entries.
+func (m *Map[K, V]) rebuild(c int) {
+	m.ctrl, m.idx = make([]uint8, c), make([]uint32, c)
+	for i := range m.slots {
+		h := m.hash(m.slots[i].k)
+		b := home(h, c)
+		for m.ctrl[b] != empty {
+			if b++; b == c {
+				b = 0
+			}
 		}
-		j, _ := m.find(old[i].k)
-		m.ctrl[j], m.slots[j] = t, old[i]
+		m.ctrl[b], m.idx[b] = tag(h), uint32(i)
 	}
 }
 
 // Clear removes every entry and frees the table.
-func (m *Map[K, V]) Clear() { m.ctrl, m.slots, m.n = nil, nil, 0 }
+func (m *Map[K, V]) Clear() { m.ctrl, m.idx, m.slots = nil, nil, nil }
 
 // All yields every entry, in no particular order. The map must not be
 // changed during the iteration (collect keys to delete first).
 func (m *Map[K, V]) All() iter.Seq2[K, V] {
 	return func(yield func(K, V) bool) {
-		for i, t := range m.ctrl {
-			if t != empty && !yield(m.slots[i].k, m.slots[i].v) {
+		for i := range m.slots {
+			if !yield(m.slots[i].k, m.slots[i].v) {
 				return
 			}
 		}
@@ -172,8 +207,8 @@ func (m *Map[K, V]) All() iter.Seq2[K, V] {
 // Keys yields every key; see All.
 func (m *Map[K, V]) Keys() iter.Seq[K] {
 	return func(yield func(K) bool) {
-		for i, t := range m.ctrl {
-			if t != empty && !yield(m.slots[i].k) {
+		for i := range m.slots {
+			if !yield(m.slots[i].k) {
 				return
 			}
 		}

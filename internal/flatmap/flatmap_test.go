@@ -87,11 +87,11 @@ func TestReserveHoldsWithoutGrowth(t *testing.T) {
 	for i := range 1000 {
 		m.Set(i, i)
 	}
-	if len(m.ctrl) != c {
-		t.Fatalf("grew from %d to %d slots while filling a reserved count", c, len(m.ctrl))
+	if len(m.ctrl) != c || cap(m.slots) != 1000 {
+		t.Fatalf("grew from %d to %d buckets, %d slots, while filling a reserved count of 1000", c, len(m.ctrl), cap(m.slots))
 	}
 	if load := float64(m.Len()) / float64(c); load < 0.7 {
-		t.Fatalf("load %.2f after filling a reserved count, want ≈ 0.75", load)
+		t.Fatalf("index load %.2f after filling a reserved count, want ≈ 0.75", load)
 	}
 	m.Clear()
 	if m.Len() != 0 || len(m.ctrl) != 0 {
