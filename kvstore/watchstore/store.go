@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -88,7 +89,11 @@ type Store[T any] struct {
 
 	m *Metrics
 
-	mu      sync.Mutex // guards entries, gen and sized and serialises observer calls
+	mu sync.Mutex // guards entries, gen and sized and serialises observer calls
+	// entries is keyed by the key without cfg.Prefix (see short): every
+	// key of the prefix is the prefix and that rest, so nothing aliases,
+	// and the store holds only the rest (a remote's ipcache keys are "<ns>/<ip>"
+	// after "cilium/state/ip/v1/").
 	entries *flatmap.Map[string, entry[T]]
 	gen     uint32 // number of the current run
 	sized   uint32 // the run whose listing sized the entries
@@ -129,7 +134,11 @@ type index[T any] struct {
 func (x index[T]) State(key string) (kvstore.KeyState, bool) {
 	x.s.mu.Lock()
 	defer x.s.mu.Unlock()
-	e, ok := x.s.entries.Get(key)
+	k, under := x.s.short(key)
+	if !under {
+		return kvstore.KeyState{}, false
+	}
+	e, ok := x.s.entries.Get(k)
 	if !ok || e.gen != x.gen {
 		return kvstore.KeyState{}, false
 	}
@@ -140,7 +149,7 @@ func (x index[T]) Range(f func(key string, st kvstore.KeyState) bool) {
 	x.s.mu.Lock()
 	defer x.s.mu.Unlock()
 	for k, e := range x.s.entries.All() {
-		if e.gen == x.gen && !f(k, e.lw()) {
+		if e.gen == x.gen && !f(x.s.cfg.Prefix+k, e.lw()) {
 			return
 		}
 	}
@@ -176,10 +185,25 @@ func newEntries[T any]() *flatmap.Map[string, entry[T]] {
 	return flatmap.New[string, entry[T]](func(k string) uint64 { return maphash.String(seed, k) })
 }
 
+// short returns the key of key in entries (key without the prefix, not a
+// copy) and whether key is under the prefix at all.
+func (s *Store[T]) short(key string) (string, bool) {
+	return strings.CutPrefix(key, s.cfg.Prefix)
+}
+
+// getLocked returns the entry of key.
+func (s *Store[T]) getLocked(key string) (entry[T], bool) {
+	k, under := s.short(key)
+	if !under {
+		return entry[T]{}, false
+	}
+	return s.entries.Get(k)
+}
+
 // peekLocked returns the entry of key; the caller holds s.mu (observer
 // callbacks run with it held).
 func (s *Store[T]) peekLocked(key string) (T, bool) {
-	e, ok := s.entries.Get(key)
+	e, ok := s.getLocked(key)
 	return e.v, ok
 }
 
@@ -278,10 +302,18 @@ func (s *Store[T]) handle(ev kvstore.Event, gen uint32, first *bool, stop contex
 		if ev.Total > 0 && s.sized != gen {
 			s.reserveLocked(gen, int(ev.Total))
 		}
-		prev, ok := s.entries.Get(ev.Key)
+		k, under := s.short(ev.Key)
+		if !under {
+			// etcd returns only keys of the watched prefix: a key outside
+			// it would alias another in entries, so it is refused.
+			s.mu.Unlock()
+			s.countInvalid(ev, fmt.Errorf("key %q is not under prefix %q", ev.Key, s.cfg.Prefix))
+			return
+		}
+		prev, ok := s.entries.Get(k)
 		if ok && ev.Total > 0 && prev.gen == gen && prev.sum == ev.State.Sum {
 			// A relist of this run found the value it holds: nothing changed.
-			s.entries.Set(ev.Key, newEntry(prev.v, gen, ev.State))
+			s.entries.Set(k, newEntry(prev.v, gen, ev.State))
 			s.mu.Unlock()
 			return
 		}
@@ -292,15 +324,7 @@ func (s *Store[T]) handle(ev kvstore.Event, gen uint32, first *bool, stop contex
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if err != nil {
-			n := s.invalid.Add(1)
-			if s.m != nil {
-				s.m.Invalid.WithLabelValues(s.cfg.Name, s.cfg.Cluster).Inc()
-			}
-			// The first ones, then every 1000th: a hostile writer must
-			// not flood the log.
-			if n <= 10 || n%1000 == 0 {
-				s.log.Warn("skipping invalid entry", "key", ev.Key, "revision", ev.Revision, "err", err, "invalid_total", n)
-			}
+			s.countInvalid(ev, err)
 			// The writer no longer asserts a valid value for the key:
 			// the previous one is withdrawn rather than kept stale.
 			s.removeLocked(ev.Key)
@@ -313,7 +337,12 @@ func (s *Store[T]) handle(ev kvstore.Event, gen uint32, first *bool, stop contex
 			}
 			s.setCount(1)
 		}
-		s.entries.Set(ev.Key, newEntry(v, gen, ev.State))
+		if !ok {
+			// A copy: the listed key's allocation (prefix included) is
+			// not kept.
+			k = strings.Clone(k)
+		}
+		s.entries.Set(k, newEntry(v, gen, ev.State))
 		s.obs.OnUpsert(ev.Key, v, prev.v, ok)
 	case kvstore.EventDelete:
 		s.mu.Lock()
@@ -327,7 +356,7 @@ func (s *Store[T]) handle(ev kvstore.Event, gen uint32, first *bool, stop contex
 			var gone []string // delivered by an earlier run, gone now
 			for k, e := range s.entries.All() {
 				if e.gen < gen {
-					gone = append(gone, k)
+					gone = append(gone, s.cfg.Prefix+k)
 				}
 			}
 			for _, k := range gone {
@@ -356,8 +385,26 @@ func (s *Store[T]) reserveLocked(gen uint32, n int) {
 	}
 }
 
+// countInvalid counts and logs an invalid upsert.
+func (s *Store[T]) countInvalid(ev kvstore.Event, err error) {
+	n := s.invalid.Add(1)
+	if s.m != nil {
+		s.m.Invalid.WithLabelValues(s.cfg.Name, s.cfg.Cluster).Inc()
+	}
+	// The first ones, then every 1000th: a hostile writer must not flood
+	// the log.
+	if n <= 10 || n%1000 == 0 {
+		s.log.Warn("skipping invalid entry", "key", ev.Key, "revision", ev.Revision, "err", err, "invalid_total", n)
+	}
+}
+
+// removeLocked withdraws the entry of key (the full key).
 func (s *Store[T]) removeLocked(key string) {
-	old, ok := s.entries.Delete(key)
+	k, under := s.short(key)
+	if !under {
+		return
+	}
+	old, ok := s.entries.Delete(k)
 	if !ok {
 		return
 	}
@@ -390,7 +437,7 @@ func (s *Store[T]) Drain() {
 	defer s.mu.Unlock()
 	keys := make([]string, 0, s.entries.Len())
 	for k := range s.entries.Keys() {
-		keys = append(keys, k)
+		keys = append(keys, s.cfg.Prefix+k)
 	}
 	for _, k := range keys {
 		s.removeLocked(k)
@@ -406,7 +453,7 @@ func (s *Store[T]) Len() int { return int(s.nEntries.Load()) }
 func (s *Store[T]) Get(key string) (T, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e, ok := s.entries.Get(key)
+	e, ok := s.getLocked(key)
 	return e.v, ok
 }
 
@@ -417,7 +464,7 @@ func (s *Store[T]) Range(f func(key string, v T) bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for k, e := range s.entries.All() {
-		if !f(k, e.v) {
+		if !f(s.cfg.Prefix+k, e.v) {
 			return
 		}
 	}
