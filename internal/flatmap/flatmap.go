@@ -12,6 +12,8 @@ const (
 	// reserveNum/reserveDen is the load of an index sized for a count.
 	reserveNum, reserveDen = 3, 4
 	minBuckets             = 8
+	// shrinkMin is the capacity below which a table does not shrink.
+	shrinkMin = 1024
 )
 
 // Map maps K to V. The zero Map is not usable: make one with New. It is not
@@ -115,6 +117,11 @@ func (m *Map[K, V]) Delete(k K) (V, bool) {
 	}
 	m.slots[last] = slot[K, V]{}
 	m.slots = m.slots[:last]
+	if c := cap(m.slots); c > shrinkMin && len(m.slots) < c/4 {
+		// Most entries are gone (a large remote left): give the room back.
+		m.slots = append(make([]slot[K, V], 0, 2*len(m.slots)), m.slots...)
+		m.rebuild(max(minBuckets, 2*len(m.slots)*reserveDen/reserveNum+1))
+	}
 	return old, true
 }
 

@@ -106,6 +106,26 @@ func TestReserveHoldsWithoutGrowth(t *testing.T) {
 	}
 }
 
+func TestShrinksWhenMostAreDeleted(t *testing.T) {
+	m := New[int, int](func(k int) uint64 { return uint64(k) * 0x9E3779B97F4A7C15 })
+	const n = 100000
+	m.Reserve(n)
+	for i := range n {
+		m.Set(i, i)
+	}
+	for i := range n - 100 {
+		m.Delete(i)
+	}
+	if cap(m.slots) > 4*shrinkMin || len(m.ctrl) > 4*shrinkMin {
+		t.Fatalf("%d entries left in %d slots, %d buckets: not shrunk", m.Len(), cap(m.slots), len(m.ctrl))
+	}
+	for i := n - 100; i < n; i++ {
+		if v, ok := m.Get(i); !ok || v != i {
+			t.Fatalf("after shrinking: Get(%d) = %d, %v", i, v, ok)
+		}
+	}
+}
+
 type ipSlot struct { // the shape of the reconciler's ipcache claims
 	a    [16]byte
 	kind uint8
