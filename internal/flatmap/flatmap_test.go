@@ -87,8 +87,14 @@ func TestReserveHoldsWithoutGrowth(t *testing.T) {
 	for i := range 1000 {
 		m.Set(i, i)
 	}
-	if len(m.ctrl) != c || cap(m.slots) != 1000 {
-		t.Fatalf("grew from %d to %d buckets, %d slots, while filling a reserved count of 1000", c, len(m.ctrl), cap(m.slots))
+	if len(m.ctrl) != c || cap(m.slots) != 1062 {
+		t.Fatalf("grew from %d to %d buckets, %d slots, while filling a reserved count of 1000 (want 1062 slots)", c, len(m.ctrl), cap(m.slots))
+	}
+	for i := 1000; i < 1050; i++ { // the first changes after the count
+		m.Set(i, i)
+	}
+	if len(m.ctrl) != c || cap(m.slots) != 1062 {
+		t.Fatalf("grew to %d buckets, %d slots, within the reserve's headroom", len(m.ctrl), cap(m.slots))
 	}
 	if load := float64(m.Len()) / float64(c); load < 0.7 {
 		t.Fatalf("index load %.2f after filling a reserved count, want ≈ 0.75", load)
