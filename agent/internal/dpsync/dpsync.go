@@ -326,7 +326,9 @@ func (r *Reconciler) trimAfterSync() {
 	}
 	r.trim = false
 	r.mu.Unlock()
+	start := r.clock.Now()
 	debug.FreeOSMemory()
+	r.log.Debug("returned the freed memory of a sync to the OS", "took", r.clock.Since(start))
 	r.mu.Lock()
 	r.stats.Trims++
 	r.mu.Unlock()
