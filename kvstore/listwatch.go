@@ -69,7 +69,7 @@ var (
 // KeyState is what ListWatch remembers of a key the handler holds.
 type KeyState struct {
 	Sum uint64 // hash of the value the handler was given
-	Gen uint64 // number of the list that last saw the key
+	Gen uint32 // number of the list that last saw the key
 }
 
 // KeyIndex is the handler's own table of the keys it holds, with the
@@ -110,7 +110,7 @@ type listWatch struct {
 	known     KeyIndex     // keys the handler holds as present
 	own       mapIndex     // known, when it is ListWatch's own (no Index option)
 	seed      maphash.Seed // of the value hashes in known
-	gen       uint64
+	gen       uint32
 	clusterID uint64 // of the etcd cluster the last list came from
 	lastRev   int64  // highest revision seen
 }

@@ -32,6 +32,7 @@ type ControlPlane struct {
 	// Config.Writer was given.
 	Datapath *memory.Datapath
 	mgr      *remotecluster.Manager
+	rec      *dpsync.Reconciler
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 }
@@ -45,6 +46,7 @@ func Start(cfg Config, log *slog.Logger) *ControlPlane {
 		w = c.Datapath
 	}
 	rec := dpsync.New(dpsync.Config{ClusterID: cfg.ClusterID}, w, log, clock.RealClock{})
+	c.rec = rec
 	merger := servicemerge.New(servicemerge.Config{ClusterID: cfg.ClusterID}, rec)
 	c.mgr = remotecluster.New(remotecluster.Config{Dir: cfg.Dir, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID,
 		MaxConnectedClusters: 255, BackoffMin: 50 * time.Millisecond, BackoffMax: time.Second}, rec, merger, log, clock.RealClock{})
@@ -70,3 +72,7 @@ func (c *ControlPlane) Ready() bool {
 	}
 	return len(s) > 0
 }
+
+// Trims returns how often the reconciler returned the freed memory of a
+// sync to the operating system (dpsync.Stats.Trims).
+func (c *ControlPlane) Trims() uint64 { return c.rec.Stats().Trims }

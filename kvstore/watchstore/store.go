@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/clustermesh/clustermesh/internal/flatmap"
 	"github.com/clustermesh/clustermesh/kvstore"
 )
 
@@ -86,10 +89,14 @@ type Store[T any] struct {
 
 	m *Metrics
 
-	mu      sync.Mutex // guards entries, gen and sized and serialises observer calls
-	entries map[string]entry[T]
-	gen     uint64 // number of the current run
-	sized   uint64 // the run whose listing sized the entries
+	mu sync.Mutex // guards entries, gen and sized and serialises observer calls
+	// entries is keyed by the key without cfg.Prefix (see short): every
+	// key of the prefix is the prefix and that rest, so nothing aliases,
+	// and the store holds only the rest (a remote's ipcache keys are "<ns>/<ip>"
+	// after "cilium/state/ip/v1/").
+	entries *flatmap.Map[string, entry[T]]
+	gen     uint32 // number of the current run
+	sized   uint32 // the run whose listing sized the entries
 	synced  atomic.Bool
 
 	nEntries  atomic.Int64
@@ -100,12 +107,20 @@ type Store[T any] struct {
 }
 
 // entry is a valid value, the run that last delivered it and what the
-// run's ListWatch remembers of its key: the store's map is the ListWatch's
-// key index (kvstore.Index), so a key is held once.
+// run's ListWatch remembers of its key (kvstore.KeyState, its fields laid
+// out beside gen so that no padding is held per entry): the store's table is
+// the ListWatch's key index (kvstore.Index), so a key is held once.
 type entry[T any] struct {
-	v   T
-	gen uint64
-	lw  kvstore.KeyState
+	v     T
+	gen   uint32
+	lwGen uint32
+	sum   uint64
+}
+
+func (e entry[T]) lw() kvstore.KeyState { return kvstore.KeyState{Sum: e.sum, Gen: e.lwGen} }
+
+func newEntry[T any](v T, gen uint32, st kvstore.KeyState) entry[T] {
+	return entry[T]{v: v, gen: gen, lwGen: st.Gen, sum: st.Sum}
 }
 
 // index is the store's entries as the kvstore.KeyIndex of run gen's
@@ -113,24 +128,28 @@ type entry[T any] struct {
 // run's listing delivers them again, or the store withdraws them).
 type index[T any] struct {
 	s   *Store[T]
-	gen uint64
+	gen uint32
 }
 
 func (x index[T]) State(key string) (kvstore.KeyState, bool) {
 	x.s.mu.Lock()
 	defer x.s.mu.Unlock()
-	e, ok := x.s.entries[key]
+	k, under := x.s.short(key)
+	if !under {
+		return kvstore.KeyState{}, false
+	}
+	e, ok := x.s.entries.Get(k)
 	if !ok || e.gen != x.gen {
 		return kvstore.KeyState{}, false
 	}
-	return e.lw, true
+	return e.lw(), true
 }
 
 func (x index[T]) Range(f func(key string, st kvstore.KeyState) bool) {
 	x.s.mu.Lock()
 	defer x.s.mu.Unlock()
-	for k, e := range x.s.entries {
-		if e.gen == x.gen && !f(k, e.lw) {
+	for k, e := range x.s.entries.All() {
+		if e.gen == x.gen && !f(x.s.cfg.Prefix+k, e.lw()) {
 			return
 		}
 	}
@@ -151,7 +170,7 @@ func New[T any](c *kvstore.Client, cfg Config, decode func(key string, value []b
 		obs:     obs,
 		log:     log.With("store", cfg.Name, "cluster", cfg.Cluster),
 		m:       m,
-		entries: make(map[string]entry[T]),
+		entries: newEntries[T](),
 	}
 	if p, ok := obs.(Peeker[T]); ok {
 		p.SetPeek(s.peekLocked)
@@ -159,10 +178,32 @@ func New[T any](c *kvstore.Client, cfg Config, decode func(key string, value []b
 	return s
 }
 
+// newEntries returns an empty table of entries: a flat table, since the
+// store of a large remote's ipcache holds hundreds of thousands.
+func newEntries[T any]() *flatmap.Map[string, entry[T]] {
+	seed := maphash.MakeSeed()
+	return flatmap.New[string, entry[T]](func(k string) uint64 { return maphash.String(seed, k) })
+}
+
+// short returns the key of key in entries (key without the prefix, not a
+// copy) and whether key is under the prefix at all.
+func (s *Store[T]) short(key string) (string, bool) {
+	return strings.CutPrefix(key, s.cfg.Prefix)
+}
+
+// getLocked returns the entry of key.
+func (s *Store[T]) getLocked(key string) (entry[T], bool) {
+	k, under := s.short(key)
+	if !under {
+		return entry[T]{}, false
+	}
+	return s.entries.Get(k)
+}
+
 // peekLocked returns the entry of key; the caller holds s.mu (observer
 // callbacks run with it held).
 func (s *Store[T]) peekLocked(key string) (T, bool) {
-	e, ok := s.entries[key]
+	e, ok := s.getLocked(key)
 	return e.v, ok
 }
 
@@ -247,7 +288,7 @@ func (s *Store[T]) waitForCanary(ctx context.Context, c *kvstore.Client) bool {
 
 // handle applies ev of run gen; first is true until the run's first
 // listing is complete; stop ends the run.
-func (s *Store[T]) handle(ev kvstore.Event, gen uint64, first *bool, stop context.CancelCauseFunc) {
+func (s *Store[T]) handle(ev kvstore.Event, gen uint32, first *bool, stop context.CancelCauseFunc) {
 	s.events.Add(1)
 	now := time.Now()
 	s.lastEvent.Store(now.UnixNano())
@@ -261,11 +302,18 @@ func (s *Store[T]) handle(ev kvstore.Event, gen uint64, first *bool, stop contex
 		if ev.Total > 0 && s.sized != gen {
 			s.reserveLocked(gen, int(ev.Total))
 		}
-		prev, ok := s.entries[ev.Key]
-		if ok && ev.Total > 0 && prev.gen == gen && prev.lw.Sum == ev.State.Sum {
+		k, under := s.short(ev.Key)
+		if !under {
+			// etcd returns only keys of the watched prefix: a key outside
+			// it would alias another in entries, so it is refused.
+			s.mu.Unlock()
+			s.countInvalid(ev, fmt.Errorf("key %q is not under prefix %q", ev.Key, s.cfg.Prefix))
+			return
+		}
+		prev, ok := s.entries.Get(k)
+		if ok && ev.Total > 0 && prev.gen == gen && prev.sum == ev.State.Sum {
 			// A relist of this run found the value it holds: nothing changed.
-			prev.lw = ev.State
-			s.entries[ev.Key] = prev
+			s.entries.Set(k, newEntry(prev.v, gen, ev.State))
 			s.mu.Unlock()
 			return
 		}
@@ -276,28 +324,25 @@ func (s *Store[T]) handle(ev kvstore.Event, gen uint64, first *bool, stop contex
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if err != nil {
-			n := s.invalid.Add(1)
-			if s.m != nil {
-				s.m.Invalid.WithLabelValues(s.cfg.Name, s.cfg.Cluster).Inc()
-			}
-			// The first ones, then every 1000th: a hostile writer must
-			// not flood the log.
-			if n <= 10 || n%1000 == 0 {
-				s.log.Warn("skipping invalid entry", "key", ev.Key, "revision", ev.Revision, "err", err, "invalid_total", n)
-			}
+			s.countInvalid(ev, err)
 			// The writer no longer asserts a valid value for the key:
 			// the previous one is withdrawn rather than kept stale.
 			s.removeLocked(ev.Key)
 			return
 		}
 		if !ok {
-			if s.cfg.MaxEntries > 0 && len(s.entries) >= s.cfg.MaxEntries {
+			if s.cfg.MaxEntries > 0 && s.entries.Len() >= s.cfg.MaxEntries {
 				stop(fmt.Errorf("%w: %s holds more than %d valid entries", ErrTooManyEntries, s.cfg.Prefix, s.cfg.MaxEntries))
 				return
 			}
 			s.setCount(1)
 		}
-		s.entries[ev.Key] = entry[T]{v: v, gen: gen, lw: ev.State}
+		if !ok {
+			// A copy: the listed key's allocation (prefix included) is
+			// not kept.
+			k = strings.Clone(k)
+		}
+		s.entries.Set(k, newEntry(v, gen, ev.State))
 		s.obs.OnUpsert(ev.Key, v, prev.v, ok)
 	case kvstore.EventDelete:
 		s.mu.Lock()
@@ -308,10 +353,14 @@ func (s *Store[T]) handle(ev kvstore.Event, gen uint64, first *bool, stop contex
 		defer s.mu.Unlock()
 		if *first {
 			*first = false
-			for k, e := range s.entries {
-				if e.gen < gen { // delivered by an earlier run, gone now
-					s.removeLocked(k)
+			var gone []string // delivered by an earlier run, gone now
+			for k, e := range s.entries.All() {
+				if e.gen < gen {
+					gone = append(gone, s.cfg.Prefix+k)
 				}
+			}
+			for _, k := range gone {
+				s.removeLocked(k)
 			}
 			s.setSynced(true)
 			s.obs.OnSync()
@@ -322,28 +371,43 @@ func (s *Store[T]) handle(ev kvstore.Event, gen uint64, first *bool, stop contex
 // reserveLocked sizes the entries for a listing of n keys (once per run,
 // and only when they would otherwise grow through it) and tells a
 // Reserver observer.
-func (s *Store[T]) reserveLocked(gen uint64, n int) {
+func (s *Store[T]) reserveLocked(gen uint32, n int) {
 	s.sized = gen
 	if s.cfg.MaxEntries > 0 {
 		n = min(n, s.cfg.MaxEntries)
 	}
-	if n <= len(s.entries) {
+	if n <= s.entries.Len() {
 		return
 	}
-	if len(s.entries) == 0 {
-		s.entries = make(map[string]entry[T], n)
-	}
+	s.entries.Reserve(n)
 	if r, ok := s.obs.(Reserver); ok {
-		r.Reserve(n - len(s.entries))
+		r.Reserve(n - s.entries.Len())
 	}
 }
 
+// countInvalid counts and logs an invalid upsert.
+func (s *Store[T]) countInvalid(ev kvstore.Event, err error) {
+	n := s.invalid.Add(1)
+	if s.m != nil {
+		s.m.Invalid.WithLabelValues(s.cfg.Name, s.cfg.Cluster).Inc()
+	}
+	// The first ones, then every 1000th: a hostile writer must not flood
+	// the log.
+	if n <= 10 || n%1000 == 0 {
+		s.log.Warn("skipping invalid entry", "key", ev.Key, "revision", ev.Revision, "err", err, "invalid_total", n)
+	}
+}
+
+// removeLocked withdraws the entry of key (the full key).
 func (s *Store[T]) removeLocked(key string) {
-	old, ok := s.entries[key]
+	k, under := s.short(key)
+	if !under {
+		return
+	}
+	old, ok := s.entries.Delete(k)
 	if !ok {
 		return
 	}
-	delete(s.entries, key)
 	s.setCount(-1)
 	s.obs.OnDelete(key, old.v)
 }
@@ -371,9 +435,14 @@ func (s *Store[T]) setCount(delta int64) {
 func (s *Store[T]) Drain() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for k := range s.entries {
+	keys := make([]string, 0, s.entries.Len())
+	for k := range s.entries.Keys() {
+		keys = append(keys, s.cfg.Prefix+k)
+	}
+	for _, k := range keys {
 		s.removeLocked(k)
 	}
+	s.entries.Clear()
 	s.setSynced(false)
 }
 
@@ -384,7 +453,7 @@ func (s *Store[T]) Len() int { return int(s.nEntries.Load()) }
 func (s *Store[T]) Get(key string) (T, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e, ok := s.entries[key]
+	e, ok := s.getLocked(key)
 	return e.v, ok
 }
 
@@ -394,8 +463,8 @@ func (s *Store[T]) Get(key string) (T, bool) {
 func (s *Store[T]) Range(f func(key string, v T) bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for k, e := range s.entries {
-		if !f(k, e.v) {
+	for k, e := range s.entries.All() {
+		if !f(s.cfg.Prefix+k, e.v) {
 			return
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -348,6 +349,19 @@ func TestDrain(t *testing.T) {
 	s := watchstore.New(e.remote(t), watchstore.Config{Prefix: prefix}, decodeNode, rec, etcdserver.TestLogger(), nil)
 	stop := run(t, s)
 	rec.waitFor(t, "sync", func(st map[string]node, synced int) bool { return synced == 1 && len(st) == 3 })
+	// The store holds keys without its prefix; readers see the full keys.
+	var keys []string
+	s.Range(func(k string, _ node) bool { keys = append(keys, k); return true })
+	slices.Sort(keys)
+	if want := []string{prefix + "a", prefix + "b", prefix + "c"}; !slices.Equal(keys, want) {
+		t.Fatalf("Range keys %q, want %q", keys, want)
+	}
+	if n, ok := s.Get(prefix + "b"); !ok || n.Name != "b" {
+		t.Fatalf("Get(%q) = %v, %v", prefix+"b", n, ok)
+	}
+	if _, ok := s.Get("b"); ok {
+		t.Fatal(`Get("b") found the entry of a key under the prefix`)
+	}
 	stop()
 	s.Drain()
 	rec.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"iter"
 	"log/slog"
 	"net/netip"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
@@ -59,6 +60,7 @@ type Reconciler struct {
 	restored  datapath.State                           // guarded by mu: programmed, not yet re-claimed
 	holding   map[uint32]bool                          // guarded by mu: cluster IDs whose restored entries are held
 	stats     Stats                                    // guarded by mu
+	trim      bool                                     // guarded by mu: a source synced; return memory after the next flush
 
 	local        localSet                  // guarded by mu: the local cluster's prefixes
 	refused      map[refusalKey][]Refusal  // guarded by mu: remote claims not programmed, as of the last flush
@@ -70,7 +72,10 @@ type Reconciler struct {
 // Stats counts the reconciler's work.
 type Stats struct {
 	Batches, Failures uint64
-	LastError         string
+	// Trims counts the times the freed memory of an initial sync was
+	// returned to the operating system (see Release).
+	Trims     uint64
+	LastError string
 }
 
 // New returns a Reconciler applying to w.
@@ -151,10 +156,17 @@ func (r *Reconciler) Holding() []uint32 {
 }
 
 // Release ends the hold on the restored entries of cluster id: those that no
-// source claims are deleted at the next flush.
+// source claims are deleted at the next flush. A source calls it when it has
+// delivered its full state, so the transient memory of its initial listing
+// (list pages, decoded values, the cold sync's batches) is garbage once the
+// next flush is applied: Run then returns the freed memory to the operating
+// system once (debug.FreeOSMemory: one forced collection per sync, none
+// in steady state), else the process keeps the peak of the sync resident.
 func (r *Reconciler) Release(id uint32) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.trim = true
+	r.kickLocked()
 	if !r.holding[id] {
 		return
 	}
@@ -299,7 +311,31 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			continue
 		}
 		retry.Success()
+		r.trimAfterSync()
 	}
+}
+
+// trimAfterSync returns freed memory to the operating system after the
+// flush that followed a Release, unless more is dirty already (then after
+// the flush that applies it).
+func (r *Reconciler) trimAfterSync() {
+	r.mu.Lock()
+	if !r.trim || r.dirtyLocked() {
+		r.mu.Unlock()
+		return
+	}
+	r.trim = false
+	r.mu.Unlock()
+	start := r.clock.Now()
+	debug.FreeOSMemory()
+	r.log.Debug("returned the freed memory of a sync to the OS", "took", r.clock.Since(start))
+	r.mu.Lock()
+	r.stats.Trims++
+	r.mu.Unlock()
+}
+
+func (r *Reconciler) dirtyLocked() bool {
+	return len(r.tunnels.dirty)+len(r.ipcache.dirty)+len(r.dirtySvc)+len(r.dirtyEp) > 0
 }
 
 // Flush applies everything dirty now, as one batch. On error the batch's keys

@@ -16,6 +16,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
+	"github.com/clustermesh/clustermesh/internal/testwait"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -187,4 +188,58 @@ func (c *countingWriter) Apply(ctx context.Context, b datapath.Batch) error {
 	c.ipcache += len(b.UpsertIPCache)
 	c.endpoints += len(b.UpsertEndpoints)
 	return c.Datapath.Apply(ctx, b)
+}
+
+// TestTrimAfterSync checks that a Release (a source delivered its initial
+// state) returns freed memory once, after the flush that follows it, and
+// that later flushes do not.
+func TestTrimAfterSync(t *testing.T) {
+	dp := memory.New()
+	r := New(Config{ClusterID: 1}, dp, discard, clock.RealClock{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	trims := func(want uint64) func() (bool, string) {
+		return func() (bool, string) {
+			s := r.Stats()
+			return s.Trims == want, fmt.Sprintf("%+v", s)
+		}
+	}
+	steps := []struct {
+		name    string
+		do      func()
+		batches uint64 // wait for at least this many batches
+		trims   uint64
+	}{
+		{"a source synced", func() {
+			r.UpsertIPCache(ipc("10.2.0.1/32", 100, 2))
+			r.Release(2)
+		}, 1, 1},
+		{"steady-state changes do not trim", func() {
+			for i := range 10 {
+				r.UpsertIPCache(ipc(fmt.Sprintf("10.2.1.%d/32", i), 100, 2))
+			}
+		}, 2, 1},
+		{"another source synced", func() {
+			r.UpsertIPCache(ipc("10.3.0.1/32", 100, 3))
+			r.Release(3)
+		}, 3, 2},
+	}
+	for _, st := range steps {
+		st.do()
+		testwait.Until(t, 10*time.Second, st.name+": batches", func() (bool, string) {
+			s := r.Stats()
+			return s.Batches >= st.batches, fmt.Sprintf("%+v", s)
+		})
+		testwait.Until(t, 10*time.Second, st.name+": trims", trims(st.trims))
+	}
+	// Nothing is pending: no further trim comes.
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s := r.Stats(); s.Trims != 2 {
+		t.Fatalf("stats %+v: want 2 trims", s)
+	}
 }
