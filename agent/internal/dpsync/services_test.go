@@ -187,4 +187,3 @@ func TestServicePatchOfRestored(t *testing.T) {
 		t.Errorf("after release: programmed %q, want %q", got, want)
 	}
 }
-
