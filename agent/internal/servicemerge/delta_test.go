@@ -170,9 +170,10 @@ func TestDeltasMatchFullRandomized(t *testing.T) {
 			s := sink{}
 			m := New(Config{ClusterID: 1, FailbackShare: 0.5}, s)
 			m.SetLocalService(web, ls(AffinityLocal, true))
+			held := map[string]EndpointSlice{} // what the merger was last given
 			for i := range 300 {
 				var what string
-				switch op := rng.IntN(20); {
+				switch op := rng.IntN(25); {
 				case op < 10:
 					es := EndpointSlice{Ports: []ServicePort{{Name: "http", Proto: datapath.TCP, Port: 8080}, {Name: "dns", Proto: datapath.UDP, Port: 5353}}}
 					for range rng.IntN(5) {
@@ -181,6 +182,21 @@ func TestDeltasMatchFullRandomized(t *testing.T) {
 					sl := fmt.Sprint("s", rng.IntN(3))
 					what = "slice " + sl
 					m.SetEndpointSlice(web, sl, es)
+					held[sl] = es
+				case op >= 20: // readiness flips, addresses kept (the in-place path)
+					sl := fmt.Sprint("s", rng.IntN(3))
+					es, ok := held[sl]
+					if !ok || len(es.Endpoints) == 0 {
+						continue
+					}
+					es.Endpoints = slices.Clone(es.Endpoints)
+					for range 1 + rng.IntN(2) {
+						j := rng.IntN(len(es.Endpoints))
+						es.Endpoints[j].Usable = !es.Endpoints[j].Usable
+					}
+					what = "readiness in slice " + sl
+					m.SetEndpointSlice(web, sl, es)
+					held[sl] = es
 				case op < 17:
 					c := 2 + rng.IntN(3)
 					rs := RemoteService{ClusterID: uint32(c), Shared: rng.IntN(8) > 0, Backends: map[PortKey][]netip.AddrPort{}}
@@ -196,6 +212,7 @@ func TestDeltasMatchFullRandomized(t *testing.T) {
 					m.DeleteRemote(web, fmt.Sprint("c", c))
 				case op < 19:
 					m.DeleteEndpointSlice(web, "s0")
+					delete(held, "s0")
 					what = "slice s0 deleted"
 				default:
 					a := []Affinity{AffinityNone, AffinityLocal, AffinityRemote}[rng.IntN(3)]
@@ -207,4 +224,31 @@ func TestDeltasMatchFullRandomized(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestReadinessFlipOfRepeatedAddress: a slice that lists an address twice
+// counts its last entry (as when the slice is expanded whole), so flipping
+// the first entry changes nothing, also where another slice has the address.
+func TestReadinessFlipOfRepeatedAddress(t *testing.T) {
+	s := sink{}
+	m := New(Config{ClusterID: 1}, s)
+	m.SetLocalService(web, localSvc(Annotations{Shared: true}))
+	x := netip.MustParseAddr("10.1.0.1")
+	port := []ServicePort{{Name: "http", Proto: datapath.TCP, Port: 8080}}
+	m.SetEndpointSlice(web, "b", EndpointSlice{Ports: port, Endpoints: []Endpoint{{x, true}}})
+	m.SetEndpointSlice(web, "a", EndpointSlice{Ports: port, Endpoints: []Endpoint{{x, true}, {x, false}}})
+	m.Flush()
+	for _, usable := range []bool{false, true, false} {
+		m.SetEndpointSlice(web, "a", EndpointSlice{Ports: port, Endpoints: []Endpoint{{x, usable}, {x, false}}})
+		m.Flush()
+		if got := summary(s, fe); got != "1:1x1" {
+			t.Fatalf("first entry usable=%v: got %s, want 1:1x1", usable, got)
+		}
+	}
+	m.DeleteEndpointSlice(web, "b")
+	m.Flush()
+	if got := summary(s, fe); got != "empty" {
+		t.Fatalf("after b is gone: got %s, want empty", got)
+	}
+	checkAgainstFull(t, m, s, "end")
 }

@@ -67,7 +67,8 @@
 // change costs the same whatever the service's size, down to the eBPF maps
 // (dpsync and the bpf Writer apply patches in O(changed backends)).
 //
-// An EndpointSlice change costs O(endpoints of that slice). A remote
+// An EndpointSlice change costs O(endpoints of that slice), without
+// allocating when it only flips the readiness of a few endpoints. A remote
 // ClusterService carries all its backends in one kvstore value, so its
 // update is compared with the previous export in O(n log n) of that
 // remote's backends (sort and merge); what it hands on is the difference.

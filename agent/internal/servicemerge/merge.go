@@ -237,7 +237,11 @@ func (m *Merger) SetEndpointSlice(n Name, slice string, es EndpointSlice) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s := m.get(n)
-	old := expand(s.slices[slice])
+	prev, had := s.slices[slice]
+	if had && m.setInPlace(n, s, prev, es) {
+		return
+	}
+	old := expand(prev)
 	cur := expand(es)
 	changed := false
 	for k, usable := range old {
@@ -262,6 +266,65 @@ func (m *Merger) SetEndpointSlice(n Name, slice string, es EndpointSlice) {
 	if changed {
 		m.markLocked(n)
 	}
+}
+
+// maxInPlace bounds the endpoints a slice update may change to take the
+// in-place path.
+const maxInPlace = 8
+
+// setInPlace applies an update of a slice that keeps its ports and its
+// addresses in place and changes the readiness of a few endpoints, without
+// expanding either version into maps: the common update (a pod becomes
+// ready or not) costs O(endpoints of the slice) and allocates nothing. It
+// reports false, having changed nothing, when the update does not fit.
+func (m *Merger) setInPlace(n Name, s *service, prev, es EndpointSlice) bool {
+	if !slices.Equal(prev.Ports, es.Ports) || len(prev.Endpoints) != len(es.Endpoints) {
+		return false
+	}
+	for i, sp := range es.Ports {
+		if slices.Contains(es.Ports[i+1:], sp) {
+			return false // expand counts repeated ports once: leave them to it
+		}
+	}
+	var diff [maxInPlace]int
+	nd := 0
+	for i, e := range es.Endpoints {
+		p := prev.Endpoints[i]
+		if e.Addr != p.Addr {
+			return false
+		}
+		if e.Usable == p.Usable {
+			continue
+		}
+		if nd == maxInPlace || !e.Addr.IsValid() {
+			return false
+		}
+		diff[nd] = i
+		nd++
+	}
+	for _, i := range diff[:nd] {
+		// expand keeps the last of repeated addresses: leave those to it.
+		a := es.Endpoints[i].Addr
+		if slices.ContainsFunc(es.Endpoints[:i], func(e Endpoint) bool { return e.Addr == a }) ||
+			slices.ContainsFunc(es.Endpoints[i+1:], func(e Endpoint) bool { return e.Addr == a }) {
+			return false
+		}
+	}
+	for _, i := range diff[:nd] {
+		e := es.Endpoints[i]
+		for _, sp := range es.Ports {
+			k := epKey{PortKey{sp.Name, sp.Proto}, netip.AddrPortFrom(e.Addr, sp.Port)}
+			ps := s.port(k.port)
+			ps.remove(k.ap, !e.Usable)
+			ps.add(k.ap, e.Usable)
+			s.change(k)
+		}
+		prev.Endpoints[i].Usable = e.Usable // prev's array is the merger's own copy
+	}
+	if nd > 0 {
+		m.markLocked(n)
+	}
+	return true
 }
 
 // DeleteEndpointSlice removes one EndpointSlice of a local Service.
