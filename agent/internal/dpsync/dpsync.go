@@ -408,9 +408,11 @@ func (r *Reconciler) buildLocked() datapath.Batch {
 	}
 	own := r.cfg.ClusterID
 	for f := range r.dirtyBe {
-		// A restored service's first change is a whole upsert (held
-		// backends are merged into it).
-		if _, restored := r.restored.Services[f]; restored {
+		// A restored service's change is a whole upsert (held backends
+		// are merged into it); a whole service needs no patch too.
+		_, restored := r.restored.Services[f]
+		_, whole := r.dirtySvc[f]
+		if restored || whole {
 			delete(r.dirtyBe, f)
 			r.dirtySvc[f] = struct{}{}
 		}
