@@ -276,9 +276,11 @@ func (m *Merger) failbackTarget(ps *portState) int {
 	return max(1, min(t, len(ps.all)))
 }
 
-// Snapshot returns every service as last flushed, sorted by name. It
-// recomputes the frontends (O(backends)): it is for status requests, not
-// for the event path.
+// Snapshot returns every programmed service, sorted by name: the frontends
+// last flushed, recomputed from the current backends with the weights of
+// the last flush (a change not flushed yet may show). It costs
+// O(backends · log backends): it is for status requests, not for the event
+// path.
 func (m *Merger) Snapshot() []Snapshot {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -92,7 +92,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 		"share of the previous ready local backend count that must be ready before an affinity=local service stops using remote backends")
 }
 
-// Snapshot is one Service as last emitted.
+// Snapshot is one Service as programmed (see Merger.Snapshot).
 type Snapshot struct {
 	Name     Name
 	Services []datapath.Service
