@@ -7,12 +7,15 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"k8s.io/utils/clock"
 
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
+	"github.com/clustermesh/clustermesh/internal/testwait"
 )
 
 // recorder keeps the last batch and can fail the next Apply.
@@ -186,4 +189,72 @@ func TestServicePatchOfRestored(t *testing.T) {
 	if got, want := backendSet(dp.Datapath, fe), "10.1.0.2/1/1"; got != want {
 		t.Errorf("after release: programmed %q, want %q", got, want)
 	}
+}
+
+// upstream hands in one service per Flush, and counts its flushes.
+type upstream struct {
+	r       *Reconciler
+	ready   chan struct{}
+	mu      sync.Mutex
+	pending []datapath.Service
+	flushes int
+}
+
+func (u *upstream) Ready() <-chan struct{} { return u.ready }
+
+func (u *upstream) Flush() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.flushes++
+	for _, s := range u.pending {
+		u.r.UpsertService(s)
+	}
+	u.pending = nil
+}
+
+func (u *upstream) add(s datapath.Service) {
+	u.mu.Lock()
+	u.pending = append(u.pending, s)
+	u.mu.Unlock()
+	select {
+	case u.ready <- struct{}{}:
+	default:
+	}
+}
+
+// TestRunPullsUpstream: Run flushes the upstream when it is ready, and what
+// it hands in is applied in the same batch.
+func TestRunPullsUpstream(t *testing.T) {
+	dp := &countingBatches{Datapath: memory.New()}
+	r := New(Config{ClusterID: 1}, dp, discard, clock.RealClock{})
+	u := &upstream{r: r, ready: make(chan struct{}, 1)}
+	r.Pull(u)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	fe := datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: datapath.TCP}
+	u.add(datapath.Service{Frontend: fe, Backends: []datapath.Backend{{Addr: netip.MustParseAddrPort("10.1.0.1:8080"), ClusterID: 1, Weight: 1}}})
+	testwait.Until(t, 10*time.Second, "the upstream's service programmed", func() (bool, string) {
+		_, ok := dp.Service(fe)
+		return ok, "absent"
+	})
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	if dp.batches != 1 {
+		t.Errorf("%d batches applied, want 1 (the upstream's changes in the batch of its own wake-up)", dp.batches)
+	}
+}
+
+type countingBatches struct {
+	*memory.Datapath
+	mu      sync.Mutex
+	batches int
+}
+
+func (c *countingBatches) Apply(ctx context.Context, b datapath.Batch) error {
+	c.mu.Lock()
+	c.batches++
+	c.mu.Unlock()
+	return c.Datapath.Apply(ctx, b)
 }

@@ -10,6 +10,11 @@ import (
 	"github.com/clustermesh/clustermesh/internal/datapath"
 )
 
+// Ready receives when services are dirty: a worker that calls Flush itself
+// (dpsync.Reconciler.Pull) waits on it instead of running Run. Use one or
+// the other.
+func (m *Merger) Ready() <-chan struct{} { return m.kick }
+
 // Run flushes dirty services until ctx is done.
 func (m *Merger) Run(ctx context.Context) error {
 	for {

@@ -106,7 +106,7 @@ type Merger struct {
 	mu    sync.Mutex
 	svcs  map[Name]*service // guarded by mu
 	dirty map[Name]struct{} // guarded by mu
-	kick  chan struct{}     // buffered(1): tells Run that dirty is non-empty
+	kick  chan struct{}     // buffered(1): tells Run (or the worker reading Ready) that dirty is non-empty
 }
 
 type service struct {
