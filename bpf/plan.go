@@ -1,7 +1,7 @@
 package bpf
 
 import (
-	"maps"
+	"cmp"
 	"net/netip"
 	"slices"
 
@@ -48,7 +48,7 @@ type plan struct {
 	freeSvc []uint32
 	freeBe  []uint32
 	skipped int
-	fast    int // services planned by planServiceFast
+	patched int // services planned by planPatch, slot by slot
 }
 
 func (p *plan) putBackend(st *svcState, id uint32, v beVal) {
@@ -187,8 +187,9 @@ func (w *Writer) planRoutes(p *plan, b datapath.Batch) {
 }
 
 func (w *Writer) planServices(p *plan, b datapath.Batch) {
+	ups, patches := foldPatches(b)
 	last := map[datapath.Frontend]int{} // later upserts of a frontend win
-	for i, s := range b.UpsertServices {
+	for i, s := range ups {
 		last[s.Frontend] = i
 	}
 	for _, fe := range b.DeleteServices {
@@ -202,170 +203,319 @@ func (w *Writer) planServices(p *plan, b datapath.Batch) {
 		p.states[fe] = nil
 		p.delService(fe, old)
 	}
-	for i, s := range b.UpsertServices {
+	for i, s := range ups {
 		if last[s.Frontend] != i {
 			continue
 		}
-		fe := s.Frontend
-		if !fe.Addr.IsValid() || fe.Addr.Addr().Is4In6() {
+		if !validFrontend(s.Frontend) {
 			p.skipped++
 			continue
 		}
-		old := w.services[fe]
-		if old != nil {
-			if st := w.planServiceFast(p, old, s.Backends); st != nil {
-				p.states[fe] = st
-				continue
-			}
+		p.states[s.Frontend] = w.planService(p, s.Frontend, w.services[s.Frontend], s.Backends)
+	}
+	for _, pt := range patches {
+		if !validFrontend(pt.Frontend) {
+			p.skipped++
+			continue
 		}
-		v6 := fe.Addr.Addr().Is6()
-		simple := true
-		st := &svcState{
-			v6:       v6,
-			backends: make(map[netip.AddrPort]uint32, len(s.Backends)),
-			values:   make(map[uint32]beVal, len(s.Backends)),
-		}
-		if old != nil {
-			st.id = old.id
-		} else {
-			st.id = w.svcIDs.get()
-		}
-		weights := make([]uint16, 0, len(s.Backends))
-		ids := make([]uint32, 0, len(s.Backends))
-		for i, be := range s.Backends {
-			if be.Addr.Addr().Is6() != v6 || be.Addr.Addr().Is4In6() {
-				p.skipped++
-				simple = false
-				continue
-			}
-			if _, dup := st.backends[be.Addr]; dup {
-				simple = false
-				continue
-			}
-			id, ok := uint32(0), false
-			if old != nil {
-				id, ok = old.backends[be.Addr]
-			}
-			if !ok {
-				id = w.beIDs.get()
-			}
-			v := beVal{addr: be.Addr, weight: be.Weight, cluster: be.ClusterID, index: uint32(i)}
-			st.backends[be.Addr] = id
-			st.values[id] = v
-			if old == nil || old.values[id] != v {
-				p.putBackend(st, id, v)
-			}
-			weights = append(weights, be.Weight)
-			ids = append(ids, id)
-		}
-		var oldSlots []uint32
-		if old != nil {
-			oldSlots = old.slots
-		}
-		st.slots = stableSlots(oldSlots, ids, slotTable(weights))
-		for i, id := range st.slots {
-			if i >= len(oldSlots) || oldSlots[i] != id {
-				p.slotK = append(p.slotK, cmSlotKey{SvcId: st.id, Slot: uint32(i)})
-				p.slotV = append(p.slotV, id)
-			}
-		}
-		st.nslots, st.nbe = uint32(len(st.slots)), uint32(len(ids))
-		if simple {
-			st.list = slices.Clone(s.Backends)
-		}
-		if old == nil || old.nslots != st.nslots || old.nbe != st.nbe {
-			p.putService(fe, st)
-		}
-		if old != nil {
-			for i := st.nslots; i < old.nslots; i++ {
-				p.slotDel = append(p.slotDel, cmSlotKey{SvcId: st.id, Slot: i})
-			}
-			for addr, id := range old.backends {
-				if _, kept := st.backends[addr]; !kept {
-					p.delBackend(old, id)
-				}
-			}
-		}
-		p.states[fe] = st
+		w.planPatch(p, pt)
 	}
 }
 
-// maxFastChanges bounds the backends a change may touch to take the fast path.
-const maxFastChanges = 16
+func validFrontend(fe datapath.Frontend) bool { return fe.Addr.IsValid() && !fe.Addr.Addr().Is4In6() }
 
-// planServiceFast plans a change of an existing service that replaces or
-// edits a few backends in place (same list length, same weights): it
-// compares the lists, then touches only the changed backends and their
-// slots, instead of rebuilding the service's index. It never edits old, the
-// state last applied: it returns a changed copy that Apply installs only once
-// the kernel took the whole batch, so a failed Apply leaves the index as it
-// was and the next Apply of the same list plans the change again. It
-// returns nil, planning nothing, when the change does not fit.
-func (w *Writer) planServiceFast(p *plan, old *svcState, list []datapath.Backend) *svcState {
-	st := old
-	if st.list == nil || st.slots == nil || len(st.list) != len(list) {
-		return nil
+// foldPatches returns the batch's service upserts and the patches left to
+// plan as patches, one per frontend: a patch of a frontend that the batch
+// also upserts or deletes is folded into that upsert (or becomes one), and
+// patches of one frontend are composed, so a patch always applies to the
+// state last applied.
+func foldPatches(b datapath.Batch) ([]datapath.Service, []datapath.ServicePatch) {
+	if len(b.PatchServices) == 0 {
+		return b.UpsertServices, nil
 	}
-	var diff []int
-	for i := range list {
-		if list[i] != st.list[i] {
-			if len(diff) == maxFastChanges {
-				return nil
+	up := map[datapath.Frontend]int{}
+	for i, s := range b.UpsertServices {
+		up[s.Frontend] = i
+	}
+	del := map[datapath.Frontend]bool{}
+	for _, fe := range b.DeleteServices {
+		del[fe] = true
+	}
+	ups := b.UpsertServices
+	var patches []datapath.ServicePatch
+	pending := map[datapath.Frontend]int{} // frontend → its patch in patches
+	for _, pt := range b.PatchServices {
+		i, ok := up[pt.Frontend]
+		switch {
+		case ok:
+			if len(ups) > 0 && &ups[0] == &b.UpsertServices[0] {
+				ups = slices.Clone(ups)
 			}
-			diff = append(diff, i)
+			ups[i].Backends = pt.Patch(slices.Clone(ups[i].Backends))
+		case del[pt.Frontend]:
+			up[pt.Frontend] = len(ups)
+			ups = append(slices.Clip(ups), datapath.Service{Frontend: pt.Frontend, Backends: pt.Patch(nil)})
+		default:
+			if j, ok := pending[pt.Frontend]; ok {
+				patches[j] = composePatches(patches[j], pt)
+			} else {
+				pending[pt.Frontend] = len(patches)
+				patches = append(patches, pt)
+			}
 		}
 	}
-	// Every changed entry keeps its weight, is of the service's family and
-	// brings either its own address back or one the service does not have
-	// yet; no address leaves one changed position for another.
-	seen := map[netip.AddrPort]bool{}
-	for _, i := range diff {
-		nb, ob := list[i], st.list[i]
-		if nb.Weight != ob.Weight || nb.Addr.Addr().Is6() != st.v6 || nb.Addr.Addr().Is4In6() ||
-			seen[nb.Addr] || seen[ob.Addr] {
-			return nil
-		}
-		if _, taken := st.backends[nb.Addr]; taken && nb.Addr != ob.Addr {
-			return nil
-		}
-		seen[nb.Addr], seen[ob.Addr] = true, true
+	return ups, patches
+}
+
+// composePatches returns the one patch that does what a then b do.
+func composePatches(a, b datapath.ServicePatch) datapath.ServicePatch {
+	gone := make(map[netip.AddrPort]bool, len(b.Delete))
+	for _, addr := range b.Delete {
+		gone[addr] = true
 	}
-	st = old.clone()
-	for _, i := range diff {
-		nb, ob := list[i], st.list[i]
-		oldID := st.backends[ob.Addr]
-		id := oldID
-		if nb.Addr != ob.Addr {
+	out := datapath.ServicePatch{Frontend: a.Frontend, Delete: append(slices.Clone(a.Delete), b.Delete...)}
+	for _, be := range a.Upsert {
+		if !gone[be.Addr] {
+			out.Upsert = append(out.Upsert, be)
+		}
+	}
+	out.Upsert = append(out.Upsert, b.Upsert...)
+	return out
+}
+
+// planService plans a service to hold exactly backends, diffed against old
+// (the state last applied, nil for a new service), and returns its state
+// after the batch. It costs O(backends) in Go and writes only the backends
+// and slots that change.
+func (w *Writer) planService(p *plan, fe datapath.Frontend, old *svcState, backends []datapath.Backend) *svcState {
+	v6 := fe.Addr.Addr().Is6()
+	st := &svcState{
+		v6:        v6,
+		backends:  make(map[netip.AddrPort]uint32, len(backends)),
+		values:    make(map[uint32]beVal, len(backends)),
+		nextIndex: uint32(len(backends)),
+	}
+	if old != nil {
+		st.id = old.id
+	} else {
+		st.id = w.svcIDs.get()
+	}
+	weights := make([]uint16, 0, len(backends))
+	ids := make([]uint32, 0, len(backends))
+	for i, be := range backends {
+		if be.Addr.Addr().Is6() != v6 || be.Addr.Addr().Is4In6() {
+			p.skipped++
+			continue
+		}
+		if _, dup := st.backends[be.Addr]; dup {
+			continue
+		}
+		id, ok := uint32(0), false
+		if old != nil {
+			id, ok = old.backends[be.Addr]
+		}
+		if !ok {
 			id = w.beIDs.get()
-			delete(st.backends, ob.Addr)
-			delete(st.values, oldID)
-			p.delBackend(st, oldID)
-			for pos, sid := range st.slots {
-				if sid == oldID {
-					st.slots[pos] = id
-					p.slotK = append(p.slotK, cmSlotKey{SvcId: st.id, Slot: uint32(pos)})
-					p.slotV = append(p.slotV, id)
-				}
+		}
+		v := beVal{addr: be.Addr, weight: be.Weight, cluster: be.ClusterID, index: uint32(i)}
+		st.backends[be.Addr] = id
+		st.values[id] = v
+		if old == nil || old.values[id] != v {
+			p.putBackend(st, id, v)
+		}
+		st.noteWeight(be.Weight)
+		weights = append(weights, be.Weight)
+		ids = append(ids, id)
+	}
+	var oldSlots []uint32
+	if old != nil {
+		oldSlots = old.slots
+	}
+	st.slots = stableSlots(oldSlots, ids, slotTable(weights))
+	for i, id := range st.slots {
+		if i >= len(oldSlots) || oldSlots[i] != id {
+			p.slotK = append(p.slotK, cmSlotKey{SvcId: st.id, Slot: uint32(i)})
+			p.slotV = append(p.slotV, id)
+		}
+	}
+	st.nslots, st.nbe = uint32(len(st.slots)), uint32(len(ids))
+	if old == nil || old.nslots != st.nslots || old.nbe != st.nbe {
+		p.putService(fe, st)
+	}
+	if old != nil {
+		for i := st.nslots; i < old.nslots; i++ {
+			p.slotDel = append(p.slotDel, cmSlotKey{SvcId: st.id, Slot: i})
+		}
+		for addr, id := range old.backends {
+			if _, kept := st.backends[addr]; !kept {
+				p.delBackend(old, id)
 			}
 		}
-		v := beVal{addr: nb.Addr, weight: nb.Weight, cluster: nb.ClusterID, index: uint32(i)}
-		st.backends[nb.Addr] = id
-		st.values[id] = v
-		st.list[i] = nb
-		p.putBackend(st, id, v)
 	}
-	p.fast++
 	return st
 }
 
-// clone returns a copy of st that shares nothing mutable with it.
-func (st *svcState) clone() *svcState {
-	c := *st
-	c.backends = maps.Clone(st.backends)
-	c.values = maps.Clone(st.values)
-	c.slots = slices.Clone(st.slots)
-	c.list = slices.Clone(st.list)
-	return &c
+// noteWeight records a backend's weight in the unit/mixed summary.
+func (st *svcState) noteWeight(w uint16) {
+	switch {
+	case w == 0 || st.mixed:
+	case st.unit == 0:
+		st.unit = w
+	case st.unit != w:
+		st.mixed, st.unit = true, 0
+	}
+}
+
+// planPatch plans a patch of a service. When the service's slot table is
+// known and every selectable backend holds exactly one slot (all non-zero
+// weights equal: the merger's weights are 0 and 1) and the patch keeps it
+// so, the patch costs O(changed backends): a backend that leaves the table
+// gives its slot to the table's last backend, which leaves the last slot
+// (swap with last); one that joins appends a slot. Flows already pinned to
+// a backend by cm_lb_ct keep it; new flows hash over the new table, as with
+// any change of the table's size. Otherwise the service is rebuilt from
+// its index and the patch through planService.
+//
+// The fast case edits the service's index in place while planning: if any
+// step of the Apply then fails, Apply re-reads the whole index from the
+// maps, so nothing of a failed patch survives in it and retrying the batch
+// plans the patch again against what the kernel holds.
+func (w *Writer) planPatch(p *plan, pt datapath.ServicePatch) {
+	fe := pt.Frontend
+	st := w.services[fe]
+	if st == nil || st.slots == nil || !st.patchFits(pt) {
+		var list []datapath.Backend
+		if st != nil {
+			list = st.list()
+		}
+		p.states[fe] = w.planService(p, fe, st, pt.Patch(list))
+		return
+	}
+	if st.slotOf == nil {
+		st.slotOf = make(map[uint32]uint32, len(st.slots))
+		for pos, id := range st.slots {
+			st.slotOf[id] = uint32(pos)
+		}
+	}
+	oldN := uint32(len(st.slots))
+	touched := map[uint32]struct{}{}
+	for _, a := range pt.Delete {
+		id, ok := st.backends[a]
+		if !ok {
+			continue
+		}
+		if st.values[id].weight != 0 {
+			st.leaveSlots(id, touched)
+		}
+		delete(st.backends, a)
+		delete(st.values, id)
+		p.delBackend(st, id)
+	}
+	for _, be := range pt.Upsert {
+		if be.Addr.Addr().Is6() != st.v6 || be.Addr.Addr().Is4In6() {
+			p.skipped++
+			continue
+		}
+		v := beVal{addr: be.Addr, weight: be.Weight, cluster: be.ClusterID}
+		id, ok := st.backends[be.Addr]
+		if ok {
+			old := st.values[id]
+			v.index = old.index
+			if v == old {
+				continue
+			}
+			switch {
+			case old.weight != 0 && v.weight == 0:
+				st.leaveSlots(id, touched)
+			case old.weight == 0 && v.weight != 0:
+				st.joinSlots(id, touched)
+			}
+		} else {
+			id = w.beIDs.get()
+			v.index = st.nextIndex
+			st.nextIndex++
+			st.backends[be.Addr] = id
+			if v.weight != 0 {
+				st.joinSlots(id, touched)
+			}
+		}
+		st.values[id] = v
+		st.noteWeight(v.weight)
+		p.putBackend(st, id, v)
+	}
+	if len(st.slots) == 0 {
+		st.unit = 0
+	}
+	newN := uint32(len(st.slots))
+	for pos := range touched {
+		if pos < newN {
+			p.slotK = append(p.slotK, cmSlotKey{SvcId: st.id, Slot: pos})
+			p.slotV = append(p.slotV, st.slots[pos])
+		}
+	}
+	for pos := newN; pos < oldN; pos++ {
+		p.slotDel = append(p.slotDel, cmSlotKey{SvcId: st.id, Slot: pos})
+	}
+	if nbe := uint32(len(st.backends)); newN != st.nslots || nbe != st.nbe {
+		st.nslots, st.nbe = newN, nbe
+		p.putService(fe, st)
+	}
+	p.states[fe] = st
+	p.patched++
+}
+
+// patchFits reports whether pt can be applied slot by slot: the service
+// has one slot per selectable backend and keeps it so.
+func (st *svcState) patchFits(pt datapath.ServicePatch) bool {
+	if st.mixed {
+		return false
+	}
+	unit := st.unit
+	for _, be := range pt.Upsert {
+		switch {
+		case be.Weight == 0:
+		case unit == 0:
+			unit = be.Weight
+		case be.Weight != unit:
+			return false
+		}
+	}
+	return true
+}
+
+// leaveSlots gives backend id's slot to the table's last backend.
+func (st *svcState) leaveSlots(id uint32, touched map[uint32]struct{}) {
+	pos, last := st.slotOf[id], uint32(len(st.slots)-1)
+	if pos != last {
+		mv := st.slots[last]
+		st.slots[pos] = mv
+		st.slotOf[mv] = pos
+		touched[pos] = struct{}{}
+	}
+	st.slots = st.slots[:last]
+	delete(st.slotOf, id)
+}
+
+// joinSlots appends a slot for backend id.
+func (st *svcState) joinSlots(id uint32, touched map[uint32]struct{}) {
+	pos := uint32(len(st.slots))
+	st.slots = append(st.slots, id)
+	st.slotOf[id] = pos
+	touched[pos] = struct{}{}
+}
+
+// list returns the service's backends in their order (by index).
+func (st *svcState) list() []datapath.Backend {
+	vals := make([]beVal, 0, len(st.values))
+	for _, v := range st.values {
+		vals = append(vals, v)
+	}
+	slices.SortFunc(vals, func(a, b beVal) int { return cmp.Compare(a.index, b.index) })
+	out := make([]datapath.Backend, len(vals))
+	for i, v := range vals {
+		out[i] = datapath.Backend{Addr: v.addr, ClusterID: v.cluster, Weight: v.weight}
+	}
+	return out
 }
 
 func hasKey[K comparable, V any](m map[K]V, k K) bool {

@@ -27,8 +27,8 @@ type Writer struct {
 	noBatch  map[*ebpf.Map]bool // maps whose kernel rejected batch operations
 	// stale: an Apply failed and the index could not be re-read from the
 	// maps; the next Apply re-reads it before planning.
-	stale bool
-	fast  int // services changed by the fast path (for tests)
+	stale   bool
+	patched int // services changed slot by slot by planPatch (for tests)
 	// fault, set by tests only, may fail step "step N" of Apply or "restore".
 	fault func(step string) error
 }
@@ -52,9 +52,16 @@ type svcState struct {
 	backends map[netip.AddrPort]uint32 // backend ids
 	values   map[uint32]beVal          // as written
 	slots    []uint32                  // backend id per slot; nil: unknown (restored)
-	// list is the backend list last applied when it was "simple" (one
-	// family, no duplicates), enabling planServiceFast; nil otherwise.
-	list []datapath.Backend
+	// slotOf is the inverse of slots for planPatch, built on first use.
+	slotOf map[uint32]uint32
+	// nextIndex is above every backend's index: a backend a patch adds
+	// goes last in the service's order.
+	nextIndex uint32
+	// unit is the non-zero weight the backends share (0: none has one);
+	// mixed: their non-zero weights differ. Unless mixed, each backend of
+	// non-zero weight holds exactly one slot.
+	unit  uint16
+	mixed bool
 }
 
 // NewWriter returns a Writer for d's maps, indexing what they already hold.
@@ -130,6 +137,8 @@ func readIndex(o *cmMaps) (*index, error) {
 		}
 		st.backends[v.addr] = id
 		st.values[id] = v
+		st.nextIndex = max(st.nextIndex, v.index+1)
+		st.noteWeight(v.weight)
 		return true
 	}
 	var id uint32
@@ -221,7 +230,7 @@ func (w *Writer) Apply(ctx context.Context, b datapath.Batch) error {
 			return fmt.Errorf("apply: %w", err)
 		}
 	}
-	w.fast += p.fast
+	w.patched += p.patched
 	for fe, st := range p.states {
 		if st == nil {
 			delete(w.services, fe)

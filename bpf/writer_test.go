@@ -147,26 +147,65 @@ func TestWriterMatchesMemory(t *testing.T) {
 			DeleteTunnels:  []netip.Prefix{pfx("10.2.0.0/24")},
 			UpsertTunnels:  []datapath.TunnelEntry{{CIDR: pfx("10.2.0.0/24"), NodeIP: netip.MustParseAddr("172.30.0.3")}},
 		}},
-		{"fast path: replace one backend", datapath.Batch{
+		{"replace one backend", datapath.Batch{
 			UpsertServices: []datapath.Service{{Frontend: fe, Backends: []datapath.Backend{be("10.2.0.12:8443", 1)}}},
 		}},
 		{"grow", datapath.Batch{
 			UpsertServices: []datapath.Service{{Frontend: fe, Backends: []datapath.Backend{
 				be("10.2.0.12:8443", 1), be("10.2.0.13:8443", 1), be("10.2.0.14:8443", 2), be("10.2.0.15:8443", 0)}}},
 		}},
-		{"fast path: replace two, edit one", datapath.Batch{
-			UpsertServices: []datapath.Service{{Frontend: fe, Backends: []datapath.Backend{
-				be("10.2.0.12:8443", 1), be("10.2.0.23:8443", 1), {Addr: ap("10.2.0.14:8443"), ClusterID: 7, Weight: 2}, be("10.2.0.25:8443", 0)}}},
+		{"rebuilt patch: mixed weights", datapath.Batch{
+			PatchServices: []datapath.ServicePatch{{Frontend: fe, Upsert: []datapath.Backend{be("10.2.0.23:8443", 1)},
+				Delete: []netip.AddrPort{ap("10.2.0.13:8443")}}},
 		}},
-		{"swap (general path)", datapath.Batch{
+		{"swap", datapath.Batch{
 			UpsertServices: []datapath.Service{{Frontend: fe, Backends: []datapath.Backend{
 				be("10.2.0.23:8443", 1), be("10.2.0.12:8443", 1), {Addr: ap("10.2.0.14:8443"), ClusterID: 7, Weight: 2}, be("10.2.0.25:8443", 0)}}},
+		}},
+		{"equal weights", datapath.Batch{
+			UpsertServices: []datapath.Service{{Frontend: fe, Backends: []datapath.Backend{
+				be("10.2.0.1:8443", 1), be("10.2.0.2:8443", 1), be("10.2.0.3:8443", 1), be("10.2.0.4:8443", 1), be("10.2.0.5:8443", 0)}}},
+		}},
+		{"patch: remove the first backend", datapath.Batch{
+			PatchServices: []datapath.ServicePatch{{Frontend: fe, Delete: []netip.AddrPort{ap("10.2.0.1:8443"), ap("10.2.0.99:1")}}},
+		}},
+		{"patch: add two, one of weight 0", datapath.Batch{
+			PatchServices: []datapath.ServicePatch{{Frontend: fe, Upsert: []datapath.Backend{be("10.2.0.6:8443", 1), be("10.2.0.7:8443", 0)}}},
+		}},
+		{"patch: weight to 0, weight to 1, cluster changed, unchanged", datapath.Batch{
+			PatchServices: []datapath.ServicePatch{{Frontend: fe, Upsert: []datapath.Backend{
+				be("10.2.0.2:8443", 0), be("10.2.0.5:8443", 1), {Addr: ap("10.2.0.3:8443"), ClusterID: 9, Weight: 1}, be("10.2.0.4:8443", 1)}}},
+		}},
+		{"patch: delete and re-add one address, two patches of one frontend", datapath.Batch{
+			PatchServices: []datapath.ServicePatch{
+				{Frontend: fe, Delete: []netip.AddrPort{ap("10.2.0.4:8443")}, Upsert: []datapath.Backend{be("10.2.0.4:8443", 1)}},
+				{Frontend: fe, Delete: []netip.AddrPort{ap("10.2.0.6:8443")}, Upsert: []datapath.Backend{be("10.2.0.8:8443", 1)}},
+			},
+		}},
+		{"patch: no backend selectable", datapath.Batch{
+			PatchServices: []datapath.ServicePatch{{Frontend: fe, Upsert: []datapath.Backend{
+				be("10.2.0.3:8443", 0), be("10.2.0.4:8443", 0), be("10.2.0.5:8443", 0), be("10.2.0.8:8443", 0)}}},
+		}},
+		{"patch: a new common weight", datapath.Batch{
+			PatchServices: []datapath.ServicePatch{{Frontend: fe, Upsert: []datapath.Backend{be("10.2.0.3:8443", 3), be("10.2.0.9:8443", 3)}}},
+		}},
+		{"rebuilt patch: another weight", datapath.Batch{
+			PatchServices: []datapath.ServicePatch{{Frontend: fe, Upsert: []datapath.Backend{be("10.2.0.4:8443", 5)}}},
+		}},
+		{"folded patch: upsert and patch of one frontend", datapath.Batch{
+			UpsertServices: []datapath.Service{{Frontend: fe, Backends: []datapath.Backend{be("10.2.0.1:8443", 1), be("10.2.0.2:8443", 1)}}},
+			PatchServices:  []datapath.ServicePatch{{Frontend: fe, Delete: []netip.AddrPort{ap("10.2.0.1:8443")}, Upsert: []datapath.Backend{be("10.2.0.3:8443", 1)}}},
+		}},
+		{"folded patch: delete and patch of one frontend", datapath.Batch{
+			DeleteServices: []datapath.Frontend{fe2},
+			PatchServices:  []datapath.ServicePatch{{Frontend: fe2, Upsert: []datapath.Backend{be("10.1.0.12:53", 1)}}},
 		}},
 		{"IPv6 without the IPv4 backend", datapath.Batch{
 			UpsertServices: []datapath.Service{{Frontend: fe6, Backends: []datapath.Backend{be("[fd00:1::10]:8443", 1), be("[fd00:2::10]:8443", 1)}}},
 		}},
-		{"fast path: replace an IPv6 backend", datapath.Batch{
-			UpsertServices: []datapath.Service{{Frontend: fe6, Backends: []datapath.Backend{be("[fd00:1::10]:8443", 1), be("[fd00:2::11]:8443", 1)}}},
+		{"patch: replace an IPv6 backend (IPv6)", datapath.Batch{
+			PatchServices: []datapath.ServicePatch{{Frontend: fe6, Delete: []netip.AddrPort{ap("[fd00:2::10]:8443")},
+				Upsert: []datapath.Backend{be("[fd00:2::11]:8443", 1)}}},
 		}},
 		{"delete all", datapath.Batch{
 			DeleteServices:  []datapath.Frontend{fe, fe2, fe6},
@@ -182,7 +221,7 @@ func TestWriterMatchesMemory(t *testing.T) {
 		if strings.Contains(s.name, "IPv6") {
 			key = fe6
 		}
-		before, fastBefore := w.services[key], w.fast
+		before, patchedBefore := w.services[key], w.patched
 		if err := w.Apply(ctx, s.b); err != nil {
 			t.Fatalf("%s: %v", s.name, err)
 		}
@@ -214,9 +253,9 @@ func TestWriterMatchesMemory(t *testing.T) {
 			t.Errorf("%s: restored index differs", s.name)
 		}
 		checkSlots(t, dp, w)
-		fast := before != nil && w.fast > fastBefore
-		if strings.HasPrefix(s.name, "fast path") && !fast || strings.HasPrefix(s.name, "swap") && fast {
-			t.Errorf("%s: fast path taken = %v", s.name, fast)
+		patched := before != nil && w.patched > patchedBefore
+		if strings.HasPrefix(s.name, "patch:") != patched {
+			t.Errorf("%s: patched slot by slot = %v", s.name, patched)
 		}
 		if s.name == "shrink and delete absent" {
 			if n := count(t, dp.objs.CmLbSlots); n != 1+1+2 { // fe: 1 slot, fe2: 1, fe6: 2
@@ -247,7 +286,7 @@ func withoutSlots(m map[datapath.Frontend]*svcState) map[datapath.Frontend]svcSt
 	out := map[datapath.Frontend]svcState{}
 	for k, v := range m {
 		c := *v
-		c.slots, c.list = nil, nil
+		c.slots, c.slotOf, c.nextIndex = nil, nil, 0
 		out[k] = c
 	}
 	return out

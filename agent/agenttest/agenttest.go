@@ -48,12 +48,12 @@ func Start(cfg Config, log *slog.Logger) *ControlPlane {
 	rec := dpsync.New(dpsync.Config{ClusterID: cfg.ClusterID}, w, log, clock.RealClock{})
 	c.rec = rec
 	merger := servicemerge.New(servicemerge.Config{ClusterID: cfg.ClusterID}, rec)
+	rec.Pull(merger)
 	c.mgr = remotecluster.New(remotecluster.Config{Dir: cfg.Dir, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID,
 		MaxConnectedClusters: 255, BackoffMin: 50 * time.Millisecond, BackoffMax: time.Second}, rec, merger, log, clock.RealClock{})
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
 	c.wg.Go(func() { _ = rec.Run(ctx) })
-	c.wg.Go(func() { _ = merger.Run(ctx) })
 	c.wg.Go(func() { _ = c.mgr.Run(ctx) })
 	return c
 }

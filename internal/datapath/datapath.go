@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 )
 
 // Proto is an L4 protocol number as carried in the IP header.
@@ -84,6 +85,18 @@ type Service struct {
 	Backends []Backend
 }
 
+// ServicePatch changes some backends of a service and leaves the others
+// as they are, so that one backend change costs the same whatever the
+// service's size. Delete removes backends by address (absent ones are
+// no-ops), then Upsert sets backends by address: one already in the service
+// keeps its place in the backend order, a new one goes after all others.
+// A patch of a frontend without a service creates it.
+type ServicePatch struct {
+	Frontend Frontend
+	Upsert   []Backend
+	Delete   []netip.AddrPort
+}
+
 // Endpoint is a pod on this node: traffic for IP is delivered to IfIndex (the
 // host side of the pod's veth).
 type Endpoint struct {
@@ -92,8 +105,9 @@ type Endpoint struct {
 }
 
 // Batch is a set of changes applied together. Upserts replace whole entries;
-// deletes of absent entries are no-ops. Applying the same batch twice leaves the
-// same state (idempotent).
+// deletes of absent entries are no-ops; an upsert wins over a delete of the
+// same key. Service patches apply after the upserts and deletes of services,
+// in order. Applying the same batch twice leaves the same state (idempotent).
 type Batch struct {
 	UpsertTunnels   []TunnelEntry
 	DeleteTunnels   []netip.Prefix
@@ -101,6 +115,7 @@ type Batch struct {
 	DeleteIPCache   []netip.Prefix
 	UpsertServices  []Service
 	DeleteServices  []Frontend
+	PatchServices   []ServicePatch
 	UpsertEndpoints []Endpoint
 	DeleteEndpoints []netip.Addr
 }
@@ -108,7 +123,28 @@ type Batch struct {
 // Empty reports whether the batch changes nothing.
 func (b *Batch) Empty() bool {
 	return len(b.UpsertTunnels)+len(b.DeleteTunnels)+len(b.UpsertIPCache)+len(b.DeleteIPCache)+
-		len(b.UpsertServices)+len(b.DeleteServices)+len(b.UpsertEndpoints)+len(b.DeleteEndpoints) == 0
+		len(b.UpsertServices)+len(b.DeleteServices)+len(b.PatchServices)+len(b.UpsertEndpoints)+len(b.DeleteEndpoints) == 0
+}
+
+// Patch applies p to the backends bs as ServicePatch describes and returns
+// the result (bs's array may be reused). It is the reference semantics of a
+// patch, for in-memory implementations; it costs O(len(bs)) per patch.
+func (p ServicePatch) Patch(bs []Backend) []Backend {
+	if len(p.Delete) > 0 {
+		del := make(map[netip.AddrPort]bool, len(p.Delete))
+		for _, a := range p.Delete {
+			del[a] = true
+		}
+		bs = slices.DeleteFunc(bs, func(b Backend) bool { return del[b.Addr] })
+	}
+	for _, u := range p.Upsert {
+		if i := slices.IndexFunc(bs, func(b Backend) bool { return b.Addr == u.Addr }); i >= 0 {
+			bs[i] = u
+		} else {
+			bs = append(bs, u)
+		}
+	}
+	return bs
 }
 
 // State is the whole programmed state, as read back from a datapath.

@@ -180,6 +180,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Info("restored datapath state", "tunnels", len(st.Tunnels), "ipcache", len(st.IPCache), "services", len(st.Services), "endpoints", len(st.Endpoints))
 	}
 	merger := servicemerge.New(cfg.Merge, rec)
+	rec.Pull(merger) // the reconciler's worker flushes the merger: no worker of its own
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -243,7 +244,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 
 	reach := kubereach.New(kubereach.Config{}, kubereach.ProbeVersion(kube.Discovery()), log.With("component", "kube-apiserver"), clk)
-	runs = append(runs, []runner.Part{{Name: "dpsync", Run: rec.Run}, {Name: "servicemerge", Run: merger.Run},
+	runs = append(runs, []runner.Part{{Name: "dpsync", Run: rec.Run},
 		{Name: "localcluster", Run: local.Run}, {Name: "remotecluster", Run: mgr.Run}, {Name: "status", Run: status.Run},
 		{Name: "kube-apiserver reachability", Run: reach.Run}}...)
 	h := health{ownSynced: ownSynced.Load, remotes: mgr}

@@ -51,23 +51,40 @@ type Reconciler struct {
 	clock clock.Clock
 
 	mu        sync.Mutex
-	tunnels   table[datapath.TunnelEntry, tunnelClaim] // guarded by mu
-	ipcache   table[datapath.IPCacheEntry, ipClaim]    // guarded by mu
-	services  map[datapath.Frontend]datapath.Service   // guarded by mu
-	endpoints map[netip.Addr]datapath.Endpoint         // guarded by mu
-	dirtySvc  map[datapath.Frontend]struct{}           // guarded by mu
-	dirtyEp   map[netip.Addr]struct{}                  // guarded by mu
-	restored  datapath.State                           // guarded by mu: programmed, not yet re-claimed
-	holding   map[uint32]bool                          // guarded by mu: cluster IDs whose restored entries are held
-	stats     Stats                                    // guarded by mu
-	trim      bool                                     // guarded by mu: a source synced; return memory after the next flush
+	tunnels   table[datapath.TunnelEntry, tunnelClaim]          // guarded by mu
+	ipcache   table[datapath.IPCacheEntry, ipClaim]             // guarded by mu
+	services  map[datapath.Frontend]*desiredService             // guarded by mu
+	endpoints map[netip.Addr]datapath.Endpoint                  // guarded by mu
+	dirtySvc  map[datapath.Frontend]struct{}                    // guarded by mu: whole services
+	dirtyBe   map[datapath.Frontend]map[netip.AddrPort]struct{} // guarded by mu: backends of services not in dirtySvc
+	dirtyEp   map[netip.Addr]struct{}                           // guarded by mu
+	restored  datapath.State                                    // guarded by mu: programmed, not yet re-claimed
+	holding   map[uint32]bool                                   // guarded by mu: cluster IDs whose restored entries are held
+	stats     Stats                                             // guarded by mu
+	trim      bool                                              // guarded by mu: a source synced; return memory after the next flush
 
 	local        localSet                  // guarded by mu: the local cluster's prefixes
 	refused      map[refusalKey][]Refusal  // guarded by mu: remote claims not programmed, as of the last flush
 	ipcacheCIDRs map[netip.Prefix]struct{} // guarded by mu: claimed ipcache keys that are not host prefixes
 
 	kick chan struct{} // buffered(1): something is dirty
+	up   Upstream      // flushed by Run before every batch; set before Run
 }
+
+// Upstream is a stage before the reconciler whose changes Run pulls in
+// before every batch, on its own goroutine: the service merger's changes
+// reach the datapath without a worker of their own (one goroutine hand-off
+// fewer on the service path).
+type Upstream interface {
+	// Ready receives when the upstream has changes to flush.
+	Ready() <-chan struct{}
+	// Flush hands the changes in through the reconciler's methods.
+	Flush()
+}
+
+// Pull makes Run flush u before every batch and wake up when u is ready.
+// Call it before Run.
+func (r *Reconciler) Pull(u Upstream) { r.up = u }
 
 // Stats counts the reconciler's work.
 type Stats struct {
@@ -95,9 +112,10 @@ func New(cfg Config, w datapath.Writer, log *slog.Logger, clk clock.Clock) *Reco
 		cfg: cfg, w: w, log: log, clock: clk,
 		tunnels:   newTable(encTunnel, decTunnel, func(c tunnelClaim) uint32 { return c.cluster }, own),
 		ipcache:   newTable(encIPCache, decIPCache, func(c ipClaim) uint32 { return c.cluster }, own),
-		services:  map[datapath.Frontend]datapath.Service{},
+		services:  map[datapath.Frontend]*desiredService{},
 		endpoints: map[netip.Addr]datapath.Endpoint{},
 		dirtySvc:  map[datapath.Frontend]struct{}{},
+		dirtyBe:   map[datapath.Frontend]map[netip.AddrPort]struct{}{},
 		dirtyEp:   map[netip.Addr]struct{}{},
 		restored:  datapath.NewState(),
 		holding:   map[uint32]bool{},
@@ -242,11 +260,13 @@ func (r *Reconciler) DeleteIPCache(p netip.Prefix, id uint32) {
 	r.mu.Unlock()
 }
 
-// UpsertService sets a service (servicemerge.Sink).
+// UpsertService sets a whole service (servicemerge.Sink). The reconciler
+// takes s.Backends over: the caller must not change it afterwards.
 func (r *Reconciler) UpsertService(s datapath.Service) {
 	r.mu.Lock()
-	r.services[s.Frontend] = s
+	r.services[s.Frontend] = &desiredService{backends: s.Backends}
 	r.dirtySvc[s.Frontend] = struct{}{}
+	delete(r.dirtyBe, s.Frontend)
 	r.kickLocked()
 	r.mu.Unlock()
 }
@@ -256,8 +276,42 @@ func (r *Reconciler) DeleteService(f datapath.Frontend) {
 	r.mu.Lock()
 	delete(r.services, f)
 	r.dirtySvc[f] = struct{}{}
+	delete(r.dirtyBe, f)
 	r.kickLocked()
 	r.mu.Unlock()
+}
+
+// PatchService changes some backends of a service (servicemerge.Sink), in
+// O(changed backends): the next flush hands the datapath a patch of the
+// backends changed since the last one, not the whole service.
+func (r *Reconciler) PatchService(p datapath.ServicePatch) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.kickLocked()
+	d := r.services[p.Frontend]
+	if d == nil {
+		d = &desiredService{}
+		r.services[p.Frontend] = d
+		r.dirtySvc[p.Frontend] = struct{}{}
+	}
+	d.patch(p)
+	if _, whole := r.dirtySvc[p.Frontend]; !whole {
+		r.markBackendsLocked(p)
+	}
+}
+
+func (r *Reconciler) markBackendsLocked(p datapath.ServicePatch) {
+	set := r.dirtyBe[p.Frontend]
+	if set == nil {
+		set = map[netip.AddrPort]struct{}{}
+		r.dirtyBe[p.Frontend] = set
+	}
+	for _, a := range p.Delete {
+		set[a] = struct{}{}
+	}
+	for _, b := range p.Upsert {
+		set[b.Addr] = struct{}{}
+	}
 }
 
 // UpsertEndpoint sets a local endpoint.
@@ -281,17 +335,29 @@ func (r *Reconciler) DeleteEndpoint(ip netip.Addr) {
 // Run applies dirty entries until ctx is done.
 func (r *Reconciler) Run(ctx context.Context) error {
 	retry := backoff.New(backoff.Policy{Min: r.cfg.RetryMin, Max: r.cfg.RetryMax}, r.clock)
+	var upReady <-chan struct{} // nil without an upstream: never ready
+	if r.up != nil {
+		upReady = r.up.Ready()
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-r.kick:
+		case <-upReady:
 		}
 		if r.cfg.BatchWindow > 0 {
 			select {
 			case <-ctx.Done():
 				return nil
 			case <-r.clock.After(r.cfg.BatchWindow):
+			}
+		}
+		if r.up != nil {
+			r.up.Flush()
+			select { // what the upstream handed in goes into this batch
+			case <-r.kick:
+			default:
 			}
 		}
 		if err := r.Flush(ctx); err != nil {
@@ -335,7 +401,7 @@ func (r *Reconciler) trimAfterSync() {
 }
 
 func (r *Reconciler) dirtyLocked() bool {
-	return len(r.tunnels.dirty)+len(r.ipcache.dirty)+len(r.dirtySvc)+len(r.dirtyEp) > 0
+	return len(r.tunnels.dirty)+len(r.ipcache.dirty)+len(r.dirtySvc)+len(r.dirtyBe)+len(r.dirtyEp) > 0
 }
 
 // Flush applies everything dirty now, as one batch. On error the batch's keys
@@ -405,9 +471,41 @@ func (r *Reconciler) buildLocked() datapath.Batch {
 		}
 	}
 	own := r.cfg.ClusterID
+	for f := range r.dirtyBe {
+		// A restored service's change is a whole upsert (held backends
+		// are merged into it); a whole service needs no patch too.
+		_, restored := r.restored.Services[f]
+		_, whole := r.dirtySvc[f]
+		if restored || whole {
+			delete(r.dirtyBe, f)
+			r.dirtySvc[f] = struct{}{}
+		}
+	}
+	for f, set := range r.dirtyBe {
+		delete(r.dirtyBe, f)
+		d := r.services[f]
+		if d == nil {
+			continue
+		}
+		p := datapath.ServicePatch{Frontend: f}
+		for a := range set {
+			if be, ok := d.get(a); ok {
+				p.Upsert = append(p.Upsert, be)
+			} else {
+				p.Delete = append(p.Delete, a)
+			}
+		}
+		b.PatchServices = append(b.PatchServices, p)
+	}
 	for f := range r.dirtySvc {
 		delete(r.dirtySvc, f)
-		s, ok := r.services[f]
+		d, ok := r.services[f]
+		var s datapath.Service
+		if ok {
+			// A copy: the batch is applied outside the lock, while
+			// patches may change d.
+			s = datapath.Service{Frontend: f, Backends: slices.Clone(d.backends)}
+		}
 		old, restored := r.restored.Services[f]
 		if restored {
 			// Keep restored backends of held clusters; forget the others.
@@ -490,6 +588,11 @@ func (r *Reconciler) redirtyLocked(b *datapath.Batch) {
 	}
 	for _, f := range b.DeleteServices {
 		r.dirtySvc[f] = struct{}{}
+	}
+	for _, p := range b.PatchServices {
+		if _, whole := r.dirtySvc[p.Frontend]; !whole {
+			r.markBackendsLocked(p)
+		}
 	}
 	for _, e := range b.UpsertEndpoints {
 		r.dirtyEp[e.IP] = struct{}{}

@@ -46,14 +46,30 @@
 // The rule is evaluated when the merger flushes, so a local count that drops to
 // zero and recovers within one flush never fails over at all.
 //
-// # Cost
+// # Cost: whole services and backend patches
 //
-// Every input event costs a map update and marks its Service dirty; Run
-// recomputes dirty Services in batches (events that arrive while a batch is
-// computed coalesce into the next one). Local backends are kept per port in
-// sorted slices maintained with binary-search insert/delete, so an
-// EndpointSlice change costs O(changed endpoints · log n) plus one copy of
-// the frontend's backend slice when it is emitted: no sorting and no rebuilding
-// of the whole service. A remote ClusterService carries all its backends in one
-// value, so its update is O(n log n) in that remote's backends.
+// Every input event costs a few map updates and marks its Service dirty;
+// Run flushes dirty Services in batches (events that arrive while a batch
+// is handled coalesce into the next one). Local backends are kept per port
+// in maps (reference-counted over the EndpointSlices), remote ones per
+// cluster and port in sorted slices. An event also records which backends
+// it may have changed.
+//
+// A flush evaluates the affinity and failback rule per port. When the
+// weights of a port change (failover, failback, affinity=remote losing or
+// regaining its remote backends) or the Service itself changed (the local
+// Service, a remote cluster added, removed, or changing its cluster ID or
+// "shared"), every frontend of the Service is recomputed and handed to the
+// sink whole (UpsertService, O(backends · log backends)). Otherwise only
+// the changed backends are resolved (local if ready, else the export of the
+// remote with the lowest cluster ID; an address is one backend) and handed
+// on as a datapath.ServicePatch of each frontend of their port: one backend
+// change costs the same whatever the service's size, down to the eBPF maps
+// (dpsync and the bpf Writer apply patches in O(changed backends)).
+//
+// An EndpointSlice change costs O(endpoints of that slice), without
+// allocating when it only flips the readiness of a few endpoints. A remote
+// ClusterService carries all its backends in one kvstore value, so its
+// update is compared with the previous export in O(n log n) of that
+// remote's backends (sort and merge); what it hands on is the difference.
 package servicemerge

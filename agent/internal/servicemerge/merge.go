@@ -1,8 +1,6 @@
 package servicemerge
 
 import (
-	"cmp"
-	"context"
 	"math"
 	"net/netip"
 	"slices"
@@ -61,9 +59,15 @@ type RemoteService struct {
 }
 
 // Sink receives the computed services; the datapath reconciler implements it.
+// UpsertService hands over a whole service (the sink may keep its backend
+// slice: the merger does not touch it again); PatchService the backends of
+// an emitted frontend that changed since (added or changed ones to upsert,
+// removed ones to delete), so one backend change costs the same whatever
+// the service's size.
 type Sink interface {
 	UpsertService(datapath.Service)
 	DeleteService(datapath.Frontend)
+	PatchService(datapath.ServicePatch)
 }
 
 // Config configures a Merger.
@@ -88,7 +92,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 		"share of the previous ready local backend count that must be ready before an affinity=local service stops using remote backends")
 }
 
-// Snapshot is one Service as last emitted.
+// Snapshot is one Service as programmed (see Merger.Snapshot).
 type Snapshot struct {
 	Name     Name
 	Services []datapath.Service
@@ -102,7 +106,7 @@ type Merger struct {
 	mu    sync.Mutex
 	svcs  map[Name]*service // guarded by mu
 	dirty map[Name]struct{} // guarded by mu
-	kick  chan struct{}     // buffered(1): tells Run that dirty is non-empty
+	kick  chan struct{}     // buffered(1): tells Run (or the worker reading Ready) that dirty is non-empty
 }
 
 type service struct {
@@ -110,18 +114,34 @@ type service struct {
 	slices  map[string]EndpointSlice
 	ports   map[PortKey]*portState
 	remotes map[string]*RemoteService // by cluster name
-	out     []datapath.Service        // last emitted, sorted by frontend
+
+	// full: recompute and emit every frontend at the next flush (a
+	// service-level change); otherwise changed lists the backends whose
+	// selection may have changed since the last flush.
+	full    bool
+	changed map[epKey]struct{}
+	out     []emitted // frontends last emitted, sorted by frontend
 }
 
-// portState holds the local backends of one port and the failover state.
+// emitted is a frontend as last emitted and the port it serves.
+type emitted struct {
+	fe   datapath.Frontend
+	port PortKey
+}
+
+// portState holds the local backends of one port, the failover state and
+// the weights last emitted.
 type portState struct {
 	all   map[netip.AddrPort]int32 // local endpoints, any readiness (refcount over slices)
 	ready map[netip.AddrPort]int32 // usable local endpoints (refcount over slices)
-	list  []netip.AddrPort         // keys of ready, sorted
 
 	failedOver bool
 	peak       int // peak ready count of the current local episode
 	ref        int // peak of the episode before the failover
+
+	emitted bool   // lw and rw hold the weights of the last flush
+	weighed bool   // during reweigh: already weighed in this flush
+	lw, rw  uint16 // weights of local and remote backends
 }
 
 // New returns a Merger emitting to sink.
@@ -141,10 +161,24 @@ func New(cfg Config, sink Sink) *Merger {
 func (m *Merger) get(n Name) *service {
 	s := m.svcs[n]
 	if s == nil {
-		s = &service{slices: map[string]EndpointSlice{}, ports: map[PortKey]*portState{}, remotes: map[string]*RemoteService{}}
+		s = &service{slices: map[string]EndpointSlice{}, ports: map[PortKey]*portState{},
+			remotes: map[string]*RemoteService{}, changed: map[epKey]struct{}{}}
 		m.svcs[n] = s
 	}
 	return s
+}
+
+// change records that the selection of backend k of s may have changed.
+func (s *service) change(k epKey) {
+	if !s.full {
+		s.changed[k] = struct{}{}
+	}
+}
+
+// changeAll makes the next flush recompute every frontend of s.
+func (s *service) changeAll() {
+	s.full = true
+	clear(s.changed)
 }
 
 func (m *Merger) markLocked(n Name) {
@@ -161,7 +195,9 @@ func (m *Merger) SetLocalService(n Name, ls LocalService) {
 	defer m.mu.Unlock()
 	ls.ClusterIPs = slices.Clone(ls.ClusterIPs)
 	ls.Ports = slices.Clone(ls.Ports)
-	m.get(n).local = &ls
+	s := m.get(n)
+	s.local = &ls
+	s.changeAll()
 	m.markLocked(n)
 }
 
@@ -171,6 +207,7 @@ func (m *Merger) DeleteLocalService(n Name) {
 	defer m.mu.Unlock()
 	if s := m.svcs[n]; s != nil {
 		s.local = nil
+		s.changeAll()
 		m.markLocked(n)
 	}
 }
@@ -200,18 +237,28 @@ func (m *Merger) SetEndpointSlice(n Name, slice string, es EndpointSlice) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s := m.get(n)
-	old := expand(s.slices[slice])
+	prev, had := s.slices[slice]
+	if had && m.setInPlace(n, s, prev, es) {
+		return
+	}
+	old := expand(prev)
 	cur := expand(es)
 	changed := false
 	for k, usable := range old {
 		if nu, ok := cur[k]; !ok || nu != usable {
 			s.port(k.port).remove(k.ap, usable)
+			if usable {
+				s.change(k)
+			}
 			changed = true
 		}
 	}
 	for k, usable := range cur {
 		if ou, ok := old[k]; !ok || ou != usable {
 			s.port(k.port).add(k.ap, usable)
+			if usable {
+				s.change(k)
+			}
 			changed = true
 		}
 	}
@@ -219,6 +266,65 @@ func (m *Merger) SetEndpointSlice(n Name, slice string, es EndpointSlice) {
 	if changed {
 		m.markLocked(n)
 	}
+}
+
+// maxInPlace bounds the endpoints a slice update may change to take the
+// in-place path.
+const maxInPlace = 8
+
+// setInPlace applies an update of a slice that keeps its ports and its
+// addresses in place and changes the readiness of a few endpoints, without
+// expanding either version into maps: the common update (a pod becomes
+// ready or not) costs O(endpoints of the slice) and allocates nothing. It
+// reports false, having changed nothing, when the update does not fit.
+func (m *Merger) setInPlace(n Name, s *service, prev, es EndpointSlice) bool {
+	if !slices.Equal(prev.Ports, es.Ports) || len(prev.Endpoints) != len(es.Endpoints) {
+		return false
+	}
+	for i, sp := range es.Ports {
+		if slices.Contains(es.Ports[i+1:], sp) {
+			return false // expand counts repeated ports once: leave them to it
+		}
+	}
+	var diff [maxInPlace]int
+	nd := 0
+	for i, e := range es.Endpoints {
+		p := prev.Endpoints[i]
+		if e.Addr != p.Addr {
+			return false
+		}
+		if e.Usable == p.Usable {
+			continue
+		}
+		if nd == maxInPlace || !e.Addr.IsValid() {
+			return false
+		}
+		diff[nd] = i
+		nd++
+	}
+	for _, i := range diff[:nd] {
+		// expand keeps the last of repeated addresses: leave those to it.
+		a := es.Endpoints[i].Addr
+		if slices.ContainsFunc(es.Endpoints[:i], func(e Endpoint) bool { return e.Addr == a }) ||
+			slices.ContainsFunc(es.Endpoints[i+1:], func(e Endpoint) bool { return e.Addr == a }) {
+			return false
+		}
+	}
+	for _, i := range diff[:nd] {
+		e := es.Endpoints[i]
+		for _, sp := range es.Ports {
+			k := epKey{PortKey{sp.Name, sp.Proto}, netip.AddrPortFrom(e.Addr, sp.Port)}
+			ps := s.port(k.port)
+			ps.remove(k.ap, !e.Usable)
+			ps.add(k.ap, e.Usable)
+			s.change(k)
+		}
+		prev.Endpoints[i].Usable = e.Usable // prev's array is the merger's own copy
+	}
+	if nd > 0 {
+		m.markLocked(n)
+	}
+	return true
 }
 
 // DeleteEndpointSlice removes one EndpointSlice of a local Service.
@@ -235,12 +341,20 @@ func (m *Merger) DeleteEndpointSlice(n Name, slice string) {
 	}
 	for k, usable := range expand(old) {
 		s.port(k.port).remove(k.ap, usable)
+		if usable {
+			s.change(k)
+		}
 	}
 	delete(s.slices, slice)
 	m.markLocked(n)
 }
 
 // SetRemote sets (adds or replaces) a remote cluster's export of a service.
+// A remote's export is one kvstore value holding all its backends, so the
+// merger compares it with the export it replaces (O(backends), no
+// allocation beyond the sorted copy it keeps) and hands only the backends
+// that differ on; a new remote, or a change of its cluster ID or of
+// "shared", recomputes the whole service.
 func (m *Merger) SetRemote(n Name, cluster string, rs RemoteService) {
 	bs := make(map[PortKey][]netip.AddrPort, len(rs.Backends))
 	for pk, l := range rs.Backends {
@@ -251,8 +365,50 @@ func (m *Merger) SetRemote(n Name, cluster string, rs RemoteService) {
 	rs.Backends = bs
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.get(n).remotes[cluster] = &rs
+	s := m.get(n)
+	old := s.remotes[cluster]
+	s.remotes[cluster] = &rs
+	switch {
+	case old == nil || old.ClusterID != rs.ClusterID || old.Shared != rs.Shared:
+		s.changeAll()
+	case !s.full:
+		for pk, l := range rs.Backends {
+			diffSorted(old.Backends[pk], l, func(ap netip.AddrPort) { s.change(epKey{pk, ap}) })
+		}
+		for pk, l := range old.Backends {
+			if _, ok := rs.Backends[pk]; !ok {
+				for _, ap := range l {
+					s.change(epKey{pk, ap})
+				}
+			}
+		}
+	}
 	m.markLocked(n)
+}
+
+// diffSorted calls f for every address in exactly one of a and b (sorted,
+// without duplicates).
+func diffSorted(a, b []netip.AddrPort, f func(netip.AddrPort)) {
+	i, j := 0, 0
+	for i < len(a) && j < len(b) {
+		switch c := a[i].Compare(b[j]); {
+		case c == 0:
+			i++
+			j++
+		case c < 0:
+			f(a[i])
+			i++
+		default:
+			f(b[j])
+			j++
+		}
+	}
+	for ; i < len(a); i++ {
+		f(a[i])
+	}
+	for ; j < len(b); j++ {
+		f(b[j])
+	}
 }
 
 // DeleteRemote removes a remote cluster's export of a service.
@@ -262,6 +418,7 @@ func (m *Merger) DeleteRemote(n Name, cluster string) {
 	if s := m.svcs[n]; s != nil {
 		if _, ok := s.remotes[cluster]; ok {
 			delete(s.remotes, cluster)
+			s.changeAll()
 			m.markLocked(n)
 		}
 	}
@@ -278,13 +435,8 @@ func (s *service) port(pk PortKey) *portState {
 
 func (p *portState) add(ap netip.AddrPort, usable bool) {
 	p.all[ap]++
-	if !usable {
-		return
-	}
-	p.ready[ap]++
-	if p.ready[ap] == 1 {
-		i, _ := slices.BinarySearchFunc(p.list, ap, netip.AddrPort.Compare)
-		p.list = slices.Insert(p.list, i, ap)
+	if usable {
+		p.ready[ap]++
 	}
 }
 
@@ -295,162 +447,7 @@ func (p *portState) remove(ap netip.AddrPort, usable bool) {
 	if !usable {
 		return
 	}
-	if p.ready[ap]--; p.ready[ap] > 0 {
-		return
+	if p.ready[ap]--; p.ready[ap] <= 0 {
+		delete(p.ready, ap)
 	}
-	delete(p.ready, ap)
-	if i, ok := slices.BinarySearchFunc(p.list, ap, netip.AddrPort.Compare); ok {
-		p.list = slices.Delete(p.list, i, i+1)
-	}
-}
-
-// Run flushes dirty services until ctx is done.
-func (m *Merger) Run(ctx context.Context) error {
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-m.kick:
-			m.Flush()
-		}
-	}
-}
-
-// Flush recomputes every dirty service now and hands the result to the sink.
-func (m *Merger) Flush() {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for n := range m.dirty {
-		s := m.svcs[n]
-		delete(m.dirty, n)
-		if s == nil {
-			continue
-		}
-		out := m.compute(s)
-		for _, old := range s.out {
-			if _, found := slices.BinarySearchFunc(out, old.Frontend, cmpService); !found {
-				m.sink.DeleteService(old.Frontend)
-			}
-		}
-		for _, svc := range out {
-			m.sink.UpsertService(svc)
-		}
-		s.out = out
-		if s.local == nil && len(s.slices) == 0 && len(s.remotes) == 0 {
-			delete(m.svcs, n)
-		}
-	}
-}
-
-func cmpFrontend(a, b datapath.Frontend) int {
-	if c := a.Addr.Compare(b.Addr); c != 0 {
-		return c
-	}
-	return cmp.Compare(a.Proto, b.Proto)
-}
-
-func cmpService(s datapath.Service, f datapath.Frontend) int { return cmpFrontend(s.Frontend, f) }
-
-type remoteList struct {
-	clusterID uint32
-	list      []netip.AddrPort
-}
-
-// compute returns the services of s sorted by frontend.
-func (m *Merger) compute(s *service) []datapath.Service {
-	if s.local == nil || m.cfg.GlobalOnly && !s.local.Global {
-		return nil
-	}
-	ls := s.local
-	var out []datapath.Service
-	for _, sp := range ls.Ports {
-		pk := PortKey{sp.Name, sp.Proto}
-		ps := s.port(pk)
-		var remotes []remoteList
-		nRemote := 0
-		if ls.Global {
-			for _, rs := range s.remotes {
-				if rs.Shared && len(rs.Backends[pk]) > 0 {
-					remotes = append(remotes, remoteList{rs.ClusterID, rs.Backends[pk]})
-					nRemote += len(rs.Backends[pk])
-				}
-			}
-			slices.SortFunc(remotes, func(a, b remoteList) int { return cmp.Compare(a.clusterID, b.clusterID) })
-		}
-		lw, rw := m.weights(ls.Affinity, ps, nRemote)
-		for _, ip := range ls.ClusterIPs {
-			svc := datapath.Service{Frontend: datapath.Frontend{Addr: netip.AddrPortFrom(ip, sp.Port), Proto: sp.Proto}}
-			svc.Backends = make([]datapath.Backend, 0, len(ps.list)+nRemote)
-			for _, ap := range ps.list {
-				if ap.Addr().Is4() == ip.Is4() {
-					svc.Backends = append(svc.Backends, datapath.Backend{Addr: ap, ClusterID: m.cfg.ClusterID, Weight: lw})
-				}
-			}
-			for _, r := range remotes {
-				for _, ap := range r.list {
-					if ap.Addr().Is4() == ip.Is4() {
-						svc.Backends = append(svc.Backends, datapath.Backend{Addr: ap, ClusterID: r.clusterID, Weight: rw})
-					}
-				}
-			}
-			out = append(out, svc)
-		}
-	}
-	slices.SortFunc(out, func(a, b datapath.Service) int { return cmpFrontend(a.Frontend, b.Frontend) })
-	return slices.CompactFunc(out, func(a, b datapath.Service) bool { return a.Frontend == b.Frontend })
-}
-
-// weights applies the affinity and the anti-flood failback rule of one port
-// and returns the weights of its local and remote backends.
-func (m *Merger) weights(a Affinity, ps *portState, nRemote int) (local, remote uint16) {
-	nLocal := len(ps.list)
-	switch a {
-	case AffinityRemote:
-		if nRemote > 0 {
-			return 0, 1
-		}
-		return 1, 0
-	case AffinityLocal:
-		if !ps.failedOver {
-			if nLocal > 0 || nRemote == 0 {
-				ps.peak = max(ps.peak, nLocal)
-				return 1, 0
-			}
-			ps.failedOver, ps.ref, ps.peak = true, ps.peak, 0
-			return 1, 1
-		}
-		if nLocal >= m.failbackTarget(ps) || nRemote == 0 {
-			ps.failedOver, ps.peak = false, nLocal
-			return 1, 0
-		}
-		return 1, 1
-	default:
-		return 1, 1
-	}
-}
-
-func (m *Merger) failbackTarget(ps *portState) int {
-	t := int(math.Ceil(m.cfg.FailbackShare * float64(ps.ref)))
-	return max(1, min(t, len(ps.all)))
-}
-
-// Snapshot returns every service as last emitted, sorted by name.
-func (m *Merger) Snapshot() []Snapshot {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	out := make([]Snapshot, 0, len(m.svcs))
-	for n, s := range m.svcs {
-		if len(s.out) == 0 {
-			continue
-		}
-		svcs := make([]datapath.Service, len(s.out))
-		for i, svc := range s.out {
-			svcs[i] = datapath.Service{Frontend: svc.Frontend, Backends: slices.Clone(svc.Backends)}
-		}
-		out = append(out, Snapshot{Name: n, Services: svcs})
-	}
-	slices.SortFunc(out, func(a, b Snapshot) int {
-		return cmp.Or(cmp.Compare(a.Name.Namespace, b.Name.Namespace), cmp.Compare(a.Name.Name, b.Name.Name))
-	})
-	return out
 }

@@ -46,6 +46,11 @@ func (d *Datapath) Apply(_ context.Context, b datapath.Batch) error {
 		s.Backends = slices.Clone(s.Backends)
 		d.state.Services[s.Frontend] = s
 	}
+	for _, p := range b.PatchServices {
+		s := d.state.Services[p.Frontend]
+		s.Frontend, s.Backends = p.Frontend, p.Patch(s.Backends)
+		d.state.Services[p.Frontend] = s
+	}
 	for _, ip := range b.DeleteEndpoints {
 		delete(d.state.Endpoints, ip)
 	}
