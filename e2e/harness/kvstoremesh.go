@@ -275,3 +275,8 @@ func (f *Forwarder) track(up net.Conn, from netip.Addr) {
 		delete(f.clients, up.LocalAddr().String())
 	}
 }
+
+// EtcdDataDir is the data directory of c's embedded etcd. Removing it
+// while the apiserver is stopped makes the next start begin with an empty
+// etcd (as a chart's apiserver with an emptyDir does after a reschedule).
+func (c *Cluster) EtcdDataDir() string { return filepath.Join(c.dir, "etcd") }

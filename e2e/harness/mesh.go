@@ -384,7 +384,7 @@ func (m *Mesh) startCluster(ctx context.Context, c *Cluster) error {
 	c.apiArgs = append(args,
 		"--cluster-name="+c.Name, "--cluster-id="+strconv.Itoa(int(c.ID)),
 		"--kubeconfig="+c.CP.Kubeconfig(),
-		"--etcd-data-dir="+filepath.Join(c.dir, "etcd"),
+		"--etcd-data-dir="+c.EtcdDataDir(),
 		"--etcd-listen-address="+etcdAddr, "--etcd-advertise-address="+c.advertise,
 		"--remote-config-dir="+c.remoteDir,
 		"--health-address=127.0.0.1:"+strconv.Itoa(ports[1]), "--metrics-address=",
