@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,9 +16,12 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/client-go/tools/clientcmd"
+
 	"github.com/clustermesh/clustermesh/e2e/harness"
 	"github.com/clustermesh/clustermesh/internal/meshstatus"
 	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
 )
 
 // requireKVStoreMesh skips t when the shared mesh runs in direct mode
@@ -112,6 +116,7 @@ func TestKVStoreMeshKilledUnderTraffic(t *testing.T) {
 	if got := remoteEntries(ctx, t, c1, c2); !maps.Equal(got, before) {
 		t.Errorf("kvstoremesh down: %s's agents hold %v entries of %s, before %v", c1.Name, got, c2.Name, before)
 	}
+	time.Sleep(time.Until(killed.Add(10 * time.Second))) // at least 10 s of traffic without it
 	down := time.Since(killed)
 
 	if err := c1.StartAPIServer(ctx); err != nil {
@@ -161,11 +166,13 @@ func TestKVStoreMeshKilledUnderTraffic(t *testing.T) {
 
 // TestRemoteEmptiedEtcdKeepsCache: c2's clustermesh-apiserver is
 // restarted with an empty etcd (same cluster name and ID), and c2 changes
-// while it is down (a pod gone, a backend added). c1's kvstoremesh
-// reconnects to an etcd without canaries and withdraws nothing: c1's
-// agents keep every entry of c2 (checked every 200 ms) and traffic from
-// c1 to c2 keeps working, until c2's apiserver has refilled its etcd; then
-// c1's cache and agents converge to c2's new state.
+// while it is down (a pod gone, a backend added). Its kube-apiserver is
+// cut off from it at first, so c1's kvstoremesh connects to an etcd that
+// holds users, cluster config and heartbeat but no state and no canary;
+// it withdraws nothing: c1's agents keep every entry of c2 (checked every
+// 200 ms) and traffic from c1 to c2 keeps working. Once c2's apiserver
+// reaches its kube-apiserver and refills its etcd, c1's cache and agents
+// converge to c2's new state.
 func TestRemoteEmptiedEtcdKeepsCache(t *testing.T) {
 	m := mesh(t)
 	requireKVStoreMesh(t, m)
@@ -218,13 +225,60 @@ func TestRemoteEmptiedEtcdKeepsCache(t *testing.T) {
 	if err := os.RemoveAll(c2.EtcdDataDir()); err != nil {
 		t.Fatal(err)
 	}
-	if err := c2.StartAPIServer(ctx); err != nil {
+	// c2's apiserver starts on the empty etcd (users, cluster config and
+	// heartbeat written at once) but reaches its kube-apiserver only
+	// through a proxy that is cut at first: its etcd stays without state
+	// and canaries until the proxy lets it through.
+	kube := etcdserver.NewProxy(t, c2.CP.REST.Host)
+	kubeconfig, err := kubeconfigVia(c2, kube.Endpoint(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	kube.Block()
+	started := make(chan error, 1)
+	go func() { started <- c2.StartAPIServer(ctx, "--kubeconfig="+kubeconfig) }()
+	err = eventually(90*time.Second, func() error {
+		r, err := cachedRemote(ctx, m, c1, c2.Name)
+		if err != nil {
+			return err
+		}
+		if !r.Connected || r.Synced {
+			return fmt.Errorf("%s's kvstoremesh: %s connected %v, synced %v, waiting for canary %v", c1.Name, c2.Name, r.Connected, r.Synced, r.WaitingForCanary)
+		}
+		return nil
+	})
+	if err != nil {
+		kube.Unblock()
+		t.Fatal(err)
+	}
+	emptied := time.Now()
+	r, _ := cachedRemote(ctx, m, c1, c2.Name)
+	t.Logf("%s's kvstoremesh connected to %s's empty etcd: synced %v, waiting for canary %v, served %v, entries %v",
+		c1.Name, c2.Name, r.Synced, r.WaitingForCanary, r.Served, r.Entries)
+	if !r.Served {
+		t.Errorf("%s's kvstoremesh no longer serves %s's last state", c1.Name, c2.Name)
+	}
+	// Five seconds of traffic and looks against the empty remote, then
+	// c1's agents must still hold c2's backends.
+	time.Sleep(5 * time.Second)
+	for _, n := range c1.Nodes {
+		bs, err := n.Backends(ctx, harness.PodNamespace, "empty")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(bs[c2.Name]) != len(backends) {
+			t.Errorf("%s's etcd empty: agent %s/%s has backends %v, want the %d of %s", c2.Name, c1.Name, n.Name, bs, len(backends), c2.Name)
+		}
+	}
+	kube.Unblock()
+	if err := <-started; err != nil {
 		t.Fatal(err)
 	}
 	back := time.Now()
+	t.Logf("%s's etcd was empty for %v with %s's kvstoremesh connected", c2.Name, back.Sub(emptied).Round(time.Millisecond), c1.Name)
 	// Watch c1's kvstoremesh until it has c2 synced again.
 	var states []string
-	err := eventually(3*time.Minute, func() error {
+	err = eventually(3*time.Minute, func() error {
 		r, err := cachedRemote(ctx, m, c1, c2.Name)
 		if err != nil {
 			return err
@@ -261,7 +315,7 @@ func TestRemoteEmptiedEtcdKeepsCache(t *testing.T) {
 	polls, missing := w.stop()
 	sent, failed, failures := l.stop()
 	loadStopped = true
-	t.Logf("%s's apiserver killed, restarted on an empty etcd %v later; %s's kvstoremesh states of %s: %s; synced %v and agents converged %v after the restart",
+	t.Logf("%s's apiserver killed, restarted on an empty etcd, reaching its kube-apiserver %v later; %s's kvstoremesh states of %s since: %s; synced %v and agents converged %v after that",
 		c2.Name, back.Sub(killed).Round(time.Millisecond), c1.Name, c2.Name, strings.Join(states, " → "), synced.Round(time.Millisecond), converged.Round(time.Millisecond))
 	t.Logf("%d looks at %s's agents' ipcache: %d missed a kept entry of %s; %d HTTP requests, %d failed", polls, c1.Name, len(missing), c2.Name, sent, failed)
 	if len(missing) > 0 {
@@ -448,6 +502,20 @@ func waitConnected(ctx context.Context, n *harness.Node, remote string, connecte
 		}
 		return nil
 	})
+}
+
+// kubeconfigVia writes a copy of c's admin kubeconfig whose server is
+// server into dir and returns its path.
+func kubeconfigVia(c *harness.Cluster, server, dir string) (string, error) {
+	kc, err := clientcmd.LoadFromFile(c.CP.Kubeconfig())
+	if err != nil {
+		return "", err
+	}
+	for _, cl := range kc.Clusters {
+		cl.Server = server
+	}
+	path := filepath.Join(dir, "kubeconfig")
+	return path, clientcmd.WriteToFile(*kc, path)
 }
 
 // cachedRemote returns c's kvstoremesh status of remote.
