@@ -75,15 +75,7 @@ func TestAPIServerLossKeepsCachedState(t *testing.T) {
 	}
 	svcAddr := net.JoinHostPort(vip, strconv.Itoa(harness.ServiceHTTPPort))
 
-	c2.KillAPIServer()
-	killed := time.Now()
-	t.Cleanup(func() {
-		if c2.APIServer.Exited() {
-			if err := c2.StartAPIServer(context.Background()); err != nil {
-				t.Errorf("restart %s's apiserver: %v", c2.Name, err)
-			}
-		}
-	})
+	killed := killAPIServer(t, c2)
 	// The agents notice (the session breaks) but keep what they have; in
 	// connection mode kvstoremesh the other clusters' kvstoremesh does and
 	// keeps serving c2's last state to their agents.

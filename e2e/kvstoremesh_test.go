@@ -47,33 +47,12 @@ func TestKVStoreMeshKilledUnderTraffic(t *testing.T) {
 	c1, c2, c3 := m.Clusters[0], m.Clusters[1], m.Clusters[2]
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	target := c2.Nodes[0].Pods[0]
-	backends := addPods(ctx, t, c2, "kvsm", "kvsm", 2)
-	gone := addPods(ctx, t, c2, "kvsm-gone", "kvsm-gone", 1)[0]
-	svcAddr := serviceOnlyIn(ctx, t, m, "kvsm", c2, len(backends))
-	for _, n := range c1.Nodes {
-		if err := waitIPCache(ctx, n, prefixes(c2.Pods())); err != nil {
-			t.Fatal(err)
-		}
-	}
+	target, backends, gone, svcAddr := remoteBackends(ctx, t, m, c2, "kvsm")
 	before := remoteEntries(ctx, t, c1, c2)
 
 	l := startLoad(cl, target.HTTPAddr(), svcAddr)
-	loadStopped := false
-	t.Cleanup(func() {
-		if !loadStopped {
-			l.stop()
-		}
-	})
-	c1.KillAPIServer()
-	killed := time.Now()
-	t.Cleanup(func() {
-		if c1.APIServer.Exited() {
-			if err := c1.StartAPIServer(context.Background()); err != nil {
-				t.Errorf("restart %s's apiserver: %v", c1.Name, err)
-			}
-		}
-	})
+	t.Cleanup(func() { l.stop() })
+	killed := killAPIServer(t, c1)
 	// c1's agents lose the etcd they read c2 from.
 	for _, n := range c1.Nodes {
 		if err := waitConnected(ctx, n, c2.Name, false); err != nil {
@@ -153,7 +132,6 @@ func TestKVStoreMeshKilledUnderTraffic(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second) // traffic after the resync too
 	sent, failed, failures := l.stop()
-	loadStopped = true
 	t.Logf("kvstoremesh of %s down %v; back: agents ready and converged to %s's changes after %v; %d HTTP requests, %d failed",
 		c1.Name, down.Round(time.Millisecond), c2.Name, converged.Round(time.Millisecond), sent, failed)
 	if failed > 0 {
@@ -180,15 +158,7 @@ func TestRemoteEmptiedEtcdKeepsCache(t *testing.T) {
 	c1, c2 := m.Clusters[0], m.Clusters[1]
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	target := c2.Nodes[0].Pods[0]
-	backends := addPods(ctx, t, c2, "empty", "empty", 2)
-	gone := addPods(ctx, t, c2, "empty-gone", "empty-gone", 1)[0]
-	svcAddr := serviceOnlyIn(ctx, t, m, "empty", c2, len(backends))
-	for _, n := range c1.Nodes {
-		if err := waitIPCache(ctx, n, prefixes(c2.Pods())); err != nil {
-			t.Fatal(err)
-		}
-	}
+	target, backends, gone, svcAddr := remoteBackends(ctx, t, m, c2, "empty")
 	var kept []*harness.Pod
 	for _, p := range c2.Pods() {
 		if p != gone {
@@ -197,22 +167,9 @@ func TestRemoteEmptiedEtcdKeepsCache(t *testing.T) {
 	}
 
 	l := startLoad(cl, target.HTTPAddr(), svcAddr)
-	loadStopped := false
-	t.Cleanup(func() {
-		if !loadStopped {
-			l.stop()
-		}
-	})
+	t.Cleanup(func() { l.stop() })
 	w := watchEntries(ctx, c1.Nodes, c2.ID, prefixes(kept))
-	c2.KillAPIServer()
-	killed := time.Now()
-	t.Cleanup(func() {
-		if c2.APIServer.Exited() {
-			if err := c2.StartAPIServer(context.Background()); err != nil {
-				t.Errorf("restart %s's apiserver: %v", c2.Name, err)
-			}
-		}
-	})
+	killed := killAPIServer(t, c2)
 	if err := gone.Delete(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -314,7 +271,6 @@ func TestRemoteEmptiedEtcdKeepsCache(t *testing.T) {
 	converged := time.Since(back)
 	polls, missing := w.stop()
 	sent, failed, failures := l.stop()
-	loadStopped = true
 	t.Logf("%s's apiserver killed, restarted on an empty etcd, reaching its kube-apiserver %v later; %s's kvstoremesh states of %s since: %s; synced %v and agents converged %v after that",
 		c2.Name, back.Sub(killed).Round(time.Millisecond), c1.Name, c2.Name, strings.Join(states, " → "), synced.Round(time.Millisecond), converged.Round(time.Millisecond))
 	t.Logf("%d looks at %s's agents' ipcache: %d missed a kept entry of %s; %d HTTP requests, %d failed", polls, c1.Name, len(missing), c2.Name, sent, failed)
@@ -431,6 +387,43 @@ func addPods(ctx context.Context, t *testing.T, c *harness.Cluster, prefix, app 
 		out = append(out, p)
 	}
 	return out
+}
+
+// remoteBackends adds to c two backend pods (label app=name) and a pod
+// that no service selects (name-gone), creates the global Service name
+// in the first cluster and in c (serviceOnlyIn), and waits until the first
+// cluster's agents have every pod of c in their ipcache. It returns a pod
+// of c to send traffic to, the backends, the other pod and the first
+// cluster's frontend address.
+func remoteBackends(ctx context.Context, t *testing.T, m *harness.Mesh, c *harness.Cluster, name string) (target *harness.Pod, backends []*harness.Pod, gone *harness.Pod, svcAddr string) {
+	t.Helper()
+	target = c.Nodes[0].Pods[0]
+	backends = addPods(ctx, t, c, name, name, 2)
+	gone = addPods(ctx, t, c, name+"-gone", name+"-gone", 1)[0]
+	svcAddr = serviceOnlyIn(ctx, t, m, name, c, len(backends))
+	for _, n := range m.Clusters[0].Nodes {
+		if err := waitIPCache(ctx, n, prefixes(c.Pods())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return target, backends, gone, svcAddr
+}
+
+// killAPIServer SIGKILLs c's clustermesh-apiserver (and the etcd it
+// embeds) and returns when; it is started again when t ends if it is still
+// down then.
+func killAPIServer(t *testing.T, c *harness.Cluster) time.Time {
+	t.Helper()
+	c.KillAPIServer()
+	killed := time.Now()
+	t.Cleanup(func() {
+		if c.APIServer.Exited() {
+			if err := c.StartAPIServer(context.Background()); err != nil {
+				t.Errorf("restart %s's apiserver: %v", c.Name, err)
+			}
+		}
+	})
+	return killed
 }
 
 // serviceOnlyIn creates the global Service name (selector app=name) in the

@@ -18,6 +18,7 @@ type load struct {
 	failures     []string // the first failures; guarded by mu
 	done         chan struct{}
 	wg           sync.WaitGroup
+	stopOnce     sync.Once
 }
 
 // startLoad sends an HTTP request (a new connection, 2 s timeout) from
@@ -59,11 +60,13 @@ func (l *load) fail(what string) {
 	}
 }
 
-// stop ends the load and returns the requests sent and failed and the
-// first failures.
+// stop ends the load (once; later calls return the same) and returns the
+// requests sent and failed and the first failures.
 func (l *load) stop() (sent, failed int64, first []string) {
-	close(l.done)
-	l.wg.Wait()
+	l.stopOnce.Do(func() {
+		close(l.done)
+		l.wg.Wait()
+	})
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.sent.Load(), l.failed.Load(), l.failures
