@@ -191,6 +191,21 @@ func TestRemoteEmptiedEtcdKeepsCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The proxy closes when t ends: c2's apiserver goes back to its own
+	// kubeconfig before (cleanups run last first), and the mesh is ready
+	// again for the next test.
+	t.Cleanup(func() {
+		if !c2.APIServer.Exited() {
+			c2.APIServer.Stop(5 * time.Second)
+		}
+		if err := c2.StartAPIServer(context.Background()); err != nil {
+			t.Errorf("restart %s's apiserver: %v", c2.Name, err)
+			return
+		}
+		if err := m.WaitReady(context.Background(), 2*time.Minute); err != nil {
+			t.Error(err)
+		}
+	})
 	kube.Block()
 	started := make(chan error, 1)
 	go func() { started <- c2.StartAPIServer(ctx, "--kubeconfig="+kubeconfig) }()
