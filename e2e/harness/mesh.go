@@ -146,8 +146,8 @@ type Cluster struct {
 	apiArgs         []string   // the clustermesh-apiserver's flags
 	apiHealth       string     // its /readyz URL
 	remoteDir       string     // the apiserver's --remote-config-dir
-	advertise       string     // JoinCLI: the load balancer address of the etcd
-	lb              *Forwarder // JoinCLI: the load balancer's forwarder
+	advertise       string     // the etcd's address on the bridge (JoinCLI: the load balancer's)
+	lb              *Forwarder // forwards advertise to the etcd
 	agentKubeconfig string     // kube-apiserver through the gateway
 }
 
@@ -304,16 +304,22 @@ func (m *Mesh) newNS(suffix string) (*NS, error) {
 // forward makes target (on loopback) reachable at the gateway address with
 // the same port.
 func (m *Mesh) forward(target string) (string, error) {
+	_, addr, err := m.forwarder(target)
+	return addr, err
+}
+
+// forwarder is forward, returning the running forwarder too.
+func (m *Mesh) forwarder(target string) (*Forwarder, string, error) {
 	f, addr, err := ForwardSamePort(m.DC, gateway, target)
 	if err != nil {
-		return "", err
+		return nil, "", err
 	}
 	m.fwdWG.Go(func() {
 		if err := f.Run(m.fwdCtx); err != nil {
 			m.cfg.Log.Warn("forwarder stopped", "addr", addr, "error", err)
 		}
 	})
-	return addr, nil
+	return f, addr, nil
 }
 
 // startCluster starts the cluster's clustermesh-apiserver with a read-only
@@ -370,7 +376,7 @@ func (m *Mesh) startCluster(ctx context.Context, c *Cluster) error {
 			args = append(args, "--kvstoremesh-config="+c.kvstoremeshDir())
 		}
 	} else {
-		if c.advertise, err = m.forward(etcdAddr); err != nil {
+		if c.lb, c.advertise, err = m.forwarder(etcdAddr); err != nil {
 			return err
 		}
 		for _, o := range m.Clusters {
