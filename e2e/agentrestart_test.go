@@ -6,8 +6,6 @@ import (
 	"context"
 	"net"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,42 +28,9 @@ func TestAgentRestartUnderTraffic(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
-	var (
-		sent, failed atomic.Int64
-		mu           sync.Mutex
-		failures     []string
-	)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	// every runs f every d until stop is closed.
-	every := func(d time.Duration, f func()) {
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				f()
-				time.Sleep(d)
-			}
-		})
-	}
-	for _, addr := range []string{target.HTTPAddr(), svcAddr} {
-		every(10*time.Millisecond, func() {
-			sent.Add(1)
-			if _, err := cl.HTTP(addr, 2*time.Second); err != nil {
-				failed.Add(1)
-				mu.Lock()
-				if len(failures) < 10 {
-					failures = append(failures, time.Now().Format("15:04:05.000")+" "+addr+": "+err.Error())
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	udpSent, udpFailed := 0, 0
-	every(50*time.Millisecond, func() {
+	l := startLoad(cl, target.HTTPAddr(), svcAddr)
+	var udpSent, udpFailed int
+	l.every(50*time.Millisecond, func() {
 		udpSent++
 		if _, err := cl.UDP(target.UDPAddr(), time.Second); err != nil {
 			udpFailed++
@@ -74,7 +39,7 @@ func TestAgentRestartUnderTraffic(t *testing.T) {
 
 	for _, n := range []*harness.Node{cl.Node, target.Node} {
 		for _, kill := range []bool{false, true} {
-			before := sent.Load()
+			before := l.sent.Load()
 			if kill {
 				n.Agent.Kill()
 			} else {
@@ -88,16 +53,15 @@ func TestAgentRestartUnderTraffic(t *testing.T) {
 				t.Fatal(err)
 			}
 			time.Sleep(2 * time.Second) // and after the resync
-			t.Logf("agent %s/%s restarted (kill %v): %d requests meanwhile", n.Cluster.Name, n.Name, kill, sent.Load()-before)
+			t.Logf("agent %s/%s restarted (kill %v): %d requests meanwhile", n.Cluster.Name, n.Name, kill, l.sent.Load()-before)
 		}
 	}
-	close(stop)
-	wg.Wait()
-	t.Logf("%d HTTP requests (new connections), %d failed; %d UDP echoes, %d failed", sent.Load(), failed.Load(), udpSent, udpFailed)
-	if failed.Load() > 0 || udpFailed > 0 {
-		t.Errorf("requests failed during agent restarts: %d HTTP, %d UDP; first: %v", failed.Load(), udpFailed, failures)
+	sent, failed, failures := l.stop()
+	t.Logf("%d HTTP requests (new connections), %d failed; %d UDP echoes, %d failed", sent, failed, udpSent, udpFailed)
+	if failed > 0 || udpFailed > 0 {
+		t.Errorf("requests failed during agent restarts: %d HTTP, %d UDP; first: %v", failed, udpFailed, failures)
 	}
-	if sent.Load() < 200 {
-		t.Errorf("only %d requests sent: the traffic did not run", sent.Load())
+	if sent < 200 {
+		t.Errorf("only %d requests sent: the traffic did not run", sent)
 	}
 }

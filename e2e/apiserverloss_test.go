@@ -75,34 +75,14 @@ func TestAPIServerLossKeepsCachedState(t *testing.T) {
 	}
 	svcAddr := net.JoinHostPort(vip, strconv.Itoa(harness.ServiceHTTPPort))
 
-	c2.KillAPIServer()
-	killed := time.Now()
-	t.Cleanup(func() {
-		if c2.APIServer.Exited() {
-			if err := c2.StartAPIServer(context.Background()); err != nil {
-				t.Errorf("restart %s's apiserver: %v", c2.Name, err)
-			}
-		}
-	})
-	// The agents notice (the session breaks) but keep what they have.
-	for _, n := range others {
-		err := eventually(60*time.Second, func() error {
-			st, err := n.Status(ctx)
-			if err != nil {
-				return err
-			}
-			for _, r := range st.RemoteClusters {
-				if r.Name == c2.Name && r.Connected {
-					return fmt.Errorf("agent %s/%s still connected to %s", n.Cluster.Name, n.Name, c2.Name)
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+	killed := killAPIServer(t, c2)
+	// The agents notice (the session breaks) but keep what they have; in
+	// connection mode kvstoremesh the other clusters' kvstoremesh does and
+	// keeps serving c2's last state to their agents.
+	if err := waitRemoteDown(ctx, m, c2); err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("every other agent saw %s's kvstore go away within %v", c2.Name, time.Since(killed).Round(time.Millisecond))
+	t.Logf("every other cluster saw %s's kvstore go away within %v (connection mode %s)", c2.Name, time.Since(killed).Round(time.Millisecond), m.Connection())
 	reach := func(when string) {
 		t.Helper()
 		for _, p := range []*harness.Pod{kept, doomed} {
@@ -193,6 +173,39 @@ func TestAPIServerLossKeepsCachedState(t *testing.T) {
 			t.Errorf("after convergence: service answered by %v (%v), want only %s", s, err, kept.Name)
 		}
 	}
+}
+
+// waitRemoteDown waits until every other cluster sees gone's etcd
+// unreachable: in connection mode direct every agent, in kvstoremesh mode
+// every kvstoremesh, which serves its last state meanwhile.
+func waitRemoteDown(ctx context.Context, m *harness.Mesh, gone *harness.Cluster) error {
+	for _, c := range m.Clusters {
+		if c == gone {
+			continue
+		}
+		if m.Connection() == harness.ConnectionDirect {
+			for _, n := range c.Nodes {
+				if err := waitConnected(ctx, n, gone.Name, false); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		err := eventually(60*time.Second, func() error {
+			r, err := cachedRemote(ctx, m, c, gone.Name)
+			if err != nil {
+				return err
+			}
+			if r.Connected || !r.Served {
+				return fmt.Errorf("%s's kvstoremesh: %s connected %v, served %v", c.Name, gone.Name, r.Connected, r.Served)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // otherNodes returns the nodes of every cluster but c.

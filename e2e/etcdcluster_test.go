@@ -70,6 +70,8 @@ func TestKVStoreMemberLoss(t *testing.T) {
 		Prefix: "cme", Clusters: []harness.ClusterSpec{{Name: "c1", ID: 1}, {Name: "c9", ID: 9}},
 		KubeBinDir: kubeBin, Bins: bins, Dir: dir, Log: log,
 		Join: harness.JoinCLI, ExternalEtcd: map[string]harness.EtcdMembers{"c9": ms},
+		// The harness runs the kvstoremesh only with embedded etcds.
+		Connection: harness.ConnectionDirect,
 	})
 	if err != nil {
 		t.Fatalf("start mesh (logs in %s): %v", dir, err)

@@ -20,8 +20,9 @@ import (
 // one of the two returns it shares new connections with the remote
 // backends instead of taking all of them (--failback-share=1); when both
 // are back every new connection is local again.
-func TestFailoverAndFailback(t *testing.T) {
-	m := mesh(t)
+func TestFailoverAndFailback(t *testing.T) { failoverAndFailback(t, mesh(t)) }
+
+func failoverAndFailback(t *testing.T, m *harness.Mesh) {
 	cl := clientPod(t, m)
 	c1 := m.Clusters[0]
 	vip := globalService(t, m, "echo-local", map[string]string{

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/clustermesh/clustermesh/e2e/harness"
 )
 
 // TestConflictingClusterIDRefused (scenario 8): the third cluster's
@@ -44,11 +46,19 @@ func TestConflictingClusterIDRefused(t *testing.T) {
 	}
 	t.Cleanup(restore)
 
-	// Every agent of c1 and c2 refuses c3, saying why.
+	// Every agent of c1 and c2 refuses c3, saying why; in connection mode
+	// kvstoremesh the refusal is their kvstoremesh's, which connects to
+	// c3 for them.
 	for _, c := range []struct {
 		nodes string
 		want  string
 	}{{c1.Name, "is used by connected cluster \"" + c2.Name + "\""}, {c2.Name, "remote uses the local cluster ID"}} {
+		if m.Connection() == harness.ConnectionKVStoreMesh {
+			if err := waitCacheRefused(ctx, m, m.Cluster(c.nodes), c3.Name, c.want); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
 		for _, n := range m.Cluster(c.nodes).Nodes {
 			err := eventually(60*time.Second, func() error {
 				st, err := n.Status(ctx)
@@ -150,4 +160,19 @@ func TestConflictingClusterIDRefused(t *testing.T) {
 			t.Errorf("after the fix: %s → %s/%s: %v", cl.Name, c3.Name, p.Name, err)
 		}
 	}
+}
+
+// waitCacheRefused waits until c's kvstoremesh reports remote refused for
+// a cluster ID conflict whose reason contains want, and not synced.
+func waitCacheRefused(ctx context.Context, m *harness.Mesh, c *harness.Cluster, remote, want string) error {
+	return eventually(60*time.Second, func() error {
+		r, err := cachedRemote(ctx, m, c, remote)
+		if err != nil {
+			return err
+		}
+		if r.Synced || !strings.Contains(r.LastError, "cluster ID conflict") || !strings.Contains(r.LastError, want) {
+			return fmt.Errorf("%s's kvstoremesh: remote %s synced %v, last error %q; want refused with %q", c.Name, remote, r.Synced, r.LastError, want)
+		}
+		return nil
+	})
 }

@@ -115,6 +115,9 @@ func mesh(t *testing.T) *harness.Mesh {
 			AgentArgs: []string{"--failback-share=1"},
 			// E2E_JOIN=direct joins without the CLI (see harness.JoinDirect).
 			Join: os.Getenv("E2E_JOIN"),
+			// E2E_CONNECTION=direct: every agent connects to every remote
+			// etcd instead of reading the kvstoremesh cache (the default).
+			Connection: os.Getenv("E2E_CONNECTION"),
 		})
 		if meshErr == nil {
 			meshErr = shared.WaitReady(ctx, 2*time.Minute)

@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/clustermesh/clustermesh/e2e/harness"
 )
 
 // TestPodToPodAcrossClusters: TCP (HTTP), UDP and ICMP from every pod to a
 // pod in every other cluster, with real sockets inside the pods' namespaces.
-func TestPodToPodAcrossClusters(t *testing.T) {
-	m := mesh(t)
+func TestPodToPodAcrossClusters(t *testing.T) { podToPod(t, mesh(t)) }
+
+func podToPod(t *testing.T, m *harness.Mesh) {
 	for _, src := range m.Clusters {
 		for _, dst := range m.Clusters {
 			if src == dst {

@@ -14,24 +14,27 @@ import (
 )
 
 var (
-	clientOnce sync.Once
-	client     *harness.Pod
-	clientErr  error
+	clientsMu sync.Mutex
+	clients   = map[*harness.Mesh]*harness.Pod{} // guarded by clientsMu
 )
 
-// clientPod is a pod on the first node of the first cluster that is no
-// service's backend.
+// clientPod is a pod on the first node of the first cluster of m that is
+// no service's backend, made by the first test that needs it.
 func clientPod(t *testing.T, m *harness.Mesh) *harness.Pod {
 	t.Helper()
-	clientOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		client, clientErr = m.Clusters[0].Nodes[0].AddPod(ctx, "client", map[string]string{"app": "client"})
-	})
-	if clientErr != nil {
-		t.Fatalf("client pod: %v", clientErr)
+	clientsMu.Lock()
+	defer clientsMu.Unlock()
+	if p := clients[m]; p != nil {
+		return p
 	}
-	return client
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p, err := m.Clusters[0].Nodes[0].AddPod(ctx, "client", map[string]string{"app": "client"})
+	if err != nil {
+		t.Fatalf("client pod: %v", err)
+	}
+	clients[m] = p
+	return p
 }
 
 // globalService creates Service e2e/name with annotations in every cluster
@@ -63,8 +66,9 @@ func globalService(t *testing.T, m *harness.Mesh, name string, annotations map[s
 // a pod of the first cluster to its own ClusterIP reach backends in every
 // cluster, each cluster within 20%..47% of them (expected 1/3: six
 // backends of equal weight).
-func TestGlobalServiceSpreadsAcrossClusters(t *testing.T) {
-	m := mesh(t)
+func TestGlobalServiceSpreadsAcrossClusters(t *testing.T) { globalServiceSpreads(t, mesh(t)) }
+
+func globalServiceSpreads(t *testing.T, m *harness.Mesh) {
 	cl := clientPod(t, m)
 	vip := globalService(t, m, "echo-global", map[string]string{"service.cilium.io/global": "true"}, 6)
 	addr := net.JoinHostPort(vip, strconv.Itoa(harness.ServiceHTTPPort))

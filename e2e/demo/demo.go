@@ -38,8 +38,13 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := m.WaitReady(ctx, 2*time.Minute); err != nil {
 		return err
 	}
-	say("    joined with clustermesh enable (per cluster) and clustermesh connect --connection-mode mesh")
-	say("    mesh ready after %v: every agent connected to the 2 other clusters", time.Since(start).Round(time.Second))
+	say("    joined with clustermesh enable --connection-mode %s (per cluster) and clustermesh connect --connection-mode mesh", m.Connection())
+	if m.Connection() == harness.ConnectionKVStoreMesh {
+		say("    mesh ready after %v: each apiserver's kvstoremesh connected once to the 2 other clusters' etcds,", time.Since(start).Round(time.Second))
+		say("    every agent reads both from the cache in its own cluster's etcd")
+	} else {
+		say("    mesh ready after %v: every agent connected to the 2 other clusters", time.Since(start).Round(time.Second))
+	}
 	c1 := m.Clusters[0]
 	client, err := c1.Nodes[0].AddPod(ctx, "client", map[string]string{"app": "client"})
 	if err != nil {

@@ -112,7 +112,7 @@ func (m *Mesh) CLIStatus(ctx context.Context, args ...string) ([]byte, error) {
 // seeds the apiserver's etcd TLS directory with the CA enable created.
 func (m *Mesh) enableCLI(ctx context.Context, c *Cluster, lb netip.Addr) error {
 	if _, err := m.CLI(ctx, "enable", "--context="+c.Name, "--cluster-name="+c.Name,
-		fmt.Sprintf("--cluster-id=%d", c.ID), "--service-type=LoadBalancer"); err != nil {
+		fmt.Sprintf("--cluster-id=%d", c.ID), "--service-type=LoadBalancer", "--connection-mode="+m.cfg.Connection); err != nil {
 		return err
 	}
 	if err := m.DC.Batch(fmt.Sprintf("addr add %s/32 dev %s-br", lb, m.cfg.Prefix)); err != nil {
@@ -163,7 +163,8 @@ func (c *Cluster) mountRemoteUsers(ctx context.Context) error {
 
 // Mount writes both objects `clustermesh connect` maintains in c as the
 // kubelet would mount them: the users file of the apiserver and the
-// remote-clusters directory of the agents.
+// remote-clusters directory of the agents (and, in connection mode
+// kvstoremesh, of the apiserver).
 func (c *Cluster) Mount(ctx context.Context) error {
 	if err := c.mountRemoteUsers(ctx); err != nil {
 		return err
@@ -209,6 +210,9 @@ func (c *Cluster) MountRemoteClusters(ctx context.Context) error {
 				return err
 			}
 		}
+	}
+	if c.kvstoremesh() {
+		return c.mountKVStoreMesh()
 	}
 	return nil
 }

@@ -21,6 +21,11 @@
 // JoinDirect skips the CLI: each apiserver creates the users itself and
 // the harness copies the client configs it writes.
 //
+// The agents read the remote clusters in connection mode kvstoremesh by
+// default (each apiserver's kvstoremesh connects once to every remote and
+// the agents read its cache in their own cluster's etcd) or in connection
+// mode direct (every agent connects to every remote); see kvstoremesh.go.
+//
 // The processes on loopback (kube-apiservers, the apiservers' etcds) are
 // reached from the node namespaces through TCP forwarders that listen on
 // the gateway address of the datacenter namespace: nothing listens on or

@@ -17,6 +17,9 @@ import (
 type Forwarder struct {
 	ln     net.Listener
 	target string
+
+	mu      sync.Mutex
+	clients map[string]netip.Addr // upstream local address → client address; guarded by mu
 }
 
 // ListenIn opens a listener on addr inside ns.
@@ -75,6 +78,10 @@ func (f *Forwarder) serve(ctx context.Context, c net.Conn) {
 		return
 	}
 	defer up.Close()
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		f.track(up, ap.Addr())
+		defer f.track(up, netip.Addr{})
+	}
 	stop := context.AfterFunc(ctx, func() { c.Close(); up.Close() })
 	defer stop()
 	var wg sync.WaitGroup

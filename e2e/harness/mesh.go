@@ -74,6 +74,9 @@ type Config struct {
 	Mode string
 	// Join is JoinCLI (default) or JoinDirect.
 	Join string
+	// Connection is ConnectionKVStoreMesh (default) or ConnectionDirect:
+	// how the agents read the remote clusters (kvstoremesh.go).
+	Connection string
 	// ExternalEtcd gives a cluster (by name) an etcd the test runs: its
 	// clustermesh-apiserver uses it through --kvstore-config (see
 	// external.go); with JoinCLI the cluster is enabled in the chart's
@@ -100,6 +103,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Join == "" {
 		c.Join = JoinCLI
+	}
+	if c.Connection == "" {
+		c.Connection = ConnectionKVStoreMesh
 	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
@@ -137,11 +143,12 @@ type Cluster struct {
 	mesh            *Mesh
 	dir             string
 	etcdPort        int
-	apiArgs         []string // the clustermesh-apiserver's flags
-	apiHealth       string   // its /readyz URL
-	remoteDir       string   // the apiserver's --remote-config-dir
-	advertise       string   // JoinCLI: the load balancer address of the etcd
-	agentKubeconfig string   // kube-apiserver through the gateway
+	apiArgs         []string   // the clustermesh-apiserver's flags
+	apiHealth       string     // its /readyz URL
+	remoteDir       string     // the apiserver's --remote-config-dir
+	advertise       string     // the etcd's address on the bridge (JoinCLI: the load balancer's)
+	lb              *Forwarder // forwards advertise to the etcd
+	agentKubeconfig string     // kube-apiserver through the gateway
 }
 
 // Start builds the mesh: control planes, apiservers, nodes with agents, one
@@ -149,6 +156,12 @@ type Cluster struct {
 // started so far is torn down.
 func Start(ctx context.Context, cfg Config) (_ *Mesh, err error) {
 	cfg.setDefaults()
+	switch {
+	case cfg.Connection != ConnectionKVStoreMesh && cfg.Connection != ConnectionDirect:
+		return nil, fmt.Errorf("connection mode %q: want %s or %s", cfg.Connection, ConnectionKVStoreMesh, ConnectionDirect)
+	case cfg.Connection == ConnectionKVStoreMesh && (cfg.Join != JoinCLI || len(cfg.ExternalEtcd) > 0):
+		return nil, ErrKVStoreMeshNeedsCLI
+	}
 	m := &Mesh{cfg: cfg, Run: randomID(), nextIP: gateway}
 	m.fwdCtx, m.fwdCancel = context.WithCancel(context.Background())
 	m.onClose(func() { m.fwdCancel(); m.fwdWG.Wait() })
@@ -202,7 +215,7 @@ func Start(ctx context.Context, cfg Config) (_ *Mesh, err error) {
 		return nil, err
 	}
 	if cfg.Join == JoinCLI {
-		log.Info("clustermesh enable in every cluster, then connect --connection-mode mesh")
+		log.Info("clustermesh enable in every cluster, then connect --connection-mode mesh", "agents", cfg.Connection)
 		for i, c := range m.Clusters {
 			if ms := cfg.ExternalEtcd[c.Name]; ms != nil {
 				err = m.enableExternal(ctx, c, ms)
@@ -291,16 +304,22 @@ func (m *Mesh) newNS(suffix string) (*NS, error) {
 // forward makes target (on loopback) reachable at the gateway address with
 // the same port.
 func (m *Mesh) forward(target string) (string, error) {
+	_, addr, err := m.forwarder(target)
+	return addr, err
+}
+
+// forwarder is forward, returning the running forwarder too.
+func (m *Mesh) forwarder(target string) (*Forwarder, string, error) {
 	f, addr, err := ForwardSamePort(m.DC, gateway, target)
 	if err != nil {
-		return "", err
+		return nil, "", err
 	}
 	m.fwdWG.Go(func() {
 		if err := f.Run(m.fwdCtx); err != nil {
 			m.cfg.Log.Warn("forwarder stopped", "addr", addr, "error", err)
 		}
 	})
-	return addr, nil
+	return f, addr, nil
 }
 
 // startCluster starts the cluster's clustermesh-apiserver with a read-only
@@ -345,9 +364,19 @@ func (m *Mesh) startCluster(ctx context.Context, c *Cluster) error {
 		if err != nil {
 			return fmt.Errorf("load balancer %s: %w", c.advertise, err)
 		}
+		c.lb = f
 		m.fwdWG.Go(func() { _ = f.Run(m.fwdCtx) })
+		if c.kvstoremesh() {
+			if err := c.mountCache(ctx); err != nil {
+				return err
+			}
+			if err := os.MkdirAll(c.kvstoremeshDir(), 0o700); err != nil {
+				return err
+			}
+			args = append(args, "--kvstoremesh-config="+c.kvstoremeshDir())
+		}
 	} else {
-		if c.advertise, err = m.forward(etcdAddr); err != nil {
+		if c.lb, c.advertise, err = m.forwarder(etcdAddr); err != nil {
 			return err
 		}
 		for _, o := range m.Clusters {
@@ -361,7 +390,7 @@ func (m *Mesh) startCluster(ctx context.Context, c *Cluster) error {
 	c.apiArgs = append(args,
 		"--cluster-name="+c.Name, "--cluster-id="+strconv.Itoa(int(c.ID)),
 		"--kubeconfig="+c.CP.Kubeconfig(),
-		"--etcd-data-dir="+filepath.Join(c.dir, "etcd"),
+		"--etcd-data-dir="+c.EtcdDataDir(),
 		"--etcd-listen-address="+etcdAddr, "--etcd-advertise-address="+c.advertise,
 		"--remote-config-dir="+c.remoteDir,
 		"--health-address=127.0.0.1:"+strconv.Itoa(ports[1]), "--metrics-address=",

@@ -125,6 +125,9 @@ func (n *Node) StartAgent() error {
 		"--metrics-address=", "--clustermesh-config=" + c.ConfigDir,
 		"--bpf-pin-dir=" + n.pinDir, "--bpf-ct-entries=" + strconv.Itoa(m.cfg.CTEntries),
 	}, m.cfg.AgentArgs...)
+	if c.kvstoremesh() {
+		args = append(args, "--clustermesh-cache-config="+c.cacheConfig())
+	}
 	if m.cfg.Join == JoinCLI {
 		// As the chart passes them: the DaemonSet `clustermesh enable`
 		// created stands for this agent's, so that `clustermesh disable`

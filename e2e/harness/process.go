@@ -47,6 +47,9 @@ func StartProcess(name, logPath string, ns *NS, bin string, args ...string) (*Pr
 	return p, nil
 }
 
+// Pid is the process's id (nsenter execs the program: the same process).
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
 // Exited reports whether the process has ended.
 func (p *Process) Exited() bool {
 	select {
