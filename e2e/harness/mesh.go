@@ -142,6 +142,7 @@ type Cluster struct {
 	remoteDir       string   // the apiserver's --remote-config-dir
 	advertise       string   // JoinCLI: the load balancer address of the etcd
 	agentKubeconfig string   // kube-apiserver through the gateway
+	ownKVStore      string   // the agents' --kvstore-config (embedded etcd only)
 }
 
 // Start builds the mesh: control planes, apiservers, nodes with agents, one
@@ -367,7 +368,10 @@ func (m *Mesh) startCluster(ctx context.Context, c *Cluster) error {
 		"--health-address=127.0.0.1:"+strconv.Itoa(ports[1]), "--metrics-address=",
 	)
 	c.apiHealth = "http://127.0.0.1:" + strconv.Itoa(ports[1]) + "/readyz"
-	return c.StartAPIServer(ctx)
+	if err := c.StartAPIServer(ctx); err != nil {
+		return err
+	}
+	return c.writeOwnKVStoreConfig()
 }
 
 // StartAPIServer starts the cluster's clustermesh-apiserver (with its
