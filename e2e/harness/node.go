@@ -42,9 +42,9 @@ type Node struct {
 	StatusSocket string
 	// ExtraAgentArgs come after Config.AgentArgs at the next StartAgent.
 	ExtraAgentArgs []string
-	pinDir       string
-	dir          string
-	nextPod      int
+	pinDir         string
+	dir            string
+	nextPod        int
 }
 
 // Pod is a namespace with eth0 (IP/32, default route to its node) running
@@ -55,10 +55,10 @@ type Pod struct {
 	// unless made by AddPodIn).
 	Namespace string
 	Node      *Node
-	NS     *NS
-	IP     netip.Addr
-	HostIf string
-	Server *Process
+	NS        *NS
+	IP        netip.Addr
+	HostIf    string
+	Server    *Process
 }
 
 // addNode creates node name of cluster c: namespace, underlay port, vxlan,
