@@ -393,7 +393,8 @@ spec:
 }
 
 // restartAgent restarts n's agent with extra flags (none: as the mesh
-// started it) and waits until it is ready again.
+// started it) and waits until it is ready again and knows the identities
+// of its pods in polNS (read from the own cluster's etcd).
 func restartAgent(ctx context.Context, t *testing.T, m *harness.Mesh, n *harness.Node, extra ...string) {
 	t.Helper()
 	n.StopAgent()
@@ -404,4 +405,23 @@ func restartAgent(ctx context.Context, t *testing.T, m *harness.Mesh, n *harness
 	if err := m.WaitReady(ctx, time.Minute); err != nil {
 		t.Fatal(err)
 	}
+	var pods []string
+	for _, p := range n.Pods {
+		if p.Namespace == polNS {
+			pods = append(pods, p.Namespace+"/"+p.Name)
+		}
+	}
+	start := time.Now()
+	err := eventually(2*time.Minute, func() error {
+		for _, p := range pods {
+			if _, _, err := n.PolicyTrace(ctx, p, pods[0], "8080/TCP", "json"); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("agent %s/%s restarted %v: knows its pods' identities after %v", n.Cluster.Name, n.Name, extra, time.Since(start).Round(time.Millisecond))
 }
