@@ -99,6 +99,20 @@ func args(t *testing.T, u *unstructured.Unstructured) []string {
 	return out
 }
 
+// volumeNames returns the names of a pod template's volumes.
+func volumeNames(t *testing.T, u *unstructured.Unstructured) []string {
+	t.Helper()
+	vs, _, err := unstructured.NestedSlice(u.Object, "spec", "template", "spec", "volumes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, v := range vs {
+		out = append(out, fmt.Sprint(v.(map[string]any)["name"]))
+	}
+	return out
+}
+
 // render runs `helm template` through the SDK.
 func render(values map[string]any) (objects, error) {
 	c, err := LoadChart()
@@ -191,6 +205,20 @@ func chartCases(t *testing.T) []chartCase {
 					t.Errorf("agent in direct mode has %s", a)
 				}
 			}
+			// Agents read their own pods' identities from the own etcd as
+			// local-reader (network policy), in direct mode too.
+			for _, want := range []string{"--kvstore-config=/var/lib/clustermesh/cache/config.yaml", "--policy-default-local-cluster=true"} {
+				if !slices.Contains(args(t, ds), want) {
+					t.Errorf("agent args %v lack %s", args(t, ds), want)
+				}
+			}
+			own := str(t, o.get(t, "ConfigMap/clustermesh-cache-config"), "data", "config.yaml")
+			if !strings.Contains(own, "https://clustermesh-apiserver."+testNamespace+".svc:2379") || !strings.Contains(own, "cert-file: /var/lib/clustermesh/cache/tls.crt") {
+				t.Errorf("own kvstore config %q", own)
+			}
+			if vs := volumeNames(t, ds); !slices.Contains(vs, "cache") {
+				t.Errorf("agent volumes %v lack the own kvstore config", vs)
+			}
 			role := o.get(t, "Role/clustermesh-agent")
 			if role.GetNamespace() != testNamespace {
 				t.Errorf("agent role in %q", role.GetNamespace())
@@ -235,6 +263,37 @@ func chartCases(t *testing.T) []chartCase {
 			got := decodeB64(t, str(t, o.get(t, "Secret/clustermesh-ca"), "data", "ca.crt"))
 			if got != pem("clustermesh-ca", "ca.crt") {
 				t.Error("supplied CA not used")
+			}
+			// No local-reader certificate supplied: the agents get no own
+			// kvstore config (and say that no policy applies to their pods).
+			ds := o.get(t, "DaemonSet/clustermesh-agent")
+			for _, a := range args(t, ds) {
+				if strings.HasPrefix(a, "--kvstore-config") {
+					t.Errorf("agent has %s without a local-reader certificate", a)
+				}
+			}
+			if vs := volumeNames(t, ds); slices.Contains(vs, "cache") {
+				t.Errorf("agent mounts the own kvstore config without a local-reader certificate: %v", vs)
+			}
+			if _, ok := o["ConfigMap/clustermesh-cache-config"]; ok {
+				t.Error("own kvstore config rendered without a local-reader certificate")
+			}
+		}},
+		{name: "tls-values-local-reader", values: with(
+			"tls.source", "values",
+			"tls.ca.cert", pem("clustermesh-ca", "ca.crt"), "tls.ca.key", pem("clustermesh-ca", "ca.key"),
+			"tls.server.cert", pem("clustermesh-apiserver-server-cert", "tls.crt"), "tls.server.key", pem("clustermesh-apiserver-server-cert", "tls.key"),
+			"tls.admin.cert", pem("clustermesh-apiserver-admin-cert", "tls.crt"), "tls.admin.key", pem("clustermesh-apiserver-admin-cert", "tls.key"),
+			"tls.localReader.cert", pem("clustermesh-apiserver-local-reader-cert", "tls.crt"), "tls.localReader.key", pem("clustermesh-apiserver-local-reader-cert", "tls.key"),
+		), check: func(t *testing.T, o objects) {
+			if !slices.Contains(args(t, o.get(t, "DaemonSet/clustermesh-agent")), "--kvstore-config=/var/lib/clustermesh/cache/config.yaml") {
+				t.Error("agent lacks --kvstore-config with a supplied local-reader certificate")
+			}
+			o.get(t, "Secret/clustermesh-apiserver-local-reader-cert")
+		}},
+		{name: "policy-all-clusters", values: with("agent.policy.defaultLocalCluster", false), check: func(t *testing.T, o objects) {
+			if !slices.Contains(args(t, o.get(t, "DaemonSet/clustermesh-agent")), "--policy-default-local-cluster=false") {
+				t.Error("agent lacks --policy-default-local-cluster=false")
 			}
 		}},
 		{name: "agents-through-kvstoremesh", values: with("agent.connectionMode", "kvstoremesh", "kvstoremesh.staleTTL", "10m"), check: func(t *testing.T, o objects) {

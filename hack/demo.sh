@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # make demo: three meshed local clusters (real kube-apiservers, clustermesh
 # apiservers and agents on the eBPF datapath, pods as network namespaces), a
-# global service spread over them, and a failover (issue 7). Needs root.
+# global service spread over them, a failover (issue 7), and a network policy
+# that allows one cross-cluster request and denies another, each with
+# `clustermesh-agent policy trace` (issue 15). Needs root.
 # Extra flags (e.g. -hold, -keep-logs) via DEMO_ARGS or as arguments.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -97,6 +97,10 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	say("    20 requests to %s: %s", vip, requests(client, vip, 20))
 
+	if err := policyStory(ctx, m, say); err != nil {
+		return err
+	}
+
 	say("\n==> clustermesh-agent status on %s/%s", c1.Name, c1.Nodes[0].Name)
 	st, err := c1.Nodes[0].StatusText(ctx, "table")
 	if err != nil {

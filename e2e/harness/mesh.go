@@ -149,6 +149,7 @@ type Cluster struct {
 	advertise       string     // the etcd's address on the bridge (JoinCLI: the load balancer's)
 	lb              *Forwarder // forwards advertise to the etcd
 	agentKubeconfig string     // kube-apiserver through the gateway
+	ownKVStore      string     // the agents' --kvstore-config (embedded etcd only)
 }
 
 // Start builds the mesh: control planes, apiservers, nodes with agents, one
@@ -396,7 +397,10 @@ func (m *Mesh) startCluster(ctx context.Context, c *Cluster) error {
 		"--health-address=127.0.0.1:"+strconv.Itoa(ports[1]), "--metrics-address=",
 	)
 	c.apiHealth = "http://127.0.0.1:" + strconv.Itoa(ports[1]) + "/readyz"
-	return c.StartAPIServer(ctx)
+	if err := c.StartAPIServer(ctx); err != nil {
+		return err
+	}
+	return c.writeOwnKVStoreConfig()
 }
 
 // StartAPIServer starts the cluster's clustermesh-apiserver (with its

@@ -40,20 +40,25 @@ type Node struct {
 
 	// StatusSocket is the agent's status API.
 	StatusSocket string
-	pinDir       string
-	dir          string
-	nextPod      int
+	// ExtraAgentArgs come after Config.AgentArgs at the next StartAgent.
+	ExtraAgentArgs []string
+	pinDir         string
+	dir            string
+	nextPod        int
 }
 
 // Pod is a namespace with eth0 (IP/32, default route to its node) running
 // an echo server, and its Pod object.
 type Pod struct {
-	Name   string
-	Node   *Node
-	NS     *NS
-	IP     netip.Addr
-	HostIf string
-	Server *Process
+	Name string
+	// Namespace is the Pod object's Kubernetes namespace (PodNamespace
+	// unless made by AddPodIn).
+	Namespace string
+	Node      *Node
+	NS        *NS
+	IP        netip.Addr
+	HostIf    string
+	Server    *Process
 }
 
 // addNode creates node name of cluster c: namespace, underlay port, vxlan,
@@ -128,6 +133,12 @@ func (n *Node) StartAgent() error {
 	if c.kvstoremesh() {
 		args = append(args, "--clustermesh-cache-config="+c.cacheConfig())
 	}
+	if c.ownKVStore != "" {
+		// As the chart passes it: the own pods' identities, read as
+		// local-reader.
+		args = append(args, "--kvstore-config="+c.ownKVStore)
+	}
+	args = append(args, n.ExtraAgentArgs...)
 	if m.cfg.Join == JoinCLI {
 		// As the chart passes them: the DaemonSet `clustermesh enable`
 		// created stands for this agent's, so that `clustermesh disable`
@@ -153,6 +164,12 @@ func (n *Node) StopAgent() { n.Agent.Stop(5 * time.Second) }
 // .10): namespace, veth, host route, echo server and a Running, Ready Pod
 // object in PodNamespace.
 func (n *Node) AddPod(ctx context.Context, name string, labels map[string]string) (*Pod, error) {
+	return n.AddPodIn(ctx, PodNamespace, name, labels)
+}
+
+// AddPodIn is AddPod with the Pod object in Kubernetes namespace ns (which
+// must exist); name must be unique in the cluster.
+func (n *Node) AddPodIn(ctx context.Context, ns, name string, labels map[string]string) (*Pod, error) {
 	m := n.Cluster.mesh
 	n.nextPod++
 	k := n.nextPod
@@ -160,7 +177,7 @@ func (n *Node) AddPod(ctx context.Context, name string, labels map[string]string
 	for range k + 9 {
 		ip = ip.Next()
 	}
-	p := &Pod{Name: name, Node: n, IP: ip, HostIf: fmt.Sprintf("%s-p%d", m.cfg.Prefix, k)}
+	p := &Pod{Name: name, Namespace: ns, Node: n, IP: ip, HostIf: fmt.Sprintf("%s-p%d", m.cfg.Prefix, k)}
 	var err error
 	if p.NS, err = m.newNS(n.Cluster.Name + "-" + name); err != nil {
 		return nil, err
@@ -193,7 +210,7 @@ func (n *Node) AddPod(ctx context.Context, name string, labels map[string]string
 	p.Server = srv
 	m.onClose(srv.Kill)
 	if _, err := kubetest.CreateRunningPod(ctx, n.Cluster.CP.Client, kubetest.PodSpec{
-		Namespace: PodNamespace, Name: name, NodeName: n.Name, Labels: labels,
+		Namespace: ns, Name: name, NodeName: n.Name, Labels: labels,
 		IPs: []string{ip.String()}, HostIP: n.UnderlayIP.String(),
 		Ports: []corev1.ContainerPort{
 			{Name: "http", ContainerPort: HTTPPort, Protocol: corev1.ProtocolTCP},
@@ -210,7 +227,7 @@ func (n *Node) AddPod(ctx context.Context, name string, labels map[string]string
 // then the pod's echo server and namespace, and drops it from its node.
 func (p *Pod) Delete(ctx context.Context) error {
 	n := p.Node
-	err := n.Cluster.CP.Client.CoreV1().Pods(PodNamespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
+	err := n.Cluster.CP.Client.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("delete pod %s/%s: %w", n.Cluster.Name, p.Name, err)
 	}
@@ -222,6 +239,6 @@ func (p *Pod) Delete(ctx context.Context) error {
 
 // SetReady flips the pod's Ready condition (the kubelet's readiness probe).
 func (p *Pod) SetReady(ctx context.Context, ready bool) error {
-	_, err := kubetest.SetPodReady(ctx, p.Node.Cluster.CP.Client, PodNamespace, p.Name, ready)
+	_, err := kubetest.SetPodReady(ctx, p.Node.Cluster.CP.Client, p.Namespace, p.Name, ready)
 	return err
 }

@@ -165,6 +165,7 @@ type AgentStatus struct {
 			Weight  uint32 `json:"weight"`
 		} `json:"backends"`
 	} `json:"services"`
+	Policy PolicyStatus `json:"policy"`
 }
 
 // Status runs `clustermesh-agent status -o json` against n's agent.

@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/clustermesh/clustermesh/kvstore"
+	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
 // Key prefixes a remote cluster (or, for the cache, the own agents) may read (DESIGN §2 and §6).
@@ -80,18 +81,22 @@ func RemotePermissions(own string) [][2]string {
 	}
 }
 
-// LocalReaderUser is the etcd user the cluster's own agents read the
-// kvstoremesh cache as (kvstoremesh connection mode).
+// LocalReaderUser is the etcd user the cluster's own agents read their
+// cluster's etcd as: its pod identities (every mode) and the kvstoremesh
+// cache (connection mode kvstoremesh).
 const LocalReaderUser = "local-reader"
 
 // LocalReaderPermissions returns the key ranges the own cluster's agents
-// may read in kvstoremesh mode: the cache of every remote
-// (cilium/cache/), every canary (cilium/synced/, which holds the cache
-// canaries), every cluster config (cilium/cluster-config/, the copies with
-// cached true) and the heartbeat. Nothing of cilium/state/: an agent reads
-// its own cluster from Kubernetes.
+// may read: the own cluster's ipcache entries and identities (the
+// identities of their own pods, for network policy; nothing else of
+// cilium/state/: nodes and services come from Kubernetes), the cache of
+// every remote (cilium/cache/), every canary (cilium/synced/, which holds
+// the own state's and the cache's canaries), every cluster config
+// (cilium/cluster-config/, the copies with cached true) and the heartbeat.
 func LocalReaderPermissions() [][2]string {
 	return [][2]string{
+		{wire.IPPrefix, clientv3.GetPrefixRangeEnd(wire.IPPrefix)},
+		{wire.IdentityIDPrefix, clientv3.GetPrefixRangeEnd(wire.IdentityIDPrefix)},
 		{CachePrefix, clientv3.GetPrefixRangeEnd(CachePrefix)},
 		{SyncedPrefix, clientv3.GetPrefixRangeEnd(SyncedPrefix)},
 		{ClusterConfigPrefix, clientv3.GetPrefixRangeEnd(ClusterConfigPrefix)},

@@ -210,16 +210,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		if err != nil {
 			return fmt.Errorf("load --kvstore-config %q: %w", cfg.KVStoreConfig, err)
 		}
-		own, err := kvstore.New(ctx, kc, log.With("component", "kvstore"))
-		if err != nil {
-			return fmt.Errorf("connect own cluster's kvstore: %w", err)
-		}
-		defer own.Close()
 		ids = localidentity.New(localidentity.Config{
 			ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID, MaxConnectedClusters: cfg.MaxConnectedClusters,
 			OnChange:   func(ip netip.Addr) { local.Reidentify(ip) },
 			OnIdentity: pol.identity,
-		}, own, log.With("component", "localidentity"))
+		}, func(ctx context.Context) (*kvstore.Client, error) {
+			return kvstore.New(ctx, kc, log.With("component", "kvstore"))
+		}, log.With("component", "localidentity"))
 		runs = append(runs, runner.Part{Name: "localidentity", Run: ids.Run})
 	}
 	local = localcluster.New(localcluster.Config{

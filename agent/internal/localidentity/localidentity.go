@@ -5,7 +5,11 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"time"
 
+	"k8s.io/utils/clock"
+
+	"github.com/clustermesh/clustermesh/internal/backoff"
 	"github.com/clustermesh/clustermesh/internal/runner"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/watchstore"
@@ -26,17 +30,18 @@ type Config struct {
 
 // Watcher holds the own cluster's pod identities. Run it once.
 type Watcher struct {
-	cfg Config
-	c   *kvstore.Client
-	log *slog.Logger
+	cfg     Config
+	connect func(context.Context) (*kvstore.Client, error)
+	log     *slog.Logger
 
 	mu  sync.Mutex
 	ips map[netip.Addr]uint32 // guarded by mu
 }
 
-// New returns a Watcher reading through c.
-func New(cfg Config, c *kvstore.Client, log *slog.Logger) *Watcher {
-	return &Watcher{cfg: cfg, c: c, log: log, ips: map[netip.Addr]uint32{}}
+// New returns a Watcher that reads through the client connect returns
+// (the own cluster's etcd, --kvstore-config).
+func New(cfg Config, connect func(context.Context) (*kvstore.Client, error), log *slog.Logger) *Watcher {
+	return &Watcher{cfg: cfg, connect: connect, log: log, ips: map[netip.Addr]uint32{}}
 }
 
 // Identity returns the identity of a pod address of the own cluster, 0 when
@@ -47,16 +52,46 @@ func (w *Watcher) Identity(ip netip.Addr) uint32 {
 	return w.ips[ip]
 }
 
-// Run watches until ctx is done.
+// connectBackoff spaces the attempts to reach the own cluster's etcd.
+var connectBackoff = backoff.Policy{Min: 500 * time.Millisecond, Max: 30 * time.Second}
+
+// Run connects (again after each failure, with backoff: the own etcd may
+// be unreachable when the agent starts, as when its apiserver restarts)
+// and watches until ctx is done. While it is not connected the own pods
+// keep the identities last read (0 at start: unknown).
 func (w *Watcher) Run(ctx context.Context) error {
+	clk := clock.RealClock{}
+	retry := backoff.New(connectBackoff, clk)
+	for {
+		c, err := w.connect(ctx)
+		if err == nil {
+			defer c.Close()
+			return w.watch(ctx, c)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		wait := retry.Failure()
+		w.log.Warn("cannot reach the own cluster's etcd for the pods' identities, retrying", "error", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-clk.After(wait):
+		}
+	}
+}
+
+// watch reads the identities through c until ctx is done; c's watches
+// reconnect by themselves.
+func (w *Watcher) watch(ctx context.Context, c *kvstore.Client) error {
 	rem := wire.Remote{Name: w.cfg.ClusterName, ID: w.cfg.ClusterID, MaxConnectedClusters: w.cfg.MaxConnectedClusters}
-	ips := watchstore.New(w.c, watchstore.Config{
+	ips := watchstore.New(c, watchstore.Config{
 		Prefix: wire.IPPrefix, SyncedKey: wire.SyncedKey(w.cfg.ClusterName, wire.KindIP),
 		Name: "local-ipcache", Cluster: w.cfg.ClusterName,
 	}, func(key string, v []byte) (wire.IPIdentityPair, error) {
 		return wire.DecodeIPIdentityPair(rem, key, v)
 	}, ipObserver{w}, w.log, nil)
-	ids := watchstore.New(w.c, watchstore.Config{
+	ids := watchstore.New(c, watchstore.Config{
 		Prefix: wire.IdentityIDPrefix, SyncedKey: wire.SyncedKey(w.cfg.ClusterName, wire.KindIdentities),
 		Name: "local-identities", Cluster: w.cfg.ClusterName,
 	}, func(key string, v []byte) (wire.Identity, error) {

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,7 +24,8 @@ var log = slog.New(slog.DiscardHandler)
 
 // TestIdentitiesFromOwnEtcd writes identities as the cluster's
 // clustermesh-apiserver does (into a real etcd, canaries included) and reads
-// them through a read-only user: pod addresses get their identity, labels
+// them as the agents' user local-reader, after two failed connection
+// attempts: pod addresses get their identity, labels
 // are reported, changes and deletes are announced, and values outside the
 // cluster's identity range are refused.
 func TestIdentitiesFromOwnEtcd(t *testing.T) {
@@ -60,15 +62,19 @@ func TestIdentitiesFromOwnEtcd(t *testing.T) {
 		put(wire.SyncedKey("c1", k), wire.FormatTimestamp(time.Now()))
 	}
 
-	ucfg, err := srv.EnsureRemoteUser(ctx, "c1-agent")
+	// The agents' user; the first two attempts fail as an unreachable
+	// etcd does, and the watcher tries again.
+	ucfg, err := srv.EnsureLocalReaderUser(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := kvstore.New(ctx, ucfg, log)
-	if err != nil {
-		t.Fatal(err)
+	var attempts atomic.Int32
+	connect := func(ctx context.Context) (*kvstore.Client, error) {
+		if attempts.Add(1) <= 2 {
+			return nil, kvstore.ErrUnreachable
+		}
+		return kvstore.New(ctx, ucfg, log)
 	}
-	defer c.Close()
 	var mu sync.Mutex
 	changed := map[netip.Addr]int{}
 	labels := map[uint32]wire.Labels{}
@@ -83,7 +89,7 @@ func TestIdentitiesFromOwnEtcd(t *testing.T) {
 			}
 			labels[id] = ls
 		},
-	}, c, log)
+	}, connect, log)
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
 	defer func() {
@@ -99,6 +105,9 @@ func TestIdentitiesFromOwnEtcd(t *testing.T) {
 		defer mu.Unlock()
 		return w.Identity(a) == web.ID && labels[web.ID].Format() == web.Labels.Format() && changed[a] == 1, ""
 	})
+	if n := attempts.Load(); n != 3 {
+		t.Errorf("%d connection attempts, want 3 (two failed, one kept)", n)
+	}
 	if id := w.Identity(b); id != 0 {
 		t.Errorf("identity of an entry outside the cluster's range: %d, want 0 (refused)", id)
 	}

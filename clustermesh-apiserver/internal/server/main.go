@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -64,7 +65,8 @@ func Main(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if users != nil {
 		runners = append(runners, runner.Part{Name: "remote-users", Run: users.Run})
 	}
-	mesh, err := startKVStoreMesh(ctx, cfg, etcd, kv, log.With("component", "kvstoremesh"))
+	ensureLocalReader(ctx, etcd, kv, log)
+	mesh, err := startKVStoreMesh(cfg, kv, log.With("component", "kvstoremesh"))
 	if err != nil {
 		return err
 	}
@@ -166,22 +168,29 @@ func remoteUsers(ctx context.Context, cfg Config, etcd *etcdserver.Server, kv *k
 	return r, nil
 }
 
-// startKVStoreMesh returns the kvstoremesh (nil when off) after making
-// sure that the user the cluster's agents read its cache as exists.
-func startKVStoreMesh(ctx context.Context, cfg Config, etcd *etcdserver.Server, kv *kvstore.Client, log *slog.Logger) (*kvstoremesh.Mesh, error) {
-	if cfg.KVStoreMesh.Dir == "" {
-		return nil, nil
-	}
+// ensureLocalReader makes sure that the user the cluster's own agents
+// read its etcd as (their pods' identities; in kvstoremesh mode also the
+// cache) exists. A failure is logged, not fatal: the apiserver publishes
+// anyway, and agents that are denied access say so.
+func ensureLocalReader(ctx context.Context, etcd *etcdserver.Server, kv *kvstore.Client, log *slog.Logger) {
 	var err error
 	if etcd != nil {
 		_, err = etcd.EnsureLocalReaderUser(ctx)
 	} else {
 		err = etcdserver.EnsureLocalReaderUserOn(ctx, kv.Etcd())
 	}
-	if err != nil {
-		// Agents in direct mode do not need it; those in kvstoremesh mode
-		// say that they are denied access.
-		log.Error("cannot create the etcd user of the agents' kvstoremesh reads", "user", etcdserver.LocalReaderUser, "error", err)
+	switch {
+	case errors.Is(err, etcdserver.ErrAuthDisabled):
+		log.Info("etcd authentication is off: the cluster's agents read it without a user", "user", etcdserver.LocalReaderUser)
+	case err != nil:
+		log.Error("cannot create the etcd user the cluster's agents read as", "user", etcdserver.LocalReaderUser, "error", err)
+	}
+}
+
+// startKVStoreMesh returns the kvstoremesh (nil when off).
+func startKVStoreMesh(cfg Config, kv *kvstore.Client, log *slog.Logger) (*kvstoremesh.Mesh, error) {
+	if cfg.KVStoreMesh.Dir == "" {
+		return nil, nil
 	}
 	mcfg := cfg.KVStoreMesh
 	mcfg.Own = remoteconn.Own{Name: cfg.ClusterName, ID: cfg.ClusterID, MaxConnectedClusters: cfg.MaxConnectedClusters}

@@ -14,12 +14,14 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/clustermesh/clustermesh/internal/kubetest"
 	"github.com/clustermesh/clustermesh/internal/meshstatus"
 	"github.com/clustermesh/clustermesh/internal/testwait"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
+	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
 func freeAddr(t *testing.T) string {
@@ -123,6 +125,24 @@ func TestMainEmbeddedEtcd(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(cfg.RemoteConfigDir, "main-c2", "main-c1.etcd-client.key")); err != nil {
 		t.Error(err)
+	}
+
+	// The user the own agents read their pods' identities as exists
+	// without kvstoremesh, and reads the own ipcache but not the nodes.
+	pki := filepath.Clean(cfg.EtcdDataDir) + "-pki"
+	local, err := kvstore.New(ctx, kvstore.Config{
+		Endpoints: []string{"https://" + cfg.EtcdListenAddress}, TrustedCAFile: filepath.Join(pki, "ca.crt"),
+		CertFile: filepath.Join(pki, etcdserver.LocalReaderUser+".crt"), KeyFile: filepath.Join(pki, etcdserver.LocalReaderUser+".key"),
+	}, etcdserver.TestLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer local.Close()
+	if _, err := local.Etcd().Get(rctx, wire.IPPrefix, clientv3.WithPrefix()); err != nil {
+		t.Errorf("the agents' user lists the own ipcache: %v", err)
+	}
+	if _, err := local.Etcd().Get(rctx, "cilium/state/nodes/v1/", clientv3.WithPrefix()); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+		t.Errorf("the agents' user lists the own nodes: %v, want permission denied", err)
 	}
 
 	// The user of the file's cluster exists until the file drops it; the

@@ -20,6 +20,17 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) -}}
 {{- end -}}
 
+{{/*
+"true" when the agents read their own cluster's etcd as the user
+local-reader (the identities of their pods, for network policy; in
+connection mode kvstoremesh also the cache): always, except with
+tls.source values without the local-reader certificate.
+*/}}
+{{- define "clustermesh.agent.ownKVStore" -}}
+{{- $v := .Values -}}
+{{- if or (ne $v.tls.source "values") (and $v.tls.localReader.cert $v.tls.localReader.key) -}}true{{- end -}}
+{{- end -}}
+
 {{/* Fails the render when the cluster identity is not usable (DESIGN §3). */}}
 {{- define "clustermesh.validate" -}}
 {{- $v := .Values -}}
