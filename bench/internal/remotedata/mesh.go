@@ -107,26 +107,33 @@ func (c Churn) At(seq int) (Change, error) {
 	return Change{Seq: seq, Set: si, Key: s.IPKey(ip), IP: ip, Identity: s.Identity((j + round + 1) % max(1, min(1000, s.Identities)))}, nil
 }
 
-// Run issues n changes (until ctx is done when n is 0) paced at Rate,
+// Run issues n changes (until ctx is done when n is 0) paced at Rate
+// (change seq is due at seq/Rate after the start),
 // with up to 32 puts in flight, calls sent with each change just before
 // its put, and returns how many were put.
 func (c Churn) Run(ctx context.Context, etcd *clientv3.Client, n int, sent func(Change)) (int, error) {
 	if len(c.Sets) == 0 || c.Rate <= 0 {
 		return 0, fmt.Errorf("churn: %d sets at %v/s: %w", len(c.Sets), c.Rate, ErrChurnConfig)
 	}
-	tick := time.NewTicker(time.Duration(float64(time.Second) / c.Rate))
-	defer tick.Stop()
+	interval := time.Duration(float64(time.Second) / c.Rate)
+	start := time.Now()
 	inflight := make(chan struct{}, 32)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var errs []error
 	done := 0
 	for seq := 0; n == 0 || seq < n; seq++ {
-		select {
-		case <-ctx.Done():
+		// Paced by the schedule, not by a ticker: a late change does not
+		// delay the following ones.
+		if wait := time.Until(start.Add(time.Duration(seq) * interval)); wait > 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(wait):
+			}
+		}
+		if ctx.Err() != nil {
 			wg.Wait()
 			return done, errors.Join(errs...)
-		case <-tick.C:
 		}
 		ch, err := c.At(seq)
 		if err != nil {
