@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -73,7 +74,10 @@ func (nopObserver) OnSync()                         {}
 // prefixes through kvstore/watchstore with the agent's decoders. Then the
 // churn (325 changes/s spread over the remotes, put into the remotes'
 // etcds) runs for BENCH_FANOUT_CHURN_SECONDS (default 30): events delivered
-// per second to all watchers and the put → watcher delivery lag.
+// per second to all watchers, the put → watcher delivery lag and, for
+// comparison, put → cache write (a raw watch of the local etcd).
+// BENCH_SCALE_PROFILE_DIR keeps a CPU profile of the process over the
+// churn.
 func BenchmarkScaleFanout(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -201,6 +205,16 @@ func BenchmarkScaleFanout(b *testing.B) {
 			}
 		}
 	})
+	if dir := os.Getenv("BENCH_SCALE_PROFILE_DIR"); dir != "" { // the whole process over the churn
+		f, err := os.Create(filepath.Join(dir, "scale-fanout-churn.cpu.pprof"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			b.Fatal(err)
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
 	b.ResetTimer()
 	churning.Store(true)
 	per := churnRate / float64(len(sets))
@@ -236,6 +250,7 @@ func BenchmarkScaleFanout(b *testing.B) {
 	}
 	window := time.Since(start)
 	b.StopTimer()
+	pprof.StopCPUProfile()
 	churning.Store(false)
 	wcancel()
 	watchDone.Wait()
