@@ -3,6 +3,7 @@ package scale
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime/pprof"
@@ -15,6 +16,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/clustermesh/clustermesh/bench/internal/remotedata"
+	"github.com/clustermesh/clustermesh/internal/testwait"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
 	"github.com/clustermesh/clustermesh/kvstore/kvstoremesh"
@@ -123,21 +125,15 @@ func BenchmarkScaleFanout(b *testing.B) {
 	defer cancel()
 	wg.Go(func() { _ = m.Run(ctx) })
 	start := time.Now()
-	for {
+	testwait.Until(b, 5*time.Minute, "kvstoremesh synced", func() (bool, string) {
 		synced := 0
 		for _, s := range m.Status() {
 			if s.Synced {
 				synced++
 			}
 		}
-		if synced == len(sets) {
-			break
-		}
-		if time.Since(start) > 5*time.Minute {
-			b.Fatalf("kvstoremesh: %d of %d remotes synced after 5 minutes", synced, len(sets))
-		}
-		time.Sleep(20 * time.Millisecond) // polling interval of the measurement
-	}
+		return synced == len(sets), fmt.Sprintf("%d of %d remotes synced", synced, len(sets))
+	})
 	b.Logf("kvstoremesh mirrored %d remotes (%d entries) in %v", len(sets), mesh.Entries(), time.Since(start).Round(time.Millisecond))
 
 	reader, err := kvstore.LoadConfig(local.readerFile)
@@ -171,21 +167,15 @@ func BenchmarkScaleFanout(b *testing.B) {
 			}
 		}
 	}
-	for {
+	testwait.Until(b, 10*time.Minute, "watcher stores synced", func() (bool, string) {
 		synced := 0
 		for _, st := range stores {
 			if st.Stats().Synced {
 				synced++
 			}
 		}
-		if synced == len(stores) {
-			break
-		}
-		if time.Since(start) > 10*time.Minute {
-			b.Fatalf("%d of %d watcher stores synced after 10 minutes", synced, len(stores))
-		}
-		time.Sleep(50 * time.Millisecond) // polling interval of the measurement
-	}
+		return synced == len(stores), fmt.Sprintf("%d of %d stores synced", synced, len(stores))
+	})
 	b.Logf("%d watchers (%d stores, %d connections) synced %d entries each in %v; load average %s",
 		nWatchers, len(stores), nWatchers, mesh.Entries(), time.Since(start).Round(time.Millisecond), loadavg())
 
