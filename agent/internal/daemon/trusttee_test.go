@@ -39,9 +39,13 @@ func TestTrustTee(t *testing.T) {
 		do   func()
 		want trusted
 	}{
-		{"ipcache entry names a", func() { tee.UpsertIPCache(datapath.IPCacheEntry{Prefix: pod, Identity: 2<<16 | 256, TunnelEndpoint: a, ClusterID: 2}) }, trusted{a: 2}},
+		{"ipcache entry names a", func() {
+			tee.UpsertIPCache(datapath.IPCacheEntry{Prefix: pod, Identity: 2<<16 | 256, TunnelEndpoint: a, ClusterID: 2})
+		}, trusted{a: 2}},
 		{"tunnel route names a too", func() { tee.UpsertTunnel(datapath.TunnelEntry{CIDR: cidr, NodeIP: a, ClusterID: 2}) }, trusted{a: 2}},
-		{"the entry moves to b", func() { tee.UpsertIPCache(datapath.IPCacheEntry{Prefix: pod, Identity: 2<<16 | 256, TunnelEndpoint: b, ClusterID: 2}) }, trusted{a: 2, b: 2}},
+		{"the entry moves to b", func() {
+			tee.UpsertIPCache(datapath.IPCacheEntry{Prefix: pod, Identity: 2<<16 | 256, TunnelEndpoint: b, ClusterID: 2})
+		}, trusted{a: 2, b: 2}},
 		{"the route goes: a unnamed", func() { tee.DeleteTunnel(cidr, 2) }, trusted{b: 2}},
 		{"the entry goes", func() { tee.DeleteIPCache(pod, 2) }, trusted{}},
 	} {
