@@ -272,6 +272,12 @@ func BenchmarkScaleAgent(b *testing.B) {
 	b.ReportMetric(float64(rss1-rss0)/float64(entries), "rss-B/entry")
 	b.ReportMetric(float64(heap1-heap0)/float64(entries), "heap-B/entry")
 
+	if profDir != "" { // the churn, after the idle window
+		go func() {
+			time.Sleep(idleWindow)
+			a.cpuProfile(b, churnFor, filepath.Join(profDir, "scale-agent-churn.cpu.pprof"))
+		}()
+	}
 	lag, watchLag, missing, cpuPerEvent, netPerEvent, idle, rate := churn(b, a, local, sets, churnFor)
 	p50, p99, pmax := quantiles(lag)
 	w50, w99, _ := quantiles(watchLag)
@@ -281,9 +287,13 @@ func BenchmarkScaleAgent(b *testing.B) {
 	b.ReportMetric(float64(netPerEvent.Microseconds()), "cpu-net-µs/event")
 	b.Logf("churn %v at %d/s (reached %.0f/s): %d changes, %d not seen in the pinned map; put → pinned map p50 %v p99 %v max %v | put → raw watch p50 %v p99 %v; agent CPU %v per event (%v over its idle %.3f cores); load average %s",
 		churnFor, churnRate, rate, len(lag)+missing, missing, p50, p99, pmax, w50, w99, cpuPerEvent, netPerEvent, idle, loadavg())
+	churnedHeap := ""
 	if profDir != "" {
-		a.memory(b, filepath.Join(profDir, "scale-agent-churned.heap.pprof"))
+		churnedHeap = filepath.Join(profDir, "scale-agent-churned.heap.pprof")
 	}
+	rss2, heap2 := a.memory(b, churnedHeap)
+	b.Logf("memory after the churn: RSS %d MB (+%d MB, %d B/entry), heap %d MB (+%d MB, %d B/entry) over the baseline",
+		rss2>>20, (rss2-rss0)>>20, (rss2-rss0)/int64(entries), heap2>>20, (heap2-heap0)>>20, (heap2-heap0)/int64(entries))
 }
 
 // churn changes ipcache entries of sets at churnRate for d and returns the
