@@ -254,7 +254,7 @@ func BenchmarkScaleAgent(b *testing.B) {
 	b.ResetTimer()
 	a := startAgent(b, opts)
 	if profDir != "" {
-		go a.cpuProfile(b, 20*time.Second, filepath.Join(profDir, "scale-agent-sync.cpu.pprof"))
+		go a.cpuProfile(b, 8*time.Second, filepath.Join(profDir, "scale-agent-sync.cpu.pprof")) // ends before the churn profile starts
 	}
 	t1 := waitSynced(b, a, sets)
 	b.StopTimer()
