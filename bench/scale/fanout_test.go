@@ -2,7 +2,6 @@ package scale
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,14 +12,10 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"k8s.io/utils/clock"
 
 	"github.com/clustermesh/clustermesh/bench/internal/remotedata"
 	"github.com/clustermesh/clustermesh/internal/testwait"
 	"github.com/clustermesh/clustermesh/kvstore"
-	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
-	"github.com/clustermesh/clustermesh/kvstore/kvstoremesh"
-	"github.com/clustermesh/clustermesh/kvstore/remoteconn"
 	"github.com/clustermesh/clustermesh/kvstore/watchstore"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
@@ -71,7 +66,7 @@ func (nopObserver) OnSync()                         {}
 // BenchmarkScaleFanout: BENCH_FANOUT_REMOTES (default 4) remote etcds, each
 // with one cluster of the scale data set's size (100 nodes, 1,000 ipcache
 // entries, 100 identities, 10 services), mirrored by a kvstoremesh into the
-// local etcd; BENCH_FANOUT_WATCHERS (default 500) in-process watchers, each
+// local etcd, all in a server process of their own (startServer); BENCH_FANOUT_WATCHERS (default 500) in-process watchers, each
 // with its own etcd client connection, read every remote's four cache
 // prefixes through kvstore/watchstore with the agent's decoders. Then the
 // churn (325 changes/s spread over the remotes, put into the remotes'
@@ -87,59 +82,37 @@ func BenchmarkScaleFanout(b *testing.B) {
 	nWatchers := envInt(b, "BENCH_FANOUT_WATCHERS", 500)
 	churnFor := time.Duration(envInt(b, "BENCH_FANOUT_CHURN_SECONDS", 30)) * time.Second
 	b.Logf("load average at start: %s", loadavg())
-	mesh := remotedata.CiliumScale(false)
-	mesh.Clusters = nRemotes
+	mesh := fanoutMesh(nRemotes)
 	sets := mesh.Sets()
-
-	local := startLocal(b)
-	dir := b.TempDir()
+	start := time.Now()
+	dir := startServer(b)
+	b.Logf("server process: %d remote etcds written and mirrored by the kvstoremesh (%d entries) in %v",
+		len(sets), mesh.Entries(), time.Since(start).Round(time.Millisecond))
 	remotes := make([]*kvstore.Client, len(sets))
 	for i, s := range sets {
-		srv := etcdserver.StartTest(b, etcdserver.Config{ClusterName: s.Cluster})
-		c, err := kvstore.New(ctx, srv.AdminConfig(), log)
+		cfg, err := kvstore.LoadConfig(adminFile(dir, s.Cluster))
 		if err != nil {
 			b.Fatal(err)
 		}
+		if remotes[i], err = kvstore.New(ctx, cfg, log); err != nil {
+			b.Fatal(err)
+		}
+		c := remotes[i]
 		b.Cleanup(func() { c.Close() })
-		remotes[i] = c
-		if err := s.Write(ctx, c.Etcd()); err != nil {
-			b.Fatal(err)
-		}
-		cfg, err := srv.EnsureRemoteUser(ctx, "c1")
-		if err != nil {
-			b.Fatal(err)
-		}
-		data, err := json.Marshal(cfg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, s.Cluster), data, 0o600); err != nil {
-			b.Fatal(err)
-		}
 	}
-	mcfg := kvstoremesh.DefaultConfig()
-	mcfg.Dir, mcfg.Own = dir, remoteconn.Own{Name: "c1", ID: 1, MaxConnectedClusters: 255}
-	m := kvstoremesh.New(mcfg, local.admin, log, clock.RealClock{})
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	wg.Go(func() { _ = m.Run(ctx) })
-	start := time.Now()
-	testwait.Until(b, 5*time.Minute, "kvstoremesh synced", func() (bool, string) {
-		synced := 0
-		for _, s := range m.Status() {
-			if s.Synced {
-				synced++
-			}
-		}
-		return synced == len(sets), fmt.Sprintf("%d of %d remotes synced", synced, len(sets))
-	})
-	b.Logf("kvstoremesh mirrored %d remotes (%d entries) in %v", len(sets), mesh.Entries(), time.Since(start).Round(time.Millisecond))
-
-	reader, err := kvstore.LoadConfig(local.readerFile)
+	reader, err := kvstore.LoadConfig(readerFile(dir))
 	if err != nil {
 		b.Fatal(err)
 	}
+	localReader, err := kvstore.New(ctx, reader, log)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { localReader.Close() })
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+
 	var sent sync.Map
 	var churning atomic.Bool
 	var observers []*lagObserver
@@ -183,7 +156,7 @@ func BenchmarkScaleFanout(b *testing.B) {
 	// seen by a raw watch of the bench on the local etcd.
 	var cacheLag []time.Duration // only the watch goroutine appends until wctx ends
 	wctx, wcancel := context.WithCancel(ctx)
-	wch := local.admin.Etcd().Watch(wctx, wire.CachePrefix+string(wire.KindIP)+"/v1/", clientv3.WithPrefix())
+	wch := localReader.Etcd().Watch(wctx, wire.CachePrefix+string(wire.KindIP)+"/v1/", clientv3.WithPrefix())
 	var watchDone sync.WaitGroup
 	watchDone.Go(func() {
 		for wr := range wch {
