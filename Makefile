@@ -12,7 +12,7 @@ LDFLAGS := -X github.com/clustermesh/clustermesh/internal/version.version=$(VERS
 
 CILIUM_INTEROP := $(abspath $(BIN))/ciliuminterop
 
-.PHONY: help build images setup test test-install test-unit test-e2e lint verify-gen generate fuzz bench bench-peer cilium-watch soak demo kube-bins ciliuminterop clean
+.PHONY: help build images setup test test-install test-unit test-e2e lint verify-gen generate fuzz bench bench-peer bench-scale cilium-watch soak demo kube-bins ciliuminterop clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -68,6 +68,11 @@ bench: cilium-watch ## run the benchmarks of bench/ (see bench/README.md; as roo
 
 bench-peer: cilium-watch ## only the side-by-side benchmark against Cilium's watch path (bench/peer)
 	$(GO) test -run '^$$' -bench VsCilium -benchtime 1x -timeout 30m -v ./bench/peer/
+
+SCALE_BENCH ?= Scale
+bench-scale: ## Cilium's clustermesh scale test on one machine (bench/scale: the agent binary at 250 clusters, the 500-watcher fan-out; as root: see bench/README.md)
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/clustermesh-agent ./agent
+	CLUSTERMESH_AGENT_BIN=$(CURDIR)/$(BIN)/clustermesh-agent $(GO) test -run '^$$' -bench '$(SCALE_BENCH)' -benchtime 1x -timeout 60m -v ./bench/scale/
 
 cilium-watch: ## build Cilium's watch-path peer tool into bin/ when its source is present (else bench/peer skips the Cilium side)
 	@if [ -d "$(CILIUM_WATCH_SRC)" ]; then \

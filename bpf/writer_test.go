@@ -245,6 +245,7 @@ func TestWriterMatchesMemory(t *testing.T) {
 		if p, g := fmt.Sprint(pinned), fmt.Sprint(got); p != g {
 			t.Errorf("%s: read-only dump of the pinned maps\n got %s\nwant %s", s.name, p, g)
 		}
+		checkPinnedIPCache(t, s.name, dp.cfg.PinDir, got)
 		w2, err := NewWriter(dp, w.log)
 		if err != nil {
 			t.Fatal(err)
@@ -271,6 +272,34 @@ func TestWriterMatchesMemory(t *testing.T) {
 		if n := count(t, m); n != 0 {
 			t.Errorf("%v: %d entries left after deleting everything", m, n)
 		}
+	}
+}
+
+// checkPinnedIPCache looks every IPv4 ipcache entry of st up through
+// PinnedIPCache, and an address that is not in the map.
+func checkPinnedIPCache(t *testing.T, step, pinDir string, st datapath.State) {
+	t.Helper()
+	c, err := OpenPinnedIPCache(pinDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	n := 0
+	for p, want := range st.IPCache {
+		if !p.Addr().Is4() {
+			continue
+		}
+		n++
+		got, ok, err := c.Lookup(p)
+		if err != nil || !ok || got != want {
+			t.Errorf("%s: pinned lookup of %s: %+v %v %v, want %+v", step, p, got, ok, err, want)
+		}
+	}
+	if got, err := c.Count(); err != nil || got != n {
+		t.Errorf("%s: pinned count %d (%v), want %d", step, got, err, n)
+	}
+	if _, ok, err := c.Lookup(netip.MustParsePrefix("192.0.2.77/32")); ok || err != nil {
+		t.Errorf("%s: pinned lookup of an absent address: %v %v", step, ok, err)
 	}
 }
 

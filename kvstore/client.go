@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/time/rate"
@@ -187,7 +188,16 @@ func (c *Client) endpointStatus(ctx context.Context, ep string) EndpointStatus {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout.D())
 	defer cancel()
 	start := time.Now()
-	resp, err := c.etcd.Status(ctx, ep)
+	m := c.etcd.Maintenance
+	if len(c.cfg.Endpoints) == 1 {
+		// Through the client's own connection: Maintenance.Status(ctx, ep)
+		// dials (a TLS handshake on both sides) and closes a connection per
+		// call, which a probe every few seconds per remote turns into a
+		// steady handshake load on the etcd (250 remotes, 25 per second per
+		// agent). With several endpoints, each must be asked itself.
+		m = clientv3.NewMaintenanceFromMaintenanceClient(pb.NewMaintenanceClient(c.etcd.ActiveConnection()), c.etcd)
+	}
+	resp, err := m.Status(ctx, ep)
 	es := EndpointStatus{Endpoint: ep, Latency: time.Since(start), Err: err}
 	if err == nil {
 		es.Reachable = true

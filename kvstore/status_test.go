@@ -2,10 +2,12 @@ package kvstore_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"testing"
 	"time"
 
+	"github.com/clustermesh/clustermesh/internal/testwait"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
 )
@@ -48,4 +50,39 @@ func TestStatusDeadFirstEndpoint(t *testing.T) {
 	if !st.Healthy() || st.Endpoints[0].Reachable || !st.Endpoints[1].Reachable {
 		t.Fatalf("status after %v: %+v, want the second endpoint reachable", time.Since(start), st.Endpoints)
 	}
+}
+
+// TestStatusReusesConnection: with one endpoint, probes go through the
+// client's own connection; a probe that dialled would cost the etcd a TLS
+// handshake per remote and agent every probe interval. A client that was
+// cut off still finds the endpoint down, and up again once it is back.
+func TestStatusReusesConnection(t *testing.T) {
+	ctx := testCtx(t)
+	srv := etcdserver.StartTest(t, etcdserver.Config{})
+	proxy := etcdserver.NewProxy(t, srv.AdminConfig().Endpoints[0])
+	cfg := srv.AdminConfig()
+	cfg.Endpoints = []string{proxy.Endpoint()}
+	cfg.DialTimeout = kvstore.Duration(time.Second)
+	c := connect(t, cfg)
+	if _, err := c.Etcd().Get(ctx, "x"); err != nil {
+		t.Fatal(err)
+	}
+	before := proxy.Accepted()
+	for i := range 5 {
+		if st := c.Status(ctx); !st.Healthy() {
+			t.Fatalf("probe %d: %+v", i, st.Endpoints)
+		}
+	}
+	if got := proxy.Accepted(); got != before {
+		t.Fatalf("5 probes opened %d connections, want none", got-before)
+	}
+	proxy.Block()
+	if st := c.Status(ctx); st.Healthy() {
+		t.Fatalf("probe while cut off: %+v", st.Endpoints)
+	}
+	proxy.Unblock()
+	testwait.Until(t, 30*time.Second, "probe healthy after the cut", func() (bool, string) {
+		st := c.Status(ctx)
+		return st.Healthy(), fmt.Sprint(st.Endpoints)
+	})
 }

@@ -21,6 +21,9 @@ type Config struct {
 	Dir         string
 	ClusterName string
 	ClusterID   uint32
+	// CacheConfig, when set, reads every remote of Dir through this
+	// kvstoremesh cache (the agent's --clustermesh-cache-config).
+	CacheConfig string
 	// Writer, if set, is the datapath the control plane programs (the
 	// eBPF writer in bench/); nil uses a new in-memory one (Datapath).
 	Writer datapath.Writer
@@ -49,7 +52,7 @@ func Start(cfg Config, log *slog.Logger) *ControlPlane {
 	c.rec = rec
 	merger := servicemerge.New(servicemerge.Config{ClusterID: cfg.ClusterID}, rec)
 	rec.Pull(merger)
-	c.mgr = remotecluster.New(remotecluster.Config{Dir: cfg.Dir, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID,
+	c.mgr = remotecluster.New(remotecluster.Config{Dir: cfg.Dir, CacheConfig: cfg.CacheConfig, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID,
 		MaxConnectedClusters: 255, BackoffMin: 50 * time.Millisecond, BackoffMax: time.Second}, rec, merger, log, clock.RealClock{})
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel

@@ -52,10 +52,18 @@ type Proxy struct {
 	ln     net.Listener
 	target string
 
-	mu      sync.Mutex
-	blocked bool
-	conns   map[net.Conn]struct{}
-	wg      sync.WaitGroup // accept loop and connection copiers
+	mu       sync.Mutex
+	blocked  bool
+	conns    map[net.Conn]struct{}
+	accepted int            // guarded by mu: client connections accepted so far
+	wg       sync.WaitGroup // accept loop and connection copiers
+}
+
+// Accepted returns how many client connections the proxy has accepted.
+func (p *Proxy) Accepted() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.accepted
 }
 
 // NewProxy proxies to the host:port of endpoint (a URL or host:port) and
@@ -89,6 +97,9 @@ func (p *Proxy) accept() {
 			c.Close()
 			continue
 		}
+		p.mu.Lock()
+		p.accepted++
+		p.mu.Unlock()
 		p.wg.Go(func() { p.serve(c) })
 	}
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/remotecluster"
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipkey"
 	"github.com/clustermesh/clustermesh/internal/meshstatus"
 	"github.com/clustermesh/clustermesh/internal/runner"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
@@ -154,11 +155,14 @@ type trustTee struct {
 	log   *slog.Logger
 
 	mu    sync.Mutex
-	nodes map[teeKey]netip.Addr // guarded by mu: what each entry named
+	nodes map[teeKey]ipkey.Addr // guarded by mu: what each entry named
 }
 
+// teeKey and the map's values are pointer-free (internal/ipkey): the map
+// holds an entry per remote ipcache entry (250,000 at Cilium's scale), which
+// the garbage collector then need not scan.
 type teeKey struct {
-	prefix  netip.Prefix
+	prefix  ipkey.Prefix
 	cluster uint32
 	ipcache bool
 }
@@ -166,18 +170,19 @@ type teeKey struct {
 var _ remotecluster.DatapathSink = (*trustTee)(nil)
 
 func newTrustTee(r *dpsync.Reconciler, t *policysync.NodeTrust, log *slog.Logger) *trustTee {
-	return &trustTee{Reconciler: r, trust: t, log: log, nodes: map[teeKey]netip.Addr{}}
+	return &trustTee{Reconciler: r, trust: t, log: log, nodes: map[teeKey]ipkey.Addr{}}
 }
 
 func (t *trustTee) set(k teeKey, node netip.Addr) {
 	t.mu.Lock()
-	old, had := t.nodes[k]
+	oldKey, had := t.nodes[k]
 	if node.IsValid() {
-		t.nodes[k] = node
+		t.nodes[k] = ipkey.FromAddr(node)
 	} else {
 		delete(t.nodes, k)
 	}
 	t.mu.Unlock()
+	old := oldKey.Addr()
 	if had && old == node {
 		return
 	}
@@ -193,26 +198,26 @@ func (t *trustTee) set(k teeKey, node netip.Addr) {
 
 // UpsertTunnel implements remotecluster.DatapathSink.
 func (t *trustTee) UpsertTunnel(e datapath.TunnelEntry) {
-	t.set(teeKey{prefix: e.CIDR, cluster: e.ClusterID}, e.NodeIP)
+	t.set(teeKey{prefix: ipkey.FromPrefix(e.CIDR), cluster: e.ClusterID}, e.NodeIP)
 	t.Reconciler.UpsertTunnel(e)
 }
 
 // DeleteTunnel implements remotecluster.DatapathSink.
 func (t *trustTee) DeleteTunnel(p netip.Prefix, id uint32) {
 	t.Reconciler.DeleteTunnel(p, id)
-	t.set(teeKey{prefix: p, cluster: id}, netip.Addr{})
+	t.set(teeKey{prefix: ipkey.FromPrefix(p), cluster: id}, netip.Addr{})
 }
 
 // UpsertIPCache implements remotecluster.DatapathSink.
 func (t *trustTee) UpsertIPCache(e datapath.IPCacheEntry) {
-	t.set(teeKey{prefix: e.Prefix, cluster: e.ClusterID, ipcache: true}, e.TunnelEndpoint)
+	t.set(teeKey{prefix: ipkey.FromPrefix(e.Prefix), cluster: e.ClusterID, ipcache: true}, e.TunnelEndpoint)
 	t.Reconciler.UpsertIPCache(e)
 }
 
 // DeleteIPCache implements remotecluster.DatapathSink.
 func (t *trustTee) DeleteIPCache(p netip.Prefix, id uint32) {
 	t.Reconciler.DeleteIPCache(p, id)
-	t.set(teeKey{prefix: p, cluster: id, ipcache: true}, netip.Addr{})
+	t.set(teeKey{prefix: ipkey.FromPrefix(p), cluster: id, ipcache: true}, netip.Addr{})
 }
 
 // identity takes an own-cluster identity (labels nil: deleted).

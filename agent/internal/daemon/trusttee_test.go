@@ -1,0 +1,62 @@
+package daemon
+
+import (
+	"net/netip"
+	"testing"
+
+	"k8s.io/utils/clock"
+
+	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
+	"github.com/clustermesh/clustermesh/agent/internal/policysync"
+	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/datapath/memory"
+	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
+)
+
+// trusted records the trusted nodes the node trust programs.
+type trusted map[netip.Addr]uint32
+
+func (t trusted) Apply(b datapath.PolicyBatch) error {
+	for _, n := range b.UpsertNodes {
+		t[n.IP] = n.ClusterID
+	}
+	for _, ip := range b.DeleteNodes {
+		delete(t, ip)
+	}
+	return nil
+}
+
+// The tee trusts a node while a tunnel route or ipcache entry of its
+// cluster names it, and forgets it once none does.
+func TestTrustTee(t *testing.T) {
+	a, b := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
+	pod, cidr := netip.MustParsePrefix("10.2.0.5/32"), netip.MustParsePrefix("10.2.0.0/24")
+	tr := trusted{}
+	tee := newTrustTee(dpsync.New(dpsync.Config{ClusterID: 1}, memory.New(), etcdserver.TestLogger(), clock.RealClock{}),
+		policysync.NewNodeTrust(tr, 255), etcdserver.TestLogger())
+	for _, step := range []struct {
+		name string
+		do   func()
+		want trusted
+	}{
+		{"ipcache entry names a", func() {
+			tee.UpsertIPCache(datapath.IPCacheEntry{Prefix: pod, Identity: 2<<16 | 256, TunnelEndpoint: a, ClusterID: 2})
+		}, trusted{a: 2}},
+		{"tunnel route names a too", func() { tee.UpsertTunnel(datapath.TunnelEntry{CIDR: cidr, NodeIP: a, ClusterID: 2}) }, trusted{a: 2}},
+		{"the entry moves to b", func() {
+			tee.UpsertIPCache(datapath.IPCacheEntry{Prefix: pod, Identity: 2<<16 | 256, TunnelEndpoint: b, ClusterID: 2})
+		}, trusted{a: 2, b: 2}},
+		{"the route goes: a unnamed", func() { tee.DeleteTunnel(cidr, 2) }, trusted{b: 2}},
+		{"the entry goes", func() { tee.DeleteIPCache(pod, 2) }, trusted{}},
+	} {
+		step.do()
+		if len(tr) != len(step.want) {
+			t.Fatalf("%s: trusted %v, want %v", step.name, tr, step.want)
+		}
+		for ip, id := range step.want {
+			if tr[ip] != id {
+				t.Fatalf("%s: trusted %v, want %v", step.name, tr, step.want)
+			}
+		}
+	}
+}
