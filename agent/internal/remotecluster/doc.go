@@ -13,8 +13,10 @@
 // the agent's own cluster, or otherwise unusable, is refused with the reason
 // in Status and a log line.
 //
-// Per remote, a connection loop (capped exponential backoff with jitter
-// between attempts):
+// The remote set is kvstore/remoteconn.Set, shared with the kvstoremesh:
+// it runs per remote a connection loop (capped exponential backoff with
+// jitter between attempts) and keeps the remote's cluster ID; a remote's
+// member here (remote.go) turns its kinds into datapath state:
 //
 //  1. connects (kvstore.New: TLS checked, endpoints probed);
 //  2. reads and validates cilium/cluster-config/<name> (wire.DecodeClusterConfig,
