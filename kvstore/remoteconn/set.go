@@ -82,8 +82,8 @@ type Member interface {
 	// entry limit.
 	Drain()
 	// Removed is called when the remote's config file is gone, after its
-	// connection loop stopped; id is the cluster ID it held (0: none),
-	// freed when Removed returns. The member is then dropped.
+	// connection loop stopped and the remote left the set; id is the
+	// cluster ID it held (0: none), already freed.
 	Removed(id uint32)
 }
 
@@ -281,11 +281,9 @@ func (s *Set[M]) remove(r *slot[M]) {
 	}
 	s.mu.Lock()
 	id := r.id
-	s.mu.Unlock()
-	r.m.Removed(id)
-	s.mu.Lock()
 	delete(s.slots, r.name)
 	s.mu.Unlock()
+	r.m.Removed(id)
 }
 
 // start runs the connection loop of r for data. Call stop first if one runs.

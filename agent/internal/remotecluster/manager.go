@@ -2,15 +2,10 @@ package remotecluster
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -18,6 +13,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
+	"github.com/clustermesh/clustermesh/agent/internal/restorehold"
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/kvstore/remoteconn"
@@ -42,10 +38,8 @@ type DatapathSink interface {
 	DeleteTunnel(netip.Prefix, uint32)
 	UpsertIPCache(datapath.IPCacheEntry)
 	DeleteIPCache(netip.Prefix, uint32)
-	// Holding lists the cluster IDs whose restored entries are held.
-	Holding() []uint32
-	// Release ends the hold on restored entries of a cluster ID.
-	Release(uint32)
+	// Holding and Release: the restore hold (restorehold.Hold decides).
+	restorehold.Datapath
 	// Refusals lists the remote claims the trust rules refuse.
 	Refusals() []dpsync.Refusal
 }
@@ -162,24 +156,20 @@ type Manager struct {
 	// tests wrap it to close watchers under the manager).
 	newWatcher func() (*fsnotify.Watcher, error)
 
-	mu        sync.Mutex
-	persisted map[string]uint32 // guarded by mu: name → ID as last persisted
+	// hold decides when restored datapath entries may be deleted.
+	hold *restorehold.Hold
 }
 
 // New returns a Manager.
 func New(cfg Config, dp DatapathSink, svcs ServiceSink, log *slog.Logger, clk clock.WithTicker) *Manager {
 	cfg.withDefaults()
-	m := &Manager{
-		cfg: cfg, dp: dp, svcs: svcs, log: log, clock: clk,
-		newWatcher: fsnotify.NewWatcher,
-		persisted:  map[string]uint32{},
-	}
+	m := &Manager{cfg: cfg, dp: dp, svcs: svcs, log: log, clock: clk, newWatcher: fsnotify.NewWatcher}
 	sc := remoteconn.SetConfig{
 		Dir:       cfg.Dir,
 		Own:       remoteconn.Own{Name: cfg.ClusterName, ID: cfg.ClusterID, MaxConnectedClusters: cfg.MaxConnectedClusters},
 		StaleTTL:  cfg.StaleTTL,
 		LimitFlag: "--remote-max-entries",
-		Started:   m.releaseUnclaimed,
+		Started:   func() { m.hold.Started(m.set.Configured) },
 		Timing: remoteconn.Timing{
 			BackoffMin: cfg.BackoffMin, BackoffMax: cfg.BackoffMax, DeniedBackoffMax: cfg.DeniedBackoffMax,
 			ProbeInterval: cfg.ProbeInterval, ProbeTimeout: cfg.ProbeTimeout, RescanInterval: cfg.RescanInterval,
@@ -192,108 +182,20 @@ func New(cfg Config, dp DatapathSink, svcs ServiceSink, log *slog.Logger, clk cl
 		}
 	}
 	m.set = remoteconn.NewSet(sc, func(name string, log *slog.Logger) *remote { return newRemote(m, name, log) }, log, clk)
+	m.hold = restorehold.New(restorehold.Config{OwnID: cfg.ClusterID, StateDir: cfg.StateDir}, dp, m.set.IDs, log)
 	return m
 }
 
 // Run watches the config directory and runs the remotes until ctx is done.
 // On return every remote goroutine has exited; their datapath state stays.
 func (m *Manager) Run(ctx context.Context) error {
-	m.loadState()
+	m.hold.Load()
 	return m.set.Run(ctx)
 }
 
-// releaseUnclaimed releases restored entries of cluster IDs that no
-// configured remote will claim.
-func (m *Manager) releaseUnclaimed() {
-	m.mu.Lock()
-	keep := map[uint32]bool{m.cfg.ClusterID: true}
-	for name, id := range m.persisted {
-		if m.set.Configured(name) {
-			keep[id] = true
-		}
-	}
-	m.mu.Unlock()
-	for _, id := range m.dp.Holding() {
-		if !keep[id] {
-			m.log.Info("releasing restored datapath entries of an unconfigured cluster", "cluster_id", id)
-			m.dp.Release(id)
-		}
-	}
-}
-
-// reserved records that remote name holds id and returns the ID persisted
-// for it before, 0 if none.
-func (m *Manager) reserved(name string, id uint32) uint32 {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	old := m.persisted[name]
-	if old != id {
-		m.persisted[name] = id
-		m.saveStateLocked()
-	}
-	return old
-}
-
-// removed forgets remote name, which held id (0: none), and releases the
-// restored entries of its IDs.
-func (m *Manager) removed(name string, id uint32) {
-	m.mu.Lock()
-	release := []uint32{}
-	if id != 0 {
-		release = append(release, id)
-	}
-	if old, ok := m.persisted[name]; ok {
-		release = append(release, old)
-		delete(m.persisted, name)
-	}
-	m.saveStateLocked()
-	m.mu.Unlock()
-	for _, id := range release {
-		m.dp.Release(id)
-	}
-}
-
-func (m *Manager) stateFile() string { return filepath.Join(m.cfg.StateDir, "remote-clusters.json") }
-
-func (m *Manager) loadState() {
-	if m.cfg.StateDir == "" {
-		return
-	}
-	data, err := os.ReadFile(m.stateFile())
-	if err != nil {
-		if !errors.Is(err, os.ErrNotExist) {
-			m.log.Warn("reading remote cluster state", "error", err)
-		}
-		return
-	}
-	var st map[string]uint32
-	if err := json.Unmarshal(data, &st); err != nil {
-		m.log.Warn("ignoring unreadable remote cluster state", "error", err)
-		return
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for name, id := range st {
-		m.persisted[name] = id
-	}
-}
-
-func (m *Manager) saveStateLocked() {
-	if m.cfg.StateDir == "" {
-		return
-	}
-	data, _ := json.Marshal(m.persisted)
-	tmp := m.stateFile() + ".tmp"
-	if err := os.MkdirAll(m.cfg.StateDir, 0o700); err == nil {
-		if err = os.WriteFile(tmp, data, 0o600); err == nil {
-			err = os.Rename(tmp, m.stateFile())
-		}
-		if err == nil {
-			return
-		}
-		m.log.Warn("persisting remote cluster state", "error", err)
-	}
-}
+// OwnSynced tells the restore hold that the own cluster's sources have
+// delivered their full state.
+func (m *Manager) OwnSynced() { m.hold.OwnSynced() }
 
 // Status returns the status of every configured remote, sorted by name.
 func (m *Manager) Status() []Status {

@@ -37,12 +37,10 @@ func newRemote(m *Manager, name string, log *slog.Logger) *remote {
 	return &remote{m: m, name: name, log: log}
 }
 
-// Connected releases the restored entries of the ID the remote held
-// before, if it changed, and returns one reader per kind.
+// Connected tells the restore hold the remote's ID and returns one reader
+// per kind.
 func (r *remote) Connected(s remoteconn.Session) ([]remoteconn.Reader, error) {
-	if old := r.m.reserved(r.name, s.Remote.ID); old != 0 && old != s.Remote.ID {
-		r.m.dp.Release(old)
-	}
+	r.m.hold.Reserved(r.name, s.Remote.ID)
 	r.rem = s.Remote
 	readers := make([]remoteconn.Reader, 0, numKinds)
 	for k := range numKinds {
@@ -58,14 +56,13 @@ func (r *remote) Connected(s remoteconn.Session) ([]remoteconn.Reader, error) {
 	return readers, nil
 }
 
-// Synced ends the hold on the restored entries of the remote's ID: every
-// kind delivered its full state.
-func (r *remote) Synced(s remoteconn.Session) { r.m.dp.Release(s.Remote.ID) }
+// Synced tells the restore hold that every kind delivered its full state.
+func (r *remote) Synced(s remoteconn.Session) { r.m.hold.Synced(s.Remote.ID) }
 
-// Removed withdraws the remote's state and releases its IDs.
+// Removed withdraws the remote's state and tells the restore hold.
 func (r *remote) Removed(id uint32) {
 	r.Drain()
-	r.m.removed(r.name, id)
+	r.m.hold.Removed(r.name, id)
 }
 
 // kindStore returns the store of kind k for a session with cluster config
