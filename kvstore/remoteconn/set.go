@@ -474,13 +474,10 @@ func (s *Set[M]) Remotes() []Remote[M] {
 
 // ClusterNames maps the reserved cluster IDs to the remotes' names.
 func (s *Set[M]) ClusterNames() map[uint32]string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make(map[uint32]string, len(s.slots))
-	for _, r := range s.slots {
-		if r.id != 0 {
-			out[r.id] = r.name
-		}
+	ids := s.IDs()
+	out := make(map[uint32]string, len(ids))
+	for name, id := range ids {
+		out[id] = name
 	}
 	return out
 }

@@ -103,12 +103,7 @@ func (h *Hold) Started(configured func(name string) bool) {
 // set). The restored entries of the ID it held before, if another, are
 // released.
 func (h *Hold) Reserved(name string, id uint32) {
-	h.mu.Lock()
-	old, ok := h.previous[name]
-	delete(h.previous, name)
-	h.saveLocked()
-	h.mu.Unlock()
-	if ok && old != id {
+	if old, ok := h.forget(name); ok && old != id {
 		h.dp.Release(old)
 	}
 }
@@ -121,17 +116,24 @@ func (h *Hold) Synced(id uint32) { h.dp.Release(id) }
 // gone and the remote is no longer in the set. The restored entries of
 // its IDs are released.
 func (h *Hold) Removed(name string, id uint32) {
-	h.mu.Lock()
-	old, ok := h.previous[name]
-	delete(h.previous, name)
-	h.saveLocked()
-	h.mu.Unlock()
+	old, ok := h.forget(name)
 	if id != 0 {
 		h.dp.Release(id)
 	}
 	if ok && old != id {
 		h.dp.Release(old)
 	}
+}
+
+// forget drops the state file's ID of remote name, returning it, and
+// writes the state file (the remote's ID may have changed meanwhile).
+func (h *Hold) forget(name string) (uint32, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	old, ok := h.previous[name]
+	delete(h.previous, name)
+	h.saveLocked()
+	return old, ok
 }
 
 func (h *Hold) file() string { return filepath.Join(h.cfg.StateDir, "remote-clusters.json") }
