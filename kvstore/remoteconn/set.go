@@ -159,7 +159,7 @@ type slot[M Member] struct {
 	id uint32 // reserved cluster ID; guarded by the Set's mu
 
 	mu sync.Mutex
-	st State // guarded by mu; ID is filled from id by state()
+	st State // guarded by mu; ID is filled from id by Remotes()
 }
 
 // NewSet returns a Set that makes the member of each added remote with
