@@ -72,7 +72,7 @@ func (r *remote) Connected(s remoteconn.Session) ([]remoteconn.Reader, error) {
 	r.rem = s.Remote
 	readers := make([]remoteconn.Reader, 0, len(r.kinds))
 	for _, k := range r.kinds {
-		st := k.store(s.Config)
+		st := k.store(s)
 		readers = append(readers, func(ctx context.Context, c *kvstore.Client, listed func()) error {
 			k.listed = listed
 			if err := st.RunOn(ctx, c); err != nil {
@@ -150,18 +150,11 @@ func newMirror(r *remote, k wire.Kind) *mirror {
 	return &mirror{r: r, kind: k, out: syncstore.New(r.m.local, cfg, r.log.With("kind", string(k)), nil)}
 }
 
-// store returns the watchstore of the remote's prefix for a session with
-// cluster config cc: the previous session's (its first listing then
+// store returns the watchstore of the remote's prefix for session s: the
+// previous session's (its first listing then
 // deletes what vanished meanwhile), or a new one if the prefix changed.
-func (k *mirror) store(cc wire.ClusterConfig) *watchstore.Store[[]byte] {
-	cached := cc.Capabilities.Cached
-	cfg := watchstore.Config{
-		Prefix: wire.WatchPrefix(k.kind, k.r.name, cached), Name: "mirror-" + string(k.kind),
-		Cluster: k.r.name, MaxEntries: k.r.m.cfg.MaxEntries,
-	}
-	if cc.Capabilities.SyncedCanaries {
-		cfg.SyncedKey = wire.WatchSyncedKey(k.kind, k.r.name, cached)
-	}
+func (k *mirror) store(s remoteconn.Session) *watchstore.Store[[]byte] {
+	cfg := s.ReaderConfig(k.kind, "mirror-"+string(k.kind), k.r.m.cfg.MaxEntries)
 	if k.in != nil && k.inCfg == cfg {
 		return k.in
 	}

@@ -37,7 +37,8 @@
 // served, refused reason, failures, reconnects, heartbeat).
 //
 // What a connected remote is read into is the Member's: its readers (one
-// kvstore/watchstore per kind, with its canary) program the agent's
+// kvstore/watchstore per kind, whose prefix and canary, the remote's own or
+// the cache's, Session.ReaderConfig gives) program the agent's
 // datapath (agent/internal/remotecluster) or mirror into the cache
 // (kvstore/kvstoremesh); Drain withdraws it, Removed cleans up after a
 // removed file.

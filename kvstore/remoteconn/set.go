@@ -60,6 +60,19 @@ type Session struct {
 	Remote wire.Remote
 }
 
+// ReaderConfig is the watchstore config of kind k of the session's
+// remote: its own prefix, or the cache prefix when its cluster config says
+// cached, with that prefix's sync canary when it advertises
+// syncedCanaries, bounded by maxEntries. name names the store.
+func (s Session) ReaderConfig(k wire.Kind, name string, maxEntries int) watchstore.Config {
+	cached := s.Config.Capabilities.Cached
+	cfg := watchstore.Config{Prefix: wire.WatchPrefix(k, s.Remote.Name, cached), Name: name, Cluster: s.Remote.Name, MaxEntries: maxEntries}
+	if s.Config.Capabilities.SyncedCanaries {
+		cfg.SyncedKey = wire.WatchSyncedKey(k, s.Remote.Name, cached)
+	}
+	return cfg
+}
+
 // A Reader reads one prefix of a connected remote until ctx is done (nil)
 // or it fails, which ends the session (and stops the other readers). It
 // calls listed once its first listing is handed over.

@@ -44,7 +44,7 @@ func (r *remote) Connected(s remoteconn.Session) ([]remoteconn.Reader, error) {
 	r.rem = s.Remote
 	readers := make([]remoteconn.Reader, 0, numKinds)
 	for k := range numKinds {
-		st := r.kindStore(k, s.Config)
+		st := r.kindStore(k, s)
 		readers = append(readers, func(ctx context.Context, c *kvstore.Client, listed func()) error {
 			r.obs[k].synced = listed
 			if err := st.RunOn(ctx, c); err != nil {
@@ -65,31 +65,27 @@ func (r *remote) Removed(id uint32) {
 	r.m.hold.Removed(r.name, id)
 }
 
-// kindStore returns the store of kind k for a session with cluster config
-// cc: the previous session's, or a new one if the prefix or canary changed
+// kindStore returns the store of kind k for session s: the previous
+// session's, or a new one if the prefix or canary changed
 // (the cached capability was toggled), after draining the old one, whose
 // entries the new prefix's listing could not withdraw.
-func (r *remote) kindStore(k kind, cc wire.ClusterConfig) kindStore {
-	cached := cc.Capabilities.Cached
-	cfg := watchstore.Config{Prefix: wire.WatchPrefix(k.wire(), r.name, cached), Name: k.String(), Cluster: r.name, MaxEntries: r.m.cfg.MaxEntries}
-	if cc.Capabilities.SyncedCanaries {
-		cfg.SyncedKey = wire.WatchSyncedKey(k.wire(), r.name, cached)
-	}
+func (r *remote) kindStore(k kind, s remoteconn.Session) kindStore {
+	cfg := s.ReaderConfig(k.wire(), k.String(), r.m.cfg.MaxEntries)
 	r.mu.Lock()
-	s := r.stores[k]
+	old := r.stores[k]
 	r.mu.Unlock()
-	if s != nil && r.storeCfg[k] == cfg {
-		return s
+	if old != nil && r.storeCfg[k] == cfg {
+		return old
 	}
-	if s != nil {
-		s.Drain()
+	if old != nil {
+		old.Drain()
 	}
-	s, r.obs[k] = newKindStore(r, k, cfg)
-	r.storeCfg[k] = cfg
+	st, obs := newKindStore(r, k, cfg)
+	r.obs[k], r.storeCfg[k] = obs, cfg
 	r.mu.Lock()
-	r.stores[k] = s
+	r.stores[k] = st
 	r.mu.Unlock()
-	return s
+	return st
 }
 
 // Drain withdraws everything the remote contributed. No session runs.
