@@ -36,6 +36,12 @@ var forbidden = map[string][]string{
 	module + "/kvstore/remoteconn": {
 		module + "/internal/datapath", module + "/kvstore/syncstore", module + "/kvstore/kvstoremesh",
 	},
+	// The restore hold decides; it reaches the datapath only through the
+	// reconciler's Holding and Release.
+	module + "/agent/internal/restorehold": {
+		module + "/kvstore", module + "/bpf", module + "/internal/datapath",
+		"k8s.io/client-go", "go.etcd.io/etcd",
+	},
 	// Cilium's code is reached only through the tools/ciliuminterop binary.
 	module:                            {"github.com/cilium/cilium"},
 	module + "/agent":                 {module + "/clustermesh-apiserver", module + "/cmd"},

@@ -3,11 +3,12 @@
 // agents of this cluster hold one connection, to their own etcd, instead
 // of one per remote cluster and node.
 //
-// The clustermesh-apiserver runs one Mesh. It connects to every remote
-// cluster of its config directory with the same connection logic as the
-// agent in direct mode (kvstore/remoteconn: config files, TLS, cluster
-// config and ID checks, backoff, probe), and per remote and kind (nodes,
-// services, identities, ipcache) runs a kvstore/watchstore.Store on the
+// The clustermesh-apiserver runs one Mesh. It is a remoteconn.Set, the
+// same remote set as the agent's in direct mode (kvstore/remoteconn:
+// config directory, TLS, cluster config and ID checks, backoff, probe,
+// stale TTL, entry limit), whose member per remote runs the cache writers
+// while the remote is configured and, per session and kind (nodes,
+// services, identities, ipcache), a kvstore/watchstore.Store on the
 // remote's prefix whose observer hands every entry to a
 // kvstore/syncstore.Store on the cache prefix of the local etcd:
 //

@@ -1,14 +1,9 @@
 package kvstoremesh
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
-	"maps"
-	"slices"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -62,106 +57,35 @@ func (c *Config) withDefaults() {
 	c.Timing = c.Timing.WithDefaults()
 }
 
-// Mesh mirrors every remote cluster of its config directory.
+// Mesh mirrors every remote cluster of its config directory: a
+// remoteconn.Set whose members mirror their remote into the cache.
 type Mesh struct {
 	cfg   Config
 	local *kvstore.Client
-	log   *slog.Logger
-	clock clock.WithTicker
-
-	wg         sync.WaitGroup // remote goroutines
+	set   *remoteconn.Set[*remote]
+	// newWatcher makes the config directory watcher (tests wrap it).
 	newWatcher func() (*fsnotify.Watcher, error)
-
-	mu      sync.Mutex
-	remotes map[string]*remote // guarded by mu: by cluster name
-	ids     map[uint32]string  // guarded by mu: reserved cluster IDs
 }
 
 // New returns a Mesh writing into local.
 func New(cfg Config, local *kvstore.Client, log *slog.Logger, clk clock.WithTicker) *Mesh {
 	cfg.withDefaults()
-	return &Mesh{
-		cfg: cfg, local: local, log: log, clock: clk,
-		newWatcher: fsnotify.NewWatcher,
-		remotes:    map[string]*remote{},
-		ids:        map[uint32]string{},
+	m := &Mesh{cfg: cfg, local: local, newWatcher: fsnotify.NewWatcher}
+	sc := remoteconn.SetConfig{
+		Dir: cfg.Dir, Own: cfg.Own, StaleTTL: cfg.StaleTTL, LimitFlag: "--kvstoremesh-max-entries", Timing: cfg.Timing,
+		NewWatcher: func() (*fsnotify.Watcher, error) { return m.newWatcher() },
 	}
+	m.set = remoteconn.NewSet(sc, func(name string, log *slog.Logger) *remote { return newRemote(m, name, log) }, log, clk)
+	return m
 }
 
 // Run watches the config directory and mirrors the remotes until ctx is
 // done. On return every goroutine has exited; the cache stays.
-func (m *Mesh) Run(ctx context.Context) error {
-	defer func() {
-		m.mu.Lock()
-		rs := maps.Clone(m.remotes)
-		m.mu.Unlock()
-		for _, r := range rs {
-			r.stop()
-		}
-		m.wg.Wait()
-	}()
-	dc := remoteconn.DirConfig{Dir: m.cfg.Dir, Rescan: m.cfg.RescanInterval, Clock: m.clock, NewWatcher: m.newWatcher, Log: m.log}
-	scan := func() { m.scan(ctx) }
-	return remoteconn.WatchDir(ctx, dc, scan, scan)
-}
-
-// scan reconciles the mirrored remotes with the directory's files; only
-// the Run goroutine calls it.
-func (m *Mesh) scan(ctx context.Context) {
-	files, err := remoteconn.ReadDir(m.cfg.Dir)
-	if err != nil {
-		m.log.Warn("reading config directory", "dir", m.cfg.Dir, "error", err)
-		return // keep what runs: a transient error must not empty the cache
-	}
-	delete(files, m.cfg.Own.Name)
-	m.mu.Lock()
-	existing := maps.Clone(m.remotes)
-	m.mu.Unlock()
-	for name, data := range files {
-		if err := wire.ValidateClusterName(name); err != nil {
-			m.log.Warn("ignoring config file not named after a valid cluster", "file", name, "error", err)
-			delete(files, name)
-			continue
-		}
-		r := existing[name]
-		switch {
-		case r == nil:
-			r = newRemote(m, name)
-			m.mu.Lock()
-			m.remotes[name] = r
-			m.mu.Unlock()
-			m.log.Info("mirroring remote cluster", "cluster", name)
-			r.startStores(ctx)
-		case !bytes.Equal(r.data, data):
-			m.log.Info("remote cluster config changed, reconnecting", "cluster", name)
-			r.stop()
-		default:
-			continue
-		}
-		r.start(ctx, data)
-	}
-	for name, r := range existing {
-		if _, ok := files[name]; ok {
-			continue
-		}
-		m.log.Info("remote cluster removed, deleting its cache", "cluster", name)
-		r.stop()
-		r.stopStores()
-		if err := m.deleteCache(ctx, name); err != nil {
-			m.log.Warn("cannot delete the cache of a removed remote cluster", "cluster", name, "error", err)
-		}
-		m.mu.Lock()
-		if r.id != 0 && m.ids[r.id] == name {
-			delete(m.ids, r.id)
-		}
-		delete(m.remotes, name)
-		m.mu.Unlock()
-	}
-}
+func (m *Mesh) Run(ctx context.Context) error { return m.set.Run(ctx) }
 
 // deleteCache deletes every cache key, canary and the cluster config copy
 // of cluster name from the local etcd.
-func (m *Mesh) deleteCache(ctx context.Context, name string) error {
+func (m *Mesh) deleteCache(name string) error {
 	ops := []clientv3.Op{
 		clientv3.OpDelete(wire.ClusterConfigKey(name)),
 		clientv3.OpDelete(wire.SyncedPrefix+name+"/"+wire.CachePrefix, clientv3.WithPrefix()),
@@ -169,7 +93,7 @@ func (m *Mesh) deleteCache(ctx context.Context, name string) error {
 	for _, k := range wire.Kinds() {
 		ops = append(ops, clientv3.OpDelete(wire.KindCachePrefix(k, name), clientv3.WithPrefix()))
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := m.local.Etcd().Txn(ctx).Then(ops...).Commit(); err != nil {
 		return fmt.Errorf("delete cache of %q: %w", name, err)
@@ -177,30 +101,12 @@ func (m *Mesh) deleteCache(ctx context.Context, name string) error {
 	return nil
 }
 
-// reserve reserves id for r (freeing r's previous ID).
-func (m *Mesh) reserve(r *remote, id uint32) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if err := remoteconn.CheckID(id, m.cfg.Own.ID, m.ids[id], r.name); err != nil {
-		return err
-	}
-	if r.id != 0 && r.id != id && m.ids[r.id] == r.name {
-		delete(m.ids, r.id)
-	}
-	m.ids[id] = r.name
-	r.id = id
-	return nil
-}
-
 // Status returns the status of every configured remote, sorted by name.
 func (m *Mesh) Status() []Status {
-	m.mu.Lock()
-	rs := slices.Collect(maps.Values(m.remotes))
-	m.mu.Unlock()
+	rs := m.set.Remotes()
 	out := make([]Status, 0, len(rs))
 	for _, r := range rs {
-		out = append(out, r.status())
+		out = append(out, r.Member.status(r.State))
 	}
-	slices.SortFunc(out, func(a, b Status) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }

@@ -7,47 +7,32 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-	"time"
 
-	"github.com/clustermesh/clustermesh/internal/backoff"
+	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/remoteconn"
 	"github.com/clustermesh/clustermesh/kvstore/syncstore"
 	"github.com/clustermesh/clustermesh/kvstore/watchstore"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
-// remote is one mirrored remote cluster: a connection loop (sessions) and,
-// for as long as the remote is configured, the syncstores writing its
-// cache.
+// remote is the member of one mirrored remote cluster: for as long as the
+// remote is configured, the syncstores writing its cache (Run), and per
+// session the watchstores reading it (Connected).
 type remote struct {
 	m    *Mesh
 	name string
 	log  *slog.Logger
-	data []byte // config file content; Run goroutine only
-
-	cancel context.CancelFunc // of the connection loop; Run goroutine only
-	done   chan struct{}      // closed when the connection loop exits
-
-	storesCancel context.CancelFunc // of the syncstores; Run goroutine only
-	storesDone   chan struct{}      // closed when the syncstores stopped
-
-	id uint32 // reserved cluster ID; guarded by m.mu
 
 	// rem is the remote the current session validates entries against;
-	// written by the session goroutine before it runs the stores.
-	rem   wire.Remote
-	retry *backoff.Backoff // of the connection loop; its goroutine only
+	// written by Connected before the readers run.
+	rem wire.Remote
 
 	config *syncstore.Store // the cluster config copy
 	kinds  []*mirror        // one per wire.Kinds()
-
-	mu sync.Mutex
-	st Status // guarded by mu; Kinds are filled by status()
 }
 
-func newRemote(m *Mesh, name string) *remote {
-	r := &remote{m: m, name: name, log: m.log.With("cluster", name)}
-	r.st.Name = name
+func newRemote(m *Mesh, name string, log *slog.Logger) *remote {
+	r := &remote{m: m, name: name, log: log}
 	key := wire.ClusterConfigKey(name)
 	r.config = syncstore.New(m.local, syncstore.Config{Prefix: key, Name: "cache-config-" + name}, r.log, nil)
 	for _, k := range wire.Kinds() {
@@ -56,168 +41,58 @@ func newRemote(m *Mesh, name string) *remote {
 	return r
 }
 
-// startStores runs the remote's syncstores until stopStores.
-func (r *remote) startStores(ctx context.Context) {
-	ctx, r.storesCancel = context.WithCancel(ctx)
-	r.storesDone = make(chan struct{})
-	stores := []*syncstore.Store{r.config}
-	for _, k := range r.kinds {
-		stores = append(stores, k.out)
-	}
+// Run runs the remote's syncstores until ctx is done.
+func (r *remote) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	for _, s := range stores {
-		wg.Go(func() {
-			if err := s.Run(ctx); err != nil && ctx.Err() == nil {
-				r.log.Error("cache writer stopped", "error", err)
-			}
-		})
+	errs := make([]error, 1+len(r.kinds))
+	for i, s := range append([]*syncstore.Store{r.config}, r.outs()...) {
+		wg.Go(func() { errs[i] = s.Run(ctx) })
 	}
-	r.m.wg.Go(func() {
-		wg.Wait()
-		close(r.storesDone)
-	})
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
-func (r *remote) stopStores() {
-	if r.storesCancel != nil {
-		r.storesCancel()
-		<-r.storesDone
-		r.storesCancel = nil
+func (r *remote) outs() []*syncstore.Store {
+	out := make([]*syncstore.Store, len(r.kinds))
+	for i, k := range r.kinds {
+		out[i] = k.out
 	}
+	return out
 }
 
-// start runs the connection loop for data. Call stop first if one runs.
-func (r *remote) start(ctx context.Context, data []byte) {
-	r.data = data
-	r.setRefused(nil)
-	ctx, r.cancel = context.WithCancel(ctx)
-	r.done = make(chan struct{})
-	r.m.wg.Go(func() {
-		defer close(r.done)
-		r.retry = backoff.New(backoff.Policy{Min: r.m.cfg.BackoffMin, Max: r.m.cfg.BackoffMax}, r.m.clock)
-		lc := remoteconn.LoopConfig{Retry: r.retry, DeniedBackoffMax: r.m.cfg.DeniedBackoffMax, Clock: r.m.clock, Log: r.log}
-		remoteconn.Loop(ctx, lc, func(ctx context.Context) error { return r.session(ctx, data) }, func(err error) {
-			r.mu.Lock()
-			if err != nil {
-				r.st.Failures++
-				r.st.LastError = err.Error()
-			}
-			r.mu.Unlock()
-			r.setRefused(remoteconn.Refusal(err))
-		}, func() {
-			r.mu.Lock()
-			r.st.Reconnects++
-			r.mu.Unlock()
-		})
-	})
-}
-
-// stop ends the connection loop and waits for it; the cache stays.
-func (r *remote) stop() {
-	if r.cancel != nil {
-		r.cancel()
-		<-r.done
-		r.cancel = nil
-	}
-	r.mu.Lock()
-	r.st.Connected, r.st.Synced = false, false
-	r.mu.Unlock()
-}
-
-// session connects once and mirrors until ctx is done or the connection
-// must be rebuilt.
-func (r *remote) session(ctx context.Context, data []byte) error {
-	client, cc, err := remoteconn.Connect(ctx, r.name, r.m.cfg.Own, data, r.log)
+// Connected copies the remote's cluster config into the cache and returns
+// one reader per kind.
+func (r *remote) Connected(s remoteconn.Session) ([]remoteconn.Reader, error) {
+	copied, err := wire.MarshalClusterConfig(cachedConfig(s.Config))
 	if err != nil {
-		return err
-	}
-	defer client.Close()
-	r.m.mu.Lock()
-	prevID := r.id
-	r.m.mu.Unlock()
-	if prevID != 0 && prevID != cc.ID {
-		r.log.Warn("remote cluster ID changed, withdrawing the cache of the old ID", "old", prevID, "new", cc.ID)
-		r.drain()
-	}
-	if err := r.m.reserve(r, cc.ID); err != nil {
-		return err
-	}
-	copied, err := wire.MarshalClusterConfig(cachedConfig(cc))
-	if err != nil {
-		return fmt.Errorf("%w: %w", remoteconn.ErrClusterConfig, err)
+		return nil, fmt.Errorf("%w: %w", remoteconn.ErrClusterConfig, err)
 	}
 	r.config.Upsert(wire.ClusterConfigKey(r.name), copied)
 	r.config.MarkSynced()
-	r.rem = wire.Remote{Name: r.name, ID: cc.ID, MaxConnectedClusters: cc.MaxConnected()}
-	r.mu.Lock()
-	r.st.ID, r.st.Connected, r.st.LastChange = cc.ID, true, r.m.clock.Now()
-	r.mu.Unlock()
-	r.retry.Success()
-	r.log.Info("connected to remote cluster, mirroring", "id", cc.ID, "cached", cc.Capabilities.Cached)
-
-	sctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var wg sync.WaitGroup
-	var listed sync.WaitGroup
-	listed.Add(len(r.kinds))
+	r.rem = s.Remote
+	readers := make([]remoteconn.Reader, 0, len(r.kinds))
 	for _, k := range r.kinds {
-		s := k.store(cc)
-		var once sync.Once
-		k.listed = func() { once.Do(listed.Done) }
-		wg.Go(func() {
-			if err := s.RunOn(sctx, client); err != nil {
-				cancel(fmt.Errorf("watch %s: %w", k.kind, err))
+		st := k.store(s)
+		readers = append(readers, func(ctx context.Context, c *kvstore.Client, listed func()) error {
+			k.listed = listed
+			if err := st.RunOn(ctx, c); err != nil {
+				return fmt.Errorf("watch %s: %w", k.kind, err)
 			}
-			k.listed()
+			return nil
 		})
 	}
-	wg.Go(func() {
-		listed.Wait()
-		if sctx.Err() == nil {
-			r.mu.Lock()
-			r.st.Synced, r.st.Served, r.st.LastError, r.st.LastChange = true, true, "", r.m.clock.Now()
-			r.mu.Unlock()
-			r.log.Info("remote cluster mirrored")
-		}
-	})
-	wg.Go(func() {
-		remoteconn.WatchHeartbeat(sctx, client, func(t time.Time) {
-			r.mu.Lock()
-			r.st.LastHeartbeat = t
-			r.mu.Unlock()
-		})
-	})
-	wg.Go(func() { remoteconn.WatchClusterConfig(sctx, client, r.name, cc, cancel, nil) })
-	wg.Go(func() {
-		pc := remoteconn.ProbeConfig{Interval: r.m.cfg.ProbeInterval, Timeout: r.m.cfg.ProbeTimeout, StaleTTL: r.m.cfg.StaleTTL, Clock: r.m.clock}
-		err := remoteconn.Probe(sctx, client, pc, func(up bool, downErr error, now time.Time) {
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			r.st.Probed(up, downErr, now)
-		})
-		if err != nil {
-			cancel(err)
-		}
-	})
-	<-sctx.Done()
-	wg.Wait()
-	r.mu.Lock()
-	r.st.Connected, r.st.Synced = false, false
-	r.mu.Unlock()
-	cause := context.Cause(sctx)
-	if errors.Is(cause, remoteconn.ErrStale) {
-		r.log.Warn("withdrawing the cache of an unreachable remote cluster", "ttl", r.m.cfg.StaleTTL)
-		r.drain()
+	return readers, nil
+}
+
+// Synced: the cache holds the remote's listing (each kind's canary follows
+// once it is written).
+func (r *remote) Synced(remoteconn.Session) { r.log.Info("remote cluster mirrored") }
+
+// Removed deletes the remote's cache, canaries and cluster config copy.
+func (r *remote) Removed(uint32) {
+	if err := r.m.deleteCache(r.name); err != nil {
+		r.log.Warn("cannot delete the cache of a removed remote cluster", "error", err)
 	}
-	if errors.Is(cause, watchstore.ErrTooManyEntries) {
-		r.log.Warn("refusing a remote cluster over the entry limit and withdrawing its cache", "error", cause, "max_entries", r.m.cfg.MaxEntries)
-		r.setRefused(cause)
-		r.drain()
-	}
-	if ctx.Err() != nil {
-		return nil
-	}
-	return cause
 }
 
 // cachedConfig is the cluster config of the cache of a remote whose own
@@ -228,34 +103,18 @@ func cachedConfig(cc wire.ClusterConfig) wire.ClusterConfig {
 	}}
 }
 
-// drain withdraws the whole cache of the remote (keys, not canaries). No
-// session may run.
-func (r *remote) drain() {
+// Drain withdraws the whole cache of the remote (keys, not canaries). No
+// session runs.
+func (r *remote) Drain() {
 	for _, k := range r.kinds {
 		k.drain()
 	}
-	r.mu.Lock()
-	r.st.Served = false
-	r.mu.Unlock()
 }
 
-func (r *remote) setRefused(err error) {
-	reason := ""
-	if err != nil {
-		reason = err.Error()
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.st.RefusedReason != reason {
-		r.st.RefusedReason, r.st.LastChange = reason, r.m.clock.Now()
-	}
-}
-
-func (r *remote) status() Status {
-	r.mu.Lock()
-	st := r.st
-	r.mu.Unlock()
-	st.Synced = st.Synced && st.Connected // the cache equals the remote now
+// status is the mirror's status for the remote's connection state st.
+func (r *remote) status(cs remoteconn.State) Status {
+	st := Status{Name: cs.Name, ID: cs.ID, Health: cs.Health, Served: cs.Served, RefusedReason: cs.RefusedReason, LastHeartbeat: cs.LastHeartbeat}
+	st.Synced = cs.Ready && cs.Connected // the cache equals the remote now
 	for _, k := range r.kinds {
 		ks := k.status()
 		if !ks.Synced {
@@ -291,18 +150,11 @@ func newMirror(r *remote, k wire.Kind) *mirror {
 	return &mirror{r: r, kind: k, out: syncstore.New(r.m.local, cfg, r.log.With("kind", string(k)), nil)}
 }
 
-// store returns the watchstore of the remote's prefix for a session with
-// cluster config cc: the previous session's (its first listing then
+// store returns the watchstore of the remote's prefix for session s: the
+// previous session's (its first listing then
 // deletes what vanished meanwhile), or a new one if the prefix changed.
-func (k *mirror) store(cc wire.ClusterConfig) *watchstore.Store[[]byte] {
-	cached := cc.Capabilities.Cached
-	cfg := watchstore.Config{
-		Prefix: wire.WatchPrefix(k.kind, k.r.name, cached), Name: "mirror-" + string(k.kind),
-		Cluster: k.r.name, MaxEntries: k.r.m.cfg.MaxEntries,
-	}
-	if cc.Capabilities.SyncedCanaries {
-		cfg.SyncedKey = wire.WatchSyncedKey(k.kind, k.r.name, cached)
-	}
+func (k *mirror) store(s remoteconn.Session) *watchstore.Store[[]byte] {
+	cfg := s.ReaderConfig(k.kind, "mirror-"+string(k.kind), k.r.m.cfg.MaxEntries)
 	if k.in != nil && k.inCfg == cfg {
 		return k.in
 	}

@@ -25,6 +25,21 @@
 //     ErrConfigChanged), WatchHeartbeat and Probe (connectivity, and
 //     ErrStale once the remote has been unreachable for the stale TTL).
 //
-// What is read during a session (one kvstore/watchstore per kind, with
-// its canary) and where it goes is the caller's.
+// Set puts these together: the remote set of a config directory, used by
+// both processes. It adds, replaces (changed file) and removes one
+// connection loop per file, reserves each remote's cluster ID (the one
+// place it is held: State.ID, Set.ClusterNames), and runs each session:
+// Connect, a changed ID withdraws the old state, the reservation, the
+// member's readers, heartbeat, cluster config watch and probe; a remote
+// unreachable for StaleTTL or over its entry limit
+// (watchstore.ErrTooManyEntries, refused with SetConfig.LimitFlag in the
+// reason) is withdrawn. It keeps each remote's State (connected, ready,
+// served, refused reason, failures, reconnects, heartbeat).
+//
+// What a connected remote is read into is the Member's: its readers (one
+// kvstore/watchstore per kind, whose prefix and canary, the remote's own or
+// the cache's, Session.ReaderConfig gives) program the agent's
+// datapath (agent/internal/remotecluster) or mirror into the cache
+// (kvstore/kvstoremesh); Drain withdraws it, Removed cleans up after a
+// removed file.
 package remoteconn

@@ -202,6 +202,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return fmt.Errorf("policy datapath: %w", err)
 	}
 	var ownSynced atomic.Bool
+	var mgr *remotecluster.Manager // set before any part runs
 	var runs []runner.Part
 	var ids *localidentity.Watcher
 	var local *localcluster.Watcher
@@ -223,14 +224,16 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		NodeName: cfg.NodeName, ClusterID: cfg.ClusterID, Identity: identityFunc(ids),
 		// Beside a primary CNI, it connects the cluster's own nodes.
 		NodeTunnels: cfg.Mode == ModeFull,
-		OnSynced:    func() { rec.Release(cfg.ClusterID); ownSynced.Store(true) },
+		// The restore hold (in the remote manager) releases the own
+		// cluster's restored entries.
+		OnSynced: func() { mgr.OwnSynced(); ownSynced.Store(true) },
 	}, kube, merger, rec, log.With("component", "localcluster"), reg)
 
 	rcfg := cfg.Remote
 	rcfg.ClusterName, rcfg.ClusterID, rcfg.MaxConnectedClusters, rcfg.StateDir = cfg.ClusterName, cfg.ClusterID, cfg.MaxConnectedClusters, cfg.StateDir
 	rcfg.LocalPodCIDRs = local.PodCIDRs
 	rcfg.Identities = pol.watch
-	mgr := remotecluster.New(rcfg, newTrustTee(rec, pol.trust, log.With("component", "nodetrust")), merger, log.With("component", "remotecluster"), clk)
+	mgr = remotecluster.New(rcfg, newTrustTee(rec, pol.trust, log.With("component", "nodetrust")), merger, log.With("component", "remotecluster"), clk)
 	reg.MustRegister(mgr.Collector())
 
 	status := statusapi.New(statusapi.Config{Socket: cfg.StatusSocket, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID, NodeName: cfg.NodeName},

@@ -28,9 +28,9 @@
 // Restore reads the programmed state back with Dump before the sources start.
 // Restored entries are not re-applied when a source hands in the same value,
 // and they are held per cluster ID: a restored entry of cluster C that no
-// source wants is deleted only when Release(C) says that C's sources have
-// delivered their full state (remote: every watch synced; own cluster:
-// informers synced), or when its config is gone. A restored service frontend
+// source wants is deleted only after Release(C). When that is (C's sources
+// have delivered their full state, or its config is gone) is decided in
+// one place, agent/internal/restorehold, the only caller of Release. A restored service frontend
 // keeps its restored backends of clusters that are still held, merged into
 // the freshly computed backend set, so a restart drops no backend of a remote
 // that reconnects slowly.

@@ -92,14 +92,10 @@ func (f fakeStore) Drain()                                       {}
 func (f fakeStore) Stats() watchstore.Stats                      { return f.st }
 
 func TestCollector(t *testing.T) {
-	m := New(testConfig(t.TempDir(), ""), nil, nil, log, clock.RealClock{})
-	r := newRemote(m, "c2")
-	r.stores[kindIPCache] = fakeStore{watchstore.Stats{Entries: 7, Synced: true}}
-	r.st.Ready = true
-	r.st.LastHeartbeat = time.Now().Add(-time.Minute)
-	m.remotes["c2"] = r
+	st := Status{Name: "c2", Ready: true, LastHeartbeat: time.Now().Add(-time.Minute),
+		Kinds: []KindStatus{kindStatus(kindIPCache, fakeStore{watchstore.Stats{Entries: 7, Synced: true}})}}
 	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(m.Collector())
+	reg.MustRegister(collector{status: func() []Status { return []Status{st} }, now: time.Now})
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)

@@ -13,8 +13,10 @@
 // the agent's own cluster, or otherwise unusable, is refused with the reason
 // in Status and a log line.
 //
-// Per remote, a connection loop (capped exponential backoff with jitter
-// between attempts):
+// The remote set is kvstore/remoteconn.Set, shared with the kvstoremesh:
+// it runs per remote a connection loop (capped exponential backoff with
+// jitter between attempts) and keeps the remote's cluster ID; a remote's
+// member here (remote.go) turns its kinds into datapath state:
 //
 //  1. connects (kvstore.New: TLS checked, endpoints probed);
 //  2. reads and validates cilium/cluster-config/<name> (wire.DecodeClusterConfig,
@@ -34,9 +36,9 @@
 //     against the remote's name and ID; an invalid value is dropped and
 //     counted (and withdraws what the key held before), the rest flows to
 //     the kind's observer, which programs the datapath;
-//  5. once every kind has listed, the remote is ready and the datapath
-//     reconciler may delete restored entries of that cluster ID that were
-//     not seen again.
+//  5. once every kind has listed, the remote is ready and the restore hold
+//     lets the datapath reconciler delete restored entries of that cluster
+//     ID that were not seen again.
 //
 // What flows where: nodes → tunnel entries (each pod CIDR of the node →
 // its InternalIP of the same family); ipcache → ipcache entries (IP →
@@ -64,8 +66,12 @@
 // 0, a remote unreachable for that long is withdrawn, and relisted when it
 // returns.
 //
-// The names and IDs of reserved remotes are persisted in StateDir, so that a
-// restarted agent knows which restored datapath entries belong to a
-// configured remote (held until it syncs) and which belong to a remote whose
-// config vanished while the agent was down (released at once).
+// Restored datapath entries are held per cluster ID until the restore
+// hold (agent/internal/restorehold, run by the Manager) releases them: it
+// is told the first scan, each remote's reserved ID, sync and removal, and
+// the own cluster's sync (OwnSynced), and persists the remotes' names and
+// IDs in StateDir, so that a restarted agent knows which restored entries
+// belong to a configured remote (held until it syncs) and which belong to
+// a remote whose config vanished while the agent was down (released at
+// once).
 package remotecluster

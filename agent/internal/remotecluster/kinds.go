@@ -60,7 +60,7 @@ type kindStore interface {
 
 // newKindStore returns the store of kind k of r, reading cfg's prefix, and
 // its observer's base. Its decoder validates against r.rem and its observer
-// programs r.dpID; the session sets both before it runs the store.
+// programs r.rem.ID; Connected sets it before the store runs.
 func newKindStore(r *remote, k kind, cfg watchstore.Config) (kindStore, *observerBase) {
 	log := r.log.With("kind", k.String())
 	switch k {
@@ -132,9 +132,9 @@ func (o *nodeObserver) Reserve(n int) {
 }
 
 func (o *nodeObserver) OnUpsert(key string, n, prev wire.Node, hadPrev bool) {
-	want := nodeTunnels(n, o.r.dpID)
+	want := nodeTunnels(n, o.r.rem.ID)
 	if hadPrev {
-		for _, t := range nodeTunnels(prev, o.r.dpID) {
+		for _, t := range nodeTunnels(prev, o.r.rem.ID) {
 			if !slices.ContainsFunc(want, func(w datapath.TunnelEntry) bool { return w.CIDR == t.CIDR }) {
 				o.setClaim(t.CIDR, key, nil)
 			}
@@ -151,7 +151,7 @@ func (o *nodeObserver) OnUpsert(key string, n, prev wire.Node, hadPrev bool) {
 }
 
 func (o *nodeObserver) OnDelete(key string, n wire.Node) {
-	for _, t := range nodeTunnels(n, o.r.dpID) {
+	for _, t := range nodeTunnels(n, o.r.rem.ID) {
 		o.setClaim(t.CIDR, key, nil)
 	}
 }
@@ -177,7 +177,7 @@ func (o *nodeObserver) setClaim(p netip.Prefix, key string, e *datapath.TunnelEn
 	}
 	if len(cs) == 0 {
 		delete(o.claims, p)
-		o.r.m.dp.DeleteTunnel(p, o.r.dpID)
+		o.r.m.dp.DeleteTunnel(p, o.r.rem.ID)
 		return
 	}
 	o.claims[p] = cs
@@ -242,7 +242,7 @@ func (o *ipObserver) program(key string, e ipEntry) {
 			}
 		}
 	}
-	o.r.m.dp.UpsertIPCache(datapath.IPCacheEntry{Prefix: p, Identity: e.id, TunnelEndpoint: e.hostIP.Addr(), ClusterID: o.r.dpID})
+	o.r.m.dp.UpsertIPCache(datapath.IPCacheEntry{Prefix: p, Identity: e.id, TunnelEndpoint: e.hostIP.Addr(), ClusterID: o.r.rem.ID})
 }
 
 func (o *ipObserver) OnDelete(key string, e ipEntry) {
@@ -255,7 +255,7 @@ func (o *ipObserver) OnDelete(key string, e ipEntry) {
 			return
 		}
 	}
-	o.r.m.dp.DeleteIPCache(p, o.r.dpID)
+	o.r.m.dp.DeleteIPCache(p, o.r.rem.ID)
 }
 
 // altIPKey returns the other key of a host prefix p stored under key: for
@@ -284,7 +284,7 @@ func hostSuffix(p netip.Prefix) string {
 type serviceObserver struct{ observerBase }
 
 func (o *serviceObserver) OnUpsert(_ string, cs, _ wire.ClusterService, _ bool) {
-	o.r.m.svcs.SetRemote(servicemerge.Name{Namespace: cs.Namespace, Name: cs.Name}, o.r.name, remoteService(cs, o.r.dpID))
+	o.r.m.svcs.SetRemote(servicemerge.Name{Namespace: cs.Namespace, Name: cs.Name}, o.r.name, remoteService(cs, o.r.rem.ID))
 }
 
 func (o *serviceObserver) OnDelete(_ string, cs wire.ClusterService) {

@@ -1,19 +1,11 @@
 package remotecluster
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -21,6 +13,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
+	"github.com/clustermesh/clustermesh/agent/internal/restorehold"
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/kvstore/remoteconn"
@@ -45,10 +38,8 @@ type DatapathSink interface {
 	DeleteTunnel(netip.Prefix, uint32)
 	UpsertIPCache(datapath.IPCacheEntry)
 	DeleteIPCache(netip.Prefix, uint32)
-	// Holding lists the cluster IDs whose restored entries are held.
-	Holding() []uint32
-	// Release ends the hold on restored entries of a cluster ID.
-	Release(uint32)
+	// Holding and Release: the restore hold (restorehold.Hold decides).
+	restorehold.Datapath
 	// Refusals lists the remote claims the trust rules refuse.
 	Refusals() []dpsync.Refusal
 }
@@ -150,234 +141,75 @@ func (c *Config) withDefaults() {
 	c.ProbeInterval, c.ProbeTimeout, c.RescanInterval = t.ProbeInterval, t.ProbeTimeout, t.RescanInterval
 }
 
-// Manager runs one connection per remote cluster config file.
+// Manager runs one connection per remote cluster config file: a
+// remoteconn.Set whose members program the datapath, the service merger
+// and the policy engine from their remote.
 type Manager struct {
 	cfg   Config
 	dp    DatapathSink
 	svcs  ServiceSink
 	log   *slog.Logger
 	clock clock.WithTicker
+	set   *remoteconn.Set[*remote]
 
-	wg sync.WaitGroup // remote goroutines
 	// newWatcher makes the config directory watcher (fsnotify.NewWatcher;
 	// tests wrap it to close watchers under the manager).
 	newWatcher func() (*fsnotify.Watcher, error)
 
-	mu        sync.Mutex
-	remotes   map[string]*remote // guarded by mu: by cluster name
-	ids       map[uint32]string  // guarded by mu: reserved cluster IDs
-	persisted map[string]uint32  // guarded by mu: name → ID as last persisted
-	ownWarned bool               // guarded by mu
+	// hold decides when restored datapath entries may be deleted.
+	hold *restorehold.Hold
 }
 
 // New returns a Manager.
 func New(cfg Config, dp DatapathSink, svcs ServiceSink, log *slog.Logger, clk clock.WithTicker) *Manager {
 	cfg.withDefaults()
-	return &Manager{
-		cfg: cfg, dp: dp, svcs: svcs, log: log, clock: clk,
-		newWatcher: fsnotify.NewWatcher,
-		remotes:    map[string]*remote{},
-		ids:        map[uint32]string{},
-		persisted:  map[string]uint32{},
+	m := &Manager{cfg: cfg, dp: dp, svcs: svcs, log: log, clock: clk, newWatcher: fsnotify.NewWatcher}
+	sc := remoteconn.SetConfig{
+		Dir:       cfg.Dir,
+		Own:       remoteconn.Own{Name: cfg.ClusterName, ID: cfg.ClusterID, MaxConnectedClusters: cfg.MaxConnectedClusters},
+		StaleTTL:  cfg.StaleTTL,
+		LimitFlag: "--remote-max-entries",
+		Started:   func() { m.hold.Started(m.set.Configured) },
+		Timing: remoteconn.Timing{
+			BackoffMin: cfg.BackoffMin, BackoffMax: cfg.BackoffMax, DeniedBackoffMax: cfg.DeniedBackoffMax,
+			ProbeInterval: cfg.ProbeInterval, ProbeTimeout: cfg.ProbeTimeout, RescanInterval: cfg.RescanInterval,
+		},
+		NewWatcher: func() (*fsnotify.Watcher, error) { return m.newWatcher() },
 	}
+	if cfg.CacheConfig != "" {
+		sc.Files = func(files map[string][]byte) (map[string][]byte, error) {
+			return remoteconn.ThroughCache(files, cfg.CacheConfig)
+		}
+	}
+	m.set = remoteconn.NewSet(sc, func(name string, log *slog.Logger) *remote { return newRemote(m, name, log) }, log, clk)
+	m.hold = restorehold.New(restorehold.Config{OwnID: cfg.ClusterID, StateDir: cfg.StateDir}, dp, m.set.IDs, log)
+	return m
 }
 
 // Run watches the config directory and runs the remotes until ctx is done.
 // On return every remote goroutine has exited; their datapath state stays.
 func (m *Manager) Run(ctx context.Context) error {
-	defer func() {
-		m.mu.Lock()
-		rs := maps.Clone(m.remotes)
-		m.mu.Unlock()
-		for _, r := range rs {
-			r.stop()
-		}
-		m.wg.Wait()
-	}()
-	dc := remoteconn.DirConfig{Dir: m.cfg.Dir, Rescan: m.cfg.RescanInterval, Clock: m.clock, NewWatcher: m.newWatcher, Log: m.log}
-	return remoteconn.WatchDir(ctx, dc, func() {
-		m.loadState()
-		m.scan(ctx)
-		m.releaseUnclaimed()
-	}, func() { m.scan(ctx) })
+	m.hold.Load()
+	return m.set.Run(ctx)
 }
 
-// scan reconciles the running remotes with the directory's files. Only the
-// Run goroutine calls it; remotes are stopped outside m.mu, since a stopping
-// remote may wait for m.mu.
-func (m *Manager) scan(ctx context.Context) {
-	files, err := remoteconn.ReadDir(m.cfg.Dir)
-	if err != nil {
-		m.log.Warn("reading config directory", "dir", m.cfg.Dir, "error", err)
-		return // keep what runs: a transient error must not drain the mesh
-	}
-	if m.cfg.CacheConfig != "" {
-		if files, err = remoteconn.ThroughCache(files, m.cfg.CacheConfig); err != nil {
-			m.log.Warn("reading the cache config", "file", m.cfg.CacheConfig, "error", err)
-			return
-		}
-	}
-	m.mu.Lock()
-	if _, ok := files[m.cfg.ClusterName]; ok {
-		if !m.ownWarned {
-			m.log.Info("ignoring the config file of the agent's own cluster", "cluster", m.cfg.ClusterName)
-			m.ownWarned = true
-		}
-		delete(files, m.cfg.ClusterName)
-	}
-	existing := maps.Clone(m.remotes)
-	m.mu.Unlock()
-
-	for name, data := range files {
-		if err := wire.ValidateClusterName(name); err != nil {
-			m.log.Warn("ignoring config file not named after a valid cluster", "file", name, "error", err)
-			delete(files, name)
-			continue
-		}
-		r := existing[name]
-		switch {
-		case r == nil:
-			r = newRemote(m, name)
-			m.mu.Lock()
-			m.remotes[name] = r
-			m.mu.Unlock()
-			m.log.Info("remote cluster added", "cluster", name)
-		case !bytes.Equal(r.data, data):
-			m.log.Info("remote cluster config changed, reconnecting", "cluster", name)
-			r.stop()
-			r.countReconnect()
-		default:
-			continue
-		}
-		r.start(ctx, data)
-	}
-	for name, r := range existing {
-		if _, ok := files[name]; ok {
-			continue
-		}
-		m.log.Info("remote cluster removed, draining its state", "cluster", name)
-		r.stop()
-		r.drain()
-		m.mu.Lock()
-		release := []uint32{}
-		if r.id != 0 {
-			delete(m.ids, r.id)
-			release = append(release, r.id)
-		}
-		if id, ok := m.persisted[name]; ok {
-			release = append(release, id)
-			delete(m.persisted, name)
-		}
-		delete(m.remotes, name)
-		m.saveStateLocked()
-		m.mu.Unlock()
-		for _, id := range release {
-			m.dp.Release(id)
-		}
-	}
-}
-
-// releaseUnclaimed releases restored entries of cluster IDs that no
-// configured remote will claim.
-func (m *Manager) releaseUnclaimed() {
-	m.mu.Lock()
-	keep := map[uint32]bool{m.cfg.ClusterID: true}
-	for name, id := range m.persisted {
-		if _, ok := m.remotes[name]; ok {
-			keep[id] = true
-		}
-	}
-	m.mu.Unlock()
-	for _, id := range m.dp.Holding() {
-		if !keep[id] {
-			m.log.Info("releasing restored datapath entries of an unconfigured cluster", "cluster_id", id)
-			m.dp.Release(id)
-		}
-	}
-}
-
-// reserve reserves id for r (freeing r's previous ID if it differs) and
-// returns the ID persisted for r before, 0 if none.
-func (m *Manager) reserve(r *remote, id uint32) (uint32, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if err := remoteconn.CheckID(id, m.cfg.ClusterID, m.ids[id], r.name); err != nil {
-		return 0, err
-	}
-	if r.id != 0 && r.id != id {
-		delete(m.ids, r.id)
-	}
-	m.ids[id] = r.name
-	r.id = id
-	old := m.persisted[r.name]
-	if old != id {
-		m.persisted[r.name] = id
-		m.saveStateLocked()
-	}
-	return old, nil
-}
-
-func (m *Manager) stateFile() string { return filepath.Join(m.cfg.StateDir, "remote-clusters.json") }
-
-func (m *Manager) loadState() {
-	if m.cfg.StateDir == "" {
-		return
-	}
-	data, err := os.ReadFile(m.stateFile())
-	if err != nil {
-		if !errors.Is(err, os.ErrNotExist) {
-			m.log.Warn("reading remote cluster state", "error", err)
-		}
-		return
-	}
-	var st map[string]uint32
-	if err := json.Unmarshal(data, &st); err != nil {
-		m.log.Warn("ignoring unreadable remote cluster state", "error", err)
-		return
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for name, id := range st {
-		m.persisted[name] = id
-	}
-}
-
-func (m *Manager) saveStateLocked() {
-	if m.cfg.StateDir == "" {
-		return
-	}
-	data, _ := json.Marshal(m.persisted)
-	tmp := m.stateFile() + ".tmp"
-	if err := os.MkdirAll(m.cfg.StateDir, 0o700); err == nil {
-		if err = os.WriteFile(tmp, data, 0o600); err == nil {
-			err = os.Rename(tmp, m.stateFile())
-		}
-		if err == nil {
-			return
-		}
-		m.log.Warn("persisting remote cluster state", "error", err)
-	}
-}
+// OwnSynced tells the restore hold that the own cluster's sources have
+// delivered their full state.
+func (m *Manager) OwnSynced() { m.hold.OwnSynced() }
 
 // Status returns the status of every configured remote, sorted by name.
 func (m *Manager) Status() []Status {
-	m.mu.Lock()
-	rs := make([]*remote, 0, len(m.remotes))
-	for _, r := range m.remotes {
-		rs = append(rs, r)
-	}
-	m.mu.Unlock()
+	rs := m.set.Remotes()
 	out := make([]Status, 0, len(rs))
 	byID := map[uint32]int{}
 	for _, r := range rs {
-		st := r.status()
+		st := r.Member.status(r.State)
 		if st.ID != 0 {
 			byID[st.ID] = len(out)
 		}
 		out = append(out, st)
 	}
 	m.addRefusals(out, byID)
-	slices.SortFunc(out, func(a, b Status) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 
@@ -420,14 +252,9 @@ func (m *Manager) addRefusals(out []Status, byID map[uint32]int) {
 	}
 }
 
-// ClusterNames maps the reserved cluster IDs to names.
+// ClusterNames maps the reserved cluster IDs, and the own, to names.
 func (m *Manager) ClusterNames() map[uint32]string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	out := make(map[uint32]string, len(m.ids)+1)
-	for id, n := range m.ids {
-		out[id] = n
-	}
+	out := m.set.ClusterNames()
 	out[m.cfg.ClusterID] = m.cfg.ClusterName
 	return out
 }

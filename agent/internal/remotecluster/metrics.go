@@ -31,10 +31,15 @@ var (
 		"Tunnel and ipcache claims of the remote cluster kept out of the datapath by the trust rules, per reason (conflicts with another remote included).", []string{"cluster", "reason"}, nil)
 )
 
-type collector struct{ m *Manager }
+type collector struct {
+	status func() []Status
+	now    func() time.Time
+}
 
 // Collector returns a prometheus.Collector of the per-remote metrics.
-func (m *Manager) Collector() prometheus.Collector { return collector{m} }
+func (m *Manager) Collector() prometheus.Collector {
+	return collector{status: m.Status, now: m.clock.Now}
+}
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descReady, descConnected, descEntries, descEvents, descInvalid,
@@ -51,8 +56,8 @@ func b2f(b bool) float64 {
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
-	now := c.m.clock.Now()
-	for _, s := range c.m.Status() {
+	now := c.now()
+	for _, s := range c.status() {
 		ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, b2f(s.Ready), s.Name)
 		ch <- prometheus.MustNewConstMetric(descConnected, prometheus.GaugeValue, b2f(s.Connected), s.Name)
 		ch <- prometheus.MustNewConstMetric(descReconnects, prometheus.CounterValue, float64(s.Reconnects), s.Name)

@@ -2,7 +2,6 @@ package remotecluster
 
 import (
 	"context"
-	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -270,28 +269,4 @@ func TestStaleTTL(t *testing.T) {
 	await(t, a.dp, "withdrawn after the TTL", func(st datapath.State) bool { tun, ipc := countCluster(st, 2); return tun == 0 && ipc == 0 })
 	c2.proxy.setUp(true)
 	await(t, a.dp, "back", func(st datapath.State) bool { tun, ipc := countCluster(st, 2); return tun == 1 && ipc == 1 })
-}
-
-func TestReserve(t *testing.T) {
-	m := New(Config{ClusterName: ownName, ClusterID: ownID}, nil, nil, log, nil)
-	a, b := newRemote(m, "a"), newRemote(m, "b")
-	tests := []struct {
-		name string
-		r    *remote
-		id   uint32
-		want error
-	}{
-		{"zero", a, 0, ErrClusterConfig},
-		{"own", a, ownID, ErrClusterIDConflict},
-		{"free", a, 5, nil},
-		{"again by the same remote", a, 5, nil},
-		{"taken by another", b, 5, ErrClusterIDConflict},
-		{"remote changes its ID", a, 6, nil},
-		{"old ID freed", b, 5, nil},
-	}
-	for _, tt := range tests {
-		if _, err := m.reserve(tt.r, tt.id); !errors.Is(err, tt.want) || (tt.want == nil && err != nil) {
-			t.Fatalf("%s: got %v, want %v", tt.name, err, tt.want)
-		}
-	}
 }
