@@ -2,6 +2,7 @@ package kvstoremesh
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -257,5 +258,42 @@ func TestClusterIDChecks(t *testing.T) {
 		if _, ok := l.dump(wire.ClusterConfigKey(name))[wire.ClusterConfigKey(name)]; ok {
 			t.Errorf("%s refused, but its cluster config was copied", name)
 		}
+	}
+}
+
+// A mirrored remote that comes back under a cluster ID it may not have
+// (here the own) is refused, and what its old ID published is withdrawn
+// with the cluster config copy: agents reading the cache see it not ready
+// instead of ready and empty. Back on its ID, it is mirrored again.
+func TestIDChangedToRefusedWithdraws(t *testing.T) {
+	c2 := startSource(t, "c2", 2)
+	want := c2.fill(nil, 0, 2)
+	c2.canaries()
+	l := startLocal(t, nil)
+	c2.writeConfig(l.dir)
+	l.awaitStatus("synced", "c2", func(s Status) bool { return s.Synced })
+	l.awaitCache("mirrored", "c2", want)
+
+	cfgKey := wire.ClusterConfigKey("c2")
+	setID := func(id uint32) {
+		c2.put(cfgKey, must(json.Marshal(wire.ClusterConfig{ID: id,
+			Capabilities: wire.Capabilities{SyncedCanaries: true, MaxConnectedClusters: 255}})))
+	}
+	setID(ownID)
+	l.awaitStatus("refused", "c2", func(s Status) bool { return strings.Contains(s.RefusedReason, "local cluster ID") })
+	l.awaitCache("withdrawn", "c2", map[string]string{})
+	testwait.Until(t, wait, "the cluster config copy deleted", func() (bool, string) {
+		_, ok := l.dump(cfgKey)[cfgKey]
+		return !ok, "still there"
+	})
+	if s := l.status("c2"); s.Served {
+		t.Errorf("refused c2 still served: %+v", s)
+	}
+
+	setID(2)
+	l.awaitStatus("synced again", "c2", func(s Status) bool { return s.Synced && s.RefusedReason == "" })
+	l.awaitCache("mirrored again", "c2", want)
+	if _, ok := l.dump(cfgKey)[cfgKey]; !ok {
+		t.Error("no cluster config copy after the remote came back")
 	}
 }

@@ -103,12 +103,14 @@ func cachedConfig(cc wire.ClusterConfig) wire.ClusterConfig {
 	}}
 }
 
-// Drain withdraws the whole cache of the remote (keys, not canaries). No
-// session runs.
+// Drain withdraws the whole cache of the remote (keys and the cluster
+// config copy, not the canaries): agents reading the cache then see the
+// remote not ready instead of ready and empty. No session runs.
 func (r *remote) Drain() {
 	for _, k := range r.kinds {
 		k.drain()
 	}
+	r.config.Delete(wire.ClusterConfigKey(r.name))
 }
 
 // status is the mirror's status for the remote's connection state st.

@@ -49,7 +49,9 @@ func ParseConfigFile(name, own string, data []byte) (kvstore.Config, error) {
 
 // Connect parses the config file data of remote name, connects, reads its
 // cluster config and checks it against own. On success the caller owns
-// the client; the cluster ID is not reserved (CheckID).
+// the client; the cluster ID is not reserved (CheckID). When the cluster
+// config was read but fails the checks, it is returned with the error:
+// the remote is reachable and says what it is now.
 func Connect(ctx context.Context, name string, own Own, data []byte, log *slog.Logger) (*kvstore.Client, wire.ClusterConfig, error) {
 	cfg, err := ParseConfigFile(name, own.Name, data)
 	if err != nil {
@@ -71,7 +73,7 @@ func Connect(ctx context.Context, name string, own Own, data []byte, log *slog.L
 			err = fmt.Errorf("%w: %w", ErrClusterIDConflict, err)
 		}
 		client.Close()
-		return nil, wire.ClusterConfig{}, err
+		return nil, cc, err
 	}
 	return client, cc, nil
 }

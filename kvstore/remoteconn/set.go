@@ -338,17 +338,15 @@ func (s *Set[M]) stop(r *slot[M]) {
 // the connection must be rebuilt.
 func (s *Set[M]) session(ctx context.Context, r *slot[M], data []byte) error {
 	client, cc, err := Connect(ctx, r.name, s.cfg.Own, data, r.log)
+	if cc.ID != 0 {
+		// Also when the new config is refused: what the old ID published
+		// is no longer what the remote says it is.
+		s.withdrawChangedID(r, cc.ID)
+	}
 	if err != nil {
 		return err
 	}
 	defer client.Close()
-	s.mu.Lock()
-	prevID := r.id
-	s.mu.Unlock()
-	if prevID != 0 && prevID != cc.ID {
-		r.log.Warn("remote cluster ID changed, withdrawing the state of the old ID", "old", prevID, "new", cc.ID)
-		s.drain(r)
-	}
 	if err := s.reserve(r, cc.ID); err != nil {
 		return err
 	}
@@ -421,6 +419,23 @@ func (s *Set[M]) session(ctx context.Context, r *slot[M], data []byte) error {
 		return nil
 	}
 	return cause
+}
+
+// withdrawChangedID drains r when it served state under an ID other than
+// id, the one its cluster config names now, and frees the old ID: nothing
+// of it is left.
+func (s *Set[M]) withdrawChangedID(r *slot[M], id uint32) {
+	s.mu.Lock()
+	prevID := r.id
+	s.mu.Unlock()
+	if prevID == 0 || prevID == id {
+		return
+	}
+	r.log.Warn("remote cluster ID changed, withdrawing the state of the old ID", "old", prevID, "new", id)
+	s.drain(r)
+	s.mu.Lock()
+	r.id = 0
+	s.mu.Unlock()
 }
 
 // drain withdraws what r contributed. No session of r may run.
