@@ -19,6 +19,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 	"github.com/clustermesh/clustermesh/internal/netnstest"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 )
@@ -161,7 +162,7 @@ func BenchmarkServiceBackendChange(b *testing.B) {
 	for _, size := range []int{10, 1000, 10000} {
 		b.Run(fmt.Sprint(size), func(b *testing.B) {
 			_, w := openDatapath(b, fmt.Sprint("svc", size))
-			svc := datapath.Service{Frontend: datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.1:80"), Proto: datapath.TCP}}
+			svc := datapath.Service{Frontend: datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.1:80"), Proto: ipproto.TCP}}
 			for i := range size {
 				svc.Backends = append(svc.Backends, datapath.Backend{
 					Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 50, byte(i >> 8), byte(i)}), 8080), Weight: 1,
@@ -234,7 +235,7 @@ func BenchmarkTCP(b *testing.B) {
 		}
 		if i == 0 {
 			batch.UpsertServices = []datapath.Service{{
-				Frontend: datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: datapath.TCP},
+				Frontend: datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: ipproto.TCP},
 				Backends: []datapath.Backend{{Addr: netip.AddrPortFrom(topo.Nodes[1].Pods[0].IP, 5001), Weight: 1}},
 			}}
 		}

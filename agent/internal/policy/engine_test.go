@@ -8,6 +8,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
 	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 const (
@@ -28,13 +29,13 @@ func pod(id ID, cluster, ns, app string, named map[string][]PortProto) Identity 
 
 func fixture() []Identity {
 	ids := []Identity{
-		pod(web1, "c1", "shop", "web", map[string][]PortProto{"http": {{8080, rules.ProtoTCP}}}),
+		pod(web1, "c1", "shop", "web", map[string][]PortProto{"http": {{8080, ipproto.TCP}}}),
 		pod(client1, "c1", "shop", "client", nil),
 		pod(dev1, "c1", "dev", "client", nil),
 		pod(client2, "c2", "shop", "client", nil),
 		pod(other2, "c2", "shop", "other", nil),
 		pod(client3, "c3", "shop", "client", nil),
-		pod(web3, "c3", "shop", "web", map[string][]PortProto{"http": {{9090, rules.ProtoTCP}}}),
+		pod(web3, "c3", "shop", "web", map[string][]PortProto{"http": {{9090, ipproto.TCP}}}),
 	}
 	for id, l := range selector.Reserved() {
 		ids = append(ids, Identity{ID: id, Labels: l})
@@ -55,7 +56,7 @@ type flow struct {
 	src, dst ID
 	addr     string // world address of the peer, if any
 	port     uint16
-	proto    rules.Protocol
+	proto    ipproto.Proto
 	allowed  bool
 	rule     string // deciding rule, "" for a default verdict
 }
@@ -86,99 +87,99 @@ func TestResolveAndTrace(t *testing.T) {
 		flows        []flow
 	}{
 		{name: "no policy is default allow", defaultLocal: true, flows: []flow{
-			{name: "c2 client", src: client2, dst: web1, port: 80, proto: rules.ProtoTCP, allowed: true},
+			{name: "c2 client", src: client2, dst: web1, port: 80, proto: ipproto.TCP, allowed: true},
 		}},
 		{name: "backend allows only app=client of c2", defaultLocal: true, policies: []string{webOnlyFromC2Clients}, flows: []flow{
-			{name: "c2 client passes", src: client2, dst: web1, port: 80, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/web ingress[0]"},
-			{name: "c3 client denied", src: client3, dst: web1, port: 80, proto: rules.ProtoTCP},
-			{name: "c2 other denied", src: other2, dst: web1, port: 80, proto: rules.ProtoTCP},
-			{name: "c1 client denied", src: client1, dst: web1, port: 80, proto: rules.ProtoTCP},
-			{name: "wrong port", src: client2, dst: web1, port: 81, proto: rules.ProtoTCP},
-			{name: "wrong protocol", src: client2, dst: web1, port: 80, proto: rules.ProtoUDP},
-			{name: "egress of the client is not selected", src: client1, dst: client2, port: 80, proto: rules.ProtoTCP, allowed: true},
+			{name: "c2 client passes", src: client2, dst: web1, port: 80, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/web ingress[0]"},
+			{name: "c3 client denied", src: client3, dst: web1, port: 80, proto: ipproto.TCP},
+			{name: "c2 other denied", src: other2, dst: web1, port: 80, proto: ipproto.TCP},
+			{name: "c1 client denied", src: client1, dst: web1, port: 80, proto: ipproto.TCP},
+			{name: "wrong port", src: client2, dst: web1, port: 81, proto: ipproto.TCP},
+			{name: "wrong protocol", src: client2, dst: web1, port: 80, proto: ipproto.UDP},
+			{name: "egress of the client is not selected", src: client1, dst: client2, port: 80, proto: ipproto.TCP, allowed: true},
 		}},
 		{name: "default-local-cluster on: local clients only", defaultLocal: true, policies: []string{fromClients}, flows: []flow{
-			{name: "c1 client", src: client1, dst: web1, port: 80, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/clients ingress[0]"},
-			{name: "c2 client", src: client2, dst: web1, port: 80, proto: rules.ProtoTCP},
-			{name: "c3 client", src: client3, dst: web1, port: 80, proto: rules.ProtoTCP},
-			{name: "other namespace", src: dev1, dst: web1, port: 80, proto: rules.ProtoTCP},
+			{name: "c1 client", src: client1, dst: web1, port: 80, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/clients ingress[0]"},
+			{name: "c2 client", src: client2, dst: web1, port: 80, proto: ipproto.TCP},
+			{name: "c3 client", src: client3, dst: web1, port: 80, proto: ipproto.TCP},
+			{name: "other namespace", src: dev1, dst: web1, port: 80, proto: ipproto.TCP},
 		}},
 		{name: "default-local-cluster off: clients of every cluster", defaultLocal: false, policies: []string{fromClients}, flows: []flow{
-			{name: "c1 client", src: client1, dst: web1, port: 80, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/clients ingress[0]"},
-			{name: "c2 client", src: client2, dst: web1, port: 80, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/clients ingress[0]"},
-			{name: "c3 client", src: client3, dst: web1, port: 80, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/clients ingress[0]"},
-			{name: "other namespace", src: dev1, dst: web1, port: 80, proto: rules.ProtoTCP},
+			{name: "c1 client", src: client1, dst: web1, port: 80, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/clients ingress[0]"},
+			{name: "c2 client", src: client2, dst: web1, port: 80, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/clients ingress[0]"},
+			{name: "c3 client", src: client3, dst: web1, port: 80, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/clients ingress[0]"},
+			{name: "other namespace", src: dev1, dst: web1, port: 80, proto: ipproto.TCP},
 		}},
 		{name: "default-local-cluster on: an Exists cluster term selects every cluster", defaultLocal: true, policies: []string{
 			cnp("every", `{"endpointSelector":{"matchLabels":{"app":"web"}},"ingress":[{"fromEndpoints":[{"matchLabels":{"app":"client"},"matchExpressions":[{"key":"io.cilium.k8s.policy.cluster","operator":"Exists"}]}]}]}`)}, flows: []flow{
-			{name: "c1 client", src: client1, dst: web1, port: 80, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/every ingress[0]"},
-			{name: "c3 client", src: client3, dst: web1, port: 80, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/every ingress[0]"},
-			{name: "c2 other", src: other2, dst: web1, port: 80, proto: rules.ProtoTCP},
+			{name: "c1 client", src: client1, dst: web1, port: 80, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/every ingress[0]"},
+			{name: "c3 client", src: client3, dst: web1, port: 80, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/every ingress[0]"},
+			{name: "c2 other", src: other2, dst: web1, port: 80, proto: ipproto.TCP},
 		}},
 		{name: "deny wins over allow", defaultLocal: false, policies: []string{fromClients,
 			cnp("no-c3", `{"endpointSelector":{},"ingressDeny":[{"fromEndpoints":[{"matchLabels":{"io.cilium.k8s.policy.cluster":"c3"}}]}]}`)}, flows: []flow{
-			{name: "c2 allowed", src: client2, dst: web1, port: 80, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/clients ingress[0]"},
-			{name: "c3 denied by the deny rule", src: client3, dst: web1, port: 80, proto: rules.ProtoTCP, rule: "cnp/shop/no-c3 ingressDeny[0]"},
+			{name: "c2 allowed", src: client2, dst: web1, port: 80, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/clients ingress[0]"},
+			{name: "c3 denied by the deny rule", src: client3, dst: web1, port: 80, proto: ipproto.TCP, rule: "cnp/shop/no-c3 ingressDeny[0]"},
 		}},
 		{name: "port deny beats wider allow", defaultLocal: true, policies: []string{
 			cnp("all", `{"endpointSelector":{"matchLabels":{"app":"web"}},"ingress":[{"fromEntities":["all"]}],"ingressDeny":[{"toPorts":[{"ports":[{"port":"22"}]}]}]}`)}, flows: []flow{
-			{name: "22 denied", src: client2, dst: web1, port: 22, proto: rules.ProtoTCP, rule: "cnp/shop/all ingressDeny[0]"},
-			{name: "22/udp denied (ANY)", src: client2, dst: web1, port: 22, proto: rules.ProtoUDP, rule: "cnp/shop/all ingressDeny[0]"},
-			{name: "23 allowed", src: client2, dst: web1, port: 23, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/all ingress[0]"},
-			{name: "world allowed", src: selector.IDWorld, dst: web1, addr: "192.0.2.1", port: 443, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/all ingress[0]"},
+			{name: "22 denied", src: client2, dst: web1, port: 22, proto: ipproto.TCP, rule: "cnp/shop/all ingressDeny[0]"},
+			{name: "22/udp denied (ANY)", src: client2, dst: web1, port: 22, proto: ipproto.UDP, rule: "cnp/shop/all ingressDeny[0]"},
+			{name: "23 allowed", src: client2, dst: web1, port: 23, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/all ingress[0]"},
+			{name: "world allowed", src: selector.IDWorld, dst: web1, addr: "192.0.2.1", port: 443, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/all ingress[0]"},
 		}},
 		{name: "named port resolved against the destination", defaultLocal: false, policies: []string{
 			cnp("named-in", `{"endpointSelector":{"matchLabels":{"app":"web"}},"ingress":[{"toPorts":[{"ports":[{"port":"http","protocol":"TCP"}]}]}]}`),
 			cnp("named-out", `{"endpointSelector":{"matchLabels":{"app":"client"}},"egress":[{"toEndpoints":[{"matchLabels":{"app":"web"}}],"toPorts":[{"ports":[{"port":"http"}]}]}]}`)}, flows: []flow{
-			{name: "ingress 8080 is http of web1", src: client2, dst: web1, port: 8080, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/named-in ingress[0]"},
-			{name: "ingress 80 is not", src: client2, dst: web1, port: 80, proto: rules.ProtoTCP},
-			{name: "egress to c3 web uses its 9090", src: client1, dst: web3, port: 9090, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/named-out egress[0]"},
-			{name: "egress to c3 web on 8080 denied", src: client1, dst: web3, port: 8080, proto: rules.ProtoTCP},
-			{name: "egress to c1 web on 8080", src: client1, dst: web1, port: 8080, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/named-out egress[0] & cnp/shop/named-in ingress[0]"},
+			{name: "ingress 8080 is http of web1", src: client2, dst: web1, port: 8080, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/named-in ingress[0]"},
+			{name: "ingress 80 is not", src: client2, dst: web1, port: 80, proto: ipproto.TCP},
+			{name: "egress to c3 web uses its 9090", src: client1, dst: web3, port: 9090, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/named-out egress[0]"},
+			{name: "egress to c3 web on 8080 denied", src: client1, dst: web3, port: 8080, proto: ipproto.TCP},
+			{name: "egress to c1 web on 8080", src: client1, dst: web1, port: 8080, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/named-out egress[0] & cnp/shop/named-in ingress[0]"},
 		}},
 		{name: "endPort range", defaultLocal: true, policies: []string{
 			cnp("range", `{"endpointSelector":{"matchLabels":{"app":"web"}},"ingress":[{"fromEndpoints":[{}],"toPorts":[{"ports":[{"port":"8000","endPort":8100,"protocol":"TCP"}]}]}]}`)}, flows: []flow{
-			{name: "low end", src: client1, dst: web1, port: 8000, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/range ingress[0]"},
-			{name: "inside", src: client1, dst: web1, port: 8050, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/range ingress[0]"},
-			{name: "high end", src: client1, dst: web1, port: 8100, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/range ingress[0]"},
-			{name: "above", src: client1, dst: web1, port: 8101, proto: rules.ProtoTCP},
-			{name: "below", src: client1, dst: web1, port: 7999, proto: rules.ProtoTCP},
+			{name: "low end", src: client1, dst: web1, port: 8000, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/range ingress[0]"},
+			{name: "inside", src: client1, dst: web1, port: 8050, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/range ingress[0]"},
+			{name: "high end", src: client1, dst: web1, port: 8100, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/range ingress[0]"},
+			{name: "above", src: client1, dst: web1, port: 8101, proto: ipproto.TCP},
+			{name: "below", src: client1, dst: web1, port: 7999, proto: ipproto.TCP},
 		}},
 		{name: "entities", defaultLocal: true, policies: []string{
 			cnp("ent", `{"endpointSelector":{"matchLabels":{"app":"client"}},"egress":[{"toEntities":["cluster"]},{"toEntities":["world"]}],"ingress":[{"fromEntities":["host","remote-node"]}]}`)}, flows: []flow{
-			{name: "egress to host via cluster", src: client1, dst: selector.IDHost, proto: rules.ProtoTCP, port: 1, allowed: true, rule: "cnp/shop/ent egress[0]"},
-			{name: "egress to local pod via cluster", src: client1, dst: web1, proto: rules.ProtoTCP, port: 80, allowed: true, rule: "cnp/shop/ent egress[0]"},
-			{name: "egress to remote pod is not cluster", src: client1, dst: client2, proto: rules.ProtoTCP, port: 80},
-			{name: "egress to world", src: client1, dst: selector.IDWorld, addr: "198.51.100.1", proto: rules.ProtoUDP, port: 53, allowed: true, rule: "cnp/shop/ent egress[1]"},
-			{name: "ingress from host", src: selector.IDHost, dst: client1, proto: rules.ProtoTCP, port: 80, allowed: true, rule: "cnp/shop/ent ingress[0]"},
-			{name: "ingress from remote-node", src: selector.IDRemoteNode, dst: client1, proto: rules.ProtoTCP, port: 80, allowed: true, rule: "cnp/shop/ent ingress[0]"},
-			{name: "ingress from world denied", src: selector.IDWorld, dst: client1, addr: "198.51.100.1", proto: rules.ProtoTCP, port: 80},
+			{name: "egress to host via cluster", src: client1, dst: selector.IDHost, proto: ipproto.TCP, port: 1, allowed: true, rule: "cnp/shop/ent egress[0]"},
+			{name: "egress to local pod via cluster", src: client1, dst: web1, proto: ipproto.TCP, port: 80, allowed: true, rule: "cnp/shop/ent egress[0]"},
+			{name: "egress to remote pod is not cluster", src: client1, dst: client2, proto: ipproto.TCP, port: 80},
+			{name: "egress to world", src: client1, dst: selector.IDWorld, addr: "198.51.100.1", proto: ipproto.UDP, port: 53, allowed: true, rule: "cnp/shop/ent egress[1]"},
+			{name: "ingress from host", src: selector.IDHost, dst: client1, proto: ipproto.TCP, port: 80, allowed: true, rule: "cnp/shop/ent ingress[0]"},
+			{name: "ingress from remote-node", src: selector.IDRemoteNode, dst: client1, proto: ipproto.TCP, port: 80, allowed: true, rule: "cnp/shop/ent ingress[0]"},
+			{name: "ingress from world denied", src: selector.IDWorld, dst: client1, addr: "198.51.100.1", proto: ipproto.TCP, port: 80},
 		}},
 		{name: "CIDR with except", defaultLocal: true, policies: []string{
 			cnp("cidr", `{"endpointSelector":{"matchLabels":{"app":"web"}},"egress":[{"toCIDRSet":[{"cidr":"10.0.0.0/8","except":["10.1.0.0/16"]}]}]}`)}, flows: []flow{
-			{name: "inside", src: web1, dst: selector.IDWorld, addr: "10.2.3.4", port: 443, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/cidr egress[0]"},
-			{name: "excepted", src: web1, dst: selector.IDWorld, addr: "10.1.2.3", port: 443, proto: rules.ProtoTCP},
-			{name: "outside", src: web1, dst: selector.IDWorld, addr: "11.0.0.1", port: 443, proto: rules.ProtoTCP},
-			{name: "a pod is not a CIDR peer", src: web1, dst: client1, addr: "10.2.3.4", port: 443, proto: rules.ProtoTCP},
+			{name: "inside", src: web1, dst: selector.IDWorld, addr: "10.2.3.4", port: 443, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/cidr egress[0]"},
+			{name: "excepted", src: web1, dst: selector.IDWorld, addr: "10.1.2.3", port: 443, proto: ipproto.TCP},
+			{name: "outside", src: web1, dst: selector.IDWorld, addr: "11.0.0.1", port: 443, proto: ipproto.TCP},
+			{name: "a pod is not a CIDR peer", src: web1, dst: client1, addr: "10.2.3.4", port: 443, proto: ipproto.TCP},
 		}},
 		{name: "wider deny prefix beats narrower allow prefix", defaultLocal: true, policies: []string{
 			cnp("cidr", `{"endpointSelector":{"matchLabels":{"app":"web"}},"egress":[{"toCIDR":["10.1.0.0/16"]}],"egressDeny":[{"toCIDR":["10.0.0.0/8"],"toPorts":[{"ports":[{"port":"22"}]}]}]}`)}, flows: []flow{
-			{name: "narrow allow on 443", src: web1, dst: selector.IDWorld, addr: "10.1.2.3", port: 443, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/cidr egress[0]"},
-			{name: "wide deny on 22", src: web1, dst: selector.IDWorld, addr: "10.1.2.3", port: 22, proto: rules.ProtoTCP, rule: "cnp/shop/cidr egressDeny[0]"},
+			{name: "narrow allow on 443", src: web1, dst: selector.IDWorld, addr: "10.1.2.3", port: 443, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/cidr egress[0]"},
+			{name: "wide deny on 22", src: web1, dst: selector.IDWorld, addr: "10.1.2.3", port: 22, proto: ipproto.TCP, rule: "cnp/shop/cidr egressDeny[0]"},
 		}},
 		{name: "egress named port to the wildcard peer uses every identity's named ports", defaultLocal: true, policies: []string{
 			cnp("named-any", `{"endpointSelector":{"matchLabels":{"app":"client"}},"egress":[{"toPorts":[{"ports":[{"port":"http","protocol":"TCP"}]}]}]}`)}, flows: []flow{
-			{name: "8080 of c1 web", src: client1, dst: web1, port: 8080, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/named-any egress[0]"},
-			{name: "9090 of c3 web", src: client1, dst: web3, port: 9090, proto: rules.ProtoTCP, allowed: true, rule: "cnp/shop/named-any egress[0]"},
-			{name: "80 is no named port", src: client1, dst: web1, port: 80, proto: rules.ProtoTCP},
+			{name: "8080 of c1 web", src: client1, dst: web1, port: 8080, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/named-any egress[0]"},
+			{name: "9090 of c3 web", src: client1, dst: web3, port: 9090, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/named-any egress[0]"},
+			{name: "80 is no named port", src: client1, dst: web1, port: 80, proto: ipproto.TCP},
 		}},
 		{name: "NetworkPolicy namespaceSelector and Egress-only types", defaultLocal: true, policies: []string{
 			knp("ns", `{"podSelector":{"matchLabels":{"app":"web"}},"ingress":[{"from":[{"namespaceSelector":{"matchLabels":{"team":"dev"}}}],"ports":[{"port":80}]}]}`),
 			knp("eg", `{"podSelector":{"matchLabels":{"app":"client"}},"policyTypes":["Egress"]}`)}, flows: []flow{
-			{name: "dev namespace allowed", src: dev1, dst: web1, port: 80, proto: rules.ProtoTCP, allowed: true, rule: "knp/shop/ns ingress[0]"},
-			{name: "same namespace not selected", src: client1, dst: web1, port: 80, proto: rules.ProtoTCP},
-			{name: "client egress default deny", src: client1, dst: client2, port: 80, proto: rules.ProtoTCP},
-			{name: "client ingress still default allow", src: web1, dst: client1, port: 80, proto: rules.ProtoTCP, allowed: true},
+			{name: "dev namespace allowed", src: dev1, dst: web1, port: 80, proto: ipproto.TCP, allowed: true, rule: "knp/shop/ns ingress[0]"},
+			{name: "same namespace not selected", src: client1, dst: web1, port: 80, proto: ipproto.TCP},
+			{name: "client egress default deny", src: client1, dst: client2, port: 80, proto: ipproto.TCP},
+			{name: "client ingress still default allow", src: web1, dst: client1, port: 80, proto: ipproto.TCP, allowed: true},
 		}},
 	}
 	for _, tc := range cases {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
 	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // gen makes random identities and policies from small pools so that
@@ -29,7 +30,7 @@ func (g gen) identity(id ID) Identity {
 	}
 	var named map[string][]PortProto
 	if g.r.IntN(2) == 0 {
-		named = map[string][]PortProto{"http": {{Port: uint16(8000 + g.r.IntN(3)), Proto: rules.ProtoTCP}}}
+		named = map[string][]PortProto{"http": {{Port: uint16(8000 + g.r.IntN(3)), Proto: ipproto.TCP}}}
 	}
 	return Identity{ID: id, Labels: selector.MustParseLabels(ls...), NamedPorts: named}
 }
@@ -250,7 +251,7 @@ func TestReadersGetCopies(t *testing.T) {
 	if len(again[rules.Ingress].Entries) != 1 {
 		t.Fatalf("engine state changed through a copy: %+v", again)
 	}
-	if !e.Trace(Flow{Src: client1, Dst: web1, Port: 80, Proto: rules.ProtoTCP}).Allowed {
+	if !e.Trace(Flow{Src: client1, Dst: web1, Port: 80, Proto: ipproto.TCP}).Allowed {
 		t.Fatal("trace no longer allows the client")
 	}
 }

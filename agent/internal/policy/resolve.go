@@ -4,6 +4,7 @@ import (
 	"slices"
 
 	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // resolve computes the policy of local endpoint id from the cached
@@ -86,7 +87,7 @@ func (e *Engine) addRule(entries map[Key]Entry, subject ID, r compiledRule, ent 
 	}
 }
 
-var anyProtos = []rules.Protocol{rules.ProtoTCP, rules.ProtoUDP, rules.ProtoSCTP}
+var anyProtos = []ipproto.Proto{ipproto.TCP, ipproto.UDP, ipproto.SCTP}
 
 func (e *Engine) addPort(entries map[Key]Entry, subject ID, dir rules.Direction, peer Peer, port rules.Port, ent Entry) {
 	e.addPortFor(entries, subject, dir, peer, e.ids[peer.ID], port, ent)
@@ -100,8 +101,8 @@ func (e *Engine) addPortFor(entries map[Key]Entry, subject ID, dir rules.Directi
 			put(entries, Key{Peer: peer, Proto: port.Proto}, ent)
 			return
 		}
-		protos := []rules.Protocol{port.Proto}
-		if port.Proto == rules.ProtoAny {
+		protos := []ipproto.Proto{port.Proto}
+		if port.Proto == ipproto.Any {
 			protos = anyProtos
 		}
 		for _, pr := range protos {
@@ -110,7 +111,7 @@ func (e *Engine) addPortFor(entries map[Key]Entry, subject ID, dir rules.Directi
 		return
 	}
 	for _, pp := range e.namedPorts(subject, dir, peer, peerIdent, port.Name) {
-		if port.Proto == rules.ProtoAny || port.Proto == pp.Proto {
+		if port.Proto == ipproto.Any || port.Proto == pp.Proto {
 			put(entries, Key{Peer: peer, Proto: pp.Proto, Port: pp.Port, EndPort: pp.Port}, ent)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
 	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // Flow is the traffic a Trace evaluates. Addresses matter only for world
@@ -14,7 +15,7 @@ type Flow struct {
 	Src, Dst         ID
 	SrcAddr, DstAddr netip.Addr
 	Port             uint16
-	Proto            rules.Protocol
+	Proto            ipproto.Proto
 }
 
 // Verdict is the decision in one direction.
@@ -44,7 +45,7 @@ func (e *Engine) Trace(f Flow) TraceResult {
 	return TraceResult{Allowed: (!eg.Evaluated || eg.Allowed) && (!in.Evaluated || in.Allowed), Egress: eg, Ingress: in}
 }
 
-func (e *Engine) verdict(ep ID, dir rules.Direction, peer ID, addr netip.Addr, port uint16, proto rules.Protocol) Verdict {
+func (e *Engine) verdict(ep ID, dir rules.Direction, peer ID, addr netip.Addr, port uint16, proto ipproto.Proto) Verdict {
 	pol, ok := e.resolved[ep]
 	if !ok {
 		return Verdict{Reason: fmt.Sprintf("identity %d is not a local endpoint; its %s is enforced by its own cluster", ep, dir)}
@@ -75,7 +76,7 @@ func (e *Engine) verdict(ep ID, dir rules.Direction, peer ID, addr netip.Addr, p
 	return Verdict{Evaluated: true, Allowed: true, Reason: fmt.Sprintf("default allow: no policy selects the endpoint for %s", dir)}
 }
 
-func (k Key) matches(peer ID, addr netip.Addr, port uint16, proto rules.Protocol) bool {
+func (k Key) matches(peer ID, addr netip.Addr, port uint16, proto ipproto.Proto) bool {
 	switch {
 	case k.Peer.Prefix.IsValid():
 		if peer != selector.IDWorld || !addr.IsValid() || !k.Peer.Prefix.Contains(addr) {
@@ -84,7 +85,7 @@ func (k Key) matches(peer ID, addr netip.Addr, port uint16, proto rules.Protocol
 	case k.Peer.ID != 0 && k.Peer.ID != peer:
 		return false
 	}
-	if k.Proto != rules.ProtoAny && k.Proto != proto {
+	if k.Proto != ipproto.Any && k.Proto != proto {
 		return false
 	}
 	return k.Port == 0 || (port >= k.Port && port <= k.EndPort)

@@ -6,6 +6,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
 	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // ID is a numeric security identity.
@@ -14,7 +15,7 @@ type ID = selector.ID
 // PortProto is one resolved named port.
 type PortProto struct {
 	Port  uint16
-	Proto rules.Protocol
+	Proto ipproto.Proto
 }
 
 // Identity is a security identity with the named ports of its endpoints.
@@ -53,7 +54,7 @@ type Peer struct {
 // protocol.
 type Key struct {
 	Peer    Peer
-	Proto   rules.Protocol
+	Proto   ipproto.Proto
 	Port    uint16
 	EndPort uint16
 }

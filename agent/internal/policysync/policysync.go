@@ -13,6 +13,7 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
 	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // Writer is what the syncer needs of the datapath (bpf.PolicyWriter).
@@ -183,7 +184,7 @@ func (s *Syncer) id(r rules.Ref) uint32 {
 // allow is left out (narrower); both are counted per policy (Narrowed).
 func (s *Syncer) key(ep policy.ID, egress bool, k policy.Key, e policy.Entry, upsert bool) (datapath.PolicyKey, bool) {
 	pk := datapath.PolicyKey{Subject: uint32(ep), Egress: egress, Peer: uint32(k.Peer.ID),
-		Proto: datapath.Proto(k.Proto), Port: k.Port, EndPort: k.EndPort}
+		Proto: ipproto.Proto(k.Proto), Port: k.Port, EndPort: k.EndPort}
 	if pk.Port != 0 && pk.EndPort == 0 {
 		pk.EndPort = pk.Port
 	}

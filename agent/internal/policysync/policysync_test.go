@@ -13,6 +13,7 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
 	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // recorder folds batches as the bpf PolicyWriter programs them.
@@ -74,7 +75,7 @@ func model(snap map[policy.ID]policy.EndpointPolicy) (map[datapath.PolicyKey]rul
 		for dir, dp := range ep {
 			for k, e := range dp.Entries {
 				pk := datapath.PolicyKey{Subject: uint32(id), Egress: dir == int(rules.Egress), Peer: uint32(k.Peer.ID),
-					Proto: datapath.Proto(k.Proto), Port: k.Port, EndPort: k.EndPort}
+					Proto: ipproto.Proto(k.Proto), Port: k.Port, EndPort: k.EndPort}
 				if pk.Port != 0 && pk.EndPort == 0 {
 					pk.EndPort = pk.Port
 				}

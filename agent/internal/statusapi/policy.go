@@ -22,6 +22,7 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/policysync"
 	"github.com/clustermesh/clustermesh/agent/internal/policywatch"
 	agentv1 "github.com/clustermesh/clustermesh/api/agent/v1"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // Policy is what the server needs of the agent's policy plane.
@@ -161,7 +162,7 @@ func (s *Server) TracePolicy(_ context.Context, req *agentv1.TracePolicyRequest)
 	if err != nil {
 		return nil, err
 	}
-	proto, ok := rules.ParseProtocol(req.GetProtocol(), rules.ProtoTCP)
+	proto, ok := rules.ParseProtocol(req.GetProtocol(), ipproto.TCP)
 	if !ok || req.GetDport() > 65535 {
 		return nil, status.Errorf(codes.InvalidArgument, "bad port or protocol %d/%s", req.GetDport(), req.GetProtocol())
 	}

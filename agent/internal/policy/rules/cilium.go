@@ -6,6 +6,7 @@ import (
 	"net/netip"
 
 	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // The JSON form of cilium.io/v2 rules, with Cilium's field names. Fields the
@@ -283,7 +284,7 @@ func (t *translator) l3l4(path string, dir Direction, deny bool, pfx string, has
 		}
 		for j, pp := range pr.Ports {
 			pf := fmt.Sprintf("%s.ports[%d]", f, j)
-			proto, ok := ParseProtocol(pp.Protocol, ProtoAny)
+			proto, ok := ParseProtocol(pp.Protocol, ipproto.Any)
 			if !ok {
 				return Rule{}, t.refuse(pf+".protocol", fmt.Sprintf("protocol %q (supported: TCP, UDP, SCTP, ANY)", pp.Protocol), ErrUnsupported)
 			}

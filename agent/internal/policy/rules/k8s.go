@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // translateKNP translates a networking.k8s.io/v1 NetworkPolicy with upstream
@@ -115,10 +116,10 @@ func (t *translator) knpRule(path string, dir Direction, peers []networkingv1.Ne
 	r.Peers.CIDRs = normalizeOrNil(r.Peers.CIDRs)
 	for i, p := range ports {
 		f := fmt.Sprintf("%s.ports[%d]", path, i)
-		proto := ProtoTCP
+		proto := ipproto.TCP
 		if p.Protocol != nil {
 			var ok bool
-			if proto, ok = ParseProtocol(string(*p.Protocol), ProtoTCP); !ok || proto == ProtoAny {
+			if proto, ok = ParseProtocol(string(*p.Protocol), ipproto.TCP); !ok || proto == ipproto.Any {
 				return Rule{}, t.refuse(f+".protocol", fmt.Sprintf("protocol %q (TCP, UDP or SCTP)", *p.Protocol), ErrInvalid)
 			}
 		}

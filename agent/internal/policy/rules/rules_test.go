@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 var opts = Options{ClusterName: "c1", DefaultLocalCluster: true}
@@ -147,15 +148,15 @@ func TestKNPTranslation(t *testing.T) {
 		{name: "empty podSelector selects the namespace, no rules denies ingress", spec: `{"podSelector":{}}`,
 			subjects: []string{"client-c1", "client-c2", "web-c1"}, deny: [2]bool{true, false}},
 		{name: "podSelector peer is same namespace and local cluster", spec: `{"podSelector":{"matchLabels":{"app":"web"}},"ingress":[{"from":[{"podSelector":{"matchLabels":{"app":"client"}}}],"ports":[{"port":80}]}]}`,
-			subjects: []string{"web-c1"}, deny: [2]bool{true, false}, rules: 1, peers: []string{"client-c1"}, ports: []Port{{Port: 80, EndPort: 80, Proto: ProtoTCP}}},
+			subjects: []string{"web-c1"}, deny: [2]bool{true, false}, rules: 1, peers: []string{"client-c1"}, ports: []Port{{Port: 80, EndPort: 80, Proto: ipproto.TCP}}},
 		{name: "namespaceSelector", spec: `{"podSelector":{},"ingress":[{"from":[{"namespaceSelector":{"matchLabels":{"team":"ops"}}}]}]}`,
 			subjects: []string{"client-c1", "client-c2", "web-c1"}, deny: [2]bool{true, false}, rules: 1, peers: []string{"mon-c1"}},
 		{name: "empty namespaceSelector is every namespace", spec: `{"podSelector":{},"ingress":[{"from":[{"namespaceSelector":{},"podSelector":{"matchLabels":{"app":"client"}}}]}]}`,
 			subjects: []string{"client-c1", "client-c2", "web-c1"}, deny: [2]bool{true, false}, rules: 1, peers: []string{"client-c1", "other-ns"}},
 		{name: "policyTypes Egress only ignores ingress rules", spec: `{"podSelector":{},"policyTypes":["Egress"],"ingress":[{}],"egress":[{"to":[{"ipBlock":{"cidr":"10.0.0.0/30","except":["10.0.0.0/31"]}}],"ports":[{"protocol":"UDP","port":53,"endPort":54}]}]}`,
-			subjects: []string{"client-c1", "client-c2", "web-c1"}, deny: [2]bool{false, true}, rules: 1, cidrs: []string{"10.0.0.2/31"}, ports: []Port{{Port: 53, EndPort: 54, Proto: ProtoUDP}}},
+			subjects: []string{"client-c1", "client-c2", "web-c1"}, deny: [2]bool{false, true}, rules: 1, cidrs: []string{"10.0.0.2/31"}, ports: []Port{{Port: 53, EndPort: 54, Proto: ipproto.UDP}}},
 		{name: "empty from admits everyone, named port", spec: `{"podSelector":{},"ingress":[{"ports":[{"port":"http"}]}]}`,
-			subjects: []string{"client-c1", "client-c2", "web-c1"}, deny: [2]bool{true, false}, rules: 1, all: true, ports: []Port{{Name: "http", Proto: ProtoTCP}}},
+			subjects: []string{"client-c1", "client-c2", "web-c1"}, deny: [2]bool{true, false}, rules: 1, all: true, ports: []Port{{Name: "http", Proto: ipproto.TCP}}},
 		{name: "egress rules imply Egress type", spec: `{"podSelector":{},"egress":[{}]}`,
 			subjects: []string{"client-c1", "client-c2", "web-c1"}, deny: [2]bool{true, true}, rules: 1, all: true},
 	}
@@ -240,7 +241,7 @@ func TestCNPDefaultDenyAndL4Only(t *testing.T) {
 		t.Errorf("subject %s must be forced into the policy namespace", s.Subject)
 	}
 	deny, eg := s.Rules[0], s.Rules[1]
-	if !deny.Deny || !deny.Peers.All || !slices.Equal(deny.Ports, []Port{{Port: 22, EndPort: 22, Proto: ProtoAny}}) {
+	if !deny.Deny || !deny.Peers.All || !slices.Equal(deny.Ports, []Port{{Port: 22, EndPort: 22, Proto: ipproto.Any}}) {
 		t.Errorf("L4-only deny rule %+v", deny)
 	}
 	if eg.Peers.All || len(eg.Peers.Selectors) != 0 || eg.Direction != Egress {
