@@ -216,8 +216,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		defer own.Close()
 		ids = localidentity.New(localidentity.Config{
 			ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID, MaxConnectedClusters: cfg.MaxConnectedClusters,
-			OnChange:   func(ip netip.Addr) { local.Reidentify(ip) },
-			OnIdentity: pol.identity,
+			OnChange:        func(ip netip.Addr) { local.Reidentify(ip) },
+			OnIdentity:      pol.identity,
+			OnEndpointPorts: pol.watch.UpdateEndpointPorts,
 		}, own, log.With("component", "localidentity"))
 		runs = append(runs, runner.Part{Name: "localidentity", Run: ids.Run})
 	}

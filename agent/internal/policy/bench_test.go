@@ -18,10 +18,10 @@ func benchEngine(b *testing.B) *Engine {
 		e.UpsertIdentity(Identity{ID: id, Labels: l})
 	}
 	for i := range 25000 {
-		e.UpsertIdentity(pod(ID(100000+i), []string{"c2", "c3"}[i%2], "shop", []string{"web", "client", "other"}[i%3], nil))
+		e.UpsertIdentity(pod(ID(100000+i), []string{"c2", "c3"}[i%2], "shop", []string{"web", "client", "other"}[i%3]))
 	}
 	for i := range 200 {
-		e.UpsertIdentity(pod(ID(1000+i), "c1", "shop", fmt.Sprint("a", i), nil))
+		e.UpsertIdentity(pod(ID(1000+i), "c1", "shop", fmt.Sprint("a", i)))
 		obj := cnp(fmt.Sprint("p", i), fmt.Sprintf(`{"endpointSelector":{"matchLabels":{"app":"a%d"}},"ingress":[{"fromEndpoints":[{"matchLabels":{"app":"client"},"matchExpressions":[{"key":"io.cilium.k8s.policy.cluster","operator":"In","values":["c2","c3"]}]}],"toPorts":[{"ports":[{"port":"%d","protocol":"TCP"}]}]}]}`, i, 8000+i))
 		p, err := rules.Decode([]byte(obj), rules.Options{ClusterName: "c1", DefaultLocalCluster: true})
 		if err != nil {
@@ -36,7 +36,7 @@ func benchEngine(b *testing.B) *Engine {
 // and removed: 200 endpoints gain and lose one key each.
 func BenchmarkRemoteIdentityChurn(b *testing.B) {
 	e := benchEngine(b)
-	id := pod(999999, "c2", "shop", "client", nil)
+	id := pod(999999, "c2", "shop", "client")
 	b.ResetTimer()
 	for b.Loop() {
 		if d := e.UpsertIdentity(id); len(d) != 200 {

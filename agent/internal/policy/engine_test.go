@@ -21,26 +21,35 @@ const (
 	web3    ID = 301 // c3 shop app=web, named port http=9090/TCP
 )
 
-func pod(id ID, cluster, ns, app string, named map[string][]PortProto) Identity {
-	return Identity{ID: id, NamedPorts: named, Labels: selector.MustParseLabels(
+func pod(id ID, cluster, ns, app string) Identity {
+	return Identity{ID: id, Labels: selector.MustParseLabels(
 		"k8s:app="+app, "k8s:io.kubernetes.pod.namespace="+ns, "k8s:io.cilium.k8s.policy.cluster="+cluster,
 		"k8s:io.cilium.k8s.namespace.labels.team="+ns)}
 }
 
 func fixture() []Identity {
 	ids := []Identity{
-		pod(web1, "c1", "shop", "web", map[string][]PortProto{"http": {{8080, ipproto.TCP}}}),
-		pod(client1, "c1", "shop", "client", nil),
-		pod(dev1, "c1", "dev", "client", nil),
-		pod(client2, "c2", "shop", "client", nil),
-		pod(other2, "c2", "shop", "other", nil),
-		pod(client3, "c3", "shop", "client", nil),
-		pod(web3, "c3", "shop", "web", map[string][]PortProto{"http": {{9090, ipproto.TCP}}}),
+		pod(web1, "c1", "shop", "web"),
+		pod(client1, "c1", "shop", "client"),
+		pod(dev1, "c1", "dev", "client"),
+		pod(client2, "c2", "shop", "client"),
+		pod(other2, "c2", "shop", "other"),
+		pod(client3, "c3", "shop", "client"),
+		pod(web3, "c3", "shop", "web"),
 	}
 	for id, l := range selector.Reserved() {
 		ids = append(ids, Identity{ID: id, Labels: l})
 	}
 	return ids
+}
+
+// fixturePorts are the ipcache entries of the fixture's pods that have
+// named ports: one endpoint each.
+func fixturePorts() []EndpointPorts {
+	return []EndpointPorts{
+		{ID: web1, Ports: []NamedPort{{Name: "http", Port: 8080, Proto: ipproto.TCP}}},
+		{ID: web3, Ports: []NamedPort{{Name: "http", Port: 9090, Proto: ipproto.TCP}}},
+	}
 }
 
 func cnp(name, spec string) string {
@@ -66,6 +75,9 @@ func newEngine(t *testing.T, defaultLocal bool, policies ...string) *Engine {
 	e := New(Config{ClusterName: "c1"})
 	for _, id := range fixture() {
 		e.UpsertIdentity(id)
+	}
+	for _, ep := range fixturePorts() {
+		e.UpdateEndpointPorts(EndpointPorts{}, ep)
 	}
 	for _, p := range policies {
 		pol, err := rules.Decode([]byte(p), rules.Options{ClusterName: "c1", DefaultLocalCluster: defaultLocal})
@@ -167,10 +179,12 @@ func TestResolveAndTrace(t *testing.T) {
 			{name: "narrow allow on 443", src: web1, dst: selector.IDWorld, addr: "10.1.2.3", port: 443, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/cidr egress[0]"},
 			{name: "wide deny on 22", src: web1, dst: selector.IDWorld, addr: "10.1.2.3", port: 22, proto: ipproto.TCP, rule: "cnp/shop/cidr egressDeny[0]"},
 		}},
-		{name: "egress named port to the wildcard peer uses every identity's named ports", defaultLocal: true, policies: []string{
+		{name: "egress named port to the wildcard peer resolves per peer identity", defaultLocal: true, policies: []string{
 			cnp("named-any", `{"endpointSelector":{"matchLabels":{"app":"client"}},"egress":[{"toPorts":[{"ports":[{"port":"http","protocol":"TCP"}]}]}]}`)}, flows: []flow{
 			{name: "8080 of c1 web", src: client1, dst: web1, port: 8080, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/named-any egress[0]"},
 			{name: "9090 of c3 web", src: client1, dst: web3, port: 9090, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/named-any egress[0]"},
+			{name: "9090 is not http of c1 web", src: client1, dst: web1, port: 9090, proto: ipproto.TCP},
+			{name: "8080 of a peer without named ports", src: client1, dst: client2, port: 8080, proto: ipproto.TCP},
 			{name: "80 is no named port", src: client1, dst: web1, port: 80, proto: ipproto.TCP},
 		}},
 		{name: "NetworkPolicy namespaceSelector and Egress-only types", defaultLocal: true, policies: []string{

@@ -28,11 +28,17 @@ func (g gen) identity(id ID) Identity {
 	if g.r.IntN(2) == 0 {
 		ls = append(ls, "k8s:tier="+g.pick("gold", "silver"))
 	}
-	var named map[string][]PortProto
-	if g.r.IntN(2) == 0 {
-		named = map[string][]PortProto{"http": {{Port: uint16(8000 + g.r.IntN(3)), Proto: ipproto.TCP}}}
+	return Identity{ID: id, Labels: selector.MustParseLabels(ls...)}
+}
+
+// endpoint makes the ipcache entry of an endpoint of a random identity,
+// with or without a named port "http" on one of a few numbers.
+func (g gen) endpoint() EndpointPorts {
+	ep := EndpointPorts{ID: ID(1000 + g.r.IntN(30))}
+	if g.r.IntN(3) != 0 {
+		ep.Ports = []NamedPort{{Name: "http", Port: uint16(8000 + g.r.IntN(2)), Proto: ipproto.TCP}}
 	}
-	return Identity{ID: id, Labels: selector.MustParseLabels(ls...), NamedPorts: named}
+	return ep
 }
 
 func (g gen) selector() string {
@@ -146,20 +152,23 @@ func TestIncrementalEqualsFullRecompute(t *testing.T) {
 			model := map[ID]EndpointPolicy{}
 			ids := map[ID]Identity{}
 			pols := map[string]rules.Policy{}
+			eps := make([]EndpointPorts, 40) // endpoints by slot; zero: none
+			compared := 0                    // comparisons with policies and endpoints
 			for id, l := range selector.Reserved() {
 				ids[id] = Identity{ID: id, Labels: l}
 				Apply(model, e.UpsertIdentity(ids[id]))
 			}
 			for step := range 400 {
 				var d Diff
-				switch op := g.r.IntN(11); {
-				case op == 10: // named ports only
-					id := ID(1000 + g.r.IntN(30))
-					if i, ok := ids[id]; ok {
-						i.NamedPorts = g.identity(id).NamedPorts
-						ids[id] = i
-						d = e.UpsertIdentity(i)
+				switch op := g.r.IntN(13); {
+				case op >= 10: // an endpoint's named ports
+					slot := g.r.IntN(40)
+					cur := EndpointPorts{}
+					if g.r.IntN(4) != 0 {
+						cur = g.endpoint()
 					}
+					d = e.UpdateEndpointPorts(eps[slot], cur)
+					eps[slot] = cur
 				case op < 4:
 					id := ID(1000 + g.r.IntN(30))
 					ids[id] = g.identity(id)
@@ -195,11 +204,17 @@ func TestIncrementalEqualsFullRecompute(t *testing.T) {
 				for _, p := range pols {
 					fresh.UpsertPolicy(p)
 				}
+				for _, ep := range eps {
+					fresh.UpdateEndpointPorts(EndpointPorts{}, ep)
+				}
 				if !equalStates(fresh.Snapshot(), e.Snapshot()) {
 					t.Fatalf("step %d: incremental state differs from a full recompute", step)
 				}
+				if len(pols) > 0 && len(e.Snapshot()) > 0 {
+					compared++
+				}
 			}
-			if len(e.Snapshot()) == 0 || len(pols) == 0 {
+			if compared == 0 {
 				t.Fatal("generator produced nothing to compare")
 			}
 		})
@@ -212,7 +227,7 @@ func TestDiffIsNarrow(t *testing.T) {
 	e := newEngine(t, false,
 		cnp("web", `{"endpointSelector":{"matchLabels":{"app":"web"}},"ingress":[{"fromEndpoints":[{"matchLabels":{"app":"client","io.cilium.k8s.policy.cluster":"c2"}}]}]}`),
 		cnp("client", `{"endpointSelector":{"matchLabels":{"app":"client"}},"egress":[{"toEntities":["world"]}]}`))
-	newClient := pod(250, "c2", "shop", "client", nil)
+	newClient := pod(250, "c2", "shop", "client")
 	d := e.UpsertIdentity(newClient)
 	if len(d) != 1 || d[0].Endpoint != web1 || d[0].Direction != rules.Ingress || len(d[0].Deletes) != 0 {
 		t.Fatalf("diff %+v, want one ingress upsert on web1", d)

@@ -18,30 +18,15 @@ type PortProto struct {
 	Proto ipproto.Proto
 }
 
-// Identity is a security identity with the named ports of its endpoints.
+// Identity is a security identity: its number and labels. The named
+// ports of its endpoints come from their ipcache entries
+// (UpdateEndpointPorts).
 type Identity struct {
-	ID         ID
-	Labels     selector.Labels
-	NamedPorts map[string][]PortProto
+	ID     ID
+	Labels selector.Labels
 }
 
-func (i *Identity) equal(o *Identity) bool {
-	if !i.Labels.Equal(o.Labels) || len(i.NamedPorts) != len(o.NamedPorts) {
-		return false
-	}
-	for k, v := range i.NamedPorts {
-		w, ok := o.NamedPorts[k]
-		if !ok || len(v) != len(w) {
-			return false
-		}
-		for j := range v {
-			if v[j] != w[j] {
-				return false
-			}
-		}
-	}
-	return true
-}
+func (i *Identity) equal(o *Identity) bool { return i.Labels.Equal(o.Labels) }
 
 // Peer is the remote side of a key: an identity, a world prefix, or (zero
 // value) every peer.
