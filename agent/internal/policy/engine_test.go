@@ -2,7 +2,6 @@ package policy
 
 import (
 	"fmt"
-	"net/netip"
 	"strings"
 	"testing"
 
@@ -63,7 +62,6 @@ func knp(name, spec string) string {
 type flow struct {
 	name     string
 	src, dst ID
-	addr     string // world address of the peer, if any
 	port     uint16
 	proto    ipproto.Proto
 	allowed  bool
@@ -138,7 +136,7 @@ func TestResolveAndTrace(t *testing.T) {
 			{name: "22 denied", src: client2, dst: web1, port: 22, proto: ipproto.TCP, rule: "cnp/shop/all ingressDeny[0]"},
 			{name: "22/udp denied (ANY)", src: client2, dst: web1, port: 22, proto: ipproto.UDP, rule: "cnp/shop/all ingressDeny[0]"},
 			{name: "23 allowed", src: client2, dst: web1, port: 23, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/all ingress[0]"},
-			{name: "world allowed", src: selector.IDWorld, dst: web1, addr: "192.0.2.1", port: 443, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/all ingress[0]"},
+			{name: "world allowed", src: selector.IDWorld, dst: web1, port: 443, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/all ingress[0]"},
 		}},
 		{name: "named port resolved against the destination", defaultLocal: false, policies: []string{
 			cnp("named-in", `{"endpointSelector":{"matchLabels":{"app":"web"}},"ingress":[{"toPorts":[{"ports":[{"port":"http","protocol":"TCP"}]}]}]}`),
@@ -162,22 +160,18 @@ func TestResolveAndTrace(t *testing.T) {
 			{name: "egress to host via cluster", src: client1, dst: selector.IDHost, proto: ipproto.TCP, port: 1, allowed: true, rule: "cnp/shop/ent egress[0]"},
 			{name: "egress to local pod via cluster", src: client1, dst: web1, proto: ipproto.TCP, port: 80, allowed: true, rule: "cnp/shop/ent egress[0]"},
 			{name: "egress to remote pod is not cluster", src: client1, dst: client2, proto: ipproto.TCP, port: 80},
-			{name: "egress to world", src: client1, dst: selector.IDWorld, addr: "198.51.100.1", proto: ipproto.UDP, port: 53, allowed: true, rule: "cnp/shop/ent egress[1]"},
+			{name: "egress to world", src: client1, dst: selector.IDWorld, proto: ipproto.UDP, port: 53, allowed: true, rule: "cnp/shop/ent egress[1]"},
 			{name: "ingress from host", src: selector.IDHost, dst: client1, proto: ipproto.TCP, port: 80, allowed: true, rule: "cnp/shop/ent ingress[0]"},
 			{name: "ingress from remote-node", src: selector.IDRemoteNode, dst: client1, proto: ipproto.TCP, port: 80, allowed: true, rule: "cnp/shop/ent ingress[0]"},
-			{name: "ingress from world denied", src: selector.IDWorld, dst: client1, addr: "198.51.100.1", proto: ipproto.TCP, port: 80},
+			{name: "ingress from world denied", src: selector.IDWorld, dst: client1, proto: ipproto.TCP, port: 80},
 		}},
-		{name: "CIDR with except", defaultLocal: true, policies: []string{
-			cnp("cidr", `{"endpointSelector":{"matchLabels":{"app":"web"}},"egress":[{"toCIDRSet":[{"cidr":"10.0.0.0/8","except":["10.1.0.0/16"]}]}]}`)}, flows: []flow{
-			{name: "inside", src: web1, dst: selector.IDWorld, addr: "10.2.3.4", port: 443, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/cidr egress[0]"},
-			{name: "excepted", src: web1, dst: selector.IDWorld, addr: "10.1.2.3", port: 443, proto: ipproto.TCP},
-			{name: "outside", src: web1, dst: selector.IDWorld, addr: "11.0.0.1", port: 443, proto: ipproto.TCP},
-			{name: "a pod is not a CIDR peer", src: web1, dst: client1, addr: "10.2.3.4", port: 443, proto: ipproto.TCP},
-		}},
-		{name: "wider deny prefix beats narrower allow prefix", defaultLocal: true, policies: []string{
-			cnp("cidr", `{"endpointSelector":{"matchLabels":{"app":"web"}},"egress":[{"toCIDR":["10.1.0.0/16"]}],"egressDeny":[{"toCIDR":["10.0.0.0/8"],"toPorts":[{"ports":[{"port":"22"}]}]}]}`)}, flows: []flow{
-			{name: "narrow allow on 443", src: web1, dst: selector.IDWorld, addr: "10.1.2.3", port: 443, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/cidr egress[0]"},
-			{name: "wide deny on 22", src: web1, dst: selector.IDWorld, addr: "10.1.2.3", port: 22, proto: ipproto.TCP, rule: "cnp/shop/cidr egressDeny[0]"},
+		{name: "every address of both families is the world entity", defaultLocal: true, policies: []string{
+			cnp("cidr", `{"endpointSelector":{"matchLabels":{"app":"web"}},"egress":[{"toCIDR":["0.0.0.0/0","::/0"],"toPorts":[{"ports":[{"port":"443","protocol":"TCP"}]}]}]}`)}, flows: []flow{
+			{name: "world on 443", src: web1, dst: selector.IDWorld, port: 443, proto: ipproto.TCP, allowed: true, rule: "cnp/shop/cidr egress[0]"},
+			{name: "world on 22", src: web1, dst: selector.IDWorld, port: 22, proto: ipproto.TCP},
+			{name: "a pod is not a CIDR peer", src: web1, dst: client1, port: 443, proto: ipproto.TCP},
+			{name: "a remote pod is not a CIDR peer", src: web1, dst: client2, port: 443, proto: ipproto.TCP},
+			{name: "the host is not a CIDR peer", src: web1, dst: selector.IDHost, port: 443, proto: ipproto.TCP},
 		}},
 		{name: "egress named port to the wildcard peer resolves per peer identity", defaultLocal: true, policies: []string{
 			cnp("named-any", `{"endpointSelector":{"matchLabels":{"app":"client"}},"egress":[{"toPorts":[{"ports":[{"port":"http","protocol":"TCP"}]}]}]}`)}, flows: []flow{
@@ -201,12 +195,7 @@ func TestResolveAndTrace(t *testing.T) {
 			e := newEngine(t, tc.defaultLocal, tc.policies...)
 			for _, f := range tc.flows {
 				t.Run(f.name, func(t *testing.T) {
-					fl := Flow{Src: f.src, Dst: f.dst, Port: f.port, Proto: f.proto}
-					if f.addr != "" {
-						fl.SrcAddr = netip.MustParseAddr(f.addr)
-						fl.DstAddr = fl.SrcAddr
-					}
-					res := e.Trace(fl)
+					res := e.Trace(Flow{Src: f.src, Dst: f.dst, Port: f.port, Proto: f.proto})
 					var refs []string
 					for _, r := range res.DecidedBy() {
 						refs = append(refs, r.String())

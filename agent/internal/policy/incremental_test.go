@@ -66,7 +66,7 @@ func (g gen) rule(peerField, entField, cidrField string) string {
 	case 1:
 		parts = append(parts, fmt.Sprintf(`%q:[%q]`, entField, g.pick("world", "cluster", "host", "all", "remote-node")))
 	case 2:
-		parts = append(parts, fmt.Sprintf(`%q:[{"cidr":"10.0.0.0/8","except":["10.%d.0.0/16"]}]`, cidrField, g.r.IntN(3)))
+		parts = append(parts, fmt.Sprintf(`%q:[{"cidr":"0.0.0.0/0"},{"cidr":"::/0"}]`, cidrField))
 	}
 	switch g.r.IntN(4) {
 	case 0:

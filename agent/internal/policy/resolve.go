@@ -71,12 +71,9 @@ func (e *Engine) peerEntries(s, id ID) [2]map[Key]Entry {
 }
 
 func (e *Engine) addRule(entries map[Key]Entry, subject ID, r compiledRule, ent Entry) {
-	peers := make([]Peer, 0, len(r.Peers.CIDRs)+1)
+	peers := make([]Peer, 0, 1)
 	if r.Peers.All {
 		peers = append(peers, Peer{})
-	}
-	for _, p := range r.Peers.CIDRs {
-		peers = append(peers, Peer{Prefix: p})
 	}
 	for _, se := range r.peers {
 		for id := range se.ids {
@@ -117,7 +114,7 @@ func (e *Engine) addPort(entries map[Key]Entry, subject ID, dir rules.Direction,
 
 // addNamedPort resolves a port name against the destination of the
 // traffic: for ingress the subject's own endpoints; for egress the peer
-// identity's. A world prefix has no named ports. An egress rule for every
+// identity's. An egress rule for every
 // peer becomes one key per identity the name resolves for (a key for
 // every peer would open that port towards identities that do not name
 // it).
@@ -130,7 +127,6 @@ func (e *Engine) addNamedPort(entries map[Key]Entry, subject ID, dir rules.Direc
 	switch {
 	case dir == rules.Ingress:
 		add(peer, subject)
-	case peer.Prefix.IsValid():
 	case peer.ID != 0:
 		add(peer, peer.ID)
 	default:

@@ -2,7 +2,6 @@ package policy
 
 import (
 	"maps"
-	"net/netip"
 
 	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
 	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
@@ -28,11 +27,10 @@ type Identity struct {
 
 func (i *Identity) equal(o *Identity) bool { return i.Labels.Equal(o.Labels) }
 
-// Peer is the remote side of a key: an identity, a world prefix, or (zero
-// value) every peer.
+// Peer is the remote side of a key: an identity, or (zero value) every
+// peer.
 type Peer struct {
-	ID     ID
-	Prefix netip.Prefix
+	ID ID
 }
 
 // Key is one resolved policy key. Port 0 means every port; Proto 0 every

@@ -3,7 +3,6 @@ package rules
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 
 	"github.com/spf13/pflag"
 
@@ -84,10 +83,10 @@ type Peers struct {
 	// All: every peer, identity or address (an L4-only rule, entity all, an
 	// empty NetworkPolicy from/to).
 	All bool
-	// Selectors select peer identities.
+	// Selectors select peer identities. A CIDR peer is accepted only as
+	// every address of both families, and becomes the world entity's
+	// selector.
 	Selectors []selector.Selector
-	// CIDRs are world addresses (except already removed), disjoint.
-	CIDRs []netip.Prefix
 }
 
 // Rule is one ingress, ingressDeny, egress or egressDeny entry.
