@@ -688,7 +688,7 @@ func (x *DirectionPolicy) GetEntries() []*PolicyEntry {
 
 type PolicyEntry struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// An identity number, a CIDR, or "*" (every peer).
+	// An identity number or "*" (every peer).
 	Peer       string `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`
 	PeerLabels string `protobuf:"bytes,2,opt,name=peer_labels,json=peerLabels,proto3" json:"peer_labels,omitempty"`
 	// ANY, TCP, UDP or SCTP; port 0 is every port.
