@@ -45,6 +45,28 @@ func openDatapath(b *testing.B, name string) (*bpf.Datapath, *bpf.Writer) {
 	return dp, w
 }
 
+// openNode opens a datapath for node n and attaches it to n's tunnel
+// device and its pods' veths.
+func openNode(b *testing.B, n *netnstest.Node) (*bpf.Datapath, *bpf.Writer) {
+	b.Helper()
+	dp, w := openDatapath(b, n.Name)
+	err := n.NS.Do(func() error {
+		if err := dp.Attach(bpf.HookTunnel, n.TunnelIfIndex); err != nil {
+			return err
+		}
+		for _, p := range n.Pods {
+			if err := dp.Attach(bpf.HookEndpoint, p.HostIfIndex); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return dp, w
+}
+
 func ipcacheEntries(n, gen int) []datapath.IPCacheEntry {
 	out := make([]datapath.IPCacheEntry, n)
 	for i := range out {
@@ -211,22 +233,8 @@ func BenchmarkTCP(b *testing.B) {
 	topo.Nodes[0].AddPod(b)
 	var dps []*bpf.Datapath
 	for i, n := range topo.Nodes {
-		dp, w := openDatapath(b, n.Name)
+		dp, w := openNode(b, n)
 		dps = append(dps, dp)
-		err := n.NS.Do(func() error {
-			if err := dp.Attach(bpf.HookTunnel, n.TunnelIfIndex); err != nil {
-				return err
-			}
-			for _, p := range n.Pods {
-				if err := dp.Attach(bpf.HookEndpoint, p.HostIfIndex); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
 		var batch datapath.Batch
 		other := topo.Nodes[1-i]
 		batch.UpsertTunnels = []datapath.TunnelEntry{{CIDR: other.PodCIDR, NodeIP: other.UnderlayIP}}

@@ -33,22 +33,8 @@ func BenchmarkTCPPolicy(b *testing.B) {
 	ids := map[netip.Addr]uint32{client.IP: clientID, guarded.IP: guardedID, open.IP: openID}
 	var dps []*bpf.Datapath
 	for i, n := range topo.Nodes {
-		dp, w := openDatapath(b, n.Name)
+		dp, w := openNode(b, n)
 		dps = append(dps, dp)
-		err := n.NS.Do(func() error {
-			if err := dp.Attach(bpf.HookTunnel, n.TunnelIfIndex); err != nil {
-				return err
-			}
-			for _, p := range n.Pods {
-				if err := dp.Attach(bpf.HookEndpoint, p.HostIfIndex); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
 		other := topo.Nodes[1-i]
 		batch := datapath.Batch{UpsertTunnels: []datapath.TunnelEntry{{CIDR: other.PodCIDR, NodeIP: other.UnderlayIP}}}
 		for _, node := range topo.Nodes {
