@@ -65,6 +65,7 @@ fuzz: ## run every fuzz target for FUZZTIME each
 CILIUM_WATCH_SRC ?= ../shared/tools/cilium-watch
 bench: cilium-watch ## run the benchmarks of bench/ (see bench/README.md; as root for the eBPF datapath)
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/...
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./agent/internal/policy/ ./agent/internal/policysync/
 
 bench-peer: cilium-watch ## only the side-by-side benchmark against Cilium's watch path (bench/peer)
 	$(GO) test -run '^$$' -bench VsCilium -benchtime 1x -timeout 30m -v ./bench/peer/

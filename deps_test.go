@@ -26,6 +26,12 @@ var forbidden = map[string][]string{
 		module + "/agent", module + "/clustermesh-apiserver", module + "/kvstore",
 		"k8s.io/client-go", "go.etcd.io/etcd",
 	},
+	// The L4 protocol type is shared by the datapath contract and the policy
+	// resolver, so it may import neither.
+	module + "/internal/ipproto": {
+		module + "/agent", module + "/internal/datapath", module + "/kvstore", module + "/bpf",
+		"k8s.io/", "go.etcd.io/etcd",
+	},
 	// The policy resolver is a pure library: no clients, no datapath.
 	module + "/agent/internal/policy": {
 		module + "/kvstore", module + "/bpf", module + "/internal/datapath",

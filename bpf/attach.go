@@ -65,6 +65,8 @@ func (d *Datapath) program(h Hook) (*ebpf.Program, error) {
 	switch h {
 	case HookEndpoint:
 		return d.objs.CmFromPod, nil
+	case hookEndpointEgress:
+		return d.objs.CmToPod, nil
 	case HookTunnel:
 		return d.objs.CmFromTunnel, nil
 	case HookTunnelEgress:
@@ -115,12 +117,21 @@ func (d *Datapath) adoptLinks() error {
 	return nil
 }
 
-// Attach runs the program of h on ifindex's ingress (tcx or tc clsact, as
-// AttachMode says) and records it under links/. The ifindex is resolved in
-// the calling thread's network namespace. Attaching again to the same
-// device replaces the program (idempotent); an attachment of the other mode
-// left by an earlier instance is removed.
+// Attach runs the programs of h on ifindex (tcx or tc clsact, as AttachMode
+// says) and records them under links/. The ifindex is resolved in the
+// calling thread's network namespace. Attaching again to the same device
+// replaces the programs (idempotent); an attachment of the other mode left
+// by an earlier instance is removed.
 func (d *Datapath) Attach(h Hook, ifindex int) error {
+	for _, part := range h.parts() {
+		if err := d.attach(part, ifindex); err != nil {
+			return err
+		}
+	}
+	return d.afterAttach(h, ifindex)
+}
+
+func (d *Datapath) attach(h Hook, ifindex int) error {
 	prog, err := d.program(h)
 	if err != nil {
 		return err
@@ -142,7 +153,7 @@ func (d *Datapath) Attach(h Hook, ifindex int) error {
 	if err != nil {
 		return fmt.Errorf("attach %s to ifindex %d: %w", h, ifindex, err)
 	}
-	return d.afterAttach(h, ifindex)
+	return nil
 }
 
 func (d *Datapath) attachTCX(a attachment, prog *ebpf.Program) error {
@@ -185,7 +196,7 @@ func tcParent(h Hook) uint32 {
 }
 
 // attachTC adds (or replaces) our cls_bpf filter on the device's clsact
-// ingress (egress for HookTunnelEgress) and pins the program as the record of the attachment.
+// ingress (egress for the egress hooks) and pins the program as the record of the attachment.
 func (d *Datapath) attachTC(a attachment, prog *ebpf.Program) error {
 	lk, err := netlink.LinkByIndex(a.ifindex)
 	if err != nil {
@@ -257,19 +268,24 @@ func (d *Datapath) updateConfig(f func(*cmConfigValue)) error {
 	return nil
 }
 
-// Detach removes the program of h from ifindex and its record.
+// Detach removes the programs of h from ifindex and their records. It
+// fails with ErrNotAttached when h's main program (its first part) was not
+// attached; a missing egress half of HookEndpoint (attached by an earlier
+// version) is no error.
 func (d *Datapath) Detach(h Hook, ifindex int) error {
 	found := false
-	for _, mode := range []AttachMode{AttachTCX, AttachTC} {
-		a := attachment{hook: h, ifindex: ifindex, mode: mode}
-		err := detachPin(filepath.Join(d.linkDir(), a.pinName()), a)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
+	for i, part := range h.parts() {
+		for _, mode := range []AttachMode{AttachTCX, AttachTC} {
+			a := attachment{hook: part, ifindex: ifindex, mode: mode}
+			err := detachPin(filepath.Join(d.linkDir(), a.pinName()), a)
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("detach %s from ifindex %d: %w", part, ifindex, err)
+			}
+			found = found || i == 0
 		}
-		if err != nil {
-			return fmt.Errorf("detach %s from ifindex %d: %w", h, ifindex, err)
-		}
-		found = true
 	}
 	if !found {
 		return fmt.Errorf("detach %s from ifindex %d: %w", h, ifindex, ErrNotAttached)

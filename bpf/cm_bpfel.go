@@ -235,6 +235,7 @@ const (
 	cmMapCmTunnel6     = "cm_tunnel6"
 	cmProgCmFromPod    = "cm_from_pod"
 	cmProgCmFromTunnel = "cm_from_tunnel"
+	cmProgCmToPod      = "cm_to_pod"
 	cmProgCmToTunnel   = "cm_to_tunnel"
 )
 
@@ -282,6 +283,7 @@ type cmSpecs struct {
 type cmProgramSpecs struct {
 	CmFromPod    *ebpf.ProgramSpec `ebpf:"cm_from_pod"`
 	CmFromTunnel *ebpf.ProgramSpec `ebpf:"cm_from_tunnel"`
+	CmToPod      *ebpf.ProgramSpec `ebpf:"cm_to_pod"`
 	CmToTunnel   *ebpf.ProgramSpec `ebpf:"cm_to_tunnel"`
 }
 
@@ -405,6 +407,7 @@ type cmVariables struct {
 type cmPrograms struct {
 	CmFromPod    *ebpf.Program `ebpf:"cm_from_pod"`
 	CmFromTunnel *ebpf.Program `ebpf:"cm_from_tunnel"`
+	CmToPod      *ebpf.Program `ebpf:"cm_to_pod"`
 	CmToTunnel   *ebpf.Program `ebpf:"cm_to_tunnel"`
 }
 
@@ -412,6 +415,7 @@ func (p *cmPrograms) Close() error {
 	return _CmClose(
 		p.CmFromPod,
 		p.CmFromTunnel,
+		p.CmToPod,
 		p.CmToTunnel,
 	)
 }

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // Maps hold addresses and ports in network byte order inside fields that the
@@ -159,14 +160,14 @@ func prefix6From(k cmLpm6Key) netip.Prefix {
 func frontendFrom(k cmSvcKey) datapath.Frontend {
 	return datapath.Frontend{
 		Addr:  netip.AddrPortFrom(addrFrom(k.Vip), portFrom(k.Port)),
-		Proto: datapath.Proto(k.Proto),
+		Proto: ipproto.Proto(k.Proto),
 	}
 }
 
 func frontend6From(k cmSvc6Key) datapath.Frontend {
 	return datapath.Frontend{
 		Addr:  netip.AddrPortFrom(addr6From(k.Vip), portFrom(k.Port)),
-		Proto: datapath.Proto(k.Proto),
+		Proto: ipproto.Proto(k.Proto),
 	}
 }
 

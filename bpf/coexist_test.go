@@ -9,6 +9,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 	"github.com/clustermesh/clustermesh/internal/netnstest"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 )
@@ -108,7 +109,7 @@ func testCoexistence(t *testing.T, coexist, wantLocalForwarded, wantKubeProxy, w
 	// The global service, as the agent programs it in both modes: its one
 	// backend is the local pod.
 	apply(t, nodes[0], datapath.Batch{UpsertServices: []datapath.Service{{
-		Frontend: datapath.Frontend{Addr: netip.AddrPortFrom(globalVIP, 80), Proto: datapath.TCP},
+		Frontend: datapath.Frontend{Addr: netip.AddrPortFrom(globalVIP, 80), Proto: ipproto.TCP},
 		Backends: []datapath.Backend{{Addr: netip.AddrPortFrom(local.IP, port), ClusterID: 1, Weight: 1}},
 	}}})
 

@@ -10,6 +10,7 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // dropEventSize is sizeof(struct drop_event) in src/policy.h.
@@ -78,7 +79,7 @@ func decodeDrop(b []byte) (datapath.Drop, error) {
 		Rule:        le.Uint32(b[12:]),
 		SrcPort:     binary.BigEndian.Uint16(b[48:]),
 		DstPort:     binary.BigEndian.Uint16(b[50:]),
-		Proto:       datapath.Proto(b[52]),
+		Proto:       ipproto.Proto(b[52]),
 		Egress:      b[53] != 0,
 		Reason:      datapath.DropReason(b[54]),
 	}

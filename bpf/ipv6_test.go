@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 	"github.com/clustermesh/clustermesh/internal/netnstest"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 )
@@ -37,8 +38,8 @@ func TestIPv6(t *testing.T) {
 		}
 	}
 
-	fe := datapath.Frontend{Addr: netip.MustParseAddrPort("[fd00:96::10]:80"), Proto: datapath.TCP}
-	feUDP := datapath.Frontend{Addr: netip.MustParseAddrPort("[fd00:96::10]:53"), Proto: datapath.UDP}
+	fe := datapath.Frontend{Addr: netip.MustParseAddrPort("[fd00:96::10]:80"), Proto: ipproto.TCP}
+	feUDP := datapath.Frontend{Addr: netip.MustParseAddrPort("[fd00:96::10]:53"), Proto: ipproto.UDP}
 	svc := func(f datapath.Frontend) datapath.Service {
 		s := datapath.Service{Frontend: f}
 		for _, p := range topo.Pods()[1:] {

@@ -81,7 +81,9 @@ type Hook string
 
 // The devices a node attaches programs to.
 const (
-	// HookEndpoint is the host side of a pod's veth (traffic from the pod).
+	// HookEndpoint is the host side of a pod's veth: its ingress (traffic
+	// from the pod) and its egress (what the host stack delivers to the
+	// pod, tracked for the pod's replies), attached and detached together.
 	HookEndpoint Hook = "ep"
 	// HookTunnel is the node's vxlan external device (decapsulated traffic).
 	HookTunnel Hook = "tun"
@@ -90,8 +92,19 @@ const (
 	HookTunnelEgress Hook = "tunout"
 )
 
+// hookEndpointEgress records the egress half of HookEndpoint.
+const hookEndpointEgress Hook = "epout"
+
 // egress reports whether h runs at the device's egress (else ingress).
-func (h Hook) egress() bool { return h == HookTunnelEgress }
+func (h Hook) egress() bool { return h == HookTunnelEgress || h == hookEndpointEgress }
+
+// parts returns the attachments h stands for.
+func (h Hook) parts() []Hook {
+	if h == HookEndpoint {
+		return []Hook{HookEndpoint, hookEndpointEgress}
+	}
+	return []Hook{h}
+}
 
 // Datapath is a loaded datapath: programs, pinned maps and the tcx links it
 // manages. Close releases the process's handles and keeps everything pinned

@@ -9,6 +9,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // TestApplyRetriedAfterFailure: an Apply of a change (a whole service, or a
@@ -18,7 +19,7 @@ import (
 // change, exactly as the in-memory reference does.
 func TestApplyRetriedAfterFailure(t *testing.T) {
 	ap := netip.MustParseAddrPort
-	fe := datapath.Frontend{Addr: ap("10.96.0.1:443"), Proto: datapath.TCP}
+	fe := datapath.Frontend{Addr: ap("10.96.0.1:443"), Proto: ipproto.TCP}
 	be := func(s string) datapath.Backend { return datapath.Backend{Addr: ap(s), ClusterID: 2, Weight: 1} }
 	fill := datapath.Batch{UpsertServices: []datapath.Service{{Frontend: fe,
 		Backends: []datapath.Backend{be("10.2.0.10:80"), be("10.2.0.11:80"), be("10.2.0.12:80")}}}}

@@ -84,15 +84,16 @@ func testPodToPod(t *testing.T, mode bpf.AttachMode) {
 		t.Errorf("tcp via tunnel route: %v", err)
 	}
 
-	// Attaching again replaces the program (one program on the device);
+	// Attaching again replaces the programs (one per direction of the
+	// host veth: from the pod, and to it for tracking);
 	// detaching stops forwarding from the pod; attaching restores it.
 	far := netip.AddrPortFrom(topo.Nodes[1].Pods[1].IP, port)
 	n1 := nodes[0]
 	if err := n1.NS.Do(func() error { return n1.dp.Attach(bpf.HookEndpoint, src.HostIfIndex) }); err != nil {
 		t.Fatal(err)
 	}
-	if c := attached(t, n1.NS, src.HostIfIndex); c != 1 {
-		t.Errorf("%d programs after attaching twice, want 1", c)
+	if c := attached(t, n1.NS, src.HostIfIndex); c != 2 {
+		t.Errorf("%d programs after attaching twice, want 2 (ingress and egress)", c)
 	}
 	if err := n1.NS.Do(func() error { return n1.dp.Detach(bpf.HookEndpoint, src.HostIfIndex) }); err != nil {
 		t.Fatal(err)

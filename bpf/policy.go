@@ -9,6 +9,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // The policy map key's fixed part (direction, verdict class, subject, peer)
@@ -246,7 +247,7 @@ func validKey(k datapath.PolicyKey) error {
 		return fmt.Errorf("%w: end port %d without a port", ErrBadPolicyKey, k.EndPort)
 	case k.Port != 0 && k.EndPort < k.Port:
 		return fmt.Errorf("%w: port range %d-%d", ErrBadPolicyKey, k.Port, k.EndPort)
-	case k.Proto == datapath.AnyProto && k.Port != 0:
+	case k.Proto == ipproto.Any && k.Port != 0:
 		return fmt.Errorf("%w: a port needs a protocol", ErrBadPolicyKey)
 	}
 	return nil
@@ -262,7 +263,7 @@ func mapKeys(k datapath.PolicyKey, deny bool) []cmPolicyKey {
 		base.Deny = 1
 	}
 	switch {
-	case k.Proto == datapath.AnyProto:
+	case k.Proto == ipproto.Any:
 		base.Prefixlen = polFixedBits
 		base.Proto = 0
 		return []cmPolicyKey{base}

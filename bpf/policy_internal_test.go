@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 func TestPortPrefixes(t *testing.T) {
@@ -70,12 +71,12 @@ func TestMapKeys(t *testing.T) {
 		wantErr bool
 	}{
 		{name: "every protocol", key: datapath.PolicyKey{Subject: 1, Peer: 2}, lens: []uint32{polFixedBits}},
-		{name: "one protocol", key: datapath.PolicyKey{Subject: 1, Proto: datapath.UDP}, lens: []uint32{polFixedBits + 8}},
-		{name: "one port", key: datapath.PolicyKey{Subject: 1, Proto: datapath.TCP, Port: 80, EndPort: 80}, deny: true, lens: []uint32{polFullBits}},
-		{name: "range", key: datapath.PolicyKey{Subject: 1, Proto: datapath.TCP, Port: 80, EndPort: 83}, lens: []uint32{polFullBits - 2}},
+		{name: "one protocol", key: datapath.PolicyKey{Subject: 1, Proto: ipproto.UDP}, lens: []uint32{polFixedBits + 8}},
+		{name: "one port", key: datapath.PolicyKey{Subject: 1, Proto: ipproto.TCP, Port: 80, EndPort: 80}, deny: true, lens: []uint32{polFullBits}},
+		{name: "range", key: datapath.PolicyKey{Subject: 1, Proto: ipproto.TCP, Port: 80, EndPort: 83}, lens: []uint32{polFullBits - 2}},
 		{name: "port without protocol", key: datapath.PolicyKey{Subject: 1, Port: 80, EndPort: 80}, wantErr: true},
-		{name: "reversed range", key: datapath.PolicyKey{Subject: 1, Proto: datapath.TCP, Port: 80, EndPort: 79}, wantErr: true},
-		{name: "end port alone", key: datapath.PolicyKey{Subject: 1, Proto: datapath.TCP, EndPort: 79}, wantErr: true},
+		{name: "reversed range", key: datapath.PolicyKey{Subject: 1, Proto: ipproto.TCP, Port: 80, EndPort: 79}, wantErr: true},
+		{name: "end port alone", key: datapath.PolicyKey{Subject: 1, Proto: ipproto.TCP, EndPort: 79}, wantErr: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if err := validKey(tc.key); (err != nil) != tc.wantErr {

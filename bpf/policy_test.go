@@ -14,6 +14,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 	"github.com/clustermesh/clustermesh/internal/netnstest"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/internal/testwait"
@@ -148,7 +149,7 @@ func TestPolicyEnforcement(t *testing.T) {
 
 	// c: ingress from a on TCP 7000 only; egress default deny with nothing
 	// allowed (its replies still pass).
-	allowAC := datapath.PolicyEntry{Key: datapath.PolicyKey{Subject: idC, Peer: idA, Proto: datapath.TCP, Port: port, EndPort: port}, Rule: 11}
+	allowAC := datapath.PolicyEntry{Key: datapath.PolicyKey{Subject: idC, Peer: idA, Proto: ipproto.TCP, Port: port, EndPort: port}, Rule: 11}
 	n1.apply(t, datapath.PolicyBatch{
 		Upserts: []datapath.PolicyEntry{allowAC},
 		Modes:   []datapath.PolicyMode{{Subject: idC, Ingress: true, Egress: true}},
@@ -160,11 +161,11 @@ func TestPolicyEnforcement(t *testing.T) {
 		check(t, c, a, reach{})          // c's egress: default deny
 		check(t, a, d, all)              // d has no policy
 		want := datapath.Drop{SrcIdentity: idA, DstIdentity: idC, SrcCluster: 1, Src: a.IP, Dst: c.IP,
-			DstPort: port, Proto: datapath.UDP, Reason: datapath.DropPolicyDefault}
+			DstPort: port, Proto: ipproto.UDP, Reason: datapath.DropPolicyDefault}
 		wantEg := datapath.Drop{SrcIdentity: idC, DstIdentity: idA, SrcCluster: 1, Src: c.IP, Dst: a.IP,
-			DstPort: port, Proto: datapath.TCP, Egress: true, Reason: datapath.DropPolicyDefault}
+			DstPort: port, Proto: ipproto.TCP, Egress: true, Reason: datapath.DropPolicyDefault}
 		wantB := datapath.Drop{SrcIdentity: idB, DstIdentity: idC, SrcCluster: 1, Src: b.IP, Dst: c.IP,
-			DstPort: port, Proto: datapath.TCP, Reason: datapath.DropPolicyDefault}
+			DstPort: port, Proto: ipproto.TCP, Reason: datapath.DropPolicyDefault}
 		for _, w := range []datapath.Drop{want, wantEg, wantB} {
 			testwait.Until(t, 5*time.Second, fmt.Sprintf("drop event %+v", w), func() (bool, string) {
 				return n1.drops.find(w), n1.drops.String()
@@ -178,8 +179,8 @@ func TestPolicyEnforcement(t *testing.T) {
 		Modes:   []datapath.PolicyMode{{Subject: idA, Egress: true}},
 	})
 	n1.apply(t, datapath.PolicyBatch{Upserts: []datapath.PolicyEntry{
-		{Key: datapath.PolicyKey{Subject: idC, Peer: idA, Proto: datapath.UDP, Port: 6990, EndPort: 7010}, Rule: 12},
-		{Key: datapath.PolicyKey{Subject: idC, Peer: idA, Proto: datapath.ICMP}, Rule: 13},
+		{Key: datapath.PolicyKey{Subject: idC, Peer: idA, Proto: ipproto.UDP, Port: 6990, EndPort: 7010}, Rule: 12},
+		{Key: datapath.PolicyKey{Subject: idC, Peer: idA, Proto: ipproto.ICMP}, Rule: 13},
 	}})
 	t.Run("egress by identity, UDP range and ICMP", func(t *testing.T) {
 		check(t, a, c, all)
@@ -187,7 +188,7 @@ func TestPolicyEnforcement(t *testing.T) {
 		check(t, a, b, reach{}) // same node
 		check(t, b, a, all)     // a's ingress is not enforced; replies pass its egress
 		w := datapath.Drop{SrcIdentity: idA, DstIdentity: idD, SrcCluster: 1, Src: a.IP, Dst: d.IP,
-			DstPort: port, Proto: datapath.TCP, Egress: true, Reason: datapath.DropPolicyDefault}
+			DstPort: port, Proto: ipproto.TCP, Egress: true, Reason: datapath.DropPolicyDefault}
 		testwait.Until(t, 5*time.Second, "egress drop event", func() (bool, string) { return n0.drops.find(w), n0.drops.String() })
 	})
 	n0.apply(t, datapath.PolicyBatch{
@@ -199,7 +200,7 @@ func TestPolicyEnforcement(t *testing.T) {
 	n1.apply(t, datapath.PolicyBatch{
 		Upserts: []datapath.PolicyEntry{
 			{Key: datapath.PolicyKey{Subject: idD}, Rule: 31},
-			{Key: datapath.PolicyKey{Subject: idD, Peer: idA, Proto: datapath.TCP, Port: 7000, EndPort: 7001}, Deny: true, Rule: 32},
+			{Key: datapath.PolicyKey{Subject: idD, Peer: idA, Proto: ipproto.TCP, Port: 7000, EndPort: 7001}, Deny: true, Rule: 32},
 		},
 		Modes: []datapath.PolicyMode{{Subject: idD, Ingress: true}},
 	})
@@ -207,7 +208,7 @@ func TestPolicyEnforcement(t *testing.T) {
 		check(t, a, d, reach{udp: true, icmp: true})
 		check(t, b, d, all)
 		w := datapath.Drop{SrcIdentity: idA, DstIdentity: idD, SrcCluster: 1, Rule: 32, Src: a.IP, Dst: d.IP,
-			DstPort: port, Proto: datapath.TCP, Reason: datapath.DropPolicyDeny}
+			DstPort: port, Proto: ipproto.TCP, Reason: datapath.DropPolicyDeny}
 		testwait.Until(t, 5*time.Second, "deny drop event", func() (bool, string) { return n1.drops.find(w), n1.drops.String() })
 	})
 
@@ -243,7 +244,7 @@ func TestPolicyEnforcement(t *testing.T) {
 		n1.apply(t, datapath.PolicyBatch{DeleteNodes: []netip.Addr{topo.Nodes[0].UnderlayIP}})
 		check(t, a, c, reach{})
 		w := datapath.Drop{SrcIdentity: 0, DstIdentity: idC, SrcCluster: 0, Src: a.IP, Dst: c.IP,
-			DstPort: port, Proto: datapath.TCP, Reason: datapath.DropPolicyDefault}
+			DstPort: port, Proto: ipproto.TCP, Reason: datapath.DropPolicyDefault}
 		testwait.Until(t, 5*time.Second, "unknown-source drop event", func() (bool, string) { return n1.drops.find(w), n1.drops.String() })
 		// A trusted node claiming another cluster's range is not believed either.
 		n1.apply(t, datapath.PolicyBatch{UpsertNodes: []datapath.TrustedNode{{IP: topo.Nodes[0].UnderlayIP, ClusterID: 2, IdentityLo: 2 << 16, IdentityHi: 3 << 16}}})
@@ -299,8 +300,8 @@ func TestPolicyEnforcementIPv6(t *testing.T) {
 	n1 := nodes[1]
 	n1.apply(t, datapath.PolicyBatch{
 		Upserts: []datapath.PolicyEntry{
-			{Key: datapath.PolicyKey{Subject: idC, Peer: idA, Proto: datapath.TCP, Port: port, EndPort: port}, Rule: 1},
-			{Key: datapath.PolicyKey{Subject: idC, Peer: idA, Proto: datapath.ICMPv6}, Rule: 2},
+			{Key: datapath.PolicyKey{Subject: idC, Peer: idA, Proto: ipproto.TCP, Port: port, EndPort: port}, Rule: 1},
+			{Key: datapath.PolicyKey{Subject: idC, Peer: idA, Proto: ipproto.ICMPv6}, Rule: 2},
 		},
 		Modes: []datapath.PolicyMode{{Subject: idC, Ingress: true, Egress: true}},
 	})
@@ -320,6 +321,6 @@ func TestPolicyEnforcementIPv6(t *testing.T) {
 		})
 	}
 	w := datapath.Drop{SrcIdentity: idB, DstIdentity: idC, SrcCluster: 1, Src: b.IP6, Dst: c.IP6,
-		DstPort: port, Proto: datapath.TCP, Reason: datapath.DropPolicyDefault}
+		DstPort: port, Proto: ipproto.TCP, Reason: datapath.DropPolicyDefault}
 	testwait.Until(t, 5*time.Second, "IPv6 drop event", func() (bool, string) { return n1.drops.find(w), n1.drops.String() })
 }

@@ -7,12 +7,13 @@ import (
 	"time"
 
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 	"github.com/clustermesh/clustermesh/internal/netnstest"
 )
 
 var (
-	tcpVIP = datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: datapath.TCP}
-	udpVIP = datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:53"), Proto: datapath.UDP}
+	tcpVIP = datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: ipproto.TCP}
+	udpVIP = datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:53"), Proto: ipproto.UDP}
 )
 
 const backendPort = 8080
@@ -151,8 +152,8 @@ func TestServiceLoadBalancing(t *testing.T) {
 
 	// Hairpin: a client that is one of the backends reaches itself through
 	// the frontend; it sees the connection come from 169.254.42.1.
-	hairVIP := datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.11:80"), Proto: datapath.TCP}
-	hairUDP := datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.11:53"), Proto: datapath.UDP}
+	hairVIP := datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.11:80"), Proto: ipproto.TCP}
+	hairUDP := datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.11:53"), Proto: ipproto.UDP}
 	serve(t, client, backendPort)
 	hairBackends := []*netnstest.Pod{client, backends[1]}
 	apply(t, nodes[0], datapath.Batch{UpsertServices: []datapath.Service{

@@ -18,6 +18,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 	"github.com/clustermesh/clustermesh/internal/netnstest"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 )
@@ -105,9 +106,9 @@ func TestWriterMatchesMemory(t *testing.T) {
 	ctx := context.Background()
 	pfx := netip.MustParsePrefix
 	ap := netip.MustParseAddrPort
-	fe := datapath.Frontend{Addr: ap("10.96.0.1:443"), Proto: datapath.TCP}
-	fe2 := datapath.Frontend{Addr: ap("10.96.0.1:443"), Proto: datapath.UDP}
-	fe6 := datapath.Frontend{Addr: ap("[fd00:96::1]:443"), Proto: datapath.TCP}
+	fe := datapath.Frontend{Addr: ap("10.96.0.1:443"), Proto: ipproto.TCP}
+	fe2 := datapath.Frontend{Addr: ap("10.96.0.1:443"), Proto: ipproto.UDP}
+	fe6 := datapath.Frontend{Addr: ap("[fd00:96::1]:443"), Proto: ipproto.TCP}
 	be := func(s string, w uint16) datapath.Backend {
 		return datapath.Backend{Addr: ap(s), ClusterID: 2, Weight: w}
 	}
@@ -139,7 +140,7 @@ func TestWriterMatchesMemory(t *testing.T) {
 			DeleteIPCache:   []netip.Prefix{pfx("10.9.9.9/32"), pfx("10.1.0.10/32")},
 			DeleteTunnels:   []netip.Prefix{pfx("10.7.0.0/24")},
 			DeleteEndpoints: []netip.Addr{netip.MustParseAddr("10.9.9.9")},
-			DeleteServices:  []datapath.Frontend{{Addr: ap("10.96.9.9:1"), Proto: datapath.TCP}},
+			DeleteServices:  []datapath.Frontend{{Addr: ap("10.96.9.9:1"), Proto: ipproto.TCP}},
 		}},
 		{"upsert wins over delete", datapath.Batch{
 			DeleteServices: []datapath.Frontend{fe2},

@@ -15,6 +15,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/clustermesh/clustermesh/internal/hostload"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
@@ -208,14 +209,6 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-func loadAvg() string {
-	data, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	return strings.Join(strings.Fields(string(data))[:3], " ")
 }
 
 func runChurn(b *testing.B, cfg churnConfig, rate int, withAgent bool) {
@@ -415,5 +408,5 @@ func runChurn(b *testing.B, cfg churnConfig, rate int, withAgent bool) {
 	b.Logf("%s: offered %d/s for %v (%d ops/txn, %d writers, %d initial entries): %d events in %v = %.0f/s; lag from send p50 %v p99 %v max %v, from the response p99 %v; "+
 		"backlog at end %d (oldest %v), drained in %v, %d never seen, %d seen before the commit returned; process CPU %.2f cores; loadavg %s",
 		what, rate, cfg.dur, cfg.txnOps, cfg.writers, cfg.entries, len(c.events), written.Round(time.Millisecond), achieved,
-		p50, p99, pmax, percentile(retLags, 0.99), backlog, oldest.Round(time.Millisecond), drain.Round(time.Millisecond), lost, early, cpu.Seconds()/wall.Seconds(), loadAvg())
+		p50, p99, pmax, percentile(retLags, 0.99), backlog, oldest.Round(time.Millisecond), drain.Round(time.Millisecond), lost, early, cpu.Seconds()/wall.Seconds(), hostload.Average())
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 	"github.com/clustermesh/clustermesh/internal/netnstest"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 )
@@ -38,6 +39,28 @@ func openDatapath(b *testing.B, name string) (*bpf.Datapath, *bpf.Writer) {
 		}
 	})
 	w, err := bpf.NewWriter(dp, quiet)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return dp, w
+}
+
+// openNode opens a datapath for node n and attaches it to n's tunnel
+// device and its pods' veths.
+func openNode(b *testing.B, n *netnstest.Node) (*bpf.Datapath, *bpf.Writer) {
+	b.Helper()
+	dp, w := openDatapath(b, n.Name)
+	err := n.NS.Do(func() error {
+		if err := dp.Attach(bpf.HookTunnel, n.TunnelIfIndex); err != nil {
+			return err
+		}
+		for _, p := range n.Pods {
+			if err := dp.Attach(bpf.HookEndpoint, p.HostIfIndex); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -164,7 +187,7 @@ func BenchmarkServiceBackendChange(b *testing.B) {
 		for _, mode := range []string{"whole", "patch"} {
 			b.Run(fmt.Sprintf("%s/%d", mode, size), func(b *testing.B) {
 				_, w := openDatapath(b, fmt.Sprint("svc", mode, size))
-				svc := datapath.Service{Frontend: datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.1:80"), Proto: datapath.TCP}}
+				svc := datapath.Service{Frontend: datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.1:80"), Proto: ipproto.TCP}}
 				for i := range size {
 					svc.Backends = append(svc.Backends, datapath.Backend{
 						Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 50, byte(i >> 8), byte(i)}), 8080), Weight: 1,
@@ -224,22 +247,8 @@ func BenchmarkTCP(b *testing.B) {
 	topo.Nodes[0].AddPod(b)
 	var dps []*bpf.Datapath
 	for i, n := range topo.Nodes {
-		dp, w := openDatapath(b, n.Name)
+		dp, w := openNode(b, n)
 		dps = append(dps, dp)
-		err := n.NS.Do(func() error {
-			if err := dp.Attach(bpf.HookTunnel, n.TunnelIfIndex); err != nil {
-				return err
-			}
-			for _, p := range n.Pods {
-				if err := dp.Attach(bpf.HookEndpoint, p.HostIfIndex); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
 		var batch datapath.Batch
 		other := topo.Nodes[1-i]
 		batch.UpsertTunnels = []datapath.TunnelEntry{{CIDR: other.PodCIDR, NodeIP: other.UnderlayIP}}
@@ -248,7 +257,7 @@ func BenchmarkTCP(b *testing.B) {
 		}
 		if i == 0 {
 			batch.UpsertServices = []datapath.Service{{
-				Frontend: datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: datapath.TCP},
+				Frontend: datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: ipproto.TCP},
 				Backends: []datapath.Backend{{Addr: netip.AddrPortFrom(topo.Nodes[1].Pods[0].IP, 5001), Weight: 1}},
 			}}
 		}

@@ -27,6 +27,7 @@ import (
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
+	"github.com/clustermesh/clustermesh/internal/hostload"
 	"github.com/clustermesh/clustermesh/internal/netnstest"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
@@ -137,15 +138,6 @@ func cleanPrefix(tb testing.TB, c *clientv3.Client, prefix string) {
 	}
 }
 
-func loadavg() string {
-	data, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	f := strings.Fields(string(data))
-	return strings.Join(f[:min(3, len(f))], " ")
-}
-
 type ours struct {
 	datapath  string
 	sync      time.Duration
@@ -159,7 +151,7 @@ type ours struct {
 // the baseline, adds the full remote and times it until every tunnel and
 // ipcache entry is programmed; then times put → map.
 func runOurs(b *testing.B, fullURL, emptyURL string, useBPF, profile bool) ours {
-	o := ours{datapath: "memory", load: loadavg()}
+	o := ours{datapath: "memory", load: hostload.Average()}
 	var w datapath.Writer = memory.New()
 	if useBPF {
 		o.datapath = "ebpf"

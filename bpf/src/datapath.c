@@ -443,6 +443,18 @@ static __always_inline int from_tunnel4(struct __sk_buff *skb)
 	return ret >= 0 ? ret : CM_NEXT;
 }
 
+/* Packets the host stack delivers to a pod (the egress of its host veth;
+ * bpf_redirect_peer skips it, so these are the host's): tracked for the
+ * pod's replies, never dropped. */
+static __always_inline int to_pod4(struct __sk_buff *skb)
+{
+	struct pkt p;
+
+	if (!parse(skb, &p))
+		pol_track4(skb, &p);
+	return CM_NEXT;
+}
+
 /* Packets the host stack routed into the tunnel device (coexistence mode)
  * get their tunnel key here; those our programs redirected carry one. */
 static __always_inline int to_tunnel4(struct __sk_buff *skb)
@@ -491,6 +503,18 @@ int cm_from_tunnel(struct __sk_buff *skb)
 		return from_tunnel4(skb);
 	case bpf_htons(ETH_P_IPV6):
 		return from_tunnel6(skb);
+	}
+	return CM_NEXT;
+}
+
+SEC("tcx/egress")
+int cm_to_pod(struct __sk_buff *skb)
+{
+	switch (eth_proto(skb)) {
+	case bpf_htons(ETH_P_IP):
+		return to_pod4(skb);
+	case bpf_htons(ETH_P_IPV6):
+		return to_pod6(skb);
 	}
 	return CM_NEXT;
 }

@@ -296,6 +296,15 @@ static __always_inline int from_tunnel6(struct __sk_buff *skb)
 	return ret >= 0 ? ret : CM_NEXT;
 }
 
+static __always_inline int to_pod6(struct __sk_buff *skb)
+{
+	struct pkt6 p;
+
+	if (!parse6(skb, &p))
+		pol_track6(skb, &p);
+	return CM_NEXT;
+}
+
 static __always_inline int to_tunnel6(struct __sk_buff *skb)
 {
 	struct pkt6 p;

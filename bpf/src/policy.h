@@ -381,6 +381,56 @@ static __always_inline int pol_check4(struct __sk_buff *skb, struct pkt *p, stru
 	return 0;
 }
 
+/* pol_trackable reports whether a packet the host stack delivers to a pod
+ * starts or continues a flow worth tracking: TCP, UDP, SCTP, or an ICMP echo
+ * request (never ICMP errors or neighbor discovery). */
+static __always_inline int pol_trackable(struct __sk_buff *skb, __u32 l4_off, __u8 proto)
+{
+	__u8 type;
+
+	switch (proto) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP:
+		return 1;
+	case IPPROTO_ICMP:
+	case PROTO_ICMPV6:
+		if (bpf_skb_load_bytes(skb, l4_off, &type, 1))
+			return 0;
+		return type == ICMP_ECHO || type == ICMPV6_ECHO_REQUEST;
+	}
+	return 0;
+}
+
+/* pol_track4 records a flow the host stack delivers to a pod (cm_to_pod:
+ * from the node itself, or in coexistence mode through the primary CNI)
+ * as the pod's ingress point would have admitted it, so that the pod's
+ * replies pass its egress policy as replies (pol_check4 looks them up in
+ * the reverse direction). Ingress policy is not decided here: these paths
+ * are the host's (see README.md, "Policy"). */
+static __always_inline void pol_track4(struct __sk_buff *skb, struct pkt *p)
+{
+	struct pol_ctx c = {};
+	struct pol_ct_key k = {
+		.saddr = p->flow.saddr,
+		.daddr = p->flow.daddr,
+		.proto = p->flow.proto,
+	};
+	struct pol_ct_value nv = {};
+	__u64 now = bpf_ktime_get_ns();
+
+	if (p->frag || !pol_trackable(skb, p->l4_off, p->flow.proto))
+		return;
+	if (pol_ports(skb, p->l4_off, p->flow.proto, 0, p->flow.sport, p->flow.dport, p->tcp_flags, &c))
+		return;
+	k.sport = c.sport;
+	k.dport = c.dport;
+	if (pol_ct_hit(bpf_map_lookup_elem(&cm_pol_ct, &k), k.proto, now))
+		return; /* tracked, refreshed at most every second */
+	nv.seen_ns = now;
+	bpf_map_update_elem(&cm_pol_ct, &k, &nv, BPF_ANY);
+}
+
 /* tunnel_identity returns the source identity carried in the VNI of a
  * decapsulated packet, if its outer source is a known node allowed to claim
  * it; UNKNOWN_IDENTITY otherwise. *cluster is the node's cluster. */

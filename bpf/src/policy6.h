@@ -55,3 +55,27 @@ static __always_inline int pol_check6(struct __sk_buff *skb, struct pkt6 *p, str
 	return 0;
 }
 
+
+/* pol_track6 is pol_track4 for IPv6 (neighbor discovery is not tracked). */
+static __always_inline void pol_track6(struct __sk_buff *skb, struct pkt6 *p)
+{
+	struct pol_ctx c = {};
+	struct pol_ct6_key k = {
+		.saddr = p->flow.saddr,
+		.daddr = p->flow.daddr,
+		.proto = p->flow.proto,
+	};
+	struct pol_ct_value nv = {};
+	__u64 now = bpf_ktime_get_ns();
+
+	if (!pol_trackable(skb, p->l4_off, p->flow.proto))
+		return;
+	if (pol_ports(skb, p->l4_off, p->flow.proto, 0, p->flow.sport, p->flow.dport, p->tcp_flags, &c))
+		return;
+	k.sport = c.sport;
+	k.dport = c.dport;
+	if (pol_ct_hit(bpf_map_lookup_elem(&cm_pol_ct6, &k), k.proto, now))
+		return;
+	nv.seen_ns = now;
+	bpf_map_update_elem(&cm_pol_ct6, &k, &nv, BPF_ANY);
+}

@@ -5,43 +5,25 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
+
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
-// Proto is an L4 protocol number as carried in the IP header.
-type Proto uint8
-
-// The L4 protocols a service frontend can carry.
+// TCP and UDP are ipproto's, kept here for callers of the service contract
+// outside this module's agent (e2e/propagation_test.go) until they name
+// ipproto directly; ipproto owns the protocol type.
 const (
-	TCP Proto = 6
-	UDP Proto = 17
+	TCP = ipproto.TCP
+	UDP = ipproto.UDP
 )
 
-func (p Proto) String() string {
-	switch p {
-	case TCP:
-		return "TCP"
-	case UDP:
-		return "UDP"
-	case SCTP:
-		return "SCTP"
-	case ICMP:
-		return "ICMP"
-	case ICMPv6:
-		return "ICMPv6"
-	case AnyProto:
-		return "ANY"
-	default:
-		return fmt.Sprintf("proto(%d)", uint8(p))
-	}
-}
-
-// ParseProto parses "TCP" or "UDP" (as in Kubernetes and the kvstore wire format).
-func ParseProto(s string) (Proto, error) {
-	switch s {
-	case "TCP", "tcp":
-		return TCP, nil
-	case "UDP", "udp":
-		return UDP, nil
+// ParseProto parses the protocol of a service port: "TCP" or "UDP", in
+// either case (as in Kubernetes and the kvstore wire format).
+func ParseProto(s string) (ipproto.Proto, error) {
+	switch p, err := ipproto.Parse(strings.ToUpper(s)); {
+	case err == nil && (p == ipproto.TCP || p == ipproto.UDP):
+		return p, nil
 	default:
 		return 0, fmt.Errorf("unsupported protocol %q", s)
 	}
@@ -66,7 +48,7 @@ type IPCacheEntry struct {
 // Frontend is a service address: a ClusterIP and port for one protocol.
 type Frontend struct {
 	Addr  netip.AddrPort
-	Proto Proto
+	Proto ipproto.Proto
 }
 
 func (f Frontend) String() string { return f.Addr.String() + "/" + f.Proto.String() }

@@ -1,25 +1,20 @@
 package datapath
 
-import "net/netip"
+import (
+	"net/netip"
 
-// More L4 protocols, for policy keys (a service frontend is TCP or UDP).
-const (
-	// AnyProto in a policy key matches every protocol.
-	AnyProto Proto = 0
-	ICMP     Proto = 1
-	SCTP     Proto = 132
-	ICMPv6   Proto = 58
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // PolicyKey is one resolved policy key of a local identity (the subject) in
 // one direction: traffic with the peer identity (0: every peer) on a
-// protocol (AnyProto: every protocol and port) and a destination port range
+// protocol (ipproto.Any: every protocol and port) and a destination port range
 // (Port 0: every port; EndPort ≥ Port, equal for one port).
 type PolicyKey struct {
 	Subject uint32
 	Egress  bool
 	Peer    uint32
-	Proto   Proto
+	Proto   ipproto.Proto
 	Port    uint16
 	EndPort uint16
 }
@@ -85,7 +80,7 @@ type Drop struct {
 	Rule             uint32
 	Src, Dst         netip.Addr
 	SrcPort, DstPort uint16
-	Proto            Proto
+	Proto            ipproto.Proto
 	Egress           bool
 	Reason           DropReason
 }

@@ -213,8 +213,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		ids = localidentity.New(localidentity.Config{
 			ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID, MaxConnectedClusters: cfg.MaxConnectedClusters,
-			OnChange:   func(ip netip.Addr) { local.Reidentify(ip) },
-			OnIdentity: pol.identity,
+			OnChange:        func(ip netip.Addr) { local.Reidentify(ip) },
+			OnIdentity:      pol.identity,
+			OnEndpointPorts: pol.watch.UpdateEndpointPorts,
 		}, func(ctx context.Context) (*kvstore.Client, error) {
 			return kvstore.New(ctx, kc, log.With("component", "kvstore"))
 		}, log.With("component", "localidentity"))

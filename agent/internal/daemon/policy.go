@@ -305,8 +305,10 @@ func (p *policyPlane) Failures() int { return p.watch.Failures() }
 // Drops implements statusapi.Policy.
 func (p *policyPlane) Drops() map[policysync.DropKey]uint64 { return p.sync.Drops() }
 
-// Narrowed implements statusapi.Policy.
-func (p *policyPlane) Narrowed() map[string]int { return p.sync.Narrowed() }
+// NamedPortConflicts implements statusapi.Policy.
+func (p *policyPlane) NamedPortConflicts() map[policy.ID][]string {
+	return p.engine.NamedPortConflicts()
+}
 
 // refusedReport returns the refused policies for the status report.
 func (p *policyPlane) refusedReport() []meshstatus.PolicyRefusal {

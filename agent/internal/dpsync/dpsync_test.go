@@ -16,6 +16,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 	"github.com/clustermesh/clustermesh/internal/testwait"
 )
 
@@ -109,11 +110,11 @@ func TestRunCoalescesAndRetries(t *testing.T) {
 func TestRestore(t *testing.T) {
 	ctx := context.Background()
 	dp := memory.New()
-	fe := datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: datapath.TCP}
+	fe := datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: ipproto.TCP}
 	b := func(ip string, c uint32) datapath.Backend {
 		return datapath.Backend{Addr: netip.MustParseAddrPort(ip + ":8080"), ClusterID: c, Weight: 1}
 	}
-	gone := datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.11:80"), Proto: datapath.TCP}
+	gone := datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.11:80"), Proto: ipproto.TCP}
 	// What a previous agent programmed: own cluster 1, remotes 2 and 3.
 	err := dp.Apply(ctx, datapath.Batch{
 		UpsertIPCache: []datapath.IPCacheEntry{ipc("10.1.0.1/32", 5, 1), ipc("10.2.0.1/32", 6, 2), ipc("10.2.0.2/32", 7, 2), ipc("10.3.0.1/32", 8, 3)},

@@ -27,6 +27,7 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/internal/annotation"
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // ServiceSink is what the watcher needs of the merger.
@@ -377,7 +378,7 @@ func convertSlice(es *discoveryv1.EndpointSlice) servicemerge.EndpointSlice {
 		if p.Port == nil || *p.Port <= 0 || *p.Port > 65535 {
 			continue
 		}
-		proto := datapath.TCP
+		proto := ipproto.TCP
 		if p.Protocol != nil {
 			var err error
 			if proto, err = datapath.ParseProto(string(*p.Protocol)); err != nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/clustermesh/clustermesh/internal/annotation"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -106,7 +107,7 @@ func TestWatcher(t *testing.T) {
 	wg.Go(func() { _ = merger.Run(ctx) })
 	defer func() { cancel(); wg.Wait() }()
 
-	fe := datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: datapath.TCP}
+	fe := datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: ipproto.TCP}
 	await(t, dp, "initial state", func(st datapath.State) bool {
 		return len(st.Services[fe].Backends) == 2 && len(st.Tunnels) == 1 && len(st.Endpoints) == 1
 	})

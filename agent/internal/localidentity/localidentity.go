@@ -26,6 +26,9 @@ type Config struct {
 	OnChange func(netip.Addr)
 	// OnIdentity is called with an identity's labels (nil: deleted).
 	OnIdentity func(id uint32, labels wire.Labels)
+	// OnEndpointPorts is called when a pod's ipcache entry changes, with
+	// its identity and named ports before and after (ID 0: no entry).
+	OnEndpointPorts func(oldID uint32, old []wire.NamedPort, curID uint32, cur []wire.NamedPort)
 }
 
 // Watcher holds the own cluster's pod identities. Run it once.
@@ -103,9 +106,16 @@ func (w *Watcher) watch(ctx context.Context, c *kvstore.Client) error {
 type ipObserver struct{ w *Watcher }
 
 // OnUpsert records a host entry's identity (prefix entries name no pod).
-func (o ipObserver) OnUpsert(_ string, p, _ wire.IPIdentityPair, _ bool) {
+func (o ipObserver) OnUpsert(_ string, p, prev wire.IPIdentityPair, hadPrev bool) {
 	if !p.IsHost() {
 		return
+	}
+	if f := o.w.cfg.OnEndpointPorts; f != nil {
+		var oldID uint32
+		if hadPrev && prev.IsHost() {
+			oldID = prev.ID
+		}
+		f(oldID, prev.NamedPorts, p.ID, p.NamedPorts)
 	}
 	ip := p.Prefix().Addr()
 	o.w.mu.Lock()
@@ -120,6 +130,9 @@ func (o ipObserver) OnUpsert(_ string, p, _ wire.IPIdentityPair, _ bool) {
 func (o ipObserver) OnDelete(_ string, p wire.IPIdentityPair) {
 	if !p.IsHost() {
 		return
+	}
+	if f := o.w.cfg.OnEndpointPorts; f != nil {
+		f(p.ID, p.NamedPorts, 0, nil)
 	}
 	ip := p.Prefix().Addr()
 	o.w.mu.Lock()

@@ -2,8 +2,10 @@ package localidentity_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -42,9 +44,10 @@ func TestIdentitiesFromOwnEtcd(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	http := []wire.NamedPort{{Name: "http", Port: 8080, Protocol: wire.TCP}}
 	pod := func(ip string, id uint32) {
 		t.Helper()
-		v, err := wire.MarshalIPIdentityPair(wire.IPIdentityPair{IP: netip.MustParseAddr(ip), ID: id, HostIP: netip.MustParseAddr("192.168.0.1")})
+		v, err := wire.MarshalIPIdentityPair(wire.IPIdentityPair{IP: netip.MustParseAddr(ip), ID: id, HostIP: netip.MustParseAddr("192.168.0.1"), NamedPorts: http})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -78,6 +81,7 @@ func TestIdentitiesFromOwnEtcd(t *testing.T) {
 	var mu sync.Mutex
 	changed := map[netip.Addr]int{}
 	labels := map[uint32]wire.Labels{}
+	ports := map[uint32]int{} // endpoints with http=8080/TCP per identity
 	w := localidentity.New(localidentity.Config{ClusterName: "c1", ClusterID: 1,
 		OnChange: func(ip netip.Addr) { mu.Lock(); changed[ip]++; mu.Unlock() },
 		OnIdentity: func(id uint32, ls wire.Labels) {
@@ -88,6 +92,16 @@ func TestIdentitiesFromOwnEtcd(t *testing.T) {
 				return
 			}
 			labels[id] = ls
+		},
+		OnEndpointPorts: func(oldID uint32, old []wire.NamedPort, curID uint32, cur []wire.NamedPort) {
+			mu.Lock()
+			defer mu.Unlock()
+			if oldID != 0 && slices.Equal(old, http) {
+				ports[oldID]--
+			}
+			if curID != 0 && slices.Equal(cur, http) {
+				ports[curID]++
+			}
 		},
 	}, connect, log)
 	done := make(chan error, 1)
@@ -103,7 +117,7 @@ func TestIdentitiesFromOwnEtcd(t *testing.T) {
 	testwait.Until(t, 10*time.Second, "identity of 10.1.1.5", func() (bool, string) {
 		mu.Lock()
 		defer mu.Unlock()
-		return w.Identity(a) == web.ID && labels[web.ID].Format() == web.Labels.Format() && changed[a] == 1, ""
+		return w.Identity(a) == web.ID && labels[web.ID].Format() == web.Labels.Format() && changed[a] == 1 && ports[web.ID] == 1, ""
 	})
 	if n := attempts.Load(); n != 3 {
 		t.Errorf("%d connection attempts, want 3 (two failed, one kept)", n)
@@ -132,7 +146,7 @@ func TestIdentitiesFromOwnEtcd(t *testing.T) {
 			testwait.Until(t, 10*time.Second, step.name, func() (bool, string) {
 				mu.Lock()
 				defer mu.Unlock()
-				return w.Identity(a) == step.want && changed[a] == before+1, ""
+				return w.Identity(a) == step.want && changed[a] == before+1 && ports[1<<16|301] == int(min(step.want, 1)) && ports[web.ID] == 0, fmt.Sprint(ports)
 			})
 		})
 	}

@@ -26,6 +26,7 @@ type Engine struct {
 	policies map[string]*compiled
 	sels     map[string]*selEntry // selector cache, by canonical selector
 	resolved map[ID]EndpointPolicy
+	ports    map[ID]*portTally // named ports of each identity's endpoints
 }
 
 // selEntry is one cached selector and the identities it selects.
@@ -65,6 +66,7 @@ func New(cfg Config) *Engine {
 		policies: map[string]*compiled{},
 		sels:     map[string]*selEntry{},
 		resolved: map[ID]EndpointPolicy{},
+		ports:    map[ID]*portTally{},
 	}
 }
 
@@ -102,22 +104,13 @@ func (e *Engine) DeleteIdentity(id ID) Diff {
 }
 
 // identityChanged updates the selector cache for one identity and the
-// resolved state. The identity's own endpoint, and the endpoints whose
-// egress named ports may depend on it, are recomputed whole; every other
-// endpoint that has it as a peer only gets the keys of that peer replaced.
+// resolved state. The identity's own endpoint is recomputed whole; every
+// other endpoint that has it as a peer only gets the keys of that peer
+// replaced.
 func (e *Engine) identityChanged(old, cur *Identity, id ID) Diff {
 	full := map[ID]struct{}{}
 	if e.isLocal(old) || e.isLocal(cur) {
 		full[id] = struct{}{}
-	}
-	if !sameNamedPorts(old, cur) {
-		for _, p := range e.policies {
-			for _, spec := range p.specs {
-				if spec.egressNamed {
-					e.addSubjects(full, spec)
-				}
-			}
-		}
 	}
 	type flip struct {
 		s   *selEntry
@@ -140,7 +133,7 @@ func (e *Engine) identityChanged(old, cur *Identity, id ID) Diff {
 	}
 	before := make(map[ID][2]map[Key]Entry, len(delta))
 	for s := range delta {
-		before[s] = e.peerEntries(s, id, old)
+		before[s] = e.peerEntries(s, id)
 	}
 	for _, f := range flips {
 		if f.now {
@@ -151,7 +144,7 @@ func (e *Engine) identityChanged(old, cur *Identity, id ID) Diff {
 	}
 	d := e.recompute(full)
 	for _, s := range slices.Sorted(maps.Keys(delta)) {
-		after := e.peerEntries(s, id, cur)
+		after := e.peerEntries(s, id)
 		ep, ok := e.resolved[s]
 		if !ok {
 			continue // every local identity is resolved on upsert; defensive
@@ -171,17 +164,6 @@ func (e *Engine) identityChanged(old, cur *Identity, id ID) Diff {
 		}
 	}
 	return d
-}
-
-func sameNamedPorts(a, b *Identity) bool {
-	var na, nb map[string][]PortProto
-	if a != nil {
-		na = a.NamedPorts
-	}
-	if b != nil {
-		nb = b.NamedPorts
-	}
-	return maps.EqualFunc(na, nb, slices.Equal)
 }
 
 func (e *Engine) addSubjects(affected map[ID]struct{}, spec *compiledSpec) {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
 	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // gen makes random identities and policies from small pools so that
@@ -27,11 +28,17 @@ func (g gen) identity(id ID) Identity {
 	if g.r.IntN(2) == 0 {
 		ls = append(ls, "k8s:tier="+g.pick("gold", "silver"))
 	}
-	var named map[string][]PortProto
-	if g.r.IntN(2) == 0 {
-		named = map[string][]PortProto{"http": {{Port: uint16(8000 + g.r.IntN(3)), Proto: rules.ProtoTCP}}}
+	return Identity{ID: id, Labels: selector.MustParseLabels(ls...)}
+}
+
+// endpoint makes the ipcache entry of an endpoint of a random identity,
+// with or without a named port "http" on one of a few numbers.
+func (g gen) endpoint() EndpointPorts {
+	ep := EndpointPorts{ID: ID(1000 + g.r.IntN(30))}
+	if g.r.IntN(3) != 0 {
+		ep.Ports = []NamedPort{{Name: "http", Port: uint16(8000 + g.r.IntN(2)), Proto: ipproto.TCP}}
 	}
-	return Identity{ID: id, Labels: selector.MustParseLabels(ls...), NamedPorts: named}
+	return ep
 }
 
 func (g gen) selector() string {
@@ -59,7 +66,7 @@ func (g gen) rule(peerField, entField, cidrField string) string {
 	case 1:
 		parts = append(parts, fmt.Sprintf(`%q:[%q]`, entField, g.pick("world", "cluster", "host", "all", "remote-node")))
 	case 2:
-		parts = append(parts, fmt.Sprintf(`%q:[{"cidr":"10.0.0.0/8","except":["10.%d.0.0/16"]}]`, cidrField, g.r.IntN(3)))
+		parts = append(parts, fmt.Sprintf(`%q:[{"cidr":"0.0.0.0/0"},{"cidr":"::/0"}]`, cidrField))
 	}
 	switch g.r.IntN(4) {
 	case 0:
@@ -145,20 +152,23 @@ func TestIncrementalEqualsFullRecompute(t *testing.T) {
 			model := map[ID]EndpointPolicy{}
 			ids := map[ID]Identity{}
 			pols := map[string]rules.Policy{}
+			eps := make([]EndpointPorts, 40) // endpoints by slot; zero: none
+			compared := 0                    // comparisons with policies and endpoints
 			for id, l := range selector.Reserved() {
 				ids[id] = Identity{ID: id, Labels: l}
 				Apply(model, e.UpsertIdentity(ids[id]))
 			}
 			for step := range 400 {
 				var d Diff
-				switch op := g.r.IntN(11); {
-				case op == 10: // named ports only
-					id := ID(1000 + g.r.IntN(30))
-					if i, ok := ids[id]; ok {
-						i.NamedPorts = g.identity(id).NamedPorts
-						ids[id] = i
-						d = e.UpsertIdentity(i)
+				switch op := g.r.IntN(13); {
+				case op >= 10: // an endpoint's named ports
+					slot := g.r.IntN(40)
+					cur := EndpointPorts{}
+					if g.r.IntN(4) != 0 {
+						cur = g.endpoint()
 					}
+					d = e.UpdateEndpointPorts(eps[slot], cur)
+					eps[slot] = cur
 				case op < 4:
 					id := ID(1000 + g.r.IntN(30))
 					ids[id] = g.identity(id)
@@ -194,11 +204,17 @@ func TestIncrementalEqualsFullRecompute(t *testing.T) {
 				for _, p := range pols {
 					fresh.UpsertPolicy(p)
 				}
+				for _, ep := range eps {
+					fresh.UpdateEndpointPorts(EndpointPorts{}, ep)
+				}
 				if !equalStates(fresh.Snapshot(), e.Snapshot()) {
 					t.Fatalf("step %d: incremental state differs from a full recompute", step)
 				}
+				if len(pols) > 0 && len(e.Snapshot()) > 0 {
+					compared++
+				}
 			}
-			if len(e.Snapshot()) == 0 || len(pols) == 0 {
+			if compared == 0 {
 				t.Fatal("generator produced nothing to compare")
 			}
 		})
@@ -211,7 +227,7 @@ func TestDiffIsNarrow(t *testing.T) {
 	e := newEngine(t, false,
 		cnp("web", `{"endpointSelector":{"matchLabels":{"app":"web"}},"ingress":[{"fromEndpoints":[{"matchLabels":{"app":"client","io.cilium.k8s.policy.cluster":"c2"}}]}]}`),
 		cnp("client", `{"endpointSelector":{"matchLabels":{"app":"client"}},"egress":[{"toEntities":["world"]}]}`))
-	newClient := pod(250, "c2", "shop", "client", nil)
+	newClient := pod(250, "c2", "shop", "client")
 	d := e.UpsertIdentity(newClient)
 	if len(d) != 1 || d[0].Endpoint != web1 || d[0].Direction != rules.Ingress || len(d[0].Deletes) != 0 {
 		t.Fatalf("diff %+v, want one ingress upsert on web1", d)
@@ -250,7 +266,7 @@ func TestReadersGetCopies(t *testing.T) {
 	if len(again[rules.Ingress].Entries) != 1 {
 		t.Fatalf("engine state changed through a copy: %+v", again)
 	}
-	if !e.Trace(Flow{Src: client1, Dst: web1, Port: 80, Proto: rules.ProtoTCP}).Allowed {
+	if !e.Trace(Flow{Src: client1, Dst: web1, Port: 80, Proto: ipproto.TCP}).Allowed {
 		t.Fatal("trace no longer allows the client")
 	}
 }

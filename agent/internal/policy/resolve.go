@@ -4,6 +4,7 @@ import (
 	"slices"
 
 	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // resolve computes the policy of local endpoint id from the cached
@@ -33,28 +34,35 @@ func (e *Engine) resolve(id ID) EndpointPolicy {
 }
 
 // peerEntries computes the keys of peer id alone in the policy of local
-// endpoint s (the keys whose Peer.ID is id), with ident as that peer's
-// identity for egress named ports.
-func (e *Engine) peerEntries(s, id ID, ident *Identity) [2]map[Key]Entry {
+// endpoint s (the keys whose Peer.ID is id): those of rules selecting it,
+// and those an egress named port of a rule for every peer resolves to it.
+func (e *Engine) peerEntries(s, id ID) [2]map[Key]Entry {
 	out := [2]map[Key]Entry{{}, {}}
+	peer := Peer{ID: id}
 	for _, p := range e.policies {
 		for _, cs := range p.specs {
 			if _, ok := cs.subject.ids[s]; !ok {
 				continue
 			}
 			for _, r := range cs.rules {
-				if !slices.ContainsFunc(r.peers, func(se *selEntry) bool { _, ok := se.ids[id]; return ok }) {
-					continue
-				}
 				ref := rules.Ref{Policy: cs.policy, Spec: cs.index, Direction: r.Direction, Deny: r.Deny, Index: r.Index}
 				ent := Entry{Deny: r.Deny, Rule: ref}
-				peer := Peer{ID: id}
+				if !slices.ContainsFunc(r.peers, func(se *selEntry) bool { _, ok := se.ids[id]; return ok }) {
+					if r.Peers.All && r.Direction == rules.Egress {
+						for _, port := range r.Ports {
+							if port.Name != "" {
+								e.addNamedPort(out[r.Direction], s, r.Direction, peer, port, ent)
+							}
+						}
+					}
+					continue
+				}
 				if len(r.Ports) == 0 {
 					put(out[r.Direction], Key{Peer: peer}, ent)
 					continue
 				}
 				for _, port := range r.Ports {
-					e.addPortFor(out[r.Direction], s, r.Direction, peer, ident, port, ent)
+					e.addPort(out[r.Direction], s, r.Direction, peer, port, ent)
 				}
 			}
 		}
@@ -63,12 +71,9 @@ func (e *Engine) peerEntries(s, id ID, ident *Identity) [2]map[Key]Entry {
 }
 
 func (e *Engine) addRule(entries map[Key]Entry, subject ID, r compiledRule, ent Entry) {
-	peers := make([]Peer, 0, len(r.Peers.CIDRs)+1)
+	peers := make([]Peer, 0, 1)
 	if r.Peers.All {
 		peers = append(peers, Peer{})
-	}
-	for _, p := range r.Peers.CIDRs {
-		peers = append(peers, Peer{Prefix: p})
 	}
 	for _, se := range r.peers {
 		for id := range se.ids {
@@ -86,55 +91,49 @@ func (e *Engine) addRule(entries map[Key]Entry, subject ID, r compiledRule, ent 
 	}
 }
 
-var anyProtos = []rules.Protocol{rules.ProtoTCP, rules.ProtoUDP, rules.ProtoSCTP}
+var anyProtos = []ipproto.Proto{ipproto.TCP, ipproto.UDP, ipproto.SCTP}
 
+// addPort adds the keys of one port entry of a rule for peer.
 func (e *Engine) addPort(entries map[Key]Entry, subject ID, dir rules.Direction, peer Peer, port rules.Port, ent Entry) {
-	e.addPortFor(entries, subject, dir, peer, e.ids[peer.ID], port, ent)
-}
-
-// addPortFor adds the keys of one port entry; peerIdent is the peer's
-// identity when the peer is one (for egress named ports).
-func (e *Engine) addPortFor(entries map[Key]Entry, subject ID, dir rules.Direction, peer Peer, peerIdent *Identity, port rules.Port, ent Entry) {
-	if port.Name == "" {
-		if port.Port == 0 {
-			put(entries, Key{Peer: peer, Proto: port.Proto}, ent)
-			return
-		}
-		protos := []rules.Protocol{port.Proto}
-		if port.Proto == rules.ProtoAny {
-			protos = anyProtos
-		}
-		for _, pr := range protos {
-			put(entries, Key{Peer: peer, Proto: pr, Port: port.Port, EndPort: port.EndPort}, ent)
-		}
+	if port.Name != "" {
+		e.addNamedPort(entries, subject, dir, peer, port, ent)
 		return
 	}
-	for _, pp := range e.namedPorts(subject, dir, peer, peerIdent, port.Name) {
-		if port.Proto == rules.ProtoAny || port.Proto == pp.Proto {
+	if port.Port == 0 {
+		put(entries, Key{Peer: peer, Proto: port.Proto}, ent)
+		return
+	}
+	protos := []ipproto.Proto{port.Proto}
+	if port.Proto == ipproto.Any {
+		protos = anyProtos
+	}
+	for _, pr := range protos {
+		put(entries, Key{Peer: peer, Proto: pr, Port: port.Port, EndPort: port.EndPort}, ent)
+	}
+}
+
+// addNamedPort resolves a port name against the destination of the
+// traffic: for ingress the subject's own endpoints; for egress the peer
+// identity's. An egress rule for every
+// peer becomes one key per identity the name resolves for (a key for
+// every peer would open that port towards identities that do not name
+// it).
+func (e *Engine) addNamedPort(entries map[Key]Entry, subject ID, dir rules.Direction, peer Peer, port rules.Port, ent Entry) {
+	add := func(peer Peer, owner ID) {
+		if pp, ok := e.resolvedPort(owner, port.Name); ok && (port.Proto == ipproto.Any || port.Proto == pp.Proto) {
 			put(entries, Key{Peer: peer, Proto: pp.Proto, Port: pp.Port, EndPort: pp.Port}, ent)
 		}
 	}
-}
-
-// namedPorts resolves a port name against the destination of the traffic.
-func (e *Engine) namedPorts(subject ID, dir rules.Direction, peer Peer, peerIdent *Identity, name string) []PortProto {
-	if dir == rules.Ingress {
-		return e.ids[subject].NamedPorts[name]
-	}
-	if peer.Prefix.IsValid() {
-		return nil
-	}
-	if peer.ID != 0 {
-		if peerIdent != nil {
-			return peerIdent.NamedPorts[name]
+	switch {
+	case dir == rules.Ingress:
+		add(peer, subject)
+	case peer.ID != 0:
+		add(peer, peer.ID)
+	default:
+		for id := range e.ports {
+			add(Peer{ID: id}, id)
 		}
-		return nil
 	}
-	var out []PortProto
-	for _, i := range e.ids {
-		out = append(out, i.NamedPorts[name]...)
-	}
-	return out
 }
 
 // put records ent for k: deny wins over allow; between equal verdicts the

@@ -2,19 +2,16 @@ package policy
 
 import (
 	"fmt"
-	"net/netip"
 
 	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
-	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
-// Flow is the traffic a Trace evaluates. Addresses matter only for world
-// peers (CIDR rules).
+// Flow is the traffic a Trace evaluates.
 type Flow struct {
-	Src, Dst         ID
-	SrcAddr, DstAddr netip.Addr
-	Port             uint16
-	Proto            rules.Protocol
+	Src, Dst ID
+	Port     uint16
+	Proto    ipproto.Proto
 }
 
 // Verdict is the decision in one direction.
@@ -39,12 +36,12 @@ type TraceResult struct {
 func (e *Engine) Trace(f Flow) TraceResult {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	eg := e.verdict(f.Src, rules.Egress, f.Dst, f.DstAddr, f.Port, f.Proto)
-	in := e.verdict(f.Dst, rules.Ingress, f.Src, f.SrcAddr, f.Port, f.Proto)
+	eg := e.verdict(f.Src, rules.Egress, f.Dst, f.Port, f.Proto)
+	in := e.verdict(f.Dst, rules.Ingress, f.Src, f.Port, f.Proto)
 	return TraceResult{Allowed: (!eg.Evaluated || eg.Allowed) && (!in.Evaluated || in.Allowed), Egress: eg, Ingress: in}
 }
 
-func (e *Engine) verdict(ep ID, dir rules.Direction, peer ID, addr netip.Addr, port uint16, proto rules.Protocol) Verdict {
+func (e *Engine) verdict(ep ID, dir rules.Direction, peer ID, port uint16, proto ipproto.Proto) Verdict {
 	pol, ok := e.resolved[ep]
 	if !ok {
 		return Verdict{Reason: fmt.Sprintf("identity %d is not a local endpoint; its %s is enforced by its own cluster", ep, dir)}
@@ -52,7 +49,7 @@ func (e *Engine) verdict(ep ID, dir rules.Direction, peer ID, addr netip.Addr, p
 	dp := pol[dir]
 	var deny, allow *rules.Ref
 	for k, ent := range dp.Entries {
-		if !k.matches(peer, addr, port, proto) {
+		if !k.matches(peer, port, proto) {
 			continue
 		}
 		r := ent.Rule
@@ -75,16 +72,11 @@ func (e *Engine) verdict(ep ID, dir rules.Direction, peer ID, addr netip.Addr, p
 	return Verdict{Evaluated: true, Allowed: true, Reason: fmt.Sprintf("default allow: no policy selects the endpoint for %s", dir)}
 }
 
-func (k Key) matches(peer ID, addr netip.Addr, port uint16, proto rules.Protocol) bool {
-	switch {
-	case k.Peer.Prefix.IsValid():
-		if peer != selector.IDWorld || !addr.IsValid() || !k.Peer.Prefix.Contains(addr) {
-			return false
-		}
-	case k.Peer.ID != 0 && k.Peer.ID != peer:
+func (k Key) matches(peer ID, port uint16, proto ipproto.Proto) bool {
+	if k.Peer.ID != 0 && k.Peer.ID != peer {
 		return false
 	}
-	if k.Proto != rules.ProtoAny && k.Proto != proto {
+	if k.Proto != ipproto.Any && k.Proto != proto {
 		return false
 	}
 	return k.Port == 0 || (port >= k.Port && port <= k.EndPort)

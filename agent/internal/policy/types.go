@@ -2,10 +2,10 @@ package policy
 
 import (
 	"maps"
-	"net/netip"
 
 	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
 	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // ID is a numeric security identity.
@@ -14,46 +14,30 @@ type ID = selector.ID
 // PortProto is one resolved named port.
 type PortProto struct {
 	Port  uint16
-	Proto rules.Protocol
+	Proto ipproto.Proto
 }
 
-// Identity is a security identity with the named ports of its endpoints.
+// Identity is a security identity: its number and labels. The named
+// ports of its endpoints come from their ipcache entries
+// (UpdateEndpointPorts).
 type Identity struct {
-	ID         ID
-	Labels     selector.Labels
-	NamedPorts map[string][]PortProto
-}
-
-func (i *Identity) equal(o *Identity) bool {
-	if !i.Labels.Equal(o.Labels) || len(i.NamedPorts) != len(o.NamedPorts) {
-		return false
-	}
-	for k, v := range i.NamedPorts {
-		w, ok := o.NamedPorts[k]
-		if !ok || len(v) != len(w) {
-			return false
-		}
-		for j := range v {
-			if v[j] != w[j] {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-// Peer is the remote side of a key: an identity, a world prefix, or (zero
-// value) every peer.
-type Peer struct {
 	ID     ID
-	Prefix netip.Prefix
+	Labels selector.Labels
+}
+
+func (i *Identity) equal(o *Identity) bool { return i.Labels.Equal(o.Labels) }
+
+// Peer is the remote side of a key: an identity, or (zero value) every
+// peer.
+type Peer struct {
+	ID ID
 }
 
 // Key is one resolved policy key. Port 0 means every port; Proto 0 every
 // protocol.
 type Key struct {
 	Peer    Peer
-	Proto   rules.Protocol
+	Proto   ipproto.Proto
 	Port    uint16
 	EndPort uint16
 }

@@ -11,7 +11,6 @@ import (
 
 	"github.com/clustermesh/clustermesh/agent/internal/policy"
 	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
-	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 )
 
@@ -30,24 +29,12 @@ type Syncer struct {
 	mu     sync.Mutex
 	ruleID map[rules.Ref]uint32 // guarded by mu; ids are never reused
 	byID   map[uint32]rules.Ref // guarded by mu
-	// owners: per datapath key, the resolved keys that map to it (CIDR
-	// peers of a deny all map to the world identity).
-	owners map[datapath.PolicyKey]map[policy.Key]policy.Entry
-	modes  map[uint32][2]bool
+	modes  map[uint32][2]bool   // guarded by mu
 	// anyPolicy: a policy exists, so a pod whose identity is unknown is in
 	// default deny both ways.
 	anyPolicy bool
-	// narrowed: resolved keys with a CIDR peer, by endpoint and direction,
-	// and the policy of each (see key).
-	narrowed map[narrowKey]string
-	drops    map[DropKey]uint64
-	dropVec  *prometheus.CounterVec
-}
-
-type narrowKey struct {
-	ep     policy.ID
-	egress bool
-	k      policy.Key
+	drops     map[DropKey]uint64
+	dropVec   *prometheus.CounterVec
 }
 
 // DropKey is what drops are counted by.
@@ -62,8 +49,7 @@ type DropKey struct {
 func New(w Writer, reg prometheus.Registerer) *Syncer {
 	s := &Syncer{
 		w: w, ruleID: map[rules.Ref]uint32{}, byID: map[uint32]rules.Ref{},
-		owners: map[datapath.PolicyKey]map[policy.Key]policy.Entry{}, modes: map[uint32][2]bool{},
-		narrowed: map[narrowKey]string{}, drops: map[DropKey]uint64{},
+		modes: map[uint32][2]bool{}, drops: map[DropKey]uint64{},
 		dropVec: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "clustermesh_agent_policy_drops_total",
 			Help: "Packets dropped by network policy, by deciding policy (\"(default deny)\" when no deny rule matched), direction and source cluster ID.",
@@ -97,43 +83,22 @@ func (s *Syncer) Apply(d policy.Diff) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var b datapath.PolicyBatch
-	changed := map[datapath.PolicyKey]struct{}{}
 	touched := map[uint32]struct{}{}
 	for _, c := range d {
 		egress := c.Direction == rules.Egress
 		for _, k := range c.Deletes {
-			pk, ok := s.key(c.Endpoint, egress, k, policy.Entry{}, false)
-			if !ok {
-				continue
-			}
-			delete(s.owners[pk], k)
-			changed[pk] = struct{}{}
+			b.Deletes = append(b.Deletes, key(c.Endpoint, egress, k))
 		}
 		for k, e := range c.Upserts {
-			pk, ok := s.key(c.Endpoint, egress, k, e, true)
-			if !ok {
-				continue
-			}
-			if s.owners[pk] == nil {
-				s.owners[pk] = map[policy.Key]policy.Entry{}
-			}
-			s.owners[pk][k] = e
-			changed[pk] = struct{}{}
+			b.Upserts = append(b.Upserts, datapath.PolicyEntry{Key: key(c.Endpoint, egress, k), Deny: e.Deny, Rule: s.id(e.Rule)})
 		}
 		m := s.modes[uint32(c.Endpoint)]
 		m[c.Direction] = c.Enforced && !c.Removed
 		s.modes[uint32(c.Endpoint)] = m
 		touched[uint32(c.Endpoint)] = struct{}{}
 	}
-	for _, pk := range slices.SortedFunc(maps.Keys(changed), comparePolicyKeys) {
-		own := s.owners[pk]
-		if len(own) == 0 {
-			delete(s.owners, pk)
-			b.Deletes = append(b.Deletes, pk)
-			continue
-		}
-		b.Upserts = append(b.Upserts, s.entry(pk, own))
-	}
+	slices.SortFunc(b.Deletes, comparePolicyKeys)
+	slices.SortFunc(b.Upserts, func(x, y datapath.PolicyEntry) int { return comparePolicyKeys(x.Key, y.Key) })
 	for _, id := range slices.Sorted(maps.Keys(touched)) {
 		m := s.modes[id]
 		b.Modes = append(b.Modes, datapath.PolicyMode{Subject: id, Ingress: m[rules.Ingress], Egress: m[rules.Egress]})
@@ -147,26 +112,6 @@ func (s *Syncer) Apply(d policy.Diff) error {
 	return nil
 }
 
-// entry is the datapath entry of a key: deny if any owner denies, with the
-// lowest deciding rule (so the result does not depend on order).
-func (s *Syncer) entry(pk datapath.PolicyKey, own map[policy.Key]policy.Entry) datapath.PolicyEntry {
-	var best *rules.Ref
-	deny := false
-	for _, e := range own {
-		if e.Deny && !deny {
-			deny, best = true, nil
-		}
-		if e.Deny != deny {
-			continue
-		}
-		if best == nil || e.Rule.Compare(*best) < 0 {
-			r := e.Rule
-			best = &r
-		}
-	}
-	return datapath.PolicyEntry{Key: pk, Deny: deny, Rule: s.id(*best)}
-}
-
 func (s *Syncer) id(r rules.Ref) uint32 {
 	if id, ok := s.ruleID[r]; ok {
 		return id
@@ -177,51 +122,13 @@ func (s *Syncer) id(r rules.Ref) uint32 {
 	return id
 }
 
-// key converts a resolved key. A CIDR peer (traffic with an address outside
-// the mesh) cannot be held by the identity-keyed datapath: a deny becomes a
-// deny of every world address on those ports (narrower, never wider) and an
-// allow is left out (narrower); both are counted per policy (Narrowed).
-func (s *Syncer) key(ep policy.ID, egress bool, k policy.Key, e policy.Entry, upsert bool) (datapath.PolicyKey, bool) {
-	pk := datapath.PolicyKey{Subject: uint32(ep), Egress: egress, Peer: uint32(k.Peer.ID),
-		Proto: datapath.Proto(k.Proto), Port: k.Port, EndPort: k.EndPort}
+// key converts a resolved key: one datapath key per resolved key.
+func key(ep policy.ID, egress bool, k policy.Key) datapath.PolicyKey {
+	pk := datapath.PolicyKey{Subject: uint32(ep), Egress: egress, Peer: uint32(k.Peer.ID), Proto: k.Proto, Port: k.Port, EndPort: k.EndPort}
 	if pk.Port != 0 && pk.EndPort == 0 {
 		pk.EndPort = pk.Port
 	}
-	if !k.Peer.Prefix.IsValid() {
-		return pk, true
-	}
-	nk := narrowKey{ep, egress, k}
-	if upsert {
-		s.narrowed[nk] = e.Rule.Policy
-	} else {
-		e.Deny = s.owned(nk, pk)
-		delete(s.narrowed, nk)
-	}
-	if !e.Deny {
-		return pk, false
-	}
-	pk.Peer = uint32(selector.IDWorld)
-	return pk, true
-}
-
-// owned reports whether a CIDR key being deleted was programmed (as a deny
-// of the world identity).
-func (s *Syncer) owned(nk narrowKey, pk datapath.PolicyKey) bool {
-	pk.Peer = uint32(selector.IDWorld)
-	_, ok := s.owners[pk][nk.k]
-	return ok
-}
-
-// Narrowed returns, per policy, the number of resolved keys with a CIDR
-// peer that the datapath enforces narrower than written.
-func (s *Syncer) Narrowed() map[string]int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := map[string]int{}
-	for _, p := range s.narrowed {
-		out[p]++
-	}
-	return out
+	return pk
 }
 
 // Rule returns the rule a datapath rule id stands for.

@@ -13,6 +13,7 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
 	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // recorder folds batches as the bpf PolicyWriter programs them.
@@ -61,8 +62,7 @@ func decode(t *testing.T, name, spec string) rules.Policy {
 }
 
 // model converts the engine's whole resolved state from scratch, as the
-// datapath should hold it: CIDR allows left out, CIDR denies as world
-// denies, deny wins, lowest rule.
+// datapath should hold it: one datapath key per resolved key.
 func model(snap map[policy.ID]policy.EndpointPolicy) (map[datapath.PolicyKey]rules.Ref, map[datapath.PolicyKey]bool, map[uint32]datapath.PolicyMode) {
 	refs := map[datapath.PolicyKey]rules.Ref{}
 	deny := map[datapath.PolicyKey]bool{}
@@ -74,21 +74,14 @@ func model(snap map[policy.ID]policy.EndpointPolicy) (map[datapath.PolicyKey]rul
 		for dir, dp := range ep {
 			for k, e := range dp.Entries {
 				pk := datapath.PolicyKey{Subject: uint32(id), Egress: dir == int(rules.Egress), Peer: uint32(k.Peer.ID),
-					Proto: datapath.Proto(k.Proto), Port: k.Port, EndPort: k.EndPort}
+					Proto: ipproto.Proto(k.Proto), Port: k.Port, EndPort: k.EndPort}
 				if pk.Port != 0 && pk.EndPort == 0 {
 					pk.EndPort = pk.Port
 				}
-				if k.Peer.Prefix.IsValid() {
-					if !e.Deny {
-						continue
-					}
-					pk.Peer = uint32(selector.IDWorld)
+				if _, dup := refs[pk]; dup {
+					panic(fmt.Sprintf("two resolved keys map to %+v", pk))
 				}
-				old, had := refs[pk]
-				switch {
-				case !had, e.Deny && !deny[pk], e.Deny == deny[pk] && e.Rule.Compare(old) < 0:
-					refs[pk], deny[pk] = e.Rule, e.Deny
-				}
+				refs[pk], deny[pk] = e.Rule, e.Deny
 			}
 		}
 	}
@@ -136,27 +129,22 @@ func TestSyncerFollowsEngine(t *testing.T) {
 	steps := []struct {
 		name string
 		do   func() policy.Diff
-		// narrowed: keys with a CIDR peer per policy afterwards.
-		narrowed map[string]int
 	}{
 		{"allow c2 clients on TCP 80", func() policy.Diff {
 			return e.UpsertPolicy(decode(t, "web", `{"endpointSelector":{"matchLabels":{"app":"web"}},"ingress":[{"fromEndpoints":[{"matchLabels":{"app":"client","io.cilium.k8s.policy.cluster":"c2"}}],"toPorts":[{"ports":[{"port":"80","protocol":"TCP"},{"port":"8000","endPort":8010,"protocol":"ANY"}]}]}]}`))
-		}, map[string]int{}},
-		{"CIDR deny and allow", func() policy.Diff {
-			return e.UpsertPolicy(decode(t, "cidr", `{"endpointSelector":{"matchLabels":{"app":"web"}},"ingressDeny":[{"fromCIDR":["192.0.2.0/24"],"toPorts":[{"ports":[{"port":"80","protocol":"TCP"}]}]}],"ingress":[{"fromCIDR":["198.51.100.0/24"]}],"egress":[{"toEntities":["all"]}]}`))
-		}, map[string]int{"cnp/shop/cidr": 2}},
-		{"c2 client relabelled", func() policy.Diff { return e.UpsertIdentity(ident(client2, "c2", "other")) }, map[string]int{"cnp/shop/cidr": 2}},
-		{"c2 client back", func() policy.Diff { return e.UpsertIdentity(ident(client2, "c2", "client")) }, map[string]int{"cnp/shop/cidr": 2}},
-		{"CIDR policy removed", func() policy.Diff { return e.DeletePolicy("cnp/shop/cidr") }, map[string]int{}},
-		{"web gone", func() policy.Diff { return e.DeleteIdentity(web1) }, map[string]int{}},
+		}},
+		{"world deny and allow", func() policy.Diff {
+			return e.UpsertPolicy(decode(t, "world", `{"endpointSelector":{"matchLabels":{"app":"web"}},"ingressDeny":[{"fromCIDR":["0.0.0.0/0","::/0"],"toPorts":[{"ports":[{"port":"80","protocol":"TCP"}]}]}],"ingress":[{"fromEntities":["world"]}],"egress":[{"toEntities":["all"]}]}`))
+		}},
+		{"c2 client relabelled", func() policy.Diff { return e.UpsertIdentity(ident(client2, "c2", "other")) }},
+		{"c2 client back", func() policy.Diff { return e.UpsertIdentity(ident(client2, "c2", "client")) }},
+		{"world policy removed", func() policy.Diff { return e.DeletePolicy("cnp/shop/world") }},
+		{"web gone", func() policy.Diff { return e.DeleteIdentity(web1) }},
 	}
 	for _, st := range steps {
 		t.Run(st.name, func(t *testing.T) {
 			apply(st.do())
 			check(t, s, rec, e)
-			if got := s.Narrowed(); !maps.Equal(got, st.narrowed) {
-				t.Errorf("narrowed = %v, want %v", got, st.narrowed)
-			}
 		})
 	}
 	if len(rec.entries) != 0 || len(rec.modes) != 0 {

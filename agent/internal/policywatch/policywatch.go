@@ -24,6 +24,7 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/policy"
 	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
 	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
@@ -132,6 +133,36 @@ func (w *Watcher) UpsertIdentity(id uint32, labels wire.Labels) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.apply(w.engine.UpsertIdentity(policy.Identity{ID: selector.ID(id), Labels: selector.NewLabels(ls...)}))
+}
+
+// UpdateEndpointPorts takes the change of one pod ipcache entry (own or
+// remote cluster) from identity oldID with named ports old to curID with
+// cur; an ID of 0 is no entry. The engine resolves a port name of an
+// identity from what all its endpoints declare.
+func (w *Watcher) UpdateEndpointPorts(oldID uint32, old []wire.NamedPort, curID uint32, cur []wire.NamedPort) {
+	o, c := endpointPorts(oldID, old), endpointPorts(curID, cur)
+	if o.ID == c.ID && slices.Equal(o.Ports, c.Ports) {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.apply(w.engine.UpdateEndpointPorts(o, c))
+}
+
+func endpointPorts(id uint32, ports []wire.NamedPort) policy.EndpointPorts {
+	ep := policy.EndpointPorts{ID: selector.ID(id)}
+	if id == 0 {
+		return ep
+	}
+	for _, p := range ports {
+		// The decoder accepted only TCP, UDP and SCTP.
+		proto, err := ipproto.Parse(string(p.Protocol))
+		if err != nil {
+			continue
+		}
+		ep.Ports = append(ep.Ports, policy.NamedPort{Name: p.Name, Port: p.Port, Proto: proto})
+	}
+	return ep
 }
 
 // DeleteIdentity removes an identity.

@@ -13,6 +13,7 @@ import (
 	"github.com/clustermesh/clustermesh/internal/ciliuminterop"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 	"github.com/clustermesh/clustermesh/kvstore"
 )
 
@@ -48,13 +49,13 @@ func TestCiliumClusterProgrammed(t *testing.T) {
 	global := servicemerge.Annotations{Global: true, Shared: true}
 	a.merger.SetLocalService(servicemerge.Name{Namespace: "shop", Name: "web"}, servicemerge.LocalService{
 		ClusterIPs:  []netip.Addr{netip.MustParseAddr("10.96.0.20"), netip.MustParseAddr("fd96::20")},
-		Ports:       []servicemerge.ServicePort{{Name: "http", Proto: datapath.TCP, Port: 80}, {Name: "dns", Proto: datapath.UDP, Port: 53}},
+		Ports:       []servicemerge.ServicePort{{Name: "http", Proto: ipproto.TCP, Port: 80}, {Name: "dns", Proto: ipproto.UDP, Port: 53}},
 		Annotations: global,
 	})
 	for _, s := range []struct{ name, ip string }{{"api", "10.96.0.21"}, {"internal", "10.96.0.22"}} {
 		a.merger.SetLocalService(servicemerge.Name{Namespace: "shop", Name: s.name}, servicemerge.LocalService{
 			ClusterIPs:  []netip.Addr{netip.MustParseAddr(s.ip)},
-			Ports:       []servicemerge.ServicePort{{Proto: datapath.TCP, Port: 80}},
+			Ports:       []servicemerge.ServicePort{{Proto: ipproto.TCP, Port: 80}},
 			Annotations: global,
 		})
 	}
@@ -78,16 +79,16 @@ func TestCiliumClusterProgrammed(t *testing.T) {
 		pfx("10.9.1.2/32"):    {Identity: 4, TunnelEndpoint: n1},   // health
 		pfx("10.9.2.3/32"):    {Identity: 8, TunnelEndpoint: n2},   // ingress
 	}
-	fe := func(s string, p datapath.Proto) datapath.Frontend {
+	fe := func(s string, p ipproto.Proto) datapath.Frontend {
 		return datapath.Frontend{Addr: netip.MustParseAddrPort(s), Proto: p}
 	}
 	wantBackends := map[datapath.Frontend][]string{
-		fe("10.96.0.20:80", datapath.TCP): {"10.9.1.10:8080"},
-		fe("[fd96::20]:80", datapath.TCP): {"[fd09:1::10]:8080"},
-		fe("10.96.0.20:53", datapath.UDP): {"10.9.1.10:53"},
-		fe("[fd96::20]:53", datapath.UDP): {"[fd09:1::10]:53"},
-		fe("10.96.0.21:80", datapath.TCP): {"10.9.12.7:8080", "10.9.2.10:8080"}, // unnamed port
-		fe("10.96.0.22:80", datapath.TCP): nil,                                  // not shared: no remote backend
+		fe("10.96.0.20:80", ipproto.TCP): {"10.9.1.10:8080"},
+		fe("[fd96::20]:80", ipproto.TCP): {"[fd09:1::10]:8080"},
+		fe("10.96.0.20:53", ipproto.UDP): {"10.9.1.10:53"},
+		fe("[fd96::20]:53", ipproto.UDP): {"[fd09:1::10]:53"},
+		fe("10.96.0.21:80", ipproto.TCP): {"10.9.12.7:8080", "10.9.2.10:8080"}, // unnamed port
+		fe("10.96.0.22:80", ipproto.TCP): nil,                                  // not shared: no remote backend
 	}
 	remoteBackends := func(st datapath.State, f datapath.Frontend) []string {
 		var out []string
@@ -102,7 +103,7 @@ func TestCiliumClusterProgrammed(t *testing.T) {
 	st := await(t, a.dp, "the Cilium cluster programmed", func(st datapath.State) bool {
 		tun, ipc := countCluster(st, id)
 		return a.status("cilium1").Ready && tun == len(wantTunnels) && ipc == len(wantIPCache) &&
-			len(remoteBackends(st, fe("10.96.0.21:80", datapath.TCP))) == 2
+			len(remoteBackends(st, fe("10.96.0.21:80", ipproto.TCP))) == 2
 	})
 
 	for p, ip := range wantTunnels {

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"unique"
 
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/internal/datapath"
@@ -76,7 +77,8 @@ func newKindStore(r *remote, k kind, cfg watchstore.Config) (kindStore, *observe
 			p, err := wire.DecodeIPIdentityPair(r.rem, key, v)
 			// The one place a remote ipcache identity becomes the one
 			// programmed: host (1) is remote-node (6), 0 stays 0.
-			return ipEntry{prefix: ipkey.FromPrefix(p.Prefix()), id: wire.RemoteIPCacheIdentity(p.ID), hostIP: ipkey.FromAddr(p.HostIP)}, err
+			return ipEntry{prefix: ipkey.FromPrefix(p.Prefix()), id: wire.RemoteIPCacheIdentity(p.ID), hostIP: ipkey.FromAddr(p.HostIP),
+				ports: internPorts(p.NamedPorts)}, err
 		}, o, log, nil), &o.observerBase
 	default:
 		o := &serviceObserver{observerBase{r: r}}
@@ -204,13 +206,15 @@ func (o *identityObserver) OnDelete(_ string, id wire.Identity) {
 }
 
 // ipEntry is what the agent keeps of a remote ipcache entry: the store
-// holds one per remote pod IP, so only the fields the datapath needs (the
-// decoded IPIdentityPair is about four times larger), in 40 bytes without
-// pointers.
+// holds one per remote pod IP, so only the fields the datapath and policy
+// need (the decoded IPIdentityPair is about four times larger): 40 bytes
+// and a handle of the pod's named ports, interned (the pods of one
+// workload share one copy; zero: none).
 type ipEntry struct {
 	prefix ipkey.Prefix
 	hostIP ipkey.Addr
 	id     uint32
+	ports  unique.Handle[string]
 }
 
 // ipObserver programs the ipcache. A host entry may be written under two
@@ -231,7 +235,33 @@ func (o *ipObserver) Reserve(n int) {
 	}
 }
 
-func (o *ipObserver) OnUpsert(key string, e, _ ipEntry, _ bool) { o.program(key, e) }
+func (o *ipObserver) OnUpsert(key string, e, prev ipEntry, hadPrev bool) {
+	if !hadPrev {
+		prev = ipEntry{}
+	}
+	o.endpointPorts(prev, e)
+	o.program(key, e)
+}
+
+// endpointPorts tells the policy engine about a pod entry's identity and
+// named ports (prefix entries are no pods). Both keys of a pod ("<ip>" and
+// "<ip>/32") count, alike.
+func (o *ipObserver) endpointPorts(old, cur ipEntry) {
+	s := o.r.m.cfg.Identities
+	if s == nil {
+		return
+	}
+	var oldID, curID uint32
+	if old.prefix.Prefix().IsSingleIP() {
+		oldID = old.id
+	}
+	if cur.prefix.Prefix().IsSingleIP() {
+		curID = cur.id
+	}
+	if oldID != 0 || curID != 0 {
+		s.UpdateEndpointPorts(oldID, portsOf(old.ports), curID, portsOf(cur.ports))
+	}
+}
 
 func (o *ipObserver) program(key string, e ipEntry) {
 	p := e.prefix.Prefix()
@@ -246,6 +276,7 @@ func (o *ipObserver) program(key string, e ipEntry) {
 }
 
 func (o *ipObserver) OnDelete(key string, e ipEntry) {
+	o.endpointPorts(e, ipEntry{})
 	p := e.prefix.Prefix()
 	if alt, masked := altIPKey(key, p); alt != "" {
 		if other, ok := o.peek(alt); ok {

@@ -96,10 +96,13 @@ type Config struct {
 }
 
 // IdentitySink takes remote identities, already validated (in the remote's
-// range, labelled with its cluster).
+// range, labelled with its cluster), and the identity and named ports of
+// every remote pod's ipcache entry as it changes (ID 0: no entry), for
+// named ports in policy.
 type IdentitySink interface {
 	UpsertIdentity(id uint32, labels wire.Labels)
 	DeleteIdentity(id uint32)
+	UpdateEndpointPorts(oldID uint32, old []wire.NamedPort, curID uint32, cur []wire.NamedPort)
 }
 
 // DefaultMaxEntries is the default bound of Config.MaxEntries: four times

@@ -14,18 +14,19 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
 var (
 	web   = servicemerge.Name{Namespace: "shop", Name: "web"}
-	webFE = datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: datapath.TCP}
+	webFE = datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: ipproto.TCP}
 )
 
 func setLocalWeb(m *servicemerge.Merger) {
 	m.SetLocalService(web, servicemerge.LocalService{
 		ClusterIPs:  []netip.Addr{netip.MustParseAddr("10.96.0.10")},
-		Ports:       []servicemerge.ServicePort{{Name: "http", Proto: datapath.TCP, Port: 80}},
+		Ports:       []servicemerge.ServicePort{{Name: "http", Proto: ipproto.TCP, Port: 80}},
 		Annotations: servicemerge.Annotations{Global: true, Shared: true},
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // Name identifies a Service across clusters.
@@ -19,14 +20,14 @@ func (n Name) String() string { return n.Namespace + "/" + n.Name }
 // PortKey matches service ports to backend ports: by name and protocol.
 type PortKey struct {
 	Name  string
-	Proto datapath.Proto
+	Proto ipproto.Proto
 }
 
 // ServicePort is a port of a Service (Port is the frontend port) or of an
 // EndpointSlice (Port is the backend port).
 type ServicePort struct {
 	Name  string
-	Proto datapath.Proto
+	Proto ipproto.Proto
 	Port  uint16
 }
 

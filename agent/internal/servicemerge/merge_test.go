@@ -10,6 +10,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -26,9 +27,9 @@ func (s sink) PatchService(p datapath.ServicePatch) {
 
 var (
 	web  = Name{"shop", "web"}
-	http = ServicePort{Name: "http", Proto: datapath.TCP, Port: 80}
-	fe   = datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: datapath.TCP}
-	pkH  = PortKey{"http", datapath.TCP}
+	http = ServicePort{Name: "http", Proto: ipproto.TCP, Port: 80}
+	fe   = datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: ipproto.TCP}
+	pkH  = PortKey{"http", ipproto.TCP}
 )
 
 func localSvc(a Annotations) LocalService {
@@ -36,7 +37,7 @@ func localSvc(a Annotations) LocalService {
 }
 
 func slice(ready int, notReady int, base string) EndpointSlice {
-	es := EndpointSlice{Ports: []ServicePort{{Name: "http", Proto: datapath.TCP, Port: 8080}}}
+	es := EndpointSlice{Ports: []ServicePort{{Name: "http", Proto: ipproto.TCP, Port: 8080}}}
 	for i := range ready + notReady {
 		es.Endpoints = append(es.Endpoints, Endpoint{Addr: netip.MustParseAddr(fmt.Sprintf("%s.%d", base, i+1)), Usable: i < ready})
 	}
@@ -199,7 +200,7 @@ func TestFailoverFailback(t *testing.T) {
 func TestFrontendsAndPorts(t *testing.T) {
 	s := sink{}
 	m := New(Config{ClusterID: 1}, s)
-	dns := []ServicePort{{Name: "dns", Proto: datapath.UDP, Port: 53}, {Name: "dns-tcp", Proto: datapath.TCP, Port: 53}}
+	dns := []ServicePort{{Name: "dns", Proto: ipproto.UDP, Port: 53}, {Name: "dns-tcp", Proto: ipproto.TCP, Port: 53}}
 	ls := LocalService{
 		ClusterIPs:  []netip.Addr{netip.MustParseAddr("10.96.0.53"), netip.MustParseAddr("fd00::53")},
 		Ports:       dns,
@@ -207,22 +208,22 @@ func TestFrontendsAndPorts(t *testing.T) {
 	}
 	m.SetLocalService(Name{"kube-system", "dns"}, ls)
 	m.SetEndpointSlice(Name{"kube-system", "dns"}, "v4", EndpointSlice{
-		Ports:     []ServicePort{{Name: "dns", Proto: datapath.UDP, Port: 5353}, {Name: "dns-tcp", Proto: datapath.TCP, Port: 5353}},
+		Ports:     []ServicePort{{Name: "dns", Proto: ipproto.UDP, Port: 5353}, {Name: "dns-tcp", Proto: ipproto.TCP, Port: 5353}},
 		Endpoints: []Endpoint{{netip.MustParseAddr("10.1.0.5"), true}, {netip.MustParseAddr("10.1.0.6"), false}},
 	})
 	m.SetEndpointSlice(Name{"kube-system", "dns"}, "v6", EndpointSlice{
-		Ports:     []ServicePort{{Name: "dns", Proto: datapath.UDP, Port: 5353}},
+		Ports:     []ServicePort{{Name: "dns", Proto: ipproto.UDP, Port: 5353}},
 		Endpoints: []Endpoint{{netip.MustParseAddr("fd01::5"), true}},
 	})
 	m.SetRemote(Name{"kube-system", "dns"}, "c2", RemoteService{ClusterID: 2, Shared: true, Backends: map[PortKey][]netip.AddrPort{
-		{"dns", datapath.UDP}:   {netip.MustParseAddrPort("10.2.0.9:53"), netip.MustParseAddrPort("10.2.0.8:53")},
-		{"other", datapath.UDP}: {netip.MustParseAddrPort("10.2.0.7:53")},
+		{"dns", ipproto.UDP}:   {netip.MustParseAddrPort("10.2.0.9:53"), netip.MustParseAddrPort("10.2.0.8:53")},
+		{"other", ipproto.UDP}: {netip.MustParseAddrPort("10.2.0.7:53")},
 	}})
 	m.Flush()
 	if len(s) != 4 {
 		t.Fatalf("want 4 frontends (2 IPs x 2 ports), got %d: %v", len(s), s)
 	}
-	udp4 := s[datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.53:53"), Proto: datapath.UDP}]
+	udp4 := s[datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.53:53"), Proto: ipproto.UDP}]
 	want := []datapath.Backend{
 		{Addr: netip.MustParseAddrPort("10.1.0.5:5353"), ClusterID: 1, Weight: 1},
 		{Addr: netip.MustParseAddrPort("10.2.0.8:53"), ClusterID: 2, Weight: 1},
@@ -231,11 +232,11 @@ func TestFrontendsAndPorts(t *testing.T) {
 	if !slices.Equal(udp4.Backends, want) {
 		t.Fatalf("udp4 backends %v, want %v", udp4.Backends, want)
 	}
-	udp6 := s[datapath.Frontend{Addr: netip.MustParseAddrPort("[fd00::53]:53"), Proto: datapath.UDP}]
+	udp6 := s[datapath.Frontend{Addr: netip.MustParseAddrPort("[fd00::53]:53"), Proto: ipproto.UDP}]
 	if len(udp6.Backends) != 1 || udp6.Backends[0].Addr != netip.MustParseAddrPort("[fd01::5]:5353") {
 		t.Fatalf("udp6 backends %v", udp6.Backends)
 	}
-	tcp4 := s[datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.53:53"), Proto: datapath.TCP}]
+	tcp4 := s[datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.53:53"), Proto: ipproto.TCP}]
 	if len(tcp4.Backends) != 1 {
 		t.Fatalf("tcp4 backends %v", tcp4.Backends)
 	}

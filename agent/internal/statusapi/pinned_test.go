@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 func TestPrintPinned(t *testing.T) {
@@ -24,7 +25,7 @@ func TestPrintPinned(t *testing.T) {
 	} {
 		st.IPCache[e.Prefix] = e
 	}
-	fe := datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: datapath.TCP}
+	fe := datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: ipproto.TCP}
 	st.Services[fe] = datapath.Service{Frontend: fe, Backends: []datapath.Backend{
 		{Addr: netip.MustParseAddrPort("10.1.0.10:8080"), ClusterID: 1, Weight: 1},
 		{Addr: netip.MustParseAddrPort("10.2.0.10:8080"), ClusterID: 2, Weight: 0},

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 
 	"google.golang.org/grpc"
@@ -22,6 +23,7 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/policysync"
 	"github.com/clustermesh/clustermesh/agent/internal/policywatch"
 	agentv1 "github.com/clustermesh/clustermesh/api/agent/v1"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // Policy is what the server needs of the agent's policy plane.
@@ -36,7 +38,7 @@ type Policy interface {
 	Policies() int
 	Failures() int
 	Drops() map[policysync.DropKey]uint64
-	Narrowed() map[string]int
+	NamedPortConflicts() map[policy.ID][]string
 }
 
 // SetPolicy adds the policy plane to the status and serves GetPolicy and
@@ -56,11 +58,10 @@ func (s *Server) policyStatus(names map[uint32]string) *agentv1.PolicyStatus {
 		out.Drops = append(out.Drops, &agentv1.PolicyDrops{Policy: k.Policy, Direction: dirName(k.Egress),
 			SourceClusterId: k.SrcCluster, SourceCluster: clusterName(names, k.SrcCluster, s.cfg), Count: drops[k]})
 	}
-	if n := p.Narrowed(); len(n) > 0 {
-		out.Narrowed = map[string]uint32{}
-		for k, v := range n {
-			out.Narrowed[k] = uint32(v)
-		}
+	conflicts := p.NamedPortConflicts()
+	for _, id := range slices.Sorted(maps.Keys(conflicts)) {
+		out.NamedPortConflicts = append(out.NamedPortConflicts, &agentv1.NamedPortConflict{
+			Identity: uint32(id), Labels: p.Labels(id), Names: conflicts[id]})
 	}
 	return out
 }
@@ -116,8 +117,6 @@ func (s *Server) dirPolicy(d policy.DirPolicy) *agentv1.DirectionPolicy {
 		e := d.Entries[k]
 		pe := &agentv1.PolicyEntry{Protocol: k.Proto.String(), Port: uint32(k.Port), EndPort: uint32(k.EndPort), Deny: e.Deny, Rule: e.Rule.String()}
 		switch {
-		case k.Peer.Prefix.IsValid():
-			pe.Peer = k.Peer.Prefix.String()
 		case k.Peer.ID == 0:
 			pe.Peer = "*"
 		default:
@@ -130,8 +129,7 @@ func (s *Server) dirPolicy(d policy.DirPolicy) *agentv1.DirectionPolicy {
 }
 
 func compareKeys(a, b policy.Key) int {
-	return cmp.Or(cmp.Compare(a.Peer.ID, b.Peer.ID), a.Peer.Prefix.Addr().Compare(b.Peer.Prefix.Addr()),
-		cmp.Compare(a.Peer.Prefix.Bits(), b.Peer.Prefix.Bits()), cmp.Compare(a.Proto, b.Proto),
+	return cmp.Or(cmp.Compare(a.Peer.ID, b.Peer.ID), cmp.Compare(a.Proto, b.Proto),
 		cmp.Compare(a.Port, b.Port), cmp.Compare(a.EndPort, b.EndPort))
 }
 
@@ -161,7 +159,7 @@ func (s *Server) TracePolicy(_ context.Context, req *agentv1.TracePolicyRequest)
 	if err != nil {
 		return nil, err
 	}
-	proto, ok := rules.ParseProtocol(req.GetProtocol(), rules.ProtoTCP)
+	proto, ok := rules.ParseProtocol(req.GetProtocol(), ipproto.TCP)
 	if !ok || req.GetDport() > 65535 {
 		return nil, status.Errorf(codes.InvalidArgument, "bad port or protocol %d/%s", req.GetDport(), req.GetProtocol())
 	}
@@ -303,8 +301,9 @@ func printPolicyStatus(w io.Writer, p *agentv1.PolicyStatus) {
 	for _, r := range p.GetRefused() {
 		fmt.Fprintf(w, "  refused %s: %s\n", r.GetPolicy(), r.GetReason())
 	}
-	for _, k := range slices.Sorted(maps.Keys(p.GetNarrowed())) {
-		fmt.Fprintf(w, "  %s: %d CIDR keys enforced narrower than written (CIDR rules are not in the datapath yet)\n", k, p.GetNarrowed()[k])
+	for _, c := range p.GetNamedPortConflicts() {
+		fmt.Fprintf(w, "  named ports of identity %d (%s) disagree, rules naming them add nothing for it: %s\n",
+			c.GetIdentity(), c.GetLabels(), strings.Join(c.GetNames(), "; "))
 	}
 	if len(p.GetDrops()) == 0 {
 		return

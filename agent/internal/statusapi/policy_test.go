@@ -18,6 +18,7 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/policysync"
 	"github.com/clustermesh/clustermesh/agent/internal/policywatch"
 	agentv1 "github.com/clustermesh/clustermesh/api/agent/v1"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 	"github.com/clustermesh/clustermesh/internal/testwait"
 )
 
@@ -52,7 +53,7 @@ func (enginePolicy) Failures() int { return 0 }
 func (enginePolicy) Drops() map[policysync.DropKey]uint64 {
 	return map[policysync.DropKey]uint64{{Policy: policysync.DefaultDeny, SrcCluster: 3}: 7}
 }
-func (enginePolicy) Narrowed() map[string]int { return nil }
+func (p enginePolicy) NamedPortConflicts() map[policy.ID][]string { return p.e.NamedPortConflicts() }
 
 // TestPolicyOverSocket serves the policy of a real engine and reads it back
 // through the client functions the agent's policy commands use.
@@ -70,6 +71,9 @@ func TestPolicyOverSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.UpsertPolicy(pol)
+	for _, port := range []uint16{8080, 8081} { // two endpoints of web disagree on "http"
+		e.UpdateEndpointPorts(policy.EndpointPorts{}, policy.EndpointPorts{ID: web, Ports: []policy.NamedPort{{Name: "http", Port: port, Proto: ipproto.TCP}}})
+	}
 
 	dir, err := os.MkdirTemp("", "cmst")
 	if err != nil {
@@ -138,7 +142,8 @@ func TestPolicyOverSocket(t *testing.T) {
 	if err := PrintTable(&buf, st); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Policies: 1 programmed, 1 refused", "refused cnp/shop/l7: L7 rules", "DROPPED BY", "(default deny)"} {
+	for _, want := range []string{"Policies: 1 programmed, 1 refused", "refused cnp/shop/l7: L7 rules", "DROPPED BY", "(default deny)",
+		"named ports of identity 65792 (k8s:app=web", "http: 8080/TCP on 1 of 2 endpoints, 8081/TCP on 1 of 2 endpoints"} {
 		if !strings.Contains(buf.String(), want) {
 			t.Errorf("status table lacks %q:\n%s", want, buf.String())
 		}

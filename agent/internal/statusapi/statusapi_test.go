@@ -20,6 +20,7 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/remotecluster"
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -37,7 +38,7 @@ func (fakes) Status() []remotecluster.Status {
 func (fakes) ClusterNames() map[uint32]string { return map[uint32]string{1: "c1", 2: "c2"} }
 func (fakes) Snapshot() []servicemerge.Snapshot {
 	return []servicemerge.Snapshot{{Name: servicemerge.Name{Namespace: "shop", Name: "web"}, Services: []datapath.Service{{
-		Frontend: datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: datapath.TCP},
+		Frontend: datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: ipproto.TCP},
 		Backends: []datapath.Backend{{Addr: netip.MustParseAddrPort("10.2.0.1:8080"), ClusterID: 2, Weight: 1}},
 	}}}}
 }

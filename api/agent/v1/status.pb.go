@@ -212,13 +212,13 @@ type PolicyStatus struct {
 	// Drops by policy ("(default deny)" when no deny rule decided),
 	// direction and source cluster.
 	Drops []*PolicyDrops `protobuf:"bytes,3,rep,name=drops,proto3" json:"drops,omitempty"`
-	// Per policy, resolved keys with a CIDR peer that the datapath enforces
-	// narrower than written (a CIDR deny as a world deny, a CIDR allow left out).
-	Narrowed map[string]uint32 `protobuf:"bytes,4,rep,name=narrowed,proto3" json:"narrowed,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	// Policy diffs the datapath failed to apply.
-	Failures      uint64 `protobuf:"varint,5,opt,name=failures,proto3" json:"failures,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Failures uint64 `protobuf:"varint,5,opt,name=failures,proto3" json:"failures,omitempty"`
+	// Identities whose endpoints disagree on a named port: rules naming it
+	// add no key for that identity.
+	NamedPortConflicts []*NamedPortConflict `protobuf:"bytes,150,rep,name=named_port_conflicts,json=namedPortConflicts,proto3" json:"named_port_conflicts,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *PolicyStatus) Reset() {
@@ -272,18 +272,79 @@ func (x *PolicyStatus) GetDrops() []*PolicyDrops {
 	return nil
 }
 
-func (x *PolicyStatus) GetNarrowed() map[string]uint32 {
-	if x != nil {
-		return x.Narrowed
-	}
-	return nil
-}
-
 func (x *PolicyStatus) GetFailures() uint64 {
 	if x != nil {
 		return x.Failures
 	}
 	return 0
+}
+
+func (x *PolicyStatus) GetNamedPortConflicts() []*NamedPortConflict {
+	if x != nil {
+		return x.NamedPortConflicts
+	}
+	return nil
+}
+
+type NamedPortConflict struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Identity uint32                 `protobuf:"varint,1,opt,name=identity,proto3" json:"identity,omitempty"`
+	Labels   string                 `protobuf:"bytes,2,opt,name=labels,proto3" json:"labels,omitempty"`
+	// "name: port/proto on n of m endpoints, ..." per conflicting name.
+	Names         []string `protobuf:"bytes,3,rep,name=names,proto3" json:"names,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NamedPortConflict) Reset() {
+	*x = NamedPortConflict{}
+	mi := &file_status_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NamedPortConflict) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NamedPortConflict) ProtoMessage() {}
+
+func (x *NamedPortConflict) ProtoReflect() protoreflect.Message {
+	mi := &file_status_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NamedPortConflict.ProtoReflect.Descriptor instead.
+func (*NamedPortConflict) Descriptor() ([]byte, []int) {
+	return file_status_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *NamedPortConflict) GetIdentity() uint32 {
+	if x != nil {
+		return x.Identity
+	}
+	return 0
+}
+
+func (x *NamedPortConflict) GetLabels() string {
+	if x != nil {
+		return x.Labels
+	}
+	return ""
+}
+
+func (x *NamedPortConflict) GetNames() []string {
+	if x != nil {
+		return x.Names
+	}
+	return nil
 }
 
 type PolicyRefusal struct {
@@ -296,7 +357,7 @@ type PolicyRefusal struct {
 
 func (x *PolicyRefusal) Reset() {
 	*x = PolicyRefusal{}
-	mi := &file_status_proto_msgTypes[3]
+	mi := &file_status_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -308,7 +369,7 @@ func (x *PolicyRefusal) String() string {
 func (*PolicyRefusal) ProtoMessage() {}
 
 func (x *PolicyRefusal) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[3]
+	mi := &file_status_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -321,7 +382,7 @@ func (x *PolicyRefusal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyRefusal.ProtoReflect.Descriptor instead.
 func (*PolicyRefusal) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{3}
+	return file_status_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PolicyRefusal) GetPolicy() string {
@@ -351,7 +412,7 @@ type PolicyDrops struct {
 
 func (x *PolicyDrops) Reset() {
 	*x = PolicyDrops{}
-	mi := &file_status_proto_msgTypes[4]
+	mi := &file_status_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -363,7 +424,7 @@ func (x *PolicyDrops) String() string {
 func (*PolicyDrops) ProtoMessage() {}
 
 func (x *PolicyDrops) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[4]
+	mi := &file_status_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -376,7 +437,7 @@ func (x *PolicyDrops) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyDrops.ProtoReflect.Descriptor instead.
 func (*PolicyDrops) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{4}
+	return file_status_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PolicyDrops) GetPolicy() string {
@@ -425,7 +486,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_status_proto_msgTypes[5]
+	mi := &file_status_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -437,7 +498,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[5]
+	mi := &file_status_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -450,7 +511,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{5}
+	return file_status_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetPolicyRequest) GetEndpoint() string {
@@ -469,7 +530,7 @@ type GetPolicyResponse struct {
 
 func (x *GetPolicyResponse) Reset() {
 	*x = GetPolicyResponse{}
-	mi := &file_status_proto_msgTypes[6]
+	mi := &file_status_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -481,7 +542,7 @@ func (x *GetPolicyResponse) String() string {
 func (*GetPolicyResponse) ProtoMessage() {}
 
 func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[6]
+	mi := &file_status_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -494,7 +555,7 @@ func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
 func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{6}
+	return file_status_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetPolicyResponse) GetEndpoints() []*EndpointPolicy {
@@ -516,7 +577,7 @@ type EndpointPolicy struct {
 
 func (x *EndpointPolicy) Reset() {
 	*x = EndpointPolicy{}
-	mi := &file_status_proto_msgTypes[7]
+	mi := &file_status_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -528,7 +589,7 @@ func (x *EndpointPolicy) String() string {
 func (*EndpointPolicy) ProtoMessage() {}
 
 func (x *EndpointPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[7]
+	mi := &file_status_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -541,7 +602,7 @@ func (x *EndpointPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointPolicy.ProtoReflect.Descriptor instead.
 func (*EndpointPolicy) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{7}
+	return file_status_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *EndpointPolicy) GetIdentity() uint32 {
@@ -583,7 +644,7 @@ type DirectionPolicy struct {
 
 func (x *DirectionPolicy) Reset() {
 	*x = DirectionPolicy{}
-	mi := &file_status_proto_msgTypes[8]
+	mi := &file_status_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -595,7 +656,7 @@ func (x *DirectionPolicy) String() string {
 func (*DirectionPolicy) ProtoMessage() {}
 
 func (x *DirectionPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[8]
+	mi := &file_status_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -608,7 +669,7 @@ func (x *DirectionPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectionPolicy.ProtoReflect.Descriptor instead.
 func (*DirectionPolicy) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{8}
+	return file_status_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DirectionPolicy) GetEnforced() bool {
@@ -627,7 +688,7 @@ func (x *DirectionPolicy) GetEntries() []*PolicyEntry {
 
 type PolicyEntry struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// An identity number, a CIDR, or "*" (every peer).
+	// An identity number or "*" (every peer).
 	Peer       string `protobuf:"bytes,1,opt,name=peer,proto3" json:"peer,omitempty"`
 	PeerLabels string `protobuf:"bytes,2,opt,name=peer_labels,json=peerLabels,proto3" json:"peer_labels,omitempty"`
 	// ANY, TCP, UDP or SCTP; port 0 is every port.
@@ -642,7 +703,7 @@ type PolicyEntry struct {
 
 func (x *PolicyEntry) Reset() {
 	*x = PolicyEntry{}
-	mi := &file_status_proto_msgTypes[9]
+	mi := &file_status_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -654,7 +715,7 @@ func (x *PolicyEntry) String() string {
 func (*PolicyEntry) ProtoMessage() {}
 
 func (x *PolicyEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[9]
+	mi := &file_status_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -667,7 +728,7 @@ func (x *PolicyEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyEntry.ProtoReflect.Descriptor instead.
 func (*PolicyEntry) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{9}
+	return file_status_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PolicyEntry) GetPeer() string {
@@ -733,7 +794,7 @@ type TracePolicyRequest struct {
 
 func (x *TracePolicyRequest) Reset() {
 	*x = TracePolicyRequest{}
-	mi := &file_status_proto_msgTypes[10]
+	mi := &file_status_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -745,7 +806,7 @@ func (x *TracePolicyRequest) String() string {
 func (*TracePolicyRequest) ProtoMessage() {}
 
 func (x *TracePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[10]
+	mi := &file_status_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -758,7 +819,7 @@ func (x *TracePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TracePolicyRequest.ProtoReflect.Descriptor instead.
 func (*TracePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{10}
+	return file_status_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *TracePolicyRequest) GetSrc() string {
@@ -802,7 +863,7 @@ type TracePolicyResponse struct {
 
 func (x *TracePolicyResponse) Reset() {
 	*x = TracePolicyResponse{}
-	mi := &file_status_proto_msgTypes[11]
+	mi := &file_status_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -814,7 +875,7 @@ func (x *TracePolicyResponse) String() string {
 func (*TracePolicyResponse) ProtoMessage() {}
 
 func (x *TracePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[11]
+	mi := &file_status_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -827,7 +888,7 @@ func (x *TracePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TracePolicyResponse.ProtoReflect.Descriptor instead.
 func (*TracePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{11}
+	return file_status_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *TracePolicyResponse) GetAllowed() bool {
@@ -878,7 +939,7 @@ type TraceVerdict struct {
 
 func (x *TraceVerdict) Reset() {
 	*x = TraceVerdict{}
-	mi := &file_status_proto_msgTypes[12]
+	mi := &file_status_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -890,7 +951,7 @@ func (x *TraceVerdict) String() string {
 func (*TraceVerdict) ProtoMessage() {}
 
 func (x *TraceVerdict) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[12]
+	mi := &file_status_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -903,7 +964,7 @@ func (x *TraceVerdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TraceVerdict.ProtoReflect.Descriptor instead.
 func (*TraceVerdict) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{12}
+	return file_status_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TraceVerdict) GetEvaluated() bool {
@@ -967,7 +1028,7 @@ type RemoteCluster struct {
 
 func (x *RemoteCluster) Reset() {
 	*x = RemoteCluster{}
-	mi := &file_status_proto_msgTypes[13]
+	mi := &file_status_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -979,7 +1040,7 @@ func (x *RemoteCluster) String() string {
 func (*RemoteCluster) ProtoMessage() {}
 
 func (x *RemoteCluster) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[13]
+	mi := &file_status_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -992,7 +1053,7 @@ func (x *RemoteCluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoteCluster.ProtoReflect.Descriptor instead.
 func (*RemoteCluster) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{13}
+	return file_status_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RemoteCluster) GetName() string {
@@ -1115,7 +1176,7 @@ type RefusedClaims struct {
 
 func (x *RefusedClaims) Reset() {
 	*x = RefusedClaims{}
-	mi := &file_status_proto_msgTypes[14]
+	mi := &file_status_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1127,7 +1188,7 @@ func (x *RefusedClaims) String() string {
 func (*RefusedClaims) ProtoMessage() {}
 
 func (x *RefusedClaims) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[14]
+	mi := &file_status_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1140,7 +1201,7 @@ func (x *RefusedClaims) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefusedClaims.ProtoReflect.Descriptor instead.
 func (*RefusedClaims) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{14}
+	return file_status_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RefusedClaims) GetReason() string {
@@ -1177,7 +1238,7 @@ type ClaimConflict struct {
 
 func (x *ClaimConflict) Reset() {
 	*x = ClaimConflict{}
-	mi := &file_status_proto_msgTypes[15]
+	mi := &file_status_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1189,7 +1250,7 @@ func (x *ClaimConflict) String() string {
 func (*ClaimConflict) ProtoMessage() {}
 
 func (x *ClaimConflict) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[15]
+	mi := &file_status_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1202,7 +1263,7 @@ func (x *ClaimConflict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClaimConflict.ProtoReflect.Descriptor instead.
 func (*ClaimConflict) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{15}
+	return file_status_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ClaimConflict) GetKind() string {
@@ -1240,7 +1301,7 @@ type KindStatus struct {
 
 func (x *KindStatus) Reset() {
 	*x = KindStatus{}
-	mi := &file_status_proto_msgTypes[16]
+	mi := &file_status_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1252,7 +1313,7 @@ func (x *KindStatus) String() string {
 func (*KindStatus) ProtoMessage() {}
 
 func (x *KindStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[16]
+	mi := &file_status_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1265,7 +1326,7 @@ func (x *KindStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KindStatus.ProtoReflect.Descriptor instead.
 func (*KindStatus) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{16}
+	return file_status_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *KindStatus) GetKind() string {
@@ -1316,7 +1377,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_status_proto_msgTypes[17]
+	mi := &file_status_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1328,7 +1389,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[17]
+	mi := &file_status_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1341,7 +1402,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{17}
+	return file_status_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Service) GetNamespace() string {
@@ -1391,7 +1452,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_status_proto_msgTypes[18]
+	mi := &file_status_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1403,7 +1464,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[18]
+	mi := &file_status_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1416,7 +1477,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{18}
+	return file_status_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Backend) GetAddress() string {
@@ -1458,7 +1519,7 @@ type TunnelEntry struct {
 
 func (x *TunnelEntry) Reset() {
 	*x = TunnelEntry{}
-	mi := &file_status_proto_msgTypes[19]
+	mi := &file_status_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1470,7 +1531,7 @@ func (x *TunnelEntry) String() string {
 func (*TunnelEntry) ProtoMessage() {}
 
 func (x *TunnelEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[19]
+	mi := &file_status_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1483,7 +1544,7 @@ func (x *TunnelEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TunnelEntry.ProtoReflect.Descriptor instead.
 func (*TunnelEntry) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{19}
+	return file_status_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *TunnelEntry) GetCidr() string {
@@ -1519,7 +1580,7 @@ type IPCacheEntry struct {
 
 func (x *IPCacheEntry) Reset() {
 	*x = IPCacheEntry{}
-	mi := &file_status_proto_msgTypes[20]
+	mi := &file_status_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1531,7 +1592,7 @@ func (x *IPCacheEntry) String() string {
 func (*IPCacheEntry) ProtoMessage() {}
 
 func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[20]
+	mi := &file_status_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1544,7 +1605,7 @@ func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPCacheEntry.ProtoReflect.Descriptor instead.
 func (*IPCacheEntry) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{20}
+	return file_status_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *IPCacheEntry) GetPrefix() string {
@@ -1596,16 +1657,17 @@ const file_status_proto_rawDesc = "" +
 	"\x11datapath_failures\x18\n" +
 	" \x01(\x04R\x10datapathFailures\x12.\n" +
 	"\x13datapath_last_error\x18\v \x01(\tR\x11datapathLastError\x12;\n" +
-	"\x06policy\x18\xfa\x01 \x01(\v2\".clustermesh.agent.v1.PolicyStatusR\x06policy\"\xc9\x02\n" +
+	"\x06policy\x18\xfa\x01 \x01(\v2\".clustermesh.agent.v1.PolicyStatusR\x06policy\"\xaa\x02\n" +
 	"\fPolicyStatus\x12\x1a\n" +
 	"\bpolicies\x18\x01 \x01(\rR\bpolicies\x12=\n" +
 	"\arefused\x18\x02 \x03(\v2#.clustermesh.agent.v1.PolicyRefusalR\arefused\x127\n" +
-	"\x05drops\x18\x03 \x03(\v2!.clustermesh.agent.v1.PolicyDropsR\x05drops\x12L\n" +
-	"\bnarrowed\x18\x04 \x03(\v20.clustermesh.agent.v1.PolicyStatus.NarrowedEntryR\bnarrowed\x12\x1a\n" +
-	"\bfailures\x18\x05 \x01(\x04R\bfailures\x1a;\n" +
-	"\rNarrowedEntry\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"?\n" +
+	"\x05drops\x18\x03 \x03(\v2!.clustermesh.agent.v1.PolicyDropsR\x05drops\x12\x1a\n" +
+	"\bfailures\x18\x05 \x01(\x04R\bfailures\x12Z\n" +
+	"\x14named_port_conflicts\x18\x96\x01 \x03(\v2'.clustermesh.agent.v1.NamedPortConflictR\x12namedPortConflictsJ\x04\b\x04\x10\x05R\bnarrowed\"]\n" +
+	"\x11NamedPortConflict\x12\x1a\n" +
+	"\bidentity\x18\x01 \x01(\rR\bidentity\x12\x16\n" +
+	"\x06labels\x18\x02 \x01(\tR\x06labels\x12\x14\n" +
+	"\x05names\x18\x03 \x03(\tR\x05names\"?\n" +
 	"\rPolicyRefusal\x12\x16\n" +
 	"\x06policy\x18\x01 \x01(\tR\x06policy\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xac\x01\n" +
@@ -1733,54 +1795,54 @@ var file_status_proto_goTypes = []any{
 	(*GetStatusRequest)(nil),      // 0: clustermesh.agent.v1.GetStatusRequest
 	(*GetStatusResponse)(nil),     // 1: clustermesh.agent.v1.GetStatusResponse
 	(*PolicyStatus)(nil),          // 2: clustermesh.agent.v1.PolicyStatus
-	(*PolicyRefusal)(nil),         // 3: clustermesh.agent.v1.PolicyRefusal
-	(*PolicyDrops)(nil),           // 4: clustermesh.agent.v1.PolicyDrops
-	(*GetPolicyRequest)(nil),      // 5: clustermesh.agent.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),     // 6: clustermesh.agent.v1.GetPolicyResponse
-	(*EndpointPolicy)(nil),        // 7: clustermesh.agent.v1.EndpointPolicy
-	(*DirectionPolicy)(nil),       // 8: clustermesh.agent.v1.DirectionPolicy
-	(*PolicyEntry)(nil),           // 9: clustermesh.agent.v1.PolicyEntry
-	(*TracePolicyRequest)(nil),    // 10: clustermesh.agent.v1.TracePolicyRequest
-	(*TracePolicyResponse)(nil),   // 11: clustermesh.agent.v1.TracePolicyResponse
-	(*TraceVerdict)(nil),          // 12: clustermesh.agent.v1.TraceVerdict
-	(*RemoteCluster)(nil),         // 13: clustermesh.agent.v1.RemoteCluster
-	(*RefusedClaims)(nil),         // 14: clustermesh.agent.v1.RefusedClaims
-	(*ClaimConflict)(nil),         // 15: clustermesh.agent.v1.ClaimConflict
-	(*KindStatus)(nil),            // 16: clustermesh.agent.v1.KindStatus
-	(*Service)(nil),               // 17: clustermesh.agent.v1.Service
-	(*Backend)(nil),               // 18: clustermesh.agent.v1.Backend
-	(*TunnelEntry)(nil),           // 19: clustermesh.agent.v1.TunnelEntry
-	(*IPCacheEntry)(nil),          // 20: clustermesh.agent.v1.IPCacheEntry
-	nil,                           // 21: clustermesh.agent.v1.PolicyStatus.NarrowedEntry
+	(*NamedPortConflict)(nil),     // 3: clustermesh.agent.v1.NamedPortConflict
+	(*PolicyRefusal)(nil),         // 4: clustermesh.agent.v1.PolicyRefusal
+	(*PolicyDrops)(nil),           // 5: clustermesh.agent.v1.PolicyDrops
+	(*GetPolicyRequest)(nil),      // 6: clustermesh.agent.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),     // 7: clustermesh.agent.v1.GetPolicyResponse
+	(*EndpointPolicy)(nil),        // 8: clustermesh.agent.v1.EndpointPolicy
+	(*DirectionPolicy)(nil),       // 9: clustermesh.agent.v1.DirectionPolicy
+	(*PolicyEntry)(nil),           // 10: clustermesh.agent.v1.PolicyEntry
+	(*TracePolicyRequest)(nil),    // 11: clustermesh.agent.v1.TracePolicyRequest
+	(*TracePolicyResponse)(nil),   // 12: clustermesh.agent.v1.TracePolicyResponse
+	(*TraceVerdict)(nil),          // 13: clustermesh.agent.v1.TraceVerdict
+	(*RemoteCluster)(nil),         // 14: clustermesh.agent.v1.RemoteCluster
+	(*RefusedClaims)(nil),         // 15: clustermesh.agent.v1.RefusedClaims
+	(*ClaimConflict)(nil),         // 16: clustermesh.agent.v1.ClaimConflict
+	(*KindStatus)(nil),            // 17: clustermesh.agent.v1.KindStatus
+	(*Service)(nil),               // 18: clustermesh.agent.v1.Service
+	(*Backend)(nil),               // 19: clustermesh.agent.v1.Backend
+	(*TunnelEntry)(nil),           // 20: clustermesh.agent.v1.TunnelEntry
+	(*IPCacheEntry)(nil),          // 21: clustermesh.agent.v1.IPCacheEntry
 	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
 }
 var file_status_proto_depIdxs = []int32{
-	13, // 0: clustermesh.agent.v1.GetStatusResponse.remote_clusters:type_name -> clustermesh.agent.v1.RemoteCluster
-	17, // 1: clustermesh.agent.v1.GetStatusResponse.services:type_name -> clustermesh.agent.v1.Service
-	19, // 2: clustermesh.agent.v1.GetStatusResponse.tunnels:type_name -> clustermesh.agent.v1.TunnelEntry
-	20, // 3: clustermesh.agent.v1.GetStatusResponse.ipcache:type_name -> clustermesh.agent.v1.IPCacheEntry
+	14, // 0: clustermesh.agent.v1.GetStatusResponse.remote_clusters:type_name -> clustermesh.agent.v1.RemoteCluster
+	18, // 1: clustermesh.agent.v1.GetStatusResponse.services:type_name -> clustermesh.agent.v1.Service
+	20, // 2: clustermesh.agent.v1.GetStatusResponse.tunnels:type_name -> clustermesh.agent.v1.TunnelEntry
+	21, // 3: clustermesh.agent.v1.GetStatusResponse.ipcache:type_name -> clustermesh.agent.v1.IPCacheEntry
 	2,  // 4: clustermesh.agent.v1.GetStatusResponse.policy:type_name -> clustermesh.agent.v1.PolicyStatus
-	3,  // 5: clustermesh.agent.v1.PolicyStatus.refused:type_name -> clustermesh.agent.v1.PolicyRefusal
-	4,  // 6: clustermesh.agent.v1.PolicyStatus.drops:type_name -> clustermesh.agent.v1.PolicyDrops
-	21, // 7: clustermesh.agent.v1.PolicyStatus.narrowed:type_name -> clustermesh.agent.v1.PolicyStatus.NarrowedEntry
-	7,  // 8: clustermesh.agent.v1.GetPolicyResponse.endpoints:type_name -> clustermesh.agent.v1.EndpointPolicy
-	8,  // 9: clustermesh.agent.v1.EndpointPolicy.ingress:type_name -> clustermesh.agent.v1.DirectionPolicy
-	8,  // 10: clustermesh.agent.v1.EndpointPolicy.egress:type_name -> clustermesh.agent.v1.DirectionPolicy
-	9,  // 11: clustermesh.agent.v1.DirectionPolicy.entries:type_name -> clustermesh.agent.v1.PolicyEntry
-	12, // 12: clustermesh.agent.v1.TracePolicyResponse.egress:type_name -> clustermesh.agent.v1.TraceVerdict
-	12, // 13: clustermesh.agent.v1.TracePolicyResponse.ingress:type_name -> clustermesh.agent.v1.TraceVerdict
-	16, // 14: clustermesh.agent.v1.RemoteCluster.kinds:type_name -> clustermesh.agent.v1.KindStatus
+	4,  // 5: clustermesh.agent.v1.PolicyStatus.refused:type_name -> clustermesh.agent.v1.PolicyRefusal
+	5,  // 6: clustermesh.agent.v1.PolicyStatus.drops:type_name -> clustermesh.agent.v1.PolicyDrops
+	3,  // 7: clustermesh.agent.v1.PolicyStatus.named_port_conflicts:type_name -> clustermesh.agent.v1.NamedPortConflict
+	8,  // 8: clustermesh.agent.v1.GetPolicyResponse.endpoints:type_name -> clustermesh.agent.v1.EndpointPolicy
+	9,  // 9: clustermesh.agent.v1.EndpointPolicy.ingress:type_name -> clustermesh.agent.v1.DirectionPolicy
+	9,  // 10: clustermesh.agent.v1.EndpointPolicy.egress:type_name -> clustermesh.agent.v1.DirectionPolicy
+	10, // 11: clustermesh.agent.v1.DirectionPolicy.entries:type_name -> clustermesh.agent.v1.PolicyEntry
+	13, // 12: clustermesh.agent.v1.TracePolicyResponse.egress:type_name -> clustermesh.agent.v1.TraceVerdict
+	13, // 13: clustermesh.agent.v1.TracePolicyResponse.ingress:type_name -> clustermesh.agent.v1.TraceVerdict
+	17, // 14: clustermesh.agent.v1.RemoteCluster.kinds:type_name -> clustermesh.agent.v1.KindStatus
 	22, // 15: clustermesh.agent.v1.RemoteCluster.last_change:type_name -> google.protobuf.Timestamp
 	22, // 16: clustermesh.agent.v1.RemoteCluster.last_heartbeat:type_name -> google.protobuf.Timestamp
-	14, // 17: clustermesh.agent.v1.RemoteCluster.refused_claims:type_name -> clustermesh.agent.v1.RefusedClaims
-	15, // 18: clustermesh.agent.v1.RemoteCluster.conflicts:type_name -> clustermesh.agent.v1.ClaimConflict
-	18, // 19: clustermesh.agent.v1.Service.backends:type_name -> clustermesh.agent.v1.Backend
+	15, // 17: clustermesh.agent.v1.RemoteCluster.refused_claims:type_name -> clustermesh.agent.v1.RefusedClaims
+	16, // 18: clustermesh.agent.v1.RemoteCluster.conflicts:type_name -> clustermesh.agent.v1.ClaimConflict
+	19, // 19: clustermesh.agent.v1.Service.backends:type_name -> clustermesh.agent.v1.Backend
 	0,  // 20: clustermesh.agent.v1.Status.GetStatus:input_type -> clustermesh.agent.v1.GetStatusRequest
-	5,  // 21: clustermesh.agent.v1.Status.GetPolicy:input_type -> clustermesh.agent.v1.GetPolicyRequest
-	10, // 22: clustermesh.agent.v1.Status.TracePolicy:input_type -> clustermesh.agent.v1.TracePolicyRequest
+	6,  // 21: clustermesh.agent.v1.Status.GetPolicy:input_type -> clustermesh.agent.v1.GetPolicyRequest
+	11, // 22: clustermesh.agent.v1.Status.TracePolicy:input_type -> clustermesh.agent.v1.TracePolicyRequest
 	1,  // 23: clustermesh.agent.v1.Status.GetStatus:output_type -> clustermesh.agent.v1.GetStatusResponse
-	6,  // 24: clustermesh.agent.v1.Status.GetPolicy:output_type -> clustermesh.agent.v1.GetPolicyResponse
-	11, // 25: clustermesh.agent.v1.Status.TracePolicy:output_type -> clustermesh.agent.v1.TracePolicyResponse
+	7,  // 24: clustermesh.agent.v1.Status.GetPolicy:output_type -> clustermesh.agent.v1.GetPolicyResponse
+	12, // 25: clustermesh.agent.v1.Status.TracePolicy:output_type -> clustermesh.agent.v1.TracePolicyResponse
 	23, // [23:26] is the sub-list for method output_type
 	20, // [20:23] is the sub-list for method input_type
 	20, // [20:20] is the sub-list for extension type_name

@@ -73,6 +73,32 @@ func cidrSet(cidr string, except []string) ([]netip.Prefix, error) {
 	return subtract(p, ex), nil
 }
 
+// everyAddress is the CIDR peer set the identity-keyed datapath enforces
+// exactly: every address of both families, which is the world entity
+// (Cilium: a CIDR selects only peers outside the cluster-managed
+// endpoints, and 0.0.0.0/0 with ::/0 is reserved:world).
+var everyAddress = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
+
+// errCIDRNotExact says why a CIDR peer other than every address is
+// refused.
+const errCIDRNotExact = "CIDR peers are enforced only as every address of both families " +
+	"(0.0.0.0/0 with ::/0, the world entity): the datapath keys policy by identity and has no " +
+	"identity per prefix, so any other prefix or an except would be enforced wider or narrower " +
+	"than written; use fromEntities/toEntities world or endpoint selectors"
+
+// cidrPeers turns a rule's CIDR peers (already normalized) into the world
+// selector when they are every address of both families; anything else
+// cannot be enforced exactly and is refused (ok false).
+func cidrPeers(ps []netip.Prefix) (world, ok bool) {
+	if len(ps) == 0 {
+		return false, true
+	}
+	if slices.Equal(ps, everyAddress) {
+		return true, true
+	}
+	return false, false
+}
+
 // normalize sorts prefixes and drops those covered by another.
 func normalize(ps []netip.Prefix) []netip.Prefix {
 	slices.SortFunc(ps, func(a, b netip.Prefix) int {

@@ -1,11 +1,13 @@
 package rules
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"net/netip"
 
 	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // The JSON form of cilium.io/v2 rules, with Cilium's field names. Fields the
@@ -247,12 +249,15 @@ func (t *translator) l3l4(path string, dir Direction, deny bool, pfx string, has
 		}
 		r.Peers.Selectors = append(r.Peers.Selectors, sels...)
 	}
+	var prefixes []netip.Prefix
+	cidrField := ""
 	for i, c := range cidrs {
+		f := fmt.Sprintf("%s.%sCIDR[%d]", path, pfx, i)
 		ps, err := cidrSet(c, nil)
 		if err != nil {
-			return Rule{}, t.refuse(fmt.Sprintf("%s.%sCIDR[%d]", path, pfx, i), err.Error(), ErrInvalid)
+			return Rule{}, t.refuse(f, err.Error(), ErrInvalid)
 		}
-		r.Peers.CIDRs = append(r.Peers.CIDRs, ps...)
+		prefixes, cidrField = append(prefixes, ps...), cmp.Or(cidrField, f)
 	}
 	for i, s := range sets {
 		f := fmt.Sprintf("%s.%sCIDRSet[%d]", path, pfx, i)
@@ -264,9 +269,11 @@ func (t *translator) l3l4(path string, dir Direction, deny bool, pfx string, has
 		if err != nil {
 			return Rule{}, t.refuse(f, err.Error(), ErrInvalid)
 		}
-		r.Peers.CIDRs = append(r.Peers.CIDRs, ps...)
+		prefixes, cidrField = append(prefixes, ps...), cmp.Or(cidrField, f)
 	}
-	r.Peers.CIDRs = normalizeOrNil(r.Peers.CIDRs)
+	if err := t.cidrs(&r, cidrField, prefixes); err != nil {
+		return Rule{}, err
+	}
 	if !hasPeers && len(ports) > 0 {
 		r.Peers.All = true
 	}
@@ -283,7 +290,7 @@ func (t *translator) l3l4(path string, dir Direction, deny bool, pfx string, has
 		}
 		for j, pp := range pr.Ports {
 			pf := fmt.Sprintf("%s.ports[%d]", f, j)
-			proto, ok := ParseProtocol(pp.Protocol, ProtoAny)
+			proto, ok := ParseProtocol(pp.Protocol, ipproto.Any)
 			if !ok {
 				return Rule{}, t.refuse(pf+".protocol", fmt.Sprintf("protocol %q (supported: TCP, UDP, SCTP, ANY)", pp.Protocol), ErrUnsupported)
 			}
@@ -331,9 +338,22 @@ func (t *translator) peer(s selector.Selector) selector.Selector {
 	return s
 }
 
-func normalizeOrNil(ps []netip.Prefix) []netip.Prefix {
-	if len(ps) == 0 {
+// cidrs adds a rule's CIDR peers: every address of both families is the
+// world entity; anything else is refused (field: the first CIDR field).
+func (t *translator) cidrs(r *Rule, field string, prefixes []netip.Prefix) error {
+	if len(prefixes) == 0 {
 		return nil
 	}
-	return normalize(ps)
+	world, ok := cidrPeers(normalize(prefixes))
+	if !ok {
+		return t.refuse(field, errCIDRNotExact, ErrUnsupported)
+	}
+	if world {
+		sels, err := selector.EntitySelectors(selector.EntityWorld, t.opts.ClusterName)
+		if err != nil {
+			return t.refuse(field, err.Error(), ErrInvalid)
+		}
+		r.Peers.Selectors = append(r.Peers.Selectors, sels...)
+	}
+	return nil
 }

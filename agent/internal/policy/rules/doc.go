@@ -16,6 +16,9 @@
 // namespace (CiliumClusterwideNetworkPolicy); with Options.DefaultLocalCluster
 // (Cilium's --policy-default-local-cluster, default true since 1.19) a peer
 // selector without a cluster term is restricted to the local cluster.
-// Selectors on reserved labels are left alone. CIDR peers with except are
-// resolved here into the disjoint prefixes that cover cidr minus except.
+// Selectors on reserved labels are left alone. CIDR peers (cidr minus its
+// except ranges, as disjoint prefixes) select only peers outside the mesh,
+// as in Cilium; the identity-keyed datapath enforces exactly only every
+// address of both families (0.0.0.0/0 with ::/0), which becomes the world
+// entity, so any other CIDR peer refuses the policy (ErrUnsupported).
 package rules

@@ -1,8 +1,10 @@
 package rules
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"slices"
 
 	networkingv1 "k8s.io/api/networking/v1"
@@ -10,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // translateKNP translates a networking.k8s.io/v1 NetworkPolicy with upstream
@@ -76,6 +79,8 @@ func (t *translator) knpRule(path string, dir Direction, peers []networkingv1.Ne
 	if dir == Egress {
 		pfx = "to"
 	}
+	var prefixes []netip.Prefix
+	cidrField := ""
 	for i, p := range peers {
 		f := fmt.Sprintf("%s.%s[%d]", path, pfx, i)
 		if p.IPBlock != nil {
@@ -86,7 +91,7 @@ func (t *translator) knpRule(path string, dir Direction, peers []networkingv1.Ne
 			if err != nil {
 				return Rule{}, t.refuse(f+".ipBlock", err.Error(), ErrInvalid)
 			}
-			r.Peers.CIDRs = append(r.Peers.CIDRs, ps...)
+			prefixes, cidrField = append(prefixes, ps...), cmp.Or(cidrField, f+".ipBlock")
 			continue
 		}
 		if p.PodSelector == nil && p.NamespaceSelector == nil {
@@ -112,13 +117,15 @@ func (t *translator) knpRule(path string, dir Direction, peers []networkingv1.Ne
 		}
 		r.Peers.Selectors = append(r.Peers.Selectors, t.peer(sel))
 	}
-	r.Peers.CIDRs = normalizeOrNil(r.Peers.CIDRs)
+	if err := t.cidrs(&r, cidrField, prefixes); err != nil {
+		return Rule{}, err
+	}
 	for i, p := range ports {
 		f := fmt.Sprintf("%s.ports[%d]", path, i)
-		proto := ProtoTCP
+		proto := ipproto.TCP
 		if p.Protocol != nil {
 			var ok bool
-			if proto, ok = ParseProtocol(string(*p.Protocol), ProtoTCP); !ok || proto == ProtoAny {
+			if proto, ok = ParseProtocol(string(*p.Protocol), ipproto.TCP); !ok || proto == ipproto.Any {
 				return Rule{}, t.refuse(f+".protocol", fmt.Sprintf("protocol %q (TCP, UDP or SCTP)", *p.Protocol), ErrInvalid)
 			}
 		}

@@ -3,11 +3,13 @@ package rules
 import (
 	"fmt"
 	"strconv"
+
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // portSpec validates one port entry. port is "" or "0" (every port), a
 // number, or an IANA service name (a named port).
-func portSpec(port string, endPort int32, proto Protocol) (Port, error) {
+func portSpec(port string, endPort int32, proto ipproto.Proto) (Port, error) {
 	if port == "" || port == "0" {
 		if endPort != 0 {
 			return Port{}, fmt.Errorf("endPort %d without a port", endPort)
@@ -26,7 +28,7 @@ func portSpec(port string, endPort int32, proto Protocol) (Port, error) {
 	return Port{Name: port, Proto: proto}, nil
 }
 
-func numericPort(n int, endPort int32, proto Protocol) (Port, error) {
+func numericPort(n int, endPort int32, proto ipproto.Proto) (Port, error) {
 	if n < 1 || n > 65535 {
 		return Port{}, fmt.Errorf("port %d out of range 1-65535", n)
 	}

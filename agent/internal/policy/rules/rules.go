@@ -3,11 +3,11 @@ package rules
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 
 	"github.com/spf13/pflag"
 
 	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // Sentinels for refused policies; a *RefusedError wraps one of them.
@@ -52,42 +52,19 @@ func (d Direction) String() string {
 	return "ingress"
 }
 
-// Protocol is an L4 protocol number; ProtoAny matches every protocol.
-type Protocol uint8
-
-// Protocols.
-const (
-	ProtoAny  Protocol = 0
-	ProtoTCP  Protocol = 6
-	ProtoUDP  Protocol = 17
-	ProtoSCTP Protocol = 132
-)
-
-func (p Protocol) String() string {
-	switch p {
-	case ProtoTCP:
-		return "TCP"
-	case ProtoUDP:
-		return "UDP"
-	case ProtoSCTP:
-		return "SCTP"
-	}
-	return "ANY"
-}
-
-// ParseProtocol parses TCP, UDP, SCTP or ANY ("" is def).
-func ParseProtocol(s string, def Protocol) (Protocol, bool) {
-	switch s {
-	case "":
+// ParseProtocol parses a policy's protocol: TCP, UDP, SCTP or ANY ("" is
+// def).
+func ParseProtocol(s string, def ipproto.Proto) (ipproto.Proto, bool) {
+	if s == "" {
 		return def, true
-	case "TCP":
-		return ProtoTCP, true
-	case "UDP":
-		return ProtoUDP, true
-	case "SCTP":
-		return ProtoSCTP, true
-	case "ANY":
-		return ProtoAny, true
+	}
+	p, err := ipproto.Parse(s)
+	if err != nil {
+		return 0, false
+	}
+	switch p {
+	case ipproto.TCP, ipproto.UDP, ipproto.SCTP, ipproto.Any:
+		return p, true
 	}
 	return 0, false
 }
@@ -98,7 +75,7 @@ type Port struct {
 	Port    uint16
 	EndPort uint16 // ≥ Port; equal to Port for a single port; 0 with Port 0
 	Name    string // named port, resolved against the destination endpoint
-	Proto   Protocol
+	Proto   ipproto.Proto
 }
 
 // Peers is the set of peers a rule applies to.
@@ -106,10 +83,10 @@ type Peers struct {
 	// All: every peer, identity or address (an L4-only rule, entity all, an
 	// empty NetworkPolicy from/to).
 	All bool
-	// Selectors select peer identities.
+	// Selectors select peer identities. A CIDR peer is accepted only as
+	// every address of both families, and becomes the world entity's
+	// selector.
 	Selectors []selector.Selector
-	// CIDRs are world addresses (except already removed), disjoint.
-	CIDRs []netip.Prefix
 }
 
 // Rule is one ingress, ingressDeny, egress or egressDeny entry.

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 var opts = Options{ClusterName: "c1", DefaultLocalCluster: true}
@@ -44,6 +45,11 @@ func TestRefused(t *testing.T) {
 		{"bad operator", cnp(`{"endpointSelector":{"matchExpressions":[{"key":"a","operator":"Gt","values":["1"]}]}}`), ErrInvalid, "spec.endpointSelector"},
 		{"unknown entity", cnp(`{"endpointSelector":{},"ingress":[{"fromEntities":["galaxy"]}]}`), ErrInvalid, "spec.ingress[0].fromEntities[0]"},
 		{"except outside cidr", cnp(`{"endpointSelector":{},"egress":[{"toCIDRSet":[{"cidr":"10.0.0.0/8","except":["11.0.0.0/16"]}]}]}`), ErrInvalid, "spec.egress[0].toCIDRSet[0]"},
+		{"a CIDR narrower than every address", cnp(`{"endpointSelector":{},"egress":[{"toCIDR":["10.0.0.0/8"]}]}`), ErrUnsupported, "spec.egress[0].toCIDR[0]"},
+		{"every IPv4 address alone", cnp(`{"endpointSelector":{},"ingressDeny":[{"fromCIDR":["0.0.0.0/0"]}]}`), ErrUnsupported, "spec.ingressDeny[0].fromCIDR[0]"},
+		{"every address with an except", cnp(`{"endpointSelector":{},"egress":[{"toCIDRSet":[{"cidr":"0.0.0.0/0","except":["10.0.0.0/8"]},{"cidr":"::/0"}]}]}`), ErrUnsupported, "spec.egress[0].toCIDRSet[0]"},
+		{"ipBlock of a pod range", knp(`{"podSelector":{},"ingress":[{"from":[{"podSelector":{}},{"ipBlock":{"cidr":"10.1.0.0/16"}}]}]}`), ErrUnsupported, "spec.ingress[0].from[1].ipBlock"},
+		{"ipBlock of a bare address", knp(`{"podSelector":{},"egress":[{"to":[{"ipBlock":{"cidr":"192.0.2.1/32"}}]}]}`), ErrUnsupported, "spec.egress[0].to[0].ipBlock"},
 		{"endPort below port", cnp(`{"endpointSelector":{},"ingress":[{"toPorts":[{"ports":[{"port":"90","endPort":80}]}]}]}`), ErrInvalid, "spec.ingress[0].toPorts[0].ports[0]"},
 		{"endPort with named port", knp(`{"podSelector":{},"ingress":[{"ports":[{"port":"http","endPort":90}]}]}`), ErrInvalid, "spec.ingress[0].ports[0]"},
 		{"missing endpointSelector", cnp(`{"ingress":[{}]}`), ErrInvalid, "spec.endpointSelector"},
@@ -122,6 +128,7 @@ func TestKNPTranslation(t *testing.T) {
 		"client-c2": selector.MustParseLabels("k8s:app=client", "k8s:io.kubernetes.pod.namespace=shop", "k8s:io.cilium.k8s.policy.cluster=c2"),
 		"mon-c1":    selector.MustParseLabels("k8s:app=prom", "k8s:io.kubernetes.pod.namespace=mon", "k8s:io.cilium.k8s.policy.cluster=c1", "k8s:io.cilium.k8s.namespace.labels.team=ops"),
 		"other-ns":  selector.MustParseLabels("k8s:app=client", "k8s:io.kubernetes.pod.namespace=dev", "k8s:io.cilium.k8s.policy.cluster=c1"),
+		"world":     selector.Reserved()[selector.IDWorld],
 	}
 	names := func(sels []selector.Selector) []string {
 		var out []string
@@ -141,21 +148,20 @@ func TestKNPTranslation(t *testing.T) {
 		rules    int
 		all      bool
 		peers    []string
-		cidrs    []string
 		ports    []Port
 	}{
 		{name: "empty podSelector selects the namespace, no rules denies ingress", spec: `{"podSelector":{}}`,
 			subjects: []string{"client-c1", "client-c2", "web-c1"}, deny: [2]bool{true, false}},
 		{name: "podSelector peer is same namespace and local cluster", spec: `{"podSelector":{"matchLabels":{"app":"web"}},"ingress":[{"from":[{"podSelector":{"matchLabels":{"app":"client"}}}],"ports":[{"port":80}]}]}`,
-			subjects: []string{"web-c1"}, deny: [2]bool{true, false}, rules: 1, peers: []string{"client-c1"}, ports: []Port{{Port: 80, EndPort: 80, Proto: ProtoTCP}}},
+			subjects: []string{"web-c1"}, deny: [2]bool{true, false}, rules: 1, peers: []string{"client-c1"}, ports: []Port{{Port: 80, EndPort: 80, Proto: ipproto.TCP}}},
 		{name: "namespaceSelector", spec: `{"podSelector":{},"ingress":[{"from":[{"namespaceSelector":{"matchLabels":{"team":"ops"}}}]}]}`,
 			subjects: []string{"client-c1", "client-c2", "web-c1"}, deny: [2]bool{true, false}, rules: 1, peers: []string{"mon-c1"}},
 		{name: "empty namespaceSelector is every namespace", spec: `{"podSelector":{},"ingress":[{"from":[{"namespaceSelector":{},"podSelector":{"matchLabels":{"app":"client"}}}]}]}`,
 			subjects: []string{"client-c1", "client-c2", "web-c1"}, deny: [2]bool{true, false}, rules: 1, peers: []string{"client-c1", "other-ns"}},
-		{name: "policyTypes Egress only ignores ingress rules", spec: `{"podSelector":{},"policyTypes":["Egress"],"ingress":[{}],"egress":[{"to":[{"ipBlock":{"cidr":"10.0.0.0/30","except":["10.0.0.0/31"]}}],"ports":[{"protocol":"UDP","port":53,"endPort":54}]}]}`,
-			subjects: []string{"client-c1", "client-c2", "web-c1"}, deny: [2]bool{false, true}, rules: 1, cidrs: []string{"10.0.0.2/31"}, ports: []Port{{Port: 53, EndPort: 54, Proto: ProtoUDP}}},
+		{name: "policyTypes Egress only ignores ingress rules; ipBlocks of every address are world", spec: `{"podSelector":{},"policyTypes":["Egress"],"ingress":[{}],"egress":[{"to":[{"ipBlock":{"cidr":"0.0.0.0/0"}},{"ipBlock":{"cidr":"::/0"}}],"ports":[{"protocol":"UDP","port":53,"endPort":54}]}]}`,
+			subjects: []string{"client-c1", "client-c2", "web-c1"}, deny: [2]bool{false, true}, rules: 1, peers: []string{"world"}, ports: []Port{{Port: 53, EndPort: 54, Proto: ipproto.UDP}}},
 		{name: "empty from admits everyone, named port", spec: `{"podSelector":{},"ingress":[{"ports":[{"port":"http"}]}]}`,
-			subjects: []string{"client-c1", "client-c2", "web-c1"}, deny: [2]bool{true, false}, rules: 1, all: true, ports: []Port{{Name: "http", Proto: ProtoTCP}}},
+			subjects: []string{"client-c1", "client-c2", "web-c1"}, deny: [2]bool{true, false}, rules: 1, all: true, ports: []Port{{Name: "http", Proto: ipproto.TCP}}},
 		{name: "egress rules imply Egress type", spec: `{"podSelector":{},"egress":[{}]}`,
 			subjects: []string{"client-c1", "client-c2", "web-c1"}, deny: [2]bool{true, true}, rules: 1, all: true},
 	}
@@ -185,15 +191,41 @@ func TestKNPTranslation(t *testing.T) {
 			if got := names(r.Peers.Selectors); len(r.Peers.Selectors) > 0 && !slices.Equal(got, tc.peers) {
 				t.Errorf("peers %v, want %v", got, tc.peers)
 			}
-			var cidrs []string
-			for _, c := range r.Peers.CIDRs {
-				cidrs = append(cidrs, c.String())
-			}
-			if !slices.Equal(cidrs, tc.cidrs) {
-				t.Errorf("cidrs %v, want %v", cidrs, tc.cidrs)
-			}
 			if !slices.Equal(r.Ports, tc.ports) {
 				t.Errorf("ports %+v, want %+v", r.Ports, tc.ports)
+			}
+		})
+	}
+}
+
+// TestEveryAddressIsWorld: CIDR peers covering every address of both
+// families, however written, are the world entity and nothing else.
+func TestEveryAddressIsWorld(t *testing.T) {
+	cases := []struct {
+		name string
+		obj  string
+	}{
+		{"toCIDR", cnp(`{"endpointSelector":{},"egress":[{"toCIDR":["0.0.0.0/0","::/0"]}]}`)},
+		{"fromCIDRSet with a covered prefix", cnp(`{"endpointSelector":{},"ingress":[{"fromCIDRSet":[{"cidr":"::/0"},{"cidr":"0.0.0.0/0"},{"cidr":"10.0.0.0/8"}]}]}`)},
+		{"toCIDR and toCIDRSet together", cnp(`{"endpointSelector":{},"egressDeny":[{"toCIDR":["0.0.0.0/0"],"toCIDRSet":[{"cidr":"::/0"}]}]}`)},
+		{"two ipBlocks", knp(`{"podSelector":{},"ingress":[{"from":[{"ipBlock":{"cidr":"0.0.0.0/0"}},{"ipBlock":{"cidr":"::/0"}}]}]}`)},
+	}
+	world := selector.Reserved()[selector.IDWorld]
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := mustDecode(t, tc.obj, opts)
+			r := p.Specs[0].Rules[0]
+			if r.Peers.All || len(r.Peers.Selectors) != 1 || !r.Peers.Selectors[0].Matches(world) {
+				t.Fatalf("peers %+v, want the world selector only", r.Peers)
+			}
+			for id, ls := range selector.Reserved() {
+				if id != selector.IDWorld && r.Peers.Selectors[0].Matches(ls) {
+					t.Errorf("the world selector matches reserved identity %d", id)
+				}
+			}
+			pod := selector.MustParseLabels("k8s:app=web", "k8s:io.kubernetes.pod.namespace=shop", "k8s:io.cilium.k8s.policy.cluster=c2")
+			if r.Peers.Selectors[0].Matches(pod) {
+				t.Error("the world selector matches a remote pod")
 			}
 		})
 	}
@@ -240,7 +272,7 @@ func TestCNPDefaultDenyAndL4Only(t *testing.T) {
 		t.Errorf("subject %s must be forced into the policy namespace", s.Subject)
 	}
 	deny, eg := s.Rules[0], s.Rules[1]
-	if !deny.Deny || !deny.Peers.All || !slices.Equal(deny.Ports, []Port{{Port: 22, EndPort: 22, Proto: ProtoAny}}) {
+	if !deny.Deny || !deny.Peers.All || !slices.Equal(deny.Ports, []Port{{Port: 22, EndPort: 22, Proto: ipproto.Any}}) {
 		t.Errorf("L4-only deny rule %+v", deny)
 	}
 	if eg.Peers.All || len(eg.Peers.Selectors) != 0 || eg.Direction != Egress {
