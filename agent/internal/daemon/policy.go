@@ -28,7 +28,6 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/remotecluster"
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/internal/datapath"
-	"github.com/clustermesh/clustermesh/internal/ipkey"
 	"github.com/clustermesh/clustermesh/internal/meshstatus"
 	"github.com/clustermesh/clustermesh/internal/runner"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
@@ -148,49 +147,34 @@ func refusalEvent(kube kubernetes.Interface, node string, log *slog.Logger) poli
 
 // trustTee is the remote clusters' datapath sink: it passes everything to
 // the reconciler and tells the node trust which underlay addresses the
-// remotes' tunnel routes and ipcache entries name.
+// remotes' tunnel routes and ipcache entries name. What an entry named
+// before a change is the reconciler's claim (one copy per entry: the tee
+// keeps none).
 type trustTee struct {
 	*dpsync.Reconciler
 	trust *policysync.NodeTrust
 	log   *slog.Logger
 
-	mu    sync.Mutex
-	nodes map[teeKey]ipkey.Addr // guarded by mu: what each entry named
-}
-
-// teeKey and the map's values are pointer-free (internal/ipkey): the map
-// holds an entry per remote ipcache entry (250,000 at Cilium's scale), which
-// the garbage collector then need not scan.
-type teeKey struct {
-	prefix  ipkey.Prefix
-	cluster uint32
-	ipcache bool
+	mu sync.Mutex // orders each claim's look-up and change, so every change refs and unrefs once
 }
 
 var _ remotecluster.DatapathSink = (*trustTee)(nil)
 
 func newTrustTee(r *dpsync.Reconciler, t *policysync.NodeTrust, log *slog.Logger) *trustTee {
-	return &trustTee{Reconciler: r, trust: t, log: log, nodes: map[teeKey]ipkey.Addr{}}
+	return &trustTee{Reconciler: r, trust: t, log: log}
 }
 
-func (t *trustTee) set(k teeKey, node netip.Addr) {
-	t.mu.Lock()
-	oldKey, had := t.nodes[k]
-	if node.IsValid() {
-		t.nodes[k] = ipkey.FromAddr(node)
-	} else {
-		delete(t.nodes, k)
-	}
-	t.mu.Unlock()
-	old := oldKey.Addr()
+// ref counts node (named now, invalid: none) for cluster in place of old
+// (named before, when had).
+func (t *trustTee) ref(cluster uint32, old netip.Addr, had bool, node netip.Addr) {
 	if had && old == node {
 		return
 	}
-	if err := t.trust.Ref(node, k.cluster, 1); err != nil {
+	if err := t.trust.Ref(node, cluster, 1); err != nil {
 		t.log.Error("trusting node", "node", node, "error", err)
 	}
 	if had {
-		if err := t.trust.Ref(old, k.cluster, -1); err != nil {
+		if err := t.trust.Ref(old, cluster, -1); err != nil {
 			t.log.Error("untrusting node", "node", old, "error", err)
 		}
 	}
@@ -198,26 +182,38 @@ func (t *trustTee) set(k teeKey, node netip.Addr) {
 
 // UpsertTunnel implements remotecluster.DatapathSink.
 func (t *trustTee) UpsertTunnel(e datapath.TunnelEntry) {
-	t.set(teeKey{prefix: ipkey.FromPrefix(e.CIDR), cluster: e.ClusterID}, e.NodeIP)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	prev, had := t.Reconciler.TunnelClaim(e.CIDR, e.ClusterID)
+	t.ref(e.ClusterID, prev.NodeIP, had, e.NodeIP)
 	t.Reconciler.UpsertTunnel(e)
 }
 
 // DeleteTunnel implements remotecluster.DatapathSink.
 func (t *trustTee) DeleteTunnel(p netip.Prefix, id uint32) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	prev, had := t.Reconciler.TunnelClaim(p, id)
 	t.Reconciler.DeleteTunnel(p, id)
-	t.set(teeKey{prefix: ipkey.FromPrefix(p), cluster: id}, netip.Addr{})
+	t.ref(id, prev.NodeIP, had, netip.Addr{})
 }
 
 // UpsertIPCache implements remotecluster.DatapathSink.
 func (t *trustTee) UpsertIPCache(e datapath.IPCacheEntry) {
-	t.set(teeKey{prefix: ipkey.FromPrefix(e.Prefix), cluster: e.ClusterID, ipcache: true}, e.TunnelEndpoint)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	prev, had := t.Reconciler.IPCacheClaim(e.Prefix, e.ClusterID)
+	t.ref(e.ClusterID, prev.TunnelEndpoint, had, e.TunnelEndpoint)
 	t.Reconciler.UpsertIPCache(e)
 }
 
 // DeleteIPCache implements remotecluster.DatapathSink.
 func (t *trustTee) DeleteIPCache(p netip.Prefix, id uint32) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	prev, had := t.Reconciler.IPCacheClaim(p, id)
 	t.Reconciler.DeleteIPCache(p, id)
-	t.set(teeKey{prefix: ipkey.FromPrefix(p), cluster: id, ipcache: true}, netip.Addr{})
+	t.ref(id, prev.TunnelEndpoint, had, netip.Addr{})
 }
 
 // identity takes an own-cluster identity (labels nil: deleted).

@@ -29,7 +29,7 @@ func (t trusted) Apply(b datapath.PolicyBatch) error {
 // The tee trusts a node while a tunnel route or ipcache entry of its
 // cluster names it, and forgets it once none does.
 func TestTrustTee(t *testing.T) {
-	a, b := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
+	a, b, c := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("192.0.2.3")
 	pod, cidr := netip.MustParsePrefix("10.2.0.5/32"), netip.MustParsePrefix("10.2.0.0/24")
 	tr := trusted{}
 	tee := newTrustTee(dpsync.New(dpsync.Config{ClusterID: 1}, memory.New(), etcdserver.TestLogger(), clock.RealClock{}),
@@ -46,6 +46,10 @@ func TestTrustTee(t *testing.T) {
 		{"the entry moves to b", func() {
 			tee.UpsertIPCache(datapath.IPCacheEntry{Prefix: pod, Identity: 2<<16 | 256, TunnelEndpoint: b, ClusterID: 2})
 		}, trusted{a: 2, b: 2}},
+		{"cluster 3 claims the same pod at c", func() {
+			tee.UpsertIPCache(datapath.IPCacheEntry{Prefix: pod, Identity: 3<<16 | 256, TunnelEndpoint: c, ClusterID: 3})
+		}, trusted{a: 2, b: 2, c: 3}},
+		{"cluster 3's claim goes, cluster 2's stays", func() { tee.DeleteIPCache(pod, 3) }, trusted{a: 2, b: 2}},
 		{"the route goes: a unnamed", func() { tee.DeleteTunnel(cidr, 2) }, trusted{b: 2}},
 		{"the entry goes", func() { tee.DeleteIPCache(pod, 2) }, trusted{}},
 	} {

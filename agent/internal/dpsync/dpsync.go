@@ -249,6 +249,20 @@ func (r *Reconciler) UpsertIPCache(e datapath.IPCacheEntry) {
 	r.mu.Unlock()
 }
 
+// IPCacheClaim returns cluster id's claim on p, as last handed in.
+func (r *Reconciler) IPCacheClaim(p netip.Prefix, id uint32) (datapath.IPCacheEntry, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ipcache.claim(p, id)
+}
+
+// TunnelClaim returns cluster id's claim on cidr, as last handed in.
+func (r *Reconciler) TunnelClaim(cidr netip.Prefix, id uint32) (datapath.TunnelEntry, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.tunnels.claim(cidr, id)
+}
+
 // DeleteIPCache withdraws cluster id's claim on p.
 func (r *Reconciler) DeleteIPCache(p netip.Prefix, id uint32) {
 	r.mu.Lock()

@@ -78,6 +78,22 @@ func (t *table[T, C]) claims(p netip.Prefix) (first C, more []C, ok bool) {
 	return first, t.more[k], true
 }
 
+// claim returns cluster id's claim on p.
+func (t *table[T, C]) claim(p netip.Prefix, id uint32) (v T, ok bool) {
+	k := ipkey.FromPrefix(p)
+	first, ok := t.m.Get(k)
+	if !ok {
+		return v, false
+	}
+	if t.id(first) == id {
+		return t.dec(p, first), true
+	}
+	if i := indexOf(t.more[k], func(c C) bool { return t.id(c) == id }); i >= 0 {
+		return t.dec(p, t.more[k][i]), true
+	}
+	return v, false
+}
+
 // each calls f with every claim on p, the first (programmed when valid)
 // first.
 func (t *table[T, C]) each(p netip.Prefix, f func(T)) {
