@@ -57,6 +57,25 @@ func TestConflictingClusterIDRefused(t *testing.T) {
 			if err := waitCacheRefused(ctx, m, m.Cluster(c.nodes), c3.Name, c.want); err != nil {
 				t.Fatal(err)
 			}
+			// The kvstoremesh withdrew c3's cache with its cluster config
+			// copy: the agents see c3 not ready, not ready and empty.
+			for _, n := range m.Cluster(c.nodes).Nodes {
+				err := eventually(60*time.Second, func() error {
+					st, err := n.Status(ctx)
+					if err != nil {
+						return err
+					}
+					for _, r := range st.RemoteClusters {
+						if r.Name == c3.Name && r.Ready {
+							return fmt.Errorf("agent %s/%s: remote %s ready through a cache that refused it", c.nodes, n.Name, c3.Name)
+						}
+					}
+					return nil
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
 			continue
 		}
 		for _, n := range m.Cluster(c.nodes).Nodes {
