@@ -267,7 +267,9 @@ func runOurs(b *testing.B, fullURL, emptyURL string, etcdPID int, useBPF, profil
 }
 
 func writeConfig(tb testing.TB, dir, cluster, url string) {
-	data, err := json.Marshal(kvstore.Config{Endpoints: []string{url}})
+	// BENCH_PEER_LIST_PAGE_SIZE: the agent's list page size (0: the default).
+	page, _ := strconv.ParseInt(os.Getenv("BENCH_PEER_LIST_PAGE_SIZE"), 10, 64)
+	data, err := json.Marshal(kvstore.Config{Endpoints: []string{url}, ListPageSize: page})
 	if err != nil {
 		tb.Fatal(err)
 	}
