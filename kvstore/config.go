@@ -14,7 +14,14 @@ import (
 
 // Defaults of the optional Config fields.
 const (
-	DefaultListPageSize      = 10000
+	// DefaultListPageSize is large because etcd counts the rest of the
+	// listed range for every page (RangeResponse.count): a list of n keys
+	// in pages of p walks etcd's index about n²/2p times. For 300,000 keys
+	// (bench/peer), pages of 50,000 instead of 10,000 cut etcd's CPU for
+	// the listing by ≈ 20–50 %; the client's CPU moved by at most ≈ 5 %
+	// (larger receive buffers). A page of typical values stays far below
+	// the client's 256 MiB receive limit.
+	DefaultListPageSize      = 50000
 	DefaultLeaseTTL          = 15 * time.Minute
 	DefaultMaxKeysPerLease   = 1000
 	DefaultKeepaliveInterval = 15 * time.Second

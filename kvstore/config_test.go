@@ -88,7 +88,7 @@ func equalConfig(a, b kvstore.Config) bool {
 
 func TestConfigDefaults(t *testing.T) {
 	d := kvstore.Config{Endpoints: []string{"x"}}.WithDefaults()
-	if d.ListPageSize != 10000 || d.LeaseTTL.D() != 15*time.Minute || d.MaxKeysPerLease != 1000 ||
+	if d.ListPageSize != kvstore.DefaultListPageSize || d.LeaseTTL.D() != 15*time.Minute || d.MaxKeysPerLease != 1000 ||
 		d.DialTimeout.D() != 5*time.Second || d.KeepaliveInterval.D() != 15*time.Second || d.KeepaliveTimeout.D() != 5*time.Second {
 		t.Fatalf("defaults: %+v", d)
 	}

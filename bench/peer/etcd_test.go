@@ -75,8 +75,9 @@ func runEtcd(dir string) error {
 }
 
 // startEtcd runs an etcd child process on a fresh directory under
-// /dev/shm and returns its client URL; it stops when the benchmark ends.
-func startEtcd(tb testing.TB, name string) string {
+// /dev/shm and returns its client URL and process ID; it stops when the
+// benchmark ends.
+func startEtcd(tb testing.TB, name string) (string, int) {
 	tb.Helper()
 	dir, err := os.MkdirTemp("/dev/shm", "cm-bench-"+name+"-")
 	if err != nil {
@@ -105,5 +106,5 @@ func startEtcd(tb testing.TB, name string) string {
 	if err != nil {
 		tb.Fatalf("etcd child: %v", err)
 	}
-	return strings.TrimSpace(line)
+	return strings.TrimSpace(line), cmd.Process.Pid
 }

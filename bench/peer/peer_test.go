@@ -55,7 +55,8 @@ const (
 // at the repository root.
 func BenchmarkVsCilium(b *testing.B) {
 	ctx := context.Background()
-	fullURL, emptyURL := startEtcd(b, "full"), startEtcd(b, "empty")
+	fullURL, etcdPID := startEtcd(b, "full")
+	emptyURL, _ := startEtcd(b, "empty")
 	admin := etcdClient(b, fullURL)
 	start := time.Now()
 	if err := full.Write(ctx, admin); err != nil {
@@ -76,7 +77,7 @@ func BenchmarkVsCilium(b *testing.B) {
 	}
 	var ciliumBase ciliumSync
 	if cilium != "" {
-		ciliumBase = runCiliumSync(b, cilium, fullURL, "cilium/empty")
+		ciliumBase = runCiliumSync(b, cilium, fullURL, "cilium/empty", etcdPID)
 	}
 	b.ResetTimer()
 	for r := range rounds {
@@ -86,14 +87,14 @@ func BenchmarkVsCilium(b *testing.B) {
 			if cilium == "" {
 				return
 			}
-			c = runCiliumSync(b, cilium, fullURL, "cilium/state")
+			c = runCiliumSync(b, cilium, fullURL, "cilium/state", etcdPID)
 			cl = runCiliumLatency(b, cilium, fullURL)
 			cleanPrefix(b, admin, "cilium/state/lat-")
 		}
 		if r%2 == 0 {
 			ciliumSide()
 		}
-		o := runOurs(b, fullURL, emptyURL, useBPF, r == 0)
+		o := runOurs(b, fullURL, emptyURL, etcdPID, useBPF, r == 0)
 		cleanPrefix(b, admin, wire.IPPrefix+"10.250.")
 		if r%2 == 1 {
 			ciliumSide()
@@ -101,10 +102,12 @@ func BenchmarkVsCilium(b *testing.B) {
 		n := float64(full.Nodes + full.IPs + full.Identities)
 		b.Logf("round %d, load %s | ours (%s): sync %v, RSS %.0f B/entry, heap %.0f B/entry, put→map p50 %v p99 %v at %.0f puts/s",
 			r+1, o.load, o.datapath, o.sync.Round(time.Millisecond), float64(o.rss)/n, float64(o.heap)/n, o.p50, o.p99, o.rate)
+		b.Logf("round %d | ours: CPU during the sync %v, etcd's %v", r+1, o.cpu, o.etcdCPU)
 		if cilium != "" {
 			crss, cheap := float64(c.rss-ciliumBase.rss)/n, float64(c.heap-ciliumBase.heap)/n
 			b.Logf("round %d | cilium: sync %v (%d entries), RSS %.0f B/entry, heap %.0f B/entry, put→observer p50 %v p99 %v at ≈%.0f puts/s",
 				r+1, c.sync.Round(time.Millisecond), c.entries, crss, cheap, cl.p50, cl.p99, cl.rate)
+			b.Logf("round %d | cilium: CPU of the process (start to exit) %v, etcd's during it %v", r+1, c.cpu, c.etcdCPU)
 			b.Logf("round %d | ratios ours/cilium: sync %.2f, RSS %.2f, heap %.2f, p50 %.2f, p99 %.2f",
 				r+1, o.sync.Seconds()/c.sync.Seconds(), float64(o.rss)/n/crss, float64(o.heap)/n/cheap,
 				o.p50.Seconds()/cl.p50.Seconds(), o.p99.Seconds()/cl.p99.Seconds())
@@ -145,12 +148,14 @@ type ours struct {
 	p50, p99  time.Duration
 	rate      float64
 	load      string
+	// CPU time of this process and of the etcd child during the sync.
+	cpu, etcdCPU time.Duration
 }
 
 // runOurs starts the agent's control plane with the empty remote, takes
 // the baseline, adds the full remote and times it until every tunnel and
 // ipcache entry is programmed; then times put → map.
-func runOurs(b *testing.B, fullURL, emptyURL string, useBPF, profile bool) ours {
+func runOurs(b *testing.B, fullURL, emptyURL string, etcdPID int, useBPF, profile bool) ours {
 	o := ours{datapath: "memory", load: hostload.Average()}
 	var w datapath.Writer = memory.New()
 	if useBPF {
@@ -193,13 +198,14 @@ func runOurs(b *testing.B, fullURL, emptyURL string, useBPF, profile bool) ours 
 		defer f.Close()
 		defer pprof.StopCPUProfile() // stopped below; a second stop is a no-op
 	}
-	start := time.Now()
+	start, cpu0, etcd0 := time.Now(), procmem.CPU(0), procmem.CPU(etcdPID)
 	writeConfig(b, dir, full.Cluster, fullURL)
 	waitFor(b, 5*time.Minute, "cold sync", func() bool {
 		t, ip, _ := rec.counts()
 		return t >= full.Nodes && ip >= full.IPs && cp.Ready()
 	})
 	o.sync = time.Since(start)
+	o.cpu, o.etcdCPU = procmem.CPU(0)-cpu0, procmem.CPU(etcdPID)-etcd0
 	pprof.StopCPUProfile()
 	// The reconciler returns the sync's freed memory to the OS after the
 	// flush that follows the remote's sync (dpsync.Release): memory is
@@ -253,7 +259,9 @@ func runOurs(b *testing.B, fullURL, emptyURL string, useBPF, profile bool) ours 
 }
 
 func writeConfig(tb testing.TB, dir, cluster, url string) {
-	data, err := json.Marshal(kvstore.Config{Endpoints: []string{url}})
+	// BENCH_PEER_LIST_PAGE_SIZE: the agent's list page size (0: the default).
+	page, _ := strconv.ParseInt(os.Getenv("BENCH_PEER_LIST_PAGE_SIZE"), 10, 64)
+	data, err := json.Marshal(kvstore.Config{Endpoints: []string{url}, ListPageSize: page})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -298,6 +306,9 @@ type ciliumSync struct {
 	sync      time.Duration
 	entries   int
 	rss, heap int64 // bytes
+	// CPU time of the cilium-watch process (start to exit) and of the
+	// etcd child while it ran.
+	cpu, etcdCPU time.Duration
 }
 
 var (
@@ -305,20 +316,27 @@ var (
 	latencyRE = regexp.MustCompile(`p50 (\S+) p99 (\S+) max`)
 )
 
-func runCilium(tb testing.TB, bin string, args ...string) (string, time.Duration) {
+// runCilium runs cilium-watch and returns its output, wall time and CPU time.
+func runCilium(tb testing.TB, bin string, args ...string) (string, time.Duration, time.Duration) {
 	start := time.Now()
-	out, err := exec.Command(bin, args...).CombinedOutput()
+	cmd := exec.Command(bin, args...)
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		tb.Fatalf("cilium-watch %v: %v\n%s", args, err, out)
 	}
-	return string(out), time.Since(start)
+	return string(out), time.Since(start), cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 }
 
 // runCiliumSync syncs prefix: "cilium/state" holds the data set, an
 // empty prefix is the baseline (connected and synced, no entries).
-func runCiliumSync(tb testing.TB, bin, url, prefix string) ciliumSync {
-	out, _ := runCilium(tb, bin, "--etcd", url, "--prefix", prefix, "--mode", "sync", "--opts", "etcd.limit=10000")
-	return parseCiliumSync(tb, out)
+// It also measures the CPU time of the process and of the etcd child
+// (etcdPID) while it ran.
+func runCiliumSync(tb testing.TB, bin, url, prefix string, etcdPID int) ciliumSync {
+	etcd0 := procmem.CPU(etcdPID)
+	out, _, cpu := runCilium(tb, bin, "--etcd", url, "--prefix", prefix, "--mode", "sync", "--opts", "etcd.limit=10000")
+	c := parseCiliumSync(tb, out)
+	c.cpu, c.etcdCPU = cpu, procmem.CPU(etcdPID)-etcd0
+	return c
 }
 
 func parseCiliumSync(tb testing.TB, out string) ciliumSync {
@@ -341,7 +359,7 @@ type ciliumLatency struct {
 }
 
 func runCiliumLatency(tb testing.TB, bin, url string) ciliumLatency {
-	out, total := runCilium(tb, bin, "--etcd", url, "--prefix", "cilium/state", "--mode", "latency",
+	out, total, _ := runCilium(tb, bin, "--etcd", url, "--prefix", "cilium/state", "--mode", "latency",
 		"--n", strconv.Itoa(latencyPuts), "--rate", strconv.Itoa(latencyRate), "--opts", "etcd.limit=10000")
 	s := parseCiliumSync(tb, out)
 	m := latencyRE.FindStringSubmatch(out)

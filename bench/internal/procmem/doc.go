@@ -1,3 +1,4 @@
-// Package procmem reads the benchmark process's memory: resident set size,
-// live heap after a collection, and a heap profile.
+// Package procmem reads a benchmark process's resources: resident set size,
+// live heap after a collection, a heap profile, and the CPU time of this
+// process or another one (an etcd child).
 package procmem

@@ -1,0 +1,37 @@
+package procmem
+
+import (
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+)
+
+func TestCPU(t *testing.T) {
+	// A finished child's pid is gone once reaped: nothing to read.
+	child := exec.Command("true")
+	if err := child.Run(); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		pid  int
+		want func(time.Duration) bool
+	}{
+		{"this process, after spinning 50 ms", 0, func(d time.Duration) bool { return d >= 10*time.Millisecond }},
+		{"this process by pid", os.Getpid(), func(d time.Duration) bool { return d >= 10*time.Millisecond }},
+		{"a pid that is gone", child.Process.Pid, func(d time.Duration) bool { return d == 0 }},
+	}
+	// Spin until the rusage of the process says at least 50 ms of CPU, so
+	// that the clock-tick counters of /proc have moved.
+	deadline := time.Now().Add(10 * time.Second)
+	for CPU(0) < 50*time.Millisecond && time.Now().Before(deadline) {
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := CPU(tc.pid); !tc.want(got) {
+				t.Errorf("CPU(%d) = %v", tc.pid, got)
+			}
+		})
+	}
+}
