@@ -23,6 +23,7 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/remoteconn"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
@@ -95,6 +96,9 @@ type Config struct {
 	// to, instead of through its own file. "" (direct mode): each remote's
 	// file.
 	CacheConfig string
+	// Dial, when set, dials the etcd endpoints of the remotes (or of the
+	// cache): the agent resolves Kubernetes Service names with it.
+	Dial kvstore.Dialer
 	// MaxEntries bounds the valid entries of each kind (nodes, identities,
 	// ipcache, services) the agent holds for one remote; a remote over it
 	// is refused and its state withdrawn (0: no bound).

@@ -89,7 +89,7 @@ func (r *remote) loop(ctx context.Context, data []byte) {
 // session connects once and watches until ctx is done or the connection
 // must be rebuilt.
 func (r *remote) session(ctx context.Context, data []byte) error {
-	own := remoteconn.Own{Name: r.m.cfg.ClusterName, ID: r.m.cfg.ClusterID, MaxConnectedClusters: r.m.cfg.MaxConnectedClusters}
+	own := remoteconn.Own{Name: r.m.cfg.ClusterName, ID: r.m.cfg.ClusterID, MaxConnectedClusters: r.m.cfg.MaxConnectedClusters, Dial: r.m.cfg.Dial}
 	client, cc, err := remoteconn.Connect(ctx, r.name, own, data, r.log)
 	if err != nil {
 		return err
