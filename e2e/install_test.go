@@ -24,6 +24,10 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	agentv1 "github.com/clustermesh/clustermesh/api/agent/v1"
 	"github.com/clustermesh/clustermesh/e2e/harness"
 	"github.com/clustermesh/clustermesh/e2e/kubenode"
 	"github.com/clustermesh/clustermesh/internal/netns"
@@ -196,6 +200,21 @@ func TestInstallOnKubelets(t *testing.T) {
 	}
 	t.Logf("step 8: pod in c1 reaches pod in c2 (%s)", target)
 
+	// The agents reach their own cluster's etcd at the apiserver's Service
+	// name, which these clusters' nodes cannot resolve (no cluster DNS):
+	// only resolving it through the Kubernetes API gives them their own
+	// pods' identities (allocated in cluster c: c.ID<<16 | n).
+	for _, c := range env.Clusters {
+		id, err := ownPodIdentity(ctx, filepath.Join(c.Nodes[0].AgentState, "agent.sock"), "default/echo-a", uint32(c.ID))
+		if err != nil {
+			p := waitAppReady(t, ctx, c, "clustermesh-agent")
+			t.Fatalf("%s: the agent does not know the identity of its pod default/echo-a: %v\n%s", c.Name, err,
+				grepLines(c.Nodes[0].PodLogTail(p, 1<<20), "own cluster's etcd", 5))
+		}
+		t.Logf("%s: agent knows default/echo-a as identity %d", c.Name, id)
+	}
+	t.Logf("step 8b: agents know their own pods' identities (own etcd dialled by Service name through the Kubernetes API)")
+
 	global := map[string]string{"service.cilium.io/global": "true"}
 	gIP := createService(t, ctx, c1, "global", global)
 	createService(t, ctx, c2, "global", global)
@@ -228,6 +247,33 @@ func TestInstallOnKubelets(t *testing.T) {
 		}
 	}
 	t.Logf("step 11: clustermesh disable left no pin, program or tunnel device (%s)", time.Since(start).Round(time.Second))
+}
+
+// ownPodIdentity waits until the agent at socket knows pod (namespace/name)
+// as a local endpoint with an identity of cluster id, and returns it.
+func ownPodIdentity(ctx context.Context, socket, pod string, id uint32) (uint32, error) {
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	client := agentv1.NewStatusClient(conn)
+	var got uint32
+	err = eventually(2*time.Minute, func() error {
+		resp, err := client.GetPolicy(ctx, &agentv1.GetPolicyRequest{Endpoint: pod})
+		if err != nil {
+			return err
+		}
+		if len(resp.GetEndpoints()) != 1 {
+			return fmt.Errorf("%d endpoints for %s", len(resp.GetEndpoints()), pod)
+		}
+		got = resp.GetEndpoints()[0].GetIdentity()
+		if got>>16 != id || got&0xffff < 256 {
+			return fmt.Errorf("identity %d of %s is not one of cluster %d", got, pod, id)
+		}
+		return nil
+	})
+	return got, err
 }
 
 func createEchoPod(t *testing.T, ctx context.Context, c *kubenode.Cluster, name, image string) {

@@ -49,7 +49,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Client, error) {
 		}
 	}
 	c := &Client{cfg: cfg, log: log}
-	opts := []grpc.DialOption{}
+	opts := []grpc.DialOption{grpc.WithContextDialer(cfg.grpcDial())}
 	if cfg.QPS > 0 {
 		burst := max(int(cfg.QPS), 1)
 		c.limiter = rate.NewLimiter(rate.Limit(cfg.QPS), burst)
@@ -80,7 +80,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Client, error) {
 func probeEndpoints(ctx context.Context, cfg Config, tc *tls.Config) error {
 	var first, tlsErr error
 	for _, ep := range cfg.Endpoints {
-		err := probeTLS(ctx, ep, tc, cfg.DialTimeout.D())
+		err := probeTLS(ctx, ep, tc, cfg.DialTimeout.D(), cfg.dialer())
 		if err == nil {
 			return nil
 		}

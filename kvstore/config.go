@@ -59,6 +59,11 @@ type Config struct {
 	KeepaliveTimeout Duration `json:"keepalive-timeout,omitempty"`
 	// DialTimeout bounds connecting and every request of the status probe.
 	DialTimeout Duration `json:"dial-timeout,omitempty"`
+
+	// Dial, when set, opens the connections to the endpoints instead of a
+	// plain TCP dial through system DNS (see Dialer). It is not part of
+	// the file format.
+	Dial Dialer `json:"-"`
 }
 
 // WithDefaults returns cfg with every unset option set to its default.

@@ -75,15 +75,14 @@ func (cfg Config) TLSConfig() (*tls.Config, error) {
 // probeTLS connects to one endpoint, completes a TLS handshake and one HTTP
 // request (GET /version), so that a client certificate the server rejects
 // shows up here with a clear error instead of as a request timeout later.
-func probeTLS(ctx context.Context, endpoint string, tc *tls.Config, timeout time.Duration) error {
+func probeTLS(ctx context.Context, endpoint string, tc *tls.Config, timeout time.Duration, dial Dialer) error {
 	host, err := endpointHost(endpoint)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var d net.Dialer
-	raw, err := d.DialContext(ctx, "tcp", host)
+	raw, err := dial(ctx, host)
 	if err != nil {
 		return fmt.Errorf("%w: %s: %w", ErrUnreachable, endpoint, err)
 	}
@@ -182,9 +181,8 @@ func (c *Client) Diagnose(ctx context.Context) error {
 		host, err := endpointHost(ep)
 		if err == nil {
 			dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout.D())
-			var d net.Dialer
 			var conn net.Conn
-			if conn, err = d.DialContext(dctx, "tcp", host); err == nil {
+			if conn, err = c.cfg.dialer()(dctx, host); err == nil {
 				conn.Close()
 			}
 			cancel()

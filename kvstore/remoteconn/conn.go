@@ -29,6 +29,9 @@ type Own struct {
 	Name                 string
 	ID                   uint32
 	MaxConnectedClusters int
+	// Dial, when set, is how this cluster dials a remote's etcd endpoints
+	// (kvstore.Config.Dial); nil dials through system DNS.
+	Dial kvstore.Dialer
 }
 
 // ParseConfigFile parses one config file: the name must be a valid cluster
@@ -57,6 +60,7 @@ func Connect(ctx context.Context, name string, own Own, data []byte, log *slog.L
 	if err != nil {
 		return nil, wire.ClusterConfig{}, err
 	}
+	cfg.Dial = own.Dial
 	client, err := kvstore.New(ctx, cfg, log)
 	if err != nil {
 		return nil, wire.ClusterConfig{}, fmt.Errorf("connect: %w", err)

@@ -30,6 +30,7 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/agent/internal/statusapi"
 	"github.com/clustermesh/clustermesh/agent/internal/statusreport"
+	"github.com/clustermesh/clustermesh/agent/internal/svcresolver"
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
@@ -201,6 +202,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("policy datapath: %w", err)
 	}
+	// One resolver for every etcd the agent dials: Service names of the
+	// form <name>.<namespace>.svc resolve through the apiserver, since a
+	// host-network agent may have no cluster DNS.
+	dial := svcresolver.New(kube.CoreV1()).Dial
 	var ownSynced atomic.Bool
 	var mgr *remotecluster.Manager // set before any part runs
 	var runs []runner.Part
@@ -211,6 +216,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		if err != nil {
 			return fmt.Errorf("load --kvstore-config %q: %w", cfg.KVStoreConfig, err)
 		}
+		kc.Dial = dial
 		ids = localidentity.New(localidentity.Config{
 			ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID, MaxConnectedClusters: cfg.MaxConnectedClusters,
 			OnChange:        func(ip netip.Addr) { local.Reidentify(ip) },
@@ -232,7 +238,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	rcfg := cfg.Remote
 	rcfg.ClusterName, rcfg.ClusterID, rcfg.MaxConnectedClusters, rcfg.StateDir = cfg.ClusterName, cfg.ClusterID, cfg.MaxConnectedClusters, cfg.StateDir
-	rcfg.LocalPodCIDRs = local.PodCIDRs
+	rcfg.LocalPodCIDRs, rcfg.Dial = local.PodCIDRs, dial
 	rcfg.Identities = pol.watch
 	mgr = remotecluster.New(rcfg, newTrustTee(rec, pol.trust, log.With("component", "nodetrust")), merger, log.With("component", "remotecluster"), clk)
 	reg.MustRegister(mgr.Collector())

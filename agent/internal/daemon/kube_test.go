@@ -9,10 +9,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -26,12 +29,17 @@ import (
 // TestStatusReportAndProbes runs the whole agent against a real
 // kube-apiserver (its own cluster) and an embedded etcd playing remote c2:
 // the agent becomes ready, publishes a status ConfigMap showing c2 ready
-// with its entry counts, and answers /healthz and /readyz.
+// with its entry counts, and answers /healthz and /readyz. c2's config
+// names its etcd by a Service name the host cannot resolve
+// (c2-etcd.default.svc, ClusterIP 127.100.0.20 from a loopback service
+// range, where the etcd listens): the agent dials it through the
+// kube-apiserver (svcresolver).
 func TestStatusReportAndProbes(t *testing.T) {
-	cp := kubetest.StartForTest(t, kubetest.Config{Name: "c1"})
+	cp := kubetest.StartForTest(t, kubetest.Config{Name: "c1", ServiceCIDR: "127.100.0.0/24"})
 	log := etcdserver.TestLogger()
 
-	srv := etcdserver.StartTest(t, etcdserver.Config{ClusterName: "c2"})
+	const etcdIP, etcdName = "127.100.0.20", "c2-etcd.default.svc"
+	srv := etcdserver.StartTest(t, etcdserver.Config{ClusterName: "c2", ClientURL: "https://" + etcdIP + ":0", Hosts: []string{etcdName}})
 	ctx := context.Background()
 	admin, err := kvstore.New(ctx, srv.AdminConfig(), log)
 	if err != nil {
@@ -68,6 +76,7 @@ func TestStatusReportAndProbes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rcfg.Endpoints = []string{strings.Replace(rcfg.Endpoints[0], etcdIP, etcdName, 1)}
 	dir := t.TempDir()
 	data, err := json.Marshal(rcfg)
 	if err != nil {
@@ -81,6 +90,22 @@ func TestStatusReportAndProbes(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(dir, n), []byte("-"), 0o600); err != nil {
 			t.Fatal(err)
 		}
+	}
+
+	kcfg, err := clientcmd.BuildConfigFromFlags("", cp.Kubeconfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	kube, err := kubernetes.NewForConfig(kcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "c2-etcd", Namespace: "default"},
+		Spec:       corev1.ServiceSpec{ClusterIP: etcdIP, Ports: []corev1.ServicePort{{Port: 2379}}},
+	}
+	if _, err := kube.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
 	}
 
 	port, err := etcdserver.FreePort("127.0.0.1")
@@ -134,14 +159,6 @@ func TestStatusReportAndProbes(t *testing.T) {
 	eventually("healthz", func() (bool, string) { code, body := get("/healthz"); return code == http.StatusOK, body })
 	eventually("readyz", func() (bool, string) { code, body := get("/readyz"); return code == http.StatusOK, body })
 
-	kcfg, err := clientcmd.BuildConfigFromFlags("", cp.Kubeconfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	kube, err := kubernetes.NewForConfig(kcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
 	eventually("status ConfigMap", func() (bool, string) {
 		reps, err := meshstatus.List(ctx, kube.CoreV1(), "default")
 		if err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/restorehold"
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/remoteconn"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
@@ -86,6 +87,9 @@ type Config struct {
 	// to, instead of through its own file. "" (direct mode): each remote's
 	// file.
 	CacheConfig string
+	// Dial, when set, dials the etcd endpoints of the remotes (or of the
+	// cache): the agent resolves Kubernetes Service names with it.
+	Dial kvstore.Dialer
 	// MaxEntries bounds the valid entries of each kind (nodes, identities,
 	// ipcache, services) the agent holds for one remote; a remote over it
 	// is refused and its state withdrawn (0: no bound).
@@ -169,7 +173,7 @@ func New(cfg Config, dp DatapathSink, svcs ServiceSink, log *slog.Logger, clk cl
 	m := &Manager{cfg: cfg, dp: dp, svcs: svcs, log: log, clock: clk, newWatcher: fsnotify.NewWatcher}
 	sc := remoteconn.SetConfig{
 		Dir:       cfg.Dir,
-		Own:       remoteconn.Own{Name: cfg.ClusterName, ID: cfg.ClusterID, MaxConnectedClusters: cfg.MaxConnectedClusters},
+		Own:       remoteconn.Own{Name: cfg.ClusterName, ID: cfg.ClusterID, MaxConnectedClusters: cfg.MaxConnectedClusters, Dial: cfg.Dial},
 		StaleTTL:  cfg.StaleTTL,
 		LimitFlag: "--remote-max-entries",
 		Started:   func() { m.hold.Started(m.set.Configured) },
