@@ -23,6 +23,11 @@ var (
 	ErrConfigChanged = errors.New("remote cluster config changed")
 )
 
+// ErrCacheWithdrawn is the last error of a remote read through a
+// kvstoremesh cache whose cluster config copy is gone: the kvstoremesh
+// withdrew it (refused, stale or over the entry limit).
+var ErrCacheWithdrawn = errors.New("withdrawn by the kvstoremesh: its cluster config copy is gone")
+
 // WatchKey calls fn with the value of the single key (ok false when
 // absent) now and after every change, until ctx is done. It reads the key
 // alone, never a range: a remote user may read just that key.
@@ -90,21 +95,27 @@ func WatchHeartbeat(ctx context.Context, c *kvstore.Client, fn func(time.Time)) 
 // WatchClusterConfig ends the session (cancel with ErrConfigChanged) when
 // the cluster config of name no longer matches cc: another ID,
 // maxConnectedClusters or cached capability, or an invalid value. A
-// deleted config is waited out: its apiserver re-asserts it. Each valid
-// value is handed to onValue (may be nil).
-func WatchClusterConfig(ctx context.Context, c *kvstore.Client, name string, cc wire.ClusterConfig, cancel context.CancelCauseFunc, onValue func(wire.ClusterConfig)) {
+// deleted config does not end it (a remote's apiserver re-asserts it; a
+// kvstoremesh deletes its copy when it withdraws the remote, whose
+// deletions the readers must still see). onChange (may be nil) is told
+// whether the config is there: false when deleted, true for each valid
+// value.
+func WatchClusterConfig(ctx context.Context, c *kvstore.Client, name string, cc wire.ClusterConfig, cancel context.CancelCauseFunc, onChange func(present bool)) {
 	key := wire.ClusterConfigKey(name)
 	WatchKey(ctx, c, key, func(value []byte, ok bool) {
 		if !ok {
-			return // deleted: its apiserver re-asserts it
+			if onChange != nil {
+				onChange(false)
+			}
+			return
 		}
 		n, err := wire.DecodeClusterConfig(value)
 		if err != nil || n.ID != cc.ID || n.MaxConnected() != cc.MaxConnected() || n.Capabilities.Cached != cc.Capabilities.Cached {
 			cancel(ErrConfigChanged)
 			return
 		}
-		if onValue != nil {
-			onValue(n)
+		if onChange != nil {
+			onChange(true)
 		}
 	})
 }

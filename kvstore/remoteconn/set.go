@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -377,12 +378,17 @@ func (s *Set[M]) session(ctx context.Context, r *slot[M], data []byte) error {
 			done()
 		})
 	}
+	// withdrawn: read through a kvstoremesh cache whose cluster config copy
+	// is gone, as when the kvstoremesh withdrew the remote. The readers run
+	// on, so that its deletions arrive, but the remote is not ready.
+	var withdrawn, listedAll atomic.Bool
 	wg.Go(func() {
 		listed.Wait()
 		if sctx.Err() == nil {
 			now := s.clock.Now()
+			listedAll.Store(true)
 			r.update(func(st *State) {
-				st.Ready, st.Served, st.LastChange = true, true, now
+				st.Ready, st.Served, st.LastChange = !withdrawn.Load(), true, now
 				st.LastError = "" // recovered; Failures keeps the count
 			})
 			r.log.Info("remote cluster synced")
@@ -392,7 +398,24 @@ func (s *Set[M]) session(ctx context.Context, r *slot[M], data []byte) error {
 	wg.Go(func() {
 		WatchHeartbeat(sctx, client, func(t time.Time) { r.update(func(st *State) { st.LastHeartbeat = t }) })
 	})
-	wg.Go(func() { WatchClusterConfig(sctx, client, r.name, cc, cancel, nil) })
+	wg.Go(func() {
+		WatchClusterConfig(sctx, client, r.name, cc, cancel, func(present bool) {
+			if !cc.Capabilities.Cached {
+				return // a remote's own apiserver re-asserts a deleted config
+			}
+			withdrawn.Store(!present)
+			now := s.clock.Now()
+			r.update(func(st *State) {
+				ready := present && listedAll.Load()
+				if st.Ready != ready {
+					st.Ready, st.LastChange = ready, now
+				}
+				if !present {
+					st.LastError = ErrCacheWithdrawn.Error()
+				}
+			})
+		})
+	})
 	wg.Go(func() {
 		pc := ProbeConfig{Interval: s.cfg.ProbeInterval, Timeout: s.cfg.ProbeTimeout, StaleTTL: s.cfg.StaleTTL, Clock: s.clock}
 		err := Probe(sctx, client, pc, func(up bool, downErr error, now time.Time) {

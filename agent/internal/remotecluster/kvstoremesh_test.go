@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -154,6 +155,28 @@ func TestAgentsThroughKVStoreMesh(t *testing.T) {
 				await(t, a.dp, fmt.Sprintf("agent %d sees c2's change after it returns", i), func(st datapath.State) bool {
 					tun, _ := countCluster(st, 2)
 					return tun == 3
+				})
+			}
+			// c3 comes back under the own cluster's ID: the kvstoremesh
+			// refuses it and withdraws its cache with the cluster config
+			// copy; the agents drop its entries and report it not ready
+			// (not ready and empty), c2 untouched.
+			c3.clusterConfig(ownID)
+			for i, a := range as {
+				await(t, a.dp, fmt.Sprintf("agent %d withdraws c3", i), func(st datapath.State) bool {
+					t3, i3 := countCluster(st, 3)
+					s := a.status("c3")
+					return t3 == 0 && i3 == 0 && !s.Ready && strings.Contains(s.LastError, "withdrawn by the kvstoremesh")
+				})
+				if !a.status("c2").Ready {
+					t.Fatalf("agent %d: c2 not ready after c3's withdrawal", i)
+				}
+			}
+			c3.clusterConfig(3)
+			for i, a := range as {
+				await(t, a.dp, fmt.Sprintf("agent %d programs c3 again", i), func(st datapath.State) bool {
+					t3, i3 := countCluster(st, 3)
+					return t3 == 2 && i3 == 1 && a.status("c3").Ready
 				})
 			}
 		})
