@@ -20,6 +20,7 @@ import (
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/e2e/harness"
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // TestPropagationTimes measures, E2E_PROPAGATION_RUNS times (skipped when
@@ -43,7 +44,7 @@ func TestPropagationTimes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	t.Cleanup(func() { _ = pod.SetReady(context.Background(), true) })
-	fe := datapath.Frontend{Addr: netip.AddrPortFrom(netip.MustParseAddr(vip), harness.ServiceHTTPPort), Proto: datapath.TCP}
+	fe := datapath.Frontend{Addr: netip.AddrPortFrom(netip.MustParseAddr(vip), harness.ServiceHTTPPort), Proto: ipproto.TCP}
 	be := netip.AddrPortFrom(pod.IP, harness.HTTPPort)
 	// programmed says whether c1/n1's pinned BPF maps hold the backend
 	// with a non-zero weight (slots) in the TCP frontend of the service.

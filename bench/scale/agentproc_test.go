@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	agentv1 "github.com/clustermesh/clustermesh/api/agent/v1"
+	"github.com/clustermesh/clustermesh/bench/internal/procmem"
 	"github.com/clustermesh/clustermesh/bpf"
 )
 
@@ -204,20 +205,13 @@ func (a *agentProc) procStatus(b *testing.B, field string) int64 {
 	return 0
 }
 
-// cpu returns the agent's user+system CPU time so far (/proc/<pid>/stat,
-// in clock ticks of 10 ms).
+// cpu returns the agent's user+system CPU time so far (procmem.CPU).
 func (a *agentProc) cpu(b *testing.B) time.Duration {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", a.cmd.Process.Pid))
-	if err != nil {
-		b.Fatal(err)
+	d := procmem.CPU(a.cmd.Process.Pid)
+	if d == 0 {
+		b.Fatalf("no CPU time of the agent (pid %d)", a.cmd.Process.Pid)
 	}
-	// Fields after the command name in parentheses: state is field 3,
-	// utime and stime fields 14 and 15.
-	rest := string(data[bytes.LastIndexByte(data, ')')+2:])
-	f := strings.Fields(rest)
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * 10 * time.Millisecond
+	return d
 }
 
 // cpuProfile fetches a CPU profile of the next d into path, once the pprof

@@ -10,14 +10,6 @@ import (
 	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
-// TCP and UDP are ipproto's, kept here for callers of the service contract
-// outside this module's agent (e2e/propagation_test.go) until they name
-// ipproto directly; ipproto owns the protocol type.
-const (
-	TCP = ipproto.TCP
-	UDP = ipproto.UDP
-)
-
 // ParseProto parses the protocol of a service port: "TCP" or "UDP", in
 // either case (as in Kubernetes and the kvstore wire format).
 func ParseProto(s string) (ipproto.Proto, error) {

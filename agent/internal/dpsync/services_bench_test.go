@@ -9,6 +9,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // nopWriter takes every batch and programs nothing.
@@ -22,7 +23,7 @@ func (nopWriter) Dump() (datapath.State, error)               { return datapath.
 // replacing one backend, or, as before the incremental contract, the whole
 // service) and the flush that builds the batch.
 func BenchmarkServiceBackendChange(b *testing.B) {
-	fe := datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.1:80"), Proto: datapath.TCP}
+	fe := datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.1:80"), Proto: ipproto.TCP}
 	for _, mode := range []string{"whole", "patch"} {
 		for _, n := range []int{100, 1000, 10000} {
 			b.Run(fmt.Sprintf("%s/%d", mode, n), func(b *testing.B) {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 	"github.com/clustermesh/clustermesh/internal/testwait"
 )
 
@@ -69,7 +70,7 @@ func backendSet(dp *memory.Datapath, fe datapath.Frontend) string {
 // changed backends only; whole upserts, deletes, failures and restored
 // services as the cases say.
 func TestServicePatches(t *testing.T) {
-	fe := datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: datapath.TCP}
+	fe := datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: ipproto.TCP}
 	be := func(ip string, c uint32, w uint16) datapath.Backend {
 		return datapath.Backend{Addr: netip.MustParseAddrPort(ip + ":8080"), ClusterID: c, Weight: w}
 	}
@@ -146,7 +147,7 @@ func TestServicePatches(t *testing.T) {
 // a patch goes out as a whole upsert that keeps the held backends.
 func TestServicePatchOfRestored(t *testing.T) {
 	ctx := context.Background()
-	fe := datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: datapath.TCP}
+	fe := datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: ipproto.TCP}
 	be := func(ip string, c uint32) datapath.Backend {
 		return datapath.Backend{Addr: netip.MustParseAddrPort(ip + ":8080"), ClusterID: c, Weight: 1}
 	}
@@ -233,7 +234,7 @@ func TestRunPullsUpstream(t *testing.T) {
 	done := make(chan error)
 	go func() { done <- r.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-	fe := datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: datapath.TCP}
+	fe := datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.10:80"), Proto: ipproto.TCP}
 	u.add(datapath.Service{Frontend: fe, Backends: []datapath.Backend{{Addr: netip.MustParseAddrPort("10.1.0.1:8080"), ClusterID: 1, Weight: 1}}})
 	testwait.Until(t, 10*time.Second, "the upstream's service programmed", func() (bool, string) {
 		_, ok := dp.Service(fe)

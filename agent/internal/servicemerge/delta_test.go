@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
 
 // recSink is a sink that also records what one flush emitted.
@@ -153,7 +154,7 @@ func TestBackendDeltas(t *testing.T) {
 // endpoint, remote and annotation changes and checks after every flush
 // that the patched frontends equal the whole recomputation.
 func TestDeltasMatchFullRandomized(t *testing.T) {
-	ports := []ServicePort{http, {Name: "dns", Proto: datapath.UDP, Port: 53}}
+	ports := []ServicePort{http, {Name: "dns", Proto: ipproto.UDP, Port: 53}}
 	ls := func(a Affinity, global bool) LocalService {
 		return LocalService{ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("fd00::10")},
 			Ports: ports, Annotations: Annotations{Global: global, Shared: true, Affinity: a}}
@@ -175,7 +176,7 @@ func TestDeltasMatchFullRandomized(t *testing.T) {
 				var what string
 				switch op := rng.IntN(25); {
 				case op < 10:
-					es := EndpointSlice{Ports: []ServicePort{{Name: "http", Proto: datapath.TCP, Port: 8080}, {Name: "dns", Proto: datapath.UDP, Port: 5353}}}
+					es := EndpointSlice{Ports: []ServicePort{{Name: "http", Proto: ipproto.TCP, Port: 8080}, {Name: "dns", Proto: ipproto.UDP, Port: 5353}}}
 					for range rng.IntN(5) {
 						es.Endpoints = append(es.Endpoints, Endpoint{Addr: addr(rng), Usable: rng.IntN(3) > 0})
 					}
@@ -201,7 +202,7 @@ func TestDeltasMatchFullRandomized(t *testing.T) {
 					c := 2 + rng.IntN(3)
 					rs := RemoteService{ClusterID: uint32(c), Shared: rng.IntN(8) > 0, Backends: map[PortKey][]netip.AddrPort{}}
 					for range rng.IntN(6) {
-						pk := []PortKey{pkH, {"dns", datapath.UDP}}[rng.IntN(2)]
+						pk := []PortKey{pkH, {"dns", ipproto.UDP}}[rng.IntN(2)]
 						rs.Backends[pk] = append(rs.Backends[pk], netip.AddrPortFrom(addr(rng), 8080))
 					}
 					what = fmt.Sprint("remote c", c)
@@ -234,7 +235,7 @@ func TestReadinessFlipOfRepeatedAddress(t *testing.T) {
 	m := New(Config{ClusterID: 1}, s)
 	m.SetLocalService(web, localSvc(Annotations{Shared: true}))
 	x := netip.MustParseAddr("10.1.0.1")
-	port := []ServicePort{{Name: "http", Proto: datapath.TCP, Port: 8080}}
+	port := []ServicePort{{Name: "http", Proto: ipproto.TCP, Port: 8080}}
 	m.SetEndpointSlice(web, "b", EndpointSlice{Ports: port, Endpoints: []Endpoint{{x, true}}})
 	m.SetEndpointSlice(web, "a", EndpointSlice{Ports: port, Endpoints: []Endpoint{{x, true}, {x, false}}})
 	m.Flush()
