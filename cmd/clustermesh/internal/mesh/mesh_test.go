@@ -176,3 +176,30 @@ func TestLocalReaderUserIsTheApiserverOne(t *testing.T) {
 		t.Fatalf("the CLI issues certificates for %q, the apiserver creates the user %q", localReaderUser, etcdserver.LocalReaderUser)
 	}
 }
+
+func TestVerdictNamesHowAgentsSeeRemotes(t *testing.T) {
+	cluster := func(cached ...bool) ClusterStatus {
+		var rs []meshstatus.Remote
+		for i, c := range cached {
+			rs = append(rs, meshstatus.Remote{Name: "c" + strconv.Itoa(i+2), Ready: true, Cached: c})
+		}
+		return ClusterStatus{Cluster: "c1", Agents: []meshstatus.AgentReport{{Node: "n1", Remotes: rs}}}
+	}
+	for _, tc := range []struct {
+		name string
+		cs   []ClusterStatus
+		want string
+	}{
+		{name: "direct", cs: []ClusterStatus{cluster(false, false)}, want: "Mesh ready: 1 clusters, 1 agents, 2 remote connections ready."},
+		{name: "kvstoremesh", cs: []ClusterStatus{cluster(true, true)}, want: "Mesh ready: 1 clusters, 1 agents, 2 remote cluster views ready, read from the kvstoremesh cache."},
+		{name: "mixed", cs: []ClusterStatus{cluster(true, false)}, want: "Mesh ready: 1 clusters, 1 agents, 2 remote cluster views ready (1 over direct connections, 1 from the kvstoremesh cache)."},
+		{name: "problem", cs: []ClusterStatus{{Cluster: "c1", Problems: []string{"agent n1: remote c2 syncing"}}}, want: "Mesh NOT ready: c1: agent n1: remote c2 syncing."},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ok, got := verdict(tc.cs)
+			if got != tc.want || ok != (tc.name != "problem") {
+				t.Fatalf("verdict = %v, %q; want %q", ok, got, tc.want)
+			}
+		})
+	}
+}

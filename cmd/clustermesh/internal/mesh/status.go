@@ -216,19 +216,25 @@ func cachedState(r meshstatus.CachedRemote) string {
 }
 
 func verdict(cs []ClusterStatus) (bool, string) {
-	var problems, agents, remotes int
+	var problems, agents, direct, cached int
 	for _, c := range cs {
 		problems += len(c.Problems)
 		agents += len(c.Agents)
 		for _, a := range c.Agents {
-			remotes += len(a.Remotes)
+			for _, r := range a.Remotes {
+				if r.Cached {
+					cached++
+				} else {
+					direct++
+				}
+			}
 		}
 	}
 	if len(cs) == 0 {
 		return false, "no cluster given"
 	}
 	if problems == 0 {
-		return true, fmt.Sprintf("Mesh ready: %d clusters, %d agents, %d remote connections ready.", len(cs), agents, remotes)
+		return true, fmt.Sprintf("Mesh ready: %d clusters, %d agents, %s.", len(cs), agents, remoteViews(direct, cached))
 	}
 	first := ""
 	for _, c := range cs {
@@ -242,6 +248,20 @@ func verdict(cs []ClusterStatus) (bool, string) {
 		more = fmt.Sprintf(" (and %d more)", problems-1)
 	}
 	return false, fmt.Sprintf("Mesh NOT ready: %s%s.", first, more)
+}
+
+// remoteViews says how the agents see their remote clusters: each agent has one
+// view per remote, read either over its own connection to the remote's etcd or
+// from its cluster's kvstoremesh cache.
+func remoteViews(direct, cached int) string {
+	switch {
+	case cached == 0:
+		return fmt.Sprintf("%d remote connections ready", direct)
+	case direct == 0:
+		return fmt.Sprintf("%d remote cluster views ready, read from the kvstoremesh cache", cached)
+	default:
+		return fmt.Sprintf("%d remote cluster views ready (%d over direct connections, %d from the kvstoremesh cache)", direct+cached, direct, cached)
+	}
 }
 
 func clusterLabel(c ClusterStatus) string {
