@@ -35,3 +35,26 @@ func TestCPU(t *testing.T) {
 		})
 	}
 }
+
+func TestRSSOf(t *testing.T) {
+	child := exec.Command("true")
+	if err := child.Run(); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		pid  int
+		want func(uint64) bool
+	}{
+		{"this process", 0, func(n uint64) bool { return n > 1<<20 }},
+		{"this process by pid", os.Getpid(), func(n uint64) bool { return n > 1<<20 }},
+		{"a pid that is gone", child.Process.Pid, func(n uint64) bool { return n == 0 }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := RSSOf(tc.pid); !tc.want(got) {
+				t.Errorf("RSSOf(%d) = %d", tc.pid, got)
+			}
+		})
+	}
+}
