@@ -3,7 +3,6 @@ package scale
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -15,7 +14,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	agentv1 "github.com/clustermesh/clustermesh/api/agent/v1"
 	"github.com/clustermesh/clustermesh/bench/internal/agentproc"
 	"github.com/clustermesh/clustermesh/bench/internal/remotedata"
 	"github.com/clustermesh/clustermesh/bpf"
@@ -98,31 +96,6 @@ func (l *localEtcd) remotesDir(b *testing.B, sets []remotedata.Set) string {
 	return dir
 }
 
-// synced reports whether the status shows every set ready with all its
-// entries.
-func synced(st *agentv1.GetStatusResponse, sets []remotedata.Set) (bool, string) {
-	if st == nil || len(st.GetRemoteClusters()) != len(sets) {
-		return false, fmt.Sprintf("%d remotes", len(st.GetRemoteClusters()))
-	}
-	want := map[string]remotedata.Set{}
-	for _, s := range sets {
-		want[s.Cluster] = s
-	}
-	ready := 0
-	for _, r := range st.GetRemoteClusters() {
-		s := want[r.GetName()]
-		ok := r.GetReady()
-		for _, k := range r.GetKinds() {
-			n := map[string]int{"nodes": s.Nodes, "identities": s.Identities, "ipcache": s.IPs, "services": s.Services}[k.GetKind()]
-			ok = ok && int(k.GetEntries()) == n
-		}
-		if ok {
-			ready++
-		}
-	}
-	return ready == len(sets), fmt.Sprintf("%d of %d remotes synced", ready, len(sets))
-}
-
 // syncTimes are the moments of a cold sync, since the process start.
 type syncTimes struct {
 	ready      time.Duration // status: every remote ready with all entries
@@ -146,7 +119,7 @@ func waitSynced(b *testing.B, a *agentproc.Proc, sets []remotedata.Set) syncTime
 		}
 		st, err := a.Status(ctx)
 		var ok bool
-		if ok, why = synced(st, sets); err == nil && ok {
+		if ok, why = agentproc.Synced(st, sets); err == nil && ok {
 			t.ready = time.Since(a.Start)
 			break
 		}

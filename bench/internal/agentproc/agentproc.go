@@ -21,6 +21,7 @@ import (
 
 	agentv1 "github.com/clustermesh/clustermesh/api/agent/v1"
 	"github.com/clustermesh/clustermesh/bench/internal/procmem"
+	"github.com/clustermesh/clustermesh/bench/internal/remotedata"
 	"github.com/clustermesh/clustermesh/bpf"
 )
 
@@ -305,4 +306,29 @@ func (p *Proc) CPUProfile(tb testing.TB, d time.Duration, path string) {
 		return
 	}
 	tb.Logf("cpu profile: pprof endpoint %s never answered", p.pprofAddr)
+}
+
+// Synced reports whether the status shows every set ready with all its
+// entries.
+func Synced(st *agentv1.GetStatusResponse, sets []remotedata.Set) (bool, string) {
+	if st == nil || len(st.GetRemoteClusters()) != len(sets) {
+		return false, fmt.Sprintf("%d remotes", len(st.GetRemoteClusters()))
+	}
+	want := map[string]remotedata.Set{}
+	for _, s := range sets {
+		want[s.Cluster] = s
+	}
+	ready := 0
+	for _, r := range st.GetRemoteClusters() {
+		s := want[r.GetName()]
+		ok := r.GetReady()
+		for _, k := range r.GetKinds() {
+			n := map[string]int{"nodes": s.Nodes, "identities": s.Identities, "ipcache": s.IPs, "services": s.Services}[k.GetKind()]
+			ok = ok && int(k.GetEntries()) == n
+		}
+		if ok {
+			ready++
+		}
+	}
+	return ready == len(sets), fmt.Sprintf("%d of %d remotes synced", ready, len(sets))
 }

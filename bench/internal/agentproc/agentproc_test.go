@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	agentv1 "github.com/clustermesh/clustermesh/api/agent/v1"
+	"github.com/clustermesh/clustermesh/bench/internal/remotedata"
 	"github.com/clustermesh/clustermesh/internal/kubetest"
 	"github.com/clustermesh/clustermesh/internal/testwait"
 )
@@ -94,6 +96,32 @@ func TestEnviron(t *testing.T) {
 			}
 			if !slices.Equal(got, tc.want) {
 				t.Errorf("GOMAXPROCS entries %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestSynced(t *testing.T) {
+	c2 := remotedata.Set{Cluster: "c2", ID: 2, Nodes: 2, IPs: 3, Identities: 1}
+	c3 := remotedata.Set{Cluster: "c3", ID: 3}
+	remote := func(name string, ready bool, nodes, ips uint64) *agentv1.RemoteCluster {
+		return &agentv1.RemoteCluster{Name: name, Ready: ready, Kinds: []*agentv1.KindStatus{
+			{Kind: "nodes", Entries: nodes}, {Kind: "ipcache", Entries: ips}, {Kind: "identities", Entries: min(nodes, 1)}, {Kind: "services"}}}
+	}
+	tests := []struct {
+		name    string
+		remotes []*agentv1.RemoteCluster
+		want    bool
+	}{
+		{"every set ready with all its entries", []*agentv1.RemoteCluster{remote("c2", true, 2, 3), remote("c3", true, 0, 0)}, true},
+		{"one not ready", []*agentv1.RemoteCluster{remote("c2", false, 2, 3), remote("c3", true, 0, 0)}, false},
+		{"ready with entries missing", []*agentv1.RemoteCluster{remote("c2", true, 2, 2), remote("c3", true, 0, 0)}, false},
+		{"a remote missing", []*agentv1.RemoteCluster{remote("c2", true, 2, 3)}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got, why := Synced(&agentv1.GetStatusResponse{RemoteClusters: tc.remotes}, []remotedata.Set{c2, c3}); got != tc.want {
+				t.Errorf("Synced = %v (%s), want %v", got, why, tc.want)
 			}
 		})
 	}
