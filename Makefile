@@ -64,11 +64,15 @@ fuzz: ## run every fuzz target for FUZZTIME each
 
 CILIUM_WATCH_SRC ?= ../shared/tools/cilium-watch
 bench: cilium-watch ## run the benchmarks of bench/ (see bench/README.md; as root for the eBPF datapath)
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/...
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/clustermesh-agent ./agent
+	KUBE_BIN_DIR=$${KUBE_BIN_DIR:-$$(hack/kube-bins.sh)} && export KUBE_BIN_DIR && \
+	CLUSTERMESH_AGENT_BIN=$(CURDIR)/$(BIN)/clustermesh-agent $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/...
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 20m ./agent/internal/policy/ ./agent/internal/policysync/
 
-bench-peer: cilium-watch ## only the side-by-side benchmark against Cilium's watch path (bench/peer)
-	$(GO) test -run '^$$' -bench VsCilium -benchtime 1x -timeout 30m -v ./bench/peer/
+bench-peer: cilium-watch ## only the side-by-side benchmark against Cilium's watch path (bench/peer; as root: the agent binary on eBPF, see bench/README.md)
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/clustermesh-agent ./agent
+	KUBE_BIN_DIR=$${KUBE_BIN_DIR:-$$(hack/kube-bins.sh)} && export KUBE_BIN_DIR && \
+	CLUSTERMESH_AGENT_BIN=$(CURDIR)/$(BIN)/clustermesh-agent $(GO) test -run '^$$' -bench VsCilium -benchtime 1x -timeout 30m -v ./bench/peer/
 
 SCALE_BENCH ?= Scale
 bench-scale: ## Cilium's clustermesh scale test on one machine (bench/scale: the agent binary at 250 clusters, the 500-watcher fan-out; as root: see bench/README.md)

@@ -299,6 +299,15 @@ func checkPinnedIPCache(t *testing.T, step, pinDir string, st datapath.State) {
 	if got, err := c.Count(); err != nil || got != n {
 		t.Errorf("%s: pinned count %d (%v), want %d", step, got, err, n)
 	}
+	want := PinnedCounts{IPCache: n}
+	for p := range st.Tunnels {
+		if p.Addr().Is4() {
+			want.Tunnels++
+		}
+	}
+	if got, err := CountPinned(pinDir); err != nil || got != want {
+		t.Errorf("%s: pinned counts %+v (%v), want %+v", step, got, err, want)
+	}
 	if _, ok, err := c.Lookup(netip.MustParsePrefix("192.0.2.77/32")); ok || err != nil {
 		t.Errorf("%s: pinned lookup of an absent address: %v %v", step, ok, err)
 	}

@@ -3,22 +3,21 @@ package scale
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	agentv1 "github.com/clustermesh/clustermesh/api/agent/v1"
+	"github.com/clustermesh/clustermesh/bench/internal/agentproc"
 	"github.com/clustermesh/clustermesh/bench/internal/remotedata"
 	"github.com/clustermesh/clustermesh/bpf"
+	"github.com/clustermesh/clustermesh/internal/hostload"
 	"github.com/clustermesh/clustermesh/internal/kubetest"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
@@ -41,16 +40,6 @@ func envInt(b *testing.B, name string, def int) int {
 		b.Fatalf("%s=%q: %v", name, s, err)
 	}
 	return n
-}
-
-// loadavg returns the first three fields of /proc/loadavg.
-func loadavg() string {
-	data, _ := os.ReadFile("/proc/loadavg")
-	f := strings.Fields(string(data))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
 }
 
 // quantiles sorts d in place and returns its p50, p99 and maximum (zero
@@ -107,31 +96,6 @@ func (l *localEtcd) remotesDir(b *testing.B, sets []remotedata.Set) string {
 	return dir
 }
 
-// synced reports whether the status shows every set ready with all its
-// entries.
-func synced(st *agentv1.GetStatusResponse, sets []remotedata.Set) (bool, string) {
-	if st == nil || len(st.GetRemoteClusters()) != len(sets) {
-		return false, fmt.Sprintf("%d remotes", len(st.GetRemoteClusters()))
-	}
-	want := map[string]remotedata.Set{}
-	for _, s := range sets {
-		want[s.Cluster] = s
-	}
-	ready := 0
-	for _, r := range st.GetRemoteClusters() {
-		s := want[r.GetName()]
-		ok := r.GetReady()
-		for _, k := range r.GetKinds() {
-			n := map[string]int{"nodes": s.Nodes, "identities": s.Identities, "ipcache": s.IPs, "services": s.Services}[k.GetKind()]
-			ok = ok && int(k.GetEntries()) == n
-		}
-		if ok {
-			ready++
-		}
-	}
-	return ready == len(sets), fmt.Sprintf("%d of %d remotes synced", ready, len(sets))
-}
-
 // syncTimes are the moments of a cold sync, since the process start.
 type syncTimes struct {
 	ready      time.Duration // status: every remote ready with all entries
@@ -141,22 +105,22 @@ type syncTimes struct {
 
 // waitSynced polls the status API and the pinned map until the agent
 // holds every set.
-func waitSynced(b *testing.B, a *agentProc, sets []remotedata.Set) syncTimes {
+func waitSynced(b *testing.B, a *agentproc.Proc, sets []remotedata.Set) syncTimes {
 	ctx := context.Background()
 	var t syncTimes
 	var why string
 	deadline := time.Now().Add(15 * time.Minute)
 	for t.ready == 0 {
-		if err := a.failed(); err != nil {
+		if err := a.Failed(); err != nil {
 			b.Fatal(err)
 		}
 		if time.Now().After(deadline) {
 			b.Fatalf("not synced after 15 minutes: %s", why)
 		}
-		st, err := a.status(ctx)
+		st, err := a.Status(ctx)
 		var ok bool
-		if ok, why = synced(st, sets); err == nil && ok {
-			t.ready = time.Since(a.start)
+		if ok, why = agentproc.Synced(st, sets); err == nil && ok {
+			t.ready = time.Since(a.Start)
 			break
 		}
 		time.Sleep(50 * time.Millisecond) // polling interval of the measurement
@@ -169,7 +133,7 @@ func waitSynced(b *testing.B, a *agentProc, sets []remotedata.Set) syncTimes {
 		t.programmed, t.counted = t.ready, t.ready
 		return t
 	}
-	ipc, err := bpf.OpenPinnedIPCache(a.pinDir)
+	ipc, err := bpf.OpenPinnedIPCache(a.PinDir)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -185,7 +149,7 @@ func waitSynced(b *testing.B, a *agentProc, sets []remotedata.Set) syncTimes {
 			}
 		}
 		if all {
-			t.programmed = time.Since(a.start)
+			t.programmed = time.Since(a.Start)
 		} else if time.Now().After(deadline) {
 			b.Fatal("pinned ipcache incomplete after 15 minutes")
 		} else {
@@ -198,7 +162,7 @@ func waitSynced(b *testing.B, a *agentProc, sets []remotedata.Set) syncTimes {
 			b.Fatal(err)
 		}
 		if n >= want {
-			t.counted = time.Since(a.start)
+			t.counted = time.Since(a.Start)
 		} else if time.Now().After(deadline) {
 			b.Fatalf("pinned ipcache holds %d of %d entries", n, want)
 		}
@@ -226,22 +190,22 @@ func BenchmarkScaleAgent(b *testing.B) {
 	churnFor := time.Duration(envInt(b, "BENCH_SCALE_CHURN_SECONDS", 60)) * time.Second
 	profDir := os.Getenv("BENCH_SCALE_PROFILE_DIR")
 	sets := mesh.Sets()
-	b.Logf("load average at start: %s", loadavg())
+	b.Logf("load average at start: %s", hostload.Average())
 
 	local := startLocal(b)
 	cp := kubetest.StartForTest(b, kubetest.Config{Name: "c1"})
-	opts := agentOpts{bin: agentBin(b, b.TempDir()), kubeconfig: cp.Kubeconfig(), remotesDir: local.remotesDir(b, sets),
-		cacheConfig: local.readerFile, cpu: "1"}
+	opts := agentproc.Options{Bin: agentproc.Bin(b, b.TempDir()), Kubeconfig: cp.Kubeconfig(), RemotesDir: local.remotesDir(b, sets),
+		CacheConfig: local.readerFile, Name: "bench-scale", CPU: "1", GOMAXPROCS: 1}
 
 	empty := mesh
 	empty.PerCluster = remotedata.Set{Cached: true}
 	if err := empty.Write(ctx, local.admin.Etcd()); err != nil {
 		b.Fatal(err)
 	}
-	a0 := startAgent(b, opts)
+	a0 := agentproc.Start(b, opts)
 	t0 := waitSynced(b, a0, empty.Sets())
-	rss0, heap0 := a0.memory(b, "")
-	a0.stop(b)
+	rss0, heap0 := a0.Memory(b, "")
+	a0.Stop(b)
 	b.Logf("baseline (%d empty remotes): ready in %v; RSS %d MB, heap %d MB", mesh.Clusters, t0.ready.Round(time.Millisecond), rss0>>20, heap0>>20)
 
 	start := time.Now()
@@ -249,23 +213,23 @@ func BenchmarkScaleAgent(b *testing.B) {
 		b.Fatal(err)
 	}
 	entries := mesh.Entries()
-	b.Logf("wrote %d clusters, %d entries in %v; load average %s", mesh.Clusters, entries, time.Since(start).Round(time.Millisecond), loadavg())
+	b.Logf("wrote %d clusters, %d entries in %v; load average %s", mesh.Clusters, entries, time.Since(start).Round(time.Millisecond), hostload.Average())
 
 	b.ResetTimer()
-	a := startAgent(b, opts)
+	a := agentproc.Start(b, opts)
 	if profDir != "" {
-		go a.cpuProfile(b, 8*time.Second, filepath.Join(profDir, "scale-agent-sync.cpu.pprof")) // ends before the churn profile starts
+		go a.CPUProfile(b, 8*time.Second, filepath.Join(profDir, "scale-agent-sync.cpu.pprof")) // ends before the churn profile starts
 	}
 	t1 := waitSynced(b, a, sets)
 	b.StopTimer()
-	syncCPU := a.cpu(b)
+	syncCPU := a.CPU(b)
 	heapPath := ""
 	if profDir != "" {
 		heapPath = filepath.Join(profDir, "scale-agent-synced.heap.pprof")
 	}
-	rss1, heap1 := a.memory(b, heapPath)
+	rss1, heap1 := a.Memory(b, heapPath)
 	b.Logf("cold sync of %d clusters, %d entries: status ready %v, programmed %v (pinned map counted %v); agent CPU %v; load average %s",
-		mesh.Clusters, entries, t1.ready.Round(time.Millisecond), t1.programmed.Round(time.Millisecond), t1.counted.Round(time.Millisecond), syncCPU, loadavg())
+		mesh.Clusters, entries, t1.ready.Round(time.Millisecond), t1.programmed.Round(time.Millisecond), t1.counted.Round(time.Millisecond), syncCPU, hostload.Average())
 	b.Logf("memory: RSS %d MB (+%d MB, %d B/entry), heap %d MB (+%d MB, %d B/entry) over the baseline",
 		rss1>>20, (rss1-rss0)>>20, (rss1-rss0)/int64(entries), heap1>>20, (heap1-heap0)>>20, (heap1-heap0)/int64(entries))
 	b.ReportMetric(t1.programmed.Seconds(), "s-to-programmed")
@@ -275,7 +239,7 @@ func BenchmarkScaleAgent(b *testing.B) {
 	if profDir != "" { // the churn, after the idle window
 		go func() {
 			time.Sleep(idleWindow)
-			a.cpuProfile(b, churnFor, filepath.Join(profDir, "scale-agent-churn.cpu.pprof"))
+			a.CPUProfile(b, churnFor, filepath.Join(profDir, "scale-agent-churn.cpu.pprof"))
 		}()
 	}
 	lag, watchLag, missing, cpuPerEvent, netPerEvent, idle, rate := churn(b, a, local, sets, churnFor)
@@ -286,12 +250,12 @@ func BenchmarkScaleAgent(b *testing.B) {
 	b.ReportMetric(float64(cpuPerEvent.Microseconds()), "cpu-µs/event")
 	b.ReportMetric(float64(netPerEvent.Microseconds()), "cpu-net-µs/event")
 	b.Logf("churn %v at %d/s (reached %.0f/s): %d changes, %d not seen in the pinned map; put → pinned map p50 %v p99 %v max %v | put → raw watch p50 %v p99 %v; agent CPU %v per event (%v over its idle %.3f cores); load average %s",
-		churnFor, churnRate, rate, len(lag)+missing, missing, p50, p99, pmax, w50, w99, cpuPerEvent, netPerEvent, idle, loadavg())
+		churnFor, churnRate, rate, len(lag)+missing, missing, p50, p99, pmax, w50, w99, cpuPerEvent, netPerEvent, idle, hostload.Average())
 	churnedHeap := ""
 	if profDir != "" {
 		churnedHeap = filepath.Join(profDir, "scale-agent-churned.heap.pprof")
 	}
-	rss2, heap2 := a.memory(b, churnedHeap)
+	rss2, heap2 := a.Memory(b, churnedHeap)
 	b.Logf("memory after the churn: RSS %d MB (+%d MB, %d B/entry), heap %d MB (+%d MB, %d B/entry) over the baseline",
 		rss2>>20, (rss2-rss0)>>20, (rss2-rss0)/int64(entries), heap2>>20, (heap2-heap0)>>20, (heap2-heap0)/int64(entries))
 }
@@ -301,10 +265,10 @@ func BenchmarkScaleAgent(b *testing.B) {
 // in the map, the agent's CPU per change (all of it, and less its idle
 // CPU rate over the same window), its idle CPU (cores) and the rate
 // reached.
-func churn(b *testing.B, a *agentProc, local *localEtcd, sets []remotedata.Set, d time.Duration) (lag, watchLag []time.Duration, missing int, cpuPerEvent, netPerEvent time.Duration, idle, rate float64) {
+func churn(b *testing.B, a *agentproc.Proc, local *localEtcd, sets []remotedata.Set, d time.Duration) (lag, watchLag []time.Duration, missing int, cpuPerEvent, netPerEvent time.Duration, idle, rate float64) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ipc, err := bpf.OpenPinnedIPCache(a.pinDir)
+	ipc, err := bpf.OpenPinnedIPCache(a.PinDir)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -361,10 +325,10 @@ func churn(b *testing.B, a *agentProc, local *localEtcd, sets []remotedata.Set, 
 	})
 	// The agent's CPU without churn (probes, informers, the poller's map
 	// reads cost the bench, not the agent), over a window of its own.
-	idle0, idleStart := a.cpu(b), time.Now()
+	idle0, idleStart := a.CPU(b), time.Now()
 	time.Sleep(idleWindow) // measurement window
-	idle = float64(a.cpu(b)-idle0) / float64(time.Since(idleStart))
-	cpu0 := a.cpu(b)
+	idle = float64(a.CPU(b)-idle0) / float64(time.Since(idleStart))
+	cpu0 := a.CPU(b)
 	n := int(d.Seconds() * churnRate)
 	start := time.Now()
 	done, err := remotedata.Churn{Sets: sets, Rate: churnRate}.Run(ctx, local.admin.Etcd(), n, func(c remotedata.Change) {
@@ -386,7 +350,7 @@ func churn(b *testing.B, a *agentProc, local *localEtcd, sets []remotedata.Set, 
 			break
 		}
 	}
-	cpu1 := a.cpu(b)
+	cpu1 := a.CPU(b)
 	window = time.Since(start)
 	close(polling)
 	cancel()

@@ -14,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/clustermesh/clustermesh/bench/internal/remotedata"
+	"github.com/clustermesh/clustermesh/internal/hostload"
 	"github.com/clustermesh/clustermesh/internal/testwait"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/watchstore"
@@ -81,7 +82,7 @@ func BenchmarkScaleFanout(b *testing.B) {
 	nRemotes := envInt(b, "BENCH_FANOUT_REMOTES", 4)
 	nWatchers := envInt(b, "BENCH_FANOUT_WATCHERS", 500)
 	churnFor := time.Duration(envInt(b, "BENCH_FANOUT_CHURN_SECONDS", 30)) * time.Second
-	b.Logf("load average at start: %s", loadavg())
+	b.Logf("load average at start: %s", hostload.Average())
 	mesh := fanoutMesh(nRemotes)
 	sets := mesh.Sets()
 	start := time.Now()
@@ -150,7 +151,7 @@ func BenchmarkScaleFanout(b *testing.B) {
 		return synced == len(stores), fmt.Sprintf("%d of %d stores synced", synced, len(stores))
 	})
 	b.Logf("%d watchers (%d stores, %d connections) synced %d entries each in %v; load average %s",
-		nWatchers, len(stores), nWatchers, mesh.Entries(), time.Since(start).Round(time.Millisecond), loadavg())
+		nWatchers, len(stores), nWatchers, mesh.Entries(), time.Since(start).Round(time.Millisecond), hostload.Average())
 
 	// The kvstoremesh's share: put on the remote → key written in the cache,
 	// seen by a raw watch of the bench on the local etcd.
@@ -230,7 +231,7 @@ func BenchmarkScaleFanout(b *testing.B) {
 	b.ReportMetric(float64(p99.Microseconds())/1000, "lag-p99-ms")
 	b.Logf("churn: %d puts in %v (%.0f/s) over %d remotes → %d of %d deliveries to %d watchers in %v: %.0f events/s; put → watcher p50 %v p99 %v max %v; load average %s",
 		puts.Load(), putWindow.Round(time.Millisecond), float64(puts.Load())/putWindow.Seconds(), len(sets), len(all), want, nWatchers,
-		window.Round(time.Millisecond), float64(len(all))/window.Seconds(), p50, p99, pmax, loadavg())
+		window.Round(time.Millisecond), float64(len(all))/window.Seconds(), p50, p99, pmax, hostload.Average())
 	b.Logf("put on the remote → in the cache (raw watch of the local etcd): p50 %v p99 %v of %d", c50, c99, len(cacheLag))
 	if len(all) < want {
 		b.Logf("%d deliveries missing after 30 s", want-len(all))

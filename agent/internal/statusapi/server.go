@@ -104,7 +104,7 @@ func (s *Server) Build(includeEntries bool) *agentv1.GetStatusResponse {
 	resp := &agentv1.GetStatusResponse{
 		ClusterName: s.cfg.ClusterName, ClusterId: s.cfg.ClusterID, NodeName: s.cfg.NodeName,
 		RestoringClusterIds: s.dp.Holding(),
-		DatapathBatches:     st.Batches, DatapathFailures: st.Failures, DatapathLastError: st.LastError,
+		DatapathBatches:     st.Batches, DatapathFailures: st.Failures, DatapathLastError: st.LastError, DatapathTrims: st.Trims,
 	}
 	for _, r := range s.remotes.Status() {
 		rc := &agentv1.RemoteCluster{

@@ -49,7 +49,7 @@ func (fakes) IPCache() []datapath.IPCacheEntry {
 	return []datapath.IPCacheEntry{{Prefix: netip.MustParsePrefix("10.2.1.5/32"), Identity: 2<<16 | 300, TunnelEndpoint: netip.MustParseAddr("192.168.2.1"), ClusterID: 2}}
 }
 func (fakes) Holding() []uint32   { return []uint32{3} }
-func (fakes) Stats() dpsync.Stats { return dpsync.Stats{Batches: 4} }
+func (fakes) Stats() dpsync.Stats { return dpsync.Stats{Batches: 4, Trims: 2} }
 
 func TestServeAndPrint(t *testing.T) {
 	dir, err := os.MkdirTemp("", "cmst")
@@ -68,6 +68,9 @@ func TestServeAndPrint(t *testing.T) {
 	for {
 		r, err := Fetch(ctx, sock, true)
 		if err == nil {
+			if r.GetDatapathBatches() != 4 || r.GetDatapathTrims() != 2 {
+				t.Fatalf("datapath batches %d, trims %d; want the reconciler's 4, 2", r.GetDatapathBatches(), r.GetDatapathTrims())
+			}
 			var tbl, js bytes.Buffer
 			if err := PrintTable(&tbl, r); err != nil {
 				t.Fatal(err)

@@ -11,8 +11,12 @@ import (
 
 // RSS returns the process's resident set size (VmRSS) in bytes, 0 when
 // unknown.
-func RSS() uint64 {
-	data, err := os.ReadFile("/proc/self/status")
+func RSS() uint64 { return RSSOf(0) }
+
+// RSSOf returns the resident set size (VmRSS) of process pid (0: this
+// process) in bytes, 0 when unknown.
+func RSSOf(pid int) uint64 {
+	data, err := os.ReadFile("/proc/" + procDir(pid) + "/status")
 	if err != nil {
 		return 0
 	}
@@ -50,11 +54,7 @@ func WriteHeapProfile(path string) error {
 // process), read from /proc/<pid>/stat; 0 when unknown. The kernel counts it
 // in clock ticks (USER_HZ, 100 per second on Linux): 10 ms resolution.
 func CPU(pid int) time.Duration {
-	p := "self"
-	if pid != 0 {
-		p = strconv.Itoa(pid)
-	}
-	data, err := os.ReadFile("/proc/" + p + "/stat")
+	data, err := os.ReadFile("/proc/" + procDir(pid) + "/stat")
 	if err != nil {
 		return 0
 	}
@@ -67,4 +67,12 @@ func CPU(pid int) time.Duration {
 	utime, _ := strconv.ParseInt(f[11], 10, 64) // field 14
 	stime, _ := strconv.ParseInt(f[12], 10, 64) // field 15
 	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+// procDir names process pid's directory under /proc (0: this process).
+func procDir(pid int) string {
+	if pid == 0 {
+		return "self"
+	}
+	return strconv.Itoa(pid)
 }
