@@ -225,8 +225,10 @@ func TestInstallOnKubelets(t *testing.T) {
 	expectServedBy(t, client, localIP, 20, map[string]bool{"c1": true})
 	t.Logf("step 10: non-global ClusterIP %s still served from c1 only, through kube-proxy", localIP)
 
+	stepStart := time.Now()
 	installPolicyStep(ctx, t, c1, c2, pods["c2/echo-a"])
-	t.Logf("step 11: a CiliumNetworkPolicy of c2 lets only c1's echo-a in: c1's echo-b denied and counted, traced; allowed again once deleted (%s)", time.Since(start).Round(time.Second))
+	t.Logf("step 11: a CiliumNetworkPolicy of c2 lets only c1's echo-a in: c1's echo-b denied and counted, traced; allowed again once deleted (%s, step %s)",
+		time.Since(start).Round(time.Second), time.Since(stepStart).Round(100*time.Millisecond))
 
 	for _, c := range env.Clusters {
 		run("disable", "--context="+c.Name)

@@ -198,9 +198,10 @@ func expectTrace(ctx context.Context, t *testing.T, n *harness.Node, src, dst st
 // rule or reason want (a substring).
 func expectTraced(t *testing.T, src, dst string, allowed bool, want string, trace func() (harness.Trace, error)) {
 	t.Helper()
+	var tr harness.Trace
 	err := eventually(30*time.Second, func() error {
-		tr, err := trace()
-		if err != nil {
+		var err error
+		if tr, err = trace(); err != nil {
 			return err
 		}
 		if tr.Allowed != allowed || !strings.Contains(tr.Ingress.Rule+" "+tr.Ingress.Reason, want) {
@@ -210,7 +211,9 @@ func expectTraced(t *testing.T, src, dst string, allowed bool, want string, trac
 	})
 	if err != nil {
 		t.Error(err)
+		return
 	}
+	t.Logf("trace %s → %s: allowed %v, ingress %+v", src, dst, tr.Allowed, tr.Ingress)
 }
 
 func applyPolicy(ctx context.Context, t *testing.T, c *harness.Cluster, manifest string) *unstructured.Unstructured {
