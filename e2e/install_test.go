@@ -160,8 +160,11 @@ func TestInstallOnKubelets(t *testing.T) {
 	for _, c := range env.Clusters {
 		n := c.Nodes[0]
 		bpffsBefore[n.Name] = filesUnder(t, n.BPFFS)
-		run("enable", "--context="+c.Name, "--cluster-name="+c.Name, fmt.Sprintf("--cluster-id=%d", c.ID),
-			"--set=agent.bpffsPath="+n.BPFFS+",agent.stateDir="+n.AgentState)
+		set := "--set=agent.bpffsPath=" + n.BPFFS + ",agent.stateDir=" + n.AgentState
+		if mode := os.Getenv("E2E_CONNECTION"); mode != "" {
+			set += ",agent.connectionMode=" + mode // else the chart's default
+		}
+		run("enable", "--context="+c.Name, "--cluster-name="+c.Name, fmt.Sprintf("--cluster-id=%d", c.ID), set)
 	}
 	for _, c := range env.Clusters {
 		for _, app := range []string{"clustermesh-agent", "clustermesh-apiserver"} {

@@ -78,12 +78,14 @@ func (e *Env) addNode(ctx context.Context, c *Cluster, i int) (*Node, error) {
 	if out, err := n.NS.Exec("sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
 		return nil, fmt.Errorf("enable forwarding: %w: %s", err, out)
 	}
-	// Pods reach their kube-apiserver (the forwarder on the gateway) from
-	// the node's address, as on a cloud node; the datacenter has no route
-	// to pod CIDRs, so traffic between clusters' pods needs the mesh.
+	// Pods reach whatever lies beyond the node's eth0 (their kube-apiserver,
+	// the forwarder on the gateway; other nodes' addresses, such as the
+	// other cluster's NodePort) from the node's address, as on a cloud
+	// node: the datacenter has no route to pod CIDRs, so traffic between
+	// clusters' pods needs the mesh (its tunnel, not eth0).
 	if out, err := n.NS.Exec("iptables", "-t", "nat", "-A", "POSTROUTING", "-s", n.PodCIDR.String(),
-		"-d", gateway.String()+"/32", "-j", "MASQUERADE"); err != nil {
-		return nil, fmt.Errorf("masquerade pods to the gateway: %w: %s", err, out)
+		"-o", "eth0", "-j", "MASQUERADE"); err != nil {
+		return nil, fmt.Errorf("masquerade pods leaving through eth0: %w: %s", err, out)
 	}
 	// The agent's bpffs, shared so that the chart's Bidirectional mount
 	// propagation is allowed and the pins stay visible here for the checks.
