@@ -49,12 +49,12 @@ var installEnv atomic.Pointer[kubenode.Env]
 // agent DaemonSet and apiserver Deployment as pods), `connect`, `status
 // --wait`; then pod to pod across the clusters, a global service answered
 // from both, a plain ClusterIP service still served by kube-proxy, a
-// CiliumNetworkPolicy across the clusters enforced and traced, and
-// `clustermesh disable` leaving no program, pin or tunnel device. Every step
-// is logged, so a failure says how far the install got. It runs with the
-// e2e suite (make test) and alone with `make test-install`; it skips, naming
-// what is missing, where the machine lacks a requirement (fails under CI and
-// make test).
+// CiliumNetworkPolicy and a NetworkPolicy across the clusters enforced and
+// traced, and `clustermesh disable` leaving no program, pin or tunnel
+// device. Every step is logged, so a failure says how far the install got.
+// It runs with the e2e suite (make test) and alone with `make
+// test-install`; it skips, naming what is missing, where the machine lacks
+// a requirement (fails under CI and make test).
 func TestInstallOnKubelets(t *testing.T) {
 	testenv.RequireRoot(t)
 	kubeBin := testenv.KubeBinDir(t)
@@ -230,7 +230,7 @@ func TestInstallOnKubelets(t *testing.T) {
 
 	stepStart := time.Now()
 	installPolicyStep(ctx, t, c1, c2, pods["c2/echo-a"])
-	t.Logf("step 11: a CiliumNetworkPolicy of c2 lets only c1's echo-a in: c1's echo-b denied and counted, traced; allowed again once deleted (%s, step %s)",
+	t.Logf("step 11: a CiliumNetworkPolicy, then a NetworkPolicy, of c2 lets only c1's echo-a in: c1's and c2's echo-b denied, counted, traced; allowed again once deleted (%s, step %s)",
 		time.Since(start).Round(time.Second), time.Since(stepStart).Round(100*time.Millisecond))
 
 	for _, c := range env.Clusters {
