@@ -46,7 +46,7 @@ spec:
 `, "knp/default/allow-c1-echo-a ingress[0]"},
 }
 
-// agentCLI runs the agent image's own CLI against the agent of c's node,
+// agentCLI runs the agent image's own CLI against the agent of node,
 // in its pod, as `kubectl exec ds/clustermesh-agent -- clustermesh-agent`
 // would (the chart's agent.stateDir holds its status socket).
 type agentCLI struct {
