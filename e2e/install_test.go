@@ -48,12 +48,13 @@ var installEnv atomic.Pointer[kubenode.Env]
 // images` archives imported into containerd, `clustermesh enable` (chart,
 // agent DaemonSet and apiserver Deployment as pods), `connect`, `status
 // --wait`; then pod to pod across the clusters, a global service answered
-// from both, a plain ClusterIP service still served by kube-proxy, and
-// `clustermesh disable` leaving no program, pin or tunnel device. Every step
-// is logged, so a failure says how far the install got. It runs with the
-// e2e suite (make test) and alone with `make test-install`; it skips, naming
-// what is missing, where the machine lacks a requirement (fails under CI and
-// make test).
+// from both, a plain ClusterIP service still served by kube-proxy, a
+// CiliumNetworkPolicy and a NetworkPolicy across the clusters enforced and
+// traced, and `clustermesh disable` leaving no program, pin or tunnel
+// device. Every step is logged, so a failure says how far the install got.
+// It runs with the e2e suite (make test) and alone with `make
+// test-install`; it skips, naming what is missing, where the machine lacks
+// a requirement (fails under CI and make test).
 func TestInstallOnKubelets(t *testing.T) {
 	testenv.RequireRoot(t)
 	kubeBin := testenv.KubeBinDir(t)
@@ -159,8 +160,11 @@ func TestInstallOnKubelets(t *testing.T) {
 	for _, c := range env.Clusters {
 		n := c.Nodes[0]
 		bpffsBefore[n.Name] = filesUnder(t, n.BPFFS)
-		run("enable", "--context="+c.Name, "--cluster-name="+c.Name, fmt.Sprintf("--cluster-id=%d", c.ID),
-			"--set=agent.bpffsPath="+n.BPFFS+",agent.stateDir="+n.AgentState)
+		set := "--set=agent.bpffsPath=" + n.BPFFS + ",agent.stateDir=" + n.AgentState
+		if mode := os.Getenv("E2E_CONNECTION"); mode != "" {
+			set += ",agent.connectionMode=" + mode // else the chart's default
+		}
+		run("enable", "--context="+c.Name, "--cluster-name="+c.Name, fmt.Sprintf("--cluster-id=%d", c.ID), set)
 	}
 	for _, c := range env.Clusters {
 		for _, app := range []string{"clustermesh-agent", "clustermesh-apiserver"} {
@@ -224,6 +228,11 @@ func TestInstallOnKubelets(t *testing.T) {
 	expectServedBy(t, client, localIP, 20, map[string]bool{"c1": true})
 	t.Logf("step 10: non-global ClusterIP %s still served from c1 only, through kube-proxy", localIP)
 
+	stepStart := time.Now()
+	installPolicyStep(ctx, t, c1, c2, pods["c2/echo-a"])
+	t.Logf("step 11: a CiliumNetworkPolicy, then a NetworkPolicy, of c2 lets only c1's echo-a in: c1's and c2's echo-b denied, counted, traced; allowed again once deleted (%s, step %s)",
+		time.Since(start).Round(time.Second), time.Since(stepStart).Round(100*time.Millisecond))
+
 	for _, c := range env.Clusters {
 		run("disable", "--context="+c.Name)
 	}
@@ -246,7 +255,7 @@ func TestInstallOnKubelets(t *testing.T) {
 			t.Errorf("%s: tunnel device left after disable (%v): %s", n.Name, err, out)
 		}
 	}
-	t.Logf("step 11: clustermesh disable left no pin, program or tunnel device (%s)", time.Since(start).Round(time.Second))
+	t.Logf("step 12: clustermesh disable left no pin, program or tunnel device (%s)", time.Since(start).Round(time.Second))
 }
 
 // ownPodIdentity waits until the agent at socket knows pod (namespace/name)
@@ -279,7 +288,7 @@ func ownPodIdentity(ctx context.Context, socket, pod string, id uint32) (uint32,
 func createEchoPod(t *testing.T, ctx context.Context, c *kubenode.Cluster, name, image string) {
 	t.Helper()
 	p := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", Labels: map[string]string{"app": "echo"}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", Labels: map[string]string{"app": "echo", "pod": name}},
 		Spec: corev1.PodSpec{
 			Containers: []corev1.Container{{
 				Name: "echo", Image: image, ImagePullPolicy: corev1.PullNever,

@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -84,22 +85,41 @@ func (pp policyPods) clients() []*harness.Pod {
 func expectHTTP(t *testing.T, from, to *harness.Pod, allowed bool) {
 	t.Helper()
 	name := fmt.Sprintf("%s/%s → %s/%s", from.Node.Cluster.Name, from.Name, to.Node.Cluster.Name, to.Name)
+	expectVerdict(t, name, allowed, func() (string, error) {
+		s, err := from.HTTP(to.HTTPAddr(), time.Second)
+		if err == nil && s.Pod != to.Name {
+			return fmt.Sprint(s), errWrongServer
+		}
+		return fmt.Sprint(s), err
+	})
+}
+
+// errWrongServer is what an attempt of expectVerdict returns when a server
+// other than the wanted one answered.
+var errWrongServer = errors.New("answered by another server")
+
+// expectVerdict waits until attempt succeeds (allowed) or fails with
+// anything but errWrongServer (denied); a denial is then confirmed by one
+// more failed attempt. attempt makes one new connection and returns who
+// answered.
+func expectVerdict(t *testing.T, name string, allowed bool, attempt func() (string, error)) {
+	t.Helper()
 	start := time.Now()
 	err := eventually(30*time.Second, func() error {
-		s, err := from.HTTP(to.HTTPAddr(), time.Second)
+		s, err := attempt()
 		switch {
-		case allowed && err == nil && s.Pod != to.Name:
-			return fmt.Errorf("answered by %v", s)
+		case errors.Is(err, errWrongServer):
+			return fmt.Errorf("answered by %s", s)
 		case allowed:
 			return err
 		case err == nil:
-			return fmt.Errorf("answered by %v, want denied", s)
+			return fmt.Errorf("answered by %s, want denied", s)
 		}
 		return nil
 	})
 	if err == nil && !allowed {
-		if s, err2 := from.HTTP(to.HTTPAddr(), time.Second); err2 == nil {
-			err = fmt.Errorf("denied once, then answered by %v", s)
+		if s, err2 := attempt(); err2 == nil || errors.Is(err2, errWrongServer) {
+			err = fmt.Errorf("denied once, then answered by %s", s)
 		}
 	}
 	verdict := map[bool]string{true: "allowed", false: "denied"}[allowed]
@@ -110,40 +130,48 @@ func expectHTTP(t *testing.T, from, to *harness.Pod, allowed bool) {
 	t.Logf("%s: %s (after %v)", name, verdict, time.Since(start).Round(time.Millisecond))
 }
 
-// drops returns the drops the agent of n counted for policy, direction
-// and source cluster.
-func drops(ctx context.Context, t *testing.T, n *harness.Node, policy, dir, src string) uint64 {
-	t.Helper()
-	st, err := n.Status(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st.Policy.DropCount(policy, dir, src)
-}
-
 // expectCountedDenial makes one more attempt from → to that must fail and
 // waits until the agent of to's node counts at least one more ingress
 // default-deny drop from from's cluster.
 func expectCountedDenial(ctx context.Context, t *testing.T, from, to *harness.Pod) {
 	t.Helper()
 	n, src := to.Node, from.Node.Cluster.Name
-	before := drops(ctx, t, n, policyDefaultDeny, "ingress", src)
-	if s, err := from.HTTP(to.HTTPAddr(), time.Second); err == nil {
-		t.Errorf("%s → %s: answered by %v, want denied", from.Name, to.Name, s)
+	expectCounted(t, fmt.Sprintf("%s → %s", from.Name, to.Name), src, func() (string, error) {
+		s, err := from.HTTP(to.HTTPAddr(), time.Second)
+		return fmt.Sprint(s), err
+	}, func() (harness.AgentStatus, error) { return n.Status(ctx) })
+}
+
+// expectCounted makes one more attempt that must fail and waits until the
+// agent status (status, of the server's node) counts at least one more
+// ingress default-deny drop from the cluster src.
+func expectCounted(t *testing.T, name, src string, attempt func() (string, error), status func() (harness.AgentStatus, error)) {
+	t.Helper()
+	drops := func() (uint64, error) {
+		st, err := status()
+		return st.Policy.DropCount(policyDefaultDeny, "ingress", src), err
+	}
+	before, err := drops()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, err := attempt(); err == nil {
+		t.Errorf("%s: answered by %s, want denied", name, s)
 		return
 	}
 	var after uint64
-	err := eventually(10*time.Second, func() error {
-		if after = drops(ctx, t, n, policyDefaultDeny, "ingress", src); after <= before {
-			return fmt.Errorf("ingress drops from %s on %s/%s: %d, not more than before the attempt", src, n.Cluster.Name, n.Name, after)
+	err = eventually(10*time.Second, func() error {
+		var err error
+		if after, err = drops(); err == nil && after <= before {
+			err = fmt.Errorf("ingress drops from %s: %d, not more than before the attempt", src, after)
 		}
-		return nil
+		return err
 	})
 	if err != nil {
-		t.Error(err)
+		t.Errorf("%s: %v", name, err)
 		return
 	}
-	t.Logf("%s → %s denied and counted: ingress %s drops from %s %d → %d", from.Name, to.Name, policyDefaultDeny, src, before, after)
+	t.Logf("%s denied and counted: ingress %s drops from %s %d → %d", name, policyDefaultDeny, src, before, after)
 }
 
 // policyDefaultDeny is what the agents count drops no deny rule decided as
@@ -159,11 +187,21 @@ func podLabels(p *harness.Pod, app string) string {
 // the deciding ingress rule or reason (a substring).
 func expectTrace(ctx context.Context, t *testing.T, n *harness.Node, src, dst string, allowed bool, want string) {
 	t.Helper()
+	expectTraced(t, src, dst, allowed, want, func() (harness.Trace, error) {
+		tr, _, err := n.PolicyTrace(ctx, src, dst, "8080/TCP", "json")
+		return tr, err
+	})
+}
+
+// expectTraced waits until trace (`policy trace` from src to dst on the
+// destination's node) gives the verdict allowed, decided by the ingress
+// rule or reason want (a substring).
+func expectTraced(t *testing.T, src, dst string, allowed bool, want string, trace func() (harness.Trace, error)) {
+	t.Helper()
 	var tr harness.Trace
 	err := eventually(30*time.Second, func() error {
 		var err error
-		tr, _, err = n.PolicyTrace(ctx, src, dst, "8080/TCP", "json")
-		if err != nil {
+		if tr, err = trace(); err != nil {
 			return err
 		}
 		if tr.Allowed != allowed || !strings.Contains(tr.Ingress.Rule+" "+tr.Ingress.Reason, want) {
@@ -173,7 +211,9 @@ func expectTrace(ctx context.Context, t *testing.T, n *harness.Node, src, dst st
 	})
 	if err != nil {
 		t.Error(err)
+		return
 	}
+	t.Logf("trace %s → %s: allowed %v, ingress %+v", src, dst, tr.Allowed, tr.Ingress)
 }
 
 func applyPolicy(ctx context.Context, t *testing.T, c *harness.Cluster, manifest string) *unstructured.Unstructured {

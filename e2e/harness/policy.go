@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
 	"github.com/clustermesh/clustermesh/kvstore"
@@ -57,12 +58,12 @@ var policyResources = map[string]schema.GroupVersionResource{
 
 // policyClient returns the dynamic client of the kind of u, namespaced
 // when u has a namespace.
-func (c *Cluster) policyClient(u *unstructured.Unstructured) (dynamic.ResourceInterface, error) {
+func policyClient(cfg *rest.Config, u *unstructured.Unstructured) (dynamic.ResourceInterface, error) {
 	gvr, ok := policyResources[u.GetKind()]
 	if !ok {
 		return nil, fmt.Errorf("apply policy: kind %q is no policy kind", u.GetKind())
 	}
-	dyn, err := dynamic.NewForConfig(c.CP.REST)
+	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -76,11 +77,24 @@ func (c *Cluster) policyClient(u *unstructured.Unstructured) (dynamic.ResourceIn
 // (YAML: a NetworkPolicy, CiliumNetworkPolicy or
 // CiliumClusterwideNetworkPolicy) in c and returns it as stored.
 func (c *Cluster) ApplyPolicy(ctx context.Context, manifest string) (*unstructured.Unstructured, error) {
+	return ApplyPolicy(ctx, c.CP.REST, c.Name, manifest)
+}
+
+// DeletePolicy deletes the policy object u (as ApplyPolicy returned it);
+// a missing one is no error.
+func (c *Cluster) DeletePolicy(ctx context.Context, u *unstructured.Unstructured) error {
+	return DeletePolicy(ctx, c.CP.REST, c.Name, u)
+}
+
+// ApplyPolicy creates or replaces the policy object written in manifest
+// in the cluster named cluster whose kube-apiserver cfg reaches (the
+// install test's clusters on kubelets are no Mesh's).
+func ApplyPolicy(ctx context.Context, cfg *rest.Config, cluster, manifest string) (*unstructured.Unstructured, error) {
 	u := &unstructured.Unstructured{}
 	if err := yaml.Unmarshal([]byte(manifest), &u.Object); err != nil {
 		return nil, fmt.Errorf("apply policy: %w", err)
 	}
-	rc, err := c.policyClient(u)
+	rc, err := policyClient(cfg, u)
 	if err != nil {
 		return nil, err
 	}
@@ -89,29 +103,29 @@ func (c *Cluster) ApplyPolicy(ctx context.Context, manifest string) (*unstructur
 	case apierrors.IsNotFound(err):
 		out, err := rc.Create(ctx, u, metav1.CreateOptions{})
 		if err != nil {
-			return nil, fmt.Errorf("create %s %s in %s: %w", u.GetKind(), u.GetName(), c.Name, err)
+			return nil, fmt.Errorf("create %s %s in %s: %w", u.GetKind(), u.GetName(), cluster, err)
 		}
 		return out, nil
 	case err != nil:
-		return nil, fmt.Errorf("get %s %s in %s: %w", u.GetKind(), u.GetName(), c.Name, err)
+		return nil, fmt.Errorf("get %s %s in %s: %w", u.GetKind(), u.GetName(), cluster, err)
 	}
 	u.SetResourceVersion(old.GetResourceVersion())
 	out, err := rc.Update(ctx, u, metav1.UpdateOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("update %s %s in %s: %w", u.GetKind(), u.GetName(), c.Name, err)
+		return nil, fmt.Errorf("update %s %s in %s: %w", u.GetKind(), u.GetName(), cluster, err)
 	}
 	return out, nil
 }
 
-// DeletePolicy deletes the policy object u (as ApplyPolicy returned it);
-// a missing one is no error.
-func (c *Cluster) DeletePolicy(ctx context.Context, u *unstructured.Unstructured) error {
-	rc, err := c.policyClient(u)
+// DeletePolicy deletes the policy object u of the cluster cfg reaches; a
+// missing one is no error.
+func DeletePolicy(ctx context.Context, cfg *rest.Config, cluster string, u *unstructured.Unstructured) error {
+	rc, err := policyClient(cfg, u)
 	if err != nil {
 		return err
 	}
 	if err := rc.Delete(ctx, u.GetName(), metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("delete %s %s in %s: %w", u.GetKind(), u.GetName(), c.Name, err)
+		return fmt.Errorf("delete %s %s in %s: %w", u.GetKind(), u.GetName(), cluster, err)
 	}
 	return nil
 }

@@ -20,6 +20,9 @@
 // The `kubernetes` Service of each cluster points at its forwarder (an
 // EndpointSlice the package writes), so pods (the agent DaemonSet, the
 // clustermesh-apiserver) reach their kube-apiserver in-cluster through
-// kube-proxy. Close removes everything, also after a failed Start;
+// kube-proxy. Pod traffic leaving a node through eth0 is masqueraded to the
+// node's address (the datacenter routes no pod CIDR), so a pod also reaches
+// the other cluster's NodePort. Node.Exec runs a command in a pod's
+// container through the node's containerd, as `kubectl exec` would. Close removes everything, also after a failed Start;
 // hack/cleanup.sh removes what a killed run left.
 package kubenode

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -77,12 +78,14 @@ func (e *Env) addNode(ctx context.Context, c *Cluster, i int) (*Node, error) {
 	if out, err := n.NS.Exec("sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
 		return nil, fmt.Errorf("enable forwarding: %w: %s", err, out)
 	}
-	// Pods reach their kube-apiserver (the forwarder on the gateway) from
-	// the node's address, as on a cloud node; the datacenter has no route
-	// to pod CIDRs, so traffic between clusters' pods needs the mesh.
+	// Pods reach whatever lies beyond the node's eth0 (their kube-apiserver,
+	// the forwarder on the gateway; other nodes' addresses, such as the
+	// other cluster's NodePort) from the node's address, as on a cloud
+	// node: the datacenter has no route to pod CIDRs, so traffic between
+	// clusters' pods needs the mesh (its tunnel, not eth0).
 	if out, err := n.NS.Exec("iptables", "-t", "nat", "-A", "POSTROUTING", "-s", n.PodCIDR.String(),
-		"-d", gateway.String()+"/32", "-j", "MASQUERADE"); err != nil {
-		return nil, fmt.Errorf("masquerade pods to the gateway: %w: %s", err, out)
+		"-o", "eth0", "-j", "MASQUERADE"); err != nil {
+		return nil, fmt.Errorf("masquerade pods leaving through eth0: %w: %s", err, out)
 	}
 	// The agent's bpffs, shared so that the chart's Bidirectional mount
 	// propagation is allowed and the pins stay visible here for the checks.
@@ -322,4 +325,28 @@ func (n *Node) PodLogTail(p *corev1.Pod, nbytes int) string {
 		fmt.Fprintf(&out, "--- %s\n%s", strings.TrimPrefix(f, dir+"/"), b)
 	}
 	return out.String()
+}
+
+// execSeq numbers the exec processes of this test binary (ctr wants an id
+// unique per container).
+var execSeq atomic.Uint64
+
+// Exec runs args in the first container of pod p on n, as `kubectl exec`
+// would, and returns its combined output. It goes through the node's
+// containerd (`ctr task exec`), not the kube-apiserver's exec stream to the
+// kubelet.
+func (n *Node) Exec(p *corev1.Pod, args ...string) ([]byte, error) {
+	if len(p.Status.ContainerStatuses) == 0 {
+		return nil, fmt.Errorf("exec in pod %s/%s: no container status", p.Namespace, p.Name)
+	}
+	id, ok := strings.CutPrefix(p.Status.ContainerStatuses[0].ContainerID, "containerd://")
+	if !ok {
+		return nil, fmt.Errorf("exec in pod %s/%s: container %q is not containerd's", p.Namespace, p.Name, p.Status.ContainerStatuses[0].ContainerID)
+	}
+	execID := fmt.Sprintf("e2e-exec-%d-%d", os.Getpid(), execSeq.Add(1))
+	out, err := ctr(n.Socket(), append([]string{"task", "exec", "--exec-id", execID, id}, args...)...)
+	if err != nil {
+		return out, fmt.Errorf("exec in pod %s/%s: %w", p.Namespace, p.Name, err)
+	}
+	return out, nil
 }
