@@ -198,7 +198,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
-	pol, err := newPolicyPlane(cfg, dp, kube, dyn, reg, log.With("component", "policy"))
+	pol, err := newPolicyPlane(cfg, dp, rec, kube, dyn, reg, log.With("component", "policy"))
 	if err != nil {
 		return fmt.Errorf("policy datapath: %w", err)
 	}

@@ -305,6 +305,7 @@ func (r *Reconciler) reevaluateLocked() {
 		r.local.delta = r.local.delta[:0]
 		markOverlapping(&r.tunnels, &changed)
 		markOverlapping(&r.ipcache, &changed)
+		r.markLocalCIDRsLocked(&changed)
 	}
 	if len(r.tunnels.dirty) > 0 {
 		for p := range r.ipcacheCIDRs {
