@@ -79,11 +79,11 @@ func TestCIDREntries(t *testing.T) {
 			"192.168.1.0/24": lNodes, "192.168.1.1/32": WorldIdentity, "192.168.1.2/32": WorldIdentity,
 			"10.1.0.7/32": 1<<16 | 300, "10.2.0.9/32": lRemotePod, "203.0.113.0/24": lDoc}},
 		{"10.0.0.0/8 released: the other node's pod CIDR needs no world entry", func() { r.DeleteCIDR(pfx("10.0.0.0/8")) }, map[string]uint32{
-			"10.1.0.0/24": WorldIdentity,
+			"10.1.0.0/24":    WorldIdentity,
 			"192.168.1.0/24": lNodes, "192.168.1.1/32": WorldIdentity, "192.168.1.2/32": WorldIdentity,
 			"10.1.0.7/32": 1<<16 | 300, "10.2.0.9/32": lRemotePod, "203.0.113.0/24": lDoc}},
 		{"a local node leaves", func() { r.SetLocalNode("other", nil) }, map[string]uint32{
-			"10.1.0.0/24": WorldIdentity,
+			"10.1.0.0/24":    WorldIdentity,
 			"192.168.1.0/24": lNodes, "192.168.1.1/32": WorldIdentity,
 			"10.1.0.7/32": 1<<16 | 300, "10.2.0.9/32": lRemotePod, "203.0.113.0/24": lDoc}},
 		{"a local node's pod CIDR no longer covers a CIDR prefix", func() { r.SetLocalNode("self", []netip.Prefix{pfx("192.168.1.1/32")}) }, map[string]uint32{
