@@ -322,8 +322,12 @@ func (p *policyPlane) Endpoint(id policy.ID) (policy.EndpointPolicy, bool) {
 	return p.engine.Endpoint(id)
 }
 
-// Labels implements statusapi.Policy.
+// Labels implements statusapi.Policy. A CIDR identity is shown by its own
+// prefix's label (its labels also name every wider prefix).
 func (p *policyPlane) Labels(id policy.ID) string {
+	if pfx, ok := p.watch.CIDRPrefix(id); ok {
+		return selector.SourceCIDR + ":" + pfx.String()
+	}
 	i, ok := p.engine.Identity(id)
 	if !ok {
 		return ""

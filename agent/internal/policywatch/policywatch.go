@@ -393,10 +393,9 @@ func (w *Watcher) releaseCIDRs(prefixes []netip.Prefix) {
 	}
 }
 
-// CIDRIdentity returns the CIDR identity of the longest prefix in use that
-// contains addr.
-func (w *Watcher) CIDRIdentity(addr netip.Addr) (cidridentity.Identity, bool) {
-	return w.cidrs.Lookup(addr)
+// CIDRPrefix returns the prefix of CIDR identity id.
+func (w *Watcher) CIDRPrefix(id policy.ID) (netip.Prefix, bool) {
+	return w.cidrs.Prefix(id)
 }
 
 // setAny tells the sink whether any policy is loaded; the caller holds mu.

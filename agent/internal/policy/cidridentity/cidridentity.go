@@ -34,7 +34,7 @@ type Allocator struct {
 
 	mu       sync.Mutex
 	byPrefix map[netip.Prefix]*entry  // guarded by mu
-	used     map[selector.ID]struct{} // guarded by mu
+	used     map[selector.ID]netip.Prefix // guarded by mu
 	// next is the number to try first (guarded by mu): numbers are handed
 	// out in increasing order and reused only after wrapping around, so a
 	// freed number whose ipcache entry is still being removed is not given
@@ -54,7 +54,7 @@ func New(max int) *Allocator {
 	if max <= 0 {
 		max = DefaultMax
 	}
-	return &Allocator{max: max, byPrefix: map[netip.Prefix]*entry{}, used: map[selector.ID]struct{}{}, next: firstID}
+	return &Allocator{max: max, byPrefix: map[netip.Prefix]*entry{}, used: map[selector.ID]netip.Prefix{}, next: firstID}
 }
 
 // Acquire takes one reference on the identity of every prefix and returns
@@ -83,6 +83,7 @@ func (a *Allocator) Acquire(ps []netip.Prefix) ([]Identity, error) {
 			continue
 		}
 		id := a.allocate()
+		a.used[id] = p
 		a.byPrefix[p] = &entry{id: id, refs: 1}
 		out = append(out, Identity{ID: id, Prefix: p, Labels: selector.CIDRLabels(p)})
 	}
@@ -98,7 +99,6 @@ func (a *Allocator) allocate() selector.ID {
 			a.next = firstID
 		}
 		if _, ok := a.used[id]; !ok {
-			a.used[id] = struct{}{}
 			return id
 		}
 	}
@@ -141,6 +141,14 @@ func (a *Allocator) Lookup(addr netip.Addr) (Identity, bool) {
 		}
 	}
 	return Identity{}, false
+}
+
+// Prefix returns the prefix of CIDR identity id.
+func (a *Allocator) Prefix(id selector.ID) (netip.Prefix, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	p, ok := a.used[id]
+	return p, ok
 }
 
 // Len returns the number of identities held.

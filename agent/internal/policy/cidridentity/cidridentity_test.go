@@ -60,6 +60,9 @@ func TestRefcount(t *testing.T) {
 	if got := prefixesOf(created); !slices.Equal(got, []string{"192.0.2.10/32"}) {
 		t.Fatalf("second policy created %v, want only 192.0.2.10/32", got)
 	}
+	if pfx, ok := a.Prefix(ten.ID); !ok || pfx != netip.MustParsePrefix("10.0.0.0/8") {
+		t.Errorf("prefix of %d: %v %v", ten.ID, pfx, ok)
+	}
 	if again, _ := a.Lookup(netip.MustParseAddr("10.9.9.9")); again.ID != ten.ID {
 		t.Errorf("shared prefix changed identity: %d then %d", ten.ID, again.ID)
 	}
@@ -78,6 +81,9 @@ func TestRefcount(t *testing.T) {
 	}
 	if _, ok := a.Lookup(netip.MustParseAddr("10.1.2.3")); ok {
 		t.Error("lookup found a freed prefix")
+	}
+	if _, ok := a.Prefix(ten.ID); ok {
+		t.Error("a freed identity still has a prefix")
 	}
 	// A freed number is not handed out again at once.
 	created, _ = a.Acquire(prefixes("10.1.0.0/16"))
