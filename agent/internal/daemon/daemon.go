@@ -241,6 +241,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	rcfg.LocalPodCIDRs, rcfg.Dial = local.PodCIDRs, dial
 	rcfg.Identities = pol.watch
 	mgr = remotecluster.New(rcfg, newTrustTee(rec, pol.trust, log.With("component", "nodetrust")), merger, log.With("component", "remotecluster"), clk)
+	pol.policiesSynced = mgr.PoliciesSynced
 	reg.MustRegister(mgr.Collector())
 
 	status := statusapi.New(statusapi.Config{Socket: cfg.StatusSocket, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID, NodeName: cfg.NodeName},

@@ -48,14 +48,16 @@ type policyPlane struct {
 	// nil without --kvstore-config).
 	podIPs     func(namespace, name string) []netip.Addr
 	identityOf func(netip.Addr) uint32
+	// policiesSynced tells the restore hold that the policies are synced
+	// (set before the parts run).
+	policiesSynced func()
 }
 
 // cidrIPCache is what the policy plane needs of the ipcache
-// (dpsync.Reconciler): the entries of CIDR identities, the end of the hold
-// on restored ones, and the programmed entries for trace.
+// (dpsync.Reconciler): the entries of CIDR identities, and the programmed
+// entries for trace.
 type cidrIPCache interface {
 	policywatch.IPCache
-	Release(clusterID uint32)
 	IPCache() []datapath.IPCacheEntry
 }
 
@@ -127,8 +129,10 @@ func (p *policyPlane) sweep(ctx context.Context, ready func() bool) error {
 		}
 	}
 	// The CIDR entries an earlier agent programmed that no policy names
-	// now go.
-	p.ipc.Release(dpsync.CIDRClusterID)
+	// now go (the restore hold decides).
+	if p.policiesSynced != nil {
+		p.policiesSynced()
+	}
 	if p.pw == nil {
 		<-ctx.Done()
 		return nil
