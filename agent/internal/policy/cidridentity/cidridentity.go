@@ -33,7 +33,7 @@ type Allocator struct {
 	max int
 
 	mu       sync.Mutex
-	byPrefix map[netip.Prefix]*entry  // guarded by mu
+	byPrefix map[netip.Prefix]*entry      // guarded by mu
 	used     map[selector.ID]netip.Prefix // guarded by mu
 	// next is the number to try first (guarded by mu): numbers are handed
 	// out in increasing order and reused only after wrapping around, so a
