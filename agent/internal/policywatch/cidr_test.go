@@ -1,7 +1,6 @@
 package policywatch_test
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -62,15 +61,7 @@ func TestCIDRPoliciesFromAPIServer(t *testing.T) {
 	engine := policy.New(policy.Config{ClusterName: "c1"})
 	w := policywatch.New(policywatch.Config{Options: opts, IPCache: ipc, MaxCIDRIdentities: 4}, dc, engine, s, slog.New(slog.DiscardHandler))
 	w.UpsertIdentity(uint32(web), labels(t, "k8s:app=web;k8s:io.cilium.k8s.policy.cluster=c1;k8s:io.kubernetes.pod.namespace=shop;"))
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- w.Run(runCtx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	}()
+	runWatcher(ctx, t, w)
 
 	cnp := `{"apiVersion":"cilium.io/v2","kind":"CiliumNetworkPolicy","metadata":{"name":"ext","namespace":"shop"},"spec":{"endpointSelector":{"matchLabels":{"app":"web"}},"ingress":[{"fromCIDRSet":[{"cidr":"10.0.0.0/8","except":["10.1.0.0/16"]}],"toPorts":[{"ports":[{"port":"80","protocol":"TCP"}]}]}]}}`
 	knp := `{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"block","namespace":"shop"},"spec":{"podSelector":{"matchLabels":{"app":"web"}},"ingress":[{"from":[{"ipBlock":{"cidr":"10.2.0.0/16"}}]}]}}`

@@ -118,6 +118,20 @@ func apiServer(t *testing.T) (dynamic.Interface, context.Context) {
 	return dc, ctx
 }
 
+// runWatcher runs w until the test ends.
+func runWatcher(ctx context.Context, t *testing.T, w *policywatch.Watcher) {
+	t.Helper()
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(runCtx) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	})
+}
+
 // createOrUpdate writes a policy object given as JSON.
 func createOrUpdate(ctx context.Context, t *testing.T, dc dynamic.Interface, gvr schema.GroupVersionResource, ns, js string) {
 	t.Helper()
@@ -165,15 +179,7 @@ func TestPoliciesFromAPIServer(t *testing.T) {
 	w.UpsertIdentity(uint32(web), labels(t, "k8s:app=web;k8s:io.cilium.k8s.policy.cluster=c1;k8s:io.kubernetes.pod.namespace=shop;"))
 	w.UpsertIdentity(uint32(client1), labels(t, "k8s:app=client;k8s:io.cilium.k8s.policy.cluster=c1;k8s:io.kubernetes.pod.namespace=shop;"))
 	w.UpsertIdentity(uint32(client2), labels(t, "k8s:app=client;k8s:io.cilium.k8s.policy.cluster=c2;k8s:io.kubernetes.pod.namespace=shop;"))
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- w.Run(runCtx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	}()
+	runWatcher(ctx, t, w)
 
 	create := func(gvr schema.GroupVersionResource, ns, js string) {
 		t.Helper()
