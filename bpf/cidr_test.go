@@ -22,7 +22,8 @@ import (
 // allowed host reaches the pod on TCP 7000 only (the host stack delivers
 // it: cm_to_pod decides CIDR sources); the excepted host and the other
 // prefix's host are denied; drop events carry the CIDR identities. A source
-// in no CIDR prefix is the host's path, as before.
+// in no CIDR prefix, and the node's own traffic even from an address in a
+// CIDR prefix, are the host's path, as before.
 func TestPolicyCIDR(t *testing.T) {
 	topo, nodes := policyCluster(t, netnstest.Config{Nodes: 1, PodsPerNode: 1, IPv6: true})
 	n, pn := topo.Nodes[0], nodes[0]
@@ -41,9 +42,10 @@ func TestPolicyCIDR(t *testing.T) {
 		pod                                  netip.Addr
 		allowed, except, other               string // prefixes
 		inAllowed, inExcept, inOther, inNone string // host addresses
+		nodeInOther                          string // an address of the node in the other prefix
 	}{
-		{"ipv4", p.IP, "192.0.2.0/24", "192.0.2.128/25", "198.51.100.0/24", "192.0.2.10", "192.0.2.200", "198.51.100.10", "203.0.113.10"},
-		{"ipv6", p.IP6, "2001:db8:a::/48", "2001:db8:a:8000::/49", "2001:db8:b::/48", "2001:db8:a::10", "2001:db8:a:8000::10", "2001:db8:b::10", "2001:db8:c::10"},
+		{"ipv4", p.IP, "192.0.2.0/24", "192.0.2.128/25", "198.51.100.0/24", "192.0.2.10", "192.0.2.200", "198.51.100.10", "203.0.113.10", "198.51.100.99"},
+		{"ipv6", p.IP6, "2001:db8:a::/48", "2001:db8:a:8000::/49", "2001:db8:b::/48", "2001:db8:a::10", "2001:db8:a:8000::10", "2001:db8:b::10", "2001:db8:c::10", "2001:db8:b::99"},
 	} {
 		t.Run(fam.name, func(t *testing.T) {
 			cidrAllowed, cidrExcept, cidrOther := uint32(1<<24|3*i+1), uint32(1<<24|3*i+2), uint32(1<<24|3*i+3)
@@ -62,6 +64,14 @@ func TestPolicyCIDR(t *testing.T) {
 				{Key: datapath.PolicyKey{Subject: id, Peer: cidrAllowed, Proto: ipproto.TCP, Port: port, EndPort: port}, Rule: 2},
 			}})
 			pod := &netnstest.Pod{Name: p.Name, NS: p.NS, IP: fam.pod}
+			// The node reaches the pod from an address of its own in the
+			// other prefix.
+			bits := fam.pod.BitLen()
+			if err := n.NS.Batch(fmt.Sprintf("addr add %s/%d dev lo", fam.nodeInOther, bits),
+				fmt.Sprintf("route replace %s/%d dev %s src %s", fam.pod, bits, p.HostIf, fam.nodeInOther)); err != nil {
+				t.Fatal(err)
+			}
+			self := &netnstest.Pod{Name: n.Name, NS: n.NS, IP: netip.MustParseAddr(fam.nodeInOther)}
 
 			cases := []struct {
 				name     string
@@ -89,6 +99,7 @@ func TestPolicyCIDR(t *testing.T) {
 					drop: &datapath.Drop{SrcIdentity: cidrOther, DstIdentity: id, Src: other.IP, Dst: pod.IP,
 						DstPort: port, Proto: ipproto.TCP, Reason: datapath.DropPolicyDefault}},
 				{name: "a source in no CIDR prefix is the host's path", from: unnamed, to: pod, want: reach{true, true, true}},
+				{name: "the node's own traffic is the host's, whatever its source", from: self, to: pod, want: reach{true, true, true}},
 			}
 			for _, tc := range cases {
 				t.Run(tc.name, func(t *testing.T) {

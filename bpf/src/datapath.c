@@ -442,9 +442,10 @@ static __always_inline int from_tunnel4(struct __sk_buff *skb)
 
 /* Packets the host stack delivers to a pod (the egress of its host veth;
  * bpf_redirect_peer skips it, so these are the host's): tracked for the
- * pod's replies. A packet from an address of a CIDR identity (outside the
- * cluster, in a prefix a policy names) is decided by the pod's ingress
- * policy; any other is the host's path and never dropped. */
+ * pod's replies. A packet the node forwards (not its own: ingress_ifindex
+ * set) from an address of a CIDR identity (outside the cluster, in a prefix
+ * a policy names) is decided by the pod's ingress policy; any other is the
+ * host's path and never dropped. */
 static __always_inline int to_pod4(struct __sk_buff *skb)
 {
 	struct ipcache_value *ipc;
@@ -453,7 +454,7 @@ static __always_inline int to_pod4(struct __sk_buff *skb)
 	if (parse(skb, &p))
 		return CM_NEXT;
 	ipc = bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, p.flow.saddr });
-	if (ipc && identity_is_cidr(ipc->identity)) {
+	if (skb->ingress_ifindex && ipc && identity_is_cidr(ipc->identity)) {
 		struct pol_ctx c = { .peer = ipc->identity };
 
 		c.subject = endpoint_identity(bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, p.flow.daddr }));

@@ -304,7 +304,7 @@ static __always_inline int to_pod6(struct __sk_buff *skb)
 		return CM_NEXT;
 	key.addr = p.flow.saddr;
 	ipc = bpf_map_lookup_elem(&cm_ipcache6, &key);
-	if (ipc && identity_is_cidr(ipc->identity)) {
+	if (skb->ingress_ifindex && ipc && identity_is_cidr(ipc->identity)) {
 		struct pol_ctx c = { .peer = ipc->identity };
 
 		key.addr = p.flow.daddr;
