@@ -49,8 +49,9 @@ func (r *ipcacheRecorder) snapshot() map[netip.Prefix]uint32 {
 // NetworkPolicy get CIDR identities, shared by prefix and programmed in
 // the ipcache; the endpoint's keys name them (the except prefix's
 // identity is not allowed); a policy that would exceed the identity bound
-// is refused and changes nothing; deleting policies frees the identities
-// no other policy names, from the ipcache and the engine.
+// is refused and changes nothing, until another policy frees room (it is
+// retried); deleting policies frees the identities no other policy names,
+// from the ipcache and the engine.
 func TestCIDRPoliciesFromAPIServer(t *testing.T) {
 	dc, ctx := apiServer(t)
 	const web = policy.ID(1<<16 | 256)
@@ -119,18 +120,23 @@ func TestCIDRPoliciesFromAPIServer(t *testing.T) {
 	expect("the refusal changes nothing", []string{"10.0.0.0/8", "10.1.0.0/16", "10.2.0.0/16"},
 		[]string{"ANY/0 from 10.2.0.0/16", "TCP/80 from 10.0.0.0/8", "TCP/80 from 10.2.0.0/16"})
 
-	for _, name := range []string{"ext", "many"} {
-		if err := dc.Resource(policywatch.GVRCiliumPolicy).Namespace("shop").Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
-			t.Fatal(err)
-		}
+	if err := dc.Resource(policywatch.GVRCiliumPolicy).Namespace("shop").Delete(ctx, "ext", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
 	}
-	expect("the cnp's own prefixes freed", []string{"10.2.0.0/16"}, []string{"ANY/0 from 10.2.0.0/16"})
+	expect("the cnp's own prefixes freed, the refused policy accepted on retry", []string{"10.2.0.0/16", "192.0.2.0/24", "198.51.100.0/24"},
+		[]string{"ANY/0 from 10.2.0.0/16", "ANY/0 from 192.0.2.0/24", "ANY/0 from 198.51.100.0/24"})
+	if r := w.Refusals(); len(r) != 0 {
+		t.Errorf("refusals once there is room: %v", r)
+	}
 	for p, id := range both {
 		if p != netip.MustParsePrefix("10.2.0.0/16") {
 			if _, ok := engine.Identity(policy.ID(id)); ok {
 				t.Errorf("freed identity %d of %s still in the engine", id, p)
 			}
 		}
+	}
+	if err := dc.Resource(policywatch.GVRCiliumPolicy).Namespace("shop").Delete(ctx, "many", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
 	}
 	if err := dc.Resource(policywatch.GVRNetworkPolicy).Namespace("shop").Delete(ctx, "block", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)

@@ -103,10 +103,10 @@ type Watcher struct {
 	listers  []cache.GenericLister
 	accepted map[string]bool           // guarded by mu: policies in the engine
 	prefixes map[string][]netip.Prefix // guarded by mu: CIDR prefixes of accepted policies
-	cidrs    *cidridentity.Allocator
-	refused  map[string]Refusal // guarded by mu
-	failures int                // guarded by mu: diffs the sink failed to apply
-	synced   atomic.Bool        // the informers' initial lists are in
+	cidrs    *cidridentity.Allocator   // the CIDR identities of accepted policies (safe for concurrent use)
+	refused  map[string]Refusal        // guarded by mu
+	failures int                       // guarded by mu: diffs the sink failed to apply
+	synced   atomic.Bool               // the informers' initial lists are in
 }
 
 // New returns a Watcher over engine. The reserved identities are added at
@@ -336,9 +336,11 @@ func (w *Watcher) reconcile(k objKey) error {
 	w.mu.Lock()
 	prefixes := pol.Prefixes()
 	if err := w.acquireCIDRs(prefixes); err != nil {
+		// Refused while the node holds too many CIDR identities; retried
+		// with backoff, as other policies may free some.
 		w.mu.Unlock()
 		w.refuse(u, key, (&rules.RefusedError{Policy: key, Reason: err.Error(), Err: rules.ErrUnsupported}).Error())
-		return nil
+		return fmt.Errorf("policy %q: %w", key, err)
 	}
 	delete(w.refused, key)
 	w.accepted[key] = true
