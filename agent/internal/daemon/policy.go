@@ -351,6 +351,9 @@ func (p *policyPlane) Policies() int { return p.watch.Policies() }
 // Failures implements statusapi.Policy.
 func (p *policyPlane) Failures() int { return p.watch.Failures() }
 
+// CIDRIdentities implements statusapi.Policy.
+func (p *policyPlane) CIDRIdentities() (held, max int) { return p.watch.CIDRIdentities() }
+
 // Drops implements statusapi.Policy.
 func (p *policyPlane) Drops() map[policysync.DropKey]uint64 { return p.sync.Drops() }
 

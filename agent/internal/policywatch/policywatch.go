@@ -395,6 +395,9 @@ func (w *Watcher) releaseCIDRs(prefixes []netip.Prefix) {
 	}
 }
 
+// CIDRIdentities returns the CIDR identities held and their bound.
+func (w *Watcher) CIDRIdentities() (held, max int) { return w.cidrs.Len(), w.cidrs.Max() }
+
 // CIDRPrefix returns the prefix of CIDR identity id.
 func (w *Watcher) CIDRPrefix(id policy.ID) (netip.Prefix, bool) {
 	return w.cidrs.Prefix(id)

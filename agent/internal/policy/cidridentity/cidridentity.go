@@ -151,6 +151,9 @@ func (a *Allocator) Prefix(id selector.ID) (netip.Prefix, bool) {
 	return p, ok
 }
 
+// Max returns the bound on identities held at once.
+func (a *Allocator) Max() int { return a.max }
+
 // Len returns the number of identities held.
 func (a *Allocator) Len() int {
 	a.mu.Lock()
