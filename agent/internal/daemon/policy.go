@@ -67,7 +67,7 @@ type discardPolicy struct{}
 
 func (discardPolicy) Apply(datapath.PolicyBatch) error { return nil }
 
-func newPolicyPlane(cfg Config, dp *bpf.Datapath, ipc cidrIPCache, kube kubernetes.Interface, dyn dynamic.Interface, reg prometheus.Registerer, log *slog.Logger) (*policyPlane, error) {
+func newPolicyPlane(cfg Config, dp *bpf.Datapath, ipc cidrIPCache, restored map[netip.Prefix]uint32, kube kubernetes.Interface, dyn dynamic.Interface, reg prometheus.Registerer, log *slog.Logger) (*policyPlane, error) {
 	p := &policyPlane{engine: policy.New(policy.Config{ClusterName: cfg.ClusterName}), dp: dp, ipc: ipc, log: log}
 	var w policysync.Writer = discardPolicy{}
 	if dp != nil {
@@ -89,8 +89,20 @@ func newPolicyPlane(cfg Config, dp *bpf.Datapath, ipc cidrIPCache, kube kubernet
 		log.Warn("--kvstore-config is not set: this node's pods have no identity and no policy applies to them")
 		sink = unknownAllowed{p.sync}
 	}
-	p.watch = policywatch.New(policywatch.Config{Options: opts, Event: refusalEvent(kube, cfg.NodeName, log), IPCache: ipc}, dyn, p.engine, sink, log)
+	p.watch = policywatch.New(policywatch.Config{Options: opts, Event: refusalEvent(kube, cfg.NodeName, log), IPCache: ipc, RestoredCIDRs: restored}, dyn, p.engine, sink, log)
 	return p, nil
+}
+
+// restoredCIDRs returns the CIDR identities an earlier agent programmed
+// (restored ipcache entries with a node-local identity).
+func restoredCIDRs(st datapath.State) map[netip.Prefix]uint32 {
+	out := map[netip.Prefix]uint32{}
+	for p, e := range st.IPCache {
+		if selector.IsLocalScope(selector.ID(e.Identity)) {
+			out[p] = e.Identity
+		}
+	}
+	return out
 }
 
 // unknownAllowed leaves pods of unknown identity in default allow.

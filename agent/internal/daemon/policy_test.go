@@ -55,3 +55,16 @@ func TestResolveAddress(t *testing.T) {
 		})
 	}
 }
+
+// TestRestoredCIDRs: of the restored ipcache, only the entries of CIDR
+// identities are handed to the policy plane.
+func TestRestoredCIDRs(t *testing.T) {
+	st := datapath.NewState()
+	for p, id := range map[string]uint32{"10.1.0.7/32": 1<<16 | 300, "192.0.2.0/24": 1<<24 | 5, "10.1.0.0/24": 2} {
+		st.IPCache[netip.MustParsePrefix(p)] = datapath.IPCacheEntry{Prefix: netip.MustParsePrefix(p), Identity: id}
+	}
+	got := restoredCIDRs(st)
+	if len(got) != 1 || got[netip.MustParsePrefix("192.0.2.0/24")] != 1<<24|5 {
+		t.Errorf("restored CIDRs %v, want 192.0.2.0/24 only", got)
+	}
+}

@@ -64,6 +64,10 @@ type Config struct {
 	RetryMin, RetryMax time.Duration
 	// IPCache, if set, programs the prefixes of CIDR identities.
 	IPCache IPCache
+	// RestoredCIDRs are the CIDR identities an earlier agent programmed
+	// (prefix → identity, from the restored ipcache): a prefix gets its
+	// number again, so the restored entries stay right meanwhile.
+	RestoredCIDRs map[netip.Prefix]uint32
 	// MaxCIDRIdentities bounds the CIDR identities held at once
 	// (cidridentity.DefaultMax if 0); a policy that would exceed it is
 	// refused.
@@ -125,6 +129,11 @@ func New(cfg Config, dyn dynamic.Interface, engine *policy.Engine, sink Sink, lo
 			workqueue.NewTypedItemExponentialFailureRateLimiter[objKey](cfg.RetryMin, cfg.RetryMax),
 			workqueue.TypedRateLimitingQueueConfig[objKey]{}),
 	}
+	restored := make(map[netip.Prefix]selector.ID, len(cfg.RestoredCIDRs))
+	for p, id := range cfg.RestoredCIDRs {
+		restored[p] = selector.ID(id)
+	}
+	w.cidrs.Restore(restored)
 	for _, id := range slices.Sorted(maps.Keys(selector.Reserved())) {
 		w.apply(engine.UpsertIdentity(policy.Identity{ID: id, Labels: selector.Reserved()[id]}))
 	}

@@ -40,6 +40,11 @@ type Allocator struct {
 	// freed number whose ipcache entry is still being removed is not given
 	// to another prefix at once.
 	next selector.ID
+	// restored are the numbers an earlier agent gave prefixes (Restore),
+	// kept for them: its ipcache and policy entries stay right while the
+	// policies are read again. Guarded by mu.
+	restored   map[netip.Prefix]selector.ID
+	restoredID map[selector.ID]struct{}
 }
 
 // The numbers of CIDR identities: the local scope's 24 bits (0 unused).
@@ -82,7 +87,7 @@ func (a *Allocator) Acquire(ps []netip.Prefix) ([]Identity, error) {
 			e.refs++
 			continue
 		}
-		id := a.allocate()
+		id := a.allocate(p)
 		a.used[id] = p
 		a.byPrefix[p] = &entry{id: id, refs: 1}
 		out = append(out, Identity{ID: id, Prefix: p, Labels: selector.CIDRLabels(p)})
@@ -90,16 +95,40 @@ func (a *Allocator) Acquire(ps []netip.Prefix) ([]Identity, error) {
 	return out, nil
 }
 
-// allocate returns the next free number; the caller holds mu and has
-// checked the bound (max is far below the 2^24 numbers, so one is free).
-func (a *Allocator) allocate() selector.ID {
+// allocate returns the number for p: its restored number if it has one,
+// else the next number neither used nor restored for another prefix. The
+// caller holds mu and has checked the bound (max is far below the 2^24
+// numbers, so one is free).
+func (a *Allocator) allocate(p netip.Prefix) selector.ID {
+	if id, ok := a.restored[p]; ok {
+		if _, taken := a.used[id]; !taken {
+			return id
+		}
+	}
 	for {
 		id := a.next
 		if a.next++; a.next > lastID {
 			a.next = firstID
 		}
-		if _, ok := a.used[id]; !ok {
+		_, taken := a.used[id]
+		_, kept := a.restoredID[id]
+		if !taken && !kept {
 			return id
+		}
+	}
+}
+
+// Restore gives the allocator the numbers an earlier agent gave prefixes
+// (its programmed CIDR entries): each prefix gets its number again, and no
+// other prefix gets one of them. Call it before the first Acquire; numbers
+// outside the local scope are ignored.
+func (a *Allocator) Restore(m map[netip.Prefix]selector.ID) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.restored, a.restoredID = map[netip.Prefix]selector.ID{}, map[selector.ID]struct{}{}
+	for p, id := range m {
+		if id >= firstID && id <= lastID {
+			a.restored[p.Masked()], a.restoredID[id] = id, struct{}{}
 		}
 	}
 }

@@ -2,6 +2,7 @@ package cidridentity
 
 import (
 	"errors"
+	"maps"
 	"net/netip"
 	"slices"
 	"testing"
@@ -129,5 +130,34 @@ func TestExhausted(t *testing.T) {
 	}
 	if got := a.Release(prefixes("10.0.0.0/8")); len(got) != 1 {
 		t.Errorf("the refused acquisition took a reference: release freed %v", got)
+	}
+}
+
+// TestRestore: after a restart each prefix gets the number an earlier
+// agent gave it (its entries stay right while policies are read again),
+// and no other prefix gets one of those numbers.
+func TestRestore(t *testing.T) {
+	a := New(0)
+	a.Restore(map[netip.Prefix]selector.ID{
+		netip.MustParsePrefix("10.0.0.0/8"):   selector.IdentityScopeLocal | 1,
+		netip.MustParsePrefix("192.0.2.0/24"): selector.IdentityScopeLocal | 2,
+		netip.MustParsePrefix("10.1.0.0/16"):  7, // not a CIDR identity: ignored
+	})
+	created, err := a.Acquire(prefixes("192.0.2.0/24", "198.51.100.0/24", "10.1.0.0/16", "10.0.0.0/8"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]selector.ID{}
+	for _, c := range created {
+		got[c.Prefix.String()] = c.ID
+	}
+	want := map[string]selector.ID{
+		"192.0.2.0/24":    selector.IdentityScopeLocal | 2,
+		"10.0.0.0/8":      selector.IdentityScopeLocal | 1,
+		"198.51.100.0/24": selector.IdentityScopeLocal | 3, // the first number not restored
+		"10.1.0.0/16":     selector.IdentityScopeLocal | 4,
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("numbers %v, want %v", got, want)
 	}
 }
