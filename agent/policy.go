@@ -61,7 +61,7 @@ func newPolicyCommand() *cobra.Command {
 			return statusapi.PrintTrace(cmd.OutOrStdout(), resp, output == "json")
 		},
 	}
-	trace.Flags().StringVar(&src, "src", "", "source: namespace/pod of this node, an identity number, or labels k=v,...")
+	trace.Flags().StringVar(&src, "src", "", "source: namespace/pod of this node, an identity number, labels k=v,..., or an address (the identity the datapath gives it: a pod's, a CIDR identity or world)")
 	trace.Flags().StringVar(&dst, "dst", "", "destination, as --src")
 	trace.Flags().StringVar(&dport, "dport", "", "destination port and protocol, e.g. 80/TCP (protocol defaults to TCP)")
 	cmd.AddCommand(get, trace)

@@ -420,6 +420,43 @@ spec:
 		expectTrace(ctx, t, backendNode, podLabels(pp.c2Client, "client"), backend, true, "cnp/pol/allow-c2-clients ingress[0]")
 	})
 
+	t.Run("CIDR egress with except, traced by address", func(t *testing.T) {
+		applyPolicy(ctx, t, c1, `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: egress-cidr, namespace: pol}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  egress:
+    - toCIDRSet: [{cidr: 192.0.2.0/24, except: [192.0.2.128/25]}]
+`)
+		for _, tc := range []struct {
+			dst     string
+			allowed bool
+			cidr    bool // the destination has a CIDR identity (else world)
+			want    string
+		}{
+			{"192.0.2.10", true, true, "cnp/pol/egress-cidr egress[0]"},
+			{"192.0.2.200", false, true, "default deny"},
+			{"198.51.100.10", false, false, "default deny"},
+		} {
+			err := eventually(30*time.Second, func() error {
+				tr, _, err := backendNode.PolicyTrace(ctx, backend, tc.dst, "443/TCP", "json")
+				if err != nil {
+					return err
+				}
+				if tr.Allowed != tc.allowed || (tr.DstIdentity>>24 == 1) != tc.cidr || !strings.Contains(tr.Egress.Rule+" "+tr.Egress.Reason, tc.want) {
+					return fmt.Errorf("trace → %s: allowed %v, identity %d, egress %+v; want allowed %v by %q", tc.dst, tr.Allowed, tr.DstIdentity, tr.Egress, tc.allowed, tc.want)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		}
+		expectHTTP(t, pp.c2Client, pp.backend, true) // replies pass the backend's egress
+	})
+
 	t.Run("no policy, all allowed again", func(t *testing.T) {
 		for _, c := range pp.clients() {
 			expectHTTP(t, c, pp.backend, true)

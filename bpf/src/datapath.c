@@ -312,7 +312,7 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct pkt *p, _
 		struct pol_ctx c = { .peer = src_id, .src_cluster = src_cluster };
 
 		dst = bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, p->flow.daddr });
-		c.subject = dst ? dst->identity : UNKNOWN_IDENTITY;
+		c.subject = endpoint_identity(dst);
 		if (pol_check4(skb, p, &c))
 			return CM_DROP;
 	}
@@ -367,13 +367,11 @@ static __always_inline __be32 tunnel_remote4(__be32 daddr)
 	return t ? t->node_ip : 0;
 }
 
-/* identity4 is the security identity of saddr (world if unknown). */
+/* identity4 is the security identity saddr carries in the VNI (world if
+ * unknown or a CIDR identity). */
 static __always_inline __u32 identity4(__be32 saddr)
 {
-	struct ipcache_value *ipc;
-
-	ipc = bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, saddr });
-	return ipc ? ipc->identity : WORLD_IDENTITY;
+	return vni_identity(bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, saddr }));
 }
 
 static __always_inline int from_pod4(struct __sk_buff *skb)
@@ -389,10 +387,9 @@ static __always_inline int from_pod4(struct __sk_buff *skb)
 	/* The source is a pod of this node: an identity of 0 is one the agent
 	 * does not know yet (matched only by rules for every peer). */
 	ipc = bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, p.flow.saddr });
-	if (ipc) {
-		src_id = ipc->identity;
+	src_id = endpoint_identity(ipc);
+	if (ipc)
 		src_cluster = ipc->cluster_id;
-	}
 	if (p.has_ports && p.flow.daddr == HAIRPIN_IP) {
 		if (hairpin_reply(skb, &p))
 			return CM_DROP;
@@ -445,13 +442,25 @@ static __always_inline int from_tunnel4(struct __sk_buff *skb)
 
 /* Packets the host stack delivers to a pod (the egress of its host veth;
  * bpf_redirect_peer skips it, so these are the host's): tracked for the
- * pod's replies, never dropped. */
+ * pod's replies. A packet the node forwards (not its own: ingress_ifindex
+ * set) from an address of a CIDR identity (outside the cluster, in a prefix
+ * a policy names) is decided by the pod's ingress policy; any other is the
+ * host's path and never dropped. */
 static __always_inline int to_pod4(struct __sk_buff *skb)
 {
+	struct ipcache_value *ipc;
 	struct pkt p;
 
-	if (!parse(skb, &p))
-		pol_track4(skb, &p);
+	if (parse(skb, &p))
+		return CM_NEXT;
+	ipc = bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, p.flow.saddr });
+	if (skb->ingress_ifindex && ipc && identity_is_cidr(ipc->identity)) {
+		struct pol_ctx c = { .peer = ipc->identity };
+
+		c.subject = endpoint_identity(bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, p.flow.daddr }));
+		return pol_check4(skb, &p, &c) ? CM_DROP : CM_NEXT;
+	}
+	pol_track4(skb, &p);
 	return CM_NEXT;
 }
 

@@ -200,7 +200,7 @@ static __always_inline int deliver_local6(struct __sk_buff *skb, struct pkt6 *p,
 		return -1;
 	ifindex = ep->ifindex;
 	dst = bpf_map_lookup_elem(&cm_ipcache6, &key);
-	c.subject = dst ? dst->identity : UNKNOWN_IDENTITY;
+	c.subject = endpoint_identity(dst);
 	if (pol_check6(skb, p, &c))
 		return CM_DROP;
 	if (p->has_ports) {
@@ -237,10 +237,8 @@ static __always_inline __be32 tunnel_remote6(const struct in6 *daddr)
 static __always_inline __u32 identity6(const struct in6 *saddr)
 {
 	struct lpm6_key key = { .prefixlen = 128, .addr = *saddr };
-	struct ipcache_value *ipc;
 
-	ipc = bpf_map_lookup_elem(&cm_ipcache6, &key);
-	return ipc ? ipc->identity : WORLD_IDENTITY;
+	return vni_identity(bpf_map_lookup_elem(&cm_ipcache6, &key));
 }
 
 static __always_inline int from_pod6(struct __sk_buff *skb)
@@ -256,10 +254,9 @@ static __always_inline int from_pod6(struct __sk_buff *skb)
 		return CM_NEXT;
 	key.addr = p.flow.saddr;
 	ipc = bpf_map_lookup_elem(&cm_ipcache6, &key);
-	if (ipc) {
-		src_id = ipc->identity;
+	src_id = endpoint_identity(ipc);
+	if (ipc)
 		src_cluster = ipc->cluster_id;
-	}
 	if (p.has_ports && lb6(skb, &p))
 		return CM_DROP;
 	{
@@ -296,12 +293,25 @@ static __always_inline int from_tunnel6(struct __sk_buff *skb)
 	return ret >= 0 ? ret : CM_NEXT;
 }
 
+/* to_pod6 is to_pod4 for IPv6. */
 static __always_inline int to_pod6(struct __sk_buff *skb)
 {
+	struct lpm6_key key = { .prefixlen = 128 };
+	struct ipcache_value *ipc;
 	struct pkt6 p;
 
-	if (!parse6(skb, &p))
-		pol_track6(skb, &p);
+	if (parse6(skb, &p))
+		return CM_NEXT;
+	key.addr = p.flow.saddr;
+	ipc = bpf_map_lookup_elem(&cm_ipcache6, &key);
+	if (skb->ingress_ifindex && ipc && identity_is_cidr(ipc->identity)) {
+		struct pol_ctx c = { .peer = ipc->identity };
+
+		key.addr = p.flow.daddr;
+		c.subject = endpoint_identity(bpf_map_lookup_elem(&cm_ipcache6, &key));
+		return pol_check6(skb, &p, &c) ? CM_DROP : CM_NEXT;
+	}
+	pol_track6(skb, &p);
 	return CM_NEXT;
 }
 

@@ -97,6 +97,36 @@ struct drop_event {
 #define HOST_IDENTITY 1
 #define REMOTE_NODE_IDENTITY 6
 
+/* CIDR identities of network policy are node-local (Cilium's local scope):
+ * bit 24 set, outside the 24 bits a VNI carries. */
+#define IDENTITY_SCOPE_MASK 0xff000000
+#define IDENTITY_SCOPE_LOCAL 0x01000000
+
+static __always_inline int identity_is_cidr(__u32 id)
+{
+	return (id & IDENTITY_SCOPE_MASK) == IDENTITY_SCOPE_LOCAL;
+}
+
+/* endpoint_identity is the identity of a local endpoint from the ipcache
+ * entry its address matches: only an entry of its own names it; a CIDR
+ * prefix or the world entry of a local prefix covering it says nothing. */
+static __always_inline __u32 endpoint_identity(const struct ipcache_value *ipc)
+{
+	if (!ipc || identity_is_cidr(ipc->identity) || ipc->identity == WORLD_IDENTITY)
+		return UNKNOWN_IDENTITY;
+	return ipc->identity;
+}
+
+/* vni_identity is the identity a packet from saddr carries in the VNI
+ * (ipc: saddr's ipcache entry): world for addresses without one and for
+ * CIDR identities, which are this node's alone. */
+static __always_inline __u32 vni_identity(const struct ipcache_value *ipc)
+{
+	if (!ipc || identity_is_cidr(ipc->identity))
+		return WORLD_IDENTITY;
+	return ipc->identity;
+}
+
 /* Lifetime of a policy CT entry without traffic. */
 #define POL_CT_TCP_NS (6ULL * 3600 * 1000000000ULL)
 #define POL_CT_OTHER_NS (60ULL * 1000000000ULL)

@@ -55,6 +55,7 @@ type Node struct {
 	TunnelIfIndex int
 	Pods          []*Pod
 	topo          *Topology
+	externals     int // hosts added by AddExternal
 }
 
 // Pod is a namespace with eth0 (IP/32, MTU 1450, default route to its node).
@@ -188,4 +189,43 @@ func linkInfo(t testing.TB, ns *NS, dev string) (int, string) {
 		t.Fatalf("parse ip link show %s: %v: %s", dev, err, out)
 	}
 	return links[0].IfIndex, links[0].Address
+}
+
+// AddExternal adds a host outside the cluster behind node n: a namespace
+// joined to n by a veth (cmt-x<k> in n, eth0 in it) holding the address
+// ip, which its default route through n uses as source; n forwards and
+// routes ip to it. The link network is 169.254.3.4k/30 (IPv4 ip, with ip on
+// the host's loopback) or fd00:ee:<k>::/64 (IPv6 ip, on eth0). It is
+// returned as a Pod value (for the traffic helpers); no program of ours is
+// attached to its veth.
+func (n *Node) AddExternal(t testing.TB, ip netip.Addr) *Pod {
+	t.Helper()
+	k := n.externals
+	n.externals++
+	p := &Pod{Name: fmt.Sprintf("%sx%d", n.Name, k), Node: n, IP: ip, HostIf: fmt.Sprintf("cmt-x%d", k)}
+	p.NS = NewNS(t, n.topo.ID+"-"+p.Name)
+	batch(t, n.NS, fmt.Sprintf("link add %s type veth peer name eth0 netns %s", p.HostIf, p.NS.Name),
+		fmt.Sprintf("link set %s up", p.HostIf))
+	ext := []string{"link set lo up", "link set eth0 up"}
+	sysctl := "net.ipv4.ip_forward=1"
+	if ip.Is4() {
+		nodeIP := netip.AddrFrom4([4]byte{169, 254, 3, byte(4*k + 1)})
+		batch(t, n.NS, fmt.Sprintf("addr add %s/30 dev %s", nodeIP, p.HostIf),
+			fmt.Sprintf("route add %s/32 via %s dev %s", ip, nodeIP.Next(), p.HostIf))
+		ext = append(ext, fmt.Sprintf("addr add %s/32 dev lo", ip), fmt.Sprintf("addr add %s/30 dev eth0", nodeIP.Next()),
+			fmt.Sprintf("route add default via %s dev eth0 src %s", nodeIP, ip))
+	} else {
+		nodeIP := netip.AddrFrom16([16]byte{0xfd, 0, 0, 0xee, 0, byte(k), 15: 1})
+		batch(t, n.NS, fmt.Sprintf("addr add %s/64 dev %s nodad", nodeIP, p.HostIf),
+			fmt.Sprintf("route add %s/128 via %s dev %s", ip, nodeIP.Next(), p.HostIf))
+		ext = append(ext, fmt.Sprintf("addr add %s/64 dev eth0 nodad", nodeIP.Next()), fmt.Sprintf("addr add %s/128 dev eth0 nodad", ip),
+			fmt.Sprintf("route add ::/0 via %s dev eth0 src %s", nodeIP, ip))
+		sysctl = "net.ipv6.conf.all.forwarding=1"
+	}
+	batch(t, p.NS, ext...)
+	p.HostIfIndex, _ = linkInfo(t, n.NS, p.HostIf)
+	if out, err := n.NS.Exec("sysctl", "-qw", sysctl); err != nil {
+		t.Fatalf("enable forwarding in %s: %v: %s", n.Name, err, out)
+	}
+	return p
 }

@@ -175,9 +175,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	cfg.Sync.ClusterID, cfg.Merge.ClusterID = cfg.ClusterID, cfg.ClusterID
 	cfg.Merge.GlobalOnly = cfg.Mode == ModeCoexist
 	rec := dpsync.New(cfg.Sync, w, log.With("component", "dpsync"), clk)
+	var restored datapath.State
 	if st, err := rec.Restore(); err != nil {
 		log.Warn("cannot read back the datapath; starting empty", "error", err)
 	} else {
+		restored = st
 		log.Info("restored datapath state", "tunnels", len(st.Tunnels), "ipcache", len(st.IPCache), "services", len(st.Services), "endpoints", len(st.Endpoints))
 	}
 	merger := servicemerge.New(cfg.Merge, rec)
@@ -198,7 +200,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
-	pol, err := newPolicyPlane(cfg, dp, kube, dyn, reg, log.With("component", "policy"))
+	pol, err := newPolicyPlane(cfg, dp, rec, restoredCIDRs(restored), kube, dyn, reg, log.With("component", "policy"))
 	if err != nil {
 		return fmt.Errorf("policy datapath: %w", err)
 	}
@@ -241,6 +243,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	rcfg.LocalPodCIDRs, rcfg.Dial = local.PodCIDRs, dial
 	rcfg.Identities = pol.watch
 	mgr = remotecluster.New(rcfg, newTrustTee(rec, pol.trust, log.With("component", "nodetrust")), merger, log.With("component", "remotecluster"), clk)
+	pol.policiesSynced = mgr.PoliciesSynced
 	reg.MustRegister(mgr.Collector())
 
 	status := statusapi.New(statusapi.Config{Socket: cfg.StatusSocket, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID, NodeName: cfg.NodeName},

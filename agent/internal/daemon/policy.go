@@ -42,11 +42,23 @@ type policyPlane struct {
 	watch  *policywatch.Watcher
 	pw     *bpf.PolicyWriter // nil with the memory datapath
 	dp     *bpf.Datapath     // nil with the memory datapath
+	ipc    cidrIPCache
 	log    *slog.Logger
 	// podIPs and identityOf name this node's pods (set once both are known;
 	// nil without --kvstore-config).
 	podIPs     func(namespace, name string) []netip.Addr
 	identityOf func(netip.Addr) uint32
+	// policiesSynced tells the restore hold that the policies are synced
+	// (set before the parts run).
+	policiesSynced func()
+}
+
+// cidrIPCache is what the policy plane needs of the ipcache
+// (dpsync.Reconciler): the entries of CIDR identities, and the programmed
+// entries for trace.
+type cidrIPCache interface {
+	policywatch.IPCache
+	IPCache() []datapath.IPCacheEntry
 }
 
 // discardPolicy is the policy writer of the memory datapath: the resolved
@@ -55,8 +67,8 @@ type discardPolicy struct{}
 
 func (discardPolicy) Apply(datapath.PolicyBatch) error { return nil }
 
-func newPolicyPlane(cfg Config, dp *bpf.Datapath, kube kubernetes.Interface, dyn dynamic.Interface, reg prometheus.Registerer, log *slog.Logger) (*policyPlane, error) {
-	p := &policyPlane{engine: policy.New(policy.Config{ClusterName: cfg.ClusterName}), dp: dp, log: log}
+func newPolicyPlane(cfg Config, dp *bpf.Datapath, ipc cidrIPCache, restored map[netip.Prefix]uint32, kube kubernetes.Interface, dyn dynamic.Interface, reg prometheus.Registerer, log *slog.Logger) (*policyPlane, error) {
+	p := &policyPlane{engine: policy.New(policy.Config{ClusterName: cfg.ClusterName}), dp: dp, ipc: ipc, log: log}
 	var w policysync.Writer = discardPolicy{}
 	if dp != nil {
 		pw, err := bpf.NewPolicyWriter(dp, log)
@@ -77,8 +89,20 @@ func newPolicyPlane(cfg Config, dp *bpf.Datapath, kube kubernetes.Interface, dyn
 		log.Warn("--kvstore-config is not set: this node's pods have no identity and no policy applies to them")
 		sink = unknownAllowed{p.sync}
 	}
-	p.watch = policywatch.New(policywatch.Config{Options: opts, Event: refusalEvent(kube, cfg.NodeName, log)}, dyn, p.engine, sink, log)
+	p.watch = policywatch.New(policywatch.Config{Options: opts, Event: refusalEvent(kube, cfg.NodeName, log), IPCache: ipc, RestoredCIDRs: restored}, dyn, p.engine, sink, log)
 	return p, nil
+}
+
+// restoredCIDRs returns the CIDR identities an earlier agent programmed
+// (restored ipcache entries with a node-local identity).
+func restoredCIDRs(st datapath.State) map[netip.Prefix]uint32 {
+	out := map[netip.Prefix]uint32{}
+	for p, e := range st.IPCache {
+		if selector.IsLocalScope(selector.ID(e.Identity)) {
+			out[p] = e.Identity
+		}
+	}
+	return out
 }
 
 // unknownAllowed leaves pods of unknown identity in default allow.
@@ -91,7 +115,9 @@ func (unknownAllowed) SetAnyPolicy(bool) error { return nil }
 // once policies and remotes are synced (ready).
 func (p *policyPlane) parts(ready func() bool) []runner.Part {
 	parts := []runner.Part{{Name: "policywatch", Run: p.watch.Run}}
-	if p.dp != nil {
+	if p.dp == nil {
+		parts = append(parts, runner.Part{Name: "policy sweep", Run: func(ctx context.Context) error { return p.sweep(ctx, ready) }})
+	} else {
 		parts = append(parts,
 			runner.Part{Name: "policy drops", Run: func(ctx context.Context) error { return p.dp.ReadDrops(ctx, p.sync.HandleDrop) }},
 			runner.Part{Name: "policy sweep", Run: func(ctx context.Context) error { return p.sweep(ctx, ready) }})
@@ -113,6 +139,15 @@ func (p *policyPlane) sweep(ctx context.Context, ready func() bool) error {
 			return nil
 		case <-tick.C:
 		}
+	}
+	// The CIDR entries an earlier agent programmed that no policy names
+	// now go (the restore hold decides).
+	if p.policiesSynced != nil {
+		p.policiesSynced()
+	}
+	if p.pw == nil {
+		<-ctx.Done()
+		return nil
 	}
 	if err := p.pw.Sweep(); err != nil {
 		p.log.Error("sweeping stale policy entries", "error", err)
@@ -238,6 +273,9 @@ func (p *policyPlane) Resolve(ep string) ([]policy.ID, error) {
 	if n, err := strconv.ParseUint(ep, 10, 32); err == nil {
 		return []policy.ID{policy.ID(n)}, nil
 	}
+	if a, err := netip.ParseAddr(ep); err == nil {
+		return []policy.ID{p.addressIdentity(a)}, nil
+	}
 	if ns, name, ok := strings.Cut(ep, "/"); ok && !strings.Contains(ep, "=") {
 		if p.podIPs == nil || p.identityOf == nil {
 			return nil, fmt.Errorf("pod %q: %w (no pod identities: --kvstore-config)", ep, ErrNoEndpoint)
@@ -272,13 +310,40 @@ func (p *policyPlane) Resolve(ep string) ([]policy.ID, error) {
 	return ids, nil
 }
 
+// addressIdentity is the identity the datapath gives address a: that of
+// the longest programmed ipcache prefix containing it (a pod, a CIDR
+// identity), else world.
+func (p *policyPlane) addressIdentity(a netip.Addr) policy.ID {
+	a = a.Unmap()
+	best, id := -1, uint32(selector.IDWorld)
+	for _, e := range p.ipc.IPCache() {
+		if e.Prefix.Bits() > best && e.Prefix.Contains(a) {
+			best, id = e.Prefix.Bits(), e.Identity
+		}
+	}
+	if (best < 0 || id == 0) && p.identityOf != nil {
+		// A pod of this node whose entry does not carry its identity yet.
+		if own := p.identityOf(a); own != 0 {
+			return policy.ID(own)
+		}
+	}
+	if best >= 0 && id == 0 {
+		return 0 // a pod whose identity is unknown
+	}
+	return policy.ID(id)
+}
+
 // Endpoint implements statusapi.Policy.
 func (p *policyPlane) Endpoint(id policy.ID) (policy.EndpointPolicy, bool) {
 	return p.engine.Endpoint(id)
 }
 
-// Labels implements statusapi.Policy.
+// Labels implements statusapi.Policy. A CIDR identity is shown by its own
+// prefix's label (its labels also name every wider prefix).
 func (p *policyPlane) Labels(id policy.ID) string {
+	if pfx, ok := p.watch.CIDRPrefix(id); ok {
+		return selector.SourceCIDR + ":" + pfx.String()
+	}
 	i, ok := p.engine.Identity(id)
 	if !ok {
 		return ""
@@ -297,6 +362,9 @@ func (p *policyPlane) Policies() int { return p.watch.Policies() }
 
 // Failures implements statusapi.Policy.
 func (p *policyPlane) Failures() int { return p.watch.Failures() }
+
+// CIDRIdentities implements statusapi.Policy.
+func (p *policyPlane) CIDRIdentities() (held, max int) { return p.watch.CIDRIdentities() }
 
 // Drops implements statusapi.Policy.
 func (p *policyPlane) Drops() map[policysync.DropKey]uint64 { return p.sync.Drops() }

@@ -66,6 +66,7 @@ type Reconciler struct {
 	local        localSet                  // guarded by mu: the local cluster's prefixes
 	refused      map[refusalKey][]Refusal  // guarded by mu: remote claims not programmed, as of the last flush
 	ipcacheCIDRs map[netip.Prefix]struct{} // guarded by mu: claimed ipcache keys that are not host prefixes
+	cidrs        map[netip.Prefix]uint32   // guarded by mu: prefixes of CIDR identities (UpsertCIDR)
 
 	kick chan struct{} // buffered(1): something is dirty
 	up   Upstream      // flushed by Run before every batch; set before Run
@@ -124,6 +125,7 @@ func New(cfg Config, w datapath.Writer, log *slog.Logger, clk clock.Clock) *Reco
 		local:        localSet{byNode: map[string][]netip.Prefix{}, all: newPrefixSet(nil)},
 		refused:      map[refusalKey][]Refusal{},
 		ipcacheCIDRs: map[netip.Prefix]struct{}{},
+		cidrs:        map[netip.Prefix]uint32{},
 	}
 }
 
@@ -470,7 +472,7 @@ func (r *Reconciler) buildLocked() datapath.Batch {
 	defer r.ipcache.cleared()
 	for p := range r.ipcache.dirty {
 		delete(r.ipcache.dirty, p)
-		e, ok := r.ipcacheWinner(p)
+		e, ok := r.ipcacheEntry(p)
 		old, restored := r.restored.IPCache[p]
 		switch {
 		case ok && restored && old == e:
@@ -623,11 +625,13 @@ func (r *Reconciler) Tunnels() []datapath.TunnelEntry {
 	return winners(r.tunnels.keys(), r.tunnels.len(), r.tunnelWinner)
 }
 
-// IPCache returns the desired ipcache entries (the claims that win).
+// IPCache returns the desired ipcache entries (the claims that win, the
+// CIDR entries and the world entries of local prefixes inside them).
 func (r *Reconciler) IPCache() []datapath.IPCacheEntry {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return winners(r.ipcache.keys(), r.ipcache.len(), r.ipcacheWinner)
+	out := winners(r.ipcache.keys(), r.ipcache.len(), r.ipcacheEntry)
+	return append(out, winners(slices.Values(r.cidrKeys()), 0, r.ipcacheEntry)...)
 }
 
 func winners[T any](keys iter.Seq[netip.Prefix], n int, win func(netip.Prefix) (T, bool)) []T {

@@ -151,13 +151,8 @@ func (s *prefixSet) index() {
 
 // overlaps reports whether p contains a prefix of s or lies in one.
 func (s *prefixSet) overlaps(p netip.Prefix) bool {
-	for _, b := range s.bits {
-		if b > p.Bits() {
-			break
-		}
-		if q, err := p.Addr().Prefix(b); err == nil && s.count[q] > 0 {
-			return true
-		}
+	if s.within(p) {
+		return true
 	}
 	i, _ := slices.BinarySearchFunc(s.sorted, p.Addr(), func(q netip.Prefix, a netip.Addr) int { return q.Addr().Compare(a) })
 	return i < len(s.sorted) && p.Contains(s.sorted[i].Addr())
@@ -305,6 +300,7 @@ func (r *Reconciler) reevaluateLocked() {
 		r.local.delta = r.local.delta[:0]
 		markOverlapping(&r.tunnels, &changed)
 		markOverlapping(&r.ipcache, &changed)
+		r.markLocalCIDRsLocked(&changed)
 	}
 	if len(r.tunnels.dirty) > 0 {
 		for p := range r.ipcacheCIDRs {

@@ -18,9 +18,9 @@
 //   - Deny wins over allow: for one key a deny entry replaces an allow entry,
 //     and a lookup that matches any deny entry is denied even if a more
 //     specific allow entry matches too.
-//   - Peer 0 is the wildcard: every identity and address. CIDR peers reach
-//     the engine only as the world identity (package rules refuses any
-//     other).
+//   - Peer 0 is the wildcard: every identity and address. CIDR peers are
+//     selectors of CIDR identities (package cidridentity), which the engine
+//     holds like any other identity.
 //   - Protocol ANY with a port expands to TCP, UDP and SCTP; without a port
 //     it is the L4 wildcard (protocol 0, port 0). Named ports resolve against
 //     the destination: the endpoint itself for ingress, the peer identity for

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -20,6 +21,9 @@ type gen struct{ r *rand.Rand }
 func (g gen) pick(xs ...string) string { return xs[g.r.IntN(len(xs))] }
 
 func (g gen) identity(id ID) Identity {
+	if g.r.IntN(4) == 0 { // a CIDR identity
+		return Identity{ID: id, Labels: selector.CIDRLabels(netip.MustParsePrefix(g.pick("10.0.0.0/8", "10.1.0.0/16", "192.0.2.0/24", "2001:db8::/32")))}
+	}
 	ls := []string{
 		"k8s:app=" + g.pick("web", "client", "other"),
 		"k8s:io.kubernetes.pod.namespace=" + g.pick("shop", "dev"),
@@ -66,7 +70,8 @@ func (g gen) rule(peerField, entField, cidrField string) string {
 	case 1:
 		parts = append(parts, fmt.Sprintf(`%q:[%q]`, entField, g.pick("world", "cluster", "host", "all", "remote-node")))
 	case 2:
-		parts = append(parts, fmt.Sprintf(`%q:[{"cidr":"0.0.0.0/0"},{"cidr":"::/0"}]`, cidrField))
+		parts = append(parts, fmt.Sprintf(`%q:[%s]`, cidrField, g.pick(`{"cidr":"0.0.0.0/0"},{"cidr":"::/0"}`,
+			`{"cidr":"10.0.0.0/8","except":["10.1.0.0/16"]}`, `{"cidr":"0.0.0.0/0"}`, `{"cidr":"2001:db8::/32"},{"cidr":"10.1.0.0/16"}`)))
 	}
 	switch g.r.IntN(4) {
 	case 0:

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/clustermesh/clustermesh/agent/internal/policy"
+	"github.com/clustermesh/clustermesh/agent/internal/policy/cidridentity"
 	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
 	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
 	"github.com/clustermesh/clustermesh/internal/ipproto"
@@ -32,6 +34,13 @@ import (
 type Sink interface {
 	Apply(policy.Diff) error
 	SetAnyPolicy(bool) error
+}
+
+// IPCache programs the ipcache entries of CIDR identities
+// (dpsync.Reconciler).
+type IPCache interface {
+	UpsertCIDR(p netip.Prefix, identity uint32)
+	DeleteCIDR(p netip.Prefix)
 }
 
 // EventFunc records a warning Event on a refused policy object.
@@ -53,6 +62,16 @@ type Config struct {
 	Event EventFunc
 	// RetryMin and RetryMax bound the backoff of failed keys.
 	RetryMin, RetryMax time.Duration
+	// IPCache, if set, programs the prefixes of CIDR identities.
+	IPCache IPCache
+	// RestoredCIDRs are the CIDR identities an earlier agent programmed
+	// (prefix → identity, from the restored ipcache): a prefix gets its
+	// number again, so the restored entries stay right meanwhile.
+	RestoredCIDRs map[netip.Prefix]uint32
+	// MaxCIDRIdentities bounds the CIDR identities held at once
+	// (cidridentity.DefaultMax if 0); a policy that would exceed it is
+	// refused.
+	MaxCIDRIdentities int
 }
 
 // Refusal is a policy the agent refused, and why.
@@ -86,10 +105,12 @@ type Watcher struct {
 	// mu orders every engine change with the application of its diff.
 	mu       sync.Mutex
 	listers  []cache.GenericLister
-	accepted map[string]bool    // guarded by mu: policies in the engine
-	refused  map[string]Refusal // guarded by mu
-	failures int                // guarded by mu: diffs the sink failed to apply
-	synced   atomic.Bool        // the informers' initial lists are in
+	accepted map[string]bool           // guarded by mu: policies in the engine
+	prefixes map[string][]netip.Prefix // guarded by mu: CIDR prefixes of accepted policies
+	cidrs    *cidridentity.Allocator   // the CIDR identities of accepted policies (safe for concurrent use)
+	refused  map[string]Refusal        // guarded by mu
+	failures int                       // guarded by mu: diffs the sink failed to apply
+	synced   atomic.Bool               // the informers' initial lists are in
 }
 
 // New returns a Watcher over engine. The reserved identities are added at
@@ -103,10 +124,16 @@ func New(cfg Config, dyn dynamic.Interface, engine *policy.Engine, sink Sink, lo
 	}
 	w := &Watcher{cfg: cfg, dyn: dyn, engine: engine, sink: sink, log: log,
 		accepted: map[string]bool{}, refused: map[string]Refusal{},
+		prefixes: map[string][]netip.Prefix{}, cidrs: cidridentity.New(cfg.MaxCIDRIdentities),
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.NewTypedItemExponentialFailureRateLimiter[objKey](cfg.RetryMin, cfg.RetryMax),
 			workqueue.TypedRateLimitingQueueConfig[objKey]{}),
 	}
+	restored := make(map[netip.Prefix]selector.ID, len(cfg.RestoredCIDRs))
+	for p, id := range cfg.RestoredCIDRs {
+		restored[p] = selector.ID(id)
+	}
+	w.cidrs.Restore(restored)
 	for _, id := range slices.Sorted(maps.Keys(selector.Reserved())) {
 		w.apply(engine.UpsertIdentity(policy.Identity{ID: id, Labels: selector.Reserved()[id]}))
 	}
@@ -293,6 +320,8 @@ func (w *Watcher) reconcile(k objKey) error {
 		if w.accepted[key] {
 			delete(w.accepted, key)
 			w.apply(w.engine.DeletePolicy(key))
+			w.releaseCIDRs(w.prefixes[key])
+			delete(w.prefixes, key)
 			w.setAny()
 		}
 		return nil
@@ -307,29 +336,80 @@ func (w *Watcher) reconcile(k objKey) error {
 	pol, err := rules.DecodeUnstructured(u.Object, w.cfg.Options)
 	var refusal *rules.RefusedError
 	if errors.As(err, &refusal) {
-		msg := refusal.Error()
-		w.mu.Lock()
-		_, known := w.refused[key]
-		w.refused[key] = Refusal{Policy: key, Reason: msg}
-		w.mu.Unlock()
-		if !known {
-			w.log.Warn("policy refused", "policy", key, "reason", msg)
-			if w.cfg.Event != nil {
-				w.cfg.Event(u, "PolicyRefused", msg)
-			}
-		}
+		w.refuse(u, key, refusal.Error())
 		return nil
 	}
 	if err != nil {
 		return err
 	}
 	w.mu.Lock()
-	defer w.mu.Unlock()
+	prefixes := pol.Prefixes()
+	if err := w.acquireCIDRs(prefixes); err != nil {
+		// Refused while the node holds too many CIDR identities; retried
+		// with backoff, as other policies may free some.
+		w.mu.Unlock()
+		w.refuse(u, key, (&rules.RefusedError{Policy: key, Reason: err.Error(), Err: rules.ErrUnsupported}).Error())
+		return fmt.Errorf("policy %q: %w", key, err)
+	}
 	delete(w.refused, key)
 	w.accepted[key] = true
 	w.apply(w.engine.UpsertPolicy(pol))
+	w.releaseCIDRs(w.prefixes[key])
+	w.prefixes[key] = prefixes
 	w.setAny()
+	w.mu.Unlock()
 	return nil
+}
+
+// refuse records a refused policy (an Event the first time).
+func (w *Watcher) refuse(u *unstructured.Unstructured, key, msg string) {
+	w.mu.Lock()
+	_, known := w.refused[key]
+	w.refused[key] = Refusal{Policy: key, Reason: msg}
+	w.mu.Unlock()
+	if !known {
+		w.log.Warn("policy refused", "policy", key, "reason", msg)
+		if w.cfg.Event != nil {
+			w.cfg.Event(u, "PolicyRefused", msg)
+		}
+	}
+}
+
+// acquireCIDRs takes references on the CIDR identities of prefixes; new
+// identities enter the engine (and the policy maps, for rules that already
+// select them, such as world) before their prefix enters the ipcache. The
+// caller holds mu.
+func (w *Watcher) acquireCIDRs(prefixes []netip.Prefix) error {
+	created, err := w.cidrs.Acquire(prefixes)
+	if err != nil {
+		return err
+	}
+	for _, c := range created {
+		w.apply(w.engine.UpsertIdentity(policy.Identity{ID: c.ID, Labels: c.Labels}))
+		if w.cfg.IPCache != nil {
+			w.cfg.IPCache.UpsertCIDR(c.Prefix, uint32(c.ID))
+		}
+	}
+	return nil
+}
+
+// releaseCIDRs drops references on the CIDR identities of prefixes; a freed
+// identity leaves the ipcache, then the engine. The caller holds mu.
+func (w *Watcher) releaseCIDRs(prefixes []netip.Prefix) {
+	for _, c := range w.cidrs.Release(prefixes) {
+		if w.cfg.IPCache != nil {
+			w.cfg.IPCache.DeleteCIDR(c.Prefix)
+		}
+		w.apply(w.engine.DeleteIdentity(c.ID))
+	}
+}
+
+// CIDRIdentities returns the CIDR identities held and their bound.
+func (w *Watcher) CIDRIdentities() (held, max int) { return w.cidrs.Len(), w.cidrs.Max() }
+
+// CIDRPrefix returns the prefix of CIDR identity id.
+func (w *Watcher) CIDRPrefix(id policy.ID) (netip.Prefix, bool) {
+	return w.cidrs.Prefix(id)
 }
 
 // setAny tells the sink whether any policy is loaded; the caller holds mu.

@@ -78,15 +78,13 @@ func labels(t *testing.T, s string) wire.Labels {
 	return ls
 }
 
-// TestPoliciesFromAPIServer creates policies of the three kinds in a real
-// kube-apiserver (with the chart's CRDs) and checks what the engine's diffs
-// program: accepted policies apply, a policy with an L7 rule is refused with
-// an Event and changes nothing (a new one is not added, a refused update
-// keeps the accepted version), and deletes remove.
-func TestPoliciesFromAPIServer(t *testing.T) {
+// apiServer starts a kube-apiserver with the chart's CRDs and a "shop"
+// namespace; the context ends with the test.
+func apiServer(t *testing.T) (dynamic.Interface, context.Context) {
+	t.Helper()
 	cp := kubetest.StartForTest(t, kubetest.Config{Name: "policywatch"})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	t.Cleanup(cancel)
 	dc, err := dynamic.NewForConfig(cp.REST)
 	if err != nil {
 		t.Fatal(err)
@@ -117,7 +115,52 @@ func TestPoliciesFromAPIServer(t *testing.T) {
 		_, err2 := dc.Resource(policywatch.GVRClusterwide).List(ctx, metav1.ListOptions{})
 		return err1 == nil && err2 == nil, ""
 	})
+	return dc, ctx
+}
 
+// runWatcher runs w until the test ends.
+func runWatcher(ctx context.Context, t *testing.T, w *policywatch.Watcher) {
+	t.Helper()
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(runCtx) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	})
+}
+
+// createOrUpdate writes a policy object given as JSON.
+func createOrUpdate(ctx context.Context, t *testing.T, dc dynamic.Interface, gvr schema.GroupVersionResource, ns, js string) {
+	t.Helper()
+	var obj map[string]any
+	if err := json.Unmarshal([]byte(js), &obj); err != nil {
+		t.Fatal(err)
+	}
+	ri := dc.Resource(gvr).Namespace(ns)
+	u := &unstructured.Unstructured{Object: obj}
+	if old, err := ri.Get(ctx, u.GetName(), metav1.GetOptions{}); err == nil {
+		u.SetResourceVersion(old.GetResourceVersion())
+		_, err = ri.Update(ctx, u, metav1.UpdateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	if _, err := ri.Create(ctx, u, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPoliciesFromAPIServer creates policies of the three kinds in a real
+// kube-apiserver (with the chart's CRDs) and checks what the engine's diffs
+// program: accepted policies apply, a policy with an L7 rule is refused with
+// an Event and changes nothing (a new one is not added, a refused update
+// keeps the accepted version), and deletes remove.
+func TestPoliciesFromAPIServer(t *testing.T) {
+	dc, ctx := apiServer(t)
 	const (
 		web     = policy.ID(1<<16 | 256)
 		client1 = policy.ID(1<<16 | 257)
@@ -136,35 +179,11 @@ func TestPoliciesFromAPIServer(t *testing.T) {
 	w.UpsertIdentity(uint32(web), labels(t, "k8s:app=web;k8s:io.cilium.k8s.policy.cluster=c1;k8s:io.kubernetes.pod.namespace=shop;"))
 	w.UpsertIdentity(uint32(client1), labels(t, "k8s:app=client;k8s:io.cilium.k8s.policy.cluster=c1;k8s:io.kubernetes.pod.namespace=shop;"))
 	w.UpsertIdentity(uint32(client2), labels(t, "k8s:app=client;k8s:io.cilium.k8s.policy.cluster=c2;k8s:io.kubernetes.pod.namespace=shop;"))
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- w.Run(runCtx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	}()
+	runWatcher(ctx, t, w)
 
 	create := func(gvr schema.GroupVersionResource, ns, js string) {
 		t.Helper()
-		var obj map[string]any
-		if err := json.Unmarshal([]byte(js), &obj); err != nil {
-			t.Fatal(err)
-		}
-		ri := dc.Resource(gvr).Namespace(ns)
-		u := &unstructured.Unstructured{Object: obj}
-		if old, err := ri.Get(ctx, u.GetName(), metav1.GetOptions{}); err == nil {
-			u.SetResourceVersion(old.GetResourceVersion())
-			_, err = ri.Update(ctx, u, metav1.UpdateOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return
-		}
-		if _, err := ri.Create(ctx, u, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		createOrUpdate(ctx, t, dc, gvr, ns, js)
 	}
 	expect := func(what string, enforced bool, keys []string, any bool) {
 		t.Helper()

@@ -189,7 +189,7 @@ func New(cfg Config, dp DatapathSink, svcs ServiceSink, log *slog.Logger, clk cl
 		}
 	}
 	m.set = remoteconn.NewSet(sc, func(name string, log *slog.Logger) *remote { return newRemote(m, name, log) }, log, clk)
-	m.hold = restorehold.New(restorehold.Config{OwnID: cfg.ClusterID, StateDir: cfg.StateDir}, dp, m.set.IDs, log)
+	m.hold = restorehold.New(restorehold.Config{OwnID: cfg.ClusterID, PolicyID: dpsync.CIDRClusterID, StateDir: cfg.StateDir}, dp, m.set.IDs, log)
 	return m
 }
 
@@ -199,6 +199,10 @@ func (m *Manager) Run(ctx context.Context) error {
 	m.hold.Load()
 	return m.set.Run(ctx)
 }
+
+// PoliciesSynced tells the restore hold that the agent's policies are
+// synced: restored CIDR entries no policy names may go.
+func (m *Manager) PoliciesSynced() { m.hold.PoliciesSynced() }
 
 // OwnSynced tells the restore hold that the own cluster's sources have
 // delivered their full state.

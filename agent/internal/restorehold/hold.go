@@ -22,6 +22,10 @@ type Datapath interface {
 type Config struct {
 	// OwnID is the own cluster's ID.
 	OwnID uint32
+	// PolicyID is the cluster ID of the entries network policy owns (the
+	// ipcache entries of CIDR identities, dpsync.CIDRClusterID): held until
+	// PoliciesSynced, whatever the remotes do.
+	PolicyID uint32
 	// StateDir holds the state file ("" disables it: after a restart
 	// every restored remote ID not configured is released at start).
 	StateDir string
@@ -72,12 +76,16 @@ func (h *Hold) Load() {
 // OwnSynced: the own cluster's sources have delivered their full state.
 func (h *Hold) OwnSynced() { h.dp.Release(h.cfg.OwnID) }
 
+// PoliciesSynced: the agent's policies are synced, so the CIDR entries
+// they need are claimed again.
+func (h *Hold) PoliciesSynced() { h.dp.Release(h.cfg.PolicyID) }
+
 // Started: the first scan of the config directory is done; configured
 // says whether a remote of that name is configured. The restored entries
 // of every ID no configured remote will claim are released, and the
 // state file's remotes that are not configured are forgotten.
 func (h *Hold) Started(configured func(name string) bool) {
-	keep := map[uint32]bool{h.cfg.OwnID: true}
+	keep := map[uint32]bool{h.cfg.OwnID: true, h.cfg.PolicyID: true}
 	for _, id := range h.ids() {
 		keep[id] = true
 	}

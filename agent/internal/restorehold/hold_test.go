@@ -77,6 +77,16 @@ func TestHold(t *testing.T) {
 			file: map[string]uint32{},
 		},
 		{
+			name:     "the policies' CIDR entries are held until the policies are synced",
+			alsoHeld: []uint32{0},
+			steps: []step{
+				{"started with c2 and c3", func(h *Hold, _ map[string]uint32) { h.Started(configured("c2", "c3")) }, []uint32{7, 9}},
+				{"own synced", func(h *Hold, _ map[string]uint32) { h.OwnSynced() }, []uint32{ownID}},
+				{"policies synced", func(h *Hold, _ map[string]uint32) { h.PoliciesSynced() }, []uint32{0}},
+			},
+			file: map[string]uint32{"c2": 2, "c3": 3},
+		},
+		{
 			name:     "a remote that reserved before start keeps its ID held",
 			alsoHeld: []uint32{5},
 			steps: []step{

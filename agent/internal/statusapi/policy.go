@@ -37,6 +37,8 @@ type Policy interface {
 	Refusals() []policywatch.Refusal
 	Policies() int
 	Failures() int
+	// CIDRIdentities returns the CIDR identities held and their bound.
+	CIDRIdentities() (held, max int)
 	Drops() map[policysync.DropKey]uint64
 	NamedPortConflicts() map[policy.ID][]string
 }
@@ -47,7 +49,9 @@ func (s *Server) SetPolicy(p Policy) { s.policy = p }
 
 func (s *Server) policyStatus(names map[uint32]string) *agentv1.PolicyStatus {
 	p := s.policy
-	out := &agentv1.PolicyStatus{Policies: uint32(p.Policies()), Failures: uint64(p.Failures())}
+	held, bound := p.CIDRIdentities()
+	out := &agentv1.PolicyStatus{Policies: uint32(p.Policies()), Failures: uint64(p.Failures()),
+		CidrIdentities: uint32(held), CidrIdentitiesMax: uint32(bound)}
 	for _, r := range p.Refusals() {
 		out.Refused = append(out.Refused, &agentv1.PolicyRefusal{Policy: r.Policy, Reason: r.Reason})
 	}
@@ -297,7 +301,8 @@ func printPolicyStatus(w io.Writer, p *agentv1.PolicyStatus) {
 	if p == nil {
 		return
 	}
-	fmt.Fprintf(w, "\nPolicies: %d programmed, %d refused, %d datapath failures\n", p.GetPolicies(), len(p.GetRefused()), p.GetFailures())
+	fmt.Fprintf(w, "\nPolicies: %d programmed, %d refused, %d datapath failures, %d/%d CIDR identities\n",
+		p.GetPolicies(), len(p.GetRefused()), p.GetFailures(), p.GetCidrIdentities(), p.GetCidrIdentitiesMax())
 	for _, r := range p.GetRefused() {
 		fmt.Fprintf(w, "  refused %s: %s\n", r.GetPolicy(), r.GetReason())
 	}

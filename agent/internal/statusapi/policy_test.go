@@ -48,8 +48,9 @@ func (p enginePolicy) Trace(f policy.Flow) policy.TraceResult { return p.e.Trace
 func (enginePolicy) Refusals() []policywatch.Refusal {
 	return []policywatch.Refusal{{Policy: "cnp/shop/l7", Reason: "L7 rules are not enforceable"}}
 }
-func (enginePolicy) Policies() int { return 1 }
-func (enginePolicy) Failures() int { return 0 }
+func (enginePolicy) Policies() int              { return 1 }
+func (enginePolicy) Failures() int              { return 0 }
+func (enginePolicy) CIDRIdentities() (int, int) { return 2, 65536 }
 func (enginePolicy) Drops() map[policysync.DropKey]uint64 {
 	return map[policysync.DropKey]uint64{{Policy: policysync.DefaultDeny, SrcCluster: 3}: 7}
 }
@@ -142,7 +143,7 @@ func TestPolicyOverSocket(t *testing.T) {
 	if err := PrintTable(&buf, st); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Policies: 1 programmed, 1 refused", "refused cnp/shop/l7: L7 rules", "DROPPED BY", "(default deny)",
+	for _, want := range []string{"Policies: 1 programmed, 1 refused, 0 datapath failures, 2/65536 CIDR identities", "refused cnp/shop/l7: L7 rules", "DROPPED BY", "(default deny)",
 		"named ports of identity 65792 (k8s:app=web", "http: 8080/TCP on 1 of 2 endpoints, 8081/TCP on 1 of 2 endpoints"} {
 		if !strings.Contains(buf.String(), want) {
 			t.Errorf("status table lacks %q:\n%s", want, buf.String())

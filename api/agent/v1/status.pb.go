@@ -228,8 +228,14 @@ type PolicyStatus struct {
 	// Identities whose endpoints disagree on a named port: rules naming it
 	// add no key for that identity.
 	NamedPortConflicts []*NamedPortConflict `protobuf:"bytes,150,rep,name=named_port_conflicts,json=namedPortConflicts,proto3" json:"named_port_conflicts,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// CIDR identities held: the distinct prefixes the accepted policies name
+	// (except prefixes included), each an ipcache entry of this node.
+	CidrIdentities uint32 `protobuf:"varint,330,opt,name=cidr_identities,json=cidrIdentities,proto3" json:"cidr_identities,omitempty"`
+	// The bound on cidr_identities: a policy that would exceed it is refused
+	// until others free room.
+	CidrIdentitiesMax uint32 `protobuf:"varint,331,opt,name=cidr_identities_max,json=cidrIdentitiesMax,proto3" json:"cidr_identities_max,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *PolicyStatus) Reset() {
@@ -295,6 +301,20 @@ func (x *PolicyStatus) GetNamedPortConflicts() []*NamedPortConflict {
 		return x.NamedPortConflicts
 	}
 	return nil
+}
+
+func (x *PolicyStatus) GetCidrIdentities() uint32 {
+	if x != nil {
+		return x.CidrIdentities
+	}
+	return 0
+}
+
+func (x *PolicyStatus) GetCidrIdentitiesMax() uint32 {
+	if x != nil {
+		return x.CidrIdentitiesMax
+	}
+	return 0
 }
 
 type NamedPortConflict struct {
@@ -1669,13 +1689,15 @@ const file_status_proto_rawDesc = "" +
 	" \x01(\x04R\x10datapathFailures\x12.\n" +
 	"\x13datapath_last_error\x18\v \x01(\tR\x11datapathLastError\x12&\n" +
 	"\x0edatapath_trims\x18\xac\x02 \x01(\x04R\rdatapathTrims\x12;\n" +
-	"\x06policy\x18\xfa\x01 \x01(\v2\".clustermesh.agent.v1.PolicyStatusR\x06policy\"\xaa\x02\n" +
+	"\x06policy\x18\xfa\x01 \x01(\v2\".clustermesh.agent.v1.PolicyStatusR\x06policy\"\x85\x03\n" +
 	"\fPolicyStatus\x12\x1a\n" +
 	"\bpolicies\x18\x01 \x01(\rR\bpolicies\x12=\n" +
 	"\arefused\x18\x02 \x03(\v2#.clustermesh.agent.v1.PolicyRefusalR\arefused\x127\n" +
 	"\x05drops\x18\x03 \x03(\v2!.clustermesh.agent.v1.PolicyDropsR\x05drops\x12\x1a\n" +
 	"\bfailures\x18\x05 \x01(\x04R\bfailures\x12Z\n" +
-	"\x14named_port_conflicts\x18\x96\x01 \x03(\v2'.clustermesh.agent.v1.NamedPortConflictR\x12namedPortConflictsJ\x04\b\x04\x10\x05R\bnarrowed\"]\n" +
+	"\x14named_port_conflicts\x18\x96\x01 \x03(\v2'.clustermesh.agent.v1.NamedPortConflictR\x12namedPortConflicts\x12(\n" +
+	"\x0fcidr_identities\x18\xca\x02 \x01(\rR\x0ecidrIdentities\x12/\n" +
+	"\x13cidr_identities_max\x18\xcb\x02 \x01(\rR\x11cidrIdentitiesMaxJ\x04\b\x04\x10\x05R\bnarrowed\"]\n" +
 	"\x11NamedPortConflict\x12\x1a\n" +
 	"\bidentity\x18\x01 \x01(\rR\bidentity\x12\x16\n" +
 	"\x06labels\x18\x02 \x01(\tR\x06labels\x12\x14\n" +

@@ -5,7 +5,15 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
 )
+
+// MaxCIDRPrefixes bounds the distinct CIDR prefixes (except prefixes
+// included) one policy may name: each becomes a CIDR identity and an
+// ipcache entry, and a policy over the bound is refused rather than
+// half-programmed.
+const MaxCIDRPrefixes = 1024
 
 // parsePrefix accepts a CIDR or a bare address (a host prefix).
 func parsePrefix(s string) (netip.Prefix, error) {
@@ -23,99 +31,96 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
-// subtract returns disjoint prefixes covering p minus every prefix of except.
-// Every except must lie inside p (checked by the caller).
-func subtract(p netip.Prefix, except []netip.Prefix) []netip.Prefix {
-	var overlapping []netip.Prefix
-	for _, e := range except {
-		if e.Bits() <= p.Bits() && e.Contains(p.Addr()) {
-			return nil // p is wholly excluded
-		}
-		if p.Overlaps(e) {
-			overlapping = append(overlapping, e)
-		}
-	}
-	if len(overlapping) == 0 {
-		return []netip.Prefix{p}
-	}
-	lo, hi := halves(p)
-	return append(subtract(lo, overlapping), subtract(hi, overlapping)...)
+// cidrPeer is one CIDR peer as written: a prefix and the prefixes inside it
+// it excludes.
+type cidrPeer struct {
+	prefix netip.Prefix
+	except []netip.Prefix
 }
 
-// halves splits p into its two sub-prefixes one bit longer.
-func halves(p netip.Prefix) (netip.Prefix, netip.Prefix) {
-	bits := p.Bits() + 1
-	lo := netip.PrefixFrom(p.Addr(), bits)
-	b := p.Addr().AsSlice()
-	i := (bits - 1) / 8
-	b[i] |= 0x80 >> ((bits - 1) % 8)
-	a, _ := netip.AddrFromSlice(b)
-	return lo, netip.PrefixFrom(a, bits)
-}
-
-// cidrSet resolves one cidr with its except list.
-func cidrSet(cidr string, except []string) ([]netip.Prefix, error) {
+// cidrSet parses one cidr with its except list.
+func cidrSet(cidr string, except []string) (cidrPeer, error) {
 	p, err := parsePrefix(cidr)
 	if err != nil {
-		return nil, fmt.Errorf("cidr %q: %w", cidr, err)
+		return cidrPeer{}, fmt.Errorf("cidr %q: %w", cidr, err)
 	}
-	ex := make([]netip.Prefix, 0, len(except))
+	c := cidrPeer{prefix: p, except: make([]netip.Prefix, 0, len(except))}
 	for _, s := range except {
 		e, err := parsePrefix(s)
 		if err != nil {
-			return nil, fmt.Errorf("except %q: %w", s, err)
+			return cidrPeer{}, fmt.Errorf("except %q: %w", s, err)
 		}
 		if e.Addr().Is4() != p.Addr().Is4() || e.Bits() < p.Bits() || !p.Contains(e.Addr()) {
-			return nil, fmt.Errorf("except %q is not inside cidr %q", s, cidr)
+			return cidrPeer{}, fmt.Errorf("except %q is not inside cidr %q", s, cidr)
 		}
-		ex = append(ex, e)
+		if !slices.Contains(c.except, e) {
+			c.except = append(c.except, e)
+		}
 	}
-	return subtract(p, ex), nil
+	return c, nil
 }
 
-// everyAddress is the CIDR peer set the identity-keyed datapath enforces
-// exactly: every address of both families, which is the world entity
-// (Cilium: a CIDR selects only peers outside the cluster-managed
-// endpoints, and 0.0.0.0/0 with ::/0 is reserved:world).
-var everyAddress = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
+// isEveryAddress reports whether c is 0.0.0.0/0 or ::/0 without except.
+func (c cidrPeer) isEveryAddress() bool { return c.prefix.Bits() == 0 && len(c.except) == 0 }
 
-// errCIDRNotExact says why a CIDR peer other than every address is
-// refused.
-const errCIDRNotExact = "CIDR peers are enforced only as every address of both families " +
-	"(0.0.0.0/0 with ::/0, the world entity): the datapath keys policy by identity and has no " +
-	"identity per prefix, so any other prefix or an except would be enforced wider or narrower " +
-	"than written; use fromEntities/toEntities world or endpoint selectors"
-
-// cidrPeers turns a rule's CIDR peers (already normalized) into the world
-// selector when they are every address of both families; anything else
-// cannot be enforced exactly and is refused (ok false).
-func cidrPeers(ps []netip.Prefix) (world, ok bool) {
-	if len(ps) == 0 {
-		return false, true
+// cidrs adds a rule's CIDR peers (field: the first CIDR field), as Cilium
+// does: each peer selects the CIDR identities of its prefix and of every
+// narrower prefix in use, minus those of its except prefixes; every prefix
+// named (except prefixes too) needs a CIDR identity (Peers.CIDRs). Every
+// address of both families without except (0.0.0.0/0 with ::/0) is the
+// world entity, which selects the world identity and every CIDR identity.
+func (t *translator) cidrs(r *Rule, field string, peers []cidrPeer) error {
+	if len(peers) == 0 {
+		return nil
 	}
-	if slices.Equal(ps, everyAddress) {
-		return true, true
-	}
-	return false, false
-}
-
-// normalize sorts prefixes and drops those covered by another.
-func normalize(ps []netip.Prefix) []netip.Prefix {
-	slices.SortFunc(ps, func(a, b netip.Prefix) int {
-		if c := a.Addr().Compare(b.Addr()); c != 0 {
-			return c
+	v4 := slices.ContainsFunc(peers, func(c cidrPeer) bool { return c.isEveryAddress() && c.prefix.Addr().Is4() })
+	v6 := slices.ContainsFunc(peers, func(c cidrPeer) bool { return c.isEveryAddress() && c.prefix.Addr().Is6() })
+	if v4 && v6 {
+		sels, err := selector.EntitySelectors(selector.EntityWorld, t.opts.ClusterName)
+		if err != nil {
+			return t.refuse(field, err.Error(), ErrInvalid)
 		}
-		return a.Bits() - b.Bits()
-	})
-	out := ps[:0]
-	for _, p := range ps {
-		if len(out) > 0 {
-			last := out[len(out)-1]
-			if last.Bits() <= p.Bits() && last.Contains(p.Addr()) {
-				continue
+		r.Peers.Selectors = append(r.Peers.Selectors, sels...)
+		return nil
+	}
+	for _, c := range peers {
+		r.Peers.Selectors = append(r.Peers.Selectors, selector.CIDRSelector(c.prefix, c.except))
+		for _, p := range append([]netip.Prefix{c.prefix}, c.except...) {
+			if !slices.Contains(r.Peers.CIDRs, p) {
+				r.Peers.CIDRs = append(r.Peers.CIDRs, p)
 			}
 		}
-		out = append(out, p)
 	}
-	return out
+	if t.prefixes == nil {
+		t.prefixes = map[netip.Prefix]struct{}{}
+	}
+	for _, p := range r.Peers.CIDRs {
+		t.prefixes[p] = struct{}{}
+	}
+	if len(t.prefixes) > MaxCIDRPrefixes {
+		return t.refuse(field, fmt.Sprintf("more than %d CIDR prefixes (except prefixes included) in one policy: "+
+			"each needs an identity and an ipcache entry; split the policy", MaxCIDRPrefixes), ErrUnsupported)
+	}
+	return nil
+}
+
+// Prefixes returns every CIDR prefix the policy's rules name (except
+// prefixes included), each once, sorted.
+func (p Policy) Prefixes() []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range p.Specs {
+		for _, r := range s.Rules {
+			out = append(out, r.Peers.CIDRs...)
+		}
+	}
+	slices.SortFunc(out, ComparePrefixes)
+	return slices.Compact(out)
+}
+
+// ComparePrefixes orders prefixes by address, then length.
+func ComparePrefixes(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
 }

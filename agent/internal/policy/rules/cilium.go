@@ -95,6 +95,7 @@ type translator struct {
 	key       string
 	namespace string // "" for clusterwide
 	opts      Options
+	prefixes  map[netip.Prefix]struct{} // distinct CIDR prefixes named so far (MaxCIDRPrefixes)
 }
 
 func (t *translator) refuse(field, reason string, err error) error {
@@ -249,7 +250,7 @@ func (t *translator) l3l4(path string, dir Direction, deny bool, pfx string, has
 		}
 		r.Peers.Selectors = append(r.Peers.Selectors, sels...)
 	}
-	var prefixes []netip.Prefix
+	var prefixes []cidrPeer
 	cidrField := ""
 	for i, c := range cidrs {
 		f := fmt.Sprintf("%s.%sCIDR[%d]", path, pfx, i)
@@ -257,7 +258,7 @@ func (t *translator) l3l4(path string, dir Direction, deny bool, pfx string, has
 		if err != nil {
 			return Rule{}, t.refuse(f, err.Error(), ErrInvalid)
 		}
-		prefixes, cidrField = append(prefixes, ps...), cmp.Or(cidrField, f)
+		prefixes, cidrField = append(prefixes, ps), cmp.Or(cidrField, f)
 	}
 	for i, s := range sets {
 		f := fmt.Sprintf("%s.%sCIDRSet[%d]", path, pfx, i)
@@ -269,7 +270,7 @@ func (t *translator) l3l4(path string, dir Direction, deny bool, pfx string, has
 		if err != nil {
 			return Rule{}, t.refuse(f, err.Error(), ErrInvalid)
 		}
-		prefixes, cidrField = append(prefixes, ps...), cmp.Or(cidrField, f)
+		prefixes, cidrField = append(prefixes, ps), cmp.Or(cidrField, f)
 	}
 	if err := t.cidrs(&r, cidrField, prefixes); err != nil {
 		return Rule{}, err
@@ -336,24 +337,4 @@ func (t *translator) peer(s selector.Selector) selector.Selector {
 		s = s.And(selector.Requirement{Source: selector.SourceK8s, Key: selector.ClusterLabel, Op: selector.OpIn, Values: []string{t.opts.ClusterName}})
 	}
 	return s
-}
-
-// cidrs adds a rule's CIDR peers: every address of both families is the
-// world entity; anything else is refused (field: the first CIDR field).
-func (t *translator) cidrs(r *Rule, field string, prefixes []netip.Prefix) error {
-	if len(prefixes) == 0 {
-		return nil
-	}
-	world, ok := cidrPeers(normalize(prefixes))
-	if !ok {
-		return t.refuse(field, errCIDRNotExact, ErrUnsupported)
-	}
-	if world {
-		sels, err := selector.EntitySelectors(selector.EntityWorld, t.opts.ClusterName)
-		if err != nil {
-			return t.refuse(field, err.Error(), ErrInvalid)
-		}
-		r.Peers.Selectors = append(r.Peers.Selectors, sels...)
-	}
-	return nil
 }

@@ -95,7 +95,7 @@ func TestCRDsOnAPIServer(t *testing.T) {
 	}{
 		{name: "cross-cluster allow", kind: "cnp", spec: `{"spec":{"endpointSelector":{"matchLabels":{"app":"web"}},"ingress":[{"fromEndpoints":[{"matchLabels":{"app":"client","io.cilium.k8s.policy.cluster":"c2"}}],"toPorts":[{"ports":[{"port":"80","endPort":90,"protocol":"TCP"}]}]}]}}`},
 		{name: "clusterwide specs with every address and entities", kind: "ccnp", spec: `{"specs":[{"endpointSelector":{},"egress":[{"toCIDRSet":[{"cidr":"0.0.0.0/0"},{"cidr":"::/0"}]},{"toEntities":["world","cluster"]}]},{"endpointSelector":{"matchExpressions":[{"key":"app","operator":"Exists"}]},"ingressDeny":[{"fromCIDR":["0.0.0.0/0","::/0"]}],"enableDefaultDeny":{"ingress":false}}]}`},
-		{name: "cidr except stored then refused", kind: "ccnp", spec: `{"specs":[{"endpointSelector":{},"egress":[{"toCIDRSet":[{"cidr":"10.0.0.0/8","except":["10.1.0.0/16"]}]}]}]}`, decode: ErrUnsupported},
+		{name: "cidr with except", kind: "ccnp", spec: `{"specs":[{"endpointSelector":{},"egress":[{"toCIDRSet":[{"cidr":"10.0.0.0/8","except":["10.1.0.0/16"]}]}]}]}`},
 		{name: "named port", kind: "cnp", spec: `{"spec":{"endpointSelector":{},"ingress":[{"toPorts":[{"ports":[{"port":"http"}]}]}]}}`},
 		{name: "L7 rules are stored then refused", kind: "cnp", spec: `{"spec":{"endpointSelector":{},"ingress":[{"toPorts":[{"ports":[{"port":"80","protocol":"TCP"}],"rules":{"http":[{"method":"GET"}]}}]}]}}`, decode: ErrUnsupported},
 		{name: "toFQDNs stored then refused", kind: "cnp", spec: `{"spec":{"endpointSelector":{},"egress":[{"toFQDNs":[{"matchName":"example.com"}]}]}}`, decode: ErrUnsupported},

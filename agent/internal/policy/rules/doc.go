@@ -16,9 +16,12 @@
 // namespace (CiliumClusterwideNetworkPolicy); with Options.DefaultLocalCluster
 // (Cilium's --policy-default-local-cluster, default true since 1.19) a peer
 // selector without a cluster term is restricted to the local cluster.
-// Selectors on reserved labels are left alone. CIDR peers (cidr minus its
-// except ranges, as disjoint prefixes) select only peers outside the mesh,
-// as in Cilium; the identity-keyed datapath enforces exactly only every
-// address of both families (0.0.0.0/0 with ::/0), which becomes the world
-// entity, so any other CIDR peer refuses the policy (ErrUnsupported).
+// Selectors on reserved labels are left alone. CIDR peers (fromCIDR,
+// toCIDR, fromCIDRSet, toCIDRSet, ipBlock; with except) become selectors of
+// CIDR labels (selector.CIDRSelector): they select the CIDR identities of
+// the prefix and of every narrower prefix in use, minus the except
+// prefixes', i.e. only peers outside the mesh, as in Cilium. Every prefix
+// named needs a CIDR identity (Policy.Prefixes); more than MaxCIDRPrefixes
+// in one policy refuse it (ErrUnsupported). Every address of both families
+// (0.0.0.0/0 with ::/0, without except) is the world entity.
 package rules

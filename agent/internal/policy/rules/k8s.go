@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"encoding/json"
 	"fmt"
-	"net/netip"
 	"slices"
 
 	networkingv1 "k8s.io/api/networking/v1"
@@ -79,7 +78,7 @@ func (t *translator) knpRule(path string, dir Direction, peers []networkingv1.Ne
 	if dir == Egress {
 		pfx = "to"
 	}
-	var prefixes []netip.Prefix
+	var prefixes []cidrPeer
 	cidrField := ""
 	for i, p := range peers {
 		f := fmt.Sprintf("%s.%s[%d]", path, pfx, i)
@@ -91,7 +90,7 @@ func (t *translator) knpRule(path string, dir Direction, peers []networkingv1.Ne
 			if err != nil {
 				return Rule{}, t.refuse(f+".ipBlock", err.Error(), ErrInvalid)
 			}
-			prefixes, cidrField = append(prefixes, ps...), cmp.Or(cidrField, f+".ipBlock")
+			prefixes, cidrField = append(prefixes, ps), cmp.Or(cidrField, f+".ipBlock")
 			continue
 		}
 		if p.PodSelector == nil && p.NamespaceSelector == nil {

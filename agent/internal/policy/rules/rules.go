@@ -3,6 +3,7 @@ package rules
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/spf13/pflag"
 
@@ -83,10 +84,13 @@ type Peers struct {
 	// All: every peer, identity or address (an L4-only rule, entity all, an
 	// empty NetworkPolicy from/to).
 	All bool
-	// Selectors select peer identities. A CIDR peer is accepted only as
-	// every address of both families, and becomes the world entity's
-	// selector.
+	// Selectors select peer identities. A CIDR peer is a selector of CIDR
+	// labels (selector.CIDRSelector); every address of both families is
+	// the world entity's selector.
 	Selectors []selector.Selector
+	// CIDRs are the prefixes the CIDR selectors name (except prefixes
+	// included): each needs a CIDR identity for them to select anything.
+	CIDRs []netip.Prefix
 }
 
 // Rule is one ingress, ingressDeny, egress or egressDeny entry.

@@ -2,7 +2,7 @@ package rules
 
 import (
 	"errors"
-	"net/netip"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -45,11 +45,6 @@ func TestRefused(t *testing.T) {
 		{"bad operator", cnp(`{"endpointSelector":{"matchExpressions":[{"key":"a","operator":"Gt","values":["1"]}]}}`), ErrInvalid, "spec.endpointSelector"},
 		{"unknown entity", cnp(`{"endpointSelector":{},"ingress":[{"fromEntities":["galaxy"]}]}`), ErrInvalid, "spec.ingress[0].fromEntities[0]"},
 		{"except outside cidr", cnp(`{"endpointSelector":{},"egress":[{"toCIDRSet":[{"cidr":"10.0.0.0/8","except":["11.0.0.0/16"]}]}]}`), ErrInvalid, "spec.egress[0].toCIDRSet[0]"},
-		{"a CIDR narrower than every address", cnp(`{"endpointSelector":{},"egress":[{"toCIDR":["10.0.0.0/8"]}]}`), ErrUnsupported, "spec.egress[0].toCIDR[0]"},
-		{"every IPv4 address alone", cnp(`{"endpointSelector":{},"ingressDeny":[{"fromCIDR":["0.0.0.0/0"]}]}`), ErrUnsupported, "spec.ingressDeny[0].fromCIDR[0]"},
-		{"every address with an except", cnp(`{"endpointSelector":{},"egress":[{"toCIDRSet":[{"cidr":"0.0.0.0/0","except":["10.0.0.0/8"]},{"cidr":"::/0"}]}]}`), ErrUnsupported, "spec.egress[0].toCIDRSet[0]"},
-		{"ipBlock of a pod range", knp(`{"podSelector":{},"ingress":[{"from":[{"podSelector":{}},{"ipBlock":{"cidr":"10.1.0.0/16"}}]}]}`), ErrUnsupported, "spec.ingress[0].from[1].ipBlock"},
-		{"ipBlock of a bare address", knp(`{"podSelector":{},"egress":[{"to":[{"ipBlock":{"cidr":"192.0.2.1/32"}}]}]}`), ErrUnsupported, "spec.egress[0].to[0].ipBlock"},
 		{"endPort below port", cnp(`{"endpointSelector":{},"ingress":[{"toPorts":[{"ports":[{"port":"90","endPort":80}]}]}]}`), ErrInvalid, "spec.ingress[0].toPorts[0].ports[0]"},
 		{"endPort with named port", knp(`{"podSelector":{},"ingress":[{"ports":[{"port":"http","endPort":90}]}]}`), ErrInvalid, "spec.ingress[0].ports[0]"},
 		{"missing endpointSelector", cnp(`{"ingress":[{}]}`), ErrInvalid, "spec.endpointSelector"},
@@ -81,43 +76,32 @@ func mustDecode(t *testing.T, obj string, o Options) Policy {
 	return p
 }
 
-func TestCIDRExcept(t *testing.T) {
-	cases := []struct {
-		name   string
-		cidr   string
-		except []string
-		want   []string
-	}{
-		{"no except", "10.0.0.0/8", nil, []string{"10.0.0.0/8"}},
-		{"bare address", "192.0.2.1", nil, []string{"192.0.2.1/32"}},
-		{"one except", "10.0.0.0/30", []string{"10.0.0.1/32"}, []string{"10.0.0.0/32", "10.0.0.2/31"}},
-		{"except the whole", "10.0.0.0/24", []string{"10.0.0.0/24"}, nil},
-		{"two excepts", "10.0.0.0/8", []string{"10.0.0.0/9", "10.192.0.0/10"}, []string{"10.128.0.0/10"}},
-		{"ipv6", "2001:db8::/32", []string{"2001:db8::/33"}, []string{"2001:db8:8000::/33"}},
+// TestTooManyCIDRPrefixes: a policy naming more prefixes than an identity
+// each can be given is refused, at the CIDR field where the bound is
+// crossed.
+func TestTooManyCIDRPrefixes(t *testing.T) {
+	list := func(first, n int) string {
+		var ps []string
+		for i := first; i < first+n; i++ {
+			ps = append(ps, fmt.Sprintf(`"10.%d.%d.0/24"`, i/256, i%256))
+		}
+		return strings.Join(ps, ",")
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			ps, err := cidrSet(tc.cidr, tc.except)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var got []string
-			for _, p := range ps {
-				got = append(got, p.String())
-			}
-			if !slices.Equal(got, tc.want) {
-				t.Fatalf("got %v, want %v", got, tc.want)
-			}
-			// Every address of the cidr is covered iff it is not excepted.
-			base, _ := parsePrefix(tc.cidr)
-			for a, n := base.Addr(), 0; base.Contains(a) && n < 4096; a, n = a.Next(), n+1 {
-				excepted := slices.ContainsFunc(tc.except, func(s string) bool { e, _ := parsePrefix(s); return e.Contains(a) })
-				covered := slices.ContainsFunc(ps, func(p netip.Prefix) bool { return p.Contains(a) })
-				if covered == excepted {
-					t.Fatalf("%s: covered=%v excepted=%v", a, covered, excepted)
-				}
-			}
-		})
+	half := MaxCIDRPrefixes / 2
+	// Ingress is translated before egress; a prefix named twice counts once.
+	over := cnp(`{"endpointSelector":{},"ingress":[{"fromCIDR":[` + list(0, half) + `]}],"egress":[{"toCIDR":[` + list(half, half) + `]},{"toCIDR":["192.0.2.0/24"]}]}`)
+	_, err := Decode([]byte(over), opts)
+	var re *RefusedError
+	if !errors.As(err, &re) || !errors.Is(err, ErrUnsupported) || re.Field != "spec.egress[1].toCIDR[0]" {
+		t.Fatalf("err = %v, want ErrUnsupported at spec.egress[1].toCIDR[0]", err)
+	}
+	atBound := cnp(`{"endpointSelector":{},"ingress":[{"fromCIDR":[` + list(0, half) + `]}],"egress":[{"toCIDR":[` + list(half, half) + `]},{"toCIDR":[` + list(0, 1) + `]}]}`)
+	p, err := Decode([]byte(atBound), opts)
+	if err != nil {
+		t.Fatalf("%d prefixes: %v", MaxCIDRPrefixes, err)
+	}
+	if n := len(p.Prefixes()); n != MaxCIDRPrefixes {
+		t.Errorf("%d prefixes, want %d", n, MaxCIDRPrefixes)
 	}
 }
 

@@ -2,7 +2,8 @@
 // security identity (each with a source: k8s, reserved, ...), label selectors
 // with Kubernetes' matchLabels and matchExpressions (In, NotIn, Exists,
 // DoesNotExist), the reserved identities with Cilium's numbers, and the policy
-// entities (all, world, cluster, host, remote-node, ...) as selectors.
+// entities (all, world, cluster, host, remote-node, ...) as selectors, and
+// the labels and selectors of CIDR identities (cidr.go).
 //
 // A selector key may name a source ("k8s:app", "reserved:host") or not
 // ("app"); without one, or with "any:", it matches a label of that key from

@@ -1,0 +1,125 @@
+package bpf_test
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
+	"github.com/clustermesh/clustermesh/internal/netnstest"
+	"github.com/clustermesh/clustermesh/internal/testwait"
+)
+
+// TestPolicyCIDR sends real packets, IPv4 and IPv6, between a pod and hosts
+// outside the cluster (namespaces behind the node, reached through the
+// host stack) with the CIDR identities of a policy in the ipcache, as the
+// agent programs "egress and ingress (TCP 7000) with <allowed> except
+// <except>" (plus a prefix another rule names): the pod reaches an address
+// of the allowed prefix and its replies come back; an address of the except
+// prefix, one of the other prefix and one in no prefix are denied; the
+// allowed host reaches the pod on TCP 7000 only (the host stack delivers
+// it: cm_to_pod decides CIDR sources); the excepted host and the other
+// prefix's host are denied; drop events carry the CIDR identities. A source
+// in no CIDR prefix, and the node's own traffic even from an address in a
+// CIDR prefix, are the host's path, as before.
+func TestPolicyCIDR(t *testing.T) {
+	topo, nodes := policyCluster(t, netnstest.Config{Nodes: 1, PodsPerNode: 1, IPv6: true})
+	n, pn := topo.Nodes[0], nodes[0]
+	p := n.Pods[0]
+	id := podIdentity(0, 0)
+	const port = 7000
+	// The primary CNI's routes to the pod.
+	if err := n.NS.Batch(fmt.Sprintf("route add %s/32 dev %s", p.IP, p.HostIf), fmt.Sprintf("route add %s/128 dev %s", p.IP6, p.HostIf)); err != nil {
+		t.Fatal(err)
+	}
+	serve(t, p, port)
+	pn.apply(t, datapath.PolicyBatch{Modes: []datapath.PolicyMode{{Subject: id, Ingress: true, Egress: true}}})
+
+	for i, fam := range []struct {
+		name                                 string
+		pod                                  netip.Addr
+		allowed, except, other               string // prefixes
+		inAllowed, inExcept, inOther, inNone string // host addresses
+		nodeInOther                          string // an address of the node in the other prefix
+	}{
+		{"ipv4", p.IP, "192.0.2.0/24", "192.0.2.128/25", "198.51.100.0/24", "192.0.2.10", "192.0.2.200", "198.51.100.10", "203.0.113.10", "198.51.100.99"},
+		{"ipv6", p.IP6, "2001:db8:a::/48", "2001:db8:a:8000::/49", "2001:db8:b::/48", "2001:db8:a::10", "2001:db8:a:8000::10", "2001:db8:b::10", "2001:db8:c::10", "2001:db8:b::99"},
+	} {
+		t.Run(fam.name, func(t *testing.T) {
+			cidrAllowed, cidrExcept, cidrOther := uint32(1<<24|3*i+1), uint32(1<<24|3*i+2), uint32(1<<24|3*i+3)
+			host := func(a string) *netnstest.Pod { return n.AddExternal(t, netip.MustParseAddr(a)) }
+			allowed, excepted, other, unnamed := host(fam.inAllowed), host(fam.inExcept), host(fam.inOther), host(fam.inNone)
+			for _, h := range []*netnstest.Pod{allowed, excepted, other, unnamed} {
+				serve(t, h, port)
+			}
+			apply(t, pn.node, datapath.Batch{UpsertIPCache: []datapath.IPCacheEntry{
+				{Prefix: netip.MustParsePrefix(fam.allowed), Identity: cidrAllowed},
+				{Prefix: netip.MustParsePrefix(fam.except), Identity: cidrExcept},
+				{Prefix: netip.MustParsePrefix(fam.other), Identity: cidrOther},
+			}})
+			pn.apply(t, datapath.PolicyBatch{Upserts: []datapath.PolicyEntry{
+				{Key: datapath.PolicyKey{Subject: id, Egress: true, Peer: cidrAllowed}, Rule: 1},
+				{Key: datapath.PolicyKey{Subject: id, Peer: cidrAllowed, Proto: ipproto.TCP, Port: port, EndPort: port}, Rule: 2},
+			}})
+			pod := &netnstest.Pod{Name: p.Name, NS: p.NS, IP: fam.pod}
+			// The node reaches the pod from an address of its own in the
+			// other prefix.
+			bits := fam.pod.BitLen()
+			if err := n.NS.Batch(fmt.Sprintf("addr add %s/%d dev lo", fam.nodeInOther, bits),
+				fmt.Sprintf("route replace %s/%d dev %s src %s", fam.pod, bits, p.HostIf, fam.nodeInOther)); err != nil {
+				t.Fatal(err)
+			}
+			self := &netnstest.Pod{Name: n.Name, NS: n.NS, IP: netip.MustParseAddr(fam.nodeInOther)}
+
+			cases := []struct {
+				name     string
+				from, to *netnstest.Pod
+				want     reach
+				drop     *datapath.Drop
+			}{
+				{name: "egress to the allowed prefix, replies pass", from: pod, to: allowed, want: reach{true, true, true}},
+				{name: "egress to the except prefix denied", from: pod, to: excepted,
+					drop: &datapath.Drop{SrcIdentity: id, DstIdentity: cidrExcept, SrcCluster: 1, Src: pod.IP, Dst: excepted.IP,
+						DstPort: port, Proto: ipproto.TCP, Egress: true, Reason: datapath.DropPolicyDefault}},
+				{name: "egress to another prefix denied", from: pod, to: other,
+					drop: &datapath.Drop{SrcIdentity: id, DstIdentity: cidrOther, SrcCluster: 1, Src: pod.IP, Dst: other.IP,
+						DstPort: port, Proto: ipproto.UDP, Egress: true, Reason: datapath.DropPolicyDefault}},
+				{name: "egress to an address in no prefix (world) denied", from: pod, to: unnamed,
+					drop: &datapath.Drop{SrcIdentity: id, DstIdentity: 2, SrcCluster: 1, Src: pod.IP, Dst: unnamed.IP,
+						DstPort: port, Proto: ipproto.TCP, Egress: true, Reason: datapath.DropPolicyDefault}},
+				{name: "ingress from the allowed prefix on TCP 7000 only", from: allowed, to: pod, want: reach{tcp: true},
+					drop: &datapath.Drop{SrcIdentity: cidrAllowed, DstIdentity: id, Src: allowed.IP, Dst: pod.IP,
+						DstPort: port, Proto: ipproto.UDP, Reason: datapath.DropPolicyDefault}},
+				{name: "ingress from the except prefix denied", from: excepted, to: pod,
+					drop: &datapath.Drop{SrcIdentity: cidrExcept, DstIdentity: id, Src: excepted.IP, Dst: pod.IP,
+						DstPort: port, Proto: ipproto.TCP, Reason: datapath.DropPolicyDefault}},
+				{name: "ingress from another prefix denied", from: other, to: pod,
+					drop: &datapath.Drop{SrcIdentity: cidrOther, DstIdentity: id, Src: other.IP, Dst: pod.IP,
+						DstPort: port, Proto: ipproto.TCP, Reason: datapath.DropPolicyDefault}},
+				{name: "a source in no CIDR prefix is the host's path", from: unnamed, to: pod, want: reach{true, true, true}},
+				{name: "the node's own traffic is the host's, whatever its source", from: self, to: pod, want: reach{true, true, true}},
+			}
+			for _, tc := range cases {
+				t.Run(tc.name, func(t *testing.T) {
+					var got reach
+					if tc.want != (reach{}) {
+						// A fresh veth may still be resolving its IPv6 neighbors.
+						testwait.Until(t, 10*time.Second, "the allowed protocols through", func() (bool, string) {
+							got = probe(tc.from, tc.to.IP, port)
+							return got == tc.want, fmt.Sprintf("%+v", got)
+						})
+					} else if got = probe(tc.from, tc.to.IP, port); got != tc.want {
+						t.Errorf("%s -> %s: tcp/udp/icmp passed = %+v, want %+v", tc.from.IP, tc.to.IP, got, tc.want)
+					}
+					if tc.drop != nil {
+						testwait.Until(t, 5*time.Second, fmt.Sprintf("drop event %+v", *tc.drop), func() (bool, string) {
+							return pn.drops.find(*tc.drop), pn.drops.String()
+						})
+					}
+				})
+			}
+		})
+	}
+}
