@@ -238,6 +238,9 @@ func (w *PolicyWriter) Sweep() error {
 	return nil
 }
 
+// Capacity returns how many keys cm_policy holds at most.
+func (w *PolicyWriter) Capacity() int { return int(w.d.objs.CmPolicy.MaxEntries()) }
+
 // Entries returns the number of policy keys and of map keys written.
 func (w *PolicyWriter) Entries() (keys, mapKeys int) { return len(w.keys), len(w.owners) }
 
@@ -272,33 +275,11 @@ func mapKeys(k datapath.PolicyKey, deny bool) []cmPolicyKey {
 		return []cmPolicyKey{base}
 	}
 	var out []cmPolicyKey
-	for _, pp := range portPrefixes(k.Port, k.EndPort) {
+	for _, pp := range datapath.PortPrefixes(k.Port, k.EndPort) {
 		mk := base
-		mk.Prefixlen = polFixedBits + 8 + uint32(pp.bits)
-		mk.Dport = be16(pp.port)
+		mk.Prefixlen = polFixedBits + 8 + uint32(pp.Bits)
+		mk.Dport = be16(pp.Port)
 		out = append(out, mk)
-	}
-	return out
-}
-
-type portPrefix struct {
-	port uint16
-	bits int // significant bits, 0..16
-}
-
-// portPrefixes returns the fewest prefixes of the 16-bit port space that
-// cover lo..hi exactly.
-func portPrefixes(lo, hi uint16) []portPrefix {
-	var out []portPrefix
-	cur, end := uint32(lo), uint32(hi)
-	for cur <= end {
-		// The largest aligned block at cur that stays within end.
-		size := uint32(1) << bits.TrailingZeros32(cur|1<<16)
-		for cur+size-1 > end {
-			size >>= 1
-		}
-		out = append(out, portPrefix{port: uint16(cur), bits: 16 - bits.TrailingZeros32(size)})
-		cur += size
 	}
 	return out
 }
