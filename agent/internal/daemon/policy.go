@@ -58,14 +58,16 @@ func (discardPolicy) Apply(datapath.PolicyBatch) error { return nil }
 func newPolicyPlane(cfg Config, dp *bpf.Datapath, kube kubernetes.Interface, dyn dynamic.Interface, reg prometheus.Registerer, log *slog.Logger) (*policyPlane, error) {
 	p := &policyPlane{engine: policy.New(policy.Config{ClusterName: cfg.ClusterName}), dp: dp, log: log}
 	var w policysync.Writer = discardPolicy{}
+	sc := policysync.Config{Resolved: p.engine, Log: log}
 	if dp != nil {
 		pw, err := bpf.NewPolicyWriter(dp, log)
 		if err != nil {
 			return nil, err
 		}
 		p.pw, w = pw, pw
+		sc.Capacity = pw.Capacity()
 	}
-	p.sync = policysync.New(w, reg)
+	p.sync = policysync.New(sc, w, reg)
 	p.trust = policysync.NewNodeTrust(w, cfg.MaxConnectedClusters)
 	opts := cfg.Policy
 	opts.ClusterName = cfg.ClusterName

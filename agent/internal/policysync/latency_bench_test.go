@@ -78,7 +78,7 @@ func newLatencySetup(b *testing.B) *latencySetup {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { cm.Close() })
-	s := &latencySetup{engine: policy.New(policy.Config{ClusterName: "c1"}), sync: policysync.New(pw, nil), cm: cm}
+	s := &latencySetup{engine: policy.New(policy.Config{ClusterName: "c1"}), sync: policysync.New(policysync.Config{}, pw, nil), cm: cm}
 	s.watch = policywatch.New(policywatch.Config{}, nil, s.engine, s.sync, quiet)
 	for i := range 200 {
 		s.watch.UpsertIdentity(uint32(1<<16|1000+i), labels(b, "app", fmt.Sprint("a", i),
