@@ -308,11 +308,20 @@ func (p *policyPlane) NamedPortConflicts() map[policy.ID][]string {
 	return p.engine.NamedPortConflicts()
 }
 
-// refusedReport returns the refused policies for the status report.
+// MapUse implements statusapi.Policy.
+func (p *policyPlane) MapUse() policysync.MapUse { return p.sync.MapUse() }
+
+// refusedReport returns the refused policies for the status report, and
+// the local identities whose policy does not fit the policy map.
 func (p *policyPlane) refusedReport() []meshstatus.PolicyRefusal {
 	var out []meshstatus.PolicyRefusal
 	for _, r := range p.watch.Refusals() {
 		out = append(out, meshstatus.PolicyRefusal{Policy: r.Policy, Reason: r.Reason})
+	}
+	u := p.sync.MapUse()
+	for _, r := range u.Refused {
+		out = append(out, meshstatus.PolicyRefusal{Policy: fmt.Sprintf("identity %d (%s)", r.Subject, p.Labels(policy.ID(r.Subject))),
+			Reason: fmt.Sprintf("its policy needs %d policy map keys, %d of %d are in use (--bpf-policy-entries): its pods are in default deny", r.Keys, u.Used, u.Capacity)})
 	}
 	return out
 }
