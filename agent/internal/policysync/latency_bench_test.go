@@ -35,7 +35,7 @@ type latencySetup struct {
 	cm     *ebpf.Map // the pinned cm_policy, read back
 }
 
-func labels(b *testing.B, kv ...string) wire.Labels {
+func labels(b testing.TB, kv ...string) wire.Labels {
 	var ls []wire.Label
 	for i := 0; i < len(kv); i += 2 {
 		ls = append(ls, wire.Label{Source: "k8s", Key: kv[i], Value: kv[i+1]})
