@@ -238,6 +238,21 @@ func (w *PolicyWriter) Sweep() error {
 	return nil
 }
 
+// PolicyMapMemlock returns the kernel memory cm_policy holds as the kernel
+// accounts it (fdinfo memlock: its entries at the trie node's size; the
+// trie's intermediate nodes are not counted).
+func (d *Datapath) PolicyMapMemlock() (uint64, error) {
+	info, err := d.objs.CmPolicy.Info()
+	if err != nil {
+		return 0, fmt.Errorf("read cm_policy info: %w", err)
+	}
+	m, ok := info.Memlock()
+	if !ok {
+		return 0, fmt.Errorf("read cm_policy info: %w", errors.ErrUnsupported)
+	}
+	return m, nil
+}
+
 // Capacity returns how many keys cm_policy holds at most.
 func (w *PolicyWriter) Capacity() int { return int(w.d.objs.CmPolicy.MaxEntries()) }
 
