@@ -30,9 +30,9 @@ type PolicyWriter struct {
 	d   *Datapath
 	log *slog.Logger
 	// keys: the verdict last written per policy key.
-	keys map[datapath.PolicyKey]datapath.PolicyEntry
+	keys map[datapath.PolicyKey]verdict
 	// owners: per map key, the policy keys that expand to it and their rules.
-	owners map[cmPolicyKey]map[datapath.PolicyKey]uint32
+	owners map[cmPolicyKey]ownerSet
 	// stale: map keys found at start and not written since (Sweep deletes them).
 	stale      map[cmPolicyKey]struct{}
 	staleModes map[uint32]struct{}
@@ -45,8 +45,8 @@ type PolicyWriter struct {
 func NewPolicyWriter(d *Datapath, log *slog.Logger) (*PolicyWriter, error) {
 	w := &PolicyWriter{
 		d: d, log: log,
-		keys:       map[datapath.PolicyKey]datapath.PolicyEntry{},
-		owners:     map[cmPolicyKey]map[datapath.PolicyKey]uint32{},
+		keys:       map[datapath.PolicyKey]verdict{},
+		owners:     map[cmPolicyKey]ownerSet{},
 		stale:      map[cmPolicyKey]struct{}{},
 		staleModes: map[uint32]struct{}{},
 		staleNodes: map[uint32]struct{}{},
@@ -147,11 +147,12 @@ func (w *PolicyWriter) upsert(e datapath.PolicyEntry) error {
 	if err := validKey(e.Key); err != nil {
 		return err
 	}
+	v := verdict{rule: e.Rule, deny: e.Deny}
 	if old, ok := w.keys[e.Key]; ok {
-		if old == e {
+		if old == v {
 			return nil
 		}
-		if old.Deny != e.Deny {
+		if old.deny != e.Deny {
 			if err := w.delete(e.Key); err != nil {
 				return err
 			}
@@ -159,16 +160,13 @@ func (w *PolicyWriter) upsert(e datapath.PolicyEntry) error {
 	}
 	for _, mk := range mapKeys(e.Key, e.Deny) {
 		own := w.owners[mk]
-		if own == nil {
-			own = map[datapath.PolicyKey]uint32{}
-			w.owners[mk] = own
-		}
-		own[e.Key] = e.Rule
+		own.set(e.Key, e.Rule)
+		w.owners[mk] = own
 		if err := w.writeKey(mk, own); err != nil {
 			return err
 		}
 	}
-	w.keys[e.Key] = e
+	w.keys[e.Key] = v
 	return nil
 }
 
@@ -177,10 +175,10 @@ func (w *PolicyWriter) delete(k datapath.PolicyKey) error {
 	if !ok {
 		return nil
 	}
-	for _, mk := range mapKeys(k, old.Deny) {
+	for _, mk := range mapKeys(k, old.deny) {
 		own := w.owners[mk]
-		delete(own, k)
-		if len(own) > 0 {
+		if !own.remove(k) {
+			w.owners[mk] = own
 			if err := w.writeKey(mk, own); err != nil {
 				return err
 			}
@@ -197,17 +195,79 @@ func (w *PolicyWriter) delete(k datapath.PolicyKey) error {
 
 // writeKey writes a map key with the lowest rule id of its owners (so the
 // value does not depend on the order of updates).
-func (w *PolicyWriter) writeKey(mk cmPolicyKey, own map[datapath.PolicyKey]uint32) error {
-	rule := ^uint32(0)
-	for _, r := range own {
-		rule = min(rule, r)
-	}
-	v := cmPolicyValue{Rule: rule}
+func (w *PolicyWriter) writeKey(mk cmPolicyKey, own ownerSet) error {
+	v := cmPolicyValue{Rule: own.minRule()}
 	if err := w.d.objs.CmPolicy.Update(&mk, &v, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("update policy key: %w", err)
 	}
 	delete(w.stale, mk)
 	return nil
+}
+
+// verdict is what was written for a policy key.
+type verdict struct {
+	rule uint32
+	deny bool
+}
+
+type owner struct {
+	key  datapath.PolicyKey
+	rule uint32
+}
+
+// ownerSet holds the policy keys that expand to one map key: almost always
+// one (inline, no allocation); more when port ranges of one peer share a
+// prefix. The zero value is empty.
+type ownerSet struct {
+	first owner
+	has   bool
+	more  []owner
+}
+
+// set adds k or updates its rule.
+func (o *ownerSet) set(k datapath.PolicyKey, rule uint32) {
+	switch {
+	case !o.has:
+		o.first, o.has = owner{k, rule}, true
+		return
+	case o.first.key == k:
+		o.first.rule = rule
+		return
+	}
+	for i := range o.more {
+		if o.more[i].key == k {
+			o.more[i].rule = rule
+			return
+		}
+	}
+	o.more = append(o.more, owner{k, rule})
+}
+
+// remove drops k and reports whether the set is empty.
+func (o *ownerSet) remove(k datapath.PolicyKey) bool {
+	if o.has && o.first.key == k {
+		if len(o.more) == 0 {
+			*o = ownerSet{}
+			return true
+		}
+		o.first, o.more = o.more[len(o.more)-1], o.more[:len(o.more)-1]
+		return false
+	}
+	for i := range o.more {
+		if o.more[i].key == k {
+			o.more = append(o.more[:i], o.more[i+1:]...)
+			break
+		}
+	}
+	return !o.has
+}
+
+func (o *ownerSet) minRule() uint32 {
+	rule := o.first.rule
+	for _, x := range o.more {
+		rule = min(rule, x.rule)
+	}
+	return rule
 }
 
 // Sweep deletes what the maps held at start and no Apply wrote since.

@@ -42,3 +42,41 @@ func TestMapKeys(t *testing.T) {
 		})
 	}
 }
+
+func TestOwnerSet(t *testing.T) {
+	k := func(port uint16) datapath.PolicyKey {
+		return datapath.PolicyKey{Subject: 1, Proto: ipproto.TCP, Port: port, EndPort: port + 1}
+	}
+	type op struct {
+		add   bool
+		port  uint16
+		rule  uint32
+		empty bool // after a remove
+		min   uint32
+	}
+	for _, tc := range []struct {
+		name string
+		ops  []op
+	}{
+		{"one owner", []op{{add: true, port: 80, rule: 5, min: 5}, {port: 80, empty: true}}},
+		{"rule updated", []op{{add: true, port: 80, rule: 5, min: 5}, {add: true, port: 80, rule: 3, min: 3}}},
+		{"three owners, first removed", []op{{add: true, port: 80, rule: 5, min: 5}, {add: true, port: 82, rule: 2, min: 2},
+			{add: true, port: 84, rule: 9, min: 2}, {port: 80, min: 2}, {port: 82, min: 9}, {port: 84, empty: true}}},
+		{"absent key removed", []op{{add: true, port: 80, rule: 5, min: 5}, {port: 90, min: 5}}},
+		{"empty set, absent key", []op{{port: 90, empty: true}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var o ownerSet
+			for i, op := range tc.ops {
+				if op.add {
+					o.set(k(op.port), op.rule)
+				} else if empty := o.remove(k(op.port)); empty != op.empty {
+					t.Fatalf("op %d: remove reports empty %v, want %v", i, empty, op.empty)
+				}
+				if !op.empty && o.minRule() != op.min {
+					t.Errorf("op %d: min rule %d, want %d", i, o.minRule(), op.min)
+				}
+			}
+		})
+	}
+}
