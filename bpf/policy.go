@@ -313,6 +313,27 @@ func (d *Datapath) PolicyMapMemlock() (uint64, error) {
 	return m, nil
 }
 
+// PolicyKeyPresent reports whether a lookup of each map key of k (verdict
+// class deny) finds an entry in cm_policy: a longest-prefix match, so a
+// wider entry of the same subject and peer counts too. A read of the kernel
+// map, safe beside a writer; for tests and benchmarks.
+func (d *Datapath) PolicyKeyPresent(k datapath.PolicyKey, deny bool) (bool, error) {
+	if err := validKey(k); err != nil {
+		return false, err
+	}
+	var v cmPolicyValue
+	for _, mk := range mapKeys(k, deny) {
+		err := d.objs.CmPolicy.Lookup(&mk, &v)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("look up policy key: %w", err)
+		}
+	}
+	return true, nil
+}
+
 // Capacity returns how many keys cm_policy holds at most.
 func (w *PolicyWriter) Capacity() int { return int(w.d.objs.CmPolicy.MaxEntries()) }
 

@@ -2,18 +2,14 @@ package policysync_test
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/bits"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/dynamic"
@@ -24,7 +20,9 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/policywatch"
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/deploy"
+	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/hostload"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
 	"github.com/clustermesh/clustermesh/internal/kubetest"
 	"github.com/clustermesh/clustermesh/internal/netnstest"
 	"github.com/clustermesh/clustermesh/internal/testenv"
@@ -40,7 +38,7 @@ type latencySetup struct {
 	engine *policy.Engine
 	watch  *policywatch.Watcher
 	sync   *policysync.Syncer
-	cm     *ebpf.Map // the pinned cm_policy, read back
+	dp     *bpf.Datapath // cm_policy read back
 	// With a kube-apiserver: the policies as last written there.
 	dc   dynamic.Interface
 	objs []*unstructured.Unstructured
@@ -101,12 +99,7 @@ func newLatencySetup(b *testing.B, dc dynamic.Interface) *latencySetup {
 	if err != nil {
 		b.Fatal(err)
 	}
-	cm, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "maps", "cm_policy"), nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { cm.Close() })
-	s := &latencySetup{engine: policy.New(policy.Config{ClusterName: "c1"}), cm: cm, dc: dc}
+	s := &latencySetup{engine: policy.New(policy.Config{ClusterName: "c1"}), dp: dp, dc: dc}
 	s.sync = policysync.New(policysync.Config{Capacity: pw.Capacity(), Resolved: s.engine}, pw, nil)
 	opts := rules.DefaultOptions()
 	opts.ClusterName = "c1"
@@ -172,16 +165,13 @@ func (s *latencySetup) setPort(b *testing.B, i, port int) {
 }
 
 // present reports whether cm_policy holds the allow key (subject, peer,
-// TCP, port) (the layout of struct policy_key in bpf/src/policy.h).
+// TCP, port).
 func (s *latencySetup) present(subject, peer uint32, port uint16) bool {
-	var k [20]byte
-	binary.LittleEndian.PutUint32(k[0:], 128)
-	binary.LittleEndian.PutUint32(k[8:], bits.ReverseBytes32(subject))
-	binary.LittleEndian.PutUint32(k[12:], bits.ReverseBytes32(peer))
-	k[17] = 6
-	binary.BigEndian.PutUint16(k[18:], port)
-	var v [8]byte
-	return s.cm.Lookup(k[:], v[:]) == nil
+	ok, err := s.dp.PolicyKeyPresent(datapath.PolicyKey{Subject: subject, Peer: peer, Proto: ipproto.TCP, Port: port, EndPort: port}, false)
+	if err != nil {
+		panic(err)
+	}
+	return ok
 }
 
 func report(b *testing.B, name string, lat []time.Duration) {
@@ -266,7 +256,7 @@ func BenchmarkPolicyPropagationInformer(b *testing.B) {
 	})
 	s := newLatencySetup(b, dc)
 	const events = 200
-	var changed []time.Duration
+	var changed, written []time.Duration
 	round := 0
 	for b.Loop() {
 		round++
@@ -274,6 +264,7 @@ func BenchmarkPolicyPropagationInformer(b *testing.B) {
 			i, port := n%200, 9000+(round%200)*events+n
 			start := time.Now()
 			s.setPort(b, i, port)
+			written = append(written, time.Since(start))
 			for !s.present(uint32(1<<16|1000+i), uint32((2+i%2)<<16|1000+i/2), uint16(port)) {
 				if time.Since(start) > 10*time.Second {
 					b.Fatalf("policy p%d never enforced on port %d", i, port)
@@ -286,4 +277,5 @@ func BenchmarkPolicyPropagationInformer(b *testing.B) {
 		b.Errorf("%d datapath failures", f)
 	}
 	report(b, "policy-changed-informer", changed)
+	report(b, "of-which-update-call", written)
 }
