@@ -52,6 +52,18 @@ const DefaultCTEntries = 65536
 // DefaultPolicyEntries is the default capacity of cm_policy in keys.
 const DefaultPolicyEntries = 1 << 20
 
+// entryCount parses a flag's positive map size into dst.
+func entryCount(dst *uint32) func(string) error {
+	return func(v string) error {
+		n, err := strconv.ParseUint(v, 10, 32)
+		if err != nil || n == 0 {
+			return fmt.Errorf("invalid entry count %q", v)
+		}
+		*dst = uint32(n)
+		return nil
+	}
+}
+
 // RegisterFlags registers the datapath's flags on fs, defaulting to c's values.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	if c.PinDir == "" {
@@ -63,26 +75,12 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		c.CTEntries = DefaultCTEntries
 	}
 	fs.Func("bpf-ct-entries", fmt.Sprintf("entries of each load-balancing connection-tracking map (default %d)", c.CTEntries),
-		func(v string) error {
-			n, err := strconv.ParseUint(v, 10, 32)
-			if err != nil || n == 0 {
-				return fmt.Errorf("invalid entry count %q", v)
-			}
-			c.CTEntries = uint32(n)
-			return nil
-		})
+		entryCount(&c.CTEntries))
 	if c.PolicyEntries == 0 {
 		c.PolicyEntries = DefaultPolicyEntries
 	}
 	fs.Func("bpf-policy-entries", fmt.Sprintf("capacity of the policy map in keys, for all local identities together (default %d); an identity whose policy does not fit is refused, in default deny", c.PolicyEntries),
-		func(v string) error {
-			n, err := strconv.ParseUint(v, 10, 32)
-			if err != nil || n == 0 {
-				return fmt.Errorf("invalid entry count %q", v)
-			}
-			c.PolicyEntries = uint32(n)
-			return nil
-		})
+		entryCount(&c.PolicyEntries))
 	if c.Attach == "" {
 		c.Attach = AttachAuto
 	}
