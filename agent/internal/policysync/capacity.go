@@ -43,17 +43,16 @@ type Resolved interface {
 // changed ones the lowest identity is served first. The fields are
 // guarded by Syncer.mu.
 type mapUse struct {
-	need      map[uint32][2]int   // map keys of each subject's resolved policy, per direction
-	refused   map[uint32]struct{} // subjects not programmed
-	used      int                 // Σ need of the programmed subjects
-	final     int                 // during Apply: used once the diff is applied
-	peak      int                 // during Apply: keys in the map once the upserts are written
-	refusals  uint64              // times a subject was refused
-	lastWarns map[uint32]int      // the need last logged per refused subject
+	need     map[uint32][2]int   // map keys of each subject's resolved policy, per direction
+	refused  map[uint32]struct{} // subjects not programmed
+	used     int                 // Σ need of the programmed subjects
+	final    int                 // during Apply: used once the diff is applied
+	peak     int                 // during Apply: keys in the map once the upserts are written
+	refusals uint64              // times a subject was refused
 }
 
 func newMapUse() mapUse {
-	return mapUse{need: map[uint32][2]int{}, refused: map[uint32]struct{}{}, lastWarns: map[uint32]int{}}
+	return mapUse{need: map[uint32][2]int{}, refused: map[uint32]struct{}{}}
 }
 
 // subjectChange is one subject's part of a diff.
@@ -142,7 +141,6 @@ func (s *Syncer) place(subs []subjectChange) []placement {
 				continue
 			}
 			delete(s.refused, sc.id)
-			delete(s.lastWarns, sc.id)
 			continue
 		}
 		if c == 0 || s.final+curN <= c {
@@ -199,10 +197,9 @@ func (s *Syncer) refuse(b *datapath.PolicyBatch, sc subjectChange, refusedNow bo
 	}
 	b.Modes = append(b.Modes, datapath.PolicyMode{Subject: sc.id,
 		Ingress: m[rules.Ingress] || need[rules.Ingress] > 0, Egress: m[rules.Egress] || need[rules.Egress] > 0})
-	if n := need[0] + need[1]; s.lastWarns[sc.id] != n {
-		s.lastWarns[sc.id] = n
+	if refusedNow {
 		s.log().Warn("policy of a local identity refused: the policy map is full; its pods are in default deny",
-			"identity", sc.id, "keys", n, "used", s.used, "capacity", s.cfg.Capacity)
+			"identity", sc.id, "keys", need[0]+need[1], "used", s.used, "capacity", s.cfg.Capacity)
 	}
 }
 
@@ -237,7 +234,6 @@ func (s *Syncer) readmit() error {
 	slices.SortFunc(b.Upserts, func(x, y datapath.PolicyEntry) int { return comparePolicyKeys(x.Key, y.Key) })
 	for _, id := range admitted {
 		delete(s.refused, id)
-		delete(s.lastWarns, id)
 	}
 	if err := s.w.Apply(b); err != nil {
 		return fmt.Errorf("apply readmitted policy: %w", err)
