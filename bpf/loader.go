@@ -233,7 +233,11 @@ func (d *Datapath) dropIncompatiblePins(spec *ebpf.CollectionSpec) error {
 	return nil
 }
 
-func (d *Datapath) mapDir() string  { return filepath.Join(d.cfg.PinDir, "maps") }
+func (d *Datapath) mapDir() string { return filepath.Join(d.cfg.PinDir, "maps") }
+
+// MapDir is the directory of the pinned maps (for tools and tests that
+// read them).
+func (d *Datapath) MapDir() string  { return d.mapDir() }
 func (d *Datapath) linkDir() string { return filepath.Join(d.cfg.PinDir, "links") }
 
 // Close releases this process's handles; pinned maps and links stay, so

@@ -14,8 +14,6 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/policysync"
 	"github.com/clustermesh/clustermesh/agent/internal/policywatch"
 	"github.com/clustermesh/clustermesh/bpf"
-	"github.com/clustermesh/clustermesh/internal/netnstest"
-	"github.com/clustermesh/clustermesh/internal/testenv"
 )
 
 // TestCapacityOnEBPF runs the syncer on a real cm_policy of 16 keys (root):
@@ -24,17 +22,7 @@ import (
 // key in the map and is in default deny in cm_pol_mode, and it is
 // programmed once another's policy is gone.
 func TestCapacityOnEBPF(t *testing.T) {
-	testenv.RequireRoot(t)
-	pinDir := "/run/clustermesh-test/cap-" + netnstest.RandomID()
-	dp, err := bpf.Open(bpf.Config{PinDir: pinDir, CTEntries: 1024, PolicyEntries: 16}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := dp.Uninstall(); err != nil {
-			t.Error(err)
-		}
-	})
+	dp := bpf.OpenForTest(t, bpf.Config{CTEntries: 1024, PolicyEntries: 16})
 	pw, err := bpf.NewPolicyWriter(dp, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
@@ -42,12 +30,12 @@ func TestCapacityOnEBPF(t *testing.T) {
 	if pw.Capacity() != 16 {
 		t.Fatalf("capacity %d, want 16", pw.Capacity())
 	}
-	cm, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "maps", "cm_policy"), nil)
+	cm, err := ebpf.LoadPinnedMap(filepath.Join(dp.MapDir(), "cm_policy"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cm.Close()
-	modes, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "maps", "cm_pol_mode"), nil)
+	modes, err := ebpf.LoadPinnedMap(filepath.Join(dp.MapDir(), "cm_pol_mode"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

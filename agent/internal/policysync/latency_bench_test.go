@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"slices"
 	"testing"
@@ -24,7 +23,6 @@ import (
 	"github.com/clustermesh/clustermesh/internal/hostload"
 	"github.com/clustermesh/clustermesh/internal/ipproto"
 	"github.com/clustermesh/clustermesh/internal/kubetest"
-	"github.com/clustermesh/clustermesh/internal/netnstest"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/internal/testwait"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
@@ -83,18 +81,8 @@ func decodePolicy(obj string) rules.Policy {
 // (its Run is stopped at the end of b), else they are handed to the engine
 // and policysync directly.
 func newLatencySetup(b *testing.B, dc dynamic.Interface) *latencySetup {
-	testenv.RequireRoot(b)
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	pinDir := "/run/clustermesh-test/bench-" + netnstest.RandomID() + "-pol"
-	dp, err := bpf.Open(bpf.Config{PinDir: pinDir, CTEntries: 65536}, quiet)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		if err := dp.Uninstall(); err != nil {
-			b.Error(err)
-		}
-	})
+	quiet := slog.New(slog.DiscardHandler)
+	dp := bpf.OpenForTest(b, bpf.Config{CTEntries: 65536})
 	pw, err := bpf.NewPolicyWriter(dp, quiet)
 	if err != nil {
 		b.Fatal(err)

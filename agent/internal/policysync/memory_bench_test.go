@@ -13,8 +13,6 @@ import (
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/hostload"
-	"github.com/clustermesh/clustermesh/internal/netnstest"
-	"github.com/clustermesh/clustermesh/internal/testenv"
 )
 
 // discard is the memory datapath's policy writer: nothing is kept.
@@ -55,17 +53,7 @@ func memoryCase(b *testing.B, entries uint32) {
 	var capacity int
 	var dp *bpf.Datapath
 	if entries > 0 {
-		testenv.RequireRoot(b)
-		var err error
-		dp, err = bpf.Open(bpf.Config{PinDir: "/run/clustermesh-test/bench-" + netnstest.RandomID() + "-mem", CTEntries: 1024, PolicyEntries: entries}, quiet)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer func() {
-			if err := dp.Uninstall(); err != nil {
-				b.Error(err)
-			}
-		}()
+		dp = bpf.OpenForTest(b, bpf.Config{CTEntries: 1024, PolicyEntries: entries})
 		pw, err := bpf.NewPolicyWriter(dp, quiet)
 		if err != nil {
 			b.Fatal(err)

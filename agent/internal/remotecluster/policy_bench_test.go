@@ -21,8 +21,6 @@ import (
 	"github.com/clustermesh/clustermesh/internal/hostload"
 	"github.com/clustermesh/clustermesh/internal/ipproto"
 	"github.com/clustermesh/clustermesh/internal/kubetest"
-	"github.com/clustermesh/clustermesh/internal/netnstest"
-	"github.com/clustermesh/clustermesh/internal/testenv"
 	"github.com/clustermesh/clustermesh/internal/testwait"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
@@ -36,17 +34,8 @@ import (
 // admitting team t<i> of c2 on TCP 8000+i. 200 puts (each deleted after),
 // p50 and p99 with the load average. Root and KUBE_BIN_DIR.
 func BenchmarkRemoteIdentityToPolicyMap(b *testing.B) {
-	testenv.RequireRoot(b)
 	quiet := slog.New(slog.DiscardHandler)
-	dp, err := bpf.Open(bpf.Config{PinDir: "/run/clustermesh-test/bench-" + netnstest.RandomID() + "-rid", CTEntries: 1024}, quiet)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		if err := dp.Uninstall(); err != nil {
-			b.Error(err)
-		}
-	})
+	dp := bpf.OpenForTest(b, bpf.Config{CTEntries: 1024})
 	pw, err := bpf.NewPolicyWriter(dp, quiet)
 	if err != nil {
 		b.Fatal(err)
