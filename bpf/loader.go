@@ -30,6 +30,12 @@ type Config struct {
 	// Changing it for existing pins rebuilds those maps at Open (their
 	// connections are forgotten).
 	CTEntries uint32
+	// PolicyEntries sizes cm_policy, the policy map shared by every local
+	// identity; default DefaultPolicyEntries. It is not preallocated: the
+	// kernel allocates per key written. Changing it for an existing pin
+	// rebuilds the map at Open (empty until the agent reprograms it; its
+	// subjects stay in default deny meanwhile).
+	PolicyEntries uint32
 	// Attach selects how programs are attached: AttachAuto (tcx from Linux
 	// 6.6, tc clsact before), AttachTCX or AttachTC.
 	Attach AttachMode
@@ -43,6 +49,21 @@ type Config struct {
 // service flows per node and family.
 const DefaultCTEntries = 65536
 
+// DefaultPolicyEntries is the default capacity of cm_policy in keys.
+const DefaultPolicyEntries = 1 << 20
+
+// entryCount parses a flag's positive map size into dst.
+func entryCount(dst *uint32) func(string) error {
+	return func(v string) error {
+		n, err := strconv.ParseUint(v, 10, 32)
+		if err != nil || n == 0 {
+			return fmt.Errorf("invalid entry count %q", v)
+		}
+		*dst = uint32(n)
+		return nil
+	}
+}
+
 // RegisterFlags registers the datapath's flags on fs, defaulting to c's values.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	if c.PinDir == "" {
@@ -54,14 +75,12 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		c.CTEntries = DefaultCTEntries
 	}
 	fs.Func("bpf-ct-entries", fmt.Sprintf("entries of each load-balancing connection-tracking map (default %d)", c.CTEntries),
-		func(v string) error {
-			n, err := strconv.ParseUint(v, 10, 32)
-			if err != nil || n == 0 {
-				return fmt.Errorf("invalid entry count %q", v)
-			}
-			c.CTEntries = uint32(n)
-			return nil
-		})
+		entryCount(&c.CTEntries))
+	if c.PolicyEntries == 0 {
+		c.PolicyEntries = DefaultPolicyEntries
+	}
+	fs.Func("bpf-policy-entries", fmt.Sprintf("capacity of the policy map in keys, for all local identities together (default %d); an identity whose policy does not fit is refused, in default deny", c.PolicyEntries),
+		entryCount(&c.PolicyEntries))
 	if c.Attach == "" {
 		c.Attach = AttachAuto
 	}
@@ -128,6 +147,9 @@ func Open(cfg Config, log *slog.Logger) (*Datapath, error) {
 	if cfg.CTEntries == 0 {
 		cfg.CTEntries = DefaultCTEntries
 	}
+	if cfg.PolicyEntries == 0 {
+		cfg.PolicyEntries = DefaultPolicyEntries
+	}
 	rel, err := kernelRelease()
 	if err != nil {
 		return nil, err
@@ -155,6 +177,7 @@ func Open(cfg Config, log *slog.Logger) (*Datapath, error) {
 	for _, name := range []string{cmMapCmLbCt, cmMapCmRevnat, cmMapCmLbCt6, cmMapCmRevnat6, cmMapCmPolCt, cmMapCmPolCt6} {
 		spec.Maps[name].MaxEntries = cfg.CTEntries
 	}
+	spec.Maps[cmMapCmPolicy].MaxEntries = cfg.PolicyEntries
 	if mode == AttachTC {
 		// Loaded for tcx, the programs carry its expected attach type,
 		// which kernels without tcx do not know.
@@ -166,7 +189,7 @@ func Open(cfg Config, log *slog.Logger) (*Datapath, error) {
 	err = spec.LoadAndAssign(&d.objs, opts)
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
 		// A map's layout or size changed since it was pinned (an upgrade
-		// or a new --bpf-ct-entries): rebuild it, empty; the agent
+		// or a new --bpf-ct-entries or --bpf-policy-entries): rebuild it, empty; the agent
 		// reprograms it from its desired state.
 		if err = d.dropIncompatiblePins(spec); err == nil {
 			err = spec.LoadAndAssign(&d.objs, opts)
@@ -210,7 +233,11 @@ func (d *Datapath) dropIncompatiblePins(spec *ebpf.CollectionSpec) error {
 	return nil
 }
 
-func (d *Datapath) mapDir() string  { return filepath.Join(d.cfg.PinDir, "maps") }
+func (d *Datapath) mapDir() string { return filepath.Join(d.cfg.PinDir, "maps") }
+
+// MapDir is the directory of the pinned maps (for tools and tests that
+// read them).
+func (d *Datapath) MapDir() string  { return d.mapDir() }
 func (d *Datapath) linkDir() string { return filepath.Join(d.cfg.PinDir, "links") }
 
 // Close releases this process's handles; pinned maps and links stay, so

@@ -30,9 +30,9 @@ type PolicyWriter struct {
 	d   *Datapath
 	log *slog.Logger
 	// keys: the verdict last written per policy key.
-	keys map[datapath.PolicyKey]datapath.PolicyEntry
+	keys map[datapath.PolicyKey]verdict
 	// owners: per map key, the policy keys that expand to it and their rules.
-	owners map[cmPolicyKey]map[datapath.PolicyKey]uint32
+	owners map[cmPolicyKey]ownerSet
 	// stale: map keys found at start and not written since (Sweep deletes them).
 	stale      map[cmPolicyKey]struct{}
 	staleModes map[uint32]struct{}
@@ -45,8 +45,8 @@ type PolicyWriter struct {
 func NewPolicyWriter(d *Datapath, log *slog.Logger) (*PolicyWriter, error) {
 	w := &PolicyWriter{
 		d: d, log: log,
-		keys:       map[datapath.PolicyKey]datapath.PolicyEntry{},
-		owners:     map[cmPolicyKey]map[datapath.PolicyKey]uint32{},
+		keys:       map[datapath.PolicyKey]verdict{},
+		owners:     map[cmPolicyKey]ownerSet{},
 		stale:      map[cmPolicyKey]struct{}{},
 		staleModes: map[uint32]struct{}{},
 		staleNodes: map[uint32]struct{}{},
@@ -147,11 +147,12 @@ func (w *PolicyWriter) upsert(e datapath.PolicyEntry) error {
 	if err := validKey(e.Key); err != nil {
 		return err
 	}
+	v := verdict{rule: e.Rule, deny: e.Deny}
 	if old, ok := w.keys[e.Key]; ok {
-		if old == e {
+		if old == v {
 			return nil
 		}
-		if old.Deny != e.Deny {
+		if old.deny != e.Deny {
 			if err := w.delete(e.Key); err != nil {
 				return err
 			}
@@ -159,16 +160,13 @@ func (w *PolicyWriter) upsert(e datapath.PolicyEntry) error {
 	}
 	for _, mk := range mapKeys(e.Key, e.Deny) {
 		own := w.owners[mk]
-		if own == nil {
-			own = map[datapath.PolicyKey]uint32{}
-			w.owners[mk] = own
-		}
-		own[e.Key] = e.Rule
+		own.set(e.Key, e.Rule)
+		w.owners[mk] = own
 		if err := w.writeKey(mk, own); err != nil {
 			return err
 		}
 	}
-	w.keys[e.Key] = e
+	w.keys[e.Key] = v
 	return nil
 }
 
@@ -177,10 +175,10 @@ func (w *PolicyWriter) delete(k datapath.PolicyKey) error {
 	if !ok {
 		return nil
 	}
-	for _, mk := range mapKeys(k, old.Deny) {
+	for _, mk := range mapKeys(k, old.deny) {
 		own := w.owners[mk]
-		delete(own, k)
-		if len(own) > 0 {
+		if !own.remove(k) {
+			w.owners[mk] = own
 			if err := w.writeKey(mk, own); err != nil {
 				return err
 			}
@@ -197,17 +195,79 @@ func (w *PolicyWriter) delete(k datapath.PolicyKey) error {
 
 // writeKey writes a map key with the lowest rule id of its owners (so the
 // value does not depend on the order of updates).
-func (w *PolicyWriter) writeKey(mk cmPolicyKey, own map[datapath.PolicyKey]uint32) error {
-	rule := ^uint32(0)
-	for _, r := range own {
-		rule = min(rule, r)
-	}
-	v := cmPolicyValue{Rule: rule}
+func (w *PolicyWriter) writeKey(mk cmPolicyKey, own ownerSet) error {
+	v := cmPolicyValue{Rule: own.minRule()}
 	if err := w.d.objs.CmPolicy.Update(&mk, &v, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("update policy key: %w", err)
 	}
 	delete(w.stale, mk)
 	return nil
+}
+
+// verdict is what was written for a policy key.
+type verdict struct {
+	rule uint32
+	deny bool
+}
+
+type owner struct {
+	key  datapath.PolicyKey
+	rule uint32
+}
+
+// ownerSet holds the policy keys that expand to one map key: almost always
+// one (inline, no allocation); more when port ranges of one peer share a
+// prefix. The zero value is empty.
+type ownerSet struct {
+	first owner
+	has   bool
+	more  []owner
+}
+
+// set adds k or updates its rule.
+func (o *ownerSet) set(k datapath.PolicyKey, rule uint32) {
+	switch {
+	case !o.has:
+		o.first, o.has = owner{k, rule}, true
+		return
+	case o.first.key == k:
+		o.first.rule = rule
+		return
+	}
+	for i := range o.more {
+		if o.more[i].key == k {
+			o.more[i].rule = rule
+			return
+		}
+	}
+	o.more = append(o.more, owner{k, rule})
+}
+
+// remove drops k and reports whether the set is empty.
+func (o *ownerSet) remove(k datapath.PolicyKey) bool {
+	if o.has && o.first.key == k {
+		if len(o.more) == 0 {
+			*o = ownerSet{}
+			return true
+		}
+		o.first, o.more = o.more[len(o.more)-1], o.more[:len(o.more)-1]
+		return false
+	}
+	for i := range o.more {
+		if o.more[i].key == k {
+			o.more = append(o.more[:i], o.more[i+1:]...)
+			break
+		}
+	}
+	return !o.has
+}
+
+func (o *ownerSet) minRule() uint32 {
+	rule := o.first.rule
+	for _, x := range o.more {
+		rule = min(rule, x.rule)
+	}
+	return rule
 }
 
 // Sweep deletes what the maps held at start and no Apply wrote since.
@@ -237,6 +297,45 @@ func (w *PolicyWriter) Sweep() error {
 	}
 	return nil
 }
+
+// PolicyMapMemlock returns the kernel memory cm_policy holds as the kernel
+// accounts it (fdinfo memlock: its entries at the trie node's size; the
+// trie's intermediate nodes are not counted).
+func (d *Datapath) PolicyMapMemlock() (uint64, error) {
+	info, err := d.objs.CmPolicy.Info()
+	if err != nil {
+		return 0, fmt.Errorf("read cm_policy info: %w", err)
+	}
+	m, ok := info.Memlock()
+	if !ok {
+		return 0, fmt.Errorf("read cm_policy info: %w", errors.ErrUnsupported)
+	}
+	return m, nil
+}
+
+// PolicyKeyPresent reports whether a lookup of each map key of k (verdict
+// class deny) finds an entry in cm_policy: a longest-prefix match, so a
+// wider entry of the same subject and peer counts too. A read of the kernel
+// map, safe beside a writer; for tests and benchmarks.
+func (d *Datapath) PolicyKeyPresent(k datapath.PolicyKey, deny bool) (bool, error) {
+	if err := validKey(k); err != nil {
+		return false, err
+	}
+	var v cmPolicyValue
+	for _, mk := range mapKeys(k, deny) {
+		err := d.objs.CmPolicy.Lookup(&mk, &v)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("look up policy key: %w", err)
+		}
+	}
+	return true, nil
+}
+
+// Capacity returns how many keys cm_policy holds at most.
+func (w *PolicyWriter) Capacity() int { return int(w.d.objs.CmPolicy.MaxEntries()) }
 
 // Entries returns the number of policy keys and of map keys written.
 func (w *PolicyWriter) Entries() (keys, mapKeys int) { return len(w.keys), len(w.owners) }
@@ -272,33 +371,11 @@ func mapKeys(k datapath.PolicyKey, deny bool) []cmPolicyKey {
 		return []cmPolicyKey{base}
 	}
 	var out []cmPolicyKey
-	for _, pp := range portPrefixes(k.Port, k.EndPort) {
+	for _, pp := range datapath.PortPrefixes(k.Port, k.EndPort) {
 		mk := base
-		mk.Prefixlen = polFixedBits + 8 + uint32(pp.bits)
-		mk.Dport = be16(pp.port)
+		mk.Prefixlen = polFixedBits + 8 + uint32(pp.Bits)
+		mk.Dport = be16(pp.Port)
 		out = append(out, mk)
-	}
-	return out
-}
-
-type portPrefix struct {
-	port uint16
-	bits int // significant bits, 0..16
-}
-
-// portPrefixes returns the fewest prefixes of the 16-bit port space that
-// cover lo..hi exactly.
-func portPrefixes(lo, hi uint16) []portPrefix {
-	var out []portPrefix
-	cur, end := uint32(lo), uint32(hi)
-	for cur <= end {
-		// The largest aligned block at cur that stays within end.
-		size := uint32(1) << bits.TrailingZeros32(cur|1<<16)
-		for cur+size-1 > end {
-			size >>= 1
-		}
-		out = append(out, portPrefix{port: uint16(cur), bits: 16 - bits.TrailingZeros32(size)})
-		cur += size
 	}
 	return out
 }

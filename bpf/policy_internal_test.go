@@ -1,66 +1,11 @@
 package bpf
 
 import (
-	"math/rand/v2"
-	"slices"
 	"testing"
 
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/ipproto"
 )
-
-func TestPortPrefixes(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		lo, hi uint16
-		want   []portPrefix
-	}{
-		{"one port", 80, 80, []portPrefix{{80, 16}}},
-		{"aligned pair", 80, 81, []portPrefix{{80, 15}}},
-		{"unaligned pair", 81, 82, []portPrefix{{81, 16}, {82, 16}}},
-		{"every port", 0, 65535, []portPrefix{{0, 0}}},
-		{"upper half", 32768, 65535, []portPrefix{{32768, 1}}},
-		{"1-65535", 1, 65535, nil}, // checked by coverage below
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got := portPrefixes(tc.lo, tc.hi)
-			if tc.want != nil && !slices.Equal(got, tc.want) {
-				t.Errorf("portPrefixes(%d, %d) = %v, want %v", tc.lo, tc.hi, got, tc.want)
-			}
-			checkCover(t, tc.lo, tc.hi, got)
-		})
-	}
-	r := rand.New(rand.NewPCG(1, 2))
-	for range 200 {
-		a, b := uint16(r.IntN(65536)), uint16(r.IntN(65536))
-		checkCover(t, min(a, b), max(a, b), portPrefixes(min(a, b), max(a, b)))
-	}
-}
-
-// checkCover fails unless the prefixes cover lo..hi exactly, without overlap,
-// in at most 2*16 prefixes.
-func checkCover(t *testing.T, lo, hi uint16, ps []portPrefix) {
-	t.Helper()
-	if len(ps) > 32 {
-		t.Errorf("%d-%d: %d prefixes", lo, hi, len(ps))
-	}
-	covered := map[uint32]int{}
-	for _, p := range ps {
-		size := uint32(1) << (16 - p.bits)
-		if uint32(p.port)%size != 0 {
-			t.Fatalf("%d-%d: prefix %d/%d not aligned", lo, hi, p.port, p.bits)
-		}
-		for x := uint32(p.port); x < uint32(p.port)+size; x++ {
-			covered[x]++
-		}
-	}
-	for x := uint32(0); x < 65536; x++ {
-		in := x >= uint32(lo) && x <= uint32(hi)
-		if n := covered[x]; (in && n != 1) || (!in && n != 0) {
-			t.Fatalf("%d-%d: port %d covered %d times", lo, hi, x, n)
-		}
-	}
-}
 
 func TestMapKeys(t *testing.T) {
 	for _, tc := range []struct {
@@ -92,6 +37,44 @@ func TestMapKeys(t *testing.T) {
 			for i, mk := range mks {
 				if mk.Prefixlen != tc.lens[i] || (mk.Deny == 1) != tc.deny || mk.Subject != hton32(tc.key.Subject) {
 					t.Errorf("map key %d = %+v", i, mk)
+				}
+			}
+		})
+	}
+}
+
+func TestOwnerSet(t *testing.T) {
+	k := func(port uint16) datapath.PolicyKey {
+		return datapath.PolicyKey{Subject: 1, Proto: ipproto.TCP, Port: port, EndPort: port + 1}
+	}
+	type op struct {
+		add   bool
+		port  uint16
+		rule  uint32
+		empty bool // after a remove
+		min   uint32
+	}
+	for _, tc := range []struct {
+		name string
+		ops  []op
+	}{
+		{"one owner", []op{{add: true, port: 80, rule: 5, min: 5}, {port: 80, empty: true}}},
+		{"rule updated", []op{{add: true, port: 80, rule: 5, min: 5}, {add: true, port: 80, rule: 3, min: 3}}},
+		{"three owners, first removed", []op{{add: true, port: 80, rule: 5, min: 5}, {add: true, port: 82, rule: 2, min: 2},
+			{add: true, port: 84, rule: 9, min: 2}, {port: 80, min: 2}, {port: 82, min: 9}, {port: 84, empty: true}}},
+		{"absent key removed", []op{{add: true, port: 80, rule: 5, min: 5}, {port: 90, min: 5}}},
+		{"empty set, absent key", []op{{port: 90, empty: true}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var o ownerSet
+			for i, op := range tc.ops {
+				if op.add {
+					o.set(k(op.port), op.rule)
+				} else if empty := o.remove(k(op.port)); empty != op.empty {
+					t.Fatalf("op %d: remove reports empty %v, want %v", i, empty, op.empty)
+				}
+				if !op.empty && o.minRule() != op.min {
+					t.Errorf("op %d: min rule %d, want %d", i, o.minRule(), op.min)
 				}
 			}
 		})

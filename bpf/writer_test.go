@@ -447,9 +447,12 @@ func TestConfigFlags(t *testing.T) {
 		want Config
 		err  bool
 	}{
-		{"defaults", nil, Config{PinDir: DefaultPinDir, CTEntries: DefaultCTEntries, Attach: AttachAuto}, false},
-		{"set", []string{"--bpf-pin-dir=/x", "--bpf-ct-entries=1024", "--bpf-attach=tc"}, Config{PinDir: "/x", CTEntries: 1024, Attach: AttachTC}, false},
+		{"defaults", nil, Config{PinDir: DefaultPinDir, CTEntries: DefaultCTEntries, PolicyEntries: DefaultPolicyEntries, Attach: AttachAuto}, false},
+		{"set", []string{"--bpf-pin-dir=/x", "--bpf-ct-entries=1024", "--bpf-policy-entries=2097152", "--bpf-attach=tc"},
+			Config{PinDir: "/x", CTEntries: 1024, PolicyEntries: 2097152, Attach: AttachTC}, false},
 		{"zero entries", []string{"--bpf-ct-entries=0"}, Config{}, true},
+		{"zero policy entries", []string{"--bpf-policy-entries=0"}, Config{}, true},
+		{"policy entries not a number", []string{"--bpf-policy-entries=2M"}, Config{}, true},
 		{"unknown attach mode", []string{"--bpf-attach=xdp"}, Config{}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -70,14 +70,16 @@ func (discardPolicy) Apply(datapath.PolicyBatch) error { return nil }
 func newPolicyPlane(cfg Config, dp *bpf.Datapath, ipc cidrIPCache, restored map[netip.Prefix]uint32, kube kubernetes.Interface, dyn dynamic.Interface, reg prometheus.Registerer, log *slog.Logger) (*policyPlane, error) {
 	p := &policyPlane{engine: policy.New(policy.Config{ClusterName: cfg.ClusterName}), dp: dp, ipc: ipc, log: log}
 	var w policysync.Writer = discardPolicy{}
+	sc := policysync.Config{Resolved: p.engine, Log: log}
 	if dp != nil {
 		pw, err := bpf.NewPolicyWriter(dp, log)
 		if err != nil {
 			return nil, err
 		}
 		p.pw, w = pw, pw
+		sc.Capacity = pw.Capacity()
 	}
-	p.sync = policysync.New(w, reg)
+	p.sync = policysync.New(sc, w, reg)
 	p.trust = policysync.NewNodeTrust(w, cfg.MaxConnectedClusters)
 	opts := cfg.Policy
 	opts.ClusterName = cfg.ClusterName
@@ -374,11 +376,20 @@ func (p *policyPlane) NamedPortConflicts() map[policy.ID][]string {
 	return p.engine.NamedPortConflicts()
 }
 
-// refusedReport returns the refused policies for the status report.
+// MapUse implements statusapi.Policy.
+func (p *policyPlane) MapUse() policysync.MapUse { return p.sync.MapUse() }
+
+// refusedReport returns the refused policies for the status report, and
+// the local identities whose policy does not fit the policy map.
 func (p *policyPlane) refusedReport() []meshstatus.PolicyRefusal {
 	var out []meshstatus.PolicyRefusal
 	for _, r := range p.watch.Refusals() {
 		out = append(out, meshstatus.PolicyRefusal{Policy: r.Policy, Reason: r.Reason})
+	}
+	u := p.sync.MapUse()
+	for _, r := range u.Refused {
+		out = append(out, meshstatus.PolicyRefusal{Policy: fmt.Sprintf("identity %d (%s)", r.Subject, p.Labels(policy.ID(r.Subject))),
+			Reason: fmt.Sprintf("its policy needs %d policy map keys, %d of %d are in use (--bpf-policy-entries): its pods are in default deny", r.Keys, u.Used, u.Capacity)})
 	}
 	return out
 }

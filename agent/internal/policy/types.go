@@ -66,6 +66,9 @@ type Change struct {
 	Enforced bool
 	Upserts  map[Key]Entry
 	Deletes  []Key
+	// Replaced lists the keys of Upserts that existed with another entry
+	// (the rest are new): a writer that counts keys needs it.
+	Replaced []Key
 }
 
 // Diff is the ordered list of changes of one update.
@@ -74,11 +77,16 @@ type Diff []Change
 func diffDir(id ID, d rules.Direction, old, cur DirPolicy, removed bool) (Change, bool) {
 	c := Change{Endpoint: id, Direction: d, Removed: removed, Enforced: cur.Enforced}
 	for k, e := range cur.Entries {
-		if o, ok := old.Entries[k]; !ok || o != e {
-			if c.Upserts == nil {
-				c.Upserts = map[Key]Entry{}
-			}
-			c.Upserts[k] = e
+		o, ok := old.Entries[k]
+		if ok && o == e {
+			continue
+		}
+		if c.Upserts == nil {
+			c.Upserts = map[Key]Entry{}
+		}
+		c.Upserts[k] = e
+		if ok {
+			c.Replaced = append(c.Replaced, k)
 		}
 	}
 	for k := range old.Entries {

@@ -1,26 +1,30 @@
 package policysync_test
 
 import (
-	"encoding/binary"
+	"context"
+	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
-	"math/bits"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/dynamic"
 
 	"github.com/clustermesh/clustermesh/agent/internal/policy"
 	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
 	"github.com/clustermesh/clustermesh/agent/internal/policysync"
 	"github.com/clustermesh/clustermesh/agent/internal/policywatch"
 	"github.com/clustermesh/clustermesh/bpf"
+	"github.com/clustermesh/clustermesh/deploy"
+	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/hostload"
-	"github.com/clustermesh/clustermesh/internal/netnstest"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
+	"github.com/clustermesh/clustermesh/internal/kubetest"
 	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/internal/testwait"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
@@ -32,10 +36,13 @@ type latencySetup struct {
 	engine *policy.Engine
 	watch  *policywatch.Watcher
 	sync   *policysync.Syncer
-	cm     *ebpf.Map // the pinned cm_policy, read back
+	dp     *bpf.Datapath // cm_policy read back
+	// With a kube-apiserver: the policies as last written there.
+	dc   dynamic.Interface
+	objs []*unstructured.Unstructured
 }
 
-func labels(b *testing.B, kv ...string) wire.Labels {
+func labels(b testing.TB, kv ...string) wire.Labels {
 	var ls []wire.Label
 	for i := 0; i < len(kv); i += 2 {
 		ls = append(ls, wire.Label{Source: "k8s", Key: kv[i], Value: kv[i+1]})
@@ -47,8 +54,21 @@ func labels(b *testing.B, kv ...string) wire.Labels {
 	return l
 }
 
-func teamPolicy(i, port int) rules.Policy {
-	obj := fmt.Sprintf(`{"apiVersion":"cilium.io/v2","kind":"CiliumNetworkPolicy","metadata":{"name":"p%d","namespace":"shop"},"spec":{"endpointSelector":{"matchLabels":{"app":"a%d"}},"ingress":[{"fromEndpoints":[{"matchLabels":{"app":"client","team":"t%d"},"matchExpressions":[{"key":"io.cilium.k8s.policy.cluster","operator":"In","values":["c2","c3"]}]}],"toPorts":[{"ports":[{"port":"%d","protocol":"TCP"}]}]}]}}`, i, i, i, port)
+// teamPolicyJSON is policy p<i>: app=a<i> admits the clients of team t<i>
+// of c2 and c3 on TCP port.
+func teamPolicyJSON(i, port int) string {
+	return clientPolicyJSON(i, port, fmt.Sprintf(`,"team":"t%d"`, i))
+}
+
+// clientPolicyJSON is policy p<i>: app=a<i> admits the clients of c2 and
+// c3 with the extra labels team (JSON members) on TCP port.
+func clientPolicyJSON(i, port int, team string) string {
+	return fmt.Sprintf(`{"apiVersion":"cilium.io/v2","kind":"CiliumNetworkPolicy","metadata":{"name":"p%d","namespace":"shop"},"spec":{"endpointSelector":{"matchLabels":{"app":"a%d"}},"ingress":[{"fromEndpoints":[{"matchLabels":{"app":"client"%s},"matchExpressions":[{"key":"io.cilium.k8s.policy.cluster","operator":"In","values":["c2","c3"]}]}],"toPorts":[{"ports":[{"port":"%d","protocol":"TCP"}]}]}]}}`, i, i, team, port)
+}
+
+func teamPolicy(i, port int) rules.Policy { return decodePolicy(teamPolicyJSON(i, port)) }
+
+func decodePolicy(obj string) rules.Policy {
 	p, err := rules.Decode([]byte(obj), rules.Options{ClusterName: "c1", DefaultLocalCluster: true})
 	if err != nil {
 		panic(err)
@@ -56,30 +76,22 @@ func teamPolicy(i, port int) rules.Policy {
 	return p
 }
 
-func newLatencySetup(b *testing.B) *latencySetup {
-	testenv.RequireRoot(b)
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	pinDir := "/run/clustermesh-test/bench-" + netnstest.RandomID() + "-pol"
-	dp, err := bpf.Open(bpf.Config{PinDir: pinDir, CTEntries: 65536}, quiet)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		if err := dp.Uninstall(); err != nil {
-			b.Error(err)
-		}
-	})
+// newLatencySetup builds the setup; with dc the policies are written to
+// the kube-apiserver and reach the engine through policywatch's informers
+// (its Run is stopped at the end of b), else they are handed to the engine
+// and policysync directly.
+func newLatencySetup(b *testing.B, dc dynamic.Interface) *latencySetup {
+	quiet := slog.New(slog.DiscardHandler)
+	dp := bpf.OpenForTest(b, bpf.Config{CTEntries: 65536})
 	pw, err := bpf.NewPolicyWriter(dp, quiet)
 	if err != nil {
 		b.Fatal(err)
 	}
-	cm, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "maps", "cm_policy"), nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { cm.Close() })
-	s := &latencySetup{engine: policy.New(policy.Config{ClusterName: "c1"}), sync: policysync.New(pw, nil), cm: cm}
-	s.watch = policywatch.New(policywatch.Config{}, nil, s.engine, s.sync, quiet)
+	s := &latencySetup{engine: policy.New(policy.Config{ClusterName: "c1"}), dp: dp, dc: dc}
+	s.sync = policysync.New(policysync.Config{Capacity: pw.Capacity(), Resolved: s.engine}, pw, nil)
+	opts := rules.DefaultOptions()
+	opts.ClusterName = "c1"
+	s.watch = policywatch.New(policywatch.Config{Options: opts}, dc, s.engine, s.sync, quiet)
 	for i := range 200 {
 		s.watch.UpsertIdentity(uint32(1<<16|1000+i), labels(b, "app", fmt.Sprint("a", i),
 			"io.kubernetes.pod.namespace", "shop", "io.cilium.k8s.policy.cluster", "c1"))
@@ -89,25 +101,65 @@ func newLatencySetup(b *testing.B) *latencySetup {
 		s.watch.UpsertIdentity(uint32((2+j%2)<<16|1000+j/2), labels(b, "app", "client", "team", fmt.Sprint("t", j%200),
 			"io.kubernetes.pod.namespace", "shop", "io.cilium.k8s.policy.cluster", cluster))
 	}
+	if dc == nil {
+		for i := range 200 {
+			if err := s.sync.Apply(s.engine.UpsertPolicy(teamPolicy(i, 8000+i))); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return s
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.watch.Run(ctx) }()
+	b.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			b.Error(err)
+		}
+	})
 	for i := range 200 {
-		if err := s.sync.Apply(s.engine.UpsertPolicy(teamPolicy(i, 8000+i))); err != nil {
+		var obj map[string]any
+		if err := json.Unmarshal([]byte(teamPolicyJSON(i, 8000+i)), &obj); err != nil {
 			b.Fatal(err)
 		}
+		u, err := dc.Resource(policywatch.GVRCiliumPolicy).Namespace("shop").Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		s.objs = append(s.objs, u)
 	}
+	testwait.Until(b, 2*time.Minute, "200 policies enforced", func() (bool, string) {
+		for i := range 200 {
+			if !s.present(uint32(1<<16|1000+i), uint32((2+i%2)<<16|1000+i/2), uint16(8000+i)) {
+				return false, fmt.Sprint("p", i)
+			}
+		}
+		return true, ""
+	})
 	return s
 }
 
+// setPort writes policy p<i> with port to the kube-apiserver.
+func (s *latencySetup) setPort(b *testing.B, i, port int) {
+	u := s.objs[i].DeepCopy()
+	ports := u.Object["spec"].(map[string]any)["ingress"].([]any)[0].(map[string]any)["toPorts"].([]any)[0].(map[string]any)["ports"].([]any)
+	ports[0].(map[string]any)["port"] = fmt.Sprint(port)
+	u, err := s.dc.Resource(policywatch.GVRCiliumPolicy).Namespace("shop").Update(context.Background(), u, metav1.UpdateOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	s.objs[i] = u
+}
+
 // present reports whether cm_policy holds the allow key (subject, peer,
-// TCP, port) (the layout of struct policy_key in bpf/src/policy.h).
+// TCP, port).
 func (s *latencySetup) present(subject, peer uint32, port uint16) bool {
-	var k [20]byte
-	binary.LittleEndian.PutUint32(k[0:], 128)
-	binary.LittleEndian.PutUint32(k[8:], bits.ReverseBytes32(subject))
-	binary.LittleEndian.PutUint32(k[12:], bits.ReverseBytes32(peer))
-	k[17] = 6
-	binary.BigEndian.PutUint16(k[18:], port)
-	var v [8]byte
-	return s.cm.Lookup(k[:], v[:]) == nil
+	ok, err := s.dp.PolicyKeyPresent(datapath.PolicyKey{Subject: subject, Peer: peer, Proto: ipproto.TCP, Port: port, EndPort: port}, false)
+	if err != nil {
+		panic(err)
+	}
+	return ok
 }
 
 func report(b *testing.B, name string, lat []time.Duration) {
@@ -126,10 +178,12 @@ func report(b *testing.B, name string, lat []time.Duration) {
 // reconcile does, into the engine and policysync) until the key of its new
 // port is there. 200 events each; p50 and p99 with the load average.
 func BenchmarkPolicyPropagation(b *testing.B) {
-	s := newLatencySetup(b)
+	s := newLatencySetup(b, nil)
 	const events = 200
 	var added, changed []time.Duration
+	round := 0
 	for b.Loop() {
+		round++
 		for n := range events {
 			i := n % 200
 			id := uint32(2<<16 | 30000 + n)
@@ -145,7 +199,7 @@ func BenchmarkPolicyPropagation(b *testing.B) {
 			s.watch.DeleteIdentity(id)
 		}
 		for n := range events {
-			i, port := n%200, 9000+n
+			i, port := n%200, 9000+(round%200)*events+n
 			start := time.Now()
 			if err := s.sync.Apply(s.engine.UpsertPolicy(teamPolicy(i, port))); err != nil {
 				b.Fatal(err)
@@ -160,4 +214,56 @@ func BenchmarkPolicyPropagation(b *testing.B) {
 	}
 	report(b, "identity-added", added)
 	report(b, "policy-changed", changed)
+}
+
+// BenchmarkPolicyPropagationInformer measures a policy change through the
+// whole agent path: a CiliumNetworkPolicy updated in a real kube-apiserver
+// (the chart's CRDs; KUBE_BIN_DIR), policywatch's informer and reconcile,
+// the engine, policysync, the eBPF writer, until the key of the new port
+// is in the pinned cm_policy. Same 25,000 identities and 200 policies as
+// BenchmarkPolicyPropagation; 200 updates, p50 and p99 with the load.
+func BenchmarkPolicyPropagationInformer(b *testing.B) {
+	testenv.RequireRoot(b)
+	cp := kubetest.StartForTest(b, kubetest.Config{Name: "policybench"})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dc, err := dynamic.NewForConfig(cp.REST)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := kubetest.InstallCRDs(ctx, dc, deploy.ChartFS(), "crds/ciliumnetworkpolicies.yaml", "crds/ciliumclusterwidenetworkpolicies.yaml"); err != nil {
+		b.Fatal(err)
+	}
+	if err := kubetest.EnsureNamespace(ctx, cp.Client, "shop"); err != nil {
+		b.Fatal(err)
+	}
+	testwait.Until(b, time.Minute, "CRDs served", func() (bool, string) {
+		_, err1 := dc.Resource(policywatch.GVRCiliumPolicy).Namespace("shop").List(ctx, metav1.ListOptions{})
+		_, err2 := dc.Resource(policywatch.GVRClusterwide).List(ctx, metav1.ListOptions{})
+		return err1 == nil && err2 == nil, ""
+	})
+	s := newLatencySetup(b, dc)
+	const events = 200
+	var changed, written []time.Duration
+	round := 0
+	for b.Loop() {
+		round++
+		for n := range events {
+			i, port := n%200, 9000+(round%200)*events+n
+			start := time.Now()
+			s.setPort(b, i, port)
+			written = append(written, time.Since(start))
+			for !s.present(uint32(1<<16|1000+i), uint32((2+i%2)<<16|1000+i/2), uint16(port)) {
+				if time.Since(start) > 10*time.Second {
+					b.Fatalf("policy p%d never enforced on port %d", i, port)
+				}
+			}
+			changed = append(changed, time.Since(start))
+		}
+	}
+	if f := s.watch.Failures(); f != 0 {
+		b.Errorf("%d datapath failures", f)
+	}
+	report(b, "policy-changed-informer", changed)
+	report(b, "of-which-update-call", written)
 }

@@ -24,17 +24,19 @@ const DefaultDeny = "(default deny)"
 
 // Syncer turns diffs into policy batches. Safe for concurrent use.
 type Syncer struct {
-	w Writer
+	w   Writer
+	cfg Config
 
 	mu     sync.Mutex
 	ruleID map[rules.Ref]uint32 // guarded by mu; ids are never reused
 	byID   map[uint32]rules.Ref // guarded by mu
-	modes  map[uint32][2]bool   // guarded by mu
+	modes  map[uint32][2]bool   // guarded by mu: default deny per subject, as resolved
 	// anyPolicy: a policy exists, so a pod whose identity is unknown is in
 	// default deny both ways.
 	anyPolicy bool
 	drops     map[DropKey]uint64
 	dropVec   *prometheus.CounterVec
+	mapUse
 }
 
 // DropKey is what drops are counted by.
@@ -46,10 +48,11 @@ type DropKey struct {
 }
 
 // New returns a Syncer writing to w; reg may be nil.
-func New(w Writer, reg prometheus.Registerer) *Syncer {
+func New(cfg Config, w Writer, reg prometheus.Registerer) *Syncer {
 	s := &Syncer{
-		w: w, ruleID: map[rules.Ref]uint32{}, byID: map[uint32]rules.Ref{},
-		modes: map[uint32][2]bool{}, drops: map[DropKey]uint64{},
+		w: w, cfg: cfg, ruleID: map[rules.Ref]uint32{}, byID: map[uint32]rules.Ref{},
+		mapUse: newMapUse(),
+		modes:  map[uint32][2]bool{}, drops: map[DropKey]uint64{},
 		dropVec: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "clustermesh_agent_policy_drops_total",
 			Help: "Packets dropped by network policy, by deciding policy (\"(default deny)\" when no deny rule matched), direction and source cluster ID.",
@@ -57,6 +60,7 @@ func New(w Writer, reg prometheus.Registerer) *Syncer {
 	}
 	if reg != nil {
 		reg.MustRegister(s.dropVec)
+		s.registerMapUse(reg)
 	}
 	return s
 }
@@ -77,39 +81,62 @@ func (s *Syncer) SetAnyPolicy(on bool) error {
 	return nil
 }
 
-// Apply programs a diff. On error the diff may be half-applied; applying
-// it again is safe.
+// Apply programs a diff. A subject whose policy would overflow the
+// datapath's capacity is refused instead (see capacity.go). On error the
+// diff may be half-applied; applying it again is safe.
 func (s *Syncer) Apply(d policy.Diff) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var b datapath.PolicyBatch
-	touched := map[uint32]struct{}{}
-	for _, c := range d {
-		egress := c.Direction == rules.Egress
-		for _, k := range c.Deletes {
-			b.Deletes = append(b.Deletes, key(c.Endpoint, egress, k))
-		}
-		for k, e := range c.Upserts {
-			b.Upserts = append(b.Upserts, datapath.PolicyEntry{Key: key(c.Endpoint, egress, k), Deny: e.Deny, Rule: s.id(e.Rule)})
-		}
-		m := s.modes[uint32(c.Endpoint)]
-		m[c.Direction] = c.Enforced && !c.Removed
-		s.modes[uint32(c.Endpoint)] = m
-		touched[uint32(c.Endpoint)] = struct{}{}
-	}
-	slices.SortFunc(b.Deletes, comparePolicyKeys)
-	slices.SortFunc(b.Upserts, func(x, y datapath.PolicyEntry) int { return comparePolicyKeys(x.Key, y.Key) })
-	for _, id := range slices.Sorted(maps.Keys(touched)) {
-		m := s.modes[id]
-		b.Modes = append(b.Modes, datapath.PolicyMode{Subject: id, Ingress: m[rules.Ingress], Egress: m[rules.Egress]})
-		if !m[0] && !m[1] {
-			delete(s.modes, id)
+	subs := s.bySubject(d)
+	for _, sc := range subs {
+		for _, c := range sc.changes {
+			m := s.modes[sc.id]
+			m[c.Direction] = c.Enforced && !c.Removed
+			s.modes[sc.id] = m
 		}
 	}
-	if err := s.w.Apply(b); err != nil {
-		return fmt.Errorf("apply policy: %w", err)
+	// First take the newly refused subjects out, so that what the others
+	// add fits; then the rest of the diff; then whoever fits again.
+	var out, b datapath.PolicyBatch
+	places := s.place(subs)
+	for i, sc := range subs {
+		switch places[i] {
+		case programmed:
+			for _, c := range sc.changes {
+				s.addChange(&b, c)
+			}
+			m := s.modes[sc.id]
+			b.Modes = append(b.Modes, datapath.PolicyMode{Subject: sc.id, Ingress: m[rules.Ingress], Egress: m[rules.Egress]})
+		case refusedNow:
+			s.refuse(&out, sc, true)
+		case stillRefused:
+			s.refuse(&b, sc, false)
+		}
+		if m := s.modes[sc.id]; !m[0] && !m[1] {
+			delete(s.modes, sc.id)
+		}
 	}
-	return nil
+	for _, batch := range []*datapath.PolicyBatch{&out, &b} {
+		if len(batch.Upserts)+len(batch.Deletes)+len(batch.Modes) == 0 {
+			continue
+		}
+		slices.SortFunc(batch.Deletes, comparePolicyKeys)
+		slices.SortFunc(batch.Upserts, func(x, y datapath.PolicyEntry) int { return comparePolicyKeys(x.Key, y.Key) })
+		if err := s.w.Apply(*batch); err != nil {
+			return fmt.Errorf("apply policy: %w", err)
+		}
+	}
+	return s.readmit()
+}
+
+func (s *Syncer) addChange(b *datapath.PolicyBatch, c policy.Change) {
+	egress := c.Direction == rules.Egress
+	for _, k := range c.Deletes {
+		b.Deletes = append(b.Deletes, key(c.Endpoint, egress, k))
+	}
+	for k, e := range c.Upserts {
+		b.Upserts = append(b.Upserts, datapath.PolicyEntry{Key: key(c.Endpoint, egress, k), Deny: e.Deny, Rule: s.id(e.Rule)})
+	}
 }
 
 func (s *Syncer) id(r rules.Ref) uint32 {

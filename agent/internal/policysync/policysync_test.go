@@ -113,7 +113,7 @@ func TestSyncerFollowsEngine(t *testing.T) {
 	e := policy.New(policy.Config{ClusterName: "c1"})
 	rec := &recorder{entries: map[datapath.PolicyKey]datapath.PolicyEntry{}, modes: map[uint32]datapath.PolicyMode{}}
 	reg := prometheus.NewRegistry()
-	s := New(rec, reg)
+	s := New(Config{}, rec, reg)
 	apply := func(d policy.Diff) {
 		t.Helper()
 		if err := s.Apply(d); err != nil {

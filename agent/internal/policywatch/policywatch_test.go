@@ -3,7 +3,6 @@ package policywatch_test
 import (
 	"context"
 	"encoding/json"
-	"io/fs"
 	"log/slog"
 	"slices"
 	"strings"
@@ -16,7 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
-	"sigs.k8s.io/yaml"
 
 	"github.com/clustermesh/clustermesh/agent/internal/policy"
 	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
@@ -89,23 +87,8 @@ func apiServer(t *testing.T) (dynamic.Interface, context.Context) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	crdGVR := schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
-	for _, f := range []string{"crds/ciliumnetworkpolicies.yaml", "crds/ciliumclusterwidenetworkpolicies.yaml"} {
-		data, err := fs.ReadFile(deploy.ChartFS(), f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		js, err := yaml.YAMLToJSON(data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var obj map[string]any
-		if err := json.Unmarshal(js, &obj); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := dc.Resource(crdGVR).Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{}); err != nil {
-			t.Fatalf("install %s: %v", f, err)
-		}
+	if err := kubetest.InstallCRDs(ctx, dc, deploy.ChartFS(), "crds/ciliumnetworkpolicies.yaml", "crds/ciliumclusterwidenetworkpolicies.yaml"); err != nil {
+		t.Fatal(err)
 	}
 	if err := kubetest.EnsureNamespace(ctx, cp.Client, "shop"); err != nil {
 		t.Fatal(err)

@@ -55,7 +55,7 @@ type proxy struct {
 	wg     sync.WaitGroup
 }
 
-func startProxy(t *testing.T, target string) *proxy {
+func startProxy(t testing.TB, target string) *proxy {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -128,7 +128,7 @@ func (p *proxy) endpoint() string { return "https://" + p.ln.Addr().String() }
 // remoteEtcd is an embedded etcd playing a remote cluster's kvstore, written
 // with raw puts of wire-encoded values as the clustermesh-apiserver does.
 type remoteEtcd struct {
-	t     *testing.T
+	t     testing.TB
 	name  string
 	id    uint32
 	srv   *etcdserver.Server
@@ -136,7 +136,7 @@ type remoteEtcd struct {
 	proxy *proxy
 }
 
-func startRemote(t *testing.T, name string, id uint32) *remoteEtcd {
+func startRemote(t testing.TB, name string, id uint32) *remoteEtcd {
 	t.Helper()
 	srv := etcdserver.StartTest(t, etcdserver.Config{ClusterName: name})
 	ctx := context.Background()
@@ -237,7 +237,7 @@ func (r *remoteEtcd) writeConfig(dir string) {
 	writeFile(r.t, filepath.Join(dir, r.name), must(json.Marshal(cfg)))
 }
 
-func writeFile(t *testing.T, path string, data []byte) {
+func writeFile(t testing.TB, path string, data []byte) {
 	t.Helper()
 	tmp := path + ".tmp"
 	if err := os.WriteFile(filepath.Join(filepath.Dir(path), "."+filepath.Base(tmp)), data, 0o600); err != nil {
@@ -267,7 +267,7 @@ func testConfig(dir, stateDir string) Config {
 }
 
 // startAgent runs an agent on dp; w, if not nil, wraps dp.
-func startAgent(t *testing.T, cfg Config, dp *memory.Datapath, w datapath.Writer) *agent {
+func startAgent(t testing.TB, cfg Config, dp *memory.Datapath, w datapath.Writer) *agent {
 	t.Helper()
 	a := &agent{dp: dp}
 	if w == nil {

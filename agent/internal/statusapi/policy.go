@@ -41,6 +41,7 @@ type Policy interface {
 	CIDRIdentities() (held, max int)
 	Drops() map[policysync.DropKey]uint64
 	NamedPortConflicts() map[policy.ID][]string
+	MapUse() policysync.MapUse
 }
 
 // SetPolicy adds the policy plane to the status and serves GetPolicy and
@@ -61,6 +62,11 @@ func (s *Server) policyStatus(names map[uint32]string) *agentv1.PolicyStatus {
 	}) {
 		out.Drops = append(out.Drops, &agentv1.PolicyDrops{Policy: k.Policy, Direction: dirName(k.Egress),
 			SourceClusterId: k.SrcCluster, SourceCluster: clusterName(names, k.SrcCluster, s.cfg), Count: drops[k]})
+	}
+	u := p.MapUse()
+	out.MapKeys, out.MapCapacity, out.CapacityRefusals = uint64(u.Used), uint64(u.Capacity), u.Refusals
+	for _, r := range u.Refused {
+		out.OverCapacity = append(out.OverCapacity, &agentv1.PolicyOverCapacity{Identity: r.Subject, Labels: p.Labels(policy.ID(r.Subject)), Keys: uint64(r.Keys)})
 	}
 	conflicts := p.NamedPortConflicts()
 	for _, id := range slices.Sorted(maps.Keys(conflicts)) {
@@ -305,6 +311,13 @@ func printPolicyStatus(w io.Writer, p *agentv1.PolicyStatus) {
 		p.GetPolicies(), len(p.GetRefused()), p.GetFailures(), p.GetCidrIdentities(), p.GetCidrIdentitiesMax())
 	for _, r := range p.GetRefused() {
 		fmt.Fprintf(w, "  refused %s: %s\n", r.GetPolicy(), r.GetReason())
+	}
+	if c := p.GetMapCapacity(); c > 0 {
+		fmt.Fprintf(w, "  policy map: %d of %d keys\n", p.GetMapKeys(), c)
+	}
+	for _, o := range p.GetOverCapacity() {
+		fmt.Fprintf(w, "  identity %d (%s) refused: its policy needs %d keys, the policy map is full (--bpf-policy-entries); in default deny\n",
+			o.GetIdentity(), o.GetLabels(), o.GetKeys())
 	}
 	for _, c := range p.GetNamedPortConflicts() {
 		fmt.Fprintf(w, "  named ports of identity %d (%s) disagree, rules naming them add nothing for it: %s\n",

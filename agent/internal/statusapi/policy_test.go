@@ -51,6 +51,10 @@ func (enginePolicy) Refusals() []policywatch.Refusal {
 func (enginePolicy) Policies() int              { return 1 }
 func (enginePolicy) Failures() int              { return 0 }
 func (enginePolicy) CIDRIdentities() (int, int) { return 2, 65536 }
+func (enginePolicy) MapUse() policysync.MapUse {
+	return policysync.MapUse{Capacity: 10, Used: 4, Refusals: 1, Refused: []policysync.RefusedSubject{{Subject: 65794, Keys: 9}}}
+}
+
 func (enginePolicy) Drops() map[policysync.DropKey]uint64 {
 	return map[policysync.DropKey]uint64{{Policy: policysync.DefaultDeny, SrcCluster: 3}: 7}
 }
@@ -144,7 +148,8 @@ func TestPolicyOverSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"Policies: 1 programmed, 1 refused, 0 datapath failures, 2/65536 CIDR identities", "refused cnp/shop/l7: L7 rules", "DROPPED BY", "(default deny)",
-		"named ports of identity 65792 (k8s:app=web", "http: 8080/TCP on 1 of 2 endpoints, 8081/TCP on 1 of 2 endpoints"} {
+		"named ports of identity 65792 (k8s:app=web", "http: 8080/TCP on 1 of 2 endpoints, 8081/TCP on 1 of 2 endpoints",
+		"policy map: 4 of 10 keys", "identity 65794 () refused: its policy needs 9 keys, the policy map is full"} {
 		if !strings.Contains(buf.String(), want) {
 			t.Errorf("status table lacks %q:\n%s", want, buf.String())
 		}

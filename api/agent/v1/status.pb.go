@@ -234,8 +234,19 @@ type PolicyStatus struct {
 	// The bound on cidr_identities: a policy that would exceed it is refused
 	// until others free room.
 	CidrIdentitiesMax uint32 `protobuf:"varint,331,opt,name=cidr_identities_max,json=cidrIdentitiesMax,proto3" json:"cidr_identities_max,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The policy map: keys of the programmed local identities (an upper
+	// bound) and its capacity (--bpf-policy-entries; 0: unbounded, the
+	// memory datapath).
+	MapKeys     uint64 `protobuf:"varint,340,opt,name=map_keys,json=mapKeys,proto3" json:"map_keys,omitempty"`
+	MapCapacity uint64 `protobuf:"varint,341,opt,name=map_capacity,json=mapCapacity,proto3" json:"map_capacity,omitempty"`
+	// Local identities whose policy does not fit the policy map: none of
+	// their keys is programmed and they are in default deny in each
+	// direction their policy covers, until the map has room.
+	OverCapacity []*PolicyOverCapacity `protobuf:"bytes,342,rep,name=over_capacity,json=overCapacity,proto3" json:"over_capacity,omitempty"`
+	// Times a local identity was refused for want of room.
+	CapacityRefusals uint64 `protobuf:"varint,343,opt,name=capacity_refusals,json=capacityRefusals,proto3" json:"capacity_refusals,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *PolicyStatus) Reset() {
@@ -317,6 +328,95 @@ func (x *PolicyStatus) GetCidrIdentitiesMax() uint32 {
 	return 0
 }
 
+func (x *PolicyStatus) GetMapKeys() uint64 {
+	if x != nil {
+		return x.MapKeys
+	}
+	return 0
+}
+
+func (x *PolicyStatus) GetMapCapacity() uint64 {
+	if x != nil {
+		return x.MapCapacity
+	}
+	return 0
+}
+
+func (x *PolicyStatus) GetOverCapacity() []*PolicyOverCapacity {
+	if x != nil {
+		return x.OverCapacity
+	}
+	return nil
+}
+
+func (x *PolicyStatus) GetCapacityRefusals() uint64 {
+	if x != nil {
+		return x.CapacityRefusals
+	}
+	return 0
+}
+
+type PolicyOverCapacity struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Identity uint32                 `protobuf:"varint,1,opt,name=identity,proto3" json:"identity,omitempty"`
+	Labels   string                 `protobuf:"bytes,2,opt,name=labels,proto3" json:"labels,omitempty"`
+	// Map keys its policy needs.
+	Keys          uint64 `protobuf:"varint,3,opt,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyOverCapacity) Reset() {
+	*x = PolicyOverCapacity{}
+	mi := &file_status_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyOverCapacity) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyOverCapacity) ProtoMessage() {}
+
+func (x *PolicyOverCapacity) ProtoReflect() protoreflect.Message {
+	mi := &file_status_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyOverCapacity.ProtoReflect.Descriptor instead.
+func (*PolicyOverCapacity) Descriptor() ([]byte, []int) {
+	return file_status_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PolicyOverCapacity) GetIdentity() uint32 {
+	if x != nil {
+		return x.Identity
+	}
+	return 0
+}
+
+func (x *PolicyOverCapacity) GetLabels() string {
+	if x != nil {
+		return x.Labels
+	}
+	return ""
+}
+
+func (x *PolicyOverCapacity) GetKeys() uint64 {
+	if x != nil {
+		return x.Keys
+	}
+	return 0
+}
+
 type NamedPortConflict struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Identity uint32                 `protobuf:"varint,1,opt,name=identity,proto3" json:"identity,omitempty"`
@@ -329,7 +429,7 @@ type NamedPortConflict struct {
 
 func (x *NamedPortConflict) Reset() {
 	*x = NamedPortConflict{}
-	mi := &file_status_proto_msgTypes[3]
+	mi := &file_status_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -341,7 +441,7 @@ func (x *NamedPortConflict) String() string {
 func (*NamedPortConflict) ProtoMessage() {}
 
 func (x *NamedPortConflict) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[3]
+	mi := &file_status_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -354,7 +454,7 @@ func (x *NamedPortConflict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NamedPortConflict.ProtoReflect.Descriptor instead.
 func (*NamedPortConflict) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{3}
+	return file_status_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *NamedPortConflict) GetIdentity() uint32 {
@@ -388,7 +488,7 @@ type PolicyRefusal struct {
 
 func (x *PolicyRefusal) Reset() {
 	*x = PolicyRefusal{}
-	mi := &file_status_proto_msgTypes[4]
+	mi := &file_status_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -400,7 +500,7 @@ func (x *PolicyRefusal) String() string {
 func (*PolicyRefusal) ProtoMessage() {}
 
 func (x *PolicyRefusal) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[4]
+	mi := &file_status_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -413,7 +513,7 @@ func (x *PolicyRefusal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyRefusal.ProtoReflect.Descriptor instead.
 func (*PolicyRefusal) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{4}
+	return file_status_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PolicyRefusal) GetPolicy() string {
@@ -443,7 +543,7 @@ type PolicyDrops struct {
 
 func (x *PolicyDrops) Reset() {
 	*x = PolicyDrops{}
-	mi := &file_status_proto_msgTypes[5]
+	mi := &file_status_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -455,7 +555,7 @@ func (x *PolicyDrops) String() string {
 func (*PolicyDrops) ProtoMessage() {}
 
 func (x *PolicyDrops) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[5]
+	mi := &file_status_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -468,7 +568,7 @@ func (x *PolicyDrops) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyDrops.ProtoReflect.Descriptor instead.
 func (*PolicyDrops) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{5}
+	return file_status_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PolicyDrops) GetPolicy() string {
@@ -517,7 +617,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_status_proto_msgTypes[6]
+	mi := &file_status_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -529,7 +629,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[6]
+	mi := &file_status_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -542,7 +642,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{6}
+	return file_status_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetPolicyRequest) GetEndpoint() string {
@@ -561,7 +661,7 @@ type GetPolicyResponse struct {
 
 func (x *GetPolicyResponse) Reset() {
 	*x = GetPolicyResponse{}
-	mi := &file_status_proto_msgTypes[7]
+	mi := &file_status_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -573,7 +673,7 @@ func (x *GetPolicyResponse) String() string {
 func (*GetPolicyResponse) ProtoMessage() {}
 
 func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[7]
+	mi := &file_status_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -586,7 +686,7 @@ func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
 func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{7}
+	return file_status_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetPolicyResponse) GetEndpoints() []*EndpointPolicy {
@@ -608,7 +708,7 @@ type EndpointPolicy struct {
 
 func (x *EndpointPolicy) Reset() {
 	*x = EndpointPolicy{}
-	mi := &file_status_proto_msgTypes[8]
+	mi := &file_status_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -620,7 +720,7 @@ func (x *EndpointPolicy) String() string {
 func (*EndpointPolicy) ProtoMessage() {}
 
 func (x *EndpointPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[8]
+	mi := &file_status_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -633,7 +733,7 @@ func (x *EndpointPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointPolicy.ProtoReflect.Descriptor instead.
 func (*EndpointPolicy) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{8}
+	return file_status_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *EndpointPolicy) GetIdentity() uint32 {
@@ -675,7 +775,7 @@ type DirectionPolicy struct {
 
 func (x *DirectionPolicy) Reset() {
 	*x = DirectionPolicy{}
-	mi := &file_status_proto_msgTypes[9]
+	mi := &file_status_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -687,7 +787,7 @@ func (x *DirectionPolicy) String() string {
 func (*DirectionPolicy) ProtoMessage() {}
 
 func (x *DirectionPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[9]
+	mi := &file_status_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -700,7 +800,7 @@ func (x *DirectionPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectionPolicy.ProtoReflect.Descriptor instead.
 func (*DirectionPolicy) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{9}
+	return file_status_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DirectionPolicy) GetEnforced() bool {
@@ -734,7 +834,7 @@ type PolicyEntry struct {
 
 func (x *PolicyEntry) Reset() {
 	*x = PolicyEntry{}
-	mi := &file_status_proto_msgTypes[10]
+	mi := &file_status_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -746,7 +846,7 @@ func (x *PolicyEntry) String() string {
 func (*PolicyEntry) ProtoMessage() {}
 
 func (x *PolicyEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[10]
+	mi := &file_status_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -759,7 +859,7 @@ func (x *PolicyEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyEntry.ProtoReflect.Descriptor instead.
 func (*PolicyEntry) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{10}
+	return file_status_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PolicyEntry) GetPeer() string {
@@ -825,7 +925,7 @@ type TracePolicyRequest struct {
 
 func (x *TracePolicyRequest) Reset() {
 	*x = TracePolicyRequest{}
-	mi := &file_status_proto_msgTypes[11]
+	mi := &file_status_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -837,7 +937,7 @@ func (x *TracePolicyRequest) String() string {
 func (*TracePolicyRequest) ProtoMessage() {}
 
 func (x *TracePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[11]
+	mi := &file_status_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -850,7 +950,7 @@ func (x *TracePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TracePolicyRequest.ProtoReflect.Descriptor instead.
 func (*TracePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{11}
+	return file_status_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *TracePolicyRequest) GetSrc() string {
@@ -894,7 +994,7 @@ type TracePolicyResponse struct {
 
 func (x *TracePolicyResponse) Reset() {
 	*x = TracePolicyResponse{}
-	mi := &file_status_proto_msgTypes[12]
+	mi := &file_status_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -906,7 +1006,7 @@ func (x *TracePolicyResponse) String() string {
 func (*TracePolicyResponse) ProtoMessage() {}
 
 func (x *TracePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[12]
+	mi := &file_status_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -919,7 +1019,7 @@ func (x *TracePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TracePolicyResponse.ProtoReflect.Descriptor instead.
 func (*TracePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{12}
+	return file_status_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TracePolicyResponse) GetAllowed() bool {
@@ -970,7 +1070,7 @@ type TraceVerdict struct {
 
 func (x *TraceVerdict) Reset() {
 	*x = TraceVerdict{}
-	mi := &file_status_proto_msgTypes[13]
+	mi := &file_status_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -982,7 +1082,7 @@ func (x *TraceVerdict) String() string {
 func (*TraceVerdict) ProtoMessage() {}
 
 func (x *TraceVerdict) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[13]
+	mi := &file_status_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -995,7 +1095,7 @@ func (x *TraceVerdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TraceVerdict.ProtoReflect.Descriptor instead.
 func (*TraceVerdict) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{13}
+	return file_status_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TraceVerdict) GetEvaluated() bool {
@@ -1059,7 +1159,7 @@ type RemoteCluster struct {
 
 func (x *RemoteCluster) Reset() {
 	*x = RemoteCluster{}
-	mi := &file_status_proto_msgTypes[14]
+	mi := &file_status_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1071,7 +1171,7 @@ func (x *RemoteCluster) String() string {
 func (*RemoteCluster) ProtoMessage() {}
 
 func (x *RemoteCluster) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[14]
+	mi := &file_status_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1084,7 +1184,7 @@ func (x *RemoteCluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoteCluster.ProtoReflect.Descriptor instead.
 func (*RemoteCluster) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{14}
+	return file_status_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RemoteCluster) GetName() string {
@@ -1207,7 +1307,7 @@ type RefusedClaims struct {
 
 func (x *RefusedClaims) Reset() {
 	*x = RefusedClaims{}
-	mi := &file_status_proto_msgTypes[15]
+	mi := &file_status_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1219,7 +1319,7 @@ func (x *RefusedClaims) String() string {
 func (*RefusedClaims) ProtoMessage() {}
 
 func (x *RefusedClaims) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[15]
+	mi := &file_status_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1232,7 +1332,7 @@ func (x *RefusedClaims) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefusedClaims.ProtoReflect.Descriptor instead.
 func (*RefusedClaims) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{15}
+	return file_status_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RefusedClaims) GetReason() string {
@@ -1269,7 +1369,7 @@ type ClaimConflict struct {
 
 func (x *ClaimConflict) Reset() {
 	*x = ClaimConflict{}
-	mi := &file_status_proto_msgTypes[16]
+	mi := &file_status_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1281,7 +1381,7 @@ func (x *ClaimConflict) String() string {
 func (*ClaimConflict) ProtoMessage() {}
 
 func (x *ClaimConflict) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[16]
+	mi := &file_status_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1294,7 +1394,7 @@ func (x *ClaimConflict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClaimConflict.ProtoReflect.Descriptor instead.
 func (*ClaimConflict) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{16}
+	return file_status_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ClaimConflict) GetKind() string {
@@ -1332,7 +1432,7 @@ type KindStatus struct {
 
 func (x *KindStatus) Reset() {
 	*x = KindStatus{}
-	mi := &file_status_proto_msgTypes[17]
+	mi := &file_status_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1344,7 +1444,7 @@ func (x *KindStatus) String() string {
 func (*KindStatus) ProtoMessage() {}
 
 func (x *KindStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[17]
+	mi := &file_status_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1357,7 +1457,7 @@ func (x *KindStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KindStatus.ProtoReflect.Descriptor instead.
 func (*KindStatus) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{17}
+	return file_status_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *KindStatus) GetKind() string {
@@ -1408,7 +1508,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_status_proto_msgTypes[18]
+	mi := &file_status_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1420,7 +1520,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[18]
+	mi := &file_status_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1433,7 +1533,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{18}
+	return file_status_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Service) GetNamespace() string {
@@ -1483,7 +1583,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_status_proto_msgTypes[19]
+	mi := &file_status_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1495,7 +1595,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[19]
+	mi := &file_status_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1508,7 +1608,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{19}
+	return file_status_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Backend) GetAddress() string {
@@ -1550,7 +1650,7 @@ type TunnelEntry struct {
 
 func (x *TunnelEntry) Reset() {
 	*x = TunnelEntry{}
-	mi := &file_status_proto_msgTypes[20]
+	mi := &file_status_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1562,7 +1662,7 @@ func (x *TunnelEntry) String() string {
 func (*TunnelEntry) ProtoMessage() {}
 
 func (x *TunnelEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[20]
+	mi := &file_status_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1575,7 +1675,7 @@ func (x *TunnelEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TunnelEntry.ProtoReflect.Descriptor instead.
 func (*TunnelEntry) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{20}
+	return file_status_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *TunnelEntry) GetCidr() string {
@@ -1611,7 +1711,7 @@ type IPCacheEntry struct {
 
 func (x *IPCacheEntry) Reset() {
 	*x = IPCacheEntry{}
-	mi := &file_status_proto_msgTypes[21]
+	mi := &file_status_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1623,7 +1723,7 @@ func (x *IPCacheEntry) String() string {
 func (*IPCacheEntry) ProtoMessage() {}
 
 func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[21]
+	mi := &file_status_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1636,7 +1736,7 @@ func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPCacheEntry.ProtoReflect.Descriptor instead.
 func (*IPCacheEntry) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{21}
+	return file_status_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *IPCacheEntry) GetPrefix() string {
@@ -1689,7 +1789,7 @@ const file_status_proto_rawDesc = "" +
 	" \x01(\x04R\x10datapathFailures\x12.\n" +
 	"\x13datapath_last_error\x18\v \x01(\tR\x11datapathLastError\x12&\n" +
 	"\x0edatapath_trims\x18\xac\x02 \x01(\x04R\rdatapathTrims\x12;\n" +
-	"\x06policy\x18\xfa\x01 \x01(\v2\".clustermesh.agent.v1.PolicyStatusR\x06policy\"\x85\x03\n" +
+	"\x06policy\x18\xfa\x01 \x01(\v2\".clustermesh.agent.v1.PolicyStatusR\x06policy\"\xc3\x04\n" +
 	"\fPolicyStatus\x12\x1a\n" +
 	"\bpolicies\x18\x01 \x01(\rR\bpolicies\x12=\n" +
 	"\arefused\x18\x02 \x03(\v2#.clustermesh.agent.v1.PolicyRefusalR\arefused\x127\n" +
@@ -1697,7 +1797,15 @@ const file_status_proto_rawDesc = "" +
 	"\bfailures\x18\x05 \x01(\x04R\bfailures\x12Z\n" +
 	"\x14named_port_conflicts\x18\x96\x01 \x03(\v2'.clustermesh.agent.v1.NamedPortConflictR\x12namedPortConflicts\x12(\n" +
 	"\x0fcidr_identities\x18\xca\x02 \x01(\rR\x0ecidrIdentities\x12/\n" +
-	"\x13cidr_identities_max\x18\xcb\x02 \x01(\rR\x11cidrIdentitiesMaxJ\x04\b\x04\x10\x05R\bnarrowed\"]\n" +
+	"\x13cidr_identities_max\x18\xcb\x02 \x01(\rR\x11cidrIdentitiesMax\x12\x1a\n" +
+	"\bmap_keys\x18\xd4\x02 \x01(\x04R\amapKeys\x12\"\n" +
+	"\fmap_capacity\x18\xd5\x02 \x01(\x04R\vmapCapacity\x12N\n" +
+	"\rover_capacity\x18\xd6\x02 \x03(\v2(.clustermesh.agent.v1.PolicyOverCapacityR\foverCapacity\x12,\n" +
+	"\x11capacity_refusals\x18\xd7\x02 \x01(\x04R\x10capacityRefusalsJ\x04\b\x04\x10\x05R\bnarrowed\"\\\n" +
+	"\x12PolicyOverCapacity\x12\x1a\n" +
+	"\bidentity\x18\x01 \x01(\rR\bidentity\x12\x16\n" +
+	"\x06labels\x18\x02 \x01(\tR\x06labels\x12\x12\n" +
+	"\x04keys\x18\x03 \x01(\x04R\x04keys\"]\n" +
 	"\x11NamedPortConflict\x12\x1a\n" +
 	"\bidentity\x18\x01 \x01(\rR\bidentity\x12\x16\n" +
 	"\x06labels\x18\x02 \x01(\tR\x06labels\x12\x14\n" +
@@ -1824,64 +1932,66 @@ func file_status_proto_rawDescGZIP() []byte {
 	return file_status_proto_rawDescData
 }
 
-var file_status_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_status_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_status_proto_goTypes = []any{
 	(*GetStatusRequest)(nil),      // 0: clustermesh.agent.v1.GetStatusRequest
 	(*GetStatusResponse)(nil),     // 1: clustermesh.agent.v1.GetStatusResponse
 	(*PolicyStatus)(nil),          // 2: clustermesh.agent.v1.PolicyStatus
-	(*NamedPortConflict)(nil),     // 3: clustermesh.agent.v1.NamedPortConflict
-	(*PolicyRefusal)(nil),         // 4: clustermesh.agent.v1.PolicyRefusal
-	(*PolicyDrops)(nil),           // 5: clustermesh.agent.v1.PolicyDrops
-	(*GetPolicyRequest)(nil),      // 6: clustermesh.agent.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),     // 7: clustermesh.agent.v1.GetPolicyResponse
-	(*EndpointPolicy)(nil),        // 8: clustermesh.agent.v1.EndpointPolicy
-	(*DirectionPolicy)(nil),       // 9: clustermesh.agent.v1.DirectionPolicy
-	(*PolicyEntry)(nil),           // 10: clustermesh.agent.v1.PolicyEntry
-	(*TracePolicyRequest)(nil),    // 11: clustermesh.agent.v1.TracePolicyRequest
-	(*TracePolicyResponse)(nil),   // 12: clustermesh.agent.v1.TracePolicyResponse
-	(*TraceVerdict)(nil),          // 13: clustermesh.agent.v1.TraceVerdict
-	(*RemoteCluster)(nil),         // 14: clustermesh.agent.v1.RemoteCluster
-	(*RefusedClaims)(nil),         // 15: clustermesh.agent.v1.RefusedClaims
-	(*ClaimConflict)(nil),         // 16: clustermesh.agent.v1.ClaimConflict
-	(*KindStatus)(nil),            // 17: clustermesh.agent.v1.KindStatus
-	(*Service)(nil),               // 18: clustermesh.agent.v1.Service
-	(*Backend)(nil),               // 19: clustermesh.agent.v1.Backend
-	(*TunnelEntry)(nil),           // 20: clustermesh.agent.v1.TunnelEntry
-	(*IPCacheEntry)(nil),          // 21: clustermesh.agent.v1.IPCacheEntry
-	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
+	(*PolicyOverCapacity)(nil),    // 3: clustermesh.agent.v1.PolicyOverCapacity
+	(*NamedPortConflict)(nil),     // 4: clustermesh.agent.v1.NamedPortConflict
+	(*PolicyRefusal)(nil),         // 5: clustermesh.agent.v1.PolicyRefusal
+	(*PolicyDrops)(nil),           // 6: clustermesh.agent.v1.PolicyDrops
+	(*GetPolicyRequest)(nil),      // 7: clustermesh.agent.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),     // 8: clustermesh.agent.v1.GetPolicyResponse
+	(*EndpointPolicy)(nil),        // 9: clustermesh.agent.v1.EndpointPolicy
+	(*DirectionPolicy)(nil),       // 10: clustermesh.agent.v1.DirectionPolicy
+	(*PolicyEntry)(nil),           // 11: clustermesh.agent.v1.PolicyEntry
+	(*TracePolicyRequest)(nil),    // 12: clustermesh.agent.v1.TracePolicyRequest
+	(*TracePolicyResponse)(nil),   // 13: clustermesh.agent.v1.TracePolicyResponse
+	(*TraceVerdict)(nil),          // 14: clustermesh.agent.v1.TraceVerdict
+	(*RemoteCluster)(nil),         // 15: clustermesh.agent.v1.RemoteCluster
+	(*RefusedClaims)(nil),         // 16: clustermesh.agent.v1.RefusedClaims
+	(*ClaimConflict)(nil),         // 17: clustermesh.agent.v1.ClaimConflict
+	(*KindStatus)(nil),            // 18: clustermesh.agent.v1.KindStatus
+	(*Service)(nil),               // 19: clustermesh.agent.v1.Service
+	(*Backend)(nil),               // 20: clustermesh.agent.v1.Backend
+	(*TunnelEntry)(nil),           // 21: clustermesh.agent.v1.TunnelEntry
+	(*IPCacheEntry)(nil),          // 22: clustermesh.agent.v1.IPCacheEntry
+	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
 }
 var file_status_proto_depIdxs = []int32{
-	14, // 0: clustermesh.agent.v1.GetStatusResponse.remote_clusters:type_name -> clustermesh.agent.v1.RemoteCluster
-	18, // 1: clustermesh.agent.v1.GetStatusResponse.services:type_name -> clustermesh.agent.v1.Service
-	20, // 2: clustermesh.agent.v1.GetStatusResponse.tunnels:type_name -> clustermesh.agent.v1.TunnelEntry
-	21, // 3: clustermesh.agent.v1.GetStatusResponse.ipcache:type_name -> clustermesh.agent.v1.IPCacheEntry
+	15, // 0: clustermesh.agent.v1.GetStatusResponse.remote_clusters:type_name -> clustermesh.agent.v1.RemoteCluster
+	19, // 1: clustermesh.agent.v1.GetStatusResponse.services:type_name -> clustermesh.agent.v1.Service
+	21, // 2: clustermesh.agent.v1.GetStatusResponse.tunnels:type_name -> clustermesh.agent.v1.TunnelEntry
+	22, // 3: clustermesh.agent.v1.GetStatusResponse.ipcache:type_name -> clustermesh.agent.v1.IPCacheEntry
 	2,  // 4: clustermesh.agent.v1.GetStatusResponse.policy:type_name -> clustermesh.agent.v1.PolicyStatus
-	4,  // 5: clustermesh.agent.v1.PolicyStatus.refused:type_name -> clustermesh.agent.v1.PolicyRefusal
-	5,  // 6: clustermesh.agent.v1.PolicyStatus.drops:type_name -> clustermesh.agent.v1.PolicyDrops
-	3,  // 7: clustermesh.agent.v1.PolicyStatus.named_port_conflicts:type_name -> clustermesh.agent.v1.NamedPortConflict
-	8,  // 8: clustermesh.agent.v1.GetPolicyResponse.endpoints:type_name -> clustermesh.agent.v1.EndpointPolicy
-	9,  // 9: clustermesh.agent.v1.EndpointPolicy.ingress:type_name -> clustermesh.agent.v1.DirectionPolicy
-	9,  // 10: clustermesh.agent.v1.EndpointPolicy.egress:type_name -> clustermesh.agent.v1.DirectionPolicy
-	10, // 11: clustermesh.agent.v1.DirectionPolicy.entries:type_name -> clustermesh.agent.v1.PolicyEntry
-	13, // 12: clustermesh.agent.v1.TracePolicyResponse.egress:type_name -> clustermesh.agent.v1.TraceVerdict
-	13, // 13: clustermesh.agent.v1.TracePolicyResponse.ingress:type_name -> clustermesh.agent.v1.TraceVerdict
-	17, // 14: clustermesh.agent.v1.RemoteCluster.kinds:type_name -> clustermesh.agent.v1.KindStatus
-	22, // 15: clustermesh.agent.v1.RemoteCluster.last_change:type_name -> google.protobuf.Timestamp
-	22, // 16: clustermesh.agent.v1.RemoteCluster.last_heartbeat:type_name -> google.protobuf.Timestamp
-	15, // 17: clustermesh.agent.v1.RemoteCluster.refused_claims:type_name -> clustermesh.agent.v1.RefusedClaims
-	16, // 18: clustermesh.agent.v1.RemoteCluster.conflicts:type_name -> clustermesh.agent.v1.ClaimConflict
-	19, // 19: clustermesh.agent.v1.Service.backends:type_name -> clustermesh.agent.v1.Backend
-	0,  // 20: clustermesh.agent.v1.Status.GetStatus:input_type -> clustermesh.agent.v1.GetStatusRequest
-	6,  // 21: clustermesh.agent.v1.Status.GetPolicy:input_type -> clustermesh.agent.v1.GetPolicyRequest
-	11, // 22: clustermesh.agent.v1.Status.TracePolicy:input_type -> clustermesh.agent.v1.TracePolicyRequest
-	1,  // 23: clustermesh.agent.v1.Status.GetStatus:output_type -> clustermesh.agent.v1.GetStatusResponse
-	7,  // 24: clustermesh.agent.v1.Status.GetPolicy:output_type -> clustermesh.agent.v1.GetPolicyResponse
-	12, // 25: clustermesh.agent.v1.Status.TracePolicy:output_type -> clustermesh.agent.v1.TracePolicyResponse
-	23, // [23:26] is the sub-list for method output_type
-	20, // [20:23] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	5,  // 5: clustermesh.agent.v1.PolicyStatus.refused:type_name -> clustermesh.agent.v1.PolicyRefusal
+	6,  // 6: clustermesh.agent.v1.PolicyStatus.drops:type_name -> clustermesh.agent.v1.PolicyDrops
+	4,  // 7: clustermesh.agent.v1.PolicyStatus.named_port_conflicts:type_name -> clustermesh.agent.v1.NamedPortConflict
+	3,  // 8: clustermesh.agent.v1.PolicyStatus.over_capacity:type_name -> clustermesh.agent.v1.PolicyOverCapacity
+	9,  // 9: clustermesh.agent.v1.GetPolicyResponse.endpoints:type_name -> clustermesh.agent.v1.EndpointPolicy
+	10, // 10: clustermesh.agent.v1.EndpointPolicy.ingress:type_name -> clustermesh.agent.v1.DirectionPolicy
+	10, // 11: clustermesh.agent.v1.EndpointPolicy.egress:type_name -> clustermesh.agent.v1.DirectionPolicy
+	11, // 12: clustermesh.agent.v1.DirectionPolicy.entries:type_name -> clustermesh.agent.v1.PolicyEntry
+	14, // 13: clustermesh.agent.v1.TracePolicyResponse.egress:type_name -> clustermesh.agent.v1.TraceVerdict
+	14, // 14: clustermesh.agent.v1.TracePolicyResponse.ingress:type_name -> clustermesh.agent.v1.TraceVerdict
+	18, // 15: clustermesh.agent.v1.RemoteCluster.kinds:type_name -> clustermesh.agent.v1.KindStatus
+	23, // 16: clustermesh.agent.v1.RemoteCluster.last_change:type_name -> google.protobuf.Timestamp
+	23, // 17: clustermesh.agent.v1.RemoteCluster.last_heartbeat:type_name -> google.protobuf.Timestamp
+	16, // 18: clustermesh.agent.v1.RemoteCluster.refused_claims:type_name -> clustermesh.agent.v1.RefusedClaims
+	17, // 19: clustermesh.agent.v1.RemoteCluster.conflicts:type_name -> clustermesh.agent.v1.ClaimConflict
+	20, // 20: clustermesh.agent.v1.Service.backends:type_name -> clustermesh.agent.v1.Backend
+	0,  // 21: clustermesh.agent.v1.Status.GetStatus:input_type -> clustermesh.agent.v1.GetStatusRequest
+	7,  // 22: clustermesh.agent.v1.Status.GetPolicy:input_type -> clustermesh.agent.v1.GetPolicyRequest
+	12, // 23: clustermesh.agent.v1.Status.TracePolicy:input_type -> clustermesh.agent.v1.TracePolicyRequest
+	1,  // 24: clustermesh.agent.v1.Status.GetStatus:output_type -> clustermesh.agent.v1.GetStatusResponse
+	8,  // 25: clustermesh.agent.v1.Status.GetPolicy:output_type -> clustermesh.agent.v1.GetPolicyResponse
+	13, // 26: clustermesh.agent.v1.Status.TracePolicy:output_type -> clustermesh.agent.v1.TracePolicyResponse
+	24, // [24:27] is the sub-list for method output_type
+	21, // [21:24] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_status_proto_init() }
@@ -1895,7 +2005,7 @@ func file_status_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_status_proto_rawDesc), len(file_status_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
