@@ -20,13 +20,19 @@ func batchUnsupported(err error) bool {
 		errors.Is(err, syscall.Errno(524)) /* ENOTSUPP */ || errors.Is(err, unix.EOPNOTSUPP)
 }
 
-// batchUpdate writes keys[i] = vals[i] in one syscall, or one by one where
-// the kernel has no batch update for the map's type.
+// singleMax is the most entries written (or deleted) one syscall each
+// rather than with a batch syscall: a steady-state change is one or a few
+// entries, and a plain update is the shorter path in the kernel (no batch
+// setup, no copy of the key and value arrays) and in cilium/ebpf.
+const singleMax = 4
+
+// batchUpdate writes keys[i] = vals[i] in one syscall, or one by one for
+// a few entries or where the kernel has no batch update for the map's type.
 func batchUpdate[K, V any](w *Writer, m *ebpf.Map, keys []K, vals []V) error {
 	if len(keys) == 0 {
 		return nil
 	}
-	if !w.noBatch[m] {
+	if len(keys) > singleMax && !w.noBatch[m] {
 		_, err := m.BatchUpdate(keys, vals, nil)
 		if err == nil {
 			return nil
@@ -44,9 +50,10 @@ func batchUpdate[K, V any](w *Writer, m *ebpf.Map, keys []K, vals []V) error {
 	return nil
 }
 
-// batchDelete deletes keys; absent keys are not an error.
+// batchDelete deletes keys, one by one for a few (see singleMax); absent
+// keys are not an error.
 func batchDelete[K any](w *Writer, m *ebpf.Map, keys []K) error {
-	for len(keys) > 0 && !w.noBatch[m] {
+	for len(keys) > singleMax && !w.noBatch[m] {
 		n, err := m.BatchDelete(keys, nil)
 		switch {
 		case err == nil:
