@@ -128,8 +128,10 @@ type listWatch struct {
 // the list revision + 1, calling handle for every change, in order, from the
 // calling goroutine. After every (re)list it emits EventDelete for the keys
 // that were reported before but are no longer there, and then EventListDone.
-// It relists when the watch revision was compacted, the watch failed, the
-// etcd cluster ID changed or the revision went backwards (a restored etcd);
+// It relists when the watch revision was compacted, etcd canceled the
+// watch, the etcd cluster ID changed or the revision went backwards (a
+// restored etcd); a watch whose stream broke (connection lost, no leader)
+// is resumed from the last revision seen instead;
 // keys whose value is unchanged since the handler last saw it are not
 // reported again. Values are compared, not modification revisions: an etcd
 // replaced by one whose revisions were refilled past the old ones may hold
