@@ -338,9 +338,9 @@ func (lw *listWatch) list(ctx context.Context) error {
 // from the gRPC transport's reader straight to the handler, one goroutine
 // hand-off. clientv3's Watcher would add three (its stream reader, its
 // dispatcher and the per-watch buffer behind the returned channel), each a
-// wake-up that costs latency when the machine is busy. The watch needs none
-// of what they provide: one watch per stream, no fragments, no progress
-// notifications, and resuming is ListWatch's own loop.
+// goroutine switch on the event's way. The watch needs none of what they
+// provide: one watch per stream, no fragments, no progress notifications,
+// and resuming is ListWatch's own loop.
 func (lw *listWatch) watch(ctx context.Context, retry *backoff.Backoff) error {
 	c := lw.c
 	wctx, cancel := context.WithCancelCause(clientv3.WithRequireLeader(ctx))
