@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"syscall"
 	"testing"
 
@@ -34,33 +35,105 @@ func TestBatchUnsupported(t *testing.T) {
 
 // TestBatchAfterEINVAL: a batch the kernel refuses with EINVAL (a prefix
 // length beyond 32 in an LPM trie) fails alone; the next batch of the map is
-// still written with one batch syscall.
+// still written with one batch syscall. The batches are larger than
+// singleMax (smaller ones are written entry by entry).
 func TestBatchAfterEINVAL(t *testing.T) {
 	dp, w := openTest(t)
 	m := dp.objs.CmTunnel
-	good := lpmKey(netip.MustParsePrefix("10.2.0.0/24"))
-	bad := good
-	bad.Prefixlen = 33
 	v := cmTunnelValue{NodeIp: be32(netip.MustParseAddr("172.30.0.2")), ClusterId: 2}
-	if _, err := m.BatchUpdate([]cmLpm4Key{good}, []cmTunnelValue{v}, nil); batchUnsupported(err) {
+	keys := func(third byte) []cmLpm4Key {
+		out := make([]cmLpm4Key, singleMax+1)
+		for i := range out {
+			out[i] = lpmKey(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, third, byte(i), 0}), 24))
+		}
+		return out
+	}
+	vals := make([]cmTunnelValue, singleMax+1)
+	for i := range vals {
+		vals[i] = v
+	}
+	if _, err := m.BatchUpdate(keys(1), vals, nil); batchUnsupported(err) {
 		t.Skipf("the kernel has no batch ops for LPM tries: %v", err)
 	}
-	err := batchUpdate(w, m, []cmLpm4Key{good, bad}, []cmTunnelValue{v, v})
+	bad := keys(2)
+	bad[1].Prefixlen = 33
+	err := batchUpdate(w, m, bad, vals)
 	if !errors.Is(err, unix.EINVAL) {
 		t.Fatalf("batch with an invalid key: got %v, want EINVAL", err)
 	}
 	if w.noBatch[m] {
 		t.Fatal("one EINVAL turned batching off for the map")
 	}
-	good2 := lpmKey(netip.MustParsePrefix("10.3.0.0/24"))
-	if err := batchUpdate(w, m, []cmLpm4Key{good2}, []cmTunnelValue{v}); err != nil {
+	good := keys(3)
+	if err := batchUpdate(w, m, good, vals); err != nil {
 		t.Fatal(err)
 	}
 	if w.noBatch[m] {
 		t.Error("batching off after a valid batch")
 	}
-	var got cmTunnelValue
-	if err := m.Lookup(&good2, &got); err != nil || got != v {
-		t.Errorf("lookup after the batch: %v %v", got, err)
+	for _, k := range good {
+		var got cmTunnelValue
+		if err := m.Lookup(&k, &got); err != nil || got != v {
+			t.Errorf("lookup of %v after the batch: %v %v", k, got, err)
+		}
+	}
+}
+
+// TestSmallBatches: batches of up to singleMax entries are written and
+// deleted entry by entry, larger ones with batch syscalls; both leave the
+// map as asked, absent keys are no error, and an invalid key fails the
+// call without turning batching off.
+func TestSmallBatches(t *testing.T) {
+	dp, w := openTest(t)
+	m := dp.objs.CmIpcache
+	for _, tc := range []struct {
+		name string
+		n    int
+	}{
+		{"one", singleMax},
+		{"two", singleMax + 1},
+		{"a large batch", 100},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			keys := make([]cmLpm4Key, tc.n)
+			vals := make([]cmIpcacheValue, tc.n)
+			for i := range keys {
+				keys[i] = lpmKey(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 9, byte(tc.n), byte(i)}), 32))
+				vals[i] = cmIpcacheValue{Identity: uint32(1000 + i), ClusterId: 2}
+			}
+			if err := batchUpdate(w, m, keys, vals); err != nil {
+				t.Fatal(err)
+			}
+			for i, k := range keys {
+				var got cmIpcacheValue
+				if err := m.Lookup(&k, &got); err != nil || got != vals[i] {
+					t.Fatalf("entry %d: got %v %v, want %v", i, got, err, vals[i])
+				}
+			}
+			// The first key twice: the second delete finds it absent.
+			if err := batchDelete(w, m, append(slices.Clone(keys), keys[0])); err != nil {
+				t.Fatal(err)
+			}
+			if err := batchDelete(w, m, keys); err != nil {
+				t.Fatalf("deleting absent keys: %v", err)
+			}
+			for i, k := range keys {
+				var got cmIpcacheValue
+				if err := m.Lookup(&k, &got); !errors.Is(err, ebpf.ErrKeyNotExist) {
+					t.Fatalf("entry %d after delete: %v %v, want absent", i, got, err)
+				}
+			}
+			bad := slices.Clone(keys)
+			bad[len(bad)-1].Prefixlen = 33
+			if err := batchUpdate(w, m, bad, vals); !errors.Is(err, unix.EINVAL) {
+				t.Fatalf("invalid key: got %v, want EINVAL", err)
+			}
+			if w.noBatch[m] {
+				t.Fatal("an EINVAL turned batching off for the map")
+			}
+			if err := batchDelete(w, m, keys); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }

@@ -126,6 +126,13 @@ func (cs *consumer) waitEqual(t *testing.T, want map[string]string) {
 	cs.waitFor(t, "consumer to match etcd", func(s map[string]string, _ int) bool { return maps.Equal(s, want) })
 }
 
+// lists returns how many (re)lists the consumer has seen complete.
+func (cs *consumer) lists() int {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	return cs.listDone
+}
+
 func (cs *consumer) snapshotEvents() []kvstore.Event {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()

@@ -5,10 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"sync"
+	"sync/atomic"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"k8s.io/utils/clock"
 
 	"github.com/clustermesh/clustermesh/internal/backoff"
@@ -112,15 +119,19 @@ type listWatch struct {
 	seed      maphash.Seed // of the value hashes in known
 	gen       uint32
 	clusterID uint64 // of the etcd cluster the last list came from
-	lastRev   int64  // highest revision seen
+	// lastRev is the highest revision seen; written by ListWatch's
+	// goroutine, read by the watch's cluster check.
+	lastRev atomic.Int64
 }
 
 // ListWatch lists prefix in pages of ListPageSize keys, then watches it from
 // the list revision + 1, calling handle for every change, in order, from the
 // calling goroutine. After every (re)list it emits EventDelete for the keys
 // that were reported before but are no longer there, and then EventListDone.
-// It relists when the watch revision was compacted, the watch failed, the
-// etcd cluster ID changed or the revision went backwards (a restored etcd);
+// It relists when the watch revision was compacted, etcd canceled the
+// watch, the etcd cluster ID changed or the revision went backwards (a
+// restored etcd); a watch whose stream broke (connection lost, no leader)
+// is resumed from the last revision seen instead;
 // keys whose value is unchanged since the handler last saw it are not
 // reported again. Values are compared, not modification revisions: an etcd
 // replaced by one whose revisions were refilled past the old ones may hold
@@ -142,28 +153,34 @@ func (c *Client) ListWatch(ctx context.Context, prefix string, handle func(Event
 	// fails right after every list still backs off.
 	retry := backoff.New(listWatchBackoff, clock.RealClock{})
 	var reason error // why the next list is a relist; nil before the first
+	resume := false  // the watch stream broke: watch again from the last revision
 	for {
 		var err error
-		if reason != nil && o.beforeRelist != nil {
-			if err = o.beforeRelist(ctx, reason); err != nil {
-				err = fmt.Errorf("before relist: %w", err)
+		if resume {
+			err = lw.watch(ctx, retry)
+		} else {
+			if reason != nil && o.beforeRelist != nil {
+				if err = o.beforeRelist(ctx, reason); err != nil {
+					err = fmt.Errorf("before relist: %w", err)
+				}
 			}
-		}
-		if err == nil {
-			if err = lw.list(ctx); err == nil {
-				retry.Success()
-				err = lw.watch(ctx)
+			if err == nil {
+				if err = lw.list(ctx); err == nil {
+					retry.Success()
+					err = lw.watch(ctx, retry)
+				}
 			}
 		}
 		if ctx.Err() != nil {
 			return nil
 		}
-		if lw.gen > 0 {
+		resume = lw.gen > 0 && errors.Is(err, errWatchInterrupted)
+		if lw.gen > 0 && !resume {
 			reason = err
 		}
 		c.recordErr(fmt.Errorf("list-watch %s: %w", prefix, err))
 		wait := retry.Failure()
-		c.log.Info("relisting", "prefix", prefix, "reason", err, "failures", retry.Failures(), "retry_in", wait)
+		c.log.Info("watch ended", "prefix", prefix, "reason", err, "resume", resume, "failures", retry.Failures(), "retry_in", wait)
 		if err := sleepCtx(ctx, wait); err != nil {
 			return nil
 		}
@@ -306,60 +323,123 @@ func (lw *listWatch) list(ctx context.Context) error {
 		lw.handle(Event{Kind: EventDelete, Key: k, Revision: rev})
 		delete(lw.own, k)
 	}
-	lw.gen, lw.clusterID, lw.lastRev = gen, clusterID, rev
+	lw.gen, lw.clusterID = gen, clusterID
+	lw.lastRev.Store(rev)
 	lw.handle(Event{Kind: EventListDone, Revision: rev})
 	return nil
 }
 
-// watch follows the prefix from the list revision + 1 and returns why a
-// relist is needed.
-func (lw *listWatch) watch(ctx context.Context) error {
+// watch follows the prefix from lastRev + 1 and returns why it stopped: an
+// error wrapping errWatchInterrupted when the stream broke (ListWatch then
+// resumes from the last revision seen, without a relist), else why a relist
+// is needed.
+//
+// The stream is etcd's Watch RPC, read on this goroutine: a change goes
+// from the gRPC transport's reader straight to the handler, one goroutine
+// hand-off. clientv3's Watcher would add three (its stream reader, its
+// dispatcher and the per-watch buffer behind the returned channel), each a
+// goroutine switch on the event's way. The watch needs none of what they
+// provide: one watch per stream, no fragments, no progress notifications,
+// and resuming is ListWatch's own loop.
+func (lw *listWatch) watch(ctx context.Context, retry *backoff.Backoff) error {
 	c := lw.c
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	wch := c.etcd.Watch(wctx, lw.prefix, clientv3.WithPrefix(), clientv3.WithRev(lw.lastRev+1))
-	check := time.NewTicker(c.cfg.KeepaliveInterval.D())
-	defer check.Stop()
+	wctx, cancel := context.WithCancelCause(clientv3.WithRequireLeader(ctx))
+	defer cancel(nil)
+	stream, err := pb.NewWatchClient(c.etcd.ActiveConnection()).Watch(wctx,
+		grpc.WaitForReady(true), grpc.MaxCallRecvMsgSize(maxWatchResponse))
+	if err != nil {
+		return lw.streamErr(ctx, wctx, err)
+	}
+	create := &pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: &pb.WatchCreateRequest{
+		Key: []byte(lw.prefix), RangeEnd: []byte(clientv3.GetPrefixRangeEnd(lw.prefix)), StartRevision: lw.lastRev.Load() + 1,
+	}}}
+	if err := stream.Send(create); err != nil {
+		return lw.streamErr(ctx, wctx, err)
+	}
+	// A replaced or restored etcd may keep the stream open without sending
+	// anything: checked beside the stream, which it ends with the reason.
+	// (Its requests do not require a leader, as before.)
+	cctx, stopCheck := context.WithCancel(ctx)
+	var checker sync.WaitGroup
+	defer checker.Wait()
+	defer stopCheck()
+	checker.Go(func() {
+		check := time.NewTicker(c.cfg.KeepaliveInterval.D())
+		defer check.Stop()
+		for {
+			select {
+			case <-cctx.Done():
+				return
+			case <-check.C:
+				if err := lw.checkCluster(cctx); err != nil {
+					cancel(err)
+					return
+				}
+			}
+		}
+	})
 	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-check.C:
-			if err := lw.checkCluster(ctx); err != nil {
-				return err
-			}
-		case wr, ok := <-wch:
-			if !ok {
-				return ErrWatchClosed
-			}
-			if wr.CompactRevision != 0 {
-				return fmt.Errorf("watch: %w (compacted to %d)", rpctypes.ErrCompacted, wr.CompactRevision)
-			}
-			if err := wr.Err(); err != nil {
-				return fmt.Errorf("watch: %w", err)
-			}
-			if id := wr.Header.ClusterId; id != 0 && id != lw.clusterID {
-				return fmt.Errorf("watch: %w: %x -> %x", ErrClusterIDChanged, lw.clusterID, id)
-			}
-			for _, ev := range wr.Events {
-				lw.apply(ev)
-			}
+		wr, err := stream.Recv()
+		if err != nil {
+			return lw.streamErr(ctx, wctx, err)
+		}
+		if id := wr.Header.GetClusterId(); id != 0 && id != lw.clusterID {
+			return fmt.Errorf("watch: %w: %x -> %x", ErrClusterIDChanged, lw.clusterID, id)
+		}
+		if wr.CompactRevision != 0 {
+			return fmt.Errorf("watch: %w (compacted to %d)", rpctypes.ErrCompacted, wr.CompactRevision)
+		}
+		if wr.Canceled {
+			return fmt.Errorf("watch: %w: canceled by etcd: %s", ErrWatchClosed, wr.CancelReason)
+		}
+		if wr.Created {
+			retry.Success()
+		}
+		for _, ev := range wr.Events {
+			lw.apply(ev)
 		}
 	}
 }
 
-func (lw *listWatch) apply(ev *clientv3.Event) {
+// maxWatchResponse bounds one watch response: etcd sends up to 1,000
+// revisions at once while a resumed watch catches up.
+const maxWatchResponse = 256 << 20
+
+// errWatchInterrupted: the watch stream broke (connection lost, no leader);
+// ListWatch resumes watching from the last revision seen.
+var errWatchInterrupted = errors.New("watch interrupted")
+
+// streamErr is why the watch stream of wctx (under ctx) ended with err: the
+// checker's reason, ctx's end, an interruption to resume from, or an error
+// etcd answered that calls for a relist.
+func (lw *listWatch) streamErr(ctx, wctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if cause := context.Cause(wctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	switch status.Code(err) {
+	case codes.Unavailable, codes.Internal:
+		return fmt.Errorf("watch: %w: %w", errWatchInterrupted, err)
+	}
+	return fmt.Errorf("watch: %w", err)
+}
+
+func (lw *listWatch) apply(ev *mvccpb.Event) {
 	k := string(ev.Kv.Key)
 	rev := ev.Kv.ModRevision
-	lw.lastRev = max(lw.lastRev, rev)
+	if rev > lw.lastRev.Load() {
+		lw.lastRev.Store(rev)
+	}
 	switch ev.Type {
-	case clientv3.EventTypePut:
+	case mvccpb.PUT:
 		st := KeyState{Sum: maphash.Bytes(lw.seed, ev.Kv.Value), Gen: lw.gen}
 		if lw.own != nil {
 			lw.own[k] = st
 		}
 		lw.upsert(Event{Kind: EventUpsert, Key: k, Value: ev.Kv.Value, Revision: rev, State: st})
-	case clientv3.EventTypeDelete:
+	case mvccpb.DELETE:
 		if _, ok := lw.known.State(k); ok {
 			lw.handle(Event{Kind: EventDelete, Key: k, Revision: rev})
 			delete(lw.own, k)
@@ -383,6 +463,9 @@ func (lw *listWatch) checkCluster(ctx context.Context) error {
 	c := lw.c
 	cctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout.D())
 	defer cancel()
+	// Read before the request: the watch goes on meanwhile, and what it
+	// sees later may be newer than the answer.
+	seen := lw.lastRev.Load()
 	resp, err := c.etcd.Get(cctx, lw.prefix, clientv3.WithCountOnly())
 	if err != nil {
 		// Unreachable: the watch resumes by itself once etcd is back.
@@ -392,8 +475,8 @@ func (lw *listWatch) checkCluster(ctx context.Context) error {
 	if resp.Header.ClusterId != lw.clusterID {
 		return fmt.Errorf("%w: %x -> %x", ErrClusterIDChanged, lw.clusterID, resp.Header.ClusterId)
 	}
-	if resp.Header.Revision < lw.lastRev {
-		return fmt.Errorf("%w: %d < %d", ErrRevisionRewound, resp.Header.Revision, lw.lastRev)
+	if resp.Header.Revision < seen {
+		return fmt.Errorf("%w: %d < %d", ErrRevisionRewound, resp.Header.Revision, seen)
 	}
 	return nil
 }

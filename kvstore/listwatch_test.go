@@ -126,6 +126,10 @@ func TestListWatchResync(t *testing.T) {
 			cs.waitEqual(t, want)
 			if tc.wantRelist {
 				cs.waitFor(t, "relist", func(_ map[string]string, n int) bool { return n >= 2 })
+			} else if n := cs.lists(); n != 1 {
+				// The watch resumed from its revision: the changes came
+				// as events, no second listing was needed.
+				t.Errorf("%d lists, want 1 (the watch resumed)", n)
 			}
 			checkDeletes(t, cs.snapshotEvents(), want)
 		})

@@ -1,0 +1,90 @@
+package dpsync
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"k8s.io/utils/clock"
+
+	"github.com/clustermesh/clustermesh/bpf"
+	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/netnstest"
+	"github.com/clustermesh/clustermesh/internal/testenv"
+)
+
+// signalWriter passes batches to a datapath.Writer and says on applied when
+// one has been applied.
+type signalWriter struct {
+	datapath.Writer
+	applied chan struct{} // buffered(1)
+}
+
+func (w *signalWriter) Apply(ctx context.Context, b datapath.Batch) error {
+	err := w.Writer.Apply(ctx, b)
+	select {
+	case w.applied <- struct{}{}:
+	default:
+	}
+	return err
+}
+
+// BenchmarkSteadyIPCacheChange is the agent's own part of a steady-state
+// remote ipcache change on the eBPF datapath (pinned maps, as root): one
+// claim handed in as the remote-cluster observer does, and the batch of one
+// entry built and written. "flush": on the calling goroutine (the CPU and
+// allocations of dpsync and the eBPF writer); "run": through the reconciler's
+// worker (Run), timed until the write returned (the goroutine hand-off
+// included); p50 and p99 of that are reported.
+func BenchmarkSteadyIPCacheChange(b *testing.B) {
+	testenv.RequireRoot(b)
+	dp, err := bpf.Open(bpf.Config{PinDir: "/run/clustermesh-test/bench-dpsync-" + netnstest.RandomID(), CTEntries: 16384}, discard)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		if err := dp.Uninstall(); err != nil {
+			b.Error(err)
+		}
+	})
+	bw, err := bpf.NewWriter(dp, discard)
+	if err != nil {
+		b.Fatal(err)
+	}
+	entry := func(i int) datapath.IPCacheEntry {
+		ip := netip.AddrFrom4([4]byte{10, 2, byte(i >> 8), byte(i)})
+		return datapath.IPCacheEntry{Prefix: netip.PrefixFrom(ip, 32), Identity: 2<<16 | 256 + uint32(i%1000),
+			TunnelEndpoint: netip.AddrFrom4([4]byte{192, 168, byte(i >> 8), byte(i)}), ClusterID: 2}
+	}
+	ctx := context.Background()
+	b.Run("flush", func(b *testing.B) {
+		r := New(Config{ClusterID: 1}, bw, discard, clock.RealClock{})
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			r.UpsertIPCache(entry(i % 4096))
+			if err := r.Flush(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("run", func(b *testing.B) {
+		w := &signalWriter{Writer: bw, applied: make(chan struct{}, 1)}
+		r := New(Config{ClusterID: 1}, w, discard, clock.RealClock{})
+		rctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- r.Run(rctx) }()
+		defer func() { cancel(); <-done }()
+		lat := make([]time.Duration, 0, 4096)
+		for i := 0; b.Loop(); i++ {
+			start := time.Now()
+			r.UpsertIPCache(entry(i % 4096))
+			<-w.applied
+			lat = append(lat, time.Since(start))
+		}
+		slices.Sort(lat)
+		b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), "p50-ns")
+		b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds()), "p99-ns")
+	})
+}
