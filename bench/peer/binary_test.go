@@ -18,8 +18,9 @@ import (
 )
 
 // pollEvery is how often the binary's cold sync is polled: its status API
-// until the remote is ready with all its entries, then a count of the
-// pinned maps (bpf.CountPinned) until they hold every entry.
+// until the remote is ready with all its entries and programmed (the
+// agent's programmed_at). A count of the pinned maps (bpf.CountPinned)
+// then checks, untimed, that they hold every entry.
 const pollEvery = 10 * time.Millisecond
 
 // statusCostCalls is how many back-to-back status calls measure one call's
@@ -52,17 +53,20 @@ func setupBinary(b *testing.B, useBPF bool) (binary, string) {
 type binaryRun struct {
 	load string
 	// Since the config file of the full remote was written: the status
-	// shows it ready with all its entries; then the pinned maps hold
-	// every tunnel and ipcache entry (the end of the count that saw them
-	// all); then the reconciler returned the sync's memory to the OS.
+	// shows it ready with all its entries; programmed is the remote's
+	// programmed_at (the agent's clock, this machine's: the return of the
+	// datapath flush that holds the remote's full state); then the
+	// reconciler returned the sync's memory to the OS.
 	ready, programmed, trimmed time.Duration
-	counts                     int           // pinned-map counts made
-	lastCount                  time.Duration // wall time of the last count (the granularity of programmed)
-	statusPolls                int
-	benchCPU                   time.Duration // this process's CPU over the polling (status calls and counts)
-	rss0, heap0                int64         // baseline: connected to the empty remote, synced, trimmed
-	rss, heap                  int64         // growth over the baseline after the full sync and its trim
-	cpu, etcdCPU               time.Duration // CPU of the agent and of etcd, config write → programmed
+	// The agent's own sync_duration of the remote (its session's start →
+	// programmed_at).
+	agentSync    time.Duration
+	check        time.Duration // wall time of the untimed pinned-map count
+	statusPolls  int
+	benchCPU     time.Duration // this process's CPU over the polling (status calls)
+	rss0, heap0  int64         // baseline: connected to the empty remote, synced, trimmed
+	rss, heap    int64         // growth over the baseline after the full sync and its trim
+	cpu, etcdCPU time.Duration // CPU of the agent and of etcd, config write → programmed
 	// CPU of one status call on an idle agent, in the agent and here
 	// (round 1 only).
 	statusAgentCPU, statusBenchCPU time.Duration
@@ -133,18 +137,23 @@ func runBinary(b *testing.B, bin binary, fullURL, emptyURL string, etcdPID int, 
 		return ok
 	})
 	r.ready = time.Since(start)
-	pollUntil(b, 5*time.Minute, pollEvery, "binary: pinned maps complete", func() bool {
-		t0 := time.Now()
-		c, err := bpf.CountPinned(p.PinDir)
-		if err != nil {
-			b.Fatal(err)
-		}
-		r.counts++
-		r.lastCount = time.Since(t0)
-		return c.Tunnels >= full.Nodes && c.IPCache >= full.IPs
+	var at *agentv1.RemoteCluster
+	pollUntil(b, 5*time.Minute, pollEvery, "binary: remote programmed", func() bool {
+		r.statusPolls++
+		at = agentproc.Remote(status(), full.Cluster)
+		return at.GetProgrammedAt() != nil
 	})
-	r.programmed = time.Since(start)
 	r.cpu, r.etcdCPU, r.benchCPU = p.CPU(b)-cpu0, procmem.CPU(etcdPID)-etcd0, procmem.CPU(0)-bench0
+	r.programmed, r.agentSync = at.GetProgrammedAt().AsTime().Sub(start), at.GetSyncDuration().AsDuration()
+	t0 := time.Now()
+	c, err := bpf.CountPinned(p.PinDir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	r.check = time.Since(t0)
+	if c.Tunnels < full.Nodes || c.IPCache < full.IPs {
+		b.Fatalf("binary: programmed, but the pinned maps hold %d tunnels and %d ipcache entries of the %d and %d", c.Tunnels, c.IPCache, full.Nodes, full.IPs)
+	}
 	pollUntil(b, time.Minute, pollEvery, "binary: memory returned after the sync", func() bool {
 		return status().GetDatapathTrims() > trims0
 	})

@@ -114,10 +114,10 @@ func BenchmarkVsCilium(b *testing.B) {
 			ciliumSide()
 		}
 		if binWhy == "" {
-			b.Logf("round %d, load %s | agent binary (ebpf): status synced %v, programmed %v (pinned maps counted complete; %d counts, the last %v), trimmed %v; RSS %.0f B/entry, heap %.0f B/entry over the baseline (RSS %d MB, heap %d MB)",
-				r+1, br.load, br.ready.Round(time.Millisecond), br.programmed.Round(time.Millisecond), br.counts, br.lastCount.Round(time.Millisecond),
+			b.Logf("round %d, load %s | agent binary (ebpf): status synced %v, programmed %v (the agent's programmed_at; its own sync_duration %v; pinned maps counted complete afterwards in %v), trimmed %v; RSS %.0f B/entry, heap %.0f B/entry over the baseline (RSS %d MB, heap %d MB)",
+				r+1, br.load, br.ready.Round(time.Millisecond), br.programmed.Round(time.Millisecond), br.agentSync.Round(time.Millisecond), br.check.Round(time.Millisecond),
 				br.trimmed.Round(time.Millisecond), float64(br.rss)/n, float64(br.heap)/n, br.rss0>>20, br.heap0>>20)
-			b.Logf("round %d | agent binary: CPU config write → programmed %v, etcd's %v; polling: %d status calls every %v then the counts, this process's CPU %v",
+			b.Logf("round %d | agent binary: CPU config write → programmed seen %v, etcd's %v; polling: %d status calls every %v, this process's CPU %v",
 				r+1, br.cpu, br.etcdCPU, br.statusPolls, pollEvery, br.benchCPU)
 			if r == 0 {
 				b.Logf("round 1 | one status call on the idle agent: %v of the agent's CPU, %v of this process's (%d calls)", br.statusAgentCPU, br.statusBenchCPU, statusCostCalls)

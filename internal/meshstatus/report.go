@@ -49,6 +49,11 @@ type Remote struct {
 	Cached bool `json:"cached,omitempty"`
 	// LastChange is when Connected or Ready last changed.
 	LastChange time.Time `json:"lastChange,omitzero"`
+	// ProgrammedAt is when the agent's datapath flush holding the current
+	// session's full state of the remote returned; SyncSeconds is the
+	// time from the session's start to then. Zero until programmed.
+	ProgrammedAt time.Time `json:"programmedAt,omitzero"`
+	SyncSeconds  float64   `json:"syncSeconds,omitempty"`
 	// Refused counts, by reason, the remote's tunnel and ipcache claims
 	// that the agent's trust rules keep out of the datapath.
 	Refused map[string]int `json:"refused,omitempty"`

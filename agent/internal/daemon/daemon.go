@@ -183,7 +183,6 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Info("restored datapath state", "tunnels", len(st.Tunnels), "ipcache", len(st.IPCache), "services", len(st.Services), "endpoints", len(st.Endpoints))
 	}
 	merger := servicemerge.New(cfg.Merge, rec)
-	rec.Pull(merger) // the reconciler's worker flushes the merger: no worker of its own
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -204,6 +203,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("policy datapath: %w", err)
 	}
+	// The reconciler's worker flushes the merger and the node trust: no
+	// worker of their own.
+	rec.Pull(trustFlush{Upstream: merger, trust: pol.trust, log: log.With("component", "nodetrust")})
 	// One resolver for every etcd the agent dials: Service names of the
 	// form <name>.<namespace>.svc resolve through the apiserver, since a
 	// host-network agent may have no cluster DNS.
@@ -242,7 +244,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	rcfg.ClusterName, rcfg.ClusterID, rcfg.MaxConnectedClusters, rcfg.StateDir = cfg.ClusterName, cfg.ClusterID, cfg.MaxConnectedClusters, cfg.StateDir
 	rcfg.LocalPodCIDRs, rcfg.Dial = local.PodCIDRs, dial
 	rcfg.Identities = pol.watch
-	mgr = remotecluster.New(rcfg, newTrustTee(rec, pol.trust, log.With("component", "nodetrust")), merger, log.With("component", "remotecluster"), clk)
+	mgr = remotecluster.New(rcfg, newTrustTee(rec, pol.trust), merger, log.With("component", "remotecluster"), clk)
 	pol.policiesSynced = mgr.PoliciesSynced
 	reg.MustRegister(mgr.Collector())
 

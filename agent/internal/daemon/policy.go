@@ -186,34 +186,31 @@ func refusalEvent(kube kubernetes.Interface, node string, log *slog.Logger) poli
 // the reconciler and tells the node trust which underlay addresses the
 // remotes' tunnel routes and ipcache entries name. What an entry named
 // before a change is the reconciler's claim (one copy per entry: the tee
-// keeps none).
+// keeps none). The node trust only counts; the reconciler's worker writes
+// it before every batch (trustFlush).
 type trustTee struct {
 	*dpsync.Reconciler
 	trust *policysync.NodeTrust
-	log   *slog.Logger
 
 	mu sync.Mutex // orders each claim's look-up and change, so every change refs and unrefs once
 }
 
 var _ remotecluster.DatapathSink = (*trustTee)(nil)
 
-func newTrustTee(r *dpsync.Reconciler, t *policysync.NodeTrust, log *slog.Logger) *trustTee {
-	return &trustTee{Reconciler: r, trust: t, log: log}
+func newTrustTee(r *dpsync.Reconciler, t *policysync.NodeTrust) *trustTee {
+	return &trustTee{Reconciler: r, trust: t}
 }
 
 // ref counts node (named now, invalid: none) for cluster in place of old
-// (named before, when had).
+// (named before, when had). The tee refs before it hands the change to the
+// reconciler, whose kick then brings the worker's next trustFlush.
 func (t *trustTee) ref(cluster uint32, old netip.Addr, had bool, node netip.Addr) {
 	if had && old == node {
 		return
 	}
-	if err := t.trust.Ref(node, cluster, 1); err != nil {
-		t.log.Error("trusting node", "node", node, "error", err)
-	}
+	t.trust.Ref(node, cluster, 1)
 	if had {
-		if err := t.trust.Ref(old, cluster, -1); err != nil {
-			t.log.Error("untrusting node", "node", old, "error", err)
-		}
+		t.trust.Ref(old, cluster, -1)
 	}
 }
 
@@ -231,8 +228,8 @@ func (t *trustTee) DeleteTunnel(p netip.Prefix, id uint32) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	prev, had := t.Reconciler.TunnelClaim(p, id)
-	t.Reconciler.DeleteTunnel(p, id)
 	t.ref(id, prev.NodeIP, had, netip.Addr{})
+	t.Reconciler.DeleteTunnel(p, id)
 }
 
 // UpsertIPCache implements remotecluster.DatapathSink.
@@ -249,8 +246,24 @@ func (t *trustTee) DeleteIPCache(p netip.Prefix, id uint32) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	prev, had := t.Reconciler.IPCacheClaim(p, id)
-	t.Reconciler.DeleteIPCache(p, id)
 	t.ref(id, prev.TunnelEndpoint, had, netip.Addr{})
+	t.Reconciler.DeleteIPCache(p, id)
+}
+
+// trustFlush is the reconciler's upstream: the service merger, and then the
+// node trust, written in one batch of the nodes whose trust changed.
+type trustFlush struct {
+	dpsync.Upstream
+	trust *policysync.NodeTrust
+	log   *slog.Logger
+}
+
+// Flush implements dpsync.Upstream.
+func (f trustFlush) Flush() {
+	f.Upstream.Flush()
+	if err := f.trust.Flush(); err != nil {
+		f.log.Error("writing trusted nodes", "error", err)
+	}
 }
 
 // identity takes an own-cluster identity (labels nil: deleted).

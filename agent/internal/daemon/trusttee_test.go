@@ -1,15 +1,21 @@
 package daemon
 
 import (
+	"context"
+	"fmt"
 	"net/netip"
+	"sync"
 	"testing"
+	"time"
 
 	"k8s.io/utils/clock"
 
 	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
 	"github.com/clustermesh/clustermesh/agent/internal/policysync"
+	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
+	"github.com/clustermesh/clustermesh/internal/testwait"
 	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
 )
 
@@ -32,8 +38,8 @@ func TestTrustTee(t *testing.T) {
 	a, b, c := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("192.0.2.3")
 	pod, cidr := netip.MustParsePrefix("10.2.0.5/32"), netip.MustParsePrefix("10.2.0.0/24")
 	tr := trusted{}
-	tee := newTrustTee(dpsync.New(dpsync.Config{ClusterID: 1}, memory.New(), etcdserver.TestLogger(), clock.RealClock{}),
-		policysync.NewNodeTrust(tr, 255), etcdserver.TestLogger())
+	trust := policysync.NewNodeTrust(tr, 255)
+	tee := newTrustTee(dpsync.New(dpsync.Config{ClusterID: 1}, memory.New(), etcdserver.TestLogger(), clock.RealClock{}), trust)
 	for _, step := range []struct {
 		name string
 		do   func()
@@ -54,6 +60,9 @@ func TestTrustTee(t *testing.T) {
 		{"the entry goes", func() { tee.DeleteIPCache(pod, 2) }, trusted{}},
 	} {
 		step.do()
+		if err := trust.Flush(); err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
 		if len(tr) != len(step.want) {
 			t.Fatalf("%s: trusted %v, want %v", step.name, tr, step.want)
 		}
@@ -63,4 +72,53 @@ func TestTrustTee(t *testing.T) {
 			}
 		}
 	}
+}
+
+// lockedTrusted is trusted, written by the reconciler's worker.
+type lockedTrusted struct {
+	mu sync.Mutex
+	t  trusted
+}
+
+func (l *lockedTrusted) Apply(b datapath.PolicyBatch) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.t.Apply(b)
+}
+
+func (l *lockedTrusted) get(ip netip.Addr) (uint32, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c, ok := l.t[ip]
+	return c, ok
+}
+
+// The reconciler's worker writes the node trust (trustFlush): a node is
+// trusted once its entries are handed in, and untrusted once they go.
+func TestTrustFlushByReconciler(t *testing.T) {
+	a := netip.MustParseAddr("192.0.2.1")
+	tr := &lockedTrusted{t: trusted{}}
+	trust := policysync.NewNodeTrust(tr, 255)
+	rec := dpsync.New(dpsync.Config{ClusterID: 1}, memory.New(), etcdserver.TestLogger(), clock.RealClock{})
+	rec.Pull(trustFlush{Upstream: servicemerge.New(servicemerge.Config{}, rec), trust: trust, log: etcdserver.TestLogger()})
+	tee := newTrustTee(rec, trust)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- rec.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	for i := range 20 {
+		tee.UpsertIPCache(datapath.IPCacheEntry{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 2, 0, byte(i)}), 32), Identity: 2<<16 | 256, TunnelEndpoint: a, ClusterID: 2})
+	}
+	testwait.Until(t, 10*time.Second, "node trusted", func() (bool, string) {
+		c, ok := tr.get(a)
+		return ok && c == 2, fmt.Sprintf("trusted for %d (%v)", c, ok)
+	})
+	for i := range 20 {
+		tee.DeleteIPCache(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 2, 0, byte(i)}), 32), 2)
+	}
+	testwait.Until(t, 10*time.Second, "node untrusted", func() (bool, string) {
+		c, ok := tr.get(a)
+		return !ok, fmt.Sprintf("trusted for %d (%v)", c, ok)
+	})
 }

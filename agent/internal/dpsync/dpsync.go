@@ -68,6 +68,9 @@ type Reconciler struct {
 	ipcacheCIDRs map[netip.Prefix]struct{} // guarded by mu: claimed ipcache keys that are not host prefixes
 	cidrs        map[netip.Prefix]uint32   // guarded by mu: prefixes of CIDR identities (UpsertCIDR)
 
+	built   uint64        // guarded by mu: the batches built (empty ones too)
+	waiters []flushWaiter // guarded by mu: AfterFlush callbacks not yet called
+
 	kick chan struct{} // buffered(1): something is dirty
 	up   Upstream      // flushed by Run before every batch; set before Run
 }
@@ -420,26 +423,70 @@ func (r *Reconciler) dirtyLocked() bool {
 	return len(r.tunnels.dirty)+len(r.ipcache.dirty)+len(r.dirtySvc)+len(r.dirtyBe)+len(r.dirtyEp) > 0
 }
 
+// flushWaiter is an AfterFlush callback, called once batch gen is applied.
+type flushWaiter struct {
+	gen uint64
+	fn  func(at time.Time)
+}
+
+// AfterFlush calls fn (on Run's goroutine: it must not block) with the time
+// the first flush that contains everything handed in before AfterFlush
+// returned: a source that has delivered its full state learns when the
+// datapath holds it.
+func (r *Reconciler) AfterFlush(fn func(at time.Time)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.waiters = append(r.waiters, flushWaiter{gen: r.built + 1, fn: fn})
+	r.kickLocked()
+}
+
 // Flush applies everything dirty now, as one batch. On error the batch's keys
 // stay dirty.
 func (r *Reconciler) Flush(ctx context.Context) error {
 	r.mu.Lock()
 	b := r.buildLocked()
+	r.built++
+	gen := r.built
 	r.mu.Unlock()
 	if b.Empty() {
+		r.flushed(gen)
 		return nil
 	}
 	err := r.w.Apply(ctx, b)
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	r.stats.Batches++
 	if err != nil {
 		r.stats.Failures++
 		r.stats.LastError = err.Error()
 		r.redirtyLocked(&b)
+		r.mu.Unlock()
 		return err
 	}
+	r.mu.Unlock()
+	r.flushed(gen)
 	return nil
+}
+
+// flushed calls the AfterFlush callbacks that batch gen completes.
+func (r *Reconciler) flushed(gen uint64) {
+	r.mu.Lock()
+	if len(r.waiters) == 0 {
+		r.mu.Unlock()
+		return
+	}
+	at := r.clock.Now()
+	var done []flushWaiter
+	r.waiters = slices.DeleteFunc(r.waiters, func(w flushWaiter) bool {
+		if w.gen <= gen {
+			done = append(done, w)
+			return true
+		}
+		return false
+	})
+	r.mu.Unlock()
+	for _, w := range done {
+		w.fn(at)
+	}
 }
 
 // Stats returns the reconciler's counters.

@@ -26,7 +26,8 @@ type Engine struct {
 	policies map[string]*compiled
 	sels     map[string]*selEntry // selector cache, by canonical selector
 	resolved map[ID]EndpointPolicy
-	ports    map[ID]*portTally // named ports of each identity's endpoints
+	ports    map[ID]*portTally // named ports of the endpoints of each identity with named ports
+	portless map[ID]int        // each identity's endpoints without named ports
 }
 
 // selEntry is one cached selector and the identities it selects.
@@ -67,6 +68,7 @@ func New(cfg Config) *Engine {
 		sels:     map[string]*selEntry{},
 		resolved: map[ID]EndpointPolicy{},
 		ports:    map[ID]*portTally{},
+		portless: map[ID]int{},
 	}
 }
 

@@ -24,15 +24,16 @@ type EndpointPorts struct {
 	Ports []NamedPort
 }
 
-// portTally counts, for one identity, its endpoints and the named ports
-// they declare. A name resolves for the identity only when every endpoint
-// of it declares the name with the same port and protocol: policy keys are
-// per identity, so a name that means different ports on different
-// endpoints (or is missing on some) cannot be enforced exactly and
-// resolves to nothing (narrower, reported by NamedPortConflicts), never to
-// the union (wider).
+// portTally counts, for one identity with named ports, its endpoints that
+// declare named ports and the names they declare; its endpoints without
+// named ports are Engine.portless. A name resolves for the identity only
+// when every endpoint of it declares the name with the same port and
+// protocol: policy keys are per identity, so a name that means different
+// ports on different endpoints (or is missing on some) cannot be enforced
+// exactly and resolves to nothing (narrower, reported by
+// NamedPortConflicts), never to the union (wider).
 type portTally struct {
-	endpoints int
+	endpoints int // with named ports
 	names     map[string]map[PortProto]int
 	resolved  map[string]PortProto // the names every endpoint agrees on
 }
@@ -55,14 +56,16 @@ func (t *portTally) add(ports []NamedPort, n int) {
 	}
 }
 
-func (t *portTally) resolve() map[string]PortProto {
+// resolve returns the names all endpoints (with and without named ports)
+// agree on.
+func (t *portTally) resolve(endpoints int) map[string]PortProto {
 	out := map[string]PortProto{}
 	for name, m := range t.names {
 		if len(m) != 1 {
 			continue
 		}
 		for pp, n := range m {
-			if n == t.endpoints {
+			if n == endpoints {
 				out[name] = pp
 			}
 		}
@@ -73,11 +76,12 @@ func (t *portTally) resolve() map[string]PortProto {
 // UpdateEndpointPorts records that an endpoint's ipcache entry changed
 // from old to cur (either may be the zero value: added or removed). When
 // the names an identity resolves change, the endpoints whose policy uses
-// named ports of it are recomputed.
+// named ports of it are recomputed. An endpoint without named ports of an
+// identity none of whose endpoints names ports is one count.
 func (e *Engine) UpdateEndpointPorts(old, cur EndpointPorts) Diff {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	changed := map[ID]struct{}{}
+	var changed map[ID]struct{}
 	for _, u := range []struct {
 		ep EndpointPorts
 		n  int
@@ -86,17 +90,31 @@ func (e *Engine) UpdateEndpointPorts(old, cur EndpointPorts) Diff {
 			continue
 		}
 		t := e.ports[u.ep.ID]
-		if t == nil {
-			t = &portTally{names: map[string]map[PortProto]int{}}
-			e.ports[u.ep.ID] = t
+		if len(u.ep.Ports) == 0 {
+			if e.portless[u.ep.ID] += u.n; e.portless[u.ep.ID] <= 0 {
+				delete(e.portless, u.ep.ID)
+			}
+			if t == nil {
+				continue
+			}
+		} else {
+			if t == nil {
+				t = &portTally{names: map[string]map[PortProto]int{}}
+				e.ports[u.ep.ID] = t
+			}
+			t.add(u.ep.Ports, u.n)
 		}
-		t.add(u.ep.Ports, u.n)
-		if r := t.resolve(); !maps.Equal(r, t.resolved) {
-			t.resolved = r
-			changed[u.ep.ID] = struct{}{}
-		}
+		r := t.resolve(t.endpoints + e.portless[u.ep.ID])
 		if t.endpoints <= 0 {
 			delete(e.ports, u.ep.ID)
+			r = nil
+		}
+		if !maps.Equal(r, t.resolved) {
+			t.resolved = r
+			if changed == nil {
+				changed = map[ID]struct{}{}
+			}
+			changed[u.ep.ID] = struct{}{}
 		}
 	}
 	if len(changed) == 0 {
@@ -143,7 +161,7 @@ func (e *Engine) NamedPortConflicts() map[ID][]string {
 			}
 			var parts []string
 			for _, pp := range slices.SortedFunc(maps.Keys(t.names[name]), comparePortProto) {
-				parts = append(parts, fmt.Sprintf("%d/%s on %d of %d endpoints", pp.Port, pp.Proto, t.names[name][pp], t.endpoints))
+				parts = append(parts, fmt.Sprintf("%d/%s on %d of %d endpoints", pp.Port, pp.Proto, t.names[name][pp], t.endpoints+e.portless[id]))
 			}
 			out[id] = append(out[id], name+": "+strings.Join(parts, ", "))
 		}

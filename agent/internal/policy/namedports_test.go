@@ -107,15 +107,20 @@ func TestNamedPortUpdates(t *testing.T) {
 	}
 	a := EndpointPorts{ID: web1, Ports: http(8080)}
 	b := EndpointPorts{ID: web1, Ports: http(8081)}
+	bare := EndpointPorts{ID: web1}
 	steps := []struct {
 		name     string
 		old, cur EndpointPorts
 		want     bool
 	}{
-		{name: "first endpoint", cur: a, want: true},
+		{name: "an endpoint without named ports", cur: bare, want: false},
+		{name: "first endpoint naming the port: the bare one disagrees", cur: a, want: false},
+		{name: "the bare endpoint leaves", old: bare, want: true},
 		{name: "second endpoint agrees", cur: a, want: true},
 		{name: "second endpoint changes its port", old: a, cur: b, want: false},
 		{name: "the disagreeing endpoint leaves", old: b, want: true},
+		{name: "the endpoint drops its ports", old: a, cur: bare, want: false},
+		{name: "and names them again", old: bare, cur: a, want: true},
 		{name: "the endpoint moves to another identity", old: a, cur: EndpointPorts{ID: client1, Ports: http(8080)}, want: false},
 	}
 	for _, s := range steps {

@@ -1,6 +1,7 @@
 package policysync
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -193,12 +194,19 @@ func TestSyncerFollowsEngine(t *testing.T) {
 	})
 }
 
-// nodeRecorder records trusted nodes as the datapath holds them.
+// nodeRecorder records trusted nodes as the datapath holds them, and the
+// batches; with fail set, Apply fails.
 type nodeRecorder struct {
-	nodes map[netip.Addr]datapath.TrustedNode
+	nodes   map[netip.Addr]datapath.TrustedNode
+	batches int
+	fail    bool
 }
 
 func (r *nodeRecorder) Apply(b datapath.PolicyBatch) error {
+	if r.fail {
+		return errors.New("map full")
+	}
+	r.batches++
 	for _, n := range b.UpsertNodes {
 		r.nodes[n.IP] = n
 	}
@@ -221,17 +229,70 @@ func TestNodeTrust(t *testing.T) {
 		{"named by a tunnel of c2", 2, 1, &datapath.TrustedNode{IP: a, ClusterID: 2, IdentityLo: 2 << 16, IdentityHi: 3 << 16}},
 		{"and an ipcache entry", 2, 1, &datapath.TrustedNode{IP: a, ClusterID: 2, IdentityLo: 2 << 16, IdentityHi: 3 << 16}},
 		{"claimed by c3 too: trusted by neither", 3, 1, nil},
+		{"c2 lets go of one", 2, -1, nil},
+		{"c2 lets go of the other: c3 alone", 2, -1, &datapath.TrustedNode{IP: a, ClusterID: 3, IdentityLo: 3 << 16, IdentityHi: 4 << 16}},
+		{"c2 again: neither", 2, 1, nil},
 		{"c3 lets go", 3, -1, &datapath.TrustedNode{IP: a, ClusterID: 2, IdentityLo: 2 << 16, IdentityHi: 3 << 16}},
-		{"one reference left", 2, -1, &datapath.TrustedNode{IP: a, ClusterID: 2, IdentityLo: 2 << 16, IdentityHi: 3 << 16}},
 		{"none left", 2, -1, nil},
 	}
 	for _, st := range steps {
-		if err := n.Ref(a, st.cluster, st.delta); err != nil {
+		n.Ref(a, st.cluster, st.delta)
+		if err := n.Flush(); err != nil {
 			t.Fatal(err)
 		}
 		got, ok := rec.nodes[a]
 		if (st.want == nil) == ok || (ok && got != *st.want) {
 			t.Errorf("%s: programmed %+v (%v), want %+v", st.name, got, ok, st.want)
 		}
+	}
+	if len(n.nodes) != 0 {
+		t.Errorf("kept %d nodes with no references", len(n.nodes))
+	}
+}
+
+// Ref only counts: one Flush writes every changed node in one batch, none
+// when nothing changed, and after a failed write the next Flush writes.
+func TestNodeTrustFlushBatches(t *testing.T) {
+	rec := &nodeRecorder{nodes: map[netip.Addr]datapath.TrustedNode{}}
+	n := NewNodeTrust(rec, 255)
+	ips := []netip.Addr{netip.MustParseAddr("192.168.2.1"), netip.MustParseAddr("192.168.2.2"), netip.MustParseAddr("fd00::3")}
+	for _, ip := range ips {
+		for range 10 { // ten ipcache entries per node
+			n.Ref(ip, 2, 1)
+		}
+	}
+	if len(rec.nodes) != 0 {
+		t.Fatalf("written before Flush: %v", rec.nodes)
+	}
+	if err := n.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if rec.batches != 1 || len(rec.nodes) != len(ips) {
+		t.Fatalf("after Flush: %d batches, %d nodes; want 1 batch, %d nodes", rec.batches, len(rec.nodes), len(ips))
+	}
+	n.Ref(ips[0], 2, 1)
+	n.Ref(ips[0], 2, -1)
+	if err := n.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if rec.batches != 1 {
+		t.Errorf("a change that leaves the owner wrote %d more batches", rec.batches-1)
+	}
+	for range 10 {
+		n.Ref(ips[1], 2, -1)
+	}
+	rec.fail = true
+	if err := n.Flush(); err == nil {
+		t.Fatal("Flush with a failing writer returned no error")
+	}
+	rec.fail = false
+	if err := n.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := rec.nodes[ips[1]]; ok || len(rec.nodes) != 2 {
+		t.Errorf("after the retry: %v, want %v untrusted", rec.nodes, ips[1])
+	}
+	if got := n.Trusted(); len(got) != 2 || got[ips[0]] != 2 || got[ips[2]] != 2 {
+		t.Errorf("Trusted() = %v", got)
 	}
 }

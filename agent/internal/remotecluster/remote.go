@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/remoteconn"
@@ -31,6 +32,17 @@ type remote struct {
 
 	mu     sync.Mutex
 	stores [numKinds]kindStore // guarded by mu (the slots; the stores are safe)
+	// session counts the sessions; connectedAt, programmedAt and syncTook
+	// are the current one's (see Status.ProgrammedAt).
+	session      uint64    // guarded by mu
+	connectedAt  time.Time // guarded by mu
+	programmedAt time.Time // guarded by mu
+}
+
+// afterFlusher is the datapath sink's report of the flush that holds what
+// was handed in (dpsync.Reconciler).
+type afterFlusher interface {
+	AfterFlush(fn func(at time.Time))
 }
 
 func newRemote(m *Manager, name string, log *slog.Logger) *remote {
@@ -42,6 +54,10 @@ func newRemote(m *Manager, name string, log *slog.Logger) *remote {
 func (r *remote) Connected(s remoteconn.Session) ([]remoteconn.Reader, error) {
 	r.m.hold.Reserved(r.name, s.Remote.ID)
 	r.rem = s.Remote
+	r.mu.Lock()
+	r.session++
+	r.connectedAt, r.programmedAt = r.m.clock.Now(), time.Time{}
+	r.mu.Unlock()
 	readers := make([]remoteconn.Reader, 0, numKinds)
 	for k := range numKinds {
 		st := r.kindStore(k, s)
@@ -56,8 +72,25 @@ func (r *remote) Connected(s remoteconn.Session) ([]remoteconn.Reader, error) {
 	return readers, nil
 }
 
-// Synced tells the restore hold that every kind delivered its full state.
-func (r *remote) Synced(s remoteconn.Session) { r.m.hold.Synced(s.Remote.ID) }
+// Synced tells the restore hold that every kind delivered its full state,
+// and asks the datapath sink when the flush that holds it returns.
+func (r *remote) Synced(s remoteconn.Session) {
+	r.m.hold.Synced(s.Remote.ID)
+	af, ok := r.m.dp.(afterFlusher)
+	if !ok {
+		return
+	}
+	r.mu.Lock()
+	session := r.session
+	r.mu.Unlock()
+	af.AfterFlush(func(at time.Time) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.session == session && r.programmedAt.IsZero() {
+			r.programmedAt = at
+		}
+	})
+}
 
 // Removed withdraws the remote's state and tells the restore hold.
 func (r *remote) Removed(id uint32) {
@@ -109,6 +142,9 @@ func (r *remote) status(cs remoteconn.State) Status {
 	}
 	r.mu.Lock()
 	stores := r.stores
+	if !r.programmedAt.IsZero() {
+		st.ProgrammedAt, st.SyncTook = r.programmedAt, r.programmedAt.Sub(r.connectedAt)
+	}
 	r.mu.Unlock()
 	st.Kinds = make([]KindStatus, numKinds)
 	for k := range numKinds {

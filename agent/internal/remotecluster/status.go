@@ -34,6 +34,12 @@ type Status struct {
 	Cached bool
 	// LastHeartbeat is the remote's cilium/.heartbeat timestamp.
 	LastHeartbeat time.Time
+	// ProgrammedAt is when the datapath flush that holds the current
+	// session's full state (every kind listed) returned: synced and
+	// programmed; zero until then. SyncTook is the time from the session's
+	// start (connected, cluster config read) to ProgrammedAt.
+	ProgrammedAt time.Time
+	SyncTook     time.Duration
 	// PodCIDROverlap says which of the remote's node pod CIDRs overlap the
 	// local cluster's pod CIDRs (refused: not programmed), empty when none.
 	PodCIDROverlap string

@@ -54,7 +54,7 @@ func PrintTable(w io.Writer, resp *agentv1.GetStatusResponse) error {
 		fmt.Fprintf(tw, "Restoring:\tcluster IDs %v held until they sync\n", ids)
 	}
 	fmt.Fprintln(tw)
-	fmt.Fprintln(tw, "REMOTE\tID\tCONNECTED\tREADY\tNODES\tIDENTITIES\tIPCACHE\tSERVICES\tINVALID\tFAILURES\tRECONNECTS\tLAST CHANGE\tPROBLEM")
+	fmt.Fprintln(tw, "REMOTE\tID\tCONNECTED\tREADY\tNODES\tIDENTITIES\tIPCACHE\tSERVICES\tINVALID\tFAILURES\tRECONNECTS\tLAST CHANGE\tPROGRAMMED (SYNC TOOK)\tPROBLEM")
 	for _, r := range resp.GetRemoteClusters() {
 		counts := map[string]string{}
 		var invalid uint64
@@ -74,8 +74,12 @@ func PrintTable(w io.Writer, resp *agentv1.GetStatusResponse) error {
 		if r.GetLastChange() != nil {
 			last = r.GetLastChange().AsTime().Format(time.RFC3339)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%v\t%v\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", r.GetName(), r.GetId(), r.GetConnected(), r.GetReady(),
-			counts["nodes"], counts["identities"], counts["ipcache"], counts["services"], invalid, r.GetFailures(), r.GetReconnects(), last, problem)
+		programmed := "-"
+		if r.GetProgrammedAt() != nil {
+			programmed = fmt.Sprintf("%s (%s)", r.GetProgrammedAt().AsTime().Format(time.RFC3339), r.GetSyncDuration().AsDuration().Round(time.Millisecond))
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%v\t%v\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\n", r.GetName(), r.GetId(), r.GetConnected(), r.GetReady(),
+			counts["nodes"], counts["identities"], counts["ipcache"], counts["services"], invalid, r.GetFailures(), r.GetReconnects(), last, programmed, problem)
 	}
 	printClaims(tw, resp)
 	fmt.Fprintln(tw)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
@@ -117,6 +118,9 @@ func (s *Server) Build(includeEntries bool) *agentv1.GetStatusResponse {
 		}
 		if ts(r.LastHeartbeat) {
 			rc.LastHeartbeat = timestamppb.New(r.LastHeartbeat)
+		}
+		if ts(r.ProgrammedAt) {
+			rc.ProgrammedAt, rc.SyncDuration = timestamppb.New(r.ProgrammedAt), durationpb.New(r.SyncTook)
 		}
 		for _, k := range r.Kinds {
 			rc.Kinds = append(rc.Kinds, &agentv1.KindStatus{Kind: k.Kind, Synced: k.Synced, Entries: k.Entries, Invalid: k.Invalid, Events: k.Events})

@@ -29,6 +29,7 @@ type fakes struct{}
 
 func (fakes) Status() []remotecluster.Status {
 	return []remotecluster.Status{{Name: "c2", ID: 2, Connected: true, Ready: true, LastChange: time.Now(),
+		ProgrammedAt: time.Date(2026, 12, 6, 10, 0, 2, 0, time.UTC), SyncTook: 1950 * time.Millisecond,
 		Kinds:     []remotecluster.KindStatus{{Kind: "ipcache", Synced: true, Entries: 5, Invalid: 1}},
 		Refused:   []remotecluster.RefusedClaims{{Reason: string(dpsync.ReasonConflict), Count: 1, Examples: []string{"ipcache 10.9.0.5/32"}}},
 		Conflicts: []remotecluster.Conflict{{Kind: "ipcache", Prefix: "10.9.0.5/32", Claimants: []string{"c2", "c4"}}}},
@@ -68,6 +69,9 @@ func TestServeAndPrint(t *testing.T) {
 	for {
 		r, err := Fetch(ctx, sock, true)
 		if err == nil {
+			if c2 := r.GetRemoteClusters()[0]; c2.GetSyncDuration().AsDuration() != 1950*time.Millisecond || c2.GetProgrammedAt().AsTime().Second() != 2 {
+				t.Fatalf("c2 programmed at %v after %v; want 10:00:02 after 1.95s", c2.GetProgrammedAt(), c2.GetSyncDuration())
+			}
 			if r.GetDatapathBatches() != 4 || r.GetDatapathTrims() != 2 {
 				t.Fatalf("datapath batches %d, trims %d; want the reconciler's 4, 2", r.GetDatapathBatches(), r.GetDatapathTrims())
 			}
@@ -76,7 +80,7 @@ func TestServeAndPrint(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, want := range []string{"c2", "cluster ID conflict", "10.96.0.10:80/TCP", "10.2.0.1:8080(c2:1)", "10.2.1.0/24", "131372",
-				"claimed by another remote", "ipcache 10.9.0.5/32", "c2, c4", waitingForCanary} {
+				"claimed by another remote", "ipcache 10.9.0.5/32", "c2, c4", waitingForCanary, "2026-12-06T10:00:02Z (1.95s)"} {
 				if !strings.Contains(tbl.String(), want) {
 					t.Fatalf("table lacks %q:\n%s", want, tbl.String())
 				}

@@ -185,6 +185,10 @@ func Build(cluster, node string, rs []remotecluster.Status) meshstatus.AgentRepo
 			Synced: map[string]bool{}, Entries: map[string]int{},
 			Reconnects: int(s.Reconnects), LastError: s.LastError, LastChange: s.LastChange.UTC().Truncate(time.Second),
 		}
+		if !s.ProgrammedAt.IsZero() {
+			// Milliseconds: the report is rewritten only when it changes.
+			m.ProgrammedAt, m.SyncSeconds = s.ProgrammedAt.UTC().Truncate(time.Millisecond), s.SyncTook.Round(time.Millisecond).Seconds()
+		}
 		if s.RefusedReason != "" {
 			m.LastError = meshstatus.RefusedPrefix + s.RefusedReason
 		} else if s.PodCIDROverlap != "" {

@@ -19,6 +19,7 @@ func TestBuild(t *testing.T) {
 	now := time.Date(2026, 11, 23, 17, 0, 0, 0, time.UTC)
 	r := Build("c1", "n1", []remotecluster.Status{
 		{Name: "c2", ID: 2, Connected: true, Ready: true, Reconnects: 3, LastError: "old", LastChange: now,
+			ProgrammedAt: now.Add(1951234 * time.Microsecond), SyncTook: 1951234 * time.Microsecond,
 			Kinds: []remotecluster.KindStatus{
 				{Kind: "nodes", Synced: true, Entries: 4, Invalid: 1},
 				{Kind: "identities", Synced: true, Entries: 2},
@@ -39,6 +40,12 @@ func TestBuild(t *testing.T) {
 		c2.Entries[meshstatus.KindIPCache] != 9 || c2.Entries[meshstatus.KindNodes] != 4 ||
 		!c2.Synced[meshstatus.KindIPCache] || c2.Synced[meshstatus.KindServices] || len(c2.Synced) != 4 {
 		t.Fatalf("c2 %+v", c2)
+	}
+	if !c2.ProgrammedAt.Equal(now.Add(1951*time.Millisecond)) || c2.SyncSeconds != 1.951 {
+		t.Fatalf("c2 programmed at %v after %vs, want %v after 1.951s", c2.ProgrammedAt, c2.SyncSeconds, now.Add(1951*time.Millisecond))
+	}
+	if c4 := r.Remotes[2]; !c4.ProgrammedAt.IsZero() || c4.SyncSeconds != 0 {
+		t.Fatalf("c4, never programmed: %+v", c4)
 	}
 	if c2.Refused["claimed by another remote"] != 2 || c2.Refused["over-broad prefix"] != 1 || len(c2.Conflicts) != 1 ||
 		!slices.Equal(c2.Conflicts[0].Claimants, []string{"c2", "c4"}) || c2.Conflicts[0].Prefix != "10.9.0.0/24" {

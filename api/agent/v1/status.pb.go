@@ -11,6 +11,7 @@ package agentv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -1152,7 +1153,13 @@ type RemoteCluster struct {
 	RefusedClaims []*RefusedClaims `protobuf:"bytes,40,rep,name=refused_claims,json=refusedClaims,proto3" json:"refused_claims,omitempty"`
 	// Prefixes this remote claims together with another remote: withdrawn
 	// for both (the first 20, by prefix).
-	Conflicts     []*ClaimConflict `protobuf:"bytes,41,rep,name=conflicts,proto3" json:"conflicts,omitempty"`
+	Conflicts []*ClaimConflict `protobuf:"bytes,41,rep,name=conflicts,proto3" json:"conflicts,omitempty"`
+	// When the datapath flush that holds the current session's full state
+	// (every kind listed) returned: synced and programmed; unset until then.
+	ProgrammedAt *timestamppb.Timestamp `protobuf:"bytes,360,opt,name=programmed_at,json=programmedAt,proto3" json:"programmed_at,omitempty"`
+	// From the session's start (connected, cluster config read) to
+	// programmed_at.
+	SyncDuration  *durationpb.Duration `protobuf:"bytes,361,opt,name=sync_duration,json=syncDuration,proto3" json:"sync_duration,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1288,6 +1295,20 @@ func (x *RemoteCluster) GetRefusedClaims() []*RefusedClaims {
 func (x *RemoteCluster) GetConflicts() []*ClaimConflict {
 	if x != nil {
 		return x.Conflicts
+	}
+	return nil
+}
+
+func (x *RemoteCluster) GetProgrammedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ProgrammedAt
+	}
+	return nil
+}
+
+func (x *RemoteCluster) GetSyncDuration() *durationpb.Duration {
+	if x != nil {
+		return x.SyncDuration
 	}
 	return nil
 }
@@ -1771,7 +1792,7 @@ var File_status_proto protoreflect.FileDescriptor
 
 const file_status_proto_rawDesc = "" +
 	"\n" +
-	"\fstatus.proto\x12\x14clustermesh.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\";\n" +
+	"\fstatus.proto\x12\x14clustermesh.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\";\n" +
 	"\x10GetStatusRequest\x12'\n" +
 	"\x0finclude_entries\x18\x01 \x01(\bR\x0eincludeEntries\"\x97\x05\n" +
 	"\x11GetStatusResponse\x12!\n" +
@@ -1855,7 +1876,7 @@ const file_status_proto_rawDesc = "" +
 	"\tevaluated\x18\x01 \x01(\bR\tevaluated\x12\x18\n" +
 	"\aallowed\x18\x02 \x01(\bR\aallowed\x12\x12\n" +
 	"\x04rule\x18\x03 \x01(\tR\x04rule\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"\x88\x05\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"\x8b\x06\n" +
 	"\rRemoteCluster\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\rR\x02id\x12\x1c\n" +
@@ -1876,7 +1897,9 @@ const file_status_proto_rawDesc = "" +
 	"\x12waiting_for_canary\x182 \x01(\bR\x10waitingForCanary\x12(\n" +
 	"\x10pod_cidr_overlap\x18\x14 \x01(\tR\x0epodCidrOverlap\x12J\n" +
 	"\x0erefused_claims\x18( \x03(\v2#.clustermesh.agent.v1.RefusedClaimsR\rrefusedClaims\x12A\n" +
-	"\tconflicts\x18) \x03(\v2#.clustermesh.agent.v1.ClaimConflictR\tconflicts\"Y\n" +
+	"\tconflicts\x18) \x03(\v2#.clustermesh.agent.v1.ClaimConflictR\tconflicts\x12@\n" +
+	"\rprogrammed_at\x18\xe8\x02 \x01(\v2\x1a.google.protobuf.TimestampR\fprogrammedAt\x12?\n" +
+	"\rsync_duration\x18\xe9\x02 \x01(\v2\x19.google.protobuf.DurationR\fsyncDuration\"Y\n" +
 	"\rRefusedClaims\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x14\n" +
 	"\x05count\x18\x02 \x01(\x04R\x05count\x12\x1a\n" +
@@ -1958,6 +1981,7 @@ var file_status_proto_goTypes = []any{
 	(*TunnelEntry)(nil),           // 21: clustermesh.agent.v1.TunnelEntry
 	(*IPCacheEntry)(nil),          // 22: clustermesh.agent.v1.IPCacheEntry
 	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 24: google.protobuf.Duration
 }
 var file_status_proto_depIdxs = []int32{
 	15, // 0: clustermesh.agent.v1.GetStatusResponse.remote_clusters:type_name -> clustermesh.agent.v1.RemoteCluster
@@ -1980,18 +2004,20 @@ var file_status_proto_depIdxs = []int32{
 	23, // 17: clustermesh.agent.v1.RemoteCluster.last_heartbeat:type_name -> google.protobuf.Timestamp
 	16, // 18: clustermesh.agent.v1.RemoteCluster.refused_claims:type_name -> clustermesh.agent.v1.RefusedClaims
 	17, // 19: clustermesh.agent.v1.RemoteCluster.conflicts:type_name -> clustermesh.agent.v1.ClaimConflict
-	20, // 20: clustermesh.agent.v1.Service.backends:type_name -> clustermesh.agent.v1.Backend
-	0,  // 21: clustermesh.agent.v1.Status.GetStatus:input_type -> clustermesh.agent.v1.GetStatusRequest
-	7,  // 22: clustermesh.agent.v1.Status.GetPolicy:input_type -> clustermesh.agent.v1.GetPolicyRequest
-	12, // 23: clustermesh.agent.v1.Status.TracePolicy:input_type -> clustermesh.agent.v1.TracePolicyRequest
-	1,  // 24: clustermesh.agent.v1.Status.GetStatus:output_type -> clustermesh.agent.v1.GetStatusResponse
-	8,  // 25: clustermesh.agent.v1.Status.GetPolicy:output_type -> clustermesh.agent.v1.GetPolicyResponse
-	13, // 26: clustermesh.agent.v1.Status.TracePolicy:output_type -> clustermesh.agent.v1.TracePolicyResponse
-	24, // [24:27] is the sub-list for method output_type
-	21, // [21:24] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	23, // 20: clustermesh.agent.v1.RemoteCluster.programmed_at:type_name -> google.protobuf.Timestamp
+	24, // 21: clustermesh.agent.v1.RemoteCluster.sync_duration:type_name -> google.protobuf.Duration
+	20, // 22: clustermesh.agent.v1.Service.backends:type_name -> clustermesh.agent.v1.Backend
+	0,  // 23: clustermesh.agent.v1.Status.GetStatus:input_type -> clustermesh.agent.v1.GetStatusRequest
+	7,  // 24: clustermesh.agent.v1.Status.GetPolicy:input_type -> clustermesh.agent.v1.GetPolicyRequest
+	12, // 25: clustermesh.agent.v1.Status.TracePolicy:input_type -> clustermesh.agent.v1.TracePolicyRequest
+	1,  // 26: clustermesh.agent.v1.Status.GetStatus:output_type -> clustermesh.agent.v1.GetStatusResponse
+	8,  // 27: clustermesh.agent.v1.Status.GetPolicy:output_type -> clustermesh.agent.v1.GetPolicyResponse
+	13, // 28: clustermesh.agent.v1.Status.TracePolicy:output_type -> clustermesh.agent.v1.TracePolicyResponse
+	26, // [26:29] is the sub-list for method output_type
+	23, // [23:26] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_status_proto_init() }

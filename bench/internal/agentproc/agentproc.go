@@ -308,6 +308,16 @@ func (p *Proc) CPUProfile(tb testing.TB, d time.Duration, path string) {
 	tb.Logf("cpu profile: pprof endpoint %s never answered", p.pprofAddr)
 }
 
+// Remote returns the remote cluster name of the status, nil if it has none.
+func Remote(st *agentv1.GetStatusResponse, name string) *agentv1.RemoteCluster {
+	for _, r := range st.GetRemoteClusters() {
+		if r.GetName() == name {
+			return r
+		}
+	}
+	return nil
+}
+
 // Synced reports whether the status shows every set ready with all its
 // entries.
 func Synced(st *agentv1.GetStatusResponse, sets []remotedata.Set) (bool, string) {

@@ -43,25 +43,43 @@ func (l Label) String() string {
 	return l.Source + ":" + l.Key + "=" + l.Value
 }
 
-// Labels is the immutable label set of an identity, indexed by key.
+// Labels is the immutable label set of an identity: one slice sorted by key
+// and source (an identity's few labels in one allocation; the strings are
+// the caller's, not copied).
 type Labels struct {
-	byKey map[string][]Label // key without source → labels of that key, one per source
+	sorted []Label // by key, then source; one label per key and source
 }
 
 // NewLabels builds a label set. A second label with the same source and key
 // replaces the first.
 func NewLabels(ls ...Label) Labels {
-	m := make(map[string][]Label, len(ls))
+	out := make([]Label, 0, len(ls))
 	for _, l := range ls {
-		cur := m[l.Key]
-		i := slices.IndexFunc(cur, func(c Label) bool { return c.Source == l.Source })
-		if i >= 0 {
-			cur[i] = l
+		i, found := slices.BinarySearchFunc(out, l, compareKeySource)
+		if found {
+			out[i] = l
 			continue
 		}
-		m[l.Key] = append(cur, l)
+		out = slices.Insert(out, i, l)
 	}
-	return Labels{byKey: m}
+	return Labels{sorted: out}
+}
+
+func compareKeySource(a, b Label) int {
+	if c := strings.Compare(a.Key, b.Key); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Source, b.Source)
+}
+
+// ofKey returns the labels of key, one per source.
+func (l Labels) ofKey(key string) []Label {
+	i, _ := slices.BinarySearchFunc(l.sorted, key, func(lb Label, k string) int { return strings.Compare(lb.Key, k) })
+	j := i
+	for j < len(l.sorted) && l.sorted[j].Key == key {
+		j++
+	}
+	return l.sorted[i:j]
 }
 
 // ParseLabels parses labels written "source:key=value" ("k8s:app=web",
@@ -92,7 +110,7 @@ func MustParseLabels(ss ...string) Labels {
 // lookup returns the values of key from source (any source for SourceAny).
 func (l Labels) lookup(source, key string) []string {
 	var out []string
-	for _, lb := range l.byKey[key] {
+	for _, lb := range l.ofKey(key) {
 		if source == SourceAny || lb.Source == source {
 			out = append(out, lb.Value)
 		}
@@ -102,7 +120,7 @@ func (l Labels) lookup(source, key string) []string {
 
 // Get returns the value of key from any source, preferring k8s.
 func (l Labels) Get(key string) (string, bool) {
-	vs := l.byKey[key]
+	vs := l.ofKey(key)
 	if len(vs) == 0 {
 		return "", false
 	}
@@ -116,10 +134,7 @@ func (l Labels) Get(key string) (string, bool) {
 
 // List returns the labels sorted by their string form.
 func (l Labels) List() []Label {
-	var out []Label
-	for _, ls := range l.byKey {
-		out = append(out, ls...)
-	}
+	out := slices.Clone(l.sorted)
 	slices.SortFunc(out, func(a, b Label) int { return strings.Compare(a.String(), b.String()) })
 	return out
 }

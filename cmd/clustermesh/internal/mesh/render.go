@@ -44,19 +44,23 @@ func RenderStatus(w io.Writer, st MeshStatus) error {
 		}
 		fmt.Fprintf(w, "\nAgents of %s:\n", clusterLabel(c))
 		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NODE\tREMOTE\tID\tSTATE\tNODES\tSERVICES\tIDENTITIES\tIPS\tINVALID\tRECONNECTS\tLAST ERROR")
+		fmt.Fprintln(tw, "NODE\tREMOTE\tID\tSTATE\tNODES\tSERVICES\tIDENTITIES\tIPS\tINVALID\tRECONNECTS\tSYNC TOOK\tLAST ERROR")
 		for _, a := range c.Agents {
 			if len(a.Remotes) == 0 {
-				fmt.Fprintf(tw, "%s\t-\t-\tno remotes\t\t\t\t\t\t\t\n", a.Node)
+				fmt.Fprintf(tw, "%s\t-\t-\tno remotes\t\t\t\t\t\t\t\t\n", a.Node)
 			}
 			for _, r := range a.Remotes {
 				state := remoteState(r)
 				if r.Cached {
 					state += " (kvstoremesh)" // read through the own cluster's cache
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", a.Node, r.Name, idString(r.ClusterID), state,
+				took := "-"
+				if !r.ProgrammedAt.IsZero() {
+					took = fmt.Sprintf("%.3gs", r.SyncSeconds)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", a.Node, r.Name, idString(r.ClusterID), state,
 					entries(r, meshstatus.KindNodes), entries(r, meshstatus.KindServices), entries(r, meshstatus.KindIdentities),
-					entries(r, meshstatus.KindIPCache), r.Invalid, r.Reconnects, dash(r.LastError))
+					entries(r, meshstatus.KindIPCache), r.Invalid, r.Reconnects, took, dash(r.LastError))
 			}
 		}
 		if err := tw.Flush(); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/clustermesh/clustermesh/internal/meshstatus"
 )
@@ -22,6 +23,8 @@ func TestRenderRefusedClaims(t *testing.T) {
 			Refused:   map[string]int{"over-broad prefix": 1, "claimed by another remote": 2},
 			Conflicts: []meshstatus.Conflict{{Kind: "ipcache", Prefix: "10.9.0.5/32", Claimants: []string{"c2", "c3"}}}},
 			want: []string{"Refused remote claims", "over-broad prefix", "claimed by another remote", "ipcache 10.9.0.5/32", "conflict between c2, c3"}},
+		{name: "programmed: the sync's time", remote: meshstatus.Remote{Name: "c2", Ready: true, ProgrammedAt: time.Date(2026, 12, 6, 10, 0, 2, 0, time.UTC), SyncSeconds: 1.951},
+			want: []string{"SYNC TOOK", "1.95s"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
