@@ -195,17 +195,52 @@ func (s *scanner) uint(max uint64) (uint64, bool) {
 
 // addr reads an IP as netip.Addr.UnmarshalText does ("" is the zero Addr).
 func (s *scanner) addr(a *netip.Addr) bool {
-	v, ok := s.str()
+	v, ok := s.raw()
 	if !ok {
 		return false
 	}
-	if v == "" {
+	if len(v) == 0 {
 		*a = netip.Addr{}
 		return true
 	}
+	if ip, ok := parseIPv4(v); ok {
+		*a = ip
+		return true
+	}
 	var err error
-	*a, err = netip.ParseAddr(v)
+	*a, err = netip.ParseAddr(string(v))
 	return err == nil
+}
+
+// parseIPv4 parses the dotted decimal form that netip.ParseAddr accepts
+// for IPv4 (four fields of 0–255 without leading zeros) without copying v
+// to a string; false for anything else, which ParseAddr then decides.
+func parseIPv4(v []byte) (netip.Addr, bool) {
+	var out [4]byte
+	field, digits, val := 0, 0, 0
+	for i, c := range v {
+		switch {
+		case '0' <= c && c <= '9':
+			if digits > 0 && val == 0 { // leading zero
+				return netip.Addr{}, false
+			}
+			val = val*10 + int(c-'0')
+			digits++
+			if val > 255 {
+				return netip.Addr{}, false
+			}
+		case c == '.' && digits > 0 && field < 3 && i < len(v)-1:
+			out[field] = byte(val)
+			field, digits, val = field+1, 0, 0
+		default:
+			return netip.Addr{}, false
+		}
+	}
+	if field != 3 || digits == 0 {
+		return netip.Addr{}, false
+	}
+	out[3] = byte(val)
+	return netip.AddrFrom4(out), true
 }
 
 func (s *scanner) namedPorts() ([]NamedPort, bool) {
