@@ -192,10 +192,11 @@ func DecodeNode(r Remote, key string, value []byte) (Node, error) {
 	}
 	n, ok := decodeNodeFast(value)
 	if !ok {
-		n = Node{}
-		if err := json.Unmarshal(value, &n); err != nil {
+		var slow Node // on the heap only here: n stays on the stack
+		if err := json.Unmarshal(value, &slow); err != nil {
 			return Node{}, fmt.Errorf("node %q: %w: %v", key, ErrMalformed, err)
 		}
+		n = slow
 	}
 	switch {
 	case n.Cluster != r.Name:
