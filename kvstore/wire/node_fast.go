@@ -21,151 +21,85 @@ import (
 // FuzzNodeFastPath checks that.
 func decodeNodeFast(b []byte) (n Node, ok bool) {
 	s := scanner{b: b}
-	if !s.consume('{') {
-		return n, false
-	}
-	if s.consume('}') {
-		return n, s.end()
-	}
-	var seen uint32
-	for {
-		key, ok := s.raw()
-		if !ok || !s.consume(':') {
-			return n, false
-		}
-		var bit uint32
+	_, ok = s.object(func(key []byte) (bit uint32, ok bool) {
 		switch string(key) { // compared without allocating
 		case "Name":
-			bit = 1 << 0
 			n.Name, ok = s.str()
+			return 1 << 0, ok
 		case "Cluster":
-			bit = 1 << 1
 			n.Cluster, ok = s.str()
+			return 1 << 1, ok
 		case "IPAddresses":
-			bit = 1 << 2
 			n.IPAddresses, ok = s.nodeAddresses()
+			return 1 << 2, ok
 		case "IPv4AllocCIDR":
-			bit = 1 << 3
 			n.IPv4AllocCIDR, ok = s.cidr()
+			return 1 << 3, ok
 		case "IPv4SecondaryAllocCIDRs":
-			bit = 1 << 4
 			n.IPv4SecondaryAllocCIDRs, ok = s.cidrs()
+			return 1 << 4, ok
 		case "IPv6AllocCIDR":
-			bit = 1 << 5
 			n.IPv6AllocCIDR, ok = s.cidr()
+			return 1 << 5, ok
 		case "IPv6SecondaryAllocCIDRs":
-			bit = 1 << 6
 			n.IPv6SecondaryAllocCIDRs, ok = s.cidrs()
+			return 1 << 6, ok
 		case "IPv4HealthIP":
-			bit, ok = 1<<7, s.addr(&n.IPv4HealthIP)
+			return 1 << 7, s.addr(&n.IPv4HealthIP)
 		case "IPv6HealthIP":
-			bit, ok = 1<<8, s.addr(&n.IPv6HealthIP)
+			return 1 << 8, s.addr(&n.IPv6HealthIP)
 		case "IPv4IngressIP":
-			bit, ok = 1<<9, s.addr(&n.IPv4IngressIP)
+			return 1 << 9, s.addr(&n.IPv4IngressIP)
 		case "IPv6IngressIP":
-			bit, ok = 1<<10, s.addr(&n.IPv6IngressIP)
+			return 1 << 10, s.addr(&n.IPv6IngressIP)
 		case "ClusterID":
-			var v uint64
-			v, ok = s.uint(math.MaxUint32)
-			bit, n.ClusterID = 1<<11, uint32(v)
+			v, ok := s.uint(math.MaxUint32)
+			n.ClusterID = uint32(v)
+			return 1 << 11, ok
 		case "Source":
-			bit = 1 << 12
 			n.Source, ok = s.source()
+			return 1 << 12, ok
 		case "EncryptionKey":
-			var v uint64
-			v, ok = s.uint(math.MaxUint8)
-			bit, n.EncryptionKey = 1<<13, uint8(v)
+			v, ok := s.uint(math.MaxUint8)
+			n.EncryptionKey = uint8(v)
+			return 1 << 13, ok
 		case "Labels":
-			bit = 1 << 14
 			n.Labels, ok = s.stringMap()
+			return 1 << 14, ok
 		case "Annotations":
-			bit = 1 << 15
 			n.Annotations, ok = s.stringMap()
+			return 1 << 15, ok
 		case "NodeIdentity":
-			var v uint64
-			v, ok = s.uint(math.MaxUint32)
-			bit, n.NodeIdentity = 1<<16, uint32(v)
+			v, ok := s.uint(math.MaxUint32)
+			n.NodeIdentity = uint32(v)
+			return 1 << 16, ok
 		case "WireguardPubKey":
-			bit = 1 << 17
 			n.WireguardPubKey, ok = s.str()
+			return 1 << 17, ok
 		case "BootID":
-			bit = 1 << 18
 			n.BootID, ok = s.str()
-		default:
-			return n, false
+			return 1 << 18, ok
 		}
-		if !ok || seen&bit != 0 {
-			return n, false
-		}
-		seen |= bit
-		if s.consume(',') {
-			continue
-		}
-		if s.consume('}') {
-			return n, s.end()
-		}
-		return n, false
-	}
+		return 0, false
+	})
+	return n, ok && s.end()
 }
 
-// nodeAddresses reads IPAddresses: null (nil), or a list (non-nil, as
-// encoding/json makes it) of {"Type":…,"IP":…} objects.
-func (s *scanner) nodeAddresses() ([]NodeAddress, bool) {
-	if s.null() {
-		return nil, true
-	}
-	if !s.consume('[') {
-		return nil, false
-	}
-	out := []NodeAddress{}
-	if s.consume(']') {
-		return out, true
-	}
-	for {
-		a, ok := s.nodeAddress()
-		if !ok {
-			return nil, false
-		}
-		out = append(out, a)
-		if s.consume(',') {
-			continue
-		}
-		return out, s.consume(']')
-	}
-}
+// nodeAddresses reads IPAddresses: null or a list of {"Type":…,"IP":…}.
+func (s *scanner) nodeAddresses() ([]NodeAddress, bool) { return scanList(s, s.nodeAddress) }
 
 func (s *scanner) nodeAddress() (a NodeAddress, ok bool) {
-	if !s.consume('{') {
-		return a, false
-	}
-	if s.consume('}') {
-		return a, true
-	}
-	var seen uint8
-	for {
-		key, ok := s.raw()
-		if !ok || !s.consume(':') {
-			return a, false
-		}
-		var bit uint8
+	_, ok = s.object(func(key []byte) (bit uint32, ok bool) {
 		switch string(key) {
 		case "Type":
-			bit = 1 << 0
 			a.Type, ok = s.addressType()
+			return 1 << 0, ok
 		case "IP":
-			bit, ok = 1<<1, s.addr(&a.IP)
-		default:
-			return a, false
+			return 1 << 1, s.addr(&a.IP)
 		}
-		if !ok || seen&bit != 0 {
-			return a, false
-		}
-		seen |= bit
-		if s.consume(',') {
-			continue
-		}
-		return a, s.consume('}')
-	}
+		return 0, false
+	})
+	return a, ok
 }
 
 // cidr reads a CIDR as CIDR.UnmarshalJSON does: null, "ip/bits" or
@@ -181,73 +115,34 @@ func (s *scanner) cidr() (CIDR, bool) {
 		if !ok {
 			return CIDR{}, false
 		}
-		p, err := netip.ParsePrefix(string(v)) // no copy on the heap
+		p, err := netip.ParsePrefix(string(v))
 		return CIDR{p.Masked()}, err == nil
-	}
-	if !s.consume('{') {
-		return CIDR{}, false
 	}
 	var ip, mask []byte
 	var maskBuf [16]byte
-	var seen uint8
-	for {
-		key, ok := s.raw()
-		if !ok || !s.consume(':') {
-			return CIDR{}, false
-		}
-		var bit uint8
+	seen, ok := s.object(func(key []byte) (bit uint32, ok bool) {
 		switch string(key) {
 		case "IP":
-			bit = 1 << 0
 			ip, ok = s.raw()
+			return 1 << 0, ok
 		case "Mask":
-			bit = 1 << 1
 			var m []byte
 			if m, ok = s.raw(); ok {
 				mask, ok = decodeMask(m, &maskBuf)
 			}
-		default:
-			return CIDR{}, false
+			return 1 << 1, ok
 		}
-		if !ok || seen&bit != 0 {
-			return CIDR{}, false
-		}
-		seen |= bit
-		if s.consume(',') {
-			continue
-		}
-		if !s.consume('}') || seen != 1<<0|1<<1 {
-			return CIDR{}, false
-		}
-		p, err := ipNetPrefix(string(ip), mask)
-		return CIDR{p}, err == nil
+		return 0, false
+	})
+	if !ok || seen != 1<<0|1<<1 {
+		return CIDR{}, false
 	}
+	p, err := ipNetPrefix(string(ip), mask)
+	return CIDR{p}, err == nil
 }
 
-// cidrs reads a list of CIDRs: null (nil) or a list (non-nil).
-func (s *scanner) cidrs() ([]CIDR, bool) {
-	if s.null() {
-		return nil, true
-	}
-	if !s.consume('[') {
-		return nil, false
-	}
-	out := []CIDR{}
-	if s.consume(']') {
-		return out, true
-	}
-	for {
-		c, ok := s.cidr()
-		if !ok {
-			return nil, false
-		}
-		out = append(out, c)
-		if s.consume(',') {
-			continue
-		}
-		return out, s.consume(']')
-	}
-}
+// cidrs reads a list of CIDRs: null or a list.
+func (s *scanner) cidrs() ([]CIDR, bool) { return scanList(s, s.cidr) }
 
 // stringMap reads a map of strings: null (nil) or an object (non-nil);
 // a key given twice keeps its last value, as with encoding/json.

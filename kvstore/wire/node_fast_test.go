@@ -70,16 +70,22 @@ func TestNodeFastPath(t *testing.T) {
 			if ok != tt.fast {
 				t.Fatalf("fast path ok = %v, want %v", ok, tt.fast)
 			}
-			if !ok {
-				return
-			}
-			var slow Node
-			if err := json.Unmarshal([]byte(tt.value), &slow); err != nil {
-				t.Fatal(err)
-			}
-			if !reflect.DeepEqual(fast, slow) {
-				t.Errorf("fast %#v\nslow %#v", fast, slow)
+			if ok {
+				sameAsJSON(t, []byte(tt.value), fast)
 			}
 		})
+	}
+}
+
+// sameAsJSON fails unless encoding/json decodes value to fast, the value
+// that a fast path accepted.
+func sameAsJSON[T any](t *testing.T, value []byte, fast T) {
+	t.Helper()
+	var slow T
+	if err := json.Unmarshal(value, &slow); err != nil {
+		t.Fatalf("fast path accepts what encoding/json refuses (%v): %q", err, value)
+	}
+	if !reflect.DeepEqual(fast, slow) {
+		t.Fatalf("fast path differs from encoding/json on %q\nfast: %#v\nslow: %#v", value, fast, slow)
 	}
 }
