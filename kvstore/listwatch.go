@@ -224,13 +224,13 @@ type page struct {
 	err  error
 }
 
-// fetch gets one page of at most limit keys in its own goroutine, so that
-// the next page is on its way while the handler processes the current one.
-func (lw *listWatch) fetch(ctx context.Context, key string, rev, limit int64) <-chan page {
+// fetch gets one page in its own goroutine, so that the next page is on
+// its way while the handler processes the current one.
+func (lw *listWatch) fetch(ctx context.Context, key string, rev int64) <-chan page {
 	ch := make(chan page, 1)
 	opts := []clientv3.OpOption{
 		clientv3.WithRange(clientv3.GetPrefixRangeEnd(lw.prefix)),
-		clientv3.WithLimit(limit),
+		clientv3.WithLimit(lw.c.cfg.ListPageSize),
 	}
 	if rev != 0 {
 		opts = append(opts, clientv3.WithRev(rev))
@@ -242,23 +242,12 @@ func (lw *listWatch) fetch(ctx context.Context, key string, rev, limit int64) <-
 	return ch
 }
 
-// firstPageSize is the size of a list's first page: an eighth of a full
-// page, and every further page twice the one before up to the full size.
-// etcd takes time in proportion to a page's keys to answer it and the
-// handler waits for the first page with nothing to do; from the second page
-// on, the next page is fetched while the handler works on the current one.
-// Small first pages let the handler start sooner (the first 6,250 keys of
-// a large ipcache instead of 50,000) at the cost of a few more pages, each
-// of which makes etcd count the rest of the range once more.
-func firstPageSize(full int64) int64 { return max(1, full/8) }
-
 func (lw *listWatch) list(ctx context.Context) error {
 	c := lw.c
 	var rev, total int64
 	var clusterID uint64
 	gen := lw.gen + 1
-	limit := firstPageSize(c.cfg.ListPageSize)
-	next := lw.fetch(ctx, lw.prefix, 0, limit)
+	next := lw.fetch(ctx, lw.prefix, 0)
 	defer func() {
 		if next != nil { // an error left a fetch in flight: wait for it
 			<-next
@@ -287,8 +276,7 @@ func (lw *listWatch) list(ctx context.Context) error {
 		}
 		more := resp.More && len(resp.Kvs) > 0
 		if more {
-			limit = min(2*limit, c.cfg.ListPageSize)
-			next = lw.fetch(ctx, string(resp.Kvs[len(resp.Kvs)-1].Key)+"\x00", rev, limit)
+			next = lw.fetch(ctx, string(resp.Kvs[len(resp.Kvs)-1].Key)+"\x00", rev)
 		}
 		for _, kv := range resp.Kvs {
 			k := string(kv.Key)
