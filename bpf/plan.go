@@ -131,7 +131,11 @@ func (w *Writer) planEndpoints(p *plan, b datapath.Batch) {
 func underlay(a netip.Addr) bool { return !a.IsValid() || a.Is4() }
 
 func (w *Writer) planRoutes(p *plan, b datapath.Batch) {
+	// up holds the upserted prefixes only when deletes are to be checked
+	// against them: a cold sync's batches upsert hundreds of thousands of
+	// prefixes and delete none.
 	up := map[netip.Prefix]bool{}
+	trackTun, trackIPC := len(b.DeleteTunnels) > 0, len(b.DeleteIPCache) > 0
 	for _, t := range b.UpsertTunnels {
 		v := cmTunnelValue{NodeIp: be32(t.NodeIP), ClusterId: t.ClusterID}
 		switch {
@@ -145,7 +149,9 @@ func (w *Writer) planRoutes(p *plan, b datapath.Batch) {
 			p.tun6K = append(p.tun6K, lpm6Key(t.CIDR))
 			p.tun6V = append(p.tun6V, v)
 		}
-		up[t.CIDR.Masked()] = true
+		if trackTun {
+			up[t.CIDR.Masked()] = true
+		}
 	}
 	for _, c := range b.DeleteTunnels {
 		switch {
@@ -173,7 +179,9 @@ func (w *Writer) planRoutes(p *plan, b datapath.Batch) {
 			p.ipc6K = append(p.ipc6K, lpm6Key(e.Prefix))
 			p.ipc6V = append(p.ipc6V, v)
 		}
-		up[e.Prefix.Masked()] = true
+		if trackIPC {
+			up[e.Prefix.Masked()] = true
+		}
 	}
 	for _, c := range b.DeleteIPCache {
 		switch {

@@ -49,16 +49,22 @@ func tag(h uint64) uint8 { return 0x80 | uint8(h&0x7f) }
 
 // find returns the bucket of k, or the empty bucket where it would go.
 func (m *Map[K, V]) find(k K) (int, bool) {
+	b, _, ok := m.findHash(k)
+	return b, ok
+}
+
+// findHash is find that also returns the hash of k.
+func (m *Map[K, V]) findHash(k K) (int, uint64, bool) {
 	h := m.hash(k)
 	c := len(m.ctrl)
 	t := tag(h)
 	for b := home(h, c); ; {
 		switch m.ctrl[b] {
 		case empty:
-			return b, false
+			return b, h, false
 		case t:
 			if m.slots[m.idx[b]].k == k {
-				return b, true
+				return b, h, true
 			}
 		}
 		if b++; b == c {
@@ -83,17 +89,25 @@ func (m *Map[K, V]) Get(k K) (V, bool) {
 
 // Set sets the value of k.
 func (m *Map[K, V]) Set(k K, v V) {
+	p, _ := m.Ref(k)
+	*p = v
+}
+
+// Ref returns a pointer to the value of k, adding k with the zero value
+// first when it is absent (added): a read and a write of one key with one
+// lookup. The pointer is valid until the map is next changed.
+func (m *Map[K, V]) Ref(k K) (v *V, added bool) {
 	n := len(m.slots)
 	if (n+1)*maxLoadDen > len(m.ctrl)*maxLoadNum {
 		m.rebuild(max(minBuckets, 2*len(m.ctrl), (n+1)*reserveDen/reserveNum+1))
 	}
-	b, ok := m.find(k)
+	b, h, ok := m.findHash(k)
 	if ok {
-		m.slots[m.idx[b]].v = v
-		return
+		return &m.slots[m.idx[b]].v, false
 	}
-	m.ctrl[b], m.idx[b] = tag(m.hash(k)), uint32(n)
-	m.slots = append(m.slots, slot[K, V]{k: k, v: v})
+	m.ctrl[b], m.idx[b] = tag(h), uint32(n)
+	m.slots = append(m.slots, slot[K, V]{k: k})
+	return &m.slots[n].v, true
 }
 
 // Delete removes k and returns the value it had.

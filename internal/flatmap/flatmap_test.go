@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-// TestModel applies random sets, deletes and reserves to a Map and to a Go
+// TestModel applies random sets, refs, deletes and reserves to a Map and to a Go
 // map and compares them after every step, with hashes that spread well and
 // with hashes that collide (long probe runs, runs that wrap around the end
 // of the table: backward-shift deletion's hard cases).
@@ -33,8 +33,16 @@ func TestModel(t *testing.T) {
 			for op := range tc.ops {
 				k := rng.IntN(tc.keys)
 				switch r := rng.IntN(100); {
-				case r < 55:
+				case r < 40:
 					m.Set(k, op)
+					want[k] = op
+				case r < 55: // Ref: read the old value, write a new one
+					p, added := m.Ref(k)
+					wv, had := want[k]
+					if added == had || *p != wv {
+						t.Fatalf("op %d: Ref(%d) = %d, added %v; want %d, added %v", op, k, *p, added, wv, !had)
+					}
+					*p = op
 					want[k] = op
 				case r < 98:
 					v, ok := m.Delete(k)

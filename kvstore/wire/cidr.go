@@ -62,16 +62,25 @@ func (c *CIDR) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &v); err != nil {
 		return err
 	}
-	addr, err := netip.ParseAddr(v.IP)
+	p, err := ipNetPrefix(v.IP, v.Mask)
 	if err != nil {
 		return err
 	}
-	bits, err := maskBits(v.Mask, addr)
-	if err != nil {
-		return err
-	}
-	*c = CIDR{netip.PrefixFrom(addr, bits).Masked()}
+	*c = CIDR{p}
 	return nil
+}
+
+// ipNetPrefix is the prefix of the net.IPNet object form, host bits cleared.
+func ipNetPrefix(ip string, mask []byte) (netip.Prefix, error) {
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	bits, err := maskBits(mask, addr)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	return netip.PrefixFrom(addr, bits).Masked(), nil
 }
 
 // maskBits returns the prefix length of a canonical (contiguous) mask of the

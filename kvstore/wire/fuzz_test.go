@@ -1,7 +1,6 @@
 package wire
 
 import (
-	"encoding/json"
 	"errors"
 	"net/netip"
 	"reflect"
@@ -131,16 +130,27 @@ func FuzzIPIdentityPairFastPath(f *testing.F) {
 		f.Add([]byte(v))
 	}
 	f.Fuzz(func(t *testing.T, value []byte) {
-		fast, ok := decodeIPIdentityPairFast(value)
-		if !ok {
-			return
+		if fast, ok := decodeIPIdentityPairFast(value); ok {
+			sameAsJSON(t, value, fast)
 		}
-		var slow IPIdentityPair
-		if err := json.Unmarshal(value, &slow); err != nil {
-			t.Fatalf("fast path accepts what encoding/json refuses (%v): %q", err, value)
-		}
-		if !reflect.DeepEqual(fast, slow) {
-			t.Fatalf("fast path differs from encoding/json on %q\nfast: %#v\nslow: %#v", value, fast, slow)
+	})
+}
+
+// FuzzNodeFastPath checks the reflection-free node parser against
+// encoding/json: whatever it accepts, encoding/json decodes to the same
+// value.
+func FuzzNodeFastPath(f *testing.F) {
+	for _, v := range []string{
+		goldenNodeFull, goldenNodeMinimal, `{}`, `{"IPv4AllocCIDR":"10.1.0.1/24","IPv6SecondaryAllocCIDRs":["fd00:2::/64",null]}`,
+		` { "IPAddresses" : [ { "IP" : "fd00::1" , "Type" : "x" } , { } ] , "Labels" : { "a" : "1" , "a" : "2" } } `,
+		`{"IPv4AllocCIDR":{"IP":"10.1.0.0","Mask":"/wD/AA=="}}`, `{"IPv4AllocCIDR":{"ip":"10.1.0.0","Mask":"////AA=="}}`,
+		`{"ClusterID":03}`, `{"name":"n"}`, `{"Name":"n","Name":"m"}`, `{"Name":null}`, `{"EncryptionKey":256}`,
+	} {
+		f.Add([]byte(v))
+	}
+	f.Fuzz(func(t *testing.T, value []byte) {
+		if fast, ok := decodeNodeFast(value); ok {
+			sameAsJSON(t, value, fast)
 		}
 	})
 }

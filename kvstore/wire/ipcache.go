@@ -58,6 +58,15 @@ func (p *IPIdentityPair) KeySuffix() string {
 	return p.Prefix().String()
 }
 
+// hasKeySuffix reports whether KeySuffix is suffix, without allocating.
+func (p *IPIdentityPair) hasKeySuffix(suffix string) bool {
+	var buf [64]byte
+	if p.IsHost() {
+		return string(p.IP.AppendTo(buf[:0])) == suffix
+	}
+	return string(p.Prefix().AppendTo(buf[:0])) == suffix
+}
+
 // Validate checks the fields of p on their own (not against a remote): IP,
 // mask, host IP, identity within 24 bits, named ports. Identity 0
 // (IdentityUnknown) is valid: Cilium writes it for an endpoint whose
@@ -141,10 +150,11 @@ func DecodeIPIdentityPair(r Remote, key string, value []byte) (IPIdentityPair, e
 	}
 	p, ok := decodeIPIdentityPairFast(value)
 	if !ok {
-		p = IPIdentityPair{}
-		if err := json.Unmarshal(value, &p); err != nil {
+		var slow IPIdentityPair // on the heap only here: p stays on the stack
+		if err := json.Unmarshal(value, &slow); err != nil {
 			return IPIdentityPair{}, fmt.Errorf("ipcache %q: %w: %v", key, ErrMalformed, err)
 		}
+		p = slow
 	}
 	if err := p.Validate(); err != nil {
 		return IPIdentityPair{}, fmt.Errorf("ipcache %q: %w", key, err)
@@ -152,8 +162,8 @@ func DecodeIPIdentityPair(r Remote, key string, value []byte) (IPIdentityPair, e
 	if len(p.NamedPorts) == 0 {
 		p.NamedPorts = nil // omitempty: [] and absent read alike
 	}
-	if got := p.KeySuffix(); got != suffix {
-		return IPIdentityPair{}, fmt.Errorf("ipcache %q: %w: value is for %s", key, ErrKeyMismatch, got)
+	if !p.hasKeySuffix(suffix) {
+		return IPIdentityPair{}, fmt.Errorf("ipcache %q: %w: value is for %s", key, ErrKeyMismatch, p.KeySuffix())
 	}
 	lo, hi := ClusterIdentityRange(r.ID, r.MaxConnectedClusters)
 	if p.ID >= FirstLocalID && (p.ID < lo || p.ID > hi) {

@@ -22,69 +22,73 @@ import (
 // FuzzIPIdentityPairFastPath checks that.
 func decodeIPIdentityPairFast(b []byte) (p IPIdentityPair, ok bool) {
 	s := scanner{b: b}
+	_, ok = s.object(func(key []byte) (bit uint32, ok bool) {
+		switch string(key) { // compared without allocating
+		case "IP":
+			return 1 << 0, s.addr(&p.IP)
+		case "Mask":
+			if s.null() {
+				return 1 << 1, true
+			}
+			var m string
+			if m, ok = s.str(); ok {
+				p.Mask, ok = decodeBase64(m)
+			}
+			return 1 << 1, ok
+		case "HostIP":
+			return 1 << 2, s.addr(&p.HostIP)
+		case "ID":
+			n, ok := s.uint(math.MaxUint32)
+			p.ID = uint32(n)
+			return 1 << 3, ok
+		case "Key":
+			n, ok := s.uint(math.MaxUint8)
+			p.Key = uint8(n)
+			return 1 << 4, ok
+		case "Metadata":
+			p.Metadata, ok = s.str()
+			return 1 << 5, ok
+		case "K8sNamespace":
+			p.K8sNamespace, ok = s.str()
+			return 1 << 6, ok
+		case "K8sPodName":
+			p.K8sPodName, ok = s.str()
+			return 1 << 7, ok
+		case "K8sServiceAccount":
+			p.K8sServiceAccount, ok = s.str()
+			return 1 << 8, ok
+		case "NamedPorts":
+			p.NamedPorts, ok = s.namedPorts()
+			return 1 << 9, ok
+		}
+		return 0, false
+	})
+	return p, ok && s.end()
+}
+
+// object reads an object whose members field reads: for each key it returns
+// the key's bit and whether it read the value; ok false for an unknown key.
+// Each key may come once. seen has the bits of the keys read.
+func (s *scanner) object(field func(key []byte) (bit uint32, ok bool)) (seen uint32, ok bool) {
 	if !s.consume('{') {
-		return p, false
+		return 0, false
 	}
 	if s.consume('}') {
-		return p, s.end()
+		return 0, true
 	}
-	var seen uint16
 	for {
 		key, ok := s.raw()
 		if !ok || !s.consume(':') {
-			return p, false
+			return seen, false
 		}
-		var bit uint16
-		switch string(key) { // compared without allocating
-		case "IP":
-			bit, ok = 1<<0, s.addr(&p.IP)
-		case "Mask":
-			bit = 1 << 1
-			if !s.null() {
-				var m string
-				if m, ok = s.str(); ok {
-					p.Mask, ok = decodeBase64(m)
-				}
-			}
-		case "HostIP":
-			bit, ok = 1<<2, s.addr(&p.HostIP)
-		case "ID":
-			var n uint64
-			n, ok = s.uint(math.MaxUint32)
-			bit, p.ID = 1<<3, uint32(n)
-		case "Key":
-			var n uint64
-			n, ok = s.uint(math.MaxUint8)
-			bit, p.Key = 1<<4, uint8(n)
-		case "Metadata":
-			bit = 1 << 5
-			p.Metadata, ok = s.str()
-		case "K8sNamespace":
-			bit = 1 << 6
-			p.K8sNamespace, ok = s.str()
-		case "K8sPodName":
-			bit = 1 << 7
-			p.K8sPodName, ok = s.str()
-		case "K8sServiceAccount":
-			bit = 1 << 8
-			p.K8sServiceAccount, ok = s.str()
-		case "NamedPorts":
-			bit = 1 << 9
-			p.NamedPorts, ok = s.namedPorts()
-		default:
-			return p, false
-		}
-		if !ok || seen&bit != 0 {
-			return p, false
+		bit, ok := field(key)
+		if !ok || bit == 0 || seen&bit != 0 {
+			return seen, false
 		}
 		seen |= bit
-		if s.consume(',') {
-			continue
+		if !s.consume(',') {
+			return seen, s.consume('}')
 		}
-		if s.consume('}') {
-			return p, s.end()
-		}
-		return p, false
 	}
 }
 
@@ -195,79 +199,98 @@ func (s *scanner) uint(max uint64) (uint64, bool) {
 
 // addr reads an IP as netip.Addr.UnmarshalText does ("" is the zero Addr).
 func (s *scanner) addr(a *netip.Addr) bool {
-	v, ok := s.str()
+	v, ok := s.raw()
 	if !ok {
 		return false
 	}
-	if v == "" {
+	if len(v) == 0 {
 		*a = netip.Addr{}
 		return true
 	}
+	if ip, ok := parseIPv4(v); ok {
+		*a = ip
+		return true
+	}
 	var err error
-	*a, err = netip.ParseAddr(v)
+	*a, err = netip.ParseAddr(string(v))
 	return err == nil
 }
 
-func (s *scanner) namedPorts() ([]NamedPort, bool) {
+// parseIPv4 parses the dotted decimal form that netip.ParseAddr accepts
+// for IPv4 (four fields of 0–255 without leading zeros) without copying v
+// to a string; false for anything else, which ParseAddr then decides.
+func parseIPv4(v []byte) (netip.Addr, bool) {
+	var out [4]byte
+	field, digits, val := 0, 0, 0
+	for i, c := range v {
+		switch {
+		case '0' <= c && c <= '9':
+			if digits > 0 && val == 0 { // leading zero
+				return netip.Addr{}, false
+			}
+			val = val*10 + int(c-'0')
+			digits++
+			if val > 255 {
+				return netip.Addr{}, false
+			}
+		case c == '.' && digits > 0 && field < 3 && i < len(v)-1:
+			out[field] = byte(val)
+			field, digits, val = field+1, 0, 0
+		default:
+			return netip.Addr{}, false
+		}
+	}
+	if field != 3 || digits == 0 {
+		return netip.Addr{}, false
+	}
+	out[3] = byte(val)
+	return netip.AddrFrom4(out), true
+}
+
+func (s *scanner) namedPorts() ([]NamedPort, bool) { return scanList(s, s.namedPort) }
+
+// scanList reads null (a nil slice) or a list (non-nil, as encoding/json
+// makes it) of elements that elem reads.
+func scanList[T any](s *scanner, elem func() (T, bool)) ([]T, bool) {
 	if s.null() {
 		return nil, true
 	}
 	if !s.consume('[') {
 		return nil, false
 	}
-	ports := []NamedPort{}
+	out := []T{}
 	if s.consume(']') {
-		return ports, true
+		return out, true
 	}
 	for {
-		np, ok := s.namedPort()
+		e, ok := elem()
 		if !ok {
 			return nil, false
 		}
-		ports = append(ports, np)
+		out = append(out, e)
 		if s.consume(',') {
 			continue
 		}
-		return ports, s.consume(']')
+		return out, s.consume(']')
 	}
 }
 
 func (s *scanner) namedPort() (np NamedPort, ok bool) {
-	if !s.consume('{') {
-		return np, false
-	}
-	if s.consume('}') {
-		return np, true
-	}
-	var seen uint8
-	for {
-		key, ok := s.raw()
-		if !ok || !s.consume(':') {
-			return np, false
-		}
-		var bit uint8
+	_, ok = s.object(func(key []byte) (bit uint32, ok bool) {
 		switch string(key) {
 		case "Name":
-			bit = 1 << 0
 			np.Name, ok = s.str()
+			return 1 << 0, ok
 		case "Port":
-			var n uint64
-			n, ok = s.uint(math.MaxUint16)
-			bit, np.Port = 1<<1, uint16(n)
+			n, ok := s.uint(math.MaxUint16)
+			np.Port = uint16(n)
+			return 1 << 1, ok
 		case "Protocol":
-			var v string
-			v, ok = s.str()
-			bit, np.Protocol = 1<<2, Protocol(v)
-		default:
-			return np, false
+			v, ok := s.str()
+			np.Protocol = Protocol(v)
+			return 1 << 2, ok
 		}
-		if !ok || seen&bit != 0 {
-			return np, false
-		}
-		seen |= bit
-		if s.consume(',') {
-			continue
-		}
-		return np, s.consume('}')
-	}
+		return 0, false
+	})
+	return np, ok
 }

@@ -1,10 +1,8 @@
 package wire
 
 import (
-	"encoding/json"
 	"net"
 	"net/netip"
-	"reflect"
 	"testing"
 )
 
@@ -46,16 +44,43 @@ func TestIPIdentityPairFastPath(t *testing.T) {
 			if ok != tt.fast {
 				t.Fatalf("fast path ok = %v, want %v", ok, tt.fast)
 			}
-			if !ok {
-				return
-			}
-			var slow IPIdentityPair
-			if err := json.Unmarshal([]byte(tt.value), &slow); err != nil {
-				t.Fatal(err)
-			}
-			if !reflect.DeepEqual(fast, slow) {
-				t.Errorf("fast %#v\nslow %#v", fast, slow)
+			if ok {
+				sameAsJSON(t, []byte(tt.value), fast)
 			}
 		})
 	}
+}
+
+func TestParseIPv4(t *testing.T) {
+	for _, s := range []string{
+		"10.1.0.7", "0.0.0.0", "255.255.255.255", "1.2.3.4", "256.1.1.1", "01.1.1.1", "1.1.1", "1.1.1.1.1", "1..1.1",
+		"1.1.1.", ".1.1.1", "1.1.1.1 ", "", "::1", "fd00::1", "::ffff:1.2.3.4", "1.2.3.4%eth0", "1000.1.1.1", "0.00.0.0",
+	} {
+		got, ok := parseIPv4([]byte(s))
+		want, err := netip.ParseAddr(s)
+		if ok && (err != nil || got != want) {
+			t.Errorf("parseIPv4(%q) = %v, ParseAddr = %v, %v", s, got, want, err)
+		}
+		if !ok && err == nil && want.Is4() {
+			t.Errorf("parseIPv4(%q) refuses what ParseAddr reads as %v", s, want)
+		}
+	}
+}
+
+// FuzzParseIPv4 checks the IPv4 parser against netip.ParseAddr: whatever it
+// accepts, ParseAddr reads as the same address.
+func FuzzParseIPv4(f *testing.F) {
+	for _, s := range []string{"10.1.0.7", "255.255.255.255", "01.1.1.1", "1.1.1.1.1", "::ffff:1.2.3.4"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, v []byte) {
+		got, ok := parseIPv4(v)
+		if !ok {
+			return
+		}
+		want, err := netip.ParseAddr(string(v))
+		if err != nil || got != want {
+			t.Fatalf("parseIPv4(%q) = %v, ParseAddr = %v, %v", v, got, want, err)
+		}
+	})
 }

@@ -190,9 +190,13 @@ func DecodeNode(r Remote, key string, value []byte) (Node, error) {
 	if cluster != r.Name {
 		return Node{}, fmt.Errorf("node %q: %w: key is for cluster %q, connection for %q", key, ErrWrongCluster, cluster, r.Name)
 	}
-	var n Node
-	if err := json.Unmarshal(value, &n); err != nil {
-		return Node{}, fmt.Errorf("node %q: %w: %v", key, ErrMalformed, err)
+	n, ok := decodeNodeFast(value)
+	if !ok {
+		var slow Node // on the heap only here: n stays on the stack
+		if err := json.Unmarshal(value, &slow); err != nil {
+			return Node{}, fmt.Errorf("node %q: %w: %v", key, ErrMalformed, err)
+		}
+		n = slow
 	}
 	switch {
 	case n.Cluster != r.Name:

@@ -410,6 +410,9 @@ func (r *Reconciler) trimAfterSync() {
 		return
 	}
 	r.trim = false
+	// Nothing is dirty: the room that cleared left for the sync's flushes
+	// goes back too.
+	r.tunnels.dirty, r.ipcache.dirty = map[netip.Prefix]struct{}{}, map[netip.Prefix]struct{}{}
 	r.mu.Unlock()
 	start := r.clock.Now()
 	debug.FreeOSMemory()

@@ -41,13 +41,20 @@ func newTable[T any, C any](enc func(T) C, dec func(netip.Prefix, C) T, id func(
 func (t *table[T, C]) grow(n int) { t.m.Reserve(t.m.Len() + n) }
 
 // cleared is called after a flush emptied dirty: a map keeps the room of
-// its largest size, so the one that held a cold sync's keys is dropped.
+// its largest size, so the one that held many keys is dropped. The next is
+// made with room for as many, up to maxDirtyRoom: during a cold sync every
+// flush takes thousands of keys, and growing the set again from nothing
+// for each cost a few percent of the sync's CPU.
 func (t *table[T, C]) cleared() {
 	if t.peak > 1024 {
-		t.dirty = map[netip.Prefix]struct{}{}
+		t.dirty = make(map[netip.Prefix]struct{}, min(t.peak, maxDirtyRoom))
 	}
 	t.peak = 0
 }
+
+// maxDirtyRoom bounds the room a dirty set is made with (≈ 40 bytes each):
+// what a burst of changes leaves behind stays small.
+const maxDirtyRoom = 16384
 
 func (t *table[T, C]) len() int { return t.m.Len() }
 
@@ -112,14 +119,10 @@ func (t *table[T, C]) upsert(p netip.Prefix, v T) {
 	t.dirty[p] = struct{}{}
 	t.peak = max(t.peak, len(t.dirty))
 	k, c := ipkey.FromPrefix(p), t.enc(v)
-	first, ok := t.m.Get(k)
-	if !ok {
-		t.m.Set(k, c)
-		return
-	}
+	first, added := t.m.Ref(k) // one lookup for the common first claim
 	id := t.id(c)
-	if t.id(first) == id {
-		t.m.Set(k, c)
+	if added || t.id(*first) == id {
+		*first = c
 		return
 	}
 	more := t.more[k]
@@ -130,8 +133,8 @@ func (t *table[T, C]) upsert(p netip.Prefix, v T) {
 		}
 	}
 	if id == t.own { // the own cluster's claim goes first
-		t.more[k] = append([]C{first}, more...)
-		t.m.Set(k, c)
+		t.more[k] = append([]C{*first}, more...)
+		*first = c
 		return
 	}
 	t.more[k] = append(more, c)

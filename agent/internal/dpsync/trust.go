@@ -216,7 +216,9 @@ func (r *Reconciler) ownedBy(p netip.Prefix, id uint32) bool {
 // conflict and are all withdrawn (the outcome does not depend on which came
 // first, and no remote can take over another's address).
 func decide[T any, C any](r *Reconciler, kind string, tab *table[T, C], p netip.Prefix, check func(*Reconciler, netip.Prefix, T) Reason) (T, bool) {
-	delete(r.refused, refusalKey{kind, p})
+	if len(r.refused) > 0 { // hashing the key costs more than this check
+		delete(r.refused, refusalKey{kind, p})
+	}
 	var own, win T
 	var hasOwn bool
 	var buf [2]uint32
