@@ -70,8 +70,13 @@ func TestPolicyCIDR(t *testing.T) {
 			pod := &netnstest.Pod{Name: p.Name, NS: p.NS, IP: fam.pod}
 			// The node reaches the pod from an address of its own in the
 			// other prefix.
-			bits := fam.pod.BitLen()
-			if err := n.NS.Batch(fmt.Sprintf("addr add %s/%d dev lo", fam.nodeInOther, bits),
+			// nodad: an IPv6 address is tentative until the kernel's DAD
+			// work runs, even on lo, and a route cannot use it as source.
+			bits, nodad := fam.pod.BitLen(), ""
+			if bits == 128 {
+				nodad = " nodad"
+			}
+			if err := n.NS.Batch(fmt.Sprintf("addr add %s/%d dev lo%s", fam.nodeInOther, bits, nodad),
 				fmt.Sprintf("route replace %s/%d dev %s src %s", fam.pod, bits, p.HostIf, fam.nodeInOther)); err != nil {
 				t.Fatal(err)
 			}
@@ -82,7 +87,7 @@ func TestPolicyCIDR(t *testing.T) {
 			if bits == 128 {
 				nftFam = "ip6"
 			}
-			if err := n.NS.Batch(fmt.Sprintf("addr add %s/%d dev lo", fam.nodeOwn, bits)); err != nil {
+			if err := n.NS.Batch(fmt.Sprintf("addr add %s/%d dev lo%s", fam.nodeOwn, bits, nodad)); err != nil {
 				t.Fatal(err)
 			}
 			for _, r := range [][]string{
