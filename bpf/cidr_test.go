@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/ipproto"
 	"github.com/clustermesh/clustermesh/internal/netnstest"
@@ -160,5 +161,45 @@ func TestPolicyCIDR(t *testing.T) {
 				})
 			}
 		})
+	}
+}
+
+// TestPolicyWorldCoexist: beside a primary CNI (coexistence mode) a packet
+// the node forwards to a pod in ingress default deny from an address in no
+// named prefix (world) stays the host's path, since the own cluster's other
+// nodes and their pods arrive the same way without an ipcache entry here
+// (docs/policy.md, Not built yet); one from a CIDR identity is still
+// decided.
+func TestPolicyWorldCoexist(t *testing.T) {
+	topo, nodes := policyClusterOpts(t, netnstest.Config{Nodes: 1, PodsPerNode: 1}, bpf.Config{Coexist: true})
+	n, pn := topo.Nodes[0], nodes[0]
+	p := n.Pods[0]
+	id, cidr := podIdentity(0, 0), uint32(1<<24|1)
+	const port = 7000
+	// The primary CNI's route to the pod.
+	if err := n.NS.Batch(fmt.Sprintf("route add %s/32 dev %s", p.IP, p.HostIf)); err != nil {
+		t.Fatal(err)
+	}
+	serve(t, p, port)
+	unnamed, named := n.AddExternal(t, netip.MustParseAddr("203.0.113.10")), n.AddExternal(t, netip.MustParseAddr("192.0.2.10"))
+	apply(t, pn.node, datapath.Batch{UpsertIPCache: []datapath.IPCacheEntry{{Prefix: netip.MustParsePrefix("192.0.2.0/24"), Identity: cidr}}})
+	pn.apply(t, datapath.PolicyBatch{Modes: []datapath.PolicyMode{{Subject: id, Ingress: true}}})
+
+	want := reach{true, true, true}
+	testwait.Until(t, 10*time.Second, "world through the host's path", func() (bool, string) {
+		got := probe(unnamed, p.IP, port)
+		return got == want, fmt.Sprintf("%+v", got)
+	})
+	if got := probe(named, p.IP, port); got != (reach{}) {
+		t.Errorf("%s -> %s: tcp/udp/icmp passed = %+v, want none (CIDR identity, default deny)", named.IP, p.IP, got)
+	}
+	w := datapath.Drop{SrcIdentity: cidr, DstIdentity: id, Src: named.IP, Dst: p.IP, DstPort: port, Proto: ipproto.TCP, Reason: datapath.DropPolicyDefault}
+	testwait.Until(t, 5*time.Second, "drop event of the CIDR source", func() (bool, string) { return pn.drops.find(w), pn.drops.String() })
+	pn.drops.mu.Lock()
+	defer pn.drops.mu.Unlock()
+	for _, d := range pn.drops.evs {
+		if d.SrcIdentity == 2 {
+			t.Errorf("world dropped beside a primary CNI: %+v", d)
+		}
 	}
 }
