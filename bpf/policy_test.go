@@ -64,7 +64,13 @@ type policyNode struct {
 
 func policyCluster(t *testing.T, cfg netnstest.Config) (*netnstest.Topology, []*policyNode) {
 	t.Helper()
-	topo, nodes := clusterWith(t, cfg)
+	return policyClusterOpts(t, cfg, bpf.Config{})
+}
+
+// policyClusterOpts is policyCluster with the datapath options of opts.
+func policyClusterOpts(t *testing.T, cfg netnstest.Config, opts bpf.Config) (*netnstest.Topology, []*policyNode) {
+	t.Helper()
+	topo, nodes := clusterOpts(t, cfg, opts)
 	testenv.RequireCommand(t, "ping")
 	var out []*policyNode
 	for _, nd := range nodes {

@@ -297,15 +297,24 @@ static __always_inline int from_tunnel6(struct __sk_buff *skb)
 static __always_inline int to_pod6(struct __sk_buff *skb)
 {
 	struct lpm6_key key = { .prefixlen = 128 };
+	struct bpf_fib_lookup fib = { .family = 10 /* AF_INET6 */ };
 	struct ipcache_value *ipc;
 	struct pkt6 p;
+	__u32 peer = 0;
 
 	if (parse6(skb, &p))
 		return CM_NEXT;
 	key.addr = p.flow.saddr;
 	ipc = bpf_map_lookup_elem(&cm_ipcache6, &key);
-	if (skb->ingress_ifindex && ipc && identity_is_cidr(ipc->identity)) {
-		struct pol_ctx c = { .peer = ipc->identity };
+	if (skb->ingress_ifindex) {
+		__builtin_memcpy(fib.ipv6_dst, &p.flow.saddr, sizeof(fib.ipv6_dst));
+		if (ipc && identity_is_cidr(ipc->identity))
+			peer = ipc->identity;
+		else if (forwarded_world(skb, ipc, &fib))
+			peer = WORLD_IDENTITY;
+	}
+	if (peer) {
+		struct pol_ctx c = { .peer = peer };
 
 		key.addr = p.flow.daddr;
 		c.subject = endpoint_identity(bpf_map_lookup_elem(&cm_ipcache6, &key));
