@@ -232,7 +232,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		runs = append(runs, runner.Part{Name: "localidentity", Run: ids.Run})
 	}
 	local = localcluster.New(localcluster.Config{
-		NodeName: cfg.NodeName, ClusterID: cfg.ClusterID, Identity: identityFunc(ids),
+		NodeName: cfg.NodeName, ClusterID: cfg.ClusterID, Identity: identityFunc(ids), OwnPods: ownPods(ids),
 		// Beside a primary CNI, it connects the cluster's own nodes.
 		NodeTunnels: cfg.Mode == ModeFull,
 		// The restore hold (in the remote manager) releases the own
@@ -305,6 +305,14 @@ func identityFunc(ids *localidentity.Watcher) func(netip.Addr) uint32 {
 		return nil
 	}
 	return ids.Identity
+}
+
+// ownPods is ids as the own cluster's pod entries (nil: none).
+func ownPods(ids *localidentity.Watcher) localcluster.OwnPods {
+	if ids == nil {
+		return nil
+	}
+	return ids
 }
 
 // metricsHandler serves /metrics from reg and the health probes.
