@@ -224,6 +224,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		ids = localidentity.New(localidentity.Config{
 			ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID, MaxConnectedClusters: cfg.MaxConnectedClusters,
 			OnChange:        func(ip netip.Addr) { local.Reidentify(ip) },
+			OnSynced:        func() { local.OwnPodsSynced() },
 			OnIdentity:      pol.identity,
 			OnEndpointPorts: pol.watch.UpdateEndpointPorts,
 		}, func(ctx context.Context) (*kvstore.Client, error) {
@@ -235,9 +236,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		NodeName: cfg.NodeName, ClusterID: cfg.ClusterID, Identity: identityFunc(ids), OwnPods: ownPods(ids),
 		// Beside a primary CNI, it connects the cluster's own nodes.
 		NodeTunnels: cfg.Mode == ModeFull,
+		OnSynced:    func() { ownSynced.Store(true) },
 		// The restore hold (in the remote manager) releases the own
-		// cluster's restored entries.
-		OnSynced: func() { mgr.OwnSynced(); ownSynced.Store(true) },
+		// cluster's restored entries once its pods' entries are in.
+		OnIPCacheSynced: func() { mgr.OwnSynced() },
 	}, kube, merger, rec, log.With("component", "localcluster"), reg)
 
 	rcfg := cfg.Remote

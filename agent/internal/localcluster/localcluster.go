@@ -85,6 +85,10 @@ type Config struct {
 	OwnPods OwnPods
 	// OnSynced is called once the initial state has been handed in.
 	OnSynced func()
+	// OnIPCacheSynced is called once the own cluster's ipcache entries
+	// have been handed in: after OnSynced and, with OwnPods, after
+	// OwnPodsSynced (the restore hold of the own cluster ID ends then).
+	OnIPCacheSynced func()
 	// RetryMin and RetryMax bound the backoff of failed keys.
 	RetryMin, RetryMax time.Duration
 }
@@ -129,6 +133,10 @@ type Watcher struct {
 	nodes     map[string]struct{}       // guarded by mu: the cluster's nodes, reconciled
 	podCIDRs  map[string][]netip.Prefix // guarded by mu: every node's pod CIDRs (this one's too)
 	podIPs    map[key][]netip.Addr      // guarded by mu: pod → programmed endpoints
+	// informersSynced and ownPodsSynced: the two sources of the own
+	// ipcache entries have delivered their full state. Guarded by mu.
+	informersSynced, ownPodsSynced bool
+	ipcacheSynced                  sync.Once
 }
 
 // New returns a Watcher. reg may be nil.
@@ -210,6 +218,10 @@ func (w *Watcher) Run(ctx context.Context) error {
 	if w.cfg.OnSynced != nil {
 		w.cfg.OnSynced()
 	}
+	w.mu.Lock()
+	w.informersSynced = true
+	w.mu.Unlock()
+	w.maybeIPCacheSynced()
 	w.log.Info("own cluster synced")
 
 	var wg sync.WaitGroup
@@ -675,6 +687,37 @@ func (w *Watcher) reconcileIP(k key) error {
 	}
 	w.dp.UpsertIPCache(e)
 	return nil
+}
+
+// OwnPodsSynced tells the watcher that OwnPods holds the own cluster's
+// full state (localidentity.Config.OnSynced).
+func (w *Watcher) OwnPodsSynced() {
+	w.mu.Lock()
+	w.ownPodsSynced = true
+	w.mu.Unlock()
+	w.maybeIPCacheSynced()
+}
+
+// maybeIPCacheSynced calls OnIPCacheSynced once both sources are synced,
+// after reconciling every address OwnPods holds (those queued may not be
+// yet), so that no entry of theirs is missing when the hold ends.
+func (w *Watcher) maybeIPCacheSynced() {
+	w.mu.Lock()
+	ready := w.informersSynced && (w.cfg.OwnPods == nil || w.ownPodsSynced)
+	w.mu.Unlock()
+	if !ready {
+		return
+	}
+	w.ipcacheSynced.Do(func() {
+		if w.cfg.OwnPods != nil {
+			for _, ip := range w.cfg.OwnPods.Addrs() {
+				_ = w.reconcileIP(ipKey(ip)) // never fails
+			}
+		}
+		if w.cfg.OnIPCacheSynced != nil {
+			w.cfg.OnIPCacheSynced()
+		}
+	})
 }
 
 // onThisNode reports whether an own-cluster pod entry is of this node: its

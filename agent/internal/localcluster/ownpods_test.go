@@ -92,13 +92,21 @@ func testOtherNodesPods(t *testing.T, tunnels bool) {
 	}
 	var w *Watcher
 	ids := localidentity.New(localidentity.Config{ClusterName: "c1", ClusterID: 1,
-		OnChange: func(ip netip.Addr) { w.Reidentify(ip) }},
+		OnChange: func(ip netip.Addr) { w.Reidentify(ip) }, OnSynced: func() { w.OwnPodsSynced() }},
 		func(ctx context.Context) (*kvstore.Client, error) { return kvstore.New(ctx, ucfg, discard) }, discard)
+	held := make(chan bool, 1)
 	dp := memory.New()
 	rec := dpsync.New(dpsync.Config{ClusterID: 1}, dp, discard, clock.RealClock{})
 	merger := servicemerge.New(servicemerge.Config{ClusterID: 1}, rec)
 	w = New(Config{NodeName: "n1", ClusterID: 1, NodeTunnels: tunnels, IfIndex: (&fakeRoutes{m: map[netip.Addr]int{local: 7}}).lookup,
 		Identity: ids.Identity, OwnPods: ids,
+		// The restore hold of the own ID ends here: both sources' entries
+		// must be claimed by then.
+		OnIPCacheSynced: func() {
+			_, okLocal := rec.IPCacheClaim(netip.PrefixFrom(local, 32), 1)
+			e, okOther := rec.IPCacheClaim(netip.PrefixFrom(other, 32), 1)
+			held <- okLocal && okOther && e.Identity == api
+		},
 		RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond}, client, merger, rec, discard, nil)
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = ids.Run(ctx) })
@@ -131,6 +139,14 @@ func testOtherNodesPods(t *testing.T, tunnels bool) {
 			}
 			return true
 		})
+	}
+	select {
+	case ok := <-held:
+		if !ok {
+			t.Fatal("own ipcache synced before both sources' entries were claimed")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("own ipcache never synced")
 	}
 	expect("initial", want{local: entry(local, web, netip.Addr{}), other: entry(other, api, tunnel(n2))})
 

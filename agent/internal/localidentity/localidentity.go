@@ -29,6 +29,9 @@ type Config struct {
 	OnChange func(netip.Addr)
 	// OnIdentity is called with an identity's labels (nil: deleted).
 	OnIdentity func(id uint32, labels wire.Labels)
+	// OnSynced is called once, when the pod addresses of the first full
+	// listing (after the sync canary) have been delivered.
+	OnSynced func()
 	// OnEndpointPorts is called when a pod's ipcache entry changes, with
 	// its identity and named ports before and after (ID 0: no entry).
 	OnEndpointPorts func(oldID uint32, old []wire.NamedPort, curID uint32, cur []wire.NamedPort)
@@ -39,6 +42,8 @@ type Watcher struct {
 	cfg     Config
 	connect func(context.Context) (*kvstore.Client, error)
 	log     *slog.Logger
+
+	synced sync.Once
 
 	mu  sync.Mutex
 	ips map[netip.Addr]Pod // guarded by mu
@@ -174,7 +179,11 @@ func (o ipObserver) OnDelete(_ string, p wire.IPIdentityPair) {
 	}
 }
 
-func (ipObserver) OnSync() {}
+func (o ipObserver) OnSync() {
+	if f := o.w.cfg.OnSynced; f != nil {
+		o.w.synced.Do(f)
+	}
+}
 
 type idObserver struct{ w *Watcher }
 
