@@ -224,16 +224,7 @@ func TestPolicyOwnClusterCoexist(t *testing.T) {
 	// endpoint, no tunnel entries (NodeTunnels is off beside a CNI).
 	for i, n := range topo.Nodes {
 		o := topo.Nodes[1-i]
-		cmds := []string{fmt.Sprintf("route replace %s via %s", o.PodCIDR, o.UnderlayIP)}
-		for _, p := range n.Pods {
-			cmds = append(cmds, fmt.Sprintf("route add %s/32 dev %s", p.IP, p.HostIf))
-		}
-		if err := n.NS.Batch(cmds...); err != nil {
-			t.Fatal(err)
-		}
-		if out, err := n.NS.Exec("sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"); err != nil {
-			t.Fatalf("ip_forward on %s: %v: %s", n.Name, err, out)
-		}
+		primaryCNI(t, n, fmt.Sprintf("route replace %s via %s", o.PodCIDR, o.UnderlayIP))
 		b := datapath.Batch{DeleteTunnels: []netip.Prefix{o.PodCIDR}}
 		for j, p := range o.Pods {
 			b.UpsertIPCache = append(b.UpsertIPCache, datapath.IPCacheEntry{Prefix: netip.PrefixFrom(p.IP, 32), Identity: podIdentity(1-i, j), ClusterID: 1})
