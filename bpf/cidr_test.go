@@ -203,3 +203,63 @@ func TestPolicyWorldCoexist(t *testing.T) {
 		}
 	}
 }
+
+// TestPolicyOwnClusterCoexist: beside a primary CNI (coexistence mode) the
+// agent programs the own cluster's pods of other nodes with their identity
+// and no tunnel endpoint (agent/internal/localcluster, reconcileIP): the
+// host keeps routing them (here the primary CNI's route of the other node's
+// pod CIDR over the underlay, no tunnel entry), and an egress rule selecting
+// one of them allows it while a pod it does not select is denied with its
+// own identity, not world. Full mode's entries (with the node as tunnel
+// endpoint) are TestPolicyEnforcement's.
+func TestPolicyOwnClusterCoexist(t *testing.T) {
+	topo, nodes := policyClusterOpts(t, netnstest.Config{Nodes: 2, PodsPerNode: 2}, bpf.Config{Coexist: true})
+	const port = 7000
+	for _, p := range topo.Pods() {
+		serve(t, p, port)
+	}
+	// The primary CNI's part: routes to this node's pods and, over the
+	// underlay, to the other node's pod CIDR; forwarding on. The agent's
+	// part: the own cluster's other pods in the ipcache without tunnel
+	// endpoint, no tunnel entries (NodeTunnels is off beside a CNI).
+	for i, n := range topo.Nodes {
+		o := topo.Nodes[1-i]
+		primaryCNI(t, n, fmt.Sprintf("route replace %s via %s", o.PodCIDR, o.UnderlayIP))
+		b := datapath.Batch{DeleteTunnels: []netip.Prefix{o.PodCIDR}}
+		for j, p := range o.Pods {
+			b.UpsertIPCache = append(b.UpsertIPCache, datapath.IPCacheEntry{Prefix: netip.PrefixFrom(p.IP, 32), Identity: podIdentity(1-i, j), ClusterID: 1})
+		}
+		apply(t, nodes[i].node, b)
+	}
+	a, c, d := topo.Nodes[0].Pods[0], topo.Nodes[1].Pods[0], topo.Nodes[1].Pods[1]
+	idA, idC, idD := podIdentity(0, 0), podIdentity(1, 0), podIdentity(1, 1)
+	all := reach{true, true, true}
+	testwait.Until(t, 10*time.Second, "a -> d through the primary CNI's route, no policy", func() (bool, string) {
+		got := probe(a, d.IP, port)
+		return got == all, fmt.Sprintf("%+v", got)
+	})
+	// a: egress only to c (toEndpoints selecting c's identity).
+	nodes[0].apply(t, datapath.PolicyBatch{
+		Upserts: []datapath.PolicyEntry{{Key: datapath.PolicyKey{Subject: idA, Egress: true, Peer: idC}, Rule: 41}},
+		Modes:   []datapath.PolicyMode{{Subject: idA, Egress: true}},
+	})
+	for _, tc := range []struct {
+		name string
+		to   *netnstest.Pod
+		want reach
+	}{
+		{"selected pod of the other node", c, all},
+		{"pod of the other node not selected", d, reach{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := probe(a, tc.to.IP, port); got != tc.want {
+				t.Errorf("%s -> %s: tcp/udp/icmp passed = %+v, want %+v", a.Name, tc.to.Name, got, tc.want)
+			}
+		})
+	}
+	w := datapath.Drop{SrcIdentity: idA, DstIdentity: idD, SrcCluster: 1, Src: a.IP, Dst: d.IP,
+		DstPort: port, Proto: ipproto.TCP, Egress: true, Reason: datapath.DropPolicyDefault}
+	testwait.Until(t, 5*time.Second, "egress drop event naming d's identity", func() (bool, string) {
+		return nodes[0].drops.find(w), nodes[0].drops.String()
+	})
+}

@@ -59,16 +59,7 @@ func testCoexistence(t *testing.T, coexist, wantLocalForwarded, wantKubeProxy, w
 	client, local, remote := n1.Pods[0], n1.Pods[1], n2.Pods[0]
 	// The primary CNI's part on both nodes.
 	for _, n := range topo.Nodes {
-		var cmds []string
-		for _, p := range n.Pods {
-			cmds = append(cmds, fmt.Sprintf("route add %s/32 dev %s", p.IP, p.HostIf))
-		}
-		if err := n.NS.Batch(cmds...); err != nil {
-			t.Fatal(err)
-		}
-		if out, err := n.NS.Exec("sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"); err != nil {
-			t.Fatalf("ip_forward on %s: %v: %s", n.Name, err, out)
-		}
+		primaryCNI(t, n)
 	}
 	// kube-proxy's DNAT of a Service that is not global and its drop of
 	// packets conntrack finds invalid in FORWARD (kube-proxy's iptables
@@ -186,4 +177,20 @@ func nftCounter(t *testing.T, n *netnstest.Node, name string) uint64 {
 	}
 	v, _ := strconv.ParseUint(string(m[1]), 10, 64)
 	return v
+}
+
+// primaryCNI does a primary CNI's part on node n: host routes to its pods,
+// the extra ip commands (routes to other nodes), forwarding on.
+func primaryCNI(t *testing.T, n *netnstest.Node, extra ...string) {
+	t.Helper()
+	cmds := extra
+	for _, p := range n.Pods {
+		cmds = append(cmds, fmt.Sprintf("route add %s/32 dev %s", p.IP, p.HostIf))
+	}
+	if err := n.NS.Batch(cmds...); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := n.NS.Exec("sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"); err != nil {
+		t.Fatalf("ip_forward on %s: %v: %s", n.Name, err, out)
+	}
 }

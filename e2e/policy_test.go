@@ -457,6 +457,48 @@ spec:
 		expectHTTP(t, pp.c2Client, pp.backend, true) // replies pass the backend's egress
 	})
 
+	t.Run("egress to the own cluster's pods on another node", func(t *testing.T) {
+		// A pod of c1's other node: the backend's node knows it, and it the
+		// backend, from the own cluster's ipcache entries (issue #15 §1),
+		// not as world.
+		peer, err := c1.Nodes[1].AddPodIn(ctx, polNS, "pol-peer-c1", map[string]string{"app": "peer"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := peer.Delete(context.Background()); err != nil {
+				t.Errorf("delete %s: %v", peer.Name, err)
+			}
+		})
+		expectHTTP(t, peer, pp.backend, true)
+		u := applyPolicy(ctx, t, c1, `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: peer-egress, namespace: pol}
+spec:
+  endpointSelector: {matchLabels: {app: peer}}
+  egress:
+    - toEndpoints:
+        - matchLabels: {app: backend}
+`)
+		// The denial first: the policy is in force once it is seen.
+		expectHTTP(t, peer, pp.c1Client, false) // same cluster, other node, not selected
+		expectHTTP(t, peer, pp.backend, true)
+		if err := c1.DeletePolicy(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+		applyPolicy(ctx, t, c1, `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: peer-egress-world, namespace: pol}
+spec:
+  endpointSelector: {matchLabels: {app: peer}}
+  egress:
+    - toEntities: [world]
+`)
+		expectHTTP(t, peer, pp.backend, false) // a pod of the cluster is not world
+	})
+
 	t.Run("no policy, all allowed again", func(t *testing.T) {
 		for _, c := range pp.clients() {
 			expectHTTP(t, c, pp.backend, true)

@@ -224,6 +224,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		ids = localidentity.New(localidentity.Config{
 			ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID, MaxConnectedClusters: cfg.MaxConnectedClusters,
 			OnChange:        func(ip netip.Addr) { local.Reidentify(ip) },
+			OnSynced:        func() { local.OwnPodsSynced() },
 			OnIdentity:      pol.identity,
 			OnEndpointPorts: pol.watch.UpdateEndpointPorts,
 		}, func(ctx context.Context) (*kvstore.Client, error) {
@@ -232,12 +233,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		runs = append(runs, runner.Part{Name: "localidentity", Run: ids.Run})
 	}
 	local = localcluster.New(localcluster.Config{
-		NodeName: cfg.NodeName, ClusterID: cfg.ClusterID, Identity: identityFunc(ids),
+		NodeName: cfg.NodeName, ClusterID: cfg.ClusterID, Identity: identityFunc(ids), OwnPods: ownPods(ids),
 		// Beside a primary CNI, it connects the cluster's own nodes.
 		NodeTunnels: cfg.Mode == ModeFull,
+		OnSynced:    func() { ownSynced.Store(true) },
 		// The restore hold (in the remote manager) releases the own
-		// cluster's restored entries.
-		OnSynced: func() { mgr.OwnSynced(); ownSynced.Store(true) },
+		// cluster's restored entries once its pods' entries are in.
+		OnIPCacheSynced: func() { mgr.OwnSynced() },
 	}, kube, merger, rec, log.With("component", "localcluster"), reg)
 
 	rcfg := cfg.Remote
@@ -305,6 +307,14 @@ func identityFunc(ids *localidentity.Watcher) func(netip.Addr) uint32 {
 		return nil
 	}
 	return ids.Identity
+}
+
+// ownPods is ids as the own cluster's pod entries (nil: none).
+func ownPods(ids *localidentity.Watcher) localcluster.OwnPods {
+	if ids == nil {
+		return nil
+	}
+	return ids
 }
 
 // metricsHandler serves /metrics from reg and the health probes.

@@ -13,15 +13,24 @@
 //     `ip route add <podIP>/32 dev <host-veth>`), plus an ipcache entry with
 //     a zero tunnel endpoint (local delivery). A pod whose route is not
 //     there yet is retried with backoff.
+//   - the own cluster's pods on other nodes (Config.OwnPods, read by
+//     package localidentity from the clustermesh-apiserver's etcd) → ipcache
+//     entries with their identity and the own cluster ID; in full mode with
+//     their node as tunnel endpoint, beside a primary CNI with none (the
+//     entry names the identity, the host keeps routing). The watcher is the
+//     one owner of the own cluster's ipcache entries: an address of one of
+//     this node's pods (or whose kvstore entry names this node) is left to
+//     the pod's reconcile.
 //
 // Identities of the own cluster's pods are allocated by the
-// clustermesh-apiserver and are not read here: local ipcache entries carry
-// identity 0 (the datapath does not enforce policy yet). Other nodes' pods are
-// reached through the tunnel entries of their pod CIDRs. Remote clusters'
-// ipcache entries come from their kvstores (package remotecluster).
+// clustermesh-apiserver (Config.Identity, 0 while unknown). Other nodes'
+// pods are reached through the tunnel entries of their pod CIDRs (full
+// mode) or the primary CNI. Remote clusters' ipcache entries come from
+// their kvstores (package remotecluster).
 //
 // Informer handlers only enqueue keys; workers reconcile from the listers. Run
 // first reconciles everything listed after the caches sync, flushes the
-// merger and calls Config.OnSynced, so the datapath reconciler can delete
-// restored entries the own cluster no longer wants.
+// merger and calls Config.OnSynced; Config.OnIPCacheSynced follows once
+// OwnPods is synced too, so the datapath reconciler can delete restored
+// entries the own cluster no longer wants.
 package localcluster

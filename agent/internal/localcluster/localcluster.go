@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 
+	"github.com/clustermesh/clustermesh/agent/internal/localidentity"
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/internal/annotation"
 	"github.com/clustermesh/clustermesh/internal/datapath"
@@ -52,6 +53,12 @@ type DatapathSink interface {
 	SetLocalNode(name string, prefixes []netip.Prefix)
 }
 
+// OwnPods is what the watcher needs of the own cluster's pod identities.
+type OwnPods interface {
+	Pod(netip.Addr) (localidentity.Pod, bool)
+	Addrs() []netip.Addr
+}
+
 // ErrNoRoute is returned by an IfIndexFunc when no host route to the IP exists.
 var ErrNoRoute = errors.New("no host route")
 
@@ -72,8 +79,16 @@ type Config struct {
 	// clustermesh-apiserver allocated for a pod IP, 0 while unknown (see
 	// docs/policy.md); nil: always 0. Call Reidentify when it changes.
 	Identity func(netip.Addr) uint32
+	// OwnPods holds every pod address of the own cluster with its
+	// identity and node (localidentity.Watcher); nil: only this node's
+	// pods get ipcache entries. Call Reidentify when an entry changes.
+	OwnPods OwnPods
 	// OnSynced is called once the initial state has been handed in.
 	OnSynced func()
+	// OnIPCacheSynced is called once the own cluster's ipcache entries
+	// have been handed in: after OnSynced and, with OwnPods, after
+	// OwnPodsSynced (the restore hold of the own cluster ID ends then).
+	OnIPCacheSynced func()
 	// RetryMin and RetryMax bound the backoff of failed keys.
 	RetryMin, RetryMax time.Duration
 }
@@ -85,6 +100,10 @@ const (
 	kindSlice
 	kindNode
 	kindPod
+	// kindIP is a pod address of the own cluster (name: the address)
+	// whose ipcache entry is reconciled from OwnPods unless a pod of this
+	// node holds it.
+	kindIP
 )
 
 type key struct {
@@ -114,6 +133,10 @@ type Watcher struct {
 	nodes     map[string]struct{}       // guarded by mu: the cluster's nodes, reconciled
 	podCIDRs  map[string][]netip.Prefix // guarded by mu: every node's pod CIDRs (this one's too)
 	podIPs    map[key][]netip.Addr      // guarded by mu: pod → programmed endpoints
+	// informersSynced and ownPodsSynced: the two sources of the own
+	// ipcache entries have delivered their full state. Guarded by mu.
+	informersSynced, ownPodsSynced bool
+	ipcacheSynced                  sync.Once
 }
 
 // New returns a Watcher. reg may be nil.
@@ -195,6 +218,10 @@ func (w *Watcher) Run(ctx context.Context) error {
 	if w.cfg.OnSynced != nil {
 		w.cfg.OnSynced()
 	}
+	w.mu.Lock()
+	w.informersSynced = true
+	w.mu.Unlock()
+	w.maybeIPCacheSynced()
 	w.log.Info("own cluster synced")
 
 	var wg sync.WaitGroup
@@ -259,6 +286,11 @@ func (w *Watcher) initial() {
 			keys = append(keys, key{kindPod, o.Namespace, o.Name})
 		}
 	}
+	if w.cfg.OwnPods != nil {
+		for _, ip := range w.cfg.OwnPods.Addrs() {
+			keys = append(keys, ipKey(ip))
+		}
+	}
 	for _, k := range keys {
 		if err := w.reconcile(k); err != nil {
 			w.queue.AddRateLimited(k)
@@ -291,6 +323,8 @@ func (w *Watcher) reconcile(k key) error {
 		return w.reconcileNode(k)
 	case kindPod:
 		return w.reconcilePod(k)
+	case kindIP:
+		return w.reconcileIP(k)
 	}
 	return nil
 }
@@ -595,7 +629,9 @@ func (w *Watcher) reconcilePod(k key) error {
 		}
 		if !found {
 			w.dp.DeleteEndpoint(ip)
-			w.dp.DeleteIPCache(netip.PrefixFrom(ip, ip.BitLen()), w.cfg.ClusterID)
+			// The address may be another node's pod now: reconcileIP
+			// deletes or rewrites its entry.
+			w.queue.Add(ipKey(ip))
 		}
 	}
 	for _, e := range eps {
@@ -611,6 +647,92 @@ func (w *Watcher) reconcilePod(k key) error {
 	return missing
 }
 
+func ipKey(ip netip.Addr) key { return key{kind: kindIP, name: ip.String()} }
+
+// reconcileIP programs the ipcache entry of an own-cluster pod address
+// that no pod of this node holds (reconcilePod owns those): its identity
+// from OwnPods, its node as tunnel endpoint in full mode. Beside a primary
+// CNI the entry gives the identity only (zero tunnel endpoint: cm_from_pod
+// leaves the own cluster's routing to the host). w.mu is held across the
+// writes so that reconcilePod, which records this node's addresses under
+// it before writing, always writes last.
+func (w *Watcher) reconcileIP(k key) error {
+	ip, err := netip.ParseAddr(k.name)
+	if err != nil {
+		return nil // never queued
+	}
+	prefix := netip.PrefixFrom(ip, ip.BitLen())
+	var pod localidentity.Pod
+	ok := false
+	if w.cfg.OwnPods != nil {
+		pod, ok = w.cfg.OwnPods.Pod(ip)
+	}
+	if ok && w.onThisNode(pod) {
+		ok = false // this node's pod: an entry only while reconcilePod programs it
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, ips := range w.podIPs {
+		if slices.Contains(ips, ip) {
+			return nil
+		}
+	}
+	if !ok {
+		w.dp.DeleteIPCache(prefix, w.cfg.ClusterID)
+		return nil
+	}
+	e := datapath.IPCacheEntry{Prefix: prefix, Identity: pod.Identity, ClusterID: w.cfg.ClusterID}
+	if w.cfg.NodeTunnels {
+		e.TunnelEndpoint = pod.Host
+	}
+	w.dp.UpsertIPCache(e)
+	return nil
+}
+
+// OwnPodsSynced tells the watcher that OwnPods holds the own cluster's
+// full state (localidentity.Config.OnSynced).
+func (w *Watcher) OwnPodsSynced() {
+	w.mu.Lock()
+	w.ownPodsSynced = true
+	w.mu.Unlock()
+	w.maybeIPCacheSynced()
+}
+
+// maybeIPCacheSynced calls OnIPCacheSynced once both sources are synced,
+// after reconciling every address OwnPods holds (those queued may not be
+// yet), so that no entry of theirs is missing when the hold ends.
+func (w *Watcher) maybeIPCacheSynced() {
+	w.mu.Lock()
+	ready := w.informersSynced && (w.cfg.OwnPods == nil || w.ownPodsSynced)
+	w.mu.Unlock()
+	if !ready {
+		return
+	}
+	w.ipcacheSynced.Do(func() {
+		if w.cfg.OwnPods != nil {
+			for _, ip := range w.cfg.OwnPods.Addrs() {
+				_ = w.reconcileIP(ipKey(ip)) // never fails
+			}
+		}
+		if w.cfg.OnIPCacheSynced != nil {
+			w.cfg.OnIPCacheSynced()
+		}
+	})
+}
+
+// onThisNode reports whether an own-cluster pod entry is of this node: its
+// pod is scheduled here, or its node address is one of this node's (as
+// while a deleted pod's entry is still in the kvstore).
+func (w *Watcher) onThisNode(pod localidentity.Pod) bool {
+	if pod.Name != "" {
+		if p, err := w.podLister.Pods(pod.Namespace).Get(pod.Name); err == nil && p.Spec.NodeName == w.cfg.NodeName {
+			return true
+		}
+	}
+	node, err := w.nodeLister.Get(w.cfg.NodeName)
+	return err == nil && pod.Host.IsValid() && slices.Contains(nodePrefixes(node), netip.PrefixFrom(pod.Host, pod.Host.BitLen()))
+}
+
 // PodIPs returns the addresses of a pod of this node (nil: none known).
 func (w *Watcher) PodIPs(namespace, name string) []netip.Addr {
 	w.mu.Lock()
@@ -618,8 +740,9 @@ func (w *Watcher) PodIPs(namespace, name string) []netip.Addr {
 	return slices.Clone(w.podIPs[key{kind: kindPod, namespace: namespace, name: name}])
 }
 
-// Reidentify reconciles the pod of this node that has ip, if any: its
-// identity changed. Safe to call before Run.
+// Reidentify reconciles the pod of this node that has ip, if any, and the
+// address's entry as another node's pod: its OwnPods entry changed. Safe
+// to call before Run.
 func (w *Watcher) Reidentify(ip netip.Addr) {
 	w.mu.Lock()
 	var ks []key
@@ -632,6 +755,7 @@ func (w *Watcher) Reidentify(ip netip.Addr) {
 	for _, k := range ks {
 		w.queue.Add(k)
 	}
+	w.queue.Add(ipKey(ip))
 }
 
 // RouteIfIndex returns the output interface of the host route to ip.

@@ -2,6 +2,7 @@
 // cluster from that cluster's etcd, where its clustermesh-apiserver (the one
 // allocator) publishes them: pod IP → numeric identity
 // (cilium/state/ip/v1/default/) and identity → labels
-// (cilium/state/identities/v1/id/). The agent programs the identity of its
-// own pods from it; it never allocates one.
+// (cilium/state/identities/v1/id/). The agent programs every pod of its
+// cluster into the ipcache from it (package localcluster); it never
+// allocates one.
 package localidentity

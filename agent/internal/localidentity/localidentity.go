@@ -3,7 +3,9 @@ package localidentity
 import (
 	"context"
 	"log/slog"
+	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -22,10 +24,14 @@ type Config struct {
 	ClusterID            uint32
 	MaxConnectedClusters int
 	// OnChange is called, outside the watcher's lock, with a pod address
-	// whose identity changed (appeared, changed or went away).
+	// whose entry changed (appeared, went away, or its identity, node or
+	// pod changed).
 	OnChange func(netip.Addr)
 	// OnIdentity is called with an identity's labels (nil: deleted).
 	OnIdentity func(id uint32, labels wire.Labels)
+	// OnSynced is called once, when the pod addresses of the first full
+	// listing (after the sync canary) have been delivered.
+	OnSynced func()
 	// OnEndpointPorts is called when a pod's ipcache entry changes, with
 	// its identity and named ports before and after (ID 0: no entry).
 	OnEndpointPorts func(oldID uint32, old []wire.NamedPort, curID uint32, cur []wire.NamedPort)
@@ -37,14 +43,26 @@ type Watcher struct {
 	connect func(context.Context) (*kvstore.Client, error)
 	log     *slog.Logger
 
+	synced sync.Once
+
 	mu  sync.Mutex
-	ips map[netip.Addr]uint32 // guarded by mu
+	ips map[netip.Addr]Pod // guarded by mu
+}
+
+// Pod is what the own cluster's etcd says of a pod address.
+type Pod struct {
+	// Identity is the numeric security identity.
+	Identity uint32
+	// Host is the address of the pod's node (HostIP: the tunnel endpoint).
+	Host netip.Addr
+	// Namespace and Name name the pod ("" when the entry does not).
+	Namespace, Name string
 }
 
 // New returns a Watcher that reads through the client connect returns
 // (the own cluster's etcd, --kvstore-config).
 func New(cfg Config, connect func(context.Context) (*kvstore.Client, error), log *slog.Logger) *Watcher {
-	return &Watcher{cfg: cfg, connect: connect, log: log, ips: map[netip.Addr]uint32{}}
+	return &Watcher{cfg: cfg, connect: connect, log: log, ips: map[netip.Addr]Pod{}}
 }
 
 // Identity returns the identity of a pod address of the own cluster, 0 when
@@ -52,7 +70,23 @@ func New(cfg Config, connect func(context.Context) (*kvstore.Client, error), log
 func (w *Watcher) Identity(ip netip.Addr) uint32 {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.ips[ip]
+	return w.ips[ip].Identity
+}
+
+// Pod returns the entry of a pod address of the own cluster (false: none
+// known).
+func (w *Watcher) Pod(ip netip.Addr) (Pod, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	p, ok := w.ips[ip]
+	return p, ok
+}
+
+// Addrs returns every pod address of the own cluster known now.
+func (w *Watcher) Addrs() []netip.Addr {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Collect(maps.Keys(w.ips))
 }
 
 // connectBackoff spaces the attempts to reach the own cluster's etcd.
@@ -118,11 +152,12 @@ func (o ipObserver) OnUpsert(_ string, p, prev wire.IPIdentityPair, hadPrev bool
 		f(oldID, prev.NamedPorts, p.ID, p.NamedPorts)
 	}
 	ip := p.Prefix().Addr()
+	cur := Pod{Identity: p.ID, Host: p.HostIP.Unmap(), Namespace: p.K8sNamespace, Name: p.K8sPodName}
 	o.w.mu.Lock()
 	old, had := o.w.ips[ip]
-	o.w.ips[ip] = p.ID
+	o.w.ips[ip] = cur
 	o.w.mu.Unlock()
-	if (!had || old != p.ID) && o.w.cfg.OnChange != nil {
+	if (!had || old != cur) && o.w.cfg.OnChange != nil {
 		o.w.cfg.OnChange(ip)
 	}
 }
@@ -144,7 +179,11 @@ func (o ipObserver) OnDelete(_ string, p wire.IPIdentityPair) {
 	}
 }
 
-func (ipObserver) OnSync() {}
+func (o ipObserver) OnSync() {
+	if f := o.w.cfg.OnSynced; f != nil {
+		o.w.synced.Do(f)
+	}
+}
 
 type idObserver struct{ w *Watcher }
 
