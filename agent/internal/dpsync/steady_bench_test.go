@@ -11,7 +11,6 @@ import (
 
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/internal/datapath"
-	"github.com/clustermesh/clustermesh/internal/netnstest"
 	"github.com/clustermesh/clustermesh/internal/testenv"
 )
 
@@ -40,15 +39,7 @@ func (w *signalWriter) Apply(ctx context.Context, b datapath.Batch) error {
 // included); p50 and p99 of that are reported.
 func BenchmarkSteadyIPCacheChange(b *testing.B) {
 	testenv.RequireRoot(b)
-	dp, err := bpf.Open(bpf.Config{PinDir: "/run/clustermesh-test/bench-dpsync-" + netnstest.RandomID(), CTEntries: 16384}, discard)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		if err := dp.Uninstall(); err != nil {
-			b.Error(err)
-		}
-	})
+	dp := bpf.OpenForTest(b, bpf.Config{CTEntries: 16384})
 	bw, err := bpf.NewWriter(dp, discard)
 	if err != nil {
 		b.Fatal(err)
