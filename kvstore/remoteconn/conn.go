@@ -9,7 +9,6 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
 	"github.com/clustermesh/clustermesh/kvstore"
-	"github.com/clustermesh/clustermesh/kvstore/watchstore"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
@@ -128,14 +127,12 @@ func AccessDenied(err error) bool {
 	return false
 }
 
-// Refusal returns err if it refuses the remote until what the remote
-// publishes changes: a cluster ID conflict, an unusable cluster config or
-// config file, more entries than the entry limit (each retry lists again).
-// The reason stays in status across the retries until a session syncs.
-// Anything else (unreachable, TLS, access denied, a timeout) is a failure
-// that a retry may mend: nil.
+// Refusal returns err if it refuses the remote for good (until its config
+// file or its cluster config changes): a cluster ID conflict, an unusable
+// cluster config or config file. Anything else (unreachable, TLS, access
+// denied, a timeout) is a failure that a retry may mend: nil.
 func Refusal(err error) error {
-	for _, e := range []error{ErrClusterIDConflict, ErrClusterConfig, ErrConfigFile, watchstore.ErrTooManyEntries} {
+	for _, e := range []error{ErrClusterIDConflict, ErrClusterConfig, ErrConfigFile} {
 		if errors.Is(err, e) {
 			return err
 		}

@@ -390,7 +390,6 @@ func (s *Set[M]) session(ctx context.Context, r *slot[M], data []byte) error {
 			r.update(func(st *State) {
 				st.Ready, st.Served, st.LastChange = !withdrawn.Load(), true, now
 				st.LastError = "" // recovered; Failures keeps the count
-				st.RefusedReason = ""
 			})
 			r.log.Info("remote cluster synced")
 			r.m.Synced(ses)
@@ -436,8 +435,7 @@ func (s *Set[M]) session(ctx context.Context, r *slot[M], data []byte) error {
 	}
 	if errors.Is(cause, watchstore.ErrTooManyEntries) {
 		r.log.Warn("refusing a remote cluster over the entry limit and withdrawing its state", "error", cause, "limit", s.cfg.LimitFlag)
-		cause = fmt.Errorf("%w (%s)", cause, s.cfg.LimitFlag)
-		s.refuse(r, cause)
+		s.refuse(r, fmt.Errorf("%w (%s)", cause, s.cfg.LimitFlag))
 		s.drain(r)
 	}
 	if ctx.Err() != nil {
