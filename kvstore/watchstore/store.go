@@ -232,10 +232,10 @@ func (s *Store[T]) RunOn(ctx context.Context, c *kvstore.Client) error {
 	gen := s.gen
 	s.mu.Unlock()
 	s.setSynced(false)
-	first := true
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	handle := func(ev kvstore.Event) { s.handle(ev, gen, &first, cancel) }
+	rs := &runState{gen: gen, first: true, stop: cancel}
+	handle := func(ev kvstore.Event) { s.handle(ev, rs) }
 	opts := []kvstore.ListWatchOption{kvstore.Index(index[T]{s: s, gen: gen})}
 	if s.cfg.SyncedKey != "" {
 		if !s.waitForCanary(ctx, c) {
@@ -286,9 +286,24 @@ func (s *Store[T]) waitForCanary(ctx context.Context, c *kvstore.Client) bool {
 	return err == nil && found.Load()
 }
 
-// handle applies ev of run gen; first is true until the run's first
-// listing is complete; stop ends the run.
-func (s *Store[T]) handle(ev kvstore.Event, gen uint32, first *bool, stop context.CancelCauseFunc) {
+// runState is what handle keeps of one run; ListWatch's goroutine only.
+type runState struct {
+	gen   uint32
+	first bool // until the run's first listing is complete
+	// stopped: the run refused an entry over MaxEntries. ListWatch hands
+	// over the rest of its page and the end of the listing before it sees
+	// the run's context done; none of it is applied, and above all the
+	// listing is not reported complete (OnSync): entries were refused.
+	stopped bool
+	stop    context.CancelCauseFunc // ends the run with its reason
+}
+
+// handle applies ev of the run rs.
+func (s *Store[T]) handle(ev kvstore.Event, rs *runState) {
+	if rs.stopped {
+		return
+	}
+	gen := rs.gen
 	s.events.Add(1)
 	now := time.Now()
 	s.lastEvent.Store(now.UnixNano())
@@ -332,7 +347,8 @@ func (s *Store[T]) handle(ev kvstore.Event, gen uint32, first *bool, stop contex
 		}
 		if !ok {
 			if s.cfg.MaxEntries > 0 && s.entries.Len() >= s.cfg.MaxEntries {
-				stop(fmt.Errorf("%w: %s holds more than %d valid entries", ErrTooManyEntries, s.cfg.Prefix, s.cfg.MaxEntries))
+				rs.stopped = true
+				rs.stop(fmt.Errorf("%w: %s holds more than %d valid entries", ErrTooManyEntries, s.cfg.Prefix, s.cfg.MaxEntries))
 				return
 			}
 			s.setCount(1)
@@ -351,8 +367,8 @@ func (s *Store[T]) handle(ev kvstore.Event, gen uint32, first *bool, stop contex
 	case kvstore.EventListDone:
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		if *first {
-			*first = false
+		if rs.first {
+			rs.first = false
 			var gone []string // delivered by an earlier run, gone now
 			for k, e := range s.entries.All() {
 				if e.gen < gen {

@@ -524,6 +524,14 @@ func TestMaxEntries(t *testing.T) {
 				if s.Len() > 3 {
 					t.Fatalf("holds %d entries, limit 3", s.Len())
 				}
+				// The listing went on past the refused entry: it is not
+				// complete, and must not be reported as such.
+				rec.mu.Lock()
+				synced := rec.synced
+				rec.mu.Unlock()
+				if synced != 0 || s.Stats().Synced {
+					t.Fatalf("a run stopped over the limit reported its listing synced (OnSync %d times, Synced %v)", synced, s.Stats().Synced)
+				}
 				return
 			}
 			rec.waitFor(t, "sync", func(st map[string]node, synced int) bool { return synced == 1 && len(st) == 3 })
