@@ -174,6 +174,9 @@ type slot[M Member] struct {
 
 	mu sync.Mutex
 	st State // guarded by mu; ID is filled from id by Remotes()
+	// overLimit: st.RefusedReason is the entry limit's, kept until a
+	// session lists within it; guarded by mu.
+	overLimit bool
 }
 
 // NewSet returns a Set that makes the member of each added remote with
@@ -314,7 +317,7 @@ func (s *Set[M]) start(ctx context.Context, r *slot[M], data []byte) {
 			if err != nil {
 				r.update(func(st *State) { st.Failures++; st.LastError = err.Error() })
 			}
-			s.refuse(r, Refusal(err))
+			s.settle(r, Refusal(err))
 		}, func() { r.update(func(st *State) { st.Reconnects++ }) })
 	})
 }
@@ -358,7 +361,8 @@ func (s *Set[M]) session(ctx context.Context, r *slot[M], data []byte) error {
 	}
 	now := s.clock.Now()
 	r.update(func(st *State) {
-		st.RefusedReason, st.Connected, st.LastChange, st.Cached = "", true, now, cc.Capabilities.Cached
+		st.Connected, st.LastChange, st.Cached = true, now, cc.Capabilities.Cached
+		r.passedLocked(false)
 	})
 	r.retry.Success()
 	r.log.Info("connected to remote cluster", "id", cc.ID, "cached", cc.Capabilities.Cached)
@@ -390,6 +394,9 @@ func (s *Set[M]) session(ctx context.Context, r *slot[M], data []byte) error {
 			r.update(func(st *State) {
 				st.Ready, st.Served, st.LastChange = !withdrawn.Load(), true, now
 				st.LastError = "" // recovered; Failures keeps the count
+				// Every reader listed within the entry limit (a reader
+				// stopped over it never reports its listing complete).
+				r.passedLocked(true)
 			})
 			r.log.Info("remote cluster synced")
 			r.m.Synced(ses)
@@ -486,19 +493,42 @@ func (s *Set[M]) reserve(r *slot[M], id uint32) error {
 }
 
 // refuse sets the refusal reason of r to err's, or clears it when err is
-// nil: each attempt's outcome replaces the previous attempt's reason, so a
-// reason never outlives its cause.
-func (s *Set[M]) refuse(r *slot[M], err error) {
+// nil (the config file changed).
+func (s *Set[M]) refuse(r *slot[M], err error) { s.setRefusal(r, err, true) }
+
+// settle records the refusal an attempt ended with (nil: none): each
+// attempt's outcome replaces the previous attempt's reason, so a reason
+// never outlives its cause. An entry-limit refusal is the exception: an
+// attempt that ends before a complete listing (unreachable, a timeout)
+// says nothing of the remote's entries, so it stays until a session lists
+// within the limit.
+func (s *Set[M]) settle(r *slot[M], err error) { s.setRefusal(r, err, false) }
+
+func (s *Set[M]) setRefusal(r *slot[M], err error, force bool) {
 	reason := ""
 	if err != nil {
 		reason = err.Error()
 	}
 	now := s.clock.Now()
 	r.update(func(st *State) {
+		if err == nil && r.overLimit && !force {
+			return
+		}
+		r.overLimit = errors.Is(err, watchstore.ErrTooManyEntries)
 		if st.RefusedReason != reason {
 			st.RefusedReason, st.LastChange = reason, now
 		}
 	})
+}
+
+// passedLocked clears the refusal reason once a session got past its
+// cause: connected (the config and ID checks passed) clears any but an
+// entry-limit refusal, listed (every reader listed within the limit) that
+// one too. The caller holds r.mu.
+func (r *slot[M]) passedLocked(listed bool) {
+	if listed || !r.overLimit {
+		r.st.RefusedReason, r.overLimit = "", false
+	}
 }
 
 func (r *slot[M]) update(f func(*State)) {

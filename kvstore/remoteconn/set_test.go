@@ -2,6 +2,7 @@ package remoteconn
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"testing"
 
@@ -78,5 +79,49 @@ func TestReaderConfig(t *testing.T) {
 				t.Fatalf("prefix %q does not follow cached=%v", got.Prefix, tc.caps.Cached)
 			}
 		})
+	}
+}
+
+// TestRefusalReason: the refusal reason follows each attempt's outcome,
+// except an entry-limit refusal, which stays across attempts that end
+// before a complete listing (connected or not) until a session lists
+// within the limit.
+func TestRefusalReason(t *testing.T) {
+	s := NewSet(SetConfig{Own: Own{Name: "own", ID: 1}}, func(string, *slog.Logger) nopMember { return nopMember{} }, slog.Default(), clock.RealClock{})
+	r := &slot[nopMember]{name: "a"}
+	overLimit := fmt.Errorf("watch ipcache: %w: 5 > 3 (--remote-max-entries)", watchstore.ErrTooManyEntries)
+	conflict := fmt.Errorf("%w: 5 is used by connected cluster %q", ErrClusterIDConflict, "b")
+	unreachable := errors.New("dial tcp: connection refused")
+	steps := []struct {
+		name string
+		do   func()
+		want error // nil: no reason
+	}{
+		{"cluster ID conflict", func() { s.settle(r, Refusal(conflict)) }, conflict},
+		{"connected: the conflict is over", func() { r.update(func(*State) { r.passedLocked(false) }) }, nil},
+		{"over the limit", func() { s.refuse(r, overLimit) }, overLimit},
+		{"session ends with the limit's error", func() { s.settle(r, Refusal(overLimit)) }, overLimit},
+		{"next attempt unreachable", func() { s.settle(r, Refusal(unreachable)) }, overLimit},
+		{"next attempt connected", func() { r.update(func(*State) { r.passedLocked(false) }) }, overLimit},
+		{"listed within the limit", func() { r.update(func(*State) { r.passedLocked(true) }) }, nil},
+		{"over the limit again", func() { s.refuse(r, overLimit) }, overLimit},
+		{"a conflict replaces it", func() { s.settle(r, Refusal(conflict)) }, conflict},
+		{"unreachable ends the conflict's reason", func() { s.settle(r, Refusal(unreachable)) }, nil},
+		{"over the limit once more", func() { s.refuse(r, overLimit) }, overLimit},
+		{"config file changed", func() { s.refuse(r, nil) }, nil},
+		{"after it, unreachable", func() { s.settle(r, Refusal(unreachable)) }, nil},
+	}
+	for _, st := range steps {
+		st.do()
+		want := ""
+		if st.want != nil {
+			want = st.want.Error()
+		}
+		r.mu.Lock()
+		got := r.st.RefusedReason
+		r.mu.Unlock()
+		if got != want {
+			t.Fatalf("%s: reason %q, want %q", st.name, got, want)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
 	"github.com/clustermesh/clustermesh/internal/datapath"
@@ -158,6 +159,23 @@ func TestEntryLimitRefusesRemote(t *testing.T) {
 		return strings.Contains(s.RefusedReason, watchstore.ErrTooManyEntries.Error()) &&
 			strings.Contains(s.RefusedReason, "--remote-max-entries") && !s.Ready && tun == 0 && ipc == 0
 	})
+	// The refusal stays across the retries, each of which connects and
+	// finds the remote over the limit again: no moment without the reason,
+	// and no refused session counts as synced (ready, or programmed).
+	refusedAt := a.status("c2").Failures
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(time.Millisecond) {
+		s := a.status("c2")
+		if !strings.Contains(s.RefusedReason, watchstore.ErrTooManyEntries.Error()) || s.Ready || !s.ProgrammedAt.IsZero() {
+			t.Fatalf("after %d failed sessions: reason %q, ready %v, programmed at %v; want the entry limit's reason, not ready, never programmed",
+				s.Failures, s.RefusedReason, s.Ready, s.ProgrammedAt)
+		}
+		if s.Failures >= refusedAt+3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("c2 not retried: %d failures", s.Failures)
+		}
+	}
 	c2.del(wire.IPKey(netip.MustParseAddr(podIP(2, 0))))
 	c2.del(wire.IPKey(netip.MustParseAddr(podIP(2, 1))))
 	await(t, a.dp, "c2 accepted under the limit", func(st datapath.State) bool {
