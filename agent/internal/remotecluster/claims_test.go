@@ -12,6 +12,7 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
+	"github.com/clustermesh/clustermesh/internal/testwait"
 	"github.com/clustermesh/clustermesh/kvstore/watchstore"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
@@ -163,19 +164,14 @@ func TestEntryLimitRefusesRemote(t *testing.T) {
 	// finds the remote over the limit again: no moment without the reason,
 	// and no refused session counts as synced (ready, or programmed).
 	refusedAt := a.status("c2").Failures
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(time.Millisecond) {
+	testwait.Until(t, 20*time.Second, "c2 retried", func() (bool, string) {
 		s := a.status("c2")
 		if !strings.Contains(s.RefusedReason, watchstore.ErrTooManyEntries.Error()) || s.Ready || !s.ProgrammedAt.IsZero() {
 			t.Fatalf("after %d failed sessions: reason %q, ready %v, programmed at %v; want the entry limit's reason, not ready, never programmed",
 				s.Failures, s.RefusedReason, s.Ready, s.ProgrammedAt)
 		}
-		if s.Failures >= refusedAt+3 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("c2 not retried: %d failures", s.Failures)
-		}
-	}
+		return s.Failures >= refusedAt+3, fmt.Sprintf("%d failures", s.Failures)
+	})
 	c2.del(wire.IPKey(netip.MustParseAddr(podIP(2, 0))))
 	c2.del(wire.IPKey(netip.MustParseAddr(podIP(2, 1))))
 	await(t, a.dp, "c2 accepted under the limit", func(st datapath.State) bool {
