@@ -98,6 +98,11 @@ type keyState struct {
 	obsKnown   bool  // the watch has reported on this key
 	obsPresent bool  // per the watch, the key exists
 	obsRev     int64 // revision of the last watch report
+	// listed: the running ListWatch holds the key as present (it reported
+	// an upsert and no delete since), so it reports the key's deletion.
+	// It reports nothing of a key it never held: one this store wrote and
+	// someone deleted before a (re)list saw it.
+	listed bool
 }
 
 // Store publishes the desired keys of one prefix into etcd.
@@ -200,6 +205,11 @@ func (s *Store) Run(ctx context.Context) error {
 	if err := s.cfg.validate(); err != nil {
 		return err
 	}
+	s.mu.Lock()
+	for _, st := range s.keys {
+		st.listed = false // a new ListWatch holds nothing yet
+	}
+	s.mu.Unlock()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -231,7 +241,11 @@ func (s *Store) state(key string) *keyState {
 // observe records what the watch of the own prefix reports and queues keys
 // that etcd may have different from the desired state.
 func (s *Store) observe(ev kvstore.Event) {
-	if ev.Kind == kvstore.EventListDone || !s.owns(ev.Key) {
+	if ev.Kind == kvstore.EventListDone {
+		s.listDone(ev.Revision)
+		return
+	}
+	if !s.owns(ev.Key) {
 		return
 	}
 	s.mu.Lock()
@@ -243,6 +257,7 @@ func (s *Store) observe(ev kvstore.Event) {
 		}
 		st = s.state(ev.Key) // a key we do not own: stale or foreign
 	}
+	st.listed = ev.Kind == kvstore.EventUpsert
 	if ev.Revision >= st.obsRev {
 		st.obsKnown, st.obsPresent, st.obsRev = true, ev.Kind == kvstore.EventUpsert, ev.Revision
 	}
@@ -250,6 +265,28 @@ func (s *Store) observe(ev kvstore.Event) {
 	s.mu.Unlock()
 	if !ours {
 		s.q.add(ev.Key)
+	}
+}
+
+// listDone queues the keys under the prefix this store wrote before the
+// (re)list at rev that the listing did not report: they were deleted before it, and the
+// ListWatch, which never held them, reports no delete of them. (A store
+// whose first list is slower than its first writes and someone's delete
+// of them would otherwise never repair them.)
+func (s *Store) listDone(rev int64) {
+	var gone []string
+	s.mu.Lock()
+	for k, st := range s.keys {
+		if st.written && !st.listed && st.writtenRev < rev && strings.HasPrefix(k, s.cfg.Prefix) && s.owns(k) {
+			if st.obsRev < rev {
+				st.obsKnown, st.obsPresent, st.obsRev = true, false, rev
+			}
+			gone = append(gone, k)
+		}
+	}
+	s.mu.Unlock()
+	for _, k := range gone {
+		s.q.add(k)
 	}
 }
 
