@@ -288,6 +288,21 @@ func (l *local) awaitCache(what, name string, want map[string]string) {
 	})
 }
 
+// awaitConfigCopy waits for the cluster config copy of remote name and
+// returns it. Its writer is not ordered with the kinds' writers: a synced
+// status or a mirrored cache does not imply it is written yet.
+func (l *local) awaitConfigCopy(name string) string {
+	l.t.Helper()
+	key := wire.ClusterConfigKey(name)
+	var v string
+	testwait.Until(l.t, wait, "the cluster config copy of "+name, func() (bool, string) {
+		var ok bool
+		v, ok = l.dump(key)[key]
+		return ok, "missing"
+	})
+	return v
+}
+
 func (l *local) awaitStatus(what, name string, cond func(Status) bool) {
 	l.t.Helper()
 	testwait.Until(l.t, wait, what, func() (bool, string) {
