@@ -245,8 +245,31 @@ func (d *Datapath) afterAttach(h Hook, ifindex int) error {
 	return d.updateConfig(func(v *cmConfigValue) { v.TunnelIfindex = uint32(ifindex) })
 }
 
-// cmFlagCoexist is CM_F_COEXIST of datapath.h.
-const cmFlagCoexist = 0x1
+// cmFlagCoexist and cmFlagCoexistWorld are CM_F_COEXIST and
+// CM_F_COEXIST_WORLD of datapath.h.
+const (
+	cmFlagCoexist      = 0x1
+	cmFlagCoexistWorld = 0x2
+)
+
+// SetCoexistWorld turns on (or off) the world decision of coexistence
+// mode: a packet the node forwards to a pod from an address without any
+// ipcache entry is world, decided by the pod's ingress policy. Turn it on
+// only once the ipcache holds the own cluster's ranges as world entries
+// (dpsync's --cluster-cidrs): a source without an entry must lie outside
+// the cluster. Open turns it off (the flag follows the programmed ranges,
+// never the other way round); it has no effect outside coexistence mode.
+func (d *Datapath) SetCoexistWorld(on bool) error {
+	if !d.cfg.Coexist {
+		return nil
+	}
+	return d.updateConfig(func(v *cmConfigValue) {
+		v.Flags &^= cmFlagCoexistWorld
+		if on {
+			v.Flags |= cmFlagCoexistWorld
+		}
+	})
+}
 
 func (d *Datapath) flags() uint32 {
 	if d.cfg.Coexist {
