@@ -143,21 +143,7 @@ func TestPolicyCIDR(t *testing.T) {
 					if tc.allow != nil {
 						pn.apply(t, datapath.PolicyBatch{Upserts: []datapath.PolicyEntry{*tc.allow}})
 					}
-					var got reach
-					if tc.want != (reach{}) {
-						// A fresh veth may still be resolving its IPv6 neighbors.
-						testwait.Until(t, 10*time.Second, "the allowed protocols through", func() (bool, string) {
-							got = probe(tc.from, tc.to.IP, port)
-							return got == tc.want, fmt.Sprintf("%+v", got)
-						})
-					} else if got = probe(tc.from, tc.to.IP, port); got != tc.want {
-						t.Errorf("%s -> %s: tcp/udp/icmp passed = %+v, want %+v", tc.from.IP, tc.to.IP, got, tc.want)
-					}
-					if tc.drop != nil {
-						testwait.Until(t, 5*time.Second, fmt.Sprintf("drop event %+v", *tc.drop), func() (bool, string) {
-							return pn.drops.find(*tc.drop), pn.drops.String()
-						})
-					}
+					expectProbe(t, pn, tc.from, tc.to.IP, port, tc.want, tc.drop)
 				})
 			}
 		})
@@ -228,20 +214,7 @@ func TestPolicyWorldCoexist(t *testing.T) {
 			if step.allow != nil {
 				pn.apply(t, datapath.PolicyBatch{Upserts: []datapath.PolicyEntry{*step.allow}})
 			}
-			var got reach
-			if step.want != (reach{}) {
-				testwait.Until(t, 10*time.Second, "the allowed protocols through", func() (bool, string) {
-					got = probe(step.from, p.IP, port)
-					return got == step.want, fmt.Sprintf("%+v", got)
-				})
-			} else if got = probe(step.from, p.IP, port); got != step.want {
-				t.Errorf("%s -> %s: tcp/udp/icmp passed = %+v, want none", step.from.IP, p.IP, got)
-			}
-			if step.drop != nil {
-				testwait.Until(t, 5*time.Second, fmt.Sprintf("drop event %+v", *step.drop), func() (bool, string) {
-					return pn.drops.find(*step.drop), pn.drops.String()
-				})
-			}
+			expectProbe(t, pn, step.from, p.IP, port, step.want, step.drop)
 			if step.noDropFrom != 0 {
 				pn.drops.mu.Lock()
 				defer pn.drops.mu.Unlock()
@@ -285,34 +258,21 @@ func TestPolicyRemoteNode(t *testing.T) {
 		allow    bool
 		from, to *netnstest.Pod
 		want     reach
-		drop     datapath.Drop
+		drop     *datapath.Drop
 	}{
 		{name: "ingress from another node denied", from: other, to: pod,
-			drop: datapath.Drop{SrcIdentity: 6, DstIdentity: id, Src: other.IP, Dst: p.IP, DstPort: port, Proto: ipproto.TCP, Reason: datapath.DropPolicyDefault}},
+			drop: &datapath.Drop{SrcIdentity: 6, DstIdentity: id, Src: other.IP, Dst: p.IP, DstPort: port, Proto: ipproto.TCP, Reason: datapath.DropPolicyDefault}},
 		{name: "egress to another node denied", from: pod, to: other,
-			drop: datapath.Drop{SrcIdentity: id, DstIdentity: 6, SrcCluster: 1, Src: p.IP, Dst: other.IP, DstPort: port, Proto: ipproto.TCP, Egress: true, Reason: datapath.DropPolicyDefault}},
+			drop: &datapath.Drop{SrcIdentity: id, DstIdentity: 6, SrcCluster: 1, Src: p.IP, Dst: other.IP, DstPort: port, Proto: ipproto.TCP, Egress: true, Reason: datapath.DropPolicyDefault}},
 		{name: "ingress from remote-node allowed on TCP 7000", allow: true, from: other, to: pod, want: reach{tcp: true},
-			drop: datapath.Drop{SrcIdentity: 6, DstIdentity: id, Src: other.IP, Dst: p.IP, DstPort: port, Proto: ipproto.UDP, Reason: datapath.DropPolicyDefault}},
+			drop: &datapath.Drop{SrcIdentity: 6, DstIdentity: id, Src: other.IP, Dst: p.IP, DstPort: port, Proto: ipproto.UDP, Reason: datapath.DropPolicyDefault}},
 		{name: "egress to remote-node allowed", allow: true, from: pod, to: other, want: reach{true, true, true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.allow {
 				pn.apply(t, datapath.PolicyBatch{Upserts: remoteNode})
 			}
-			var got reach
-			if tc.want != (reach{}) {
-				testwait.Until(t, 10*time.Second, "the allowed protocols through", func() (bool, string) {
-					got = probe(tc.from, tc.to.IP, port)
-					return got == tc.want, fmt.Sprintf("%+v", got)
-				})
-			} else if got = probe(tc.from, tc.to.IP, port); got != tc.want {
-				t.Errorf("%s -> %s: tcp/udp/icmp passed = %+v, want none", tc.from.IP, tc.to.IP, got)
-			}
-			if tc.drop != (datapath.Drop{}) {
-				testwait.Until(t, 5*time.Second, fmt.Sprintf("drop event %+v", tc.drop), func() (bool, string) {
-					return pn.drops.find(tc.drop), pn.drops.String()
-				})
-			}
+			expectProbe(t, pn, tc.from, tc.to.IP, port, tc.want, tc.drop)
 		})
 	}
 }
@@ -375,4 +335,25 @@ func TestPolicyOwnClusterCoexist(t *testing.T) {
 	testwait.Until(t, 5*time.Second, "egress drop event naming d's identity", func() (bool, string) {
 		return nodes[0].drops.find(w), nodes[0].drops.String()
 	})
+}
+
+// expectProbe probes from → to:port over TCP, UDP and ICMP: with want set,
+// until exactly want passes (a fresh veth may still be resolving its
+// neighbors); else once, and nothing may pass. Then it waits for drop, if
+// given, among pn's drop events.
+func expectProbe(t *testing.T, pn *policyNode, from *netnstest.Pod, to netip.Addr, port uint16, want reach, drop *datapath.Drop) {
+	t.Helper()
+	if want != (reach{}) {
+		testwait.Until(t, 10*time.Second, "the allowed protocols through", func() (bool, string) {
+			got := probe(from, to, port)
+			return got == want, fmt.Sprintf("%+v", got)
+		})
+	} else if got := probe(from, to, port); got != want {
+		t.Errorf("%s -> %s: tcp/udp/icmp passed = %+v, want none", from.IP, to, got)
+	}
+	if drop != nil {
+		testwait.Until(t, 5*time.Second, fmt.Sprintf("drop event %+v", *drop), func() (bool, string) {
+			return pn.drops.find(*drop), pn.drops.String()
+		})
+	}
 }

@@ -34,16 +34,7 @@ func TestRenderRefusedClaims(t *testing.T) {
 			if err := RenderStatus(&out, st); err != nil {
 				t.Fatal(err)
 			}
-			for _, w := range tc.want {
-				if !strings.Contains(out.String(), w) {
-					t.Errorf("output lacks %q:\n%s", w, out.String())
-				}
-			}
-			for _, w := range tc.absent {
-				if strings.Contains(out.String(), w) {
-					t.Errorf("output has %q:\n%s", w, out.String())
-				}
-			}
+			checkOutput(t, out.String(), tc.want, tc.absent)
 		})
 	}
 }
@@ -72,16 +63,7 @@ func TestRenderKVStoreMesh(t *testing.T) {
 			if err := RenderStatus(&out, st); err != nil {
 				t.Fatal(err)
 			}
-			for _, w := range tc.want {
-				if !strings.Contains(out.String(), w) {
-					t.Errorf("output lacks %q:\n%s", w, out.String())
-				}
-			}
-			for _, w := range tc.absent {
-				if strings.Contains(out.String(), w) {
-					t.Errorf("output has %q:\n%s", w, out.String())
-				}
-			}
+			checkOutput(t, out.String(), tc.want, tc.absent)
 		})
 	}
 }
@@ -113,16 +95,22 @@ func TestRenderWorldIngress(t *testing.T) {
 			if err := RenderStatus(&out, st); err != nil {
 				t.Fatal(err)
 			}
-			for _, w := range tc.want {
-				if !strings.Contains(out.String(), w) {
-					t.Errorf("output lacks %q:\n%s", w, out.String())
-				}
-			}
-			for _, w := range tc.absent {
-				if strings.Contains(out.String(), w) {
-					t.Errorf("output has %q:\n%s", w, out.String())
-				}
-			}
+			checkOutput(t, out.String(), tc.want, tc.absent)
 		})
+	}
+}
+
+// checkOutput fails t for every want that out lacks and every absent it has.
+func checkOutput(t *testing.T, out string, want, absent []string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(out, w) {
+			t.Errorf("output lacks %q:\n%s", w, out)
+		}
+	}
+	for _, w := range absent {
+		if strings.Contains(out, w) {
+			t.Errorf("output has %q:\n%s", w, out)
+		}
 	}
 }
