@@ -153,8 +153,8 @@ func TestPolicyCIDR(t *testing.T) {
 // TestPolicyWorldCoexist: beside a primary CNI (coexistence mode) a packet
 // the node forwards to a pod in ingress default deny from an address without
 // any ipcache entry is world only once the agent knows the cluster's ranges
-// (SetCoexistWorld, turned on by --cluster-cidrs after their world entries
-// are programmed): before, it stays the host's path (the primary CNI's
+// of its family (SetCoexistWorld, turned on by --cluster-cidrs after their
+// world entries are programmed): before, it stays the host's path (the primary CNI's
 // addresses would look the same); after, it is denied with a drop event for
 // world and allowed by a world rule, while a source in a cluster range (a
 // world entry: the own cluster's pod CIDRs and the primary CNI's ranges) and
@@ -189,7 +189,7 @@ func TestPolicyWorldCoexist(t *testing.T) {
 
 	for _, step := range []struct {
 		name       string
-		world      bool                  // SetCoexistWorld
+		world      [2]bool               // SetCoexistWorld: IPv4, IPv6
 		allow      *datapath.PolicyEntry // applied before the step
 		from       *netnstest.Pod
 		want       reach
@@ -199,16 +199,17 @@ func TestPolicyWorldCoexist(t *testing.T) {
 		{name: "ranges unknown: world is the host's path", from: unnamed, want: all, noDropFrom: 2},
 		{name: "ranges unknown: a CIDR identity is decided", from: named,
 			drop: &datapath.Drop{SrcIdentity: cidr, DstIdentity: id, Src: named.IP, Dst: p.IP, DstPort: port, Proto: ipproto.TCP, Reason: datapath.DropPolicyDefault}},
-		{name: "ranges known: world denied", world: true, from: unnamed, drop: worldDrop(ipproto.TCP)},
-		{name: "ranges known: another node of the own cluster is the primary CNI's", world: true, from: otherNode, want: all, noDropFrom: 6},
-		{name: "ranges known: a source in a cluster range is the primary CNI's", world: true, from: inRange, want: all},
-		{name: "ranges known: a CIDR identity is still decided", world: true, from: named,
+		{name: "ranges known: world denied", world: [2]bool{true, false}, from: unnamed, drop: worldDrop(ipproto.TCP)},
+		{name: "ranges known: another node of the own cluster is the primary CNI's", world: [2]bool{true, false}, from: otherNode, want: all, noDropFrom: 6},
+		{name: "ranges known: a source in a cluster range is the primary CNI's", world: [2]bool{true, false}, from: inRange, want: all},
+		{name: "ranges known: a CIDR identity is still decided", world: [2]bool{true, false}, from: named,
 			drop: &datapath.Drop{SrcIdentity: cidr, DstIdentity: id, Src: named.IP, Dst: p.IP, DstPort: port, Proto: ipproto.UDP, Reason: datapath.DropPolicyDefault}},
-		{name: "ranges known: world allowed on TCP 7000 by a world rule", world: true, allow: &world, from: unnamed, want: reach{tcp: true}, drop: worldDrop(ipproto.UDP)},
-		{name: "turned off again: world is the host's path", world: false, from: unnamed, want: all},
+		{name: "ranges known: world allowed on TCP 7000 by a world rule", world: [2]bool{true, false}, allow: &world, from: unnamed, want: reach{tcp: true}, drop: worldDrop(ipproto.UDP)},
+		{name: "only IPv6 ranges known: IPv4 world is the host's path", world: [2]bool{false, true}, from: unnamed, want: all},
+		{name: "turned off again: world is the host's path", from: unnamed, want: all},
 	} {
 		t.Run(step.name, func(t *testing.T) {
-			if err := pn.dp.SetCoexistWorld(step.world); err != nil {
+			if err := pn.dp.SetCoexistWorld(step.world[0], step.world[1]); err != nil {
 				t.Fatal(err)
 			}
 			if step.allow != nil {

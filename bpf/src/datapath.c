@@ -447,8 +447,9 @@ static __always_inline int from_tunnel4(struct __sk_buff *skb)
  * - in full mode world (no entry, or the world entry of a local prefix)
  *   and remote-node (the own cluster's other nodes, remote clusters'
  *   nodes);
- * - beside a primary CNI, world only when the cluster's ranges are known
- *   (CM_F_COEXIST_WORLD) and the source has no entry at all: the world
+ * - beside a primary CNI, world only when the cluster's ranges of the
+ *   packet's family are known (CM_F_COEXIST_WORLD4/6) and the source has
+ *   no entry at all: the world
  *   entries there are the own cluster's ranges (its pod CIDRs, the primary
  *   CNI's ranges), and the own cluster's nodes and pods are the primary
  *   CNI's to decide.
@@ -468,7 +469,9 @@ static __always_inline __u32 forwarded_peer(struct __sk_buff *skb, const struct 
 	if (!cfg || skb->ingress_ifindex == cfg->tunnel_ifindex)
 		return 0;
 	if (cfg->flags & CM_F_COEXIST) {
-		if (!(cfg->flags & CM_F_COEXIST_WORLD) || ipc)
+		__u32 known = fib->family == 2 /* AF_INET */ ? CM_F_COEXIST_WORLD4 : CM_F_COEXIST_WORLD6;
+
+		if (!(cfg->flags & known) || ipc)
 			return 0;
 		peer = WORLD_IDENTITY;
 	} else if (!ipc || ipc->identity == WORLD_IDENTITY) {

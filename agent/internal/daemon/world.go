@@ -22,8 +22,9 @@ type worldIngress struct {
 	ranges []netip.Prefix
 	// podCIDRs returns the own cluster's nodes' pod CIDRs seen so far.
 	podCIDRs func() []netip.Prefix
-	// turnOn sets the datapath's flag (nil: the memory datapath).
-	turnOn func(bool) error
+	// turnOn sets the datapath's flags per family (nil: the memory
+	// datapath).
+	turnOn func(v4, v6 bool) error
 	log    *slog.Logger
 
 	mu  sync.Mutex
@@ -45,7 +46,8 @@ func (w *worldIngress) ownSynced(rec afterFlush) {
 	rec.AfterFlush(func(time.Time) {
 		var err error
 		if w.turnOn != nil {
-			err = w.turnOn(true)
+			v4, v6 := w.families()
+			err = w.turnOn(v4, v6)
 		}
 		w.mu.Lock()
 		w.on, w.err = err == nil, err
@@ -56,6 +58,16 @@ func (w *worldIngress) ownSynced(rec afterFlush) {
 		}
 		w.log.Info("world decided beside the primary CNI outside the cluster ranges", "cluster_cidrs", w.ranges)
 	})
+}
+
+// families reports which families the ranges cover: world is decided
+// only in those (a family without a range may hold the primary CNI's
+// addresses anywhere).
+func (w *worldIngress) families() (v4, v6 bool) {
+	for _, p := range w.ranges {
+		v4, v6 = v4 || p.Addr().Is4(), v6 || p.Addr().Is6()
+	}
+	return v4, v6
 }
 
 // Status returns the state for the agent's status.
@@ -79,6 +91,9 @@ func (w *worldIngress) Status() statusapi.WorldIngress {
 	default:
 		s.Enforced = true
 		s.State = fmt.Sprintf("decided outside the cluster ranges (%s and the nodes' pod CIDRs)", prefixList(w.ranges))
+		if v4, v6 := w.families(); !v4 || !v6 {
+			s.State += map[bool]string{true: "; IPv6 not decided: no IPv6 range", false: "; IPv4 not decided: no IPv4 range"}[v4]
+		}
 	}
 	return s
 }

@@ -28,28 +28,31 @@ func TestWorldIngress(t *testing.T) {
 		ranges     []netip.Prefix
 		turnOnErr  error
 		wantCalled bool
-		before     bool // Enforced before the sync
-		after      bool // Enforced after it
+		families   [2]bool // of the call: IPv4, IPv6
+		before     bool    // Enforced before the sync
+		after      bool    // Enforced after it
 		state      string
 	}{
 		{name: "coexist without ranges", mode: ModeCoexist, state: "--cluster-cidrs is not set"},
-		{name: "coexist with ranges", mode: ModeCoexist, ranges: ranges, wantCalled: true, after: true, state: "outside the cluster ranges (10.244.0.0/16"},
-		{name: "coexist, the flag cannot be set", mode: ModeCoexist, ranges: ranges, turnOnErr: errFlag, wantCalled: true, state: errFlag.Error()},
+		{name: "coexist with ranges", mode: ModeCoexist, ranges: ranges, wantCalled: true, families: [2]bool{true, false}, after: true, state: "outside the cluster ranges (10.244.0.0/16 and the nodes' pod CIDRs); IPv6 not decided: no IPv6 range"},
+		{name: "coexist with ranges of both families", mode: ModeCoexist, ranges: append(ranges, netip.MustParsePrefix("fd00:10:244::/56")), wantCalled: true, families: [2]bool{true, true}, after: true,
+			state: "outside the cluster ranges (10.244.0.0/16, fd00:10:244::/56 and the nodes' pod CIDRs)"},
+		{name: "coexist, the flag cannot be set", mode: ModeCoexist, ranges: ranges, turnOnErr: errFlag, wantCalled: true, families: [2]bool{true, false}, state: errFlag.Error()},
 		{name: "full mode", mode: ModeFull, before: true, after: true, state: "full mode"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dp := memory.New()
 			rec := dpsync.New(dpsync.Config{ClusterID: 1, ClusterCIDRs: tc.ranges}, dp, slog.New(slog.NewTextHandler(io.Discard, nil)), clock.RealClock{})
-			var called []bool
+			var called [][2]bool
 			w := &worldIngress{mode: tc.mode, ranges: rec.ClusterCIDRs(), log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 				podCIDRs: func() []netip.Prefix { return []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")} },
-				turnOn: func(on bool) error {
+				turnOn: func(v4, v6 bool) error {
 					// The ranges are programmed by then.
 					st, _ := dp.Dump()
 					if _, ok := st.IPCache[ranges[0]]; !ok {
 						t.Errorf("turned on before the ranges were programmed: %v", st.IPCache)
 					}
-					called = append(called, on)
+					called = append(called, [2]bool{v4, v6})
 					return tc.turnOnErr
 				}}
 			if got := w.Status(); got.Enforced != tc.before {
@@ -59,8 +62,8 @@ func TestWorldIngress(t *testing.T) {
 			if err := rec.Flush(context.Background()); err != nil {
 				t.Fatal(err)
 			}
-			if (len(called) == 1 && called[0]) != tc.wantCalled || len(called) > 1 {
-				t.Fatalf("turnOn calls %v, want one true call: %v", called, tc.wantCalled)
+			if (len(called) == 1) != tc.wantCalled || len(called) > 1 || (tc.wantCalled && called[0] != tc.families) {
+				t.Fatalf("turnOn calls %v, want one for %v: %v", called, tc.families, tc.wantCalled)
 			}
 			got := w.Status()
 			if got.Enforced != tc.after || !strings.Contains(got.State, tc.state) {
