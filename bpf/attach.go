@@ -245,8 +245,36 @@ func (d *Datapath) afterAttach(h Hook, ifindex int) error {
 	return d.updateConfig(func(v *cmConfigValue) { v.TunnelIfindex = uint32(ifindex) })
 }
 
-// cmFlagCoexist is CM_F_COEXIST of datapath.h.
-const cmFlagCoexist = 0x1
+// cmFlagCoexist and cmFlagCoexistWorld4/6 are CM_F_COEXIST and
+// CM_F_COEXIST_WORLD4/6 of datapath.h.
+const (
+	cmFlagCoexist       = 0x1
+	cmFlagCoexistWorld4 = 0x2
+	cmFlagCoexistWorld6 = 0x4
+)
+
+// SetCoexistWorld turns on (or off), per family, the world decision of
+// coexistence mode: a packet the node forwards to a pod from an address
+// without any ipcache entry is world, decided by the pod's ingress policy.
+// Turn a family on only once the ipcache holds the own cluster's ranges of
+// that family as world entries (dpsync's --cluster-cidrs): a source without
+// an entry must lie outside the cluster. Open turns both off (the flags
+// follow the programmed ranges, never the other way round); it has no
+// effect outside coexistence mode.
+func (d *Datapath) SetCoexistWorld(v4, v6 bool) error {
+	if !d.cfg.Coexist {
+		return nil
+	}
+	return d.updateConfig(func(v *cmConfigValue) {
+		v.Flags &^= cmFlagCoexistWorld4 | cmFlagCoexistWorld6
+		if v4 {
+			v.Flags |= cmFlagCoexistWorld4
+		}
+		if v6 {
+			v.Flags |= cmFlagCoexistWorld6
+		}
+	})
+}
 
 func (d *Datapath) flags() uint32 {
 	if d.cfg.Coexist {

@@ -143,21 +143,7 @@ func TestPolicyCIDR(t *testing.T) {
 					if tc.allow != nil {
 						pn.apply(t, datapath.PolicyBatch{Upserts: []datapath.PolicyEntry{*tc.allow}})
 					}
-					var got reach
-					if tc.want != (reach{}) {
-						// A fresh veth may still be resolving its IPv6 neighbors.
-						testwait.Until(t, 10*time.Second, "the allowed protocols through", func() (bool, string) {
-							got = probe(tc.from, tc.to.IP, port)
-							return got == tc.want, fmt.Sprintf("%+v", got)
-						})
-					} else if got = probe(tc.from, tc.to.IP, port); got != tc.want {
-						t.Errorf("%s -> %s: tcp/udp/icmp passed = %+v, want %+v", tc.from.IP, tc.to.IP, got, tc.want)
-					}
-					if tc.drop != nil {
-						testwait.Until(t, 5*time.Second, fmt.Sprintf("drop event %+v", *tc.drop), func() (bool, string) {
-							return pn.drops.find(*tc.drop), pn.drops.String()
-						})
-					}
+					expectProbe(t, pn, tc.from, tc.to.IP, port, tc.want, tc.drop)
 				})
 			}
 		})
@@ -165,11 +151,15 @@ func TestPolicyCIDR(t *testing.T) {
 }
 
 // TestPolicyWorldCoexist: beside a primary CNI (coexistence mode) a packet
-// the node forwards to a pod in ingress default deny from an address in no
-// named prefix (world) stays the host's path, since the own cluster's other
-// nodes and their pods arrive the same way without an ipcache entry here
-// (docs/policy.md, Not built yet); one from a CIDR identity is still
-// decided.
+// the node forwards to a pod in ingress default deny from an address without
+// any ipcache entry is world only once the agent knows the cluster's ranges
+// of its family (SetCoexistWorld, turned on by --cluster-cidrs after their
+// world entries are programmed): before, it stays the host's path (the primary CNI's
+// addresses would look the same); after, it is denied with a drop event for
+// world and allowed by a world rule, while a source in a cluster range (a
+// world entry: the own cluster's pod CIDRs and the primary CNI's ranges) and
+// another node of the own cluster (remote-node) stay the primary CNI's to
+// decide. A source of a CIDR identity is decided either way.
 func TestPolicyWorldCoexist(t *testing.T) {
 	topo, nodes := policyClusterOpts(t, netnstest.Config{Nodes: 1, PodsPerNode: 1}, bpf.Config{Coexist: true})
 	n, pn := topo.Nodes[0], nodes[0]
@@ -181,26 +171,110 @@ func TestPolicyWorldCoexist(t *testing.T) {
 		t.Fatal(err)
 	}
 	serve(t, p, port)
-	unnamed, named := n.AddExternal(t, netip.MustParseAddr("203.0.113.10")), n.AddExternal(t, netip.MustParseAddr("192.0.2.10"))
-	apply(t, pn.node, datapath.Batch{UpsertIPCache: []datapath.IPCacheEntry{{Prefix: netip.MustParsePrefix("192.0.2.0/24"), Identity: cidr}}})
+	host := func(a string) *netnstest.Pod { return n.AddExternal(t, netip.MustParseAddr(a)) }
+	unnamed, named, otherNode, inRange := host("203.0.113.10"), host("192.0.2.10"), host("198.51.100.7"), host("10.250.0.9")
+	// What the agent programs: a CIDR identity, another node of the own
+	// cluster (remote-node), a cluster range (world entry, dpsync).
+	apply(t, pn.node, datapath.Batch{UpsertIPCache: []datapath.IPCacheEntry{
+		{Prefix: netip.MustParsePrefix("192.0.2.0/24"), Identity: cidr},
+		{Prefix: netip.MustParsePrefix("198.51.100.7/32"), Identity: 6, ClusterID: 1},
+		{Prefix: netip.MustParsePrefix("10.250.0.0/16"), Identity: 2},
+	}})
 	pn.apply(t, datapath.PolicyBatch{Modes: []datapath.PolicyMode{{Subject: id, Ingress: true}}})
-
-	want := reach{true, true, true}
-	testwait.Until(t, 10*time.Second, "world through the host's path", func() (bool, string) {
-		got := probe(unnamed, p.IP, port)
-		return got == want, fmt.Sprintf("%+v", got)
-	})
-	if got := probe(named, p.IP, port); got != (reach{}) {
-		t.Errorf("%s -> %s: tcp/udp/icmp passed = %+v, want none (CIDR identity, default deny)", named.IP, p.IP, got)
+	all := reach{true, true, true}
+	worldDrop := func(proto ipproto.Proto) *datapath.Drop {
+		return &datapath.Drop{SrcIdentity: 2, DstIdentity: id, Src: unnamed.IP, Dst: p.IP, DstPort: port, Proto: proto, Reason: datapath.DropPolicyDefault}
 	}
-	w := datapath.Drop{SrcIdentity: cidr, DstIdentity: id, Src: named.IP, Dst: p.IP, DstPort: port, Proto: ipproto.TCP, Reason: datapath.DropPolicyDefault}
-	testwait.Until(t, 5*time.Second, "drop event of the CIDR source", func() (bool, string) { return pn.drops.find(w), pn.drops.String() })
-	pn.drops.mu.Lock()
-	defer pn.drops.mu.Unlock()
-	for _, d := range pn.drops.evs {
-		if d.SrcIdentity == 2 {
-			t.Errorf("world dropped beside a primary CNI: %+v", d)
-		}
+	world := datapath.PolicyEntry{Key: datapath.PolicyKey{Subject: id, Peer: 2, Proto: ipproto.TCP, Port: port, EndPort: port}, Rule: 3}
+
+	for _, step := range []struct {
+		name       string
+		world      [2]bool               // SetCoexistWorld: IPv4, IPv6
+		allow      *datapath.PolicyEntry // applied before the step
+		from       *netnstest.Pod
+		want       reach
+		drop       *datapath.Drop
+		noDropFrom uint32 // no drop event with this source identity so far
+	}{
+		{name: "ranges unknown: world is the host's path", from: unnamed, want: all, noDropFrom: 2},
+		{name: "ranges unknown: a CIDR identity is decided", from: named,
+			drop: &datapath.Drop{SrcIdentity: cidr, DstIdentity: id, Src: named.IP, Dst: p.IP, DstPort: port, Proto: ipproto.TCP, Reason: datapath.DropPolicyDefault}},
+		{name: "ranges known: world denied", world: [2]bool{true, false}, from: unnamed, drop: worldDrop(ipproto.TCP)},
+		{name: "ranges known: another node of the own cluster is the primary CNI's", world: [2]bool{true, false}, from: otherNode, want: all, noDropFrom: 6},
+		{name: "ranges known: a source in a cluster range is the primary CNI's", world: [2]bool{true, false}, from: inRange, want: all},
+		{name: "ranges known: a CIDR identity is still decided", world: [2]bool{true, false}, from: named,
+			drop: &datapath.Drop{SrcIdentity: cidr, DstIdentity: id, Src: named.IP, Dst: p.IP, DstPort: port, Proto: ipproto.UDP, Reason: datapath.DropPolicyDefault}},
+		{name: "ranges known: world allowed on TCP 7000 by a world rule", world: [2]bool{true, false}, allow: &world, from: unnamed, want: reach{tcp: true}, drop: worldDrop(ipproto.UDP)},
+		{name: "only IPv6 ranges known: IPv4 world is the host's path", world: [2]bool{false, true}, from: unnamed, want: all},
+		{name: "turned off again: world is the host's path", from: unnamed, want: all},
+	} {
+		t.Run(step.name, func(t *testing.T) {
+			if err := pn.dp.SetCoexistWorld(step.world[0], step.world[1]); err != nil {
+				t.Fatal(err)
+			}
+			if step.allow != nil {
+				pn.apply(t, datapath.PolicyBatch{Upserts: []datapath.PolicyEntry{*step.allow}})
+			}
+			expectProbe(t, pn, step.from, p.IP, port, step.want, step.drop)
+			if step.noDropFrom != 0 {
+				pn.drops.mu.Lock()
+				defer pn.drops.mu.Unlock()
+				for _, d := range pn.drops.evs {
+					if d.SrcIdentity == step.noDropFrom {
+						t.Errorf("identity %d dropped beside a primary CNI: %+v", step.noDropFrom, d)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestPolicyRemoteNode: in full mode a packet the node forwards to a pod
+// from another node's address (its ipcache entry: remote-node, as the agent
+// programs the own cluster's Node addresses) is decided as remote-node:
+// denied in ingress default deny with a drop event for identity 6, allowed
+// by a rule for remote-node (fromEntities: remote-node, or cluster); the
+// pod's egress to it is decided as remote-node too (toEntities).
+func TestPolicyRemoteNode(t *testing.T) {
+	topo, nodes := policyCluster(t, netnstest.Config{Nodes: 1, PodsPerNode: 1})
+	n, pn := topo.Nodes[0], nodes[0]
+	p := n.Pods[0]
+	id := podIdentity(0, 0)
+	const port = 7000
+	if err := n.NS.Batch(fmt.Sprintf("route add %s/32 dev %s", p.IP, p.HostIf)); err != nil {
+		t.Fatal(err)
+	}
+	serve(t, p, port)
+	other := n.AddExternal(t, netip.MustParseAddr("198.51.100.7"))
+	serve(t, other, port)
+	apply(t, pn.node, datapath.Batch{UpsertIPCache: []datapath.IPCacheEntry{{Prefix: netip.MustParsePrefix("198.51.100.7/32"), Identity: 6, ClusterID: 1}}})
+	pn.apply(t, datapath.PolicyBatch{Modes: []datapath.PolicyMode{{Subject: id, Ingress: true, Egress: true}}})
+	pod := &netnstest.Pod{Name: p.Name, NS: p.NS, IP: p.IP}
+	remoteNode := []datapath.PolicyEntry{
+		{Key: datapath.PolicyKey{Subject: id, Peer: 6, Proto: ipproto.TCP, Port: port, EndPort: port}, Rule: 1},
+		{Key: datapath.PolicyKey{Subject: id, Egress: true, Peer: 6}, Rule: 2},
+	}
+	for _, tc := range []struct {
+		name     string
+		allow    bool
+		from, to *netnstest.Pod
+		want     reach
+		drop     *datapath.Drop
+	}{
+		{name: "ingress from another node denied", from: other, to: pod,
+			drop: &datapath.Drop{SrcIdentity: 6, DstIdentity: id, Src: other.IP, Dst: p.IP, DstPort: port, Proto: ipproto.TCP, Reason: datapath.DropPolicyDefault}},
+		{name: "egress to another node denied", from: pod, to: other,
+			drop: &datapath.Drop{SrcIdentity: id, DstIdentity: 6, SrcCluster: 1, Src: p.IP, Dst: other.IP, DstPort: port, Proto: ipproto.TCP, Egress: true, Reason: datapath.DropPolicyDefault}},
+		{name: "ingress from remote-node allowed on TCP 7000", allow: true, from: other, to: pod, want: reach{tcp: true},
+			drop: &datapath.Drop{SrcIdentity: 6, DstIdentity: id, Src: other.IP, Dst: p.IP, DstPort: port, Proto: ipproto.UDP, Reason: datapath.DropPolicyDefault}},
+		{name: "egress to remote-node allowed", allow: true, from: pod, to: other, want: reach{true, true, true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.allow {
+				pn.apply(t, datapath.PolicyBatch{Upserts: remoteNode})
+			}
+			expectProbe(t, pn, tc.from, tc.to.IP, port, tc.want, tc.drop)
+		})
 	}
 }
 
@@ -262,4 +336,25 @@ func TestPolicyOwnClusterCoexist(t *testing.T) {
 	testwait.Until(t, 5*time.Second, "egress drop event naming d's identity", func() (bool, string) {
 		return nodes[0].drops.find(w), nodes[0].drops.String()
 	})
+}
+
+// expectProbe probes from → to:port over TCP, UDP and ICMP: with want set,
+// until exactly want passes (a fresh veth may still be resolving its
+// neighbors); else once, and nothing may pass. Then it waits for drop, if
+// given, among pn's drop events.
+func expectProbe(t *testing.T, pn *policyNode, from *netnstest.Pod, to netip.Addr, port uint16, want reach, drop *datapath.Drop) {
+	t.Helper()
+	if want != (reach{}) {
+		testwait.Until(t, 10*time.Second, "the allowed protocols through", func() (bool, string) {
+			got := probe(from, to, port)
+			return got == want, fmt.Sprintf("%+v", got)
+		})
+	} else if got := probe(from, to, port); got != want {
+		t.Errorf("%s -> %s: tcp/udp/icmp passed = %+v, want none", from.IP, to, got)
+	}
+	if drop != nil {
+		testwait.Until(t, 5*time.Second, fmt.Sprintf("drop event %+v", *drop), func() (bool, string) {
+			return pn.drops.find(*drop), pn.drops.String()
+		})
+	}
 }

@@ -341,6 +341,11 @@ func chartCases(t *testing.T) []chartCase {
 				}
 			}
 		}},
+		{name: "cluster-cidrs", values: with("agent.clusterCIDRs", []any{"10.244.0.0/16", "fd00:10:244::/56"}), check: func(t *testing.T, o objects) {
+			if got := args(t, o.get(t, "DaemonSet/clustermesh-agent")); !slices.Contains(got, "--cluster-cidrs=10.244.0.0/16,fd00:10:244::/56") {
+				t.Errorf("agent args %v lack --cluster-cidrs", got)
+			}
+		}},
 		{name: "memory-datapath-no-metrics", values: with("agent.datapath", "memory", "apiserver.metricsPort", 0, "tls.serverSANs", []any{"192.0.2.10", "mesh.example.com"}), check: func(t *testing.T, o objects) {
 			if _, ok := o["Service/clustermesh-apiserver-metrics"]; ok {
 				t.Error("metrics service rendered with metricsPort 0")

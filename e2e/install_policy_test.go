@@ -132,3 +132,72 @@ func installPolicyStep(ctx context.Context, t *testing.T, c1, c2 *kubenode.Clust
 		}
 	}
 }
+
+// installWorldPolicy lets c1's echo-a and, on TCP, the world into c2's
+// echo-a.
+const installWorldPolicy = `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: allow-c1-echo-a-and-world, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {pod: echo-a}}
+  ingress:
+    - fromEndpoints:
+        - matchLabels: {pod: echo-a, io.cilium.k8s.policy.cluster: c1}
+    - fromEntities: [world]
+      toPorts:
+        - ports: [{port: "8080", protocol: TCP}]
+`
+
+// installWorldStep is step 11b of TestInstallOnKubelets: beside the primary
+// CNI, with the cluster's range given (`agent.clusterCIDRs`), a pod in
+// ingress default deny is denied to an address outside the cluster (the
+// datacenter's gateway, routed to the pod through c2's node) and counted
+// as a drop from no cluster; a policy allowing the world entity lets it
+// in; c2's agent says the world decision is enforced.
+func installWorldStep(ctx context.Context, t *testing.T, dc *netns.NS, c2 *kubenode.Cluster, server *corev1.Pod) {
+	t.Helper()
+	n := c2.Nodes[0]
+	route := fmt.Sprintf("%s/32 via %s", server.Status.PodIP, n.IP)
+	if err := dc.Batch("route replace " + route); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := dc.Batch("route del " + route); err != nil {
+			t.Errorf("remove the datacenter's route to the pod: %v", err)
+		}
+	}()
+	addr := podAddr(server)
+	outside := func() (string, error) {
+		got, err := httpGetErr(dc, addr)
+		if err == nil && got != "c2 echo-a" {
+			return got, errWrongServer
+		}
+		return got, err
+	}
+	agent := agentCLI{node: n, pod: waitAppReady(t, ctx, c2, "clustermesh-agent")}
+	st, err := agent.status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := st.Policy.WorldIngress; !w.Enforced {
+		t.Fatalf("c2's agent does not decide world beside the primary CNI: %+v", w)
+	}
+	expectVerdict(t, "no policy: the datacenter → c2/echo-a", true, outside)
+	u, err := harness.ApplyPolicy(ctx, c2.CP.REST, c2.Name, installPolicies[0].manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectVerdict(t, "ingress default deny: the datacenter (world) → c2/echo-a", false, outside)
+	expectCounted(t, "the datacenter (world) → c2/echo-a", "", outside, agent.status)
+	if err := harness.DeletePolicy(ctx, c2.CP.REST, c2.Name, u); err != nil {
+		t.Fatal(err)
+	}
+	if u, err = harness.ApplyPolicy(ctx, c2.CP.REST, c2.Name, installWorldPolicy); err != nil {
+		t.Fatal(err)
+	}
+	expectVerdict(t, "fromEntities world: the datacenter → c2/echo-a", true, outside)
+	if err := harness.DeletePolicy(ctx, c2.CP.REST, c2.Name, u); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -160,7 +160,10 @@ func TestInstallOnKubelets(t *testing.T) {
 	for _, c := range env.Clusters {
 		n := c.Nodes[0]
 		bpffsBefore[n.Name] = filesUnder(t, n.BPFFS)
-		set := "--set=agent.bpffsPath=" + n.BPFFS + ",agent.stateDir=" + n.AgentState
+		// The CNI's range: the cluster's pod CIDRs (ptp with host-local on
+		// spec.podCIDR), so that the agent decides world (step 11b).
+		set := "--set=agent.bpffsPath=" + n.BPFFS + ",agent.stateDir=" + n.AgentState +
+			fmt.Sprintf(",agent.clusterCIDRs={10.%d.0.0/16}", c.ID)
 		if mode := os.Getenv("E2E_CONNECTION"); mode != "" {
 			set += ",agent.connectionMode=" + mode // else the chart's default
 		}
@@ -232,6 +235,10 @@ func TestInstallOnKubelets(t *testing.T) {
 	installPolicyStep(ctx, t, c1, c2, pods["c2/echo-a"])
 	t.Logf("step 11: a CiliumNetworkPolicy, then a NetworkPolicy, of c2 lets only c1's echo-a in: c1's and c2's echo-b denied, counted, traced; allowed again once deleted (%s, step %s)",
 		time.Since(start).Round(time.Second), time.Since(stepStart).Round(100*time.Millisecond))
+	stepStart = time.Now()
+	installWorldStep(ctx, t, env.DC, c2, pods["c2/echo-a"])
+	t.Logf("step 11b: with agent.clusterCIDRs, an address outside the cluster is denied to c2's echo-a in ingress default deny, counted, and let in by fromEntities world (step %s)",
+		time.Since(stepStart).Round(100*time.Millisecond))
 
 	for _, c := range env.Clusters {
 		run("disable", "--context="+c.Name)

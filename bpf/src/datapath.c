@@ -440,34 +440,56 @@ static __always_inline int from_tunnel4(struct __sk_buff *skb)
 	return ret >= 0 ? ret : CM_NEXT;
 }
 
-/* forwarded_world reports whether cm_to_pod decides a packet the node
- * forwards from a source without an identity of its own (ipc: no entry, or
- * the world entry of a local prefix) as world: only in full mode (beside a
- * primary CNI the own cluster's other nodes and their pods arrive this way
- * unknown), not out of the tunnel device (decided at cm_from_tunnel), and
- * not when local (the source is an address of this node: NAT by the host,
- * such as kube-proxy's masquerade; also an address without a route back,
- * which the lookup cannot tell apart). */
-static __always_inline int forwarded_world(struct __sk_buff *skb, const struct ipcache_value *ipc,
-					   struct bpf_fib_lookup *fib)
+/* forwarded_peer returns the identity by which cm_to_pod decides a packet
+ * the node forwards from a source without a pod identity (ipc: its
+ * ipcache entry), 0 when the packet is the host's path and not decided:
+ * - a CIDR identity (outside the cluster, in a prefix a policy names);
+ * - in full mode world (no entry, or the world entry of a local prefix)
+ *   and remote-node (the own cluster's other nodes, remote clusters'
+ *   nodes);
+ * - beside a primary CNI, world only when the cluster's ranges of the
+ *   packet's family are known (CM_F_COEXIST_WORLD4/6) and the source has
+ *   no entry at all: the world
+ *   entries there are the own cluster's ranges (its pod CIDRs, the primary
+ *   CNI's ranges), and the own cluster's nodes and pods are the primary
+ *   CNI's to decide.
+ * Never out of the tunnel device (decided at cm_from_tunnel), nor when the
+ * source is local (an address of this node: NAT by the host, such as
+ * kube-proxy's masquerade; also an address without a route back, which the
+ * lookup cannot tell apart). */
+static __always_inline __u32 forwarded_peer(struct __sk_buff *skb, const struct ipcache_value *ipc,
+					    struct bpf_fib_lookup *fib)
 {
 	struct config_value *cfg;
-	__u32 zero = 0;
+	__u32 zero = 0, peer;
 
-	if (ipc && ipc->identity != WORLD_IDENTITY)
-		return 0;
+	if (ipc && identity_is_cidr(ipc->identity))
+		return ipc->identity;
 	cfg = bpf_map_lookup_elem(&cm_config, &zero);
-	if (!cfg || (cfg->flags & CM_F_COEXIST) || skb->ingress_ifindex == cfg->tunnel_ifindex)
+	if (!cfg || skb->ingress_ifindex == cfg->tunnel_ifindex)
 		return 0;
+	if (cfg->flags & CM_F_COEXIST) {
+		__u32 known = fib->family == 2 /* AF_INET */ ? CM_F_COEXIST_WORLD4 : CM_F_COEXIST_WORLD6;
+
+		if (!(cfg->flags & known) || ipc)
+			return 0;
+		peer = WORLD_IDENTITY;
+	} else if (!ipc || ipc->identity == WORLD_IDENTITY) {
+		peer = WORLD_IDENTITY;
+	} else if (ipc->identity == REMOTE_NODE_IDENTITY) {
+		peer = REMOTE_NODE_IDENTITY;
+	} else {
+		return 0;
+	}
 	fib->ifindex = skb->ingress_ifindex;
-	return bpf_fib_lookup(skb, fib, sizeof(*fib), 0) != BPF_FIB_LKUP_RET_NOT_FWDED;
+	return bpf_fib_lookup(skb, fib, sizeof(*fib), 0) != BPF_FIB_LKUP_RET_NOT_FWDED ? peer : 0;
 }
 
 /* Packets the host stack delivers to a pod (the egress of its host veth;
  * bpf_redirect_peer skips it, so these are the host's): tracked for the
  * pod's replies. A packet the node forwards (not its own: ingress_ifindex
  * set) from an address of a CIDR identity (outside the cluster, in a prefix
- * a policy names), or in full mode of world (forwarded_world), is decided
+ * a policy names), or of world or remote-node (forwarded_peer), is decided
  * by the pod's ingress policy; any other is the host's path and never
  * dropped. */
 static __always_inline int to_pod4(struct __sk_buff *skb)
@@ -482,10 +504,7 @@ static __always_inline int to_pod4(struct __sk_buff *skb)
 	ipc = bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, p.flow.saddr });
 	if (skb->ingress_ifindex) {
 		fib.ipv4_dst = p.flow.saddr;
-		if (ipc && identity_is_cidr(ipc->identity))
-			peer = ipc->identity;
-		else if (forwarded_world(skb, ipc, &fib))
-			peer = WORLD_IDENTITY;
+		peer = forwarded_peer(skb, ipc, &fib);
 	}
 	if (peer) {
 		struct pol_ctx c = { .peer = peer };

@@ -100,6 +100,13 @@ struct config_value {
  * is handed to the host stack instead of being redirected into the pod, so
  * that the primary CNI's and kube-proxy's rules see it. */
 #define CM_F_COEXIST 0x1
+/* Coexistence mode with the cluster's address ranges of a family known
+ * (the agent's --cluster-cidrs, programmed as world entries of the own
+ * cluster's ranges): a forwarded packet of that family from an address
+ * without any ipcache entry is world, decided by the pod's ingress policy
+ * (cm_to_pod). */
+#define CM_F_COEXIST_WORLD4 0x2
+#define CM_F_COEXIST_WORLD6 0x4
 
 /* IPv6 variants. Addresses are 16 bytes in network order, held as four
  * words; the underlay (tunnel endpoints) stays IPv4. Service and backend ids

@@ -308,10 +308,7 @@ static __always_inline int to_pod6(struct __sk_buff *skb)
 	ipc = bpf_map_lookup_elem(&cm_ipcache6, &key);
 	if (skb->ingress_ifindex) {
 		__builtin_memcpy(fib.ipv6_dst, &p.flow.saddr, sizeof(fib.ipv6_dst));
-		if (ipc && identity_is_cidr(ipc->identity))
-			peer = ipc->identity;
-		else if (forwarded_world(skb, ipc, &fib))
-			peer = WORLD_IDENTITY;
+		peer = forwarded_peer(skb, ipc, &fib);
 	}
 	if (peer) {
 		struct pol_ctx c = { .peer = peer };

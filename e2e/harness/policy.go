@@ -163,6 +163,12 @@ type PolicyStatus struct {
 		Reason string `json:"reason"`
 	} `json:"refused"`
 	Drops []PolicyDrops `json:"drops"`
+	// WorldIngress: whether ingress from world is decided on the host's
+	// path (beside a primary CNI only with --cluster-cidrs).
+	WorldIngress struct {
+		Enforced bool   `json:"enforced"`
+		State    string `json:"state"`
+	} `json:"worldIngress"`
 }
 
 // PolicyDrops counts the drops of one policy, direction and source cluster.

@@ -79,6 +79,10 @@ type AgentReport struct {
 	// RefusedPolicies are the network policies the agent refused as a
 	// whole (not enforced), with the reason.
 	RefusedPolicies []PolicyRefusal `json:"refusedPolicies,omitempty"`
+	// WorldIngress says whether the agent's pods' ingress policy decides
+	// world on the host's path (beside a primary CNI only with
+	// --cluster-cidrs), in one sentence.
+	WorldIngress string `json:"worldIngress,omitempty"`
 }
 
 // PolicyRefusal is a refused network policy ("cnp/<ns>/<name>",

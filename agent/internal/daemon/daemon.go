@@ -151,6 +151,9 @@ func (c *Config) Validate() error {
 	if c.Mode != ModeCoexist && c.Mode != ModeFull {
 		return fmt.Errorf("%w: --mode %q (want %s or %s)", ErrConfig, c.Mode, ModeCoexist, ModeFull)
 	}
+	if len(c.Sync.ClusterCIDRs) > 0 && c.Mode != ModeCoexist {
+		return fmt.Errorf("%w: --cluster-cidrs applies to --mode=%s (in %s mode every source without a pod identity is world)", ErrConfig, ModeCoexist, c.Mode)
+	}
 	if c.OwnerDaemonSet != "" && c.StatusNamespace == "" {
 		return fmt.Errorf("%w: --owner-daemonset needs --status-namespace", ErrConfig)
 	}
@@ -232,11 +235,18 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}, log.With("component", "localidentity"))
 		runs = append(runs, runner.Part{Name: "localidentity", Run: ids.Run})
 	}
+	world := &worldIngress{mode: cfg.Mode, ranges: rec.ClusterCIDRs(), log: log.With("component", "world-ingress")}
+	if dp != nil {
+		world.turnOn = dp.SetCoexistWorld
+	}
 	local = localcluster.New(localcluster.Config{
 		NodeName: cfg.NodeName, ClusterID: cfg.ClusterID, Identity: identityFunc(ids), OwnPods: ownPods(ids),
 		// Beside a primary CNI, it connects the cluster's own nodes.
 		NodeTunnels: cfg.Mode == ModeFull,
-		OnSynced:    func() { ownSynced.Store(true) },
+		OnSynced: func() {
+			ownSynced.Store(true)
+			world.ownSynced(rec)
+		},
 		// The restore hold (in the remote manager) releases the own
 		// cluster's restored entries once its pods' entries are in.
 		OnIPCacheSynced: func() { mgr.OwnSynced() },
@@ -253,6 +263,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	status := statusapi.New(statusapi.Config{Socket: cfg.StatusSocket, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID, NodeName: cfg.NodeName},
 		mgr, merger, rec, log.With("component", "status"))
 	status.SetPolicy(pol)
+	world.podCIDRs = local.PodCIDRs
+	status.SetWorldIngress(world.Status)
 	if ids != nil {
 		pol.podIPs, pol.identityOf = local.PodIPs, ids.Identity
 	}
@@ -265,7 +277,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	runs = append(runs, pol.parts(func() bool { return len(h.notReady()) == 0 })...)
 	if cfg.StatusNamespace != "" {
 		pub := statusreport.New(statusreport.Config{Namespace: cfg.StatusNamespace, Cluster: cfg.ClusterName, Node: cfg.NodeName, Nodes: local.NodeCount,
-			RefusedPolicies: pol.refusedReport},
+			RefusedPolicies: pol.refusedReport, WorldIngress: world.Report},
 			mgr, kube.CoreV1(), log.With("component", "statusreport"), clk)
 		runs = append(runs, runner.Part{Name: "statusreport", Run: pub.Run})
 	}

@@ -23,6 +23,8 @@ func TestFlagsAndValidate(t *testing.T) {
 		{"511 clusters", []string{"--node-name=n1", "--cluster-name=c1", "--cluster-id=300", "--max-connected-clusters=511", "--clustermesh-config=/x"}, true},
 		{"bad datapath", []string{"--node-name=n1", "--cluster-name=c1", "--cluster-id=1", "--clustermesh-config=/x", "--datapath=xdp"}, false},
 		{"no config dir", []string{"--node-name=n1", "--cluster-name=c1", "--cluster-id=1"}, false},
+		{"cluster CIDRs beside a primary CNI", []string{"--node-name=n1", "--cluster-name=c1", "--cluster-id=1", "--clustermesh-config=/x", "--cluster-cidrs=10.244.0.0/16,fd00:10:244::/56"}, true},
+		{"cluster CIDRs in full mode", []string{"--node-name=n1", "--cluster-name=c1", "--cluster-id=1", "--clustermesh-config=/x", "--mode=full", "--cluster-cidrs=10.244.0.0/16"}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -61,7 +61,7 @@ func (r *Reconciler) markCIDRLocked(p netip.Prefix) {
 // may change: the changed prefixes (world entries) and the CIDR prefixes
 // overlapping them.
 func (r *Reconciler) markLocalCIDRsLocked(changed *prefixSet) {
-	if len(r.cidrs) == 0 {
+	if !r.worldEntries() {
 		return
 	}
 	for q := range changed.count {
@@ -76,16 +76,17 @@ func (r *Reconciler) markLocalCIDRsLocked(changed *prefixSet) {
 
 // ipcacheEntry is the programmed ipcache entry of p: a cluster's winning
 // claim, else a CIDR entry or the world entry of a local prefix inside a
-// CIDR prefix.
+// CIDR prefix; with cluster ranges (ranges.go), of every local prefix and
+// range.
 func (r *Reconciler) ipcacheEntry(p netip.Prefix) (datapath.IPCacheEntry, bool) {
 	if e, ok := r.ipcacheWinner(p); ok {
 		return e, true
 	}
-	if len(r.cidrs) == 0 {
+	if !r.worldEntries() {
 		return datapath.IPCacheEntry{}, false
 	}
-	if r.local.all.count[p] > 0 {
-		if r.inCIDR(p) {
+	if _, isRange := r.ranges[p]; isRange || r.local.all.count[p] > 0 {
+		if len(r.ranges) > 0 || r.inCIDR(p) {
 			return datapath.IPCacheEntry{Prefix: p, Identity: WorldIdentity, ClusterID: CIDRClusterID}, true
 		}
 		return datapath.IPCacheEntry{}, false
@@ -112,7 +113,7 @@ func (r *Reconciler) inCIDR(p netip.Prefix) bool {
 
 // cidrKeys returns the keys that may have a CIDR or world entry.
 func (r *Reconciler) cidrKeys() []netip.Prefix {
-	if len(r.cidrs) == 0 {
+	if !r.worldEntries() {
 		return nil
 	}
 	out := make([]netip.Prefix, 0, len(r.cidrs))
@@ -123,6 +124,12 @@ func (r *Reconciler) cidrKeys() []netip.Prefix {
 	}
 	for q := range r.local.all.count {
 		if _, isCIDR := r.cidrs[q]; !isCIDR && !r.ipcache.has(q) {
+			out = append(out, q)
+		}
+	}
+	for q := range r.ranges {
+		_, isCIDR := r.cidrs[q]
+		if !isCIDR && r.local.all.count[q] == 0 && !r.ipcache.has(q) {
 			out = append(out, q)
 		}
 	}

@@ -28,6 +28,11 @@ type Config struct {
 	RetryMin, RetryMax time.Duration
 	// Trust limits what remote clusters may claim.
 	Trust TrustConfig
+	// ClusterCIDRs are the primary CNI's address ranges for the own
+	// cluster's traffic (coexistence mode, --cluster-cidrs; ranges.go):
+	// set, they and the local prefixes get world entries so that an
+	// address outside them has none.
+	ClusterCIDRs []netip.Prefix
 }
 
 // DefaultConfig returns the defaults.
@@ -40,6 +45,11 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.BatchWindow, "datapath-batch-window", c.BatchWindow,
 		"how long to wait for more changes before applying a datapath batch (0: apply as soon as the previous batch is done)")
 	c.Trust.RegisterFlags(fs)
+	fs.Func("cluster-cidrs", "coexist mode: comma-separated CIDRs the primary CNI uses for the own cluster's traffic (pod IP pools, overlay and bridge gateway addresses; the nodes' spec.podCIDRs are added); set, a pod's ingress policy decides world (addresses outside them and every identity) on the host's path too (docs/policy.md)", func(s string) error {
+		ps, err := ParsePrefixes(s)
+		c.ClusterCIDRs = append(c.ClusterCIDRs, ps...)
+		return err
+	})
 }
 
 // Reconciler owns the desired datapath state and applies it. Its methods are
@@ -67,6 +77,7 @@ type Reconciler struct {
 	refused      map[refusalKey][]Refusal  // guarded by mu: remote claims not programmed, as of the last flush
 	ipcacheCIDRs map[netip.Prefix]struct{} // guarded by mu: claimed ipcache keys that are not host prefixes
 	cidrs        map[netip.Prefix]uint32   // guarded by mu: prefixes of CIDR identities (UpsertCIDR)
+	ranges       map[netip.Prefix]struct{} // the cluster ranges (Config.ClusterCIDRs), fixed at New
 
 	built   uint64        // guarded by mu: the batches built (empty ones too)
 	waiters []flushWaiter // guarded by mu: AfterFlush callbacks not yet called
@@ -112,7 +123,11 @@ func New(cfg Config, w datapath.Writer, log *slog.Logger, clk clock.Clock) *Reco
 		cfg.Trust.MinPrefixLenV4, cfg.Trust.MinPrefixLenV6 = d.Trust.MinPrefixLenV4, d.Trust.MinPrefixLenV6
 	}
 	own := cfg.ClusterID
-	return &Reconciler{
+	ranges := make(map[netip.Prefix]struct{}, len(cfg.ClusterCIDRs))
+	for _, p := range cfg.ClusterCIDRs {
+		ranges[p.Masked()] = struct{}{}
+	}
+	r := &Reconciler{
 		cfg: cfg, w: w, log: log, clock: clk,
 		tunnels:   newTable(encTunnel, decTunnel, func(c tunnelClaim) uint32 { return c.cluster }, own),
 		ipcache:   newTable(encIPCache, decIPCache, func(c ipClaim) uint32 { return c.cluster }, own),
@@ -129,7 +144,10 @@ func New(cfg Config, w datapath.Writer, log *slog.Logger, clk clock.Clock) *Reco
 		refused:      map[refusalKey][]Refusal{},
 		ipcacheCIDRs: map[netip.Prefix]struct{}{},
 		cidrs:        map[netip.Prefix]uint32{},
+		ranges:       ranges,
 	}
+	r.markRangesLocked() // not shared yet
+	return r
 }
 
 func (r *Reconciler) kickLocked() {

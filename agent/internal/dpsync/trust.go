@@ -2,7 +2,6 @@ package dpsync
 
 import (
 	"cmp"
-	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -55,14 +54,9 @@ func DefaultTrustConfig() TrustConfig {
 // RegisterFlags registers the trust options on fs.
 func (c *TrustConfig) RegisterFlags(fs *pflag.FlagSet) {
 	fs.Func("remote-allowed-prefixes", "comma-separated CIDRs where remote ipcache CIDR entries may lie besides their nodes' pod CIDRs", func(s string) error {
-		for f := range strings.SplitSeq(s, ",") {
-			p, err := netip.ParsePrefix(strings.TrimSpace(f))
-			if err != nil {
-				return fmt.Errorf("parse %q: %w", f, err)
-			}
-			c.AllowedPrefixes = append(c.AllowedPrefixes, p.Masked())
-		}
-		return nil
+		ps, err := ParsePrefixes(s)
+		c.AllowedPrefixes = append(c.AllowedPrefixes, ps...)
+		return err
 	})
 	fs.IntVar(&c.MinPrefixLenV4, "remote-min-prefix-length-v4", c.MinPrefixLenV4, "refuse remote IPv4 tunnel and ipcache prefixes shorter than this")
 	fs.IntVar(&c.MinPrefixLenV6, "remote-min-prefix-length-v6", c.MinPrefixLenV6, "refuse remote IPv6 tunnel and ipcache prefixes shorter than this")

@@ -6,7 +6,11 @@
 //     ClusterIP is programmed; the mesh annotations decide whether remote
 //     backends join);
 //   - other Nodes' spec.podCIDRs → tunnel entries to the node's InternalIP,
-//     with the own cluster ID;
+//     with the own cluster ID (full mode);
+//   - every Node's InternalIP and ExternalIP addresses → ipcache entries
+//     with Cilium's reserved identities, host (1) for this node and
+//     remote-node (6) for the others, own cluster ID, no tunnel endpoint
+//     (nodeaddrs.go);
 //   - Pods scheduled on this node (spec.nodeName) → datapath.Endpoint for each
 //     pod IP, delivered to the interface of the host route to that IP
 //     (RTM_GETROUTE; the CNI, or the e2e harness, installs

@@ -133,6 +133,7 @@ type Watcher struct {
 	nodes     map[string]struct{}       // guarded by mu: the cluster's nodes, reconciled
 	podCIDRs  map[string][]netip.Prefix // guarded by mu: every node's pod CIDRs (this one's too)
 	podIPs    map[key][]netip.Addr      // guarded by mu: pod → programmed endpoints
+	nodeAddrs map[string][]netip.Addr   // guarded by mu: node → its InternalIP/ExternalIP (nodeaddrs.go)
 	// informersSynced and ownPodsSynced: the two sources of the own
 	// ipcache entries have delivered their full state. Guarded by mu.
 	informersSynced, ownPodsSynced bool
@@ -164,6 +165,7 @@ func New(cfg Config, client kubernetes.Interface, svcs ServiceSink, dp DatapathS
 		nodes:     map[string]struct{}{},
 		podCIDRs:  map[string][]netip.Prefix{},
 		podIPs:    map[key][]netip.Addr{},
+		nodeAddrs: map[string][]netip.Addr{},
 	}
 	w.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[key](w.cfg.RetryMin, w.cfg.RetryMax),
@@ -451,6 +453,7 @@ func (w *Watcher) reconcileNode(k key) error {
 		want = tunnels(node, w.cfg.ClusterID)
 	}
 	w.dp.SetLocalNode(k.name, nodePrefixes(node))
+	w.setNodeAddrs(k.name, nodeAddrs(node))
 	w.mu.Lock()
 	if node == nil {
 		delete(w.nodes, k.name)
@@ -649,9 +652,10 @@ func (w *Watcher) reconcilePod(k key) error {
 
 func ipKey(ip netip.Addr) key { return key{kind: kindIP, name: ip.String()} }
 
-// reconcileIP programs the ipcache entry of an own-cluster pod address
-// that no pod of this node holds (reconcilePod owns those): its identity
-// from OwnPods, its node as tunnel endpoint in full mode. Beside a primary
+// reconcileIP programs the ipcache entry of an own-cluster address that
+// no pod of this node holds (reconcilePod owns those): a node's address
+// (host or remote-node, nodeaddrs.go), else a pod's, its identity from
+// OwnPods and its node as tunnel endpoint in full mode. Beside a primary
 // CNI the entry gives the identity only (zero tunnel endpoint: cm_from_pod
 // leaves the own cluster's routing to the host). w.mu is held across the
 // writes so that reconcilePod, which records this node's addresses under
@@ -676,6 +680,10 @@ func (w *Watcher) reconcileIP(k key) error {
 		if slices.Contains(ips, ip) {
 			return nil
 		}
+	}
+	if e, isNode := w.nodeEntryLocked(ip); isNode {
+		w.dp.UpsertIPCache(e)
+		return nil
 	}
 	if !ok {
 		w.dp.DeleteIPCache(prefix, w.cfg.ClusterID)

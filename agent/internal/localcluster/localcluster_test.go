@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"sync"
 	"testing"
@@ -223,8 +224,13 @@ func TestLocalNodesWinOverRemotes(t *testing.T) {
 		t.Fatal(err)
 	}
 	st, _ := dp.Dump()
-	if len(st.Tunnels)+len(st.IPCache) != 0 {
-		t.Fatalf("remote claims on the local node programmed: %+v %+v", st.Tunnels, st.IPCache)
+	// Only this node's own entries: its addresses as host.
+	own := map[netip.Prefix]datapath.IPCacheEntry{}
+	for _, a := range []string{"192.168.0.1/32", "203.0.113.1/32"} {
+		own[netip.MustParsePrefix(a)] = datapath.IPCacheEntry{Prefix: netip.MustParsePrefix(a), Identity: 1, ClusterID: 1}
+	}
+	if len(st.Tunnels) != 0 || !maps.Equal(st.IPCache, own) {
+		t.Fatalf("remote claims on the local node programmed: %+v %+v, want only the node's own host entries", st.Tunnels, st.IPCache)
 	}
 	refused := map[string]dpsync.Reason{}
 	for _, r := range rec.Refusals() {
@@ -247,6 +253,11 @@ func TestLocalNodesWinOverRemotes(t *testing.T) {
 	}
 	wg.Go(func() { _ = rec.Run(ctx) })
 	await(t, dp, "remote claims programmed once the node is gone", func(st datapath.State) bool {
+		for _, e := range st.IPCache {
+			if e.ClusterID != 2 {
+				return false
+			}
+		}
 		return len(st.Tunnels) == 1 && len(st.IPCache) == 3
 	})
 }

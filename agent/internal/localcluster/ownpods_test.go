@@ -2,6 +2,7 @@ package localcluster
 
 import (
 	"context"
+	"maps"
 	"net/netip"
 	"sync"
 	"testing"
@@ -27,7 +28,9 @@ import (
 // etcd (identity, own cluster ID; their node as tunnel endpoint in full
 // mode, none beside a primary CNI), which follow relabels, moves and
 // deletes; this node's pods keep the one entry reconcilePod writes (zero
-// tunnel endpoint), also while their kvstore entry outlives the pod.
+// tunnel endpoint), also while their kvstore entry outlives the pod. The
+// nodes' InternalIPs are host (this node) and remote-node (the others),
+// and follow an address change and a node's removal.
 func TestOtherNodesPods(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
@@ -44,6 +47,7 @@ func testOtherNodesPods(t *testing.T, tunnels bool) {
 	const web, api, db = 1<<16 | 300, 1<<16 | 301, 1<<16 | 302
 	local, other := netip.MustParseAddr("10.1.1.5"), netip.MustParseAddr("10.1.2.7")
 	n1, n2, n3 := netip.MustParseAddr("192.168.0.1"), netip.MustParseAddr("192.168.0.2"), netip.MustParseAddr("192.168.0.3")
+	n3New := netip.MustParseAddr("192.168.0.33")
 	srv := etcdserver.StartTest(t, etcdserver.Config{ClusterName: "c1"})
 	ctx, cancel := context.WithCancel(context.Background())
 	admin, err := kvstore.New(ctx, srv.AdminConfig(), discard)
@@ -126,8 +130,14 @@ func testOtherNodesPods(t *testing.T, tunnels bool) {
 	entry := func(ip netip.Addr, id uint32, tep netip.Addr) datapath.IPCacheEntry {
 		return datapath.IPCacheEntry{Prefix: netip.PrefixFrom(ip, 32), Identity: id, TunnelEndpoint: tep, ClusterID: 1}
 	}
+	// The nodes' InternalIPs: this node host, the others remote-node.
+	nodes := want{n1: entry(n1, 1, netip.Addr{}), n2: entry(n2, 6, netip.Addr{}), n3: entry(n3, 6, netip.Addr{})}
 	expect := func(step string, exp want) {
 		t.Helper()
+		exp = maps.Clone(exp)
+		for ip, e := range nodes {
+			exp[ip] = e
+		}
 		await(t, dp, step, func(st datapath.State) bool {
 			if len(st.IPCache) != len(exp) {
 				return false
@@ -167,6 +177,19 @@ func testOtherNodesPods(t *testing.T, tunnels bool) {
 		{"this node's pod's kvstore entry gone", func() { del(local) },
 			want{other: entry(other, db, tunnel(n3))}},
 		{"other node's pod gone", func() { del(other) }, want{}},
+		{"a node's InternalIP changes", func() {
+			delete(nodes, n3)
+			nodes[n3New] = entry(n3New, 6, netip.Addr{})
+			if _, err := client.CoreV1().Nodes().Update(ctx, node("n3", n3New, "10.1.3.0/24"), metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}, want{}},
+		{"a node gone", func() {
+			delete(nodes, n2)
+			if err := client.CoreV1().Nodes().Delete(ctx, "n2", metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}, want{}},
 	} {
 		step.do()
 		expect(step.name, step.exp)

@@ -309,6 +309,7 @@ func printPolicyStatus(w io.Writer, p *agentv1.PolicyStatus) {
 	}
 	fmt.Fprintf(w, "\nPolicies: %d programmed, %d refused, %d datapath failures, %d/%d CIDR identities\n",
 		p.GetPolicies(), len(p.GetRefused()), p.GetFailures(), p.GetCidrIdentities(), p.GetCidrIdentitiesMax())
+	printWorldIngress(w, p.GetWorldIngress())
 	for _, r := range p.GetRefused() {
 		fmt.Fprintf(w, "  refused %s: %s\n", r.GetPolicy(), r.GetReason())
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -88,6 +89,9 @@ func TestPolicyOverSocket(t *testing.T) {
 	sock := filepath.Join(dir, "s.sock")
 	s := New(Config{Socket: sock, ClusterName: "c1", ClusterID: 1, NodeName: "n1"}, fakes{}, fakes{}, fakes{}, slog.New(slog.DiscardHandler))
 	s.SetPolicy(enginePolicy{e})
+	s.SetWorldIngress(func() WorldIngress {
+		return WorldIngress{Enforced: true, State: "decided outside the cluster ranges", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}, NodePodCIDRs: 3}
+	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
@@ -149,7 +153,8 @@ func TestPolicyOverSocket(t *testing.T) {
 	}
 	for _, want := range []string{"Policies: 1 programmed, 1 refused, 0 datapath failures, 2/65536 CIDR identities", "refused cnp/shop/l7: L7 rules", "DROPPED BY", "(default deny)",
 		"named ports of identity 65792 (k8s:app=web", "http: 8080/TCP on 1 of 2 endpoints, 8081/TCP on 1 of 2 endpoints",
-		"policy map: 4 of 10 keys", "identity 65794 () refused: its policy needs 9 keys, the policy map is full"} {
+		"policy map: 4 of 10 keys", "identity 65794 () refused: its policy needs 9 keys, the policy map is full",
+		"world ingress: enforced: decided outside the cluster ranges", "cluster CIDRs: 10.244.0.0/16; node pod CIDRs: 3"} {
 		if !strings.Contains(buf.String(), want) {
 			t.Errorf("status table lacks %q:\n%s", want, buf.String())
 		}

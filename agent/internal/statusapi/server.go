@@ -58,6 +58,8 @@ type Server struct {
 	dp       Datapath
 	log      *slog.Logger
 	policy   Policy // nil: no policy plane
+	// world returns the state of the world decision (nil: not shown).
+	world func() WorldIngress
 }
 
 // New returns a Server.
@@ -146,6 +148,7 @@ func (s *Server) Build(includeEntries bool) *agentv1.GetStatusResponse {
 	}
 	if s.policy != nil {
 		resp.Policy = s.policyStatus(names)
+		resp.Policy.WorldIngress = s.worldStatus()
 	}
 	if includeEntries {
 		tun := s.dp.Tunnels()

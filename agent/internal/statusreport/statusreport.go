@@ -50,6 +50,9 @@ type Config struct {
 	// RefusedPolicies, if set, returns the network policies the agent
 	// refused, for the report.
 	RefusedPolicies func() []meshstatus.PolicyRefusal
+	// WorldIngress, if set, says whether the agent's pods' ingress policy
+	// decides world on the host's path.
+	WorldIngress func() string
 }
 
 func (c *Config) withDefaults() {
@@ -105,6 +108,9 @@ func (p *Publisher) Run(ctx context.Context) error {
 		r := Build(p.cfg.Cluster, p.cfg.Node, p.src.Status())
 		if p.cfg.RefusedPolicies != nil {
 			r.RefusedPolicies = p.cfg.RefusedPolicies()
+		}
+		if p.cfg.WorldIngress != nil {
+			r.WorldIngress = p.cfg.WorldIngress()
 		}
 		now := p.clk.Now()
 		if p.due(last, r, now.Sub(lastTime)) && !now.Before(retryAt) {

@@ -246,8 +246,11 @@ type PolicyStatus struct {
 	OverCapacity []*PolicyOverCapacity `protobuf:"bytes,342,rep,name=over_capacity,json=overCapacity,proto3" json:"over_capacity,omitempty"`
 	// Times a local identity was refused for want of room.
 	CapacityRefusals uint64 `protobuf:"varint,343,opt,name=capacity_refusals,json=capacityRefusals,proto3" json:"capacity_refusals,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Whether a pod's ingress policy decides world on the host's path
+	// (coexistence mode: only with --cluster-cidrs; docs/policy.md).
+	WorldIngress  *WorldIngress `protobuf:"bytes,380,opt,name=world_ingress,json=worldIngress,proto3" json:"world_ingress,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PolicyStatus) Reset() {
@@ -357,6 +360,85 @@ func (x *PolicyStatus) GetCapacityRefusals() uint64 {
 	return 0
 }
 
+func (x *PolicyStatus) GetWorldIngress() *WorldIngress {
+	if x != nil {
+		return x.WorldIngress
+	}
+	return nil
+}
+
+type WorldIngress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A source without any ipcache entry is world and decided.
+	Enforced bool `protobuf:"varint,1,opt,name=enforced,proto3" json:"enforced,omitempty"`
+	// Why, or why not, in one sentence.
+	State string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	// --cluster-cidrs: the primary CNI's ranges (coexistence mode).
+	ClusterCidrs []string `protobuf:"bytes,3,rep,name=cluster_cidrs,json=clusterCidrs,proto3" json:"cluster_cidrs,omitempty"`
+	// The own cluster's nodes' pod CIDRs, also inside the cluster.
+	NodePodCidrs  uint32 `protobuf:"varint,4,opt,name=node_pod_cidrs,json=nodePodCidrs,proto3" json:"node_pod_cidrs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorldIngress) Reset() {
+	*x = WorldIngress{}
+	mi := &file_status_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorldIngress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorldIngress) ProtoMessage() {}
+
+func (x *WorldIngress) ProtoReflect() protoreflect.Message {
+	mi := &file_status_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorldIngress.ProtoReflect.Descriptor instead.
+func (*WorldIngress) Descriptor() ([]byte, []int) {
+	return file_status_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *WorldIngress) GetEnforced() bool {
+	if x != nil {
+		return x.Enforced
+	}
+	return false
+}
+
+func (x *WorldIngress) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *WorldIngress) GetClusterCidrs() []string {
+	if x != nil {
+		return x.ClusterCidrs
+	}
+	return nil
+}
+
+func (x *WorldIngress) GetNodePodCidrs() uint32 {
+	if x != nil {
+		return x.NodePodCidrs
+	}
+	return 0
+}
+
 type PolicyOverCapacity struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Identity uint32                 `protobuf:"varint,1,opt,name=identity,proto3" json:"identity,omitempty"`
@@ -369,7 +451,7 @@ type PolicyOverCapacity struct {
 
 func (x *PolicyOverCapacity) Reset() {
 	*x = PolicyOverCapacity{}
-	mi := &file_status_proto_msgTypes[3]
+	mi := &file_status_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -381,7 +463,7 @@ func (x *PolicyOverCapacity) String() string {
 func (*PolicyOverCapacity) ProtoMessage() {}
 
 func (x *PolicyOverCapacity) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[3]
+	mi := &file_status_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -394,7 +476,7 @@ func (x *PolicyOverCapacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyOverCapacity.ProtoReflect.Descriptor instead.
 func (*PolicyOverCapacity) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{3}
+	return file_status_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PolicyOverCapacity) GetIdentity() uint32 {
@@ -430,7 +512,7 @@ type NamedPortConflict struct {
 
 func (x *NamedPortConflict) Reset() {
 	*x = NamedPortConflict{}
-	mi := &file_status_proto_msgTypes[4]
+	mi := &file_status_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -442,7 +524,7 @@ func (x *NamedPortConflict) String() string {
 func (*NamedPortConflict) ProtoMessage() {}
 
 func (x *NamedPortConflict) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[4]
+	mi := &file_status_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -455,7 +537,7 @@ func (x *NamedPortConflict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NamedPortConflict.ProtoReflect.Descriptor instead.
 func (*NamedPortConflict) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{4}
+	return file_status_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *NamedPortConflict) GetIdentity() uint32 {
@@ -489,7 +571,7 @@ type PolicyRefusal struct {
 
 func (x *PolicyRefusal) Reset() {
 	*x = PolicyRefusal{}
-	mi := &file_status_proto_msgTypes[5]
+	mi := &file_status_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -501,7 +583,7 @@ func (x *PolicyRefusal) String() string {
 func (*PolicyRefusal) ProtoMessage() {}
 
 func (x *PolicyRefusal) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[5]
+	mi := &file_status_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -514,7 +596,7 @@ func (x *PolicyRefusal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyRefusal.ProtoReflect.Descriptor instead.
 func (*PolicyRefusal) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{5}
+	return file_status_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PolicyRefusal) GetPolicy() string {
@@ -544,7 +626,7 @@ type PolicyDrops struct {
 
 func (x *PolicyDrops) Reset() {
 	*x = PolicyDrops{}
-	mi := &file_status_proto_msgTypes[6]
+	mi := &file_status_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -556,7 +638,7 @@ func (x *PolicyDrops) String() string {
 func (*PolicyDrops) ProtoMessage() {}
 
 func (x *PolicyDrops) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[6]
+	mi := &file_status_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -569,7 +651,7 @@ func (x *PolicyDrops) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyDrops.ProtoReflect.Descriptor instead.
 func (*PolicyDrops) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{6}
+	return file_status_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PolicyDrops) GetPolicy() string {
@@ -618,7 +700,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_status_proto_msgTypes[7]
+	mi := &file_status_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -630,7 +712,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[7]
+	mi := &file_status_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -643,7 +725,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{7}
+	return file_status_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetPolicyRequest) GetEndpoint() string {
@@ -662,7 +744,7 @@ type GetPolicyResponse struct {
 
 func (x *GetPolicyResponse) Reset() {
 	*x = GetPolicyResponse{}
-	mi := &file_status_proto_msgTypes[8]
+	mi := &file_status_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +756,7 @@ func (x *GetPolicyResponse) String() string {
 func (*GetPolicyResponse) ProtoMessage() {}
 
 func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[8]
+	mi := &file_status_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +769,7 @@ func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
 func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{8}
+	return file_status_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetPolicyResponse) GetEndpoints() []*EndpointPolicy {
@@ -709,7 +791,7 @@ type EndpointPolicy struct {
 
 func (x *EndpointPolicy) Reset() {
 	*x = EndpointPolicy{}
-	mi := &file_status_proto_msgTypes[9]
+	mi := &file_status_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -721,7 +803,7 @@ func (x *EndpointPolicy) String() string {
 func (*EndpointPolicy) ProtoMessage() {}
 
 func (x *EndpointPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[9]
+	mi := &file_status_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -734,7 +816,7 @@ func (x *EndpointPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointPolicy.ProtoReflect.Descriptor instead.
 func (*EndpointPolicy) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{9}
+	return file_status_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *EndpointPolicy) GetIdentity() uint32 {
@@ -776,7 +858,7 @@ type DirectionPolicy struct {
 
 func (x *DirectionPolicy) Reset() {
 	*x = DirectionPolicy{}
-	mi := &file_status_proto_msgTypes[10]
+	mi := &file_status_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -788,7 +870,7 @@ func (x *DirectionPolicy) String() string {
 func (*DirectionPolicy) ProtoMessage() {}
 
 func (x *DirectionPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[10]
+	mi := &file_status_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -801,7 +883,7 @@ func (x *DirectionPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectionPolicy.ProtoReflect.Descriptor instead.
 func (*DirectionPolicy) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{10}
+	return file_status_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DirectionPolicy) GetEnforced() bool {
@@ -835,7 +917,7 @@ type PolicyEntry struct {
 
 func (x *PolicyEntry) Reset() {
 	*x = PolicyEntry{}
-	mi := &file_status_proto_msgTypes[11]
+	mi := &file_status_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -847,7 +929,7 @@ func (x *PolicyEntry) String() string {
 func (*PolicyEntry) ProtoMessage() {}
 
 func (x *PolicyEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[11]
+	mi := &file_status_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -860,7 +942,7 @@ func (x *PolicyEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyEntry.ProtoReflect.Descriptor instead.
 func (*PolicyEntry) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{11}
+	return file_status_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PolicyEntry) GetPeer() string {
@@ -926,7 +1008,7 @@ type TracePolicyRequest struct {
 
 func (x *TracePolicyRequest) Reset() {
 	*x = TracePolicyRequest{}
-	mi := &file_status_proto_msgTypes[12]
+	mi := &file_status_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -938,7 +1020,7 @@ func (x *TracePolicyRequest) String() string {
 func (*TracePolicyRequest) ProtoMessage() {}
 
 func (x *TracePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[12]
+	mi := &file_status_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -951,7 +1033,7 @@ func (x *TracePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TracePolicyRequest.ProtoReflect.Descriptor instead.
 func (*TracePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{12}
+	return file_status_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TracePolicyRequest) GetSrc() string {
@@ -995,7 +1077,7 @@ type TracePolicyResponse struct {
 
 func (x *TracePolicyResponse) Reset() {
 	*x = TracePolicyResponse{}
-	mi := &file_status_proto_msgTypes[13]
+	mi := &file_status_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1007,7 +1089,7 @@ func (x *TracePolicyResponse) String() string {
 func (*TracePolicyResponse) ProtoMessage() {}
 
 func (x *TracePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[13]
+	mi := &file_status_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1020,7 +1102,7 @@ func (x *TracePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TracePolicyResponse.ProtoReflect.Descriptor instead.
 func (*TracePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{13}
+	return file_status_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TracePolicyResponse) GetAllowed() bool {
@@ -1071,7 +1153,7 @@ type TraceVerdict struct {
 
 func (x *TraceVerdict) Reset() {
 	*x = TraceVerdict{}
-	mi := &file_status_proto_msgTypes[14]
+	mi := &file_status_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1083,7 +1165,7 @@ func (x *TraceVerdict) String() string {
 func (*TraceVerdict) ProtoMessage() {}
 
 func (x *TraceVerdict) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[14]
+	mi := &file_status_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1096,7 +1178,7 @@ func (x *TraceVerdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TraceVerdict.ProtoReflect.Descriptor instead.
 func (*TraceVerdict) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{14}
+	return file_status_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TraceVerdict) GetEvaluated() bool {
@@ -1166,7 +1248,7 @@ type RemoteCluster struct {
 
 func (x *RemoteCluster) Reset() {
 	*x = RemoteCluster{}
-	mi := &file_status_proto_msgTypes[15]
+	mi := &file_status_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1178,7 +1260,7 @@ func (x *RemoteCluster) String() string {
 func (*RemoteCluster) ProtoMessage() {}
 
 func (x *RemoteCluster) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[15]
+	mi := &file_status_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1191,7 +1273,7 @@ func (x *RemoteCluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoteCluster.ProtoReflect.Descriptor instead.
 func (*RemoteCluster) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{15}
+	return file_status_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RemoteCluster) GetName() string {
@@ -1328,7 +1410,7 @@ type RefusedClaims struct {
 
 func (x *RefusedClaims) Reset() {
 	*x = RefusedClaims{}
-	mi := &file_status_proto_msgTypes[16]
+	mi := &file_status_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1340,7 +1422,7 @@ func (x *RefusedClaims) String() string {
 func (*RefusedClaims) ProtoMessage() {}
 
 func (x *RefusedClaims) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[16]
+	mi := &file_status_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1353,7 +1435,7 @@ func (x *RefusedClaims) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefusedClaims.ProtoReflect.Descriptor instead.
 func (*RefusedClaims) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{16}
+	return file_status_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RefusedClaims) GetReason() string {
@@ -1390,7 +1472,7 @@ type ClaimConflict struct {
 
 func (x *ClaimConflict) Reset() {
 	*x = ClaimConflict{}
-	mi := &file_status_proto_msgTypes[17]
+	mi := &file_status_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1402,7 +1484,7 @@ func (x *ClaimConflict) String() string {
 func (*ClaimConflict) ProtoMessage() {}
 
 func (x *ClaimConflict) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[17]
+	mi := &file_status_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1415,7 +1497,7 @@ func (x *ClaimConflict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClaimConflict.ProtoReflect.Descriptor instead.
 func (*ClaimConflict) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{17}
+	return file_status_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ClaimConflict) GetKind() string {
@@ -1453,7 +1535,7 @@ type KindStatus struct {
 
 func (x *KindStatus) Reset() {
 	*x = KindStatus{}
-	mi := &file_status_proto_msgTypes[18]
+	mi := &file_status_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1465,7 +1547,7 @@ func (x *KindStatus) String() string {
 func (*KindStatus) ProtoMessage() {}
 
 func (x *KindStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[18]
+	mi := &file_status_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1478,7 +1560,7 @@ func (x *KindStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KindStatus.ProtoReflect.Descriptor instead.
 func (*KindStatus) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{18}
+	return file_status_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *KindStatus) GetKind() string {
@@ -1529,7 +1611,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_status_proto_msgTypes[19]
+	mi := &file_status_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1541,7 +1623,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[19]
+	mi := &file_status_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1554,7 +1636,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{19}
+	return file_status_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Service) GetNamespace() string {
@@ -1604,7 +1686,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_status_proto_msgTypes[20]
+	mi := &file_status_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1616,7 +1698,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[20]
+	mi := &file_status_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1629,7 +1711,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{20}
+	return file_status_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Backend) GetAddress() string {
@@ -1671,7 +1753,7 @@ type TunnelEntry struct {
 
 func (x *TunnelEntry) Reset() {
 	*x = TunnelEntry{}
-	mi := &file_status_proto_msgTypes[21]
+	mi := &file_status_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1683,7 +1765,7 @@ func (x *TunnelEntry) String() string {
 func (*TunnelEntry) ProtoMessage() {}
 
 func (x *TunnelEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[21]
+	mi := &file_status_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1696,7 +1778,7 @@ func (x *TunnelEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TunnelEntry.ProtoReflect.Descriptor instead.
 func (*TunnelEntry) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{21}
+	return file_status_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *TunnelEntry) GetCidr() string {
@@ -1732,7 +1814,7 @@ type IPCacheEntry struct {
 
 func (x *IPCacheEntry) Reset() {
 	*x = IPCacheEntry{}
-	mi := &file_status_proto_msgTypes[22]
+	mi := &file_status_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1744,7 +1826,7 @@ func (x *IPCacheEntry) String() string {
 func (*IPCacheEntry) ProtoMessage() {}
 
 func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[22]
+	mi := &file_status_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1757,7 +1839,7 @@ func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPCacheEntry.ProtoReflect.Descriptor instead.
 func (*IPCacheEntry) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{22}
+	return file_status_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *IPCacheEntry) GetPrefix() string {
@@ -1810,7 +1892,7 @@ const file_status_proto_rawDesc = "" +
 	" \x01(\x04R\x10datapathFailures\x12.\n" +
 	"\x13datapath_last_error\x18\v \x01(\tR\x11datapathLastError\x12&\n" +
 	"\x0edatapath_trims\x18\xac\x02 \x01(\x04R\rdatapathTrims\x12;\n" +
-	"\x06policy\x18\xfa\x01 \x01(\v2\".clustermesh.agent.v1.PolicyStatusR\x06policy\"\xc3\x04\n" +
+	"\x06policy\x18\xfa\x01 \x01(\v2\".clustermesh.agent.v1.PolicyStatusR\x06policy\"\x8d\x05\n" +
 	"\fPolicyStatus\x12\x1a\n" +
 	"\bpolicies\x18\x01 \x01(\rR\bpolicies\x12=\n" +
 	"\arefused\x18\x02 \x03(\v2#.clustermesh.agent.v1.PolicyRefusalR\arefused\x127\n" +
@@ -1822,7 +1904,13 @@ const file_status_proto_rawDesc = "" +
 	"\bmap_keys\x18\xd4\x02 \x01(\x04R\amapKeys\x12\"\n" +
 	"\fmap_capacity\x18\xd5\x02 \x01(\x04R\vmapCapacity\x12N\n" +
 	"\rover_capacity\x18\xd6\x02 \x03(\v2(.clustermesh.agent.v1.PolicyOverCapacityR\foverCapacity\x12,\n" +
-	"\x11capacity_refusals\x18\xd7\x02 \x01(\x04R\x10capacityRefusalsJ\x04\b\x04\x10\x05R\bnarrowed\"\\\n" +
+	"\x11capacity_refusals\x18\xd7\x02 \x01(\x04R\x10capacityRefusals\x12H\n" +
+	"\rworld_ingress\x18\xfc\x02 \x01(\v2\".clustermesh.agent.v1.WorldIngressR\fworldIngressJ\x04\b\x04\x10\x05R\bnarrowed\"\x8b\x01\n" +
+	"\fWorldIngress\x12\x1a\n" +
+	"\benforced\x18\x01 \x01(\bR\benforced\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12#\n" +
+	"\rcluster_cidrs\x18\x03 \x03(\tR\fclusterCidrs\x12$\n" +
+	"\x0enode_pod_cidrs\x18\x04 \x01(\rR\fnodePodCidrs\"\\\n" +
 	"\x12PolicyOverCapacity\x12\x1a\n" +
 	"\bidentity\x18\x01 \x01(\rR\bidentity\x12\x16\n" +
 	"\x06labels\x18\x02 \x01(\tR\x06labels\x12\x12\n" +
@@ -1955,69 +2043,71 @@ func file_status_proto_rawDescGZIP() []byte {
 	return file_status_proto_rawDescData
 }
 
-var file_status_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_status_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_status_proto_goTypes = []any{
 	(*GetStatusRequest)(nil),      // 0: clustermesh.agent.v1.GetStatusRequest
 	(*GetStatusResponse)(nil),     // 1: clustermesh.agent.v1.GetStatusResponse
 	(*PolicyStatus)(nil),          // 2: clustermesh.agent.v1.PolicyStatus
-	(*PolicyOverCapacity)(nil),    // 3: clustermesh.agent.v1.PolicyOverCapacity
-	(*NamedPortConflict)(nil),     // 4: clustermesh.agent.v1.NamedPortConflict
-	(*PolicyRefusal)(nil),         // 5: clustermesh.agent.v1.PolicyRefusal
-	(*PolicyDrops)(nil),           // 6: clustermesh.agent.v1.PolicyDrops
-	(*GetPolicyRequest)(nil),      // 7: clustermesh.agent.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),     // 8: clustermesh.agent.v1.GetPolicyResponse
-	(*EndpointPolicy)(nil),        // 9: clustermesh.agent.v1.EndpointPolicy
-	(*DirectionPolicy)(nil),       // 10: clustermesh.agent.v1.DirectionPolicy
-	(*PolicyEntry)(nil),           // 11: clustermesh.agent.v1.PolicyEntry
-	(*TracePolicyRequest)(nil),    // 12: clustermesh.agent.v1.TracePolicyRequest
-	(*TracePolicyResponse)(nil),   // 13: clustermesh.agent.v1.TracePolicyResponse
-	(*TraceVerdict)(nil),          // 14: clustermesh.agent.v1.TraceVerdict
-	(*RemoteCluster)(nil),         // 15: clustermesh.agent.v1.RemoteCluster
-	(*RefusedClaims)(nil),         // 16: clustermesh.agent.v1.RefusedClaims
-	(*ClaimConflict)(nil),         // 17: clustermesh.agent.v1.ClaimConflict
-	(*KindStatus)(nil),            // 18: clustermesh.agent.v1.KindStatus
-	(*Service)(nil),               // 19: clustermesh.agent.v1.Service
-	(*Backend)(nil),               // 20: clustermesh.agent.v1.Backend
-	(*TunnelEntry)(nil),           // 21: clustermesh.agent.v1.TunnelEntry
-	(*IPCacheEntry)(nil),          // 22: clustermesh.agent.v1.IPCacheEntry
-	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 24: google.protobuf.Duration
+	(*WorldIngress)(nil),          // 3: clustermesh.agent.v1.WorldIngress
+	(*PolicyOverCapacity)(nil),    // 4: clustermesh.agent.v1.PolicyOverCapacity
+	(*NamedPortConflict)(nil),     // 5: clustermesh.agent.v1.NamedPortConflict
+	(*PolicyRefusal)(nil),         // 6: clustermesh.agent.v1.PolicyRefusal
+	(*PolicyDrops)(nil),           // 7: clustermesh.agent.v1.PolicyDrops
+	(*GetPolicyRequest)(nil),      // 8: clustermesh.agent.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),     // 9: clustermesh.agent.v1.GetPolicyResponse
+	(*EndpointPolicy)(nil),        // 10: clustermesh.agent.v1.EndpointPolicy
+	(*DirectionPolicy)(nil),       // 11: clustermesh.agent.v1.DirectionPolicy
+	(*PolicyEntry)(nil),           // 12: clustermesh.agent.v1.PolicyEntry
+	(*TracePolicyRequest)(nil),    // 13: clustermesh.agent.v1.TracePolicyRequest
+	(*TracePolicyResponse)(nil),   // 14: clustermesh.agent.v1.TracePolicyResponse
+	(*TraceVerdict)(nil),          // 15: clustermesh.agent.v1.TraceVerdict
+	(*RemoteCluster)(nil),         // 16: clustermesh.agent.v1.RemoteCluster
+	(*RefusedClaims)(nil),         // 17: clustermesh.agent.v1.RefusedClaims
+	(*ClaimConflict)(nil),         // 18: clustermesh.agent.v1.ClaimConflict
+	(*KindStatus)(nil),            // 19: clustermesh.agent.v1.KindStatus
+	(*Service)(nil),               // 20: clustermesh.agent.v1.Service
+	(*Backend)(nil),               // 21: clustermesh.agent.v1.Backend
+	(*TunnelEntry)(nil),           // 22: clustermesh.agent.v1.TunnelEntry
+	(*IPCacheEntry)(nil),          // 23: clustermesh.agent.v1.IPCacheEntry
+	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 25: google.protobuf.Duration
 }
 var file_status_proto_depIdxs = []int32{
-	15, // 0: clustermesh.agent.v1.GetStatusResponse.remote_clusters:type_name -> clustermesh.agent.v1.RemoteCluster
-	19, // 1: clustermesh.agent.v1.GetStatusResponse.services:type_name -> clustermesh.agent.v1.Service
-	21, // 2: clustermesh.agent.v1.GetStatusResponse.tunnels:type_name -> clustermesh.agent.v1.TunnelEntry
-	22, // 3: clustermesh.agent.v1.GetStatusResponse.ipcache:type_name -> clustermesh.agent.v1.IPCacheEntry
+	16, // 0: clustermesh.agent.v1.GetStatusResponse.remote_clusters:type_name -> clustermesh.agent.v1.RemoteCluster
+	20, // 1: clustermesh.agent.v1.GetStatusResponse.services:type_name -> clustermesh.agent.v1.Service
+	22, // 2: clustermesh.agent.v1.GetStatusResponse.tunnels:type_name -> clustermesh.agent.v1.TunnelEntry
+	23, // 3: clustermesh.agent.v1.GetStatusResponse.ipcache:type_name -> clustermesh.agent.v1.IPCacheEntry
 	2,  // 4: clustermesh.agent.v1.GetStatusResponse.policy:type_name -> clustermesh.agent.v1.PolicyStatus
-	5,  // 5: clustermesh.agent.v1.PolicyStatus.refused:type_name -> clustermesh.agent.v1.PolicyRefusal
-	6,  // 6: clustermesh.agent.v1.PolicyStatus.drops:type_name -> clustermesh.agent.v1.PolicyDrops
-	4,  // 7: clustermesh.agent.v1.PolicyStatus.named_port_conflicts:type_name -> clustermesh.agent.v1.NamedPortConflict
-	3,  // 8: clustermesh.agent.v1.PolicyStatus.over_capacity:type_name -> clustermesh.agent.v1.PolicyOverCapacity
-	9,  // 9: clustermesh.agent.v1.GetPolicyResponse.endpoints:type_name -> clustermesh.agent.v1.EndpointPolicy
-	10, // 10: clustermesh.agent.v1.EndpointPolicy.ingress:type_name -> clustermesh.agent.v1.DirectionPolicy
-	10, // 11: clustermesh.agent.v1.EndpointPolicy.egress:type_name -> clustermesh.agent.v1.DirectionPolicy
-	11, // 12: clustermesh.agent.v1.DirectionPolicy.entries:type_name -> clustermesh.agent.v1.PolicyEntry
-	14, // 13: clustermesh.agent.v1.TracePolicyResponse.egress:type_name -> clustermesh.agent.v1.TraceVerdict
-	14, // 14: clustermesh.agent.v1.TracePolicyResponse.ingress:type_name -> clustermesh.agent.v1.TraceVerdict
-	18, // 15: clustermesh.agent.v1.RemoteCluster.kinds:type_name -> clustermesh.agent.v1.KindStatus
-	23, // 16: clustermesh.agent.v1.RemoteCluster.last_change:type_name -> google.protobuf.Timestamp
-	23, // 17: clustermesh.agent.v1.RemoteCluster.last_heartbeat:type_name -> google.protobuf.Timestamp
-	16, // 18: clustermesh.agent.v1.RemoteCluster.refused_claims:type_name -> clustermesh.agent.v1.RefusedClaims
-	17, // 19: clustermesh.agent.v1.RemoteCluster.conflicts:type_name -> clustermesh.agent.v1.ClaimConflict
-	23, // 20: clustermesh.agent.v1.RemoteCluster.programmed_at:type_name -> google.protobuf.Timestamp
-	24, // 21: clustermesh.agent.v1.RemoteCluster.sync_duration:type_name -> google.protobuf.Duration
-	20, // 22: clustermesh.agent.v1.Service.backends:type_name -> clustermesh.agent.v1.Backend
-	0,  // 23: clustermesh.agent.v1.Status.GetStatus:input_type -> clustermesh.agent.v1.GetStatusRequest
-	7,  // 24: clustermesh.agent.v1.Status.GetPolicy:input_type -> clustermesh.agent.v1.GetPolicyRequest
-	12, // 25: clustermesh.agent.v1.Status.TracePolicy:input_type -> clustermesh.agent.v1.TracePolicyRequest
-	1,  // 26: clustermesh.agent.v1.Status.GetStatus:output_type -> clustermesh.agent.v1.GetStatusResponse
-	8,  // 27: clustermesh.agent.v1.Status.GetPolicy:output_type -> clustermesh.agent.v1.GetPolicyResponse
-	13, // 28: clustermesh.agent.v1.Status.TracePolicy:output_type -> clustermesh.agent.v1.TracePolicyResponse
-	26, // [26:29] is the sub-list for method output_type
-	23, // [23:26] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	6,  // 5: clustermesh.agent.v1.PolicyStatus.refused:type_name -> clustermesh.agent.v1.PolicyRefusal
+	7,  // 6: clustermesh.agent.v1.PolicyStatus.drops:type_name -> clustermesh.agent.v1.PolicyDrops
+	5,  // 7: clustermesh.agent.v1.PolicyStatus.named_port_conflicts:type_name -> clustermesh.agent.v1.NamedPortConflict
+	4,  // 8: clustermesh.agent.v1.PolicyStatus.over_capacity:type_name -> clustermesh.agent.v1.PolicyOverCapacity
+	3,  // 9: clustermesh.agent.v1.PolicyStatus.world_ingress:type_name -> clustermesh.agent.v1.WorldIngress
+	10, // 10: clustermesh.agent.v1.GetPolicyResponse.endpoints:type_name -> clustermesh.agent.v1.EndpointPolicy
+	11, // 11: clustermesh.agent.v1.EndpointPolicy.ingress:type_name -> clustermesh.agent.v1.DirectionPolicy
+	11, // 12: clustermesh.agent.v1.EndpointPolicy.egress:type_name -> clustermesh.agent.v1.DirectionPolicy
+	12, // 13: clustermesh.agent.v1.DirectionPolicy.entries:type_name -> clustermesh.agent.v1.PolicyEntry
+	15, // 14: clustermesh.agent.v1.TracePolicyResponse.egress:type_name -> clustermesh.agent.v1.TraceVerdict
+	15, // 15: clustermesh.agent.v1.TracePolicyResponse.ingress:type_name -> clustermesh.agent.v1.TraceVerdict
+	19, // 16: clustermesh.agent.v1.RemoteCluster.kinds:type_name -> clustermesh.agent.v1.KindStatus
+	24, // 17: clustermesh.agent.v1.RemoteCluster.last_change:type_name -> google.protobuf.Timestamp
+	24, // 18: clustermesh.agent.v1.RemoteCluster.last_heartbeat:type_name -> google.protobuf.Timestamp
+	17, // 19: clustermesh.agent.v1.RemoteCluster.refused_claims:type_name -> clustermesh.agent.v1.RefusedClaims
+	18, // 20: clustermesh.agent.v1.RemoteCluster.conflicts:type_name -> clustermesh.agent.v1.ClaimConflict
+	24, // 21: clustermesh.agent.v1.RemoteCluster.programmed_at:type_name -> google.protobuf.Timestamp
+	25, // 22: clustermesh.agent.v1.RemoteCluster.sync_duration:type_name -> google.protobuf.Duration
+	21, // 23: clustermesh.agent.v1.Service.backends:type_name -> clustermesh.agent.v1.Backend
+	0,  // 24: clustermesh.agent.v1.Status.GetStatus:input_type -> clustermesh.agent.v1.GetStatusRequest
+	8,  // 25: clustermesh.agent.v1.Status.GetPolicy:input_type -> clustermesh.agent.v1.GetPolicyRequest
+	13, // 26: clustermesh.agent.v1.Status.TracePolicy:input_type -> clustermesh.agent.v1.TracePolicyRequest
+	1,  // 27: clustermesh.agent.v1.Status.GetStatus:output_type -> clustermesh.agent.v1.GetStatusResponse
+	9,  // 28: clustermesh.agent.v1.Status.GetPolicy:output_type -> clustermesh.agent.v1.GetPolicyResponse
+	14, // 29: clustermesh.agent.v1.Status.TracePolicy:output_type -> clustermesh.agent.v1.TracePolicyResponse
+	27, // [27:30] is the sub-list for method output_type
+	24, // [24:27] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_status_proto_init() }
@@ -2031,7 +2121,7 @@ func file_status_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_status_proto_rawDesc), len(file_status_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -66,6 +66,7 @@ func RenderStatus(w io.Writer, st MeshStatus) error {
 		if err := tw.Flush(); err != nil {
 			return err
 		}
+		renderWorldIngress(w, c.Agents)
 	}
 	if err := renderKVStoreMesh(w, st); err != nil {
 		return err
@@ -197,4 +198,23 @@ func renderKVStoreMesh(w io.Writer, st MeshStatus) error {
 		}
 	}
 	return nil
+}
+
+// renderWorldIngress says whether the agents' pods' ingress policy decides
+// world on the host's path, once per distinct state with how many agents.
+func renderWorldIngress(w io.Writer, agents []meshstatus.AgentReport) {
+	count := map[string]int{}
+	var order []string
+	for _, a := range agents {
+		if a.WorldIngress == "" {
+			continue
+		}
+		if count[a.WorldIngress] == 0 {
+			order = append(order, a.WorldIngress)
+		}
+		count[a.WorldIngress]++
+	}
+	for _, s := range order {
+		fmt.Fprintf(w, "World ingress: %s (%d of %d agents)\n", s, count[s], len(agents))
+	}
 }

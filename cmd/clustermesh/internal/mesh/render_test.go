@@ -34,16 +34,7 @@ func TestRenderRefusedClaims(t *testing.T) {
 			if err := RenderStatus(&out, st); err != nil {
 				t.Fatal(err)
 			}
-			for _, w := range tc.want {
-				if !strings.Contains(out.String(), w) {
-					t.Errorf("output lacks %q:\n%s", w, out.String())
-				}
-			}
-			for _, w := range tc.absent {
-				if strings.Contains(out.String(), w) {
-					t.Errorf("output has %q:\n%s", w, out.String())
-				}
-			}
+			checkOutput(t, out.String(), tc.want, tc.absent)
 		})
 	}
 }
@@ -72,16 +63,54 @@ func TestRenderKVStoreMesh(t *testing.T) {
 			if err := RenderStatus(&out, st); err != nil {
 				t.Fatal(err)
 			}
-			for _, w := range tc.want {
-				if !strings.Contains(out.String(), w) {
-					t.Errorf("output lacks %q:\n%s", w, out.String())
-				}
-			}
-			for _, w := range tc.absent {
-				if strings.Contains(out.String(), w) {
-					t.Errorf("output has %q:\n%s", w, out.String())
-				}
-			}
+			checkOutput(t, out.String(), tc.want, tc.absent)
 		})
+	}
+}
+
+// TestRenderWorldIngress: the agents' world decision shows once per
+// distinct state with how many agents hold it; agents that do not report
+// one (older versions) add no line.
+func TestRenderWorldIngress(t *testing.T) {
+	off := "not decided beside the primary CNI: --cluster-cidrs is not set"
+	on := "decided outside the cluster ranges (10.244.0.0/16 and the nodes' pod CIDRs)"
+	tests := []struct {
+		name   string
+		states []string
+		want   []string
+		absent []string
+	}{
+		{name: "not reported", states: []string{"", ""}, absent: []string{"World ingress"}},
+		{name: "one state", states: []string{off, off}, want: []string{"World ingress: " + off + " (2 of 2 agents)"}},
+		{name: "agents disagree", states: []string{on, off, on}, want: []string{"World ingress: " + on + " (2 of 3 agents)", "World ingress: " + off + " (1 of 3 agents)"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var agents []meshstatus.AgentReport
+			for i, s := range tc.states {
+				agents = append(agents, meshstatus.AgentReport{Cluster: "c1", Node: "n" + string(rune('1'+i)), WorldIngress: s})
+			}
+			st := MeshStatus{Clusters: []ClusterStatus{{Context: "ctx1", Enabled: true, Cluster: "c1", ClusterID: 1, Agents: agents}}}
+			var out bytes.Buffer
+			if err := RenderStatus(&out, st); err != nil {
+				t.Fatal(err)
+			}
+			checkOutput(t, out.String(), tc.want, tc.absent)
+		})
+	}
+}
+
+// checkOutput fails t for every want that out lacks and every absent it has.
+func checkOutput(t *testing.T, out string, want, absent []string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(out, w) {
+			t.Errorf("output lacks %q:\n%s", w, out)
+		}
+	}
+	for _, w := range absent {
+		if strings.Contains(out, w) {
+			t.Errorf("output has %q:\n%s", w, out)
+		}
 	}
 }
