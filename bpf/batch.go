@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"syscall"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -45,11 +46,52 @@ func batchUpdate[K, V any](w *Writer, m *ebpf.Map, keys []K, vals []V) error {
 		w.noBatch[m] = true
 	}
 	for i := range keys {
-		if err := m.Update(&keys[i], &vals[i], ebpf.UpdateAny); err != nil {
+		if err := update1(m, &keys[i], &vals[i]); err != nil {
 			return fmt.Errorf("update %s: %w", m, err)
 		}
 	}
 	return nil
+}
+
+// update1 writes one entry, handing the kernel the memory of k and v as it
+// is (an unsafe.Pointer, which cilium/ebpf passes on unmarshalled) when
+// their sizes are the map's: a typed key or value is first proven to be its
+// own wire form by reflection, ≈ 2.5 µs of cold code per call in steady
+// state (one change per millisecond; the syscall itself ≈ 6 µs), the same
+// bytes. The generated types are the C structs' layout with their padding
+// written out (TestPlanTypesAreWireLayout). Per-CPU maps, whose values are
+// one per CPU, take the typed path.
+func update1[K, V any](m *ebpf.Map, k *K, v *V) error {
+	if !rawOK[K, V](m) {
+		return m.Update(k, v, ebpf.UpdateAny)
+	}
+	return m.Update(unsafe.Pointer(k), unsafe.Pointer(v), ebpf.UpdateAny)
+}
+
+// delete1 deletes one key, as update1 writes one entry.
+func delete1[K any](m *ebpf.Map, k *K) error {
+	if !rawOK[K, struct{}](m) {
+		return m.Delete(k)
+	}
+	return m.Delete(unsafe.Pointer(k))
+}
+
+// rawOK reports whether m's keys are K's memory and, unless V is struct{},
+// its values V's.
+func rawOK[K, V any](m *ebpf.Map) bool {
+	var k K
+	var v V
+	if uintptr(m.KeySize()) != unsafe.Sizeof(k) {
+		return false
+	}
+	if _, none := any(v).(struct{}); none {
+		return true
+	}
+	switch m.Type() {
+	case ebpf.PerCPUHash, ebpf.PerCPUArray, ebpf.LRUCPUHash, ebpf.PerCPUCGroupStorage:
+		return false
+	}
+	return uintptr(m.ValueSize()) == unsafe.Sizeof(v)
 }
 
 // batchDelete deletes keys, with a plain delete for a single one (see
@@ -69,7 +111,7 @@ func batchDelete[K any](w *Writer, m *ebpf.Map, keys []K) error {
 		}
 	}
 	for i := range keys {
-		if err := m.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := delete1(m, &keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("delete from %s: %w", m, err)
 		}
 	}

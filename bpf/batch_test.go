@@ -1,15 +1,19 @@
 package bpf
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"syscall"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/clustermesh/clustermesh/internal/testenv"
 )
 
 func TestBatchUnsupported(t *testing.T) {
@@ -133,6 +137,55 @@ func TestSmallBatches(t *testing.T) {
 			}
 			if err := batchDelete(w, m, keys); err != nil {
 				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestPlanTypesAreWireLayout: single entries are written from the memory
+// of a plan's keys and values as it is (update1, delete1), so every element
+// type of a plan's slices must be its own wire form: no implicit padding
+// (binary.Size, which packs the fields, equals the size in memory).
+func TestPlanTypesAreWireLayout(t *testing.T) {
+	pt := reflect.TypeFor[plan]()
+	for i := range pt.NumField() {
+		f := pt.Field(i)
+		if f.Type.Kind() != reflect.Slice {
+			continue
+		}
+		t.Run(f.Name, func(t *testing.T) {
+			et := f.Type.Elem()
+			if got := binary.Size(reflect.Zero(et).Interface()); got != int(et.Size()) {
+				t.Errorf("%s: packed size %d, in memory %d", et, got, et.Size())
+			}
+		})
+	}
+}
+
+// TestRawOK: the raw path is taken only where the map's key (and value)
+// size is the Go type's, never for a per-CPU map.
+func TestRawOK(t *testing.T) {
+	testenv.RequireRoot(t)
+	for _, tc := range []struct {
+		name string
+		spec ebpf.MapSpec
+		ok   func(*ebpf.Map) bool
+		want bool
+	}{
+		{"ipcache key and value", ebpf.MapSpec{Type: ebpf.Hash, KeySize: 8, ValueSize: 16, MaxEntries: 1}, rawOK[cmLpm4Key, cmIpcacheValue], true},
+		{"key only (delete)", ebpf.MapSpec{Type: ebpf.Hash, KeySize: 8, ValueSize: 4, MaxEntries: 1}, rawOK[cmLpm4Key, struct{}], true},
+		{"key size differs", ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 16, MaxEntries: 1}, rawOK[cmLpm4Key, cmIpcacheValue], false},
+		{"value size differs", ebpf.MapSpec{Type: ebpf.Hash, KeySize: 8, ValueSize: 8, MaxEntries: 1}, rawOK[cmLpm4Key, cmIpcacheValue], false},
+		{"per-CPU values", ebpf.MapSpec{Type: ebpf.PerCPUHash, KeySize: 4, ValueSize: 4, MaxEntries: 1}, rawOK[uint32, uint32], false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := ebpf.NewMap(&tc.spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			if got := tc.ok(m); got != tc.want {
+				t.Errorf("rawOK = %v, want %v", got, tc.want)
 			}
 		})
 	}

@@ -56,6 +56,10 @@ const (
 // BENCH_PEER_DATAPATH=memory forces the in-memory datapath and the
 // in-process figures only. The Cilium side runs when its binary is found:
 // CILIUM_WATCH_BIN, else bin/cilium-watch at the repository root.
+// BENCH_PEER_ONLY=latency runs only the latency part: the in-process
+// control plane's cold sync (untimed figures aside) and put → map, and
+// cilium-watch's latency mode, interleaved as in a full run; no agent
+// binary, no Cilium sync-mode runs, no heap profile.
 func BenchmarkVsCilium(b *testing.B) {
 	ctx := context.Background()
 	fullURL, etcdPID := startEtcd(b, "full")
@@ -78,17 +82,30 @@ func BenchmarkVsCilium(b *testing.B) {
 	if s := os.Getenv("BENCH_PEER_ROUNDS"); s != "" {
 		rounds, _ = strconv.Atoi(s)
 	}
-	bin, binWhy := setupBinary(b, useBPF)
+	latencyOnly := false
+	switch only := os.Getenv("BENCH_PEER_ONLY"); only {
+	case "":
+	case "latency":
+		latencyOnly = true
+	default:
+		b.Fatalf("BENCH_PEER_ONLY=%q: want latency or nothing", only)
+	}
+	var bin binary
+	binWhy := "BENCH_PEER_ONLY=latency"
+	if !latencyOnly {
+		bin, binWhy = setupBinary(b, useBPF)
+	}
 	side := "agent binary"
 	if binWhy != "" {
 		side = "in-process"
 		b.Logf("agent binary side skipped (cold sync and memory of the in-process control plane only): %s", binWhy)
 	}
 	var ciliumBase ciliumSync
-	if cilium != "" {
+	if cilium != "" && !latencyOnly {
 		ciliumBase = runCiliumSync(b, cilium, fullURL, "cilium/empty", etcdPID)
 	}
 	n := float64(full.Nodes + full.IPs + full.Identities)
+	var p50s, p99s []float64 // the latency ratios of every round
 	b.ResetTimer()
 	for r := range rounds {
 		var c ciliumSync
@@ -97,7 +114,9 @@ func BenchmarkVsCilium(b *testing.B) {
 			if cilium == "" {
 				return
 			}
-			c = runCiliumSync(b, cilium, fullURL, "cilium/state", etcdPID)
+			if !latencyOnly {
+				c = runCiliumSync(b, cilium, fullURL, "cilium/state", etcdPID)
+			}
 			cl = runCiliumLatency(b, cilium, fullURL)
 			cleanPrefix(b, admin, "cilium/state/lat-")
 		}
@@ -108,7 +127,7 @@ func BenchmarkVsCilium(b *testing.B) {
 		if binWhy == "" {
 			br = runBinary(b, bin, fullURL, emptyURL, etcdPID, r == 0)
 		}
-		o := runOurs(b, fullURL, emptyURL, etcdPID, useBPF, r == 0)
+		o := runOurs(b, fullURL, emptyURL, etcdPID, useBPF, r == 0 && !latencyOnly)
 		cleanPrefix(b, admin, wire.IPPrefix+"10.250.")
 		if r%2 == 1 {
 			ciliumSide()
@@ -133,6 +152,18 @@ func BenchmarkVsCilium(b *testing.B) {
 			sync, rss, heap = br.programmed, float64(br.rss)/n, float64(br.heap)/n
 		}
 		if cilium != "" {
+			p50s = append(p50s, o.p50.Seconds()/cl.p50.Seconds())
+			p99s = append(p99s, o.p99.Seconds()/cl.p99.Seconds())
+		}
+		if cilium != "" && latencyOnly {
+			b.Logf("round %d | latency, put → map (ours) / put → observer (cilium): p50 %v / %v %.2f, p99 %v / %v %.2f at %.0f / ≈%.0f puts/s",
+				r+1, o.p50, cl.p50, p50s[r], o.p99, cl.p99, p99s[r], o.rate, cl.rate)
+			if r == rounds-1 {
+				b.ReportMetric(p50s[r], "p50-ratio")
+				b.ReportMetric(p99s[r], "p99-ratio")
+			}
+		}
+		if cilium != "" && !latencyOnly {
 			crss, cheap := float64(c.rss-ciliumBase.rss)/n, float64(c.heap-ciliumBase.heap)/n
 			b.Logf("round %d | cilium: sync %v (%d entries), RSS %.0f B/entry, heap %.0f B/entry, put→observer p50 %v p99 %v at ≈%.0f puts/s",
 				r+1, c.sync.Round(time.Millisecond), c.entries, crss, cheap, cl.p50, cl.p99, cl.rate)
@@ -153,6 +184,23 @@ func BenchmarkVsCilium(b *testing.B) {
 			b.ReportMetric(heap, "heap-B/entry")
 		}
 	}
+	if len(p50s) > 0 {
+		b.Logf("latency ratios ours/cilium over %d rounds: p50 median %.2f (%.2f–%.2f), p99 median %.2f (%.2f–%.2f)", len(p50s),
+			median(p50s), slices.Min(p50s), slices.Max(p50s), median(p99s), slices.Min(p99s), slices.Max(p99s))
+		b.ReportMetric(median(p50s), "p50-ratio-median")
+		b.ReportMetric(median(p99s), "p99-ratio-median")
+	}
+}
+
+// median returns the median of xs (the mean of the middle two for an even
+// count); xs is sorted in place.
+func median(xs []float64) float64 {
+	slices.Sort(xs)
+	m := len(xs) / 2
+	if len(xs)%2 == 0 {
+		return (xs[m-1] + xs[m]) / 2
+	}
+	return xs[m]
 }
 
 func etcdClient(tb testing.TB, url string) *clientv3.Client {
