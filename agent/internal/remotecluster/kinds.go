@@ -66,8 +66,11 @@ func newKindStore(r *remote, k kind, cfg watchstore.Config) (kindStore, *observe
 	log := r.log.With("kind", k.String())
 	switch k {
 	case kindNodes:
-		o := &nodeObserver{observerBase: observerBase{r: r}, claims: map[netip.Prefix][]tunnelClaim{}}
-		return watchstore.New(nil, cfg, func(key string, v []byte) (wire.Node, error) { return wire.DecodeNode(r.rem, key, v) }, o, log, nil), &o.observerBase
+		o := &nodeObserver{observerBase: observerBase{r: r}, claims: map[ipkey.Prefix][]tunnelClaim{}}
+		return watchstore.New(nil, cfg, func(key string, v []byte) (nodeEntry, error) {
+			n, err := wire.DecodeNode(r.rem, key, v)
+			return nodeEntry{routes: nodeRoutes(n)}, err
+		}, o, log, nil), &o.observerBase
 	case kindIdentities:
 		o := &identityObserver{observerBase{r: r}}
 		return watchstore.New(nil, cfg, func(key string, v []byte) (wire.Identity, error) { return wire.DecodeIdentity(r.rem, key, v) }, o, log, nil), &o.observerBase
@@ -114,64 +117,65 @@ type reserver interface {
 // claimed before an update comes from its previous value.
 type nodeObserver struct {
 	observerBase
-	claims map[netip.Prefix][]tunnelClaim // CIDR -> claims, by node key
+	claims map[ipkey.Prefix][]tunnelClaim // CIDR -> claims, by node key
 }
 
-// tunnelClaim is one node's claim on a CIDR.
+// tunnelClaim is one node's claim on a CIDR: the node's key (the string
+// the store holds) and the underlay address the CIDR routes to.
 type tunnelClaim struct {
-	key string
-	e   datapath.TunnelEntry
+	key  string
+	node ipkey.Addr
 }
 
 // Reserve implements watchstore.Reserver: about one pod CIDR per node.
 func (o *nodeObserver) Reserve(n int) {
 	if len(o.claims) == 0 {
-		o.claims = make(map[netip.Prefix][]tunnelClaim, n)
+		o.claims = make(map[ipkey.Prefix][]tunnelClaim, n)
 	}
 	if rs, ok := o.r.m.dp.(reserver); ok {
 		rs.Reserve(n, 0)
 	}
 }
 
-func (o *nodeObserver) OnUpsert(key string, n, prev wire.Node, hadPrev bool) {
-	want := nodeTunnels(n, o.r.rem.ID)
+func (o *nodeObserver) OnUpsert(key string, n, prev nodeEntry, hadPrev bool) {
 	if hadPrev {
-		for _, t := range nodeTunnels(prev, o.r.rem.ID) {
-			if !slices.ContainsFunc(want, func(w datapath.TunnelEntry) bool { return w.CIDR == t.CIDR }) {
-				o.setClaim(t.CIDR, key, nil)
+		for _, t := range prev.routes {
+			if !slices.ContainsFunc(n.routes, func(w nodeRoute) bool { return w.cidr == t.cidr }) {
+				o.setClaim(t.cidr, key, ipkey.Addr{})
 			}
 		}
 	}
 	local := o.r.m.localPodCIDRs()
-	for _, t := range want {
-		if _, bad := overlapping(t.CIDR, local); bad {
-			o.setClaim(t.CIDR, key, nil) // claimed before the local CIDR was known
+	for _, t := range n.routes {
+		if _, bad := overlapping(t.cidr.Prefix(), local); bad {
+			o.setClaim(t.cidr, key, ipkey.Addr{}) // claimed before the local CIDR was known
 			continue
 		}
-		o.setClaim(t.CIDR, key, &t)
+		o.setClaim(t.cidr, key, t.node)
 	}
 }
 
-func (o *nodeObserver) OnDelete(key string, n wire.Node) {
-	for _, t := range nodeTunnels(n, o.r.rem.ID) {
-		o.setClaim(t.CIDR, key, nil)
+func (o *nodeObserver) OnDelete(key string, n nodeEntry) {
+	for _, t := range n.routes {
+		o.setClaim(t.cidr, key, ipkey.Addr{})
 	}
 }
 
-// setClaim sets (e not nil) or withdraws node key's claim on p and
+// setClaim sets (node valid) or withdraws node key's claim on p and
 // programs the winning claim if it changed.
-func (o *nodeObserver) setClaim(p netip.Prefix, key string, e *datapath.TunnelEntry) {
+func (o *nodeObserver) setClaim(p ipkey.Prefix, key string, node ipkey.Addr) {
 	cs := o.claims[p]
-	var before datapath.TunnelEntry
+	var before ipkey.Addr
 	if len(cs) > 0 {
-		before = cs[0].e
+		before = cs[0].node
 	}
 	i, found := slices.BinarySearchFunc(cs, key, func(c tunnelClaim, k string) int { return strings.Compare(c.key, k) })
+	set := node != ipkey.Addr{}
 	switch {
-	case e != nil && found:
-		cs[i].e = *e
-	case e != nil:
-		cs = slices.Insert(cs, i, tunnelClaim{key: key, e: *e})
+	case set && found:
+		cs[i].node = node
+	case set:
+		cs = slices.Insert(cs, i, tunnelClaim{key: key, node: node})
 	case found:
 		cs = slices.Delete(cs, i, i+1)
 	default:
@@ -179,12 +183,12 @@ func (o *nodeObserver) setClaim(p netip.Prefix, key string, e *datapath.TunnelEn
 	}
 	if len(cs) == 0 {
 		delete(o.claims, p)
-		o.r.m.dp.DeleteTunnel(p, o.r.rem.ID)
+		o.r.m.dp.DeleteTunnel(p.Prefix(), o.r.rem.ID)
 		return
 	}
 	o.claims[p] = cs
-	if cs[0].e != before {
-		o.r.m.dp.UpsertTunnel(cs[0].e)
+	if cs[0].node != before {
+		o.r.m.dp.UpsertTunnel(datapath.TunnelEntry{CIDR: p.Prefix(), NodeIP: cs[0].node.Addr(), ClusterID: o.r.rem.ID})
 	}
 }
 
@@ -335,9 +339,22 @@ func kindStatus(k kind, s kindStore) KindStatus {
 	return ks
 }
 
-// nodeTunnels routes each pod CIDR of n to its InternalIP of the same
+// nodeEntry is what the agent keeps of a remote node: the routes of its pod
+// CIDRs, not the decoded Node (≈ 350 bytes, and its name, addresses and
+// labels behind pointers), which nothing else reads.
+type nodeEntry struct {
+	routes []nodeRoute
+}
+
+// nodeRoute is one pod CIDR of a node and the underlay address it routes to.
+type nodeRoute struct {
+	cidr ipkey.Prefix
+	node ipkey.Addr
+}
+
+// nodeRoutes routes each pod CIDR of n to its InternalIP of the same
 // family (else ExternalIP, else any address of the other family).
-func nodeTunnels(n wire.Node, id uint32) []datapath.TunnelEntry {
+func nodeRoutes(n wire.Node) []nodeRoute {
 	pick := func(v6 bool) netip.Addr {
 		for _, t := range []wire.NodeAddressType{wire.NodeInternalIP, wire.NodeExternalIP} {
 			for _, a := range n.IPAddresses {
@@ -349,7 +366,7 @@ func nodeTunnels(n wire.Node, id uint32) []datapath.TunnelEntry {
 		return netip.Addr{}
 	}
 	v4, v6 := pick(false), pick(true)
-	var out []datapath.TunnelEntry
+	var out []nodeRoute
 	add := func(p netip.Prefix) {
 		if !p.IsValid() {
 			return
@@ -365,7 +382,7 @@ func nodeTunnels(n wire.Node, id uint32) []datapath.TunnelEntry {
 			}
 		}
 		if ip.IsValid() {
-			out = append(out, datapath.TunnelEntry{CIDR: p.Masked(), NodeIP: ip, ClusterID: id})
+			out = append(out, nodeRoute{cidr: ipkey.FromPrefix(p.Masked()), node: ipkey.FromAddr(ip)})
 		}
 	}
 	add(n.IPv4AllocCIDR.Prefix)
@@ -376,7 +393,7 @@ func nodeTunnels(n wire.Node, id uint32) []datapath.TunnelEntry {
 	for _, c := range n.IPv6SecondaryAllocCIDRs {
 		add(c.Prefix)
 	}
-	return out
+	return slices.Clip(out)
 }
 
 // remoteService converts a remote's export for the merger; ports of
