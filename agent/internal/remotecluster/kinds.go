@@ -80,8 +80,7 @@ func newKindStore(r *remote, k kind, cfg watchstore.Config) (kindStore, *observe
 			p, err := wire.DecodeIPIdentityPair(r.rem, key, v)
 			// The one place a remote ipcache identity becomes the one
 			// programmed: host (1) is remote-node (6), 0 stays 0.
-			return ipEntry{prefix: ipkey.FromPrefix(p.Prefix()), id: wire.RemoteIPCacheIdentity(p.ID), hostIP: ipkey.FromAddr(p.HostIP),
-				ports: internPorts(p.NamedPorts)}, err
+			return ipEntry{id: wire.RemoteIPCacheIdentity(p.ID), hostIP: ipkey.FromAddr(p.HostIP), ports: internPorts(p.NamedPorts)}, err
 		}, o, log, nil), &o.observerBase
 	default:
 		o := &serviceObserver{observerBase{r: r}}
@@ -211,11 +210,11 @@ func (o *identityObserver) OnDelete(_ string, id wire.Identity) {
 
 // ipEntry is what the agent keeps of a remote ipcache entry: the store
 // holds one per remote pod IP, so only the fields the datapath and policy
-// need (the decoded IPIdentityPair is about four times larger): 40 bytes
+// need (the decoded IPIdentityPair is about four times larger): 24 bytes
 // and a handle of the pod's named ports, interned (the pods of one
-// workload share one copy; zero: none).
+// workload share one copy; zero: none). The prefix is not held: the store's
+// key names it (wire.IPKeyPrefix).
 type ipEntry struct {
-	prefix ipkey.Prefix
 	hostIP ipkey.Addr
 	id     uint32
 	ports  unique.Handle[string]
@@ -240,35 +239,43 @@ func (o *ipObserver) Reserve(n int) {
 }
 
 func (o *ipObserver) OnUpsert(key string, e, prev ipEntry, hadPrev bool) {
+	p, ok := o.prefix(key)
+	if !ok {
+		return
+	}
 	if !hadPrev {
 		prev = ipEntry{}
 	}
-	o.endpointPorts(prev, e)
-	o.program(key, e)
+	o.endpointPorts(p, prev, e)
+	o.program(key, p, e)
+}
+
+// prefix is the prefix of key: the entry keeps none, the key names it
+// (the decoder checked that the value agrees).
+func (o *ipObserver) prefix(key string) (netip.Prefix, bool) {
+	p, err := wire.IPKeyPrefix(key)
+	if err != nil { // the decoder refused such a key: not reached
+		o.r.log.Error("ipcache entry without a prefix", "key", key, "error", err)
+		return netip.Prefix{}, false
+	}
+	return p, true
 }
 
 // endpointPorts tells the policy engine about a pod entry's identity and
 // named ports (prefix entries are no pods). Both keys of a pod ("<ip>" and
 // "<ip>/32") count, alike.
-func (o *ipObserver) endpointPorts(old, cur ipEntry) {
+func (o *ipObserver) endpointPorts(p netip.Prefix, old, cur ipEntry) {
 	s := o.r.m.cfg.Identities
-	if s == nil {
+	if s == nil || !p.IsSingleIP() {
 		return
 	}
-	var oldID, curID uint32
-	if old.prefix.Prefix().IsSingleIP() {
-		oldID = old.id
-	}
-	if cur.prefix.Prefix().IsSingleIP() {
-		curID = cur.id
-	}
+	oldID, curID := old.id, cur.id
 	if oldID != 0 || curID != 0 {
 		s.UpdateEndpointPorts(oldID, portsOf(old.ports), curID, portsOf(cur.ports))
 	}
 }
 
-func (o *ipObserver) program(key string, e ipEntry) {
-	p := e.prefix.Prefix()
+func (o *ipObserver) program(key string, p netip.Prefix, e ipEntry) {
 	if p.IsSingleIP() {
 		if alt, masked := strings.CutSuffix(key, hostSuffix(p)); masked {
 			if _, ok := o.peek(alt); ok {
@@ -280,12 +287,15 @@ func (o *ipObserver) program(key string, e ipEntry) {
 }
 
 func (o *ipObserver) OnDelete(key string, e ipEntry) {
-	o.endpointPorts(e, ipEntry{})
-	p := e.prefix.Prefix()
+	p, ok := o.prefix(key)
+	if !ok {
+		return
+	}
+	o.endpointPorts(p, e, ipEntry{})
 	if alt, masked := altIPKey(key, p); alt != "" {
 		if other, ok := o.peek(alt); ok {
 			if !masked {
-				o.program(alt, other) // "<ip>" gone: "<ip>/32" holds the entry now
+				o.program(alt, p, other) // "<ip>" gone: "<ip>/32" holds the entry now
 			}
 			return
 		}
