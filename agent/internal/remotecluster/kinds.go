@@ -7,6 +7,8 @@ import (
 	"strings"
 	"unique"
 
+	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
+	"github.com/clustermesh/clustermesh/agent/internal/policywatch"
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/ipkey"
@@ -73,7 +75,10 @@ func newKindStore(r *remote, k kind, cfg watchstore.Config) (kindStore, *observe
 		}, o, log, nil), &o.observerBase
 	case kindIdentities:
 		o := &identityObserver{observerBase{r: r}}
-		return watchstore.New(nil, cfg, func(key string, v []byte) (wire.Identity, error) { return wire.DecodeIdentity(r.rem, key, v) }, o, log, nil), &o.observerBase
+		return watchstore.New(nil, cfg, func(key string, v []byte) (identityEntry, error) {
+			id, err := wire.DecodeIdentity(r.rem, key, v)
+			return identityEntry{id: id.ID, labels: policywatch.IdentityLabels(id.Labels)}, err
+		}, o, log, nil), &o.observerBase
 	case kindIPCache:
 		o := &ipObserver{observerBase: observerBase{r: r}}
 		return watchstore.New(nil, cfg, func(key string, v []byte) (ipEntry, error) {
@@ -196,15 +201,22 @@ func (o *nodeObserver) setClaim(p ipkey.Prefix, key string, node ipkey.Addr) {
 // no datapath state of their own.
 type identityObserver struct{ observerBase }
 
-func (o *identityObserver) OnUpsert(_ string, id wire.Identity, _ wire.Identity, _ bool) {
+// identityEntry is what the agent keeps of a remote identity: its labels in
+// the policy engine's form, which the engine keeps too (one copy, shared).
+type identityEntry struct {
+	id     uint32
+	labels selector.Labels
+}
+
+func (o *identityObserver) OnUpsert(_ string, id identityEntry, _ identityEntry, _ bool) {
 	if s := o.r.m.cfg.Identities; s != nil {
-		s.UpsertIdentity(id.ID, id.Labels)
+		s.UpsertIdentityLabels(id.id, id.labels)
 	}
 }
 
-func (o *identityObserver) OnDelete(_ string, id wire.Identity) {
+func (o *identityObserver) OnDelete(_ string, id identityEntry) {
 	if s := o.r.m.cfg.Identities; s != nil {
-		s.DeleteIdentity(id.ID)
+		s.DeleteIdentity(id.id)
 	}
 }
 
