@@ -124,11 +124,21 @@ type nodeObserver struct {
 	claims map[ipkey.Prefix][]tunnelClaim // CIDR -> claims, by node key
 }
 
-// tunnelClaim is one node's claim on a CIDR: the node's key (the string
-// the store holds) and the underlay address the CIDR routes to.
+// tunnelClaim is one node's claim on a CIDR: the node's name (claimKey)
+// and the underlay address the CIDR routes to.
 type tunnelClaim struct {
 	key  string
 	node ipkey.Addr
+}
+
+// claimKey is what a claim keeps of a node's key: its name, which sorts the
+// nodes of one remote as their keys do (the rest is the store's prefix and
+// the remote's name); a copy, not the listed key's allocation.
+func claimKey(key string) string {
+	if _, name, err := wire.ParseNodeKey(key); err == nil {
+		return name
+	}
+	return key // not reached: the decoder refused such a key
 }
 
 // Reserve implements watchstore.Reserver: about one pod CIDR per node.
@@ -142,6 +152,7 @@ func (o *nodeObserver) Reserve(n int) {
 }
 
 func (o *nodeObserver) OnUpsert(key string, n, prev nodeEntry, hadPrev bool) {
+	key = claimKey(key)
 	if hadPrev {
 		for _, t := range prev.routes {
 			if !slices.ContainsFunc(n.routes, func(w nodeRoute) bool { return w.cidr == t.cidr }) {
@@ -160,6 +171,7 @@ func (o *nodeObserver) OnUpsert(key string, n, prev nodeEntry, hadPrev bool) {
 }
 
 func (o *nodeObserver) OnDelete(key string, n nodeEntry) {
+	key = claimKey(key)
 	for _, t := range n.routes {
 		o.setClaim(t.cidr, key, ipkey.Addr{})
 	}
@@ -179,7 +191,7 @@ func (o *nodeObserver) setClaim(p ipkey.Prefix, key string, node ipkey.Addr) {
 	case set && found:
 		cs[i].node = node
 	case set:
-		cs = slices.Insert(cs, i, tunnelClaim{key: key, node: node})
+		cs = slices.Insert(cs, i, tunnelClaim{key: strings.Clone(key), node: node})
 	case found:
 		cs = slices.Delete(cs, i, i+1)
 	default:
