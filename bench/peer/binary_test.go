@@ -60,13 +60,18 @@ type binaryRun struct {
 	ready, programmed, trimmed time.Duration
 	// The agent's own sync_duration of the remote (its session's start →
 	// programmed_at).
-	agentSync    time.Duration
-	check        time.Duration // wall time of the untimed pinned-map count
-	statusPolls  int
-	benchCPU     time.Duration // this process's CPU over the polling (status calls)
-	rss0, heap0  int64         // baseline: connected to the empty remote, synced, trimmed
-	rss, heap    int64         // growth over the baseline after the full sync and its trim
-	cpu, etcdCPU time.Duration // CPU of the agent and of etcd, config write → programmed
+	agentSync   time.Duration
+	check       time.Duration // wall time of the untimed pinned-map count
+	statusPolls int
+	benchCPU    time.Duration // this process's CPU over the polling (status calls)
+	rss0, heap0 int64         // baseline: connected to the empty remote, synced, trimmed
+	rss, heap   int64         // growth over the baseline after the full sync and its trim
+	// What of the RSS growth is not live heap (read after the RSS): freed
+	// heap not returned to the OS, and the runtime's own memory (stacks,
+	// span and GC metadata); the baseline's in the fields ending in 0.
+	unreturned, runtimeSys   int64
+	unreturned0, runtimeSys0 int64
+	cpu, etcdCPU             time.Duration // CPU of the agent and of etcd, config write → programmed
 	// CPU of one status call on an idle agent, in the agent and here
 	// (round 1 only).
 	statusAgentCPU, statusBenchCPU time.Duration
@@ -112,6 +117,7 @@ func runBinary(b *testing.B, bin binary, fullURL, emptyURL string, etcdPID int, 
 		return quiet >= 5 // 50 ms
 	})
 	r.rss0, r.heap0 = p.Memory(b, "")
+	r.unreturned0, r.runtimeSys0 = residentBeyondHeap(b, p)
 	trims0 := st.GetDatapathTrims()
 	if first {
 		r.statusAgentCPU, r.statusBenchCPU = statusCost(b, p)
@@ -168,6 +174,9 @@ func runBinary(b *testing.B, bin binary, fullURL, emptyURL string, etcdPID int, 
 	}
 	rss, heap := p.Memory(b, heapPath)
 	r.rss, r.heap = rss-r.rss0, heap-r.heap0
+	r.unreturned, r.runtimeSys = residentBeyondHeap(b, p)
+	r.unreturned -= r.unreturned0
+	r.runtimeSys -= r.runtimeSys0
 	if heapPath != "" {
 		out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=16", "-sample_index=inuse_space", bin.bin, heapPath).CombinedOutput()
 		if err != nil {
@@ -194,4 +203,16 @@ func statusCost(b *testing.B, p *agentproc.Proc) (agent, bench time.Duration) {
 	wall := time.Since(t1)
 	agent = (p.CPU(b) - a0 - time.Duration(idleRate*float64(wall))) / statusCostCalls
 	return max(0, agent), (procmem.CPU(0) - b0) / statusCostCalls
+}
+
+// residentBeyondHeap returns the agent's freed heap not yet returned to the
+// OS (idle less released) and its runtime memory beside the heap (stacks,
+// span, GC and other metadata), from its metrics.
+func residentBeyondHeap(b *testing.B, p *agentproc.Proc) (unreturned, runtimeSys int64) {
+	m := func(name string) int64 { return int64(p.Metric(b, name)) }
+	unreturned = m("go_memstats_heap_idle_bytes") - m("go_memstats_heap_released_bytes")
+	for _, name := range []string{"go_memstats_stack_inuse_bytes", "go_memstats_mspan_inuse_bytes", "go_memstats_gc_sys_bytes", "go_memstats_other_sys_bytes"} {
+		runtimeSys += m(name)
+	}
+	return unreturned, runtimeSys
 }

@@ -138,6 +138,8 @@ func BenchmarkVsCilium(b *testing.B) {
 				br.trimmed.Round(time.Millisecond), float64(br.rss)/n, float64(br.heap)/n, br.rss0>>20, br.heap0>>20)
 			b.Logf("round %d | agent binary: CPU config write → programmed seen %v, etcd's %v; polling: %d status calls every %v, this process's CPU %v",
 				r+1, br.cpu, br.etcdCPU, br.statusPolls, pollEvery, br.benchCPU)
+			b.Logf("round %d | agent binary: of the RSS growth, freed heap not returned to the OS %.0f B/entry, runtime memory beside the heap %.0f B/entry (over the baseline's %d and %d MB)",
+				r+1, float64(br.unreturned)/n, float64(br.runtimeSys)/n, br.unreturned0>>20, br.runtimeSys0>>20)
 			if r == 0 {
 				b.Logf("round 1 | one status call on the idle agent: %v of the agent's CPU, %v of this process's (%d calls)", br.statusAgentCPU, br.statusBenchCPU, statusCostCalls)
 			}

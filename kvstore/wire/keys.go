@@ -306,6 +306,29 @@ func ParseIPKey(key string) (cluster, ip string, err error) {
 	return "", "", fmt.Errorf("%w: %q is not an ipcache key", ErrKeyMismatch, key)
 }
 
+// IPKeyPrefix returns the prefix an ipcache key (state or cache) names:
+// "<ip>" is the host prefix (/32 or /128), "<ip>/<bits>" that prefix. Only
+// the key is read: DecodeIPIdentityPair checks that the value agrees.
+// Errors wrap ErrKeyMismatch.
+func IPKeyPrefix(key string) (netip.Prefix, error) {
+	_, ip, err := ParseIPKey(key)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	if strings.IndexByte(ip, '/') >= 0 {
+		p, err := netip.ParsePrefix(ip)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%w: %q: %v", ErrKeyMismatch, key, err)
+		}
+		return p, nil
+	}
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%w: %q: %v", ErrKeyMismatch, key, err)
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
 func cutEither(s, prefixA, prefixB string) (string, bool) {
 	if rest, ok := strings.CutPrefix(s, prefixA); ok {
 		return rest, true

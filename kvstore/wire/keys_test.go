@@ -147,4 +147,31 @@ func TestParseKeys(t *testing.T) {
 			})
 		}
 	})
+	t.Run("ip prefix", func(t *testing.T) {
+		tests := []struct {
+			name, key, want string // want "": an error
+		}{
+			{"host v4", "cilium/state/ip/v1/default/10.1.0.7", "10.1.0.7/32"},
+			{"host v4 /32", "cilium/state/ip/v1/default/10.1.0.7/32", "10.1.0.7/32"},
+			{"cidr", "cilium/state/ip/v1/default/10.3.0.0/16", "10.3.0.0/16"},
+			{"cache host v6", "cilium/cache/ip/v1/c1/fd00::1", "fd00::1/128"},
+			{"not an address", "cilium/state/ip/v1/default/pod-a", ""},
+			{"bad bits", "cilium/state/ip/v1/default/10.3.0.0/40", ""},
+			{"other space", "cilium/state/ip/v1/other/10.1.0.7", ""},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				p, err := IPKeyPrefix(tt.key)
+				if tt.want == "" {
+					if !errors.Is(err, ErrKeyMismatch) {
+						t.Errorf("got %v %v, want an error wrapping ErrKeyMismatch", p, err)
+					}
+					return
+				}
+				if err != nil || p != netip.MustParsePrefix(tt.want) {
+					t.Errorf("got %v %v, want %s", p, err, tt.want)
+				}
+			})
+		}
+	})
 }

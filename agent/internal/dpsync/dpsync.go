@@ -5,6 +5,7 @@ import (
 	"iter"
 	"log/slog"
 	"net/netip"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -201,8 +202,9 @@ func (r *Reconciler) Holding() []uint32 {
 // delivered its full state, so the transient memory of its initial listing
 // (list pages, decoded values, the cold sync's batches) is garbage once the
 // next flush is applied: Run then returns the freed memory to the operating
-// system once (debug.FreeOSMemory: one forced collection per sync, none
-// in steady state), else the process keeps the peak of the sync resident.
+// system once (debug.FreeOSMemory after a collection that empties the
+// sync.Pools: two forced collections per sync, none in steady state), else
+// the process keeps the peak of the sync resident.
 func (r *Reconciler) Release(id uint32) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -433,6 +435,13 @@ func (r *Reconciler) trimAfterSync() {
 	r.tunnels.dirty, r.ipcache.dirty = map[netip.Prefix]struct{}{}, map[netip.Prefix]struct{}{}
 	r.mu.Unlock()
 	start := r.clock.Now()
+	// A first collection moves what sync.Pools hold (the gRPC client's
+	// receive buffers of the listing's pages, megabytes each) to their
+	// victim caches; FreeOSMemory's own collection then frees them before
+	// it returns the free pages. With one collection they outlive the trim,
+	// and the next collection frees them into pages the process keeps
+	// resident (below the heap goal nothing returns them).
+	runtime.GC()
 	debug.FreeOSMemory()
 	r.log.Debug("returned the freed memory of a sync to the OS", "took", r.clock.Since(start))
 	r.mu.Lock()

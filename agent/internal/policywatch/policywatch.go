@@ -153,13 +153,27 @@ func (w *Watcher) apply(d policy.Diff) {
 
 // UpsertIdentity adds or replaces an identity (own or remote cluster).
 func (w *Watcher) UpsertIdentity(id uint32, labels wire.Labels) {
+	w.UpsertIdentityLabels(id, IdentityLabels(labels))
+}
+
+// UpsertIdentityLabels is UpsertIdentity with the labels already in the
+// engine's form: the engine keeps ls itself, so a caller that holds the
+// identity (the remote's store) shares them instead of holding a second
+// copy.
+func (w *Watcher) UpsertIdentityLabels(id uint32, ls selector.Labels) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.apply(w.engine.UpsertIdentity(policy.Identity{ID: selector.ID(id), Labels: ls}))
+}
+
+// IdentityLabels converts an identity's labels to the engine's form (the
+// strings are shared, not copied).
+func IdentityLabels(labels wire.Labels) selector.Labels {
 	ls := make([]selector.Label, len(labels))
 	for i, l := range labels {
 		ls[i] = selector.Label{Source: l.Source, Key: l.Key, Value: l.Value}
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.apply(w.engine.UpsertIdentity(policy.Identity{ID: selector.ID(id), Labels: selector.NewLabels(ls...)}))
+	return selector.NewLabels(ls...)
 }
 
 // UpdateEndpointPorts takes the change of one pod ipcache entry (own or

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
 	"github.com/clustermesh/clustermesh/internal/testwait"
 	"github.com/clustermesh/clustermesh/kvstore/wire"
@@ -64,9 +65,9 @@ func (s *identitySink) endpointPorts() map[uint32]map[string]int {
 	return out
 }
 
-func (s *identitySink) UpsertIdentity(id uint32, ls wire.Labels) {
+func (s *identitySink) UpsertIdentityLabels(id uint32, ls selector.Labels) {
 	s.mu.Lock()
-	s.ids[id] = ls.Format()
+	s.ids[id] = ls.String()
 	s.mu.Unlock()
 }
 
@@ -102,7 +103,7 @@ func TestIdentitiesToPolicy(t *testing.T) {
 	startAgent(t, cfg, memory.New(), nil)
 	c2.writeConfig(dir)
 
-	want := "k8s:app=web;k8s:io.cilium.k8s.policy.cluster=c2;"
+	want := "k8s:app=web,k8s:io.cilium.k8s.policy.cluster=c2" // the engine's form of the labels
 	testwait.Until(t, 20*time.Second, "c2's identities", func() (bool, string) {
 		got := sink.get()
 		return len(got) == 2 && got[c2.identity(300)] == want && got[c2.identity(301)] == want, ""

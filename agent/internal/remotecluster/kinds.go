@@ -7,6 +7,8 @@ import (
 	"strings"
 	"unique"
 
+	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
+	"github.com/clustermesh/clustermesh/agent/internal/policywatch"
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/ipkey"
@@ -66,19 +68,24 @@ func newKindStore(r *remote, k kind, cfg watchstore.Config) (kindStore, *observe
 	log := r.log.With("kind", k.String())
 	switch k {
 	case kindNodes:
-		o := &nodeObserver{observerBase: observerBase{r: r}, claims: map[netip.Prefix][]tunnelClaim{}}
-		return watchstore.New(nil, cfg, func(key string, v []byte) (wire.Node, error) { return wire.DecodeNode(r.rem, key, v) }, o, log, nil), &o.observerBase
+		o := &nodeObserver{observerBase: observerBase{r: r}, claims: map[ipkey.Prefix][]tunnelClaim{}}
+		return watchstore.New(nil, cfg, func(key string, v []byte) (nodeEntry, error) {
+			n, err := wire.DecodeNode(r.rem, key, v)
+			return nodeEntry{routes: nodeRoutes(n)}, err
+		}, o, log, nil), &o.observerBase
 	case kindIdentities:
 		o := &identityObserver{observerBase{r: r}}
-		return watchstore.New(nil, cfg, func(key string, v []byte) (wire.Identity, error) { return wire.DecodeIdentity(r.rem, key, v) }, o, log, nil), &o.observerBase
+		return watchstore.New(nil, cfg, func(key string, v []byte) (identityEntry, error) {
+			id, err := wire.DecodeIdentity(r.rem, key, v)
+			return identityEntry{id: id.ID, labels: policywatch.IdentityLabels(id.Labels)}, err
+		}, o, log, nil), &o.observerBase
 	case kindIPCache:
 		o := &ipObserver{observerBase: observerBase{r: r}}
 		return watchstore.New(nil, cfg, func(key string, v []byte) (ipEntry, error) {
 			p, err := wire.DecodeIPIdentityPair(r.rem, key, v)
 			// The one place a remote ipcache identity becomes the one
 			// programmed: host (1) is remote-node (6), 0 stays 0.
-			return ipEntry{prefix: ipkey.FromPrefix(p.Prefix()), id: wire.RemoteIPCacheIdentity(p.ID), hostIP: ipkey.FromAddr(p.HostIP),
-				ports: internPorts(p.NamedPorts)}, err
+			return ipEntry{id: wire.RemoteIPCacheIdentity(p.ID), hostIP: ipkey.FromAddr(p.HostIP), ports: internPorts(p.NamedPorts)}, err
 		}, o, log, nil), &o.observerBase
 	default:
 		o := &serviceObserver{observerBase{r: r}}
@@ -114,64 +121,77 @@ type reserver interface {
 // claimed before an update comes from its previous value.
 type nodeObserver struct {
 	observerBase
-	claims map[netip.Prefix][]tunnelClaim // CIDR -> claims, by node key
+	claims map[ipkey.Prefix][]tunnelClaim // CIDR -> claims, by node key
 }
 
-// tunnelClaim is one node's claim on a CIDR.
+// tunnelClaim is one node's claim on a CIDR: the node's name (claimKey)
+// and the underlay address the CIDR routes to.
 type tunnelClaim struct {
-	key string
-	e   datapath.TunnelEntry
+	key  string
+	node ipkey.Addr
+}
+
+// claimKey is what a claim keeps of a node's key: its name, which sorts the
+// nodes of one remote as their keys do (the rest is the store's prefix and
+// the remote's name); a copy, not the listed key's allocation.
+func claimKey(key string) string {
+	if _, name, err := wire.ParseNodeKey(key); err == nil {
+		return name
+	}
+	return key // not reached: the decoder refused such a key
 }
 
 // Reserve implements watchstore.Reserver: about one pod CIDR per node.
 func (o *nodeObserver) Reserve(n int) {
 	if len(o.claims) == 0 {
-		o.claims = make(map[netip.Prefix][]tunnelClaim, n)
+		o.claims = make(map[ipkey.Prefix][]tunnelClaim, n)
 	}
 	if rs, ok := o.r.m.dp.(reserver); ok {
 		rs.Reserve(n, 0)
 	}
 }
 
-func (o *nodeObserver) OnUpsert(key string, n, prev wire.Node, hadPrev bool) {
-	want := nodeTunnels(n, o.r.rem.ID)
+func (o *nodeObserver) OnUpsert(key string, n, prev nodeEntry, hadPrev bool) {
+	key = claimKey(key)
 	if hadPrev {
-		for _, t := range nodeTunnels(prev, o.r.rem.ID) {
-			if !slices.ContainsFunc(want, func(w datapath.TunnelEntry) bool { return w.CIDR == t.CIDR }) {
-				o.setClaim(t.CIDR, key, nil)
+		for _, t := range prev.routes {
+			if !slices.ContainsFunc(n.routes, func(w nodeRoute) bool { return w.cidr == t.cidr }) {
+				o.setClaim(t.cidr, key, ipkey.Addr{})
 			}
 		}
 	}
 	local := o.r.m.localPodCIDRs()
-	for _, t := range want {
-		if _, bad := overlapping(t.CIDR, local); bad {
-			o.setClaim(t.CIDR, key, nil) // claimed before the local CIDR was known
+	for _, t := range n.routes {
+		if _, bad := overlapping(t.cidr.Prefix(), local); bad {
+			o.setClaim(t.cidr, key, ipkey.Addr{}) // claimed before the local CIDR was known
 			continue
 		}
-		o.setClaim(t.CIDR, key, &t)
+		o.setClaim(t.cidr, key, t.node)
 	}
 }
 
-func (o *nodeObserver) OnDelete(key string, n wire.Node) {
-	for _, t := range nodeTunnels(n, o.r.rem.ID) {
-		o.setClaim(t.CIDR, key, nil)
+func (o *nodeObserver) OnDelete(key string, n nodeEntry) {
+	key = claimKey(key)
+	for _, t := range n.routes {
+		o.setClaim(t.cidr, key, ipkey.Addr{})
 	}
 }
 
-// setClaim sets (e not nil) or withdraws node key's claim on p and
+// setClaim sets (node valid) or withdraws node key's claim on p and
 // programs the winning claim if it changed.
-func (o *nodeObserver) setClaim(p netip.Prefix, key string, e *datapath.TunnelEntry) {
+func (o *nodeObserver) setClaim(p ipkey.Prefix, key string, node ipkey.Addr) {
 	cs := o.claims[p]
-	var before datapath.TunnelEntry
+	var before ipkey.Addr
 	if len(cs) > 0 {
-		before = cs[0].e
+		before = cs[0].node
 	}
 	i, found := slices.BinarySearchFunc(cs, key, func(c tunnelClaim, k string) int { return strings.Compare(c.key, k) })
+	set := node != ipkey.Addr{}
 	switch {
-	case e != nil && found:
-		cs[i].e = *e
-	case e != nil:
-		cs = slices.Insert(cs, i, tunnelClaim{key: key, e: *e})
+	case set && found:
+		cs[i].node = node
+	case set:
+		cs = slices.Insert(cs, i, tunnelClaim{key: strings.Clone(key), node: node})
 	case found:
 		cs = slices.Delete(cs, i, i+1)
 	default:
@@ -179,12 +199,12 @@ func (o *nodeObserver) setClaim(p netip.Prefix, key string, e *datapath.TunnelEn
 	}
 	if len(cs) == 0 {
 		delete(o.claims, p)
-		o.r.m.dp.DeleteTunnel(p, o.r.rem.ID)
+		o.r.m.dp.DeleteTunnel(p.Prefix(), o.r.rem.ID)
 		return
 	}
 	o.claims[p] = cs
-	if cs[0].e != before {
-		o.r.m.dp.UpsertTunnel(cs[0].e)
+	if cs[0].node != before {
+		o.r.m.dp.UpsertTunnel(datapath.TunnelEntry{CIDR: p.Prefix(), NodeIP: cs[0].node.Addr(), ClusterID: o.r.rem.ID})
 	}
 }
 
@@ -193,25 +213,32 @@ func (o *nodeObserver) setClaim(p netip.Prefix, key string, e *datapath.TunnelEn
 // no datapath state of their own.
 type identityObserver struct{ observerBase }
 
-func (o *identityObserver) OnUpsert(_ string, id wire.Identity, _ wire.Identity, _ bool) {
+// identityEntry is what the agent keeps of a remote identity: its labels in
+// the policy engine's form, which the engine keeps too (one copy, shared).
+type identityEntry struct {
+	id     uint32
+	labels selector.Labels
+}
+
+func (o *identityObserver) OnUpsert(_ string, id identityEntry, _ identityEntry, _ bool) {
 	if s := o.r.m.cfg.Identities; s != nil {
-		s.UpsertIdentity(id.ID, id.Labels)
+		s.UpsertIdentityLabels(id.id, id.labels)
 	}
 }
 
-func (o *identityObserver) OnDelete(_ string, id wire.Identity) {
+func (o *identityObserver) OnDelete(_ string, id identityEntry) {
 	if s := o.r.m.cfg.Identities; s != nil {
-		s.DeleteIdentity(id.ID)
+		s.DeleteIdentity(id.id)
 	}
 }
 
 // ipEntry is what the agent keeps of a remote ipcache entry: the store
 // holds one per remote pod IP, so only the fields the datapath and policy
-// need (the decoded IPIdentityPair is about four times larger): 40 bytes
+// need (the decoded IPIdentityPair is about four times larger): 24 bytes
 // and a handle of the pod's named ports, interned (the pods of one
-// workload share one copy; zero: none).
+// workload share one copy; zero: none). The prefix is not held: the store's
+// key names it (wire.IPKeyPrefix).
 type ipEntry struct {
-	prefix ipkey.Prefix
 	hostIP ipkey.Addr
 	id     uint32
 	ports  unique.Handle[string]
@@ -236,35 +263,43 @@ func (o *ipObserver) Reserve(n int) {
 }
 
 func (o *ipObserver) OnUpsert(key string, e, prev ipEntry, hadPrev bool) {
+	p, ok := o.prefix(key)
+	if !ok {
+		return
+	}
 	if !hadPrev {
 		prev = ipEntry{}
 	}
-	o.endpointPorts(prev, e)
-	o.program(key, e)
+	o.endpointPorts(p, prev, e)
+	o.program(key, p, e)
+}
+
+// prefix is the prefix of key: the entry keeps none, the key names it
+// (the decoder checked that the value agrees).
+func (o *ipObserver) prefix(key string) (netip.Prefix, bool) {
+	p, err := wire.IPKeyPrefix(key)
+	if err != nil { // the decoder refused such a key: not reached
+		o.r.log.Error("ipcache entry without a prefix", "key", key, "error", err)
+		return netip.Prefix{}, false
+	}
+	return p, true
 }
 
 // endpointPorts tells the policy engine about a pod entry's identity and
 // named ports (prefix entries are no pods). Both keys of a pod ("<ip>" and
 // "<ip>/32") count, alike.
-func (o *ipObserver) endpointPorts(old, cur ipEntry) {
+func (o *ipObserver) endpointPorts(p netip.Prefix, old, cur ipEntry) {
 	s := o.r.m.cfg.Identities
-	if s == nil {
+	if s == nil || !p.IsSingleIP() {
 		return
 	}
-	var oldID, curID uint32
-	if old.prefix.Prefix().IsSingleIP() {
-		oldID = old.id
-	}
-	if cur.prefix.Prefix().IsSingleIP() {
-		curID = cur.id
-	}
+	oldID, curID := old.id, cur.id
 	if oldID != 0 || curID != 0 {
 		s.UpdateEndpointPorts(oldID, portsOf(old.ports), curID, portsOf(cur.ports))
 	}
 }
 
-func (o *ipObserver) program(key string, e ipEntry) {
-	p := e.prefix.Prefix()
+func (o *ipObserver) program(key string, p netip.Prefix, e ipEntry) {
 	if p.IsSingleIP() {
 		if alt, masked := strings.CutSuffix(key, hostSuffix(p)); masked {
 			if _, ok := o.peek(alt); ok {
@@ -276,12 +311,15 @@ func (o *ipObserver) program(key string, e ipEntry) {
 }
 
 func (o *ipObserver) OnDelete(key string, e ipEntry) {
-	o.endpointPorts(e, ipEntry{})
-	p := e.prefix.Prefix()
+	p, ok := o.prefix(key)
+	if !ok {
+		return
+	}
+	o.endpointPorts(p, e, ipEntry{})
 	if alt, masked := altIPKey(key, p); alt != "" {
 		if other, ok := o.peek(alt); ok {
 			if !masked {
-				o.program(alt, other) // "<ip>" gone: "<ip>/32" holds the entry now
+				o.program(alt, p, other) // "<ip>" gone: "<ip>/32" holds the entry now
 			}
 			return
 		}
@@ -335,9 +373,22 @@ func kindStatus(k kind, s kindStore) KindStatus {
 	return ks
 }
 
-// nodeTunnels routes each pod CIDR of n to its InternalIP of the same
+// nodeEntry is what the agent keeps of a remote node: the routes of its pod
+// CIDRs, not the decoded Node (≈ 350 bytes, and its name, addresses and
+// labels behind pointers), which nothing else reads.
+type nodeEntry struct {
+	routes []nodeRoute
+}
+
+// nodeRoute is one pod CIDR of a node and the underlay address it routes to.
+type nodeRoute struct {
+	cidr ipkey.Prefix
+	node ipkey.Addr
+}
+
+// nodeRoutes routes each pod CIDR of n to its InternalIP of the same
 // family (else ExternalIP, else any address of the other family).
-func nodeTunnels(n wire.Node, id uint32) []datapath.TunnelEntry {
+func nodeRoutes(n wire.Node) []nodeRoute {
 	pick := func(v6 bool) netip.Addr {
 		for _, t := range []wire.NodeAddressType{wire.NodeInternalIP, wire.NodeExternalIP} {
 			for _, a := range n.IPAddresses {
@@ -349,7 +400,7 @@ func nodeTunnels(n wire.Node, id uint32) []datapath.TunnelEntry {
 		return netip.Addr{}
 	}
 	v4, v6 := pick(false), pick(true)
-	var out []datapath.TunnelEntry
+	var out []nodeRoute
 	add := func(p netip.Prefix) {
 		if !p.IsValid() {
 			return
@@ -365,7 +416,7 @@ func nodeTunnels(n wire.Node, id uint32) []datapath.TunnelEntry {
 			}
 		}
 		if ip.IsValid() {
-			out = append(out, datapath.TunnelEntry{CIDR: p.Masked(), NodeIP: ip, ClusterID: id})
+			out = append(out, nodeRoute{cidr: ipkey.FromPrefix(p.Masked()), node: ipkey.FromAddr(ip)})
 		}
 	}
 	add(n.IPv4AllocCIDR.Prefix)
@@ -376,7 +427,7 @@ func nodeTunnels(n wire.Node, id uint32) []datapath.TunnelEntry {
 	for _, c := range n.IPv6SecondaryAllocCIDRs {
 		add(c.Prefix)
 	}
-	return out
+	return slices.Clip(out)
 }
 
 // remoteService converts a remote's export for the merger; ports of

@@ -13,6 +13,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/clustermesh/clustermesh/agent/internal/dpsync"
+	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
 	"github.com/clustermesh/clustermesh/agent/internal/restorehold"
 	"github.com/clustermesh/clustermesh/agent/internal/servicemerge"
 	"github.com/clustermesh/clustermesh/internal/datapath"
@@ -100,11 +101,12 @@ type Config struct {
 }
 
 // IdentitySink takes remote identities, already validated (in the remote's
-// range, labelled with its cluster), and the identity and named ports of
+// range, labelled with its cluster; the labels are the ones the identity
+// store holds: kept, not copied), and the identity and named ports of
 // every remote pod's ipcache entry as it changes (ID 0: no entry), for
 // named ports in policy.
 type IdentitySink interface {
-	UpsertIdentity(id uint32, labels wire.Labels)
+	UpsertIdentityLabels(id uint32, labels selector.Labels)
 	DeleteIdentity(id uint32)
 	UpdateEndpointPorts(oldID uint32, old []wire.NamedPort, curID uint32, cur []wire.NamedPort)
 }

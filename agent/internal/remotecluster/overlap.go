@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	"github.com/clustermesh/clustermesh/kvstore/watchstore"
-	"github.com/clustermesh/clustermesh/kvstore/wire"
 )
 
 // ErrPodCIDROverlap says that a remote node's pod CIDR overlaps the local
@@ -43,17 +42,17 @@ func (r *remote) overlap() string {
 		return ""
 	}
 	r.mu.Lock()
-	nodes, _ := r.stores[kindNodes].(*watchstore.Store[wire.Node])
+	nodes, _ := r.stores[kindNodes].(*watchstore.Store[nodeEntry])
 	r.mu.Unlock()
 	if nodes == nil {
 		return ""
 	}
 	type hit struct{ key, text string }
 	var hits []hit
-	nodes.Range(func(key string, n wire.Node) bool {
-		for _, t := range nodeTunnels(n, 0) {
-			if l, bad := overlapping(t.CIDR, local); bad {
-				hits = append(hits, hit{key, fmt.Sprintf("%s of node %s overlaps %s", t.CIDR, nodeName(key), l)})
+	nodes.Range(func(key string, n nodeEntry) bool {
+		for _, t := range n.routes {
+			if l, bad := overlapping(t.cidr.Prefix(), local); bad {
+				hits = append(hits, hit{key, fmt.Sprintf("%s of node %s overlaps %s", t.cidr.Prefix(), nodeName(key), l)})
 			}
 		}
 		return true
