@@ -15,6 +15,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/internal/backoff"
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipkey"
 )
 
 // Config configures a Reconciler.
@@ -71,8 +72,9 @@ type Reconciler struct {
 	built   uint64        // guarded by mu: the batches built (empty ones too)
 	waiters []flushWaiter // guarded by mu: AfterFlush callbacks not yet called
 
-	kick chan struct{} // buffered(1): something is dirty
-	up   Upstream      // flushed by Run before every batch; set before Run
+	kick  chan struct{} // buffered(1): something is dirty
+	up    Upstream      // flushed by Run before every batch; set before Run
+	nodes NodeRefs      // guarded by mu: told the nodes remote claims name (CountNodes)
 }
 
 // Upstream is a stage before the reconciler whose changes Run pulls in
@@ -230,7 +232,8 @@ func (r *Reconciler) Reserve(tunnels, ipcache int) {
 // UpsertTunnel claims a tunnel entry for e.ClusterID.
 func (r *Reconciler) UpsertTunnel(e datapath.TunnelEntry) {
 	r.mu.Lock()
-	r.tunnels.upsert(e.CIDR, e)
+	prev, had := r.tunnels.upsert(e.CIDR, e)
+	r.refNodeLocked(e.ClusterID, prev.node, had, ipkey.FromAddr(e.NodeIP))
 	r.kickLocked()
 	r.mu.Unlock()
 }
@@ -238,7 +241,9 @@ func (r *Reconciler) UpsertTunnel(e datapath.TunnelEntry) {
 // DeleteTunnel withdraws cluster id's claim on cidr.
 func (r *Reconciler) DeleteTunnel(cidr netip.Prefix, id uint32) {
 	r.mu.Lock()
-	r.tunnels.delete(cidr, id)
+	if old, had := r.tunnels.delete(cidr, id); had {
+		r.refNodeLocked(id, old.node, true, ipkey.Addr{})
+	}
 	r.kickLocked()
 	r.mu.Unlock()
 }
@@ -246,7 +251,8 @@ func (r *Reconciler) DeleteTunnel(cidr netip.Prefix, id uint32) {
 // UpsertIPCache claims an ipcache entry for e.ClusterID.
 func (r *Reconciler) UpsertIPCache(e datapath.IPCacheEntry) {
 	r.mu.Lock()
-	r.ipcache.upsert(e.Prefix, e)
+	prev, had := r.ipcache.upsert(e.Prefix, e)
+	r.refNodeLocked(e.ClusterID, prev.tunnel, had, ipkey.FromAddr(e.TunnelEndpoint))
 	if !e.Prefix.IsSingleIP() {
 		r.ipcacheCIDRs[e.Prefix] = struct{}{}
 	}
@@ -261,17 +267,12 @@ func (r *Reconciler) IPCacheClaim(p netip.Prefix, id uint32) (datapath.IPCacheEn
 	return r.ipcache.claim(p, id)
 }
 
-// TunnelClaim returns cluster id's claim on cidr, as last handed in.
-func (r *Reconciler) TunnelClaim(cidr netip.Prefix, id uint32) (datapath.TunnelEntry, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.tunnels.claim(cidr, id)
-}
-
 // DeleteIPCache withdraws cluster id's claim on p.
 func (r *Reconciler) DeleteIPCache(p netip.Prefix, id uint32) {
 	r.mu.Lock()
-	r.ipcache.delete(p, id)
+	if old, had := r.ipcache.delete(p, id); had {
+		r.refNodeLocked(id, old.tunnel, true, ipkey.Addr{})
+	}
 	if !r.ipcache.has(p) {
 		delete(r.ipcacheCIDRs, p)
 	}
