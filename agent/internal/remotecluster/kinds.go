@@ -252,10 +252,10 @@ func (o *ipObserver) endpointPorts(old, cur ipEntry) {
 		return
 	}
 	var oldID, curID uint32
-	if old.prefix.Prefix().IsSingleIP() {
+	if old.prefix.IsSingleIP() {
 		oldID = old.id
 	}
-	if cur.prefix.Prefix().IsSingleIP() {
+	if cur.prefix.IsSingleIP() {
 		curID = cur.id
 	}
 	if oldID != 0 || curID != 0 {
