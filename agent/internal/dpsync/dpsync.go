@@ -29,17 +29,22 @@ type Config struct {
 	RetryMin, RetryMax time.Duration
 	// Trust limits what remote clusters may claim.
 	Trust TrustConfig
+	// SyncGCPercent is the Go GC percent while a large initial listing is
+	// synced (syncgc.go); 0 leaves the GC alone.
+	SyncGCPercent int
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{RetryMin: 10 * time.Millisecond, RetryMax: 10 * time.Second, Trust: DefaultTrustConfig()}
+	return Config{RetryMin: 10 * time.Millisecond, RetryMax: 10 * time.Second, Trust: DefaultTrustConfig(), SyncGCPercent: 400}
 }
 
 // RegisterFlags registers the reconciler options on fs.
 func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.BatchWindow, "datapath-batch-window", c.BatchWindow,
 		"how long to wait for more changes before applying a datapath batch (0: apply as soon as the previous batch is done)")
+	fs.IntVar(&c.SyncGCPercent, "datapath-sync-gc-percent", c.SyncGCPercent,
+		"the Go GC percent while an initial listing of 10,000 entries or more is synced, until the sync's memory is returned (at most 30 s; 0: leave the GC alone; a higher GOGC is kept)")
 	c.Trust.RegisterFlags(fs)
 }
 
@@ -63,6 +68,9 @@ type Reconciler struct {
 	holding   map[uint32]bool                                   // guarded by mu: cluster IDs whose restored entries are held
 	stats     Stats                                             // guarded by mu
 	trim      bool                                              // guarded by mu: a source synced; return memory after the next flush
+	gcRelaxed bool                                              // guarded by mu: the GC percent is SyncGCPercent (syncgc.go)
+	gcPrev    int                                               // guarded by mu: the GC percent before
+	gcSince   time.Time                                         // guarded by mu: the last large listing's Reserve
 
 	local        localSet                  // guarded by mu: the local cluster's prefixes
 	refused      map[refusalKey][]Refusal  // guarded by mu: remote claims not programmed, as of the last flush
@@ -227,6 +235,7 @@ func (r *Reconciler) Reserve(tunnels, ipcache int) {
 	defer r.mu.Unlock()
 	r.tunnels.grow(tunnels)
 	r.ipcache.grow(ipcache)
+	r.relaxGCLocked(tunnels + ipcache)
 }
 
 // UpsertTunnel claims a tunnel entry for e.ClusterID.
@@ -407,10 +416,12 @@ func (r *Reconciler) Run(ctx context.Context) error {
 func (r *Reconciler) trimAfterSync() {
 	r.mu.Lock()
 	if !r.trim || r.dirtyLocked() {
+		r.restoreGCLocked(true)
 		r.mu.Unlock()
 		return
 	}
 	r.trim = false
+	r.restoreGCLocked(false)
 	// Nothing is dirty: the room that cleared left for the sync's flushes
 	// goes back too.
 	r.tunnels.dirty, r.ipcache.dirty = map[netip.Prefix]struct{}{}, map[netip.Prefix]struct{}{}
