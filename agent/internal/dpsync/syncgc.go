@@ -13,7 +13,10 @@ import (
 // between collections (Config.SyncGCPercent) and puts the previous setting
 // back before it returns the sync's memory to the operating system
 // (trimAfterSync), so the resident memory after the sync is what it was;
-// only the peak during the sync is higher. The GC percent is the process's:
+// only the peak during the sync is higher (for 300,000 entries at 400:
+// ≈ 0.2 s less CPU, a peak RSS higher by 70–190 MB; off by default, since
+// the peak grows with the remote and the agent's pod has a memory limit).
+// The GC percent is the process's:
 // the reconciler is the part that knows when a sync starts (Reserve) and
 // ends (Release).
 
