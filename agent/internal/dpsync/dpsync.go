@@ -36,7 +36,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{RetryMin: 10 * time.Millisecond, RetryMax: 10 * time.Second, Trust: DefaultTrustConfig()}
+	return Config{RetryMin: 10 * time.Millisecond, RetryMax: 10 * time.Second, Trust: DefaultTrustConfig(), SyncGCPercent: 400}
 }
 
 // RegisterFlags registers the reconciler options on fs.
@@ -44,7 +44,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.BatchWindow, "datapath-batch-window", c.BatchWindow,
 		"how long to wait for more changes before applying a datapath batch (0: apply as soon as the previous batch is done)")
 	fs.IntVar(&c.SyncGCPercent, "datapath-sync-gc-percent", c.SyncGCPercent,
-		"the Go GC percent while an initial listing of 10,000 entries or more is synced, until the sync's memory is returned (at most 30 s): less CPU for the sync, a higher peak of memory during it (bench/README.md); 0: leave the GC alone; a higher GOGC is kept")
+		"the Go GC percent while an initial listing of 10,000 entries or more is synced, until the sync's memory is returned (at most 30 s), under a soft memory limit of 1 KiB per listed entry over the memory at its start: less CPU for the sync (bench/README.md); 0: leave the GC alone; a higher GOGC and a lower GOMEMLIMIT are kept")
 	c.Trust.RegisterFlags(fs)
 }
 
@@ -56,21 +56,22 @@ type Reconciler struct {
 	log   *slog.Logger
 	clock clock.Clock
 
-	mu        sync.Mutex
-	tunnels   table[datapath.TunnelEntry, tunnelClaim]          // guarded by mu
-	ipcache   table[datapath.IPCacheEntry, ipClaim]             // guarded by mu
-	services  map[datapath.Frontend]*desiredService             // guarded by mu
-	endpoints map[netip.Addr]datapath.Endpoint                  // guarded by mu
-	dirtySvc  map[datapath.Frontend]struct{}                    // guarded by mu: whole services
-	dirtyBe   map[datapath.Frontend]map[netip.AddrPort]struct{} // guarded by mu: backends of services not in dirtySvc
-	dirtyEp   map[netip.Addr]struct{}                           // guarded by mu
-	restored  datapath.State                                    // guarded by mu: programmed, not yet re-claimed
-	holding   map[uint32]bool                                   // guarded by mu: cluster IDs whose restored entries are held
-	stats     Stats                                             // guarded by mu
-	trim      bool                                              // guarded by mu: a source synced; return memory after the next flush
-	gcRelaxed bool                                              // guarded by mu: the GC percent is SyncGCPercent (syncgc.go)
-	gcPrev    int                                               // guarded by mu: the GC percent before
-	gcSince   time.Time                                         // guarded by mu: the last large listing's Reserve
+	mu          sync.Mutex
+	tunnels     table[datapath.TunnelEntry, tunnelClaim]          // guarded by mu
+	ipcache     table[datapath.IPCacheEntry, ipClaim]             // guarded by mu
+	services    map[datapath.Frontend]*desiredService             // guarded by mu
+	endpoints   map[netip.Addr]datapath.Endpoint                  // guarded by mu
+	dirtySvc    map[datapath.Frontend]struct{}                    // guarded by mu: whole services
+	dirtyBe     map[datapath.Frontend]map[netip.AddrPort]struct{} // guarded by mu: backends of services not in dirtySvc
+	dirtyEp     map[netip.Addr]struct{}                           // guarded by mu
+	restored    datapath.State                                    // guarded by mu: programmed, not yet re-claimed
+	holding     map[uint32]bool                                   // guarded by mu: cluster IDs whose restored entries are held
+	stats       Stats                                             // guarded by mu
+	trim        bool                                              // guarded by mu: a source synced; return memory after the next flush
+	gcRelaxed   bool                                              // guarded by mu: the GC percent is SyncGCPercent (syncgc.go)
+	gcPrev      int                                               // guarded by mu: the GC percent before
+	gcPrevLimit int64                                             // guarded by mu: the memory limit before
+	gcSince     time.Time                                         // guarded by mu: the last large listing's Reserve
 
 	local        localSet                  // guarded by mu: the local cluster's prefixes
 	refused      map[refusalKey][]Refusal  // guarded by mu: remote claims not programmed, as of the last flush
