@@ -29,13 +29,19 @@ func batchUnsupported(err error) bool {
 // updates: single versus batch").
 const singleMax = 1
 
+// batchOff is what the batch helpers need of a writer (Writer,
+// PolicyWriter): the maps whose kernel rejected batch operations.
+type batchOff interface{ unbatched() map[*ebpf.Map]bool }
+
+func (w *Writer) unbatched() map[*ebpf.Map]bool { return w.noBatch }
+
 // batchUpdate writes keys[i] = vals[i] in one syscall, or one by one for a
 // single entry or where the kernel has no batch update for the map's type.
-func batchUpdate[K, V any](w *Writer, m *ebpf.Map, keys []K, vals []V) error {
+func batchUpdate[K, V any](w batchOff, m *ebpf.Map, keys []K, vals []V) error {
 	if len(keys) == 0 {
 		return nil
 	}
-	if len(keys) > singleMax && !w.noBatch[m] {
+	if len(keys) > singleMax && !w.unbatched()[m] {
 		_, err := m.BatchUpdate(keys, vals, nil)
 		if err == nil {
 			return nil
@@ -43,7 +49,7 @@ func batchUpdate[K, V any](w *Writer, m *ebpf.Map, keys []K, vals []V) error {
 		if !batchUnsupported(err) {
 			return fmt.Errorf("update %s: %w", m, err)
 		}
-		w.noBatch[m] = true
+		w.unbatched()[m] = true
 	}
 	for i := range keys {
 		if err := update1(m, &keys[i], &vals[i]); err != nil {
@@ -96,8 +102,8 @@ func rawOK[K, V any](m *ebpf.Map) bool {
 
 // batchDelete deletes keys, with a plain delete for a single one (see
 // singleMax); absent keys are not an error.
-func batchDelete[K any](w *Writer, m *ebpf.Map, keys []K) error {
-	for len(keys) > singleMax && !w.noBatch[m] {
+func batchDelete[K any](w batchOff, m *ebpf.Map, keys []K) error {
+	for len(keys) > singleMax && !w.unbatched()[m] {
 		n, err := m.BatchDelete(keys, nil)
 		switch {
 		case err == nil:
@@ -105,7 +111,7 @@ func batchDelete[K any](w *Writer, m *ebpf.Map, keys []K) error {
 		case errors.Is(err, ebpf.ErrKeyNotExist) && n < len(keys):
 			keys = keys[n+1:]
 		case batchUnsupported(err):
-			w.noBatch[m] = true
+			w.unbatched()[m] = true
 		default:
 			return fmt.Errorf("delete from %s: %w", m, err)
 		}

@@ -37,7 +37,10 @@ type PolicyWriter struct {
 	stale      map[cmPolicyKey]struct{}
 	staleModes map[uint32]struct{}
 	staleNodes map[uint32]struct{}
+	noBatch    map[*ebpf.Map]bool // maps whose kernel rejected batch operations
 }
+
+func (w *PolicyWriter) unbatched() map[*ebpf.Map]bool { return w.noBatch }
 
 // NewPolicyWriter returns a PolicyWriter for d's maps. What the maps hold
 // from an earlier agent keeps being enforced until Sweep, which the caller
@@ -50,6 +53,7 @@ func NewPolicyWriter(d *Datapath, log *slog.Logger) (*PolicyWriter, error) {
 		stale:      map[cmPolicyKey]struct{}{},
 		staleModes: map[uint32]struct{}{},
 		staleNodes: map[uint32]struct{}{},
+		noBatch:    map[*ebpf.Map]bool{},
 	}
 	o := &d.objs
 	var k cmPolicyKey
@@ -79,20 +83,26 @@ func NewPolicyWriter(d *Datapath, log *slog.Logger) (*PolicyWriter, error) {
 var ErrBadPolicyKey = errors.New("invalid policy key")
 
 // Apply writes a batch: nodes and entries first, then modes (so an endpoint
-// switched to default deny finds its allow entries), then deletes. On error
-// the part applied stays applied; the batch can be retried.
+// switched to default deny finds its allow entries), then deletes. Trusted
+// nodes go in one batch syscall each way (a cold sync trusts thousands). On
+// error the part applied stays applied; the batch can be retried.
 func (w *PolicyWriter) Apply(b datapath.PolicyBatch) error {
 	o := &w.d.objs
-	for _, n := range b.UpsertNodes {
-		if !n.IP.Is4() {
-			return fmt.Errorf("trusted node %s: %w: the underlay is IPv4", n.IP, ErrBadPolicyKey)
+	if len(b.UpsertNodes) > 0 {
+		keys, vals := make([]uint32, len(b.UpsertNodes)), make([]cmNodeValue, len(b.UpsertNodes))
+		for i, n := range b.UpsertNodes {
+			if !n.IP.Is4() {
+				return fmt.Errorf("trusted node %s: %w: the underlay is IPv4", n.IP, ErrBadPolicyKey)
+			}
+			keys[i] = be32(n.IP)
+			vals[i] = cmNodeValue{ClusterId: n.ClusterID, IdLo: n.IdentityLo, IdHi: n.IdentityHi}
 		}
-		k := be32(n.IP)
-		v := cmNodeValue{ClusterId: n.ClusterID, IdLo: n.IdentityLo, IdHi: n.IdentityHi}
-		if err := o.CmNodes.Update(&k, &v, ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("update trusted node %s: %w", n.IP, err)
+		if err := batchUpdate(w, o.CmNodes, keys, vals); err != nil {
+			return fmt.Errorf("update %d trusted nodes: %w", len(keys), err)
 		}
-		delete(w.staleNodes, k)
+		for _, k := range keys {
+			delete(w.staleNodes, k)
+		}
 	}
 	for _, e := range b.Upserts {
 		if err := w.upsert(e); err != nil {
@@ -109,14 +119,14 @@ func (w *PolicyWriter) Apply(b datapath.PolicyBatch) error {
 			return err
 		}
 	}
+	var del []uint32
 	for _, ip := range b.DeleteNodes {
-		if !ip.Is4() {
-			continue
+		if ip.Is4() {
+			del = append(del, be32(ip))
 		}
-		k := be32(ip)
-		if err := o.CmNodes.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete trusted node %s: %w", ip, err)
-		}
+	}
+	if err := batchDelete(w, o.CmNodes, del); err != nil {
+		return fmt.Errorf("delete %d trusted nodes: %w", len(del), err)
 	}
 	return nil
 }

@@ -1,6 +1,10 @@
 package bpf
 
 import (
+	"errors"
+	"log/slog"
+	"maps"
+	"net/netip"
 	"testing"
 
 	"github.com/clustermesh/clustermesh/internal/datapath"
@@ -79,4 +83,81 @@ func TestOwnerSet(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestTrustedNodesBatch: the trusted nodes of a batch are written and
+// deleted (in batch syscalls from two on), a node deleted that the map
+// does not hold is no error, and an IPv6 node is refused.
+func TestTrustedNodesBatch(t *testing.T) {
+	dp, _ := openTest(t)
+	pw, err := NewPolicyWriter(dp, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{192, 0, byte(i >> 8), byte(i)}) }
+	held := func() map[netip.Addr]cmNodeValue {
+		out := map[netip.Addr]cmNodeValue{}
+		var k uint32
+		var v cmNodeValue
+		it := dp.objs.CmNodes.Iterate()
+		for it.Next(&k, &v) {
+			out[addrFrom(k)] = v
+		}
+		if err := it.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	want := map[netip.Addr]cmNodeValue{}
+	for _, step := range []struct {
+		name    string
+		b       datapath.PolicyBatch
+		wantErr error
+		upsert  []int // nodes written for cluster 2 by the step
+		deleted []int
+	}{
+		{"one node", datapath.PolicyBatch{UpsertNodes: []datapath.TrustedNode{{IP: node(0), ClusterID: 2, IdentityLo: 2 << 16, IdentityHi: 3 << 16}}}, nil, []int{0}, nil},
+		{"a cold sync's many nodes", nodesBatch(node, 1, 500), nil, seq(1, 500), nil},
+		{"many nodes go, one the map does not hold", datapath.PolicyBatch{DeleteNodes: append(addrs(node, 100, 300), node(9999))}, nil, nil, seq(100, 300)},
+		{"one node goes", datapath.PolicyBatch{DeleteNodes: []netip.Addr{node(0)}}, nil, nil, []int{0}},
+		{"an IPv6 node is refused", datapath.PolicyBatch{UpsertNodes: []datapath.TrustedNode{{IP: netip.MustParseAddr("fd00::1"), ClusterID: 2}}}, ErrBadPolicyKey, nil, nil},
+	} {
+		err := pw.Apply(step.b)
+		if !errors.Is(err, step.wantErr) {
+			t.Fatalf("%s: %v, want %v", step.name, err, step.wantErr)
+		}
+		for _, i := range step.upsert {
+			want[node(i)] = cmNodeValue{ClusterId: 2, IdLo: 2 << 16, IdHi: 3 << 16}
+		}
+		for _, i := range step.deleted {
+			delete(want, node(i))
+		}
+		if got := held(); !maps.Equal(got, want) {
+			t.Fatalf("%s: cm_nodes holds %d nodes, want %d", step.name, len(got), len(want))
+		}
+	}
+}
+
+func seq(from, to int) []int {
+	var out []int
+	for i := from; i < to; i++ {
+		out = append(out, i)
+	}
+	return out
+}
+
+func addrs(node func(int) netip.Addr, from, to int) []netip.Addr {
+	var out []netip.Addr
+	for _, i := range seq(from, to) {
+		out = append(out, node(i))
+	}
+	return out
+}
+
+func nodesBatch(node func(int) netip.Addr, from, to int) datapath.PolicyBatch {
+	var b datapath.PolicyBatch
+	for _, ip := range addrs(node, from, to) {
+		b.UpsertNodes = append(b.UpsertNodes, datapath.TrustedNode{IP: ip, ClusterID: 2, IdentityLo: 2 << 16, IdentityHi: 3 << 16})
+	}
+	return b
 }

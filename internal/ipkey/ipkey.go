@@ -46,6 +46,12 @@ func FromPrefix(p netip.Prefix) Prefix {
 	return Prefix{Addr: FromAddr(p.Addr()), bits: uint8(p.Bits())}
 }
 
+// IsSingleIP reports whether k holds exactly one address, as
+// netip.Prefix.IsSingleIP, without converting back.
+func (k Prefix) IsSingleIP() bool {
+	return (k.kind == 4 && k.bits == 32) || (k.kind == 6 && k.bits == 128)
+}
+
 // Prefix converts back.
 func (k Prefix) Prefix() netip.Prefix {
 	if k.kind == 0 {

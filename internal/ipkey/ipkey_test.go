@@ -15,6 +15,7 @@ func TestRoundTrip(t *testing.T) {
 		{name: "ipv4 cidr", prefix: netip.MustParsePrefix("10.2.0.0/16"), addr: netip.MustParseAddr("0.0.0.0")},
 		{name: "ipv4 default route", prefix: netip.MustParsePrefix("0.0.0.0/0"), addr: netip.MustParseAddr("255.255.255.255")},
 		{name: "ipv6", prefix: netip.MustParsePrefix("fd00::5/128"), addr: netip.MustParseAddr("fc00::1")},
+		{name: "ipv6 cidr", prefix: netip.MustParsePrefix("fd00::/64"), addr: netip.MustParseAddr("fc00::1")},
 		{name: "ipv4-mapped ipv6 stays ipv6", prefix: netip.MustParsePrefix("::ffff:10.0.0.1/128"), addr: netip.MustParseAddr("::ffff:1.2.3.4")},
 		{name: "unmasked bits kept", prefix: netip.PrefixFrom(netip.MustParseAddr("10.1.2.3"), 8), addr: netip.MustParseAddr("::")},
 		{name: "invalid", prefix: netip.Prefix{}, addr: netip.Addr{}},
@@ -23,6 +24,9 @@ func TestRoundTrip(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := FromPrefix(tc.prefix).Prefix(); got != tc.prefix {
 				t.Errorf("prefix %v came back as %v", tc.prefix, got)
+			}
+			if got, want := FromPrefix(tc.prefix).IsSingleIP(), tc.prefix.IsSingleIP(); got != want {
+				t.Errorf("prefix %v: IsSingleIP %v, want %v", tc.prefix, got, want)
 			}
 			if got := FromAddr(tc.addr).Addr(); got != tc.addr {
 				t.Errorf("addr %v came back as %v", tc.addr, got)

@@ -209,6 +209,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// The reconciler's worker flushes the merger and the node trust: no
 	// worker of their own.
 	rec.Pull(trustFlush{Upstream: merger, trust: pol.trust, log: log.With("component", "nodetrust")})
+	rec.CountNodes(pol.trust)
 	// One resolver for every etcd the agent dials: Service names of the
 	// form <name>.<namespace>.svc resolve through the apiserver, since a
 	// host-network agent may have no cluster DNS.
@@ -256,7 +257,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	rcfg.ClusterName, rcfg.ClusterID, rcfg.MaxConnectedClusters, rcfg.StateDir = cfg.ClusterName, cfg.ClusterID, cfg.MaxConnectedClusters, cfg.StateDir
 	rcfg.LocalPodCIDRs, rcfg.Dial = local.PodCIDRs, dial
 	rcfg.Identities = pol.watch
-	mgr = remotecluster.New(rcfg, newTrustTee(rec, pol.trust), merger, log.With("component", "remotecluster"), clk)
+	mgr = remotecluster.New(rcfg, rec, merger, log.With("component", "remotecluster"), clk)
 	pol.policiesSynced = mgr.PoliciesSynced
 	reg.MustRegister(mgr.Collector())
 

@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,7 +24,6 @@ import (
 	"github.com/clustermesh/clustermesh/agent/internal/policy/selector"
 	"github.com/clustermesh/clustermesh/agent/internal/policysync"
 	"github.com/clustermesh/clustermesh/agent/internal/policywatch"
-	"github.com/clustermesh/clustermesh/agent/internal/remotecluster"
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/meshstatus"
@@ -182,76 +180,12 @@ func refusalEvent(kube kubernetes.Interface, node string, log *slog.Logger) poli
 	}
 }
 
-// trustTee is the remote clusters' datapath sink: it passes everything to
-// the reconciler and tells the node trust which underlay addresses the
-// remotes' tunnel routes and ipcache entries name. What an entry named
-// before a change is the reconciler's claim (one copy per entry: the tee
-// keeps none). The node trust only counts; the reconciler's worker writes
-// it before every batch (trustFlush).
-type trustTee struct {
-	*dpsync.Reconciler
-	trust *policysync.NodeTrust
-
-	mu sync.Mutex // orders each claim's look-up and change, so every change refs and unrefs once
-}
-
-var _ remotecluster.DatapathSink = (*trustTee)(nil)
-
-func newTrustTee(r *dpsync.Reconciler, t *policysync.NodeTrust) *trustTee {
-	return &trustTee{Reconciler: r, trust: t}
-}
-
-// ref counts node (named now, invalid: none) for cluster in place of old
-// (named before, when had). The tee refs before it hands the change to the
-// reconciler, whose kick then brings the worker's next trustFlush.
-func (t *trustTee) ref(cluster uint32, old netip.Addr, had bool, node netip.Addr) {
-	if had && old == node {
-		return
-	}
-	t.trust.Ref(node, cluster, 1)
-	if had {
-		t.trust.Ref(old, cluster, -1)
-	}
-}
-
-// UpsertTunnel implements remotecluster.DatapathSink.
-func (t *trustTee) UpsertTunnel(e datapath.TunnelEntry) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	prev, had := t.Reconciler.TunnelClaim(e.CIDR, e.ClusterID)
-	t.ref(e.ClusterID, prev.NodeIP, had, e.NodeIP)
-	t.Reconciler.UpsertTunnel(e)
-}
-
-// DeleteTunnel implements remotecluster.DatapathSink.
-func (t *trustTee) DeleteTunnel(p netip.Prefix, id uint32) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	prev, had := t.Reconciler.TunnelClaim(p, id)
-	t.ref(id, prev.NodeIP, had, netip.Addr{})
-	t.Reconciler.DeleteTunnel(p, id)
-}
-
-// UpsertIPCache implements remotecluster.DatapathSink.
-func (t *trustTee) UpsertIPCache(e datapath.IPCacheEntry) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	prev, had := t.Reconciler.IPCacheClaim(e.Prefix, e.ClusterID)
-	t.ref(e.ClusterID, prev.TunnelEndpoint, had, e.TunnelEndpoint)
-	t.Reconciler.UpsertIPCache(e)
-}
-
-// DeleteIPCache implements remotecluster.DatapathSink.
-func (t *trustTee) DeleteIPCache(p netip.Prefix, id uint32) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	prev, had := t.Reconciler.IPCacheClaim(p, id)
-	t.ref(id, prev.TunnelEndpoint, had, netip.Addr{})
-	t.Reconciler.DeleteIPCache(p, id)
-}
-
 // trustFlush is the reconciler's upstream: the service merger, and then the
-// node trust, written in one batch of the nodes whose trust changed.
+// node trust, written in one batch of the nodes whose trust changed. The
+// reconciler counts the nodes its remote claims name into the node trust
+// itself (dpsync.Reconciler.CountNodes), as each claim changes, so a node
+// is trusted by the flush that programs the first entry naming it, or the
+// next one.
 type trustFlush struct {
 	dpsync.Upstream
 	trust *policysync.NodeTrust

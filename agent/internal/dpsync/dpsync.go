@@ -16,6 +16,7 @@ import (
 
 	"github.com/clustermesh/clustermesh/internal/backoff"
 	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipkey"
 )
 
 // Config configures a Reconciler.
@@ -34,17 +35,22 @@ type Config struct {
 	// set, they and the local prefixes get world entries so that an
 	// address outside them has none.
 	ClusterCIDRs []netip.Prefix
+	// SyncGCPercent is the Go GC percent while a large initial listing is
+	// synced (syncgc.go); 0 leaves the GC alone.
+	SyncGCPercent int
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
-	return Config{RetryMin: 10 * time.Millisecond, RetryMax: 10 * time.Second, Trust: DefaultTrustConfig()}
+	return Config{RetryMin: 10 * time.Millisecond, RetryMax: 10 * time.Second, Trust: DefaultTrustConfig(), SyncGCPercent: 400}
 }
 
 // RegisterFlags registers the reconciler options on fs.
 func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.BatchWindow, "datapath-batch-window", c.BatchWindow,
 		"how long to wait for more changes before applying a datapath batch (0: apply as soon as the previous batch is done)")
+	fs.IntVar(&c.SyncGCPercent, "datapath-sync-gc-percent", c.SyncGCPercent,
+		"the Go GC percent while an initial listing of 10,000 entries or more is synced, until the sync's memory is returned (at most 30 s), under a soft memory limit of 1 KiB per listed entry over the memory at its start: less CPU for the sync (bench/README.md); 0: leave the GC alone; a higher GOGC and a lower GOMEMLIMIT are kept")
 	c.Trust.RegisterFlags(fs)
 	fs.Func("cluster-cidrs", "coexist mode: comma-separated CIDRs the primary CNI uses for the own cluster's traffic (pod IP pools, overlay and bridge gateway addresses; the nodes' spec.podCIDRs are added); set, a pod's ingress policy decides world (addresses outside them and every identity) on the host's path too (docs/policy.md)", func(s string) error {
 		ps, err := ParsePrefixes(s)
@@ -61,18 +67,22 @@ type Reconciler struct {
 	log   *slog.Logger
 	clock clock.Clock
 
-	mu        sync.Mutex
-	tunnels   table[datapath.TunnelEntry, tunnelClaim]          // guarded by mu
-	ipcache   table[datapath.IPCacheEntry, ipClaim]             // guarded by mu
-	services  map[datapath.Frontend]*desiredService             // guarded by mu
-	endpoints map[netip.Addr]datapath.Endpoint                  // guarded by mu
-	dirtySvc  map[datapath.Frontend]struct{}                    // guarded by mu: whole services
-	dirtyBe   map[datapath.Frontend]map[netip.AddrPort]struct{} // guarded by mu: backends of services not in dirtySvc
-	dirtyEp   map[netip.Addr]struct{}                           // guarded by mu
-	restored  datapath.State                                    // guarded by mu: programmed, not yet re-claimed
-	holding   map[uint32]bool                                   // guarded by mu: cluster IDs whose restored entries are held
-	stats     Stats                                             // guarded by mu
-	trim      bool                                              // guarded by mu: a source synced; return memory after the next flush
+	mu          sync.Mutex
+	tunnels     table[datapath.TunnelEntry, tunnelClaim]          // guarded by mu
+	ipcache     table[datapath.IPCacheEntry, ipClaim]             // guarded by mu
+	services    map[datapath.Frontend]*desiredService             // guarded by mu
+	endpoints   map[netip.Addr]datapath.Endpoint                  // guarded by mu
+	dirtySvc    map[datapath.Frontend]struct{}                    // guarded by mu: whole services
+	dirtyBe     map[datapath.Frontend]map[netip.AddrPort]struct{} // guarded by mu: backends of services not in dirtySvc
+	dirtyEp     map[netip.Addr]struct{}                           // guarded by mu
+	restored    datapath.State                                    // guarded by mu: programmed, not yet re-claimed
+	holding     map[uint32]bool                                   // guarded by mu: cluster IDs whose restored entries are held
+	stats       Stats                                             // guarded by mu
+	trim        bool                                              // guarded by mu: a source synced; return memory after the next flush
+	gcRelaxed   bool                                              // guarded by mu: the GC percent is SyncGCPercent (syncgc.go)
+	gcPrev      int                                               // guarded by mu: the GC percent before
+	gcPrevLimit int64                                             // guarded by mu: the memory limit before
+	gcSince     time.Time                                         // guarded by mu: the last large listing's Reserve
 
 	local        localSet                  // guarded by mu: the local cluster's prefixes
 	refused      map[refusalKey][]Refusal  // guarded by mu: remote claims not programmed, as of the last flush
@@ -83,8 +93,9 @@ type Reconciler struct {
 	built   uint64        // guarded by mu: the batches built (empty ones too)
 	waiters []flushWaiter // guarded by mu: AfterFlush callbacks not yet called
 
-	kick chan struct{} // buffered(1): something is dirty
-	up   Upstream      // flushed by Run before every batch; set before Run
+	kick  chan struct{} // buffered(1): something is dirty
+	up    Upstream      // flushed by Run before every batch; set before Run
+	nodes NodeRefs      // guarded by mu: told the nodes remote claims name (CountNodes)
 }
 
 // Upstream is a stage before the reconciler whose changes Run pulls in
@@ -245,12 +256,14 @@ func (r *Reconciler) Reserve(tunnels, ipcache int) {
 	defer r.mu.Unlock()
 	r.tunnels.grow(tunnels)
 	r.ipcache.grow(ipcache)
+	r.relaxGCLocked(tunnels + ipcache)
 }
 
 // UpsertTunnel claims a tunnel entry for e.ClusterID.
 func (r *Reconciler) UpsertTunnel(e datapath.TunnelEntry) {
 	r.mu.Lock()
-	r.tunnels.upsert(e.CIDR, e)
+	prev, had := r.tunnels.upsert(e.CIDR, e)
+	r.refNodeLocked(e.ClusterID, prev.node, had, ipkey.FromAddr(e.NodeIP))
 	r.kickLocked()
 	r.mu.Unlock()
 }
@@ -258,7 +271,9 @@ func (r *Reconciler) UpsertTunnel(e datapath.TunnelEntry) {
 // DeleteTunnel withdraws cluster id's claim on cidr.
 func (r *Reconciler) DeleteTunnel(cidr netip.Prefix, id uint32) {
 	r.mu.Lock()
-	r.tunnels.delete(cidr, id)
+	if old, had := r.tunnels.delete(cidr, id); had {
+		r.refNodeLocked(id, old.node, true, ipkey.Addr{})
+	}
 	r.kickLocked()
 	r.mu.Unlock()
 }
@@ -266,7 +281,8 @@ func (r *Reconciler) DeleteTunnel(cidr netip.Prefix, id uint32) {
 // UpsertIPCache claims an ipcache entry for e.ClusterID.
 func (r *Reconciler) UpsertIPCache(e datapath.IPCacheEntry) {
 	r.mu.Lock()
-	r.ipcache.upsert(e.Prefix, e)
+	prev, had := r.ipcache.upsert(e.Prefix, e)
+	r.refNodeLocked(e.ClusterID, prev.tunnel, had, ipkey.FromAddr(e.TunnelEndpoint))
 	if !e.Prefix.IsSingleIP() {
 		r.ipcacheCIDRs[e.Prefix] = struct{}{}
 	}
@@ -281,17 +297,12 @@ func (r *Reconciler) IPCacheClaim(p netip.Prefix, id uint32) (datapath.IPCacheEn
 	return r.ipcache.claim(p, id)
 }
 
-// TunnelClaim returns cluster id's claim on cidr, as last handed in.
-func (r *Reconciler) TunnelClaim(cidr netip.Prefix, id uint32) (datapath.TunnelEntry, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.tunnels.claim(cidr, id)
-}
-
 // DeleteIPCache withdraws cluster id's claim on p.
 func (r *Reconciler) DeleteIPCache(p netip.Prefix, id uint32) {
 	r.mu.Lock()
-	r.ipcache.delete(p, id)
+	if old, had := r.ipcache.delete(p, id); had {
+		r.refNodeLocked(id, old.tunnel, true, ipkey.Addr{})
+	}
 	if !r.ipcache.has(p) {
 		delete(r.ipcacheCIDRs, p)
 	}
@@ -426,10 +437,12 @@ func (r *Reconciler) Run(ctx context.Context) error {
 func (r *Reconciler) trimAfterSync() {
 	r.mu.Lock()
 	if !r.trim || r.dirtyLocked() {
+		r.restoreGCLocked(true)
 		r.mu.Unlock()
 		return
 	}
 	r.trim = false
+	r.restoreGCLocked(false)
 	// Nothing is dirty: the room that cleared left for the sync's flushes
 	// goes back too.
 	r.tunnels.dirty, r.ipcache.dirty = map[netip.Prefix]struct{}{}, map[netip.Prefix]struct{}{}

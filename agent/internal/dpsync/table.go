@@ -115,50 +115,59 @@ func (t *table[T, C]) each(p netip.Prefix, f func(T)) {
 	}
 }
 
-func (t *table[T, C]) upsert(p netip.Prefix, v T) {
+// upsert sets v's claim on p and returns the claim of v's cluster it
+// replaces (had: there was one), found by the same lookup.
+func (t *table[T, C]) upsert(p netip.Prefix, v T) (prev C, had bool) {
 	t.dirty[p] = struct{}{}
 	t.peak = max(t.peak, len(t.dirty))
 	k, c := ipkey.FromPrefix(p), t.enc(v)
 	first, added := t.m.Ref(k) // one lookup for the common first claim
 	id := t.id(c)
 	if added || t.id(*first) == id {
+		prev, had = *first, !added
 		*first = c
-		return
+		return prev, had
 	}
 	more := t.more[k]
 	for i, o := range more {
 		if t.id(o) == id {
 			more[i] = c
-			return
+			return o, true
 		}
 	}
 	if id == t.own { // the own cluster's claim goes first
 		t.more[k] = append([]C{*first}, more...)
 		*first = c
-		return
+		return prev, false
 	}
 	t.more[k] = append(more, c)
+	return prev, false
 }
 
-func (t *table[T, C]) delete(p netip.Prefix, id uint32) {
+// delete withdraws cluster id's claim on p and returns it (had: there was
+// one).
+func (t *table[T, C]) delete(p netip.Prefix, id uint32) (old C, had bool) {
 	k := ipkey.FromPrefix(p)
 	first, ok := t.m.Get(k)
 	if !ok {
-		return
+		return old, false
 	}
 	more := t.more[k]
 	i := -1 // the claim of id: -1 first, else its index in more
 	if t.id(first) != id {
 		i = indexOf(more, func(o C) bool { return t.id(o) == id })
 		if i < 0 {
-			return
+			return old, false
 		}
+		old = more[i]
+	} else {
+		old = first
 	}
 	t.dirty[p] = struct{}{} // every claim counts in the decision
 	if i < 0 {
 		if len(more) == 0 {
 			t.m.Delete(k)
-			return
+			return old, true
 		}
 		// Promote the own cluster's claim if any, else the oldest.
 		i = max(0, indexOf(more, func(o C) bool { return t.id(o) == t.own }))
@@ -170,6 +179,7 @@ func (t *table[T, C]) delete(p netip.Prefix, id uint32) {
 	} else {
 		t.more[k] = more
 	}
+	return old, true
 }
 
 func indexOf[C any](s []C, f func(C) bool) int {

@@ -1,6 +1,7 @@
 package policysync
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"sync"
@@ -22,15 +23,22 @@ type NodeTrust struct {
 	w            Writer
 	maxConnected int
 
-	mu    sync.Mutex
-	nodes map[netip.Addr]nodeRefs // guarded by mu
-	dirty []netip.Addr            // guarded by mu: nodes whose owner may differ from the one written
+	mu sync.Mutex
+	// index4 and index6 give each node's slot in refs: one look-up per Ref,
+	// and an IPv4 node (every node the datapath can trust) by a 4-byte key
+	// (a cold sync names each node many times).
+	index4 map[uint32]int32     // guarded by mu
+	index6 map[netip.Addr]int32 // guarded by mu
+	refs   []nodeRefs           // guarded by mu: the nodes' counts; free slots are zero
+	free   []int32              // guarded by mu: free slots of refs
+	dirty  []int32              // guarded by mu: slots whose owner may differ from the one written (never freed while dirty)
 }
 
 // nodeRefs counts the references of one node. Nearly every node is named by
 // one cluster only: that cluster and its count are kept inline, any other
 // cluster in more.
 type nodeRefs struct {
+	ip      netip.Addr
 	cluster uint32 // 0: none inline
 	refs    int32
 	written uint32 // the cluster the datapath trusts the node for; 0: not trusted
@@ -73,7 +81,7 @@ func (r *nodeRefs) add(cluster uint32, delta int32) {
 
 // NewNodeTrust returns a NodeTrust writing to w.
 func NewNodeTrust(w Writer, maxConnectedClusters int) *NodeTrust {
-	return &NodeTrust{w: w, maxConnected: maxConnectedClusters, nodes: map[netip.Addr]nodeRefs{}}
+	return &NodeTrust{w: w, maxConnected: maxConnectedClusters, index4: map[uint32]int32{}, index6: map[netip.Addr]int32{}}
 }
 
 // Ref adds delta references of cluster to node ip; Flush writes the change.
@@ -83,18 +91,69 @@ func (n *NodeTrust) Ref(ip netip.Addr, cluster uint32, delta int) {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	r := n.nodes[ip]
+	i, ok := n.slot(ip)
+	if !ok {
+		i = n.alloc(ip)
+	}
+	r := &n.refs[i]
 	before, okBefore := r.owner()
 	r.add(cluster, int32(delta))
 	if after, okAfter := r.owner(); (before != after || okBefore != okAfter) && !r.dirty {
 		r.dirty = true
-		n.dirty = append(n.dirty, ip)
+		n.dirty = append(n.dirty, i)
 	}
 	if r.cluster == 0 && r.more == nil && r.written == 0 && !r.dirty {
-		delete(n.nodes, ip)
+		n.release(i)
+	}
+}
+
+// slot returns ip's slot in refs.
+func (n *NodeTrust) slot(ip netip.Addr) (int32, bool) {
+	if ip.Is4() {
+		i, ok := n.index4[v4Key(ip)]
+		return i, ok
+	}
+	i, ok := n.index6[ip]
+	return i, ok
+}
+
+func v4Key(ip netip.Addr) uint32 {
+	b := ip.As4()
+	return binary.BigEndian.Uint32(b[:])
+}
+
+// alloc returns a new slot for ip.
+func (n *NodeTrust) alloc(ip netip.Addr) int32 {
+	var i int32
+	if k := len(n.free); k > 0 {
+		i, n.free = n.free[k-1], n.free[:k-1]
+		n.refs[i] = nodeRefs{ip: ip}
+	} else {
+		i = int32(len(n.refs))
+		n.refs = append(n.refs, nodeRefs{ip: ip})
+	}
+	if ip.Is4() {
+		n.index4[v4Key(ip)] = i
+	} else {
+		n.index6[ip] = i
+	}
+	return i
+}
+
+// release frees slot i, whose node no cluster names and the datapath does
+// not trust.
+func (n *NodeTrust) release(i int32) {
+	if ip := n.refs[i].ip; ip.Is4() {
+		delete(n.index4, v4Key(ip))
+	} else {
+		delete(n.index6, ip)
+	}
+	n.refs[i] = nodeRefs{}
+	if int(i) == len(n.refs)-1 {
+		n.refs = n.refs[:i]
 		return
 	}
-	n.nodes[ip] = r
+	n.free = append(n.free, i)
 }
 
 // Flush writes, in one batch, the nodes whose trust changed since the last
@@ -106,15 +165,15 @@ func (n *NodeTrust) Flush() error {
 		return nil
 	}
 	var b datapath.PolicyBatch
-	for _, ip := range n.dirty {
-		r := n.nodes[ip]
+	for _, i := range n.dirty {
+		r := &n.refs[i]
 		c, ok := r.owner()
 		switch {
 		case ok && c != r.written:
 			lo, hi := wire.ClusterIdentityRange(c, n.maxConnected)
-			b.UpsertNodes = append(b.UpsertNodes, datapath.TrustedNode{IP: ip, ClusterID: c, IdentityLo: lo, IdentityHi: hi + 1})
+			b.UpsertNodes = append(b.UpsertNodes, datapath.TrustedNode{IP: r.ip, ClusterID: c, IdentityLo: lo, IdentityHi: hi + 1})
 		case !ok && r.written != 0:
-			b.DeleteNodes = append(b.DeleteNodes, ip)
+			b.DeleteNodes = append(b.DeleteNodes, r.ip)
 		}
 	}
 	if len(b.UpsertNodes)+len(b.DeleteNodes) > 0 {
@@ -122,15 +181,13 @@ func (n *NodeTrust) Flush() error {
 			return fmt.Errorf("apply %d trusted and %d untrusted nodes: %w", len(b.UpsertNodes), len(b.DeleteNodes), err)
 		}
 	}
-	for _, ip := range n.dirty {
-		r := n.nodes[ip]
+	for _, i := range n.dirty {
+		r := &n.refs[i]
 		r.written, _ = r.owner()
 		r.dirty = false
 		if r.cluster == 0 && r.more == nil {
-			delete(n.nodes, ip)
-			continue
+			n.release(i)
 		}
-		n.nodes[ip] = r
 	}
 	n.dirty = n.dirty[:0]
 	if cap(n.dirty) > 1024 {
@@ -144,9 +201,9 @@ func (n *NodeTrust) Trusted() map[netip.Addr]uint32 {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	out := map[netip.Addr]uint32{}
-	for ip, r := range n.nodes {
+	for _, r := range n.refs {
 		if r.written != 0 {
-			out[ip] = r.written
+			out[r.ip] = r.written
 		}
 	}
 	return out

@@ -245,8 +245,8 @@ func TestNodeTrust(t *testing.T) {
 			t.Errorf("%s: programmed %+v (%v), want %+v", st.name, got, ok, st.want)
 		}
 	}
-	if len(n.nodes) != 0 {
-		t.Errorf("kept %d nodes with no references", len(n.nodes))
+	if len(n.index4)+len(n.index6) != 0 || len(n.refs) != 0 {
+		t.Errorf("kept %d nodes with no references", len(n.refs))
 	}
 }
 
