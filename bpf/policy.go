@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/bits"
+	"net/netip"
 
 	"github.com/cilium/ebpf"
 
@@ -84,18 +85,25 @@ var ErrBadPolicyKey = errors.New("invalid policy key")
 
 // Apply writes a batch: nodes and entries first, then modes (so an endpoint
 // switched to default deny finds its allow entries), then deletes. Trusted
-// nodes go in one batch syscall each way (a cold sync trusts thousands). On
-// error the part applied stays applied; the batch can be retried.
+// nodes go in one batch syscall each way (a cold sync trusts thousands); a
+// node that is not IPv4 is skipped and logged, as the tunnel and ipcache
+// entries naming it are (the underlay is IPv4), so it never holds back the
+// others. On error the part applied stays applied; the batch can be retried.
 func (w *PolicyWriter) Apply(b datapath.PolicyBatch) error {
 	o := &w.d.objs
 	if len(b.UpsertNodes) > 0 {
-		keys, vals := make([]uint32, len(b.UpsertNodes)), make([]cmNodeValue, len(b.UpsertNodes))
-		for i, n := range b.UpsertNodes {
+		keys, vals := make([]uint32, 0, len(b.UpsertNodes)), make([]cmNodeValue, 0, len(b.UpsertNodes))
+		var skipped []netip.Addr
+		for _, n := range b.UpsertNodes {
 			if !n.IP.Is4() {
-				return fmt.Errorf("trusted node %s: %w: the underlay is IPv4", n.IP, ErrBadPolicyKey)
+				skipped = append(skipped, n.IP)
+				continue
 			}
-			keys[i] = be32(n.IP)
-			vals[i] = cmNodeValue{ClusterId: n.ClusterID, IdLo: n.IdentityLo, IdHi: n.IdentityHi}
+			keys = append(keys, be32(n.IP))
+			vals = append(vals, cmNodeValue{ClusterId: n.ClusterID, IdLo: n.IdentityLo, IdHi: n.IdentityHi})
+		}
+		if len(skipped) > 0 {
+			w.log.Warn("skipped trusted nodes this datapath cannot hold: the underlay is IPv4", "count", len(skipped), "first", skipped[0])
 		}
 		if err := batchUpdate(w, o.CmNodes, keys, vals); err != nil {
 			return fmt.Errorf("update %d trusted nodes: %w", len(keys), err)

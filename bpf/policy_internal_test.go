@@ -120,7 +120,10 @@ func TestTrustedNodesBatch(t *testing.T) {
 		{"a cold sync's many nodes", nodesBatch(node, 1, 500), nil, seq(1, 500), nil},
 		{"many nodes go, one the map does not hold", datapath.PolicyBatch{DeleteNodes: append(addrs(node, 100, 300), node(9999))}, nil, nil, seq(100, 300)},
 		{"one node goes", datapath.PolicyBatch{DeleteNodes: []netip.Addr{node(0)}}, nil, nil, []int{0}},
-		{"an IPv6 node is refused", datapath.PolicyBatch{UpsertNodes: []datapath.TrustedNode{{IP: netip.MustParseAddr("fd00::1"), ClusterID: 2}}}, ErrBadPolicyKey, nil, nil},
+		{"an IPv6 node is skipped, the IPv4 node beside it written", datapath.PolicyBatch{UpsertNodes: []datapath.TrustedNode{
+			{IP: netip.MustParseAddr("fd00::1"), ClusterID: 2, IdentityLo: 2 << 16, IdentityHi: 3 << 16},
+			{IP: node(7), ClusterID: 2, IdentityLo: 2 << 16, IdentityHi: 3 << 16},
+		}}, nil, []int{7}, nil},
 	} {
 		err := pw.Apply(step.b)
 		if !errors.Is(err, step.wantErr) {
