@@ -293,24 +293,8 @@ func TestPolicyRemoteNode(t *testing.T) {
 // own identity, not world. Full mode's entries (with the node as tunnel
 // endpoint) are TestPolicyEnforcement's.
 func TestPolicyOwnClusterCoexist(t *testing.T) {
-	topo, nodes := policyClusterOpts(t, netnstest.Config{Nodes: 2, PodsPerNode: 2}, bpf.Config{Coexist: true})
 	const port = 7000
-	for _, p := range topo.Pods() {
-		serve(t, p, port)
-	}
-	// The primary CNI's part: routes to this node's pods and, over the
-	// underlay, to the other node's pod CIDR; forwarding on. The agent's
-	// part: the own cluster's other pods in the ipcache without tunnel
-	// endpoint, no tunnel entries (NodeTunnels is off beside a CNI).
-	for i, n := range topo.Nodes {
-		o := topo.Nodes[1-i]
-		primaryCNI(t, n, fmt.Sprintf("route replace %s via %s", o.PodCIDR, o.UnderlayIP))
-		b := datapath.Batch{DeleteTunnels: []netip.Prefix{o.PodCIDR}}
-		for j, p := range o.Pods {
-			b.UpsertIPCache = append(b.UpsertIPCache, datapath.IPCacheEntry{Prefix: netip.PrefixFrom(p.IP, 32), Identity: podIdentity(1-i, j), ClusterID: 1})
-		}
-		apply(t, nodes[i].node, b)
-	}
+	topo, nodes := ownClusterCoexist(t, port)
 	a, c, d := topo.Nodes[0].Pods[0], topo.Nodes[1].Pods[0], topo.Nodes[1].Pods[1]
 	idA, idC, idD := podIdentity(0, 0), podIdentity(1, 0), podIdentity(1, 1)
 	all := reach{true, true, true}

@@ -22,20 +22,8 @@ import (
 // replies; a pod of the other node without an ipcache entry yet stays the
 // primary CNI's (it passes, not world).
 func TestPolicyOwnClusterIngressCoexist(t *testing.T) {
-	topo, nodes := policyClusterOpts(t, netnstest.Config{Nodes: 2, PodsPerNode: 2}, bpf.Config{Coexist: true})
 	const port = 7000
-	for _, p := range topo.Pods() {
-		serve(t, p, port)
-	}
-	for i, n := range topo.Nodes {
-		o := topo.Nodes[1-i]
-		primaryCNI(t, n, fmt.Sprintf("route replace %s via %s", o.PodCIDR, o.UnderlayIP))
-		b := datapath.Batch{DeleteTunnels: []netip.Prefix{o.PodCIDR}}
-		for j, p := range o.Pods {
-			b.UpsertIPCache = append(b.UpsertIPCache, datapath.IPCacheEntry{Prefix: netip.PrefixFrom(p.IP, 32), Identity: podIdentity(1-i, j), ClusterID: 1})
-		}
-		apply(t, nodes[i].node, b)
-	}
+	topo, nodes := ownClusterCoexist(t, port)
 	a, b, d := topo.Nodes[0].Pods[0], topo.Nodes[0].Pods[1], topo.Nodes[1].Pods[1]
 	idA, idB, idD := podIdentity(0, 0), podIdentity(0, 1), podIdentity(1, 1)
 	pn := nodes[1]
@@ -72,4 +60,28 @@ func TestPolicyOwnClusterIngressCoexist(t *testing.T) {
 			expectProbe(t, pn, tc.from, tc.to.IP, port, tc.want, tc.drop)
 		})
 	}
+}
+
+// ownClusterCoexist builds two nodes of one cluster beside a primary CNI,
+// two pods each serving port. The primary CNI's part: routes to each node's
+// pods and, over the underlay, to the other node's pod CIDR; forwarding on.
+// The agent's part: the own cluster's pods of the other node in the ipcache
+// with their identity (podIdentity) and no tunnel endpoint, no tunnel
+// entries (NodeTunnels is off beside a CNI).
+func ownClusterCoexist(t *testing.T, port int) (*netnstest.Topology, []*policyNode) {
+	t.Helper()
+	topo, nodes := policyClusterOpts(t, netnstest.Config{Nodes: 2, PodsPerNode: 2}, bpf.Config{Coexist: true})
+	for _, p := range topo.Pods() {
+		serve(t, p, port)
+	}
+	for i, n := range topo.Nodes {
+		o := topo.Nodes[1-i]
+		primaryCNI(t, n, fmt.Sprintf("route replace %s via %s", o.PodCIDR, o.UnderlayIP))
+		b := datapath.Batch{DeleteTunnels: []netip.Prefix{o.PodCIDR}}
+		for j, p := range o.Pods {
+			b.UpsertIPCache = append(b.UpsertIPCache, datapath.IPCacheEntry{Prefix: netip.PrefixFrom(p.IP, 32), Identity: podIdentity(1-i, j), ClusterID: 1})
+		}
+		apply(t, nodes[i].node, b)
+	}
+	return topo, nodes
 }
