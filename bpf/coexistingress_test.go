@@ -9,6 +9,7 @@ import (
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/ipproto"
 	"github.com/clustermesh/clustermesh/internal/netnstest"
+	"github.com/clustermesh/clustermesh/internal/testenv"
 )
 
 // TestPolicyOwnClusterIngressCoexist: beside a primary CNI (coexistence
@@ -19,14 +20,29 @@ import (
 // dropped with a drop event naming its identity and cluster; allowed by a
 // rule for its identity (fromEndpoints) it passes, replies included; the
 // destination's own connections to a pod it does not admit get their
-// replies; a pod of the other node without an ipcache entry yet stays the
-// primary CNI's (it passes, not world).
+// replies; a pod of this node reaching it through an address the host
+// translates (as kube-proxy's ClusterIP), which cm_from_pod saw only as
+// that address, is decided by its identity too; a pod of the other node
+// without an ipcache entry yet stays the primary CNI's (it passes, not
+// world).
 func TestPolicyOwnClusterIngressCoexist(t *testing.T) {
 	const port = 7000
 	topo, nodes := ownClusterCoexist(t, port)
-	a, b, d := topo.Nodes[0].Pods[0], topo.Nodes[0].Pods[1], topo.Nodes[1].Pods[1]
-	idA, idB, idD := podIdentity(0, 0), podIdentity(0, 1), podIdentity(1, 1)
+	a, b, c, d := topo.Nodes[0].Pods[0], topo.Nodes[0].Pods[1], topo.Nodes[1].Pods[0], topo.Nodes[1].Pods[1]
+	idA, idB, idC, idD := podIdentity(0, 0), podIdentity(0, 1), podIdentity(1, 0), podIdentity(1, 1)
 	pn := nodes[1]
+	// kube-proxy's part on d's node: a ClusterIP translated to d.
+	vip := &netnstest.Pod{Name: "clusterip", IP: netip.MustParseAddr("10.96.0.10")}
+	for _, r := range [][]string{
+		{"add", "table", "ip", "cmtsvc"},
+		{"add", "chain", "ip", "cmtsvc", "pre", "{ type nat hook prerouting priority -100 ; }"},
+		{"add", "rule", "ip", "cmtsvc", "pre", "ip", "daddr", vip.IP.String(), "dnat", "to", d.IP.String()},
+	} {
+		if out, err := topo.Nodes[1].NS.Exec(testenv.RequireCommand(t, "nft"), r...); err != nil {
+			t.Fatalf("nft %v: %v: %s", r, err, out)
+		}
+	}
+	expectProbe(t, pn, c, vip.IP, port, reach{true, true, true}, nil)
 	all := reach{true, true, true}
 	expectProbe(t, pn, a, d.IP, port, all, nil)
 	pn.apply(t, datapath.PolicyBatch{Modes: []datapath.PolicyMode{{Subject: idD, Ingress: true}}})
@@ -48,6 +64,7 @@ func TestPolicyOwnClusterIngressCoexist(t *testing.T) {
 		{name: "replies to the destination's own connections pass", from: d, to: a, want: all},
 		{name: "allowed by its identity (fromEndpoints), replies pass", allow: &allowA, from: a, to: d, want: all},
 		{name: "the allow names a alone", from: b, to: d, drop: denied(b, idB, ipproto.UDP)},
+		{name: "a pod of this node through a translated address is decided", from: c, to: vip, drop: denied(c, idC, ipproto.TCP)},
 		{name: "a pod of the other node without an entry is the primary CNI's", unknownB: true, from: b, to: d, want: all},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

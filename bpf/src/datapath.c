@@ -443,28 +443,29 @@ static __always_inline int from_tunnel4(struct __sk_buff *skb)
 /* coexist_pod_source reports whether, beside a primary CNI, a forwarded
  * packet's source is decided by its ipcache entry's identity (ipc, not
  * NULL): another node (remote-node) or a pod (identity 0 while unknown, or
- * an allocated one) that is not on this node (local pods are decided where
- * they send, deliver_local). Every other entry (host, a cluster range's
- * world entry, any other reserved identity) is the host's path. */
-static __always_inline int coexist_pod_source(const struct ipcache_value *ipc, int local_src)
+ * an allocated one). A pod of this node is decided here too: its packets
+ * to a pod's address were decided where it sent them (deliver_local; a new
+ * connection is decided again here with the same verdict, a later packet
+ * is established), but the host may have translated the destination (a
+ * kube-proxy ClusterIP) after cm_from_pod saw it. Every other entry (host,
+ * a cluster range's world entry, any other reserved identity) is the
+ * host's path. */
+static __always_inline int coexist_pod_source(const struct ipcache_value *ipc)
 {
 	__u32 id = ipc->identity;
 
-	if (id == REMOTE_NODE_IDENTITY)
-		return 1;
-	return (id == UNKNOWN_IDENTITY || id >= FIRST_POD_IDENTITY) && !local_src;
+	return id == REMOTE_NODE_IDENTITY || id == UNKNOWN_IDENTITY || id >= FIRST_POD_IDENTITY;
 }
 
 /* forwarded_peer fills c->peer (and c->src_cluster for a pod) with the
  * identity by which cm_to_pod decides a packet the node forwards (ipc: its
- * source's ipcache entry; local_src: the source is a pod of this node), and
- * returns 0 when the packet is the host's path and not decided:
+ * source's ipcache entry), and returns 0 when the packet is the host's path and not decided:
  * - a CIDR identity (outside the cluster, in a prefix a policy names);
  * - in full mode world (no entry, or the world entry of a local prefix)
  *   and remote-node (the own cluster's other nodes, remote clusters'
  *   nodes);
- * - beside a primary CNI, remote-node and the own cluster's pods of other
- *   nodes by their identity (coexist_pod_source), and world only when the
+ * - beside a primary CNI, remote-node and the own cluster's pods by their
+ *   identity (coexist_pod_source), and world only when the
  *   cluster's ranges of the packet's family are known
  *   (CM_F_COEXIST_WORLD4/6) and the source has no entry at all: the world
  *   entries there are the own cluster's ranges (its pod CIDRs, the primary
@@ -474,7 +475,7 @@ static __always_inline int coexist_pod_source(const struct ipcache_value *ipc, i
  * kube-proxy's masquerade; also an address without a route back, which the
  * lookup cannot tell apart). */
 static __always_inline int forwarded_peer(struct __sk_buff *skb, const struct ipcache_value *ipc,
-					  int local_src, struct bpf_fib_lookup *fib, struct pol_ctx *c)
+					  struct bpf_fib_lookup *fib, struct pol_ctx *c)
 {
 	struct config_value *cfg;
 	__u32 zero = 0;
@@ -490,7 +491,7 @@ static __always_inline int forwarded_peer(struct __sk_buff *skb, const struct ip
 		__u32 known = fib->family == 2 /* AF_INET */ ? CM_F_COEXIST_WORLD4 : CM_F_COEXIST_WORLD6;
 
 		if (ipc) {
-			if (!coexist_pod_source(ipc, local_src))
+			if (!coexist_pod_source(ipc))
 				return 0;
 			c->peer = ipc->identity;
 			if (c->peer != REMOTE_NODE_IDENTITY)
@@ -516,7 +517,7 @@ static __always_inline int forwarded_peer(struct __sk_buff *skb, const struct ip
  * pod's replies. A packet the node forwards (not its own: ingress_ifindex
  * set) from an address of a CIDR identity (outside the cluster, in a prefix
  * a policy names), of world or remote-node, or beside a primary CNI of a
- * pod of another node (forwarded_peer), is decided by the pod's ingress
+ * pod (forwarded_peer), is decided by the pod's ingress
  * policy; any other is the host's path and never dropped. */
 static __always_inline int to_pod4(struct __sk_buff *skb)
 {
@@ -529,10 +530,8 @@ static __always_inline int to_pod4(struct __sk_buff *skb)
 		return CM_NEXT;
 	ipc = bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, p.flow.saddr });
 	if (skb->ingress_ifindex) {
-		int local_src = !!bpf_map_lookup_elem(&cm_endpoints, &p.flow.saddr);
-
 		fib.ipv4_dst = p.flow.saddr;
-		if (forwarded_peer(skb, ipc, local_src, &fib, &c)) {
+		if (forwarded_peer(skb, ipc, &fib, &c)) {
 			c.subject = endpoint_identity(bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, p.flow.daddr }));
 			return pol_check4(skb, &p, &c) ? CM_DROP : CM_NEXT;
 		}

@@ -307,10 +307,8 @@ static __always_inline int to_pod6(struct __sk_buff *skb)
 	key.addr = p.flow.saddr;
 	ipc = bpf_map_lookup_elem(&cm_ipcache6, &key);
 	if (skb->ingress_ifindex) {
-		int local_src = !!bpf_map_lookup_elem(&cm_endpoints6, &p.flow.saddr);
-
 		__builtin_memcpy(fib.ipv6_dst, &p.flow.saddr, sizeof(fib.ipv6_dst));
-		if (forwarded_peer(skb, ipc, local_src, &fib, &c)) {
+		if (forwarded_peer(skb, ipc, &fib, &c)) {
 			key.addr = p.flow.daddr;
 			c.subject = endpoint_identity(bpf_map_lookup_elem(&cm_ipcache6, &key));
 			return pol_check6(skb, &p, &c) ? CM_DROP : CM_NEXT;
