@@ -157,9 +157,10 @@ func TestPolicyCIDR(t *testing.T) {
 // world entries are programmed): before, it stays the host's path (the primary CNI's
 // addresses would look the same); after, it is denied with a drop event for
 // world and allowed by a world rule, while a source in a cluster range (a
-// world entry: the own cluster's pod CIDRs and the primary CNI's ranges) and
-// another node of the own cluster (remote-node) stay the primary CNI's to
-// decide. A source of a CIDR identity is decided either way.
+// world entry: the own cluster's pod CIDRs and the primary CNI's ranges)
+// stays the primary CNI's to decide. A source of a CIDR identity and
+// another node of the own cluster (remote-node: denied with a drop event
+// for identity 6, allowed by a rule for remote-node) are decided either way.
 func TestPolicyWorldCoexist(t *testing.T) {
 	topo, nodes := policyClusterOpts(t, netnstest.Config{Nodes: 1, PodsPerNode: 1}, bpf.Config{Coexist: true})
 	n, pn := topo.Nodes[0], nodes[0]
@@ -186,6 +187,10 @@ func TestPolicyWorldCoexist(t *testing.T) {
 		return &datapath.Drop{SrcIdentity: 2, DstIdentity: id, Src: unnamed.IP, Dst: p.IP, DstPort: port, Proto: proto, Reason: datapath.DropPolicyDefault}
 	}
 	world := datapath.PolicyEntry{Key: datapath.PolicyKey{Subject: id, Peer: 2, Proto: ipproto.TCP, Port: port, EndPort: port}, Rule: 3}
+	remoteNode := datapath.PolicyEntry{Key: datapath.PolicyKey{Subject: id, Peer: 6, Proto: ipproto.TCP, Port: port, EndPort: port}, Rule: 4}
+	nodeDrop := func(proto ipproto.Proto) *datapath.Drop {
+		return &datapath.Drop{SrcIdentity: 6, DstIdentity: id, Src: otherNode.IP, Dst: p.IP, DstPort: port, Proto: proto, Reason: datapath.DropPolicyDefault}
+	}
 
 	for _, step := range []struct {
 		name       string
@@ -200,7 +205,8 @@ func TestPolicyWorldCoexist(t *testing.T) {
 		{name: "ranges unknown: a CIDR identity is decided", from: named,
 			drop: &datapath.Drop{SrcIdentity: cidr, DstIdentity: id, Src: named.IP, Dst: p.IP, DstPort: port, Proto: ipproto.TCP, Reason: datapath.DropPolicyDefault}},
 		{name: "ranges known: world denied", world: [2]bool{true, false}, from: unnamed, drop: worldDrop(ipproto.TCP)},
-		{name: "ranges known: another node of the own cluster is the primary CNI's", world: [2]bool{true, false}, from: otherNode, want: all, noDropFrom: 6},
+		{name: "ranges unknown: another node of the own cluster (remote-node) is decided", from: otherNode, drop: nodeDrop(ipproto.TCP)},
+		{name: "ranges known: remote-node allowed on TCP 7000 by a remote-node rule", world: [2]bool{true, false}, allow: &remoteNode, from: otherNode, want: reach{tcp: true}, drop: nodeDrop(ipproto.UDP)},
 		{name: "ranges known: a source in a cluster range is the primary CNI's", world: [2]bool{true, false}, from: inRange, want: all},
 		{name: "ranges known: a CIDR identity is still decided", world: [2]bool{true, false}, from: named,
 			drop: &datapath.Drop{SrcIdentity: cidr, DstIdentity: id, Src: named.IP, Dst: p.IP, DstPort: port, Proto: ipproto.UDP, Reason: datapath.DropPolicyDefault}},
@@ -287,24 +293,8 @@ func TestPolicyRemoteNode(t *testing.T) {
 // own identity, not world. Full mode's entries (with the node as tunnel
 // endpoint) are TestPolicyEnforcement's.
 func TestPolicyOwnClusterCoexist(t *testing.T) {
-	topo, nodes := policyClusterOpts(t, netnstest.Config{Nodes: 2, PodsPerNode: 2}, bpf.Config{Coexist: true})
 	const port = 7000
-	for _, p := range topo.Pods() {
-		serve(t, p, port)
-	}
-	// The primary CNI's part: routes to this node's pods and, over the
-	// underlay, to the other node's pod CIDR; forwarding on. The agent's
-	// part: the own cluster's other pods in the ipcache without tunnel
-	// endpoint, no tunnel entries (NodeTunnels is off beside a CNI).
-	for i, n := range topo.Nodes {
-		o := topo.Nodes[1-i]
-		primaryCNI(t, n, fmt.Sprintf("route replace %s via %s", o.PodCIDR, o.UnderlayIP))
-		b := datapath.Batch{DeleteTunnels: []netip.Prefix{o.PodCIDR}}
-		for j, p := range o.Pods {
-			b.UpsertIPCache = append(b.UpsertIPCache, datapath.IPCacheEntry{Prefix: netip.PrefixFrom(p.IP, 32), Identity: podIdentity(1-i, j), ClusterID: 1})
-		}
-		apply(t, nodes[i].node, b)
-	}
+	topo, nodes := ownClusterCoexist(t, port)
 	a, c, d := topo.Nodes[0].Pods[0], topo.Nodes[1].Pods[0], topo.Nodes[1].Pods[1]
 	idA, idC, idD := podIdentity(0, 0), podIdentity(1, 0), podIdentity(1, 1)
 	all := reach{true, true, true}

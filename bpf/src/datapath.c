@@ -440,77 +440,101 @@ static __always_inline int from_tunnel4(struct __sk_buff *skb)
 	return ret >= 0 ? ret : CM_NEXT;
 }
 
-/* forwarded_peer returns the identity by which cm_to_pod decides a packet
- * the node forwards from a source without a pod identity (ipc: its
- * ipcache entry), 0 when the packet is the host's path and not decided:
+/* coexist_pod_source reports whether, beside a primary CNI, a forwarded
+ * packet's source is decided by its ipcache entry's identity (ipc, not
+ * NULL): another node (remote-node) or a pod (identity 0 while unknown, or
+ * an allocated one). A pod of this node is decided here too: its packets
+ * to a pod's address were decided where it sent them (deliver_local; a new
+ * connection is decided again here with the same verdict, a later packet
+ * is established), but the host may have translated the destination (a
+ * kube-proxy ClusterIP) after cm_from_pod saw it. Every other entry (host,
+ * a cluster range's world entry, any other reserved identity) is the
+ * host's path. */
+static __always_inline int coexist_pod_source(const struct ipcache_value *ipc)
+{
+	__u32 id = ipc->identity;
+
+	return id == REMOTE_NODE_IDENTITY || id == UNKNOWN_IDENTITY || id >= FIRST_POD_IDENTITY;
+}
+
+/* forwarded_peer fills c->peer (and c->src_cluster for a pod) with the
+ * identity by which cm_to_pod decides a packet the node forwards (ipc: its
+ * source's ipcache entry), and returns 0 when the packet is the host's path and not decided:
  * - a CIDR identity (outside the cluster, in a prefix a policy names);
  * - in full mode world (no entry, or the world entry of a local prefix)
  *   and remote-node (the own cluster's other nodes, remote clusters'
  *   nodes);
- * - beside a primary CNI, world only when the cluster's ranges of the
- *   packet's family are known (CM_F_COEXIST_WORLD4/6) and the source has
- *   no entry at all: the world
+ * - beside a primary CNI, remote-node and the own cluster's pods by their
+ *   identity (coexist_pod_source), and world only when the
+ *   cluster's ranges of the packet's family are known
+ *   (CM_F_COEXIST_WORLD4/6) and the source has no entry at all: the world
  *   entries there are the own cluster's ranges (its pod CIDRs, the primary
- *   CNI's ranges), and the own cluster's nodes and pods are the primary
- *   CNI's to decide.
+ *   CNI's ranges, with its gateways and pods not known yet).
  * Never out of the tunnel device (decided at cm_from_tunnel), nor when the
  * source is local (an address of this node: NAT by the host, such as
  * kube-proxy's masquerade; also an address without a route back, which the
  * lookup cannot tell apart). */
-static __always_inline __u32 forwarded_peer(struct __sk_buff *skb, const struct ipcache_value *ipc,
-					    struct bpf_fib_lookup *fib)
+static __always_inline int forwarded_peer(struct __sk_buff *skb, const struct ipcache_value *ipc,
+					  struct bpf_fib_lookup *fib, struct pol_ctx *c)
 {
 	struct config_value *cfg;
-	__u32 zero = 0, peer;
+	__u32 zero = 0;
 
-	if (ipc && identity_is_cidr(ipc->identity))
-		return ipc->identity;
+	if (ipc && identity_is_cidr(ipc->identity)) {
+		c->peer = ipc->identity;
+		return 1;
+	}
 	cfg = bpf_map_lookup_elem(&cm_config, &zero);
 	if (!cfg || skb->ingress_ifindex == cfg->tunnel_ifindex)
 		return 0;
 	if (cfg->flags & CM_F_COEXIST) {
 		__u32 known = fib->family == 2 /* AF_INET */ ? CM_F_COEXIST_WORLD4 : CM_F_COEXIST_WORLD6;
 
-		if (!(cfg->flags & known) || ipc)
+		if (ipc) {
+			if (!coexist_pod_source(ipc))
+				return 0;
+			c->peer = ipc->identity;
+			if (c->peer != REMOTE_NODE_IDENTITY)
+				c->src_cluster = ipc->cluster_id;
+		} else if (cfg->flags & known) {
+			c->peer = WORLD_IDENTITY;
+		} else {
 			return 0;
-		peer = WORLD_IDENTITY;
+		}
 	} else if (!ipc || ipc->identity == WORLD_IDENTITY) {
-		peer = WORLD_IDENTITY;
+		c->peer = WORLD_IDENTITY;
 	} else if (ipc->identity == REMOTE_NODE_IDENTITY) {
-		peer = REMOTE_NODE_IDENTITY;
+		c->peer = REMOTE_NODE_IDENTITY;
 	} else {
 		return 0;
 	}
 	fib->ifindex = skb->ingress_ifindex;
-	return bpf_fib_lookup(skb, fib, sizeof(*fib), 0) != BPF_FIB_LKUP_RET_NOT_FWDED ? peer : 0;
+	return bpf_fib_lookup(skb, fib, sizeof(*fib), 0) != BPF_FIB_LKUP_RET_NOT_FWDED;
 }
 
 /* Packets the host stack delivers to a pod (the egress of its host veth;
  * bpf_redirect_peer skips it, so these are the host's): tracked for the
  * pod's replies. A packet the node forwards (not its own: ingress_ifindex
  * set) from an address of a CIDR identity (outside the cluster, in a prefix
- * a policy names), or of world or remote-node (forwarded_peer), is decided
- * by the pod's ingress policy; any other is the host's path and never
- * dropped. */
+ * a policy names), of world or remote-node, or beside a primary CNI of a
+ * pod (forwarded_peer), is decided by the pod's ingress
+ * policy; any other is the host's path and never dropped. */
 static __always_inline int to_pod4(struct __sk_buff *skb)
 {
 	struct ipcache_value *ipc;
 	struct bpf_fib_lookup fib = { .family = 2 /* AF_INET */ };
+	struct pol_ctx c = {};
 	struct pkt p;
-	__u32 peer = 0;
 
 	if (parse(skb, &p))
 		return CM_NEXT;
 	ipc = bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, p.flow.saddr });
 	if (skb->ingress_ifindex) {
 		fib.ipv4_dst = p.flow.saddr;
-		peer = forwarded_peer(skb, ipc, &fib);
-	}
-	if (peer) {
-		struct pol_ctx c = { .peer = peer };
-
-		c.subject = endpoint_identity(bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, p.flow.daddr }));
-		return pol_check4(skb, &p, &c) ? CM_DROP : CM_NEXT;
+		if (forwarded_peer(skb, ipc, &fib, &c)) {
+			c.subject = endpoint_identity(bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, p.flow.daddr }));
+			return pol_check4(skb, &p, &c) ? CM_DROP : CM_NEXT;
+		}
 	}
 	pol_track4(skb, &p);
 	return CM_NEXT;

@@ -299,8 +299,8 @@ static __always_inline int to_pod6(struct __sk_buff *skb)
 	struct lpm6_key key = { .prefixlen = 128 };
 	struct bpf_fib_lookup fib = { .family = 10 /* AF_INET6 */ };
 	struct ipcache_value *ipc;
+	struct pol_ctx c = {};
 	struct pkt6 p;
-	__u32 peer = 0;
 
 	if (parse6(skb, &p))
 		return CM_NEXT;
@@ -308,14 +308,11 @@ static __always_inline int to_pod6(struct __sk_buff *skb)
 	ipc = bpf_map_lookup_elem(&cm_ipcache6, &key);
 	if (skb->ingress_ifindex) {
 		__builtin_memcpy(fib.ipv6_dst, &p.flow.saddr, sizeof(fib.ipv6_dst));
-		peer = forwarded_peer(skb, ipc, &fib);
-	}
-	if (peer) {
-		struct pol_ctx c = { .peer = peer };
-
-		key.addr = p.flow.daddr;
-		c.subject = endpoint_identity(bpf_map_lookup_elem(&cm_ipcache6, &key));
-		return pol_check6(skb, &p, &c) ? CM_DROP : CM_NEXT;
+		if (forwarded_peer(skb, ipc, &fib, &c)) {
+			key.addr = p.flow.daddr;
+			c.subject = endpoint_identity(bpf_map_lookup_elem(&cm_ipcache6, &key));
+			return pol_check6(skb, &p, &c) ? CM_DROP : CM_NEXT;
+		}
 	}
 	pol_track6(skb, &p);
 	return CM_NEXT;

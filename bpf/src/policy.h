@@ -96,6 +96,9 @@ struct drop_event {
 #define UNKNOWN_IDENTITY 0
 #define HOST_IDENTITY 1
 #define REMOTE_NODE_IDENTITY 6
+/* Below: Cilium's reserved identities; from here: endpoints' (a cluster's
+ * range, or a CIDR identity with bit 24 set). */
+#define FIRST_POD_IDENTITY 256
 
 /* CIDR identities of network policy are node-local (Cilium's local scope):
  * bit 24 set, outside the 24 bits a VNI carries. */
