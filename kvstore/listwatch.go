@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"io"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -354,6 +355,10 @@ func (lw *listWatch) watch(ctx context.Context, retry *backoff.Backoff) error {
 		Key: []byte(lw.prefix), RangeEnd: []byte(clientv3.GetPrefixRangeEnd(lw.prefix)), StartRevision: lw.lastRev.Load() + 1,
 	}}}
 	if err := stream.Send(create); err != nil {
+		if errors.Is(err, io.EOF) {
+			// gRPC: the stream broke; its status comes from Recv.
+			_, err = stream.Recv()
+		}
 		return lw.streamErr(ctx, wctx, err)
 	}
 	// A replaced or restored etcd may keep the stream open without sending
@@ -418,6 +423,11 @@ func (lw *listWatch) streamErr(ctx, wctx context.Context, err error) error {
 	}
 	if cause := context.Cause(wctx); cause != nil && !errors.Is(cause, context.Canceled) {
 		return cause
+	}
+	// io.EOF: the stream ended without an error status (etcd asked for
+	// nothing to be relisted; a compaction shows when the watch resumes).
+	if errors.Is(err, io.EOF) {
+		return fmt.Errorf("watch: %w: stream closed: %w", errWatchInterrupted, err)
 	}
 	switch status.Code(err) {
 	case codes.Unavailable, codes.Internal:
