@@ -163,6 +163,10 @@ func (w *Writer) planRoutes(p *plan, b datapath.Batch) {
 		}
 	}
 	clear(up)
+	if len(b.UpsertIPCache) > 0 { // mostly IPv4; grown from nothing, a cold sync's were copied ~15 times
+		p.ipcK = slices.Grow(p.ipcK, len(b.UpsertIPCache))
+		p.ipcV = slices.Grow(p.ipcV, len(b.UpsertIPCache))
+	}
 	for _, e := range b.UpsertIPCache {
 		if !e.Prefix.IsValid() || !underlay(e.TunnelEndpoint) {
 			p.skipped++

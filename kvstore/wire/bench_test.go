@@ -18,6 +18,16 @@ func BenchmarkDecodeIPIdentityPair(b *testing.B) {
 	}
 }
 
+func BenchmarkDecodeIPIdentityPairRoute(b *testing.B) {
+	key, value := IPKey(netip.MustParseAddr("10.1.0.7")), []byte(goldenIPPod)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := DecodeIPIdentityPairRoute(testRemote, key, value); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 func BenchmarkDecodeNode(b *testing.B) {
 	key, value := NodeKey("c1", "node1"), []byte(goldenNodeFull)
 	b.ReportAllocs()

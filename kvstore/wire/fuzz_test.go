@@ -79,8 +79,17 @@ func FuzzDecodeIPIdentityPair(f *testing.F) {
 	f.Fuzz(func(t *testing.T, key string, value []byte, extended bool) {
 		r := fuzzRemote(extended)
 		p, err := DecodeIPIdentityPair(r, key, value)
+		route, routeErr := DecodeIPIdentityPairRoute(r, key, value)
+		if (err == nil) != (routeErr == nil) {
+			t.Fatalf("DecodeIPIdentityPair: %v, DecodeIPIdentityPairRoute: %v", err, routeErr)
+		}
 		if err != nil {
 			return
+		}
+		want := p
+		want.Metadata, want.K8sNamespace, want.K8sPodName, want.K8sServiceAccount = "", "", "", ""
+		if !reflect.DeepEqual(route, want) {
+			t.Fatalf("DecodeIPIdentityPairRoute\n got %#v\nwant %#v", route, want)
 		}
 		checkRoundTrip(t, r, key, p, MarshalIPIdentityPair, DecodeIPIdentityPair)
 	})
@@ -120,7 +129,7 @@ func FuzzDecodeClusterConfig(f *testing.F) {
 
 // FuzzIPIdentityPairFastPath checks the reflection-free ipcache parser
 // against encoding/json: whatever it accepts, encoding/json decodes to the
-// same value.
+// same value; without names it accepts the same and differs only in them.
 func FuzzIPIdentityPairFastPath(f *testing.F) {
 	for _, v := range []string{
 		goldenIPPod, goldenIPCIDR, `{}`, ` { "IP" : "fd00::1" , "Mask" : null , "NamedPorts" : [ ] } `,
@@ -130,9 +139,11 @@ func FuzzIPIdentityPairFastPath(f *testing.F) {
 		f.Add([]byte(v))
 	}
 	f.Fuzz(func(t *testing.T, value []byte) {
-		if fast, ok := decodeIPIdentityPairFast(value); ok {
+		fast, ok := decodeIPIdentityPairFast(value, true)
+		if ok {
 			sameAsJSON(t, value, fast)
 		}
+		sameWithoutNames(t, value, fast, ok)
 	})
 }
 

@@ -135,6 +135,18 @@ func MarshalIPIdentityPair(p IPIdentityPair) ([]byte, error) {
 // known yet" (Cilium's validator accepts every ID below 256 too). What a
 // reader programs for a decoded ID is RemoteIPCacheIdentity's business.
 func DecodeIPIdentityPair(r Remote, key string, value []byte) (IPIdentityPair, error) {
+	return decodeIPIdentityPair(r, key, value, true)
+}
+
+// DecodeIPIdentityPairRoute is DecodeIPIdentityPair for a reader of routes
+// and identities only (the agent's remote ipcache): the value is checked
+// alike, but Metadata, K8sNamespace, K8sPodName and K8sServiceAccount come
+// back empty, so the pod's names are not copied for every entry.
+func DecodeIPIdentityPairRoute(r Remote, key string, value []byte) (IPIdentityPair, error) {
+	return decodeIPIdentityPair(r, key, value, false)
+}
+
+func decodeIPIdentityPair(r Remote, key string, value []byte, names bool) (IPIdentityPair, error) {
 	if len(value) > MaxValueSize {
 		return IPIdentityPair{}, fmt.Errorf("ipcache %q: %w: %d bytes", key, ErrTooLarge, len(value))
 	}
@@ -148,13 +160,16 @@ func DecodeIPIdentityPair(r Remote, key string, value []byte) (IPIdentityPair, e
 	if cluster != "" && cluster != r.Name {
 		return IPIdentityPair{}, fmt.Errorf("ipcache %q: %w: key is for cluster %q, connection for %q", key, ErrWrongCluster, cluster, r.Name)
 	}
-	p, ok := decodeIPIdentityPairFast(value)
+	p, ok := decodeIPIdentityPairFast(value, names)
 	if !ok {
 		var slow IPIdentityPair // on the heap only here: p stays on the stack
 		if err := json.Unmarshal(value, &slow); err != nil {
 			return IPIdentityPair{}, fmt.Errorf("ipcache %q: %w: %v", key, ErrMalformed, err)
 		}
 		p = slow
+		if !names {
+			p.Metadata, p.K8sNamespace, p.K8sPodName, p.K8sServiceAccount = "", "", "", ""
+		}
 	}
 	if err := p.Validate(); err != nil {
 		return IPIdentityPair{}, fmt.Errorf("ipcache %q: %w", key, err)

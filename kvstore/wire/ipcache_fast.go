@@ -20,8 +20,20 @@ import (
 // encoding/json, so the fast path never decides what is malformed. It must
 // never accept input that encoding/json decodes differently;
 // FuzzIPIdentityPairFastPath checks that.
-func decodeIPIdentityPairFast(b []byte) (p IPIdentityPair, ok bool) {
+//
+// Without names, the strings a reader of routes does not need (Metadata,
+// K8sNamespace, K8sPodName, K8sServiceAccount) are read and checked as
+// with them but not copied: they stay empty.
+func decodeIPIdentityPairFast(b []byte, names bool) (p IPIdentityPair, ok bool) {
 	s := scanner{b: b}
+	name := func(dst *string) bool {
+		if names {
+			*dst, ok = s.str()
+			return ok
+		}
+		_, ok = s.raw()
+		return ok
+	}
 	_, ok = s.object(func(key []byte) (bit uint32, ok bool) {
 		switch string(key) { // compared without allocating
 		case "IP":
@@ -46,17 +58,13 @@ func decodeIPIdentityPairFast(b []byte) (p IPIdentityPair, ok bool) {
 			p.Key = uint8(n)
 			return 1 << 4, ok
 		case "Metadata":
-			p.Metadata, ok = s.str()
-			return 1 << 5, ok
+			return 1 << 5, name(&p.Metadata)
 		case "K8sNamespace":
-			p.K8sNamespace, ok = s.str()
-			return 1 << 6, ok
+			return 1 << 6, name(&p.K8sNamespace)
 		case "K8sPodName":
-			p.K8sPodName, ok = s.str()
-			return 1 << 7, ok
+			return 1 << 7, name(&p.K8sPodName)
 		case "K8sServiceAccount":
-			p.K8sServiceAccount, ok = s.str()
-			return 1 << 8, ok
+			return 1 << 8, name(&p.K8sServiceAccount)
 		case "NamedPorts":
 			p.NamedPorts, ok = s.namedPorts()
 			return 1 << 9, ok

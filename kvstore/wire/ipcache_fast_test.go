@@ -3,6 +3,7 @@ package wire
 import (
 	"net"
 	"net/netip"
+	"reflect"
 	"testing"
 )
 
@@ -40,13 +41,14 @@ func TestIPIdentityPairFastPath(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			fast, ok := decodeIPIdentityPairFast([]byte(tt.value))
+			fast, ok := decodeIPIdentityPairFast([]byte(tt.value), true)
 			if ok != tt.fast {
 				t.Fatalf("fast path ok = %v, want %v", ok, tt.fast)
 			}
 			if ok {
 				sameAsJSON(t, []byte(tt.value), fast)
 			}
+			sameWithoutNames(t, []byte(tt.value), fast, ok)
 		})
 	}
 }
@@ -83,4 +85,18 @@ func FuzzParseIPv4(f *testing.F) {
 			t.Fatalf("parseIPv4(%q) = %v, ParseAddr = %v, %v", v, got, want, err)
 		}
 	})
+}
+
+// sameWithoutNames checks the fast path without names against the one with:
+// it accepts the same values and decodes them alike, but for the names.
+func sameWithoutNames(t *testing.T, value []byte, full IPIdentityPair, fullOK bool) {
+	t.Helper()
+	lean, ok := decodeIPIdentityPairFast(value, false)
+	if ok != fullOK {
+		t.Fatalf("without names ok = %v, with names %v, for %s", ok, fullOK, value)
+	}
+	full.Metadata, full.K8sNamespace, full.K8sPodName, full.K8sServiceAccount = "", "", "", ""
+	if ok && !reflect.DeepEqual(lean, full) {
+		t.Fatalf("without names\n got %#v\nwant %#v", lean, full)
+	}
 }

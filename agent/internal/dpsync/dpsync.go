@@ -542,6 +542,14 @@ func (r *Reconciler) Stats() Stats {
 func (r *Reconciler) buildLocked() datapath.Batch {
 	var b datapath.Batch
 	r.reevaluateLocked()
+	// Sized for the dirty entries (mostly upserts): a cold sync's batches
+	// hold tens of thousands, grown from nothing they were copied ~15 times.
+	if n := len(r.tunnels.dirty); n > 0 {
+		b.UpsertTunnels = make([]datapath.TunnelEntry, 0, n)
+	}
+	if n := len(r.ipcache.dirty); n > 0 {
+		b.UpsertIPCache = make([]datapath.IPCacheEntry, 0, n)
+	}
 	defer r.tunnels.cleared()
 	for p := range r.tunnels.dirty {
 		delete(r.tunnels.dirty, p)

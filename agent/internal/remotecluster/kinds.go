@@ -82,7 +82,7 @@ func newKindStore(r *remote, k kind, cfg watchstore.Config) (kindStore, *observe
 	case kindIPCache:
 		o := &ipObserver{observerBase: observerBase{r: r}}
 		return watchstore.New(nil, cfg, func(key string, v []byte) (ipEntry, error) {
-			p, err := wire.DecodeIPIdentityPair(r.rem, key, v)
+			p, err := wire.DecodeIPIdentityPairRoute(r.rem, key, v)
 			// The one place a remote ipcache identity becomes the one
 			// programmed: host (1) is remote-node (6), 0 stays 0.
 			return ipEntry{id: wire.RemoteIPCacheIdentity(p.ID), hostIP: ipkey.FromAddr(p.HostIP), ports: internPorts(p.NamedPorts)}, err
