@@ -76,31 +76,38 @@ func (w *worldIngress) Status() statusapi.WorldIngress {
 	if w.podCIDRs != nil {
 		s.NodePodCIDRs = len(w.podCIDRs())
 	}
-	w.mu.Lock()
-	on, err := w.on, w.err
-	w.mu.Unlock()
-	switch {
-	case w.mode != ModeCoexist:
-		s.Enforced, s.State = true, "full mode: every source without a pod identity is world (or remote-node)"
-	case len(w.ranges) == 0:
-		s.State = "not decided beside the primary CNI: --cluster-cidrs is not set"
-	case err != nil:
-		s.State = fmt.Sprintf("not decided: turning it on failed: %v", err)
-	case !on:
-		s.State = "not decided yet: waiting for the own cluster's state to be programmed"
-	default:
-		s.Enforced = true
-		s.State = fmt.Sprintf("decided outside the cluster ranges (%s and the nodes' pod CIDRs)", prefixList(w.ranges))
-		if v4, v6 := w.families(); !v4 || !v6 {
-			s.State += map[bool]string{true: "; IPv6 not decided: no IPv6 range", false: "; IPv4 not decided: no IPv4 range"}[v4]
-		}
-	}
+	s.Enforced, s.State = w.state()
 	return s
 }
 
 // Report is the one-line state of the agent's status report (no counts:
 // a node joining does not rewrite every agent's report).
-func (w *worldIngress) Report() string { return w.Status().State }
+func (w *worldIngress) Report() string {
+	_, state := w.state()
+	return state
+}
+
+// state reports whether world is decided, and why or why not.
+func (w *worldIngress) state() (enforced bool, state string) {
+	w.mu.Lock()
+	on, err := w.on, w.err
+	w.mu.Unlock()
+	switch {
+	case w.mode != ModeCoexist:
+		return true, "full mode: every source without a pod identity is world (or remote-node)"
+	case len(w.ranges) == 0:
+		return false, "not decided beside the primary CNI: --cluster-cidrs is not set"
+	case err != nil:
+		return false, fmt.Sprintf("not decided: turning it on failed: %v", err)
+	case !on:
+		return false, "not decided yet: waiting for the own cluster's state to be programmed"
+	}
+	state = fmt.Sprintf("decided outside the cluster ranges (%s and the nodes' pod CIDRs)", prefixList(w.ranges))
+	if v4, v6 := w.families(); !v4 || !v6 {
+		state += map[bool]string{true: "; IPv6 not decided: no IPv6 range", false: "; IPv4 not decided: no IPv4 range"}[v4]
+	}
+	return true, state
+}
 
 func prefixList(ps []netip.Prefix) string {
 	out := make([]string, len(ps))
