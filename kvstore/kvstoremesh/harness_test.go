@@ -288,18 +288,15 @@ func (l *local) awaitCache(what, name string, want map[string]string) {
 	})
 }
 
-// awaitConfigCopy waits for the cluster config copy of remote name and
-// returns it. Its writer is not ordered with the kinds' writers: a synced
-// status or a mirrored cache does not imply it is written yet.
-func (l *local) awaitConfigCopy(name string) string {
+// configCopy returns the cluster config copy of remote name; a synced
+// status implies it is written.
+func (l *local) configCopy(name string) string {
 	l.t.Helper()
 	key := wire.ClusterConfigKey(name)
-	var v string
-	testwait.Until(l.t, wait, "the cluster config copy of "+name, func() (bool, string) {
-		var ok bool
-		v, ok = l.dump(key)[key]
-		return ok, "missing"
-	})
+	v, ok := l.dump(key)[key]
+	if !ok {
+		l.t.Fatalf("no cluster config copy of %s", name)
+	}
 	return v
 }
 

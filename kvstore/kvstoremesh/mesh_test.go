@@ -54,7 +54,7 @@ func TestMirror(t *testing.T) {
 	}
 
 	// The cluster config copy says where the data is.
-	cc, err := wire.DecodeClusterConfig([]byte(l.awaitConfigCopy("c2")))
+	cc, err := wire.DecodeClusterConfig([]byte(l.configCopy("c2")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +164,7 @@ func TestRemovedConfigDeletesCache(t *testing.T) {
 	c20.writeConfig(l.dir)
 	l.awaitStatus("c2 synced", "c2", func(s Status) bool { return s.Synced })
 	l.awaitStatus("c20 synced", "c20", func(s Status) bool { return s.Synced })
-	l.awaitConfigCopy("c20")
+	l.configCopy("c20")
 
 	if err := os.Remove(filepath.Join(l.dir, "c2")); err != nil {
 		t.Fatal(err)
@@ -294,5 +294,5 @@ func TestIDChangedToRefusedWithdraws(t *testing.T) {
 	setID(2)
 	l.awaitStatus("synced again", "c2", func(s Status) bool { return s.Synced && s.RefusedReason == "" })
 	l.awaitCache("mirrored again", "c2", want)
-	l.awaitConfigCopy("c2")
+	l.configCopy("c2")
 }

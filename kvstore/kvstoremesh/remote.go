@@ -116,7 +116,9 @@ func (r *remote) Drain() {
 // status is the mirror's status for the remote's connection state st.
 func (r *remote) status(cs remoteconn.State) Status {
 	st := Status{Name: cs.Name, ID: cs.ID, Health: cs.Health, Served: cs.Served, RefusedReason: cs.RefusedReason, LastHeartbeat: cs.LastHeartbeat}
-	st.Synced = cs.Ready && cs.Connected // the cache equals the remote now
+	// The cache equals the remote now, and agents reading it find the
+	// cluster config copy (its writer is not ordered with the kinds').
+	st.Synced = cs.Ready && cs.Connected && r.config.Written(wire.ClusterConfigKey(r.name))
 	for _, k := range r.kinds {
 		ks := k.status()
 		if !ks.Synced {

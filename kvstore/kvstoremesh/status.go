@@ -13,7 +13,7 @@ type Status struct {
 	// Health: connected, failures, reconnects, last error and change.
 	remoteconn.Health
 	// Synced: connected, every kind of the current session is listed and
-	// its cache canary written.
+	// its cache canary written, and the cluster config copy is written.
 	Synced bool
 	// Served: the cache holds the remote's last-known state (it was synced
 	// at least once and has not been withdrawn since), also while the

@@ -191,6 +191,17 @@ func (s *Store) MarkSynced() {
 // without a SyncedKey, once the initial set is written).
 func (s *Store) Synced() <-chan struct{} { return s.syncedCh }
 
+// Written reports whether key is desired (upserted, not deleted since) and
+// its latest value is committed: false for a key still queued, and for one
+// whose lease was lost until it is written again. (A key someone else
+// changed stays true until the watch reports the change.)
+func (s *Store) Written(key string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st, ok := s.keys[key]
+	return ok && st.want && st.written && !st.unsynced
+}
+
 // LastError returns the last failed write while some write is still
 // failing (failed writes are retried until they succeed); nil once none is.
 func (s *Store) LastError() error {

@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 
+	"github.com/clustermesh/clustermesh/internal/testwait"
 	"github.com/clustermesh/clustermesh/kvstore"
 	"github.com/clustermesh/clustermesh/kvstore/etcdserver"
 	"github.com/clustermesh/clustermesh/kvstore/syncstore"
@@ -94,16 +95,10 @@ func (e *env) get(p string) (map[string]string, map[string]int64) {
 	return vals, leases
 }
 
-// eventually polls cond until it holds.
+// eventually waits until cond holds.
 func (e *env) eventually(what string, cond func() bool) {
 	e.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			e.t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testwait.Until(e.t, 30*time.Second, what, func() (bool, string) { return cond(), "not yet" })
 }
 
 func (e *env) waitSynced(s *syncstore.Store) {
@@ -398,6 +393,12 @@ func TestDeleteAndUpdate(t *testing.T) {
 	delete(expect, prefix+"node-1")
 	expect[prefix+"node-2"] = "v2"
 	e.eventually("delete and update", func() bool { v, _ := e.get(prefix); return maps.Equal(v, expect) })
+	e.eventually("the update reported written", func() bool { return s.Written(prefix + "node-2") })
+	for _, k := range []string{"node-1", "never-handed-in"} {
+		if s.Written(prefix + k) {
+			t.Errorf("%s reported written", k)
+		}
+	}
 }
 
 func TestWritesRetriedWhileEtcdDown(t *testing.T) {
@@ -407,12 +408,17 @@ func TestWritesRetriedWhileEtcdDown(t *testing.T) {
 	e.run(s)
 	e.waitSynced(s)
 	e.srv.Stop()
-	s.Upsert(prefix+"during-outage", []byte("x"))
+	key := prefix + "during-outage"
+	s.Upsert(key, []byte("x"))
 	e.eventually("a failed write", func() bool { return s.LastError() != nil })
+	if s.Written(key) {
+		t.Fatal("a key whose write failed is reported written")
+	}
 	if err := e.srv.Restart(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	e.eventually("write after restart", func() bool { v, _ := e.get(prefix); return v[prefix+"during-outage"] == "x" })
+	e.eventually("write after restart", func() bool { v, _ := e.get(prefix); return v[key] == "x" })
+	e.eventually("the key reported written", func() bool { return s.Written(key) })
 	e.eventually("error cleared once every write succeeded", func() bool { return s.LastError() == nil })
 }
 
