@@ -49,7 +49,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Client, error) {
 		}
 	}
 	c := &Client{cfg: cfg, log: log}
-	opts := []grpc.DialOption{grpc.WithContextDialer(cfg.grpcDial())}
+	opts := []grpc.DialOption{
+		grpc.WithContextDialer(cfg.grpcDial()),
+		grpc.WithStaticStreamWindowSize(flowWindow),
+		grpc.WithStaticConnWindowSize(flowWindow),
+	}
 	if cfg.QPS > 0 {
 		burst := max(int(cfg.QPS), 1)
 		c.limiter = rate.NewLimiter(rate.Limit(cfg.QPS), burst)
@@ -73,6 +77,16 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Client, error) {
 	c.etcd = etcd
 	return c, nil
 }
+
+// flowWindow is the gRPC flow-control window of the connection and of each
+// of its streams, fixed at the size gRPC's dynamic windows grow to at most.
+// Dynamic windows estimate the bandwidth-delay product with a ping sent
+// with nearly every data frame received until they reach that size, which
+// a watch of small events never does: a write (ping and window update) per
+// watched change, and an acknowledgement for etcd to send back, on the
+// steady-state event path (bench/README.md, "The steady-state event path").
+// A large listing is not slowed: its pages fit the window from the start.
+const flowWindow = 16 << 20
 
 // probeEndpoints succeeds when one endpoint completes a TLS handshake and a
 // request; otherwise it returns the most telling failure: a TLS problem

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"slices"
@@ -144,8 +145,8 @@ func BenchmarkVsCilium(b *testing.B) {
 				b.Logf("round 1 | one status call on the idle agent: %v of the agent's CPU, %v of this process's (%d calls)", br.statusAgentCPU, br.statusBenchCPU, statusCostCalls)
 			}
 		}
-		b.Logf("round %d, load %s | in-process control plane (%s): sync %v, RSS %.0f B/entry, heap %.0f B/entry, put→map p50 %v p99 %v at %.0f puts/s",
-			r+1, o.load, o.datapath, o.sync.Round(time.Millisecond), float64(o.rss)/n, float64(o.heap)/n, o.p50, o.p99, o.rate)
+		b.Logf("round %d, load %s | in-process control plane (%s): sync %v, RSS %.0f B/entry, heap %.0f B/entry, put→map p50 %v p99 %v at %.0f puts/s (the put RPC itself p50 %v p99 %v; %d GC cycles meanwhile)",
+			r+1, o.load, o.datapath, o.sync.Round(time.Millisecond), float64(o.rss)/n, float64(o.heap)/n, o.p50, o.p99, o.rate, o.rpc50, o.rpc99, o.gcs)
 		b.Logf("round %d | in-process: CPU during the sync %v, etcd's %v", r+1, o.cpu, o.etcdCPU)
 		// The figures of ours: the binary's cold sync and memory when it
 		// ran, the in-process control plane's latency.
@@ -225,8 +226,12 @@ type ours struct {
 	sync      time.Duration
 	rss, heap int64 // growth over the empty-remote baseline
 	p50, p99  time.Duration
-	rate      float64
-	load      string
+	// rpc50 and rpc99 are the latency of the puts' own RPCs (put →
+	// etcd's answer): what etcd and the machine take, beside put → map.
+	rpc50, rpc99 time.Duration
+	gcs          uint32 // GC cycles of this process during the puts
+	rate         float64
+	load         string
 	// CPU time of this process and of the etcd child during the sync.
 	cpu, etcdCPU time.Duration
 }
@@ -310,6 +315,8 @@ func runOurs(b *testing.B, fullURL, emptyURL string, etcdPID int, useBPF, profil
 	// cilium-watch's latency mode.
 	c := etcdClient(b, fullURL)
 	sent := make([]time.Time, latencyPuts)
+	rpc := make([]time.Duration, latencyPuts)
+	gc0 := numGC()
 	tick := time.NewTicker(time.Second / latencyRate)
 	begin := time.Now()
 	for i := range latencyPuts {
@@ -323,8 +330,10 @@ func runOurs(b *testing.B, fullURL, emptyURL string, etcdPID int, useBPF, profil
 		if _, err := c.Put(context.Background(), wire.IPKey(ip), v); err != nil {
 			b.Fatal(err)
 		}
+		rpc[i] = time.Since(sent[i])
 	}
 	tick.Stop()
+	o.gcs = numGC() - gc0
 	o.rate = latencyPuts / time.Since(begin).Seconds()
 	waitFor(b, 30*time.Second, "latency puts programmed", func() bool { _, _, n := rec.counts(); return n >= latencyPuts })
 	lat := make([]time.Duration, latencyPuts)
@@ -334,6 +343,8 @@ func runOurs(b *testing.B, fullURL, emptyURL string, etcdPID int, useBPF, profil
 	}
 	slices.Sort(lat)
 	o.p50, o.p99 = lat[len(lat)/2], lat[len(lat)*99/100]
+	slices.Sort(rpc)
+	o.rpc50, o.rpc99 = rpc[len(rpc)/2], rpc[len(rpc)*99/100]
 	return o
 }
 
@@ -458,4 +469,11 @@ func runCiliumLatency(tb testing.TB, bin, url string) ciliumLatency {
 	// less the last event's wait (at most its p99), bounds it from below.
 	l.rate = latencyPuts / (total - s.sync).Seconds()
 	return l
+}
+
+// numGC is the number of completed GC cycles of this process.
+func numGC() uint32 {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.NumGC
 }
