@@ -501,8 +501,12 @@ func (s *Store) commit(ctx context.Context, ops []*op, errs map[string]error) {
 	for _, o := range ops {
 		st := o.st
 		if o.del {
-			if !st.want {
-				st.written, st.obsPresent = false, false
+			// Gone at rev, also when an Upsert came in meanwhile: that
+			// one is queued again and must be written, not taken for
+			// written.
+			st.written = false
+			if st.obsRev < rev {
+				st.obsKnown, st.obsPresent, st.obsRev = true, false, rev
 			}
 			s.doneLocked(o.key, st, nil)
 			continue
