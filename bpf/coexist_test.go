@@ -167,9 +167,15 @@ var nftPackets = regexp.MustCompile(`packets (\d+)`)
 // nftCounter reads the packets of the named counter of table ip cmt on n.
 func nftCounter(t *testing.T, n *netnstest.Node, name string) uint64 {
 	t.Helper()
-	out, err := n.NS.Exec("nft", "list", "counter", "ip", "cmt", name)
+	return nftCounterIn(t, n, "cmt", name)
+}
+
+// nftCounterIn reads the packets of the named counter of table ip table on n.
+func nftCounterIn(t *testing.T, n *netnstest.Node, table, name string) uint64 {
+	t.Helper()
+	out, err := n.NS.Exec("nft", "list", "counter", "ip", table, name)
 	if err != nil {
-		t.Fatalf("nft list counter %s on %s: %v: %s", name, n.Name, err, out)
+		t.Fatalf("nft list counter %s %s on %s: %v: %s", table, name, n.Name, err, out)
 	}
 	m := nftPackets.FindSubmatch(out)
 	if m == nil {

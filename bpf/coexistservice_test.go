@@ -1,0 +1,148 @@
+package bpf_test
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
+	"github.com/clustermesh/clustermesh/internal/netnstest"
+	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/internal/testwait"
+)
+
+// TestPolicyServiceEgressCoexist: beside a primary CNI and kube-proxy
+// (coexistence mode) the agent translates a pod's traffic to a ClusterIP
+// Service that is not global, so the pod's egress policy decides it
+// against the chosen backend's identity, not world. Node n1 runs the
+// client c (egress default deny, allowed toEndpoints a's identity) and d
+// (no egress policy); the Services' backends a and b are pods of the other
+// node, reached through the primary CNI's route, so their replies come
+// back through the host stack and are reverse-translated at the pod's veth
+// (cm_to_pod); a third Service's backend is d on c's own node. kube-proxy's
+// DNAT rules for the same ClusterIPs and its drop of packets conntrack
+// finds invalid are in place on both nodes: its DNAT never sees the pods'
+// service traffic, and no packet of it is invalid.
+func TestPolicyServiceEgressCoexist(t *testing.T) {
+	const port = 7000
+	topo, nodes := ownClusterCoexist(t, port)
+	nft := testenv.RequireCommand(t, "nft")
+	a, b, c, d := topo.Nodes[0].Pods[0], topo.Nodes[0].Pods[1], topo.Nodes[1].Pods[0], topo.Nodes[1].Pods[1]
+	idA, idB, idC, idD := podIdentity(0, 0), podIdentity(0, 1), podIdentity(1, 0), podIdentity(1, 1)
+	pn := nodes[1]
+	svcA := netip.AddrPortFrom(netip.MustParseAddr("10.96.0.21"), 80)
+	svcB := netip.AddrPortFrom(netip.MustParseAddr("10.96.0.22"), 80)
+	svcD := netip.AddrPortFrom(netip.MustParseAddr("10.96.0.23"), 80)
+	backend := map[netip.AddrPort]*netnstest.Pod{svcA: a, svcB: b, svcD: d}
+	// The Services as the agent programs them beside kube-proxy: every
+	// ClusterIP, TCP and UDP, one backend each.
+	var batch datapath.Batch
+	for fe, p := range backend {
+		for _, proto := range []ipproto.Proto{ipproto.TCP, ipproto.UDP} {
+			batch.UpsertServices = append(batch.UpsertServices, datapath.Service{
+				Frontend: datapath.Frontend{Addr: fe, Proto: proto},
+				Backends: []datapath.Backend{{Addr: netip.AddrPortFrom(p.IP, port), ClusterID: 1, Weight: 1}},
+			})
+		}
+	}
+	apply(t, pn.node, batch)
+	// kube-proxy's part on both nodes.
+	rules := [][]string{
+		{"add", "table", "ip", "cmtkp"},
+		{"add", "counter", "ip", "cmtkp", "kube_proxy"},
+		{"add", "counter", "ip", "cmtkp", "invalid_drop"},
+		{"add", "chain", "ip", "cmtkp", "cmfwd", "{ type filter hook forward priority 0 ; }"},
+		{"add", "rule", "ip", "cmtkp", "cmfwd", "ct", "state", "invalid", "counter", "name", "invalid_drop", "drop"},
+		{"add", "chain", "ip", "cmtkp", "cmpre", "{ type nat hook prerouting priority -100 ; }"},
+	}
+	for fe, p := range backend {
+		for _, proto := range []string{"tcp", "udp"} {
+			rules = append(rules, []string{"add", "rule", "ip", "cmtkp", "cmpre", "ip", "daddr", fe.Addr().String(), proto, "dport", strconv.Itoa(int(fe.Port())),
+				"counter", "name", "kube_proxy", "dnat", "to", p.IP.String() + ":" + strconv.Itoa(port)})
+		}
+	}
+	for _, n := range topo.Nodes {
+		for _, r := range rules {
+			if out, err := n.NS.Exec(nft, r...); err != nil {
+				t.Fatalf("nft %v on %s: %v: %s", r, n.Name, err, out)
+			}
+		}
+	}
+	// c: egress only to a (toEndpoints selecting a's identity).
+	pn.apply(t, datapath.PolicyBatch{
+		Upserts: []datapath.PolicyEntry{{Key: datapath.PolicyKey{Subject: idC, Egress: true, Peer: idA}, Rule: 61}},
+		Modes:   []datapath.PolicyMode{{Subject: idC, Egress: true}},
+	})
+	denied := func(to *netnstest.Pod, id uint32) *datapath.Drop {
+		return &datapath.Drop{SrcIdentity: idC, DstIdentity: id, SrcCluster: 1, Src: c.IP, Dst: to.IP,
+			DstPort: port, Proto: ipproto.TCP, Egress: true, Reason: datapath.DropPolicyDefault}
+	}
+	for _, tc := range []struct {
+		name string
+		from *netnstest.Pod
+		to   netip.AddrPort
+		want bool           // TCP (replies included) and UDP pass
+		drop *datapath.Drop // the event the denial must send
+	}{
+		{name: "allowed by the backend's identity, backend on the other node", from: c, to: svcA, want: true},
+		{name: "denied by the backend's identity, backend on the other node", from: c, to: svcB, drop: denied(b, idB)},
+		{name: "denied by the backend's identity, backend on the same node", from: c, to: svcD, drop: denied(d, idD)},
+		{name: "no egress policy: first Service", from: d, to: svcA, want: true},
+		{name: "no egress policy: second Service", from: d, to: svcB, want: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kp := map[*netnstest.Node]uint64{}
+			inv := map[*netnstest.Node]uint64{}
+			for _, n := range topo.Nodes {
+				kp[n] = nftCounterIn(t, n, "cmtkp", "kube_proxy")
+				inv[n] = nftCounterIn(t, n, "cmtkp", "invalid_drop")
+			}
+			if tc.want {
+				testwait.Until(t, 10*time.Second, fmt.Sprintf("%s -> %s over TCP and UDP", tc.from.Name, tc.to), func() (bool, string) {
+					h, err := tcpRoundTrip(tc.from, tc.to)
+					if peer, _ := netip.ParseAddrPort(h.peer); err != nil || h.server != backend[tc.to].Name || peer.Addr() != tc.from.IP {
+						return false, fmt.Sprintf("tcp: %+v %v", h, err)
+					}
+					h, err = udpTry(tc.from, tc.to, 2, 400*time.Millisecond)
+					return err == nil && h.server == backend[tc.to].Name, fmt.Sprintf("udp: %+v %v", h, err)
+				})
+			} else {
+				if conn, _, _, err := dialTCPTimeout(tc.from, tc.to, 700*time.Millisecond); err == nil {
+					conn.Close()
+					t.Errorf("tcp %s -> %s passed", tc.from.Name, tc.to)
+				}
+				if h, err := udpTry(tc.from, tc.to, 2, 400*time.Millisecond); err == nil {
+					t.Errorf("udp %s -> %s passed: %+v", tc.from.Name, tc.to, h)
+				}
+			}
+			if tc.drop != nil {
+				testwait.Until(t, 5*time.Second, fmt.Sprintf("drop event %+v", *tc.drop), func() (bool, string) {
+					return pn.drops.find(*tc.drop), pn.drops.String()
+				})
+			}
+			for _, n := range topo.Nodes {
+				if got := nftCounterIn(t, n, "cmtkp", "kube_proxy"); got != kp[n] {
+					t.Errorf("%s: kube-proxy's DNAT saw %d packets: the datapath did not translate the Service first", n.Name, got-kp[n])
+				}
+				if got := nftCounterIn(t, n, "cmtkp", "invalid_drop"); got != inv[n] {
+					t.Errorf("%s: conntrack found %d packets invalid in FORWARD", n.Name, got-inv[n])
+				}
+			}
+		})
+	}
+	// No denial was decided against world: every drop of c's egress names
+	// a backend's identity.
+	pn.drops.mu.Lock()
+	defer pn.drops.mu.Unlock()
+	for _, e := range pn.drops.evs {
+		if e.Egress && e.SrcIdentity == idC && e.DstIdentity == worldIdentity {
+			t.Errorf("a drop of %s's egress names world: %+v", c.Name, e)
+		}
+	}
+}
+
+// worldIdentity is Cilium's reserved identity world.
+const worldIdentity = 2
