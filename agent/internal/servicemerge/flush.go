@@ -54,9 +54,18 @@ func (m *Merger) Flush() {
 	}
 }
 
-// programmed reports whether s has frontends at all.
+// programmed reports whether s has frontends at all: a local Service that
+// is global, or that kube-proxy does not keep (Config.Proxy, GlobalOnly).
 func (m *Merger) programmed(s *service) bool {
-	return s.local != nil && (!m.cfg.GlobalOnly || s.local.Global)
+	switch {
+	case s.local == nil:
+		return false
+	case s.local.Global:
+		return true
+	case m.cfg.GlobalOnly:
+		return false
+	}
+	return !m.cfg.Proxy || s.local.ProxyOnly == ""
 }
 
 // reweigh applies the affinity and failover rule to every port of s and
