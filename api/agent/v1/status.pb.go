@@ -1065,12 +1065,20 @@ func (x *TracePolicyRequest) GetProtocol() string {
 }
 
 type TracePolicyResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Allowed       bool                   `protobuf:"varint,1,opt,name=allowed,proto3" json:"allowed,omitempty"`
-	SrcIdentity   uint32                 `protobuf:"varint,2,opt,name=src_identity,json=srcIdentity,proto3" json:"src_identity,omitempty"`
-	DstIdentity   uint32                 `protobuf:"varint,3,opt,name=dst_identity,json=dstIdentity,proto3" json:"dst_identity,omitempty"`
-	Egress        *TraceVerdict          `protobuf:"bytes,4,opt,name=egress,proto3" json:"egress,omitempty"`
-	Ingress       *TraceVerdict          `protobuf:"bytes,5,opt,name=ingress,proto3" json:"ingress,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// With service set: every backend allowed.
+	Allowed     bool          `protobuf:"varint,1,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	SrcIdentity uint32        `protobuf:"varint,2,opt,name=src_identity,json=srcIdentity,proto3" json:"src_identity,omitempty"`
+	DstIdentity uint32        `protobuf:"varint,3,opt,name=dst_identity,json=dstIdentity,proto3" json:"dst_identity,omitempty"`
+	Egress      *TraceVerdict `protobuf:"bytes,4,opt,name=egress,proto3" json:"egress,omitempty"`
+	Ingress     *TraceVerdict `protobuf:"bytes,5,opt,name=ingress,proto3" json:"ingress,omitempty"`
+	// Set ("namespace/name") when dst is the address of a Service frontend
+	// the agent translates for dport and protocol: the datapath decides a
+	// flow against the backend it picks, so each one new flows may pick is
+	// traced in backends (none: new flows are dropped) and dst_identity,
+	// egress and ingress are unset.
+	Service       string          `protobuf:"bytes,460,opt,name=service,proto3" json:"service,omitempty"`
+	Backends      []*TraceBackend `protobuf:"bytes,461,rep,name=backends,proto3" json:"backends,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1140,6 +1148,98 @@ func (x *TracePolicyResponse) GetIngress() *TraceVerdict {
 	return nil
 }
 
+func (x *TracePolicyResponse) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *TracePolicyResponse) GetBackends() []*TraceBackend {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
+// TraceBackend is the trace of a flow to one backend of a Service.
+type TraceBackend struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ip:port, the port the policy decides.
+	Address       string        `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	Identity      uint32        `protobuf:"varint,2,opt,name=identity,proto3" json:"identity,omitempty"`
+	Allowed       bool          `protobuf:"varint,3,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	Egress        *TraceVerdict `protobuf:"bytes,4,opt,name=egress,proto3" json:"egress,omitempty"`
+	Ingress       *TraceVerdict `protobuf:"bytes,5,opt,name=ingress,proto3" json:"ingress,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TraceBackend) Reset() {
+	*x = TraceBackend{}
+	mi := &file_status_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TraceBackend) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TraceBackend) ProtoMessage() {}
+
+func (x *TraceBackend) ProtoReflect() protoreflect.Message {
+	mi := &file_status_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TraceBackend.ProtoReflect.Descriptor instead.
+func (*TraceBackend) Descriptor() ([]byte, []int) {
+	return file_status_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *TraceBackend) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *TraceBackend) GetIdentity() uint32 {
+	if x != nil {
+		return x.Identity
+	}
+	return 0
+}
+
+func (x *TraceBackend) GetAllowed() bool {
+	if x != nil {
+		return x.Allowed
+	}
+	return false
+}
+
+func (x *TraceBackend) GetEgress() *TraceVerdict {
+	if x != nil {
+		return x.Egress
+	}
+	return nil
+}
+
+func (x *TraceBackend) GetIngress() *TraceVerdict {
+	if x != nil {
+		return x.Ingress
+	}
+	return nil
+}
+
 type TraceVerdict struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// False when that side is not a local endpoint (its own cluster decides).
@@ -1153,7 +1253,7 @@ type TraceVerdict struct {
 
 func (x *TraceVerdict) Reset() {
 	*x = TraceVerdict{}
-	mi := &file_status_proto_msgTypes[15]
+	mi := &file_status_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1165,7 +1265,7 @@ func (x *TraceVerdict) String() string {
 func (*TraceVerdict) ProtoMessage() {}
 
 func (x *TraceVerdict) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[15]
+	mi := &file_status_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1178,7 +1278,7 @@ func (x *TraceVerdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TraceVerdict.ProtoReflect.Descriptor instead.
 func (*TraceVerdict) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{15}
+	return file_status_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TraceVerdict) GetEvaluated() bool {
@@ -1248,7 +1348,7 @@ type RemoteCluster struct {
 
 func (x *RemoteCluster) Reset() {
 	*x = RemoteCluster{}
-	mi := &file_status_proto_msgTypes[16]
+	mi := &file_status_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1260,7 +1360,7 @@ func (x *RemoteCluster) String() string {
 func (*RemoteCluster) ProtoMessage() {}
 
 func (x *RemoteCluster) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[16]
+	mi := &file_status_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1273,7 +1373,7 @@ func (x *RemoteCluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoteCluster.ProtoReflect.Descriptor instead.
 func (*RemoteCluster) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{16}
+	return file_status_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RemoteCluster) GetName() string {
@@ -1410,7 +1510,7 @@ type RefusedClaims struct {
 
 func (x *RefusedClaims) Reset() {
 	*x = RefusedClaims{}
-	mi := &file_status_proto_msgTypes[17]
+	mi := &file_status_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1422,7 +1522,7 @@ func (x *RefusedClaims) String() string {
 func (*RefusedClaims) ProtoMessage() {}
 
 func (x *RefusedClaims) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[17]
+	mi := &file_status_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1435,7 +1535,7 @@ func (x *RefusedClaims) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefusedClaims.ProtoReflect.Descriptor instead.
 func (*RefusedClaims) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{17}
+	return file_status_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RefusedClaims) GetReason() string {
@@ -1472,7 +1572,7 @@ type ClaimConflict struct {
 
 func (x *ClaimConflict) Reset() {
 	*x = ClaimConflict{}
-	mi := &file_status_proto_msgTypes[18]
+	mi := &file_status_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1484,7 +1584,7 @@ func (x *ClaimConflict) String() string {
 func (*ClaimConflict) ProtoMessage() {}
 
 func (x *ClaimConflict) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[18]
+	mi := &file_status_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1497,7 +1597,7 @@ func (x *ClaimConflict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClaimConflict.ProtoReflect.Descriptor instead.
 func (*ClaimConflict) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{18}
+	return file_status_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ClaimConflict) GetKind() string {
@@ -1535,7 +1635,7 @@ type KindStatus struct {
 
 func (x *KindStatus) Reset() {
 	*x = KindStatus{}
-	mi := &file_status_proto_msgTypes[19]
+	mi := &file_status_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1547,7 +1647,7 @@ func (x *KindStatus) String() string {
 func (*KindStatus) ProtoMessage() {}
 
 func (x *KindStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[19]
+	mi := &file_status_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1560,7 +1660,7 @@ func (x *KindStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KindStatus.ProtoReflect.Descriptor instead.
 func (*KindStatus) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{19}
+	return file_status_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *KindStatus) GetKind() string {
@@ -1611,7 +1711,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_status_proto_msgTypes[20]
+	mi := &file_status_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1623,7 +1723,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[20]
+	mi := &file_status_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1636,7 +1736,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{20}
+	return file_status_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Service) GetNamespace() string {
@@ -1686,7 +1786,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_status_proto_msgTypes[21]
+	mi := &file_status_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1698,7 +1798,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[21]
+	mi := &file_status_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1711,7 +1811,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{21}
+	return file_status_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Backend) GetAddress() string {
@@ -1753,7 +1853,7 @@ type TunnelEntry struct {
 
 func (x *TunnelEntry) Reset() {
 	*x = TunnelEntry{}
-	mi := &file_status_proto_msgTypes[22]
+	mi := &file_status_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1765,7 +1865,7 @@ func (x *TunnelEntry) String() string {
 func (*TunnelEntry) ProtoMessage() {}
 
 func (x *TunnelEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[22]
+	mi := &file_status_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1778,7 +1878,7 @@ func (x *TunnelEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TunnelEntry.ProtoReflect.Descriptor instead.
 func (*TunnelEntry) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{22}
+	return file_status_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *TunnelEntry) GetCidr() string {
@@ -1814,7 +1914,7 @@ type IPCacheEntry struct {
 
 func (x *IPCacheEntry) Reset() {
 	*x = IPCacheEntry{}
-	mi := &file_status_proto_msgTypes[23]
+	mi := &file_status_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1826,7 +1926,7 @@ func (x *IPCacheEntry) String() string {
 func (*IPCacheEntry) ProtoMessage() {}
 
 func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[23]
+	mi := &file_status_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1839,7 +1939,7 @@ func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPCacheEntry.ProtoReflect.Descriptor instead.
 func (*IPCacheEntry) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{23}
+	return file_status_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *IPCacheEntry) GetPrefix() string {
@@ -1953,11 +2053,19 @@ const file_status_proto_rawDesc = "" +
 	"\x03src\x18\x01 \x01(\tR\x03src\x12\x10\n" +
 	"\x03dst\x18\x02 \x01(\tR\x03dst\x12\x14\n" +
 	"\x05dport\x18\x03 \x01(\rR\x05dport\x12\x1a\n" +
-	"\bprotocol\x18\x04 \x01(\tR\bprotocol\"\xef\x01\n" +
+	"\bprotocol\x18\x04 \x01(\tR\bprotocol\"\xcb\x02\n" +
 	"\x13TracePolicyResponse\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12!\n" +
 	"\fsrc_identity\x18\x02 \x01(\rR\vsrcIdentity\x12!\n" +
 	"\fdst_identity\x18\x03 \x01(\rR\vdstIdentity\x12:\n" +
+	"\x06egress\x18\x04 \x01(\v2\".clustermesh.agent.v1.TraceVerdictR\x06egress\x12<\n" +
+	"\aingress\x18\x05 \x01(\v2\".clustermesh.agent.v1.TraceVerdictR\aingress\x12\x19\n" +
+	"\aservice\x18\xcc\x03 \x01(\tR\aservice\x12?\n" +
+	"\bbackends\x18\xcd\x03 \x03(\v2\".clustermesh.agent.v1.TraceBackendR\bbackends\"\xd8\x01\n" +
+	"\fTraceBackend\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1a\n" +
+	"\bidentity\x18\x02 \x01(\rR\bidentity\x12\x18\n" +
+	"\aallowed\x18\x03 \x01(\bR\aallowed\x12:\n" +
 	"\x06egress\x18\x04 \x01(\v2\".clustermesh.agent.v1.TraceVerdictR\x06egress\x12<\n" +
 	"\aingress\x18\x05 \x01(\v2\".clustermesh.agent.v1.TraceVerdictR\aingress\"r\n" +
 	"\fTraceVerdict\x12\x1c\n" +
@@ -2043,7 +2151,7 @@ func file_status_proto_rawDescGZIP() []byte {
 	return file_status_proto_rawDescData
 }
 
-var file_status_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_status_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_status_proto_goTypes = []any{
 	(*GetStatusRequest)(nil),      // 0: clustermesh.agent.v1.GetStatusRequest
 	(*GetStatusResponse)(nil),     // 1: clustermesh.agent.v1.GetStatusResponse
@@ -2060,23 +2168,24 @@ var file_status_proto_goTypes = []any{
 	(*PolicyEntry)(nil),           // 12: clustermesh.agent.v1.PolicyEntry
 	(*TracePolicyRequest)(nil),    // 13: clustermesh.agent.v1.TracePolicyRequest
 	(*TracePolicyResponse)(nil),   // 14: clustermesh.agent.v1.TracePolicyResponse
-	(*TraceVerdict)(nil),          // 15: clustermesh.agent.v1.TraceVerdict
-	(*RemoteCluster)(nil),         // 16: clustermesh.agent.v1.RemoteCluster
-	(*RefusedClaims)(nil),         // 17: clustermesh.agent.v1.RefusedClaims
-	(*ClaimConflict)(nil),         // 18: clustermesh.agent.v1.ClaimConflict
-	(*KindStatus)(nil),            // 19: clustermesh.agent.v1.KindStatus
-	(*Service)(nil),               // 20: clustermesh.agent.v1.Service
-	(*Backend)(nil),               // 21: clustermesh.agent.v1.Backend
-	(*TunnelEntry)(nil),           // 22: clustermesh.agent.v1.TunnelEntry
-	(*IPCacheEntry)(nil),          // 23: clustermesh.agent.v1.IPCacheEntry
-	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 25: google.protobuf.Duration
+	(*TraceBackend)(nil),          // 15: clustermesh.agent.v1.TraceBackend
+	(*TraceVerdict)(nil),          // 16: clustermesh.agent.v1.TraceVerdict
+	(*RemoteCluster)(nil),         // 17: clustermesh.agent.v1.RemoteCluster
+	(*RefusedClaims)(nil),         // 18: clustermesh.agent.v1.RefusedClaims
+	(*ClaimConflict)(nil),         // 19: clustermesh.agent.v1.ClaimConflict
+	(*KindStatus)(nil),            // 20: clustermesh.agent.v1.KindStatus
+	(*Service)(nil),               // 21: clustermesh.agent.v1.Service
+	(*Backend)(nil),               // 22: clustermesh.agent.v1.Backend
+	(*TunnelEntry)(nil),           // 23: clustermesh.agent.v1.TunnelEntry
+	(*IPCacheEntry)(nil),          // 24: clustermesh.agent.v1.IPCacheEntry
+	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 26: google.protobuf.Duration
 }
 var file_status_proto_depIdxs = []int32{
-	16, // 0: clustermesh.agent.v1.GetStatusResponse.remote_clusters:type_name -> clustermesh.agent.v1.RemoteCluster
-	20, // 1: clustermesh.agent.v1.GetStatusResponse.services:type_name -> clustermesh.agent.v1.Service
-	22, // 2: clustermesh.agent.v1.GetStatusResponse.tunnels:type_name -> clustermesh.agent.v1.TunnelEntry
-	23, // 3: clustermesh.agent.v1.GetStatusResponse.ipcache:type_name -> clustermesh.agent.v1.IPCacheEntry
+	17, // 0: clustermesh.agent.v1.GetStatusResponse.remote_clusters:type_name -> clustermesh.agent.v1.RemoteCluster
+	21, // 1: clustermesh.agent.v1.GetStatusResponse.services:type_name -> clustermesh.agent.v1.Service
+	23, // 2: clustermesh.agent.v1.GetStatusResponse.tunnels:type_name -> clustermesh.agent.v1.TunnelEntry
+	24, // 3: clustermesh.agent.v1.GetStatusResponse.ipcache:type_name -> clustermesh.agent.v1.IPCacheEntry
 	2,  // 4: clustermesh.agent.v1.GetStatusResponse.policy:type_name -> clustermesh.agent.v1.PolicyStatus
 	6,  // 5: clustermesh.agent.v1.PolicyStatus.refused:type_name -> clustermesh.agent.v1.PolicyRefusal
 	7,  // 6: clustermesh.agent.v1.PolicyStatus.drops:type_name -> clustermesh.agent.v1.PolicyDrops
@@ -2087,27 +2196,30 @@ var file_status_proto_depIdxs = []int32{
 	11, // 11: clustermesh.agent.v1.EndpointPolicy.ingress:type_name -> clustermesh.agent.v1.DirectionPolicy
 	11, // 12: clustermesh.agent.v1.EndpointPolicy.egress:type_name -> clustermesh.agent.v1.DirectionPolicy
 	12, // 13: clustermesh.agent.v1.DirectionPolicy.entries:type_name -> clustermesh.agent.v1.PolicyEntry
-	15, // 14: clustermesh.agent.v1.TracePolicyResponse.egress:type_name -> clustermesh.agent.v1.TraceVerdict
-	15, // 15: clustermesh.agent.v1.TracePolicyResponse.ingress:type_name -> clustermesh.agent.v1.TraceVerdict
-	19, // 16: clustermesh.agent.v1.RemoteCluster.kinds:type_name -> clustermesh.agent.v1.KindStatus
-	24, // 17: clustermesh.agent.v1.RemoteCluster.last_change:type_name -> google.protobuf.Timestamp
-	24, // 18: clustermesh.agent.v1.RemoteCluster.last_heartbeat:type_name -> google.protobuf.Timestamp
-	17, // 19: clustermesh.agent.v1.RemoteCluster.refused_claims:type_name -> clustermesh.agent.v1.RefusedClaims
-	18, // 20: clustermesh.agent.v1.RemoteCluster.conflicts:type_name -> clustermesh.agent.v1.ClaimConflict
-	24, // 21: clustermesh.agent.v1.RemoteCluster.programmed_at:type_name -> google.protobuf.Timestamp
-	25, // 22: clustermesh.agent.v1.RemoteCluster.sync_duration:type_name -> google.protobuf.Duration
-	21, // 23: clustermesh.agent.v1.Service.backends:type_name -> clustermesh.agent.v1.Backend
-	0,  // 24: clustermesh.agent.v1.Status.GetStatus:input_type -> clustermesh.agent.v1.GetStatusRequest
-	8,  // 25: clustermesh.agent.v1.Status.GetPolicy:input_type -> clustermesh.agent.v1.GetPolicyRequest
-	13, // 26: clustermesh.agent.v1.Status.TracePolicy:input_type -> clustermesh.agent.v1.TracePolicyRequest
-	1,  // 27: clustermesh.agent.v1.Status.GetStatus:output_type -> clustermesh.agent.v1.GetStatusResponse
-	9,  // 28: clustermesh.agent.v1.Status.GetPolicy:output_type -> clustermesh.agent.v1.GetPolicyResponse
-	14, // 29: clustermesh.agent.v1.Status.TracePolicy:output_type -> clustermesh.agent.v1.TracePolicyResponse
-	27, // [27:30] is the sub-list for method output_type
-	24, // [24:27] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	16, // 14: clustermesh.agent.v1.TracePolicyResponse.egress:type_name -> clustermesh.agent.v1.TraceVerdict
+	16, // 15: clustermesh.agent.v1.TracePolicyResponse.ingress:type_name -> clustermesh.agent.v1.TraceVerdict
+	15, // 16: clustermesh.agent.v1.TracePolicyResponse.backends:type_name -> clustermesh.agent.v1.TraceBackend
+	16, // 17: clustermesh.agent.v1.TraceBackend.egress:type_name -> clustermesh.agent.v1.TraceVerdict
+	16, // 18: clustermesh.agent.v1.TraceBackend.ingress:type_name -> clustermesh.agent.v1.TraceVerdict
+	20, // 19: clustermesh.agent.v1.RemoteCluster.kinds:type_name -> clustermesh.agent.v1.KindStatus
+	25, // 20: clustermesh.agent.v1.RemoteCluster.last_change:type_name -> google.protobuf.Timestamp
+	25, // 21: clustermesh.agent.v1.RemoteCluster.last_heartbeat:type_name -> google.protobuf.Timestamp
+	18, // 22: clustermesh.agent.v1.RemoteCluster.refused_claims:type_name -> clustermesh.agent.v1.RefusedClaims
+	19, // 23: clustermesh.agent.v1.RemoteCluster.conflicts:type_name -> clustermesh.agent.v1.ClaimConflict
+	25, // 24: clustermesh.agent.v1.RemoteCluster.programmed_at:type_name -> google.protobuf.Timestamp
+	26, // 25: clustermesh.agent.v1.RemoteCluster.sync_duration:type_name -> google.protobuf.Duration
+	22, // 26: clustermesh.agent.v1.Service.backends:type_name -> clustermesh.agent.v1.Backend
+	0,  // 27: clustermesh.agent.v1.Status.GetStatus:input_type -> clustermesh.agent.v1.GetStatusRequest
+	8,  // 28: clustermesh.agent.v1.Status.GetPolicy:input_type -> clustermesh.agent.v1.GetPolicyRequest
+	13, // 29: clustermesh.agent.v1.Status.TracePolicy:input_type -> clustermesh.agent.v1.TracePolicyRequest
+	1,  // 30: clustermesh.agent.v1.Status.GetStatus:output_type -> clustermesh.agent.v1.GetStatusResponse
+	9,  // 31: clustermesh.agent.v1.Status.GetPolicy:output_type -> clustermesh.agent.v1.GetPolicyResponse
+	14, // 32: clustermesh.agent.v1.Status.TracePolicy:output_type -> clustermesh.agent.v1.TracePolicyResponse
+	30, // [30:33] is the sub-list for method output_type
+	27, // [27:30] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_status_proto_init() }
@@ -2121,7 +2233,7 @@ func file_status_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_status_proto_rawDesc), len(file_status_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
