@@ -2,15 +2,10 @@ package statusapi
 
 import (
 	"bytes"
-	"context"
-	"log/slog"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/clustermesh/clustermesh/agent/internal/policy"
 	"github.com/clustermesh/clustermesh/agent/internal/policy/rules"
@@ -19,7 +14,6 @@ import (
 	agentv1 "github.com/clustermesh/clustermesh/api/agent/v1"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/ipproto"
-	"github.com/clustermesh/clustermesh/internal/testwait"
 )
 
 // addrPolicy is enginePolicy that also resolves addresses, as the agent
@@ -75,19 +69,9 @@ func TestTraceService(t *testing.T) {
 		svc("shop", "empty", "10.96.0.33:80"),
 	}
 
-	dir, err := os.MkdirTemp("", "cmst")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	sock := filepath.Join(dir, "s.sock")
-	s := New(Config{Socket: sock, ClusterName: "c1", ClusterID: 1, NodeName: "n1"}, fakes{}, snap, fakes{}, slog.New(slog.DiscardHandler))
-	s.SetPolicy(addrPolicy{enginePolicy{e}, map[netip.Addr]policy.ID{dbIP: db, otherIP: other, drainedIP: other}})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	testwait.Until(t, 10*time.Second, "socket", func() (bool, string) { _, err := os.Stat(sock); return err == nil, "" })
+	ctx, sock := servePolicy(t, snap, func(s *Server) {
+		s.SetPolicy(addrPolicy{enginePolicy{e}, map[netip.Addr]policy.ID{dbIP: db, otherIP: other, drainedIP: other}})
+	})
 
 	type backend struct {
 		addr     string
