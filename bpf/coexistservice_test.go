@@ -17,15 +17,16 @@ import (
 // TestPolicyServiceEgressCoexist: beside a primary CNI and kube-proxy
 // (coexistence mode) the agent translates a pod's traffic to a ClusterIP
 // Service that is not global, so the pod's egress policy decides it
-// against the chosen backend's identity, not world. Node n1 runs the
-// client c (egress default deny, allowed toEndpoints a's identity) and d
-// (no egress policy); the Services' backends a and b are pods of the other
-// node, reached through the primary CNI's route, so their replies come
-// back through the host stack and are reverse-translated at the pod's veth
-// (cm_to_pod); a third Service's backend is d on c's own node. kube-proxy's
-// DNAT rules for the same ClusterIPs and its drop of packets conntrack
-// finds invalid are in place on both nodes: its DNAT never sees the pods'
-// service traffic, and no packet of it is invalid.
+// against the chosen backend's identity, not world. The second node runs
+// the clients: c (egress default deny, allowed toEndpoints a's identity)
+// and d (no egress policy). The backends: a and b, pods of the first node
+// reached through the primary CNI's route, whose replies come back through
+// the host stack and are reverse-translated on the pod's veth (cm_to_pod);
+// d, on the clients' node; the clients' node itself (a hostNetwork
+// backend, as a kube-apiserver: the node sends its replies into the pod).
+// kube-proxy's DNAT rules for the same ClusterIPs and its drop of packets
+// conntrack finds invalid are in place on both nodes: its DNAT never sees
+// the pods' service traffic, and no packet of it is invalid.
 func TestPolicyServiceEgressCoexist(t *testing.T) {
 	const port = 7000
 	topo, nodes := ownClusterCoexist(t, port)
@@ -36,15 +37,28 @@ func TestPolicyServiceEgressCoexist(t *testing.T) {
 	svcA := netip.AddrPortFrom(netip.MustParseAddr("10.96.0.21"), 80)
 	svcB := netip.AddrPortFrom(netip.MustParseAddr("10.96.0.22"), 80)
 	svcD := netip.AddrPortFrom(netip.MustParseAddr("10.96.0.23"), 80)
-	backend := map[netip.AddrPort]*netnstest.Pod{svcA: a, svcB: b, svcD: d}
+	svcH := netip.AddrPortFrom(netip.MustParseAddr("10.96.0.24"), 80)
+	// A hostNetwork backend on the clients' node (as a kube-apiserver):
+	// the node's address, with the host identity, served in its namespace.
+	n1 := topo.Nodes[1]
+	host := &netnstest.Pod{Name: "host-" + n1.Name, NS: n1.NS, IP: n1.UnderlayIP}
+	const hostPort = port + 1
+	serve(t, host, hostPort)
+	backend := map[netip.AddrPort]*netnstest.Pod{svcA: a, svcB: b, svcD: d, svcH: host}
 	// The Services as the agent programs them beside kube-proxy: every
 	// ClusterIP, TCP and UDP, one backend each.
-	var batch datapath.Batch
+	batch := datapath.Batch{UpsertIPCache: []datapath.IPCacheEntry{{Prefix: netip.PrefixFrom(n1.UnderlayIP, 32), Identity: hostIdentity, ClusterID: 1}}}
+	backendPort := func(p *netnstest.Pod) int {
+		if p == host {
+			return hostPort
+		}
+		return port
+	}
 	for fe, p := range backend {
 		for _, proto := range []ipproto.Proto{ipproto.TCP, ipproto.UDP} {
 			batch.UpsertServices = append(batch.UpsertServices, datapath.Service{
 				Frontend: datapath.Frontend{Addr: fe, Proto: proto},
-				Backends: []datapath.Backend{{Addr: netip.AddrPortFrom(p.IP, port), ClusterID: 1, Weight: 1}},
+				Backends: []datapath.Backend{{Addr: netip.AddrPortFrom(p.IP, uint16(backendPort(p))), ClusterID: 1, Weight: 1}},
 			})
 		}
 	}
@@ -61,7 +75,7 @@ func TestPolicyServiceEgressCoexist(t *testing.T) {
 	for fe, p := range backend {
 		for _, proto := range []string{"tcp", "udp"} {
 			rules = append(rules, []string{"add", "rule", "ip", "cmtkp", "cmpre", "ip", "daddr", fe.Addr().String(), proto, "dport", strconv.Itoa(int(fe.Port())),
-				"counter", "name", "kube_proxy", "dnat", "to", p.IP.String() + ":" + strconv.Itoa(port)})
+				"counter", "name", "kube_proxy", "dnat", "to", p.IP.String() + ":" + strconv.Itoa(backendPort(p))})
 		}
 	}
 	for _, n := range topo.Nodes {
@@ -78,7 +92,7 @@ func TestPolicyServiceEgressCoexist(t *testing.T) {
 	})
 	denied := func(to *netnstest.Pod, id uint32) *datapath.Drop {
 		return &datapath.Drop{SrcIdentity: idC, DstIdentity: id, SrcCluster: 1, Src: c.IP, Dst: to.IP,
-			DstPort: port, Proto: ipproto.TCP, Egress: true, Reason: datapath.DropPolicyDefault}
+			DstPort: uint16(backendPort(to)), Proto: ipproto.TCP, Egress: true, Reason: datapath.DropPolicyDefault}
 	}
 	for _, tc := range []struct {
 		name string
@@ -90,8 +104,10 @@ func TestPolicyServiceEgressCoexist(t *testing.T) {
 		{name: "allowed by the backend's identity, backend on the other node", from: c, to: svcA, want: true},
 		{name: "denied by the backend's identity, backend on the other node", from: c, to: svcB, drop: denied(b, idB)},
 		{name: "denied by the backend's identity, backend on the same node", from: c, to: svcD, drop: denied(d, idD)},
+		{name: "denied by the backend's identity, a hostNetwork backend on the same node", from: c, to: svcH, drop: denied(host, hostIdentity)},
 		{name: "no egress policy: first Service", from: d, to: svcA, want: true},
 		{name: "no egress policy: second Service", from: d, to: svcB, want: true},
+		{name: "no egress policy: hostNetwork backend, replies from the node itself", from: d, to: svcH, want: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			kp := map[*netnstest.Node]uint64{}
@@ -144,5 +160,8 @@ func TestPolicyServiceEgressCoexist(t *testing.T) {
 	}
 }
 
-// worldIdentity is Cilium's reserved identity world.
-const worldIdentity = 2
+// Cilium's reserved identities host and world.
+const (
+	hostIdentity  = 1
+	worldIdentity = 2
+)
