@@ -184,6 +184,12 @@ func TestBesideKubeProxy(t *testing.T) {
 			if n := len(m.Snapshot()); n != min(len(s), 1) {
 				t.Errorf("snapshot holds %d services, the sink %d frontends", n, len(s))
 			}
+			kept := m.ProxyOnly()
+			last := tt.steps[len(tt.steps)-1]
+			wantKept := tt.config == coexist && !last.global && last.proxyOnly != ""
+			if wantKept != (len(kept) == 1) || wantKept && (kept[0].Name != web || kept[0].Reason != last.proxyOnly) {
+				t.Errorf("ProxyOnly = %+v, want kept %v", kept, wantKept)
+			}
 		})
 	}
 }

@@ -37,6 +37,7 @@ func (p addrPolicy) Resolve(ep string) ([]policy.ID, error) {
 type services []servicemerge.Snapshot
 
 func (s services) Snapshot() []servicemerge.Snapshot { return s }
+func (services) ProxyOnly() []servicemerge.Kept      { return nil }
 
 // TestTraceService: a trace to a Service frontend the agent translates is
 // decided as the datapath decides it, against each backend a new flow may
