@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -293,7 +294,8 @@ func installServiceEgressStep(ctx context.Context, t *testing.T, c2 *kubenode.Cl
 		if err != nil {
 			t.Errorf("%s: %v", name, err)
 		} else {
-			t.Logf("%s: trace names the backend %s (identity %d), egress %q", name, tr.Backends[0].Address, tr.Backends[0].Identity, tr.Backends[0].Egress.Rule+tr.Backends[0].Egress.Reason)
+			b := tr.Backends[0]
+			t.Logf("%s: trace names the backend %s (identity %d), egress: %s", name, b.Address, b.Identity, cmp.Or(b.Egress.Rule, b.Egress.Reason))
 		}
 		if err := harness.DeletePolicy(ctx, c2.CP.REST, c2.Name, u); err != nil {
 			t.Fatal(err)
