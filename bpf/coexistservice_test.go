@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/ipproto"
 	"github.com/clustermesh/clustermesh/internal/netnstest"
@@ -116,29 +117,7 @@ func TestPolicyServiceEgressCoexist(t *testing.T) {
 				kp[n] = nftCounterIn(t, n, "cmtkp", "kube_proxy")
 				inv[n] = nftCounterIn(t, n, "cmtkp", "invalid_drop")
 			}
-			if tc.want {
-				testwait.Until(t, 10*time.Second, fmt.Sprintf("%s -> %s over TCP and UDP", tc.from.Name, tc.to), func() (bool, string) {
-					h, err := tcpRoundTrip(tc.from, tc.to)
-					if peer, _ := netip.ParseAddrPort(h.peer); err != nil || h.server != backend[tc.to].Name || peer.Addr() != tc.from.IP {
-						return false, fmt.Sprintf("tcp: %+v %v", h, err)
-					}
-					h, err = udpTry(tc.from, tc.to, 2, 400*time.Millisecond)
-					return err == nil && h.server == backend[tc.to].Name, fmt.Sprintf("udp: %+v %v", h, err)
-				})
-			} else {
-				if conn, _, _, err := dialTCPTimeout(tc.from, tc.to, 700*time.Millisecond); err == nil {
-					conn.Close()
-					t.Errorf("tcp %s -> %s passed", tc.from.Name, tc.to)
-				}
-				if h, err := udpTry(tc.from, tc.to, 2, 400*time.Millisecond); err == nil {
-					t.Errorf("udp %s -> %s passed: %+v", tc.from.Name, tc.to, h)
-				}
-			}
-			if tc.drop != nil {
-				testwait.Until(t, 5*time.Second, fmt.Sprintf("drop event %+v", *tc.drop), func() (bool, string) {
-					return pn.drops.find(*tc.drop), pn.drops.String()
-				})
-			}
+			expectService(t, pn, tc.from, tc.to, backend[tc.to].Name, tc.want, tc.drop)
 			for _, n := range topo.Nodes {
 				if got := nftCounterIn(t, n, "cmtkp", "kube_proxy"); got != kp[n] {
 					t.Errorf("%s: kube-proxy's DNAT saw %d packets: the datapath did not translate the Service first", n.Name, got-kp[n])
@@ -165,3 +144,97 @@ const (
 	hostIdentity  = 1
 	worldIdentity = 2
 )
+
+// expectService checks from's traffic to the Service frontend to: with want,
+// TCP (replies included) and UDP reach the backend named server, which sees
+// from's own address; else neither passes and drop, if given, is among
+// pn's drop events.
+func expectService(t *testing.T, pn *policyNode, from *netnstest.Pod, to netip.AddrPort, server string, want bool, drop *datapath.Drop) {
+	t.Helper()
+	src := from.IP
+	if to.Addr().Is6() {
+		src = from.IP6
+	}
+	if want {
+		testwait.Until(t, 10*time.Second, fmt.Sprintf("%s -> %s over TCP and UDP", from.Name, to), func() (bool, string) {
+			h, err := tcpRoundTrip(from, to)
+			if peer, _ := netip.ParseAddrPort(h.peer); err != nil || h.server != server || peer.Addr() != src {
+				return false, fmt.Sprintf("tcp: %+v %v", h, err)
+			}
+			h, err = udpTry(from, to, 2, 400*time.Millisecond)
+			return err == nil && h.server == server, fmt.Sprintf("udp: %+v %v", h, err)
+		})
+	} else {
+		if conn, _, _, err := dialTCPTimeout(from, to, 700*time.Millisecond); err == nil {
+			conn.Close()
+			t.Errorf("tcp %s -> %s passed", from.Name, to)
+		}
+		if h, err := udpTry(from, to, 2, 400*time.Millisecond); err == nil {
+			t.Errorf("udp %s -> %s passed: %+v", from.Name, to, h)
+		}
+	}
+	if drop != nil {
+		testwait.Until(t, 5*time.Second, fmt.Sprintf("drop event %+v", *drop), func() (bool, string) {
+			return pn.drops.find(*drop), pn.drops.String()
+		})
+	}
+}
+
+// TestPolicyServiceEgressCoexistIPv6: the IPv6 half of
+// TestPolicyServiceEgressCoexist on one node beside a primary CNI (its
+// IPv6 routes to the pods): c, in egress default deny and allowed d's
+// identity, reaches a Service of d and not one whose backend is the node
+// itself (host identity, drop event naming it); d, without egress policy,
+// reaches the node's Service, whose replies the node sends into the pod
+// and cm_to_pod translates back.
+func TestPolicyServiceEgressCoexistIPv6(t *testing.T) {
+	const port, hostPort = 7000, 7001
+	topo, nodes := policyClusterOpts(t, netnstest.Config{Nodes: 1, PodsPerNode: 2, IPv6: true}, bpf.Config{Coexist: true})
+	n, pn := topo.Nodes[0], nodes[0]
+	c, d := n.Pods[0], n.Pods[1]
+	idC, idD := podIdentity(0, 0), podIdentity(0, 1)
+	nodeIP := netip.MustParseAddr("fd00:ff::1")
+	primaryCNI(t, n, "link set lo up", "addr add "+nodeIP.String()+"/128 dev lo",
+		fmt.Sprintf("route add %s/128 dev %s", c.IP6, c.HostIf), fmt.Sprintf("route add %s/128 dev %s", d.IP6, d.HostIf))
+	for _, p := range n.Pods {
+		serve(t, p, port)
+	}
+	host := &netnstest.Pod{Name: "host-" + n.Name, NS: n.NS, IP6: nodeIP}
+	serve(t, host, hostPort)
+	svcD := netip.MustParseAddrPort("[fd00:96::23]:80")
+	svcH := netip.MustParseAddrPort("[fd00:96::24]:80")
+	batch := datapath.Batch{UpsertIPCache: []datapath.IPCacheEntry{{Prefix: netip.PrefixFrom(nodeIP, 128), Identity: hostIdentity, ClusterID: 1}}}
+	for fe, be := range map[netip.AddrPort]netip.AddrPort{svcD: netip.AddrPortFrom(d.IP6, port), svcH: netip.AddrPortFrom(nodeIP, hostPort)} {
+		for _, proto := range []ipproto.Proto{ipproto.TCP, ipproto.UDP} {
+			batch.UpsertServices = append(batch.UpsertServices, datapath.Service{Frontend: datapath.Frontend{Addr: fe, Proto: proto},
+				Backends: []datapath.Backend{{Addr: be, ClusterID: 1, Weight: 1}}})
+		}
+	}
+	apply(t, pn.node, batch)
+	pn.apply(t, datapath.PolicyBatch{
+		Upserts: []datapath.PolicyEntry{{Key: datapath.PolicyKey{Subject: idC, Egress: true, Peer: idD}, Rule: 62}},
+		Modes:   []datapath.PolicyMode{{Subject: idC, Egress: true}},
+	})
+	for _, tc := range []struct {
+		name     string
+		from     *netnstest.Pod
+		to       netip.AddrPort
+		server   string
+		want     bool
+		dropDst  netip.AddrPort
+		dropPeer uint32
+	}{
+		{name: "allowed by the backend's identity", from: c, to: svcD, server: d.Name, want: true},
+		{name: "denied by the backend's identity, the node itself", from: c, to: svcH, dropDst: netip.AddrPortFrom(nodeIP, hostPort), dropPeer: hostIdentity},
+		{name: "no egress policy: the node's replies translated back", from: d, to: svcH, server: host.Name, want: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var drop *datapath.Drop
+			if !tc.want {
+				drop = &datapath.Drop{SrcIdentity: idC, DstIdentity: tc.dropPeer, SrcCluster: 1, Src: c.IP6, Dst: tc.dropDst.Addr(),
+					DstPort: tc.dropDst.Port(), Proto: ipproto.TCP, Egress: true, Reason: datapath.DropPolicyDefault}
+			}
+			expectService(t, pn, tc.from, tc.to, tc.server, tc.want, drop)
+		})
+	}
+}
