@@ -62,7 +62,7 @@ func newPolicyCommand() *cobra.Command {
 		},
 	}
 	trace.Flags().StringVar(&src, "src", "", "source: namespace/pod of this node, an identity number, labels k=v,..., or an address (the identity the datapath gives it: a pod's, a CIDR identity or world)")
-	trace.Flags().StringVar(&dst, "dst", "", "destination, as --src")
+	trace.Flags().StringVar(&dst, "dst", "", "destination, as --src; the address of a Service frontend the agent translates (with --dport its port) is traced to each of its backends, as the datapath decides")
 	trace.Flags().StringVar(&dport, "dport", "", "destination port and protocol, e.g. 80/TCP (protocol defaults to TCP)")
 	cmd.AddCommand(get, trace)
 	return cmd

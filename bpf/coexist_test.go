@@ -18,7 +18,8 @@ import (
 // primary CNI and kube-proxy in coexistence mode, against full mode on the
 // same topology. Node n1 stands for a node of a cluster with its own CNI:
 // host routes to its pods and forwarding on (the CNI's part) and an nftables
-// DNAT for a ClusterIP Service that is not global (kube-proxy's part, 10.96.0.99),
+// DNAT for a ClusterIP Service the agent does not program (kube-proxy's part,
+// 10.96.0.99: one kube-proxy keeps, or with --coexist-services=global),
 // with named counters. n2 is a node of a remote cluster reached through
 // the tunnel.
 func TestCoexistence(t *testing.T) {
@@ -61,7 +62,7 @@ func testCoexistence(t *testing.T, coexist, wantLocalForwarded, wantKubeProxy, w
 	for _, n := range topo.Nodes {
 		primaryCNI(t, n)
 	}
-	// kube-proxy's DNAT of a Service that is not global and its drop of
+	// kube-proxy's DNAT of a Service the agent leaves it and its drop of
 	// packets conntrack finds invalid in FORWARD (kube-proxy's iptables
 	// mode adds it unless nf_conntrack_tcp_be_liberal is set: a flow whose
 	// one direction bypasses the host stack is cut by it), a DNAT of the
@@ -113,7 +114,7 @@ func testCoexistence(t *testing.T, coexist, wantLocalForwarded, wantKubeProxy, w
 			t.Errorf("host FORWARD chain saw the local flow: %v, want %v", forwarded, wantLocalForwarded)
 		}
 	})
-	t.Run("non-global service left to kube-proxy", func(t *testing.T) {
+	t.Run("service the agent does not program left to kube-proxy", func(t *testing.T) {
 		before := nftCounter(t, n1, "kube_proxy")
 		h, err := tcpRoundTrip(client, netip.AddrPortFrom(kubeProxyVIP, 80))
 		if works := err == nil && h.server == local.Name; works != wantKubeProxy {
@@ -167,9 +168,15 @@ var nftPackets = regexp.MustCompile(`packets (\d+)`)
 // nftCounter reads the packets of the named counter of table ip cmt on n.
 func nftCounter(t *testing.T, n *netnstest.Node, name string) uint64 {
 	t.Helper()
-	out, err := n.NS.Exec("nft", "list", "counter", "ip", "cmt", name)
+	return nftCounterIn(t, n, "cmt", name)
+}
+
+// nftCounterIn reads the packets of the named counter of table ip table on n.
+func nftCounterIn(t *testing.T, n *netnstest.Node, table, name string) uint64 {
+	t.Helper()
+	out, err := n.NS.Exec("nft", "list", "counter", "ip", table, name)
 	if err != nil {
-		t.Fatalf("nft list counter %s on %s: %v: %s", name, n.Name, err, out)
+		t.Fatalf("nft list counter %s %s on %s: %v: %s", table, name, n.Name, err, out)
 	}
 	m := nftPackets.FindSubmatch(out)
 	if m == nil {

@@ -346,6 +346,11 @@ func chartCases(t *testing.T) []chartCase {
 				t.Errorf("agent args %v lack --cluster-cidrs", got)
 			}
 		}},
+		{name: "coexist-services-global", values: with("agent.coexistServices", "global"), check: func(t *testing.T, o objects) {
+			if got := args(t, o.get(t, "DaemonSet/clustermesh-agent")); !slices.Contains(got, "--coexist-services=global") {
+				t.Errorf("agent args %v lack --coexist-services=global", got)
+			}
+		}},
 		{name: "memory-datapath-no-metrics", values: with("agent.datapath", "memory", "apiserver.metricsPort", 0, "tls.serverSANs", []any{"192.0.2.10", "mesh.example.com"}), check: func(t *testing.T, o objects) {
 			if _, ok := o["Service/clustermesh-apiserver-metrics"]; ok {
 				t.Error("metrics service rendered with metricsPort 0")

@@ -16,6 +16,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/clustermesh/clustermesh/e2e/harness"
 )
@@ -24,8 +26,10 @@ import (
 // coexistence mode (the chart's default), on nodes whose routes to their
 // pods and forwarding stand for the primary CNI: pods reach each other
 // across the clusters, a global service is answered from both clusters, a
-// Service that is not global is not programmed by the agent and keeps
-// working through an nftables DNAT standing for kube-proxy, and
+// Service that is not global is translated by the agent before an nftables
+// DNAT standing for kube-proxy sees it, one kube-proxy keeps
+// (sessionAffinity ClientIP) is withdrawn by the agent and works through
+// that DNAT, and
 // `clustermesh disable` leaves the stopped agent's node without tunnel
 // device, pins or programs.
 func TestCoexistenceAndDisable(t *testing.T) {
@@ -105,34 +109,81 @@ func TestCoexistenceAndDisable(t *testing.T) {
 		}
 	})
 
-	t.Run("non-global service left to kube-proxy", func(t *testing.T) {
-		bs, err := node1.Backends(ctx, harness.PodNamespace, "plain")
-		if err != nil || len(bs) != 0 {
-			t.Fatalf("the agent programs Service plain (not global): %v %v", bs, err)
+	// kube-proxy's part: a DNAT of each Service that is not global, with
+	// a counter each.
+	keptVIP, err := c1.CreateService(ctx, "kept", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules := [][]string{
+		{"add", "table", "ip", "cme"},
+		{"add", "chain", "ip", "cme", "cmpre", "{ type nat hook prerouting priority -100 ; }"},
+	}
+	for name, vip := range map[string]string{"plain": plainVIP, "kept": keptVIP} {
+		rules = append(rules, []string{"add", "counter", "ip", "cme", name},
+			[]string{"add", "rule", "ip", "cme", "cmpre", "ip", "daddr", vip, "tcp", "dport", strconv.Itoa(harness.ServiceHTTPPort),
+				"counter", "name", name, "dnat", "to", p1.HTTPAddr()})
+	}
+	for _, r := range rules {
+		if out, err := node1.NS.Exec("nft", r...); err != nil {
+			t.Fatalf("nft %v: %v: %s", r, err, out)
 		}
-		rules := [][]string{
-			{"add", "table", "ip", "cme"},
-			{"add", "counter", "ip", "cme", "kube_proxy"},
-			{"add", "chain", "ip", "cme", "cmpre", "{ type nat hook prerouting priority -100 ; }"},
-			{"add", "rule", "ip", "cme", "cmpre", "ip", "daddr", plainVIP, "tcp", "dport", strconv.Itoa(harness.ServiceHTTPPort),
-				"counter", "name", "kube_proxy", "dnat", "to", p1.HTTPAddr()},
-		}
-		for _, r := range rules {
-			if out, err := node1.NS.Exec("nft", r...); err != nil {
-				t.Fatalf("nft %v: %v: %s", r, err, out)
-			}
-		}
-		s, err := client.HTTP(plainVIP+":"+strconv.Itoa(harness.ServiceHTTPPort), 5*time.Second)
-		if err != nil || s.Pod != p1.Name {
-			t.Fatalf("HTTP to %s through kube-proxy's DNAT: %+v %v", plainVIP, s, err)
-		}
-		out, err := node1.NS.Exec("nft", "list", "counter", "ip", "cme", "kube_proxy")
+	}
+	kubeProxy := func(t *testing.T, name string) string {
+		t.Helper()
+		out, err := node1.NS.Exec("nft", "list", "counter", "ip", "cme", name)
 		if err != nil {
 			t.Fatal(err)
 		}
 		packets := regexp.MustCompile(`packets (\d+)`).FindSubmatch(out)
-		if packets == nil || string(packets[1]) == "0" {
-			t.Errorf("kube-proxy's DNAT saw no packet: %s", out)
+		if packets == nil {
+			t.Fatalf("no packet count in %s", out)
+		}
+		return string(packets[1])
+	}
+
+	t.Run("non-global service translated by the agent before kube-proxy", func(t *testing.T) {
+		if err := node1.WaitBackends(ctx, harness.PodNamespace, "plain", 1, 1, 60*time.Second); err != nil {
+			t.Fatalf("the agent does not program Service plain (not global): %v", err)
+		}
+		s, err := client.HTTP(plainVIP+":"+strconv.Itoa(harness.ServiceHTTPPort), 5*time.Second)
+		if err != nil || s.Pod != p1.Name {
+			t.Fatalf("HTTP to %s: %+v %v", plainVIP, s, err)
+		}
+		if n := kubeProxy(t, "plain"); n != "0" {
+			t.Errorf("kube-proxy's DNAT of %s saw %s packets: the agent did not translate first", plainVIP, n)
+		}
+	})
+
+	t.Run("service kube-proxy keeps left to it", func(t *testing.T) {
+		if err := node1.WaitBackends(ctx, harness.PodNamespace, "kept", 1, 1, 60*time.Second); err != nil {
+			t.Fatalf("the agent does not program Service kept before its sessionAffinity: %v", err)
+		}
+		svcs := c1.CP.Client.CoreV1().Services(harness.PodNamespace)
+		svc, err := svcs.Get(ctx, "kept", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		svc.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
+		if _, err := svcs.Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		err = eventually(30*time.Second, func() error {
+			bs, err := node1.Backends(ctx, harness.PodNamespace, "kept")
+			if err == nil && len(bs) != 0 {
+				err = fmt.Errorf("still programmed: %v", bs)
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatalf("the agent keeps Service kept with sessionAffinity ClientIP: %v", err)
+		}
+		s, err := client.HTTP(keptVIP+":"+strconv.Itoa(harness.ServiceHTTPPort), 5*time.Second)
+		if err != nil || s.Pod != p1.Name {
+			t.Fatalf("HTTP to %s through kube-proxy's DNAT: %+v %v", keptVIP, s, err)
+		}
+		if n := kubeProxy(t, "kept"); n == "0" {
+			t.Errorf("kube-proxy's DNAT of %s saw no packet", keptVIP)
 		}
 	})
 

@@ -3,11 +3,16 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -199,5 +204,105 @@ func installWorldStep(ctx context.Context, t *testing.T, dc *netns.NS, c2 *kuben
 	expectVerdict(t, "fromEntities world: the datacenter → c2/echo-a", true, outside)
 	if err := harness.DeletePolicy(ctx, c2.CP.REST, c2.Name, u); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// installServiceEgress are the egress policies of c2's echo-b in step 11c:
+// to echo-a by its labels, then to the world entity only.
+var installServiceEgress = []struct {
+	name, manifest string
+	allowed        bool
+	want           string // in the backend's egress verdict
+}{
+	{"toEndpoints echo-a", `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: echo-b-to-echo-a, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {pod: echo-b}}
+  egress:
+    - toEndpoints:
+        - matchLabels: {pod: echo-a}
+`, true, "cnp/default/echo-b-to-echo-a egress[0]"},
+	{"toEntities world", `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: echo-b-to-world, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {pod: echo-b}}
+  egress:
+    - toEntities: [world]
+`, false, "default deny"},
+}
+
+// installServiceEgressStep is step 11c of TestInstallOnKubelets: beside
+// kube-proxy, a pod's egress to a ClusterIP Service that is not global is
+// decided against the backend's identity. c2's echo-b reaches a Service of
+// c2's echo-a through its ClusterIP without a policy, with a policy
+// allowing toEndpoints echo-a, and not with one allowing only world (which
+// let it through while kube-proxy translated the address after the pod's
+// program had decided it as world); the denial is counted at c2's agent
+// and `policy trace` to the ClusterIP names echo-a's identity and the rule.
+func installServiceEgressStep(ctx context.Context, t *testing.T, c2 *kubenode.Cluster, backend *corev1.Pod) {
+	t.Helper()
+	ip := createServiceFor(t, ctx, c2, "echo-a-only", nil, map[string]string{"pod": "echo-a"})
+	addr := net.JoinHostPort(ip, "80")
+	client := podNS(t, c2, "echo-b")
+	reach := func() (string, error) {
+		got, err := httpGetErr(client, addr)
+		if err == nil && got != "c2 echo-a" {
+			return got, errWrongServer
+		}
+		return got, err
+	}
+	agent := agentCLI{node: c2.Nodes[0], pod: waitAppReady(t, ctx, c2, "clustermesh-agent")}
+	backendID, err := ownPodIdentity(ctx, filepath.Join(c2.Nodes[0].AgentState, "agent.sock"), "default/"+backend.Name, uint32(c2.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectVerdict(t, "no policy: c2/echo-b → ClusterIP of echo-a", true, reach)
+	for _, pol := range installServiceEgress {
+		u, err := harness.ApplyPolicy(ctx, c2.CP.REST, c2.Name, pol.manifest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name := pol.name + ": c2/echo-b → ClusterIP " + ip + " of echo-a"
+		expectVerdict(t, name, pol.allowed, reach)
+		if !pol.allowed {
+			expectCountedIn(t, name, "egress", c2.Name, reach, agent.status)
+		}
+		var tr harness.Trace
+		err = eventually(30*time.Second, func() error {
+			out, err := agent.run("policy", "trace", "--src=default/echo-b", "--dst="+ip, "--dport=80/TCP")
+			if err != nil {
+				return fmt.Errorf("%w: %s", err, out)
+			}
+			tr = harness.Trace{}
+			if err := json.Unmarshal(out, &tr); err != nil {
+				return err
+			}
+			if tr.Service != "default/echo-a-only" || len(tr.Backends) != 1 || tr.Allowed != pol.allowed {
+				return fmt.Errorf("trace %+v: want service default/echo-a-only, one backend, allowed %v", tr, pol.allowed)
+			}
+			b := tr.Backends[0]
+			if b.Identity != backendID || b.Address != net.JoinHostPort(backend.Status.PodIP, strconv.Itoa(harness.HTTPPort)) ||
+				!strings.Contains(b.Egress.Rule+" "+b.Egress.Reason, pol.want) {
+				return fmt.Errorf("backend %+v: want %s:%d, identity %d, egress by %q", b, backend.Status.PodIP, harness.HTTPPort, backendID, pol.want)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+		} else {
+			b := tr.Backends[0]
+			t.Logf("%s: trace names the backend %s (identity %d), egress: %s", name, b.Address, b.Identity, cmp.Or(b.Egress.Rule, b.Egress.Reason))
+		}
+		if err := harness.DeletePolicy(ctx, c2.CP.REST, c2.Name, u); err != nil {
+			t.Fatal(err)
+		}
+		if t.Failed() {
+			out, _ := agent.run("policy", "get", "default/echo-b")
+			t.Fatalf("service egress on kubelets failed; c2's agent resolves default/echo-b as:\n%s", out)
+		}
 	}
 }

@@ -229,7 +229,7 @@ func TestInstallOnKubelets(t *testing.T) {
 	t.Logf("step 9: global service %s answered from c1 and c2", gIP)
 
 	expectServedBy(t, client, localIP, 20, map[string]bool{"c1": true})
-	t.Logf("step 10: non-global ClusterIP %s still served from c1 only, through kube-proxy", localIP)
+	t.Logf("step 10: non-global ClusterIP %s still served from c1 only (translated for pods by the agent beside kube-proxy)", localIP)
 
 	stepStart := time.Now()
 	installPolicyStep(ctx, t, c1, c2, pods["c2/echo-a"])
@@ -238,6 +238,10 @@ func TestInstallOnKubelets(t *testing.T) {
 	stepStart = time.Now()
 	installWorldStep(ctx, t, env.DC, c2, pods["c2/echo-a"])
 	t.Logf("step 11b: with agent.clusterCIDRs, an address outside the cluster is denied to c2's echo-a in ingress default deny, counted, and let in by fromEntities world (step %s)",
+		time.Since(stepStart).Round(100*time.Millisecond))
+	stepStart = time.Now()
+	installServiceEgressStep(ctx, t, c2, pods["c2/echo-a"])
+	t.Logf("step 11c: c2's echo-b in egress default deny reaches a non-global ClusterIP of echo-a allowed toEndpoints echo-a, is denied and counted with only world allowed, traced to the backend (step %s)",
 		time.Since(stepStart).Round(100*time.Millisecond))
 
 	for _, c := range env.Clusters {
@@ -439,10 +443,17 @@ func httpGet(t *testing.T, ns *netns.NS, addr string) string {
 
 func createService(t *testing.T, ctx context.Context, c *kubenode.Cluster, name string, annotations map[string]string) string {
 	t.Helper()
+	return createServiceFor(t, ctx, c, name, annotations, map[string]string{"app": "echo"})
+}
+
+// createServiceFor creates a ClusterIP Service of the pods selector selects
+// (port 80 to their HTTP port) and returns its ClusterIP.
+func createServiceFor(t *testing.T, ctx context.Context, c *kubenode.Cluster, name string, annotations, selector map[string]string) string {
+	t.Helper()
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", Annotations: annotations},
 		Spec: corev1.ServiceSpec{
-			Selector: map[string]string{"app": "echo"},
+			Selector: selector,
 			Ports:    []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(harness.HTTPPort), Protocol: corev1.ProtocolTCP}},
 		},
 	}

@@ -147,9 +147,16 @@ func expectCountedDenial(ctx context.Context, t *testing.T, from, to *harness.Po
 // ingress default-deny drop from the cluster src.
 func expectCounted(t *testing.T, name, src string, attempt func() (string, error), status func() (harness.AgentStatus, error)) {
 	t.Helper()
+	expectCountedIn(t, name, "ingress", src, attempt, status)
+}
+
+// expectCountedIn is expectCounted for drops in direction ("ingress", or
+// "egress" at the client's node).
+func expectCountedIn(t *testing.T, name, direction, src string, attempt func() (string, error), status func() (harness.AgentStatus, error)) {
+	t.Helper()
 	drops := func() (uint64, error) {
 		st, err := status()
-		return st.Policy.DropCount(policyDefaultDeny, "ingress", src), err
+		return st.Policy.DropCount(policyDefaultDeny, direction, src), err
 	}
 	before, err := drops()
 	if err != nil {
@@ -163,7 +170,7 @@ func expectCounted(t *testing.T, name, src string, attempt func() (string, error
 	err = eventually(10*time.Second, func() error {
 		var err error
 		if after, err = drops(); err == nil && after <= before {
-			err = fmt.Errorf("ingress drops from %s: %d, not more than before the attempt", src, after)
+			err = fmt.Errorf("%s drops from %s: %d, not more than before the attempt", direction, src, after)
 		}
 		return err
 	})
@@ -171,7 +178,7 @@ func expectCounted(t *testing.T, name, src string, attempt func() (string, error
 		t.Errorf("%s: %v", name, err)
 		return
 	}
-	t.Logf("%s denied and counted: ingress %s drops from %s %d → %d", name, policyDefaultDeny, src, before, after)
+	t.Logf("%s denied and counted: %s %s drops from %s %d → %d", name, direction, policyDefaultDeny, src, before, after)
 }
 
 // policyDefaultDeny is what the agents count drops no deny rule decided as

@@ -518,7 +518,11 @@ static __always_inline int forwarded_peer(struct __sk_buff *skb, const struct ip
  * set) from an address of a CIDR identity (outside the cluster, in a prefix
  * a policy names), of world or remote-node, or beside a primary CNI of a
  * pod (forwarded_peer), is decided by the pod's ingress
- * policy; any other is the host's path and never dropped. */
+ * policy; any other is the host's path and never dropped. Then the reply of
+ * a service flow cm_from_pod translated and handed to the host (beside a
+ * primary CNI, a backend the CNI routes: another node of the own cluster,
+ * an address outside the pod network) is reverse-NATed here, as
+ * deliver_local does for the replies it delivers. */
 static __always_inline int to_pod4(struct __sk_buff *skb)
 {
 	struct ipcache_value *ipc;
@@ -533,11 +537,13 @@ static __always_inline int to_pod4(struct __sk_buff *skb)
 		fib.ipv4_dst = p.flow.saddr;
 		if (forwarded_peer(skb, ipc, &fib, &c)) {
 			c.subject = endpoint_identity(bpf_map_lookup_elem(&cm_ipcache, &(struct lpm4_key){ 32, p.flow.daddr }));
-			return pol_check4(skb, &p, &c) ? CM_DROP : CM_NEXT;
+			if (pol_check4(skb, &p, &c))
+				return CM_DROP;
+			return revnat4(skb, &p) ? CM_DROP : CM_NEXT;
 		}
 	}
 	pol_track4(skb, &p);
-	return CM_NEXT;
+	return revnat4(skb, &p) ? CM_DROP : CM_NEXT;
 }
 
 /* Packets the host stack routed into the tunnel device (coexistence mode)

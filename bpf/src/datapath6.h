@@ -185,11 +185,27 @@ static __always_inline int lb6(struct __sk_buff *skb, struct pkt6 *p)
 	return rewrite6(skb, p, 0, &ip, be->port);
 }
 
+/* revnat6 is revnat4 for IPv6: the reply of a service flow gets its
+ * frontend back as source. */
+static __always_inline int revnat6(struct __sk_buff *skb, struct pkt6 *p)
+{
+	struct revnat6_value *rn;
+	struct in6 vip;
+
+	if (!p->has_ports)
+		return 0;
+	rn = bpf_map_lookup_elem(&cm_revnat6, &p->flow);
+	if (!rn)
+		return 0;
+	vip = rn->vip;
+	p->natted = 1;
+	return rewrite6(skb, p, 1, &vip, rn->vport);
+}
+
 static __always_inline int deliver_local6(struct __sk_buff *skb, struct pkt6 *p, __u32 src_id,
 					  __u32 src_cluster)
 {
 	struct endpoint_value *ep;
-	struct revnat6_value *rn;
 	struct ipcache_value *dst;
 	struct pol_ctx c = { .peer = src_id, .src_cluster = src_cluster };
 	struct lpm6_key key = { .prefixlen = 128, .addr = p->flow.daddr };
@@ -203,16 +219,8 @@ static __always_inline int deliver_local6(struct __sk_buff *skb, struct pkt6 *p,
 	c.subject = endpoint_identity(dst);
 	if (pol_check6(skb, p, &c))
 		return CM_DROP;
-	if (p->has_ports) {
-		rn = bpf_map_lookup_elem(&cm_revnat6, &p->flow);
-		if (rn) {
-			struct in6 vip = rn->vip;
-
-			if (rewrite6(skb, p, 1, &vip, rn->vport))
-				return CM_DROP;
-			p->natted = 1;
-		}
-	}
+	if (revnat6(skb, p))
+		return CM_DROP;
 	to_host(skb);
 	if (!p->natted && coexist())
 		return CM_STACK;
@@ -311,11 +319,13 @@ static __always_inline int to_pod6(struct __sk_buff *skb)
 		if (forwarded_peer(skb, ipc, &fib, &c)) {
 			key.addr = p.flow.daddr;
 			c.subject = endpoint_identity(bpf_map_lookup_elem(&cm_ipcache6, &key));
-			return pol_check6(skb, &p, &c) ? CM_DROP : CM_NEXT;
+			if (pol_check6(skb, &p, &c))
+				return CM_DROP;
+			return revnat6(skb, &p) ? CM_DROP : CM_NEXT;
 		}
 	}
 	pol_track6(skb, &p);
-	return CM_NEXT;
+	return revnat6(skb, &p) ? CM_DROP : CM_NEXT;
 }
 
 static __always_inline int to_tunnel6(struct __sk_buff *skb)

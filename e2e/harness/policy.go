@@ -197,6 +197,19 @@ type Trace struct {
 	DstIdentity uint32       `json:"dstIdentity"`
 	Egress      TraceVerdict `json:"egress"`
 	Ingress     TraceVerdict `json:"ingress"`
+	// Service is set when dst is a Service frontend the agent translates:
+	// the flow is traced to each of its Backends.
+	Service  string         `json:"service"`
+	Backends []TraceBackend `json:"backends"`
+}
+
+// TraceBackend is the trace to one backend of a Service.
+type TraceBackend struct {
+	Address  string       `json:"address"`
+	Identity uint32       `json:"identity"`
+	Allowed  bool         `json:"allowed"`
+	Egress   TraceVerdict `json:"egress"`
+	Ingress  TraceVerdict `json:"ingress"`
 }
 
 // TraceVerdict is one side of a Trace.

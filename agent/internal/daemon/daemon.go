@@ -55,10 +55,16 @@ type Config struct {
 	// Mode is ModeCoexist (beside a primary CNI and kube-proxy: only the
 	// mesh's traffic) or ModeFull (the agent forwards all pod traffic and
 	// load-balances every ClusterIP Service).
-	Mode           string
-	StateDir       string
-	StatusSocket   string
-	MetricsAddress string
+	Mode string
+	// CoexistServices is, beside kube-proxy, which Services the agent
+	// translates for its pods: CoexistServicesAll (every Service with a
+	// ClusterIP but those kube-proxy keeps, so a pod's egress to one is
+	// decided against its backend) or CoexistServicesGlobal (global ones
+	// only, the rest decided against world).
+	CoexistServices string
+	StateDir        string
+	StatusSocket    string
+	MetricsAddress  string
 	// PprofAddress serves net/http/pprof ("": off, the default).
 	PprofAddress string
 	// StatusNamespace holds the agent's status ConfigMap ("" disables it).
@@ -88,6 +94,12 @@ const (
 	ModeFull    = "full"
 )
 
+// The values of --coexist-services.
+const (
+	CoexistServicesAll    = "all"
+	CoexistServicesGlobal = "global"
+)
+
 // DefaultStatusSocket is where the agent serves its status API.
 const DefaultStatusSocket = "/var/run/clustermesh/agent.sock"
 
@@ -97,6 +109,7 @@ func DefaultConfig() Config {
 		MaxConnectedClusters: wire.DefaultMaxConnectedClusters,
 		Datapath:             "bpf",
 		Mode:                 ModeCoexist,
+		CoexistServices:      CoexistServicesAll,
 		Tunnel:               bpf.DefaultTunnelConfig(),
 		StateDir:             "/var/lib/clustermesh",
 		StatusSocket:         DefaultStatusSocket,
@@ -116,7 +129,8 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&c.MaxConnectedClusters, "max-connected-clusters", c.MaxConnectedClusters, "255 or 511; must match every remote cluster")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig of the own cluster (empty: in-cluster config)")
 	fs.StringVar(&c.Datapath, "datapath", c.Datapath, "datapath implementation: bpf or memory")
-	fs.StringVar(&c.Mode, "mode", c.Mode, "coexist: beside a primary CNI and kube-proxy, handle only traffic to remote pod CIDRs and global services and hand the rest to the host stack; full: forward all pod traffic and load-balance every ClusterIP Service")
+	fs.StringVar(&c.Mode, "mode", c.Mode, "coexist: beside a primary CNI and kube-proxy, handle only traffic to remote pod CIDRs and pods' traffic to ClusterIP Services (--coexist-services) and hand the rest to the host stack; full: forward all pod traffic and load-balance every ClusterIP Service")
+	fs.StringVar(&c.CoexistServices, "coexist-services", c.CoexistServices, "coexist mode: the ClusterIP Services the agent translates for its pods: all (every one kube-proxy does not keep: sessionAffinity ClientIP, internalTrafficPolicy Local, another service proxy; a pod's egress to a Service is decided against its backend) or global (global Services only; egress to the others is decided against world)")
 	fs.StringVar(&c.OwnerDaemonSet, "owner-daemonset", c.OwnerDaemonSet, "the agent's DaemonSet in --status-namespace: stopping while it is deleted (uninstall) cleans the node up (empty: never)")
 	fs.StringVar(&c.StateDir, "state-dir", c.StateDir, "directory for the agent's persistent state")
 	fs.StringVar(&c.StatusSocket, "status-socket", c.StatusSocket, "unix socket of the status API")
@@ -151,6 +165,9 @@ func (c *Config) Validate() error {
 	if c.Mode != ModeCoexist && c.Mode != ModeFull {
 		return fmt.Errorf("%w: --mode %q (want %s or %s)", ErrConfig, c.Mode, ModeCoexist, ModeFull)
 	}
+	if c.CoexistServices != CoexistServicesAll && c.CoexistServices != CoexistServicesGlobal {
+		return fmt.Errorf("%w: --coexist-services %q (want %s or %s)", ErrConfig, c.CoexistServices, CoexistServicesAll, CoexistServicesGlobal)
+	}
 	if len(c.Sync.ClusterCIDRs) > 0 && c.Mode != ModeCoexist {
 		return fmt.Errorf("%w: --cluster-cidrs applies to --mode=%s (in %s mode every source without a pod identity is world)", ErrConfig, ModeCoexist, c.Mode)
 	}
@@ -161,6 +178,16 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: --clustermesh-config is required", ErrConfig)
 	}
 	return nil
+}
+
+// mergeConfig is the service merger's configuration for the mode: beside
+// kube-proxy it leaves to it the Services it keeps (and, with
+// --coexist-services=global, every Service that is not global).
+func (c *Config) mergeConfig() servicemerge.Config {
+	m := c.Merge
+	m.Proxy = c.Mode == ModeCoexist
+	m.GlobalOnly = m.Proxy && c.CoexistServices == CoexistServicesGlobal
+	return m
 }
 
 // Run runs the agent until ctx is done or a component fails.
@@ -176,7 +203,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 
 	clk := clock.RealClock{}
 	cfg.Sync.ClusterID, cfg.Merge.ClusterID = cfg.ClusterID, cfg.ClusterID
-	cfg.Merge.GlobalOnly = cfg.Mode == ModeCoexist
+	cfg.Merge = cfg.mergeConfig()
 	rec := dpsync.New(cfg.Sync, w, log.With("component", "dpsync"), clk)
 	var restored datapath.State
 	if st, err := rec.Restore(); err != nil {

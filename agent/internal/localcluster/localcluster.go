@@ -357,7 +357,7 @@ func (w *Watcher) localService(svc *corev1.Service) (servicemerge.LocalService, 
 		w.warns.Inc()
 		w.log.Warn("invalid service annotation", "service", svc.Namespace+"/"+svc.Name, "error", err)
 	}
-	ls := servicemerge.LocalService{Annotations: ann}
+	ls := servicemerge.LocalService{Annotations: ann, ProxyOnly: proxyOnly(svc)}
 	ips := svc.Spec.ClusterIPs
 	if len(ips) == 0 && svc.Spec.ClusterIP != "" {
 		ips = []string{svc.Spec.ClusterIP}

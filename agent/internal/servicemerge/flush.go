@@ -54,9 +54,18 @@ func (m *Merger) Flush() {
 	}
 }
 
-// programmed reports whether s has frontends at all.
+// programmed reports whether s has frontends at all: a local Service that
+// is global, or that kube-proxy does not keep (Config.Proxy, GlobalOnly).
 func (m *Merger) programmed(s *service) bool {
-	return s.local != nil && (!m.cfg.GlobalOnly || s.local.Global)
+	switch {
+	case s.local == nil:
+		return false
+	case s.local.Global:
+		return true
+	case m.cfg.GlobalOnly:
+		return false
+	}
+	return !m.cfg.Proxy || s.local.ProxyOnly == ""
 }
 
 // reweigh applies the affinity and failover rule to every port of s and
@@ -281,6 +290,36 @@ func (m *Merger) failbackTarget(ps *portState) int {
 	return max(1, min(t, len(ps.all)))
 }
 
+// Kept is a local Service not emitted because kube-proxy keeps it, and why
+// (LocalService.ProxyOnly).
+type Kept struct {
+	Name   Name
+	Reason string
+}
+
+// ProxyOnly returns the Services kube-proxy keeps beside the agent
+// (Config.Proxy without GlobalOnly), sorted by name. It costs O(services):
+// it is for status requests.
+func (m *Merger) ProxyOnly() []Kept {
+	if !m.cfg.Proxy || m.cfg.GlobalOnly {
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []Kept
+	for n, s := range m.svcs {
+		if s.local != nil && !s.local.Global && s.local.ProxyOnly != "" {
+			out = append(out, Kept{n, s.local.ProxyOnly})
+		}
+	}
+	slices.SortFunc(out, func(a, b Kept) int { return cmpName(a.Name, b.Name) })
+	return out
+}
+
+func cmpName(a, b Name) int {
+	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+}
+
 // Snapshot returns every programmed service, sorted by name: the frontends
 // last flushed, recomputed from the current backends with the weights of
 // the last flush (a change not flushed yet may show). It costs
@@ -302,8 +341,6 @@ func (m *Merger) Snapshot() []Snapshot {
 		}
 		out = append(out, Snapshot{Name: n, Services: svcs})
 	}
-	slices.SortFunc(out, func(a, b Snapshot) int {
-		return cmp.Or(cmp.Compare(a.Name.Namespace, b.Name.Namespace), cmp.Compare(a.Name.Name, b.Name.Name))
-	})
+	slices.SortFunc(out, func(a, b Snapshot) int { return cmpName(a.Name, b.Name) })
 	return out
 }

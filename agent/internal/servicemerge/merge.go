@@ -36,6 +36,12 @@ type LocalService struct {
 	ClusterIPs []netip.Addr
 	Ports      []ServicePort
 	Annotations
+	// ProxyOnly, when not empty, says why beside kube-proxy (Config.Proxy)
+	// a Service that is not global stays the node's service proxy's: a
+	// behaviour of kube-proxy the datapath does not have (sessionAffinity
+	// ClientIP, internalTrafficPolicy Local) or a Service that names
+	// another proxy (service.kubernetes.io/service-proxy-name).
+	ProxyOnly string
 }
 
 // Endpoint is one address of an EndpointSlice. Usable is true when the
@@ -79,8 +85,15 @@ type Config struct {
 	// that must be ready again before an affinity=local frontend drops its
 	// remote backends (see the package doc). 0 < share ≤ 1.
 	FailbackShare float64
-	// GlobalOnly emits only global services (the agent's coexistence mode:
-	// kube-proxy keeps serving the others).
+	// Proxy is set beside kube-proxy (the agent's coexistence mode): a
+	// Service that is not global and has a ProxyOnly reason is not emitted,
+	// kube-proxy keeps serving it. Every other Service with a ClusterIP is
+	// emitted, so that a pod's traffic to it is translated (and its egress
+	// decided against the backend) before kube-proxy would see it.
+	Proxy bool
+	// GlobalOnly emits only global services (beside kube-proxy with
+	// --coexist-services=global: kube-proxy keeps serving the others, and a
+	// pod's egress to them is decided against world).
 	GlobalOnly bool
 }
 

@@ -122,32 +122,73 @@ func TestAffinitySharedMatrix(t *testing.T) {
 	}
 }
 
-// TestGlobalOnly checks the coexistence mode: a Service that is not global
-// is left to kube-proxy (never emitted), and one that stops being global is
-// withdrawn.
-func TestGlobalOnly(t *testing.T) {
+// TestBesideKubeProxy checks what is emitted in coexistence mode (Proxy)
+// against full mode: beside kube-proxy every Service with a ClusterIP is
+// emitted unless it is not global and kube-proxy keeps it (ProxyOnly), or
+// only global ones with GlobalOnly; a Service that changes is withdrawn or
+// emitted at the next flush.
+func TestBesideKubeProxy(t *testing.T) {
+	type step struct {
+		global    bool
+		proxyOnly string
+	}
+	var (
+		plain    = step{}
+		affinity = step{proxyOnly: "sessionAffinity ClientIP"}
+		global   = step{global: true}
+		globalCA = step{global: true, proxyOnly: "sessionAffinity ClientIP"}
+	)
+	const (
+		coexist       = "coexist"
+		coexistGlobal = "coexist, global only"
+		full          = "full"
+	)
+	configs := map[string]Config{
+		coexist:       {ClusterID: 1, FailbackShare: 0.5, Proxy: true},
+		coexistGlobal: {ClusterID: 1, FailbackShare: 0.5, Proxy: true, GlobalOnly: true},
+		full:          {ClusterID: 1, FailbackShare: 0.5},
+	}
 	tests := []struct {
-		name  string
-		steps []bool // global annotation over time
-		want  string
+		name   string
+		config string
+		steps  []step // the Service over time
+		want   string
 	}{
-		{"not global", []bool{false}, "absent"},
-		{"global", []bool{true}, "1:1x2 2:1x3"},
-		{"global then not", []bool{true, false}, "absent"},
-		{"not global then global", []bool{false, true}, "1:1x2 2:1x3"},
+		{"not global", coexist, []step{plain}, "1:1x2"},
+		{"not global, kept by kube-proxy", coexist, []step{affinity}, "absent"},
+		{"global, kube-proxy's reason ignored", coexist, []step{globalCA}, "1:1x2 2:1x3"},
+		{"not global, then kept by kube-proxy", coexist, []step{plain, affinity}, "absent"},
+		{"kept by kube-proxy, then not", coexist, []step{affinity, plain}, "1:1x2"},
+		{"global then not: local backends only", coexist, []step{global, plain}, "1:1x2"},
+		{"global only: not global", coexistGlobal, []step{plain}, "absent"},
+		{"global only: global", coexistGlobal, []step{global}, "1:1x2 2:1x3"},
+		{"global only: global then not", coexistGlobal, []step{global, plain}, "absent"},
+		{"global only: not global then global", coexistGlobal, []step{plain, global}, "1:1x2 2:1x3"},
+		{"full: no kube-proxy to keep it", full, []step{affinity}, "1:1x2"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := sink{}
-			m := New(Config{ClusterID: 1, FailbackShare: 0.5, GlobalOnly: true}, s)
+			m := New(configs[tt.config], s)
 			m.SetEndpointSlice(web, "a", slice(2, 0, "10.1.0"))
 			m.SetRemote(web, "c2", remote(2, true, 3))
-			for _, g := range tt.steps {
-				m.SetLocalService(web, localSvc(Annotations{Global: g, Shared: true}))
+			for _, st := range tt.steps {
+				ls := localSvc(Annotations{Global: st.global, Shared: true})
+				ls.ProxyOnly = st.proxyOnly
+				m.SetLocalService(web, ls)
 				m.Flush()
 			}
 			if got := summary(s, fe); got != tt.want {
 				t.Fatalf("got %s, want %s", got, tt.want)
+			}
+			if n := len(m.Snapshot()); n != min(len(s), 1) {
+				t.Errorf("snapshot holds %d services, the sink %d frontends", n, len(s))
+			}
+			kept := m.ProxyOnly()
+			last := tt.steps[len(tt.steps)-1]
+			wantKept := tt.config == coexist && !last.global && last.proxyOnly != ""
+			if wantKept != (len(kept) == 1) || wantKept && (kept[0].Name != web || kept[0].Reason != last.proxyOnly) {
+				t.Errorf("ProxyOnly = %+v, want kept %v", kept, wantKept)
 			}
 		})
 	}

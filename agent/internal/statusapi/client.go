@@ -95,6 +95,9 @@ func PrintTable(w io.Writer, resp *agentv1.GetStatusResponse) error {
 		}
 		fmt.Fprintf(tw, "%s/%s\t%s/%s\t%s\n", s.GetNamespace(), s.GetName(), s.GetFrontend(), s.GetProtocol(), strings.Join(bs, " "))
 	}
+	for _, s := range resp.GetProxyOnlyServices() {
+		fmt.Fprintf(tw, "%s/%s\tkube-proxy's\t%s (egress decided against the address)\n", s.GetNamespace(), s.GetName(), s.GetReason())
+	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}

@@ -165,13 +165,16 @@ func (s *Server) TracePolicy(_ context.Context, req *agentv1.TracePolicyRequest)
 	if err != nil {
 		return nil, err
 	}
-	dst, err := one("destination", req.GetDst())
-	if err != nil {
-		return nil, err
-	}
 	proto, ok := rules.ParseProtocol(req.GetProtocol(), ipproto.TCP)
 	if !ok || req.GetDport() > 65535 {
 		return nil, status.Errorf(codes.InvalidArgument, "bad port or protocol %d/%s", req.GetDport(), req.GetProtocol())
+	}
+	if name, svc, ok := s.frontend(req.GetDst(), uint16(req.GetDport()), proto); ok {
+		return s.traceService(src, name, svc)
+	}
+	dst, err := one("destination", req.GetDst())
+	if err != nil {
+		return nil, err
 	}
 	r := s.policy.Trace(policy.Flow{Src: src, Dst: dst, Port: uint16(req.GetDport()), Proto: proto})
 	return &agentv1.TracePolicyResponse{Allowed: r.Allowed, SrcIdentity: uint32(src), DstIdentity: uint32(dst),
@@ -252,25 +255,30 @@ func PrintTrace(w io.Writer, r *agentv1.TracePolicyResponse, asJSON bool) error 
 	if asJSON {
 		return printProto(w, r)
 	}
-	result := "DENIED"
-	if r.GetAllowed() {
-		result = "ALLOWED"
+	if r.GetService() != "" {
+		printServiceTrace(w, r)
+		return nil
 	}
-	fmt.Fprintf(w, "%s: identity %d -> identity %d\n", result, r.GetSrcIdentity(), r.GetDstIdentity())
+	fmt.Fprintf(w, "%s: identity %d -> identity %d\n", allowedWord(r.GetAllowed()), r.GetSrcIdentity(), r.GetDstIdentity())
+	printVerdicts(w, "  ", r.GetEgress(), r.GetIngress())
+	return nil
+}
+
+// printVerdicts prints the egress and ingress verdicts of a trace.
+func printVerdicts(w io.Writer, indent string, egress, ingress *agentv1.TraceVerdict) {
 	for _, v := range []struct {
 		name string
 		v    *agentv1.TraceVerdict
-	}{{"egress at the source", r.GetEgress()}, {"ingress at the destination", r.GetIngress()}} {
+	}{{"egress at the source", egress}, {"ingress at the destination", ingress}} {
 		switch {
 		case !v.v.GetEvaluated():
-			fmt.Fprintf(w, "  %s: not evaluated here (%s)\n", v.name, v.v.GetReason())
+			fmt.Fprintf(w, "%s%s: not evaluated here (%s)\n", indent, v.name, v.v.GetReason())
 		case v.v.GetAllowed():
-			fmt.Fprintf(w, "  %s: allowed by %s\n", v.name, ruleOr(v.v))
+			fmt.Fprintf(w, "%s%s: allowed by %s\n", indent, v.name, ruleOr(v.v))
 		default:
-			fmt.Fprintf(w, "  %s: denied by %s\n", v.name, ruleOr(v.v))
+			fmt.Fprintf(w, "%s%s: denied by %s\n", indent, v.name, ruleOr(v.v))
 		}
 	}
-	return nil
 }
 
 func ruleOr(v *agentv1.TraceVerdict) string {

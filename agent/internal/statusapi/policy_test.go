@@ -61,6 +61,23 @@ func (enginePolicy) Drops() map[policysync.DropKey]uint64 {
 }
 func (p enginePolicy) NamedPortConflicts() map[policy.ID][]string { return p.e.NamedPortConflicts() }
 
+// servePolicy runs a Server of services on a socket until the test ends,
+// set up by setup first, and returns a context for its clients and the
+// socket once it listens.
+func servePolicy(t *testing.T, services Services, setup func(*Server)) (context.Context, string) {
+	t.Helper()
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "s.sock")
+	s := New(Config{Socket: sock, ClusterName: "c1", ClusterID: 1, NodeName: "n1"}, fakes{}, services, fakes{}, slog.New(slog.DiscardHandler))
+	setup(s)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	testwait.Until(t, 10*time.Second, "socket", func() (bool, string) { _, err := os.Stat(sock); return err == nil, "" })
+	return ctx, sock
+}
+
 // TestPolicyOverSocket serves the policy of a real engine and reads it back
 // through the client functions the agent's policy commands use.
 func TestPolicyOverSocket(t *testing.T) {
@@ -81,22 +98,12 @@ func TestPolicyOverSocket(t *testing.T) {
 		e.UpdateEndpointPorts(policy.EndpointPorts{}, policy.EndpointPorts{ID: web, Ports: []policy.NamedPort{{Name: "http", Port: port, Proto: ipproto.TCP}}})
 	}
 
-	dir, err := os.MkdirTemp("", "cmst")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	sock := filepath.Join(dir, "s.sock")
-	s := New(Config{Socket: sock, ClusterName: "c1", ClusterID: 1, NodeName: "n1"}, fakes{}, fakes{}, fakes{}, slog.New(slog.DiscardHandler))
-	s.SetPolicy(enginePolicy{e})
-	s.SetWorldIngress(func() WorldIngress {
-		return WorldIngress{Enforced: true, State: "decided outside the cluster ranges", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}, NodePodCIDRs: 3}
+	ctx, sock := servePolicy(t, fakes{}, func(s *Server) {
+		s.SetPolicy(enginePolicy{e})
+		s.SetWorldIngress(func() WorldIngress {
+			return WorldIngress{Enforced: true, State: "decided outside the cluster ranges", ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}, NodePodCIDRs: 3}
+		})
 	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	testwait.Until(t, 10*time.Second, "socket", func() (bool, string) { _, err := os.Stat(sock); return err == nil, "" })
 
 	got, err := FetchPolicy(ctx, sock, "")
 	if err != nil {

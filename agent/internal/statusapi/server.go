@@ -31,6 +31,7 @@ type Remotes interface {
 // Services is what the server needs of the merger.
 type Services interface {
 	Snapshot() []servicemerge.Snapshot
+	ProxyOnly() []servicemerge.Kept
 }
 
 // Datapath is what the server needs of the reconciler.
@@ -145,6 +146,9 @@ func (s *Server) Build(includeEntries bool) *agentv1.GetStatusResponse {
 			}
 			resp.Services = append(resp.Services, out)
 		}
+	}
+	for _, k := range s.services.ProxyOnly() {
+		resp.ProxyOnlyServices = append(resp.ProxyOnlyServices, &agentv1.ProxyOnlyService{Namespace: k.Name.Namespace, Name: k.Name.Name, Reason: k.Reason})
 	}
 	if s.policy != nil {
 		resp.Policy = s.policyStatus(names)

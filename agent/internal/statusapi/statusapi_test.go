@@ -43,6 +43,9 @@ func (fakes) Snapshot() []servicemerge.Snapshot {
 		Backends: []datapath.Backend{{Addr: netip.MustParseAddrPort("10.2.0.1:8080"), ClusterID: 2, Weight: 1}},
 	}}}}
 }
+func (fakes) ProxyOnly() []servicemerge.Kept {
+	return []servicemerge.Kept{{Name: servicemerge.Name{Namespace: "shop", Name: "sticky"}, Reason: "sessionAffinity ClientIP"}}
+}
 func (fakes) Tunnels() []datapath.TunnelEntry {
 	return []datapath.TunnelEntry{{CIDR: netip.MustParsePrefix("10.2.1.0/24"), NodeIP: netip.MustParseAddr("192.168.2.1"), ClusterID: 2}}
 }
@@ -80,7 +83,8 @@ func TestServeAndPrint(t *testing.T) {
 				t.Fatal(err)
 			}
 			for _, want := range []string{"c2", "cluster ID conflict", "10.96.0.10:80/TCP", "10.2.0.1:8080(c2:1)", "10.2.1.0/24", "131372",
-				"claimed by another remote", "ipcache 10.9.0.5/32", "c2, c4", waitingForCanary, "2026-12-06T10:00:02Z (1.95s)"} {
+				"claimed by another remote", "ipcache 10.9.0.5/32", "c2, c4", waitingForCanary, "2026-12-06T10:00:02Z (1.95s)",
+				"shop/sticky", "sessionAffinity ClientIP (egress decided against the address)"} {
 				if !strings.Contains(tbl.String(), want) {
 					t.Fatalf("table lacks %q:\n%s", want, tbl.String())
 				}

@@ -89,9 +89,13 @@ type GetStatusResponse struct {
 	// memory after it.
 	DatapathTrims uint64 `protobuf:"varint,300,opt,name=datapath_trims,json=datapathTrims,proto3" json:"datapath_trims,omitempty"`
 	// Network policy: loaded and refused policies, drops.
-	Policy        *PolicyStatus `protobuf:"bytes,250,opt,name=policy,proto3" json:"policy,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Policy *PolicyStatus `protobuf:"bytes,250,opt,name=policy,proto3" json:"policy,omitempty"`
+	// Beside kube-proxy (coexistence mode): Services that are not global and
+	// that kube-proxy keeps, with the reason; a pod's egress to them is
+	// decided against their address, not their backends.
+	ProxyOnlyServices []*ProxyOnlyService `protobuf:"bytes,460,rep,name=proxy_only_services,json=proxyOnlyServices,proto3" json:"proxy_only_services,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *GetStatusResponse) Reset() {
@@ -215,6 +219,74 @@ func (x *GetStatusResponse) GetPolicy() *PolicyStatus {
 	return nil
 }
 
+func (x *GetStatusResponse) GetProxyOnlyServices() []*ProxyOnlyService {
+	if x != nil {
+		return x.ProxyOnlyServices
+	}
+	return nil
+}
+
+// ProxyOnlyService is a Service the agent leaves to kube-proxy.
+type ProxyOnlyService struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProxyOnlyService) Reset() {
+	*x = ProxyOnlyService{}
+	mi := &file_status_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProxyOnlyService) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProxyOnlyService) ProtoMessage() {}
+
+func (x *ProxyOnlyService) ProtoReflect() protoreflect.Message {
+	mi := &file_status_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProxyOnlyService.ProtoReflect.Descriptor instead.
+func (*ProxyOnlyService) Descriptor() ([]byte, []int) {
+	return file_status_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ProxyOnlyService) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *ProxyOnlyService) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ProxyOnlyService) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type PolicyStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Policies accepted and programmed.
@@ -255,7 +327,7 @@ type PolicyStatus struct {
 
 func (x *PolicyStatus) Reset() {
 	*x = PolicyStatus{}
-	mi := &file_status_proto_msgTypes[2]
+	mi := &file_status_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -267,7 +339,7 @@ func (x *PolicyStatus) String() string {
 func (*PolicyStatus) ProtoMessage() {}
 
 func (x *PolicyStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[2]
+	mi := &file_status_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -280,7 +352,7 @@ func (x *PolicyStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyStatus.ProtoReflect.Descriptor instead.
 func (*PolicyStatus) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{2}
+	return file_status_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PolicyStatus) GetPolicies() uint32 {
@@ -383,7 +455,7 @@ type WorldIngress struct {
 
 func (x *WorldIngress) Reset() {
 	*x = WorldIngress{}
-	mi := &file_status_proto_msgTypes[3]
+	mi := &file_status_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -395,7 +467,7 @@ func (x *WorldIngress) String() string {
 func (*WorldIngress) ProtoMessage() {}
 
 func (x *WorldIngress) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[3]
+	mi := &file_status_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -408,7 +480,7 @@ func (x *WorldIngress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorldIngress.ProtoReflect.Descriptor instead.
 func (*WorldIngress) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{3}
+	return file_status_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *WorldIngress) GetEnforced() bool {
@@ -451,7 +523,7 @@ type PolicyOverCapacity struct {
 
 func (x *PolicyOverCapacity) Reset() {
 	*x = PolicyOverCapacity{}
-	mi := &file_status_proto_msgTypes[4]
+	mi := &file_status_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -463,7 +535,7 @@ func (x *PolicyOverCapacity) String() string {
 func (*PolicyOverCapacity) ProtoMessage() {}
 
 func (x *PolicyOverCapacity) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[4]
+	mi := &file_status_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -476,7 +548,7 @@ func (x *PolicyOverCapacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyOverCapacity.ProtoReflect.Descriptor instead.
 func (*PolicyOverCapacity) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{4}
+	return file_status_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PolicyOverCapacity) GetIdentity() uint32 {
@@ -512,7 +584,7 @@ type NamedPortConflict struct {
 
 func (x *NamedPortConflict) Reset() {
 	*x = NamedPortConflict{}
-	mi := &file_status_proto_msgTypes[5]
+	mi := &file_status_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -524,7 +596,7 @@ func (x *NamedPortConflict) String() string {
 func (*NamedPortConflict) ProtoMessage() {}
 
 func (x *NamedPortConflict) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[5]
+	mi := &file_status_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -537,7 +609,7 @@ func (x *NamedPortConflict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NamedPortConflict.ProtoReflect.Descriptor instead.
 func (*NamedPortConflict) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{5}
+	return file_status_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *NamedPortConflict) GetIdentity() uint32 {
@@ -571,7 +643,7 @@ type PolicyRefusal struct {
 
 func (x *PolicyRefusal) Reset() {
 	*x = PolicyRefusal{}
-	mi := &file_status_proto_msgTypes[6]
+	mi := &file_status_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -583,7 +655,7 @@ func (x *PolicyRefusal) String() string {
 func (*PolicyRefusal) ProtoMessage() {}
 
 func (x *PolicyRefusal) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[6]
+	mi := &file_status_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -596,7 +668,7 @@ func (x *PolicyRefusal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyRefusal.ProtoReflect.Descriptor instead.
 func (*PolicyRefusal) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{6}
+	return file_status_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PolicyRefusal) GetPolicy() string {
@@ -626,7 +698,7 @@ type PolicyDrops struct {
 
 func (x *PolicyDrops) Reset() {
 	*x = PolicyDrops{}
-	mi := &file_status_proto_msgTypes[7]
+	mi := &file_status_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -638,7 +710,7 @@ func (x *PolicyDrops) String() string {
 func (*PolicyDrops) ProtoMessage() {}
 
 func (x *PolicyDrops) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[7]
+	mi := &file_status_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -651,7 +723,7 @@ func (x *PolicyDrops) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyDrops.ProtoReflect.Descriptor instead.
 func (*PolicyDrops) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{7}
+	return file_status_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PolicyDrops) GetPolicy() string {
@@ -700,7 +772,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_status_proto_msgTypes[8]
+	mi := &file_status_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -712,7 +784,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[8]
+	mi := &file_status_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -725,7 +797,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{8}
+	return file_status_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetPolicyRequest) GetEndpoint() string {
@@ -744,7 +816,7 @@ type GetPolicyResponse struct {
 
 func (x *GetPolicyResponse) Reset() {
 	*x = GetPolicyResponse{}
-	mi := &file_status_proto_msgTypes[9]
+	mi := &file_status_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -756,7 +828,7 @@ func (x *GetPolicyResponse) String() string {
 func (*GetPolicyResponse) ProtoMessage() {}
 
 func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[9]
+	mi := &file_status_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -769,7 +841,7 @@ func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
 func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{9}
+	return file_status_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetPolicyResponse) GetEndpoints() []*EndpointPolicy {
@@ -791,7 +863,7 @@ type EndpointPolicy struct {
 
 func (x *EndpointPolicy) Reset() {
 	*x = EndpointPolicy{}
-	mi := &file_status_proto_msgTypes[10]
+	mi := &file_status_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -803,7 +875,7 @@ func (x *EndpointPolicy) String() string {
 func (*EndpointPolicy) ProtoMessage() {}
 
 func (x *EndpointPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[10]
+	mi := &file_status_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -816,7 +888,7 @@ func (x *EndpointPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointPolicy.ProtoReflect.Descriptor instead.
 func (*EndpointPolicy) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{10}
+	return file_status_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *EndpointPolicy) GetIdentity() uint32 {
@@ -858,7 +930,7 @@ type DirectionPolicy struct {
 
 func (x *DirectionPolicy) Reset() {
 	*x = DirectionPolicy{}
-	mi := &file_status_proto_msgTypes[11]
+	mi := &file_status_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -870,7 +942,7 @@ func (x *DirectionPolicy) String() string {
 func (*DirectionPolicy) ProtoMessage() {}
 
 func (x *DirectionPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[11]
+	mi := &file_status_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -883,7 +955,7 @@ func (x *DirectionPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectionPolicy.ProtoReflect.Descriptor instead.
 func (*DirectionPolicy) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{11}
+	return file_status_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DirectionPolicy) GetEnforced() bool {
@@ -917,7 +989,7 @@ type PolicyEntry struct {
 
 func (x *PolicyEntry) Reset() {
 	*x = PolicyEntry{}
-	mi := &file_status_proto_msgTypes[12]
+	mi := &file_status_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -929,7 +1001,7 @@ func (x *PolicyEntry) String() string {
 func (*PolicyEntry) ProtoMessage() {}
 
 func (x *PolicyEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[12]
+	mi := &file_status_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -942,7 +1014,7 @@ func (x *PolicyEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyEntry.ProtoReflect.Descriptor instead.
 func (*PolicyEntry) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{12}
+	return file_status_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PolicyEntry) GetPeer() string {
@@ -1008,7 +1080,7 @@ type TracePolicyRequest struct {
 
 func (x *TracePolicyRequest) Reset() {
 	*x = TracePolicyRequest{}
-	mi := &file_status_proto_msgTypes[13]
+	mi := &file_status_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1020,7 +1092,7 @@ func (x *TracePolicyRequest) String() string {
 func (*TracePolicyRequest) ProtoMessage() {}
 
 func (x *TracePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[13]
+	mi := &file_status_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1033,7 +1105,7 @@ func (x *TracePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TracePolicyRequest.ProtoReflect.Descriptor instead.
 func (*TracePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{13}
+	return file_status_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TracePolicyRequest) GetSrc() string {
@@ -1065,19 +1137,27 @@ func (x *TracePolicyRequest) GetProtocol() string {
 }
 
 type TracePolicyResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Allowed       bool                   `protobuf:"varint,1,opt,name=allowed,proto3" json:"allowed,omitempty"`
-	SrcIdentity   uint32                 `protobuf:"varint,2,opt,name=src_identity,json=srcIdentity,proto3" json:"src_identity,omitempty"`
-	DstIdentity   uint32                 `protobuf:"varint,3,opt,name=dst_identity,json=dstIdentity,proto3" json:"dst_identity,omitempty"`
-	Egress        *TraceVerdict          `protobuf:"bytes,4,opt,name=egress,proto3" json:"egress,omitempty"`
-	Ingress       *TraceVerdict          `protobuf:"bytes,5,opt,name=ingress,proto3" json:"ingress,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// With service set: every backend allowed.
+	Allowed     bool          `protobuf:"varint,1,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	SrcIdentity uint32        `protobuf:"varint,2,opt,name=src_identity,json=srcIdentity,proto3" json:"src_identity,omitempty"`
+	DstIdentity uint32        `protobuf:"varint,3,opt,name=dst_identity,json=dstIdentity,proto3" json:"dst_identity,omitempty"`
+	Egress      *TraceVerdict `protobuf:"bytes,4,opt,name=egress,proto3" json:"egress,omitempty"`
+	Ingress     *TraceVerdict `protobuf:"bytes,5,opt,name=ingress,proto3" json:"ingress,omitempty"`
+	// Set ("namespace/name") when dst is the address of a Service frontend
+	// the agent translates for dport and protocol: the datapath decides a
+	// flow against the backend it picks, so each one new flows may pick is
+	// traced in backends (none: new flows are dropped) and dst_identity,
+	// egress and ingress are unset.
+	Service       string          `protobuf:"bytes,460,opt,name=service,proto3" json:"service,omitempty"`
+	Backends      []*TraceBackend `protobuf:"bytes,461,rep,name=backends,proto3" json:"backends,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TracePolicyResponse) Reset() {
 	*x = TracePolicyResponse{}
-	mi := &file_status_proto_msgTypes[14]
+	mi := &file_status_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1089,7 +1169,7 @@ func (x *TracePolicyResponse) String() string {
 func (*TracePolicyResponse) ProtoMessage() {}
 
 func (x *TracePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[14]
+	mi := &file_status_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1102,7 +1182,7 @@ func (x *TracePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TracePolicyResponse.ProtoReflect.Descriptor instead.
 func (*TracePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{14}
+	return file_status_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TracePolicyResponse) GetAllowed() bool {
@@ -1140,6 +1220,98 @@ func (x *TracePolicyResponse) GetIngress() *TraceVerdict {
 	return nil
 }
 
+func (x *TracePolicyResponse) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *TracePolicyResponse) GetBackends() []*TraceBackend {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
+// TraceBackend is the trace of a flow to one backend of a Service.
+type TraceBackend struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ip:port, the port the policy decides.
+	Address       string        `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	Identity      uint32        `protobuf:"varint,2,opt,name=identity,proto3" json:"identity,omitempty"`
+	Allowed       bool          `protobuf:"varint,3,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	Egress        *TraceVerdict `protobuf:"bytes,4,opt,name=egress,proto3" json:"egress,omitempty"`
+	Ingress       *TraceVerdict `protobuf:"bytes,5,opt,name=ingress,proto3" json:"ingress,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TraceBackend) Reset() {
+	*x = TraceBackend{}
+	mi := &file_status_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TraceBackend) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TraceBackend) ProtoMessage() {}
+
+func (x *TraceBackend) ProtoReflect() protoreflect.Message {
+	mi := &file_status_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TraceBackend.ProtoReflect.Descriptor instead.
+func (*TraceBackend) Descriptor() ([]byte, []int) {
+	return file_status_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *TraceBackend) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *TraceBackend) GetIdentity() uint32 {
+	if x != nil {
+		return x.Identity
+	}
+	return 0
+}
+
+func (x *TraceBackend) GetAllowed() bool {
+	if x != nil {
+		return x.Allowed
+	}
+	return false
+}
+
+func (x *TraceBackend) GetEgress() *TraceVerdict {
+	if x != nil {
+		return x.Egress
+	}
+	return nil
+}
+
+func (x *TraceBackend) GetIngress() *TraceVerdict {
+	if x != nil {
+		return x.Ingress
+	}
+	return nil
+}
+
 type TraceVerdict struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// False when that side is not a local endpoint (its own cluster decides).
@@ -1153,7 +1325,7 @@ type TraceVerdict struct {
 
 func (x *TraceVerdict) Reset() {
 	*x = TraceVerdict{}
-	mi := &file_status_proto_msgTypes[15]
+	mi := &file_status_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1165,7 +1337,7 @@ func (x *TraceVerdict) String() string {
 func (*TraceVerdict) ProtoMessage() {}
 
 func (x *TraceVerdict) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[15]
+	mi := &file_status_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1178,7 +1350,7 @@ func (x *TraceVerdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TraceVerdict.ProtoReflect.Descriptor instead.
 func (*TraceVerdict) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{15}
+	return file_status_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TraceVerdict) GetEvaluated() bool {
@@ -1248,7 +1420,7 @@ type RemoteCluster struct {
 
 func (x *RemoteCluster) Reset() {
 	*x = RemoteCluster{}
-	mi := &file_status_proto_msgTypes[16]
+	mi := &file_status_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1260,7 +1432,7 @@ func (x *RemoteCluster) String() string {
 func (*RemoteCluster) ProtoMessage() {}
 
 func (x *RemoteCluster) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[16]
+	mi := &file_status_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1273,7 +1445,7 @@ func (x *RemoteCluster) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoteCluster.ProtoReflect.Descriptor instead.
 func (*RemoteCluster) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{16}
+	return file_status_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RemoteCluster) GetName() string {
@@ -1410,7 +1582,7 @@ type RefusedClaims struct {
 
 func (x *RefusedClaims) Reset() {
 	*x = RefusedClaims{}
-	mi := &file_status_proto_msgTypes[17]
+	mi := &file_status_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1422,7 +1594,7 @@ func (x *RefusedClaims) String() string {
 func (*RefusedClaims) ProtoMessage() {}
 
 func (x *RefusedClaims) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[17]
+	mi := &file_status_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1435,7 +1607,7 @@ func (x *RefusedClaims) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefusedClaims.ProtoReflect.Descriptor instead.
 func (*RefusedClaims) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{17}
+	return file_status_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RefusedClaims) GetReason() string {
@@ -1472,7 +1644,7 @@ type ClaimConflict struct {
 
 func (x *ClaimConflict) Reset() {
 	*x = ClaimConflict{}
-	mi := &file_status_proto_msgTypes[18]
+	mi := &file_status_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1484,7 +1656,7 @@ func (x *ClaimConflict) String() string {
 func (*ClaimConflict) ProtoMessage() {}
 
 func (x *ClaimConflict) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[18]
+	mi := &file_status_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1497,7 +1669,7 @@ func (x *ClaimConflict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClaimConflict.ProtoReflect.Descriptor instead.
 func (*ClaimConflict) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{18}
+	return file_status_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ClaimConflict) GetKind() string {
@@ -1535,7 +1707,7 @@ type KindStatus struct {
 
 func (x *KindStatus) Reset() {
 	*x = KindStatus{}
-	mi := &file_status_proto_msgTypes[19]
+	mi := &file_status_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1547,7 +1719,7 @@ func (x *KindStatus) String() string {
 func (*KindStatus) ProtoMessage() {}
 
 func (x *KindStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[19]
+	mi := &file_status_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1560,7 +1732,7 @@ func (x *KindStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KindStatus.ProtoReflect.Descriptor instead.
 func (*KindStatus) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{19}
+	return file_status_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *KindStatus) GetKind() string {
@@ -1611,7 +1783,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_status_proto_msgTypes[20]
+	mi := &file_status_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1623,7 +1795,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[20]
+	mi := &file_status_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1636,7 +1808,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{20}
+	return file_status_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Service) GetNamespace() string {
@@ -1686,7 +1858,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_status_proto_msgTypes[21]
+	mi := &file_status_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1698,7 +1870,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[21]
+	mi := &file_status_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1711,7 +1883,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{21}
+	return file_status_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Backend) GetAddress() string {
@@ -1753,7 +1925,7 @@ type TunnelEntry struct {
 
 func (x *TunnelEntry) Reset() {
 	*x = TunnelEntry{}
-	mi := &file_status_proto_msgTypes[22]
+	mi := &file_status_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1765,7 +1937,7 @@ func (x *TunnelEntry) String() string {
 func (*TunnelEntry) ProtoMessage() {}
 
 func (x *TunnelEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[22]
+	mi := &file_status_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1778,7 +1950,7 @@ func (x *TunnelEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TunnelEntry.ProtoReflect.Descriptor instead.
 func (*TunnelEntry) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{22}
+	return file_status_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *TunnelEntry) GetCidr() string {
@@ -1814,7 +1986,7 @@ type IPCacheEntry struct {
 
 func (x *IPCacheEntry) Reset() {
 	*x = IPCacheEntry{}
-	mi := &file_status_proto_msgTypes[23]
+	mi := &file_status_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1826,7 +1998,7 @@ func (x *IPCacheEntry) String() string {
 func (*IPCacheEntry) ProtoMessage() {}
 
 func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_status_proto_msgTypes[23]
+	mi := &file_status_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1839,7 +2011,7 @@ func (x *IPCacheEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IPCacheEntry.ProtoReflect.Descriptor instead.
 func (*IPCacheEntry) Descriptor() ([]byte, []int) {
-	return file_status_proto_rawDescGZIP(), []int{23}
+	return file_status_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *IPCacheEntry) GetPrefix() string {
@@ -1876,7 +2048,7 @@ const file_status_proto_rawDesc = "" +
 	"\n" +
 	"\fstatus.proto\x12\x14clustermesh.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\";\n" +
 	"\x10GetStatusRequest\x12'\n" +
-	"\x0finclude_entries\x18\x01 \x01(\bR\x0eincludeEntries\"\x97\x05\n" +
+	"\x0finclude_entries\x18\x01 \x01(\bR\x0eincludeEntries\"\xf0\x05\n" +
 	"\x11GetStatusResponse\x12!\n" +
 	"\fcluster_name\x18\x01 \x01(\tR\vclusterName\x12\x1d\n" +
 	"\n" +
@@ -1892,7 +2064,12 @@ const file_status_proto_rawDesc = "" +
 	" \x01(\x04R\x10datapathFailures\x12.\n" +
 	"\x13datapath_last_error\x18\v \x01(\tR\x11datapathLastError\x12&\n" +
 	"\x0edatapath_trims\x18\xac\x02 \x01(\x04R\rdatapathTrims\x12;\n" +
-	"\x06policy\x18\xfa\x01 \x01(\v2\".clustermesh.agent.v1.PolicyStatusR\x06policy\"\x8d\x05\n" +
+	"\x06policy\x18\xfa\x01 \x01(\v2\".clustermesh.agent.v1.PolicyStatusR\x06policy\x12W\n" +
+	"\x13proxy_only_services\x18\xcc\x03 \x03(\v2&.clustermesh.agent.v1.ProxyOnlyServiceR\x11proxyOnlyServices\"\\\n" +
+	"\x10ProxyOnlyService\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x8d\x05\n" +
 	"\fPolicyStatus\x12\x1a\n" +
 	"\bpolicies\x18\x01 \x01(\rR\bpolicies\x12=\n" +
 	"\arefused\x18\x02 \x03(\v2#.clustermesh.agent.v1.PolicyRefusalR\arefused\x127\n" +
@@ -1953,11 +2130,19 @@ const file_status_proto_rawDesc = "" +
 	"\x03src\x18\x01 \x01(\tR\x03src\x12\x10\n" +
 	"\x03dst\x18\x02 \x01(\tR\x03dst\x12\x14\n" +
 	"\x05dport\x18\x03 \x01(\rR\x05dport\x12\x1a\n" +
-	"\bprotocol\x18\x04 \x01(\tR\bprotocol\"\xef\x01\n" +
+	"\bprotocol\x18\x04 \x01(\tR\bprotocol\"\xcb\x02\n" +
 	"\x13TracePolicyResponse\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12!\n" +
 	"\fsrc_identity\x18\x02 \x01(\rR\vsrcIdentity\x12!\n" +
 	"\fdst_identity\x18\x03 \x01(\rR\vdstIdentity\x12:\n" +
+	"\x06egress\x18\x04 \x01(\v2\".clustermesh.agent.v1.TraceVerdictR\x06egress\x12<\n" +
+	"\aingress\x18\x05 \x01(\v2\".clustermesh.agent.v1.TraceVerdictR\aingress\x12\x19\n" +
+	"\aservice\x18\xcc\x03 \x01(\tR\aservice\x12?\n" +
+	"\bbackends\x18\xcd\x03 \x03(\v2\".clustermesh.agent.v1.TraceBackendR\bbackends\"\xd8\x01\n" +
+	"\fTraceBackend\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1a\n" +
+	"\bidentity\x18\x02 \x01(\rR\bidentity\x12\x18\n" +
+	"\aallowed\x18\x03 \x01(\bR\aallowed\x12:\n" +
 	"\x06egress\x18\x04 \x01(\v2\".clustermesh.agent.v1.TraceVerdictR\x06egress\x12<\n" +
 	"\aingress\x18\x05 \x01(\v2\".clustermesh.agent.v1.TraceVerdictR\aingress\"r\n" +
 	"\fTraceVerdict\x12\x1c\n" +
@@ -2043,71 +2228,77 @@ func file_status_proto_rawDescGZIP() []byte {
 	return file_status_proto_rawDescData
 }
 
-var file_status_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_status_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_status_proto_goTypes = []any{
 	(*GetStatusRequest)(nil),      // 0: clustermesh.agent.v1.GetStatusRequest
 	(*GetStatusResponse)(nil),     // 1: clustermesh.agent.v1.GetStatusResponse
-	(*PolicyStatus)(nil),          // 2: clustermesh.agent.v1.PolicyStatus
-	(*WorldIngress)(nil),          // 3: clustermesh.agent.v1.WorldIngress
-	(*PolicyOverCapacity)(nil),    // 4: clustermesh.agent.v1.PolicyOverCapacity
-	(*NamedPortConflict)(nil),     // 5: clustermesh.agent.v1.NamedPortConflict
-	(*PolicyRefusal)(nil),         // 6: clustermesh.agent.v1.PolicyRefusal
-	(*PolicyDrops)(nil),           // 7: clustermesh.agent.v1.PolicyDrops
-	(*GetPolicyRequest)(nil),      // 8: clustermesh.agent.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),     // 9: clustermesh.agent.v1.GetPolicyResponse
-	(*EndpointPolicy)(nil),        // 10: clustermesh.agent.v1.EndpointPolicy
-	(*DirectionPolicy)(nil),       // 11: clustermesh.agent.v1.DirectionPolicy
-	(*PolicyEntry)(nil),           // 12: clustermesh.agent.v1.PolicyEntry
-	(*TracePolicyRequest)(nil),    // 13: clustermesh.agent.v1.TracePolicyRequest
-	(*TracePolicyResponse)(nil),   // 14: clustermesh.agent.v1.TracePolicyResponse
-	(*TraceVerdict)(nil),          // 15: clustermesh.agent.v1.TraceVerdict
-	(*RemoteCluster)(nil),         // 16: clustermesh.agent.v1.RemoteCluster
-	(*RefusedClaims)(nil),         // 17: clustermesh.agent.v1.RefusedClaims
-	(*ClaimConflict)(nil),         // 18: clustermesh.agent.v1.ClaimConflict
-	(*KindStatus)(nil),            // 19: clustermesh.agent.v1.KindStatus
-	(*Service)(nil),               // 20: clustermesh.agent.v1.Service
-	(*Backend)(nil),               // 21: clustermesh.agent.v1.Backend
-	(*TunnelEntry)(nil),           // 22: clustermesh.agent.v1.TunnelEntry
-	(*IPCacheEntry)(nil),          // 23: clustermesh.agent.v1.IPCacheEntry
-	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 25: google.protobuf.Duration
+	(*ProxyOnlyService)(nil),      // 2: clustermesh.agent.v1.ProxyOnlyService
+	(*PolicyStatus)(nil),          // 3: clustermesh.agent.v1.PolicyStatus
+	(*WorldIngress)(nil),          // 4: clustermesh.agent.v1.WorldIngress
+	(*PolicyOverCapacity)(nil),    // 5: clustermesh.agent.v1.PolicyOverCapacity
+	(*NamedPortConflict)(nil),     // 6: clustermesh.agent.v1.NamedPortConflict
+	(*PolicyRefusal)(nil),         // 7: clustermesh.agent.v1.PolicyRefusal
+	(*PolicyDrops)(nil),           // 8: clustermesh.agent.v1.PolicyDrops
+	(*GetPolicyRequest)(nil),      // 9: clustermesh.agent.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),     // 10: clustermesh.agent.v1.GetPolicyResponse
+	(*EndpointPolicy)(nil),        // 11: clustermesh.agent.v1.EndpointPolicy
+	(*DirectionPolicy)(nil),       // 12: clustermesh.agent.v1.DirectionPolicy
+	(*PolicyEntry)(nil),           // 13: clustermesh.agent.v1.PolicyEntry
+	(*TracePolicyRequest)(nil),    // 14: clustermesh.agent.v1.TracePolicyRequest
+	(*TracePolicyResponse)(nil),   // 15: clustermesh.agent.v1.TracePolicyResponse
+	(*TraceBackend)(nil),          // 16: clustermesh.agent.v1.TraceBackend
+	(*TraceVerdict)(nil),          // 17: clustermesh.agent.v1.TraceVerdict
+	(*RemoteCluster)(nil),         // 18: clustermesh.agent.v1.RemoteCluster
+	(*RefusedClaims)(nil),         // 19: clustermesh.agent.v1.RefusedClaims
+	(*ClaimConflict)(nil),         // 20: clustermesh.agent.v1.ClaimConflict
+	(*KindStatus)(nil),            // 21: clustermesh.agent.v1.KindStatus
+	(*Service)(nil),               // 22: clustermesh.agent.v1.Service
+	(*Backend)(nil),               // 23: clustermesh.agent.v1.Backend
+	(*TunnelEntry)(nil),           // 24: clustermesh.agent.v1.TunnelEntry
+	(*IPCacheEntry)(nil),          // 25: clustermesh.agent.v1.IPCacheEntry
+	(*timestamppb.Timestamp)(nil), // 26: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 27: google.protobuf.Duration
 }
 var file_status_proto_depIdxs = []int32{
-	16, // 0: clustermesh.agent.v1.GetStatusResponse.remote_clusters:type_name -> clustermesh.agent.v1.RemoteCluster
-	20, // 1: clustermesh.agent.v1.GetStatusResponse.services:type_name -> clustermesh.agent.v1.Service
-	22, // 2: clustermesh.agent.v1.GetStatusResponse.tunnels:type_name -> clustermesh.agent.v1.TunnelEntry
-	23, // 3: clustermesh.agent.v1.GetStatusResponse.ipcache:type_name -> clustermesh.agent.v1.IPCacheEntry
-	2,  // 4: clustermesh.agent.v1.GetStatusResponse.policy:type_name -> clustermesh.agent.v1.PolicyStatus
-	6,  // 5: clustermesh.agent.v1.PolicyStatus.refused:type_name -> clustermesh.agent.v1.PolicyRefusal
-	7,  // 6: clustermesh.agent.v1.PolicyStatus.drops:type_name -> clustermesh.agent.v1.PolicyDrops
-	5,  // 7: clustermesh.agent.v1.PolicyStatus.named_port_conflicts:type_name -> clustermesh.agent.v1.NamedPortConflict
-	4,  // 8: clustermesh.agent.v1.PolicyStatus.over_capacity:type_name -> clustermesh.agent.v1.PolicyOverCapacity
-	3,  // 9: clustermesh.agent.v1.PolicyStatus.world_ingress:type_name -> clustermesh.agent.v1.WorldIngress
-	10, // 10: clustermesh.agent.v1.GetPolicyResponse.endpoints:type_name -> clustermesh.agent.v1.EndpointPolicy
-	11, // 11: clustermesh.agent.v1.EndpointPolicy.ingress:type_name -> clustermesh.agent.v1.DirectionPolicy
-	11, // 12: clustermesh.agent.v1.EndpointPolicy.egress:type_name -> clustermesh.agent.v1.DirectionPolicy
-	12, // 13: clustermesh.agent.v1.DirectionPolicy.entries:type_name -> clustermesh.agent.v1.PolicyEntry
-	15, // 14: clustermesh.agent.v1.TracePolicyResponse.egress:type_name -> clustermesh.agent.v1.TraceVerdict
-	15, // 15: clustermesh.agent.v1.TracePolicyResponse.ingress:type_name -> clustermesh.agent.v1.TraceVerdict
-	19, // 16: clustermesh.agent.v1.RemoteCluster.kinds:type_name -> clustermesh.agent.v1.KindStatus
-	24, // 17: clustermesh.agent.v1.RemoteCluster.last_change:type_name -> google.protobuf.Timestamp
-	24, // 18: clustermesh.agent.v1.RemoteCluster.last_heartbeat:type_name -> google.protobuf.Timestamp
-	17, // 19: clustermesh.agent.v1.RemoteCluster.refused_claims:type_name -> clustermesh.agent.v1.RefusedClaims
-	18, // 20: clustermesh.agent.v1.RemoteCluster.conflicts:type_name -> clustermesh.agent.v1.ClaimConflict
-	24, // 21: clustermesh.agent.v1.RemoteCluster.programmed_at:type_name -> google.protobuf.Timestamp
-	25, // 22: clustermesh.agent.v1.RemoteCluster.sync_duration:type_name -> google.protobuf.Duration
-	21, // 23: clustermesh.agent.v1.Service.backends:type_name -> clustermesh.agent.v1.Backend
-	0,  // 24: clustermesh.agent.v1.Status.GetStatus:input_type -> clustermesh.agent.v1.GetStatusRequest
-	8,  // 25: clustermesh.agent.v1.Status.GetPolicy:input_type -> clustermesh.agent.v1.GetPolicyRequest
-	13, // 26: clustermesh.agent.v1.Status.TracePolicy:input_type -> clustermesh.agent.v1.TracePolicyRequest
-	1,  // 27: clustermesh.agent.v1.Status.GetStatus:output_type -> clustermesh.agent.v1.GetStatusResponse
-	9,  // 28: clustermesh.agent.v1.Status.GetPolicy:output_type -> clustermesh.agent.v1.GetPolicyResponse
-	14, // 29: clustermesh.agent.v1.Status.TracePolicy:output_type -> clustermesh.agent.v1.TracePolicyResponse
-	27, // [27:30] is the sub-list for method output_type
-	24, // [24:27] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	18, // 0: clustermesh.agent.v1.GetStatusResponse.remote_clusters:type_name -> clustermesh.agent.v1.RemoteCluster
+	22, // 1: clustermesh.agent.v1.GetStatusResponse.services:type_name -> clustermesh.agent.v1.Service
+	24, // 2: clustermesh.agent.v1.GetStatusResponse.tunnels:type_name -> clustermesh.agent.v1.TunnelEntry
+	25, // 3: clustermesh.agent.v1.GetStatusResponse.ipcache:type_name -> clustermesh.agent.v1.IPCacheEntry
+	3,  // 4: clustermesh.agent.v1.GetStatusResponse.policy:type_name -> clustermesh.agent.v1.PolicyStatus
+	2,  // 5: clustermesh.agent.v1.GetStatusResponse.proxy_only_services:type_name -> clustermesh.agent.v1.ProxyOnlyService
+	7,  // 6: clustermesh.agent.v1.PolicyStatus.refused:type_name -> clustermesh.agent.v1.PolicyRefusal
+	8,  // 7: clustermesh.agent.v1.PolicyStatus.drops:type_name -> clustermesh.agent.v1.PolicyDrops
+	6,  // 8: clustermesh.agent.v1.PolicyStatus.named_port_conflicts:type_name -> clustermesh.agent.v1.NamedPortConflict
+	5,  // 9: clustermesh.agent.v1.PolicyStatus.over_capacity:type_name -> clustermesh.agent.v1.PolicyOverCapacity
+	4,  // 10: clustermesh.agent.v1.PolicyStatus.world_ingress:type_name -> clustermesh.agent.v1.WorldIngress
+	11, // 11: clustermesh.agent.v1.GetPolicyResponse.endpoints:type_name -> clustermesh.agent.v1.EndpointPolicy
+	12, // 12: clustermesh.agent.v1.EndpointPolicy.ingress:type_name -> clustermesh.agent.v1.DirectionPolicy
+	12, // 13: clustermesh.agent.v1.EndpointPolicy.egress:type_name -> clustermesh.agent.v1.DirectionPolicy
+	13, // 14: clustermesh.agent.v1.DirectionPolicy.entries:type_name -> clustermesh.agent.v1.PolicyEntry
+	17, // 15: clustermesh.agent.v1.TracePolicyResponse.egress:type_name -> clustermesh.agent.v1.TraceVerdict
+	17, // 16: clustermesh.agent.v1.TracePolicyResponse.ingress:type_name -> clustermesh.agent.v1.TraceVerdict
+	16, // 17: clustermesh.agent.v1.TracePolicyResponse.backends:type_name -> clustermesh.agent.v1.TraceBackend
+	17, // 18: clustermesh.agent.v1.TraceBackend.egress:type_name -> clustermesh.agent.v1.TraceVerdict
+	17, // 19: clustermesh.agent.v1.TraceBackend.ingress:type_name -> clustermesh.agent.v1.TraceVerdict
+	21, // 20: clustermesh.agent.v1.RemoteCluster.kinds:type_name -> clustermesh.agent.v1.KindStatus
+	26, // 21: clustermesh.agent.v1.RemoteCluster.last_change:type_name -> google.protobuf.Timestamp
+	26, // 22: clustermesh.agent.v1.RemoteCluster.last_heartbeat:type_name -> google.protobuf.Timestamp
+	19, // 23: clustermesh.agent.v1.RemoteCluster.refused_claims:type_name -> clustermesh.agent.v1.RefusedClaims
+	20, // 24: clustermesh.agent.v1.RemoteCluster.conflicts:type_name -> clustermesh.agent.v1.ClaimConflict
+	26, // 25: clustermesh.agent.v1.RemoteCluster.programmed_at:type_name -> google.protobuf.Timestamp
+	27, // 26: clustermesh.agent.v1.RemoteCluster.sync_duration:type_name -> google.protobuf.Duration
+	23, // 27: clustermesh.agent.v1.Service.backends:type_name -> clustermesh.agent.v1.Backend
+	0,  // 28: clustermesh.agent.v1.Status.GetStatus:input_type -> clustermesh.agent.v1.GetStatusRequest
+	9,  // 29: clustermesh.agent.v1.Status.GetPolicy:input_type -> clustermesh.agent.v1.GetPolicyRequest
+	14, // 30: clustermesh.agent.v1.Status.TracePolicy:input_type -> clustermesh.agent.v1.TracePolicyRequest
+	1,  // 31: clustermesh.agent.v1.Status.GetStatus:output_type -> clustermesh.agent.v1.GetStatusResponse
+	10, // 32: clustermesh.agent.v1.Status.GetPolicy:output_type -> clustermesh.agent.v1.GetPolicyResponse
+	15, // 33: clustermesh.agent.v1.Status.TracePolicy:output_type -> clustermesh.agent.v1.TracePolicyResponse
+	31, // [31:34] is the sub-list for method output_type
+	28, // [28:31] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_status_proto_init() }
@@ -2121,7 +2312,7 @@ func file_status_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_status_proto_rawDesc), len(file_status_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,240 @@
+package bpf_test
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/clustermesh/clustermesh/bpf"
+	"github.com/clustermesh/clustermesh/internal/datapath"
+	"github.com/clustermesh/clustermesh/internal/ipproto"
+	"github.com/clustermesh/clustermesh/internal/netnstest"
+	"github.com/clustermesh/clustermesh/internal/testenv"
+	"github.com/clustermesh/clustermesh/internal/testwait"
+)
+
+// TestPolicyServiceEgressCoexist: beside a primary CNI and kube-proxy
+// (coexistence mode) the agent translates a pod's traffic to a ClusterIP
+// Service that is not global, so the pod's egress policy decides it
+// against the chosen backend's identity, not world. The second node runs
+// the clients: c (egress default deny, allowed toEndpoints a's identity)
+// and d (no egress policy). The backends: a and b, pods of the first node
+// reached through the primary CNI's route, whose replies come back through
+// the host stack and are reverse-translated on the pod's veth (cm_to_pod);
+// d, on the clients' node; the clients' node itself (a hostNetwork
+// backend, as a kube-apiserver: the node sends its replies into the pod).
+// kube-proxy's DNAT rules for the same ClusterIPs and its drop of packets
+// conntrack finds invalid are in place on both nodes: its DNAT never sees
+// the pods' service traffic, and no packet of it is invalid.
+func TestPolicyServiceEgressCoexist(t *testing.T) {
+	const port = 7000
+	topo, nodes := ownClusterCoexist(t, port)
+	nft := testenv.RequireCommand(t, "nft")
+	a, b, c, d := topo.Nodes[0].Pods[0], topo.Nodes[0].Pods[1], topo.Nodes[1].Pods[0], topo.Nodes[1].Pods[1]
+	idA, idB, idC, idD := podIdentity(0, 0), podIdentity(0, 1), podIdentity(1, 0), podIdentity(1, 1)
+	pn := nodes[1]
+	svcA := netip.AddrPortFrom(netip.MustParseAddr("10.96.0.21"), 80)
+	svcB := netip.AddrPortFrom(netip.MustParseAddr("10.96.0.22"), 80)
+	svcD := netip.AddrPortFrom(netip.MustParseAddr("10.96.0.23"), 80)
+	svcH := netip.AddrPortFrom(netip.MustParseAddr("10.96.0.24"), 80)
+	// A hostNetwork backend on the clients' node (as a kube-apiserver):
+	// the node's address, with the host identity, served in its namespace.
+	n1 := topo.Nodes[1]
+	host := &netnstest.Pod{Name: "host-" + n1.Name, NS: n1.NS, IP: n1.UnderlayIP}
+	const hostPort = port + 1
+	serve(t, host, hostPort)
+	backend := map[netip.AddrPort]*netnstest.Pod{svcA: a, svcB: b, svcD: d, svcH: host}
+	// The Services as the agent programs them beside kube-proxy: every
+	// ClusterIP, TCP and UDP, one backend each.
+	batch := datapath.Batch{UpsertIPCache: []datapath.IPCacheEntry{{Prefix: netip.PrefixFrom(n1.UnderlayIP, 32), Identity: hostIdentity, ClusterID: 1}}}
+	backendPort := func(p *netnstest.Pod) int {
+		if p == host {
+			return hostPort
+		}
+		return port
+	}
+	for fe, p := range backend {
+		for _, proto := range []ipproto.Proto{ipproto.TCP, ipproto.UDP} {
+			batch.UpsertServices = append(batch.UpsertServices, datapath.Service{
+				Frontend: datapath.Frontend{Addr: fe, Proto: proto},
+				Backends: []datapath.Backend{{Addr: netip.AddrPortFrom(p.IP, uint16(backendPort(p))), ClusterID: 1, Weight: 1}},
+			})
+		}
+	}
+	apply(t, pn.node, batch)
+	// kube-proxy's part on both nodes.
+	rules := [][]string{
+		{"add", "table", "ip", "cmtkp"},
+		{"add", "counter", "ip", "cmtkp", "kube_proxy"},
+		{"add", "counter", "ip", "cmtkp", "invalid_drop"},
+		{"add", "chain", "ip", "cmtkp", "cmfwd", "{ type filter hook forward priority 0 ; }"},
+		{"add", "rule", "ip", "cmtkp", "cmfwd", "ct", "state", "invalid", "counter", "name", "invalid_drop", "drop"},
+		{"add", "chain", "ip", "cmtkp", "cmpre", "{ type nat hook prerouting priority -100 ; }"},
+	}
+	for fe, p := range backend {
+		for _, proto := range []string{"tcp", "udp"} {
+			rules = append(rules, []string{"add", "rule", "ip", "cmtkp", "cmpre", "ip", "daddr", fe.Addr().String(), proto, "dport", strconv.Itoa(int(fe.Port())),
+				"counter", "name", "kube_proxy", "dnat", "to", p.IP.String() + ":" + strconv.Itoa(backendPort(p))})
+		}
+	}
+	for _, n := range topo.Nodes {
+		for _, r := range rules {
+			if out, err := n.NS.Exec(nft, r...); err != nil {
+				t.Fatalf("nft %v on %s: %v: %s", r, n.Name, err, out)
+			}
+		}
+	}
+	// c: egress only to a (toEndpoints selecting a's identity).
+	pn.apply(t, datapath.PolicyBatch{
+		Upserts: []datapath.PolicyEntry{{Key: datapath.PolicyKey{Subject: idC, Egress: true, Peer: idA}, Rule: 61}},
+		Modes:   []datapath.PolicyMode{{Subject: idC, Egress: true}},
+	})
+	denied := func(to *netnstest.Pod, id uint32) *datapath.Drop {
+		return &datapath.Drop{SrcIdentity: idC, DstIdentity: id, SrcCluster: 1, Src: c.IP, Dst: to.IP,
+			DstPort: uint16(backendPort(to)), Proto: ipproto.TCP, Egress: true, Reason: datapath.DropPolicyDefault}
+	}
+	for _, tc := range []struct {
+		name string
+		from *netnstest.Pod
+		to   netip.AddrPort
+		want bool           // TCP (replies included) and UDP pass
+		drop *datapath.Drop // the event the denial must send
+	}{
+		{name: "allowed by the backend's identity, backend on the other node", from: c, to: svcA, want: true},
+		{name: "denied by the backend's identity, backend on the other node", from: c, to: svcB, drop: denied(b, idB)},
+		{name: "denied by the backend's identity, backend on the same node", from: c, to: svcD, drop: denied(d, idD)},
+		{name: "denied by the backend's identity, a hostNetwork backend on the same node", from: c, to: svcH, drop: denied(host, hostIdentity)},
+		{name: "no egress policy: first Service", from: d, to: svcA, want: true},
+		{name: "no egress policy: second Service", from: d, to: svcB, want: true},
+		{name: "no egress policy: hostNetwork backend, replies from the node itself", from: d, to: svcH, want: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kp := map[*netnstest.Node]uint64{}
+			inv := map[*netnstest.Node]uint64{}
+			for _, n := range topo.Nodes {
+				kp[n] = nftCounterIn(t, n, "cmtkp", "kube_proxy")
+				inv[n] = nftCounterIn(t, n, "cmtkp", "invalid_drop")
+			}
+			expectService(t, pn, tc.from, tc.to, backend[tc.to].Name, tc.want, tc.drop)
+			for _, n := range topo.Nodes {
+				if got := nftCounterIn(t, n, "cmtkp", "kube_proxy"); got != kp[n] {
+					t.Errorf("%s: kube-proxy's DNAT saw %d packets: the datapath did not translate the Service first", n.Name, got-kp[n])
+				}
+				if got := nftCounterIn(t, n, "cmtkp", "invalid_drop"); got != inv[n] {
+					t.Errorf("%s: conntrack found %d packets invalid in FORWARD", n.Name, got-inv[n])
+				}
+			}
+		})
+	}
+	// No denial was decided against world: every drop of c's egress names
+	// a backend's identity.
+	pn.drops.mu.Lock()
+	defer pn.drops.mu.Unlock()
+	for _, e := range pn.drops.evs {
+		if e.Egress && e.SrcIdentity == idC && e.DstIdentity == worldIdentity {
+			t.Errorf("a drop of %s's egress names world: %+v", c.Name, e)
+		}
+	}
+}
+
+// Cilium's reserved identities host and world.
+const (
+	hostIdentity  = 1
+	worldIdentity = 2
+)
+
+// expectService checks from's traffic to the Service frontend to: with want,
+// TCP (replies included) and UDP reach the backend named server, which sees
+// from's own address; else neither passes and drop, if given, is among
+// pn's drop events.
+func expectService(t *testing.T, pn *policyNode, from *netnstest.Pod, to netip.AddrPort, server string, want bool, drop *datapath.Drop) {
+	t.Helper()
+	src := from.IP
+	if to.Addr().Is6() {
+		src = from.IP6
+	}
+	if want {
+		testwait.Until(t, 10*time.Second, fmt.Sprintf("%s -> %s over TCP and UDP", from.Name, to), func() (bool, string) {
+			h, err := tcpRoundTrip(from, to)
+			if peer, _ := netip.ParseAddrPort(h.peer); err != nil || h.server != server || peer.Addr() != src {
+				return false, fmt.Sprintf("tcp: %+v %v", h, err)
+			}
+			h, err = udpTry(from, to, 2, 400*time.Millisecond)
+			return err == nil && h.server == server, fmt.Sprintf("udp: %+v %v", h, err)
+		})
+	} else {
+		if conn, _, _, err := dialTCPTimeout(from, to, 700*time.Millisecond); err == nil {
+			conn.Close()
+			t.Errorf("tcp %s -> %s passed", from.Name, to)
+		}
+		if h, err := udpTry(from, to, 2, 400*time.Millisecond); err == nil {
+			t.Errorf("udp %s -> %s passed: %+v", from.Name, to, h)
+		}
+	}
+	if drop != nil {
+		testwait.Until(t, 5*time.Second, fmt.Sprintf("drop event %+v", *drop), func() (bool, string) {
+			return pn.drops.find(*drop), pn.drops.String()
+		})
+	}
+}
+
+// TestPolicyServiceEgressCoexistIPv6: the IPv6 half of
+// TestPolicyServiceEgressCoexist on one node beside a primary CNI (its
+// IPv6 routes to the pods): c, in egress default deny and allowed d's
+// identity, reaches a Service of d and not one whose backend is the node
+// itself (host identity, drop event naming it); d, without egress policy,
+// reaches the node's Service, whose replies the node sends into the pod
+// and cm_to_pod translates back.
+func TestPolicyServiceEgressCoexistIPv6(t *testing.T) {
+	const port, hostPort = 7000, 7001
+	topo, nodes := policyClusterOpts(t, netnstest.Config{Nodes: 1, PodsPerNode: 2, IPv6: true}, bpf.Config{Coexist: true})
+	n, pn := topo.Nodes[0], nodes[0]
+	c, d := n.Pods[0], n.Pods[1]
+	idC, idD := podIdentity(0, 0), podIdentity(0, 1)
+	nodeIP := netip.MustParseAddr("fd00:ff::1")
+	primaryCNI(t, n, "link set lo up", "addr add "+nodeIP.String()+"/128 dev lo",
+		fmt.Sprintf("route add %s/128 dev %s", c.IP6, c.HostIf), fmt.Sprintf("route add %s/128 dev %s", d.IP6, d.HostIf))
+	for _, p := range n.Pods {
+		serve(t, p, port)
+	}
+	host := &netnstest.Pod{Name: "host-" + n.Name, NS: n.NS, IP6: nodeIP}
+	serve(t, host, hostPort)
+	svcD := netip.MustParseAddrPort("[fd00:96::23]:80")
+	svcH := netip.MustParseAddrPort("[fd00:96::24]:80")
+	batch := datapath.Batch{UpsertIPCache: []datapath.IPCacheEntry{{Prefix: netip.PrefixFrom(nodeIP, 128), Identity: hostIdentity, ClusterID: 1}}}
+	for fe, be := range map[netip.AddrPort]netip.AddrPort{svcD: netip.AddrPortFrom(d.IP6, port), svcH: netip.AddrPortFrom(nodeIP, hostPort)} {
+		for _, proto := range []ipproto.Proto{ipproto.TCP, ipproto.UDP} {
+			batch.UpsertServices = append(batch.UpsertServices, datapath.Service{Frontend: datapath.Frontend{Addr: fe, Proto: proto},
+				Backends: []datapath.Backend{{Addr: be, ClusterID: 1, Weight: 1}}})
+		}
+	}
+	apply(t, pn.node, batch)
+	pn.apply(t, datapath.PolicyBatch{
+		Upserts: []datapath.PolicyEntry{{Key: datapath.PolicyKey{Subject: idC, Egress: true, Peer: idD}, Rule: 62}},
+		Modes:   []datapath.PolicyMode{{Subject: idC, Egress: true}},
+	})
+	for _, tc := range []struct {
+		name     string
+		from     *netnstest.Pod
+		to       netip.AddrPort
+		server   string
+		want     bool
+		dropDst  netip.AddrPort
+		dropPeer uint32
+	}{
+		{name: "allowed by the backend's identity", from: c, to: svcD, server: d.Name, want: true},
+		{name: "denied by the backend's identity, the node itself", from: c, to: svcH, dropDst: netip.AddrPortFrom(nodeIP, hostPort), dropPeer: hostIdentity},
+		{name: "no egress policy: the node's replies translated back", from: d, to: svcH, server: host.Name, want: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var drop *datapath.Drop
+			if !tc.want {
+				drop = &datapath.Drop{SrcIdentity: idC, DstIdentity: tc.dropPeer, SrcCluster: 1, Src: c.IP6, Dst: tc.dropDst.Addr(),
+					DstPort: tc.dropDst.Port(), Proto: ipproto.TCP, Egress: true, Reason: datapath.DropPolicyDefault}
+			}
+			expectService(t, pn, tc.from, tc.to, tc.server, tc.want, drop)
+		})
+	}
+}
