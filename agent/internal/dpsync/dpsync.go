@@ -82,6 +82,8 @@ type Reconciler struct {
 	gcRelaxed   bool                                              // guarded by mu: the GC percent is SyncGCPercent (syncgc.go)
 	gcPrev      int                                               // guarded by mu: the GC percent before
 	gcPrevLimit int64                                             // guarded by mu: the memory limit before
+	gcBase      int64                                             // guarded by mu: the memory in use when the GC was relaxed
+	gcEntries   int                                               // guarded by mu: the entries reserved since
 	gcSince     time.Time                                         // guarded by mu: the last large listing's Reserve
 
 	local        localSet                  // guarded by mu: the local cluster's prefixes
