@@ -18,9 +18,9 @@ import (
 // only the peak during the sync is higher. So that the peak stays near the
 // one of the default GC, a soft memory limit (debug.SetMemoryLimit) of the
 // memory at the start plus syncGCBytes per entry of every listing reserved
-// since (at least twice the memory at the start) holds while the GC is relaxed: the collector
-// runs less often while the heap is small against what the listing will
-// hold, and as often as needed near the limit. The GC percent and limit
+// since (at least twice the memory at the start) holds while the GC is
+// relaxed: the collector runs less often while the heap is small against
+// what the listing will hold, and as often as needed near the limit. The GC percent and limit
 // are the process's: the reconciler is the part that knows when a sync
 // starts (Reserve) and ends (Release).
 
@@ -29,10 +29,10 @@ import (
 const syncGCMin = 10000
 
 // syncGCBytes is the memory per listed entry the relaxed GC may use above
-// the memory at the start: a cold sync at the default GC peaks at ≈ 870
-// bytes per entry over the process's baseline (list pages, decoding, the
-// tables; bench/README.md).
-const syncGCBytes = 1024
+// the memory at the start. A cold sync of 300,000 entries at the default
+// GC peaked at 257–320 MB of RSS; under this limit at 266–280 MB (1024
+// bytes: 303–352 MB, 512: 228–248 MB with more collections; bench/README.md).
+const syncGCBytes = 640
 
 // syncGCMax bounds how long the GC stays relaxed when no sync ends (a
 // listing that keeps failing): the first flush after it puts it back.
