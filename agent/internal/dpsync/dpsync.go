@@ -50,7 +50,7 @@ func (c *Config) RegisterFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.BatchWindow, "datapath-batch-window", c.BatchWindow,
 		"how long to wait for more changes before applying a datapath batch (0: apply as soon as the previous batch is done)")
 	fs.IntVar(&c.SyncGCPercent, "datapath-sync-gc-percent", c.SyncGCPercent,
-		"the Go GC percent while an initial listing of 10,000 entries or more is synced, until the sync's memory is returned (at most 30 s), under a soft memory limit of 1 KiB per listed entry over the memory at its start: less CPU for the sync (bench/README.md); 0: leave the GC alone; a higher GOGC and a lower GOMEMLIMIT are kept")
+		"the Go GC percent while an initial listing of 10,000 entries or more is synced, until the sync's memory is returned (at most 30 s), under a soft memory limit of 640 bytes per listed entry over the memory at its start: less CPU for the sync (bench/README.md); 0: leave the GC alone; a higher GOGC and a lower GOMEMLIMIT are kept")
 	c.Trust.RegisterFlags(fs)
 	fs.Func("cluster-cidrs", "coexist mode: comma-separated CIDRs the primary CNI uses for the own cluster's traffic (pod IP pools, overlay and bridge gateway addresses; the nodes' spec.podCIDRs are added); set, a pod's ingress policy decides world (addresses outside them and every identity) on the host's path too (docs/policy.md)", func(s string) error {
 		ps, err := ParsePrefixes(s)
@@ -82,6 +82,8 @@ type Reconciler struct {
 	gcRelaxed   bool                                              // guarded by mu: the GC percent is SyncGCPercent (syncgc.go)
 	gcPrev      int                                               // guarded by mu: the GC percent before
 	gcPrevLimit int64                                             // guarded by mu: the memory limit before
+	gcBase      int64                                             // guarded by mu: the memory in use when the GC was relaxed
+	gcEntries   int                                               // guarded by mu: the entries reserved since
 	gcSince     time.Time                                         // guarded by mu: the last large listing's Reserve
 
 	local        localSet                  // guarded by mu: the local cluster's prefixes

@@ -17,10 +17,10 @@ import (
 // (trimAfterSync), so the resident memory after the sync is what it was;
 // only the peak during the sync is higher. So that the peak stays near the
 // one of the default GC, a soft memory limit (debug.SetMemoryLimit) of the
-// memory at the start plus syncGCBytes per listed entry (at least twice
-// the memory at the start) holds while the GC is relaxed: the collector
-// runs less often while the heap is small against what the listing will
-// hold, and as often as needed near the limit. The GC percent and limit
+// memory at the start plus syncGCBytes per entry of every listing reserved
+// since (at least twice the memory at the start) holds while the GC is
+// relaxed: the collector runs less often while the heap is small against
+// what the listing will hold, and as often as needed near the limit. The GC percent and limit
 // are the process's: the reconciler is the part that knows when a sync
 // starts (Reserve) and ends (Release).
 
@@ -29,10 +29,10 @@ import (
 const syncGCMin = 10000
 
 // syncGCBytes is the memory per listed entry the relaxed GC may use above
-// the memory at the start: a cold sync at the default GC peaks at ≈ 870
-// bytes per entry over the process's baseline (list pages, decoding, the
-// tables; bench/README.md).
-const syncGCBytes = 1024
+// the memory at the start. A cold sync of 300,000 entries at the default
+// GC peaked at 257–320 MB of RSS; under this limit at 266–280 MB (1024
+// bytes: 303–352 MB, 512: 228–248 MB with more collections; bench/README.md).
+const syncGCBytes = 640
 
 // syncGCMax bounds how long the GC stays relaxed when no sync ends (a
 // listing that keeps failing): the first flush after it puts it back.
@@ -40,24 +40,31 @@ const syncGCMax = 30 * time.Second
 
 // relaxGCLocked raises the GC percent for a listing of n entries, unless
 // it is raised already, the listing is small, or the process runs with a
-// GC percent at least as high (or GOGC=off).
+// GC percent at least as high (or GOGC=off). While it is raised, every
+// listing's entries add to the memory limit: a remote's kinds are listed
+// one after the other (its nodes' 25,000 entries may come before its
+// ipcache's 250,000), and a limit sized for the first listing alone would
+// make the collector run at the limit, again and again, through the rest
+// of the sync.
 func (r *Reconciler) relaxGCLocked(n int) {
-	if r.cfg.SyncGCPercent <= 0 || n < syncGCMin {
+	if r.cfg.SyncGCPercent <= 0 || (n < syncGCMin && !r.gcRelaxed) {
 		return
 	}
-	r.gcSince = r.clock.Now()
-	if r.gcRelaxed {
-		return
+	if n >= syncGCMin {
+		r.gcSince = r.clock.Now()
 	}
-	prev := debug.SetGCPercent(r.cfg.SyncGCPercent)
-	if prev < 0 || prev >= r.cfg.SyncGCPercent {
-		debug.SetGCPercent(prev)
-		return
+	if !r.gcRelaxed {
+		prev := debug.SetGCPercent(r.cfg.SyncGCPercent)
+		if prev < 0 || prev >= r.cfg.SyncGCPercent {
+			debug.SetGCPercent(prev)
+			return
+		}
+		r.gcRelaxed, r.gcPrev = true, prev
+		r.gcBase, r.gcEntries = memoryInUse(), 0
+		r.gcPrevLimit = debug.SetMemoryLimit(-1)
 	}
-	r.gcRelaxed, r.gcPrev = true, prev
-	inUse := memoryInUse()
-	limit := max(2*inUse, inUse+int64(n)*syncGCBytes)
-	if r.gcPrevLimit = debug.SetMemoryLimit(-1); r.gcPrevLimit > limit {
+	r.gcEntries += n
+	if limit := max(2*r.gcBase, r.gcBase+int64(r.gcEntries)*syncGCBytes); r.gcPrevLimit > limit {
 		debug.SetMemoryLimit(limit)
 	}
 }

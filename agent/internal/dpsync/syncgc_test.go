@@ -80,3 +80,35 @@ func TestSyncGCPercent(t *testing.T) {
 		})
 	}
 }
+
+// A remote's kinds are listed one after the other: each listing reserved
+// while the GC is relaxed adds its entries to the memory limit, so the
+// limit set for a first small listing (the nodes) does not hold the larger
+// one that follows (the ipcache) to it; the GC percent stays relaxed once.
+func TestSyncGCLimitGrowsWithEachListing(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(math.MaxInt64))
+	r := New(Config{ClusterID: 1, SyncGCPercent: 400}, memory.New(), discard, clocktesting.NewFakeClock(time.Now()))
+	var limits []int64
+	for _, n := range []struct{ tunnels, ipcache int }{{25000, 0}, {0, 250000}, {0, syncGCMin - 1}} {
+		r.Reserve(n.tunnels, n.ipcache)
+		if got := gcPercent(); got != 400 {
+			t.Fatalf("after Reserve(%d, %d): GC percent %d, want 400", n.tunnels, n.ipcache, got)
+		}
+		limits = append(limits, debug.SetMemoryLimit(-1))
+	}
+	base := r.gcBase
+	for i, want := range []int64{max(2*base, base+25000*syncGCBytes), base + 275000*syncGCBytes, base + (275000+syncGCMin-1)*syncGCBytes} {
+		if limits[i] != want {
+			t.Errorf("memory limit after listing %d: %d, want %d (memory in use at the start %d)", i+1, limits[i], want, base)
+		}
+	}
+	r.Release(2)
+	if err := r.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r.trimAfterSync()
+	if got, limit := gcPercent(), debug.SetMemoryLimit(-1); got != 100 || limit != math.MaxInt64 {
+		t.Fatalf("after the sync: GC percent %d and memory limit %d, want 100 and none", got, limit)
+	}
+}
