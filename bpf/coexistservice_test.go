@@ -1,7 +1,9 @@
 package bpf_test
 
 import (
+	"bufio"
 	"fmt"
+	"net"
 	"net/netip"
 	"strconv"
 	"testing"
@@ -31,7 +33,6 @@ import (
 func TestPolicyServiceEgressCoexist(t *testing.T) {
 	const port = 7000
 	topo, nodes := ownClusterCoexist(t, port)
-	nft := testenv.RequireCommand(t, "nft")
 	a, b, c, d := topo.Nodes[0].Pods[0], topo.Nodes[0].Pods[1], topo.Nodes[1].Pods[0], topo.Nodes[1].Pods[1]
 	idA, idB, idC, idD := podIdentity(0, 0), podIdentity(0, 1), podIdentity(1, 0), podIdentity(1, 1)
 	pn := nodes[1]
@@ -64,28 +65,11 @@ func TestPolicyServiceEgressCoexist(t *testing.T) {
 		}
 	}
 	apply(t, pn.node, batch)
-	// kube-proxy's part on both nodes.
-	rules := [][]string{
-		{"add", "table", "ip", "cmtkp"},
-		{"add", "counter", "ip", "cmtkp", "kube_proxy"},
-		{"add", "counter", "ip", "cmtkp", "invalid_drop"},
-		{"add", "chain", "ip", "cmtkp", "cmfwd", "{ type filter hook forward priority 0 ; }"},
-		{"add", "rule", "ip", "cmtkp", "cmfwd", "ct", "state", "invalid", "counter", "name", "invalid_drop", "drop"},
-		{"add", "chain", "ip", "cmtkp", "cmpre", "{ type nat hook prerouting priority -100 ; }"},
-	}
+	dnat := map[netip.AddrPort]netip.AddrPort{}
 	for fe, p := range backend {
-		for _, proto := range []string{"tcp", "udp"} {
-			rules = append(rules, []string{"add", "rule", "ip", "cmtkp", "cmpre", "ip", "daddr", fe.Addr().String(), proto, "dport", strconv.Itoa(int(fe.Port())),
-				"counter", "name", "kube_proxy", "dnat", "to", p.IP.String() + ":" + strconv.Itoa(backendPort(p))})
-		}
+		dnat[fe] = netip.AddrPortFrom(p.IP, uint16(backendPort(p)))
 	}
-	for _, n := range topo.Nodes {
-		for _, r := range rules {
-			if out, err := n.NS.Exec(nft, r...); err != nil {
-				t.Fatalf("nft %v on %s: %v: %s", r, n.Name, err, out)
-			}
-		}
-	}
+	kubeProxy(t, topo, dnat)
 	// c: egress only to a (toEndpoints selecting a's identity).
 	pn.apply(t, datapath.PolicyBatch{
 		Upserts: []datapath.PolicyEntry{{Key: datapath.PolicyKey{Subject: idC, Egress: true, Peer: idA}, Rule: 61}},
@@ -136,6 +120,105 @@ func TestPolicyServiceEgressCoexist(t *testing.T) {
 		if e.Egress && e.SrcIdentity == idC && e.DstIdentity == worldIdentity {
 			t.Errorf("a drop of %s's egress names world: %+v", c.Name, e)
 		}
+	}
+}
+
+// kubeProxy does kube-proxy's part on every node of topo: TCP and UDP DNAT
+// of each frontend to its backend in prerouting (table ip cmtkp, counted
+// by counter kube_proxy: the first packet of each connection it
+// translates) and the drop of packets conntrack finds invalid in forward
+// (counter invalid_drop).
+func kubeProxy(t *testing.T, topo *netnstest.Topology, dnat map[netip.AddrPort]netip.AddrPort) {
+	t.Helper()
+	nft := testenv.RequireCommand(t, "nft")
+	rules := [][]string{
+		{"add", "table", "ip", "cmtkp"},
+		{"add", "counter", "ip", "cmtkp", "kube_proxy"},
+		{"add", "counter", "ip", "cmtkp", "invalid_drop"},
+		{"add", "chain", "ip", "cmtkp", "cmfwd", "{ type filter hook forward priority 0 ; }"},
+		{"add", "rule", "ip", "cmtkp", "cmfwd", "ct", "state", "invalid", "counter", "name", "invalid_drop", "drop"},
+		{"add", "chain", "ip", "cmtkp", "cmpre", "{ type nat hook prerouting priority -100 ; }"},
+	}
+	for fe, be := range dnat {
+		for _, proto := range []string{"tcp", "udp"} {
+			rules = append(rules, []string{"add", "rule", "ip", "cmtkp", "cmpre", "ip", "daddr", fe.Addr().String(), proto, "dport", strconv.Itoa(int(fe.Port())),
+				"counter", "name", "kube_proxy", "dnat", "to", be.String()})
+		}
+	}
+	for _, n := range topo.Nodes {
+		for _, r := range rules {
+			if out, err := n.NS.Exec(nft, r...); err != nil {
+				t.Fatalf("nft %v on %s: %v: %s", r, n.Name, err, out)
+			}
+		}
+	}
+}
+
+// TestServiceHandoverCoexist: beside kube-proxy, a TCP connection a pod
+// opened to a ClusterIP through kube-proxy's DNAT before the agent
+// programmed the Service keeps its backend once the agent translates the
+// Service (its mid-stream packets are left to the host's conntrack), while
+// a connection opened after the switch is the agent's: translated in
+// cm_from_pod, never seen by kube-proxy's DNAT. kube-proxy's DNAT sends
+// the frontend to a, the agent's Service to b only, so a connection moved
+// from one translator to the other would reach a backend without its
+// socket and be reset.
+func TestServiceHandoverCoexist(t *testing.T) {
+	const port = 7000
+	topo, nodes := ownClusterCoexist(t, port)
+	a, b, c := topo.Nodes[0].Pods[0], topo.Nodes[0].Pods[1], topo.Nodes[1].Pods[0]
+	cn, pn := topo.Nodes[1], nodes[1]
+	svc := netip.MustParseAddrPort("10.96.0.31:80")
+	kubeProxy(t, topo, map[netip.AddrPort]netip.AddrPort{svc: netip.AddrPortFrom(a.IP, port)})
+	counters := func() (dnat, invalid uint64) {
+		return nftCounterIn(t, cn, "cmtkp", "kube_proxy"), nftCounterIn(t, cn, "cmtkp", "invalid_drop")
+	}
+	dnat0, inv0 := counters()
+	var old net.Conn
+	var oldR *bufio.Reader
+	testwait.Until(t, 10*time.Second, "a connection through kube-proxy's DNAT", func() (bool, string) {
+		conn, r, h, err := dialTCP(c, svc)
+		if err != nil {
+			return false, err.Error()
+		}
+		if h.server != a.Name {
+			conn.Close()
+			return false, fmt.Sprintf("answered by %+v", h)
+		}
+		old, oldR = conn, r
+		return true, ""
+	})
+	t.Cleanup(func() { old.Close() })
+	if err := echo(old, oldR, "before the agent"); err != nil {
+		t.Fatalf("echo through kube-proxy: %v", err)
+	}
+	if dnat, _ := counters(); dnat == dnat0 {
+		t.Fatalf("kube-proxy's DNAT did not translate the first connection")
+	}
+
+	apply(t, pn.node, datapath.Batch{UpsertServices: []datapath.Service{{
+		Frontend: datapath.Frontend{Addr: svc, Proto: ipproto.TCP},
+		Backends: []datapath.Backend{{Addr: netip.AddrPortFrom(b.IP, port), ClusterID: 1, Weight: 1}},
+	}}})
+	for i := range 3 {
+		if err := echo(old, oldR, fmt.Sprintf("after the agent, %d", i)); err != nil {
+			t.Fatalf("the connection opened through kube-proxy, after the agent programmed its Service: %v", err)
+		}
+	}
+
+	dnat1, _ := counters()
+	h, err := tcpRoundTrip(c, svc)
+	if peer, _ := netip.ParseAddrPort(h.peer); err != nil || h.server != b.Name || peer.Addr() != c.IP {
+		t.Errorf("a new connection after the switch: %+v %v, want answered by %s seeing %s", h, err, b.Name, c.IP)
+	}
+	if dnat, _ := counters(); dnat != dnat1 {
+		t.Errorf("kube-proxy's DNAT translated %d packets of the new connection: the agent did not", dnat-dnat1)
+	}
+	if err := echo(old, oldR, "after a new connection"); err != nil {
+		t.Errorf("the connection opened through kube-proxy, after a new one: %v", err)
+	}
+	if _, inv := counters(); inv != inv0 {
+		t.Errorf("conntrack found %d packets invalid in FORWARD", inv-inv0)
 	}
 }
 

@@ -84,7 +84,24 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	return 0;
 }
 
+/* tcp_opens reports whether a TCP packet opens a connection (SYN without
+ * ACK). */
+static __always_inline int tcp_opens(__u8 flags)
+{
+	return (flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}
+
 #include "policy.h"
+
+/* coexist reports whether the node runs beside a primary CNI (CM_F_COEXIST). */
+static __always_inline int coexist(void)
+{
+	struct config_value *cfg;
+	__u32 zero = 0;
+
+	cfg = bpf_map_lookup_elem(&cm_config, &zero);
+	return cfg && (cfg->flags & CM_F_COEXIST);
+}
 
 /* Rewrites the source (is_src) or destination address and port of the packet
  * and fixes the IPv4 and L4 checksums (incrementally, pseudo header included). */
@@ -159,14 +176,28 @@ static __always_inline void forget_revnat(struct pkt *p)
 		.proto = p->flow.proto,
 	};
 
-	if (p->flow.proto == IPPROTO_UDP ||
-	    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+	if (p->flow.proto == IPPROTO_UDP || tcp_opens(p->tcp_flags))
 		bpf_map_delete_elem(&cm_revnat, &rev);
+}
+
+/* kube_proxy_flow reports whether a packet to a frontend belongs to a connection
+ * kube-proxy translated (ct: the flow's entry in the agent's service
+ * conntrack, NULL if none): in coexistence mode (CM_F_COEXIST), a TCP packet
+ * that does not open a connection, of a flow the agent never translated,
+ * was opened before the agent programmed the Service. It is left
+ * untranslated, so the host's conntrack keeps carrying it to the backend
+ * kube-proxy chose; translating it anew would move it to a backend (or a
+ * tuple) that knows nothing of it and answers with a reset. */
+static __always_inline int kube_proxy_flow(__u8 proto, __u8 tcp_flags, const void *ct)
+{
+	return proto == IPPROTO_TCP && !ct && !tcp_opens(tcp_flags) && coexist();
 }
 
 /* Service load balancing: if the packet targets a frontend, pick a backend
  * (CT entry of the flow first; a new TCP SYN or a vanished backend selects
- * again from the weighted slot table), record the reverse NAT and DNAT. */
+ * again from the weighted slot table), record the reverse NAT and DNAT.
+ * Beside kube-proxy a mid-stream TCP packet of a flow without a CT entry is
+ * left alone (kube_proxy_flow). */
 static __always_inline int lb4(struct __sk_buff *skb, struct pkt *p)
 {
 	struct svc_key sk = {
@@ -186,8 +217,10 @@ static __always_inline int lb4(struct __sk_buff *skb, struct pkt *p)
 		return 0;
 	}
 	ct = bpf_map_lookup_elem(&cm_lb_ct, &fwd);
+	if (kube_proxy_flow(p->flow.proto, p->tcp_flags, ct))
+		return 0;
 	if (ct && ct->svc_id == svc->svc_id &&
-	    !(p->flow.proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)) {
+	    !(p->flow.proto == IPPROTO_TCP && tcp_opens(p->tcp_flags))) {
 		be = bpf_map_lookup_elem(&cm_backends, &ct->backend_id);
 		if (be && be->svc_id != svc->svc_id)
 			be = NULL;
@@ -270,16 +303,6 @@ static __always_inline int revnat4(struct __sk_buff *skb, struct pkt *p)
 		return 0;
 	p->natted = 1;
 	return rewrite(skb, p, 1, rn->vip, rn->vport);
-}
-
-/* coexist reports whether the node runs beside a primary CNI (CM_F_COEXIST). */
-static __always_inline int coexist(void)
-{
-	struct config_value *cfg;
-	__u32 zero = 0;
-
-	cfg = bpf_map_lookup_elem(&cm_config, &zero);
-	return cfg && (cfg->flags & CM_F_COEXIST);
 }
 
 /* Decapsulated frames carry the sending tunnel device's MAC: the stack

@@ -115,8 +115,7 @@ static __always_inline void forget_revnat6(struct pkt6 *p)
 		.proto = p->flow.proto,
 	};
 
-	if (p->flow.proto == IPPROTO_UDP ||
-	    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+	if (p->flow.proto == IPPROTO_UDP || tcp_opens(p->tcp_flags))
 		bpf_map_delete_elem(&cm_revnat6, &rev);
 }
 
@@ -139,8 +138,10 @@ static __always_inline int lb6(struct __sk_buff *skb, struct pkt6 *p)
 		return 0;
 	}
 	ct = bpf_map_lookup_elem(&cm_lb_ct6, &fwd);
+	if (kube_proxy_flow(p->flow.proto, p->tcp_flags, ct))
+		return 0;
 	if (ct && ct->svc_id == svc->svc_id &&
-	    !(p->flow.proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)) {
+	    !(p->flow.proto == IPPROTO_TCP && tcp_opens(p->tcp_flags))) {
 		be = bpf_map_lookup_elem(&cm_backends6, &ct->backend_id);
 		if (be && be->svc_id != svc->svc_id)
 			be = NULL;
