@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/internal/datapath"
@@ -207,9 +210,16 @@ func TestServiceHandoverCoexist(t *testing.T) {
 	}
 
 	dnat1, _ := counters()
-	h, err := tcpRoundTrip(c, svc)
-	if peer, _ := netip.ParseAddrPort(h.peer); err != nil || h.server != b.Name || peer.Addr() != c.IP {
-		t.Errorf("a new connection after the switch: %+v %v, want answered by %s seeing %s", h, err, b.Name, c.IP)
+	conn, r, h, err := dialTCP(c, svc)
+	if err != nil {
+		t.Fatalf("a new connection after the switch: %v", err)
+	}
+	defer conn.Close()
+	if peer, _ := netip.ParseAddrPort(h.peer); h.server != b.Name || peer.Addr() != c.IP {
+		t.Errorf("a new connection after the switch: %+v, want answered by %s seeing %s", h, b.Name, c.IP)
+	}
+	if err := echo(conn, r, "the agent's"); err != nil {
+		t.Errorf("a new connection after the switch: %v", err)
 	}
 	if dnat, _ := counters(); dnat != dnat1 {
 		t.Errorf("kube-proxy's DNAT translated %d packets of the new connection: the agent did not", dnat-dnat1)
@@ -217,9 +227,42 @@ func TestServiceHandoverCoexist(t *testing.T) {
 	if err := echo(old, oldR, "after a new connection"); err != nil {
 		t.Errorf("the connection opened through kube-proxy, after a new one: %v", err)
 	}
+	// The LRU evicts the agent's connection's CT entry: its reverse NAT
+	// entry still shows the connection is the agent's, which keeps it.
+	if n := clearMap(t, filepath.Join(pn.cfg.PinDir, "maps", "cm_lb_ct")); n != 1 {
+		t.Errorf("cm_lb_ct held %d entries, want the agent's connection's only", n)
+	}
+	if err := echo(conn, r, "the agent's, its CT entry evicted"); err != nil {
+		t.Errorf("the agent's connection after its CT entry was evicted: %v", err)
+	}
+	if err := echo(old, oldR, "after the eviction"); err != nil {
+		t.Errorf("the connection opened through kube-proxy, after the eviction: %v", err)
+	}
 	if _, inv := counters(); inv != inv0 {
 		t.Errorf("conntrack found %d packets invalid in FORWARD", inv-inv0)
 	}
+}
+
+// clearMap deletes every entry of the pinned map at path (as LRU eviction
+// would) and returns how many it held.
+func clearMap(t *testing.T, path string) int {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if err != nil {
+		t.Fatalf("load pinned map %q: %v", path, err)
+	}
+	defer m.Close()
+	var keys [][]byte
+	var k, v []byte
+	for it := m.Iterate(); it.Next(&k, &v); {
+		keys = append(keys, append([]byte(nil), k...))
+	}
+	for _, k := range keys {
+		if err := m.Delete(k); err != nil {
+			t.Fatalf("delete from %q: %v", path, err)
+		}
+	}
+	return len(keys)
 }
 
 // Cilium's reserved identities host and world.
