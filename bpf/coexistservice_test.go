@@ -127,24 +127,31 @@ func TestPolicyServiceEgressCoexist(t *testing.T) {
 }
 
 // kubeProxy does kube-proxy's part on every node of topo: TCP and UDP DNAT
-// of each frontend to its backend in prerouting (table ip cmtkp, counted
-// by counter kube_proxy: the first packet of each connection it
-// translates) and the drop of packets conntrack finds invalid in forward
-// (counter invalid_drop).
-func kubeProxy(t *testing.T, topo *netnstest.Topology, dnat map[netip.AddrPort]netip.AddrPort) {
+// of each frontend to its backend in prerouting (table cmtkp of family ip,
+// or ip6 for IPv6 frontends, which dnat must not mix; counted by counter
+// kube_proxy: the first packet of each connection it translates) and the
+// drop of packets conntrack finds invalid in forward (counter
+// invalid_drop). It returns the table's family.
+func kubeProxy(t *testing.T, topo *netnstest.Topology, dnat map[netip.AddrPort]netip.AddrPort) string {
 	t.Helper()
 	nft := testenv.RequireCommand(t, "nft")
+	family := "ip"
+	for fe := range dnat {
+		if fe.Addr().Is6() {
+			family = "ip6"
+		}
+	}
 	rules := [][]string{
-		{"add", "table", "ip", "cmtkp"},
-		{"add", "counter", "ip", "cmtkp", "kube_proxy"},
-		{"add", "counter", "ip", "cmtkp", "invalid_drop"},
-		{"add", "chain", "ip", "cmtkp", "cmfwd", "{ type filter hook forward priority 0 ; }"},
-		{"add", "rule", "ip", "cmtkp", "cmfwd", "ct", "state", "invalid", "counter", "name", "invalid_drop", "drop"},
-		{"add", "chain", "ip", "cmtkp", "cmpre", "{ type nat hook prerouting priority -100 ; }"},
+		{"add", "table", family, "cmtkp"},
+		{"add", "counter", family, "cmtkp", "kube_proxy"},
+		{"add", "counter", family, "cmtkp", "invalid_drop"},
+		{"add", "chain", family, "cmtkp", "cmfwd", "{ type filter hook forward priority 0 ; }"},
+		{"add", "rule", family, "cmtkp", "cmfwd", "ct", "state", "invalid", "counter", "name", "invalid_drop", "drop"},
+		{"add", "chain", family, "cmtkp", "cmpre", "{ type nat hook prerouting priority -100 ; }"},
 	}
 	for fe, be := range dnat {
 		for _, proto := range []string{"tcp", "udp"} {
-			rules = append(rules, []string{"add", "rule", "ip", "cmtkp", "cmpre", "ip", "daddr", fe.Addr().String(), proto, "dport", strconv.Itoa(int(fe.Port())),
+			rules = append(rules, []string{"add", "rule", family, "cmtkp", "cmpre", family, "daddr", fe.Addr().String(), proto, "dport", strconv.Itoa(int(fe.Port())),
 				"counter", "name", "kube_proxy", "dnat", "to", be.String()})
 		}
 	}
@@ -155,6 +162,20 @@ func kubeProxy(t *testing.T, topo *netnstest.Topology, dnat map[netip.AddrPort]n
 			}
 		}
 	}
+	return family
+}
+
+// handover is the fixture of TestServiceHandoverCoexist: client's node
+// (cn, its datapath pn) runs kube-proxy's stand-in, whose DNAT sends svc
+// to kp; the agent's Service (programmed by the test) sends it to agent.
+type handover struct {
+	cn                *netnstest.Node
+	pn                *policyNode
+	client, kp, agent *netnstest.Pod
+	ip                func(*netnstest.Pod) netip.Addr // the pods' address of svc's family
+	svc               netip.AddrPort
+	ctMap             string // the family's cm_lb_ct
+	family            string // of kube-proxy's table
 }
 
 // TestServiceHandoverCoexist: beside kube-proxy, a TCP connection a pod
@@ -162,31 +183,66 @@ func kubeProxy(t *testing.T, topo *netnstest.Topology, dnat map[netip.AddrPort]n
 // programmed the Service keeps its backend once the agent translates the
 // Service (its mid-stream packets are left to the host's conntrack), while
 // a connection opened after the switch is the agent's: translated in
-// cm_from_pod, never seen by kube-proxy's DNAT. kube-proxy's DNAT sends
-// the frontend to a, the agent's Service to b only, so a connection moved
-// from one translator to the other would reach a backend without its
-// socket and be reset.
+// cm_from_pod, never seen by kube-proxy's DNAT, and kept by the agent when
+// the LRU evicts its CT entry. kube-proxy's DNAT sends the frontend to one
+// pod, the agent's Service to another only, so a connection moved from one
+// translator to the other would reach a backend without its socket and be
+// reset. IPv4: two nodes of one cluster, the backends on the other node
+// (ownClusterCoexist); IPv6: one node, the backends beside the client.
 func TestServiceHandoverCoexist(t *testing.T) {
 	const port = 7000
-	topo, nodes := ownClusterCoexist(t, port)
-	a, b, c := topo.Nodes[0].Pods[0], topo.Nodes[0].Pods[1], topo.Nodes[1].Pods[0]
-	cn, pn := topo.Nodes[1], nodes[1]
-	svc := netip.MustParseAddrPort("10.96.0.31:80")
-	kubeProxy(t, topo, map[netip.AddrPort]netip.AddrPort{svc: netip.AddrPortFrom(a.IP, port)})
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T) handover
+	}{
+		{name: "IPv4, backends on another node", setup: func(t *testing.T) handover {
+			topo, nodes := ownClusterCoexist(t, port)
+			a, b := topo.Nodes[0].Pods[0], topo.Nodes[0].Pods[1]
+			h := handover{cn: topo.Nodes[1], pn: nodes[1], client: topo.Nodes[1].Pods[0], kp: a, agent: b,
+				ip: func(p *netnstest.Pod) netip.Addr { return p.IP }, svc: netip.MustParseAddrPort("10.96.0.31:80"), ctMap: "cm_lb_ct"}
+			h.family = kubeProxy(t, topo, map[netip.AddrPort]netip.AddrPort{h.svc: netip.AddrPortFrom(a.IP, port)})
+			return h
+		}},
+		{name: "IPv6, backends on the same node", setup: func(t *testing.T) handover {
+			topo, nodes := policyClusterOpts(t, netnstest.Config{Nodes: 1, PodsPerNode: 3, IPv6: true}, bpf.Config{Coexist: true})
+			n := topo.Nodes[0]
+			cmds := []string{}
+			for _, p := range n.Pods {
+				serve(t, p, port)
+				cmds = append(cmds, fmt.Sprintf("route add %s/128 dev %s", p.IP6, p.HostIf))
+			}
+			primaryCNI(t, n, cmds...)
+			if out, err := n.NS.Exec("sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding"); err != nil {
+				t.Fatalf("IPv6 forwarding on %s: %v: %s", n.Name, err, out)
+			}
+			h := handover{cn: n, pn: nodes[0], client: n.Pods[0], kp: n.Pods[1], agent: n.Pods[2],
+				ip: func(p *netnstest.Pod) netip.Addr { return p.IP6 }, svc: netip.MustParseAddrPort("[fd00:96::31]:80"), ctMap: "cm_lb_ct6"}
+			h.family = kubeProxy(t, topo, map[netip.AddrPort]netip.AddrPort{h.svc: netip.AddrPortFrom(h.kp.IP6, port)})
+			return h
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testHandover(t, tc.setup(t), port)
+		})
+	}
+}
+
+// testHandover is TestServiceHandoverCoexist on the fixture h.
+func testHandover(t *testing.T, h handover, port int) {
 	counters := func() (dnat, invalid uint64) {
-		return nftCounterIn(t, cn, "cmtkp", "kube_proxy"), nftCounterIn(t, cn, "cmtkp", "invalid_drop")
+		return nftCounterFamily(t, h.cn, h.family, "cmtkp", "kube_proxy"), nftCounterFamily(t, h.cn, h.family, "cmtkp", "invalid_drop")
 	}
 	dnat0, inv0 := counters()
 	var old net.Conn
 	var oldR *bufio.Reader
 	testwait.Until(t, 10*time.Second, "a connection through kube-proxy's DNAT", func() (bool, string) {
-		conn, r, h, err := dialTCP(c, svc)
+		conn, r, hi, err := dialTCP(h.client, h.svc)
 		if err != nil {
 			return false, err.Error()
 		}
-		if h.server != a.Name {
+		if hi.server != h.kp.Name {
 			conn.Close()
-			return false, fmt.Sprintf("answered by %+v", h)
+			return false, fmt.Sprintf("answered by %+v", hi)
 		}
 		old, oldR = conn, r
 		return true, ""
@@ -199,9 +255,9 @@ func TestServiceHandoverCoexist(t *testing.T) {
 		t.Fatalf("kube-proxy's DNAT did not translate the first connection")
 	}
 
-	apply(t, pn.node, datapath.Batch{UpsertServices: []datapath.Service{{
-		Frontend: datapath.Frontend{Addr: svc, Proto: ipproto.TCP},
-		Backends: []datapath.Backend{{Addr: netip.AddrPortFrom(b.IP, port), ClusterID: 1, Weight: 1}},
+	apply(t, h.pn.node, datapath.Batch{UpsertServices: []datapath.Service{{
+		Frontend: datapath.Frontend{Addr: h.svc, Proto: ipproto.TCP},
+		Backends: []datapath.Backend{{Addr: netip.AddrPortFrom(h.ip(h.agent), uint16(port)), ClusterID: 1, Weight: 1}},
 	}}})
 	for i := range 3 {
 		if err := echo(old, oldR, fmt.Sprintf("after the agent, %d", i)); err != nil {
@@ -210,13 +266,13 @@ func TestServiceHandoverCoexist(t *testing.T) {
 	}
 
 	dnat1, _ := counters()
-	conn, r, h, err := dialTCP(c, svc)
+	conn, r, hi, err := dialTCP(h.client, h.svc)
 	if err != nil {
 		t.Fatalf("a new connection after the switch: %v", err)
 	}
 	defer conn.Close()
-	if peer, _ := netip.ParseAddrPort(h.peer); h.server != b.Name || peer.Addr() != c.IP {
-		t.Errorf("a new connection after the switch: %+v, want answered by %s seeing %s", h, b.Name, c.IP)
+	if peer, _ := netip.ParseAddrPort(hi.peer); hi.server != h.agent.Name || peer.Addr() != h.ip(h.client) {
+		t.Errorf("a new connection after the switch: %+v, want answered by %s seeing %s", hi, h.agent.Name, h.ip(h.client))
 	}
 	if err := echo(conn, r, "the agent's"); err != nil {
 		t.Errorf("a new connection after the switch: %v", err)
@@ -229,8 +285,8 @@ func TestServiceHandoverCoexist(t *testing.T) {
 	}
 	// The LRU evicts the agent's connection's CT entry: its reverse NAT
 	// entry still shows the connection is the agent's, which keeps it.
-	if n := clearMap(t, filepath.Join(pn.cfg.PinDir, "maps", "cm_lb_ct")); n != 1 {
-		t.Errorf("cm_lb_ct held %d entries, want the agent's connection's only", n)
+	if n := clearMap(t, filepath.Join(h.pn.cfg.PinDir, "maps", h.ctMap)); n != 1 {
+		t.Errorf("%s held %d entries, want the agent's connection's only", h.ctMap, n)
 	}
 	if err := echo(conn, r, "the agent's, its CT entry evicted"); err != nil {
 		t.Errorf("the agent's connection after its CT entry was evicted: %v", err)
