@@ -174,7 +174,14 @@ func nftCounter(t *testing.T, n *netnstest.Node, name string) uint64 {
 // nftCounterIn reads the packets of the named counter of table ip table on n.
 func nftCounterIn(t *testing.T, n *netnstest.Node, table, name string) uint64 {
 	t.Helper()
-	out, err := n.NS.Exec("nft", "list", "counter", "ip", table, name)
+	return nftCounterFamily(t, n, "ip", table, name)
+}
+
+// nftCounterFamily reads the packets of the named counter of table family
+// table on n.
+func nftCounterFamily(t *testing.T, n *netnstest.Node, family, table, name string) uint64 {
+	t.Helper()
+	out, err := n.NS.Exec("nft", "list", "counter", family, table, name)
 	if err != nil {
 		t.Fatalf("nft list counter %s %s on %s: %v: %s", table, name, n.Name, err, out)
 	}

@@ -1,11 +1,16 @@
 package bpf_test
 
 import (
+	"bufio"
 	"fmt"
+	"net"
 	"net/netip"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/clustermesh/clustermesh/bpf"
 	"github.com/clustermesh/clustermesh/internal/datapath"
@@ -31,7 +36,6 @@ import (
 func TestPolicyServiceEgressCoexist(t *testing.T) {
 	const port = 7000
 	topo, nodes := ownClusterCoexist(t, port)
-	nft := testenv.RequireCommand(t, "nft")
 	a, b, c, d := topo.Nodes[0].Pods[0], topo.Nodes[0].Pods[1], topo.Nodes[1].Pods[0], topo.Nodes[1].Pods[1]
 	idA, idB, idC, idD := podIdentity(0, 0), podIdentity(0, 1), podIdentity(1, 0), podIdentity(1, 1)
 	pn := nodes[1]
@@ -64,28 +68,11 @@ func TestPolicyServiceEgressCoexist(t *testing.T) {
 		}
 	}
 	apply(t, pn.node, batch)
-	// kube-proxy's part on both nodes.
-	rules := [][]string{
-		{"add", "table", "ip", "cmtkp"},
-		{"add", "counter", "ip", "cmtkp", "kube_proxy"},
-		{"add", "counter", "ip", "cmtkp", "invalid_drop"},
-		{"add", "chain", "ip", "cmtkp", "cmfwd", "{ type filter hook forward priority 0 ; }"},
-		{"add", "rule", "ip", "cmtkp", "cmfwd", "ct", "state", "invalid", "counter", "name", "invalid_drop", "drop"},
-		{"add", "chain", "ip", "cmtkp", "cmpre", "{ type nat hook prerouting priority -100 ; }"},
-	}
+	dnat := map[netip.AddrPort]netip.AddrPort{}
 	for fe, p := range backend {
-		for _, proto := range []string{"tcp", "udp"} {
-			rules = append(rules, []string{"add", "rule", "ip", "cmtkp", "cmpre", "ip", "daddr", fe.Addr().String(), proto, "dport", strconv.Itoa(int(fe.Port())),
-				"counter", "name", "kube_proxy", "dnat", "to", p.IP.String() + ":" + strconv.Itoa(backendPort(p))})
-		}
+		dnat[fe] = netip.AddrPortFrom(p.IP, uint16(backendPort(p)))
 	}
-	for _, n := range topo.Nodes {
-		for _, r := range rules {
-			if out, err := n.NS.Exec(nft, r...); err != nil {
-				t.Fatalf("nft %v on %s: %v: %s", r, n.Name, err, out)
-			}
-		}
-	}
+	kubeProxy(t, topo, dnat)
 	// c: egress only to a (toEndpoints selecting a's identity).
 	pn.apply(t, datapath.PolicyBatch{
 		Upserts: []datapath.PolicyEntry{{Key: datapath.PolicyKey{Subject: idC, Egress: true, Peer: idA}, Rule: 61}},
@@ -137,6 +124,201 @@ func TestPolicyServiceEgressCoexist(t *testing.T) {
 			t.Errorf("a drop of %s's egress names world: %+v", c.Name, e)
 		}
 	}
+}
+
+// kubeProxy does kube-proxy's part on every node of topo: TCP and UDP DNAT
+// of each frontend to its backend in prerouting (table cmtkp of family ip,
+// or ip6 for IPv6 frontends, which dnat must not mix; counted by counter
+// kube_proxy: the first packet of each connection it translates) and the
+// drop of packets conntrack finds invalid in forward (counter
+// invalid_drop). It returns the table's family.
+func kubeProxy(t *testing.T, topo *netnstest.Topology, dnat map[netip.AddrPort]netip.AddrPort) string {
+	t.Helper()
+	nft := testenv.RequireCommand(t, "nft")
+	family := "ip"
+	for fe := range dnat {
+		if fe.Addr().Is6() {
+			family = "ip6"
+		}
+	}
+	rules := [][]string{
+		{"add", "table", family, "cmtkp"},
+		{"add", "counter", family, "cmtkp", "kube_proxy"},
+		{"add", "counter", family, "cmtkp", "invalid_drop"},
+		{"add", "chain", family, "cmtkp", "cmfwd", "{ type filter hook forward priority 0 ; }"},
+		{"add", "rule", family, "cmtkp", "cmfwd", "ct", "state", "invalid", "counter", "name", "invalid_drop", "drop"},
+		{"add", "chain", family, "cmtkp", "cmpre", "{ type nat hook prerouting priority -100 ; }"},
+	}
+	for fe, be := range dnat {
+		for _, proto := range []string{"tcp", "udp"} {
+			rules = append(rules, []string{"add", "rule", family, "cmtkp", "cmpre", family, "daddr", fe.Addr().String(), proto, "dport", strconv.Itoa(int(fe.Port())),
+				"counter", "name", "kube_proxy", "dnat", "to", be.String()})
+		}
+	}
+	for _, n := range topo.Nodes {
+		for _, r := range rules {
+			if out, err := n.NS.Exec(nft, r...); err != nil {
+				t.Fatalf("nft %v on %s: %v: %s", r, n.Name, err, out)
+			}
+		}
+	}
+	return family
+}
+
+// handover is the fixture of TestServiceHandoverCoexist: client's node
+// (cn, its datapath pn) runs kube-proxy's stand-in, whose DNAT sends svc
+// to kp; the agent's Service (programmed by the test) sends it to agent.
+type handover struct {
+	cn                *netnstest.Node
+	pn                *policyNode
+	client, kp, agent *netnstest.Pod
+	ip                func(*netnstest.Pod) netip.Addr // the pods' address of svc's family
+	svc               netip.AddrPort
+	ctMap             string // the family's cm_lb_ct
+	family            string // of kube-proxy's table
+}
+
+// TestServiceHandoverCoexist: beside kube-proxy, a TCP connection a pod
+// opened to a ClusterIP through kube-proxy's DNAT before the agent
+// programmed the Service keeps its backend once the agent translates the
+// Service (its mid-stream packets are left to the host's conntrack), while
+// a connection opened after the switch is the agent's: translated in
+// cm_from_pod, never seen by kube-proxy's DNAT, and kept by the agent when
+// the LRU evicts its CT entry. kube-proxy's DNAT sends the frontend to one
+// pod, the agent's Service to another only, so a connection moved from one
+// translator to the other would reach a backend without its socket and be
+// reset. IPv4: two nodes of one cluster, the backends on the other node
+// (ownClusterCoexist); IPv6: one node, the backends beside the client.
+func TestServiceHandoverCoexist(t *testing.T) {
+	const port = 7000
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T) handover
+	}{
+		{name: "IPv4, backends on another node", setup: func(t *testing.T) handover {
+			topo, nodes := ownClusterCoexist(t, port)
+			a, b := topo.Nodes[0].Pods[0], topo.Nodes[0].Pods[1]
+			h := handover{cn: topo.Nodes[1], pn: nodes[1], client: topo.Nodes[1].Pods[0], kp: a, agent: b,
+				ip: func(p *netnstest.Pod) netip.Addr { return p.IP }, svc: netip.MustParseAddrPort("10.96.0.31:80"), ctMap: "cm_lb_ct"}
+			h.family = kubeProxy(t, topo, map[netip.AddrPort]netip.AddrPort{h.svc: netip.AddrPortFrom(a.IP, port)})
+			return h
+		}},
+		{name: "IPv6, backends on the same node", setup: func(t *testing.T) handover {
+			topo, nodes := policyClusterOpts(t, netnstest.Config{Nodes: 1, PodsPerNode: 3, IPv6: true}, bpf.Config{Coexist: true})
+			n := topo.Nodes[0]
+			cmds := []string{}
+			for _, p := range n.Pods {
+				serve(t, p, port)
+				cmds = append(cmds, fmt.Sprintf("route add %s/128 dev %s", p.IP6, p.HostIf))
+			}
+			primaryCNI(t, n, cmds...)
+			if out, err := n.NS.Exec("sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding"); err != nil {
+				t.Fatalf("IPv6 forwarding on %s: %v: %s", n.Name, err, out)
+			}
+			h := handover{cn: n, pn: nodes[0], client: n.Pods[0], kp: n.Pods[1], agent: n.Pods[2],
+				ip: func(p *netnstest.Pod) netip.Addr { return p.IP6 }, svc: netip.MustParseAddrPort("[fd00:96::31]:80"), ctMap: "cm_lb_ct6"}
+			h.family = kubeProxy(t, topo, map[netip.AddrPort]netip.AddrPort{h.svc: netip.AddrPortFrom(h.kp.IP6, port)})
+			return h
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testHandover(t, tc.setup(t), port)
+		})
+	}
+}
+
+// testHandover is TestServiceHandoverCoexist on the fixture h.
+func testHandover(t *testing.T, h handover, port int) {
+	counters := func() (dnat, invalid uint64) {
+		return nftCounterFamily(t, h.cn, h.family, "cmtkp", "kube_proxy"), nftCounterFamily(t, h.cn, h.family, "cmtkp", "invalid_drop")
+	}
+	dnat0, inv0 := counters()
+	var old net.Conn
+	var oldR *bufio.Reader
+	testwait.Until(t, 10*time.Second, "a connection through kube-proxy's DNAT", func() (bool, string) {
+		conn, r, hi, err := dialTCP(h.client, h.svc)
+		if err != nil {
+			return false, err.Error()
+		}
+		if hi.server != h.kp.Name {
+			conn.Close()
+			return false, fmt.Sprintf("answered by %+v", hi)
+		}
+		old, oldR = conn, r
+		return true, ""
+	})
+	t.Cleanup(func() { old.Close() })
+	if err := echo(old, oldR, "before the agent"); err != nil {
+		t.Fatalf("echo through kube-proxy: %v", err)
+	}
+	if dnat, _ := counters(); dnat == dnat0 {
+		t.Fatalf("kube-proxy's DNAT did not translate the first connection")
+	}
+
+	apply(t, h.pn.node, datapath.Batch{UpsertServices: []datapath.Service{{
+		Frontend: datapath.Frontend{Addr: h.svc, Proto: ipproto.TCP},
+		Backends: []datapath.Backend{{Addr: netip.AddrPortFrom(h.ip(h.agent), uint16(port)), ClusterID: 1, Weight: 1}},
+	}}})
+	for i := range 3 {
+		if err := echo(old, oldR, fmt.Sprintf("after the agent, %d", i)); err != nil {
+			t.Fatalf("the connection opened through kube-proxy, after the agent programmed its Service: %v", err)
+		}
+	}
+
+	dnat1, _ := counters()
+	conn, r, hi, err := dialTCP(h.client, h.svc)
+	if err != nil {
+		t.Fatalf("a new connection after the switch: %v", err)
+	}
+	defer conn.Close()
+	if peer, _ := netip.ParseAddrPort(hi.peer); hi.server != h.agent.Name || peer.Addr() != h.ip(h.client) {
+		t.Errorf("a new connection after the switch: %+v, want answered by %s seeing %s", hi, h.agent.Name, h.ip(h.client))
+	}
+	if err := echo(conn, r, "the agent's"); err != nil {
+		t.Errorf("a new connection after the switch: %v", err)
+	}
+	if dnat, _ := counters(); dnat != dnat1 {
+		t.Errorf("kube-proxy's DNAT translated %d packets of the new connection: the agent did not", dnat-dnat1)
+	}
+	if err := echo(old, oldR, "after a new connection"); err != nil {
+		t.Errorf("the connection opened through kube-proxy, after a new one: %v", err)
+	}
+	// The LRU evicts the agent's connection's CT entry: its reverse NAT
+	// entry still shows the connection is the agent's, which keeps it.
+	if n := clearMap(t, filepath.Join(h.pn.cfg.PinDir, "maps", h.ctMap)); n != 1 {
+		t.Errorf("%s held %d entries, want the agent's connection's only", h.ctMap, n)
+	}
+	if err := echo(conn, r, "the agent's, its CT entry evicted"); err != nil {
+		t.Errorf("the agent's connection after its CT entry was evicted: %v", err)
+	}
+	if err := echo(old, oldR, "after the eviction"); err != nil {
+		t.Errorf("the connection opened through kube-proxy, after the eviction: %v", err)
+	}
+	if _, inv := counters(); inv != inv0 {
+		t.Errorf("conntrack found %d packets invalid in FORWARD", inv-inv0)
+	}
+}
+
+// clearMap deletes every entry of the pinned map at path (as LRU eviction
+// would) and returns how many it held.
+func clearMap(t *testing.T, path string) int {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if err != nil {
+		t.Fatalf("load pinned map %q: %v", path, err)
+	}
+	defer m.Close()
+	var keys [][]byte
+	var k, v []byte
+	for it := m.Iterate(); it.Next(&k, &v); {
+		keys = append(keys, append([]byte(nil), k...))
+	}
+	for _, k := range keys {
+		if err := m.Delete(k); err != nil {
+			t.Fatalf("delete from %q: %v", path, err)
+		}
+	}
+	return len(keys)
 }
 
 // Cilium's reserved identities host and world.

@@ -84,7 +84,24 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	return 0;
 }
 
+/* tcp_opens reports whether a TCP packet opens a connection (SYN without
+ * ACK). */
+static __always_inline int tcp_opens(__u8 flags)
+{
+	return (flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}
+
 #include "policy.h"
+
+/* coexist reports whether the node runs beside a primary CNI (CM_F_COEXIST). */
+static __always_inline int coexist(void)
+{
+	struct config_value *cfg;
+	__u32 zero = 0;
+
+	cfg = bpf_map_lookup_elem(&cm_config, &zero);
+	return cfg && (cfg->flags & CM_F_COEXIST);
+}
 
 /* Rewrites the source (is_src) or destination address and port of the packet
  * and fixes the IPv4 and L4 checksums (incrementally, pseudo header included). */
@@ -159,14 +176,38 @@ static __always_inline void forget_revnat(struct pkt *p)
 		.proto = p->flow.proto,
 	};
 
-	if (p->flow.proto == IPPROTO_UDP ||
-	    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+	if (p->flow.proto == IPPROTO_UDP || tcp_opens(p->tcp_flags))
 		bpf_map_delete_elem(&cm_revnat, &rev);
+}
+
+/* kube_proxy_flow reports whether a packet to a frontend may belong to a
+ * connection kube-proxy translated (ct: the flow's entry in the agent's
+ * service conntrack, NULL if none): in coexistence mode (CM_F_COEXIST), a
+ * TCP packet that does not open a connection, of a flow without a CT entry.
+ * Unless the reverse NAT the agent recorded for the flow shows it is the
+ * agent's (its CT entry evicted: agent_flow), such a connection was opened
+ * before the agent programmed the Service and is left untranslated, so the
+ * host's conntrack keeps carrying it to the backend kube-proxy chose;
+ * translating it anew would move it to a backend (or a tuple) that knows
+ * nothing of it and answers with a reset. */
+static __always_inline int kube_proxy_flow(__u8 proto, __u8 tcp_flags, const void *ct)
+{
+	return proto == IPPROTO_TCP && !ct && !tcp_opens(tcp_flags) && coexist();
+}
+
+/* agent_flow reports whether the reverse NAT entry rn (of the reply tuple
+ * towards the backend the slot table picks) stands for the frontend sk: the
+ * agent translated the flow, whose CT entry the LRU evicted. */
+static __always_inline int agent_flow(const struct revnat_value *rn, const struct svc_key *sk)
+{
+	return rn && rn->vip == sk->vip && rn->vport == sk->port;
 }
 
 /* Service load balancing: if the packet targets a frontend, pick a backend
  * (CT entry of the flow first; a new TCP SYN or a vanished backend selects
- * again from the weighted slot table), record the reverse NAT and DNAT. */
+ * again from the weighted slot table), record the reverse NAT and DNAT.
+ * Beside kube-proxy a mid-stream TCP packet of a flow the agent never
+ * translated is left alone (kube_proxy_flow). */
 static __always_inline int lb4(struct __sk_buff *skb, struct pkt *p)
 {
 	struct svc_key sk = {
@@ -178,7 +219,7 @@ static __always_inline int lb4(struct __sk_buff *skb, struct pkt *p)
 	struct lb_ct_value *ct, nct = {};
 	struct svc_value *svc;
 	struct flow_key fwd = p->flow;
-	int fresh = 0;
+	int fresh = 0, kp;
 
 	svc = bpf_map_lookup_elem(&cm_services, &sk);
 	if (!svc) {
@@ -186,8 +227,9 @@ static __always_inline int lb4(struct __sk_buff *skb, struct pkt *p)
 		return 0;
 	}
 	ct = bpf_map_lookup_elem(&cm_lb_ct, &fwd);
+	kp = kube_proxy_flow(p->flow.proto, p->tcp_flags, ct);
 	if (ct && ct->svc_id == svc->svc_id &&
-	    !(p->flow.proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)) {
+	    !(p->flow.proto == IPPROTO_TCP && tcp_opens(p->tcp_flags))) {
 		be = bpf_map_lookup_elem(&cm_backends, &ct->backend_id);
 		if (be && be->svc_id != svc->svc_id)
 			be = NULL;
@@ -198,19 +240,17 @@ static __always_inline int lb4(struct __sk_buff *skb, struct pkt *p)
 		__u32 *id;
 
 		if (svc->nslots == 0)
-			return -1;
+			return kp ? 0 : -1;
 		slot.svc_id = svc->svc_id;
 		slot.slot = flow_hash(&p->flow) % svc->nslots;
 		id = bpf_map_lookup_elem(&cm_lb_slots, &slot);
 		if (!id)
-			return -1;
+			return kp ? 0 : -1;
 		nct.backend_id = *id;
 		be = bpf_map_lookup_elem(&cm_backends, &nct.backend_id);
 		if (!be)
-			return -1;
+			return kp ? 0 : -1;
 		nct.svc_id = svc->svc_id;
-		if (bpf_map_update_elem(&cm_lb_ct, &fwd, &nct, BPF_ANY))
-			return -1;
 		fresh = 1;
 	}
 
@@ -224,6 +264,10 @@ static __always_inline int lb4(struct __sk_buff *skb, struct pkt *p)
 		.dport = p->flow.sport,
 		.proto = p->flow.proto,
 	};
+	if (kp && !agent_flow(bpf_map_lookup_elem(&cm_revnat, &rev), &sk))
+		return 0;
+	if (fresh && bpf_map_update_elem(&cm_lb_ct, &fwd, &nct, BPF_ANY))
+		return -1;
 	if (fresh || !bpf_map_lookup_elem(&cm_revnat, &rev)) {
 		struct revnat_value rn = { .vip = sk.vip, .vport = sk.port };
 
@@ -270,16 +314,6 @@ static __always_inline int revnat4(struct __sk_buff *skb, struct pkt *p)
 		return 0;
 	p->natted = 1;
 	return rewrite(skb, p, 1, rn->vip, rn->vport);
-}
-
-/* coexist reports whether the node runs beside a primary CNI (CM_F_COEXIST). */
-static __always_inline int coexist(void)
-{
-	struct config_value *cfg;
-	__u32 zero = 0;
-
-	cfg = bpf_map_lookup_elem(&cm_config, &zero);
-	return cfg && (cfg->flags & CM_F_COEXIST);
 }
 
 /* Decapsulated frames carry the sending tunnel device's MAC: the stack

@@ -115,8 +115,7 @@ static __always_inline void forget_revnat6(struct pkt6 *p)
 		.proto = p->flow.proto,
 	};
 
-	if (p->flow.proto == IPPROTO_UDP ||
-	    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+	if (p->flow.proto == IPPROTO_UDP || tcp_opens(p->tcp_flags))
 		bpf_map_delete_elem(&cm_revnat6, &rev);
 }
 
@@ -131,7 +130,7 @@ static __always_inline int lb6(struct __sk_buff *skb, struct pkt6 *p)
 	struct lb_ct_value *ct, nct = {};
 	struct svc_value *svc;
 	struct flow6_key fwd = p->flow;
-	int fresh = 0;
+	int fresh = 0, kp;
 
 	svc = bpf_map_lookup_elem(&cm_services6, &sk);
 	if (!svc) {
@@ -139,8 +138,9 @@ static __always_inline int lb6(struct __sk_buff *skb, struct pkt6 *p)
 		return 0;
 	}
 	ct = bpf_map_lookup_elem(&cm_lb_ct6, &fwd);
+	kp = kube_proxy_flow(p->flow.proto, p->tcp_flags, ct);
 	if (ct && ct->svc_id == svc->svc_id &&
-	    !(p->flow.proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)) {
+	    !(p->flow.proto == IPPROTO_TCP && tcp_opens(p->tcp_flags))) {
 		be = bpf_map_lookup_elem(&cm_backends6, &ct->backend_id);
 		if (be && be->svc_id != svc->svc_id)
 			be = NULL;
@@ -151,19 +151,17 @@ static __always_inline int lb6(struct __sk_buff *skb, struct pkt6 *p)
 		__u32 *id;
 
 		if (svc->nslots == 0)
-			return -1;
+			return kp ? 0 : -1;
 		slot.svc_id = svc->svc_id;
 		slot.slot = flow_hash6(&p->flow) % svc->nslots;
 		id = bpf_map_lookup_elem(&cm_lb_slots, &slot);
 		if (!id)
-			return -1;
+			return kp ? 0 : -1;
 		nct.backend_id = *id;
 		be = bpf_map_lookup_elem(&cm_backends6, &nct.backend_id);
 		if (!be)
-			return -1;
+			return kp ? 0 : -1;
 		nct.svc_id = svc->svc_id;
-		if (bpf_map_update_elem(&cm_lb_ct6, &fwd, &nct, BPF_ANY))
-			return -1;
 		fresh = 1;
 	}
 
@@ -174,7 +172,13 @@ static __always_inline int lb6(struct __sk_buff *skb, struct pkt6 *p)
 		.dport = p->flow.sport,
 		.proto = p->flow.proto,
 	};
-	if (fresh || !bpf_map_lookup_elem(&cm_revnat6, &rev)) {
+	struct revnat6_value *rn = bpf_map_lookup_elem(&cm_revnat6, &rev);
+
+	if (kp && !(rn && in6_eq(&rn->vip, &sk.vip) && rn->vport == sk.port))
+		return 0; /* as lb4's agent_flow */
+	if (fresh && bpf_map_update_elem(&cm_lb_ct6, &fwd, &nct, BPF_ANY))
+		return -1;
+	if (fresh || !rn) {
 		struct revnat6_value rn = { .vip = sk.vip, .vport = sk.port };
 
 		if (bpf_map_update_elem(&cm_revnat6, &rev, &rn, BPF_ANY))

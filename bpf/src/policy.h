@@ -315,7 +315,7 @@ static __always_inline int pol_ports(struct __sk_buff *skb, __u32 l4_off, __u8 p
 				     __be16 sport, __be16 dport, __u8 tcp_flags, struct pol_ctx *c)
 {
 	c->proto = proto;
-	c->syn = proto == IPPROTO_TCP && (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+	c->syn = proto == IPPROTO_TCP && tcp_opens(tcp_flags);
 	if (frag)
 		return 0;
 	switch (proto) {
