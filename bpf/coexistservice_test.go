@@ -2,11 +2,13 @@ package bpf_test
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -297,6 +299,112 @@ func testHandover(t *testing.T, h handover, port int) {
 	if _, inv := counters(); inv != inv0 {
 		t.Errorf("conntrack found %d packets invalid in FORWARD", inv-inv0)
 	}
+}
+
+// TestServiceNoBackendCoexist: beside kube-proxy, a pod's connection to a
+// ClusterIP whose frontend has no backend (a Service without ready
+// endpoints; a global Service whose local and remote backends are all
+// gone: the control plane keeps the frontend with zero backends) is left
+// untranslated, so kube-proxy's reject for a Service without endpoints
+// answers it at once: TCP connect and a connected UDP socket see
+// "connection refused". Once a backend appears, a new connection is the
+// agent's (kube-proxy's reject, still in place, never sees it); once it is
+// gone again, connections are refused again.
+func TestServiceNoBackendCoexist(t *testing.T) {
+	const port = 7000
+	topo, nodes := ownClusterCoexist(t, port)
+	cn, pn := topo.Nodes[1], nodes[1]
+	client, b := cn.Pods[0], topo.Nodes[0].Pods[1]
+	svc := netip.MustParseAddrPort("10.96.0.41:80")
+	// The node routes the service range (as a default route would), so an
+	// untranslated packet reaches kube-proxy's forward hook.
+	if err := cn.NS.Batch(fmt.Sprintf("route replace 10.96.0.0/16 via %s", topo.Nodes[0].UnderlayIP)); err != nil {
+		t.Fatal(err)
+	}
+	family := kubeProxy(t, topo, map[netip.AddrPort]netip.AddrPort{})
+	kubeProxyReject(t, cn, family, svc)
+	protos := []ipproto.Proto{ipproto.TCP, ipproto.UDP}
+	var batch datapath.Batch
+	for _, proto := range protos {
+		batch.UpsertServices = append(batch.UpsertServices, datapath.Service{Frontend: datapath.Frontend{Addr: svc, Proto: proto}})
+	}
+	apply(t, pn.node, batch)
+	rejected := func() uint64 { return nftCounterFamily(t, cn, family, "cmtkp", "kube_proxy_reject") }
+	refused := func(stage string) {
+		t.Helper()
+		r0 := rejected()
+		_, _, _, err := dialTCPTimeout(client, svc, 3*time.Second)
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("%s: tcp connect to %s: %v, want connection refused", stage, svc, err)
+		}
+		testwait.Until(t, 10*time.Second, stage+": a connected UDP socket refused", func() (bool, string) {
+			err := udpRefused(client, svc)
+			return errors.Is(err, syscall.ECONNREFUSED), fmt.Sprint(err)
+		})
+		if r := rejected(); r < r0+2 {
+			t.Errorf("%s: kube-proxy's reject counted %d packets, want one TCP and one UDP at least", stage, r-r0)
+		}
+	}
+	refused("no backend")
+
+	be := []datapath.Backend{{Addr: netip.AddrPortFrom(b.IP, port), ClusterID: 1, Weight: 1}}
+	var up, down datapath.Batch
+	for _, proto := range protos {
+		fe := datapath.Frontend{Addr: svc, Proto: proto}
+		up.PatchServices = append(up.PatchServices, datapath.ServicePatch{Frontend: fe, Upsert: be})
+		down.PatchServices = append(down.PatchServices, datapath.ServicePatch{Frontend: fe, Delete: []netip.AddrPort{be[0].Addr}})
+	}
+	apply(t, pn.node, up)
+	r0 := rejected()
+	expectService(t, pn, client, svc, b.Name, true, nil)
+	if r := rejected(); r != r0 {
+		t.Errorf("kube-proxy's reject saw %d packets once the Service had a backend: the agent did not translate", r-r0)
+	}
+
+	apply(t, pn.node, down)
+	refused("backend gone")
+}
+
+// kubeProxyReject adds kube-proxy's reject of a Service without endpoints
+// (its nftables mode: new connections to the ClusterIP and port, TCP and
+// UDP, rejected in forward with ICMP port unreachable) to table cmtkp of
+// family on n, counted by counter kube_proxy_reject.
+func kubeProxyReject(t *testing.T, n *netnstest.Node, family string, fe netip.AddrPort) {
+	t.Helper()
+	rules := [][]string{
+		{"add", "counter", family, "cmtkp", "kube_proxy_reject"},
+		{"add", "chain", family, "cmtkp", "cmrej", "{ type filter hook forward priority -1 ; }"},
+	}
+	for _, proto := range []string{"tcp", "udp"} {
+		rules = append(rules, []string{"add", "rule", family, "cmtkp", "cmrej", "ct", "state", "new", family, "daddr", fe.Addr().String(),
+			proto, "dport", strconv.Itoa(int(fe.Port())), "counter", "name", "kube_proxy_reject", "reject"})
+	}
+	for _, r := range rules {
+		if out, err := n.NS.Exec("nft", r...); err != nil {
+			t.Fatalf("nft %v on %s: %v: %s", r, n.Name, err, out)
+		}
+	}
+}
+
+// udpRefused sends a datagram from p to addr on a connected UDP socket and
+// returns the error of the read that follows (ECONNREFUSED once an ICMP
+// port unreachable came back).
+func udpRefused(p *netnstest.Pod, addr netip.AddrPort) error {
+	var c *net.UDPConn
+	if err := p.NS.Do(func() error {
+		var err error
+		c, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
+		return err
+	}); err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("payload")); err != nil {
+		return err
+	}
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	_, err := c.Read(make([]byte, 2048))
+	return err
 }
 
 // clearMap deletes every entry of the pinned map at path (as LRU eviction

@@ -203,11 +203,24 @@ static __always_inline int agent_flow(const struct revnat_value *rn, const struc
 	return rn && rn->vip == sk->vip && rn->vport == sk->port;
 }
 
+/* no_backend is lb4's and lb6's verdict on a packet to a frontend without a
+ * backend to pick (a Service without ready endpoints, a global Service whose
+ * local and remote backends are all gone): dropped, except beside kube-proxy
+ * (CM_F_COEXIST), where it goes on untranslated, every protocol, so that
+ * kube-proxy's rule for a Service without endpoints rejects it (ICMP port
+ * unreachable) and the client fails at once instead of waiting for a
+ * timeout. Its egress is decided against the frontend's address. */
+static __always_inline int no_backend(void)
+{
+	return coexist() ? 0 : -1;
+}
+
 /* Service load balancing: if the packet targets a frontend, pick a backend
  * (CT entry of the flow first; a new TCP SYN or a vanished backend selects
  * again from the weighted slot table), record the reverse NAT and DNAT.
  * Beside kube-proxy a mid-stream TCP packet of a flow the agent never
- * translated is left alone (kube_proxy_flow). */
+ * translated is left alone (kube_proxy_flow), and so is every packet to a
+ * frontend without a backend (no_backend). */
 static __always_inline int lb4(struct __sk_buff *skb, struct pkt *p)
 {
 	struct svc_key sk = {
@@ -240,16 +253,16 @@ static __always_inline int lb4(struct __sk_buff *skb, struct pkt *p)
 		__u32 *id;
 
 		if (svc->nslots == 0)
-			return kp ? 0 : -1;
+			return no_backend();
 		slot.svc_id = svc->svc_id;
 		slot.slot = flow_hash(&p->flow) % svc->nslots;
 		id = bpf_map_lookup_elem(&cm_lb_slots, &slot);
 		if (!id)
-			return kp ? 0 : -1;
+			return no_backend();
 		nct.backend_id = *id;
 		be = bpf_map_lookup_elem(&cm_backends, &nct.backend_id);
 		if (!be)
-			return kp ? 0 : -1;
+			return no_backend();
 		nct.svc_id = svc->svc_id;
 		fresh = 1;
 	}

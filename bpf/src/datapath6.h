@@ -151,16 +151,16 @@ static __always_inline int lb6(struct __sk_buff *skb, struct pkt6 *p)
 		__u32 *id;
 
 		if (svc->nslots == 0)
-			return kp ? 0 : -1;
+			return no_backend();
 		slot.svc_id = svc->svc_id;
 		slot.slot = flow_hash6(&p->flow) % svc->nslots;
 		id = bpf_map_lookup_elem(&cm_lb_slots, &slot);
 		if (!id)
-			return kp ? 0 : -1;
+			return no_backend();
 		nct.backend_id = *id;
 		be = bpf_map_lookup_elem(&cm_backends6, &nct.backend_id);
 		if (!be)
-			return kp ? 0 : -1;
+			return no_backend();
 		nct.svc_id = svc->svc_id;
 		fresh = 1;
 	}
