@@ -63,7 +63,7 @@ func printServiceTrace(w io.Writer, r *agentv1.TracePolicyResponse) {
 	fmt.Fprintf(w, "%s: identity %d -> service %s (the datapath decides a flow against the backend it picks)\n",
 		allowedWord(r.GetAllowed()), r.GetSrcIdentity(), r.GetService())
 	if len(r.GetBackends()) == 0 {
-		fmt.Fprintln(w, "  no backend: new flows are dropped")
+		fmt.Fprintln(w, "  no backend: dropped in full mode; beside kube-proxy passed on untranslated, for kube-proxy to reject")
 	}
 	for _, b := range r.GetBackends() {
 		fmt.Fprintf(w, "  backend %s, identity %d: %s\n", b.GetAddress(), b.GetIdentity(), allowedWord(b.GetAllowed()))

@@ -99,7 +99,7 @@ func TestTraceService(t *testing.T) {
 			backends: []backend{{"10.1.0.5:5432", db, true}, {"10.1.0.6:5432", other, false}}},
 		{name: "no egress policy", src: other, dst: "10.96.0.31", dport: 80, allowed: true, service: "shop/other",
 			backends: []backend{{"10.1.0.6:8080", other, true}}},
-		{name: "no backend", src: other, dst: "10.96.0.33", dport: 80, service: "shop/empty", printed: []string{"no backend: new flows are dropped"}},
+		{name: "no backend", src: other, dst: "10.96.0.33", dport: 80, service: "shop/empty", printed: []string{"no backend: dropped in full mode; beside kube-proxy passed on untranslated"}},
 		{name: "not a frontend port: the address, world", src: client, dst: "10.96.0.30", dport: 5433, dstID: selector.IDWorld},
 		{name: "not a frontend protocol: the address, world", src: client, dst: "10.96.0.30", dport: 5432, proto: "UDP", dstID: selector.IDWorld},
 	} {
