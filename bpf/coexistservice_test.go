@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strconv"
 	"syscall"
@@ -301,6 +302,18 @@ func testHandover(t *testing.T, h handover, port int) {
 	}
 }
 
+// noBackend is the fixture of TestServiceNoBackendCoexist: client, a pod
+// of node cn (its datapath pn), and backend, served on port; svc routed by
+// cn's host stack into kube-proxy's reject (kubeProxyReject).
+type noBackend struct {
+	cn              *netnstest.Node
+	pn              *policyNode
+	client, backend *netnstest.Pod
+	ip              func(*netnstest.Pod) netip.Addr // the pods' address of svc's family
+	svc             netip.AddrPort
+	coexist         bool
+}
+
 // TestServiceNoBackendCoexist: beside kube-proxy, a pod's connection to a
 // ClusterIP whose frontend has no backend (a Service without ready
 // endpoints; a global Service whose local and remote backends are all
@@ -309,81 +322,142 @@ func testHandover(t *testing.T, h handover, port int) {
 // answers it at once: TCP connect and a connected UDP socket see
 // "connection refused". Once a backend appears, a new connection is the
 // agent's (kube-proxy's reject, still in place, never sees it); once it is
-// gone again, connections are refused again.
+// gone again, connections are refused again. In full mode the datapath
+// drops them: the reject never sees a packet.
 func TestServiceNoBackendCoexist(t *testing.T) {
 	const port = 7000
-	topo, nodes := ownClusterCoexist(t, port)
-	cn, pn := topo.Nodes[1], nodes[1]
-	client, b := cn.Pods[0], topo.Nodes[0].Pods[1]
-	svc := netip.MustParseAddrPort("10.96.0.41:80")
-	// The node routes the service range (as a default route would), so an
-	// untranslated packet reaches kube-proxy's forward hook.
-	if err := cn.NS.Batch(fmt.Sprintf("route replace 10.96.0.0/16 via %s", topo.Nodes[0].UnderlayIP)); err != nil {
-		t.Fatal(err)
+	v4 := func(p *netnstest.Pod) netip.Addr { return p.IP }
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T) noBackend
+	}{
+		{name: "IPv4, backend on another node", setup: func(t *testing.T) noBackend {
+			topo, nodes := ownClusterCoexist(t, port)
+			f := noBackend{cn: topo.Nodes[1], pn: nodes[1], client: topo.Nodes[1].Pods[0], backend: topo.Nodes[0].Pods[1],
+				ip: v4, svc: netip.MustParseAddrPort("10.96.0.41:80"), coexist: true}
+			// The node routes the service range (as a default route
+			// would), so an untranslated packet reaches kube-proxy's
+			// forward hook.
+			if err := f.cn.NS.Batch(fmt.Sprintf("route replace 10.96.0.0/16 via %s", topo.Nodes[0].UnderlayIP)); err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}},
+		{name: "IPv6, backend on the same node", setup: func(t *testing.T) noBackend {
+			topo, nodes := policyClusterOpts(t, netnstest.Config{Nodes: 1, PodsPerNode: 2, IPv6: true}, bpf.Config{Coexist: true})
+			n := topo.Nodes[0]
+			cmds := []string{"link set lo up", "addr add fd00:ff::1/128 dev lo", "link add cmsvc type veth peer name cmsvcp", "link set cmsvc up", "link set cmsvcp up", "route add fd00:96::/64 dev cmsvc"}
+			for _, p := range n.Pods {
+				serve(t, p, port)
+				cmds = append(cmds, fmt.Sprintf("route add %s/128 dev %s", p.IP6, p.HostIf))
+			}
+			primaryCNI(t, n, cmds...)
+			if out, err := n.NS.Exec("sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding"); err != nil {
+				t.Fatalf("IPv6 forwarding on %s: %v: %s", n.Name, err, out)
+			}
+			return noBackend{cn: n, pn: nodes[0], client: n.Pods[0], backend: n.Pods[1],
+				ip: func(p *netnstest.Pod) netip.Addr { return p.IP6 }, svc: netip.MustParseAddrPort("[fd00:96::41]:80"), coexist: true}
+		}},
+		{name: "full mode: dropped", setup: func(t *testing.T) noBackend {
+			topo, nodes := policyClusterOpts(t, netnstest.Config{Nodes: 1, PodsPerNode: 2}, bpf.Config{})
+			n := topo.Nodes[0]
+			for _, p := range n.Pods {
+				serve(t, p, port)
+			}
+			primaryCNI(t, n, "link add cmsvc type veth peer name cmsvcp", "link set cmsvc up", "link set cmsvcp up", "route add 10.96.0.0/16 dev cmsvc")
+			return noBackend{cn: n, pn: nodes[0], client: n.Pods[0], backend: n.Pods[1], ip: v4, svc: netip.MustParseAddrPort("10.96.0.41:80")}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testNoBackend(t, tc.setup(t), port)
+		})
 	}
-	family := kubeProxy(t, topo, map[netip.AddrPort]netip.AddrPort{})
-	kubeProxyReject(t, cn, family, svc)
+}
+
+// testNoBackend is TestServiceNoBackendCoexist on the fixture f.
+func testNoBackend(t *testing.T, f noBackend, port int) {
+	family := kubeProxyReject(t, f.cn, f.svc)
 	protos := []ipproto.Proto{ipproto.TCP, ipproto.UDP}
 	var batch datapath.Batch
 	for _, proto := range protos {
-		batch.UpsertServices = append(batch.UpsertServices, datapath.Service{Frontend: datapath.Frontend{Addr: svc, Proto: proto}})
+		batch.UpsertServices = append(batch.UpsertServices, datapath.Service{Frontend: datapath.Frontend{Addr: f.svc, Proto: proto}})
 	}
-	apply(t, pn.node, batch)
-	rejected := func() uint64 { return nftCounterFamily(t, cn, family, "cmtkp", "kube_proxy_reject") }
-	refused := func(stage string) {
+	apply(t, f.pn.node, batch)
+	rejected := func() uint64 { return nftCounterFamily(t, f.cn, family, "cmrej", "kube_proxy_reject") }
+	noBackendCheck := func(stage string) {
 		t.Helper()
 		r0 := rejected()
-		_, _, _, err := dialTCPTimeout(client, svc, 3*time.Second)
+		if !f.coexist {
+			if _, _, _, err := dialTCPTimeout(f.client, f.svc, time.Second); err == nil || errors.Is(err, syscall.ECONNREFUSED) {
+				t.Errorf("%s: tcp connect to %s: %v, want dropped (a timeout)", stage, f.svc, err)
+			}
+			if err := udpRefused(f.client, f.svc); !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Errorf("%s: udp to %s: %v, want dropped (a timeout)", stage, f.svc, err)
+			}
+			if r := rejected(); r != r0 {
+				t.Errorf("%s: kube-proxy's reject counted %d packets: full mode passed them on", stage, r-r0)
+			}
+			return
+		}
+		_, _, _, err := dialTCPTimeout(f.client, f.svc, 3*time.Second)
 		if !errors.Is(err, syscall.ECONNREFUSED) {
-			t.Errorf("%s: tcp connect to %s: %v, want connection refused", stage, svc, err)
+			t.Errorf("%s: tcp connect to %s: %v, want connection refused", stage, f.svc, err)
 		}
 		testwait.Until(t, 10*time.Second, stage+": a connected UDP socket refused", func() (bool, string) {
-			err := udpRefused(client, svc)
+			err := udpRefused(f.client, f.svc)
 			return errors.Is(err, syscall.ECONNREFUSED), fmt.Sprint(err)
 		})
 		if r := rejected(); r < r0+2 {
 			t.Errorf("%s: kube-proxy's reject counted %d packets, want one TCP and one UDP at least", stage, r-r0)
 		}
 	}
-	refused("no backend")
+	noBackendCheck("no backend")
 
-	be := []datapath.Backend{{Addr: netip.AddrPortFrom(b.IP, port), ClusterID: 1, Weight: 1}}
+	be := []datapath.Backend{{Addr: netip.AddrPortFrom(f.ip(f.backend), uint16(port)), ClusterID: 1, Weight: 1}}
 	var up, down datapath.Batch
 	for _, proto := range protos {
-		fe := datapath.Frontend{Addr: svc, Proto: proto}
+		fe := datapath.Frontend{Addr: f.svc, Proto: proto}
 		up.PatchServices = append(up.PatchServices, datapath.ServicePatch{Frontend: fe, Upsert: be})
 		down.PatchServices = append(down.PatchServices, datapath.ServicePatch{Frontend: fe, Delete: []netip.AddrPort{be[0].Addr}})
 	}
-	apply(t, pn.node, up)
+	apply(t, f.pn.node, up)
 	r0 := rejected()
-	expectService(t, pn, client, svc, b.Name, true, nil)
+	expectService(t, f.pn, f.client, f.svc, f.backend.Name, true, nil)
 	if r := rejected(); r != r0 {
 		t.Errorf("kube-proxy's reject saw %d packets once the Service had a backend: the agent did not translate", r-r0)
 	}
 
-	apply(t, pn.node, down)
-	refused("backend gone")
+	apply(t, f.pn.node, down)
+	noBackendCheck("backend gone")
 }
 
-// kubeProxyReject adds kube-proxy's reject of a Service without endpoints
-// (its nftables mode: new connections to the ClusterIP and port, TCP and
-// UDP, rejected in forward with ICMP port unreachable) to table cmtkp of
-// family on n, counted by counter kube_proxy_reject.
-func kubeProxyReject(t *testing.T, n *netnstest.Node, family string, fe netip.AddrPort) {
+// kubeProxyReject does kube-proxy's part for fe, a Service without
+// endpoints, on n, as its nftables mode does: new connections to the
+// ClusterIP and port, TCP and UDP, rejected in forward (ICMP port
+// unreachable), in table cmrej of fe's family (returned), counted by
+// counter kube_proxy_reject.
+func kubeProxyReject(t *testing.T, n *netnstest.Node, fe netip.AddrPort) string {
 	t.Helper()
+	nft := testenv.RequireCommand(t, "nft")
+	family := "ip"
+	if fe.Addr().Is6() {
+		family = "ip6"
+	}
 	rules := [][]string{
-		{"add", "counter", family, "cmtkp", "kube_proxy_reject"},
-		{"add", "chain", family, "cmtkp", "cmrej", "{ type filter hook forward priority -1 ; }"},
+		{"add", "table", family, "cmrej"},
+		{"add", "counter", family, "cmrej", "kube_proxy_reject"},
+		{"add", "chain", family, "cmrej", "cmfwd", "{ type filter hook forward priority -1 ; }"},
 	}
 	for _, proto := range []string{"tcp", "udp"} {
-		rules = append(rules, []string{"add", "rule", family, "cmtkp", "cmrej", "ct", "state", "new", family, "daddr", fe.Addr().String(),
+		rules = append(rules, []string{"add", "rule", family, "cmrej", "cmfwd", "ct", "state", "new", family, "daddr", fe.Addr().String(),
 			proto, "dport", strconv.Itoa(int(fe.Port())), "counter", "name", "kube_proxy_reject", "reject"})
 	}
 	for _, r := range rules {
-		if out, err := n.NS.Exec("nft", r...); err != nil {
+		if out, err := n.NS.Exec(nft, r...); err != nil {
 			t.Fatalf("nft %v on %s: %v: %s", r, n.Name, err, out)
 		}
 	}
+	return family
 }
 
 // udpRefused sends a datagram from p to addr on a connected UDP socket and
