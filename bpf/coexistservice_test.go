@@ -207,18 +207,9 @@ func TestServiceHandoverCoexist(t *testing.T) {
 			return h
 		}},
 		{name: "IPv6, backends on the same node", setup: func(t *testing.T) handover {
-			topo, nodes := policyClusterOpts(t, netnstest.Config{Nodes: 1, PodsPerNode: 3, IPv6: true}, bpf.Config{Coexist: true})
+			topo, pn := coexistIPv6Node(t, 3, port)
 			n := topo.Nodes[0]
-			cmds := []string{}
-			for _, p := range n.Pods {
-				serve(t, p, port)
-				cmds = append(cmds, fmt.Sprintf("route add %s/128 dev %s", p.IP6, p.HostIf))
-			}
-			primaryCNI(t, n, cmds...)
-			if out, err := n.NS.Exec("sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding"); err != nil {
-				t.Fatalf("IPv6 forwarding on %s: %v: %s", n.Name, err, out)
-			}
-			h := handover{cn: n, pn: nodes[0], client: n.Pods[0], kp: n.Pods[1], agent: n.Pods[2],
+			h := handover{cn: n, pn: pn, client: n.Pods[0], kp: n.Pods[1], agent: n.Pods[2],
 				ip: func(p *netnstest.Pod) netip.Addr { return p.IP6 }, svc: netip.MustParseAddrPort("[fd00:96::31]:80"), ctMap: "cm_lb_ct6"}
 			h.family = kubeProxy(t, topo, map[netip.AddrPort]netip.AddrPort{h.svc: netip.AddrPortFrom(h.kp.IP6, port)})
 			return h
@@ -228,6 +219,25 @@ func TestServiceHandoverCoexist(t *testing.T) {
 			testHandover(t, tc.setup(t), port)
 		})
 	}
+}
+
+// coexistIPv6Node is one node in coexistence mode with pods IPv6 pods, each
+// serving port, beside a primary CNI (its IPv6 routes to the pods, the
+// extra ip commands, forwarding on).
+func coexistIPv6Node(t *testing.T, pods, port int, extra ...string) (*netnstest.Topology, *policyNode) {
+	t.Helper()
+	topo, nodes := policyClusterOpts(t, netnstest.Config{Nodes: 1, PodsPerNode: pods, IPv6: true}, bpf.Config{Coexist: true})
+	n := topo.Nodes[0]
+	cmds := extra
+	for _, p := range n.Pods {
+		serve(t, p, port)
+		cmds = append(cmds, fmt.Sprintf("route add %s/128 dev %s", p.IP6, p.HostIf))
+	}
+	primaryCNI(t, n, cmds...)
+	if out, err := n.NS.Exec("sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding"); err != nil {
+		t.Fatalf("IPv6 forwarding on %s: %v: %s", n.Name, err, out)
+	}
+	return topo, nodes[0]
 }
 
 // testHandover is TestServiceHandoverCoexist on the fixture h.
@@ -344,18 +354,12 @@ func TestServiceNoBackendCoexist(t *testing.T) {
 			return f
 		}},
 		{name: "IPv6, backend on the same node", setup: func(t *testing.T) noBackend {
-			topo, nodes := policyClusterOpts(t, netnstest.Config{Nodes: 1, PodsPerNode: 2, IPv6: true}, bpf.Config{Coexist: true})
+			// The node routes the service range into a device, with an
+			// address of its own to send kube-proxy's ICMPv6 from.
+			topo, pn := coexistIPv6Node(t, 2, port, "link set lo up", "addr add fd00:ff::1/128 dev lo",
+				"link add cmsvc type veth peer name cmsvcp", "link set cmsvc up", "link set cmsvcp up", "route add fd00:96::/64 dev cmsvc")
 			n := topo.Nodes[0]
-			cmds := []string{"link set lo up", "addr add fd00:ff::1/128 dev lo", "link add cmsvc type veth peer name cmsvcp", "link set cmsvc up", "link set cmsvcp up", "route add fd00:96::/64 dev cmsvc"}
-			for _, p := range n.Pods {
-				serve(t, p, port)
-				cmds = append(cmds, fmt.Sprintf("route add %s/128 dev %s", p.IP6, p.HostIf))
-			}
-			primaryCNI(t, n, cmds...)
-			if out, err := n.NS.Exec("sh", "-c", "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding"); err != nil {
-				t.Fatalf("IPv6 forwarding on %s: %v: %s", n.Name, err, out)
-			}
-			return noBackend{cn: n, pn: nodes[0], client: n.Pods[0], backend: n.Pods[1],
+			return noBackend{cn: n, pn: pn, client: n.Pods[0], backend: n.Pods[1],
 				ip: func(p *netnstest.Pod) netip.Addr { return p.IP6 }, svc: netip.MustParseAddrPort("[fd00:96::41]:80"), coexist: true}
 		}},
 		{name: "full mode: dropped", setup: func(t *testing.T) noBackend {
@@ -464,12 +468,8 @@ func kubeProxyReject(t *testing.T, n *netnstest.Node, fe netip.AddrPort) string 
 // returns the error of the read that follows (ECONNREFUSED once an ICMP
 // port unreachable came back).
 func udpRefused(p *netnstest.Pod, addr netip.AddrPort) error {
-	var c *net.UDPConn
-	if err := p.NS.Do(func() error {
-		var err error
-		c, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
-		return err
-	}); err != nil {
+	c, err := dialUDP(p.NS, addr)
+	if err != nil {
 		return err
 	}
 	defer c.Close()
@@ -477,7 +477,7 @@ func udpRefused(p *netnstest.Pod, addr netip.AddrPort) error {
 		return err
 	}
 	_ = c.SetReadDeadline(time.Now().Add(time.Second))
-	_, err := c.Read(make([]byte, 2048))
+	_, err = c.Read(make([]byte, 2048))
 	return err
 }
 

@@ -407,12 +407,7 @@ func udpRoundTrip(p *netnstest.Pod, addr netip.AddrPort) (hello, error) {
 
 // udpTry sends up to attempts datagrams, waiting wait for a reply to each.
 func udpTry(p *netnstest.Pod, addr netip.AddrPort, attempts int, wait time.Duration) (hello, error) {
-	var c *net.UDPConn
-	err := p.NS.Do(func() error {
-		var err error
-		c, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
-		return err
-	})
+	c, err := dialUDP(p.NS, addr)
 	if err != nil {
 		return hello{}, err
 	}
@@ -493,4 +488,15 @@ func roundTripFromPort(p *netnstest.Pod, network string, port int, addr netip.Ad
 		return hello{}, fmt.Errorf("bad hello %q", line)
 	}
 	return hello{server: f[0], peer: f[1]}, nil
+}
+
+// dialUDP opens a UDP socket in ns connected to addr.
+func dialUDP(ns *netnstest.NS, addr netip.AddrPort) (*net.UDPConn, error) {
+	var c *net.UDPConn
+	err := ns.Do(func() error {
+		var err error
+		c, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
+		return err
+	})
+	return c, err
 }

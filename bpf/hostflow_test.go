@@ -108,17 +108,12 @@ func nodeTCP(n *netnstest.Node, addr netip.AddrPort) error {
 
 // nodeUDP sends datagrams from the node's namespace until one is answered.
 func nodeUDP(n *netnstest.Node, addr netip.AddrPort) error {
-	var c *net.UDPConn
-	if err := n.NS.Do(func() error {
-		var err error
-		c, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
-		return err
-	}); err != nil {
+	c, err := dialUDP(n.NS, addr)
+	if err != nil {
 		return err
 	}
 	defer c.Close()
 	buf := make([]byte, 2048)
-	var err error
 	for range 3 {
 		if _, err = c.Write([]byte("payload")); err != nil {
 			return err
