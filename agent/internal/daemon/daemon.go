@@ -288,7 +288,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	pol.policiesSynced = mgr.PoliciesSynced
 	reg.MustRegister(mgr.Collector())
 
-	status := statusapi.New(statusapi.Config{Socket: cfg.StatusSocket, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID, NodeName: cfg.NodeName},
+	status := statusapi.New(statusapi.Config{Socket: cfg.StatusSocket, ClusterName: cfg.ClusterName, ClusterID: cfg.ClusterID, NodeName: cfg.NodeName,
+		BesideKubeProxy: cfg.Mode == ModeCoexist},
 		mgr, merger, rec, log.With("component", "status"))
 	status.SetPolicy(pol)
 	world.podCIDRs = local.PodCIDRs

@@ -169,8 +169,13 @@ func (s *Server) TracePolicy(_ context.Context, req *agentv1.TracePolicyRequest)
 	if !ok || req.GetDport() > 65535 {
 		return nil, status.Errorf(codes.InvalidArgument, "bad port or protocol %d/%s", req.GetDport(), req.GetProtocol())
 	}
+	var service string
 	if name, svc, ok := s.frontend(req.GetDst(), uint16(req.GetDport()), proto); ok {
-		return s.traceService(src, name, svc)
+		resp, err := s.traceService(src, name, svc)
+		if err != nil || len(resp.GetBackends()) > 0 || !s.cfg.BesideKubeProxy {
+			return resp, err
+		}
+		service = resp.GetService() // no backend: the packet goes on to the address
 	}
 	dst, err := one("destination", req.GetDst())
 	if err != nil {
@@ -178,7 +183,7 @@ func (s *Server) TracePolicy(_ context.Context, req *agentv1.TracePolicyRequest)
 	}
 	r := s.policy.Trace(policy.Flow{Src: src, Dst: dst, Port: uint16(req.GetDport()), Proto: proto})
 	return &agentv1.TracePolicyResponse{Allowed: r.Allowed, SrcIdentity: uint32(src), DstIdentity: uint32(dst),
-		Egress: verdict(r.Egress), Ingress: verdict(r.Ingress)}, nil
+		Egress: verdict(r.Egress), Ingress: verdict(r.Ingress), Service: service}, nil
 }
 
 func verdict(v policy.Verdict) *agentv1.TraceVerdict {

@@ -48,6 +48,10 @@ type Config struct {
 	ClusterName string
 	ClusterID   uint32
 	NodeName    string
+	// BesideKubeProxy: coexistence mode, where the datapath passes a packet
+	// to a frontend without a backend on untranslated, for kube-proxy to
+	// reject; a trace to such a frontend is a trace to its address.
+	BesideKubeProxy bool
 }
 
 // Server serves the status API.

@@ -37,7 +37,8 @@ func (s *Server) frontend(dst string, port uint16, proto ipproto.Proto) (service
 // traceService traces src to every backend of svc a new flow may pick (a
 // weight above 0), on the backend's port, as the datapath decides it after
 // the translation. The flow is allowed when every such backend is; with
-// none, the datapath drops new flows.
+// none, the datapath drops new flows (full mode; beside kube-proxy
+// TracePolicy traces the address instead).
 func (s *Server) traceService(src policy.ID, name servicemerge.Name, svc datapath.Service) (*agentv1.TracePolicyResponse, error) {
 	resp := &agentv1.TracePolicyResponse{SrcIdentity: uint32(src), Service: name.String(), Allowed: true}
 	for _, b := range svc.Backends {
@@ -60,10 +61,18 @@ func (s *Server) traceService(src policy.ID, name servicemerge.Name, svc datapat
 // printServiceTrace prints a trace to a Service's frontend, backend by
 // backend.
 func printServiceTrace(w io.Writer, r *agentv1.TracePolicyResponse) {
-	fmt.Fprintf(w, "%s: identity %d -> service %s (the datapath decides a flow against the backend it picks)\n",
-		allowedWord(r.GetAllowed()), r.GetSrcIdentity(), r.GetService())
+	how := "the datapath decides a flow against the backend it picks"
 	if len(r.GetBackends()) == 0 {
-		fmt.Fprintln(w, "  no backend: dropped in full mode; beside kube-proxy passed on untranslated, for kube-proxy to reject")
+		how = "no backend"
+	}
+	fmt.Fprintf(w, "%s: identity %d -> service %s (%s)\n", allowedWord(r.GetAllowed()), r.GetSrcIdentity(), r.GetService(), how)
+	switch {
+	case len(r.GetBackends()) > 0:
+	case r.GetDstIdentity() != 0:
+		fmt.Fprintf(w, "  no backend: passed on untranslated, for kube-proxy to reject; decided against the address, identity %d\n", r.GetDstIdentity())
+		printVerdicts(w, "  ", r.GetEgress(), r.GetIngress())
+	default:
+		fmt.Fprintln(w, "  no backend: new flows are dropped")
 	}
 	for _, b := range r.GetBackends() {
 		fmt.Fprintf(w, "  backend %s, identity %d: %s\n", b.GetAddress(), b.GetIdentity(), allowedWord(b.GetAllowed()))

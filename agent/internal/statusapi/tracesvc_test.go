@@ -99,7 +99,7 @@ func TestTraceService(t *testing.T) {
 			backends: []backend{{"10.1.0.5:5432", db, true}, {"10.1.0.6:5432", other, false}}},
 		{name: "no egress policy", src: other, dst: "10.96.0.31", dport: 80, allowed: true, service: "shop/other",
 			backends: []backend{{"10.1.0.6:8080", other, true}}},
-		{name: "no backend", src: other, dst: "10.96.0.33", dport: 80, service: "shop/empty", printed: []string{"no backend: dropped in full mode; beside kube-proxy passed on untranslated"}},
+		{name: "no backend", src: other, dst: "10.96.0.33", dport: 80, service: "shop/empty", printed: []string{"no backend: new flows are dropped"}},
 		{name: "not a frontend port: the address, world", src: client, dst: "10.96.0.30", dport: 5433, dstID: selector.IDWorld},
 		{name: "not a frontend protocol: the address, world", src: client, dst: "10.96.0.30", dport: 5432, proto: "UDP", dstID: selector.IDWorld},
 	} {
@@ -125,6 +125,39 @@ func TestTraceService(t *testing.T) {
 				if !strings.Contains(buf.String(), want) {
 					t.Errorf("printed trace lacks %q:\n%s", want, buf.String())
 				}
+			}
+		})
+	}
+
+	// Beside kube-proxy a packet to a frontend without a backend goes on
+	// untranslated: the trace is the address's (world here), for a pod
+	// with an egress policy and for one without.
+	ctxK, sockK := servePolicy(t, snap, func(s *Server) {
+		s.SetPolicy(addrPolicy{enginePolicy{e}, map[netip.Addr]policy.ID{dbIP: db, otherIP: other, drainedIP: other}})
+		s.cfg.BesideKubeProxy = true
+	})
+	for _, tc := range []struct {
+		name    string
+		src     policy.ID
+		allowed bool
+	}{
+		{"egress policy without world: denied", client, false},
+		{"no egress policy: passed to kube-proxy", other, true},
+	} {
+		t.Run("beside kube-proxy, no backend, "+tc.name, func(t *testing.T) {
+			r, err := Trace(ctxK, sockK, &agentv1.TracePolicyRequest{Src: strconv.Itoa(int(tc.src)), Dst: "10.96.0.33", Dport: 80})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.GetAllowed() != tc.allowed || r.GetService() != "shop/empty" || r.GetDstIdentity() != uint32(selector.IDWorld) || len(r.GetBackends()) != 0 {
+				t.Fatalf("trace = %v, want allowed %v, service shop/empty, the address's identity (world), no backends", r, tc.allowed)
+			}
+			var buf bytes.Buffer
+			if err := PrintTrace(&buf, r, false); err != nil {
+				t.Fatal(err)
+			}
+			if want := "no backend: passed on untranslated, for kube-proxy to reject; decided against the address, identity 2"; !strings.Contains(buf.String(), want) {
+				t.Errorf("printed trace lacks %q:\n%s", want, buf.String())
 			}
 		})
 	}
