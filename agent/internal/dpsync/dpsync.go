@@ -92,9 +92,7 @@ type Reconciler struct {
 	cidrs        map[netip.Prefix]uint32   // guarded by mu: prefixes of CIDR identities (UpsertCIDR)
 	ranges       map[netip.Prefix]struct{} // the cluster ranges (Config.ClusterCIDRs), fixed at New
 
-	built   uint64        // guarded by mu: the batches begun (empty ones too)
-	chunk   int           // the keys a flush takes per hold of mu (buildChunk)
-	pause   func()        // called between chunks, mu released (runtime.Gosched)
+	built   uint64        // guarded by mu: the batches built (empty ones too)
 	waiters []flushWaiter // guarded by mu: AfterFlush callbacks not yet called
 
 	kick  chan struct{} // buffered(1): something is dirty
@@ -155,8 +153,6 @@ func New(cfg Config, w datapath.Writer, log *slog.Logger, clk clock.Clock) *Reco
 		restored:  datapath.NewState(),
 		holding:   map[uint32]bool{},
 		kick:      make(chan struct{}, 1),
-		chunk:     buildChunk,
-		pause:     runtime.Gosched,
 
 		local:        localSet{byNode: map[string][]netip.Prefix{}, all: newPrefixSet(nil)},
 		refused:      map[refusalKey][]Refusal{},
@@ -451,8 +447,7 @@ func (r *Reconciler) trimAfterSync() {
 	r.restoreGCLocked(false)
 	// Nothing is dirty: the room that cleared left for the sync's flushes
 	// goes back too.
-	r.tunnels.shrink()
-	r.ipcache.shrink()
+	r.tunnels.dirty, r.ipcache.dirty = map[netip.Prefix]struct{}{}, map[netip.Prefix]struct{}{}
 	r.mu.Unlock()
 	start := r.clock.Now()
 	// A first collection moves what sync.Pools hold (the gRPC client's
@@ -491,13 +486,12 @@ func (r *Reconciler) AfterFlush(fn func(at time.Time)) {
 }
 
 // Flush applies everything dirty now, as one batch. On error the batch's keys
-// stay dirty. What is handed in while Flush builds the batch may be in it or
-// is dirty for the next one.
+// stay dirty.
 func (r *Reconciler) Flush(ctx context.Context) error {
 	r.mu.Lock()
-	r.built++ // first: an AfterFlush from now on waits for the next batch
-	gen := r.built
 	b := r.buildLocked()
+	r.built++
+	gen := r.built
 	r.mu.Unlock()
 	if b.Empty() {
 		r.flushed(gen)
@@ -547,34 +541,51 @@ func (r *Reconciler) Stats() Stats {
 	return r.stats
 }
 
-// buildChunk is how many tunnel or ipcache keys a flush turns into batch
-// entries per hold of the reconciler's lock (≈ 0.5 µs each): a cold sync's
-// batch of tens of thousands, built in one hold, kept the listing that
-// claims the next entries waiting 2–11 ms each time (bench/README.md).
-const buildChunk = 1024
-
-// buildLocked builds the batch of everything dirty. It releases r.mu
-// between chunks of tunnel and ipcache keys: those keys are taken out of
-// the dirty sets first, so a claim handed in meanwhile either is read by a
-// later chunk or dirties its key again for the next batch; every key in
-// the batch is read at the time its chunk is built.
 func (r *Reconciler) buildLocked() datapath.Batch {
 	var b datapath.Batch
 	r.reevaluateLocked()
-	tunnels, ipcache := r.tunnels.take(), r.ipcache.take()
-	nt, ni := len(tunnels), len(ipcache)
 	// Sized for the dirty entries (mostly upserts): a cold sync's batches
 	// hold tens of thousands, grown from nothing they were copied ~15 times.
-	if nt > 0 {
-		b.UpsertTunnels = make([]datapath.TunnelEntry, 0, nt)
+	if n := len(r.tunnels.dirty); n > 0 {
+		b.UpsertTunnels = make([]datapath.TunnelEntry, 0, n)
 	}
-	if ni > 0 {
-		b.UpsertIPCache = make([]datapath.IPCacheEntry, 0, ni)
+	if n := len(r.ipcache.dirty); n > 0 {
+		b.UpsertIPCache = make([]datapath.IPCacheEntry, 0, n)
 	}
-	buildPrefixes(r, tunnels, r.tunnelWinner, r.restored.Tunnels, func(e datapath.TunnelEntry) uint32 { return e.ClusterID }, &b.UpsertTunnels, &b.DeleteTunnels)
-	r.tunnels.taken(tunnels, nt)
-	buildPrefixes(r, ipcache, r.ipcacheEntry, r.restored.IPCache, func(e datapath.IPCacheEntry) uint32 { return e.ClusterID }, &b.UpsertIPCache, &b.DeleteIPCache)
-	r.ipcache.taken(ipcache, ni)
+	defer r.tunnels.cleared()
+	for p := range r.tunnels.dirty {
+		delete(r.tunnels.dirty, p)
+		e, ok := r.tunnelWinner(p)
+		old, restored := r.restored.Tunnels[p]
+		switch {
+		case ok && restored && old == e:
+			delete(r.restored.Tunnels, p)
+		case ok:
+			delete(r.restored.Tunnels, p)
+			b.UpsertTunnels = append(b.UpsertTunnels, e)
+		case restored && r.holding[old.ClusterID]:
+		default:
+			delete(r.restored.Tunnels, p)
+			b.DeleteTunnels = append(b.DeleteTunnels, p)
+		}
+	}
+	defer r.ipcache.cleared()
+	for p := range r.ipcache.dirty {
+		delete(r.ipcache.dirty, p)
+		e, ok := r.ipcacheEntry(p)
+		old, restored := r.restored.IPCache[p]
+		switch {
+		case ok && restored && old == e:
+			delete(r.restored.IPCache, p)
+		case ok:
+			delete(r.restored.IPCache, p)
+			b.UpsertIPCache = append(b.UpsertIPCache, e)
+		case restored && r.holding[old.ClusterID]:
+		default:
+			delete(r.restored.IPCache, p)
+			b.DeleteIPCache = append(b.DeleteIPCache, p)
+		}
+	}
 	own := r.cfg.ClusterID
 	for f := range r.dirtyBe {
 		// A restored service's change is a whole upsert (held backends
@@ -655,37 +666,6 @@ func (r *Reconciler) buildLocked() datapath.Batch {
 		}
 	}
 	return b
-}
-
-// buildPrefixes empties pending (keys taken out of a table's dirty set)
-// into upserts of the winning entries and deletes, buildChunk keys per hold
-// of r.mu (held on entry and on return).
-func buildPrefixes[T comparable](r *Reconciler, pending map[netip.Prefix]struct{}, win func(netip.Prefix) (T, bool),
-	restored map[netip.Prefix]T, cluster func(T) uint32, up *[]T, del *[]netip.Prefix) {
-	n := 0
-	for p := range pending {
-		if n == r.chunk {
-			r.mu.Unlock()
-			r.pause()
-			r.mu.Lock()
-			n = 0
-		}
-		n++
-		delete(pending, p)
-		e, ok := win(p)
-		old, isRestored := restored[p]
-		switch {
-		case ok && isRestored && old == e:
-			delete(restored, p)
-		case ok:
-			delete(restored, p)
-			*up = append(*up, e)
-		case isRestored && r.holding[cluster(old)]:
-		default:
-			delete(restored, p)
-			*del = append(*del, p)
-		}
-	}
 }
 
 // mergeRestored appends the held restored backends that s lacks.

@@ -23,7 +23,7 @@ type table[T any, C any] struct {
 	m     *flatmap.Map[ipkey.Prefix, C]
 	more  map[ipkey.Prefix][]C // other claims of a key of m, oldest first
 	dirty map[netip.Prefix]struct{}
-	spare map[netip.Prefix]struct{} // the set the last flush emptied: the next dirty one
+	peak  int // most keys dirty at once since the last flush
 	enc   func(T) C
 	dec   func(netip.Prefix, C) T
 	id    func(C) uint32
@@ -40,32 +40,16 @@ func newTable[T any, C any](enc func(T) C, dec func(netip.Prefix, C) T, id func(
 // growth while a large remote is listed.
 func (t *table[T, C]) grow(n int) { t.m.Reserve(t.m.Len() + n) }
 
-// take hands the dirty keys to a flush and starts a new dirty set: what is
-// claimed while the flush builds its batch (in chunks, releasing the
-// reconciler's lock between them) is dirty for the next batch.
-func (t *table[T, C]) take() map[netip.Prefix]struct{} {
-	d := t.dirty
-	t.dirty, t.spare = t.spare, nil
-	if t.dirty == nil {
-		t.dirty = make(map[netip.Prefix]struct{}, min(len(d), maxDirtyRoom))
+// cleared is called after a flush emptied dirty: a map keeps the room of
+// its largest size, so the one that held many keys is dropped. The next is
+// made with room for as many, up to maxDirtyRoom: during a cold sync every
+// flush takes thousands of keys, and growing the set again from nothing
+// for each cost a few percent of the sync's CPU.
+func (t *table[T, C]) cleared() {
+	if t.peak > 1024 {
+		t.dirty = make(map[netip.Prefix]struct{}, min(t.peak, maxDirtyRoom))
 	}
-	return d
-}
-
-// taken gets back the set take handed out, emptied, with the number of
-// keys it held. A map keeps the room of its largest size: during a cold
-// sync every flush takes thousands of keys, and growing a set again from
-// nothing for each cost a few percent of the sync's CPU, so the emptied set
-// is the next dirty one, unless it held more than maxDirtyRoom keys.
-func (t *table[T, C]) taken(d map[netip.Prefix]struct{}, n int) {
-	if n <= maxDirtyRoom {
-		t.spare = d
-	}
-}
-
-// shrink drops the room the dirty sets kept (nothing may be dirty).
-func (t *table[T, C]) shrink() {
-	t.dirty, t.spare = map[netip.Prefix]struct{}{}, nil
+	t.peak = 0
 }
 
 // maxDirtyRoom bounds the room a dirty set is made with (≈ 40 bytes each):
@@ -135,6 +119,7 @@ func (t *table[T, C]) each(p netip.Prefix, f func(T)) {
 // replaces (had: there was one), found by the same lookup.
 func (t *table[T, C]) upsert(p netip.Prefix, v T) (prev C, had bool) {
 	t.dirty[p] = struct{}{}
+	t.peak = max(t.peak, len(t.dirty))
 	k, c := ipkey.FromPrefix(p), t.enc(v)
 	first, added := t.m.Ref(k) // one lookup for the common first claim
 	id := t.id(c)
