@@ -1,0 +1,165 @@
+package kvstore
+
+import (
+	"context"
+	"fmt"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/encoding"
+	_ "google.golang.org/grpc/encoding/proto" // registers the "proto" codec pageCodec delegates to
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// A list page is read with etcd's Range RPC and decoded in place: the
+// page's bytes are copied out of gRPC's receive buffers once, and every
+// key and value is a slice of that copy. The generated etcdserverpb code
+// (protobuf-go) allocates a message and two byte slices per key and copies
+// every key and value a second time (bench/README.md, "A list page decoded
+// in place").
+
+// rangePage is the part of a RangeResponse a listing reads.
+type rangePage struct {
+	Revision  int64 // of the header
+	ClusterID uint64
+	More      bool
+	Count     int64
+	Kvs       []pageKV
+}
+
+// pageKV is one key of a page; Key and Value alias the page's buffer.
+type pageKV struct {
+	Key, Value  []byte
+	ModRevision int64
+}
+
+// RangeResponse, ResponseHeader and KeyValue field numbers (etcd api/v3
+// rpc.proto, kv.proto).
+const (
+	rangeHeader, rangeKvs, rangeMore, rangeCount = 1, 2, 3, 4
+	headerClusterID, headerRevision              = 1, 3
+	kvKey, kvModRevision, kvValue                = 1, 3, 5
+)
+
+// unmarshal decodes a RangeResponse from b, which the page keeps. As
+// protobuf-go does, a field whose wire type is not its declared one is
+// skipped as unknown, and of a field given twice the last counts.
+func (p *rangePage) unmarshal(b []byte) error {
+	*p = rangePage{}
+	n := 0 // keys, counted first to size Kvs once
+	if err := eachField(b, func(num protowire.Number, typ protowire.Type, _ uint64, _ []byte) error {
+		if num == rangeKvs && typ == protowire.BytesType {
+			n++
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	p.Kvs = make([]pageKV, 0, n)
+	return eachField(b, func(num protowire.Number, typ protowire.Type, v uint64, m []byte) error {
+		switch {
+		case num == rangeHeader && typ == protowire.BytesType:
+			return eachField(m, func(num protowire.Number, typ protowire.Type, v uint64, _ []byte) error {
+				switch {
+				case num == headerClusterID && typ == protowire.VarintType:
+					p.ClusterID = v
+				case num == headerRevision && typ == protowire.VarintType:
+					p.Revision = int64(v)
+				}
+				return nil
+			})
+		case num == rangeKvs && typ == protowire.BytesType:
+			var kv pageKV
+			err := eachField(m, func(num protowire.Number, typ protowire.Type, v uint64, m []byte) error {
+				switch {
+				case num == kvKey && typ == protowire.BytesType:
+					kv.Key = m
+				case num == kvValue && typ == protowire.BytesType:
+					kv.Value = m
+				case num == kvModRevision && typ == protowire.VarintType:
+					kv.ModRevision = int64(v)
+				}
+				return nil
+			})
+			p.Kvs = append(p.Kvs, kv)
+			return err
+		case num == rangeMore && typ == protowire.VarintType:
+			p.More = v != 0
+		case num == rangeCount && typ == protowire.VarintType:
+			p.Count = int64(v)
+		}
+		return nil
+	})
+}
+
+// eachField calls f with every varint field of the message in b (its
+// value) and every length-delimited one (its bytes, a slice of b); fields
+// of other wire types are checked and skipped.
+func eachField(b []byte, f func(num protowire.Number, typ protowire.Type, v uint64, m []byte) error) error {
+	for len(b) > 0 {
+		num, typ, l := protowire.ConsumeTag(b)
+		if l < 0 {
+			return fmt.Errorf("range response: %w", protowire.ParseError(l))
+		}
+		if !num.IsValid() {
+			return fmt.Errorf("range response: invalid field number %d", num)
+		}
+		b = b[l:]
+		var v uint64
+		var m []byte
+		switch typ {
+		case protowire.VarintType:
+			v, l = protowire.ConsumeVarint(b)
+		case protowire.BytesType:
+			m, l = protowire.ConsumeBytes(b)
+		default:
+			l = protowire.ConsumeFieldValue(num, typ, b)
+		}
+		if l < 0 {
+			return fmt.Errorf("range response: field %d: %w", num, protowire.ParseError(l))
+		}
+		b = b[l:]
+		if typ != protowire.VarintType && typ != protowire.BytesType {
+			continue
+		}
+		if err := f(num, typ, v, m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// pageCodec decodes a *rangePage in place and leaves every other message
+// to gRPC's proto codec, whose content subtype it is on the wire.
+type pageCodec struct{ proto encoding.CodecV2 }
+
+var rangeCodec = pageCodec{proto: encoding.GetCodecV2("proto")}
+
+func (c pageCodec) Name() string { return c.proto.Name() }
+
+func (c pageCodec) Marshal(v any) (mem.BufferSlice, error) { return c.proto.Marshal(v) }
+
+func (c pageCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	if p, ok := v.(*rangePage); ok {
+		return p.unmarshal(data.Materialize())
+	}
+	return c.proto.Unmarshal(data, v)
+}
+
+// rangeMethod is etcd's Range RPC.
+const rangeMethod = "/etcdserverpb.KV/Range"
+
+// getPage reads the keys from key up to end, at most limit of them, at
+// revision rev (0: the newest), as clientv3's Get would, with its errors.
+func (c *Client) getPage(ctx context.Context, key, end string, limit, rev int64) (*rangePage, error) {
+	req := &pb.RangeRequest{Key: []byte(key), RangeEnd: []byte(end), Limit: limit, Revision: rev}
+	var p rangePage
+	err := c.etcd.ActiveConnection().Invoke(ctx, rangeMethod, req, &p,
+		grpc.ForceCodecV2(rangeCodec), grpc.WaitForReady(true), grpc.MaxCallRecvMsgSize(maxResponse))
+	if err != nil {
+		return nil, clientv3.ContextError(ctx, err)
+	}
+	return &p, nil
+}
