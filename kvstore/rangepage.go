@@ -49,86 +49,93 @@ const (
 func (p *rangePage) unmarshal(b []byte) error {
 	*p = rangePage{}
 	n := 0 // keys, counted first to size Kvs once
-	if err := eachField(b, func(num protowire.Number, typ protowire.Type, _ uint64, _ []byte) error {
-		if num == rangeKvs && typ == protowire.BytesType {
+	for rest := b; len(rest) > 0; {
+		f, err := nextField(&rest)
+		if err != nil {
+			return err
+		}
+		if f.is(rangeKvs, protowire.BytesType) {
 			n++
 		}
-		return nil
-	}); err != nil {
-		return err
 	}
 	p.Kvs = make([]pageKV, 0, n)
-	return eachField(b, func(num protowire.Number, typ protowire.Type, v uint64, m []byte) error {
-		switch {
-		case num == rangeHeader && typ == protowire.BytesType:
-			return eachField(m, func(num protowire.Number, typ protowire.Type, v uint64, _ []byte) error {
-				switch {
-				case num == headerClusterID && typ == protowire.VarintType:
-					p.ClusterID = v
-				case num == headerRevision && typ == protowire.VarintType:
-					p.Revision = int64(v)
-				}
-				return nil
-			})
-		case num == rangeKvs && typ == protowire.BytesType:
-			var kv pageKV
-			err := eachField(m, func(num protowire.Number, typ protowire.Type, v uint64, m []byte) error {
-				switch {
-				case num == kvKey && typ == protowire.BytesType:
-					kv.Key = m
-				case num == kvValue && typ == protowire.BytesType:
-					kv.Value = m
-				case num == kvModRevision && typ == protowire.VarintType:
-					kv.ModRevision = int64(v)
-				}
-				return nil
-			})
-			p.Kvs = append(p.Kvs, kv)
-			return err
-		case num == rangeMore && typ == protowire.VarintType:
-			p.More = v != 0
-		case num == rangeCount && typ == protowire.VarintType:
-			p.Count = int64(v)
-		}
-		return nil
-	})
-}
-
-// eachField calls f with every varint field of the message in b (its
-// value) and every length-delimited one (its bytes, a slice of b); fields
-// of other wire types are checked and skipped.
-func eachField(b []byte, f func(num protowire.Number, typ protowire.Type, v uint64, m []byte) error) error {
 	for len(b) > 0 {
-		num, typ, l := protowire.ConsumeTag(b)
-		if l < 0 {
-			return fmt.Errorf("range response: %w", protowire.ParseError(l))
-		}
-		if !num.IsValid() {
-			return fmt.Errorf("range response: invalid field number %d", num)
-		}
-		b = b[l:]
-		var v uint64
-		var m []byte
-		switch typ {
-		case protowire.VarintType:
-			v, l = protowire.ConsumeVarint(b)
-		case protowire.BytesType:
-			m, l = protowire.ConsumeBytes(b)
-		default:
-			l = protowire.ConsumeFieldValue(num, typ, b)
-		}
-		if l < 0 {
-			return fmt.Errorf("range response: field %d: %w", num, protowire.ParseError(l))
-		}
-		b = b[l:]
-		if typ != protowire.VarintType && typ != protowire.BytesType {
-			continue
-		}
-		if err := f(num, typ, v, m); err != nil {
-			return err
+		f, _ := nextField(&b) // checked above
+		switch {
+		case f.is(rangeHeader, protowire.BytesType):
+			for m := f.m; len(m) > 0; {
+				h, err := nextField(&m)
+				if err != nil {
+					return err
+				}
+				switch {
+				case h.is(headerClusterID, protowire.VarintType):
+					p.ClusterID = h.v
+				case h.is(headerRevision, protowire.VarintType):
+					p.Revision = int64(h.v)
+				}
+			}
+		case f.is(rangeKvs, protowire.BytesType):
+			var kv pageKV
+			for m := f.m; len(m) > 0; {
+				k, err := nextField(&m)
+				if err != nil {
+					return err
+				}
+				switch {
+				case k.is(kvKey, protowire.BytesType):
+					kv.Key = k.m
+				case k.is(kvValue, protowire.BytesType):
+					kv.Value = k.m
+				case k.is(kvModRevision, protowire.VarintType):
+					kv.ModRevision = int64(k.v)
+				}
+			}
+			p.Kvs = append(p.Kvs, kv)
+		case f.is(rangeMore, protowire.VarintType):
+			p.More = f.v != 0
+		case f.is(rangeCount, protowire.VarintType):
+			p.Count = int64(f.v)
 		}
 	}
 	return nil
+}
+
+// field is one field of a message: a varint's value, or a length-delimited
+// field's bytes (a slice of the message); other wire types carry neither.
+type field struct {
+	num protowire.Number
+	typ protowire.Type
+	v   uint64
+	m   []byte
+}
+
+func (f field) is(num protowire.Number, typ protowire.Type) bool { return f.num == num && f.typ == typ }
+
+// nextField consumes the first field of *b.
+func nextField(b *[]byte) (field, error) {
+	num, typ, l := protowire.ConsumeTag(*b)
+	if l < 0 {
+		return field{}, fmt.Errorf("range response: %w", protowire.ParseError(l))
+	}
+	if !num.IsValid() {
+		return field{}, fmt.Errorf("range response: invalid field number %d", num)
+	}
+	rest := (*b)[l:]
+	f := field{num: num, typ: typ}
+	switch typ {
+	case protowire.VarintType:
+		f.v, l = protowire.ConsumeVarint(rest)
+	case protowire.BytesType:
+		f.m, l = protowire.ConsumeBytes(rest)
+	default:
+		l = protowire.ConsumeFieldValue(num, typ, rest)
+	}
+	if l < 0 {
+		return field{}, fmt.Errorf("range response: field %d: %w", num, protowire.ParseError(l))
+	}
+	*b = rest[l:]
+	return f, nil
 }
 
 // pageCodec decodes a *rangePage in place and leaves every other message
