@@ -341,18 +341,19 @@ func (lw *listWatch) watch(ctx context.Context, retry *backoff.Backoff) error {
 	c := lw.c
 	wctx, cancel := context.WithCancelCause(clientv3.WithRequireLeader(ctx))
 	defer cancel(nil)
-	stream, err := pb.NewWatchClient(c.etcd.ActiveConnection()).Watch(wctx,
-		grpc.WaitForReady(true), grpc.MaxCallRecvMsgSize(maxResponse))
+	stream, err := c.etcd.ActiveConnection().NewStream(wctx, &pb.Watch_ServiceDesc.Streams[0], pb.Watch_Watch_FullMethodName,
+		grpc.ForceCodecV2(etcdCodec), grpc.WaitForReady(true), grpc.MaxCallRecvMsgSize(maxResponse))
 	if err != nil {
 		return lw.streamErr(ctx, wctx, err)
 	}
 	create := &pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: &pb.WatchCreateRequest{
 		Key: []byte(lw.prefix), RangeEnd: []byte(clientv3.GetPrefixRangeEnd(lw.prefix)), StartRevision: lw.lastRev.Load() + 1,
 	}}}
-	if err := stream.Send(create); err != nil {
+	var wr watchResponse // decoded in place, its events reused
+	if err := stream.SendMsg(create); err != nil {
 		if errors.Is(err, io.EOF) {
 			// gRPC: the stream broke; its status comes from Recv.
-			_, err = stream.Recv()
+			err = stream.RecvMsg(&wr)
 		}
 		return lw.streamErr(ctx, wctx, err)
 	}
@@ -379,11 +380,10 @@ func (lw *listWatch) watch(ctx context.Context, retry *backoff.Backoff) error {
 		}
 	})
 	for {
-		wr, err := stream.Recv()
-		if err != nil {
+		if err := stream.RecvMsg(&wr); err != nil {
 			return lw.streamErr(ctx, wctx, err)
 		}
-		if id := wr.Header.GetClusterId(); id != 0 && id != lw.clusterID {
+		if id := wr.ClusterID; id != 0 && id != lw.clusterID {
 			return fmt.Errorf("watch: %w: %x -> %x", ErrClusterIDChanged, lw.clusterID, id)
 		}
 		if wr.CompactRevision != 0 {
@@ -395,8 +395,8 @@ func (lw *listWatch) watch(ctx context.Context, retry *backoff.Backoff) error {
 		if wr.Created {
 			retry.Success()
 		}
-		for _, ev := range wr.Events {
-			lw.apply(ev)
+		for i := range wr.Events {
+			lw.apply(&wr.Events[i])
 		}
 	}
 }
@@ -432,19 +432,19 @@ func (lw *listWatch) streamErr(ctx, wctx context.Context, err error) error {
 	return fmt.Errorf("watch: %w", err)
 }
 
-func (lw *listWatch) apply(ev *mvccpb.Event) {
-	k := string(ev.Kv.Key)
-	rev := ev.Kv.ModRevision
+func (lw *listWatch) apply(ev *watchEvent) {
+	k := string(ev.Key)
+	rev := ev.ModRevision
 	if rev > lw.lastRev.Load() {
 		lw.lastRev.Store(rev)
 	}
 	switch ev.Type {
 	case mvccpb.PUT:
-		st := KeyState{Sum: maphash.Bytes(lw.seed, ev.Kv.Value), Gen: lw.gen}
+		st := KeyState{Sum: maphash.Bytes(lw.seed, ev.Value), Gen: lw.gen}
 		if lw.own != nil {
 			lw.own[k] = st
 		}
-		lw.upsert(Event{Kind: EventUpsert, Key: k, Value: ev.Kv.Value, Revision: rev, State: st})
+		lw.upsert(Event{Kind: EventUpsert, Key: k, Value: ev.Value, Revision: rev, State: st})
 	case mvccpb.DELETE:
 		if _, ok := lw.known.State(k); ok {
 			lw.handle(Event{Kind: EventDelete, Key: k, Revision: rev})

@@ -126,6 +126,67 @@ func FuzzRangePage(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) { checkPage(t, b) })
 }
 
+// checkWatch is checkPage for a watch response.
+func checkWatch(t *testing.T, b []byte) {
+	t.Helper()
+	var want pb.WatchResponse
+	wantErr := proto.Unmarshal(b, &want)
+	got := watchResponse{Events: make([]watchEvent, 1)} // a reused slice holds nothing of the last response
+	err := got.unmarshal(b)
+	if (err != nil) != (wantErr != nil) {
+		t.Fatalf("watch decoder error %v, protobuf-go error %v\nbytes %x", err, wantErr, b)
+	}
+	if err != nil {
+		return
+	}
+	if got.ClusterID != want.GetHeader().GetClusterId() || got.Created != want.Created || got.Canceled != want.Canceled ||
+		got.CompactRevision != want.CompactRevision || got.CancelReason != want.CancelReason || len(got.Events) != len(want.Events) {
+		t.Fatalf("watch response %+v, protobuf-go %v\nbytes %x", got, &want, b)
+	}
+	for i, ev := range got.Events {
+		w := want.Events[i]
+		if ev.Type != w.Type || !bytes.Equal(ev.Key, w.GetKv().GetKey()) || !bytes.Equal(ev.Value, w.GetKv().GetValue()) || ev.ModRevision != w.GetKv().GetModRevision() {
+			t.Fatalf("event %d: %+v, protobuf-go %v", i, ev, w)
+		}
+	}
+}
+
+func testWatch() *pb.WatchResponse {
+	return &pb.WatchResponse{Header: &pb.ResponseHeader{ClusterId: 0xfeed, Revision: 12}, WatchId: 1, Events: []*mvccpb.Event{
+		{Type: mvccpb.PUT, Kv: &mvccpb.KeyValue{Key: []byte("cilium/state/ip/v1/default/10.0.0.1"), Value: []byte(`{"IP":"10.0.0.1"}`), ModRevision: 11}, PrevKv: &mvccpb.KeyValue{Key: []byte("p")}},
+		{Type: mvccpb.DELETE, Kv: &mvccpb.KeyValue{Key: []byte("cilium/state/ip/v1/default/10.0.0.2"), ModRevision: 12}},
+	}}
+}
+
+func TestWatchResponseDecode(t *testing.T) {
+	events := marshal(t, testWatch())
+	var odd []byte
+	odd = protowire.AppendTag(odd, watchEvents, protowire.BytesType) // an event of an unknown type, its kv in two parts
+	ev := protowire.AppendVarint(protowire.AppendTag(nil, eventType, protowire.VarintType), 7)
+	ev = protowire.AppendBytes(protowire.AppendTag(ev, eventKv, protowire.BytesType), marshal(t, &mvccpb.KeyValue{Key: []byte("k")}))
+	ev = protowire.AppendBytes(protowire.AppendTag(ev, eventKv, protowire.BytesType), marshal(t, &mvccpb.KeyValue{Value: []byte("v")}))
+	odd = protowire.AppendBytes(odd, ev)
+	for name, b := range map[string][]byte{
+		"empty":                   nil,
+		"events":                  events,
+		"created":                 marshal(t, &pb.WatchResponse{Header: &pb.ResponseHeader{ClusterId: 3}, Created: true}),
+		"canceled":                marshal(t, &pb.WatchResponse{Canceled: true, CompactRevision: 40, CancelReason: "mvcc: required revision has been compacted"}),
+		"odd":                     odd,
+		"cancel reason not UTF-8": protowire.AppendBytes(protowire.AppendTag(nil, watchCancelReason, protowire.BytesType), []byte{0xff}),
+		"truncated":               events[:len(events)-2],
+	} {
+		t.Run(name, func(t *testing.T) { checkWatch(t, b) })
+	}
+}
+
+// FuzzWatchResponse: the watch decoder accepts exactly what protobuf-go
+// accepts as a WatchResponse and reads the same from it.
+func FuzzWatchResponse(f *testing.F) {
+	f.Add(marshal(f, testWatch()))
+	f.Add(marshal(f, &pb.WatchResponse{Canceled: true, CompactRevision: 40, CancelReason: "compacted"}))
+	f.Fuzz(func(t *testing.T, b []byte) { checkWatch(t, b) })
+}
+
 // BenchmarkRangePage compares decoding a page of 10,000 ipcache keys in
 // place (after the one copy out of gRPC's buffers, as the codec does) with
 // etcd's generated code.
