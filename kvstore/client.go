@@ -69,7 +69,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Client, error) {
 		DialOptions:          opts,
 		Context:              context.WithoutCancel(ctx),
 		Logger:               ZapLogger(log.With("component", "etcd-client"), zapcore.ErrorLevel),
-		MaxCallRecvMsgSize:   256 << 20,
+		MaxCallRecvMsgSize:   maxResponse,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("connect %s: %w", strings.Join(cfg.Endpoints, ","), err)

@@ -52,7 +52,9 @@ func (k EventKind) String() string {
 type Event struct {
 	Kind EventKind
 	Key  string
-	// Value is the new value of an upsert; the handler may keep it.
+	// Value is the new value of an upsert. A listed value is a slice of
+	// its page (decoded in place): a handler that keeps it copies it, else
+	// the whole page stays in memory as long as the value does.
 	Value []byte
 	// Revision is the modification revision of an upsert, the revision of
 	// a delete (the list revision for synthetic deletes) or the list
@@ -238,24 +240,17 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 }
 
 type page struct {
-	resp *clientv3.GetResponse
-	err  error
+	p   *rangePage
+	err error
 }
 
 // fetch gets one page in its own goroutine, so that the next page is on
 // its way while the handler processes the current one.
 func (lw *listWatch) fetch(ctx context.Context, key string, rev int64) <-chan page {
 	ch := make(chan page, 1)
-	opts := []clientv3.OpOption{
-		clientv3.WithRange(clientv3.GetPrefixRangeEnd(lw.prefix)),
-		clientv3.WithLimit(lw.c.cfg.ListPageSize),
-	}
-	if rev != 0 {
-		opts = append(opts, clientv3.WithRev(rev))
-	}
 	go func() {
-		resp, err := lw.c.etcd.Get(ctx, key, opts...)
-		ch <- page{resp, err}
+		p, err := lw.c.getPage(ctx, key, clientv3.GetPrefixRangeEnd(lw.prefix), lw.c.cfg.ListPageSize, rev)
+		ch <- page{p, err}
 	}()
 	return ch
 }
@@ -277,26 +272,26 @@ func (lw *listWatch) list(ctx context.Context) error {
 		if pg.err != nil {
 			return fmt.Errorf("list: %w", pg.err)
 		}
-		resp := pg.resp
+		p := pg.p
 		if rev == 0 {
-			rev, clusterID, total = resp.Header.Revision, resp.Header.ClusterId, resp.Count
-			if lw.own != nil && len(lw.own) == 0 && resp.Count > 0 {
+			rev, clusterID, total = p.Revision, p.ClusterID, p.Count
+			if lw.own != nil && len(lw.own) == 0 && p.Count > 0 {
 				// The first page counts the whole range: size the index
 				// once instead of growing it through every page.
-				lw.own = make(mapIndex, resp.Count)
+				lw.own = make(mapIndex, p.Count)
 				lw.known = lw.own
 			}
 			if prev := c.pinClusterID(clusterID); prev != 0 && prev != clusterID {
 				c.log.Warn("etcd cluster ID changed", "prefix", lw.prefix, "was", prev, "now", clusterID)
 			}
-		} else if resp.Header.ClusterId != clusterID {
+		} else if p.ClusterID != clusterID {
 			return fmt.Errorf("list: %w during paging", ErrClusterIDChanged)
 		}
-		more := resp.More && len(resp.Kvs) > 0
+		more := p.More && len(p.Kvs) > 0
 		if more {
-			next = lw.fetch(ctx, string(resp.Kvs[len(resp.Kvs)-1].Key)+"\x00", rev)
+			next = lw.fetch(ctx, string(p.Kvs[len(p.Kvs)-1].Key)+"\x00", rev)
 		}
-		for _, kv := range resp.Kvs {
+		for _, kv := range p.Kvs {
 			k := string(kv.Key)
 			st := KeyState{Sum: maphash.Bytes(lw.seed, kv.Value), Gen: gen}
 			if lw.own != nil {
@@ -346,18 +341,19 @@ func (lw *listWatch) watch(ctx context.Context, retry *backoff.Backoff) error {
 	c := lw.c
 	wctx, cancel := context.WithCancelCause(clientv3.WithRequireLeader(ctx))
 	defer cancel(nil)
-	stream, err := pb.NewWatchClient(c.etcd.ActiveConnection()).Watch(wctx,
-		grpc.WaitForReady(true), grpc.MaxCallRecvMsgSize(maxWatchResponse))
+	stream, err := c.etcd.ActiveConnection().NewStream(wctx, &pb.Watch_ServiceDesc.Streams[0], pb.Watch_Watch_FullMethodName,
+		grpc.ForceCodecV2(etcdCodec), grpc.WaitForReady(true), grpc.MaxCallRecvMsgSize(maxResponse))
 	if err != nil {
 		return lw.streamErr(ctx, wctx, err)
 	}
 	create := &pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: &pb.WatchCreateRequest{
 		Key: []byte(lw.prefix), RangeEnd: []byte(clientv3.GetPrefixRangeEnd(lw.prefix)), StartRevision: lw.lastRev.Load() + 1,
 	}}}
-	if err := stream.Send(create); err != nil {
+	var wr watchResponse // decoded in place, its events reused
+	if err := stream.SendMsg(create); err != nil {
 		if errors.Is(err, io.EOF) {
 			// gRPC: the stream broke; its status comes from Recv.
-			_, err = stream.Recv()
+			err = stream.RecvMsg(&wr)
 		}
 		return lw.streamErr(ctx, wctx, err)
 	}
@@ -384,11 +380,10 @@ func (lw *listWatch) watch(ctx context.Context, retry *backoff.Backoff) error {
 		}
 	})
 	for {
-		wr, err := stream.Recv()
-		if err != nil {
+		if err := stream.RecvMsg(&wr); err != nil {
 			return lw.streamErr(ctx, wctx, err)
 		}
-		if id := wr.Header.GetClusterId(); id != 0 && id != lw.clusterID {
+		if id := wr.ClusterID; id != 0 && id != lw.clusterID {
 			return fmt.Errorf("watch: %w: %x -> %x", ErrClusterIDChanged, lw.clusterID, id)
 		}
 		if wr.CompactRevision != 0 {
@@ -400,15 +395,16 @@ func (lw *listWatch) watch(ctx context.Context, retry *backoff.Backoff) error {
 		if wr.Created {
 			retry.Success()
 		}
-		for _, ev := range wr.Events {
-			lw.apply(ev)
+		for i := range wr.Events {
+			lw.apply(&wr.Events[i])
 		}
 	}
 }
 
-// maxWatchResponse bounds one watch response: etcd sends up to 1,000
-// revisions at once while a resumed watch catches up.
-const maxWatchResponse = 256 << 20
+// maxResponse bounds one response of etcd: a list page (ListPageSize
+// keys), or a watch response (etcd sends up to 1,000 revisions at once
+// while a resumed watch catches up).
+const maxResponse = 256 << 20
 
 // errWatchInterrupted: the watch stream broke (connection lost, no leader);
 // ListWatch resumes watching from the last revision seen.
@@ -436,19 +432,19 @@ func (lw *listWatch) streamErr(ctx, wctx context.Context, err error) error {
 	return fmt.Errorf("watch: %w", err)
 }
 
-func (lw *listWatch) apply(ev *mvccpb.Event) {
-	k := string(ev.Kv.Key)
-	rev := ev.Kv.ModRevision
+func (lw *listWatch) apply(ev *watchEvent) {
+	k := string(ev.Key)
+	rev := ev.ModRevision
 	if rev > lw.lastRev.Load() {
 		lw.lastRev.Store(rev)
 	}
 	switch ev.Type {
 	case mvccpb.PUT:
-		st := KeyState{Sum: maphash.Bytes(lw.seed, ev.Kv.Value), Gen: lw.gen}
+		st := KeyState{Sum: maphash.Bytes(lw.seed, ev.Value), Gen: lw.gen}
 		if lw.own != nil {
 			lw.own[k] = st
 		}
-		lw.upsert(Event{Kind: EventUpsert, Key: k, Value: ev.Kv.Value, Revision: rev, State: st})
+		lw.upsert(Event{Kind: EventUpsert, Key: k, Value: ev.Value, Revision: rev, State: st})
 	case mvccpb.DELETE:
 		if _, ok := lw.known.State(k); ok {
 			lw.handle(Event{Kind: EventDelete, Key: k, Revision: rev})

@@ -1,6 +1,7 @@
 package kvstoremesh
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -172,7 +173,8 @@ func (k *mirror) store(s remoteconn.Session) *watchstore.Store[[]byte] {
 	return k.in
 }
 
-// decode validates a remote value as the agent does and keeps it as it is.
+// decode validates a remote value as the agent does and keeps a copy of it
+// as it is (a listed value is a slice of its whole list page).
 func (k *mirror) decode(key string, v []byte) ([]byte, error) {
 	rem := k.r.rem
 	var err error
@@ -189,7 +191,7 @@ func (k *mirror) decode(key string, v []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return v, nil
+	return bytes.Clone(v), nil
 }
 
 func (k *mirror) drain() {
