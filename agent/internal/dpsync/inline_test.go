@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"k8s.io/utils/clock"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/clustermesh/clustermesh/internal/datapath"
 	"github.com/clustermesh/clustermesh/internal/datapath/memory"
@@ -222,23 +223,33 @@ func TestInlineKeepsOrder(t *testing.T) {
 }
 
 // TestInlineFailureRetried: a failed inline apply is the worker's to
-// retry: the change is programmed in the end, the failure counted, and
-// the cluster's next change, while the retry is pending, is not applied
-// inline.
+// retry: the failure is counted, the change programmed in the end by the
+// worker, and the cluster's next change, while the worker waits to retry,
+// is not applied inline (nor before the retry).
 func TestInlineFailureRetried(t *testing.T) {
 	w := newStepWriter(t)
-	w.failN = 1
-	r := New(Config{RetryMin: time.Millisecond, RetryMax: 2 * time.Millisecond}, w, discard, clock.RealClock{})
+	w.failN = 2 // the inline apply and the worker's first retry
+	clk := clocktesting.NewFakeClock(time.Now())
+	r := New(Config{RetryMin: time.Second, RetryMax: time.Second}, w, discard, clk)
 	r.Steady(2, true)
 	startRun(t, r)
-	e := ipc("10.2.0.5/32", 100, 2)
+	e, next := ipc("10.2.0.5/32", 100, 2), ipc("10.2.0.6/32", 101, 2)
 	r.UpsertIPCache(e)
 	if got, st := w.applied(), r.Stats(); !slices.Equal(got, []string{"inline"}) || st.Failures != 1 {
 		t.Fatalf("after the change: applied by %v, stats %+v; want one failed inline apply", got, st)
 	}
+	testwait.Until(t, 10*time.Second, "the worker's retry failed, the next one waits", func() (bool, string) {
+		return len(w.applied()) == 2 && clk.HasWaiters(), fmt.Sprint(w.applied())
+	})
+	r.UpsertIPCache(next)
+	if got := w.applied(); len(got) != 2 {
+		t.Fatalf("a change applied while a retry was pending: %v", got)
+	}
+	clk.Step(time.Second)
 	programmed(t, w, e.Prefix, e, true)
-	if got := w.applied(); got[1] != "worker" {
-		t.Fatalf("retried by %v, want the worker", got)
+	programmed(t, w, next.Prefix, next, true)
+	if got := w.applied(); !slices.Equal(got, []string{"inline", "worker", "worker"}) {
+		t.Fatalf("applied by %v, want the inline failure and the worker's two tries", got)
 	}
 }
 
