@@ -127,6 +127,9 @@ func (r *Reconciler) Pull(u Upstream) { r.up = u }
 // Stats counts the reconciler's work.
 type Stats struct {
 	Batches, Failures uint64
+	// Inline counts the steps taken by a source itself rather than by
+	// Run's worker (inline.go), empty ones too.
+	Inline uint64
 	// Trims counts the times the freed memory of an initial sync was
 	// returned to the operating system (see Release).
 	Trims     uint64

@@ -60,10 +60,11 @@ func (r *Reconciler) handOffUnlock(ctx context.Context, inline bool) {
 	}
 	err := r.flushLocked(ctx)
 	r.step.Unlock()
+	r.mu.Lock()
+	r.stats.Inline++
 	if err != nil {
 		r.log.Debug("inline datapath apply failed, the worker retries", "error", err)
-		r.mu.Lock()
 		r.kickLocked()
-		r.mu.Unlock()
 	}
+	r.mu.Unlock()
 }
