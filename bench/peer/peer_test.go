@@ -233,8 +233,8 @@ type ours struct {
 	// batches and inline: the reconciler's batches during the puts, and
 	// how many of those steps the watch goroutine took itself.
 	batches, inline uint64
-	rate         float64
-	load         string
+	rate            float64
+	load            string
 	// CPU time of this process and of the etcd child during the sync.
 	cpu, etcdCPU time.Duration
 }
