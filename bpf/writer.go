@@ -271,25 +271,11 @@ func (w *Writer) applyRoute(b *datapath.Batch) (bool, error) {
 	case len(b.UpsertIPCache) == 1:
 		e := b.UpsertIPCache[0]
 		v, ok := ipcacheValue(e)
-		switch {
-		case !ok:
-			w.log.Warn("skipped datapath entries this datapath cannot hold", "count", 1)
-		case e.Prefix.Addr().Is4():
-			err = batchUpdate(w, o.CmIpcache, []cmLpm4Key{lpmKey(e.Prefix)}, []cmIpcacheValue{v})
-		default:
-			err = batchUpdate(w, o.CmIpcache6, []cmLpm6Key{lpm6Key(e.Prefix)}, []cmIpcacheValue{v})
-		}
+		err = upsertRoute(w, o.CmIpcache, o.CmIpcache6, e.Prefix, v, ok)
 	case len(b.UpsertTunnels) == 1:
 		t := b.UpsertTunnels[0]
 		v, ok := tunnelValue(t)
-		switch {
-		case !ok:
-			w.log.Warn("skipped datapath entries this datapath cannot hold", "count", 1)
-		case t.CIDR.Addr().Is4():
-			err = batchUpdate(w, o.CmTunnel, []cmLpm4Key{lpmKey(t.CIDR)}, []cmTunnelValue{v})
-		default:
-			err = batchUpdate(w, o.CmTunnel6, []cmLpm6Key{lpm6Key(t.CIDR)}, []cmTunnelValue{v})
-		}
+		err = upsertRoute(w, o.CmTunnel, o.CmTunnel6, t.CIDR, v, ok)
 	case len(b.DeleteIPCache) == 1:
 		err = deleteRoute(w, o.CmIpcache, o.CmIpcache6, b.DeleteIPCache[0])
 	default:
@@ -302,6 +288,20 @@ func (w *Writer) applyRoute(b *datapath.Batch) (bool, error) {
 		return true, w.failed(err)
 	}
 	return true, nil
+}
+
+// upsertRoute writes v under prefix p into m4 or m6, by its address
+// family; !ok: an entry the datapath cannot hold, skipped and logged.
+func upsertRoute[V any](w *Writer, m4, m6 *ebpf.Map, p netip.Prefix, v V, ok bool) error {
+	switch {
+	case !ok:
+		w.log.Warn("skipped datapath entries this datapath cannot hold", "count", 1)
+		return nil
+	case p.Addr().Is4():
+		return batchUpdate(w, m4, []cmLpm4Key{lpmKey(p)}, []V{v})
+	default:
+		return batchUpdate(w, m6, []cmLpm6Key{lpm6Key(p)}, []V{v})
+	}
 }
 
 // deleteRoute deletes prefix p from m4 or m6, by its address family.
