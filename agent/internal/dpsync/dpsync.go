@@ -104,7 +104,7 @@ type Reconciler struct {
 	runCtx context.Context // guarded by mu: Run's, while it runs (nil: no inline apply)
 
 	kick  chan struct{} // buffered(1): something is dirty
-	up    Upstream      // flushed by Run before every batch; set before Run
+	up    Upstream      // flushed before every batch, under step; set before Run
 	nodes NodeRefs      // guarded by mu: told the nodes remote claims name (CountNodes)
 }
 
