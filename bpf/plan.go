@@ -130,6 +130,28 @@ func (w *Writer) planEndpoints(p *plan, b datapath.Batch) {
 // underlay is IPv4) or unset.
 func underlay(a netip.Addr) bool { return !a.IsValid() || a.Is4() }
 
+// tunnelValue is t's value in cm_tunnel or cm_tunnel6; false for an entry
+// the datapath cannot hold.
+func tunnelValue(t datapath.TunnelEntry) (cmTunnelValue, bool) {
+	if !t.NodeIP.Is4() || !t.CIDR.IsValid() {
+		return cmTunnelValue{}, false
+	}
+	return cmTunnelValue{NodeIp: be32(t.NodeIP), ClusterId: t.ClusterID}, true
+}
+
+// ipcacheValue is e's value in cm_ipcache or cm_ipcache6; false for an
+// entry the datapath cannot hold.
+func ipcacheValue(e datapath.IPCacheEntry) (cmIpcacheValue, bool) {
+	if !e.Prefix.IsValid() || !underlay(e.TunnelEndpoint) {
+		return cmIpcacheValue{}, false
+	}
+	v := cmIpcacheValue{Identity: e.Identity, ClusterId: e.ClusterID}
+	if e.TunnelEndpoint.IsValid() && !e.TunnelEndpoint.IsUnspecified() {
+		v.TunnelEp = be32(e.TunnelEndpoint)
+	}
+	return v, true
+}
+
 func (w *Writer) planRoutes(p *plan, b datapath.Batch) {
 	// up holds the upserted prefixes only when deletes are to be checked
 	// against them: a cold sync's batches upsert hundreds of thousands of
@@ -137,9 +159,9 @@ func (w *Writer) planRoutes(p *plan, b datapath.Batch) {
 	up := map[netip.Prefix]bool{}
 	trackTun, trackIPC := len(b.DeleteTunnels) > 0, len(b.DeleteIPCache) > 0
 	for _, t := range b.UpsertTunnels {
-		v := cmTunnelValue{NodeIp: be32(t.NodeIP), ClusterId: t.ClusterID}
+		v, ok := tunnelValue(t)
 		switch {
-		case !t.NodeIP.Is4() || !t.CIDR.IsValid():
+		case !ok:
 			p.skipped++
 			continue
 		case t.CIDR.Addr().Is4():
@@ -168,13 +190,10 @@ func (w *Writer) planRoutes(p *plan, b datapath.Batch) {
 		p.ipcV = slices.Grow(p.ipcV, len(b.UpsertIPCache))
 	}
 	for _, e := range b.UpsertIPCache {
-		if !e.Prefix.IsValid() || !underlay(e.TunnelEndpoint) {
+		v, ok := ipcacheValue(e)
+		if !ok {
 			p.skipped++
 			continue
-		}
-		v := cmIpcacheValue{Identity: e.Identity, ClusterId: e.ClusterID}
-		if e.TunnelEndpoint.IsValid() && !e.TunnelEndpoint.IsUnspecified() {
-			v.TunnelEp = be32(e.TunnelEndpoint)
 		}
 		if e.Prefix.Addr().Is4() {
 			p.ipcK = append(p.ipcK, lpmKey(e.Prefix))

@@ -72,3 +72,86 @@ func TestApplyRetriedAfterFailure(t *testing.T) {
 		})
 	}
 }
+
+// TestSingleRouteChanges: a batch of one tunnel or ipcache upsert or
+// delete is written without a plan (applyRoute); after each such change
+// the maps hold what a writer that plans the same change holds (its batch
+// also deletes an absent endpoint, so it is not a single change), for both
+// address families, a prefix with host bits set, an entry the datapath
+// cannot hold (skipped) and the delete of an absent key. A failure of the
+// write is Apply's error, and the same batch applied again takes.
+func TestSingleRouteChanges(t *testing.T) {
+	pfx, addr := netip.MustParsePrefix, netip.MustParseAddr
+	fill := datapath.Batch{
+		UpsertTunnels: []datapath.TunnelEntry{{CIDR: pfx("10.2.0.0/24"), NodeIP: addr("172.30.0.2"), ClusterID: 2}},
+		UpsertIPCache: []datapath.IPCacheEntry{
+			{Prefix: pfx("10.2.0.5/32"), Identity: 2<<16 | 300, TunnelEndpoint: addr("172.30.0.2"), ClusterID: 2},
+			{Prefix: pfx("fd00:2::5/128"), Identity: 2<<16 | 300, ClusterID: 2}},
+		UpsertServices: []datapath.Service{{Frontend: datapath.Frontend{Addr: netip.MustParseAddrPort("10.96.0.1:443"), Proto: ipproto.TCP},
+			Backends: []datapath.Backend{{Addr: netip.MustParseAddrPort("10.2.0.5:443"), ClusterID: 2, Weight: 1}}}},
+	}
+	changes := []struct {
+		name string
+		b    datapath.Batch
+	}{
+		{"ipcache upsert", datapath.Batch{UpsertIPCache: []datapath.IPCacheEntry{{Prefix: pfx("10.2.0.6/32"), Identity: 2<<16 | 301, TunnelEndpoint: addr("172.30.0.2"), ClusterID: 2}}}},
+		{"ipcache update", datapath.Batch{UpsertIPCache: []datapath.IPCacheEntry{{Prefix: pfx("10.2.0.5/32"), Identity: 2<<16 | 302, TunnelEndpoint: addr("172.30.0.3"), ClusterID: 2}}}},
+		{"ipcache upsert, host bits set", datapath.Batch{UpsertIPCache: []datapath.IPCacheEntry{{Prefix: pfx("10.2.1.7/24"), Identity: 2<<16 | 303, ClusterID: 2}}}},
+		{"ipcache6 upsert", datapath.Batch{UpsertIPCache: []datapath.IPCacheEntry{{Prefix: pfx("fd00:2::6/128"), Identity: 2<<16 | 304, ClusterID: 2}}}},
+		{"ipcache skipped (IPv6 tunnel endpoint)", datapath.Batch{UpsertIPCache: []datapath.IPCacheEntry{{Prefix: pfx("10.2.0.8/32"), Identity: 2<<16 | 305, TunnelEndpoint: addr("fd00::1"), ClusterID: 2}}}},
+		{"ipcache delete", datapath.Batch{DeleteIPCache: []netip.Prefix{pfx("10.2.0.5/32")}}},
+		{"ipcache delete, absent", datapath.Batch{DeleteIPCache: []netip.Prefix{pfx("10.2.0.99/32")}}},
+		{"ipcache delete, host bits set", datapath.Batch{DeleteIPCache: []netip.Prefix{pfx("10.2.1.9/24")}}},
+		{"ipcache6 delete", datapath.Batch{DeleteIPCache: []netip.Prefix{pfx("fd00:2::5/128")}}},
+		{"tunnel upsert", datapath.Batch{UpsertTunnels: []datapath.TunnelEntry{{CIDR: pfx("10.3.0.0/24"), NodeIP: addr("172.30.0.3"), ClusterID: 3}}}},
+		{"tunnel6 upsert", datapath.Batch{UpsertTunnels: []datapath.TunnelEntry{{CIDR: pfx("fd00:3::/64"), NodeIP: addr("172.30.0.3"), ClusterID: 3}}}},
+		{"tunnel skipped (IPv6 node)", datapath.Batch{UpsertTunnels: []datapath.TunnelEntry{{CIDR: pfx("10.4.0.0/24"), NodeIP: addr("fd00::4"), ClusterID: 4}}}},
+		{"tunnel delete", datapath.Batch{DeleteTunnels: []netip.Prefix{pfx("10.2.0.0/24")}}},
+		{"tunnel6 delete", datapath.Batch{DeleteTunnels: []netip.Prefix{pfx("fd00:3::/64")}}},
+		{"tunnel delete, absent", datapath.Batch{DeleteTunnels: []netip.Prefix{pfx("10.9.0.0/24")}}},
+	}
+	_, w := openTest(t)
+	_, ref := openTest(t)
+	planned := func(b datapath.Batch) datapath.Batch {
+		b.DeleteEndpoints = []netip.Addr{addr("10.255.255.254")}
+		return b
+	}
+	ctx := context.Background()
+	for _, w := range []*Writer{w, ref} {
+		if err := w.Apply(ctx, fill); err != nil {
+			t.Fatal(err)
+		}
+	}
+	errInjected := errors.New("injected")
+	for _, tc := range changes {
+		t.Run(tc.name, func(t *testing.T) {
+			w.fault = func(step string) error {
+				if step == "route" {
+					return errInjected
+				}
+				return nil
+			}
+			if err := w.Apply(ctx, tc.b); !errors.Is(err, errInjected) {
+				t.Fatalf("a single change is not written by applyRoute: Apply with a failing write returned %v", err)
+			}
+			w.fault = nil
+			if err := w.Apply(ctx, tc.b); err != nil {
+				t.Fatal(err)
+			}
+			if err := ref.Apply(ctx, planned(tc.b)); err != nil {
+				t.Fatal(err)
+			}
+			want, err := ref.Dump()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := w.Dump()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if g, w := fmt.Sprint(got), fmt.Sprint(want); g != w {
+				t.Errorf("after %s\n got %s\nwant %s", tc.name, g, w)
+			}
+		})
+	}
+}

@@ -185,6 +185,9 @@ func (w *Writer) Apply(ctx context.Context, b datapath.Batch) error {
 		}
 		w.stale = false
 	}
+	if one, err := w.applyRoute(&b); one {
+		return err
+	}
 	p := &plan{states: map[datapath.Frontend]*svcState{}}
 	w.planEndpoints(p, b)
 	w.planRoutes(p, b)
@@ -223,11 +226,7 @@ func (w *Writer) Apply(ctx context.Context, b datapath.Batch) error {
 			err = w.fault(fmt.Sprintf("step %d", i))
 		}
 		if err != nil {
-			if rerr := w.restore(); rerr != nil {
-				w.stale = true
-				err = errors.Join(err, rerr)
-			}
-			return fmt.Errorf("apply: %w", err)
+			return w.failed(err)
 		}
 	}
 	w.patched += p.patched
@@ -245,6 +244,76 @@ func (w *Writer) Apply(ctx context.Context, b datapath.Batch) error {
 		w.beIDs.free(id)
 	}
 	return nil
+}
+
+// failed ends an Apply whose step failed: the index is re-read from the
+// maps (or, when that fails too, at the start of the next Apply).
+func (w *Writer) failed(err error) error {
+	if rerr := w.restore(); rerr != nil {
+		w.stale = true
+		err = errors.Join(err, rerr)
+	}
+	return fmt.Errorf("apply: %w", err)
+}
+
+// applyRoute applies b when it is one tunnel or ipcache upsert or delete
+// and nothing else, the common steady-state change, without a plan: the
+// one plain update or delete the plan would hold, encoded as planRoutes
+// encodes it. It reports whether b was such a batch.
+func (w *Writer) applyRoute(b *datapath.Batch) (bool, error) {
+	if len(b.UpsertTunnels)+len(b.DeleteTunnels)+len(b.UpsertIPCache)+len(b.DeleteIPCache) != 1 ||
+		len(b.UpsertServices)+len(b.DeleteServices)+len(b.PatchServices)+len(b.UpsertEndpoints)+len(b.DeleteEndpoints) != 0 {
+		return false, nil
+	}
+	o := &w.d.objs
+	var err error
+	switch {
+	case len(b.UpsertIPCache) == 1:
+		e := b.UpsertIPCache[0]
+		v, ok := ipcacheValue(e)
+		err = upsertRoute(w, o.CmIpcache, o.CmIpcache6, e.Prefix, v, ok)
+	case len(b.UpsertTunnels) == 1:
+		t := b.UpsertTunnels[0]
+		v, ok := tunnelValue(t)
+		err = upsertRoute(w, o.CmTunnel, o.CmTunnel6, t.CIDR, v, ok)
+	case len(b.DeleteIPCache) == 1:
+		err = deleteRoute(w, o.CmIpcache, o.CmIpcache6, b.DeleteIPCache[0])
+	default:
+		err = deleteRoute(w, o.CmTunnel, o.CmTunnel6, b.DeleteTunnels[0])
+	}
+	if err == nil && w.fault != nil {
+		err = w.fault("route")
+	}
+	if err != nil {
+		return true, w.failed(err)
+	}
+	return true, nil
+}
+
+// upsertRoute writes v under prefix p into m4 or m6, by its address
+// family; !ok: an entry the datapath cannot hold, skipped and logged.
+func upsertRoute[V any](w *Writer, m4, m6 *ebpf.Map, p netip.Prefix, v V, ok bool) error {
+	switch {
+	case !ok:
+		w.log.Warn("skipped datapath entries this datapath cannot hold", "count", 1)
+		return nil
+	case p.Addr().Is4():
+		return batchUpdate(w, m4, []cmLpm4Key{lpmKey(p)}, []V{v})
+	default:
+		return batchUpdate(w, m6, []cmLpm6Key{lpm6Key(p)}, []V{v})
+	}
+}
+
+// deleteRoute deletes prefix p from m4 or m6, by its address family.
+func deleteRoute(w *Writer, m4, m6 *ebpf.Map, p netip.Prefix) error {
+	switch {
+	case !p.IsValid():
+		return nil
+	case p.Addr().Is4():
+		return batchDelete(w, m4, []cmLpm4Key{lpmKey(p)})
+	default:
+		return batchDelete(w, m6, []cmLpm6Key{lpm6Key(p)})
+	}
 }
 
 // Dump implements datapath.Writer by reading every map back.

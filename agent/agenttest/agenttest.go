@@ -79,3 +79,10 @@ func (c *ControlPlane) Ready() bool {
 // Trims returns how often the reconciler returned the freed memory of a
 // sync to the operating system (dpsync.Stats.Trims).
 func (c *ControlPlane) Trims() uint64 { return c.rec.Stats().Trims }
+
+// Batches returns how many batches the reconciler applied and how many of
+// those steps a source took itself (dpsync.Stats.Inline).
+func (c *ControlPlane) Batches() (all, inline uint64) {
+	st := c.rec.Stats()
+	return st.Batches, st.Inline
+}

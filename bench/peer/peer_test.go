@@ -145,8 +145,8 @@ func BenchmarkVsCilium(b *testing.B) {
 				b.Logf("round 1 | one status call on the idle agent: %v of the agent's CPU, %v of this process's (%d calls)", br.statusAgentCPU, br.statusBenchCPU, statusCostCalls)
 			}
 		}
-		b.Logf("round %d, load %s | in-process control plane (%s): sync %v, RSS %.0f B/entry, heap %.0f B/entry, put→map p50 %v p99 %v at %.0f puts/s (the put RPC itself p50 %v p99 %v; %d GC cycles meanwhile)",
-			r+1, o.load, o.datapath, o.sync.Round(time.Millisecond), float64(o.rss)/n, float64(o.heap)/n, o.p50, o.p99, o.rate, o.rpc50, o.rpc99, o.gcs)
+		b.Logf("round %d, load %s | in-process control plane (%s): sync %v, RSS %.0f B/entry, heap %.0f B/entry, put→map p50 %v p99 %v at %.0f puts/s (the put RPC itself p50 %v p99 %v; %d GC cycles, %d batches, %d steps inline meanwhile)",
+			r+1, o.load, o.datapath, o.sync.Round(time.Millisecond), float64(o.rss)/n, float64(o.heap)/n, o.p50, o.p99, o.rate, o.rpc50, o.rpc99, o.gcs, o.batches, o.inline)
 		b.Logf("round %d | in-process: CPU during the sync %v, etcd's %v", r+1, o.cpu, o.etcdCPU)
 		// The figures of ours: the binary's cold sync and memory when it
 		// ran, the in-process control plane's latency.
@@ -230,8 +230,11 @@ type ours struct {
 	// etcd's answer): what etcd and the machine take, beside put → map.
 	rpc50, rpc99 time.Duration
 	gcs          uint32 // GC cycles of this process during the puts
-	rate         float64
-	load         string
+	// batches and inline: the reconciler's batches during the puts, and
+	// how many of those steps the watch goroutine took itself.
+	batches, inline uint64
+	rate            float64
+	load            string
 	// CPU time of this process and of the etcd child during the sync.
 	cpu, etcdCPU time.Duration
 }
@@ -317,6 +320,7 @@ func runOurs(b *testing.B, fullURL, emptyURL string, etcdPID int, useBPF, profil
 	sent := make([]time.Time, latencyPuts)
 	rpc := make([]time.Duration, latencyPuts)
 	gc0 := numGC()
+	batches0, inline0 := cp.Batches()
 	tick := time.NewTicker(time.Second / latencyRate)
 	begin := time.Now()
 	for i := range latencyPuts {
@@ -336,6 +340,8 @@ func runOurs(b *testing.B, fullURL, emptyURL string, etcdPID int, useBPF, profil
 	o.gcs = numGC() - gc0
 	o.rate = latencyPuts / time.Since(begin).Seconds()
 	waitFor(b, 30*time.Second, "latency puts programmed", func() bool { _, _, n := rec.counts(); return n >= latencyPuts })
+	batches1, inline1 := cp.Batches()
+	o.batches, o.inline = batches1-batches0, inline1-inline0
 	lat := make([]time.Duration, latencyPuts)
 	for i := range latencyPuts {
 		t, _ := rec.appliedAt(netip.AddrFrom4([4]byte{10, 250, byte(i >> 8), byte(i)}))

@@ -23,6 +23,19 @@
 // address. Refusals lists every refused claim with its reason and, for a
 // conflict, all claimants.
 //
+// # Steady state: the caller applies
+//
+// A batch is built and applied under one lock (the step), by Run's worker
+// or, in steady state, by the source itself: once a cluster is steady
+// (Steady: a remote whose session has listed every kind), its tunnel or
+// ipcache change that finds the reconciler idle (no batch being built or
+// applied, nothing dirty, so no retry pending, no AfterFlush waiting, no
+// batch window) is applied on the caller's goroutine as the worker would
+// apply it, without the goroutine hand-off (inline.go). Batches are thus
+// applied one at a time and in the order they are built, from the same
+// desired state and by the same rules; a failed inline apply leaves its
+// keys dirty for the worker's retry. A listing is never applied inline.
+//
 // # Restore
 //
 // Restore reads the programmed state back with Dump before the sources start.

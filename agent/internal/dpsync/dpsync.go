@@ -95,15 +95,24 @@ type Reconciler struct {
 	built   uint64        // guarded by mu: the batches built (empty ones too)
 	waiters []flushWaiter // guarded by mu: AfterFlush callbacks not yet called
 
+	// step is held while a batch is built and applied: by Run's worker
+	// (an upstream flush, then the batch) or by a source that applies a
+	// steady change itself (inline.go). Batches are applied one at a
+	// time, in the order they are built. Taken before mu.
+	step   sync.Mutex
+	steady map[uint32]bool // guarded by mu: clusters whose changes may be applied inline (Steady)
+	runCtx context.Context // guarded by mu: Run's, while it runs (nil: no inline apply)
+
 	kick  chan struct{} // buffered(1): something is dirty
-	up    Upstream      // flushed by Run before every batch; set before Run
+	up    Upstream      // flushed before every batch, under step; set before Run
 	nodes NodeRefs      // guarded by mu: told the nodes remote claims name (CountNodes)
 }
 
-// Upstream is a stage before the reconciler whose changes Run pulls in
-// before every batch, on its own goroutine: the service merger's changes
-// reach the datapath without a worker of their own (one goroutine hand-off
-// fewer on the service path).
+// Upstream is a stage before the reconciler whose changes are pulled in
+// before every batch, by whoever builds it (Run's worker, or a source
+// applying a steady change itself: inline.go), one at a time: the service
+// merger's changes reach the datapath without a worker of their own (one
+// goroutine hand-off fewer on the service path).
 type Upstream interface {
 	// Ready receives when the upstream has changes to flush.
 	Ready() <-chan struct{}
@@ -118,6 +127,9 @@ func (r *Reconciler) Pull(u Upstream) { r.up = u }
 // Stats counts the reconciler's work.
 type Stats struct {
 	Batches, Failures uint64
+	// Inline counts the steps taken by a source itself rather than by
+	// Run's worker (inline.go), empty ones too.
+	Inline uint64
 	// Trims counts the times the freed memory of an initial sync was
 	// returned to the operating system (see Release).
 	Trims     uint64
@@ -152,6 +164,7 @@ func New(cfg Config, w datapath.Writer, log *slog.Logger, clk clock.Clock) *Reco
 		dirtyEp:   map[netip.Addr]struct{}{},
 		restored:  datapath.NewState(),
 		holding:   map[uint32]bool{},
+		steady:    map[uint32]bool{},
 		kick:      make(chan struct{}, 1),
 
 		local:        localSet{byNode: map[string][]netip.Prefix{}, all: newPrefixSet(nil)},
@@ -264,32 +277,32 @@ func (r *Reconciler) Reserve(tunnels, ipcache int) {
 // UpsertTunnel claims a tunnel entry for e.ClusterID.
 func (r *Reconciler) UpsertTunnel(e datapath.TunnelEntry) {
 	r.mu.Lock()
+	ctx, inline := r.inlineLocked(e.ClusterID)
 	prev, had := r.tunnels.upsert(e.CIDR, e)
 	r.refNodeLocked(e.ClusterID, prev.node, had, ipkey.FromAddr(e.NodeIP))
-	r.kickLocked()
-	r.mu.Unlock()
+	r.handOffUnlock(ctx, inline)
 }
 
 // DeleteTunnel withdraws cluster id's claim on cidr.
 func (r *Reconciler) DeleteTunnel(cidr netip.Prefix, id uint32) {
 	r.mu.Lock()
+	ctx, inline := r.inlineLocked(id)
 	if old, had := r.tunnels.delete(cidr, id); had {
 		r.refNodeLocked(id, old.node, true, ipkey.Addr{})
 	}
-	r.kickLocked()
-	r.mu.Unlock()
+	r.handOffUnlock(ctx, inline)
 }
 
 // UpsertIPCache claims an ipcache entry for e.ClusterID.
 func (r *Reconciler) UpsertIPCache(e datapath.IPCacheEntry) {
 	r.mu.Lock()
+	ctx, inline := r.inlineLocked(e.ClusterID)
 	prev, had := r.ipcache.upsert(e.Prefix, e)
 	r.refNodeLocked(e.ClusterID, prev.tunnel, had, ipkey.FromAddr(e.TunnelEndpoint))
 	if !e.Prefix.IsSingleIP() {
 		r.ipcacheCIDRs[e.Prefix] = struct{}{}
 	}
-	r.kickLocked()
-	r.mu.Unlock()
+	r.handOffUnlock(ctx, inline)
 }
 
 // IPCacheClaim returns cluster id's claim on p, as last handed in.
@@ -302,14 +315,14 @@ func (r *Reconciler) IPCacheClaim(p netip.Prefix, id uint32) (datapath.IPCacheEn
 // DeleteIPCache withdraws cluster id's claim on p.
 func (r *Reconciler) DeleteIPCache(p netip.Prefix, id uint32) {
 	r.mu.Lock()
+	ctx, inline := r.inlineLocked(id)
 	if old, had := r.ipcache.delete(p, id); had {
 		r.refNodeLocked(id, old.tunnel, true, ipkey.Addr{})
 	}
 	if !r.ipcache.has(p) {
 		delete(r.ipcacheCIDRs, p)
 	}
-	r.kickLocked()
-	r.mu.Unlock()
+	r.handOffUnlock(ctx, inline)
 }
 
 // UpsertService sets a whole service (servicemerge.Sink). The reconciler
@@ -386,6 +399,14 @@ func (r *Reconciler) DeleteEndpoint(ip netip.Addr) {
 
 // Run applies dirty entries until ctx is done.
 func (r *Reconciler) Run(ctx context.Context) error {
+	r.mu.Lock()
+	r.runCtx = ctx
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.runCtx = nil
+		r.mu.Unlock()
+	}()
 	retry := backoff.New(backoff.Policy{Min: r.cfg.RetryMin, Max: r.cfg.RetryMax}, r.clock)
 	var upReady <-chan struct{} // nil without an upstream: never ready
 	if r.up != nil {
@@ -405,6 +426,7 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			case <-r.clock.After(r.cfg.BatchWindow):
 			}
 		}
+		r.step.Lock()
 		if r.up != nil {
 			r.up.Flush()
 			select { // what the upstream handed in goes into this batch
@@ -412,7 +434,9 @@ func (r *Reconciler) Run(ctx context.Context) error {
 			default:
 			}
 		}
-		if err := r.Flush(ctx); err != nil {
+		err := r.flushLocked(ctx)
+		r.step.Unlock()
+		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -474,10 +498,10 @@ type flushWaiter struct {
 	fn  func(at time.Time)
 }
 
-// AfterFlush calls fn (on Run's goroutine: it must not block) with the time
-// the first flush that contains everything handed in before AfterFlush
-// returned: a source that has delivered its full state learns when the
-// datapath holds it.
+// AfterFlush calls fn (on the goroutine that applied the batch, Run's as a
+// rule: it must not block) with the time the first flush that contains
+// everything handed in before AfterFlush returned: a source that has
+// delivered its full state learns when the datapath holds it.
 func (r *Reconciler) AfterFlush(fn func(at time.Time)) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -488,6 +512,13 @@ func (r *Reconciler) AfterFlush(fn func(at time.Time)) {
 // Flush applies everything dirty now, as one batch. On error the batch's keys
 // stay dirty.
 func (r *Reconciler) Flush(ctx context.Context) error {
+	r.step.Lock()
+	defer r.step.Unlock()
+	return r.flushLocked(ctx)
+}
+
+// flushLocked is Flush, the caller holding r.step.
+func (r *Reconciler) flushLocked(ctx context.Context) error {
 	r.mu.Lock()
 	b := r.buildLocked()
 	r.built++

@@ -45,6 +45,21 @@ type afterFlusher interface {
 	AfterFlush(fn func(at time.Time))
 }
 
+// steadySink is a datapath sink that applies a steady cluster's single
+// changes on the caller's goroutine when it is idle (dpsync.Reconciler).
+type steadySink interface {
+	Steady(id uint32, steady bool)
+}
+
+// steady tells the datapath sink whether the cluster ID the stores
+// program is in steady state: from the session's sync to the next session
+// or drain, whose listing or withdrawal comes in bursts.
+func (r *remote) steady(on bool) {
+	if s, ok := r.m.dp.(steadySink); ok && r.rem.ID != 0 {
+		s.Steady(r.rem.ID, on)
+	}
+}
+
 func newRemote(m *Manager, name string, log *slog.Logger) *remote {
 	return &remote{m: m, name: name, log: log}
 }
@@ -53,7 +68,9 @@ func newRemote(m *Manager, name string, log *slog.Logger) *remote {
 // per kind.
 func (r *remote) Connected(s remoteconn.Session) ([]remoteconn.Reader, error) {
 	r.m.hold.Reserved(r.name, s.Remote.ID)
+	r.steady(false) // the previous session's ID
 	r.rem = s.Remote
+	r.steady(false)
 	r.mu.Lock()
 	r.session++
 	r.connectedAt, r.programmedAt = r.m.clock.Now(), time.Time{}
@@ -76,6 +93,7 @@ func (r *remote) Connected(s remoteconn.Session) ([]remoteconn.Reader, error) {
 // and asks the datapath sink when the flush that holds it returns.
 func (r *remote) Synced(s remoteconn.Session) {
 	r.m.hold.Synced(s.Remote.ID)
+	r.steady(true)
 	af, ok := r.m.dp.(afterFlusher)
 	if !ok {
 		return
@@ -123,6 +141,7 @@ func (r *remote) kindStore(k kind, s remoteconn.Session) kindStore {
 
 // Drain withdraws everything the remote contributed. No session runs.
 func (r *remote) Drain() {
+	r.steady(false)
 	r.mu.Lock()
 	stores := r.stores
 	r.mu.Unlock()
