@@ -308,7 +308,7 @@ func (m *Merger) ProxyOnly() []Kept {
 	defer m.mu.Unlock()
 	var out []Kept
 	for n, s := range m.svcs {
-		if s.local != nil && !s.local.Global && s.local.ProxyOnly != "" {
+		if s.local != nil && !m.programmed(s) {
 			out = append(out, Kept{n, s.local.ProxyOnly})
 		}
 	}
