@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -61,6 +62,8 @@ const (
 // control plane's cold sync (untimed figures aside) and put → map, and
 // cilium-watch's latency mode, interleaved as in a full run; no agent
 // binary, no Cilium sync-mode runs, no heap profile.
+// BENCH_PEER_ONLY=latency-concurrent is that latency part with both sides
+// at the same time, each on an etcd of its own with the same data.
 func BenchmarkVsCilium(b *testing.B) {
 	ctx := context.Background()
 	fullURL, etcdPID := startEtcd(b, "full")
@@ -83,13 +86,30 @@ func BenchmarkVsCilium(b *testing.B) {
 	if s := os.Getenv("BENCH_PEER_ROUNDS"); s != "" {
 		rounds, _ = strconv.Atoi(s)
 	}
-	latencyOnly := false
+	latencyOnly, concurrent := false, false
 	switch only := os.Getenv("BENCH_PEER_ONLY"); only {
 	case "":
 	case "latency":
 		latencyOnly = true
+	case "latency-concurrent":
+		latencyOnly, concurrent = true, true
+		if cilium == "" {
+			b.Fatalf("BENCH_PEER_ONLY=%s needs the Cilium side", only)
+		}
 	default:
-		b.Fatalf("BENCH_PEER_ONLY=%q: want latency or nothing", only)
+		b.Fatalf("BENCH_PEER_ONLY=%q: want latency, latency-concurrent or nothing", only)
+	}
+	// Side by side at the same time, each side has an etcd of its own with
+	// the same data: on one etcd each side's puts would wake the other's
+	// watcher too (cilium-watch watches all of cilium/state).
+	var peerURL string
+	var peerAdmin *clientv3.Client
+	if concurrent {
+		peerURL, _ = startEtcd(b, "peer")
+		peerAdmin = etcdClient(b, peerURL)
+		if err := full.Write(ctx, peerAdmin); err != nil {
+			b.Fatal(err)
+		}
 	}
 	var bin binary
 	binWhy := "BENCH_PEER_ONLY=latency"
@@ -121,16 +141,25 @@ func BenchmarkVsCilium(b *testing.B) {
 			cl = runCiliumLatency(b, cilium, fullURL)
 			cleanPrefix(b, admin, "cilium/state/lat-")
 		}
-		if r%2 == 0 {
+		if r%2 == 0 && !concurrent {
 			ciliumSide()
 		}
 		var br binaryRun
 		if binWhy == "" {
 			br = runBinary(b, bin, fullURL, emptyURL, etcdPID, r == 0)
 		}
-		o := runOurs(b, fullURL, emptyURL, etcdPID, useBPF, r == 0 && !latencyOnly)
+		var alongside func() <-chan struct{}
+		peer := ciliumBeside{bin: cilium, url: peerURL}
+		if concurrent {
+			alongside = peer.start
+		}
+		o := runOurs(b, fullURL, emptyURL, etcdPID, useBPF, r == 0 && !latencyOnly, alongside)
+		if concurrent {
+			cl = peer.result(b)
+			cleanPrefix(b, peerAdmin, "cilium/state/lat-")
+		}
 		cleanPrefix(b, admin, wire.IPPrefix+"10.250.")
-		if r%2 == 1 {
+		if r%2 == 1 && !concurrent {
 			ciliumSide()
 		}
 		if binWhy == "" {
@@ -145,8 +174,8 @@ func BenchmarkVsCilium(b *testing.B) {
 				b.Logf("round 1 | one status call on the idle agent: %v of the agent's CPU, %v of this process's (%d calls)", br.statusAgentCPU, br.statusBenchCPU, statusCostCalls)
 			}
 		}
-		b.Logf("round %d, load %s | in-process control plane (%s): sync %v, RSS %.0f B/entry, heap %.0f B/entry, put→map p50 %v p99 %v at %.0f puts/s (the put RPC itself p50 %v p99 %v; %d GC cycles, %d batches, %d steps inline meanwhile)",
-			r+1, o.load, o.datapath, o.sync.Round(time.Millisecond), float64(o.rss)/n, float64(o.heap)/n, o.p50, o.p99, o.rate, o.rpc50, o.rpc99, o.gcs, o.batches, o.inline)
+		b.Logf("round %d, load %s | in-process control plane (%s): sync %v, RSS %.0f B/entry, heap %.0f B/entry, put→map p50 %v p99 %v at %.0f puts/s (the put RPC itself p50 %v p99 %v; the Apply that wrote the entry p50 %v p99 %v; %d GC cycles, %d batches, %d steps inline meanwhile)",
+			r+1, o.load, o.datapath, o.sync.Round(time.Millisecond), float64(o.rss)/n, float64(o.heap)/n, o.p50, o.p99, o.rate, o.rpc50, o.rpc99, o.write50, o.write99, o.gcs, o.batches, o.inline)
 		b.Logf("round %d | in-process: CPU during the sync %v, etcd's %v", r+1, o.cpu, o.etcdCPU)
 		// The figures of ours: the binary's cold sync and memory when it
 		// ran, the in-process control plane's latency.
@@ -229,7 +258,9 @@ type ours struct {
 	// rpc50 and rpc99 are the latency of the puts' own RPCs (put →
 	// etcd's answer): what etcd and the machine take, beside put → map.
 	rpc50, rpc99 time.Duration
-	gcs          uint32 // GC cycles of this process during the puts
+	// write50 and write99: of put → map, the Apply that wrote the entry.
+	write50, write99 time.Duration
+	gcs              uint32 // GC cycles of this process during the puts
 	// batches and inline: the reconciler's batches during the puts, and
 	// how many of those steps the watch goroutine took itself.
 	batches, inline uint64
@@ -242,7 +273,11 @@ type ours struct {
 // runOurs starts the agent's control plane with the empty remote, takes
 // the baseline, adds the full remote and times it until every tunnel and
 // ipcache entry is programmed; then times put → map.
-func runOurs(b *testing.B, fullURL, emptyURL string, etcdPID int, useBPF, profile bool) ours {
+//
+// alongside, when set, is called once the sync and memory are measured: it
+// starts the peer's puts and returns a channel closed when they are done;
+// ours run beside them until then.
+func runOurs(b *testing.B, fullURL, emptyURL string, etcdPID int, useBPF, profile bool, alongside func() <-chan struct{}) ours {
 	o := ours{datapath: "memory", load: hostload.Average()}
 	var w datapath.Writer = memory.New()
 	if useBPF {
@@ -315,35 +350,46 @@ func runOurs(b *testing.B, fullURL, emptyURL string, etcdPID int, useBPF, profil
 	}
 
 	// put → map: one synchronous put after the other, paced like
-	// cilium-watch's latency mode.
+	// cilium-watch's latency mode; beside a peer (alongside), until the
+	// peer is done.
 	c := etcdClient(b, fullURL)
-	sent := make([]time.Time, latencyPuts)
-	rpc := make([]time.Duration, latencyPuts)
+	var sent []time.Time
+	var rpc []time.Duration
 	gc0 := numGC()
 	batches0, inline0 := cp.Batches()
-	tick := time.NewTicker(time.Second / latencyRate)
+	var peerDone <-chan struct{}
+	if alongside != nil {
+		peerDone = alongside()
+	}
+	next := pacer(alongside != nil)
 	begin := time.Now()
-	for i := range latencyPuts {
-		<-tick.C
+	for i := 0; ; i++ {
+		if peerDone == nil && i == latencyPuts || peerDone != nil && closed(peerDone) {
+			break
+		}
+		if i == 1<<16 { // the addresses of latencyNet
+			b.Fatal("the peer still putting after 65,536 puts of ours")
+		}
+		next()
 		ip := netip.AddrFrom4([4]byte{10, 250, byte(i >> 8), byte(i)})
 		v, err := full.IPCacheValue(i, ip)
 		if err != nil {
 			b.Fatal(err)
 		}
-		sent[i] = time.Now()
+		sent = append(sent, time.Now())
 		if _, err := c.Put(context.Background(), wire.IPKey(ip), v); err != nil {
 			b.Fatal(err)
 		}
-		rpc[i] = time.Since(sent[i])
+		rpc = append(rpc, time.Since(sent[i]))
 	}
-	tick.Stop()
+	puts := len(sent)
 	o.gcs = numGC() - gc0
-	o.rate = latencyPuts / time.Since(begin).Seconds()
-	waitFor(b, 30*time.Second, "latency puts programmed", func() bool { _, _, n := rec.counts(); return n >= latencyPuts })
+	o.rate = float64(puts) / time.Since(begin).Seconds()
+	waitFor(b, 30*time.Second, "latency puts programmed", func() bool { _, _, n := rec.counts(); return n >= puts })
 	batches1, inline1 := cp.Batches()
 	o.batches, o.inline = batches1-batches0, inline1-inline0
-	lat := make([]time.Duration, latencyPuts)
-	for i := range latencyPuts {
+	lat := make([]time.Duration, puts)
+	for i := range puts {
 		t, _ := rec.appliedAt(netip.AddrFrom4([4]byte{10, 250, byte(i >> 8), byte(i)}))
 		lat[i] = t.Sub(sent[i])
 	}
@@ -351,6 +397,8 @@ func runOurs(b *testing.B, fullURL, emptyURL string, etcdPID int, useBPF, profil
 	o.p50, o.p99 = lat[len(lat)/2], lat[len(lat)*99/100]
 	slices.Sort(rpc)
 	o.rpc50, o.rpc99 = rpc[len(rpc)/2], rpc[len(rpc)*99/100]
+	wt := rec.writeTimes()
+	o.write50, o.write99 = wt[len(wt)/2], wt[len(wt)*99/100]
 	return o
 }
 
@@ -461,9 +509,23 @@ type ciliumLatency struct {
 }
 
 func runCiliumLatency(tb testing.TB, bin, url string) ciliumLatency {
-	out, total, _ := runCilium(tb, bin, "--etcd", url, "--prefix", "cilium/state", "--mode", "latency",
-		"--n", strconv.Itoa(latencyPuts), "--rate", strconv.Itoa(latencyRate), "--opts", "etcd.limit=10000")
+	out, total, _ := runCilium(tb, bin, ciliumLatencyArgs(url)...)
 	s := parseCiliumSync(tb, out)
+	l := parseCiliumLatency(tb, out)
+	// The tool does not print its put rate: the time after its sync,
+	// less the last event's wait (at most its p99), bounds it from below.
+	l.rate = latencyPuts / (total - s.sync).Seconds()
+	return l
+}
+
+// ciliumLatencyArgs: cilium-watch's latency mode on the data set at url.
+func ciliumLatencyArgs(url string) []string {
+	return []string{"--etcd", url, "--prefix", "cilium/state", "--mode", "latency",
+		"--n", strconv.Itoa(latencyPuts), "--rate", strconv.Itoa(latencyRate), "--opts", "etcd.limit=10000"}
+}
+
+// parseCiliumLatency reads p50 and p99 from cilium-watch's latency mode.
+func parseCiliumLatency(tb testing.TB, out string) ciliumLatency {
 	m := latencyRE.FindStringSubmatch(out)
 	if m == nil {
 		tb.Fatalf("cilium-watch latency output not understood:\n%s", out)
@@ -471,10 +533,97 @@ func runCiliumLatency(tb testing.TB, bin, url string) ciliumLatency {
 	var l ciliumLatency
 	l.p50, _ = time.ParseDuration(m[1])
 	l.p99, _ = time.ParseDuration(m[2])
-	// The tool does not print its put rate: the time after its sync,
-	// less the last event's wait (at most its p99), bounds it from below.
-	l.rate = latencyPuts / (total - s.sync).Seconds()
 	return l
+}
+
+// ciliumBeside runs cilium-watch's latency mode at the same time as our
+// puts, on its own etcd (url) of the same data: both sides' puts meet the
+// same load of the machine at the same moment, which the interleaved
+// rounds, seconds apart, do not (bench/README.md, "Latency side by side at
+// the same time").
+type ciliumBeside struct {
+	bin, url string
+
+	// Written by the goroutine that reads the output, read after done.
+	out, stderr      strings.Builder
+	synced, exited   time.Time
+	waitErr, scanErr error
+	done             chan struct{}
+}
+
+// start runs cilium-watch, waits for its sync (its puts follow at once)
+// and returns a channel closed when it has exited.
+func (c *ciliumBeside) start() <-chan struct{} {
+	c.done = make(chan struct{})
+	cmd := exec.Command(c.bin, ciliumLatencyArgs(c.url)...)
+	cmd.Stderr = &c.stderr // complete once Wait has returned
+	pipe, err := cmd.StdoutPipe()
+	if err == nil {
+		err = cmd.Start()
+	}
+	if err != nil {
+		c.waitErr = err
+		close(c.done)
+		return c.done
+	}
+	synced := make(chan struct{})
+	go func() {
+		defer close(c.done)
+		sc := bufio.NewScanner(pipe)
+		for sc.Scan() {
+			c.out.WriteString(sc.Text() + "\n")
+			if c.synced.IsZero() && syncRE.MatchString(sc.Text()) {
+				c.synced = time.Now()
+				close(synced)
+			}
+		}
+		c.scanErr = sc.Err()
+		c.waitErr = cmd.Wait()
+		c.exited = time.Now()
+	}()
+	select {
+	case <-synced:
+	case <-c.done: // failed: result says how
+	case <-time.After(2 * time.Minute):
+		_ = cmd.Process.Kill() // result says it never synced
+		<-c.done
+	}
+	return c.done
+}
+
+// result waits for cilium-watch to exit and parses its latency; its put
+// rate is over the time from its sync to its exit.
+func (c *ciliumBeside) result(tb testing.TB) ciliumLatency {
+	<-c.done
+	if c.waitErr != nil || c.scanErr != nil || c.synced.IsZero() {
+		tb.Fatalf("cilium-watch latency beside ours (synced: %v): %v %v\n%s%s", !c.synced.IsZero(), c.waitErr, c.scanErr, c.out.String(), c.stderr.String())
+	}
+	l := parseCiliumLatency(tb, c.out.String())
+	l.rate = latencyPuts / c.exited.Sub(c.synced).Seconds()
+	return l
+}
+
+// pacer returns a function that waits for the next put: a ticker of
+// 1/latencyRate as cilium-watch's; beside its ticker (drift), one slower
+// by 1/latencyPuts of that, so that over the run our puts meet its puts at
+// every phase, not at one fixed offset, and like its puts never follow
+// each other back to back.
+func pacer(drift bool) func() {
+	gap := time.Second / latencyRate
+	if drift {
+		gap += gap / latencyPuts
+	}
+	tick := time.NewTicker(gap)
+	return func() { <-tick.C }
+}
+
+func closed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 // numGC is the number of completed GC cycles of this process.

@@ -3,6 +3,7 @@ package peer
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -22,6 +23,7 @@ type recorder struct {
 	tunnels int                      // tunnel upserts applied
 	ipcache int                      // ipcache upserts applied
 	applied map[netip.Addr]time.Time // latency address -> first applied
+	writes  []time.Duration          // the Apply calls that first wrote them
 }
 
 func newRecorder(w datapath.Writer) *recorder {
@@ -29,6 +31,7 @@ func newRecorder(w datapath.Writer) *recorder {
 }
 
 func (r *recorder) Apply(ctx context.Context, b datapath.Batch) error {
+	start := time.Now()
 	if err := r.Writer.Apply(ctx, b); err != nil {
 		return err
 	}
@@ -41,10 +44,21 @@ func (r *recorder) Apply(ctx context.Context, b datapath.Batch) error {
 		if a := e.Prefix.Addr(); latencyNet.Contains(a) {
 			if _, ok := r.applied[a]; !ok {
 				r.applied[a] = now
+				r.writes = append(r.writes, now.Sub(start))
 			}
 		}
 	}
 	return nil
+}
+
+// writeTimes returns how long the Apply calls that wrote latency
+// addresses took, sorted.
+func (r *recorder) writeTimes() []time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w := slices.Clone(r.writes)
+	slices.Sort(w)
+	return w
 }
 
 func (r *recorder) counts() (tunnels, ipcache, latency int) {
