@@ -87,7 +87,7 @@ type Store[T any] struct {
 	obs    Observer[T]
 	log    *slog.Logger
 
-	m *storeMetrics // nil: none
+	m *Metrics
 
 	mu sync.Mutex // guards entries, gen and sized and serialises observer calls
 	// entries is keyed by the key without cfg.Prefix (see short): every
@@ -169,7 +169,7 @@ func New[T any](c *kvstore.Client, cfg Config, decode func(key string, value []b
 		decode:  decode,
 		obs:     obs,
 		log:     log.With("store", cfg.Name, "cluster", cfg.Cluster),
-		m:       m.of(cfg.Name, cfg.Cluster),
+		m:       m,
 		entries: newEntries[T](),
 	}
 	if p, ok := obs.(Peeker[T]); ok {
@@ -308,8 +308,8 @@ func (s *Store[T]) handle(ev kvstore.Event, rs *runState) {
 	now := time.Now()
 	s.lastEvent.Store(now.UnixNano())
 	if s.m != nil {
-		s.m.event(ev.Kind)
-		s.m.lastEvent.Set(float64(now.Unix()))
+		s.m.Events.WithLabelValues(s.cfg.Name, s.cfg.Cluster, ev.Kind.String()).Inc()
+		s.m.LastEvent.WithLabelValues(s.cfg.Name, s.cfg.Cluster).Set(float64(now.Unix()))
 	}
 	switch ev.Kind {
 	case kvstore.EventUpsert:
@@ -405,7 +405,7 @@ func (s *Store[T]) reserveLocked(gen uint32, n int) {
 func (s *Store[T]) countInvalid(ev kvstore.Event, err error) {
 	n := s.invalid.Add(1)
 	if s.m != nil {
-		s.m.invalid.Inc()
+		s.m.Invalid.WithLabelValues(s.cfg.Name, s.cfg.Cluster).Inc()
 	}
 	// The first ones, then every 1000th: a hostile writer must not flood
 	// the log.
@@ -435,14 +435,14 @@ func (s *Store[T]) setSynced(v bool) {
 		if v {
 			g = 1
 		}
-		s.m.synced.Set(g)
+		s.m.Synced.WithLabelValues(s.cfg.Name, s.cfg.Cluster).Set(g)
 	}
 }
 
 func (s *Store[T]) setCount(delta int64) {
 	n := s.nEntries.Add(delta)
 	if s.m != nil {
-		s.m.entries.Set(float64(n))
+		s.m.Entries.WithLabelValues(s.cfg.Name, s.cfg.Cluster).Set(float64(n))
 	}
 }
 
