@@ -211,7 +211,7 @@ func benchList(b *testing.B, f *fixture) {
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
 		obs := &syncObserver{synced: make(chan struct{})}
-		s := watchstore.New(wc, watchstore.Config{Prefix: ipPrefix, Name: "ipcache", Cluster: "c1"}, decodeIP, obs, etcdserver.TestLogger(), nil)
+		s := watchstore.New(wc, watchstore.Config{Prefix: ipPrefix, Name: "ipcache", Cluster: "c1"}, decodeIP, obs, etcdserver.TestLogger())
 		ctx, cancel = context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		start = time.Now()
@@ -355,7 +355,7 @@ func benchLatency(b *testing.B, f *fixture) {
 		})
 		// Watchstore.
 		obs := &latencyObserver{index: index, lat: ws}
-		s := watchstore.New(f.connect(b), watchstore.Config{Prefix: prefix, Name: "latency"}, decodeIP, obs, etcdserver.TestLogger(), nil)
+		s := watchstore.New(f.connect(b), watchstore.Config{Prefix: prefix, Name: "latency"}, decodeIP, obs, etcdserver.TestLogger())
 		wg.Go(func() { _ = s.Run(ctx) })
 		// Both watches are up once both saw a first put.
 		wc := f.connect(b).Etcd()

@@ -135,7 +135,7 @@ func BenchmarkScaleFanout(b *testing.B) {
 					obs = o
 				}
 				st := watchstore.New(c, watchstore.Config{Prefix: wire.WatchPrefix(k, s.Cluster, true), SyncedKey: wire.WatchSyncedKey(k, s.Cluster, true),
-					Name: string(k), Cluster: s.Cluster}, decoder(k, r), obs, log, nil)
+					Name: string(k), Cluster: s.Cluster}, decoder(k, r), obs, log)
 				stores = append(stores, st)
 				wg.Go(func() { _ = st.Run(ctx) })
 			}

@@ -166,7 +166,7 @@ func (k *mirror) store(s remoteconn.Session) *watchstore.Store[[]byte] {
 	if k.in != nil {
 		k.in.Drain()
 	}
-	k.in, k.inCfg = watchstore.New(nil, cfg, k.decode, &mirrorObserver{k: k, from: cfg.Prefix}, k.r.log.With("kind", string(k.kind)), nil), cfg
+	k.in, k.inCfg = watchstore.New(nil, cfg, k.decode, &mirrorObserver{k: k, from: cfg.Prefix}, k.r.log.With("kind", string(k.kind))), cfg
 	k.mu.Lock()
 	k.current = k.in
 	k.mu.Unlock()

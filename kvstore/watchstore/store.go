@@ -61,7 +61,7 @@ type Config struct {
 	// SyncedKey is the canary that the writer sets once its initial set is
 	// written; the store lists only after it exists. "" for none.
 	SyncedKey string
-	// Name and Cluster label metrics and logs (Name defaults to Prefix).
+	// Name and Cluster label the logs (Name defaults to Prefix).
 	Name    string
 	Cluster string
 	// MaxEntries bounds the entries held; a run that would hold more stops
@@ -86,8 +86,6 @@ type Store[T any] struct {
 	decode func(key string, value []byte) (T, error)
 	obs    Observer[T]
 	log    *slog.Logger
-
-	m *Metrics
 
 	mu sync.Mutex // guards entries, gen and sized and serialises observer calls
 	// entries is keyed by the key without cfg.Prefix (see short): every
@@ -157,9 +155,9 @@ func (x index[T]) Range(f func(key string, st kvstore.KeyState) bool) {
 
 // New returns a store that follows cfg.Prefix through c. decode turns a
 // key and its raw value into T and validates it; an error marks the value
-// invalid. m may be nil. c may be nil for a store that only runs with
+// invalid. c may be nil for a store that only runs with
 // RunOn.
-func New[T any](c *kvstore.Client, cfg Config, decode func(key string, value []byte) (T, error), obs Observer[T], log *slog.Logger, m *Metrics) *Store[T] {
+func New[T any](c *kvstore.Client, cfg Config, decode func(key string, value []byte) (T, error), obs Observer[T], log *slog.Logger) *Store[T] {
 	if cfg.Name == "" {
 		cfg.Name = cfg.Prefix
 	}
@@ -169,7 +167,6 @@ func New[T any](c *kvstore.Client, cfg Config, decode func(key string, value []b
 		decode:  decode,
 		obs:     obs,
 		log:     log.With("store", cfg.Name, "cluster", cfg.Cluster),
-		m:       m,
 		entries: newEntries[T](),
 	}
 	if p, ok := obs.(Peeker[T]); ok {
@@ -231,7 +228,7 @@ func (s *Store[T]) RunOn(ctx context.Context, c *kvstore.Client) error {
 	s.gen++
 	gen := s.gen
 	s.mu.Unlock()
-	s.setSynced(false)
+	s.synced.Store(false)
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	rs := &runState{gen: gen, first: true, stop: cancel}
@@ -305,12 +302,7 @@ func (s *Store[T]) handle(ev kvstore.Event, rs *runState) {
 	}
 	gen := rs.gen
 	s.events.Add(1)
-	now := time.Now()
-	s.lastEvent.Store(now.UnixNano())
-	if s.m != nil {
-		s.m.Events.WithLabelValues(s.cfg.Name, s.cfg.Cluster, ev.Kind.String()).Inc()
-		s.m.LastEvent.WithLabelValues(s.cfg.Name, s.cfg.Cluster).Set(float64(now.Unix()))
-	}
+	s.lastEvent.Store(time.Now().UnixNano())
 	switch ev.Kind {
 	case kvstore.EventUpsert:
 		s.mu.Lock()
@@ -351,7 +343,7 @@ func (s *Store[T]) handle(ev kvstore.Event, rs *runState) {
 				rs.stop(fmt.Errorf("%w: %s holds more than %d valid entries", ErrTooManyEntries, s.cfg.Prefix, s.cfg.MaxEntries))
 				return
 			}
-			s.setCount(1)
+			s.nEntries.Add(1)
 		}
 		if !ok {
 			// A copy: the listed key's allocation (prefix included) is
@@ -378,7 +370,7 @@ func (s *Store[T]) handle(ev kvstore.Event, rs *runState) {
 			for _, k := range gone {
 				s.removeLocked(k)
 			}
-			s.setSynced(true)
+			s.synced.Store(true)
 			s.obs.OnSync()
 		}
 	}
@@ -404,9 +396,6 @@ func (s *Store[T]) reserveLocked(gen uint32, n int) {
 // countInvalid counts and logs an invalid upsert.
 func (s *Store[T]) countInvalid(ev kvstore.Event, err error) {
 	n := s.invalid.Add(1)
-	if s.m != nil {
-		s.m.Invalid.WithLabelValues(s.cfg.Name, s.cfg.Cluster).Inc()
-	}
 	// The first ones, then every 1000th: a hostile writer must not flood
 	// the log.
 	if n <= 10 || n%1000 == 0 {
@@ -424,26 +413,8 @@ func (s *Store[T]) removeLocked(key string) {
 	if !ok {
 		return
 	}
-	s.setCount(-1)
+	s.nEntries.Add(-1)
 	s.obs.OnDelete(key, old.v)
-}
-
-func (s *Store[T]) setSynced(v bool) {
-	s.synced.Store(v)
-	if s.m != nil {
-		g := 0.0
-		if v {
-			g = 1
-		}
-		s.m.Synced.WithLabelValues(s.cfg.Name, s.cfg.Cluster).Set(g)
-	}
-}
-
-func (s *Store[T]) setCount(delta int64) {
-	n := s.nEntries.Add(delta)
-	if s.m != nil {
-		s.m.Entries.WithLabelValues(s.cfg.Name, s.cfg.Cluster).Set(float64(n))
-	}
 }
 
 // Drain calls OnDelete for every entry and forgets them all; call it after
@@ -459,7 +430,7 @@ func (s *Store[T]) Drain() {
 		s.removeLocked(k)
 	}
 	s.entries.Clear()
-	s.setSynced(false)
+	s.synced.Store(false)
 }
 
 // Len returns the number of entries.

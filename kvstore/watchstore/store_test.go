@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 
@@ -200,13 +199,8 @@ func TestInvalidValuesSkippedAndCounted(t *testing.T) {
 		e.put(t, prefix+n, nodeJSON(n))
 	}
 	e.put(t, syncedKey, time.Now().Format(time.RFC3339))
-	reg := prometheus.NewRegistry()
-	m, err := watchstore.NewMetrics(reg)
-	if err != nil {
-		t.Fatal(err)
-	}
 	rec := newRecorder()
-	s := watchstore.New(e.remote(t), watchstore.Config{Prefix: prefix, SyncedKey: syncedKey, Name: "nodes", Cluster: "c1"}, decodeNode, rec, etcdserver.TestLogger(), m)
+	s := watchstore.New(e.remote(t), watchstore.Config{Prefix: prefix, SyncedKey: syncedKey, Name: "nodes", Cluster: "c1"}, decodeNode, rec, etcdserver.TestLogger())
 	run(t, s)
 	rec.waitFor(t, "sync", func(_ map[string]node, synced int) bool { return synced == 1 })
 
@@ -247,26 +241,13 @@ func TestInvalidValuesSkippedAndCounted(t *testing.T) {
 	if st.Invalid != 4 || !st.Synced || st.LastEvent.IsZero() || st.Entries != len(final) {
 		t.Fatalf("stats %+v", st)
 	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	found := false
-	for _, mf := range mfs {
-		if mf.GetName() == "clustermesh_kvstore_watch_invalid_total" {
-			found = mf.GetMetric()[0].GetCounter().GetValue() == 4
-		}
-	}
-	if !found {
-		t.Fatal("invalid_total metric is not 4")
-	}
 }
 
 func TestWaitsForCanary(t *testing.T) {
 	e := newEnv(t)
 	e.put(t, prefix+"a", nodeJSON("a"))
 	rec := newRecorder()
-	s := watchstore.New(e.remote(t), watchstore.Config{Prefix: prefix, SyncedKey: syncedKey}, decodeNode, rec, etcdserver.TestLogger(), nil)
+	s := watchstore.New(e.remote(t), watchstore.Config{Prefix: prefix, SyncedKey: syncedKey}, decodeNode, rec, etcdserver.TestLogger())
 	run(t, s)
 	deadline := time.Now().Add(30 * time.Second)
 	for !s.Stats().WaitingForCanary {
@@ -307,7 +288,7 @@ func TestResyncAfterOutage(t *testing.T) {
 	px := etcdserver.NewProxy(t, e.srv.Endpoints()[0])
 	rcfg.Endpoints = []string{px.Endpoint()}
 	rec := newRecorder()
-	s := watchstore.New(connect(t, rcfg), watchstore.Config{Prefix: prefix, SyncedKey: syncedKey}, decodeNode, rec, etcdserver.TestLogger(), nil)
+	s := watchstore.New(connect(t, rcfg), watchstore.Config{Prefix: prefix, SyncedKey: syncedKey}, decodeNode, rec, etcdserver.TestLogger())
 	run(t, s)
 	rec.waitFor(t, "sync", func(st map[string]node, synced int) bool { return synced == 1 && len(st) == 10 })
 
@@ -346,7 +327,7 @@ func TestDrain(t *testing.T) {
 		e.put(t, prefix+n, nodeJSON(n))
 	}
 	rec := newRecorder()
-	s := watchstore.New(e.remote(t), watchstore.Config{Prefix: prefix}, decodeNode, rec, etcdserver.TestLogger(), nil)
+	s := watchstore.New(e.remote(t), watchstore.Config{Prefix: prefix}, decodeNode, rec, etcdserver.TestLogger())
 	stop := run(t, s)
 	rec.waitFor(t, "sync", func(st map[string]node, synced int) bool { return synced == 1 && len(st) == 3 })
 	// The store holds keys without its prefix; readers see the full keys.
@@ -382,7 +363,7 @@ func TestDrain(t *testing.T) {
 
 func TestRunRejectsEmptyPrefix(t *testing.T) {
 	e := newEnv(t)
-	s := watchstore.New(e.remote(t), watchstore.Config{}, decodeNode, newRecorder(), etcdserver.TestLogger(), nil)
+	s := watchstore.New(e.remote(t), watchstore.Config{}, decodeNode, newRecorder(), etcdserver.TestLogger())
 	if err := s.Run(context.Background()); !errors.Is(err, watchstore.ErrConfig) {
 		t.Fatalf("Run = %v", err)
 	}
@@ -399,7 +380,7 @@ func TestReplacedEtcdWaitsForCanary(t *testing.T) {
 	e.put(t, syncedKey, "then")
 	rec := newRecorder()
 	c := e.remote(t)
-	s := watchstore.New(c, watchstore.Config{Prefix: prefix, SyncedKey: syncedKey}, decodeNode, rec, etcdserver.TestLogger(), nil)
+	s := watchstore.New(c, watchstore.Config{Prefix: prefix, SyncedKey: syncedKey}, decodeNode, rec, etcdserver.TestLogger())
 	run(t, s)
 	rec.waitFor(t, "sync", func(st map[string]node, synced int) bool { return synced == 1 && len(st) == 3 })
 	before := etcdNodes(t, e.admin)
@@ -450,7 +431,7 @@ func TestRunOnNewClientSweeps(t *testing.T) {
 	}
 	e.put(t, syncedKey, "then")
 	rec := newRecorder()
-	s := watchstore.New(nil, watchstore.Config{Prefix: prefix, SyncedKey: syncedKey}, decodeNode, rec, etcdserver.TestLogger(), nil)
+	s := watchstore.New(nil, watchstore.Config{Prefix: prefix, SyncedKey: syncedKey}, decodeNode, rec, etcdserver.TestLogger())
 	runOn := func(c *kvstore.Client) (stop func()) {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
@@ -511,7 +492,7 @@ func TestMaxEntries(t *testing.T) {
 			}
 			e.put(t, syncedKey, time.Now().Format(time.RFC3339))
 			rec := newRecorder()
-			s := watchstore.New(e.remote(t), watchstore.Config{Prefix: prefix, SyncedKey: syncedKey, MaxEntries: 3}, decodeNode, rec, etcdserver.TestLogger(), nil)
+			s := watchstore.New(e.remote(t), watchstore.Config{Prefix: prefix, SyncedKey: syncedKey, MaxEntries: 3}, decodeNode, rec, etcdserver.TestLogger())
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			done := make(chan error, 1)
@@ -570,7 +551,7 @@ func TestReserveFromListing(t *testing.T) {
 	}
 	e.put(t, prefix+"bad", "not json")
 	r := &reservingRecorder{recorder: newRecorder()}
-	s := watchstore.New(e.remote(t), watchstore.Config{Prefix: prefix}, decodeNode, r, etcdserver.TestLogger(), nil)
+	s := watchstore.New(e.remote(t), watchstore.Config{Prefix: prefix}, decodeNode, r, etcdserver.TestLogger())
 	run(t, s)
 	r.waitFor(t, "initial listing", func(state map[string]node, synced int) bool { return synced == 1 })
 	e.put(t, prefix+"node-40", nodeJSON("node-40"))

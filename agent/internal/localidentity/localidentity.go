@@ -127,13 +127,13 @@ func (w *Watcher) watch(ctx context.Context, c *kvstore.Client) error {
 		Name: "local-ipcache", Cluster: w.cfg.ClusterName,
 	}, func(key string, v []byte) (wire.IPIdentityPair, error) {
 		return wire.DecodeIPIdentityPair(rem, key, v)
-	}, ipObserver{w}, w.log, nil)
+	}, ipObserver{w}, w.log)
 	ids := watchstore.New(c, watchstore.Config{
 		Prefix: wire.IdentityIDPrefix, SyncedKey: wire.SyncedKey(w.cfg.ClusterName, wire.KindIdentities),
 		Name: "local-identities", Cluster: w.cfg.ClusterName,
 	}, func(key string, v []byte) (wire.Identity, error) {
 		return wire.DecodeIdentity(rem, key, v)
-	}, idObserver{w}, w.log, nil)
+	}, idObserver{w}, w.log)
 	return runner.All(ctx, runner.Part{Name: "local ipcache", Run: ips.Run}, runner.Part{Name: "local identities", Run: ids.Run})
 }
 

@@ -72,13 +72,13 @@ func newKindStore(r *remote, k kind, cfg watchstore.Config) (kindStore, *observe
 		return watchstore.New(nil, cfg, func(key string, v []byte) (nodeEntry, error) {
 			n, err := wire.DecodeNode(r.rem, key, v)
 			return nodeEntry{routes: nodeRoutes(n)}, err
-		}, o, log, nil), &o.observerBase
+		}, o, log), &o.observerBase
 	case kindIdentities:
 		o := &identityObserver{observerBase{r: r}}
 		return watchstore.New(nil, cfg, func(key string, v []byte) (identityEntry, error) {
 			id, err := wire.DecodeIdentity(r.rem, key, v)
 			return identityEntry{id: id.ID, labels: policywatch.IdentityLabels(id.Labels)}, err
-		}, o, log, nil), &o.observerBase
+		}, o, log), &o.observerBase
 	case kindIPCache:
 		o := &ipObserver{observerBase: observerBase{r: r}}
 		return watchstore.New(nil, cfg, func(key string, v []byte) (ipEntry, error) {
@@ -86,10 +86,10 @@ func newKindStore(r *remote, k kind, cfg watchstore.Config) (kindStore, *observe
 			// The one place a remote ipcache identity becomes the one
 			// programmed: host (1) is remote-node (6), 0 stays 0.
 			return ipEntry{id: wire.RemoteIPCacheIdentity(p.ID), hostIP: ipkey.FromAddr(p.HostIP), ports: internPorts(p.NamedPorts)}, err
-		}, o, log, nil), &o.observerBase
+		}, o, log), &o.observerBase
 	default:
 		o := &serviceObserver{observerBase{r: r}}
-		return watchstore.New(nil, cfg, func(key string, v []byte) (wire.ClusterService, error) { return wire.DecodeService(r.rem, key, v) }, o, log, nil), &o.observerBase
+		return watchstore.New(nil, cfg, func(key string, v []byte) (wire.ClusterService, error) { return wire.DecodeService(r.rem, key, v) }, o, log), &o.observerBase
 	}
 }
 
