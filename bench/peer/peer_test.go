@@ -190,6 +190,10 @@ func BenchmarkVsCilium(b *testing.B) {
 		if cilium != "" && latencyOnly {
 			b.Logf("round %d | latency, put → map (ours) / put → observer (cilium): p50 %v / %v %.2f, p99 %v / %v %.2f at %.0f / ≈%.0f puts/s",
 				r+1, o.p50, cl.p50, p50s[r], o.p99, cl.p99, p99s[r], o.rate, cl.rate)
+			if concurrent {
+				b.Logf("round %d | CPU of each process per put meanwhile (its writer, its watch, gRPC and the Go runtime): ours %v, cilium-watch's %v",
+					r+1, o.putCPU/time.Duration(o.puts), cl.cpu/latencyPuts)
+			}
 			if r == rounds-1 {
 				b.ReportMetric(p50s[r], "p50-ratio")
 				b.ReportMetric(p99s[r], "p99-ratio")
@@ -261,6 +265,10 @@ type ours struct {
 	// write50 and write99: of put → map, the Apply that wrote the entry.
 	write50, write99 time.Duration
 	gcs              uint32 // GC cycles of this process during the puts
+	// puts and putCPU: how many puts were timed, and this process's CPU
+	// time over them.
+	puts   int
+	putCPU time.Duration
 	// batches and inline: the reconciler's batches during the puts, and
 	// how many of those steps the watch goroutine took itself.
 	batches, inline uint64
@@ -362,7 +370,7 @@ func runOurs(b *testing.B, fullURL, emptyURL string, etcdPID int, useBPF, profil
 		peerDone = alongside()
 	}
 	next := pacer(alongside != nil)
-	begin := time.Now()
+	begin, putCPU0 := time.Now(), procmem.CPU(0)
 	for i := 0; ; i++ {
 		if peerDone == nil && i == latencyPuts || peerDone != nil && closed(peerDone) {
 			break
@@ -383,6 +391,7 @@ func runOurs(b *testing.B, fullURL, emptyURL string, etcdPID int, useBPF, profil
 		rpc = append(rpc, time.Since(sent[i]))
 	}
 	puts := len(sent)
+	o.puts, o.putCPU = puts, procmem.CPU(0)-putCPU0
 	o.gcs = numGC() - gc0
 	o.rate = float64(puts) / time.Since(begin).Seconds()
 	waitFor(b, 30*time.Second, "latency puts programmed", func() bool { _, _, n := rec.counts(); return n >= puts })
@@ -506,6 +515,9 @@ func parseCiliumSync(tb testing.TB, out string) ciliumSync {
 type ciliumLatency struct {
 	p50, p99 time.Duration
 	rate     float64 // puts/s reached (wall time of the put phase)
+	// cpu: the process's CPU time over its put phase, from its sync line
+	// to its result line (latency-concurrent only).
+	cpu time.Duration
 }
 
 func runCiliumLatency(tb testing.TB, bin, url string) ciliumLatency {
@@ -539,8 +551,8 @@ func parseCiliumLatency(tb testing.TB, out string) ciliumLatency {
 // ciliumBeside runs cilium-watch's latency mode at the same time as our
 // puts, on its own etcd (url) of the same data: both sides' puts meet the
 // same load of the machine at the same moment, which the interleaved
-// rounds, seconds apart, do not (bench/README.md, "Latency side by side at
-// the same time").
+// rounds, seconds apart, do not (bench/README.md, "Session 10: the latency
+// timed at the same time").
 type ciliumBeside struct {
 	bin, url string
 
@@ -549,6 +561,7 @@ type ciliumBeside struct {
 	synced, exited   time.Time
 	waitErr, scanErr error
 	done             chan struct{}
+	cpu0, cpu1       time.Duration // the process's CPU at its sync and its result lines
 }
 
 // start runs cilium-watch, waits for its sync (its puts follow at once)
@@ -567,12 +580,17 @@ func (c *ciliumBeside) start() <-chan struct{} {
 		return c.done
 	}
 	synced := make(chan struct{})
+	pid := cmd.Process.Pid
 	go func() {
 		defer close(c.done)
 		sc := bufio.NewScanner(pipe)
 		for sc.Scan() {
 			c.out.WriteString(sc.Text() + "\n")
+			if latencyRE.MatchString(sc.Text()) {
+				c.cpu1 = procmem.CPU(pid)
+			}
 			if c.synced.IsZero() && syncRE.MatchString(sc.Text()) {
+				c.cpu0 = procmem.CPU(pid)
 				c.synced = time.Now()
 				close(synced)
 			}
@@ -599,6 +617,7 @@ func (c *ciliumBeside) result(tb testing.TB) ciliumLatency {
 		tb.Fatalf("cilium-watch latency beside ours (synced: %v): %v %v\n%s%s", !c.synced.IsZero(), c.waitErr, c.scanErr, c.out.String(), c.stderr.String())
 	}
 	l := parseCiliumLatency(tb, c.out.String())
+	l.cpu = c.cpu1 - c.cpu0
 	l.rate = latencyPuts / c.exited.Sub(c.synced).Seconds()
 	return l
 }
