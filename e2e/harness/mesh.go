@@ -176,7 +176,7 @@ func Start(ctx context.Context, cfg Config) (_ *Mesh, err error) {
 		return nil, err
 	}
 	br := cfg.Prefix + "-br"
-	if err := m.DC.Batch("link set lo up", "link add "+br+" type bridge", "link set "+br+" up",
+	if err := m.DC.Batch("link set lo up", netns.AddBridge(br), "link set "+br+" up",
 		fmt.Sprintf("addr add %s/%d dev %s", gateway, underlay.Bits(), br)); err != nil {
 		return nil, err
 	}

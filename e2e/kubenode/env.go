@@ -103,7 +103,7 @@ func Start(ctx context.Context, cfg Config, names ...string) (_ *Env, err error)
 	if e.DC, err = e.newNS("dc"); err != nil {
 		return e, err
 	}
-	if err := e.DC.Batch("link set lo up", "link add cme-br type bridge", "link set cme-br up",
+	if err := e.DC.Batch("link set lo up", netns.AddBridge("cme-br"), "link set cme-br up",
 		"addr add "+gateway.String()+"/24 dev cme-br"); err != nil {
 		return e, err
 	}

@@ -119,3 +119,12 @@ func (n *NS) LinkMAC(dev string) (string, error) {
 	}
 	return "", fmt.Errorf("no MAC for %s in %s: %s", dev, n.Name, out)
 }
+
+// AddBridge is the `ip` command (for Batch) that adds bridge name with a
+// fixed MAC address. A bridge added without one takes the lowest MAC of its
+// ports, so its MAC changes as ports join; a neighbour that resolved the
+// bridge's address before then sends to the old MAC, into the void, until
+// its neighbour entry goes stale (≈ 30–60 s).
+func AddBridge(name string) string {
+	return "link add " + name + " address 02:00:00:00:00:01 type bridge"
+}

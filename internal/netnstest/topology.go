@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/clustermesh/clustermesh/internal/netns"
 )
 
 // TunnelDev is the name of every node's `vxlan external` device, and
@@ -77,7 +79,7 @@ func New(t testing.TB, cfg Config) *Topology {
 	}
 	topo := &Topology{ID: RandomID()}
 	topo.Underlay = NewNS(t, topo.ID+"-ul")
-	batch(t, topo.Underlay, "link add cmt-br type bridge", "link set cmt-br up", "link set lo up")
+	batch(t, topo.Underlay, netns.AddBridge("cmt-br"), "link set cmt-br up", "link set lo up")
 	ulIP := cfg.Underlay.Addr()
 	for i := range cfg.Nodes {
 		ulIP = ulIP.Next()
