@@ -167,25 +167,33 @@ func (w *watchResponse) unmarshal(b []byte) error {
 			w.CancelReason = string(f.m)
 		case f.is(watchEvents, protowire.BytesType):
 			var ev watchEvent
-			for m := f.m; len(m) > 0; {
-				e, err := nextField(&m)
-				if err != nil {
-					return err
-				}
-				switch {
-				case e.is(eventType, protowire.VarintType):
-					ev.Type = mvccpb.Event_EventType(e.v)
-				case e.is(eventKv, protowire.BytesType):
-					if err := ev.pageKV.unmarshal(e.m); err != nil {
-						return err
-					}
-				case e.is(eventPrevKv, protowire.BytesType): // never asked for; checked as protobuf-go does
-					if err := new(pageKV).unmarshal(e.m); err != nil {
-						return err
-					}
-				}
+			if err := ev.unmarshal(f.m); err != nil {
+				return err
 			}
 			w.Events = append(w.Events, ev)
+		}
+	}
+	return nil
+}
+
+// unmarshal merges the Event in b into ev.
+func (ev *watchEvent) unmarshal(b []byte) error {
+	for len(b) > 0 {
+		f, err := nextField(&b)
+		if err != nil {
+			return err
+		}
+		switch {
+		case f.is(eventType, protowire.VarintType):
+			ev.Type = mvccpb.Event_EventType(f.v)
+		case f.is(eventKv, protowire.BytesType):
+			if err := ev.pageKV.unmarshal(f.m); err != nil {
+				return err
+			}
+		case f.is(eventPrevKv, protowire.BytesType): // never asked for; checked as protobuf-go does
+			if err := new(pageKV).unmarshal(f.m); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -249,16 +257,15 @@ func (c inPlaceCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	return c.proto.Unmarshal(data, v)
 }
 
-// rangeMethod is etcd's Range RPC.
-const rangeMethod = "/etcdserverpb.KV/Range"
+// inPlaceCall are the options of a call whose answer is decoded in place.
+var inPlaceCall = []grpc.CallOption{grpc.ForceCodecV2(etcdCodec), grpc.WaitForReady(true), grpc.MaxCallRecvMsgSize(maxResponse)}
 
 // getPage reads the keys from key up to end, at most limit of them, at
 // revision rev (0: the newest), as clientv3's Get would, with its errors.
 func (c *Client) getPage(ctx context.Context, key, end string, limit, rev int64) (*rangePage, error) {
 	req := &pb.RangeRequest{Key: []byte(key), RangeEnd: []byte(end), Limit: limit, Revision: rev}
 	var p rangePage
-	err := c.etcd.ActiveConnection().Invoke(ctx, rangeMethod, req, &p,
-		grpc.ForceCodecV2(etcdCodec), grpc.WaitForReady(true), grpc.MaxCallRecvMsgSize(maxResponse))
+	err := c.etcd.ActiveConnection().Invoke(ctx, pb.KV_Range_FullMethodName, req, &p, inPlaceCall...)
 	if err != nil {
 		return nil, clientv3.ContextError(ctx, err)
 	}

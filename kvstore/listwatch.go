@@ -14,7 +14,6 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/utils/clock"
@@ -341,8 +340,7 @@ func (lw *listWatch) watch(ctx context.Context, retry *backoff.Backoff) error {
 	c := lw.c
 	wctx, cancel := context.WithCancelCause(clientv3.WithRequireLeader(ctx))
 	defer cancel(nil)
-	stream, err := c.etcd.ActiveConnection().NewStream(wctx, &pb.Watch_ServiceDesc.Streams[0], pb.Watch_Watch_FullMethodName,
-		grpc.ForceCodecV2(etcdCodec), grpc.WaitForReady(true), grpc.MaxCallRecvMsgSize(maxResponse))
+	stream, err := c.etcd.ActiveConnection().NewStream(wctx, &pb.Watch_ServiceDesc.Streams[0], pb.Watch_Watch_FullMethodName, inPlaceCall...)
 	if err != nil {
 		return lw.streamErr(ctx, wctx, err)
 	}

@@ -371,8 +371,14 @@ func runOurs(b *testing.B, fullURL, emptyURL string, etcdPID int, useBPF, profil
 	}
 	next := pacer(alongside != nil)
 	begin, putCPU0 := time.Now(), procmem.CPU(0)
+puts:
 	for i := 0; ; i++ {
-		if peerDone == nil && i == latencyPuts || peerDone != nil && closed(peerDone) {
+		select {
+		case <-peerDone: // nil without a peer: never
+			break puts
+		default:
+		}
+		if alongside == nil && i == latencyPuts {
 			break
 		}
 		if i == 1<<16 { // the addresses of latencyNet
@@ -634,15 +640,6 @@ func pacer(drift bool) func() {
 	}
 	tick := time.NewTicker(gap)
 	return func() { <-tick.C }
-}
-
-func closed(c <-chan struct{}) bool {
-	select {
-	case <-c:
-		return true
-	default:
-		return false
-	}
 }
 
 // numGC is the number of completed GC cycles of this process.
